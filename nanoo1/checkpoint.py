@@ -1,0 +1,258 @@
+"""Load and save Gemma-2 checkpoints in the Hugging Face layout.
+
+    config.json                                     both dialects (2024 files and transformers-5 files)
+    model.safetensors                               or, when sharded:
+    model-00001-of-0000N.safetensors ...            + model.safetensors.index.json {"weight_map": {key: file}}
+    tokenizer.json, tokenizer_config.json, special_tokens_map.json, generation_config.json
+
+Loading never holds the weights twice: the model is built on the meta device (no memory), then each
+tensor is read from its file straight into its final buffer (`readinto`, no mmap, no float32 detour)
+and assigned in place. A safetensors file is an 8-byte little-endian header length N, N bytes of JSON
+({key: {"dtype", "shape", "data_offsets": [begin, end]}}), then the raw bytes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import struct
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+from nanoo1.model import Gemma2, Gemma2Config
+from nanoo1.tokenizer import Tokenizer
+
+SAFETENSORS_DTYPES = {
+    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8, "BOOL": torch.bool,
+}
+DTYPE_NAMES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "float64": torch.float64}
+HUB_FILES = ["*.json", "*.safetensors", "tokenizer.model"]  # weights, configs and tokenizer files only
+
+
+# -- config.json ------------------------------------------------------------------------------------
+def config_from_dict(d: dict, source: str = "config.json") -> Gemma2Config:
+    """Read a Gemma-2 config.json of either dialect (rope_theta or rope_parameters, hidden_act or hidden_activation)."""
+    if d.get("model_type") != "gemma2":
+        raise ValueError(f"{source}: model_type is {d.get('model_type')!r}, expected 'gemma2'")
+    rope = d.get("rope_parameters") or {}
+    if rope.get("rope_type", "default") != "default":
+        raise ValueError(f"{source}: rope_parameters.rope_type={rope['rope_type']!r}, only 'default' RoPE is supported")
+    required = ["vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads"]
+    for key in required:
+        if key not in d:
+            raise KeyError(f"{source}: missing key {key!r}")
+    kw = {k: d[k] for k in required}
+    kw["head_dim"] = d.get("head_dim", d["hidden_size"] // d["num_attention_heads"])
+    for key in ["query_pre_attn_scalar", "rms_norm_eps", "sliding_window", "attn_logit_softcapping", "final_logit_softcapping",
+                "max_position_embeddings", "layer_types", "bos_token_id", "eos_token_id", "pad_token_id"]:
+        if d.get(key) is not None:
+            kw[key] = d[key]
+    kw["rope_theta"] = float(rope.get("rope_theta", d.get("rope_theta", 10000.0)))
+    kw["tie_word_embeddings"] = bool(d.get("tie_word_embeddings", True))  # absent means tied
+    kw["hidden_activation"] = d.get("hidden_activation") or d.get("hidden_act") or "gelu_pytorch_tanh"
+    try:
+        return Gemma2Config(**kw)
+    except ValueError as e:
+        raise ValueError(f"{source}: {e}") from e
+
+
+def config_to_dict(config: Gemma2Config, dtype: torch.dtype) -> dict:
+    """A config.json that transformers (4.4x and 5.x) reads as Gemma2ForCausalLM; both rope spellings."""
+    c = config
+    dtype_name = str(dtype).removeprefix("torch.")
+    return {
+        "architectures": ["Gemma2ForCausalLM"], "model_type": "gemma2",
+        "vocab_size": c.vocab_size, "hidden_size": c.hidden_size, "intermediate_size": c.intermediate_size,
+        "num_hidden_layers": c.num_hidden_layers, "num_attention_heads": c.num_attention_heads,
+        "num_key_value_heads": c.num_key_value_heads, "head_dim": c.head_dim,
+        "query_pre_attn_scalar": c.query_pre_attn_scalar, "rms_norm_eps": c.rms_norm_eps,
+        "rope_theta": c.rope_theta, "rope_parameters": {"rope_type": "default", "rope_theta": c.rope_theta},
+        "sliding_window": c.sliding_window, "layer_types": list(c.layer_types),
+        "attn_logit_softcapping": c.attn_logit_softcapping, "final_logit_softcapping": c.final_logit_softcapping,
+        "max_position_embeddings": c.max_position_embeddings, "tie_word_embeddings": c.tie_word_embeddings,
+        "hidden_activation": c.hidden_activation, "hidden_act": c.hidden_activation,
+        "attention_bias": False, "attention_dropout": 0.0,
+        "bos_token_id": c.bos_token_id, "eos_token_id": c.eos_token_id, "pad_token_id": c.pad_token_id,
+        "dtype": dtype_name, "torch_dtype": dtype_name,
+    }
+
+
+def _read_json(path: Path) -> dict:
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: file not found")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: invalid JSON ({e})") from e
+
+
+# -- safetensors ------------------------------------------------------------------------------------
+def read_safetensors_header(path: Path) -> tuple[dict, int]:
+    """(header without __metadata__, byte offset where the data starts)."""
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: safetensors file not found")
+    with open(path, "rb") as f:
+        raw = f.read(8)
+        if len(raw) < 8:
+            raise ValueError(f"{path}: truncated safetensors file (no header)")
+        (n,) = struct.unpack("<Q", raw)
+        if n > os.path.getsize(path) - 8:
+            raise ValueError(f"{path}: header length {n} exceeds the file size")
+        try:
+            header = json.loads(f.read(n))
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}: invalid safetensors header ({e})") from e
+    header.pop("__metadata__", None)
+    return header, 8 + n
+
+
+def read_tensor(f, path: Path, key: str, info: dict, data_start: int) -> torch.Tensor:
+    """Read one tensor from an open safetensors file into a fresh CPU tensor of its stored dtype."""
+    if info.get("dtype") not in SAFETENSORS_DTYPES:
+        raise ValueError(f"{path}: tensor {key!r} has unsupported dtype {info.get('dtype')!r}")
+    t = torch.empty(info["shape"], dtype=SAFETENSORS_DTYPES[info["dtype"]])
+    begin, end = info["data_offsets"]
+    nbytes = t.numel() * t.element_size()
+    if end - begin != nbytes:
+        raise ValueError(f"{path}: tensor {key!r} has {end - begin} bytes, its shape {info['shape']} needs {nbytes}")
+    if nbytes:
+        f.seek(data_start + begin)
+        if f.readinto(t.reshape(-1).view(torch.uint8).numpy()) != nbytes:
+            raise ValueError(f"{path}: tensor {key!r} is truncated")
+    return t
+
+
+# -- load ---------------------------------------------------------------------------------------------
+def resolve_checkpoint(path_or_repo_id: str | os.PathLike, revision: str | None = None) -> Path:
+    """A local directory as is; otherwise a hub id fetched with huggingface_hub.snapshot_download.
+
+    Only json, safetensors and tokenizer files are fetched. HF_HUB_OFFLINE=1 and the hub cache
+    (HF_HOME / HF_HUB_CACHE) are honoured by huggingface_hub itself.
+    """
+    p = Path(path_or_repo_id).expanduser()
+    if p.is_dir():
+        return p
+    s = str(path_or_repo_id)
+    if p.exists() or s.startswith((".", "/", "~")) or s.count("/") != 1:
+        raise FileNotFoundError(f"{s}: not a checkpoint directory, and not a hub id of the form 'org/name'")
+    from huggingface_hub import snapshot_download
+
+    return Path(snapshot_download(repo_id=s, revision=revision, allow_patterns=HUB_FILES))
+
+
+def weight_files(directory: Path) -> dict[str, Path]:
+    """key -> file, from model.safetensors.index.json when sharded, else from model.safetensors."""
+    index = directory / "model.safetensors.index.json"
+    if index.exists():
+        weight_map = _read_json(index).get("weight_map")
+        if not isinstance(weight_map, dict) or not weight_map:
+            raise ValueError(f"{index}: missing or empty 'weight_map'")
+        return {k: directory / v for k, v in weight_map.items()}
+    single = directory / "model.safetensors"
+    if not single.exists():
+        raise FileNotFoundError(f"{directory}: no model.safetensors or model.safetensors.index.json")
+    return {k: single for k in read_safetensors_header(single)[0]}
+
+
+def load_pretrained(path_or_repo_id, dtype: torch.dtype | str | None = None, device: str | torch.device = "cpu",
+                    revision: str | None = None) -> tuple[Gemma2, Tokenizer | None]:
+    """(model, tokenizer) from a checkpoint directory or hub id. dtype None: the checkpoint's own dtype.
+
+    The tokenizer is None when the checkpoint has no tokenizer.json.
+    """
+    directory = resolve_checkpoint(path_or_repo_id, revision)
+    raw = _read_json(directory / "config.json")
+    config = config_from_dict(raw, str(directory / "config.json"))
+    if dtype is None:
+        dtype = raw.get("dtype") or raw.get("torch_dtype") or "float32"
+    if isinstance(dtype, str):
+        if dtype not in DTYPE_NAMES:
+            raise ValueError(f"dtype {dtype!r}: expected one of {sorted(DTYPE_NAMES)}")
+        dtype = DTYPE_NAMES[dtype]
+
+    with torch.device("meta"):
+        model = Gemma2(config)
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    files = weight_files(directory)
+    if config.tie_word_embeddings:
+        files.pop("lm_head.weight", None)  # some tied files still carry a copy; as transformers, use the embedding
+    unexpected = sorted(set(files) - set(expected))
+    if unexpected:
+        raise KeyError(f"{files[unexpected[0]]}: unexpected tensor(s) {unexpected[:5]} (not part of Gemma2 {config.num_hidden_layers} layers)")
+    missing = sorted(set(expected) - set(files))
+    if missing:
+        raise KeyError(f"{directory}: missing tensor(s) {missing[:5]}")
+
+    by_file: dict[Path, list[str]] = {}
+    for key, path in files.items():
+        by_file.setdefault(path, []).append(key)
+    for path, keys in by_file.items():
+        header, start = read_safetensors_header(path)
+        with open(path, "rb") as f:
+            for key in keys:
+                if key not in header:
+                    raise KeyError(f"{path}: tensor {key!r} is listed in the index but not in the file")
+                if tuple(header[key]["shape"]) != expected[key]:
+                    raise ValueError(f"{path}: tensor {key!r} has shape {tuple(header[key]['shape'])}, expected {expected[key]}")
+                t = read_tensor(f, path, key, header[key], start).to(device=device, dtype=dtype)
+                model.load_state_dict({key: t}, strict=False, assign=True)
+                del t
+    model.requires_grad_(False).eval()
+    tok_file = directory / "tokenizer.json"
+    tokenizer = Tokenizer.from_file(tok_file) if tok_file.exists() else None
+    return model, tokenizer
+
+
+# -- save ---------------------------------------------------------------------------------------------
+def _atomic_json(path: Path, obj) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(json.dumps(obj, indent=2) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def save_pretrained(model: Gemma2, tokenizer: Tokenizer | None, directory, max_shard_bytes: int = 5 * 2**30) -> Path:
+    """Write the Hugging Face layout; shards (model-0000K-of-0000N.safetensors + index) above max_shard_bytes.
+
+    Every file is written under a temporary name and renamed, and weight files of an earlier save that
+    the new one does not use are removed only after the new ones are in place.
+    """
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    if model.config.tie_word_embeddings:
+        state.pop("lm_head.weight", None)
+    dtype = model.model.embed_tokens.weight.dtype
+    shards, current, size = [], {}, 0
+    for key, t in state.items():
+        nbytes = t.numel() * t.element_size()
+        if current and size + nbytes > max_shard_bytes:
+            shards.append(current)
+            current, size = {}, 0
+        current[key] = t
+        size += nbytes
+    shards.append(current)
+
+    names = ["model.safetensors"] if len(shards) == 1 else [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
+    for name, shard in zip(names, shards):
+        tmp = directory / f".{name}.tmp{os.getpid()}"
+        save_file(shard, str(tmp), metadata={"format": "pt"})
+        os.replace(tmp, directory / name)
+    index = directory / "model.safetensors.index.json"
+    if len(shards) > 1:
+        total = sum(t.numel() * t.element_size() for t in state.values())
+        weight_map = {k: name for name, shard in zip(names, shards) for k in shard}
+        _atomic_json(index, {"metadata": {"total_size": total}, "weight_map": weight_map})
+    for old in directory.glob("model*.safetensors*"):
+        if old.name not in names and (old.name == index.name and len(shards) == 1 or re.fullmatch(r"model(-\d+-of-\d+)?\.safetensors", old.name)):
+            old.unlink()
+    _atomic_json(directory / "config.json", config_to_dict(model.config, dtype))
+    c = model.config
+    _atomic_json(directory / "generation_config.json",
+                 {"bos_token_id": c.bos_token_id, "eos_token_id": c.eos_token_id, "pad_token_id": c.pad_token_id})
+    if tokenizer is not None:
+        tokenizer.save(directory)
+    return directory

@@ -1,0 +1,264 @@
+"""Generation for search and RL: a KV cache, prefill once / fork N rows, sampling, stops, log-probs, budgets.
+
+    generate(model, prompts, max_new_tokens, temperature=0.0, ...) -> list[Completion]
+
+Every prompt is prefilled once (rows of different lengths in one right-padded batch), then forked into
+`num_samples` rows that share the prefilled keys and values. Each step feeds the last token of every
+live row, samples the next one from a seeded `torch.Generator`, and records per token: the log-prob
+under the model (temperature 1), the log-prob under the distribution actually sampled from (logits /
+temperature, the one RL's importance ratios need), and the entropy and varentropy of the model's
+distribution. Rows stop on their own stop token ids or stop strings, or at max_new_tokens; finished
+rows are dropped from the batch once a quarter of it is finished.
+
+`generate_budgeted` is Elastic Reasoning's two-phase rollout (Xu et al. 2025, "Scalable Chain of
+Thoughts via Elastic Reasoning", sec. 3.1): think for up to `think_budget` tokens, force `</think>` if
+it was not emitted, then answer in up to `solution_budget` tokens, in the same cache.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+
+@dataclass
+class Completion:
+    """One generated row."""
+
+    prompt: list[int]  # the prompt's token ids
+    tokens: list[int] = field(default_factory=list)  # new token ids (sampled and forced)
+    text: str | None = None  # decoded new tokens, cut after the stop string (None without a tokenizer)
+    finish_reason: str = "length"  # "stop_token", "stop_string" or "length"
+    logprobs: list[float] = field(default_factory=list)  # log p(token) under the model (temperature 1)
+    scaled_logprobs: list[float] = field(default_factory=list)  # log p(token) under logits / temperature
+    entropy: list[float] = field(default_factory=list)  # entropy of the model's next-token distribution
+    varentropy: list[float] = field(default_factory=list)  # variance of -log p under that distribution
+    forced: list[bool] = field(default_factory=list)  # True where the token was forced, not sampled
+
+    @property
+    def mean_logprob(self) -> float:
+        """Length-normalised log-prob of the sampled tokens; exp of it is LLaMA-O1's policy probability."""
+        lps = [lp for lp, f in zip(self.logprobs, self.forced) if not f]
+        return sum(lps) / len(lps) if lps else 0.0
+
+
+def sample_next(logits, temperature: float = 0.0, top_k: int | None = None, top_p: float | None = None,
+                generator: torch.Generator | None = None):
+    """Next token per row from logits (B, V): argmax at temperature 0, else a draw from
+    softmax(logits / temperature) restricted to the top_k tokens and to the smallest set whose mass
+    reaches top_p (Holtzman et al. 2020, "The Curious Case of Neural Text Degeneration", sec. 3.1)."""
+    if temperature <= 0:
+        return logits.argmax(-1)
+    scores = logits.float() / temperature  # (B, V)
+    if top_k is not None and top_k < scores.shape[-1]:
+        kth = scores.topk(top_k, dim=-1).values[:, -1:]  # (B, 1)
+        scores = scores.masked_fill(scores < kth, float("-inf"))
+    if top_p is not None and top_p < 1.0:
+        sorted_scores, order = scores.sort(-1, descending=True)  # (B, V)
+        probs = sorted_scores.softmax(-1)
+        drop = probs.cumsum(-1) - probs > top_p  # mass before this token already reaches top_p
+        scores = scores.scatter(-1, order, sorted_scores.masked_fill(drop, float("-inf")))
+    probs = scores.softmax(-1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)  # (B,)
+
+
+def token_stats(logits, tokens, temperature: float):
+    """(log p, log p under logits/temperature, entropy, varentropy) of `tokens` (B,) under logits (B, V).
+
+    Entropy H = -sum p log p and varentropy sum p (log p + H)^2 are of the model's own (temperature 1)
+    distribution. At temperature 0 the scaled log-prob is the model's log-prob.
+    """
+    logp = F.log_softmax(logits.float(), dim=-1)  # (B, V)
+    p = logp.exp()
+    entropy = -(p * logp).sum(-1)  # (B,)
+    varentropy = (p * (logp + entropy[:, None]) ** 2).sum(-1)  # (B,)
+    lp = logp.gather(-1, tokens[:, None]).squeeze(-1)
+    if temperature > 0 and temperature != 1.0:
+        slp = F.log_softmax(logits.float() / temperature, dim=-1).gather(-1, tokens[:, None]).squeeze(-1)
+    else:
+        slp = lp
+    return lp, slp, entropy, varentropy
+
+
+def feed(model, cache, pending: list[list[int]]):
+    """Append each row's pending tokens (possibly none) to the cache; return next-token logits (B, V).
+
+    Rows with fewer tokens are right-padded and advance by their own count only.
+    """
+    n = torch.tensor([len(p) for p in pending], device=cache.lengths.device)  # (B,)
+    T = max(1, int(n.max()))
+    pad = model.config.pad_token_id
+    ids = torch.tensor([p + [pad] * (T - len(p)) for p in pending], device=cache.lengths.device)  # (B, T)
+    mask = None if bool((n == T).all()) else (torch.arange(T, device=n.device) < n[:, None]).long()
+    h = model.hidden_states(ids, attention_mask=mask, cache=cache)  # (B, T, C)
+    last = h[torch.arange(len(pending), device=n.device), (n - 1).clamp(min=0)]  # (B, C)
+    return model.logits(last)
+
+
+def _per_row(value, n_prompts: int, default):
+    """A setting given once for all prompts, or as a list with one entry per prompt."""
+    if value is None:
+        return [list(default) for _ in range(n_prompts)]
+    if len(value) and isinstance(value[0], (list, tuple)):
+        if len(value) != n_prompts:
+            raise ValueError(f"per-prompt setting has {len(value)} entries for {n_prompts} prompts")
+        return [list(v) for v in value]
+    return [list(value) for _ in range(n_prompts)]
+
+
+LIVE, PAUSED, DONE = "live", "paused", "done"
+
+
+class _Batch:
+    """Rows being generated. Cache row i <-> rows[i]; pending[i]: tokens chosen but not yet fed.
+
+    A row is live (sampling), paused (stopped on a pause token, cache kept for a later phase) or done.
+    Done rows are dropped from the cache once they are a quarter of the batch.
+    """
+
+    def __init__(self, cache, rows, stop_ids, stop_strings, pause_ids=None):
+        self.cache, self.rows = cache, rows
+        self.pending = [[] for _ in rows]
+        self.state = [LIVE] * len(rows)
+        self.stop_ids, self.stop_strings = stop_ids, stop_strings
+        self.pause_ids = pause_ids or [[] for _ in rows]
+
+    def compact(self, force: bool = False):
+        done = self.state.count(DONE)
+        if done and (force or 4 * done >= len(self.rows)):
+            keep = [i for i, s in enumerate(self.state) if s != DONE]
+            self.cache.keep(keep)
+            for name in ("rows", "pending", "state", "stop_ids", "stop_strings", "pause_ids"):
+                setattr(self, name, [getattr(self, name)[i] for i in keep])
+
+    def record(self, i: int, token: int, stats=None, forced: bool = False):
+        row = self.rows[i]
+        row.tokens.append(token)
+        row.forced.append(forced)
+        for name, values in zip(("logprobs", "scaled_logprobs", "entropy", "varentropy"), stats or [None] * 4):
+            getattr(row, name).append(0.0 if values is None else values[i])
+        self.pending[i].append(token)
+
+
+def _decode(model, batch: _Batch, max_steps: int, temperature, top_k, top_p, generator, tokenizer, first_logits=None):
+    """Sample up to max_steps tokens for every live row; rows still live afterwards end with "length"."""
+    for step in range(max_steps):
+        if LIVE not in batch.state:
+            break
+        if step == 0 and first_logits is not None:
+            logits = first_logits  # the prefill already produced the first step's logits
+        else:
+            logits = feed(model, batch.cache, [p if s == LIVE else [] for p, s in zip(batch.pending, batch.state)])
+        for i, s in enumerate(batch.state):
+            if s == LIVE:
+                batch.pending[i] = []
+        tokens = sample_next(logits, temperature, top_k, top_p, generator)  # (B,)
+        stats = [t.tolist() for t in token_stats(logits, tokens, temperature)]
+        for i, tok in enumerate(tokens.tolist()):
+            if batch.state[i] != LIVE:
+                continue
+            batch.record(i, tok, stats)
+            row = batch.rows[i]
+            if tok in batch.pause_ids[i]:
+                batch.state[i] = PAUSED
+            elif tok in batch.stop_ids[i]:
+                batch.state[i], row.finish_reason = DONE, "stop_token"
+            elif batch.stop_strings[i] and _has_stop_string(tokenizer, row.tokens, batch.stop_strings[i]):
+                batch.state[i], row.finish_reason = DONE, "stop_string"
+        batch.compact()
+    for row, s in zip(batch.rows, batch.state):
+        if s == LIVE:
+            row.finish_reason = "length"
+
+
+def _has_stop_string(tokenizer, tokens, stop_strings) -> bool:
+    # rows stop at the first occurrence, so a stop string in the text is one the last token completed;
+    # decoding a tail wide enough to hold it suffices (a byte-fallback piece can be a quarter character)
+    width = 4 * max(len(s) for s in stop_strings) + 4
+    tail = tokenizer.decode(tokens[-width:])
+    return any(s in tail for s in stop_strings)
+
+
+def _finish_text(rows, tokenizer, stop_strings):
+    if tokenizer is None:
+        return
+    for row, stops in zip(rows, stop_strings):
+        text = tokenizer.decode(row.tokens)
+        if row.finish_reason == "stop_string":
+            text = text[: min(text.find(s) + len(s) for s in stops if s in text)]
+        row.text = text
+
+
+def _prefill(model, prompts, num_samples, extra_len, stop_token_ids, stop_strings, tokenizer):
+    """Prefill every prompt once, fork each into num_samples rows; returns (batch, first-step logits)."""
+    if not prompts or any(len(p) == 0 for p in prompts):
+        raise ValueError("prompts must be a non-empty list of non-empty token-id lists")
+    if stop_strings is not None and tokenizer is None:
+        raise ValueError("stop_strings need a tokenizer to decode the generated text")
+    eos = model.config.eos_token_id
+    stop_ids = _per_row(stop_token_ids, len(prompts), eos if isinstance(eos, list) else [eos])
+    stops = _per_row(stop_strings, len(prompts), [])
+    cache = model.new_cache(len(prompts), max(len(p) for p in prompts) + extra_len)
+    logits = feed(model, cache, [list(p) for p in prompts])  # (B, V)
+    order = [i for i in range(len(prompts)) for _ in range(num_samples)]
+    if num_samples > 1:
+        cache, logits = cache.fork(order), logits[order]
+    rows = [Completion(prompt=list(prompts[i])) for i in order]
+    batch = _Batch(cache, rows, [stop_ids[i] for i in order], [stops[i] for i in order])
+    return batch, logits
+
+
+def _generator(model, generator, seed):
+    if generator is not None:
+        return generator
+    return torch.Generator(device=model.model.embed_tokens.weight.device).manual_seed(seed)
+
+
+@torch.no_grad()
+def generate(model, prompts: list[list[int]], max_new_tokens: int, temperature: float = 0.0, top_k: int | None = None,
+             top_p: float | None = None, num_samples: int = 1, stop_token_ids=None, stop_strings=None, tokenizer=None,
+             generator: torch.Generator | None = None, seed: int = 0) -> list[Completion]:
+    """Generate up to max_new_tokens for each prompt (greedy at temperature 0), num_samples rows per prompt.
+
+    prompts: token-id lists (any lengths). stop_token_ids / stop_strings: one list for every prompt, or a
+    list of lists (one per prompt); stop_token_ids defaults to the model's eos; a stop token is kept as
+    the last token, and text is cut right after a stop string. Returns len(prompts) * num_samples
+    Completions, the samples of prompt i at i*num_samples .. (i+1)*num_samples-1. Sampling draws from
+    `generator`, or from a new one seeded with `seed`.
+    """
+    generator = _generator(model, generator, seed)
+    batch, logits = _prefill(model, prompts, num_samples, max_new_tokens, stop_token_ids, stop_strings, tokenizer)
+    rows, stops = list(batch.rows), list(batch.stop_strings)
+    _decode(model, batch, max_new_tokens, temperature, top_k, top_p, generator, tokenizer, first_logits=logits)
+    _finish_text(rows, tokenizer, stops)
+    return rows
+
+
+@torch.no_grad()
+def generate_budgeted(model, prompts: list[list[int]], think_budget: int, solution_budget: int, think_end_id: int,
+                      temperature: float = 0.0, top_k: int | None = None, top_p: float | None = None, num_samples: int = 1,
+                      stop_token_ids=None, tokenizer=None, generator: torch.Generator | None = None, seed: int = 0) -> list[Completion]:
+    """Elastic Reasoning's budgeted rollout: think (<= think_budget tokens, stop at </think>), then answer.
+
+    A row that did not emit `think_end_id` within the budget gets it appended (forced[j] = True there,
+    log-probs 0); the forced token is part of the completion and of the loss mask. A row that stops
+    (eos) while still thinking ends there, without </think> (its reward is 0). The answer phase samples
+    up to solution_budget tokens in the same cache and stops on stop_token_ids (default: eos).
+    """
+    generator = _generator(model, generator, seed)
+    batch, logits = _prefill(model, prompts, num_samples, think_budget + solution_budget + 1, stop_token_ids, None, tokenizer)
+    rows = list(batch.rows)
+    batch.pause_ids = [[think_end_id] for _ in batch.rows]
+    _decode(model, batch, think_budget, temperature, top_k, top_p, generator, tokenizer, first_logits=logits)
+    for i, s in enumerate(batch.state):
+        if s == LIVE:  # out of thinking budget: force the delimiter behind the last thought token
+            batch.record(i, think_end_id, forced=True)
+        if s != DONE:
+            batch.state[i] = LIVE
+            batch.rows[i].finish_reason = "length"
+    batch.pause_ids = [[] for _ in batch.rows]
+    _decode(model, batch, solution_budget, temperature, top_k, top_p, generator, tokenizer)
+    _finish_text(rows, tokenizer, [[] for _ in rows])
+    return rows

@@ -1,0 +1,148 @@
+"""A thin wrapper over Hugging Face `tokenizers`: Gemma's tokenizer.json, or a tiny byte-fallback BPE.
+
+Special tokens are always looked up by name (a fine-tune such as OpenLongCoT-Base-Gemma2-2B adds the
+thought-format tokens from id 256000 on; a tiny tokenizer puts them elsewhere). `train_tokenizer`
+trains a small BPE whose vocabulary holds every special token below, the 256 byte tokens `<0x00>` ..
+`<0xFF>` (so no text is ever `<unk>`), and single digits (so arithmetic is learnable).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from tokenizers import AddedToken, Regex, decoders, models, normalizers, pre_tokenizers, processors, trainers
+from tokenizers import Tokenizer as HFTokenizer
+
+# Gemma's control tokens, at Gemma's ids 0..3 in a trained tokenizer too.
+CONTROL_TOKENS = ["<pad>", "<eos>", "<bos>", "<unk>"]
+CHAT_TOKENS = ["<start_of_turn>", "<end_of_turn>"]
+# The LongCoT thought-tree format (LLaMA-O1 / OpenLongCoT), see thoughts.py.
+THOUGHT_TOKENS = [
+    "<start_of_father_id>", "<end_of_father_id>", "<start_of_local_id>", "<end_of_local_id>",
+    "<start_of_thought>", "<end_of_thought>", "<start_of_rating>", "<end_of_rating>",
+    "<positive_rating>", "<negative_rating>", "<unknown_rating>",
+    "<expansion>", "<problem>", "<critic>", "<refine>", "<conclusion>",
+]
+# Elastic Reasoning's thinking delimiters.
+THINK_TOKENS = ["<think>", "</think>"]
+SPECIAL_TOKENS = CONTROL_TOKENS + CHAT_TOKENS + THOUGHT_TOKENS + THINK_TOKENS
+BYTE_TOKENS = [f"<0x{b:02X}>" for b in range(256)]
+
+
+class Tokenizer:
+    """encode / decode / token_id over a `tokenizers.Tokenizer`."""
+
+    def __init__(self, tk: HFTokenizer, source: str = "<memory>"):
+        self.tk = tk
+        self.source = source  # the file it came from, named in errors
+        self.bos_id = self.token_id("<bos>")
+        self.eos_id = self.token_id("<eos>")
+        self.pad_id = self.token_id("<pad>")
+
+    @classmethod
+    def from_file(cls, path) -> "Tokenizer":
+        path = Path(path)
+        if path.is_dir():
+            path = path / "tokenizer.json"
+        if not path.exists():
+            raise FileNotFoundError(f"{path}: tokenizer file not found (expected a Hugging Face tokenizer.json)")
+        try:
+            tk = HFTokenizer.from_file(str(path))
+        except Exception as e:  # the tokenizers library raises a bare Exception on bad JSON
+            raise ValueError(f"{path}: not a valid tokenizer.json ({e})") from e
+        return cls(tk, source=str(path))
+
+    def __len__(self) -> int:
+        return self.tk.get_vocab_size(with_added_tokens=True)
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self)
+
+    def token_id(self, token: str) -> int:
+        i = self.tk.token_to_id(token)
+        if i is None:
+            raise KeyError(f"{self.source}: token {token!r} is not in the vocabulary")
+        return i
+
+    def has_token(self, token: str) -> bool:
+        return self.tk.token_to_id(token) is not None
+
+    def encode(self, text: str, add_bos: bool = True) -> list[int]:
+        """Token ids of `text`; a leading <bos> is added once (never twice if the text already has one)."""
+        ids = self.tk.encode(text, add_special_tokens=False).ids
+        if add_bos and (not ids or ids[0] != self.bos_id):
+            ids = [self.bos_id] + ids
+        return ids
+
+    def decode(self, ids, skip_special: bool = False) -> str:
+        return self.tk.decode(list(ids), skip_special_tokens=skip_special)
+
+    def chat_prompt(self, message: str) -> str:
+        """Gemma's chat turn; encode it with add_bos=True (it starts with <bos> already: no double)."""
+        return f"<bos><start_of_turn>user\n{message}<end_of_turn>\n<start_of_turn>model\n"
+
+    def save(self, directory) -> None:
+        """Write tokenizer.json, tokenizer_config.json and special_tokens_map.json (atomically each)."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        special = {"bos_token": "<bos>", "eos_token": "<eos>", "pad_token": "<pad>", "unk_token": "<unk>"}
+        config = {"tokenizer_class": "PreTrainedTokenizerFast", "add_bos_token": True, "add_eos_token": False,
+                  "model_max_length": 1_000_000, **special}
+        _atomic_write_text(directory / "tokenizer.json", self.tk.to_str())
+        _atomic_write_text(directory / "tokenizer_config.json", json.dumps(config, indent=2))
+        _atomic_write_text(directory / "special_tokens_map.json", json.dumps(special, indent=2))
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def train_tokenizer(texts, vocab_size: int, special_tokens=SPECIAL_TOKENS, split_digits: bool = True) -> Tokenizer:
+    """Train a small byte-fallback BPE (Sennrich et al. 2016) on `texts`.
+
+    Layout of the vocabulary: special tokens first (so <pad>=0, <eos>=1, <bos>=2, <unk>=3 as in Gemma),
+    then the 256 byte tokens, then the learned pieces. Spaces become "▁" as in SentencePiece, words keep
+    their leading "▁", and every digit is its own token when split_digits is set.
+    """
+    special_tokens = list(special_tokens)
+    if special_tokens[:4] != CONTROL_TOKENS:
+        raise ValueError(f"special_tokens must start with {CONTROL_TOKENS}, got {special_tokens[:4]}")
+    n_fixed = len(special_tokens) + len(BYTE_TOKENS)
+    if vocab_size <= n_fixed:
+        raise ValueError(f"vocab_size={vocab_size} leaves no room for learned pieces (needs > {n_fixed})")
+
+    def build(model):
+        tk = HFTokenizer(model)
+        tk.normalizer = normalizers.Replace(" ", "▁")
+        splits = [pre_tokenizers.Split(Regex("▁?[^▁]*"), "isolated")]
+        if split_digits:
+            splits.append(pre_tokenizers.Digits(individual_digits=True))
+        tk.pre_tokenizer = pre_tokenizers.Sequence(splits)
+        tk.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse()])
+        return tk
+
+    # 1) learn the merges (specials excluded from the statistics)
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size - n_fixed + 64, special_tokens=special_tokens, show_progress=False)
+    learner = build(models.BPE(unk_token="<unk>"))
+    learner.train_from_iterator(texts, trainer)
+    learned = json.loads(learner.to_str())["model"]
+    # 2) lay the vocabulary out: specials, bytes, then learned pieces by their learned order
+    vocab = {t: i for i, t in enumerate(special_tokens + BYTE_TOKENS)}
+    for piece, _ in sorted(learned["vocab"].items(), key=lambda kv: kv[1]):
+        if piece not in vocab and len(vocab) < vocab_size:
+            vocab[piece] = len(vocab)
+    merges = [tuple(m) if isinstance(m, list) else tuple(m.split(" ")) for m in learned["merges"]]
+    merges = [(a, b) for a, b in merges if a in vocab and b in vocab and a + b in vocab]
+    tk = build(models.BPE(vocab=vocab, merges=merges, unk_token="<unk>", byte_fallback=True))
+    tk.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in special_tokens])
+    # like Gemma's tokenizer.json: other libraries (transformers) add <bos> when asked for special tokens
+    tk.post_processor = processors.TemplateProcessing(single="<bos> $A", pair="<bos> $A $B", special_tokens=[("<bos>", 2)])
+    return Tokenizer(tk)
