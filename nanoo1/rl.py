@@ -1,0 +1,348 @@
+"""Policy-gradient RL on token sequences: completion log-probs, GAE, PPO, GRPO and one-step updates.
+
+Every tensor lives on the (B, T) grid of `input_ids`: position t holds the quantity of token
+input_ids[:, t] (its log-prob, advantage, value, ...). A `completion_mask` (B, T) marks the generated
+tokens that are trained; prompt and padding positions are 0 in it and 0 in every returned tensor.
+Advantages are per token (B, T) or per sequence (B,), the latter broadcast over the sequence's tokens.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch.utils.checkpoint import checkpoint
+
+LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo")
+
+
+# ---------------------------------------------------------------------------- log-probs
+
+def _chunk_logprobs(model, hidden, targets, temperature: float, with_entropy: bool):
+    logits = model.logits(hidden).float() / temperature  # (B, c, V)
+    logz = torch.logsumexp(logits, dim=-1)  # (B, c)
+    logp = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - logz  # (B, c)
+    if not with_entropy:
+        return logp, torch.zeros_like(logp)
+    entropy = logz - (torch.softmax(logits, dim=-1) * logits).sum(-1)  # H = log Z - E_p[logit]  (B, c)
+    return logp, entropy
+
+
+def completion_logprobs(model, input_ids, attention_mask, completion_mask, temperature: float = 1.0,
+                        chunk_size: int = 512, return_entropy: bool = False):
+    """Per-token log-probs of the completion tokens under `model`, sampled at `temperature`.
+
+    logp[b, t] = log softmax(logits[b, t-1] / temperature)[input_ids[b, t]]  where completion_mask[b, t] = 1,
+    the logits at position t-1 predicting token t (LLaMA-O1 scores token t with the logits at t, one off).
+    Dividing by the temperature matches TRL: the ratio is taken against the distribution that sampled.
+    The lm head and log-softmax run on `chunk_size` positions at a time, and under autograd each chunk is
+    recomputed in backward (activation checkpointing), so no full (B, T, V) tensor is ever kept.
+    Returns logp (B, T), or (logp, entropy) with entropy[b, t] = H(softmax(logits[b, t-1] / temperature)).
+    """
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    mask = completion_mask.bool()  # (B, T)
+    if mask[:, 0].any():
+        raise ValueError("completion_mask[:, 0] is set, but the first token has no logits before it to score "
+                         "it; the mask must cover generated tokens only")
+    B, T = input_ids.shape
+    hidden = model.hidden_states(input_ids, attention_mask)  # (B, T, C)
+    scored = mask.any(dim=0).nonzero()
+    start = int(scored[0]) - 1 if len(scored) else T - 1  # skip the lm head over prompt-only columns
+    zeros = torch.zeros(B, start + 1, device=hidden.device)
+    logps, entropies = [zeros], [zeros]
+    use_ckpt = torch.is_grad_enabled() and hidden.requires_grad
+    for s in range(start, T - 1, chunk_size):
+        e = min(s + chunk_size, T - 1)
+        args = (model, hidden[:, s:e], input_ids[:, s + 1:e + 1], temperature, return_entropy)
+        lp, ent = checkpoint(_chunk_logprobs, *args, use_reentrant=False) if use_ckpt else _chunk_logprobs(*args)
+        logps.append(lp)
+        entropies.append(ent)
+    logp = torch.where(mask, torch.cat(logps, dim=1), 0.0)  # (B, T)
+    if not return_entropy:
+        return logp
+    return logp, torch.where(mask, torch.cat(entropies, dim=1), 0.0)
+
+
+# ---------------------------------------------------------------------------- advantages
+
+@torch.no_grad()
+def gae(rewards, values, gamma: float = 0.99, lam: float = 0.95, mask=None, last_value=0.0):
+    """Generalized advantage estimation over (B, T) steps (Schulman et al. 2016, eq. 16; as in CleanRL).
+
+    delta_t = r_t + gamma V_{t+1} - V_t,   A_t = delta_t + gamma lam A_{t+1},   returns_t = A_t + V_t,
+    run backwards from the last step. Steps where `mask` is 0 are skipped (advantage 0; V_{t+1} and A_{t+1}
+    come from the next unmasked step), so left or right padding needs no special care. `last_value`
+    (scalar or (B,)) bootstraps the value after the last step: 0 when the episode ended there.
+    """
+    B, T = rewards.shape
+    mask = torch.ones_like(rewards, dtype=torch.bool) if mask is None else mask.bool()
+    values = values.to(rewards.dtype)
+    next_value = torch.as_tensor(last_value, dtype=rewards.dtype, device=rewards.device).expand(B).clone()  # (B,)
+    next_adv = torch.zeros_like(next_value)  # (B,)
+    adv = torch.zeros_like(rewards)  # (B, T)
+    for t in reversed(range(T)):
+        a = rewards[:, t] + gamma * next_value - values[:, t] + gamma * lam * next_adv  # (B,)
+        m = mask[:, t]
+        adv[:, t] = torch.where(m, a, 0.0)
+        next_value = torch.where(m, values[:, t], next_value)
+        next_adv = torch.where(m, a, next_adv)
+    return adv, torch.where(mask, adv + values, 0.0)
+
+
+def path_gae(rewards, values, gamma: float = 0.99, lam: float = 0.95, last_value=0.0):
+    """GAE along one root-to-node path of a thought tree: `gae` on a single 1-D trajectory.
+
+    Entry k is the k-th step down from the root (root first): V_k the value of the state before it, r_k its
+    reward. A_k looks forward to the descendants, so credit for a success at the leaf flows up to the root,
+    discounted by (gamma lam) per level. LLaMA-O1 runs the recursion from child to parent, backwards.
+    Returns (advantages (L,), returns (L,)).
+    """
+    if rewards.dim() != 1 or values.shape != rewards.shape:
+        raise ValueError(f"path_gae expects 1-D rewards and values of equal length, got {tuple(rewards.shape)} "
+                         f"and {tuple(values.shape)}")
+    adv, ret = gae(rewards[None], values[None], gamma, lam, last_value=last_value)
+    return adv[0], ret[0]
+
+
+@torch.no_grad()
+def grpo_advantages(rewards, group_size: int | None = None, scale_std: bool = True, eps: float = 1e-4):
+    """Group-relative advantages (Shao et al. 2024, DeepSeekMath, sec. 4.1.2; TRL GRPOTrainer).
+
+    A_i = (r_i - mean(r_group)) / (std(r_group) + eps), std with Bessel's correction as in TRL;
+    scale_std=False gives Dr. GRPO's A_i = r_i - mean(r_group) (Liu et al. 2025). `rewards` is
+    (num_groups, G), or flat (num_groups * G,) with `group_size` G. A group of one gets advantage 0.
+    """
+    flat = rewards.dim() == 1
+    if flat:
+        if group_size is None or group_size < 1 or rewards.numel() % group_size:
+            raise ValueError(f"flat rewards of length {rewards.numel()} need a group_size dividing it, "
+                             f"got {group_size}")
+        grouped = rewards.view(-1, group_size)  # (num_groups, G)
+    else:
+        grouped = rewards
+    grouped = grouped if grouped.is_floating_point() else grouped.float()
+    G = grouped.shape[1]
+    adv = grouped - grouped.mean(dim=1, keepdim=True)  # (num_groups, G)
+    if scale_std:
+        adv = adv / (grouped.std(dim=1, keepdim=True, correction=1 if G > 1 else 0) + eps)
+    return adv.reshape(-1) if flat else adv
+
+
+# ---------------------------------------------------------------------------- losses
+
+def _masked_mean(x, mask):
+    return torch.where(mask, x, 0.0).sum() / mask.sum().clamp(min=1)
+
+
+def _clipped_surrogate(logp, old_logp, advantages, eps_low: float, eps_high: float):
+    """Per-token -min(ratio A, clip(ratio, 1 - eps_low, 1 + eps_high) A), which tokens the clip holds, approx KL."""
+    if old_logp.requires_grad:
+        raise ValueError("old_logp requires grad: it must be stored at collection time (under torch.no_grad), "
+                         "not recomputed from the live model, or the ratio is always 1")
+    adv = advantages.unsqueeze(1) if advantages.dim() == 1 else advantages  # (B, 1) or (B, T)
+    log_ratio = logp - old_logp  # (B, T)
+    ratio = torch.exp(log_ratio)
+    clipped = torch.clamp(ratio, 1 - eps_low, 1 + eps_high)
+    per_token = -torch.minimum(ratio * adv, clipped * adv)  # the clipped term, used (cf. Elastic Reasoning)
+    is_clipped = ((ratio > 1 + eps_high) & (adv > 0)) | ((ratio < 1 - eps_low) & (adv < 0))  # zero gradient
+    approx_kl = (ratio - 1) - log_ratio  # k3 estimator of KL(old || new), always >= 0
+    return per_token, is_clipped, approx_kl.detach()
+
+
+def ppo_policy_loss(logp, old_logp, advantages, mask, clip_eps: float = 0.2):
+    """PPO clipped surrogate (Schulman et al. 2017, eq. 7), averaged over the masked tokens.
+
+    L = mean_t -min(r_t A_t, clip(r_t, 1 - eps, 1 + eps) A_t),  r_t = exp(logp_t - old_logp_t).
+    `old_logp` comes from the policy that collected the batch (never the live model).
+    Returns (loss, stats) with stats clip_frac (share of tokens whose gradient the clip removes) and
+    approx_kl = mean((r - 1) - log r) (CleanRL), both detached.
+    """
+    mask = mask.bool()
+    per_token, is_clipped, approx_kl = _clipped_surrogate(logp, old_logp, advantages, clip_eps, clip_eps)
+    stats = {"clip_frac": _masked_mean(is_clipped.float(), mask), "approx_kl": _masked_mean(approx_kl, mask)}
+    return _masked_mean(per_token, mask), stats
+
+
+def value_loss(values, old_values, returns, mask=None, clip_eps: float | None = None):
+    """Value regression 0.5 mean (V - R)^2, optionally clipped around the collection-time values (CleanRL, TRL).
+
+    Clipped: 0.5 mean max((V - R)^2, (V_old + clip(V - V_old, -eps, eps) - R)^2).
+    """
+    mask = torch.ones_like(values, dtype=torch.bool) if mask is None else mask.bool()
+    sq = (values - returns) ** 2
+    if clip_eps is not None:
+        v_clip = old_values + torch.clamp(values - old_values, -clip_eps, clip_eps)
+        sq = torch.maximum(sq, (v_clip - returns) ** 2)
+    return 0.5 * _masked_mean(sq, mask)
+
+
+def kl_early_stop(approx_kl, target_kl: float | None) -> bool:
+    """True when the policy moved too far from the collecting one: approx_kl > target_kl (CleanRL)."""
+    return target_kl is not None and float(approx_kl) > target_kl
+
+
+def k3_kl(logp, ref_logp):
+    """Unbiased, non-negative per-token estimate of KL(pi || pi_ref) (Schulman 2020 "k3"; DeepSeekMath eq. 4).
+
+    kl = exp(ref - logp) - (ref - logp) - 1.
+    """
+    d = ref_logp - logp
+    return torch.exp(d) - d - 1
+
+
+def grpo_loss(logp, old_logp, advantages, mask, loss_type: str = "grpo", eps_low: float = 0.2,
+              eps_high: float = 0.2, ref_logp=None, beta: float = 0.0, max_completion_length: int | None = None,
+              num_items_in_batch=None):
+    """GRPO clipped surrogate plus beta k3 KL, normalised by `loss_type` (TRL GRPOTrainer conventions).
+
+    l_t = -min(r_t A, clip(r_t, 1 - eps_low, 1 + eps_high) A) + beta k3(logp_t, ref_t), summed over masked t:
+      grpo:    mean over sequences of (sum_t l_t / |o_i|)               (Shao et al. 2024, eq. 3)
+      bnpo:    sum l / tokens in this batch
+      dr_grpo: sum l / (B * max_completion_length), default T           (Liu et al. 2025)
+      dapo:    sum l / num_items_in_batch, the tokens of the whole generation batch, default this batch's
+               (Yu et al. 2025, eq. 8; DAPO also sets eps_high = 0.28)
+    Returns (loss, stats): clip_frac, approx_kl, and kl when beta != 0 (detached).
+    """
+    if loss_type not in LOSS_TYPES:
+        raise ValueError(f"loss_type must be one of {LOSS_TYPES}, got {loss_type!r}")
+    mask = mask.bool()
+    per_token, is_clipped, approx_kl = _clipped_surrogate(logp, old_logp, advantages, eps_low, eps_high)
+    stats = {"clip_frac": _masked_mean(is_clipped.float(), mask), "approx_kl": _masked_mean(approx_kl, mask)}
+    if beta != 0.0:
+        if ref_logp is None:
+            raise ValueError(f"beta={beta} needs ref_logp, the reference model's log-probs")
+        kl = k3_kl(logp, ref_logp)  # (B, T)
+        per_token = per_token + beta * kl
+        stats["kl"] = _masked_mean(kl.detach(), mask)
+    per_token = torch.where(mask, per_token, 0.0)  # (B, T)
+    if loss_type == "grpo":
+        loss = (per_token.sum(-1) / mask.sum(-1).clamp(min=1)).mean()
+    elif loss_type == "bnpo":
+        loss = per_token.sum() / mask.sum().clamp(min=1)
+    elif loss_type == "dr_grpo":
+        loss = per_token.sum() / (mask.shape[0] * (max_completion_length or mask.shape[1]))
+    else:
+        n = mask.sum() if num_items_in_batch is None else num_items_in_batch
+        loss = per_token.sum() / torch.as_tensor(n, dtype=per_token.dtype, device=per_token.device).clamp(min=1)
+    return loss, stats
+
+
+# ---------------------------------------------------------------------------- one optimisation step
+
+@dataclass
+class PPOConfig:
+    clip_eps: float = 0.2  # policy ratio clip (Schulman et al. 2017)
+    vf_coef: float = 0.5  # weight of value_loss_fn's loss in the total
+    max_grad_norm: float = 1.0  # global gradient-norm clip; float("inf") disables it
+    micro_batch_size: int = 4  # rows per forward/backward; gradients accumulate over the whole batch
+    temperature: float = 1.0  # the sampling temperature; log-probs use logits / temperature
+    chunk_size: int = 512  # positions per lm-head chunk in completion_logprobs
+
+
+@dataclass
+class GRPOConfig:
+    loss_type: str = "grpo"  # one of LOSS_TYPES: how token losses are normalised
+    eps_low: float = 0.2  # lower ratio clip
+    eps_high: float = 0.2  # upper ratio clip (DAPO: 0.28)
+    beta: float = 0.0  # k3 KL weight; 0 needs no reference model
+    max_completion_length: int | None = None  # dr_grpo's constant denominator; None: the batch's T
+    max_grad_norm: float = 1.0  # global gradient-norm clip; float("inf") disables it
+    micro_batch_size: int = 4  # rows per forward/backward; gradients accumulate over the whole batch
+    temperature: float = 1.0  # the sampling temperature; log-probs use logits / temperature
+    chunk_size: int = 512  # positions per lm-head chunk in completion_logprobs
+
+
+def _require(batch: dict, keys, where: str):
+    missing = [k for k in keys if k not in batch]
+    if missing:
+        raise KeyError(f"{where}: batch lacks {missing}; it has {sorted(batch)}")
+
+
+def _micro_batches(batch: dict, size: int):
+    B = batch["input_ids"].shape[0]
+    for s in range(0, B, size):
+        yield {k: v[s:s + size] if torch.is_tensor(v) and v.dim() > 0 and v.shape[0] == B else v
+               for k, v in batch.items()}
+
+
+def _apply_gradients(optimizer, max_grad_norm: float, stats: dict) -> dict:
+    params = [p for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
+    grad_norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm)  # norm before clipping
+    finite = bool(torch.isfinite(grad_norm))
+    if finite:  # a NaN/inf gradient would poison every weight; drop the step instead
+        optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return {**{k: float(v) for k, v in stats.items()}, "grad_norm": float(grad_norm), "skipped": float(not finite)}
+
+
+def ppo_step(model, optimizer, batch: dict, config: PPOConfig,
+             value_loss_fn: Callable[[torch.nn.Module, dict], torch.Tensor] | None = None) -> dict:
+    """One PPO update: policy loss (+ vf_coef * value loss), accumulated over micro-batches, clipped, stepped.
+
+    batch: input_ids, attention_mask, completion_mask (B, T); old_logp (B, T) stored at collection time;
+    advantages (B, T) or (B,), e.g. from `gae`. Extra tensors with B rows are sliced along with them and
+    handed to `value_loss_fn(model, micro_batch)`, which returns the mean value loss over the micro-batch
+    rows: for nanoo1 the rating-token value loss, read from the policy's own logits. The accumulated
+    gradient equals that of the whole batch (token mean for the policy, row mean for the value), whatever
+    micro_batch_size is. Returns floats: loss, policy_loss, value_loss, clip_frac, approx_kl (measured
+    before the update), grad_norm (before clipping), skipped.
+    """
+    _require(batch, ("input_ids", "attention_mask", "completion_mask", "old_logp", "advantages"), "ppo_step")
+    B = batch["input_ids"].shape[0]
+    n_tokens = batch["completion_mask"].sum().clamp(min=1)
+    stats = dict.fromkeys(("loss", "policy_loss", "value_loss", "clip_frac", "approx_kl"), 0.0)
+    optimizer.zero_grad(set_to_none=True)
+    for mb in _micro_batches(batch, config.micro_batch_size):
+        logp = completion_logprobs(model, mb["input_ids"], mb["attention_mask"], mb["completion_mask"],
+                                   config.temperature, config.chunk_size)  # (b, T)
+        pl, st = ppo_policy_loss(logp, mb["old_logp"], mb["advantages"], mb["completion_mask"], config.clip_eps)
+        w = mb["completion_mask"].sum() / n_tokens  # this micro-batch's share of the batch's tokens
+        loss = pl * w
+        if value_loss_fn is not None:
+            vl = value_loss_fn(model, mb) * (mb["input_ids"].shape[0] / B)
+            loss = loss + config.vf_coef * vl
+            stats["value_loss"] += vl.detach()
+        loss.backward()
+        stats["loss"] += loss.detach()
+        stats["policy_loss"] += pl.detach() * w
+        stats["clip_frac"] += st["clip_frac"] * w
+        stats["approx_kl"] += st["approx_kl"] * w
+    return _apply_gradients(optimizer, config.max_grad_norm, stats)
+
+
+def grpo_step(model, optimizer, batch: dict, config: GRPOConfig) -> dict:
+    """One GRPO update with `grpo_loss`, accumulated over micro-batches, clipped, stepped.
+
+    batch: input_ids, attention_mask, completion_mask (B, T); advantages (B,) from `grpo_advantages`;
+    old_logp (B, T) from collection time, or absent for a single update per generation batch (then the
+    detached current log-probs: ratio 1, same gradient); ref_logp (B, T) when beta != 0; optionally
+    num_items_in_batch, the completion tokens of the whole generation batch when it is split over several
+    steps (dapo). The accumulated gradient equals that of `grpo_loss` on the whole batch, so here bnpo and
+    dapo agree unless num_items_in_batch is given. Returns floats: loss, clip_frac, approx_kl (and kl),
+    grad_norm (before clipping), skipped.
+    """
+    _require(batch, ("input_ids", "attention_mask", "completion_mask", "advantages"), "grpo_step")
+    if config.beta != 0.0:
+        _require(batch, ("ref_logp",), f"grpo_step with beta={config.beta}")
+    B, T = batch["input_ids"].shape
+    n_tokens = batch["completion_mask"].sum().clamp(min=1)
+    n_items = batch.get("num_items_in_batch", n_tokens)
+    stats = dict.fromkeys(("loss", "clip_frac", "approx_kl") + (("kl",) if config.beta else ()), 0.0)
+    optimizer.zero_grad(set_to_none=True)
+    for mb in _micro_batches(batch, config.micro_batch_size):
+        logp = completion_logprobs(model, mb["input_ids"], mb["attention_mask"], mb["completion_mask"],
+                                   config.temperature, config.chunk_size)  # (b, T)
+        old = mb["old_logp"] if "old_logp" in mb else logp.detach()
+        loss, st = grpo_loss(logp, old, mb["advantages"], mb["completion_mask"], config.loss_type,
+                             config.eps_low, config.eps_high, mb.get("ref_logp"), config.beta,
+                             config.max_completion_length or T, n_items)
+        token_share = mb["completion_mask"].sum() / n_tokens
+        w = {"grpo": mb["input_ids"].shape[0] / B, "dr_grpo": mb["input_ids"].shape[0] / B,
+             "bnpo": token_share, "dapo": 1.0}[config.loss_type]  # dapo's normaliser is already global
+        (loss * w).backward()
+        stats["loss"] += loss.detach() * w
+        for k in stats.keys() - {"loss"}:
+            stats[k] += st[k] * token_share
+    return _apply_gradients(optimizer, config.max_grad_norm, stats)

@@ -1,0 +1,234 @@
+import json
+import math
+from fractions import Fraction
+from pathlib import Path
+
+import pytest
+import torch
+
+from nanoo1.rewards import (check, cosine_length_reward, extract_answer, format_reward, last_boxed,
+                            normalize_answer, parse_number, repetition_penalty)
+
+GSM8K_TEST = Path(__file__).resolve().parents[1] / ".." / "shared" / "datasets" / "gsm8k" / "test.jsonl"
+
+
+# ---------------------------------------------------------------- extraction and checking
+
+
+@pytest.mark.parametrize("text, answer", [
+    ("Janet sells 9 eggs.\nShe makes 9 * 2 = $18.\n#### 18", "18"),
+    ("#### 1,450,000", "1,450,000"),
+    (r"So the result is \boxed{\frac{1}{2}}.", r"\frac{1}{2}"),
+    (r"\boxed{\frac{\sqrt{2}}{2}}", r"\frac{\sqrt{2}}{2}"),  # nested braces
+    ("The answer is $1,234.", "1,234"),
+    ("The final answer is: -3/4.", "-3/4"),
+    ("Final Answer: The final answer is $42$. I hope it is correct.", "42"),
+    ("The answer is B. Because the others are wrong.", "B"),
+    ("Each box holds 12, so 3 boxes hold 36.", "36"),  # bare numbers: the last wins
+    ("16-3-4=9", "9"),
+    ("The difference is 12-5", "5"),  # a minus between numbers is a subtraction, not a sign
+    ("It is \u22127 degrees outside", "-7"),  # unicode minus
+    ("The cost is .5 dollars", ".5"),
+    (r"First \boxed{5}, then, on reflection, \boxed{7}. Check: 7 + 1 = 8", "7"),  # boxed beats later numbers
+    ("The answer is 5.\n#### 6", "6"),  # #### beats "the answer is"
+    ("Earlier the answer is 3. Later the answer is 4.", "4"),
+    (r"so \boxed{12", "12"),  # an unclosed box is no box, but 12 is still the last number
+])
+def test_extract_answer(text, answer):
+    assert extract_answer(text) == answer
+
+
+@pytest.mark.parametrize("text", ["", "I do not know.", r"\boxed{}", r"\boxed{x"])
+def test_extract_answer_finds_nothing(text):
+    assert extract_answer(text) is None
+
+
+def test_last_boxed_balances_braces():
+    assert last_boxed(r"\boxed{a} and \boxed {\frac{1}{\sqrt{4}}} end") == r"\frac{1}{\sqrt{4}}"
+    assert last_boxed(r"\box{5}") is None  # LLaMA-O1's \box is not \boxed
+    assert last_boxed(r"\boxed{5} \boxed{6") == "5"  # an unclosed box is ignored
+
+
+@pytest.mark.parametrize("answer, value", [
+    ("1,234", 1234), ("-3.5", Fraction(-7, 2)), ("3/4", Fraction(3, 4)), (r"\frac{3}{4}", Fraction(3, 4)),
+    (r"-\dfrac{3}{4}", Fraction(-3, 4)), (r"\frac{-3}{4}", Fraction(-3, 4)), (r"\$1,234.50", Fraction(246900, 200)),
+    ("50%", 50), (r"72^\circ", 72), (r"5\text{ cm}^2", 5), ("18 dollars", 18), ("x = 5", 5), ("(-2)", -2),
+    ("+7", 7), ("0.125", Fraction(1, 8)),
+    ("x+1", None), ("2 + 3", None), ("(3, 4)", None), ("B", None), (r"3 \times 10^5", None), ("1/0", None),
+])
+def test_parse_number(answer, value):
+    assert parse_number(answer) == value
+
+
+def test_normalize_answer_gives_voting_keys():
+    assert normalize_answer("1,234.0") == normalize_answer("$1234") == "1234"
+    assert normalize_answer("0.75") == normalize_answer(r"\frac{3}{4}") == "3/4"
+    assert normalize_answer("X + 1") == normalize_answer("x+1") == "x+1"
+
+
+@pytest.mark.parametrize("response, truth, expected", [
+    ("The answer is 72.", "He earns 8 * 9 = 72\n#### 72", True),
+    (r"\boxed{72}", 72, True),
+    ("The answer is 5", r"so \boxed{5}", True),  # a boxed ground truth
+    ("The answer is 0.1", 0.1, True),  # a float ground truth: within 1e-6 of 1/10
+    ("2", Fraction(4, 2), True),
+    (r"\boxed{\frac{1}{2}}", "0.5", True),
+    ("0.5", r"\frac{1}{2}", True),
+    ("3/4", "0.75", True),
+    ("#### 1,234", "1234", True),
+    (r"\boxed{\$1,234.00}", "1,234", True),
+    (r"\boxed{18 \text{ dollars}}", "18", True),
+    ("-3", "3", False),
+    ("-3", "-3", True),
+    ("0.333333", "1/3", True),  # |0.333333 - 1/3| / (1/3) = 1e-6: within the tolerance
+    ("0.3333", "1/3", False),  # relative error 1e-4
+    ("1450001", "1450000", False),  # integers compare exactly, however large
+    (r"\boxed{x+1}", "x + 1", True),  # non-numbers compare as normalised text
+    (r"\boxed{x+1}", "1", False),
+    ("The answer is B.", "b", True),
+    ("", "5", False),
+    ("I give up.", "5", False),
+    (r"\box{5}", "5", True),  # \box is not a box, but 5 is still the last number
+])
+def test_check(response, truth, expected):
+    assert check(response, truth) is expected
+
+
+def test_check_accepts_every_gsm8k_reference_solution_and_rejects_a_wrong_label():
+    if not GSM8K_TEST.exists():
+        pytest.skip(f"GSM8K test split not found at {GSM8K_TEST} (expected ../shared/datasets/gsm8k beside the repository)")
+    rows = [json.loads(line) for line in GSM8K_TEST.read_text().splitlines()]
+    assert len(rows) == 1319
+    accepted, rejected = [], []
+    for row in rows:
+        label = row["answer"].rsplit("####", 1)[1].strip()
+        value = int(label.replace(",", ""))  # every GSM8K label is an integer, some "1,450,000"
+        accepted.append(check(row["answer"], label) and check(row["answer"], row["answer"]) and check(row["answer"], value))
+        rejected.append(not check(row["answer"], str(value + 1)) and not check(row["answer"], value - 1))
+    assert all(accepted), [rows[i]["answer"][-30:] for i, ok in enumerate(accepted) if not ok][:5]
+    assert all(rejected), [rows[i]["answer"][-30:] for i, ok in enumerate(rejected) if not ok][:5]
+
+
+# ---------------------------------------------------------------- format
+
+PROBLEM = ("<start_of_father_id>-1<end_of_father_id><start_of_local_id>0<end_of_local_id>"
+           "<start_of_thought><problem>How many eggs?<end_of_thought>"
+           "<start_of_rating><positive_rating><end_of_rating>\n")
+STEP = ("<start_of_father_id>0<end_of_father_id><start_of_local_id>1<end_of_local_id>"
+        "<start_of_thought><expansion>16 - 3 - 4 = 9 eggs.<end_of_thought>"
+        "<start_of_rating><unknown_rating><end_of_rating>\n")
+CONCLUSION = ("<start_of_father_id>1<end_of_father_id><start_of_local_id>2<end_of_local_id>"
+              "<start_of_thought><conclusion>She makes \\boxed{18} dollars.<end_of_thought>"
+              "<start_of_rating><unknown_rating><end_of_rating>")
+
+
+@pytest.mark.parametrize("response, expected", [
+    (PROBLEM + STEP + CONCLUSION, 1.0),
+    (PROBLEM + STEP + "<start_of_thought><conclusion>So \\boxed{18}", 1.0),  # stopped before the end tag
+    ("<conclusion>She makes \\boxed{18}.", 1.0),  # the text of one thought
+    ("<conclusion>She makes \\boxed{18}.<end_of_thought>", 1.0),  # the prompt opened the thought
+    (PROBLEM + STEP, 0.0),  # no conclusion
+    (PROBLEM + CONCLUSION.replace("\\boxed", "\\box"), 0.0),  # LLaMA-O1's \box{}
+    (PROBLEM + CONCLUSION.replace("\\boxed{18}", "\\boxed{ }"), 0.0),  # empty box
+    (PROBLEM + CONCLUSION.replace("<conclusion>", "<critic>"), 0.0),  # last thought is not a conclusion
+    (PROBLEM + STEP.replace("<end_of_thought>", "") + CONCLUSION, 0.0),  # two start tags in a row
+    (CONCLUSION + "<end_of_thought>", 0.0),  # an end tag with no start
+    ("", 0.0),
+])
+def test_format_reward_longcot(response, expected):
+    assert format_reward(response, "longcot") == expected
+
+
+@pytest.mark.parametrize("response, expected", [
+    ("<think>16 - 3 - 4 = 9, 9 * 2 = 18</think>She makes \\boxed{18}.", 1.0),
+    ("16 - 3 - 4 = 9</think>\\boxed{18}", 1.0),  # the prompt opened <think>
+    ("<think>out of budget</think>\\boxed{18}", 1.0),  # a forced </think> is still one </think>
+    ("<think>no end tag \\boxed{18}", 0.0),
+    ("<think>a</think>no box", 0.0),
+    ("<think>a</think>\\boxed{}", 0.0),
+    ("<think>a</think>\\boxed{1}</think>", 0.0),  # two </think>
+    ("<think>a</think><think>b\\boxed{1}", 0.0),  # thinking again in the solution
+    ("text <think>a</think>\\boxed{1}", 0.0),  # <think> must open the response
+    ("", 0.0),
+])
+def test_format_reward_elastic(response, expected):
+    assert format_reward(response, "elastic") == expected
+
+
+def test_format_reward_rejects_unknown_style():
+    with pytest.raises(ValueError, match="'xml'"):
+        format_reward("<think></think>", "xml")
+
+
+# ---------------------------------------------------------------- cosine length reward
+
+
+@pytest.mark.parametrize("correct, length, expected", [
+    (True, 0, 2.0),  # 1 + 0.5 * (2 - 1) * (1 + cos 0) = 1 + 1 = 2
+    (True, 25, 1.8535534),  # 1 + 0.5 * (1 + cos(pi/4)) = 1 + 0.5 * 1.7071068
+    (True, 50, 1.5),  # 1 + 0.5 * (1 + cos(pi/2)) = 1 + 0.5
+    (True, 99, 1.0002467),  # 1 + 0.5 * (1 + cos(0.99 pi)) = 1 + 0.5 * 0.00049344
+    (False, 0, -10.0),  # 0 + 0.5 * (-10 - 0) * 2
+    (False, 25, -8.5355339),  # -5 * 1.7071068
+    (False, 50, -5.0),  # -5 * (1 + 0)
+    (True, 100, -10.0),  # length reached max_length: the exceed penalty, correct or not
+    (False, 100, -10.0),
+    (True, 150, -10.0),
+])
+def test_cosine_length_reward(correct, length, expected):
+    r = cosine_length_reward(correct, length, max_length=100)
+    assert isinstance(r, float) and r == pytest.approx(expected, abs=1e-6)
+
+
+def test_cosine_length_reward_on_tensors_matches_scalars():
+    correct = torch.tensor([True, True, False, False, True])
+    length = torch.tensor([0, 25, 25, 50, 100])
+    r = cosine_length_reward(correct, length, max_length=100)  # (5,)
+    assert r.shape == (5,) and r.dtype == torch.float32
+    expected = [cosine_length_reward(bool(c), int(n), 100) for c, n in zip(correct, length)]
+    torch.testing.assert_close(r, torch.tensor(expected))
+    torch.testing.assert_close(r, torch.tensor([2.0, 1.8535534, -8.5355339, -5.0, -10.0]))
+    # other parameters: r_0 = 1, r_L = 0 halfway is 0.5; a custom exceed value
+    assert cosine_length_reward(True, 50, 100, r0_correct=1.0, rL_correct=0.0) == pytest.approx(0.5)
+    assert cosine_length_reward(False, 7, 5, r_exceed=-1.0) == -1.0
+    # float64 throughout: float32 constants would be off by about 1e-9 here
+    assert cosine_length_reward(True, 0, 5, r0_correct=0.1) == pytest.approx(0.1, abs=1e-12)
+
+
+def test_cosine_length_reward_rejects_bad_lengths():
+    with pytest.raises(ValueError, match="max_length"):
+        cosine_length_reward(True, 1, 0)
+    with pytest.raises(ValueError, match="lengths"):
+        cosine_length_reward(torch.tensor([True]), torch.tensor([-1]), 10)
+
+
+# ---------------------------------------------------------------- repetition penalty
+
+
+def test_repetition_penalty_hand_made_sequence():
+    p = -0.05
+    # n = 3 over   a b c d a b c a b c   (positions 0..9)
+    # 3-grams: 0 abc, 1 bcd, 2 cda, 3 dab, 4 abc (seen at 0) -> marks 4,5,6; 5 bca; 6 cab;
+    #          7 abc (seen) -> marks 7,8,9
+    ids = [1, 2, 3, 4, 1, 2, 3, 1, 2, 3]
+    expected = [0, 0, 0, 0, p, p, p, p, p, p]
+    torch.testing.assert_close(repetition_penalty(ids, n=3, penalty=p), torch.tensor(expected))
+    # overlapping repeats mark each token once: 5 5 5 5 with n = 2 -> grams 0 (5,5), 1 (5,5) seen,
+    # 2 (5,5) seen -> positions 1, 2 and 2, 3 -> tokens 1..3 marked once each
+    torch.testing.assert_close(repetition_penalty(torch.tensor([5, 5, 5, 5]), n=2, penalty=p),
+                               torch.tensor([0, p, p, p]))
+    # the earlier copy may start at an odd position: 9 1 2 9 1 2 with n = 2 -> grams 0 (9,1), 1 (1,2),
+    # 2 (2,9), 3 (9,1) seen -> marks 3, 4; 4 (1,2) seen at 1 -> marks 4, 5
+    torch.testing.assert_close(repetition_penalty([9, 1, 2, 9, 1, 2], n=2, penalty=p), torch.tensor([0, 0, 0, p, p, p]))
+    # with n = 4 nothing in the first sequence repeats: abcd, bcda, cdab, dabc, abca, bcab, cabc
+    assert repetition_penalty(ids, n=4, penalty=p).eq(0).all()
+
+
+def test_repetition_penalty_degenerate_inputs():
+    assert repetition_penalty([], n=2).shape == (0,)
+    assert repetition_penalty([7, 7, 7], n=40).eq(0).all()  # shorter than n: nothing repeats
+    out = repetition_penalty(torch.tensor([9] * 45))  # the defaults: n = 40, -0.05
+    # 6 grams of 40 nines (starts 0..5); starts 1..5 repeat and cover tokens 1..44
+    assert out[0] == 0 and torch.all(out[1:] == -0.05)
+    with pytest.raises(ValueError, match="n must be positive"):
+        repetition_penalty([1, 2], n=0)

@@ -1,0 +1,429 @@
+import math
+
+import pytest
+import torch
+import torch.nn as nn
+
+from nanoo1.rl import (GRPOConfig, LOSS_TYPES, PPOConfig, completion_logprobs, gae, grpo_advantages, grpo_loss,
+                       grpo_step, k3_kl, kl_early_stop, path_gae, ppo_policy_loss, ppo_step, value_loss)
+
+
+class TinyLM(nn.Module):
+    """Stand-in for the decoder: embedding, a causal running mean, one MLP, an lm head (same three calls)."""
+
+    def __init__(self, vocab=13, dim=16, seed=0):
+        super().__init__()
+        self.embed = nn.Embedding(vocab, dim)
+        self.up = nn.Linear(dim, dim)
+        self.lm_head = nn.Linear(dim, vocab, bias=False)
+        g = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            for p in self.parameters():
+                p.copy_(torch.randn(p.shape, generator=g) * 0.5)
+
+    def hidden_states(self, input_ids, attention_mask=None):
+        h = self.embed(input_ids)  # (B, T, C)
+        h = h.cumsum(1) / torch.arange(1, h.shape[1] + 1)[:, None]  # position t sees tokens <= t
+        return h + torch.tanh(self.up(h))
+
+    def logits(self, hidden):
+        return self.lm_head(hidden)
+
+    def forward(self, input_ids, attention_mask=None):
+        return self.logits(self.hidden_states(input_ids, attention_mask))
+
+
+class NextTokenModel(nn.Module):
+    """Scripted: the logits at position t put 10 on token (input_ids[t] + 1) % V and 0 elsewhere."""
+
+    def __init__(self, vocab=5):
+        super().__init__()
+        self.vocab = vocab
+
+    def hidden_states(self, input_ids, attention_mask=None):
+        return nn.functional.one_hot(input_ids, self.vocab).float()
+
+    def logits(self, hidden):
+        return 10.0 * hidden.roll(1, dims=-1)
+
+
+def naive_logprobs(model, ids, mask, temperature=1.0):
+    logp_all = torch.log_softmax(model(ids).float() / temperature, dim=-1)  # (B, T, V)
+    out = torch.zeros(ids.shape)
+    out[:, 1:] = logp_all[:, :-1].gather(-1, ids[:, 1:, None])[..., 0]
+    return out * mask
+
+
+def make_batch(B=4, T=9, vocab=13, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, vocab, (B, T), generator=g)
+    starts, lengths = [2, 3, 4, 2][:B], [5, 2, 4, 7][:B]  # different completion lengths
+    mask = torch.zeros(B, T)
+    for b in range(B):
+        mask[b, starts[b]:starts[b] + lengths[b]] = 1
+    return ids, torch.ones(B, T, dtype=torch.long), mask
+
+
+# ----------------------------------------------------------------------------- log-probs
+
+def test_logprobs_aligned_to_the_previous_position():
+    model = NextTokenModel(vocab=5)
+    ids = torch.tensor([[0, 1, 2, 3, 4]])
+    mask = torch.tensor([[0, 0, 1, 1, 1]])
+    logp = completion_logprobs(model, ids, None, mask)
+    # the logits at t-1 give token t score 10, the 4 others 0: logp = 10 - log(e^10 + 4) = -log1p(4 e^-10)
+    expected = -math.log1p(4 * math.exp(-10))
+    torch.testing.assert_close(logp, torch.tensor([[0, 0, expected, expected, expected]]))
+    # scoring with the logits at t itself (LLaMA-O1's shift) would give 0 - log(e^10 + 4), about -10
+    assert logp[0, 2:].min() > -1e-3
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_logprobs_equal_naive_full_log_softmax(temperature):
+    model = TinyLM()
+    ids, attn, mask = make_batch()
+    expected = naive_logprobs(model, ids, mask, temperature)
+    for chunk in (1, 2, 3, 100):
+        logp, ent = completion_logprobs(model, ids, attn, mask, temperature, chunk_size=chunk, return_entropy=True)
+        torch.testing.assert_close(logp, expected)
+        p = torch.softmax(model(ids) / temperature, -1)[:, :-1]  # (B, T-1, V)
+        naive_ent = torch.zeros(ids.shape)
+        naive_ent[:, 1:] = -(p * p.log()).sum(-1)
+        torch.testing.assert_close(ent, naive_ent * mask)
+    assert (logp[mask == 0] == 0).all()
+
+
+def test_logprobs_temperature_changes_the_distribution():
+    model = TinyLM()
+    ids, attn, mask = make_batch()
+    a = completion_logprobs(model, ids, attn, mask, 1.0)
+    b = completion_logprobs(model, ids, attn, mask, 2.0)
+    assert (a - b).abs().max() > 1e-2
+    # at temperature 2 the logits are halved: log softmax(z / 2) computed directly on position 1 of row 0
+    z = model(ids)[0, 1] / 2.0
+    torch.testing.assert_close(b[0, 2], torch.log_softmax(z, -1)[ids[0, 2]])
+
+
+def test_logprobs_chunked_gradient_equals_naive():
+    ids, attn, mask = make_batch()
+    m1, m2 = TinyLM(), TinyLM()
+    completion_logprobs(m1, ids, attn, mask, chunk_size=2).sum().backward()
+    naive_logprobs(m2, ids, mask).sum().backward()
+    for p1, p2 in zip(m1.parameters(), m2.parameters()):
+        torch.testing.assert_close(p1.grad, p2.grad)
+
+
+def test_logprobs_reject_mask_on_first_token_and_handle_empty_mask():
+    model = TinyLM()
+    ids, attn, _ = make_batch()
+    bad = torch.zeros(ids.shape)
+    bad[:, 0] = 1
+    with pytest.raises(ValueError, match="first token"):
+        completion_logprobs(model, ids, attn, bad)
+    assert (completion_logprobs(model, ids, attn, torch.zeros(ids.shape)) == 0).all()
+
+
+# ----------------------------------------------------------------------------- advantages
+
+def test_gae_hand_computed():
+    r = torch.tensor([[0.0, 0.0, 1.0]])
+    v = torch.tensor([[0.5, 0.6, 0.7]])
+    adv, ret = gae(r, v, gamma=0.5, lam=0.5)
+    # t=2: delta = 1 + 0.5*0 - 0.7 = 0.3;                 A2 = 0.3
+    # t=1: delta = 0 + 0.5*0.7 - 0.6 = -0.25;             A1 = -0.25 + 0.25*0.3 = -0.175
+    # t=0: delta = 0 + 0.5*0.6 - 0.5 = -0.2;              A0 = -0.2 + 0.25*(-0.175) = -0.24375
+    torch.testing.assert_close(adv, torch.tensor([[-0.24375, -0.175, 0.3]]))
+    torch.testing.assert_close(ret, torch.tensor([[0.25625, 0.425, 1.0]]))  # A + V
+    # gamma = lam = 1: A_t = sum of future rewards - V_t = [1 - 0.5, 1 - 0.6, 1 - 0.7]
+    torch.testing.assert_close(gae(r, v, 1.0, 1.0)[0], torch.tensor([[0.5, 0.4, 0.3]]))
+    # lam = 0: A_t = delta_t
+    torch.testing.assert_close(gae(r, v, 0.5, 0.0)[0], torch.tensor([[-0.2, -0.25, 0.3]]))
+    # bootstrapping: last_value 1 -> t=2: delta = 1 + 0.5*1 - 0.7 = 0.8; A1 = -0.25 + 0.25*0.8 = -0.05;
+    # A0 = -0.2 + 0.25*(-0.05) = -0.2125
+    torch.testing.assert_close(gae(r, v, 0.5, 0.5, last_value=1.0)[0], torch.tensor([[-0.2125, -0.05, 0.8]]))
+
+
+def test_gae_skips_masked_steps():
+    # the same trajectory with a pad on the left and one in the middle gives the same advantages
+    r = torch.tensor([[9.0, 0.0, 9.0, 0.0, 1.0, 9.0]])
+    v = torch.tensor([[9.0, 0.5, 9.0, 0.6, 0.7, 9.0]])
+    mask = torch.tensor([[0, 1, 0, 1, 1, 0]])
+    adv, ret = gae(r, v, 0.5, 0.5, mask=mask)
+    torch.testing.assert_close(adv, torch.tensor([[0.0, -0.24375, 0.0, -0.175, 0.3, 0.0]]))
+    torch.testing.assert_close(ret, torch.tensor([[0.0, 0.25625, 0.0, 0.425, 1.0, 0.0]]))
+
+
+def test_path_gae_runs_root_first():
+    # root -> child -> leaf, success reward only at the leaf, values 0, gamma 0.5, lam 1:
+    # A = [0.5^2 * 1, 0.5 * 1, 1] = [0.25, 0.5, 1]; child-to-parent (LLaMA-O1) would give [1, 0.5, 0.25]
+    adv, ret = path_gae(torch.tensor([0.0, 0.0, 1.0]), torch.zeros(3), gamma=0.5, lam=1.0)
+    torch.testing.assert_close(adv, torch.tensor([0.25, 0.5, 1.0]))
+    torch.testing.assert_close(ret, adv)
+    with pytest.raises(ValueError, match="1-D"):
+        path_gae(torch.zeros(1, 3), torch.zeros(1, 3))
+
+
+def test_grpo_advantages_hand_computed():
+    rewards = torch.tensor([[1.0, 0.0, 0.0, 1.0], [2.0, 2.0, 2.0, 2.0]])
+    adv = grpo_advantages(rewards)
+    # group 1: mean 0.5, unbiased std = sqrt((4 * 0.25) / 3) = sqrt(1/3); A = +-0.5 / (sqrt(1/3) + 1e-4)
+    a = 0.5 / (math.sqrt(1 / 3) + 1e-4)
+    torch.testing.assert_close(adv, torch.tensor([[a, -a, -a, a], [0.0, 0.0, 0.0, 0.0]]))  # equal rewards -> 0
+    torch.testing.assert_close(grpo_advantages(rewards.flatten(), group_size=4), adv.flatten())
+    # Dr. GRPO: no std -> r - mean
+    torch.testing.assert_close(grpo_advantages(rewards, scale_std=False)[0], torch.tensor([0.5, -0.5, -0.5, 0.5]))
+    # groups of one: no baseline to compare with, advantage 0 (not NaN)
+    single = grpo_advantages(torch.tensor([3.0, -1.0]), group_size=1)
+    assert torch.equal(single, torch.zeros(2))
+    with pytest.raises(ValueError, match="group_size"):
+        grpo_advantages(torch.zeros(6), group_size=4)
+
+
+# ----------------------------------------------------------------------------- losses
+
+def clip_case():
+    """4 tokens of one sequence: ratios 1.5, 0.5, 0.5, 1.5 against advantages 2, 2, -1, -1."""
+    old = torch.zeros(1, 4)
+    logp = torch.log(torch.tensor([[1.5, 0.5, 0.5, 1.5]])).requires_grad_()
+    return logp, old, torch.tensor([[2.0, 2.0, -1.0, -1.0]]), torch.ones(1, 4)
+
+
+def test_ppo_policy_loss_hand_computed():
+    logp, old, adv, mask = clip_case()
+    loss, stats = ppo_policy_loss(logp, old, adv, mask, clip_eps=0.2)
+    # -min(r A, clip(r, 0.8, 1.2) A):
+    #   r 1.5, A  2: min(3.0, 2.4)  = 2.4  -> -2.4  (clipped)
+    #   r 0.5, A  2: min(1.0, 1.6)  = 1.0  -> -1.0
+    #   r 0.5, A -1: min(-0.5, -0.8) = -0.8 -> 0.8  (clipped)
+    #   r 1.5, A -1: min(-1.5, -1.2) = -1.5 -> 1.5
+    # mean = (-2.4 - 1.0 + 0.8 + 1.5) / 4 = -0.275
+    torch.testing.assert_close(loss, torch.tensor(-0.275))
+    assert stats["clip_frac"].item() == pytest.approx(0.5)
+    # approx KL per token (r - 1) - log r: 0.5 - log 1.5 = 0.0945349, -0.5 + log 2 = 0.1931472; mean of 2 each
+    assert stats["approx_kl"].item() == pytest.approx((0.5 - math.log(1.5) - 0.5 + math.log(2)) / 2, rel=1e-5)
+    loss.backward()
+    # d/dlogp of -r A / 4 is -r A / 4 where unclipped, 0 where the clip holds: [0, -0.25, 0, 0.375]
+    torch.testing.assert_close(logp.grad, torch.tensor([[0.0, -0.25, 0.0, 0.375]]))
+
+
+def test_grpo_loss_uses_the_clipped_term():
+    # Elastic Reasoning's public loss computes the clipped term and then uses the unclipped one
+    logp = torch.log(torch.tensor([[1.5]])).requires_grad_()
+    loss, stats = grpo_loss(logp, torch.zeros(1, 1), torch.tensor([1.0]), torch.ones(1, 1), eps_high=0.28)
+    torch.testing.assert_close(loss, torch.tensor(-1.28))  # -min(1.5, 1.28), not -1.5
+    assert stats["clip_frac"].item() == 1.0
+    loss.backward()
+    assert logp.grad.abs().max() == 0  # clipping engaged: no gradient pushes the ratio further
+
+
+def test_old_logp_from_the_live_model_is_refused():
+    logp = torch.zeros(1, 3, requires_grad=True)
+    with pytest.raises(ValueError, match="collection time"):
+        ppo_policy_loss(logp, logp * 1, torch.ones(1, 3), torch.ones(1, 3))
+    with pytest.raises(ValueError, match="collection time"):
+        grpo_loss(logp, logp * 1, torch.ones(1), torch.ones(1, 3))
+
+
+def test_value_loss_hand_computed():
+    values, old, ret = torch.tensor([1.0, 2.0]), torch.tensor([0.5, 2.0]), torch.tensor([1.5, 3.0])
+    # unclipped: 0.5 * ((1 - 1.5)^2 + (2 - 3)^2) / 2 = 0.5 * (0.25 + 1) / 2 = 0.3125
+    torch.testing.assert_close(value_loss(values, old, ret), torch.tensor(0.3125))
+    # clipped (0.2): V_clip = [0.5 + 0.2, 2.0] = [0.7, 2.0]; max(0.25, (0.7 - 1.5)^2 = 0.64), max(1, 1)
+    # -> 0.5 * (0.64 + 1) / 2 = 0.41
+    torch.testing.assert_close(value_loss(values, old, ret, clip_eps=0.2), torch.tensor(0.41))
+    torch.testing.assert_close(value_loss(values, old, ret, mask=torch.tensor([1, 0])), torch.tensor(0.125))
+
+
+def test_k3_kl_and_early_stop():
+    # logp = log 0.5, ref = log 0.25: d = log 0.5; exp(d) - d - 1 = 0.5 + log 2 - 1 = 0.1931472
+    kl = k3_kl(torch.tensor(math.log(0.5)), torch.tensor(math.log(0.25)))
+    assert kl.item() == pytest.approx(math.log(2) - 0.5, rel=1e-6)
+    assert k3_kl(torch.tensor(-1.3), torch.tensor(-1.3)).item() == 0.0
+    assert kl_early_stop(torch.tensor(0.03), 0.02) and not kl_early_stop(0.01, 0.02)
+    assert not kl_early_stop(10.0, None)
+
+
+def test_grpo_loss_normalisations_differ_as_documented():
+    # row 0: one token, A = 1; row 1: three tokens, A = -1; ratio 1, so each token's loss is -A
+    mask = torch.tensor([[0, 1, 0, 0], [0, 1, 1, 1]])
+    logp = torch.zeros(2, 4)
+    adv = torch.tensor([1.0, -1.0])
+    losses = {t: grpo_loss(logp, logp, adv, mask, t)[0].item() for t in LOSS_TYPES}
+    assert losses["grpo"] == pytest.approx(0.0)  # mean(-1 / 1, 3 / 3) = (-1 + 1) / 2
+    assert losses["bnpo"] == pytest.approx(0.5)  # (-1 + 3) / 4 tokens
+    assert losses["dapo"] == pytest.approx(0.5)  # default normaliser: this batch's 4 tokens
+    assert losses["dr_grpo"] == pytest.approx(0.25)  # (-1 + 3) / (2 rows * T 4)
+    assert grpo_loss(logp, logp, adv, mask, "dr_grpo", max_completion_length=8)[0].item() == pytest.approx(0.125)
+    assert grpo_loss(logp, logp, adv, mask, "dapo", num_items_in_batch=10)[0].item() == pytest.approx(0.2)
+    with pytest.raises(ValueError, match="loss_type"):
+        grpo_loss(logp, logp, adv, mask, "ppo")
+
+
+def test_grpo_loss_adds_beta_k3():
+    logp = torch.full((1, 2), math.log(0.5))
+    ref = torch.full((1, 2), math.log(0.25))
+    loss, stats = grpo_loss(logp, logp, torch.tensor([1.0]), torch.ones(1, 2), ref_logp=ref, beta=0.1)
+    # per token: -1 (ratio 1, A 1) + 0.1 * (log 2 - 0.5)
+    assert loss.item() == pytest.approx(-1 + 0.1 * (math.log(2) - 0.5), rel=1e-6)
+    assert stats["kl"].item() == pytest.approx(math.log(2) - 0.5, rel=1e-6)
+    with pytest.raises(ValueError, match="ref_logp"):
+        grpo_loss(logp, logp, torch.tensor([1.0]), torch.ones(1, 2), beta=0.1)
+
+
+def test_degenerate_inputs_stay_finite():
+    logp = torch.randn(2, 3, requires_grad=True)
+    empty = torch.zeros(2, 3)
+    for t in LOSS_TYPES:
+        loss, stats = grpo_loss(logp, torch.zeros(2, 3), torch.ones(2), empty, t)
+        assert loss.item() == 0 and all(torch.isfinite(v) for v in stats.values())
+    loss, stats = ppo_policy_loss(logp, torch.zeros(2, 3), torch.ones(2, 3), empty)
+    assert loss.item() == 0 and stats["clip_frac"].item() == 0
+    assert value_loss(torch.ones(2), torch.ones(2), torch.zeros(2), mask=torch.zeros(2)).item() == 0
+    adv = grpo_advantages(torch.full((2, 4), 0.7))  # all rewards equal: nothing to learn
+    loss, _ = grpo_loss(logp, logp.detach(), adv.flatten()[:2], torch.ones(2, 3))
+    assert loss.item() == 0
+    loss.backward()
+    assert torch.isfinite(logp.grad).all()
+
+
+# ----------------------------------------------------------------------------- one optimisation step
+
+def ppo_batch(model, temperature=1.0):
+    ids, attn, mask = make_batch()
+    with torch.no_grad():
+        old = completion_logprobs(model, ids, attn, mask, temperature)  # stored at collection time
+    adv = torch.tensor([1.0, -1.0, 1.0, -1.0])[:, None] * mask  # (B, T) per-token advantages
+    return {"input_ids": ids, "attention_mask": attn, "completion_mask": mask, "old_logp": old, "advantages": adv}
+
+
+def test_ppo_update_moves_the_ratio_and_clipping_engages():
+    model = TinyLM()
+    batch = ppo_batch(model)
+    opt = torch.optim.AdamW(model.parameters(), lr=0.1)
+    first = ppo_step(model, opt, batch, PPOConfig(micro_batch_size=2))
+    assert first["clip_frac"] == 0 and first["approx_kl"] == pytest.approx(0, abs=1e-7)  # ratio 1 before it
+    with torch.no_grad():
+        logp = completion_logprobs(model, batch["input_ids"], batch["attention_mask"], batch["completion_mask"])
+    m = batch["completion_mask"].bool()
+    log_ratio = (logp - batch["old_logp"])[m]
+    assert log_ratio.abs().max() > 0.1  # the ratio is no longer 1
+    # the update raised the probability of positive-advantage tokens relative to negative ones
+    pos, neg = batch["advantages"][m] > 0, batch["advantages"][m] < 0
+    assert log_ratio[pos].mean() > log_ratio[neg].mean()
+    second = ppo_step(model, opt, batch, PPOConfig(micro_batch_size=2))
+    assert second["clip_frac"] > 0 and second["approx_kl"] > 0
+
+
+def sgd_update(step_fn, batch, config, **kw):
+    model = TinyLM()
+    before = [p.detach().clone() for p in model.parameters()]
+    stats = step_fn(model, torch.optim.SGD(model.parameters(), lr=1.0), batch, config, **kw)
+    return [b - p.detach() for b, p in zip(before, model.parameters())], stats  # = lr * clipped gradient
+
+
+def test_ppo_step_accumulation_and_grad_clipping():
+    batch = ppo_batch(TinyLM())
+    batch["old_logp"] = batch["old_logp"] + 0.1 * torch.randn(batch["old_logp"].shape,
+                                                              generator=torch.Generator().manual_seed(0))
+    batch["old_logp"] *= batch["completion_mask"]
+    inf = float("inf")
+    full, s_full = sgd_update(ppo_step, batch, PPOConfig(micro_batch_size=4, max_grad_norm=inf))
+    micro, s_micro = sgd_update(ppo_step, batch, PPOConfig(micro_batch_size=1, max_grad_norm=inf))
+    for a, b in zip(full, micro):
+        torch.testing.assert_close(a, b)
+    for k in ("loss", "clip_frac", "approx_kl", "grad_norm"):
+        assert s_full[k] == pytest.approx(s_micro[k], rel=1e-5, abs=1e-7)
+    # the same gradient from ppo_policy_loss on the whole batch at once
+    model = TinyLM()
+    logp = completion_logprobs(model, batch["input_ids"], batch["attention_mask"], batch["completion_mask"])
+    ppo_policy_loss(logp, batch["old_logp"], batch["advantages"], batch["completion_mask"])[0].backward()
+    for a, p in zip(full, model.parameters()):
+        torch.testing.assert_close(a, p.grad)
+    # clipping the norm to 1e-3: the SGD (lr 1) update has norm exactly 1e-3
+    clipped, s = sgd_update(ppo_step, batch, PPOConfig(max_grad_norm=1e-3))
+    assert s["grad_norm"] == pytest.approx(s_full["grad_norm"]) and s["grad_norm"] > 1e-3
+    assert torch.sqrt(sum((d ** 2).sum() for d in clipped)).item() == pytest.approx(1e-3, rel=1e-4)
+
+
+def test_ppo_step_value_loss_fn_plugs_in():
+    batch = ppo_batch(TinyLM())
+    batch["advantages"] = torch.zeros_like(batch["advantages"])  # no policy gradient: only the value term
+    batch["value_pos"] = torch.tensor([3, 4, 5, 6])  # extra per-row tensors travel with the micro-batch
+    batch["value_target"] = torch.tensor([1.0, 0.0, 1.0, 1.0])
+
+    def rating_value_loss(model, mb):  # stand-in for the rating-token value: token 0 vs token 1 at value_pos
+        logits = model(mb["input_ids"])[torch.arange(len(mb["value_pos"])), mb["value_pos"]]  # (b, V)
+        v = torch.log_softmax(logits[:, :2], -1)[:, 0]  # log P(positive)
+        return nn.functional.binary_cross_entropy(v.exp(), mb["value_target"])
+
+    cfg = PPOConfig(micro_batch_size=3, max_grad_norm=float("inf"), vf_coef=0.5)
+    update, stats = sgd_update(ppo_step, batch, cfg, value_loss_fn=rating_value_loss)
+    model = TinyLM()
+    vl = rating_value_loss(model, batch)
+    (0.5 * vl).backward()
+    assert stats["value_loss"] == pytest.approx(vl.item(), rel=1e-5)
+    assert stats["policy_loss"] == 0
+    for a, p in zip(update, model.parameters()):
+        torch.testing.assert_close(a, p.grad)
+
+
+def grpo_batch():
+    ids, attn, mask = make_batch()
+    return {"input_ids": ids, "attention_mask": attn, "completion_mask": mask,
+            "advantages": grpo_advantages(torch.tensor([1.0, 0.0, 0.0, 1.0]), group_size=4)}
+
+
+@pytest.mark.parametrize("loss_type", LOSS_TYPES)
+def test_grpo_step_gradient_equals_whole_batch_loss(loss_type):
+    batch = grpo_batch()
+    inf = float("inf")
+    full, _ = sgd_update(grpo_step, batch, GRPOConfig(loss_type=loss_type, micro_batch_size=4, max_grad_norm=inf))
+    micro, _ = sgd_update(grpo_step, batch, GRPOConfig(loss_type=loss_type, micro_batch_size=3, max_grad_norm=inf))
+    model = TinyLM()
+    logp = completion_logprobs(model, batch["input_ids"], batch["attention_mask"], batch["completion_mask"])
+    grpo_loss(logp, logp.detach(), batch["advantages"], batch["completion_mask"], loss_type)[0].backward()
+    for a, b, p in zip(full, micro, model.parameters()):
+        torch.testing.assert_close(a, p.grad)
+        torch.testing.assert_close(b, p.grad)
+
+
+def test_grpo_step_raises_probability_of_better_completions_and_needs_ref_for_beta():
+    batch = grpo_batch()
+    model = TinyLM()
+    args = (batch["input_ids"], batch["attention_mask"], batch["completion_mask"])
+    with torch.no_grad():
+        before = completion_logprobs(model, *args)
+    opt = torch.optim.AdamW(model.parameters(), lr=0.01)
+    stats = grpo_step(model, opt, batch, GRPOConfig(loss_type="dapo", eps_high=0.28, micro_batch_size=2))
+    assert stats["clip_frac"] == 0 and stats["skipped"] == 0
+    with torch.no_grad():
+        seq_gain = ((completion_logprobs(model, *args) - before).sum(1))  # (B,) change of sequence log-prob
+    assert seq_gain[0] > 0 and seq_gain[3] > 0 and seq_gain[1] < 0 and seq_gain[2] < 0  # A = [+, -, -, +]
+    with pytest.raises(KeyError, match="ref_logp"):
+        grpo_step(model, opt, batch, GRPOConfig(beta=0.04))
+    with torch.no_grad():
+        batch["ref_logp"] = before
+    stats = grpo_step(model, opt, batch, GRPOConfig(beta=0.04))
+    assert stats["kl"] > 0 and math.isfinite(stats["loss"])
+
+
+def test_non_finite_gradient_skips_the_step():
+    batch = ppo_batch(TinyLM())
+    batch["advantages"][0, 3] = float("nan")  # one poisoned advantage on a completion token
+    update, stats = sgd_update(ppo_step, batch, PPOConfig())
+    assert stats["skipped"] == 1 and all((d == 0).all() for d in update)
+
+
+def test_logprobs_on_the_real_decoder_with_left_padding():
+    model_mod = pytest.importorskip("nanoo1.model")
+    cfg = model_mod.Gemma2Config.preset("tiny")
+    model = model_mod.Gemma2(cfg).init_weights(torch.Generator().manual_seed(0), std=0.1)
+    ids = torch.randint(0, cfg.vocab_size, (2, 12), generator=torch.Generator().manual_seed(1))
+    attn = torch.ones(2, 12, dtype=torch.long)
+    attn[1, :3] = 0  # row 1 is left-padded
+    mask = torch.zeros(2, 12)
+    mask[:, 6:] = 1
+    expected = torch.zeros(2, 12)
+    logp_all = torch.log_softmax(model(ids, attn).float() / 0.8, -1)  # (B, T, V), soft-capped then tempered
+    expected[:, 1:] = logp_all[:, :-1].gather(-1, ids[:, 1:, None])[..., 0]
+    torch.testing.assert_close(completion_logprobs(model, ids, attn, mask, 0.8, chunk_size=4), expected * mask)
