@@ -120,9 +120,10 @@ class KVCache:
         rows = torch.as_tensor(rows, dtype=torch.long, device=self.k.device)
         L, _, Hkv, S, D = self.k.shape
         new = KVCache.__new__(KVCache)
-        # slots past a row's length are never read (causality hides them), so only the used prefix is copied
-        new.k = torch.empty((L, len(rows), Hkv, S, D), dtype=self.k.dtype, device=self.k.device)
-        new.v = torch.empty_like(new.k)
+        # only the used prefix is copied; the rest is zeros, not torch.empty: a masked slot still enters
+        # softmax(..) @ v, and 0 * NaN from uninitialised memory would be NaN
+        new.k = torch.zeros((L, len(rows), Hkv, S, D), dtype=self.k.dtype, device=self.k.device)
+        new.v = torch.zeros_like(new.k)
         used = int(self.lengths[rows].max()) if len(rows) else 0
         new.k[:, :, :, :used] = self.k[:, rows, :, :used]
         new.v[:, :, :, :used] = self.v[:, rows, :, :used]

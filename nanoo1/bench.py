@@ -1,0 +1,172 @@
+"""`python -m nanoo1.bench`: speed side by side with transformers, on the same random weights, in one run.
+
+For each model size and batch size it times a prefill (prompt -> KV cache + next-token logits) and greedy
+decoding, for nanoo1's engine and for transformers' `generate` (eager attention), and prints the ratios.
+On a GPU it adds a gemma-2-2b-shaped bf16 model and compares decode speed with the memory-bandwidth
+bound (every step reads all weight bytes once: tokens/s <= bandwidth / weight bytes).
+Other sections (search) register themselves in SECTIONS.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from nanoo1.checkpoint import save_pretrained
+from nanoo1.engine import feed, generate
+from nanoo1.model import Gemma2, Gemma2Config
+
+SIZES = {
+    # ~1.5M parameters: per-step overhead dominates, the engine's bookkeeping is what is measured
+    "tiny": Gemma2Config.preset("tiny", vocab_size=4096, hidden_size=128, intermediate_size=512, num_hidden_layers=4,
+                                num_attention_heads=4, num_key_value_heads=2, head_dim=32, query_pre_attn_scalar=32),
+    # ~110M parameters: matrix multiplies dominate
+    "100m": Gemma2Config.preset("tiny", vocab_size=32000, hidden_size=768, intermediate_size=3072, num_hidden_layers=10,
+                                num_attention_heads=12, num_key_value_heads=4, head_dim=64, query_pre_attn_scalar=64,
+                                sliding_window=4096, max_position_embeddings=8192),
+    "gemma-2-2b": Gemma2Config.preset("2b"),
+}
+
+
+def _timed(fn, repeats: int, sync) -> float:
+    """Best-of-`repeats` wall time of fn() in seconds (the minimum is the least noisy estimate)."""
+    fn()  # warm-up
+    best = float("inf")
+    for _ in range(repeats):
+        sync()
+        t = time.perf_counter()
+        fn()
+        sync()
+        best = min(best, time.perf_counter() - t)
+    return best
+
+
+def bench_size(name: str, batch: int, prompt_len: int, new_tokens: int, device: str, dtype, repeats: int, with_hf: bool):
+    config = SIZES[name]
+    torch.manual_seed(0)
+    with torch.device(device):
+        model = Gemma2(config).to(dtype).init_weights(torch.Generator(device=device).manual_seed(0)).eval()
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    prompts = torch.randint(5, config.vocab_size, (batch, prompt_len), generator=torch.Generator().manual_seed(1))
+    rows = prompts.tolist()
+
+    def ours_prefill():
+        with torch.no_grad():
+            feed(model, model.new_cache(batch, prompt_len + 1), rows)
+
+    def ours_generate():
+        generate(model, rows, new_tokens, stop_token_ids=[])
+
+    out = {"size": name, "batch": batch, "params": config.num_parameters}
+    out["ours_prefill_s"] = _timed(ours_prefill, repeats, sync)
+    gen = _timed(ours_generate, repeats, sync)
+    out["ours_decode_tok_s"] = batch * (new_tokens - 1) / max(gen - out["ours_prefill_s"], 1e-9)
+    if with_hf:
+        hf = _hf_twin(model)
+        ids = prompts.to(device)
+
+        def hf_prefill():
+            with torch.no_grad():
+                hf(ids, use_cache=True, logits_to_keep=1)
+
+        def hf_generate():
+            with torch.no_grad():
+                hf.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens, min_new_tokens=new_tokens,
+                            do_sample=False, pad_token_id=0)
+
+        out["hf_prefill_s"] = _timed(hf_prefill, repeats, sync)
+        gen = _timed(hf_generate, repeats, sync)
+        out["hf_decode_tok_s"] = batch * (new_tokens - 1) / max(gen - out["hf_prefill_s"], 1e-9)
+        out["prefill_ratio"] = out["ours_prefill_s"] / out["hf_prefill_s"]  # < 1: nanoo1 faster
+        out["decode_speedup"] = out["ours_decode_tok_s"] / out["hf_decode_tok_s"]  # > 1: nanoo1 faster
+        del hf
+    if device == "cuda":
+        weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+        bandwidth = _measured_bandwidth()
+        out["bandwidth_bound_tok_s"] = batch * bandwidth / weight_bytes
+        out["fraction_of_bound"] = out["ours_decode_tok_s"] / out["bandwidth_bound_tok_s"]
+    del model
+    return out
+
+
+def _hf_twin(model: Gemma2):
+    import transformers
+
+    with tempfile.TemporaryDirectory() as d:
+        save_pretrained(model, None, d)
+        dtype = model.model.embed_tokens.weight.dtype
+        hf = transformers.AutoModelForCausalLM.from_pretrained(d, attn_implementation="eager", dtype=dtype)
+    return hf.to(model.model.embed_tokens.weight.device).eval()
+
+
+def _measured_bandwidth() -> float:
+    """Device memory bandwidth in bytes/s, measured with a large copy (reads + writes both count)."""
+    x = torch.empty(2**28, dtype=torch.uint8, device="cuda")
+    y = torch.empty_like(x)
+    t = _timed(lambda: y.copy_(x), 5, torch.cuda.synchronize)
+    return 2 * x.numel() / t
+
+
+def engine_section(args) -> list[dict]:
+    try:
+        import transformers  # noqa: F401
+        with_hf = True
+    except ImportError:
+        with_hf = False
+        print("transformers is not installed: printing nanoo1's figures alone")
+    device = "cuda" if torch.cuda.is_available() and not args.cpu else "cpu"
+    plans = [("tiny", torch.float32), ("100m", torch.float32 if device == "cpu" else torch.bfloat16)]
+    if device == "cuda":
+        plans.append(("gemma-2-2b", torch.bfloat16))
+    results = []
+    for name, dtype in plans:
+        for batch in (1, 8):
+            new_tokens = args.new_tokens if name == "tiny" else max(8, args.new_tokens // 2)
+            r = bench_size(name, batch, args.prompt_len, new_tokens, device, dtype, args.repeats, with_hf)
+            results.append(r)
+            _print_row(r)
+    return results
+
+
+def _print_row(r: dict):
+    line = f"{r['size']:>10} B={r['batch']:<2} prefill {r['ours_prefill_s'] * 1e3:8.2f} ms  decode {r['ours_decode_tok_s']:9.1f} tok/s"
+    if "hf_prefill_s" in r:
+        line += (f" | transformers prefill {r['hf_prefill_s'] * 1e3:8.2f} ms  decode {r['hf_decode_tok_s']:9.1f} tok/s"
+                 f" | prefill time ratio {r['prefill_ratio']:.2f}x  decode speedup {r['decode_speedup']:.2f}x")
+    if "fraction_of_bound" in r:
+        line += f" | bandwidth bound {r['bandwidth_bound_tok_s']:.0f} tok/s ({r['fraction_of_bound']:.0%})"
+    print(line, flush=True)
+
+
+SECTIONS = {"engine": engine_section}
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--sections", default=",".join(SECTIONS), help=f"comma-separated, from {sorted(SECTIONS)}")
+    p.add_argument("--prompt-len", type=int, default=64, help="prompt tokens per row")
+    p.add_argument("--new-tokens", type=int, default=64, help="greedy tokens per row (halved for the larger models)")
+    p.add_argument("--repeats", type=int, default=3, help="timed repeats; the best is reported")
+    p.add_argument("--cpu", action="store_true", help="stay on the CPU even when a GPU is present")
+    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
+    p.add_argument("--json", type=Path, default=None, help="also write every figure to this JSON file")
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    results = {}
+    for name in args.sections.split(","):
+        if name not in SECTIONS:
+            p.error(f"unknown section {name!r}, expected one of {sorted(SECTIONS)}")
+        print(f"== {name} ==", flush=True)
+        results[name] = SECTIONS[name](args)
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()

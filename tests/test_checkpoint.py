@@ -1,0 +1,231 @@
+"""Hugging Face layout in and out: round trips with transformers, both config dialects, hub cache, errors."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import hf_twin, random_model
+from nanoo1.checkpoint import config_from_dict, load_pretrained, save_pretrained
+from nanoo1.model import Gemma2Config
+
+transformers = pytest.importorskip("transformers")
+
+CONFIG = Gemma2Config.preset("tiny", hidden_size=48, head_dim=24, query_pre_attn_scalar=17, sliding_window=6)
+IDS = torch.randint(0, 512, (2, 13), generator=torch.Generator().manual_seed(0))
+
+# google/gemma-2-2b's config.json as published in 2024 (rope_theta, torch_dtype, hidden_act, no layer_types)
+CONFIG_2024 = {
+    "architectures": ["Gemma2ForCausalLM"], "attention_bias": False, "attention_dropout": 0.0,
+    "attn_logit_softcapping": 50.0, "bos_token_id": 2, "cache_implementation": "hybrid", "eos_token_id": 1,
+    "final_logit_softcapping": 30.0, "head_dim": 256, "hidden_act": "gelu_pytorch_tanh",
+    "hidden_activation": "gelu_pytorch_tanh", "hidden_size": 2304, "initializer_range": 0.02,
+    "intermediate_size": 9216, "max_position_embeddings": 8192, "model_type": "gemma2", "num_attention_heads": 8,
+    "num_hidden_layers": 26, "num_key_value_heads": 4, "pad_token_id": 0, "query_pre_attn_scalar": 256,
+    "rms_norm_eps": 1e-06, "rope_theta": 10000.0, "sliding_window": 4096, "torch_dtype": "float32",
+    "transformers_version": "4.42.4", "use_cache": True, "vocab_size": 256000,
+}
+
+
+def test_both_config_dialects_read_as_gemma_2_2b():
+    new = {k: v for k, v in CONFIG_2024.items() if k not in ("rope_theta", "torch_dtype", "hidden_act", "cache_implementation")}
+    new.update(dtype="bfloat16", rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
+               layer_types=["sliding_attention", "full_attention"] * 13)
+    assert config_from_dict(CONFIG_2024) == Gemma2Config.preset("2b")
+    assert config_from_dict(new) == Gemma2Config.preset("2b")
+    assert config_from_dict({**CONFIG_2024, "rope_theta": 5e5}).rope_theta == 5e5
+    # files written by transformers 5 with non-default layer types are honoured
+    odd = {**new, "layer_types": ["full_attention"] * 26}
+    assert config_from_dict(odd).is_sliding(0) is False
+
+
+def test_nanoo1_save_transformers_load_same_logits(tmp_path):
+    for tied in (True, False):
+        model = random_model(Gemma2Config.preset("tiny", tie_word_embeddings=tied), seed=1)
+        hf = hf_twin(model, tmp_path / str(tied))
+        with torch.no_grad():
+            assert (hf(IDS).logits - model(IDS)).abs().max().item() < 1e-5
+        assert ("lm_head.weight" in model.state_dict()) == (not tied)
+
+
+@pytest.mark.parametrize("shard", [None, "20KB"])
+def test_transformers_save_nanoo1_load_same_logits(tmp_path, shard):
+    hf_config = transformers.Gemma2Config(vocab_size=512, hidden_size=48, intermediate_size=96, num_hidden_layers=3,
+                                          num_attention_heads=4, num_key_value_heads=2, head_dim=24,
+                                          query_pre_attn_scalar=17, sliding_window=6, attn_implementation="eager")
+    torch.manual_seed(0)
+    hf = transformers.Gemma2ForCausalLM(hf_config).eval()
+    hf.save_pretrained(tmp_path, **({"max_shard_size": shard} if shard else {}))
+    assert (tmp_path / "model.safetensors.index.json").exists() == bool(shard)
+    model, tokenizer = load_pretrained(tmp_path)
+    assert tokenizer is None
+    with torch.no_grad():
+        assert (hf(IDS).logits - model(IDS)).abs().max().item() < 1e-5
+
+
+def test_sharded_save_round_trip_and_stale_files_removed(tmp_path):
+    model = random_model(CONFIG, seed=2)
+    save_pretrained(model, None, tmp_path, max_shard_bytes=40_000)
+    index = json.loads((tmp_path / "model.safetensors.index.json").read_text())
+    shards = sorted(set(index["weight_map"].values()))
+    assert len(shards) > 2 and shards[0] == f"model-00001-of-{len(shards):05d}.safetensors"
+    loaded, _ = load_pretrained(tmp_path)
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), loaded.state_dict().values()))
+    save_pretrained(model, None, tmp_path)  # now a single file: the old shards and index must go
+    assert sorted(p.name for p in tmp_path.glob("model*")) == ["model.safetensors"]
+    again, _ = load_pretrained(tmp_path)
+    with torch.no_grad():
+        assert torch.equal(again(IDS), model(IDS))
+
+
+def test_vocabulary_above_256000_and_dtype(tmp_path):
+    """OpenLongCoT-Base-Gemma2-2B adds tokens from id 256000: the embedding is read from the file's shape."""
+    config = Gemma2Config.preset("tiny", vocab_size=256_015, hidden_size=8, head_dim=4, intermediate_size=16,
+                                 num_hidden_layers=2, query_pre_attn_scalar=4)
+    model = random_model(config, seed=3, dtype=torch.bfloat16)
+    save_pretrained(model, None, tmp_path)
+    assert json.loads((tmp_path / "config.json").read_text())["dtype"] == "bfloat16"
+    loaded, _ = load_pretrained(tmp_path)
+    assert loaded.model.embed_tokens.weight.dtype == torch.bfloat16
+    assert loaded.model.embed_tokens.weight.shape == (256_015, 8)
+    ids = torch.tensor([[2, 256_000, 256_014]])
+    with torch.no_grad():
+        assert torch.equal(loaded(ids), model(ids))
+    as_fp32, _ = load_pretrained(tmp_path, dtype=torch.float32)
+    assert as_fp32.model.embed_tokens.weight.dtype == torch.float32
+
+
+def test_tokenizer_saved_and_loaded(tmp_path, tiny_tokenizer):
+    model = random_model(Gemma2Config.preset("tiny"))
+    save_pretrained(model, tiny_tokenizer, tmp_path)
+    _, tok = load_pretrained(tmp_path)
+    text = "Tom has 12 apples<end_of_thought>"
+    assert tok.encode(text) == tiny_tokenizer.encode(text)
+    assert tok.token_id("<end_of_thought>") == tiny_tokenizer.token_id("<end_of_thought>")
+
+
+def _saved(tmp_path):
+    model = random_model(CONFIG, seed=4)
+    save_pretrained(model, None, tmp_path, max_shard_bytes=60_000)
+    return tmp_path
+
+
+def _edit_header(path: Path, edit):
+    """Rewrite a safetensors file's JSON header (and keep the data) to fake a broken file."""
+    raw = path.read_bytes()
+    n = int.from_bytes(raw[:8], "little")
+    header = json.loads(raw[8:8 + n])
+    edit(header)
+    new = json.dumps(header).encode()
+    path.write_bytes(len(new).to_bytes(8, "little") + new + raw[8 + n:])
+
+
+def test_errors_name_the_file_and_key(tmp_path):
+    with pytest.raises(FileNotFoundError, match="config.json"):
+        load_pretrained(tmp_path)
+    d = _saved(tmp_path / "a")
+    (d / "config.json").write_text("{not json")
+    with pytest.raises(ValueError, match=r"config.json: invalid JSON"):
+        load_pretrained(d)
+    d = _saved(tmp_path / "b")
+    cfg = json.loads((d / "config.json").read_text())
+    (d / "config.json").write_text(json.dumps({**cfg, "model_type": "llama"}))
+    with pytest.raises(ValueError, match="model_type is 'llama', expected 'gemma2'"):
+        load_pretrained(d)
+    d = _saved(tmp_path / "c")
+    shard = sorted(set(json.loads((d / "model.safetensors.index.json").read_text())["weight_map"].values()))[1]
+    (d / shard).unlink()
+    with pytest.raises(FileNotFoundError, match=shard):
+        load_pretrained(d)
+    d = _saved(tmp_path / "d")
+    index = json.loads((d / "model.safetensors.index.json").read_text())
+    del index["weight_map"]["model.layers.1.mlp.up_proj.weight"]
+    (d / "model.safetensors.index.json").write_text(json.dumps(index))
+    with pytest.raises(KeyError, match="missing tensor.*model.layers.1.mlp.up_proj.weight"):
+        load_pretrained(d)
+    d = _saved(tmp_path / "e")
+    index = json.loads((d / "model.safetensors.index.json").read_text())
+    index["weight_map"]["model.layers.9.mlp.up_proj.weight"] = index["weight_map"]["model.norm.weight"]
+    (d / "model.safetensors.index.json").write_text(json.dumps(index))
+    with pytest.raises(KeyError, match="unexpected tensor.*model.layers.9.mlp.up_proj.weight"):
+        load_pretrained(d)
+
+
+def test_wrong_shape_and_truncated_file(tmp_path):
+    model = random_model(CONFIG, seed=5)
+    save_pretrained(model, None, tmp_path)
+    f = tmp_path / "model.safetensors"
+
+    def transpose(h):
+        h["model.norm.weight"]["shape"] = [1, 48]
+    _edit_header(f, transpose)
+    with pytest.raises(ValueError, match=r"model.safetensors: tensor 'model.norm.weight' has shape \(1, 48\), expected \(48,\)"):
+        load_pretrained(tmp_path)
+    save_pretrained(model, None, tmp_path)
+    f.write_bytes(f.read_bytes()[:-100])
+    with pytest.raises(ValueError, match="truncated"):
+        load_pretrained(tmp_path)
+    with pytest.raises(FileNotFoundError, match="not a checkpoint directory"):
+        load_pretrained(str(tmp_path / "nowhere"))
+
+
+def test_hub_id_loads_from_the_offline_cache(tmp_path):
+    """The real hub path (huggingface_hub.snapshot_download) on a cache laid out as the hub writes it."""
+    model = random_model(CONFIG, seed=6)
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "hub" / "models--someorg--tiny-gemma2"
+    save_pretrained(model, None, repo / "snapshots" / commit)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    with torch.no_grad():
+        expected = model(IDS)[0, -1, :5].tolist()
+    code = textwrap.dedent(f"""
+        import torch
+        from nanoo1.checkpoint import load_pretrained
+        model, _ = load_pretrained("someorg/tiny-gemma2")
+        ids = torch.tensor({IDS.tolist()})
+        with torch.no_grad():
+            print(model(ids)[0, -1, :5].tolist())
+    """)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(tmp_path / "hub")}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    assert max(abs(a - b) for a, b in zip(got, expected)) < 1e-6
+
+
+def test_loading_peaks_below_1_3x_the_checkpoint_bytes(tmp_path):
+    """Peak resident memory while loading a bf16 checkpoint, measured in a fresh process."""
+    config = Gemma2Config.preset("tiny", vocab_size=32_000, hidden_size=1024, intermediate_size=2048, num_hidden_layers=6,
+                                 num_attention_heads=8, num_key_value_heads=4, head_dim=128, query_pre_attn_scalar=128)
+    with torch.device("meta"):
+        nbytes = 2 * config.num_parameters  # bf16
+    model = random_model(config, dtype=torch.bfloat16)
+    save_pretrained(model, None, tmp_path)
+    del model
+    # VmHWM (not ru_maxrss, which Linux carries over from the parent across exec) is this process's peak
+    code = textwrap.dedent(f"""
+        import torch
+        from nanoo1.checkpoint import load_pretrained
+        from nanoo1.model import Gemma2, Gemma2Config
+        def status(field):  # kB -> bytes
+            line = next(l for l in open("/proc/self/status") if l.startswith(field + ":"))
+            return int(line.split()[1]) * 1024
+        with torch.device("meta"):  # warm up the code paths: their memory is code, not weights
+            Gemma2(Gemma2Config.preset("tiny"))
+        before = status("VmRSS")
+        model, _ = load_pretrained({str(tmp_path)!r})
+        print(before, status("VmHWM"), status("VmRSS"))
+    """)
+    if not Path("/proc/self/status").exists():
+        pytest.skip("needs /proc to read the resident set size")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    before, peak, after = map(int, out.stdout.split())
+    assert after - before >= 0.95 * nbytes  # the weights really are resident
+    assert (peak - before) / nbytes <= 1.3, f"peak {(peak - before) / nbytes:.2f}x the checkpoint's {nbytes} bytes"

@@ -1,0 +1,189 @@
+"""The generation engine: greedy against transformers, aligned log-probs, sampling, stops, fork, budgets."""
+
+import math
+
+import pytest
+import torch
+
+from conftest import hf_twin, random_model
+from nanoo1.engine import feed, generate, generate_budgeted, sample_next, token_stats
+from nanoo1.model import Gemma2Config
+
+CONFIG = Gemma2Config.preset("tiny", sliding_window=16)
+
+
+@pytest.fixture(scope="module")
+def model():
+    return random_model(CONFIG, seed=0, std=0.1)  # large enough weights that greedy text varies
+
+
+def prompts_of(lengths, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randint(5, CONFIG.vocab_size, (n,), generator=g).tolist() for n in lengths]
+
+
+def test_greedy_equals_transformers_generate_past_the_window(model, tmp_path):
+    hf = hf_twin(model, tmp_path)
+    prompts = prompts_of([5, 19, 2])  # batched rows of different lengths; 64 new tokens > window 16
+    results = generate(model, prompts, 64, stop_token_ids=[])
+    for prompt, result in zip(prompts, results):
+        ref = hf.generate(torch.tensor([prompt]), max_new_tokens=64, do_sample=False, eos_token_id=None, pad_token_id=0)
+        assert result.tokens == ref[0, len(prompt):].tolist()
+        assert result.finish_reason == "length" and len(result.tokens) == 64
+
+
+def test_logprobs_are_aligned_with_a_full_forward(model):
+    """The log-prob of new token j is log_softmax(logits at position len(prompt)+j-1)[token] (LLaMA-O1: off by one)."""
+    prompt = prompts_of([7])[0]
+    for temperature in (0.0, 0.7):
+        (result,) = generate(model, [prompt], 12, temperature=temperature, seed=5, stop_token_ids=[])
+        with torch.no_grad():
+            logits = model(torch.tensor([prompt + result.tokens]))[0].float()
+        positions = range(len(prompt) - 1, len(prompt) - 1 + len(result.tokens))
+        raw = torch.log_softmax(logits, -1)
+        scaled = torch.log_softmax(logits / (temperature or 1.0), -1)
+        for j, (pos, tok) in enumerate(zip(positions, result.tokens)):
+            assert abs(result.logprobs[j] - raw[pos, tok].item()) < 1e-5
+            assert abs(result.scaled_logprobs[j] - scaled[pos, tok].item()) < 1e-5
+            # the shifted reading (position of the token itself) is wrong, and would be caught
+        off_by_one = [raw[pos + 1, tok].item() for pos, tok in zip(positions, result.tokens[:-1])]
+        assert max(abs(a - b) for a, b in zip(off_by_one, result.logprobs)) > 1e-3
+
+
+def test_token_stats_known_values():
+    # p = (1/2, 1/4, 1/4): H = 0.5 ln2 + 2 * 0.25 ln4 = 1.5 ln2 = 1.039721
+    # varentropy = sum p (-ln p - H)^2 = 0.5 (ln2 - 1.5ln2)^2 + 0.5 (2ln2 - 1.5ln2)^2 = 0.25 (ln2)^2 = 0.120113
+    logits = torch.log(torch.tensor([[0.5, 0.25, 0.25]]))
+    lp, slp, ent, vent = token_stats(logits, torch.tensor([1]), temperature=2.0)
+    assert abs(lp.item() - math.log(0.25)) < 1e-6
+    # at temperature 2: p ∝ sqrt(p) = (0.7071, 0.5, 0.5) / 1.7071 -> p(1) = 0.292893
+    assert abs(slp.item() - math.log(0.292893)) < 1e-5
+    assert abs(ent.item() - 1.5 * math.log(2)) < 1e-6
+    assert abs(vent.item() - 0.25 * math.log(2) ** 2) < 1e-6
+
+
+def test_sample_next_greedy_top_k_top_p():
+    logits = torch.log(torch.tensor([[0.05, 0.5, 0.3, 0.15]]))
+    assert sample_next(logits).item() == 1
+    g = torch.Generator().manual_seed(0)
+    assert {sample_next(logits, 1.0, top_k=1, generator=g).item() for _ in range(50)} == {1}
+    # top_p = 0.7: keep token 1 (mass before it 0) and token 2 (mass before 0.5 <= 0.7), drop 3 (0.8 > 0.7)
+    draws = torch.stack([sample_next(logits.expand(1000, 4), 1.0, top_p=0.7, generator=g) for _ in range(4)]).flatten()
+    counts = torch.bincount(draws, minlength=4).float() / draws.numel()
+    assert counts[0] == 0 and counts[3] == 0
+    assert abs(counts[1].item() - 0.5 / 0.8) < 0.03  # renormalised: 0.625 and 0.375
+    # top_k = 3 at temperature 1: frequencies 0.5, 0.3, 0.15 renormalised by 0.95
+    draws = torch.stack([sample_next(logits.expand(1000, 4), 1.0, top_k=3, generator=g) for _ in range(8)]).flatten()
+    counts = torch.bincount(draws, minlength=4).float() / draws.numel()
+    assert counts[0] == 0 and abs(counts[3].item() - 0.15 / 0.95) < 0.02
+
+
+def test_sampling_is_seeded(model):
+    prompts = prompts_of([4, 6])
+    a = generate(model, prompts, 10, temperature=1.0, num_samples=3, seed=7)
+    b = generate(model, prompts, 10, temperature=1.0, num_samples=3, seed=7)
+    c = generate(model, prompts, 10, temperature=1.0, num_samples=3, seed=8)
+    assert [r.tokens for r in a] == [r.tokens for r in b]
+    assert [r.tokens for r in a] != [r.tokens for r in c]
+    g1, g2 = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+    assert [r.tokens for r in generate(model, prompts, 5, temperature=1.0, generator=g1)] == \
+           [r.tokens for r in generate(model, prompts, 5, temperature=1.0, generator=g2)]
+
+
+def test_prompt_prefilled_once_and_forked(model):
+    """num_samples=6 runs one prefill of the prompt, then steps of one token for the 6 rows."""
+    calls = []
+    original = model.hidden_states
+
+    def spy(ids, *args, **kwargs):
+        calls.append(tuple(ids.shape))
+        return original(ids, *args, **kwargs)
+
+    model.hidden_states = spy
+    try:
+        prompt = prompts_of([9])[0]
+        results = generate(model, [prompt], 4, temperature=1.0, num_samples=6, stop_token_ids=[])
+    finally:
+        del model.hidden_states
+    assert calls[0] == (1, 9) and all(shape == (6, 1) for shape in calls[1:]) and len(calls) == 4
+    assert len(results) == 6 and all(r.prompt == prompt for r in results)
+    assert len({tuple(r.tokens) for r in results}) > 1  # the forks really sample independently
+
+
+def test_batched_rows_equal_one_at_a_time(model):
+    prompts = prompts_of([3, 11, 6])
+    together = generate(model, prompts, 20, stop_token_ids=[])
+    for prompt, row in zip(prompts, together):
+        assert generate(model, [prompt], 20, stop_token_ids=[])[0].tokens == row.tokens
+
+
+def test_stop_tokens_and_strings_per_row(model, tiny_tokenizer):
+    prompt = prompts_of([5])[0]
+    (free,) = generate(model, [prompt], 30, stop_token_ids=[])
+    stop_tok = free.tokens[6]
+    first = free.tokens.index(stop_tok)
+    (stopped,) = generate(model, [prompt], 30, stop_token_ids=[stop_tok])
+    assert stopped.tokens == free.tokens[:first + 1] and stopped.finish_reason == "stop_token"
+    # per-row stop ids: only the second row stops early
+    rows = generate(model, [prompt, prompt], 30, stop_token_ids=[[], [stop_tok]])
+    assert rows[0].tokens == free.tokens and rows[1].tokens == stopped.tokens
+    # stop strings: cut the text right after the first occurrence
+    text = tiny_tokenizer.decode(free.tokens)
+    needle = text[len(text) // 3: len(text) // 3 + 3]
+    (s,) = generate(model, [prompt], 30, stop_token_ids=[], stop_strings=[needle], tokenizer=tiny_tokenizer)
+    assert s.finish_reason == "stop_string" and s.text.endswith(needle) and s.text == text[: text.find(needle) + len(needle)]
+    assert s.tokens == free.tokens[: len(s.tokens)] and len(s.tokens) < 30
+    with pytest.raises(ValueError, match="tokenizer"):
+        generate(model, [prompt], 3, stop_strings=["x"])
+
+
+def test_default_stop_is_eos(model):
+    config = model.config
+    prompt = prompts_of([5])[0]
+    (free,) = generate(model, [prompt], 20, stop_token_ids=[])
+    config.eos_token_id = free.tokens[3]
+    try:
+        (r,) = generate(model, [prompt], 20)
+    finally:
+        config.eos_token_id = 1
+    assert r.finish_reason == "stop_token" and r.tokens == free.tokens[: free.tokens.index(free.tokens[3]) + 1]
+
+
+def test_budgeted_equals_two_plain_phases(model):
+    """Greedy budgeted generation == think greedily (stop at </think>), force </think>, answer greedily."""
+    prompts = prompts_of([4, 8, 6], seed=3)
+    (probe,) = generate(model, [prompts[1]], 12, stop_token_ids=[])
+    think_end = probe.tokens[4]  # a token row 1 emits on its own within the budget
+    results = generate_budgeted(model, prompts, think_budget=8, solution_budget=5, think_end_id=think_end, stop_token_ids=[])
+    for prompt, r in zip(prompts, results):
+        (think,) = generate(model, [prompt], 8, stop_token_ids=[think_end])
+        thought = think.tokens if think.finish_reason == "stop_token" else think.tokens + [think_end]
+        (answer,) = generate(model, [prompt + thought], 5, stop_token_ids=[])
+        assert r.tokens == thought + answer.tokens
+        n = len(thought)
+        assert r.forced == [False] * (n - 1) + [think.finish_reason != "stop_token"] + [False] * len(answer.tokens)
+        assert len(r.logprobs) == len(r.tokens)
+    assert results[1].forced.count(True) == 0 and results[0].forced.count(True) + results[2].forced.count(True) >= 1
+
+
+def test_budgeted_zero_think_budget_and_eos_while_thinking(model):
+    prompt = prompts_of([5], seed=4)[0]
+    (r,) = generate_budgeted(model, [prompt], think_budget=0, solution_budget=3, think_end_id=9, stop_token_ids=[])
+    assert r.tokens[0] == 9 and r.forced == [True, False, False, False]
+    (free,) = generate(model, [prompt], 10, stop_token_ids=[])
+    eos = free.tokens[2]
+    (r,) = generate_budgeted(model, [prompt], think_budget=10, solution_budget=3, think_end_id=9, stop_token_ids=[eos])
+    assert r.finish_reason == "stop_token" and 9 not in r.tokens and r.tokens[-1] == eos
+
+
+def test_feed_appends_rows_of_different_lengths(model):
+    cache = model.new_cache(2, 20)
+    a, b = [5, 6, 7], [8, 9, 10, 11, 12]
+    logits = feed(model, cache, [a, b])
+    with torch.no_grad():
+        assert (logits[0] - model(torch.tensor([a]))[0, -1]).abs().max() < 1e-5
+        assert (logits[1] - model(torch.tensor([b]))[0, -1]).abs().max() < 1e-5
+    logits = feed(model, cache, [[13, 14], []])  # row 1 adds nothing and keeps its length
+    assert cache.lengths.tolist() == [5, 5]
+    with torch.no_grad():
+        assert (logits[0] - model(torch.tensor([a + [13, 14]]))[0, -1]).abs().max() < 1e-5

@@ -1,0 +1,76 @@
+"""The tokenizer wrapper and the tiny byte-fallback BPE."""
+
+import json
+
+import pytest
+
+from nanoo1.tokenizer import SPECIAL_TOKENS, THOUGHT_TOKENS, Tokenizer, train_tokenizer
+
+
+def test_control_tokens_at_gemma_ids(tiny_tokenizer):
+    tok = tiny_tokenizer
+    assert (tok.pad_id, tok.eos_id, tok.bos_id, tok.token_id("<unk>")) == (0, 1, 2, 3)
+    assert len(THOUGHT_TOKENS) == 16 and all(tok.has_token(t) for t in SPECIAL_TOKENS)
+
+
+def test_special_tokens_are_single_tokens_and_round_trip(tiny_tokenizer):
+    tok = tiny_tokenizer
+    text = "<start_of_thought><conclusion>So 7 * 6 = 42, \\boxed{42}<end_of_thought><start_of_rating><positive_rating><end_of_rating>"
+    ids = tok.encode(text, add_bos=False)
+    assert ids[0] == tok.token_id("<start_of_thought>") and ids[1] == tok.token_id("<conclusion>")
+    assert ids[-1] == tok.token_id("<end_of_rating>") and ids[-2] == tok.token_id("<positive_rating>")
+    assert tok.decode(ids) == text
+    assert "<start_of_thought>" not in tok.decode(ids, skip_special=True)
+
+
+def test_digits_are_split_and_unseen_text_falls_back_to_bytes(tiny_tokenizer):
+    tok = tiny_tokenizer
+    pieces = [tok.tk.id_to_token(i) for i in tok.encode("12345", add_bos=False)]
+    assert pieces == ["1", "2", "3", "4", "5"]
+    text = "Ünïcödé ✓ 😀 qzxv"
+    ids = tok.encode(text, add_bos=False)
+    assert tok.token_id("<unk>") not in ids
+    assert tok.decode(ids) == text
+    # "😀" is U+1F600, 4 bytes F0 9F 98 80: four byte tokens
+    assert [tok.tk.id_to_token(i) for i in tok.encode("😀", add_bos=False)] == ["<0xF0>", "<0x9F>", "<0x98>", "<0x80>"]
+
+
+def test_no_double_bos(tiny_tokenizer):
+    tok = tiny_tokenizer
+    assert tok.encode("hi")[0] == tok.bos_id and tok.encode("hi")[1] != tok.bos_id
+    assert tok.encode("<bos>hi") == tok.encode("hi")
+    chat = tok.encode(tok.chat_prompt("hello"))
+    assert chat.count(tok.bos_id) == 1 and chat[1] == tok.token_id("<start_of_turn>")
+    assert tok.encode("hi", add_bos=False)[0] != tok.bos_id
+
+
+def test_save_load_and_transformers_reads_it(tmp_path, tiny_tokenizer):
+    tiny_tokenizer.save(tmp_path)
+    again = Tokenizer.from_file(tmp_path)
+    text = "Tom has 12 apples.<end_of_thought>"
+    assert again.encode(text) == tiny_tokenizer.encode(text)
+    assert json.loads((tmp_path / "special_tokens_map.json").read_text())["bos_token"] == "<bos>"
+    transformers = pytest.importorskip("transformers")
+    hf = transformers.AutoTokenizer.from_pretrained(tmp_path)
+    assert hf(text).input_ids == tiny_tokenizer.encode(text)
+
+
+def test_errors_name_the_file_and_token(tmp_path, tiny_tokenizer):
+    with pytest.raises(KeyError, match="'<nope>' is not in the vocabulary"):
+        tiny_tokenizer.token_id("<nope>")
+    with pytest.raises(FileNotFoundError, match="tokenizer.json"):
+        Tokenizer.from_file(tmp_path / "tokenizer.json")
+    (tmp_path / "tokenizer.json").write_text("{broken")
+    with pytest.raises(ValueError, match="tokenizer.json: not a valid tokenizer.json"):
+        Tokenizer.from_file(tmp_path)
+    with pytest.raises(ValueError, match="leaves no room"):
+        train_tokenizer(["abc"], vocab_size=100)
+
+
+def test_training_is_deterministic_and_respects_vocab_size():
+    texts = ["the cat sat on the mat with 3 hats"] * 30
+    a, b = train_tokenizer(texts, 320), train_tokenizer(texts, 320)
+    assert a.tk.to_str() == b.tk.to_str()
+    assert len(a) <= 320
+    # frequent words became single pieces
+    assert len(a.encode(" the cat", add_bos=False)) == 2
