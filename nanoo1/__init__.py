@@ -1,5 +1,6 @@
 """nanoo1: o1-style reasoning, small enough to read, tested against known answers."""
 
+from nanoo1.checkpoint import load_pretrained, save_pretrained
 from nanoo1.model import Gemma2, Gemma2Config, KVCache
 
-__all__ = ["Gemma2", "Gemma2Config", "KVCache"]
+__all__ = ["Gemma2", "Gemma2Config", "KVCache", "load_pretrained", "save_pretrained"]
