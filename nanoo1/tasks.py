@@ -1,0 +1,184 @@
+"""Tasks: a seeded generator of multi-step arithmetic word problems, and a loader for GSM8K-style jsonl.
+
+    Mia has 7 apples. She buys 5 more. She gives 3 to Leo. Then she has 2 times as many.
+    How many apples does Mia have now?
+
+    7 + 5 = 12 / 12 - 3 = 9 / 9 * 2 = 18 / the answer is 18
+
+Each sentence after the first is one step (add, subtract, multiply, divide exactly), so a problem of
+2-5 steps needs 2-5 correct operations, in the spirit of GSM8K (Cobbe et al. 2021) with exact integer
+answers. A Problem keeps its steps, so its solution can be rendered in any format: the LongCoT thought
+format (`solution_tree`), rStar's code format, or Elastic Reasoning's <think> format.
+
+    python -m nanoo1.tasks --out data           # regenerate data/tiny/{train,test}.jsonl and data/tokenizer.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from nanoo1.rewards import extract_answer
+from nanoo1.thoughts import Tree
+
+NAMES = [("Mia", "she", "her"), ("Leo", "he", "him"), ("Ava", "she", "her"), ("Sam", "he", "him"),
+         ("Zoe", "she", "her"), ("Max", "he", "him"), ("Ivy", "she", "her"), ("Ben", "he", "him")]
+ITEMS = ["apples", "pens", "cards", "books", "coins", "stamps", "shells", "marbles"]
+OPS = {"+": lambda x, b: x + b, "-": lambda x, b: x - b, "*": lambda x, b: x * b, "/": lambda x, b: x // b}
+SENTENCES = {
+    "+": ["{He} buys {b} more.", "{He} finds {b} more.", "{Other} gives {him} {b} more."],
+    "-": ["{He} gives {b} to {Other}.", "{He} sells {b}.", "{He} loses {b}."],
+    "*": ["Then {he} has {b} times as many."],
+    "/": ["{He} splits them into {b} equal piles and keeps one pile."],
+}
+DATA_DIR = Path(__file__).resolve().parent.parent / "data"  # the repository's data/ (editable install)
+
+
+@dataclass
+class Step:
+    x: int  # the quantity before the step
+    op: str  # "+", "-", "*" or "/"
+    b: int  # the operand in the sentence
+    y: int  # the quantity after
+
+    def equation(self) -> str:
+        return f"{self.x} {self.op} {self.b} = {self.y}"
+
+
+@dataclass
+class Problem:
+    question: str
+    answer: str  # the final answer as text ("18"); checked with rewards.check
+    steps: list[Step] = field(default_factory=list)  # empty for problems loaded without worked steps
+
+    def thought_steps(self) -> list[str]:
+        """The texts of the expansion thoughts, one equation each."""
+        return [s.equation() for s in self.steps]
+
+    def code_steps(self) -> list[tuple[str, str]]:
+        """(comment, code) per step for rStar's code-augmented format; the last step prints the answer."""
+        out = [(f"Step {i + 1}: {s.equation()}", f"x{i + 1} = {'x' + str(i) if i else s.x} {s.op if s.op != '/' else '//'} {s.b}")
+               for i, s in enumerate(self.steps)]
+        out.append(("The answer", f"print(x{len(self.steps)})"))
+        return out
+
+    def think_solution(self) -> str:
+        """Elastic Reasoning's format: the work inside <think>, then the answer."""
+        return "<think>" + "\n".join(self.thought_steps()) + "</think>The answer is \\boxed{" + self.answer + "}"
+
+    def to_json(self) -> dict:
+        work = "\n".join(self.thought_steps())
+        return {"question": self.question, "answer": (work + "\n" if work else "") + f"#### {self.answer}",
+                "steps": [[s.x, s.op, s.b, s.y] for s in self.steps]}
+
+
+def solution_tree(problem: Problem) -> Tree:
+    """The worked solution as a chain of thoughts: <problem>, one <expansion> per step, <conclusion>."""
+    tree = Tree(problem.question)
+    node = tree.root
+    for text in problem.thought_steps():
+        node = tree.add(node, "<expansion>", text)
+    tree.add(node, "<conclusion>", "The answer is \\boxed{" + problem.answer + "}")
+    return tree
+
+
+def _step(rng: random.Random, x: int, max_value: int) -> Step | None:
+    op = rng.choice("+-*/")
+    if op == "+" and x < max_value - 2:
+        b = rng.randint(2, min(20, max_value - x))
+    elif op == "-" and x > 3:
+        b = rng.randint(1, min(20, x - 2))
+    elif op == "*" and 2 * x <= max_value:
+        b = rng.randint(2, min(5, max_value // x))
+    elif op == "/":
+        divisors = [d for d in range(2, 6) if x % d == 0 and x // d >= 2]
+        if not divisors:
+            return None
+        b = rng.choice(divisors)
+    else:
+        return None
+    return Step(x, op, b, OPS[op](x, b))
+
+
+def make_problem(rng: random.Random, n_steps: int, max_value: int = 99) -> Problem:
+    name, he, him = rng.choice(NAMES)
+    other = rng.choice([n for n, _, _ in NAMES if n != name])
+    item = rng.choice(ITEMS)
+    x = rng.randint(2, 30)
+    sentences, steps = [f"{name} has {x} {item}."], []
+    while len(steps) < n_steps:
+        step = _step(rng, x, max_value)
+        if step is None:
+            continue
+        template = rng.choice(SENTENCES[step.op])
+        sentences.append(template.format(He=he.capitalize(), he=he, him=him, b=step.b, Other=other))
+        steps.append(step)
+        x = step.y
+    sentences.append(f"How many {item} does {name} have now?")
+    return Problem(" ".join(sentences), str(x), steps)
+
+
+def make_problems(n: int, seed: int, min_steps: int = 2, max_steps: int = 5, max_value: int = 99) -> list[Problem]:
+    """n problems of min_steps..max_steps steps, every quantity an integer in 1..max_value; seeded."""
+    rng = random.Random(seed)
+    return [make_problem(rng, rng.randint(min_steps, max_steps), max_value) for _ in range(n)]
+
+
+def load_jsonl(path) -> list[Problem]:
+    """GSM8K-style jsonl: {"question", "answer": "...#### N"} per line (and nanoo1's optional "steps")."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: dataset file not found")
+    problems = []
+    for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}:{i}: invalid JSON ({e})") from e
+        if "question" not in row or "answer" not in row:
+            raise KeyError(f"{path}:{i}: expected keys 'question' and 'answer', got {sorted(row)}")
+        answer = str(row["answer"])
+        final = extract_answer(answer) if "####" in answer else answer.strip()
+        if final is None:
+            raise ValueError(f"{path}:{i}: no final answer in {answer[-40:]!r}")
+        steps = [Step(*s) for s in row.get("steps", [])]
+        problems.append(Problem(row["question"], final.replace(",", ""), steps))
+    return problems
+
+
+def write_jsonl(problems: list[Problem], path) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text("".join(json.dumps(p.to_json()) + "\n" for p in problems), encoding="utf-8")
+    tmp.replace(path)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description="Regenerate the tiny task splits and the tiny tokenizer.")
+    p.add_argument("--out", type=Path, default=DATA_DIR, help="data directory")
+    p.add_argument("--train", type=int, default=20000, help="training problems")
+    p.add_argument("--test", type=int, default=500, help="held-out problems")
+    p.add_argument("--seed", type=int, default=1234)
+    p.add_argument("--vocab-size", type=int, default=512)
+    args = p.parse_args(argv)
+    from nanoo1.tokenizer import train_tokenizer
+
+    train = make_problems(args.train, args.seed)
+    seen = {q.question for q in train}
+    test = [q for q in make_problems(args.test * 2, args.seed + 1) if q.question not in seen][: args.test]
+    write_jsonl(train, args.out / "tiny" / "train.jsonl")
+    write_jsonl(test, args.out / "tiny" / "test.jsonl")
+    texts = [solution_tree(q).training_text() for q in train[:5000]] + [q.think_solution() for q in train[:2000]]
+    tok = train_tokenizer(texts, args.vocab_size)
+    tok.save(args.out)
+    print(f"wrote {len(train)} train / {len(test)} test problems and a {len(tok)}-token tokenizer to {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,290 @@
+"""The LongCoT thought-tree format (LLaMA-O1 / OpenLongCoT) and the rating-token value head.
+
+Every node of a reasoning tree is one line of text:
+
+    <start_of_father_id>{parent}<end_of_father_id><start_of_local_id>{id}<end_of_local_id>
+    <start_of_thought>{meta}{text}<end_of_thought><start_of_rating>{rating}<end_of_rating>
+
+(one line in reality), meta one of <problem> <expansion> <critic> <refine> <conclusion> and rating one
+of <positive_rating> <negative_rating> <unknown_rating>. The root is `<problem>{question}` with parent
+-1. A path from the root to a node, one line per node, is what the policy and the value head read.
+
+Policy: the path, an optional `<hint>...</hint>` line, then the header of a new child up to
+`<start_of_thought>{meta}`; the model writes the thought and stops at `<end_of_thought>`.
+Value: the path whose last line stops right after `<start_of_rating>`; the next-token logits of
+<positive_rating> and <negative_rating> give V = log softmax([l_pos, l_neg])[0] = log P(positive).
+The value is read, and trained, at exactly that position (`value_prompt` builds both).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+META_ACTIONS = ["<problem>", "<expansion>", "<critic>", "<refine>", "<conclusion>"]
+RATINGS = {"positive": "<positive_rating>", "negative": "<negative_rating>", "unknown": "<unknown_rating>"}
+# Hints per meta-action (LLaMA-O1's prompts, reworded). The conclusion asks for \boxed{} (LLaMA-O1 asks
+# for \box{} while its grader wants \boxed{}), and the critic hint goes to <critic> only.
+HINTS = {
+    "<problem>": "Divide the problem into smaller steps and solve them one at a time.",
+    "<expansion>": "Take the next step of the solution.",
+    "<critic>": "Point out the flaws in the previous steps.",
+    "<refine>": "Refine the previous step to fix its flaws.",
+    "<conclusion>": "Summarize the solution and give the final answer in \\boxed{}.",
+}
+
+
+@dataclass(eq=False)
+class Node:
+    """One thought. Statistics are what search records; tokens/logprobs are what RL trains on."""
+
+    id: int  # unique in the whole tree
+    parent: "Node | None"
+    meta: str  # one of META_ACTIONS
+    text: str  # the thought, without its meta tag
+    children: list["Node"] = field(default_factory=list)
+    value: float | None = None  # log P(positive) from the value head, then the running mean of backups
+    visits: int = 0
+    prior: float = 1.0  # policy probability: exp(mean token log-prob) of the generated thought
+    entropy: float = 0.0  # mean entropy of the sampled tokens
+    varentropy: float = 0.0  # mean varentropy of the sampled tokens
+    terminal: str | None = None  # "success", "failure" or None (not terminal)
+    rating: str = "positive"  # rendered after the thought in prompts: "positive", "negative" or "unknown"
+    tokens: list[int] = field(default_factory=list)  # generated ids (meta tag, text, <end_of_thought>)
+    logprobs: list[float] = field(default_factory=list)  # their log-probs at generation time (PPO's old)
+
+    @property
+    def parent_id(self) -> int:
+        return -1 if self.parent is None else self.parent.id
+
+    @property
+    def depth(self) -> int:
+        return 0 if self.parent is None else self.parent.depth + 1
+
+
+class Tree:
+    """A reasoning tree over one question. Ids come from a counter: unique, never reused."""
+
+    def __init__(self, question: str):
+        if not isinstance(question, str):  # LLaMA-O1 passes a (question, answer) tuple here, leaking the answer
+            raise TypeError(f"question must be a str, got {type(question).__name__}; pass the ground truth separately")
+        self.nodes: list[Node] = []
+        self.root = self.add(None, "<problem>", question)
+
+    @property
+    def question(self) -> str:
+        return self.root.text
+
+    def add(self, parent: Node | None, meta: str, text: str, **stats) -> Node:
+        if meta not in META_ACTIONS:
+            raise ValueError(f"meta {meta!r} is not one of {META_ACTIONS}")
+        node = Node(id=len(self.nodes), parent=parent, meta=meta, text=text, **stats)
+        self.nodes.append(node)
+        if parent is not None:
+            parent.children.append(node)
+        return node
+
+    def node(self, node_id: int) -> Node:
+        """Look a node up by id: a list index, no recursion (LLaMA-O1's lookup can recurse forever)."""
+        if not 0 <= node_id < len(self.nodes):
+            raise KeyError(f"no node with id {node_id} (the tree has ids 0..{len(self.nodes) - 1})")
+        return self.nodes[node_id]
+
+    def path(self, node: Node) -> list[Node]:
+        """Root first, `node` last."""
+        out = []
+        while node is not None:
+            out.append(node)
+            node = node.parent
+        return out[::-1]
+
+    def leaves(self) -> list[Node]:
+        return [n for n in self.nodes if not n.children]
+
+    def training_text(self) -> str:
+        """The whole tree, one line per node in id order: the OpenLongCoT pretraining format."""
+        return "\n".join(render_node(n) for n in self.nodes)
+
+    def to_json(self) -> str:
+        keys = ["id", "meta", "text", "value", "visits", "prior", "entropy", "varentropy", "terminal", "rating", "tokens", "logprobs"]
+        return json.dumps([{**{k: getattr(n, k) for k in keys}, "parent": n.parent_id} for n in self.nodes])
+
+    @classmethod
+    def from_json(cls, text: str) -> "Tree":
+        rows = json.loads(text)
+        tree = cls(rows[0]["text"])
+        for k, v in rows[0].items():
+            if k not in ("id", "parent", "meta", "text"):
+                setattr(tree.root, k, v)
+        for row in rows[1:]:
+            stats = {k: v for k, v in row.items() if k not in ("id", "parent", "meta", "text")}
+            node = tree.add(tree.node(row["parent"]), row["meta"], row["text"], **stats)
+            if node.id != row["id"]:
+                raise ValueError(f"tree JSON: node ids must be 0, 1, 2, ... in order; got {row['id']} at position {node.id}")
+        return tree
+
+
+# -- rendering ---------------------------------------------------------------------------------------
+def header(parent_id: int, node_id: int) -> str:
+    return f"<start_of_father_id>{parent_id}<end_of_father_id><start_of_local_id>{node_id}<end_of_local_id>"
+
+
+def render_node(node: Node, upto: str = "end") -> str:
+    """The node's line; upto="thought" stops after `<start_of_thought>{meta}`, "rating" after `<start_of_rating>`."""
+    line = header(node.parent_id, node.id) + "<start_of_thought>" + node.meta
+    if upto == "thought":
+        return line
+    line += node.text + "<end_of_thought><start_of_rating>"
+    if upto == "rating":
+        return line
+    return line + RATINGS[node.rating] + "<end_of_rating>"
+
+
+def render_path(path: list[Node]) -> str:
+    return "\n".join(render_node(n) for n in path)
+
+
+def hint_for(meta: str, ground_truth: str | None = None) -> str:
+    """The hint for a child of this meta-action; the ground truth is added only when passed explicitly."""
+    hint = HINTS[meta]
+    return hint if ground_truth is None else f"{hint} The answer is {ground_truth}."
+
+
+def policy_prompt(path: list[Node], child_id: int, meta: str | None = None, hint: str | None = None) -> str:
+    """Path + optional hint + the new child's header up to `<start_of_thought>{meta}`.
+
+    meta None leaves the meta tag to the model (it writes e.g. `<expansion>` itself).
+    """
+    hint_line = f"<hint>{hint}</hint>\n" if hint else ""
+    return render_path(path) + "\n" + hint_line + header(path[-1].id, child_id) + "<start_of_thought>" + (meta or "")
+
+
+def value_prompt(path: list[Node]) -> str:
+    """The path with its last line cut right after `<start_of_rating>`: where the value is read and trained."""
+    return "\n".join([render_node(n) for n in path[:-1]] + [render_node(path[-1], upto="rating")])
+
+
+def parse_thought(generated: str, meta: str | None = None) -> tuple[str, str]:
+    """(meta, text) of a generated thought; `meta` None means the model wrote the tag itself.
+
+    A missing or unknown tag becomes <expansion>; text stops at <end_of_thought> if present.
+    """
+    text = generated.split("<end_of_thought>", 1)[0]
+    if meta is None:
+        meta = "<expansion>"
+        for m in META_ACTIONS[1:]:
+            if text.startswith(m):
+                meta, text = m, text[len(m):]
+                break
+    return meta, text
+
+
+LINE = re.compile(
+    r"<start_of_father_id>(-?\d+)<end_of_father_id><start_of_local_id>(\d+)<end_of_local_id>"
+    r"<start_of_thought>(<[a-z]+>)(.*?)<end_of_thought><start_of_rating>(<[a-z_]+>)<end_of_rating>", re.S)
+
+
+def parse_tree(text: str) -> Tree:
+    """Parse the line format back into a Tree (the inverse of Tree.training_text)."""
+    matches = list(LINE.finditer(text))
+    if not matches or matches[0].group(1) != "-1":
+        raise ValueError("thought text must start with a root line whose father id is -1")
+    by_rating = {v: k for k, v in RATINGS.items()}
+    tree = None
+    for m in matches:
+        parent, node_id, meta, body, rating = int(m.group(1)), int(m.group(2)), m.group(3), m.group(4), m.group(5)
+        if rating not in by_rating:
+            raise ValueError(f"node {node_id}: unknown rating token {rating!r}")
+        if tree is None:
+            tree = Tree(body)
+            node = tree.root
+            node.meta = meta
+        else:
+            node = tree.add(tree.node(parent), meta, body)
+        if node.id != node_id:
+            raise ValueError(f"node ids must be 0, 1, 2, ... in line order; line {node.id} has id {node_id}")
+        node.rating = by_rating[rating]
+    return tree
+
+
+# -- the rating-token value head -----------------------------------------------------------------------
+def rating_logits(model, tokenizer, input_ids, attention_mask):
+    """(l_pos, l_neg) (B, 2) at each row's last real token, which must be <start_of_rating>.
+
+    Only the two rating rows of the output embedding are multiplied (the final soft-cap is elementwise,
+    so this equals picking two columns of the full logits).
+    """
+    last = attention_mask.long().sum(-1) - 1  # (B,) right padding
+    start = tokenizer.token_id("<start_of_rating>")
+    if not bool((input_ids[torch.arange(len(last)), last] == start).all()):
+        raise ValueError("every value sequence must end with <start_of_rating> (build it with value_prompt)")
+    h = model.hidden_states(input_ids, attention_mask)  # (B, T, C)
+    h_last = h[torch.arange(len(last)), last]  # (B, C)
+    rows = [tokenizer.token_id("<positive_rating>"), tokenizer.token_id("<negative_rating>")]
+    w = model.output_embedding[rows]  # (2, C)
+    logits = F.linear(h_last, w)  # (B, 2)
+    cap = model.config.final_logit_softcapping
+    return logits if cap is None else torch.tanh(logits / cap) * cap
+
+
+def batch_ids(sequences: list[list[int]], pad_id: int, device=None):
+    """Right-padded (ids, mask) for a list of token-id lists."""
+    T = max(len(s) for s in sequences)
+    ids = torch.tensor([s + [pad_id] * (T - len(s)) for s in sequences], device=device)  # (B, T)
+    mask = torch.tensor([[1] * len(s) + [0] * (T - len(s)) for s in sequences], device=device)  # (B, T)
+    return ids, mask
+
+
+def value_sequences(tokenizer, paths: list[list[Node]]) -> list[list[int]]:
+    return [tokenizer.encode(value_prompt(p)) for p in paths]
+
+
+@torch.no_grad()
+def rating_values(model, tokenizer, paths: list[list[Node]], batch_size: int = 64) -> torch.Tensor:
+    """V = log softmax([l_pos, l_neg])[0] for the last node of each path, in batched forward passes."""
+    device = model.output_embedding.device
+    out = []
+    seqs = value_sequences(tokenizer, paths)
+    for i in range(0, len(seqs), batch_size):
+        ids, mask = batch_ids(seqs[i:i + batch_size], tokenizer.pad_id, device)
+        out.append(F.log_softmax(rating_logits(model, tokenizer, ids, mask).float(), -1)[:, 0])
+    return torch.cat(out) if out else torch.zeros(0)
+
+
+def rating_value_loss(model, tokenizer, input_ids, attention_mask, target_prob):
+    """Binary cross-entropy of P(positive) against target_prob (B,), at the position V is read from.
+
+    -[t log p + (1 - t) log(1 - p)] with log p = log softmax([l_pos, l_neg])[0], averaged over rows.
+    """
+    logp = F.log_softmax(rating_logits(model, tokenizer, input_ids, attention_mask).float(), -1)  # (B, 2)
+    t = target_prob.to(logp.dtype)
+    return -(t * logp[:, 0] + (1 - t) * logp[:, 1]).mean()
+
+
+# -- meta-actions --------------------------------------------------------------------------------------
+def meta_transition_matrix(tree: Tree) -> torch.Tensor:
+    """(5, 5): row a = softmax over b of the sum of exp(child value) over the tree's edges (meta a -> meta b).
+
+    Unevaluated children count as exp(0) = 1; a row without edges is uniform. <problem> is never a
+    child (its column is 0). Recomputed from the tree on every call: LLaMA-O1 caches the sampled metas
+    per node object, so a node's children never follow what the search learned.
+    """
+    n = len(META_ACTIONS)
+    sums = torch.zeros(n, n)
+    for node in tree.nodes[1:]:
+        a, b = META_ACTIONS.index(node.parent.meta), META_ACTIONS.index(node.meta)
+        sums[a, b] += math.exp(node.value if node.value is not None else 0.0)
+    sums[:, 0] = float("-inf")
+    return torch.softmax(sums, dim=-1)
+
+
+def sample_metas(tree: Tree, node: Node, k: int, generator: torch.Generator | None = None) -> list[str]:
+    """k meta-actions for new children of `node`, drawn from its meta's row of the transition matrix."""
+    probs = meta_transition_matrix(tree)[META_ACTIONS.index(node.meta)]
+    draws = torch.multinomial(probs, k, replacement=True, generator=generator)
+    return [META_ACTIONS[i] for i in draws.tolist()]
