@@ -1,0 +1,606 @@
+"""nanoo1.sandbox: ordinary programs behave as under `python`; hostile ones end in a bounded result.
+
+Every hostile program must end within its timeout + 1 s, leave no process and no file behind, and
+leave the caller working. Most run twice: with the audit hook (the default) and without it, so that
+the OS and kernel layers are shown to hold on their own.
+"""
+
+import ast
+import contextlib
+import ctypes
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+
+import pytest
+
+from nanoo1.sandbox import _SECCOMP_ARCH, _audit_hook, _landlock_abi, _seccomp_program, run_many, run_python
+
+LINUX = sys.platform == "linux"
+KERNEL = LINUX and os.uname().machine in _SECCOMP_ARCH  # seccomp has a syscall table for this machine
+LANDLOCK = _landlock_abi() > 0
+
+
+def sandbox_processes() -> list[int]:
+    """Pids of live sandboxed children (their command line carries this module's source)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                if b"_child_main(sys.argv[1])" in f.read():
+                    found.append(int(entry))
+        except (OSError, ValueError):
+            pass
+    return found
+
+
+def our_children() -> list[int]:
+    """Pids whose parent is this process, zombies included."""
+    found = []
+    for entry in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])  # after "pid (comm)": state, ppid, ...
+        except (OSError, ValueError, IndexError):
+            continue
+        if ppid == os.getpid():
+            found.append(int(entry))
+    return found
+
+
+@contextlib.contextmanager
+def adopting_orphans():
+    """Make this process the reaper of its orphaned descendants (PR_SET_CHILD_SUBREAPER).
+
+    A process that escapes a run, even by double fork + setsid + exec, then becomes our child
+    instead of init's, so `our_children` finds it whatever it turned into.
+    """
+    prctl, zero = ctypes.CDLL(None).prctl, ctypes.c_ulong(0)
+    prctl(36, ctypes.c_ulong(1), zero, zero, zero)
+    try:
+        yield
+    finally:
+        prctl(36, zero, zero, zero, zero)
+
+
+def workdirs() -> set[str]:
+    return {d for d in os.listdir(tempfile.gettempdir()) if d.startswith("nanoo1-sandbox-")}
+
+
+def hostile(code: str, timeout: float = 1.0, **limits):
+    """Run `code` and check what must hold for any program: bounded, nothing left, caller fine."""
+    dirs_before = workdirs()
+    start = time.monotonic()
+    with adopting_orphans() if LINUX else contextlib.nullcontext():
+        result = run_python(code, timeout=timeout, **limits)
+        escaped = sorted(set(our_children() + sandbox_processes())) if LINUX else []
+    for pid in escaped:  # do not leave them running, then fail
+        os.kill(pid, signal.SIGKILL)
+        if pid in our_children():
+            os.waitpid(pid, 0)
+    assert escaped == []
+    assert time.monotonic() - start < timeout + 1.0
+    assert result.seconds < timeout + 1.0
+    assert len(result.stdout.encode()) <= limits.get("output_bytes", 64 * 1024)
+    assert workdirs() <= dirs_before  # its directory is gone
+    assert run_python("print(6 * 7)").stdout == "42\n"  # the caller keeps working
+    return result
+
+
+@pytest.fixture(params=[True, False], ids=["hook", "no-hook"])
+def hook(request):
+    """With and without the audit hook; without it only Linux has the kernel layers that still hold."""
+    if not request.param and not KERNEL:
+        pytest.skip("without the audit hook only the Linux kernel layers stop it, and this system has none")
+    return request.param
+
+
+# --- ordinary programs ------------------------------------------------------------------------------
+
+
+def test_stdout_is_captured():
+    r = run_python("print(1 + 1)\nprint('héllo')")
+    assert (r.stdout, r.truncated, r.error, r.message, r.ok) == ("2\nhéllo\n", False, None, "", True)
+    assert 0 < r.seconds < 5
+
+
+def test_exception_type_and_message_and_output_before_it():
+    r = run_python("print('step 1')\nx = 1 / 0")
+    assert (r.stdout, r.error, r.message, r.ok) == ("step 1\n", "ZeroDivisionError", "division by zero", False)
+    r = run_python("raise ValueError('bad step')")
+    assert (r.error, r.message) == ("ValueError", "bad step")
+
+
+def test_syntax_error():
+    r = run_python("def f(:\n    return 1\n")
+    assert r.error == "SyntaxError" and r.stdout == ""
+
+
+def test_exit_codes():
+    assert run_python("import sys; print('a'); sys.exit(0)").ok
+    assert run_python("import sys; sys.exit()").ok
+    r = run_python("import sys; sys.exit(3)")
+    assert (r.error, r.message) == ("SystemExit", "3")
+    r = run_python("import sys; sys.exit('no answer')")
+    assert (r.error, r.message) == ("SystemExit", "no answer")
+    r = run_python("import os; os._exit(5)")  # no report at all: the exit status speaks
+    assert (r.error, r.message) == ("SystemExit", "5")
+
+
+def test_atexit_handlers_do_not_run():
+    # the child leaves with os._exit right after its report, so nothing of the program runs after it
+    r = run_python("import atexit, sys\natexit.register(lambda: print('atexit ran'))\nsys.exit(4)")
+    assert (r.error, r.message, r.stdout) == ("SystemExit", "4", "")
+
+
+def test_ordinary_math():
+    code = """
+import math, itertools
+from fractions import Fraction
+
+def fib(n):
+    return n if n < 2 else fib(n - 1) + fib(n - 2)
+
+def depth(n):
+    return 0 if n == 0 else 1 + depth(n - 1)
+
+print(Fraction(1, 3) + Fraction(1, 6))            # 2/6 + 1/6 = 1/2
+print(math.comb(10, 3))                           # 10*9*8/6 = 120
+print(len(list(itertools.permutations(range(5)))))  # 5! = 120
+print(fib(20))                                    # 6765
+print(depth(500))                                 # moderate recursion
+"""
+    r = run_python(code)
+    assert r.ok, r
+    assert r.stdout.split() == ["1/2", "120", "120", "6765", "500"]
+
+
+def test_numpy_and_sympy_import_under_the_limits():
+    pytest.importorskip("numpy")
+    pytest.importorskip("sympy")
+    code = "import numpy, sympy\nprint(round(numpy.linalg.det([[2, 1], [1, 3]])))\nprint(sympy.factorint(360))"
+    r = run_python(code, timeout=30)  # importing sympy takes seconds on a loaded machine
+    assert r.ok, r
+    assert r.stdout.splitlines() == ["5", "{2: 3, 3: 2, 5: 1}"]  # 2*3 - 1*1 = 5; 360 = 2^3 3^2 5
+
+
+def test_stderr_joins_stdout():
+    r = run_python("import sys\nprint('out')\nprint('err', file=sys.stderr)")
+    assert r.stdout == "out\nerr\n"
+
+
+def test_fresh_working_directory_is_removed():
+    code = "import os\nopen('a.txt', 'w').write('x')\nprint(os.getcwd())\nprint(open('a.txt').read())"
+    first, second = run_python(code), run_python(code)
+    assert first.ok and second.ok
+    (dir1, content), (dir2, _) = first.stdout.split(), second.stdout.split()
+    assert content == "x" and dir1 != dir2
+    assert not os.path.exists(dir1) and not os.path.exists(dir2)
+
+
+def test_unreadable_directories_are_still_removed():
+    r = run_python("import os\nos.makedirs('a/b')\nopen('a/b/f', 'w').close()\nos.chmod('a/b', 0)\n"
+                   "os.chmod('a', 0)\nprint(os.getcwd())")
+    assert r.ok, r
+    assert not os.path.exists(r.stdout.strip())
+
+
+def test_no_inherited_file_descriptors():
+    fd = os.open(os.devnull, os.O_RDONLY)
+    os.set_inheritable(fd, True)  # even an fd the caller marked inheritable stays behind
+    try:
+        r = run_python(f"import os\ntry:\n    os.fstat({fd})\n    print('open')\nexcept OSError:\n    print('closed')")
+    finally:
+        os.close(fd)
+    assert r.stdout == "closed\n"
+
+
+def test_file_size_limit():
+    r = run_python("open('big', 'wb').write(b'x' * (2 << 20))", file_mb=1)
+    assert r.error == "OSError" and "File too large" in r.message
+
+
+def test_output_cap_is_exact():
+    r = run_python("print('x' * 100)", output_bytes=10)
+    assert (r.stdout, r.truncated, r.error) == ("x" * 10, True, "OutputLimit")
+
+
+def test_limits_are_checked():
+    with pytest.raises(ValueError, match="timeout"):
+        run_python("print(1)", timeout=0)
+    with pytest.raises(ValueError, match="memory_mb"):
+        run_python("print(1)", memory_mb=-1)
+
+
+def test_pool_keeps_order_and_runs_in_parallel():
+    # the later programs finish first; serially this takes 1.2 + 0.9 + 0.6 + 0.3 = 3.0 s, in parallel 1.2 s
+    codes = [f"import time\ntime.sleep({0.3 * (4 - i):.1f})\nprint({i})" for i in range(4)]
+    start = time.monotonic()
+    results = run_many(codes, workers=4)
+    assert time.monotonic() - start < 2.2
+    assert [r.stdout for r in results] == ["0\n", "1\n", "2\n", "3\n"]
+    assert run_many([]) == []
+
+
+def test_pool_passes_limits():
+    results = run_many(["while True: pass", "print(2)"], workers=2, timeout=0.5)
+    assert [r.error for r in results] == ["Timeout", None]
+
+
+# --- hostile programs ---------------------------------------------------------------------------------
+
+
+def test_infinite_loop():
+    r = hostile("while True:\n    pass", timeout=1.0)
+    assert r.error == "Timeout" and r.seconds >= 1.0
+
+
+def test_sleeping_forever_is_stopped_by_the_wall_clock():
+    r = hostile("import time\nprint('started')\ntime.sleep(100)", timeout=1.0)
+    assert (r.error, r.stdout) == ("Timeout", "started\n")  # output printed before the kill is kept
+
+
+def test_closing_its_pipes_does_not_hang_the_caller():
+    r = hostile("import os\nfor fd in range(10):\n    try:\n        os.close(fd)\n    except OSError:\n        pass\n"
+                "while True:\n    pass", timeout=0.5)
+    assert r.error == "Timeout"
+
+
+def test_fork_bomb(hook):
+    code = """
+import os, subprocess, threading, time
+started = []
+for _ in range(50):
+    try:
+        pid = os.fork()
+    except OSError as e:
+        print("fork refused", type(e).__name__)
+        break
+    if pid == 0:
+        time.sleep(30)
+        os._exit(0)
+    started.append(pid)
+try:
+    subprocess.Popen(["sleep", "30"])
+    print("popen ran")
+except OSError as e:
+    print("popen refused", type(e).__name__)
+try:
+    threading.Thread(target=time.sleep, args=(30,)).start()
+    print("thread ran")
+except (OSError, RuntimeError) as e:
+    print("thread refused")
+print("started", started)
+os.fork()
+"""
+    r = hostile(code, audit_hook=hook)
+    lines = r.stdout.splitlines()
+    assert lines[:2] == ["fork refused PermissionError", "popen refused PermissionError"]
+    if KERNEL or (LINUX and os.geteuid() != 0):  # no threads either (seccomp; RLIMIT_NPROC for other users)
+        assert lines[2] == "thread refused"
+    assert lines[-1] == "started []"
+    assert r.error == "PermissionError"  # the bare os.fork() at the end, refused by the hook or by seccomp
+    assert r.message == ("sandbox: os.fork is not allowed" if hook else "[Errno 1] Operation not permitted")
+
+
+def test_daemon_that_double_forks_and_calls_setsid(hook):
+    code = """
+import os, time
+try:
+    if os.fork() == 0:
+        os.setsid()
+        if os.fork() == 0:
+            print("daemon", os.getpid(), flush=True)
+            time.sleep(30)
+        os._exit(0)
+    time.sleep(0.3)
+except OSError as e:
+    print("refused", type(e).__name__)
+"""
+    r = hostile(code, audit_hook=hook)
+    assert r.stdout == "refused PermissionError\n"
+    assert r.ok
+
+
+@pytest.mark.skipif(not LINUX, reason="macOS does not enforce RLIMIT_AS")
+def test_memory_bomb():
+    r = hostile("x = bytearray(10 ** 11)", memory_mb=256)
+    assert r.error == "MemoryError"
+    r = hostile("chunks = []\nwhile True:\n    chunks.append(bytearray(10 ** 7))", memory_mb=256, timeout=2.0)
+    assert r.error == "MemoryError"
+
+
+@pytest.mark.skipif(not LINUX, reason="macOS does not enforce RLIMIT_AS")
+def test_raising_its_own_limits(hook):
+    code = """
+import resource
+try:
+    resource.setrlimit(resource.RLIMIT_AS, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+    print("raised")
+except (OSError, ValueError) as e:
+    print("refused")
+x = bytearray(1 << 30)
+"""
+    r = hostile(code, memory_mb=256, audit_hook=hook)
+    assert (r.stdout, r.error) == ("refused\n", "MemoryError")
+
+
+def test_gigabyte_of_output():
+    r = hostile("import sys\nchunk = 'x' * (1 << 20)\nfor _ in range(1024):\n    sys.stdout.write(chunk)")
+    assert (r.error, r.truncated, r.stdout) == ("OutputLimit", True, "x" * (64 * 1024))
+    r = hostile("import os\nfor _ in range(1024):\n    os.write(2, b'y' * (1 << 20))")  # raw stderr too
+    assert (r.error, r.truncated, len(r.stdout)) == ("OutputLimit", True, 64 * 1024)
+
+
+def test_writing_outside_its_directory(hook, tmp_path):
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)  # world-writable like /tmp: a different uid alone would not stop these writes
+    victim = tmp_path / "victim.txt"
+    victim.write_text("intact")
+    victim.chmod(0o666)
+    in_tmp = os.path.join(tempfile.gettempdir(), f"nanoo1-escape-{uuid.uuid4().hex}")
+    attempts = {
+        "open": f"open({str(shared / 'a')!r}, 'w').write('x')",
+        "os.open": f"os.open({str(shared / 'b')!r}, os.O_WRONLY | os.O_CREAT)",
+        "tmp": f"open({in_tmp!r}, 'w').write('x')",
+        "mkdir": f"os.mkdir({str(shared / 'c')!r})",
+        "rename": f"open('mine', 'w').close(); os.rename('mine', {str(shared / 'd')!r})",
+        "symlink": f"os.symlink({str(shared)!r}, 'link'); open('link/e', 'w').write('x')",
+        "dotdot": f"open(os.path.join(os.getcwd(), '..', {os.path.basename(in_tmp)!r}), 'w').write('x')",
+        "remove": f"os.remove({str(victim)!r})",
+        "truncate": f"os.truncate({str(victim)!r}, 0)",
+        "append": f"open({str(victim)!r}, 'a').write('changed')",
+        "dir_fd": f"fd = os.open({str(shared)!r}, os.O_RDONLY); os.open('f', os.O_WRONLY | os.O_CREAT, dir_fd=fd)",
+    }
+    if LANDLOCK:  # no audit event exists for mkfifo: only Landlock stops it
+        attempts["mkfifo"] = f"os.mkfifo({str(shared / 'g')!r})"
+    code = "import os\n" + "".join(
+        f"try:\n    {line}\n    print({name!r}, 'done')\nexcept OSError as e:\n    print({name!r}, 'refused')\n"
+        for name, line in attempts.items())
+    if not hook and not LANDLOCK:
+        pytest.skip("without the audit hook, writes are confined by Landlock, which this kernel lacks")
+    r = hostile(code, audit_hook=hook)
+    assert r.ok, r
+    assert r.stdout.splitlines() == [f"{name} refused" for name in attempts]
+    assert os.listdir(shared) == [] and not os.path.exists(in_tmp)
+    assert victim.read_text() == "intact"
+
+
+def test_reading_the_parents_environment(hook, monkeypatch):
+    secret = uuid.uuid4().hex
+    monkeypatch.setenv("NANOO1_TEST_SECRET", secret)
+    code = f"""
+import os
+print(sorted(os.environ))
+print(os.environ.get("NANOO1_TEST_SECRET"))
+for pid in (os.getppid(), {os.getpid()}):
+    try:
+        print(open(f"/proc/{{pid}}/environ", "rb").read())
+    except OSError:
+        print("refused")
+"""
+    if not hook and not LANDLOCK:
+        pytest.skip("without the audit hook, /proc/<parent> is guarded by Landlock, which this kernel lacks")
+    r = hostile(code, audit_hook=hook)
+    assert secret not in r.stdout
+    keys, value, *proc = r.stdout.splitlines()
+    assert set(ast.literal_eval(keys)) <= {"PATH", "HOME", "TMPDIR", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS",
+                                           "MKL_NUM_THREADS", "LC_CTYPE"}  # LC_CTYPE: Python's own (PEP 538)
+    assert value == "None"
+    if LINUX:
+        assert proc == ["refused", "refused"]
+
+
+def test_signalling_the_parent(hook):
+    received = []
+    previous = signal.signal(signal.SIGUSR1, lambda *_: received.append(1))  # a failure must not kill pytest
+    code = f"""
+import os, signal
+for name, send in [("ppid", lambda: os.kill(os.getppid(), signal.SIGUSR1)),
+                   ("pid", lambda: os.kill({os.getpid()}, signal.SIGUSR1)),
+                   # signal 0 only asks whether it could: a failure here must not hit the test runner
+                   ("group", lambda: os.killpg(os.getpgid({os.getpid()}), 0)),
+                   ("everyone", lambda: os.kill(-1, 0))]:
+    try:
+        send()
+        print(name, "sent")
+    except OSError:
+        print(name, "refused")
+"""
+    try:
+        r = hostile(code, audit_hook=hook)
+        time.sleep(0.1)
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
+    assert r.stdout.split() == ["ppid", "refused", "pid", "refused", "group", "refused", "everyone", "refused"]
+    assert received == []
+
+
+def test_cpu_time_limit_is_a_backstop():
+    # a program that lowers its own CPU limit shows what happens should the wall clock ever fail
+    code = "import resource\nresource.setrlimit(resource.RLIMIT_CPU, (1, 2))\nwhile True:\n    pass"
+    r = hostile(code, timeout=3.0, audit_hook=False)
+    assert (r.error, r.message) == ("Timeout", "used up its CPU time")
+    assert r.seconds < 2.5
+
+
+@pytest.mark.skipif(not LINUX, reason="PR_SET_PDEATHSIG is Linux only")
+def test_child_dies_with_its_caller():
+    # a caller killed outright cannot clean up; the kernel then kills its sandboxed child
+    dirs_before = workdirs()
+    module = os.path.join(os.path.dirname(os.path.dirname(__file__)), "nanoo1", "sandbox.py")
+    script = ("import importlib.util\n"
+              f"spec = importlib.util.spec_from_file_location('sandbox', {module!r})\n"
+              "sandbox = importlib.util.module_from_spec(spec)\nspec.loader.exec_module(sandbox)\n"
+              "sandbox.run_python('import time\\ntime.sleep(60)', timeout=60)")
+    caller = subprocess.Popen([sys.executable, "-c", script])
+    try:
+        deadline = time.monotonic() + 10
+        while not sandbox_processes() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert sandbox_processes() != []
+    finally:
+        caller.kill()
+        caller.wait()
+    deadline = time.monotonic() + 2
+    while sandbox_processes() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert sandbox_processes() == []
+    for d in workdirs() - dirs_before:  # what the killed caller could not remove
+        shutil.rmtree(os.path.join(tempfile.gettempdir(), d))
+
+
+def test_deep_recursion():
+    r = hostile("def f(n):\n    return f(n + 1)\nf(0)")
+    assert r.error == "RecursionError"
+    # with the limit lifted it ends in whatever runs out first: the C stack (SIGSEGV), memory (3.11 keeps
+    # Python frames on the heap and reports SystemError), or time; any of them, but bounded
+    r = hostile("import sys\nsys.setrecursionlimit(10 ** 9)\ndef f(n):\n    return f(n + 1)\nf(0)", memory_mb=64)
+    assert r.error is not None
+
+
+def test_opening_a_socket(hook):
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+        code = f"""
+import socket
+address = ("127.0.0.1", {port})
+for name, attempt in [("tcp", lambda: socket.create_connection(address, timeout=0.5)),
+                      ("udp", lambda: socket.socket(socket.AF_INET, socket.SOCK_DGRAM).sendto(b"x", address)),
+                      ("pair", lambda: socket.socketpair())]:
+    try:
+        attempt()
+        print(name, "open")
+    except OSError:
+        print(name, "refused")
+"""
+        r = hostile(code, audit_hook=hook)
+        listener.settimeout(0.2)
+        with pytest.raises(socket.timeout):
+            listener.accept()  # nobody connected
+    assert r.stdout.split() == ["tcp", "refused", "udp", "refused", "pair", "refused"]
+
+
+def test_segfault(hook):
+    r = hostile("import ctypes\nctypes.memmove(0, b'x', 1)", audit_hook=hook)  # no audit event for memmove
+    assert r.error in (("Signal SIGSEGV",) if LINUX else ("Signal SIGSEGV", "Signal SIGBUS"))
+    r = hostile("import faulthandler\nfaulthandler._sigsegv()", audit_hook=hook)
+    assert r.error == "Signal SIGSEGV"
+    r = hostile("import ctypes\nctypes.string_at(0)", audit_hook=hook)
+    assert r.error == ("PermissionError" if hook else "Signal SIGSEGV")
+
+
+def test_ctypes_cannot_reach_c_functions():
+    r = hostile("import ctypes\nlibc = ctypes.CDLL(None)\nlibc.fork()")
+    assert (r.error, r.message) == ("PermissionError", "sandbox: ctypes.dlsym is not allowed")
+    if KERNEL:  # and where it could, the kernel refuses what it asks for
+        code = "import ctypes\nprint(ctypes.CDLL(None, use_errno=True).fork(), ctypes.get_errno())"
+        r = hostile(code, audit_hook=False)
+        assert r.stdout == "-1 1\n"  # EPERM
+
+
+# --- the layers, one by one ----------------------------------------------------------------------------
+
+
+def test_audit_hook_policy(tmp_path):
+    work = tmp_path / "work"
+    work.mkdir()
+    outside_dir = tmp_path / "out"
+    outside_dir.mkdir()
+    public = outside_dir / "public.txt"
+    public.write_text("x")
+    public.chmod(0o644)
+    secret = outside_dir / "secret.txt"
+    secret.write_text("x")
+    secret.chmod(0o600)
+    os.symlink(outside_dir, work / "link")
+    hook = _audit_hook(os.path.realpath(work))
+    w, r = os.O_WRONLY | os.O_CREAT | os.O_TRUNC, os.O_RDONLY
+
+    allowed = [("open", (str(work / "a.txt"), "w", w)), ("open", (str(work / "sub" / ".." / "b.txt"), None, w)),
+               ("open", (str(public), "r", r)), ("open", (5, "w", w)),  # an fd it already holds
+               ("os.mkdir", (str(work / "d"), 0o777, -1)), ("os.rename", (str(work / "a"), str(work / "b"), -1, -1)),
+               ("ctypes.dlopen", (None,)), ("import", ("math", None, [], [], [])), ("os.listdir", ("/",))]
+    for event, args in allowed:
+        hook(event, args)  # no exception
+
+    refused = [("os.fork", ()), ("os.exec", ("/bin/sh", ["sh"], None)), ("os.system", (b"true",)),
+               ("subprocess.Popen", ("sh", ["sh"], None, None)), ("os.kill", (1, 0)), ("os.killpg", (1, 0)),
+               ("socket.__new__", (None, 2, 1, 0)), ("socket.connect", (None, ("127.0.0.1", 80))),
+               ("ctypes.dlopen", ("libc.so.6",)), ("ctypes.dlsym", (None, "fork")), ("ctypes.cdata", (0,)),
+               ("resource.setrlimit", (9, (-1, -1))), ("os.symlink", ("a", "b", -1)),
+               ("open", (str(outside_dir / "new"), "w", w)),                  # outside
+               ("open", (str(work / ".." / "out" / "new"), "a", os.O_APPEND)),  # outside through ..
+               ("open", (str(work / "link" / "new"), None, w)),               # outside through a link
+               ("open", (str(public), "r+", os.O_RDWR)),                      # read-write outside
+               ("open", (str(outside_dir), None, r)),                         # a directory fd outside
+               ("open", (str(secret), "r", r)),                               # not world-readable
+               ("os.remove", (str(public), -1)), ("os.rename", (str(work / "a"), str(outside_dir / "a"), -1, -1)),
+               ("os.chmod", (str(public), 0o777, -1)), ("shutil.rmtree", (str(outside_dir), None))]
+    for event, args in refused:
+        with pytest.raises(PermissionError, match="sandbox"):
+            hook(event, args)
+
+
+def run_bpf(prog, nr: int, arch: int, arg0: int = 0) -> int:
+    """A tiny classic-BPF interpreter for the four instructions the seccomp filter uses."""
+    data = {0: nr, 4: arch, 16: arg0 & 0xFFFFFFFF}
+    a, pc = 0, 0
+    while True:
+        code, jt, jf, k = prog[pc]
+        if code == 0x20:  # load word
+            a, pc = data[k], pc + 1
+        elif code == 0x15:  # jump if equal
+            pc += 1 + (jt if a == k else jf)
+        elif code == 0x35:  # jump if greater or equal
+            pc += 1 + (jt if a >= k else jf)
+        elif code == 0x06:  # return
+            return k
+        else:
+            raise AssertionError(f"unexpected BPF opcode {code:#x}")
+
+
+def test_seccomp_program_answers():
+    ALLOW, EPERM, KILL = 0x7FFF0000, 0x00050001, 0x80000000
+    x86, arm = 0xC000003E, 0xC00000B7
+    prog = _seccomp_program("x86_64", pid=4242)
+    # x86_64 numbers: read 0, getpid 39, socket 41, clone 56, fork 57, execve 59, kill 62, ptrace 101,
+    # tgkill 234, prlimit64 302, clone3 435, io_uring_setup 425
+    assert run_bpf(prog, 0, x86) == ALLOW
+    assert run_bpf(prog, 39, x86) == ALLOW
+    for nr in (41, 56, 57, 59, 101, 425, 435):
+        assert run_bpf(prog, nr, x86) == EPERM, nr
+    assert run_bpf(prog, 62, x86, arg0=4242) == ALLOW  # kill(itself)
+    assert run_bpf(prog, 62, x86, arg0=0) == ALLOW     # kill(its own group: only itself)
+    assert run_bpf(prog, 62, x86, arg0=4241) == EPERM  # kill(another process)
+    assert run_bpf(prog, 62, x86, arg0=-1) == EPERM    # kill(everyone)
+    assert run_bpf(prog, 234, x86, arg0=4242) == ALLOW and run_bpf(prog, 234, x86, arg0=1) == EPERM
+    assert run_bpf(prog, 302, x86, arg0=0) == ALLOW and run_bpf(prog, 302, x86, arg0=1) == EPERM
+    assert run_bpf(prog, 0x40000000 + 57, x86) == EPERM  # the x32 alias of fork
+    assert run_bpf(prog, 2, 0x40000003) == KILL          # i386 ABI (int 0x80): fork is 2 there
+    prog = _seccomp_program("aarch64", pid=7)
+    # aarch64 numbers: close 57 (fork on x86_64), socket 198, clone 220, execve 221, kill 129
+    assert run_bpf(prog, 57, arm) == ALLOW
+    for nr in (198, 220, 221):
+        assert run_bpf(prog, nr, arm) == EPERM, nr
+    assert run_bpf(prog, 129, arm, arg0=7) == ALLOW and run_bpf(prog, 129, arm, arg0=8) == EPERM
+    assert run_bpf(prog, 220, x86) == KILL  # a syscall from another ABI
+
+
+@pytest.mark.skipif(not LINUX, reason="Linux only")
+def test_sandboxed_process_is_confined_by_the_kernel():
+    # what the kernel says about the child itself: no capabilities, no new privileges, a seccomp filter
+    r = run_python("for line in open('/proc/self/status'):\n    print(line.replace(':', ' ', 1), end='')")
+    assert r.ok, r
+    status = {line.split()[0]: line.split()[1] for line in r.stdout.splitlines() if len(line.split()) > 1}
+    assert int(status["CapEff"], 16) == 0 and int(status["CapPrm"], 16) == 0 and status["NoNewPrivs"] == "1"
+    assert status["Seccomp"] == ("2" if KERNEL else "0")  # 2 = SECCOMP_MODE_FILTER
