@@ -56,7 +56,9 @@ class Node:
     terminal: str | None = None  # "success", "failure" or None (not terminal)
     rating: str = "positive"  # rendered after the thought in prompts: "positive", "negative" or "unknown"
     tokens: list[int] = field(default_factory=list)  # generated ids (meta tag, text, <end_of_thought>)
-    logprobs: list[float] = field(default_factory=list)  # their log-probs at generation time (PPO's old)
+    logprobs: list[float] = field(default_factory=list)  # their log-probs under the sampling distribution (PPO's old)
+    prompt: str = ""  # the exact text the thought was sampled after: encode(prompt) + tokens is what was sampled
+    rectified: float | None = None  # after search: discounted mean of the terminal rewards below (mcts.rectify)
 
     @property
     def parent_id(self) -> int:
@@ -64,7 +66,10 @@ class Node:
 
     @property
     def depth(self) -> int:
-        return 0 if self.parent is None else self.parent.depth + 1
+        depth, node = 0, self.parent
+        while node is not None:  # a loop, not recursion: search trees can be deeper than the recursion limit
+            depth, node = depth + 1, node.parent
+        return depth
 
 
 class Tree:
@@ -111,7 +116,8 @@ class Tree:
         return "\n".join(render_node(n) for n in self.nodes)
 
     def to_json(self) -> str:
-        keys = ["id", "meta", "text", "value", "visits", "prior", "entropy", "varentropy", "terminal", "rating", "tokens", "logprobs"]
+        keys = ["id", "meta", "text", "value", "visits", "prior", "entropy", "varentropy", "terminal", "rating", "tokens", "logprobs",
+                "prompt", "rectified"]
         return json.dumps([{**{k: getattr(n, k) for k in keys}, "parent": n.parent_id} for n in self.nodes])
 
     @classmethod

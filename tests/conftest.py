@@ -67,3 +67,90 @@ def hf_twin(model: Gemma2, tmp_path):
 @pytest.fixture(scope="session")
 def tiny_tokenizer():
     return train_tokenizer(SAMPLE_TEXTS, vocab_size=400)
+
+
+# -- a scripted fake policy for search tests (test_mcts, test_search) ---------------------------------
+def path_key(path):
+    """A path as the tuple of its thoughts after the root, each "meta+text"."""
+    return tuple(n.meta + n.text for n in path[1:])
+
+
+class ScriptedPolicy:
+    """nanoo1.mcts's policy interface with thoughts and values from a script, so the best path is known.
+
+    script(key) -> [(meta, text, prior), ...]: the thoughts that may follow the path `key` (see path_key);
+    value(key) -> V of that path. Thoughts come in script order, skipping those the node already has (the
+    most likely first at temperature 0); a meta given in the request replaces the scripted one. A thought
+    is one token per word plus <end_of_thought>, each with log-prob log(prior). Every prompt and every
+    batch is recorded, and expanding a terminal thought fails the test.
+    """
+
+    def __init__(self, script, value):
+        self.script, self.value = script, value
+        self.prompts, self.value_prompts = [], []  # every policy prompt and value prompt rendered
+        self.propose_calls, self.evaluate_calls = [], []  # per call: [k per request], number of paths
+
+    def propose(self, requests):
+        import math
+
+        from nanoo1.mcts import Candidate
+
+        self.propose_calls.append([r.k for r in requests])
+        out = []
+        for r in requests:
+            assert r.node.terminal is None, f"terminal thought {r.node.id} was expanded"
+            taken = {c.meta + c.text for c in r.node.children}
+            scripted = self.script(path_key(r.tree.path(r.node)))
+            options = [o for o in scripted if o[0] + o[1] not in taken] or scripted
+            if r.temperature == 0:
+                options = sorted(options, key=lambda o: -o[2])
+            candidates = []
+            for j in range(r.k):
+                meta, text, prior = options[j % len(options)]
+                prompt = r.prompt(j)
+                self.prompts.append(prompt)
+                n = len(text.split()) + 1
+                candidates.append(Candidate(r.metas[j] or meta, text, list(range(n)), [math.log(prior)] * n, prior,
+                                            prompt=prompt, prompt_tokens=len(prompt.split()) if j == 0 else 0))
+            out.append(candidates)
+        return out
+
+    def evaluate(self, paths):
+        from nanoo1.thoughts import value_prompt
+
+        self.evaluate_calls.append(len(paths))
+        prompts = [value_prompt(p) for p in paths]
+        self.value_prompts += prompts
+        return [self.value(path_key(p)) for p in paths], [len(s.split()) for s in prompts]
+
+
+def decoy_script(steps=("7 + 5 = 12", "12 - 3 = 9"), answer="9"):
+    """(script, value, the correct path's key) with exactly one correct path.
+
+    Under every thought: a decoy step (prior .8), a wrong step (.5) and the next step (.3, correct only on
+    the correct path); after the last step three conclusions, \\boxed{answer + 1} (.8), \\boxed{answer + 2}
+    (.5) and \\boxed{answer} (.3, answer + 3 off the correct path). The value head rates correct prefixes
+    log .9 and the first decoy log .95, but everything under that decoy log .05 and every other wrong
+    path log .2. Greedy (highest prior) follows the decoys to \\boxed{answer + 1}.
+    """
+    import math
+
+    correct = tuple("<expansion>" + s for s in steps) + ("<conclusion>The answer is \\boxed{" + answer + "}",)
+
+    def script(key):
+        d, on_path = len(key), key == correct[: len(key)]
+        if d < len(steps):
+            good = steps[d] if on_path else f"other step {d}"
+            return [("<expansion>", f"decoy step {d}", 0.8), ("<expansion>", f"wrong step {d}", 0.5), ("<expansion>", good, 0.3)]
+        a = int(answer)
+        return [("<conclusion>", "The answer is \\boxed{" + str(x) + "}", p)
+                for x, p in ((a + 1, 0.8), (a + 2, 0.5), (a if on_path else a + 3, 0.3))]
+
+    def value(key):
+        if key == correct[: len(key)]:
+            return math.log(0.9)
+        if key[0] == "<expansion>decoy step 0":
+            return math.log(0.95) if len(key) == 1 else math.log(0.05)
+        return math.log(0.2)
+
+    return script, value, correct

@@ -1,0 +1,301 @@
+"""MCTS over thought trees (LLaMA-O1), with rStar-Math's UCT as a second selection rule.
+
+One simulation selects a leaf by descending from the root with a selection rule, expands it into k new
+thoughts, rates them with the value head, and backs the best new value up the path as a discounted
+running mean. Trees of several problems run in lockstep: each round selects one leaf per unfinished tree
+and expands all of them in one batched sampling call and one batched value call. After the search,
+values are rectified from the leaves (success log 1, failure log 1e-6) and the max-reward path gives
+the answer. Values are log-probabilities (<= 0), so a discount pulls them toward log 1 = 0, as in LLaMA-O1.
+
+The search reaches the model only through a small policy interface, so a scripted fake can stand in:
+
+    policy.propose(requests) -> one list of request.k Candidates per Request     (batched sampling)
+    policy.evaluate(paths)   -> (values, tokens read per path)                   (batched value head)
+
+`search.LMPolicy` implements it over a nanoo1 model with one engine call and one value pass per round.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from nanoo1.rewards import check, extract_answer
+from nanoo1.thoughts import Node, Tree, hint_for, policy_prompt, sample_metas
+
+LOG_HALF = math.log(0.5)  # P(positive) = 1/2: the rating the model would write greedily flips here
+
+
+# -- the policy interface ------------------------------------------------------------------------------
+@dataclass
+class Request:
+    """k new thoughts wanted under `node`; candidate j is sampled after `prompt(j)`."""
+
+    tree: Tree
+    node: Node  # the parent of the new thoughts
+    metas: list[str | None]  # per candidate: the meta tag ending the prompt; None: the model writes it
+    hints: list[str | None]  # per candidate: the <hint> text, None for no hint line
+    temperature: float | None = None  # None: the policy's own; 0: greedy
+
+    @property
+    def k(self) -> int:
+        return len(self.metas)
+
+    def prompt(self, j: int) -> str:
+        # every candidate's header carries the first new id: one shared prompt is prefilled once and forked
+        return policy_prompt(self.tree.path(self.node), len(self.tree.nodes), self.metas[j], self.hints[j])
+
+
+@dataclass
+class Candidate:
+    """One sampled thought and what search and RL need from it."""
+
+    meta: str  # its meta-action (from the prompt, or parsed from what the model wrote)
+    text: str  # the thought without its meta tag and <end_of_thought>
+    tokens: list[int]  # the generated ids (the meta tag if the model wrote it, ..., <end_of_thought>)
+    logprobs: list[float]  # their log-probs under the sampling distribution (logits / temperature)
+    prior: float  # LLaMA-O1's policy probability: exp(mean token log-prob under the model)
+    entropy: float = 0.0  # mean entropy of the model's distribution over the sampled positions
+    varentropy: float = 0.0  # mean varentropy over the same positions
+    prompt: str = ""  # the text it was sampled after
+    prompt_tokens: int = 0  # prompt tokens prefilled for it (0 for a fork of a prompt already counted)
+    terminal: str | None = None  # set by a policy that knows the thought ends its branch (rStar: a failed step)
+
+
+@dataclass
+class Spent:
+    """Tokens spent on one problem, what accuracy is plotted against."""
+
+    generated: int = 0  # tokens sampled by the policy
+    prompt: int = 0  # prompt tokens prefilled for sampling (a forked prompt counts once)
+    value: int = 0  # tokens read by the value head
+
+    def add(self, other: "Spent") -> None:
+        self.generated += other.generated
+        self.prompt += other.prompt
+        self.value += other.value
+
+
+# -- expansion and terminals ---------------------------------------------------------------------------
+def expand(policy, requests: list[Request]) -> tuple[list[list[Node]], list[Spent]]:
+    """Add every request's candidates as children (one propose call) and rate them all (one evaluate call).
+
+    Each child gets its value and the rating the model would write greedily (positive iff V >= log 1/2),
+    which prompts below it render, so they look like the training text.
+    """
+    if not requests:
+        return [], []
+    children, spent = [], []
+    for r, candidates in zip(requests, policy.propose(requests)):
+        children.append([r.tree.add(r.node, c.meta, c.text, prior=c.prior, entropy=c.entropy, varentropy=c.varentropy,
+                                    tokens=list(c.tokens), logprobs=list(c.logprobs), prompt=c.prompt, terminal=c.terminal)
+                         for c in candidates])
+        spent.append(Spent(generated=sum(len(c.tokens) for c in candidates), prompt=sum(c.prompt_tokens for c in candidates)))
+    flat = [(i, child) for i, kids in enumerate(children) for child in kids]
+    values, tokens = policy.evaluate([requests[i].tree.path(child) for i, child in flat])
+    for (i, child), value, n in zip(flat, values, tokens):
+        child.value = float(value)
+        child.rating = "positive" if child.value >= LOG_HALF else "negative"
+        spent[i].value += n
+    return children, spent
+
+
+def judge(node: Node, ground_truth: str | None, max_depth: int, success_threshold: float = LOG_HALF) -> str | None:
+    """"success" / "failure" for a terminal thought, None for one that search may continue.
+
+    A <conclusion> is terminal: with a ground truth (training) its extracted answer is checked against it,
+    without one (test time) it succeeds when its value is at least `success_threshold`. Any other thought
+    at `max_depth` is a failure.
+    """
+    if node.meta == "<conclusion>":
+        ok = check(node.text, ground_truth) if ground_truth is not None else node.value >= success_threshold
+        return "success" if ok else "failure"
+    return "failure" if node.depth >= max_depth else None
+
+
+# -- selection rules -----------------------------------------------------------------------------------
+def puct_score(parent: Node, child: Node, c: float = 1.4, varentropy_coef: float = 0.0) -> float:
+    """LLaMA-O1's rule: V(child) + c * P(child) * sqrt(N(parent)) / (1 + N(child)) [+ lambda * varentropy(child)].
+
+    P is the policy probability exp(mean token log-prob). LLaMA-O1 also multiplies the score by a random
+    factor in [0.8, 1.2]; here the first of equal scores wins, so search is deterministic.
+    """
+    return child.value + c * child.prior * math.sqrt(parent.visits) / (1 + child.visits) + varentropy_coef * child.varentropy
+
+
+def uct_score(parent: Node, child: Node, c: float = 2.0) -> float:
+    """rStar-Math's UCT (Guan et al. 2025, eq. 1): Q(child)/N(child) + c * sqrt(ln N(parent) / N(child)).
+
+    `child.value` is already the running mean Q/N of its backups; an unvisited child scores +inf.
+    """
+    if child.visits == 0:
+        return math.inf
+    return child.value + c * math.sqrt(math.log(max(parent.visits, 1)) / child.visits)
+
+
+SELECTION_RULES = ("puct", "uct")
+
+
+@dataclass
+class MCTSConfig:
+    simulations: int = 16  # rounds of select / expand / back up per problem
+    num_candidates: int = 4  # k new thoughts per expansion
+    max_children: int = 4  # a node is expanded (again) while it has fewer children than this
+    selection: str = "puct"  # "puct" (LLaMA-O1) or "uct" (rStar-Math)
+    c: float | None = None  # exploration constant; None: 1.4 for puct, 2.0 for uct
+    varentropy_coef: float = 0.0  # puct only: LLaMA-O1's optional + lambda * varentropy term
+    discount: float = 0.9  # a value backed up one level is multiplied by this
+    patient: int = 2  # stop a problem after this many successful terminals
+    max_depth: int = 8  # a thought this deep that is not a <conclusion> is a failed terminal
+    metas: str = "model"  # "model": the model writes the meta tag; "sample": drawn from the transition matrix
+    hints: bool = False  # a <hint> for the new thought's meta-action (<expansion>'s when the model writes it)
+    hint_ground_truth: bool = False  # name the ground truth in the hint (self-play only; needs hints)
+    success_threshold: float = LOG_HALF  # without a ground truth, a <conclusion> with value >= this succeeds
+    reward_epsilon: float = 1e-6  # rectification: success log 1, failure log reward_epsilon
+    success_value: float = 0.0  # with a ground truth, a success's value: log 1 (rStar-Math: +1)
+    failure_value: float | None = None  # with a ground truth, a failure's value; None: log reward_epsilon (rStar: -1)
+    temperature: float | None = None  # sampling temperature; None: the policy's own
+
+    def __post_init__(self):
+        if self.selection not in SELECTION_RULES:
+            raise ValueError(f"MCTSConfig.selection={self.selection!r}, expected one of {SELECTION_RULES}")
+        if self.metas not in ("model", "sample"):
+            raise ValueError(f"MCTSConfig.metas={self.metas!r}, expected 'model' or 'sample'")
+        if self.hint_ground_truth and not self.hints:
+            raise ValueError("MCTSConfig.hint_ground_truth=True needs hints=True (the ground truth goes into the hint)")
+
+    def score(self, parent: Node, child: Node) -> float:
+        if self.selection == "uct":
+            return uct_score(parent, child, 2.0 if self.c is None else self.c)
+        return puct_score(parent, child, 1.4 if self.c is None else self.c, self.varentropy_coef)
+
+
+def select_leaf(root: Node, config: MCTSConfig) -> Node:
+    """Descend from the root through fully expanded nodes, to the child with the best score each time."""
+    node = root
+    while node.terminal is None and len(node.children) >= config.max_children:
+        parent = node
+        node = max(parent.children, key=lambda child: config.score(parent, child))
+    return node
+
+
+def expansion_request(tree: Tree, node: Node, config: MCTSConfig, ground_truth: str | None = None,
+                      generator: torch.Generator | None = None) -> Request:
+    """The request for node's next k thoughts. The ground truth reaches the hint only with hint_ground_truth."""
+    k = config.num_candidates
+    metas = sample_metas(tree, node, k, generator) if config.metas == "sample" else [None] * k
+    truth = ground_truth if config.hint_ground_truth else None
+    hints = [hint_for(m or "<expansion>", truth) if config.hints else None for m in metas]
+    return Request(tree, node, metas, hints, config.temperature)
+
+
+# -- backup, rectification, the answer -----------------------------------------------------------------
+def backup(node: Node, value: float, discount: float = 0.9) -> None:
+    """Discounted running mean up to the root: node gets `value`, its parent discount * value, and so on,
+    each as N += 1, V += (v - V) / N (a node's first backup replaces the value head's estimate)."""
+    while node is not None:
+        node.visits += 1
+        node.value = value if node.value is None else node.value + (value - node.value) / node.visits
+        value *= discount
+        node = node.parent
+
+
+def rectify(tree: Tree, discount: float = 0.9, reward_epsilon: float = 1e-6) -> None:
+    """LLaMA-O1's value rectification after search: set every node's `rectified` from the leaves.
+
+    A leaf (a terminal, or a thought never expanded) has reward log 1 = 0 on success, log(reward_epsilon)
+    otherwise; a node's rectified value is the mean over the leaves below it of discount^levels * reward.
+    A success's 0.0 is a value like any other (LLaMA-O1 tests `if not value` and overwrites it).
+    """
+    counts = {}
+    for node in tree.nodes:
+        node.rectified = None
+    for leaf in tree.leaves():
+        reward, node = (0.0 if leaf.terminal == "success" else math.log(reward_epsilon)), leaf
+        while node is not None:
+            counts[node.id] = n = counts.get(node.id, 0) + 1
+            node.rectified = reward if n == 1 else node.rectified + (reward - node.rectified) / n
+            reward *= discount
+            node = node.parent
+
+
+def max_reward_path(tree: Tree) -> list[Node]:
+    """From the root, follow the child with the highest rectified value (the value before rectify) to a leaf."""
+    path = [tree.root]
+    while path[-1].children:
+        path.append(max(path[-1].children, key=lambda n: n.value if n.rectified is None else n.rectified))
+    return path
+
+
+@dataclass
+class SearchResult:
+    """What a search returns for one problem: plain data a notebook can print."""
+
+    method: str  # "greedy", "best_of_n", "beam" or "mcts"
+    answer: str | None  # the chosen conclusion's answer (rewards.extract_answer); None if none was reached
+    tree: Tree  # the trace: every thought generated, with its statistics
+    path: list[int]  # ids of the chain the answer comes from, root first
+    spent: Spent  # tokens spent on this problem
+    simulations: int = 0  # MCTS: rounds run
+    successes: int = 0  # MCTS: successful terminals found
+
+
+def answer_of(node: Node) -> str | None:
+    return extract_answer(node.text) if node.meta == "<conclusion>" else None
+
+
+@dataclass
+class _Problem:
+    tree: Tree
+    ground_truth: str | None
+    spent: Spent
+    simulations: int = 0
+    successes: int = 0
+
+
+def mcts(policy, questions: list[str], config: MCTSConfig | None = None, ground_truths: list[str] | None = None,
+         seed: int = 0) -> list[SearchResult]:
+    """Run MCTS on every question in lockstep; one SearchResult per question.
+
+    ground_truths (training; a None entry: that problem at test time): conclusions are checked against them,
+    and a checked terminal's value becomes its reward (success_value, failure_value) so the search learns from
+    it at once; without them (test time) conclusions are judged by their value. A thought the policy already
+    marked terminal stays so. `seed` drives meta-action sampling; token sampling is the policy's.
+    """
+    config = config or MCTSConfig()
+    truths = [None] * len(questions) if ground_truths is None else list(ground_truths)
+    if len(truths) != len(questions):
+        raise ValueError(f"mcts: {len(truths)} ground truths for {len(questions)} questions")
+    generator = torch.Generator().manual_seed(seed)
+    failure_value = math.log(config.reward_epsilon) if config.failure_value is None else config.failure_value
+    problems = [_Problem(Tree(q), t, Spent()) for q, t in zip(questions, truths)]
+    for _ in range(config.simulations):
+        live = [p for p in problems if p.successes < config.patient]
+        if not live:
+            break
+        jobs = []
+        for p in live:
+            p.simulations += 1
+            leaf = select_leaf(p.tree.root, config)
+            if leaf.terminal is not None:  # never expanded: its outcome is backed up once more
+                backup(leaf, leaf.value, config.discount)
+            else:
+                jobs.append((p, leaf))
+        requests = [expansion_request(p.tree, leaf, config, p.ground_truth, generator) for p, leaf in jobs]
+        children, spent_per_job = expand(policy, requests)
+        for (p, leaf), kids, spent in zip(jobs, children, spent_per_job):
+            p.spent.add(spent)
+            for child in kids:
+                child.terminal = child.terminal or judge(child, p.ground_truth, config.max_depth, config.success_threshold)
+                if child.terminal is not None and p.ground_truth is not None:
+                    child.value = config.success_value if child.terminal == "success" else failure_value
+                p.successes += child.terminal == "success"
+            backup(leaf, config.discount * max(child.value for child in kids), config.discount)
+    results = []
+    for p in problems:
+        rectify(p.tree, config.discount, config.reward_epsilon)
+        path = max_reward_path(p.tree)
+        results.append(SearchResult("mcts", answer_of(path[-1]), p.tree, [n.id for n in path], p.spent, p.simulations, p.successes))
+    return results

@@ -1,0 +1,262 @@
+"""Test-time compute over a model and a list of problems: greedy, best-of-N, beam search and MCTS.
+
+    policy = LMPolicy(model, tokenizer, temperature=1.0)
+    results = search(policy, questions, SearchConfig(method="beam", n=4))
+
+`LMPolicy` puts a nanoo1 model behind the policy interface of `mcts` (propose thoughts, evaluate paths):
+one `engine.generate` call per round for every request, each prompt prefilled once and forked k ways,
+and one value pass in which each parent's lines are prefilled once and forked to its children.
+
+Every method grows one thought tree per problem and returns a `SearchResult` (the answer, the tree as the
+trace, the path the answer came from, the tokens spent), so accuracy can be plotted against compute. All
+run the problems in lockstep: one batched propose call and one batched evaluate call per step for every
+problem at once. None of them sees a ground truth: a <conclusion> ends a chain and is judged by its value
+alone. The policy writes the meta tag of each thought itself.
+
+- greedy: one chain, the most likely thought at each step (temperature 0).
+- best-of-N: N chains (the problem prompt prefilled once and forked N ways, each chain sampled on its
+  own afterwards); the answer by majority vote (self-consistency, Wang et al. 2023), by value-weighted
+  vote (sum of exp(V) of each answer's conclusions), or of the conclusion with the best value.
+- beam: step-level beam search guided by a scorer, the value head by default; a process preference
+  model plugs in as `scorer(paths) -> scores`. Every beam is expanded into `expand` thoughts, the best
+  `n` of all of them are kept; a kept conclusion leaves the beam as finished, the best finished wins.
+- mcts: `mcts.mcts` without ground truths.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+from nanoo1.engine import feed, generate
+from nanoo1.mcts import LOG_HALF, Candidate, MCTSConfig, Request, SearchResult, Spent, answer_of, expand, judge, mcts
+from nanoo1.rewards import check, normalize_answer
+from nanoo1.thoughts import Node, Tree, parse_thought, render_path, value_sequences
+
+METHODS = ("greedy", "best_of_n", "beam", "mcts")
+VOTES = ("majority", "weighted", "best_value")
+
+
+# -- the policy over a nanoo1 model ------------------------------------------------------------------
+class LMPolicy:
+    """mcts's policy interface over a nanoo1 model and its tokenizer.
+
+    temperature, top_k, top_p: sampling (a request's own temperature wins); max_thought_tokens: a thought
+    not finished by <end_of_thought> within this many tokens is cut there; value_batch_size: rows per value
+    pass; seed: the torch.Generator all sampling draws from. Thought log-probs are kept under the sampling
+    distribution (logits / temperature, what PPO's ratio needs), the prior under the model's own.
+    """
+
+    def __init__(self, model, tokenizer, temperature: float = 1.0, max_thought_tokens: int = 64, top_k: int | None = None,
+                 top_p: float | None = None, value_batch_size: int = 32, seed: int = 0):
+        self.model, self.tokenizer = model, tokenizer
+        self.temperature, self.max_thought_tokens, self.top_k, self.top_p = temperature, max_thought_tokens, top_k, top_p
+        self.value_batch_size = value_batch_size
+        self.end_of_thought = tokenizer.token_id("<end_of_thought>")
+        self.generator = torch.Generator(device=model.output_embedding.device).manual_seed(seed)
+
+    def propose(self, requests: list[Request]) -> list[list[Candidate]]:
+        out = [[None] * r.k for r in requests]
+        by_temperature = {}
+        for i, r in enumerate(requests):
+            by_temperature.setdefault(self.temperature if r.temperature is None else r.temperature, []).append(i)
+        for temperature, rows in by_temperature.items():  # one generate call per temperature (usually one)
+            self._sample([requests[i] for i in rows], [out[i] for i in rows], temperature)
+        return out
+
+    def _sample(self, requests: list[Request], out: list[list], temperature: float) -> None:
+        groups = []  # (request, candidate indices, prompt): candidates with the same (meta, hint) share a prompt
+        for i, r in enumerate(requests):
+            shared = {}
+            for j in range(r.k):
+                shared.setdefault((r.metas[j], r.hints[j]), []).append(j)
+            groups += [(i, js, r.prompt(js[0])) for js in shared.values()]
+        n = len(groups[0][1])
+        if any(len(js) != n for _, js, _ in groups):  # num_samples is one number: unequal groups are not forked
+            groups, n = [(i, [j], text) for i, js, text in groups for j in js], 1
+        prompts = [self.tokenizer.encode(text) for _, _, text in groups]
+        rows = generate(self.model, prompts, self.max_thought_tokens, temperature, self.top_k, self.top_p, num_samples=n,
+                        stop_token_ids=[self.end_of_thought], tokenizer=self.tokenizer, generator=self.generator)
+        for g, (i, js, text) in enumerate(groups):
+            for s, j in enumerate(js):
+                c = rows[g * n + s]
+                meta, body = parse_thought(c.text, requests[i].metas[j])
+                out[i][j] = Candidate(meta, body, c.tokens, logprobs=c.scaled_logprobs, prior=math.exp(c.mean_logprob),
+                                      entropy=sum(c.entropy) / len(c.entropy), varentropy=sum(c.varentropy) / len(c.varentropy),
+                                      prompt=text, prompt_tokens=len(c.prompt) if s == 0 else 0)
+
+    @torch.no_grad()
+    def evaluate(self, paths: list[list[Node]]) -> tuple[list[float], list[int]]:
+        """`thoughts.rating_values` of the paths, each parent's lines prefilled once and forked to its children.
+
+        Siblings' value prompts differ only in their last line, which starts with a special token, so the
+        parent's ids are a prefix of each child's ids (checked: a path where that fails runs from <bos>).
+        """
+        seqs = value_sequences(self.tokenizer, paths)
+        prefixes, keys = {}, []  # key (the parent, or the path alone) -> prefix ids; per path: its key
+        for i, (path, seq) in enumerate(zip(paths, seqs)):
+            key = id(path[-2]) if len(path) > 1 else -1 - i
+            if key not in prefixes:
+                prefixes[key] = self.tokenizer.encode(render_path(path[:-1]) + "\n") if key >= 0 else seq[:1]
+            head = prefixes[key]
+            if not (len(head) < len(seq) and seq[:len(head)] == head):
+                key = -1 - i
+                prefixes[key] = seq[:1]
+            keys.append(key)
+        rating_ids = [self.tokenizer.token_id("<positive_rating>"), self.tokenizer.token_id("<negative_rating>")]
+        values = []
+        for s in range(0, len(paths), self.value_batch_size):
+            rows = range(s, min(s + self.value_batch_size, len(paths)))
+            unique = list(dict.fromkeys(keys[i] for i in rows))
+            tails = [seqs[i][len(prefixes[keys[i]]):] for i in rows]  # each path's own last line
+            cache = self.model.new_cache(len(unique), max(len(prefixes[k]) for k in unique) + max(map(len, tails)))
+            feed(self.model, cache, [prefixes[k] for k in unique])
+            cache = cache.fork([unique.index(keys[i]) for i in rows])
+            logits = feed(self.model, cache, tails)[:, rating_ids]  # (B, 2) after each row's <start_of_rating>
+            values += torch.log_softmax(logits.float(), -1)[:, 0].tolist()
+        return values, [len(s) for s in seqs]
+
+
+@dataclass
+class SearchConfig:
+    method: str = "greedy"  # one of METHODS
+    n: int = 8  # best-of-N: chains; beam: width
+    vote: str = "majority"  # best-of-N: "majority", "weighted" (sum of exp(value)) or "best_value"
+    expand: int = 4  # beam: new thoughts per beam per step
+    max_depth: int = 8  # thoughts after the problem before a chain is abandoned as a failure
+    temperature: float | None = None  # best-of-N and beam sampling; None: the policy's own (greedy uses 0)
+    success_threshold: float = LOG_HALF  # a <conclusion> with value >= this is labelled a success
+    mcts: MCTSConfig = field(default_factory=MCTSConfig)  # method "mcts"
+
+    def __post_init__(self):
+        if self.method not in METHODS:
+            raise ValueError(f"SearchConfig.method={self.method!r}, expected one of {METHODS}")
+        if self.vote not in VOTES:
+            raise ValueError(f"SearchConfig.vote={self.vote!r}, expected one of {VOTES}")
+
+
+# -- voting: each returns the index of the chain whose answer wins, or None when no chain has one ------
+def majority_vote(answers: list[str | None]) -> int | None:
+    """The most frequent answer (by `normalize_answer`, so "1,234" and "1234.0" agree); ties go to the
+    answer seen first. Chains without an answer abstain."""
+    return weighted_vote(answers, [1.0] * len(answers))
+
+
+def weighted_vote(answers: list[str | None], weights: list[float]) -> int | None:
+    """The answer with the largest total weight (the value-weighted vote uses weights exp(V))."""
+    totals, first = {}, {}
+    for i, (answer, w) in enumerate(zip(answers, weights)):
+        if answer is not None:
+            key = normalize_answer(answer)
+            totals[key] = totals.get(key, 0.0) + w
+            first.setdefault(key, i)
+    return first[max(totals, key=totals.get)] if totals else None
+
+
+def best_value(answers: list[str | None], values: list[float]) -> int | None:
+    """The chain with an answer whose value is the highest (the first of equals)."""
+    scored = [i for i, a in enumerate(answers) if a is not None]
+    return max(scored, key=lambda i: values[i]) if scored else None
+
+
+# -- the methods ---------------------------------------------------------------------------------------
+def _request(tree: Tree, node: Node, k: int, temperature: float | None) -> Request:
+    return Request(tree, node, [None] * k, [None] * k, temperature)
+
+
+def _grow(policy, spent, requests, config) -> list[list[Node]]:
+    """Expand, charge the tokens to each request's problem, label terminals; children per request."""
+    children, costs = expand(policy, [r for _, r in requests])
+    for (i, _), kids, cost in zip(requests, children, costs):
+        spent[i].add(cost)
+        for child in kids:
+            child.terminal = child.terminal or judge(child, None, config.max_depth, config.success_threshold)
+    return children
+
+
+def sample_chains(policy, questions: list[str], n: int, config: SearchConfig, temperature: float | None):
+    """n chains per question, each followed to a terminal thought; returns (trees, chain ends, spent)."""
+    trees, spent = [Tree(q) for q in questions], [Spent() for _ in questions]
+    live = [(i, _request(t, t.root, n, temperature)) for i, t in enumerate(trees)]  # the first thought forked n ways
+    ends = [[] for _ in questions]
+    while live:
+        children = _grow(policy, spent, live, config)
+        next_live = []
+        for (i, _), kids in zip(live, children):
+            for child in kids:
+                if child.terminal is None:
+                    next_live.append((i, _request(trees[i], child, 1, temperature)))
+                else:
+                    ends[i].append(child)
+        live = next_live
+    return trees, ends, spent
+
+
+def _result(method, tree, node, spent) -> SearchResult:
+    return SearchResult(method, None if node is None else answer_of(node), tree,
+                        [n.id for n in tree.path(node or tree.root)], spent)
+
+
+def greedy(policy, questions: list[str], config: SearchConfig) -> list[SearchResult]:
+    trees, ends, spent = sample_chains(policy, questions, 1, config, temperature=0.0)
+    return [_result("greedy", t, e[0], s) for t, e, s in zip(trees, ends, spent)]
+
+
+def best_of_n(policy, questions: list[str], config: SearchConfig) -> list[SearchResult]:
+    trees, ends, spent = sample_chains(policy, questions, config.n, config, config.temperature)
+    results = []
+    for tree, chain_ends, cost in zip(trees, ends, spent):
+        answers, values = [answer_of(e) for e in chain_ends], [e.value for e in chain_ends]
+        if config.vote == "majority":
+            win = majority_vote(answers)
+        elif config.vote == "weighted":
+            win = weighted_vote(answers, [math.exp(v) for v in values])
+        else:
+            win = best_value(answers, values)
+        results.append(_result("best_of_n", tree, None if win is None else chain_ends[win], cost))
+    return results
+
+
+def beam_search(policy, questions: list[str], config: SearchConfig,
+                scorer: Callable[[list[list[Node]]], list[float]] | None = None) -> list[SearchResult]:
+    """Step-level beam search; `scorer(paths)` scores each path's last thought (default: its value)."""
+    trees, spent = [Tree(q) for q in questions], [Spent() for _ in questions]
+    beams = [[t.root] for t in trees]
+    finished = [[] for _ in questions]  # (score, node) of kept conclusions
+    while any(beams):
+        requests = [(i, _request(trees[i], node, config.expand, config.temperature))
+                    for i in range(len(trees)) for node in beams[i]]
+        flat = [(i, child) for (i, _), kids in zip(requests, _grow(policy, spent, requests, config)) for child in kids]
+        scores = [c.value for _, c in flat] if scorer is None else scorer([trees[i].path(c) for i, c in flat])
+        pool = [[] for _ in questions]  # (score, thought) per problem
+        for (i, child), score in zip(flat, scores):
+            pool[i].append((float(score), child))
+        for i, candidates in enumerate(pool):
+            kept = sorted(candidates, key=lambda sc: -sc[0])[: config.n]  # stable: the first of equals wins
+            finished[i] += [(s, c) for s, c in kept if c.meta == "<conclusion>"]
+            beams[i] = [c for _, c in kept if c.terminal is None]
+    return [_result("beam", t, max(f, key=lambda sc: sc[0])[1] if f else None, s) for t, f, s in zip(trees, finished, spent)]
+
+
+def search(policy, questions: list[str], config: SearchConfig | None = None,
+           scorer: Callable[[list[list[Node]]], list[float]] | None = None, seed: int = 0) -> list[SearchResult]:
+    """Answer every question with config.method; one SearchResult per question (see the module docstring).
+
+    scorer: beam search only. seed: MCTS meta-action sampling (token sampling is seeded in the policy).
+    """
+    config = config or SearchConfig()
+    if config.method == "greedy":
+        return greedy(policy, questions, config)
+    if config.method == "best_of_n":
+        return best_of_n(policy, questions, config)
+    if config.method == "beam":
+        return beam_search(policy, questions, config, scorer)
+    return mcts(policy, questions, config.mcts, seed=seed)
+
+
+def grade(results: list[SearchResult], ground_truths: list[str]) -> list[bool]:
+    """Whether each result's answer equals its ground truth (rewards.check); no answer is wrong."""
+    return [r.answer is not None and check(r.answer, t) for r, t in zip(results, ground_truths)]

@@ -1,0 +1,278 @@
+"""MCTS: selection rules, backup and rectification by hand; search on a scripted fake; a real model end to end."""
+
+import math
+import re
+
+import pytest
+
+from conftest import ScriptedPolicy, decoy_script, path_key, random_model
+from nanoo1.mcts import MCTSConfig, backup, judge, max_reward_path, mcts, puct_score, rectify, select_leaf, uct_score
+from nanoo1.model import Gemma2Config
+from nanoo1.search import LMPolicy, SearchConfig, search
+from nanoo1.thoughts import Tree, parse_tree
+
+QUESTION = "Mia has 7 apples. She buys 5 more. She gives 3 to Leo. How many apples does Mia have now?"
+# answer 15, and "15" occurs nowhere in the question
+LEAK_QUESTION = ("Max has 8 pens. He gives 2 to Ivy. He splits them into 2 equal piles and keeps one pile. "
+                 "Then he has 5 times as many. How many pens does Max have now?")
+LOG_EPS = math.log(1e-6)  # -13.815511
+
+
+def decoy_config(**overrides) -> MCTSConfig:
+    return MCTSConfig(**{"num_candidates": 3, "max_children": 3, "patient": 1, "simulations": 20, **overrides})
+
+
+# -- selection, backup, rectification by hand ----------------------------------------------------------
+def test_puct_and_uct_scores_known_values():
+    tree = Tree(QUESTION)
+    child = tree.add(tree.root, "<expansion>", "x", value=-0.5, prior=0.4, visits=1, varentropy=2.0)
+    tree.root.visits = 4
+    # -0.5 + 1.4 * 0.4 * sqrt(4) / (1 + 1) = 0.06, plus 0.1 * varentropy 2.0 = 0.26
+    assert puct_score(tree.root, child) == pytest.approx(0.06)
+    assert puct_score(tree.root, child, varentropy_coef=0.1) == pytest.approx(0.26)
+    tree.root.visits, child.visits = 8, 2
+    # -0.5 + 2 * sqrt(ln 8 / 2) = -0.5 + 2 * sqrt(1.0397208) = 1.539334
+    assert uct_score(tree.root, child) == pytest.approx(1.539334, abs=1e-6)
+    child.visits = 0
+    assert uct_score(tree.root, child) == math.inf  # rStar: every child is tried once
+
+
+def test_select_leaf_descends_only_through_fully_expanded_nodes():
+    tree = Tree(QUESTION)
+    low = tree.add(tree.root, "<expansion>", "low", value=-1.0, prior=0.5)
+    high = tree.add(tree.root, "<expansion>", "high", value=-0.1, prior=0.5)
+    tree.root.visits = 1
+    assert select_leaf(tree.root, MCTSConfig(max_children=3)) is tree.root  # room for more children
+    assert select_leaf(tree.root, MCTSConfig(max_children=2)) is high  # -0.1 + 0.7 > -1.0 + 0.7
+    tree.add(high, "<expansion>", "a", value=0.0)
+    tree.add(high, "<expansion>", "b", value=0.0)
+    high.terminal = "failure"  # a terminal is returned, never descended into or expanded
+    assert select_leaf(tree.root, MCTSConfig(max_children=2)) is high
+    assert low.children == []
+
+
+def test_backup_is_a_discounted_running_mean():
+    tree = Tree(QUESTION)
+    a = tree.add(tree.root, "<expansion>", "a", value=-0.2)
+    b = tree.add(a, "<expansion>", "b", value=math.log(0.5))
+    backup(b, -1.0, 0.9)  # the first backup replaces the value head's estimate
+    assert (b.value, a.value, tree.root.value) == pytest.approx((-1.0, -0.9, -0.81))
+    backup(b, -2.0, 0.9)
+    # b: -1 + (-2 + 1) / 2 = -1.5;  a: -0.9 + (-1.8 + 0.9) / 2 = -1.35;  root: -0.81 + (-1.62 + 0.81) / 2 = -1.215
+    assert (b.value, a.value, tree.root.value) == pytest.approx((-1.5, -1.35, -1.215))
+    assert (b.visits, a.visits, tree.root.visits) == (2, 2, 2)
+
+
+@pytest.mark.parametrize("success_first", [True, False])
+def test_rectify_known_values_and_a_success_zero_is_kept(success_first):
+    tree = Tree(QUESTION)
+    a = tree.add(tree.root, "<expansion>", "a", value=-5.0)
+    b = tree.add(tree.root, "<expansion>", "b", value=-0.1)  # never expanded: a failed leaf
+    outcomes = ["success", "failure"] if success_first else ["failure", "success"]
+    leaves = {t: tree.add(a, "<conclusion>", t, terminal=t, value=-1.0) for t in outcomes}
+    rectify(tree, discount=0.9, reward_epsilon=1e-6)
+    # leaves: success log 1 = 0, failure log 1e-6 = L = -13.815511; b: L
+    # a = mean(0.9 * 0, 0.9 * L) = 0.45 L = -6.216980 (LLaMA-O1: 0.0 reads as unset, a = 0.9 L if success came first)
+    # root = mean(0.81 * 0, 0.81 * L, 0.9 * L) = 0.57 L = -7.874841
+    assert leaves["success"].rectified == 0.0 and leaves["failure"].rectified == pytest.approx(LOG_EPS)
+    assert b.rectified == pytest.approx(LOG_EPS)
+    assert a.rectified == pytest.approx(0.45 * LOG_EPS)
+    assert tree.root.rectified == pytest.approx(0.57 * LOG_EPS)
+    assert [n.id for n in max_reward_path(tree)] == [0, a.id, leaves["success"].id]
+    single = Tree(QUESTION)
+    tree_success = single.add(single.root, "<conclusion>", "s", terminal="success", value=-3.0)
+    rectify(single)
+    assert single.root.rectified == 0.0 and tree_success.rectified == 0.0
+
+
+def test_judge_terminals():
+    tree = Tree(QUESTION)
+    done = tree.add(tree.root, "<conclusion>", "The answer is \\boxed{9}", value=math.log(0.4))
+    assert judge(done, "9", max_depth=8) == "success"  # training: the checker decides
+    assert judge(done, "8", max_depth=8) == "failure"
+    assert judge(done, None, max_depth=8) == "failure"  # test time: log 0.4 < log 0.5
+    done.value = math.log(0.6)
+    assert judge(done, None, max_depth=8) == "success"
+    step = tree.add(tree.root, "<expansion>", "7 + 5 = 12", value=0.0)
+    assert judge(step, "9", max_depth=2) is None
+    assert judge(tree.add(step, "<expansion>", "x"), "9", max_depth=2) == "failure"
+
+
+# -- search on the scripted fake -----------------------------------------------------------------------
+@pytest.mark.parametrize("ground_truths", [["9"], None], ids=["checker", "value"])
+def test_mcts_finds_the_only_correct_path_where_greedy_does_not(ground_truths):
+    script, value, correct = decoy_script()
+    greedy = search(ScriptedPolicy(script, value), [QUESTION], SearchConfig(method="greedy"))[0]
+    assert greedy.answer == "10"  # decoy, decoy, \boxed{9 + 1}
+    # PUCT, c = 1.4, discount 0.9, k = 3. Simulation 1 expands the root: decoy V = log .95 = -0.051, wrong
+    # log .2 = -1.609, step log .9 = -0.105. 2: root N = 1, children N = 0, score V + 1.4 P: decoy 1.069 >
+    # step 0.315 > wrong -0.909; the decoy's children are all log .05, its value becomes 0.9 * -2.996 = -2.696.
+    # 3: root N = 2: step -0.105 + 1.4 * .3 * sqrt 2 = 0.489 > wrong -0.619 > decoy -2.696 + 0.792 = -1.904.
+    # 4: step (0.269) again, under it the next step (0.315 > decoy -0.489 > wrong -0.909): \boxed{9} is found.
+    policy = ScriptedPolicy(script, value)
+    (result,) = mcts(policy, [QUESTION], decoy_config(), ground_truths)
+    assert (result.successes, result.simulations, result.answer) == (1, 4, "9")
+    assert path_key(result.tree.path(result.tree.node(result.path[-1]))) == correct
+    decoy = result.tree.node(1)
+    assert decoy.text == "decoy step 0" and decoy.visits == 1 and all(not c.children for c in decoy.children)
+    (short,) = mcts(ScriptedPolicy(script, value), [QUESTION], decoy_config(simulations=3), ground_truths)
+    assert short.successes == 0 and short.answer != "9"
+
+
+@pytest.mark.parametrize("ground_truths,simulations", [(["9"], 11), (None, 8)], ids=["checker", "value"])
+def test_mcts_with_rstar_uct_finds_the_correct_path(ground_truths, simulations):
+    # UCT tries every child once before it trusts values, so it needs more simulations than PUCT here
+    script, value, correct = decoy_script()
+    (result,) = mcts(ScriptedPolicy(script, value), [QUESTION], decoy_config(selection="uct"), ground_truths)
+    assert (result.successes, result.simulations, result.answer) == (1, simulations, "9")
+    assert path_key(result.tree.path(result.tree.node(result.path[-1]))) == correct
+
+
+def test_checked_terminal_values_and_rectified_path():
+    script, value, correct = decoy_script()
+    (result,) = mcts(ScriptedPolicy(script, value), [QUESTION], decoy_config(patient=3, simulations=12), ["9"])
+    tree = result.tree
+    for node in tree.nodes:
+        if node.terminal == "success":
+            assert node.value == 0.0 and node.rectified == 0.0  # log 1, kept
+        elif node.terminal == "failure":
+            assert node.value == pytest.approx(LOG_EPS)
+    assert [tree.node(i) for i in result.path] == max_reward_path(tree)
+
+
+def test_policy_marked_terminals_and_rstar_style_rewards():
+    # a policy may mark a thought terminal itself (rStar: a failed code step); rStar scores terminals +1 / -1
+    script, value, _ = decoy_script()
+
+    class Marking(ScriptedPolicy):
+        def propose(self, requests):
+            out = super().propose(requests)
+            for candidate in (c for cs in out for c in cs if c.text.startswith("wrong")):
+                candidate.terminal = "failure"
+            return out
+
+    config = decoy_config(patient=100, simulations=10, success_value=1.0, failure_value=-1.0)
+    (result,) = mcts(Marking(script, value), [QUESTION], config, ["9"])
+    wrong = [n for n in result.tree.nodes if n.text.startswith("wrong")]
+    assert wrong and all(n.terminal == "failure" and n.value == -1.0 and not n.children for n in wrong)
+    judged = [n for n in result.tree.nodes if n.meta == "<conclusion>"]
+    assert {(n.terminal, n.value) for n in judged} == {("success", 1.0), ("failure", -1.0)}
+
+
+def test_terminal_thoughts_are_never_expanded():
+    script, value, _ = decoy_script()
+    policy = ScriptedPolicy(script, value)  # it fails the test if asked to expand a terminal thought
+    (result,) = mcts(policy, [QUESTION], decoy_config(patient=100, simulations=30), ["9"])
+    terminals = [n for n in result.tree.nodes if n.terminal is not None]
+    assert terminals and all(not n.children for n in terminals)
+    assert result.simulations == 30 and len(policy.propose_calls) < 30  # some rounds only re-visited terminals
+    assert sum(n.visits for n in terminals) > 0
+
+
+def test_progressive_widening_expands_a_node_until_max_children():
+    script, value, _ = decoy_script()
+    (result,) = mcts(ScriptedPolicy(script, value), [QUESTION], decoy_config(num_candidates=2, max_children=3, simulations=2))
+    # simulation 1 adds 2 children to the root, simulation 2 adds 2 more (2 < 3); the script has 3, so one repeats
+    assert len(result.tree.root.children) == 4 and result.tree.root.visits == 2
+
+
+def test_problems_run_in_lockstep_and_match_solo_runs():
+    script, value, _ = decoy_script()
+    policy = ScriptedPolicy(script, value)
+    truths = ["9", None, "9"]  # UCT needs 11 simulations with the checker, 8 by value (see above)
+    config = decoy_config(selection="uct")
+    results = mcts(policy, [QUESTION + " A", QUESTION + " B", QUESTION + " C"], config, truths)
+    assert policy.propose_calls == [[3, 3, 3]] * 8 + [[3, 3]] * 3  # one batched call per round
+    assert policy.evaluate_calls == [9] * 8 + [6] * 3
+    for result, q, truth in zip(results, "ABC", truths):
+        (solo,) = mcts(ScriptedPolicy(script, value), [QUESTION + " " + q], config, None if truth is None else [truth])
+        assert result.tree.to_json() == solo.tree.to_json() and result.spent == solo.spent
+
+
+def test_ids_unique_and_the_tree_round_trips():
+    script, value, _ = decoy_script()
+    (result,) = mcts(ScriptedPolicy(script, value), [QUESTION], decoy_config(patient=100, simulations=10), ["9"])
+    tree = result.tree
+    assert [n.id for n in tree.nodes] == list(range(len(tree.nodes))) and len(tree.nodes) > 20
+    assert parse_tree(tree.training_text()).training_text() == tree.training_text()
+    assert result.spent.generated == sum(len(n.tokens) for n in tree.nodes)
+
+
+def test_candidates_keep_their_own_priors():
+    # LLaMA-O1 rebinds its list of candidate probabilities inside the loop that fills it
+    script, value, _ = decoy_script()
+    (result,) = mcts(ScriptedPolicy(script, value), [QUESTION], decoy_config(simulations=1))
+    assert [c.prior for c in result.tree.root.children] == [0.8, 0.5, 0.3]
+    assert [c.text for c in result.tree.root.children] == ["decoy step 0", "wrong step 0", "7 + 5 = 12"]
+
+
+def test_ratings_follow_values():
+    script, value, _ = decoy_script()
+    (result,) = mcts(ScriptedPolicy(script, value), [QUESTION], decoy_config(simulations=2))
+    ratings = {c.text: c.rating for c in result.tree.root.children}
+    assert ratings == {"decoy step 0": "positive", "wrong step 0": "negative", "7 + 5 = 12": "positive"}
+    assert [c.rating for c in result.tree.node(1).children] == ["negative"] * 3  # log .05 < log .5
+    # the prompt under the decoy renders the decoy's rating, as in the training text
+    assert "decoy step 0<end_of_thought><start_of_rating><positive_rating><end_of_rating>\n" in result.tree.node(4).prompt
+
+
+@pytest.mark.parametrize("metas", ["model", "sample"])
+def test_no_ground_truth_in_any_prompt_unless_asked(metas):
+    assert "15" not in LEAK_QUESTION
+    script, value, _ = decoy_script(steps=("8 - 2 = 6", "6 / 2 = 3"), answer="3")  # no text holds "15"
+    config = decoy_config(patient=100, simulations=8, metas=metas, hints=True)
+    policy = ScriptedPolicy(script, value)
+    (result,) = mcts(policy, [LEAK_QUESTION], config, ["15"])
+    prompts = policy.prompts + policy.value_prompts + [n.prompt for n in result.tree.nodes]
+    ids = re.compile(r"<start_of_father_id>-?\d+<end_of_father_id><start_of_local_id>\d+<end_of_local_id>")
+    assert len(policy.prompts) >= 20 and all("15" not in ids.sub("", p) for p in prompts)  # node 15 may exist
+    if metas == "sample":  # a sampled <conclusion> is asked for \boxed{}
+        assert any(p.endswith("<conclusion>") and "\\boxed{}" in p for p in policy.prompts)
+    leaky = ScriptedPolicy(script, value)
+    mcts(leaky, [LEAK_QUESTION], MCTSConfig(**{**config.__dict__, "hint_ground_truth": True}), ["15"])
+    assert all("<hint>" in p and "The answer is 15." in p for p in leaky.prompts)
+
+
+def test_meta_sampling_is_seeded_and_metas_reach_the_prompts():
+    script, value, _ = decoy_script()
+    config = decoy_config(patient=100, simulations=6, metas="sample")
+    runs = [mcts(ScriptedPolicy(script, value), [QUESTION], config, ["9"], seed=s)[0].tree for s in (0, 0, 1)]
+    assert runs[0].to_json() == runs[1].to_json() and runs[0].to_json() != runs[2].to_json()
+    for node in runs[0].nodes[1:]:
+        assert node.prompt.endswith("<start_of_thought>" + node.meta)  # the sampled meta ends the prompt
+    assert {n.meta for n in runs[0].nodes[1:]} - {"<expansion>", "<conclusion>"}  # critic / refine drawn too
+
+
+def test_config_errors_name_the_field():
+    with pytest.raises(ValueError, match="selection"):
+        MCTSConfig(selection="ucb")
+    with pytest.raises(ValueError, match="metas"):
+        MCTSConfig(metas="random")
+    with pytest.raises(ValueError, match="hint_ground_truth"):
+        MCTSConfig(hint_ground_truth=True)
+    with pytest.raises(ValueError, match="2 ground truths for 1"):
+        mcts(ScriptedPolicy(*decoy_script()[:2]), [QUESTION], MCTSConfig(), ["9", "9"])
+
+
+# -- a real (tiny, random) model -----------------------------------------------------------
+@pytest.fixture(scope="module")
+def model(tiny_tokenizer):
+    return random_model(Gemma2Config.preset("tiny", vocab_size=len(tiny_tokenizer), num_hidden_layers=2), seed=1, std=0.1)
+
+
+def test_mcts_end_to_end_on_a_real_model_is_deterministic(model, tiny_tokenizer):
+    def run():
+        policy = LMPolicy(model, tiny_tokenizer, max_thought_tokens=5, seed=4)
+        config = MCTSConfig(simulations=3, num_candidates=2, max_children=2, metas="sample", hints=True, max_depth=3)
+        return mcts(policy, ["Tom has 12 apples.", "A box holds 6 pens."], config, ["47", "24"], seed=1)
+
+    first, second = run(), run()
+    for a, b in zip(first, second):
+        assert a.tree.to_json() == b.tree.to_json() and a.spent == b.spent and a.path == b.path
+    for r in first:
+        assert r.simulations == 3 and r.spent.prompt > 0 and r.spent.value > 0
+        for node in r.tree.nodes[1:]:
+            assert node.value is not None and len(node.tokens) == len(node.logprobs) > 0
+            assert node.rectified is not None and node.prompt.startswith("<start_of_father_id>-1")
+            hints = re.findall(r"<hint>(.*?)</hint>", node.prompt)
+            assert hints and all("47" not in h and "24" not in h for h in hints)

@@ -1,0 +1,247 @@
+"""Test-time search: votes by hand, greedy / best-of-N / beam / MCTS on scripted fakes; LMPolicy on a real tiny model."""
+
+import math
+
+import pytest
+import torch
+
+import nanoo1.search as search_module
+from conftest import ScriptedPolicy, decoy_script, path_key, random_model
+from nanoo1.mcts import MCTSConfig, Request, mcts
+from nanoo1.model import Gemma2Config
+from nanoo1.search import LMPolicy, SearchConfig, best_value, grade, majority_vote, search, weighted_vote
+from nanoo1.thoughts import Tree, rating_values, value_prompt
+
+QUESTION = "Mia has 7 apples. She buys 5 more. She gives 3 to Leo. How many apples does Mia have now?"
+
+
+# -- votes ---------------------------------------------------------------------------------------------
+def test_majority_vote_counts_equal_answers_and_abstentions():
+    assert majority_vote(["7", "1,234", None, "1234.0", "7", "1234"]) == 1  # three votes for 1234, first at 1
+    assert majority_vote(["7", "9", "9", "7"]) == 0  # a tie goes to the answer seen first
+    assert majority_vote([None, None]) is None
+
+
+def test_weighted_vote_and_best_value():
+    answers = ["7", "7", "9", "9", "9", "5"]
+    weights = [0.9, 0.8, 0.3, 0.3, 0.3, 0.95]
+    assert weighted_vote(answers, weights) == 0  # 7: 1.7 > 5: 0.95 > 9: 0.9
+    assert best_value(answers, [math.log(w) for w in weights]) == 5
+    assert best_value([None, "3"], [0.0, -5.0]) == 1  # a chain without an answer cannot win
+
+
+# -- best-of-N on six scripted chains -------------------------------------------------------------------
+CHAINS = {"a": ("7", 0.9), "b": ("7", 0.8), "c": ("9", 0.3), "d": ("9", 0.3), "e": ("9", 0.3), "f": ("5", 0.95)}
+
+
+def chains_script(key):
+    if not key:  # the first thought of six chains
+        return [("<expansion>", f"chain {name}", 0.5) for name in CHAINS]
+    answer, _ = CHAINS[key[0][-1]]
+    return [("<conclusion>", "The answer is \\boxed{" + answer + "}", 0.9)]
+
+
+def chains_value(key):
+    return math.log(0.5) if len(key) == 1 else math.log(CHAINS[key[0][-1]][1])
+
+
+@pytest.mark.parametrize("vote,answer", [("majority", "9"), ("weighted", "7"), ("best_value", "5")])
+def test_best_of_n_answers_by_its_vote(vote, answer):
+    # majority: 9 has three votes; weighted by exp(V): 7 has 0.9 + 0.8 = 1.7, 5 has 0.95, 9 has 0.9; best value: 5
+    policy = ScriptedPolicy(chains_script, chains_value)
+    (result,) = search(policy, [QUESTION], SearchConfig(method="best_of_n", n=6, vote=vote))
+    assert result.answer == answer and result.method == "best_of_n"
+    tree = result.tree
+    assert len(tree.root.children) == 6 and all(len(c.children) == 1 for c in tree.root.children)
+    assert policy.propose_calls == [[6], [1] * 6]  # the root forked six ways, then each chain on its own
+    assert tree.node(result.path[-1]).text == "The answer is \\boxed{" + answer + "}"
+    assert result.spent.generated == sum(len(n.tokens) for n in tree.nodes)
+    assert result.spent.value == sum(len(p.split()) for p in policy.value_prompts)
+
+
+# -- greedy and MCTS on the decoy script ----------------------------------------------------------------
+def test_greedy_follows_the_most_likely_thoughts_and_mcts_does_better():
+    script, value, correct = decoy_script()
+    policy = ScriptedPolicy(script, value)
+    greedy, = search(policy, [QUESTION], SearchConfig(method="greedy"))
+    assert policy.propose_calls == [[1], [1], [1]]  # one thought per step
+    assert path_key(greedy.tree.path(greedy.tree.node(greedy.path[-1]))) == (
+        "<expansion>decoy step 0", "<expansion>decoy step 1", "<conclusion>The answer is \\boxed{10}")
+    assert greedy.answer == "10" and grade([greedy], ["9"]) == [False]
+    best, = search(ScriptedPolicy(script, value), [QUESTION],
+                   SearchConfig(method="mcts", mcts=MCTSConfig(num_candidates=3, max_children=3, patient=1)))
+    assert best.answer == "9" and grade([best], ["9"]) == [True] and best.simulations == 4
+
+
+def test_greedy_stops_at_max_depth_without_an_answer():
+    def endless(key):
+        return [("<expansion>", f"step {len(key)}", 0.5)]
+
+    result, = search(ScriptedPolicy(endless, lambda key: 0.0), [QUESTION], SearchConfig(method="greedy", max_depth=3))
+    assert result.answer is None and len(result.tree.nodes) == 4 and result.tree.nodes[-1].terminal == "failure"
+
+
+# -- beam search ---------------------------------------------------------------------------------------
+BEAM = {  # thought -> (children, value); a name starting with "=" is a conclusion with that answer
+    "": (["A", "B", "C"], None),
+    "A": (["A1", "A2", "=1"], 0.9), "B": (["B1", "B2", "B3"], 0.3), "C": (["=2", "C2", "C3"], 0.6),
+    "A1": (["=3", "A1b", "A1c"], 0.5), "A2": ([], 0.4), "=1": ([], 0.2),
+    "=2": ([], 0.7), "C2": ([], 0.1), "C3": ([], 0.35),
+    "=3": ([], 0.8), "A1b": (["=4", "=5", "=6"], 0.6), "A1c": ([], 0.05),
+    "=4": ([], 0.3), "=5": ([], 0.2), "=6": ([], 0.1),
+}
+
+
+def beam_script(key):
+    last = key[-1].split(">", 1)[1] if key else ""
+    children = BEAM.get(last, (["X", "Y", "Z"], 0.5))[0]
+    return [("<conclusion>", "The answer is \\boxed{" + c[1:] + "}", 0.5) if c.startswith("=") else ("<expansion>", c, 0.5)
+            for c in children]
+
+
+def beam_value(key):
+    text = key[-1].split(">", 1)[1]
+    name = "=" + text[len("The answer is \\boxed{"):-1] if text.startswith("The answer") else text
+    return math.log(BEAM.get(name, ([], 0.5))[1])
+
+
+def test_beam_search_keeps_the_best_n_of_all_expansions():
+    # width 2, 3 thoughts per beam. Depth 1: A .9, C .6 kept, B .3 dropped. Depth 2: of A1 .5, A2 .4, =1 .2,
+    # =2 .7, C2 .1, C3 .35 the best two are =2 (finished) and A1. Depth 3: =3 .8 (finished) and A1b .6.
+    # Depth 4: =4 .3 and =5 .2 finish, the beam is empty. Best finished: =3.
+    policy = ScriptedPolicy(beam_script, beam_value)
+    result, = search(policy, [QUESTION], SearchConfig(method="beam", n=2, expand=3))
+    tree = result.tree
+    expanded = {n.text for n in tree.nodes if n.children and n.parent is not None}
+    assert expanded == {"A", "C", "A1", "A1b"}
+    assert policy.propose_calls == [[3], [3, 3], [3], [3]]
+    assert result.answer == "3" and [tree.node(i).text for i in result.path[1:]] == ["A", "A1", "The answer is \\boxed{3}"]
+
+
+def test_beam_search_takes_a_pluggable_scorer():
+    # a scorer that prefers low values (a stand-in for a process preference model) keeps B .3 and C .6
+    seen = []
+
+    def scorer(paths):
+        seen.append([p[-1].text for p in paths])
+        return [-p[-1].value for p in paths]
+
+    result, = search(ScriptedPolicy(beam_script, beam_value), [QUESTION], SearchConfig(method="beam", n=2, expand=3, max_depth=2),
+                     scorer=scorer)
+    assert seen[0] == ["A", "B", "C"]
+    assert {n.text for n in result.tree.root.children if n.children} == {"B", "C"}
+
+
+def test_methods_run_problems_in_lockstep():
+    script, value, _ = decoy_script()
+    policy = ScriptedPolicy(script, value)
+    config = SearchConfig(method="beam", n=2, expand=3)
+    results = search(policy, [QUESTION, QUESTION + " Then?"], config)
+    solo_policy = ScriptedPolicy(script, value)
+    solo, = search(solo_policy, [QUESTION], config)
+    assert policy.propose_calls[:2] == [[3, 3], [3, 3, 3, 3]]  # one call per step for both problems' beams
+    assert policy.propose_calls == [call * 2 for call in solo_policy.propose_calls]
+    assert results[0].tree.to_json() == solo.tree.to_json() and results[0].spent == solo.spent
+    assert results[1].answer == solo.answer
+
+
+def test_config_errors_name_the_field():
+    with pytest.raises(ValueError, match="method"):
+        SearchConfig(method="dfs")
+    with pytest.raises(ValueError, match="vote"):
+        SearchConfig(vote="mean")
+
+
+# -- LMPolicy: a real (tiny, random) model through the engine ------------------------------------------
+@pytest.fixture(scope="module")
+def model(tiny_tokenizer):
+    return random_model(Gemma2Config.preset("tiny", vocab_size=len(tiny_tokenizer), num_hidden_layers=2), seed=1, std=0.1)
+
+
+def counting(monkeypatch, name):
+    calls, real = [], getattr(search_module, name)
+
+    def wrapper(*args, **kwargs):
+        calls.append((args, kwargs))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(search_module, name, wrapper)
+    return calls
+
+
+@pytest.mark.parametrize("metas", ["model", "sample"])
+def test_lm_policy_one_generate_and_one_value_call_per_round(model, tiny_tokenizer, monkeypatch, metas):
+    generate_calls, feed_calls = counting(monkeypatch, "generate"), counting(monkeypatch, "feed")  # feed: the value pass
+    policy = LMPolicy(model, tiny_tokenizer, max_thought_tokens=4, seed=0)
+    config = MCTSConfig(simulations=3, num_candidates=3, max_children=3, patient=100, metas=metas, max_depth=3)
+    results = mcts(policy, ["Tom has 12 apples.", "A box holds 6 pens."], config, seed=2)
+    assert len(generate_calls) == 3 and len(feed_calls) == 3 * 2  # per round: parents prefilled, then children's lines
+    rows = [len(args[1]) * kwargs["num_samples"] for args, kwargs in generate_calls]
+    assert rows == [len(args[2]) for args, _ in feed_calls[1::2]]  # every new thought rated in its own round
+    assert sum(rows) == sum(len(r.tree.nodes) - 1 for r in results)
+    if metas == "model":  # one prompt per tree, prefilled once and forked 3 ways
+        assert all(len(args[1]) == 2 and kwargs["num_samples"] == 3 for args, kwargs in generate_calls)
+    for r in results:
+        nodes = r.tree.nodes[1:]
+        assert r.spent.generated == sum(len(n.tokens) for n in nodes)
+        assert r.spent.value == sum(len(tiny_tokenizer.encode(value_prompt(r.tree.path(n)))) for n in nodes)
+        assert r.spent.prompt == sum(len(tiny_tokenizer.encode(p)) for p in {n.prompt for n in nodes}) or metas == "sample"
+
+
+def test_lm_policy_logprobs_priors_and_entropies_are_aligned(model, tiny_tokenizer):
+    tok = tiny_tokenizer
+    tree = Tree("Tom has 12 apples.")
+    policy = LMPolicy(model, tok, temperature=0.7, max_thought_tokens=6, seed=0)
+    request = Request(tree, tree.root, [None, None, "<critic>", "<critic>"], [None, None, "Check it.", "Check it."])
+    candidates = policy.propose([request])[0]
+    assert len(set(c.prior for c in candidates)) == 4  # every candidate keeps its own probability
+    for j, c in enumerate(candidates):
+        assert c.prompt == request.prompt(j) and c.meta != "" and len(c.logprobs) == len(c.tokens)
+        prompt = tok.encode(c.prompt)
+        with torch.no_grad():
+            logits = model(torch.tensor([prompt + c.tokens]))[0].float()
+        at = logits[len(prompt) - 1: len(prompt) - 1 + len(c.tokens)]  # logits before each generated token
+        raw = torch.log_softmax(at, -1).gather(-1, torch.tensor(c.tokens)[:, None])[:, 0]
+        scaled = torch.log_softmax(at / 0.7, -1).gather(-1, torch.tensor(c.tokens)[:, None])[:, 0]
+        assert torch.allclose(torch.tensor(c.logprobs), scaled, atol=1e-5)  # PPO's old log-probs
+        assert c.prior == pytest.approx(raw.mean().exp().item(), rel=1e-5)  # exp(mean log-prob), temperature 1
+        p = torch.softmax(at, -1)
+        assert c.entropy == pytest.approx(-(p * p.log()).sum(-1).mean().item(), rel=1e-4)
+    assert [c.prompt_tokens > 0 for c in candidates] == [True, False, True, False]  # a fork costs no prefill
+    assert candidates[2].meta == "<critic>" and "<hint>Check it.</hint>" in candidates[2].prompt
+
+
+def test_lm_policy_values_equal_rating_values(model, tiny_tokenizer):
+    # the parent's lines are prefilled once and forked to its children; the numbers must not change
+    trees = [Tree("Tom has 12 apples."), Tree("A box holds 6 pens. How many?")]
+    for tree in trees:
+        a = tree.add(tree.root, "<expansion>", "12 + 35 = 47")
+        tree.add(tree.root, "<critic>", "not yet", rating="negative")
+        tree.add(a, "<conclusion>", "The answer is \\boxed{47}")
+        tree.add(a, "<expansion>", "47 - 2 = 45")
+    paths = [tree.path(n) for tree in trees for n in tree.nodes]  # roots, siblings, two levels, two trees
+    for batch_size in (32, 3):
+        values, tokens = LMPolicy(model, tiny_tokenizer, value_batch_size=batch_size).evaluate(paths)
+        expected = rating_values(model, tiny_tokenizer, paths)
+        assert torch.allclose(torch.tensor(values), expected, atol=1e-5)
+        assert tokens == [len(tiny_tokenizer.encode(value_prompt(p))) for p in paths]
+
+
+@pytest.mark.parametrize("method", ["greedy", "best_of_n", "beam", "mcts"])
+def test_every_method_runs_end_to_end_on_a_real_model(model, tiny_tokenizer, method):
+    config = SearchConfig(method=method, n=2, expand=2, max_depth=3,
+                          mcts=MCTSConfig(simulations=2, num_candidates=2, max_children=2, max_depth=3))
+    questions = ["Tom has 12 apples.", "A box holds 6 pens."]
+
+    def run():
+        return search(LMPolicy(model, tiny_tokenizer, max_thought_tokens=4, seed=0), questions, config)
+
+    results = run()
+    again = run()
+    assert len(results) == 2
+    for r, s in zip(results, again):
+        assert r.method == method and (r.answer is None or isinstance(r.answer, str))
+        assert r.tree.to_json() == s.tree.to_json()  # seeded
+        nodes = r.tree.nodes[1:]
+        assert nodes and r.spent.generated == sum(len(n.tokens) for n in nodes) and r.spent.prompt > 0 and r.spent.value > 0
+        assert [n.id for n in r.tree.path(r.tree.node(r.path[-1]))] == r.path

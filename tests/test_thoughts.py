@@ -1,0 +1,218 @@
+"""The thought-tree format: exact lines, round trips, prompts and hints, the rating-token value, meta-actions."""
+
+import math
+
+import pytest
+import torch
+
+from conftest import random_model
+from nanoo1.model import Gemma2Config
+from nanoo1.rewards import check
+from nanoo1.tasks import make_problems, solution_tree
+from nanoo1.thoughts import (HINTS, META_ACTIONS, Tree, batch_ids, hint_for, meta_transition_matrix, parse_thought,
+                             parse_tree, policy_prompt, rating_logits, rating_value_loss, rating_values, render_node,
+                             render_path, sample_metas, value_prompt, value_sequences)
+
+QUESTION = "Mia has 7 apples. She buys 5 more. How many apples does Mia have now?"
+ROOT_LINE = ("<start_of_father_id>-1<end_of_father_id><start_of_local_id>0<end_of_local_id>"
+             f"<start_of_thought><problem>{QUESTION}<end_of_thought><start_of_rating><positive_rating><end_of_rating>")
+STEP_HEADER = "<start_of_father_id>0<end_of_father_id><start_of_local_id>1<end_of_local_id><start_of_thought><expansion>"
+
+
+def chain() -> Tree:
+    tree = Tree(QUESTION)
+    step = tree.add(tree.root, "<expansion>", "7 + 5 = 12", value=math.log(0.8))
+    tree.add(step, "<conclusion>", "The answer is \\boxed{12}", rating="negative")
+    return tree
+
+
+@pytest.fixture(scope="module")
+def model(tiny_tokenizer):
+    return random_model(Gemma2Config.preset("tiny", vocab_size=len(tiny_tokenizer), num_hidden_layers=2), seed=3, std=0.1)
+
+
+# -- the line format -----------------------------------------------------------------------------------
+def test_render_node_exact_lines():
+    tree = chain()
+    assert render_node(tree.root) == ROOT_LINE
+    step = tree.node(1)
+    assert render_node(step) == STEP_HEADER + "7 + 5 = 12<end_of_thought><start_of_rating><positive_rating><end_of_rating>"
+    assert render_node(step, upto="thought") == STEP_HEADER
+    assert render_node(step, upto="rating") == STEP_HEADER + "7 + 5 = 12<end_of_thought><start_of_rating>"
+    assert render_node(tree.node(2)).endswith("\\boxed{12}<end_of_thought><start_of_rating><negative_rating><end_of_rating>")
+    assert render_path(tree.path(step)) == ROOT_LINE + "\n" + render_node(step)
+
+
+def test_training_text_parses_back_to_the_same_tree():
+    for problem in make_problems(5, seed=0):
+        tree = solution_tree(problem)
+        tree.nodes[2].rating, tree.nodes[-1].rating = "negative", "unknown"
+        tree.add(tree.nodes[1], "<critic>", "2 + 2 is not 5")  # a branch: node ids are not a chain
+        back = parse_tree(tree.training_text())
+        assert back.training_text() == tree.training_text()
+        assert [(n.id, n.parent_id, n.meta, n.text, n.rating) for n in back.nodes] == \
+               [(n.id, n.parent_id, n.meta, n.text, n.rating) for n in tree.nodes]
+
+
+def test_parse_tree_rejects_malformed_text():
+    text = chain().training_text()
+    with pytest.raises(ValueError, match="root line"):
+        parse_tree(text.split("\n", 1)[1])  # no root
+    with pytest.raises(ValueError, match="ids must be"):
+        parse_tree(text.replace("<start_of_local_id>2<", "<start_of_local_id>7<"))
+    with pytest.raises(ValueError, match="unknown rating"):
+        parse_tree(text.replace("<negative_rating>", "<great_rating>"))
+
+
+def test_json_round_trip_keeps_every_statistic():
+    tree = chain()
+    step = tree.node(1)
+    step.visits, step.prior, step.entropy, step.varentropy, step.terminal = 3, 0.25, 1.5, 0.5, None
+    step.tokens, step.logprobs, step.prompt, step.rectified = [5, 6, 7], [-0.1, -0.2, -0.3], "<bos>...", -0.45
+    tree.node(2).terminal = "success"
+    back = Tree.from_json(tree.to_json())
+    assert back.to_json() == tree.to_json()
+    assert back.node(1).logprobs == [-0.1, -0.2, -0.3] and back.node(1).rectified == -0.45
+    assert back.node(2).parent is back.node(1) and back.node(2).terminal == "success"
+
+
+def test_question_must_be_a_string():
+    # LLaMA-O1 makes a (question, answer) tuple the root text, so every prompt carries the answer
+    with pytest.raises(TypeError, match="ground truth separately"):
+        Tree(("What is 2 + 2?", "4"))
+
+
+def test_ids_are_unique_and_lookup_does_not_recurse():
+    tree = Tree(QUESTION)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(60):  # random branching
+        parent = tree.nodes[int(torch.randint(len(tree.nodes), (1,), generator=g))]
+        tree.add(parent, "<expansion>", "x")
+    assert [n.id for n in tree.nodes] == list(range(61))
+    assert all(tree.node(i) is n for i, n in enumerate(tree.nodes))
+    with pytest.raises(KeyError, match="no node with id 61"):
+        tree.node(61)
+    deep = Tree(QUESTION)  # deeper than Python's recursion limit
+    node = deep.root
+    for _ in range(1500):
+        node = deep.add(node, "<expansion>", "x")
+    assert deep.node(1500) is node and len(deep.path(node)) == 1501 and node.depth == 1500
+
+
+def test_add_rejects_unknown_meta():
+    with pytest.raises(ValueError, match="<guess>"):
+        Tree(QUESTION).add(None, "<guess>", "x")
+
+
+# -- prompts and hints ---------------------------------------------------------------------------------
+def test_policy_prompt_exact_text():
+    tree = chain()
+    path = tree.path(tree.node(1))
+    step_line = render_node(tree.node(1))
+    new_header = "<start_of_father_id>1<end_of_father_id><start_of_local_id>3<end_of_local_id><start_of_thought>"
+    assert policy_prompt(path, 3, "<conclusion>") == ROOT_LINE + "\n" + step_line + "\n" + new_header + "<conclusion>"
+    assert policy_prompt(path, 3) == ROOT_LINE + "\n" + step_line + "\n" + new_header  # the model writes the meta
+    hinted = policy_prompt(path, 3, "<critic>", hint="Check it.")
+    assert hinted == ROOT_LINE + "\n" + step_line + "\n<hint>Check it.</hint>\n" + new_header + "<critic>"
+
+
+def test_value_prompt_stops_right_after_start_of_rating():
+    tree = chain()
+    prompt = value_prompt(tree.path(tree.node(1)))
+    assert prompt == ROOT_LINE + "\n" + STEP_HEADER + "7 + 5 = 12<end_of_thought><start_of_rating>"
+
+
+def test_hints_per_meta_action():
+    # LLaMA-O1 gives <conclusion> the critic hint and asks for \box{}; the grader reads \boxed{}
+    assert "\\boxed{}" in hint_for("<conclusion>") and "\\box{" not in hint_for("<conclusion>").replace("\\boxed{", "")
+    assert hint_for("<conclusion>") != hint_for("<critic>")
+    assert len(set(HINTS[m] for m in META_ACTIONS)) == len(META_ACTIONS)
+    assert check("The answer is \\boxed{12}", "12")  # what the hint asks for is what check reads
+    # the ground truth enters a hint only when passed explicitly
+    assert all("42" not in hint_for(m) for m in META_ACTIONS)
+    assert hint_for("<expansion>", "42").endswith("The answer is 42.")
+
+
+def test_parse_thought_cases():
+    assert parse_thought("7 + 5 = 12<end_of_thought>", "<expansion>") == ("<expansion>", "7 + 5 = 12")
+    assert parse_thought("<conclusion>The answer is 12<end_of_thought>junk") == ("<conclusion>", "The answer is 12")
+    assert parse_thought("<critic>too fast") == ("<critic>", "too fast")  # cut off at the length limit
+    assert parse_thought("no tag<end_of_thought>") == ("<expansion>", "no tag")
+    # with the meta in the prompt, a tag the model repeats is kept as text
+    assert parse_thought("<critic>x", "<refine>") == ("<refine>", "<critic>x")
+
+
+# -- the rating-token value ----------------------------------------------------------------------------
+def test_rating_values_read_after_start_of_rating(model, tiny_tokenizer):
+    tok = tiny_tokenizer
+    tree = chain()
+    paths = [tree.path(n) for n in tree.nodes]  # three lengths: batched rows are right-padded
+    values = rating_values(model, tok, paths, batch_size=2)
+    pos, neg = tok.token_id("<positive_rating>"), tok.token_id("<negative_rating>")
+    for path, v in zip(paths, values):
+        ids = tok.encode(value_prompt(path))
+        assert ids[-1] == tok.token_id("<start_of_rating>")
+        with torch.no_grad():
+            last = model(torch.tensor([ids]))[0, -1]  # (V,) next-token logits after <start_of_rating>
+        expected = torch.log_softmax(torch.stack([last[pos], last[neg]]), -1)[0]
+        assert abs(v.item() - expected.item()) < 1e-5
+    assert len(set(round(v, 4) for v in values.tolist())) == 3
+
+
+def test_rating_logits_refuse_a_sequence_that_does_not_end_at_start_of_rating(model, tiny_tokenizer):
+    tok = tiny_tokenizer
+    ids = tok.encode(value_prompt(chain().path(chain().node(1)))) + [tok.token_id("<positive_rating>")]
+    input_ids, mask = batch_ids([ids], tok.pad_id)
+    with pytest.raises(ValueError, match="must end with <start_of_rating>"):
+        rating_logits(model, tok, input_ids, mask)  # LLaMA-O1 trains one position past where it reads
+
+
+def test_value_loss_is_trained_where_the_value_is_read(model, tiny_tokenizer):
+    tok = tiny_tokenizer
+    tree = chain()
+    paths = [tree.path(n) for n in tree.nodes]
+    ids, mask = batch_ids(value_sequences(tok, paths), tok.pad_id)
+    target = torch.tensor([1.0, 0.0, 0.3])
+    v = rating_values(model, tok, paths)  # log p
+    # BCE by hand: -[t log p + (1 - t) log(1 - p)], averaged
+    expected = -(target * v + (1 - target) * torch.log1p(-v.exp())).mean()
+    loss = rating_value_loss(model, tok, ids, mask, target)
+    assert abs(loss.item() - expected.item()) < 1e-5
+    # training on that loss moves the value read by rating_values toward the targets (a one-layer model: fast)
+    trained = random_model(Gemma2Config.preset("tiny", vocab_size=len(tok), num_hidden_layers=1), seed=3, std=0.1)
+    opt = torch.optim.Adam(trained.parameters(), lr=2e-2)
+    for _ in range(20):
+        opt.zero_grad()
+        rating_value_loss(trained, tok, ids, mask, target).backward()
+        opt.step()
+    p = rating_values(trained, tok, paths).exp()
+    assert (p - target).abs().max() < 0.1, p
+
+
+# -- meta-actions --------------------------------------------------------------------------------------
+def test_meta_transition_matrix_hand_computed():
+    tree = Tree(QUESTION)
+    a = tree.add(tree.root, "<expansion>", "a", value=math.log(0.5))
+    tree.add(tree.root, "<expansion>", "b")  # not evaluated: counts exp(0) = 1
+    tree.add(a, "<conclusion>", "c", value=math.log(0.25))
+    tree.add(a, "<critic>", "d", value=1.0)
+    m = meta_transition_matrix(tree)
+    # row <problem>: sums (expansion 0.5 + 1 = 1.5, critic 0, refine 0, conclusion 0);
+    # softmax: e^1.5 = 4.481689, / (4.481689 + 3) = 0.599021, and 1 / 7.481689 = 0.133660
+    assert torch.allclose(m[0], torch.tensor([0.0, 0.599021, 0.133660, 0.133660, 0.133660]), atol=1e-6)
+    # row <expansion>: sums (expansion 0, critic e^1 = 2.718282, refine 0, conclusion 0.25);
+    # exps 1, 15.154262, 1, 1.284025 -> total 18.438287
+    assert torch.allclose(m[1], torch.tensor([0.0, 0.054235, 0.821891, 0.054235, 0.069639]), atol=1e-6)
+    assert torch.allclose(m[2:], torch.tensor([[0.0, 0.25, 0.25, 0.25, 0.25]] * 3))  # rows without edges
+
+
+def test_sample_metas_is_seeded_and_never_cached():
+    tree = Tree(QUESTION)
+    draws = sample_metas(tree, tree.root, 40, torch.Generator().manual_seed(1))
+    assert draws == sample_metas(tree, tree.root, 40, torch.Generator().manual_seed(1))
+    assert "<problem>" not in draws and len(set(draws)) == 4  # uniform over the four child metas
+    for _ in range(12):  # twelve <problem> -> <conclusion> edges: row weight e^12 against 3 * e^0
+        tree.add(tree.root, "<conclusion>", "x", value=0.0)
+    # the same node asks again: LLaMA-O1's lru_cache would hand back the same draws
+    again = sample_metas(tree, tree.root, 40, torch.Generator().manual_seed(1))
+    assert again == ["<conclusion>"] * 40
