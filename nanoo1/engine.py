@@ -216,7 +216,7 @@ def _generator(model, generator, seed):
     return torch.Generator(device=model.model.embed_tokens.weight.device).manual_seed(seed)
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def generate(model, prompts: list[list[int]], max_new_tokens: int, temperature: float = 0.0, top_k: int | None = None,
              top_p: float | None = None, num_samples: int = 1, stop_token_ids=None, stop_strings=None, tokenizer=None,
              generator: torch.Generator | None = None, seed: int = 0) -> list[Completion]:
@@ -236,7 +236,7 @@ def generate(model, prompts: list[list[int]], max_new_tokens: int, temperature: 
     return rows
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def generate_budgeted(model, prompts: list[list[int]], think_budget: int, solution_budget: int, think_end_id: int,
                       temperature: float = 0.0, top_k: int | None = None, top_p: float | None = None, num_samples: int = 1,
                       stop_token_ids=None, tokenizer=None, generator: torch.Generator | None = None, seed: int = 0) -> list[Completion]:

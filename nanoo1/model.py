@@ -145,23 +145,25 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.zeros(dim))
 
     def forward(self, x):
-        xf = x.float()
-        y = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps) * (1.0 + self.weight.float())
+        y = F.rms_norm(x.float(), (x.shape[-1],), eps=self.eps) * (1.0 + self.weight.float())
         return y.type_as(x)
 
 
 def rope_cos_sin(positions: torch.Tensor, head_dim: int, theta: float, dtype):
-    """cos, sin of shape (B, T, D) for rotate-half RoPE (Su et al. 2021, RoFormer eq. 34)."""
+    """cos, sin of shape (B, T, D) for rotate-half RoPE (Su et al. 2021, RoFormer eq. 34).
+
+    The sin half that multiplies -x2 is negated here once, so apply_rope needs no cat/neg per call.
+    """
     inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32, device=positions.device) / head_dim))
     freqs = positions[..., None].float() * inv_freq  # (B, T, D/2)
-    emb = torch.cat((freqs, freqs), dim=-1)  # (B, T, D)
-    return emb.cos().to(dtype), emb.sin().to(dtype)
+    sin = freqs.sin()
+    return torch.cat((freqs, freqs), dim=-1).cos().to(dtype), torch.cat((-sin, sin), dim=-1).to(dtype)
 
 
-def apply_rope(x, cos, sin):
-    """x: (B, H, T, D); rotate_half(x) = (-x2, x1)."""
-    x1, x2 = x.chunk(2, dim=-1)
-    return x * cos[:, None] + torch.cat((-x2, x1), dim=-1) * sin[:, None]
+def apply_rope(x, cos, signed_sin):
+    """x: (B, H, T, D). x * cos + rotate_half(x) * sin, where rotate_half(x) = (-x2, x1):
+    rolling x by D/2 gives (x2, x1), and the minus sign lives in signed_sin."""
+    return x * cos[:, None] + x.roll(x.shape[-1] // 2, dims=-1) * signed_sin[:, None]
 
 
 def softcap(x, cap: float | None):
@@ -200,8 +202,9 @@ class Attention(nn.Module):
         # grouped-query attention without copying keys: query heads j*r .. j*r+r-1 share kv head j
         r = H // Hkv
         q = q.reshape(B, Hkv, r * T, D)  # (B, Hkv, r*T, D)
-        att = (q @ k.transpose(-1, -2)) * self.scale  # (B, Hkv, r*T, S)
-        att = softcap(att, self.cap)  # the cap comes before the mask (as in Gemma-2)
+        att = q @ k.transpose(-1, -2)  # (B, Hkv, r*T, S)
+        # scale, then soft-cap tanh(s / cap) * cap, BEFORE the mask (as in Gemma-2); scale/cap in one multiply
+        att = att * self.scale if self.cap is None else torch.tanh(att * (self.scale / self.cap)) * self.cap
         att = att.view(B, Hkv, r, T, S) + mask[:, None]  # mask: (B, 1, T, S) additive
         att = F.softmax(att, dim=-1, dtype=torch.float32).to(q.dtype)
         y = att.view(B, Hkv, r * T, S) @ v  # (B, Hkv, r*T, D)
