@@ -27,7 +27,9 @@ THOUGHT_TOKENS = [
 ]
 # Elastic Reasoning's thinking delimiters.
 THINK_TOKENS = ["<think>", "</think>"]
-SPECIAL_TOKENS = CONTROL_TOKENS + CHAT_TOKENS + THOUGHT_TOKENS + THINK_TOKENS
+# rStar-Math's code-augmented steps: the step delimiter and the execution observation (rstar.py).
+CODE_TOKENS = ["<end_of_step>", "<output>", "</output>", "<error>", "</error>"]
+SPECIAL_TOKENS = CONTROL_TOKENS + CHAT_TOKENS + THOUGHT_TOKENS + THINK_TOKENS + CODE_TOKENS
 BYTE_TOKENS = [f"<0x{b:02X}>" for b in range(256)]
 
 
@@ -115,6 +117,9 @@ def train_tokenizer(texts, vocab_size: int, special_tokens=SPECIAL_TOKENS, split
     special_tokens = list(special_tokens)
     if special_tokens[:4] != CONTROL_TOKENS:
         raise ValueError(f"special_tokens must start with {CONTROL_TOKENS}, got {special_tokens[:4]}")
+    duplicates = sorted({t for t in special_tokens if special_tokens.count(t) > 1})
+    if duplicates:
+        raise ValueError(f"special_tokens lists {duplicates} more than once")
     n_fixed = len(special_tokens) + len(BYTE_TOKENS)
     if vocab_size <= n_fixed:
         raise ValueError(f"vocab_size={vocab_size} leaves no room for learned pieces (needs > {n_fixed})")

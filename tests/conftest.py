@@ -3,6 +3,9 @@
 import pytest
 import torch
 
+# One thread: the suite's tensors are small, and OpenMP's two threads stall badly when the machine is busy.
+torch.set_num_threads(1)
+
 from nanoo1.model import Gemma2, Gemma2Config
 from nanoo1.tokenizer import train_tokenizer
 

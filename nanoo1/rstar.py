@@ -1,0 +1,367 @@
+"""rStar-Math: code-augmented reasoning steps, the process preference model, self-evolution data.
+
+Guan et al. 2025, "rStar-Math: Small LLMs Can Master Math Reasoning with Self-Evolved Deep Thinking".
+A solution is a Python program written one step at a time: a comment line of reasoning, code, the step
+delimiter. The comment never holds a result, so Python does the arithmetic; the last step prints the answer.
+
+    Mia has 7 apples. She buys 5 more. She gives 3 to Leo. How many apples does Mia have now?
+    # Step 1: She buys 5 more.
+    x1 = 7 + 5
+    <end_of_step>
+    # Step 2: She gives 3 to Leo.
+    x2 = x1 - 3
+    <end_of_step>
+    # Step 3: How many apples does Mia have now?
+    print(x2)
+    <end_of_step>
+    <output>9</output>
+
+Each new step is judged by running the code of all steps so far, joined, from scratch in the sandbox. A
+step that runs is kept. One that fails is shown its error (`<error>NameError: ...</error>`, truncated) and
+left out of the programs below it, so the next step can try again, until `error_threshold` failures in a
+row end the branch. A step that prints is final: the last line it printed is its answer (+1 / -1 against
+the ground truth in training, judged by the PPM at test time). A step that does not parse, or a non-final
+step at `max_depth`, ends its branch as a failure. A node's text in the search tree is the rendered step
+(what the model wrote, then the observation), so a path's texts are all a prompt or the PPM needs.
+
+The process preference model (PPM) is a scalar head on the decoder, read at the last token of a path.
+It learns from pairs of sibling steps of the search tree with the Bradley-Terry loss (`ppm_pair_loss`).
+`RStarPolicy` is the search policy (mcts.py's propose / evaluate interface) with the PPM as the value.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from itertools import takewhile
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from nanoo1.engine import generate
+from nanoo1.mcts import Candidate
+from nanoo1.rewards import check
+from nanoo1.sandbox import SandboxResult, run_many
+from nanoo1.thoughts import Node, Tree, batch_ids
+from nanoo1.tokenizer import CODE_TOKENS
+
+RSTAR_TOKENS = CODE_TOKENS  # one token each in a tokenizer trained with tokenizer.SPECIAL_TOKENS
+STEP_END, OUTPUT, END_OUTPUT, ERROR, END_ERROR = CODE_TOKENS
+FINAL = re.compile(r"\bprint\s*\(")  # a step whose code prints is the last one
+
+
+@dataclass
+class RStarConfig:
+    max_step_tokens: int = 64  # a step not finished within this many tokens is invalid
+    temperature: float = 1.0  # sampling temperature of candidate steps (a request may override it)
+    top_k: int | None = None  # sample from the k most likely tokens only
+    top_p: float | None = None  # nucleus sampling
+    max_depth: int = 16  # a non-final step this deep ends its branch as a failure (rStar-Math: 16)
+    error_threshold: int = 2  # this many steps in a row that fail to run end the branch as a failure
+    max_output_chars: int = 128  # observations shown back to the model are cut to this length
+    timeout: float = 2.0  # sandbox wall-clock seconds per program
+    memory_mb: int = 256  # sandbox address-space limit per program
+    ppm_batch_size: int = 32  # paths per PPM forward pass
+
+
+# -- the step format ---------------------------------------------------------------------------------
+def format_step(comment: str, code: str) -> str:
+    """What the model writes for one step: `# comment`, the code, the delimiter."""
+    return f"# {comment}\n{code}\n{STEP_END}"
+
+
+def solution_steps(problem) -> list[str]:
+    """A tasks.Problem's worked solution as rendered steps, the printed answer shown after the last."""
+    steps = [format_step(comment, code) for comment, code in problem.code_steps()]
+    if steps:
+        steps[-1] += f"\n{OUTPUT}{problem.answer}{END_OUTPUT}"
+    return steps
+
+
+def rstar_prompt(question: str, steps: list[str]) -> str:
+    """The question and every step so far, each step on its own lines: the text the policy continues.
+    `rstar_prompt(p.question, solution_steps(p))` is a whole worked solution, the policy's SFT text."""
+    return question + "\n" + "".join(step + "\n" for step in steps)
+
+
+def encode_trace(tokenizer, question: str, steps: list[str], close: bool = True) -> tuple[list[int], list[int]]:
+    """Token ids of `rstar_prompt(question, steps)` and a mask, 1 on the tokens the model writes.
+
+    Encoded piece by piece (the question line; each step's own text; its observation and newline), so a
+    prompt is tokenized exactly like the SFT text it was trained on, and every step starts on a token
+    boundary, as it does when the model generates it after a prompt. The mask (0 on the question and on
+    observations) is the SFT loss mask. close=False leaves out the newline after the last step.
+    """
+    ids = tokenizer.encode(question + "\n")
+    mask = [0] * len(ids)
+    for i, step in enumerate(steps):
+        body, end, tail = step.partition(STEP_END)
+        newline = "\n" if close or i < len(steps) - 1 else ""
+        for piece, written in ((body + end, 1), (tail + newline, 0)):
+            piece_ids = tokenizer.encode(piece, add_bos=False)
+            ids += piece_ids
+            mask += [written] * len(piece_ids)
+    return ids, mask
+
+
+def parse_step(generated: str) -> tuple[str, str] | None:
+    """(comment, code) of a step, or None if it is not one: a `#` comment line, at least one line of code,
+    then STEP_END. Whatever follows the delimiter (an observation) is ignored."""
+    body, end, _ = generated.partition(STEP_END)
+    lines = body.strip("\n").split("\n")
+    if not end or len(lines) < 2 or not lines[0].startswith("#"):
+        return None
+    code = "\n".join(lines[1:]).rstrip()
+    return (lines[0].lstrip("#").strip(), code) if code.strip() else None
+
+
+def step_failed(step: str) -> bool:
+    """Whether a rendered step did not run: its observation is an error."""
+    return step.partition(STEP_END)[2].startswith("\n" + ERROR)
+
+
+def joined_program(steps: list[str], code: str) -> str:
+    """The code of every step so far that ran, then `code`: the program whose run decides on `code`."""
+    kept = [(step, parse_step(step)) for step in steps if not step_failed(step)]
+    for step, parsed in kept:
+        if parsed is None:
+            raise ValueError(f"joined_program: {step[:60]!r} is not a step that ran, so nothing can follow it")
+    return "\n".join([parsed[1] for _, parsed in kept] + [code]) + "\n"
+
+
+def consecutive_errors(steps: list[str]) -> int:
+    return len(list(takewhile(step_failed, reversed(steps))))
+
+
+# -- keep or reject ----------------------------------------------------------------------------------
+@dataclass
+class CodeStep:
+    """A generated step after its program ran: what search adds to the tree."""
+
+    text: str  # rendered: what the model wrote, then "\n<output>...</output>" or "\n<error>...</error>" if any
+    status: str  # "ok" (ran: kept), "error" (failed: shown, not kept), "answer" (printed: final), or a failed
+    # terminal: "invalid" (not a step), "errors" (error_threshold failures in a row), "depth" (max_depth reached)
+    answer: str | None = None  # status "answer": the last line printed (None if it printed nothing)
+
+    @property
+    def terminal(self) -> bool:
+        return self.status not in ("ok", "error")
+
+
+def _clip(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def judge_step(steps: list[str], generated: str, result: SandboxResult | None, config: RStarConfig) -> CodeStep:
+    """Keep or reject `generated` under the rendered `steps`, given the run of its joined program (None:
+    it did not parse, nothing ran). See the module docstring for the rules."""
+    parsed = parse_step(generated)
+    if parsed is None:
+        return CodeStep(generated, "invalid")
+    text = generated[: generated.index(STEP_END) + len(STEP_END)]
+    deep = len(steps) + 1 >= config.max_depth
+    if not result.ok:
+        shown = _clip(f"{result.error}: {result.message}", config.max_output_chars)
+        failed = consecutive_errors(steps) + 1 >= config.error_threshold
+        return CodeStep(f"{text}\n{ERROR}{shown}{END_ERROR}", "errors" if failed else "depth" if deep else "error")
+    out = result.stdout.strip()
+    if out:
+        text += f"\n{OUTPUT}{_clip(out, config.max_output_chars)}{END_OUTPUT}"
+    if FINAL.search(parsed[1]):
+        return CodeStep(text, "answer", out.splitlines()[-1].strip() if out else None)
+    return CodeStep(text, "depth" if deep else "ok")
+
+
+def execute_steps(parents: list[list[str]], generated: list[str], config: RStarConfig) -> list[CodeStep]:
+    """Judge generated[i] under the steps parents[i]; each distinct program runs once, all in one sandbox batch."""
+    parsed = [parse_step(g) for g in generated]
+    programs = [None if p is None else joined_program(steps, p[1]) for steps, p in zip(parents, parsed)]
+    distinct = list(dict.fromkeys(p for p in programs if p is not None))
+    results = dict(zip(distinct, run_many(distinct, timeout=config.timeout, memory_mb=config.memory_mb)))
+    return [judge_step(steps, g, results.get(p), config) for steps, g, p in zip(parents, generated, programs)]
+
+
+def step_reward(step: CodeStep, ground_truth) -> float | None:
+    """rStar's terminal reward: +1 for a correct answer, -1 for a wrong one or a failed branch; None if not terminal."""
+    if not step.terminal:
+        return None
+    correct = step.status == "answer" and step.answer is not None and check(step.answer, ground_truth)
+    return 1.0 if correct else -1.0
+
+
+# -- the policy --------------------------------------------------------------------------------------
+@dataclass
+class StepCandidate(Candidate):
+    """mcts.Candidate plus what the sandbox decided. `terminal` is "failure" for a step that ends its branch
+    without an answer; a step with an answer is left for search to judge (checker or PPM)."""
+
+    status: str = "ok"  # CodeStep.status
+    answer: str | None = None  # a final step's printed answer
+
+
+class RStarPolicy:
+    """rStar's search policy over a nanoo1 model: mcts.py's `propose(requests)` and `evaluate(paths)`.
+
+    All candidate steps of a round come from one `generate` call (each prompt prefilled once and forked k
+    ways, stopping at STEP_END) and are judged in one batched sandbox call. A node's value is its PPM
+    score, or 0 without a PPM (rStar-Math's first rounds, where terminal rewards alone guide the search).
+    A terminal step has the <conclusion> meta, any other <expansion>; requests' metas and hints are unused.
+    """
+
+    def __init__(self, model, tokenizer, config: RStarConfig | None = None, ppm: "ProcessPreferenceModel | None" = None,
+                 seed: int = 0):
+        self.model, self.tokenizer, self.ppm = model, tokenizer, ppm
+        self.config = config or RStarConfig()
+        self.generator = torch.Generator(device=model.output_embedding.device).manual_seed(seed)
+        eos = model.config.eos_token_id
+        self.stop_ids, self.stop_strings = list(eos) if isinstance(eos, list) else [eos], None
+        if tokenizer.has_token(STEP_END):  # one token: stop on its id, no decoding per step
+            self.stop_ids.append(tokenizer.token_id(STEP_END))
+        else:
+            self.stop_strings = [STEP_END]
+
+    def sample_steps(self, questions: list[str], paths: list[list[str]], ks: list[int], temperature: float | None = None):
+        """ks[i] candidate steps under the rendered steps paths[i] of questions[i], generated and judged:
+        per path, a list of (CodeStep, engine.Completion)."""
+        n = _fork_width(ks)  # samples per prefilled prompt; with unequal ks every prompt is repeated instead
+        prompts = [encode_trace(self.tokenizer, q, steps)[0] for q, steps in zip(questions, paths)]
+        owners = [i for i, k in enumerate(ks) for _ in range(k)]
+        rows = generate(self.model, [prompts[i] for i in owners[::n]], self.config.max_step_tokens,
+                        self.config.temperature if temperature is None else temperature, self.config.top_k,
+                        self.config.top_p, num_samples=n, stop_token_ids=self.stop_ids, stop_strings=self.stop_strings,
+                        tokenizer=self.tokenizer, generator=self.generator)
+        steps = execute_steps([paths[i] for i in owners], [row.text for row in rows], self.config)
+        out = [[] for _ in paths]
+        for i, step, row in zip(owners, steps, rows):
+            out[i].append((step, row))
+        return out
+
+    def propose(self, requests) -> list[list[StepCandidate]]:
+        out = [None] * len(requests)
+        by_temperature = {}
+        for i, r in enumerate(requests):
+            by_temperature.setdefault(r.temperature, []).append(i)
+        for temperature, rows in by_temperature.items():
+            reqs = [requests[i] for i in rows]
+            paths = [[node.text for node in r.tree.path(r.node)[1:]] for r in reqs]
+            sampled = self.sample_steps([r.tree.question for r in reqs], paths, [r.k for r in reqs], temperature)
+            n = _fork_width([r.k for r in reqs])
+            for i, r, steps, pairs in zip(rows, reqs, paths, sampled):
+                prompt = rstar_prompt(r.tree.question, steps)
+                out[i] = [_candidate(step, row, prompt, counted=j % n == 0) for j, (step, row) in enumerate(pairs)]
+        return out
+
+    def evaluate(self, paths: list[list[Node]]) -> tuple[list[float], list[int]]:
+        """(PPM score of each root-to-node path, tokens the PPM read); 0 and 0 without a PPM."""
+        if self.ppm is None:
+            return [0.0] * len(paths), [0] * len(paths)
+        seqs = [ppm_input(self.tokenizer, path) for path in paths]
+        return ppm_scores(self.ppm, seqs, self.tokenizer.pad_id, self.config.ppm_batch_size).tolist(), list(map(len, seqs))
+
+    def score(self, paths: list[list[Node]]) -> torch.Tensor:
+        """The values of `evaluate` as a tensor (N,): search's beam scorer."""
+        return torch.tensor(self.evaluate(paths)[0])
+
+
+def _fork_width(ks: list[int]) -> int:
+    return ks[0] if ks and len(set(ks)) == 1 else 1
+
+
+def _candidate(step: CodeStep, row, prompt: str, counted: bool) -> StepCandidate:
+    n = max(1, len(row.entropy))
+    failed = step.terminal and (step.status != "answer" or step.answer is None)
+    return StepCandidate("<conclusion>" if step.terminal else "<expansion>", step.text, list(row.tokens),
+                         list(row.scaled_logprobs), math.exp(row.mean_logprob), sum(row.entropy) / n,
+                         sum(row.varentropy) / n, prompt, len(row.prompt) if counted else 0,
+                         status=step.status, answer=step.answer, terminal="failure" if failed else None)
+
+
+# -- the process preference model --------------------------------------------------------------------
+class ProcessPreferenceModel(nn.Module):
+    """r(x, s_1..s_t) = tanh(w . h_last + b) (rStar-Math sec. 3.3: the LM head replaced by a linear head
+    and tanh, so scores lie in [-1, 1] like the Q-values they stand in for).
+
+    h_last is the decoder's final normed hidden state at the last real token of the path (either padding
+    side). The head starts at zero, so every path first scores 0.
+    """
+
+    def __init__(self, backbone):
+        super().__init__()
+        self.backbone = backbone
+        self.head = nn.Linear(backbone.config.hidden_size, 1)
+        nn.init.zeros_(self.head.weight)
+        nn.init.zeros_(self.head.bias)
+
+    def forward(self, input_ids, attention_mask=None) -> torch.Tensor:
+        B, T = input_ids.shape
+        h = self.backbone.hidden_states(input_ids, attention_mask)  # (B, T, C)
+        if attention_mask is None:
+            last = torch.full((B,), T - 1, device=input_ids.device)
+        else:
+            last = attention_mask.long().cumsum(-1).argmax(-1)  # (B,) first index of the full count: the last real token
+        h_last = h[torch.arange(B, device=h.device), last]  # (B, C)
+        return torch.tanh(self.head(h_last.to(self.head.weight.dtype)).squeeze(-1))  # (B,)
+
+
+def ppm_pair_loss(r_pos: torch.Tensor, r_neg: torch.Tensor) -> torch.Tensor:
+    """rStar-Math's PPM loss (sec. 3.3, Bradley-Terry): L = -mean_pairs log sigmoid(r(x, y_pos) - r(x, y_neg)).
+
+    r_pos, r_neg: (P,) scores of the pairs' two paths. With 2 positives x 2 negatives per step this is the
+    paper's -1/(2 x 2) sum over a step's four pairs.
+    """
+    return -F.logsigmoid(r_pos - r_neg).mean()
+
+
+def ppm_input(tokenizer, path: list[Node]) -> list[int]:
+    """What the PPM reads for a root-to-node path: the question and the steps, ending on the last step's
+    last token (its delimiter, or the end of its observation)."""
+    return encode_trace(tokenizer, path[0].text, [node.text for node in path[1:]], close=False)[0]
+
+
+@torch.no_grad()
+def ppm_scores(ppm: ProcessPreferenceModel, sequences: list[list[int]], pad_id: int, batch_size: int = 32) -> torch.Tensor:
+    """PPM scores (N,) of token-id sequences (`ppm_input` of each path), in right-padded batches."""
+    device = ppm.head.weight.device
+    out = [ppm(*batch_ids(sequences[i:i + batch_size], pad_id, device)) for i in range(0, len(sequences), batch_size)]
+    return torch.cat(out).float().cpu() if out else torch.zeros(0)
+
+
+def preference_pairs(tree: Tree, per_side: int = 2) -> list[tuple[Node, Node]]:
+    """(positive, negative) sibling steps of a searched tree, the PPM's training pairs (rStar-Math sec. 3.3).
+
+    Per parent: the `per_side` children with the highest Q (`node.value`) among those with a correct answer
+    below them (a "success" terminal in their subtree, themselves included), against the `per_side` with the
+    lowest Q among those with only wrong endings below ("failure" terminals and no success); every positive
+    is paired with every negative. Children without a value are skipped; ties keep the children's order.
+    """
+    reach = {}  # node id -> (a success below, a failure below)
+    for node in reversed(tree.nodes):  # a child's id is larger than its parent's
+        good, bad = node.terminal == "success", node.terminal == "failure"
+        for child in node.children:
+            good, bad = good or reach[child.id][0], bad or reach[child.id][1]
+        reach[node.id] = (good, bad)
+    pairs = []
+    for parent in tree.nodes:
+        kids = [c for c in parent.children if c.value is not None]
+        pos = sorted([c for c in kids if reach[c.id][0]], key=lambda c: -c.value)[:per_side]
+        neg = sorted([c for c in kids if reach[c.id][1] and not reach[c.id][0]], key=lambda c: c.value)[:per_side]
+        pairs += [(p, n) for p in pos for n in neg]
+    return pairs
+
+
+def pair_batch(tree: Tree, pairs: list[tuple[Node, Node]], tokenizer, device=None):
+    """(ids, mask) (2P, T), right-padded: the positives' paths in rows 0..P-1, the negatives' in P..2P-1,
+    so `r = ppm(ids, mask); ppm_pair_loss(r[:P], r[P:])` is one training step's loss."""
+    nodes = [p for p, _ in pairs] + [n for _, n in pairs]
+    return batch_ids([ppm_input(tokenizer, tree.path(node)) for node in nodes], tokenizer.pad_id, device)
+
+
+# -- self-evolution data -----------------------------------------------------------------------------
+def best_traces(tree: Tree, n: int = 2) -> list[list[Node]]:
+    """Up to n root-to-answer paths for policy SFT (rStar-Math sec. 3.4 keeps the top 2 per problem): those
+    ending in a correct answer with every step run and valued, highest mean Q of their steps first."""
+    paths = [tree.path(node) for node in tree.nodes if node.terminal == "success"]
+    paths = [p for p in paths if all(s.value is not None and not step_failed(s.text) for s in p[1:])]
+    return sorted(paths, key=lambda p: -sum(s.value for s in p[1:]) / (len(p) - 1))[:n]

@@ -1,0 +1,356 @@
+"""rStar-Math: the step format, keep/reject by execution, PPM pairs and loss, the policy end to end."""
+
+import math
+
+import pytest
+import torch
+
+import nanoo1.rstar as rstar
+from conftest import SAMPLE_TEXTS, random_model
+from nanoo1.engine import Completion
+from nanoo1.mcts import MCTSConfig, Request, expand, mcts
+from nanoo1.model import Gemma2, Gemma2Config
+from nanoo1.rstar import (RSTAR_TOKENS, STEP_END, CodeStep, ProcessPreferenceModel, RStarConfig, RStarPolicy, best_traces,
+                          encode_trace, execute_steps, format_step, joined_program, pair_batch, parse_step, ppm_pair_loss,
+                          preference_pairs, rstar_prompt, solution_steps, step_failed, step_reward)
+from nanoo1.sandbox import run_many
+from nanoo1.search import SearchConfig, search
+from nanoo1.sft import lm_loss
+from nanoo1.tasks import Problem, Step, make_problems
+from nanoo1.thoughts import Tree
+from nanoo1.tokenizer import SPECIAL_TOKENS, train_tokenizer
+
+MIA = Problem("Mia has 7 apples. She buys 5 more. She gives 3 to Leo. How many apples does Mia have now?", "9",
+              [Step(7, "+", 5, 12), Step(12, "-", 3, 9)])
+STEP1 = "# Step 1: She buys 5 more.\nx1 = 7 + 5\n" + STEP_END
+STEP2 = "# Step 2: She gives 3 to Leo.\nx2 = x1 - 3\n" + STEP_END
+STEP3 = "# Step 3: How many apples does Mia have now?\nprint(x2)\n" + STEP_END
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models are bound by per-op overhead: one thread is faster, and a second one busy-waits badly on a
+    loaded 2-core machine (80 training steps below: 0.9 s on one thread, over a minute on two)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def code_tokenizer():
+    """A tiny BPE trained on code-format solutions, with the format's markers as single tokens."""
+    texts = [rstar_prompt(p.question, solution_steps(p)) for p in make_problems(300, seed=1)]
+    return train_tokenizer(texts, 400, special_tokens=SPECIAL_TOKENS)
+
+
+@pytest.fixture(scope="module")
+def mia_model(code_tokenizer):
+    """A tiny Gemma-2 trained from scratch until it writes MIA's solution greedily (about a second)."""
+    config = Gemma2Config.preset("tiny", vocab_size=len(code_tokenizer), num_hidden_layers=2)
+    model = Gemma2(config).init_weights(torch.Generator().manual_seed(0))
+    ids, mask = encode_trace(code_tokenizer, MIA.question, solution_steps(MIA))
+    ids, mask = torch.tensor([ids]), torch.tensor([mask])
+    opt = torch.optim.AdamW(model.parameters(), lr=2e-2)
+    for _ in range(80):
+        loss = lm_loss(model, ids, torch.ones_like(ids), mask)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert loss.item() < 0.05
+    return model.eval()
+
+
+# -- the format ----------------------------------------------------------------------------------------
+def test_solution_format_exactly():
+    assert MIA.code_steps() == [("Step 1: She buys 5 more.", "x1 = 7 + 5"), ("Step 2: She gives 3 to Leo.", "x2 = x1 - 3"),
+                                ("Step 3: How many apples does Mia have now?", "print(x2)")]
+    assert solution_steps(MIA) == [STEP1, STEP2, STEP3 + "\n<output>9</output>"]
+    assert rstar_prompt(MIA.question, solution_steps(MIA)) == MIA.question + "\n" + (
+        "# Step 1: She buys 5 more.\nx1 = 7 + 5\n<end_of_step>\n"
+        "# Step 2: She gives 3 to Leo.\nx2 = x1 - 3\n<end_of_step>\n"
+        "# Step 3: How many apples does Mia have now?\nprint(x2)\n<end_of_step>\n<output>9</output>\n")
+    # sentences that do not line up with the steps: the operation is named instead; exact division is //
+    odd = Problem("Ava has 12 cards and splits them into 4 piles.", "3", [Step(12, "/", 4, 3)])
+    assert odd.code_steps() == [("Step 1: divide by 4", "x1 = 12 // 4"), ("Step 2: print the answer", "print(x1)")]
+    assert Problem("What is 2 + 2?", "4").code_steps() == [] and solution_steps(Problem("What is 2 + 2?", "4")) == []
+
+
+def test_worked_solutions_print_their_answers():
+    problems = make_problems(8, seed=5)
+    programs = [joined_program([format_step(*step) for step in p.code_steps()[:-1]], p.code_steps()[-1][1]) for p in problems]
+    results = run_many(programs, timeout=5.0)
+    assert [r.stdout.strip() for r in results] == [p.answer for p in problems]
+    assert any(s.op == "/" for p in problems for s in p.steps)  # exact division is exercised
+
+
+def test_parse_step():
+    assert parse_step(STEP2) == ("Step 2: She gives 3 to Leo.", "x2 = x1 - 3")
+    assert parse_step(STEP3 + "\n<output>9</output>") == ("Step 3: How many apples does Mia have now?", "print(x2)")
+    assert parse_step("# Step 1: two lines\na = 1\nb = a + 1\n" + STEP_END) == ("Step 1: two lines", "a = 1\nb = a + 1")
+    assert parse_step("# Step 1: She buys 5 more.\nx1 = 7 + 5\n") is None  # no delimiter: cut off
+    assert parse_step("x1 = 7 + 5\n" + STEP_END) is None  # no comment line
+    assert parse_step("# Step 1: only words\n" + STEP_END) is None  # no code
+    assert parse_step("# Step 1: blank code\n   \n" + STEP_END) is None
+    with pytest.raises(ValueError, match="not a step that ran"):
+        joined_program(["# Step 1: cut off\nx1 = "], "print(x1)")
+
+
+def test_encode_trace_masks_exactly_what_the_model_writes(code_tokenizer):
+    steps = [STEP1, STEP2 + "\n<error>NameError: name 'x' is not defined</error>", STEP3 + "\n<output>9</output>"]
+    ids, mask = encode_trace(code_tokenizer, MIA.question, steps)
+    assert code_tokenizer.decode(ids) == "<bos>" + rstar_prompt(MIA.question, steps)
+    written = code_tokenizer.decode([i for i, m in zip(ids, mask) if m])
+    assert written == STEP1 + STEP2 + STEP3  # the question, observations and newlines are not the model's
+    assert ids.count(code_tokenizer.token_id(STEP_END)) == 3  # the markers are one token each in this tokenizer
+    open_ids, open_mask = encode_trace(code_tokenizer, MIA.question, steps, close=False)  # the PPM's input: no last newline
+    assert code_tokenizer.decode(open_ids).endswith("<output>9</output>") and (open_ids, open_mask) == (ids[:-1], mask[:-1])
+
+
+# -- keep or reject ------------------------------------------------------------------------------------
+def test_keep_and_reject_decisions_in_one_sandbox_batch(monkeypatch):
+    config = RStarConfig(error_threshold=2, max_depth=4, max_output_chars=40)
+    failed1 = "# Step 1: typo\nx1 = 7 + y\n" + STEP_END + "\n<error>NameError: name 'y' is not defined</error>"
+    cases = [  # (steps above, generated text)
+        ([], STEP1 + "\nignored"),                       # runs: kept; text after the delimiter dropped
+        ([STEP1], STEP2),                                # uses x1 from step 1: runs only in the joined program
+        ([STEP1], "# Step 2: oops\nx2 = x9 - 3\n" + STEP_END),       # NameError: shown, not kept
+        ([failed1], "# Step 2: again\nx2 = x1 - 3\n" + STEP_END),    # x1 never ran: second error in a row
+        ([failed1], STEP1),                              # the retry runs: the failed code is left out (= case 0)
+        ([STEP1], "# Step 2: answer\nprint(x1)\n" + STEP_END),       # final: prints 12
+        ([STEP1], "# Step 2: long\nprint(7 ** 70)\n" + STEP_END),    # final, output clipped in the text only
+        ([STEP1, STEP2, STEP1], "# Step 4: more\nx4 = x2 + 1\n" + STEP_END),  # depth 4 = max_depth, not final
+        ([STEP1, STEP2, STEP1], "# Step 4: done\nprint(x2)\n" + STEP_END),     # depth 4 but final: an answer
+        ([STEP1], "# Step 2: never ends\nx2 = x1 - 3\n"),            # no delimiter: invalid, never run
+        ([STEP1], "# Step 2: same as above\nx2 = x1 - 3\n" + STEP_END),  # same program as case 1: run once
+    ]
+    ran = []
+
+    def counting_run_many(programs, **limits):
+        ran.extend(programs)
+        return run_many(programs, **limits)
+
+    monkeypatch.setattr(rstar, "run_many", counting_run_many)
+    steps = execute_steps([c[0] for c in cases], [c[1] for c in cases], config)
+    assert [s.status for s in steps] == ["ok", "ok", "error", "errors", "ok", "answer", "answer", "depth", "answer",
+                                         "invalid", "ok"]
+    assert steps[0].text == STEP1 and steps[1].text == STEP2
+    assert steps[2].text.endswith("\n<error>NameError: name 'x9' is not defined</error>") and step_failed(steps[2].text)
+    assert steps[3].text.endswith("<error>NameError: name 'x1' is not defined</error>")
+    assert (steps[5].answer, steps[5].text) == ("12", "# Step 2: answer\nprint(x1)\n" + STEP_END + "\n<output>12</output>")
+    big = str(7 ** 70)  # 60 digits: the answer is whole, the observation is cut to 40 characters
+    assert steps[6].answer == big and steps[6].text.endswith(f"<output>{big[:40]}...</output>")
+    assert (steps[8].answer, steps[9].text) == ("9", cases[9][1])
+    # 11 cases - 1 invalid - 2 repeats (case 4's program is case 0's, case 10's is case 1's); joined from scratch
+    assert len(ran) == 8 and ran[1] == "x1 = 7 + 5\nx2 = x1 - 3\n"
+    assert joined_program([failed1, STEP1], "print(x1)") == "x1 = 7 + 5\nprint(x1)\n"
+    # rewards: +1 correct answer, -1 wrong answer or failed branch, None while the branch goes on
+    assert [step_reward(s, "12") for s in steps[:6]] == [None, None, None, -1.0, None, 1.0]
+    assert [step_reward(s, "9") for s in steps[7:10]] == [-1.0, 1.0, -1.0]
+    assert step_reward(CodeStep("x", "answer", None), "9") == -1.0  # a final step that printed nothing
+
+
+def test_error_threshold_one_rejects_at_once_and_a_timeout_is_an_error():
+    config = RStarConfig(error_threshold=1, timeout=0.5)
+    steps = execute_steps([[STEP1], [STEP1]], ["# Step 2: bad\nx2 = x1 / 0\n" + STEP_END,
+                                               "# Step 2: loop\nwhile True: pass\n" + STEP_END], config)
+    assert [s.status for s in steps] == ["errors", "errors"]
+    assert "ZeroDivisionError" in steps[0].text and "<error>Timeout: " in steps[1].text
+
+
+# -- the PPM -------------------------------------------------------------------------------------------
+def test_ppm_pair_loss_known_values():
+    # pairs (0.5, -0.5) and (0.0, 1.0): -log sigmoid(1) = log(1 + e^-1) = 0.3132617, -log sigmoid(-1) = 1.3132617
+    loss = ppm_pair_loss(torch.tensor([0.5, 0.0]), torch.tensor([-0.5, 1.0]))
+    assert loss.item() == pytest.approx((0.3132617 + 1.3132617) / 2, abs=1e-6)
+    assert ppm_pair_loss(torch.zeros(3), torch.zeros(3)).item() == pytest.approx(math.log(2))
+
+
+def test_ppm_head_shape_padding_and_gradients():
+    backbone = random_model(Gemma2Config.preset("tiny", num_hidden_layers=2), seed=3)
+    ppm = ProcessPreferenceModel(backbone)
+    assert ppm.head.weight.shape == (1, 64) and ppm.head.bias.shape == (1,)
+    ids = torch.tensor([[2, 11, 12, 13, 14], [2, 21, 22, 0, 0], [0, 0, 2, 31, 32]])  # full, right-, left-padded
+    mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0], [0, 0, 1, 1, 1]])
+    r = ppm(ids, mask)
+    assert r.shape == (3,) and torch.equal(r, torch.zeros(3))  # a zero head: no preference yet
+    loss = ppm_pair_loss(r[:1], r[1:2])
+    assert loss.item() == pytest.approx(math.log(2))
+    loss.backward()
+    assert ppm.head.weight.grad.abs().sum() > 0  # gradients reach the head ...
+    with torch.no_grad():
+        ppm.head.weight.normal_(0, 0.5, generator=torch.Generator().manual_seed(0))
+    ppm.zero_grad()
+    r = ppm(ids, mask)
+    assert r.abs().max() < 1 and r.abs().min() > 0  # tanh: inside (-1, 1)
+    ppm_pair_loss(r[:1], r[1:2]).backward()
+    assert backbone.model.layers[0].self_attn.q_proj.weight.grad.abs().sum() > 0  # ... and through it to the decoder
+    # the score is read at the last real token, whatever the padding
+    alone = [ppm(ids[i:i + 1, mask[i].bool()]).item() for i in range(3)]
+    assert r.tolist() == pytest.approx(alone, abs=1e-5)
+
+
+def _tree():
+    """root -> a..h with hand-set Q-values and terminals below (see test_preference_pairs)."""
+    tree = Tree(MIA.question)
+    root = tree.root
+
+    def add(parent, text, value, terminal=None):
+        return tree.add(parent, "<conclusion>" if terminal else "<expansion>", text, value=value, terminal=terminal)
+
+    a, b, c = add(root, "a", 0.5), add(root, "b", 0.9), add(root, "c", 0.1)
+    d, e, f = add(root, "d", -0.2), add(root, "e", -0.8, "failure"), add(root, "f", -0.5)
+    add(root, "g", None)  # never valued: skipped
+    add(root, "h", 0.0)  # nothing below it ended: neither side
+    add(a, "a1", 1.0, "success"), add(a, "a2", -1.0, "failure"), add(b, "b1", 1.0, "success")
+    add(c, "c1", 1.0, "success"), add(d, "d1", -1.0, "failure"), add(f, "f1", -1.0, "failure")
+    return tree
+
+
+def test_preference_pairs_on_a_hand_made_tree():
+    tree = _tree()
+    pairs = [(p.text, n.text) for p, n in preference_pairs(tree)]
+    # root: correct below a (0.5), b (0.9), c (0.1) -> best two b, a; only wrong below d (-0.2), e (-0.8), f (-0.5)
+    # -> worst two e, f; 2 x 2 pairs. Under a: a1 (success) against a2 (failure). b, c, d, f: one side only.
+    assert pairs == [("b", "e"), ("b", "f"), ("a", "e"), ("a", "f"), ("a1", "a2")]
+    assert len(preference_pairs(tree, per_side=1)) == 2  # (b, e) and (a1, a2)
+    a = tree.root.children[0]
+    tree.add(a.children[1], "<conclusion>", "a21", value=1.0, terminal="success")  # a correct answer below a2 now
+    assert [(p.text, n.text) for p, n in preference_pairs(tree)][-1:] == [("a", "f")]  # a2 is no negative any more
+
+
+def test_pair_batch_rows(code_tokenizer):
+    tree = Tree(MIA.question)
+    s1 = tree.add(tree.root, "<expansion>", STEP1, value=0.5)
+    good = tree.add(s1, "<conclusion>", STEP2, value=1.0, terminal="success")
+    bad = tree.add(s1, "<conclusion>", "# Step 2: x\nx2 = x1 + 3\n" + STEP_END, value=-1.0, terminal="failure")
+    pairs = preference_pairs(tree)
+    assert pairs == [(good, bad)]
+    ids, mask = pair_batch(tree, pairs, code_tokenizer)
+    assert ids.shape[0] == 2 and mask.shape == ids.shape
+    # each row ends on its path's last step's last token, where the PPM reads it
+    full = "<bos>" + rstar_prompt(MIA.question, [STEP1, STEP2])
+    assert code_tokenizer.decode(ids[0, mask[0].bool()].tolist()) == full.removesuffix("\n")
+    assert code_tokenizer.decode(ids[1, mask[1].bool()].tolist()).endswith("\nx2 = x1 + 3\n<end_of_step>")
+
+
+def test_ppm_learns_a_preference_from_pairs(code_tokenizer):
+    backbone = Gemma2(Gemma2Config.preset("tiny", vocab_size=len(code_tokenizer), num_hidden_layers=1))
+    ppm = ProcessPreferenceModel(backbone.init_weights(torch.Generator().manual_seed(0)))
+    tree = Tree(MIA.question)
+    s1 = tree.add(tree.root, "<expansion>", STEP1, value=0.0)
+    tree.add(s1, "<conclusion>", STEP2, value=1.0, terminal="success")
+    tree.add(s1, "<conclusion>", "# Step 2: x\nx2 = x1 + 3\n" + STEP_END, value=-1.0, terminal="failure")
+    ids, mask = pair_batch(tree, preference_pairs(tree), code_tokenizer)
+    opt = torch.optim.AdamW(ppm.parameters(), lr=1e-3)  # 1e-2 drives both scores into tanh's flat ends
+    for _ in range(20):
+        r = ppm(ids, mask)
+        loss = ppm_pair_loss(r[:1], r[1:])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    r = ppm(ids, mask)
+    # from log 2 = 0.693 toward the floor of scores in [-1, 1]: -log sigmoid(2) = 0.127
+    assert r[0] > 0 > r[1] and ppm_pair_loss(r[:1], r[1:]).item() < 0.3
+
+
+def test_best_traces_by_mean_q():
+    tree = _tree()
+    root = tree.root
+    broken = tree.add(root, "<expansion>", STEP1 + "\n<error>NameError: x</error>", value=1.0)
+    tree.add(broken, "<conclusion>", "z", value=1.0, terminal="success")  # mean Q 1.0, but a step did not run
+    # b -> b1: (0.9 + 1) / 2 = 0.95;  a -> a1: 0.75;  c -> c1: 0.55
+    assert [[n.text for n in p[1:]] for p in best_traces(tree)] == [["b", "b1"], ["a", "a1"]]
+    assert len(best_traces(tree, n=5)) == 3
+
+
+# -- the policy end to end -----------------------------------------------------------------------------
+def test_policy_on_a_random_model_generates_executes_and_judges(monkeypatch):
+    # a tokenizer without the markers: the policy stops on the delimiter as a string
+    plain = train_tokenizer(SAMPLE_TEXTS, 400, special_tokens=[t for t in SPECIAL_TOKENS if t not in RSTAR_TOKENS])
+    model = random_model(Gemma2Config.preset("tiny", num_hidden_layers=2), seed=1)
+    policy = RStarPolicy(model, plain, RStarConfig(max_step_tokens=24), seed=0)
+    assert policy.stop_strings == [STEP_END]
+    ran = []
+    monkeypatch.setattr(rstar, "run_many", lambda programs, **kw: ran.append(programs) or run_many(programs, **kw))
+    sampled = policy.sample_steps([MIA.question, MIA.question], [[], [STEP1]], [3, 3])
+    assert [len(s) for s in sampled] == [3, 3] and len(ran) == 1  # one sandbox batch for the whole round
+    for step, row in [pair for per_path in sampled for pair in per_path]:
+        assert (step.status == "invalid") == (parse_step(row.text) is None)
+        assert step.text.startswith(row.text.split(STEP_END)[0])
+    assert len(ran[0]) == sum(parse_step(row.text) is not None for s in sampled for _, row in s)
+
+
+def test_policy_judges_scripted_steps_and_fills_candidates(code_tokenizer, monkeypatch):
+    # generation scripted per prompt, so every verdict is known; execution is real
+    after1 = rstar_prompt(MIA.question, [STEP1])
+    script = {MIA.question + "\n": [STEP1, "# Step 1: typo\nx1 = 7 + y\n" + STEP_END, "# Step 1: rambling on and on"],
+              after1: [STEP2, "# Step 2: shortcut\nprint(x1)\n" + STEP_END, "# Step 2: nothing\nprint()\n" + STEP_END]}
+    calls, batches = [], []
+
+    def scripted_generate(model, prompts, max_new_tokens, temperature, *args, num_samples=1, tokenizer=None, **kwargs):
+        calls.append((len(prompts), num_samples, temperature))
+        rows = []
+        for p in prompts:
+            texts = script[tokenizer.decode(p).removeprefix("<bos>")]
+            rows += [Completion(list(p), [5, 6], texts[j], logprobs=[-0.5, -0.5], scaled_logprobs=[-0.4, -0.4],
+                                entropy=[1.0, 2.0], varentropy=[0.5, 0.5], forced=[False, False])
+                     for j in range(num_samples)]
+        return rows
+
+    monkeypatch.setattr(rstar, "generate", scripted_generate)
+    monkeypatch.setattr(rstar, "run_many", lambda programs, **kw: batches.append(programs) or run_many(programs, **kw))
+    policy = RStarPolicy(random_model(Gemma2Config.preset("tiny", num_hidden_layers=1)), code_tokenizer)
+    tree = Tree(MIA.question)
+    s1 = tree.add(tree.root, "<expansion>", STEP1)
+    requests = [Request(tree, tree.root, [None] * 3, [None] * 3), Request(tree, s1, [None] * 3, [None] * 3),
+                Request(tree, s1, [None], [None], temperature=0.0)]
+    root_c, s1_c, greedy_c = policy.propose(requests)
+    assert calls == [(2, 3, 1.0), (1, 1, 0.0)]  # one generate call per temperature, each prompt forked k ways
+    assert len(batches) == 2 and len(batches[0]) == 5  # per call one sandbox batch; the invalid step never runs
+    assert [(c.status, c.meta, c.terminal, c.answer) for c in root_c] == [
+        ("ok", "<expansion>", None, None), ("error", "<expansion>", None, None),
+        ("invalid", "<conclusion>", "failure", None)]
+    assert [(c.status, c.meta, c.terminal, c.answer) for c in s1_c] == [
+        ("ok", "<expansion>", None, None), ("answer", "<conclusion>", None, "12"),  # judged by search: 12 != 9
+        ("answer", "<conclusion>", "failure", None)]  # printed nothing: no answer
+    assert root_c[1].text.endswith("<error>NameError: name 'y' is not defined</error>")
+    assert s1_c[1].text == "# Step 2: shortcut\nprint(x1)\n" + STEP_END + "\n<output>12</output>"
+    assert [c.prompt for c in s1_c] == [after1] * 3 and greedy_c[0].text == STEP2
+    n_prompt = len(encode_trace(code_tokenizer, MIA.question, [STEP1])[0])
+    assert [c.prompt_tokens for c in s1_c] == [n_prompt, 0, 0]  # a forked prompt is prefilled once
+    c = root_c[0]  # policy statistics from the sampled tokens
+    assert (c.tokens, c.logprobs, c.entropy, c.varentropy) == ([5, 6], [-0.4, -0.4], 1.5, 0.5)
+    assert c.prior == pytest.approx(math.exp(-0.5))  # exp(mean log-prob under the model)
+    values, tokens = policy.evaluate([tree.path(s1)])
+    assert (values, tokens) == ([0.0], [0])  # no PPM yet: terminal rewards alone guide the search
+    (kids,), _ = expand(policy, requests[:1])  # search keeps the policy's verdict on the node
+    assert [(k.meta, k.terminal) for k in kids] == [("<expansion>", None), ("<expansion>", None), ("<conclusion>", "failure")]
+
+
+def test_trained_policy_keeps_its_steps_and_mcts_finds_the_answer(mia_model, code_tokenizer):
+    greedy = RStarConfig(temperature=0.0, max_step_tokens=40)
+    policy = RStarPolicy(mia_model, code_tokenizer, greedy, seed=0)
+    assert policy.stop_strings is None and code_tokenizer.token_id(STEP_END) in policy.stop_ids
+    sampled = policy.sample_steps([MIA.question] * 3, [[], [STEP1], [STEP1, STEP2]], [2, 2, 2])
+    got = [[(s.status, s.text, s.answer) for s, _ in per_path] for per_path in sampled]
+    answer = ("answer", STEP3 + "\n<output>9</output>", "9")
+    assert got == [[("ok", STEP1, None)] * 2, [("ok", STEP2, None)] * 2, [answer] * 2]
+    # through mcts.expand, with a PPM as the value (a zero head scores 0)
+    ppm_policy = RStarPolicy(mia_model, code_tokenizer, greedy, ProcessPreferenceModel(mia_model))
+    tree = Tree(MIA.question)
+    (children,), (spent,) = expand(ppm_policy, [Request(tree, tree.root, [None] * 2, [None] * 2)])
+    assert [(c.meta, c.text, c.value) for c in children] == [("<expansion>", STEP1, 0.0)] * 2
+    assert spent.value == 2 * len(encode_trace(code_tokenizer, MIA.question, [STEP1], close=False)[0])
+    # the PPM as beam search's scorer
+    (beam,) = search(policy, [MIA.question], SearchConfig(method="beam", n=2, expand=2), scorer=ppm_policy.score)
+    assert beam.answer == "9" and beam.tree.node(beam.path[-1]).text == STEP3 + "\n<output>9</output>"
+    # rStar's MCTS: UCT (c = 2), terminal rewards +1 / -1, no discount, the checker. Simulation 1 expands the
+    # root, 2 its first child, 3 its second (UCT tries every child once), 4 reaches step 3: two identical
+    # correct answers, and patient = 1 stops the search
+    config = MCTSConfig(selection="uct", c=2.0, num_candidates=2, max_children=2, simulations=8, patient=1, max_depth=16,
+                        discount=1.0, success_value=1.0, failure_value=-1.0)
+    (result,) = mcts(policy, [MIA.question], config, ["9"])
+    final = result.tree.node(result.path[-1])
+    assert (result.simulations, result.successes, result.answer, final.value) == (4, 2, "9", 1.0)
+    assert [n.text for n in result.tree.path(final)[1:]] == [STEP1, STEP2, STEP3 + "\n<output>9</output>"]
