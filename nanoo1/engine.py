@@ -114,63 +114,88 @@ LIVE, PAUSED, DONE = "live", "paused", "done"
 class _Batch:
     """Rows being generated. Cache row i <-> rows[i]; pending[i]: tokens chosen but not yet fed.
 
-    A row is live (sampling), paused (stopped on a pause token, cache kept for a later phase) or done.
-    Done rows are dropped from the cache once they are a quarter of the batch.
+    A row is live (sampling), paused (stopped on a pause token or at its limit, cache kept for a later
+    phase) or done. Done rows are dropped from the cache once they are a quarter of the batch.
     """
 
-    def __init__(self, cache, rows, stop_ids, stop_strings, pause_ids=None):
+    def __init__(self, cache, rows, stop_ids, stop_strings):
         self.cache, self.rows = cache, rows
         self.pending = [[] for _ in rows]
         self.state = [LIVE] * len(rows)
         self.stop_ids, self.stop_strings = stop_ids, stop_strings
-        self.pause_ids = pause_ids or [[] for _ in rows]
+        self.pause_ids = [[] for _ in rows]
+        self.limit = [None] * len(rows)  # a row stops once it holds this many new tokens (sampled and forced)
+        self.at_limit = DONE  # what a row at its limit becomes (PAUSED between budgeted phases)
+        self.on_stop = None  # on_stop(row, token) -> tokens to force and go on, or None to stop there
+        self.segment_limit = None  # with on_stop: after this many sampled tokens in a row, on_stop(row, None)
 
     def compact(self, force: bool = False):
         done = self.state.count(DONE)
         if done and (force or 4 * done >= len(self.rows)):
             keep = [i for i, s in enumerate(self.state) if s != DONE]
             self.cache.keep(keep)
-            for name in ("rows", "pending", "state", "stop_ids", "stop_strings", "pause_ids"):
+            for name in ("rows", "pending", "state", "stop_ids", "stop_strings", "pause_ids", "limit"):
                 setattr(self, name, [getattr(self, name)[i] for i in keep])
 
-    def record(self, i: int, token: int, stats=None, forced: bool = False):
+    def record(self, i: int, token: int, stats: tuple = (0.0, 0.0, 0.0, 0.0), forced: bool = False):
+        """Append a token to row i: stats = (log-prob, scaled log-prob, entropy, varentropy); 0 if forced."""
         row = self.rows[i]
         row.tokens.append(token)
         row.forced.append(forced)
-        for name, values in zip(("logprobs", "scaled_logprobs", "entropy", "varentropy"), stats or [None] * 4):
-            getattr(row, name).append(0.0 if values is None else values[i])
+        for name, value in zip(("logprobs", "scaled_logprobs", "entropy", "varentropy"), stats):
+            getattr(row, name).append(value)
         self.pending[i].append(token)
 
 
-def _decode(model, batch: _Batch, max_steps: int, temperature, top_k, top_p, generator, tokenizer, first_logits=None):
-    """Sample up to max_steps tokens for every live row; rows still live afterwards end with "length"."""
-    for step in range(max_steps):
-        if LIVE not in batch.state:
-            break
-        if step == 0 and first_logits is not None:
-            logits = first_logits  # the prefill already produced the first step's logits
-        else:
-            logits = feed(model, batch.cache, [p if s == LIVE else [] for p, s in zip(batch.pending, batch.state)])
-        for i, s in enumerate(batch.state):
-            if s == LIVE:
-                batch.pending[i] = []
-        tokens = sample_next(logits, temperature, top_k, top_p, generator)  # (B,)
-        stats = [t.tolist() for t in token_stats(logits, tokens, temperature)]
-        for i, tok in enumerate(tokens.tolist()):
-            if batch.state[i] != LIVE:
-                continue
-            batch.record(i, tok, stats)
-            row = batch.rows[i]
-            if tok in batch.pause_ids[i]:
-                batch.state[i] = PAUSED
-            elif tok in batch.stop_ids[i]:
-                batch.state[i], row.finish_reason = DONE, "stop_token"
-            elif batch.stop_strings[i] and _has_stop_string(tokenizer, row.tokens, batch.stop_strings[i]):
-                batch.state[i], row.finish_reason = DONE, "stop_string"
+def _decode(model, batch: _Batch, temperature, top_k, top_p, generator, tokenizer, first_logits=None):
+    """Sample for every live row until it stops, pauses or reaches its limit.
+
+    Each step feeds the live rows' pending tokens and samples for rows with nothing left to feed. Rows
+    usually have one pending token; forced tokens (on_stop) are fed one per step beside the other rows'
+    sampling, and several at once only when every live row has several (e.g. the suffixes), so one row's
+    forced header never makes the whole batch run a wide step.
+    """
+    logits = first_logits
+    while LIVE in batch.state:
+        live = [i for i, s in enumerate(batch.state) if s == LIVE]
+        if logits is None:
+            width = max(1, min(len(batch.pending[i]) for i in live))
+            chunks = [[] for _ in batch.rows]
+            for i in live:
+                chunks[i], batch.pending[i] = batch.pending[i][:width], batch.pending[i][width:]
+            logits = feed(model, batch.cache, chunks)
+        ready = [i for i in live if not batch.pending[i]]  # fed up to their last token: sample now
+        if ready:
+            tokens = sample_next(logits[ready], temperature, top_k, top_p, generator)  # (R,)
+            stats = list(zip(*(t.tolist() for t in token_stats(logits[ready], tokens, temperature))))
+            for i, tok, st in zip(ready, tokens.tolist(), stats):
+                batch.record(i, tok, st)
+                _after_sample(batch, i, tok, tokenizer)
+        logits = None
         batch.compact()
-    for row, s in zip(batch.rows, batch.state):
-        if s == LIVE:
-            row.finish_reason = "length"
+
+
+def _after_sample(batch: _Batch, i: int, tok: int, tokenizer) -> None:
+    row = batch.rows[i]
+    if tok in batch.pause_ids[i]:
+        batch.state[i] = PAUSED
+    elif tok in batch.stop_ids[i]:
+        forced = batch.on_stop(row, tok) if batch.on_stop is not None else None
+        for t in forced or []:
+            batch.record(i, t, forced=True)
+        if not forced:
+            batch.state[i], row.finish_reason = DONE, "stop_token"
+    elif batch.stop_strings[i] and _has_stop_string(tokenizer, row.tokens, batch.stop_strings[i]):
+        batch.state[i], row.finish_reason = DONE, "stop_string"
+    elif batch.segment_limit is not None and len(row.forced) >= batch.segment_limit and not any(row.forced[-batch.segment_limit:]):
+        forced = batch.on_stop(row, None)  # a segment ran to its limit without a stop token: cut it there
+        for t in forced or []:
+            batch.record(i, t, forced=True)
+        if not forced:
+            batch.state[i], row.finish_reason = DONE, "length"
+    if batch.state[i] == LIVE and batch.limit[i] is not None and len(row.tokens) >= batch.limit[i]:
+        batch.state[i] = batch.at_limit
+        row.finish_reason = "length"
 
 
 def _has_stop_string(tokenizer, tokens, stop_strings) -> bool:
@@ -219,7 +244,8 @@ def _generator(model, generator, seed):
 @torch.inference_mode()
 def generate(model, prompts: list[list[int]], max_new_tokens: int, temperature: float = 0.0, top_k: int | None = None,
              top_p: float | None = None, num_samples: int = 1, stop_token_ids=None, stop_strings=None, tokenizer=None,
-             generator: torch.Generator | None = None, seed: int = 0) -> list[Completion]:
+             generator: torch.Generator | None = None, seed: int = 0, suffixes: list[list[int]] | None = None,
+             on_stop=None, segment_limit: int | None = None) -> list[Completion]:
     """Generate up to max_new_tokens for each prompt (greedy at temperature 0), num_samples rows per prompt.
 
     prompts: token-id lists (any lengths). stop_token_ids / stop_strings: one list for every prompt, or a
@@ -227,11 +253,33 @@ def generate(model, prompts: list[list[int]], max_new_tokens: int, temperature: 
     the last token, and text is cut right after a stop string. Returns len(prompts) * num_samples
     Completions, the samples of prompt i at i*num_samples .. (i+1)*num_samples-1. Sampling draws from
     `generator`, or from a new one seeded with `seed`.
+
+    suffixes: one token list per row (len(prompts) * num_samples), fed after the fork, so rows that share
+    a prompt up to a point diverge before sampling (e.g. each candidate thought's own id in its header);
+    each row's `prompt` then ends with its suffix. on_stop(row, completion, token): called when row `row`
+    (its index in the returned list) samples a stop token; tokens it returns are appended (forced, log-prob
+    0) and the row goes on sampling, None or [] ends it; with segment_limit, it is also called with token
+    None when a row has sampled that many tokens since its last forced one (e.g. to cut a long thought).
+    max_new_tokens counts sampled and forced tokens.
     """
     generator = _generator(model, generator, seed)
-    batch, logits = _prefill(model, prompts, num_samples, max_new_tokens, stop_token_ids, stop_strings, tokenizer)
+    if suffixes is not None and (len(suffixes) != len(prompts) * num_samples or any(len(x) == 0 for x in suffixes)):
+        raise ValueError(f"suffixes: expected {len(prompts) * num_samples} non-empty token lists (one per row), got {len(suffixes)}")
+    extra = max(map(len, suffixes)) if suffixes is not None else 0
+    batch, logits = _prefill(model, prompts, num_samples, max_new_tokens + extra, stop_token_ids, stop_strings, tokenizer)
+    batch.limit = [max_new_tokens] * len(batch.rows)
+    if on_stop is not None:
+        index = {id(row): n for n, row in enumerate(batch.rows)}
+        batch.on_stop = lambda row, token: on_stop(index[id(row)], row, token)
+        batch.segment_limit = segment_limit
+    if suffixes is not None:
+        for i, suffix in enumerate(suffixes):
+            batch.pending[i] = list(suffix)
+            batch.rows[i].prompt += list(suffix)
+        logits = None  # the first step feeds each row's suffix
     rows, stops = list(batch.rows), list(batch.stop_strings)
-    _decode(model, batch, max_new_tokens, temperature, top_k, top_p, generator, tokenizer, first_logits=logits)
+    if max_new_tokens > 0:
+        _decode(model, batch, temperature, top_k, top_p, generator, tokenizer, first_logits=logits)
     _finish_text(rows, tokenizer, stops)
     return rows
 
@@ -251,14 +299,18 @@ def generate_budgeted(model, prompts: list[list[int]], think_budget: int, soluti
     batch, logits = _prefill(model, prompts, num_samples, think_budget + solution_budget + 1, stop_token_ids, None, tokenizer)
     rows = list(batch.rows)
     batch.pause_ids = [[think_end_id] for _ in batch.rows]
-    _decode(model, batch, think_budget, temperature, top_k, top_p, generator, tokenizer, first_logits=logits)
-    for i, s in enumerate(batch.state):
-        if s == LIVE:  # out of thinking budget: force the delimiter behind the last thought token
+    batch.limit, batch.at_limit = [think_budget] * len(batch.rows), PAUSED
+    if think_budget > 0:
+        _decode(model, batch, temperature, top_k, top_p, generator, tokenizer, first_logits=logits)
+    for i, row in enumerate(batch.rows):
+        if batch.state[i] == DONE:
+            continue
+        if not row.tokens or row.tokens[-1] != think_end_id:  # out of thinking budget: force the delimiter
             batch.record(i, think_end_id, forced=True)
-        if s != DONE:
-            batch.state[i] = LIVE
-            batch.rows[i].finish_reason = "length"
+        batch.state[i], row.finish_reason = LIVE, "length"
+        batch.limit[i] = len(row.tokens) + solution_budget  # the answer phase samples up to solution_budget
     batch.pause_ids = [[] for _ in batch.rows]
-    _decode(model, batch, solution_budget, temperature, top_k, top_p, generator, tokenizer)
+    batch.at_limit = DONE
+    _decode(model, batch, temperature, top_k, top_p, generator, tokenizer)
     _finish_text(rows, tokenizer, [[] for _ in rows])
     return rows

@@ -38,14 +38,19 @@ class Request:
     metas: list[str | None]  # per candidate: the meta tag ending the prompt; None: the model writes it
     hints: list[str | None]  # per candidate: the <hint> text, None for no hint line
     temperature: float | None = None  # None: the policy's own; 0: greedy
+    first_id: int | None = None  # the id candidate 0 will get (expand sets it); None: the tree's next id
 
     @property
     def k(self) -> int:
         return len(self.metas)
 
+    def child_id(self, j: int) -> int:
+        return (self.tree.next_id if self.first_id is None else self.first_id) + j
+
     def prompt(self, j: int) -> str:
-        # every candidate's header carries the first new id: one shared prompt is prefilled once and forked
-        return policy_prompt(self.tree.path(self.node), len(self.tree.nodes), self.metas[j], self.hints[j])
+        """Candidate j's prompt: its header carries the id it will have in the tree. The candidates share
+        everything up to their headers, which a policy prefills once (engine.generate's suffixes)."""
+        return policy_prompt(self.tree.path(self.node), self.child_id(j), self.metas[j], self.hints[j])
 
 
 @dataclass
@@ -62,6 +67,7 @@ class Candidate:
     prompt: str = ""  # the text it was sampled after
     prompt_tokens: int = 0  # prompt tokens prefilled for it (0 for a fork of a prompt already counted)
     terminal: str | None = None  # set by a policy that knows the thought ends its branch (rStar: a failed step)
+    node_id: int | None = None  # rollouts: the id its header named (chains are added to the tree in id order)
 
 
 @dataclass
@@ -87,11 +93,18 @@ def expand(policy, requests: list[Request]) -> tuple[list[list[Node]], list[Spen
     """
     if not requests:
         return [], []
+    next_id = {}  # per tree: the ids are handed out in request order, as the children are added below
+    for r in requests:
+        r.first_id = next_id.get(id(r.tree), r.tree.next_id)
+        next_id[id(r.tree)] = r.first_id + r.k
     children, spent = [], []
     for r, candidates in zip(requests, policy.propose(requests)):
-        children.append([r.tree.add(r.node, c.meta, c.text, prior=c.prior, entropy=c.entropy, varentropy=c.varentropy,
-                                    tokens=list(c.tokens), logprobs=list(c.logprobs), prompt=c.prompt, terminal=c.terminal)
-                         for c in candidates])
+        kids = [r.tree.add(r.node, c.meta, c.text, prior=c.prior, entropy=c.entropy, varentropy=c.varentropy,
+                           tokens=list(c.tokens), logprobs=list(c.logprobs), prompt=c.prompt, terminal=c.terminal)
+                for c in candidates]
+        if [k.id for k in kids] != [r.child_id(j) for j in range(r.k)]:
+            raise RuntimeError(f"children got ids {[k.id for k in kids]}, their prompts named {[r.child_id(j) for j in range(r.k)]}")
+        children.append(kids)
         spent.append(Spent(generated=sum(len(c.tokens) for c in candidates), prompt=sum(c.prompt_tokens for c in candidates)))
     flat = [(i, child) for i, kids in enumerate(children) for child in kids]
     values, tokens = policy.evaluate([requests[i].tree.path(child) for i, child in flat])

@@ -30,7 +30,7 @@ def _chunk_logprobs(model, hidden, targets, temperature: float, with_entropy: bo
 
 
 def completion_logprobs(model, input_ids, attention_mask, completion_mask, temperature: float = 1.0,
-                        chunk_size: int = 512, return_entropy: bool = False):
+                        chunk_size: int = 512, return_entropy: bool = False, hidden=None):
     """Per-token log-probs of the completion tokens under `model`, sampled at `temperature`.
 
     logp[b, t] = log softmax(logits[b, t-1] / temperature)[input_ids[b, t]]  where completion_mask[b, t] = 1,
@@ -39,6 +39,8 @@ def completion_logprobs(model, input_ids, attention_mask, completion_mask, tempe
     The lm head and log-softmax run on `chunk_size` positions at a time, and under autograd each chunk is
     recomputed in backward (activation checkpointing), so no full (B, T, V) tensor is ever kept.
     Returns logp (B, T), or (logp, entropy) with entropy[b, t] = H(softmax(logits[b, t-1] / temperature)).
+    `hidden` (B, T, C): the decoder's output for these ids, when the caller already has it (one forward
+    can then serve the policy and the rating-token value).
     """
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
@@ -47,7 +49,8 @@ def completion_logprobs(model, input_ids, attention_mask, completion_mask, tempe
         raise ValueError("completion_mask[:, 0] is set, but the first token has no logits before it to score "
                          "it; the mask must cover generated tokens only")
     B, T = input_ids.shape
-    hidden = model.hidden_states(input_ids, attention_mask)  # (B, T, C)
+    if hidden is None:
+        hidden = model.hidden_states(input_ids, attention_mask)  # (B, T, C)
     scored = mask.any(dim=0).nonzero()
     start = int(scored[0]) - 1 if len(scored) else T - 1  # skip the lm head over prompt-only columns
     zeros = torch.zeros(B, start + 1, device=hidden.device)
@@ -151,17 +154,23 @@ def _clipped_surrogate(logp, old_logp, advantages, eps_low: float, eps_high: flo
     return per_token, is_clipped, approx_kl.detach()
 
 
-def ppo_policy_loss(logp, old_logp, advantages, mask, clip_eps: float = 0.2):
+def ppo_policy_loss(logp, old_logp, advantages, mask, clip_eps: float = 0.2, weights=None):
     """PPO clipped surrogate (Schulman et al. 2017, eq. 7), averaged over the masked tokens.
 
     L = mean_t -min(r_t A_t, clip(r_t, 1 - eps, 1 + eps) A_t),  r_t = exp(logp_t - old_logp_t).
-    `old_logp` comes from the policy that collected the batch (never the live model).
+    `old_logp` comes from the policy that collected the batch (never the live model). `weights` (B,),
+    e.g. prioritized replay's importance weights, scale each row's tokens (not the batch mean, as
+    LLaMA-O1 does).
     Returns (loss, stats) with stats clip_frac (share of tokens whose gradient the clip removes) and
     approx_kl = mean((r - 1) - log r) (CleanRL), both detached.
     """
     mask = mask.bool()
     per_token, is_clipped, approx_kl = _clipped_surrogate(logp, old_logp, advantages, clip_eps, clip_eps)
     stats = {"clip_frac": _masked_mean(is_clipped.float(), mask), "approx_kl": _masked_mean(approx_kl, mask)}
+    if weights is not None:
+        per_token = per_token * weights[:, None]  # (B, T)
+    # each row's own mean loss (detached): prioritized replay's new priorities
+    stats["row_loss"] = (torch.where(mask, per_token, 0.0).sum(-1) / mask.sum(-1).clamp(min=1)).detach()
     return _masked_mean(per_token, mask), stats
 
 
@@ -278,30 +287,34 @@ def _apply_gradients(optimizer, max_grad_norm: float, stats: dict) -> dict:
 
 
 def ppo_step(model, optimizer, batch: dict, config: PPOConfig,
-             value_loss_fn: Callable[[torch.nn.Module, dict], torch.Tensor] | None = None) -> dict:
+             value_loss_fn: Callable[[torch.nn.Module, dict, torch.Tensor], torch.Tensor] | None = None) -> dict:
     """One PPO update: policy loss (+ vf_coef * value loss), accumulated over micro-batches, clipped, stepped.
 
     batch: input_ids, attention_mask, completion_mask (B, T); old_logp (B, T) stored at collection time;
-    advantages (B, T) or (B,), e.g. from `gae`. Extra tensors with B rows are sliced along with them and
-    handed to `value_loss_fn(model, micro_batch)`, which returns the mean value loss over the micro-batch
-    rows: for nanoo1 the rating-token value loss, read from the policy's own logits. The accumulated
+    advantages (B, T) or (B,), e.g. from `gae`; optionally weights (B,), per-row importance weights.
+    Extra tensors with B rows are sliced along with them and handed to `value_loss_fn(model, micro_batch,
+    hidden)` with the decoder's output of that forward pass (so the value costs no second forward), which
+    returns the mean value loss over the micro-batch rows: for nanoo1 the rating-token value loss. The accumulated
     gradient equals that of the whole batch (token mean for the policy, row mean for the value), whatever
     micro_batch_size is. Returns floats: loss, policy_loss, value_loss, clip_frac, approx_kl (measured
-    before the update), grad_norm (before clipping), skipped.
+    before the update), grad_norm (before clipping), skipped; and row_loss, each row's mean policy loss.
     """
     _require(batch, ("input_ids", "attention_mask", "completion_mask", "old_logp", "advantages"), "ppo_step")
     B = batch["input_ids"].shape[0]
     n_tokens = batch["completion_mask"].sum().clamp(min=1)
     stats = dict.fromkeys(("loss", "policy_loss", "value_loss", "clip_frac", "approx_kl"), 0.0)
+    row_loss = []
     optimizer.zero_grad(set_to_none=True)
     for mb in _micro_batches(batch, config.micro_batch_size):
+        hidden = model.hidden_states(mb["input_ids"], mb["attention_mask"])  # (b, T, C)
         logp = completion_logprobs(model, mb["input_ids"], mb["attention_mask"], mb["completion_mask"],
-                                   config.temperature, config.chunk_size)  # (b, T)
-        pl, st = ppo_policy_loss(logp, mb["old_logp"], mb["advantages"], mb["completion_mask"], config.clip_eps)
+                                   config.temperature, config.chunk_size, hidden=hidden)  # (b, T)
+        pl, st = ppo_policy_loss(logp, mb["old_logp"], mb["advantages"], mb["completion_mask"], config.clip_eps,
+                                 mb.get("weights"))
         w = mb["completion_mask"].sum() / n_tokens  # this micro-batch's share of the batch's tokens
         loss = pl * w
         if value_loss_fn is not None:
-            vl = value_loss_fn(model, mb) * (mb["input_ids"].shape[0] / B)
+            vl = value_loss_fn(model, mb, hidden) * (mb["input_ids"].shape[0] / B)
             loss = loss + config.vf_coef * vl
             stats["value_loss"] += vl.detach()
         loss.backward()
@@ -309,7 +322,8 @@ def ppo_step(model, optimizer, batch: dict, config: PPOConfig,
         stats["policy_loss"] += pl.detach() * w
         stats["clip_frac"] += st["clip_frac"] * w
         stats["approx_kl"] += st["approx_kl"] * w
-    return _apply_gradients(optimizer, config.max_grad_norm, stats)
+        row_loss += st["row_loss"].tolist()
+    return {**_apply_gradients(optimizer, config.max_grad_norm, stats), "row_loss": row_loss}
 
 
 def grpo_step(model, optimizer, batch: dict, config: GRPOConfig) -> dict:

@@ -106,6 +106,11 @@ def encode_trace(tokenizer, question: str, steps: list[str], close: bool = True)
     return ids, mask
 
 
+def code_example(problem, tokenizer, rng=None) -> tuple[list[int], list[int]]:
+    """A tasks.Problem's worked solution as an SFT example (ids, mask) of the code format."""
+    return encode_trace(tokenizer, problem.question, solution_steps(problem))
+
+
 def parse_step(generated: str) -> tuple[str, str] | None:
     """(comment, code) of a step, or None if it is not one: a `#` comment line, at least one line of code,
     then STEP_END. Whatever follows the delimiter (an observation) is ignored."""

@@ -34,7 +34,7 @@ import torch
 from nanoo1.engine import feed, generate
 from nanoo1.mcts import LOG_HALF, Candidate, MCTSConfig, Request, SearchResult, Spent, answer_of, expand, judge, mcts
 from nanoo1.rewards import check, normalize_answer
-from nanoo1.thoughts import Node, Tree, parse_thought, render_path, value_sequences
+from nanoo1.thoughts import Node, Tree, header, parse_thought, render_path, value_sequences
 
 METHODS = ("greedy", "best_of_n", "beam", "mcts")
 VOTES = ("majority", "weighted", "best_value")
@@ -68,25 +68,86 @@ class LMPolicy:
         return out
 
     def _sample(self, requests: list[Request], out: list[list], temperature: float) -> None:
-        groups = []  # (request, candidate indices, prompt): candidates with the same (meta, hint) share a prompt
+        """One generate call: each request's path prefilled once, forked k ways, every fork fed its own
+        suffix (hint line, header with its own id, meta tag) before sampling."""
+        k = requests[0].k
+        if any(r.k != k for r in requests):  # num_samples is one number: unequal requests are not forked
+            prefixes = [(i, j) for i, r in enumerate(requests) for j in range(r.k)]
+            k = 1
+        else:
+            prefixes = [(i, None) for i in range(len(requests))]
+        heads = [render_path(requests[i].tree.path(requests[i].node)) + "\n" for i, _ in prefixes]
+        prompts = [self.tokenizer.encode(h) for h in heads]
+        rows_of = [(i, j) for i, j0 in prefixes for j in ([j0] if j0 is not None else range(k))]
+        tails = [requests[i].prompt(j)[len(heads[n // k]):] for n, (i, j) in enumerate(rows_of)]
+        suffixes = [self.tokenizer.encode(t, add_bos=False) for t in tails]
+        rows = generate(self.model, prompts, self.max_thought_tokens, temperature, self.top_k, self.top_p, num_samples=k,
+                        stop_token_ids=[self.end_of_thought], tokenizer=self.tokenizer, generator=self.generator,
+                        suffixes=suffixes)
+        for n, ((i, j), c) in enumerate(zip(rows_of, rows)):
+            meta, body = parse_thought(c.text, requests[i].metas[j])
+            out[i][j] = Candidate(meta, body, c.tokens, logprobs=c.scaled_logprobs, prior=math.exp(c.mean_logprob),
+                                  entropy=sum(c.entropy) / len(c.entropy), varentropy=sum(c.varentropy) / len(c.varentropy),
+                                  prompt=heads[n // k] + tails[n],
+                                  prompt_tokens=(len(prompts[n // k]) if n % k == 0 else 0) + len(suffixes[n]))
+
+    def rollout(self, requests: list[Request], max_depth: int) -> list[list[list[Candidate]]]:
+        """For each request, k chains of thoughts from its node to a <conclusion> (or max_depth), all in ONE
+        cached generation: when a thought ends, the rest of its line (rated positive, as after training)
+        and the next thought's header are forced, and sampling goes on; nothing is prefilled twice.
+
+        Returns per request k chains, each a list of Candidates whose `node_id` is the id its header named;
+        ids follow one counter per tree, so adding every candidate of a tree in id order reproduces them.
+        The model writes each thought's meta tag (the requests' metas and hints are not used).
+        """
+        k = requests[0].k
+        if any(r.k != k for r in requests):
+            raise ValueError("rollout: every request must ask for the same number of chains")
+        next_id, rows = {}, []  # rows: per generated row, [request index, depth, ids of its thoughts]
         for i, r in enumerate(requests):
-            shared = {}
-            for j in range(r.k):
-                shared.setdefault((r.metas[j], r.hints[j]), []).append(j)
-            groups += [(i, js, r.prompt(js[0])) for js in shared.values()]
-        n = len(groups[0][1])
-        if any(len(js) != n for _, js, _ in groups):  # num_samples is one number: unequal groups are not forked
-            groups, n = [(i, [j], text) for i, js, text in groups for j in js], 1
-        prompts = [self.tokenizer.encode(text) for _, _, text in groups]
-        rows = generate(self.model, prompts, self.max_thought_tokens, temperature, self.top_k, self.top_p, num_samples=n,
-                        stop_token_ids=[self.end_of_thought], tokenizer=self.tokenizer, generator=self.generator)
-        for g, (i, js, text) in enumerate(groups):
-            for s, j in enumerate(js):
-                c = rows[g * n + s]
-                meta, body = parse_thought(c.text, requests[i].metas[j])
-                out[i][j] = Candidate(meta, body, c.tokens, logprobs=c.scaled_logprobs, prior=math.exp(c.mean_logprob),
-                                      entropy=sum(c.entropy) / len(c.entropy), varentropy=sum(c.varentropy) / len(c.varentropy),
-                                      prompt=text, prompt_tokens=len(c.prompt) if s == 0 else 0)
+            first = next_id.get(id(r.tree), r.tree.next_id)
+            next_id[id(r.tree)] = first + k
+            rows += [[i, r.node.depth + 1, [first + j]] for j in range(k)]
+        conclusion = self.tokenizer.token_id("<conclusion>")
+
+        def on_stop(n, completion, token):  # a thought ended (token None: cut at max_thought_tokens)
+            i, depth, ids = rows[n]
+            opened = max((j for j, f in enumerate(completion.forced) if f), default=-1) + 1  # its first token
+            if completion.tokens[opened] == conclusion or depth >= max_depth:
+                return None
+            tree = requests[i].tree
+            new = next_id[id(tree)]
+            next_id[id(tree)] += 1
+            rows[n][1:] = [depth + 1, ids + [new]]
+            close = "<end_of_thought>" if token is None else ""  # a cut thought is closed as the renderer would
+            return self.tokenizer.encode(f"{close}<start_of_rating><positive_rating><end_of_rating>\n{header(ids[-1], new)}"
+                                         "<start_of_thought>", add_bos=False)
+
+        heads = [render_path(r.tree.path(r.node)) + "\n" for r in requests]
+        prompts = [self.tokenizer.encode(h) for h in heads]
+        suffixes = [self.tokenizer.encode(header(requests[i].node.id, ids[0]) + "<start_of_thought>", add_bos=False)
+                    for i, _, ids in rows]
+        temperature = requests[0].temperature if requests[0].temperature is not None else self.temperature
+        budget = (max_depth - min(r.node.depth for r in requests)) * (self.max_thought_tokens + 24)
+        out = generate(self.model, prompts, budget, temperature, self.top_k, self.top_p, num_samples=k,
+                       stop_token_ids=[self.end_of_thought], tokenizer=self.tokenizer, generator=self.generator,
+                       suffixes=suffixes, on_stop=on_stop, segment_limit=self.max_thought_tokens)
+        chains = [[] for _ in requests]
+        for n, ((i, _, ids), c) in enumerate(zip(rows, out)):
+            chain, start = [], 0
+            for t, forced in enumerate(c.forced + [True]):  # each run of sampled tokens is one thought
+                if forced and t > start:
+                    meta, body = parse_thought(self.tokenizer.decode(c.tokens[start:t]))
+                    part = slice(start, t)
+                    chain.append(Candidate(meta, body, c.tokens[part], logprobs=c.scaled_logprobs[part],
+                                           prior=math.exp(sum(c.logprobs[part]) / (t - start)),
+                                           entropy=sum(c.entropy[part]) / (t - start), varentropy=sum(c.varentropy[part]) / (t - start),
+                                           prompt_tokens=(len(prompts[i]) if n % k == 0 else 0) + len(suffixes[n]) if not chain else 0,
+                                           node_id=ids[len(chain)]))
+                if forced:
+                    start = t + 1
+            chains[i].append(chain)
+        return chains
 
     @torch.no_grad()
     def evaluate(self, paths: list[list[Node]]) -> tuple[list[float], list[int]]:
@@ -177,9 +238,17 @@ def _grow(policy, spent, requests, config) -> list[list[Node]]:
     return children
 
 
-def sample_chains(policy, questions: list[str], n: int, config: SearchConfig, temperature: float | None):
-    """n chains per question, each followed to a terminal thought; returns (trees, chain ends, spent)."""
+def sample_chains(policy, questions: list[str], n: int, config: SearchConfig, temperature: float | None,
+                  rate: bool = True):
+    """n chains per question, each followed to a terminal thought; returns (trees, chain ends, spent).
+
+    A policy with `rollout` writes whole chains in one cached generation, and rates the chain ends only
+    when `rate` (a vote that reads values); otherwise chains grow one thought per round (one propose and
+    one evaluate call per round) and every thought is rated.
+    """
     trees, spent = [Tree(q) for q in questions], [Spent() for _ in questions]
+    if hasattr(policy, "rollout"):
+        return _rollout_chains(policy, trees, spent, n, config, temperature, rate)
     live = [(i, _request(t, t.root, n, temperature)) for i, t in enumerate(trees)]  # the first thought forked n ways
     ends = [[] for _ in questions]
     while live:
@@ -195,18 +264,51 @@ def sample_chains(policy, questions: list[str], n: int, config: SearchConfig, te
     return trees, ends, spent
 
 
+def _rollout_chains(policy, trees, spent, n, config, temperature, rate):
+    requests = [_request(t, t.root, n, temperature) for t in trees]
+    ends = [[] for _ in trees]
+    for i, (request, chains) in enumerate(zip(requests, policy.rollout(requests, config.max_depth))):
+        placed = {}  # node_id -> (parent node id or None, candidate)
+        for chain in chains:
+            for j, c in enumerate(chain):
+                placed[c.node_id] = (chain[j - 1].node_id if j else None, c)
+        nodes = {}
+        for node_id in sorted(placed):  # ids were handed out in this order, so tree.add gives the same ids
+            parent_id, c = placed[node_id]
+            node = trees[i].add(nodes[parent_id] if parent_id is not None else request.node, c.meta, c.text, prior=c.prior,
+                                entropy=c.entropy, varentropy=c.varentropy, tokens=list(c.tokens), logprobs=list(c.logprobs))
+            if node.id != node_id:
+                raise RuntimeError(f"rollout thought named id {node_id} in its header but became node {node.id}")
+            nodes[node_id] = node
+            spent[i].generated += len(c.tokens)
+            spent[i].prompt += c.prompt_tokens
+        ends[i] = [nodes[chain[-1].node_id] for chain in chains if chain]
+    flat = [(i, e) for i, es in enumerate(ends) for e in es]
+    if not rate:  # unrated: a conclusion stays unjudged (its answer still counts), a chain cut short fails
+        for _, e in flat:
+            e.terminal = None if e.meta == "<conclusion>" else "failure"
+        return trees, ends, spent
+    values, tokens = policy.evaluate([trees[i].path(e) for i, e in flat])
+    for (i, e), value, t in zip(flat, values, tokens):
+        e.value, spent[i].value = float(value), spent[i].value + t
+        e.rating = "positive" if e.value >= LOG_HALF else "negative"
+        e.terminal = judge(e, None, config.max_depth, config.success_threshold) or "failure"  # a chain cut short fails
+    return trees, ends, spent
+
+
 def _result(method, tree, node, spent) -> SearchResult:
     return SearchResult(method, None if node is None else answer_of(node), tree,
                         [n.id for n in tree.path(node or tree.root)], spent)
 
 
 def greedy(policy, questions: list[str], config: SearchConfig) -> list[SearchResult]:
-    trees, ends, spent = sample_chains(policy, questions, 1, config, temperature=0.0)
-    return [_result("greedy", t, e[0], s) for t, e, s in zip(trees, ends, spent)]
+    trees, ends, spent = sample_chains(policy, questions, 1, config, temperature=0.0, rate=False)
+    return [_result("greedy", t, e[0] if e else None, s) for t, e, s in zip(trees, ends, spent)]
 
 
 def best_of_n(policy, questions: list[str], config: SearchConfig) -> list[SearchResult]:
-    trees, ends, spent = sample_chains(policy, questions, config.n, config, config.temperature)
+    trees, ends, spent = sample_chains(policy, questions, config.n, config, config.temperature,
+                                       rate=config.vote != "majority")
     results = []
     for tree, chain_ends, cost in zip(trees, ends, spent):
         answers, values = [answer_of(e) for e in chain_ends], [e.value for e in chain_ends]

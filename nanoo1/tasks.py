@@ -10,7 +10,7 @@ Each sentence after the first is one step (add, subtract, multiply, divide exact
 answers. A Problem keeps its steps, so its solution can be rendered in any format: the LongCoT thought
 format (`solution_tree`), rStar's code format, or Elastic Reasoning's <think> format.
 
-    python -m nanoo1.tasks --out data           # regenerate data/tiny/{train,test}.jsonl and data/tokenizer.json
+    python -m nanoo1.tasks                      # regenerate data/tiny/{train,test}.jsonl and data/tiny/tokenizer.json
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ SENTENCES = {
     "*": ["Then {he} has {b} times as many."],
     "/": ["{He} splits them into {b} equal piles and keeps one pile."],
 }
-DATA_DIR = Path(__file__).resolve().parent.parent / "data"  # the repository's data/ (editable install)
+TINY_DIR = Path(__file__).resolve().parent.parent / "data" / "tiny"  # the repository's data/tiny (editable install)
 
 
 @dataclass
@@ -59,20 +59,41 @@ class Problem:
         return [s.equation() for s in self.steps]
 
     def code_steps(self) -> list[tuple[str, str]]:
-        """(comment, code) per step for rStar's code-augmented format; the last step prints the answer."""
-        out = [(f"Step {i + 1}: {s.equation()}", f"x{i + 1} = {'x' + str(i) if i else s.x} {s.op if s.op != '/' else '//'} {s.b}")
-               for i, s in enumerate(self.steps)]
-        out.append(("The answer", f"print(x{len(self.steps)})"))
+        """(comment, code) per step for rStar's code-augmented format (rstar.py renders them).
+
+            ("Step 1: She buys 5 more.", "x1 = 7 + 5"), ("Step 2: She gives 3 to Leo.", "x2 = x1 - 3"),
+            ("Step 3: How many apples does Mia have now?", "print(x2)")
+
+        The comment is the question's sentence for that step, so the result is never in it and Python does
+        the arithmetic (division is exact, `//`); the last step prints the answer. A question whose sentences
+        do not line up with the steps gets "add 5", "divide by 2", ... instead. No steps: [].
+        """
+        if not self.steps:
+            return []
+        sentences = self.question.strip().replace(". ", ".\n").replace("? ", "?\n").split("\n")
+        if len(sentences) != len(self.steps) + 2:  # the opening sentence, one per step, the question
+            words = {"+": "add", "-": "subtract", "*": "multiply by", "/": "divide by"}
+            sentences = [""] + [f"{words[s.op]} {s.b}" for s in self.steps] + ["print the answer"]
+        out = []
+        for i, s in enumerate(self.steps):
+            x = f"x{i}" if i else str(s.x)
+            out.append((f"Step {i + 1}: {sentences[i + 1]}", f"x{i + 1} = {x} {'//' if s.op == '/' else s.op} {s.b}"))
+        out.append((f"Step {len(self.steps) + 1}: {sentences[-1]}", f"print(x{len(self.steps)})"))
         return out
 
     def think_solution(self) -> str:
-        """Elastic Reasoning's format: the work inside <think>, then the answer."""
+        """Elastic Reasoning's format after `think_prompt`: the work inside <think>, then the answer."""
         return "<think>" + "\n".join(self.thought_steps()) + "</think>The answer is \\boxed{" + self.answer + "}"
 
     def to_json(self) -> dict:
         work = "\n".join(self.thought_steps())
         return {"question": self.question, "answer": (work + "\n" if work else "") + f"#### {self.answer}",
                 "steps": [[s.x, s.op, s.b, s.y] for s in self.steps]}
+
+
+def think_prompt(question: str) -> str:
+    """The prompt of the <think> format: the question on its own line."""
+    return question + "\n"
 
 
 def solution_tree(problem: Problem) -> Tree:
@@ -85,16 +106,16 @@ def solution_tree(problem: Problem) -> Tree:
     return tree
 
 
-def _step(rng: random.Random, x: int, max_value: int) -> Step | None:
+def _step(rng: random.Random, x: int, max_value: int, max_operand: int, max_factor: int) -> Step | None:
     op = rng.choice("+-*/")
     if op == "+" and x < max_value - 2:
-        b = rng.randint(2, min(20, max_value - x))
+        b = rng.randint(2, min(max_operand, max_value - x))
     elif op == "-" and x > 3:
-        b = rng.randint(1, min(20, x - 2))
+        b = rng.randint(1, min(max_operand, x - 2))
     elif op == "*" and 2 * x <= max_value:
-        b = rng.randint(2, min(5, max_value // x))
+        b = rng.randint(2, min(max_factor, max_value // x))
     elif op == "/":
-        divisors = [d for d in range(2, 6) if x % d == 0 and x // d >= 2]
+        divisors = [d for d in range(2, max_factor + 1) if x % d == 0 and x // d >= 2]
         if not divisors:
             return None
         b = rng.choice(divisors)
@@ -103,14 +124,15 @@ def _step(rng: random.Random, x: int, max_value: int) -> Step | None:
     return Step(x, op, b, OPS[op](x, b))
 
 
-def make_problem(rng: random.Random, n_steps: int, max_value: int = 99) -> Problem:
+def make_problem(rng: random.Random, n_steps: int, max_value: int = 50, max_operand: int = 10, max_factor: int = 3,
+                 max_start: int = 20) -> Problem:
     name, he, him = rng.choice(NAMES)
     other = rng.choice([n for n, _, _ in NAMES if n != name])
     item = rng.choice(ITEMS)
-    x = rng.randint(2, 30)
+    x = rng.randint(2, max_start)
     sentences, steps = [f"{name} has {x} {item}."], []
     while len(steps) < n_steps:
-        step = _step(rng, x, max_value)
+        step = _step(rng, x, max_value, max_operand, max_factor)
         if step is None:
             continue
         template = rng.choice(SENTENCES[step.op])
@@ -121,10 +143,13 @@ def make_problem(rng: random.Random, n_steps: int, max_value: int = 99) -> Probl
     return Problem(" ".join(sentences), str(x), steps)
 
 
-def make_problems(n: int, seed: int, min_steps: int = 2, max_steps: int = 5, max_value: int = 99) -> list[Problem]:
-    """n problems of min_steps..max_steps steps, every quantity an integer in 1..max_value; seeded."""
+def make_problems(n: int, seed: int, min_steps: int = 2, max_steps: int = 5, max_value: int = 50, max_operand: int = 10,
+                  max_factor: int = 3, max_start: int = 20) -> list[Problem]:
+    """n problems of min_steps..max_steps steps; every quantity an integer in 1..max_value, added or
+    subtracted operands at most max_operand, factors and divisors at most max_factor; seeded."""
     rng = random.Random(seed)
-    return [make_problem(rng, rng.randint(min_steps, max_steps), max_value) for _ in range(n)]
+    return [make_problem(rng, rng.randint(min_steps, max_steps), max_value, max_operand, max_factor, max_start)
+            for _ in range(n)]
 
 
 def load_jsonl(path) -> list[Problem]:
@@ -161,8 +186,8 @@ def write_jsonl(problems: list[Problem], path) -> None:
 
 def main(argv=None):
     p = argparse.ArgumentParser(description="Regenerate the tiny task splits and the tiny tokenizer.")
-    p.add_argument("--out", type=Path, default=DATA_DIR, help="data directory")
-    p.add_argument("--train", type=int, default=20000, help="training problems")
+    p.add_argument("--out", type=Path, default=TINY_DIR, help="directory for train.jsonl, test.jsonl, tokenizer.json")
+    p.add_argument("--train", type=int, default=10000, help="training problems")
     p.add_argument("--test", type=int, default=500, help="held-out problems")
     p.add_argument("--seed", type=int, default=1234)
     p.add_argument("--vocab-size", type=int, default=512)
@@ -172,9 +197,12 @@ def main(argv=None):
     train = make_problems(args.train, args.seed)
     seen = {q.question for q in train}
     test = [q for q in make_problems(args.test * 2, args.seed + 1) if q.question not in seen][: args.test]
-    write_jsonl(train, args.out / "tiny" / "train.jsonl")
-    write_jsonl(test, args.out / "tiny" / "test.jsonl")
-    texts = [solution_tree(q).training_text() for q in train[:5000]] + [q.think_solution() for q in train[:2000]]
+    write_jsonl(train, args.out / "train.jsonl")
+    write_jsonl(test, args.out / "test.jsonl")
+    from nanoo1.rstar import rstar_prompt, solution_steps
+
+    texts = ([solution_tree(q).training_text() for q in train[:4000]] + [q.think_solution() for q in train[:1000]]
+             + [rstar_prompt(q.question, solution_steps(q)) for q in train[:1000]])
     tok = train_tokenizer(texts, args.vocab_size)
     tok.save(args.out)
     print(f"wrote {len(train)} train / {len(test)} test problems and a {len(tok)}-token tokenizer to {args.out}")

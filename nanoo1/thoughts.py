@@ -73,32 +73,40 @@ class Node:
 
 
 class Tree:
-    """A reasoning tree over one question. Ids come from a counter: unique, never reused."""
+    """A reasoning tree over one question. New ids come from a counter: unique, never reused."""
 
-    def __init__(self, question: str):
+    def __init__(self, question: str, root_id: int = 0):
         if not isinstance(question, str):  # LLaMA-O1 passes a (question, answer) tuple here, leaking the answer
             raise TypeError(f"question must be a str, got {type(question).__name__}; pass the ground truth separately")
-        self.nodes: list[Node] = []
+        self.nodes: list[Node] = []  # in the order they were added
+        self._by_id: dict[int, Node] = {}
+        self.next_id = root_id  # the id the next added node gets
         self.root = self.add(None, "<problem>", question)
 
     @property
     def question(self) -> str:
         return self.root.text
 
-    def add(self, parent: Node | None, meta: str, text: str, **stats) -> Node:
+    def add(self, parent: Node | None, meta: str, text: str, node_id: int | None = None, **stats) -> Node:
+        """Add a thought under `parent`; its id is the counter's next one, or `node_id` (e.g. when parsing)."""
         if meta not in META_ACTIONS:
             raise ValueError(f"meta {meta!r} is not one of {META_ACTIONS}")
-        node = Node(id=len(self.nodes), parent=parent, meta=meta, text=text, **stats)
+        node_id = self.next_id if node_id is None else node_id
+        if node_id in self._by_id:
+            raise ValueError(f"node id {node_id} is already in the tree")
+        node = Node(id=node_id, parent=parent, meta=meta, text=text, **stats)
         self.nodes.append(node)
+        self._by_id[node_id] = node
+        self.next_id = max(self.next_id, node_id + 1)
         if parent is not None:
             parent.children.append(node)
         return node
 
     def node(self, node_id: int) -> Node:
-        """Look a node up by id: a list index, no recursion (LLaMA-O1's lookup can recurse forever)."""
-        if not 0 <= node_id < len(self.nodes):
-            raise KeyError(f"no node with id {node_id} (the tree has ids 0..{len(self.nodes) - 1})")
-        return self.nodes[node_id]
+        """Look a node up by id: a dictionary, no recursion (LLaMA-O1's lookup can recurse forever)."""
+        if node_id not in self._by_id:
+            raise KeyError(f"no node with id {node_id} in this tree of {len(self.nodes)} nodes")
+        return self._by_id[node_id]
 
     def path(self, node: Node) -> list[Node]:
         """Root first, `node` last."""
@@ -123,15 +131,13 @@ class Tree:
     @classmethod
     def from_json(cls, text: str) -> "Tree":
         rows = json.loads(text)
-        tree = cls(rows[0]["text"])
+        tree = cls(rows[0]["text"], root_id=rows[0]["id"])
         for k, v in rows[0].items():
             if k not in ("id", "parent", "meta", "text"):
                 setattr(tree.root, k, v)
         for row in rows[1:]:
             stats = {k: v for k, v in row.items() if k not in ("id", "parent", "meta", "text")}
-            node = tree.add(tree.node(row["parent"]), row["meta"], row["text"], **stats)
-            if node.id != row["id"]:
-                raise ValueError(f"tree JSON: node ids must be 0, 1, 2, ... in order; got {row['id']} at position {node.id}")
+            tree.add(tree.node(row["parent"]), row["meta"], row["text"], node_id=row["id"], **stats)
         return tree
 
 
@@ -196,7 +202,8 @@ LINE = re.compile(
 
 
 def parse_tree(text: str) -> Tree:
-    """Parse the line format back into a Tree (the inverse of Tree.training_text)."""
+    """Parse the line format back into a Tree (the inverse of Tree.training_text); ids are kept as written,
+    and a node must come after its parent."""
     matches = list(LINE.finditer(text))
     if not matches or matches[0].group(1) != "-1":
         raise ValueError("thought text must start with a root line whose father id is -1")
@@ -207,13 +214,14 @@ def parse_tree(text: str) -> Tree:
         if rating not in by_rating:
             raise ValueError(f"node {node_id}: unknown rating token {rating!r}")
         if tree is None:
-            tree = Tree(body)
+            tree = Tree(body, root_id=node_id)
             node = tree.root
             node.meta = meta
         else:
-            node = tree.add(tree.node(parent), meta, body)
-        if node.id != node_id:
-            raise ValueError(f"node ids must be 0, 1, 2, ... in line order; line {node.id} has id {node_id}")
+            try:
+                node = tree.add(tree.node(parent), meta, body, node_id=node_id)
+            except KeyError as e:
+                raise ValueError(f"node {node_id}: its father {parent} is not on an earlier line") from e
         node.rating = by_rating[rating]
     return tree
 
@@ -244,6 +252,33 @@ def batch_ids(sequences: list[list[int]], pad_id: int, device=None):
     ids = torch.tensor([s + [pad_id] * (T - len(s)) for s in sequences], device=device)  # (B, T)
     mask = torch.tensor([[1] * len(s) + [0] * (T - len(s)) for s in sequences], device=device)  # (B, T)
     return ids, mask
+
+
+def chain_tokens(tokenizer, path: list[Node]) -> tuple[list[int], list[tuple[int, int, int]]]:
+    """The ids of `render_path(path)`, built from the ids each thought was actually sampled as.
+
+    Returns (ids, spans): for every node after the root, (start, end, rating): ids[start:end] are the
+    tokens the policy generated for it (its meta tag if it wrote one, the text, <end_of_thought>), and
+    ids[rating] is its <start_of_rating>, where its value is read. This is what RL trains on: the policy
+    loss on each span, the value loss at each rating position, all in one forward pass.
+    """
+    eot = tokenizer.token_id("<end_of_thought>")
+    ids = tokenizer.encode(render_node(path[0]) + "\n")
+    spans = []
+    for i, node in enumerate(path[1:], start=1):
+        generated = list(node.tokens) or tokenizer.encode(node.meta + node.text + "<end_of_thought>", add_bos=False)
+        wrote_meta = generated[0] == tokenizer.token_id(node.meta)
+        ids += tokenizer.encode(header(node.parent_id, node.id) + "<start_of_thought>" + ("" if wrote_meta else node.meta),
+                                add_bos=False)
+        start = len(ids)
+        ids += generated
+        end = len(ids)
+        if generated[-1] != eot:  # cut at the token limit: the line is closed as the renderer would
+            ids.append(eot)
+        spans.append((start, end, len(ids)))
+        tail = RATINGS[node.rating] + "<end_of_rating>" + ("\n" if i < len(path) - 1 else "")
+        ids += tokenizer.encode("<start_of_rating>" + tail, add_bos=False)
+    return ids, spans
 
 
 def value_sequences(tokenizer, paths: list[list[Node]]) -> list[list[int]]:

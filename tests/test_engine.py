@@ -187,3 +187,48 @@ def test_feed_appends_rows_of_different_lengths(model):
     assert cache.lengths.tolist() == [5, 5]
     with torch.no_grad():
         assert (logits[0] - model(torch.tensor([a + [13, 14]]))[0, -1]).abs().max() < 1e-5
+
+
+def test_suffixes_diverge_forks_after_one_prefill(model):
+    """Rows forked from one prefill, each fed its own suffix, equal separate generations of prompt + suffix."""
+    prompt = prompts_of([8], seed=6)[0]
+    suffixes = [[11], [12, 13], [14]]
+    calls = []
+    original = model.hidden_states
+    model.hidden_states = lambda ids, *a, **k: calls.append(tuple(ids.shape)) or original(ids, *a, **k)
+    try:
+        rows = generate(model, [prompt], 10, num_samples=3, suffixes=suffixes, stop_token_ids=[])
+    finally:
+        del model.hidden_states
+    # the prompt once; then one token per row per step (the longer suffix's second token beside the others)
+    assert calls[0] == (1, 8) and calls[1] == (3, 1) and all(c[1] == 1 for c in calls[1:])
+    for suffix, row in zip(suffixes, rows):
+        assert row.prompt == prompt + suffix
+        assert row.tokens == generate(model, [prompt + suffix], 10, stop_token_ids=[])[0].tokens
+    with pytest.raises(ValueError, match="suffixes"):
+        generate(model, [prompt], 3, num_samples=2, suffixes=[[1]])
+
+
+def test_on_stop_forces_a_continuation(model):
+    """Greedy: stop on X, force (Y, Z) once, go on until X again == the same in two plain generations."""
+    prompt = prompts_of([5], seed=7)[0]
+    (free,) = generate(model, [prompt], 12, stop_token_ids=[])
+    X = free.tokens[3]
+    forced_once = []
+
+    def on_stop(i, row, token):
+        assert i == 0 and row.tokens[-1] == token
+        if forced_once:
+            return None
+        forced_once.append(token)
+        return [21, 22]
+
+    (r,) = generate(model, [prompt], 40, stop_token_ids=[X], on_stop=on_stop)
+    first = free.tokens[: free.tokens.index(X) + 1]
+    (rest,) = generate(model, [prompt + first + [21, 22]], 40 - len(first) - 2, stop_token_ids=[X])
+    assert r.tokens == first + [21, 22] + rest.tokens
+    assert r.forced == [False] * len(first) + [True, True] + [False] * len(rest.tokens)
+    assert r.finish_reason == rest.finish_reason
+    # max_new_tokens counts forced tokens too
+    (short,) = generate(model, [prompt], len(first) + 1, stop_token_ids=[X], on_stop=lambda i, row, t: [21, 22, 23])
+    assert len(short.tokens) == len(first) + 3 and short.finish_reason == "length"

@@ -351,8 +351,9 @@ def test_ppo_step_value_loss_fn_plugs_in():
     batch["value_pos"] = torch.tensor([3, 4, 5, 6])  # extra per-row tensors travel with the micro-batch
     batch["value_target"] = torch.tensor([1.0, 0.0, 1.0, 1.0])
 
-    def rating_value_loss(model, mb):  # stand-in for the rating-token value: token 0 vs token 1 at value_pos
-        logits = model(mb["input_ids"])[torch.arange(len(mb["value_pos"])), mb["value_pos"]]  # (b, V)
+    def rating_value_loss(model, mb, hidden=None):  # stand-in for the rating-token value: token 0 vs 1 at value_pos
+        hidden = model.hidden_states(mb["input_ids"], None) if hidden is None else hidden  # ppo_step hands its own
+        logits = model.logits(hidden)[torch.arange(len(mb["value_pos"])), mb["value_pos"]]  # (b, V)
         v = torch.log_softmax(logits[:, :2], -1)[:, 0]  # log P(positive)
         return nn.functional.binary_cross_entropy(v.exp(), mb["value_target"])
 
@@ -427,3 +428,15 @@ def test_logprobs_on_the_real_decoder_with_left_padding():
     logp_all = torch.log_softmax(model(ids, attn).float() / 0.8, -1)  # (B, T, V), soft-capped then tempered
     expected[:, 1:] = logp_all[:, :-1].gather(-1, ids[:, 1:, None])[..., 0]
     torch.testing.assert_close(completion_logprobs(model, ids, attn, mask, 0.8, chunk_size=4), expected * mask)
+
+
+def test_ppo_policy_loss_importance_weights_scale_each_row():
+    # two rows, one token each, ratio 1 (logp == old): per-token loss = -A; A = (1, -2)
+    logp = torch.zeros(2, 2)
+    adv = torch.tensor([1.0, -2.0])
+    mask = torch.tensor([[0, 1], [0, 1]])
+    unweighted, _ = ppo_policy_loss(logp, logp.clone(), adv, mask)
+    assert unweighted.item() == pytest.approx((-1.0 + 2.0) / 2)
+    # weights (0.5, 1): (-1 * 0.5 + 2 * 1) / 2 = 0.75, each row scaled on its own
+    weighted, _ = ppo_policy_loss(logp, logp.clone(), adv, mask, weights=torch.tensor([0.5, 1.0]))
+    assert weighted.item() == pytest.approx(0.75)

@@ -52,8 +52,10 @@ def mia_model(code_tokenizer):
     ids, mask = encode_trace(code_tokenizer, MIA.question, solution_steps(MIA))
     ids, mask = torch.tensor([ids]), torch.tensor([mask])
     opt = torch.optim.AdamW(model.parameters(), lr=2e-2)
-    for _ in range(80):
+    for _ in range(300):  # usually ~80 steps
         loss = lm_loss(model, ids, torch.ones_like(ids), mask)
+        if loss.item() < 0.05:
+            break
         opt.zero_grad()
         loss.backward()
         opt.step()

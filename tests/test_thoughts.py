@@ -58,8 +58,15 @@ def test_parse_tree_rejects_malformed_text():
     text = chain().training_text()
     with pytest.raises(ValueError, match="root line"):
         parse_tree(text.split("\n", 1)[1])  # no root
-    with pytest.raises(ValueError, match="ids must be"):
-        parse_tree(text.replace("<start_of_local_id>2<", "<start_of_local_id>7<"))
+    with pytest.raises(ValueError, match="already in the tree"):  # two nodes with id 1
+        parse_tree(text.replace("<start_of_local_id>2<", "<start_of_local_id>1<"))
+    with pytest.raises(ValueError, match="father 7 is not on an earlier line"):
+        parse_tree(text.replace("<start_of_father_id>1<", "<start_of_father_id>7<"))
+    # ids as they come out of a search tree (not 0, 1, 2, ...) are kept, and new ones continue after them
+    skipping = parse_tree(text.replace("_id>1<", "_id>5<").replace("_id>2<", "_id>9<"))
+    assert [n.id for n in skipping.nodes] == [0, 5, 9] and skipping.node(9).parent is skipping.node(5)
+    assert skipping.training_text() == text.replace("_id>1<", "_id>5<").replace("_id>2<", "_id>9<")
+    assert skipping.add(skipping.root, "<expansion>", "x").id == 10
     with pytest.raises(ValueError, match="unknown rating"):
         parse_tree(text.replace("<negative_rating>", "<great_rating>"))
 

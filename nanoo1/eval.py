@@ -1,0 +1,137 @@
+"""`python -m nanoo1.eval`: accuracy against test-time compute (the scaling curve) of a checkpoint.
+
+    python -m nanoo1.eval --checkpoint runs/tiny/final --methods greedy,best_of_n,beam,mcts --budgets 1,4,16
+
+For each method and budget (best-of-N: N chains; beam: beam width; mcts: simulations) it prints the
+held-out accuracy and the tokens spent per problem, writes them to JSONL, and draws accuracy against
+tokens to a PNG when matplotlib is installed. `evaluate` is what self-play calls for its tables.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import torch
+
+from nanoo1.checkpoint import load_pretrained
+from nanoo1.engine import generate_budgeted
+from nanoo1.mcts import MCTSConfig
+from nanoo1.rewards import check
+from nanoo1.search import LMPolicy, SearchConfig, grade, search
+from nanoo1.tasks import TINY_DIR, Problem, load_jsonl, think_prompt
+
+
+@dataclass
+class EvalResult:
+    method: str
+    budget: int  # N chains, beam width, MCTS simulations, or the thinking budget in tokens
+    accuracy: float  # share of problems answered correctly
+    tokens: float  # tokens generated per problem (prompt tokens not counted)
+    seconds: float
+
+
+def search_config(method: str, budget: int, mcts: MCTSConfig | None = None) -> SearchConfig:
+    """The SearchConfig of a method at a budget (greedy ignores the budget)."""
+    if method == "greedy":
+        return SearchConfig(method="greedy")
+    if method == "best_of_n":
+        return SearchConfig(method="best_of_n", n=budget, vote="majority")
+    if method == "beam":
+        return SearchConfig(method="beam", n=budget, expand=4)
+    return SearchConfig(method="mcts", mcts=replace(mcts or MCTSConfig(), simulations=budget))
+
+
+def evaluate(model, tokenizer, problems: list[Problem], method: str, budget: int = 1, mcts: MCTSConfig | None = None,
+             temperature: float = 1.0, max_thought_tokens: int = 32, seed: int = 0) -> EvalResult:
+    """Accuracy of one search method at one budget on `problems` (no ground truth reaches the search)."""
+    t = time.perf_counter()
+    policy = LMPolicy(model, tokenizer, temperature=temperature, max_thought_tokens=max_thought_tokens, seed=seed)
+    results = search(policy, [p.question for p in problems], search_config(method, budget, mcts), seed=seed)
+    correct = grade(results, [p.answer for p in problems])
+    tokens = sum(r.spent.generated for r in results) / len(problems)
+    return EvalResult(method, budget, sum(correct) / len(problems), tokens, time.perf_counter() - t)
+
+
+def evaluate_budgeted(model, tokenizer, problems: list[Problem], think_budget: int, solution_budget: int = 16,
+                      seed: int = 0) -> EvalResult:
+    """Greedy accuracy of Elastic Reasoning's <think> format under a thinking budget."""
+    t = time.perf_counter()
+    prompts = [tokenizer.encode(think_prompt(p.question)) for p in problems]
+    rows = generate_budgeted(model, prompts, think_budget, solution_budget, tokenizer.token_id("</think>"),
+                             stop_token_ids=[tokenizer.eos_id], tokenizer=tokenizer, seed=seed)
+    correct = [check(r.text.split("</think>")[-1], p.answer) for r, p in zip(rows, problems)]
+    tokens = sum(len(r.tokens) for r in rows) / len(problems)
+    return EvalResult("budget", think_budget, sum(correct) / len(problems), tokens, time.perf_counter() - t)
+
+
+def plot(results: list[EvalResult], path: Path) -> bool:
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for method in dict.fromkeys(r.method for r in results):
+        rs = sorted((r for r in results if r.method == method), key=lambda r: r.tokens)
+        ax.plot([r.tokens for r in rs], [100 * r.accuracy for r in rs], "o-", label=method)
+    ax.set_xscale("log")
+    ax.set_xlabel("tokens generated per problem")
+    ax.set_ylabel("held-out accuracy (%)")
+    ax.set_title("test-time compute")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    g = p.add_argument_group("what to evaluate")
+    g.add_argument("--checkpoint", required=True, help="checkpoint directory (or hub id) with a tokenizer")
+    g.add_argument("--data", type=Path, default=TINY_DIR / "test.jsonl", help="GSM8K-style jsonl")
+    g.add_argument("--limit", type=int, default=200, help="first N problems")
+    g = p.add_argument_group("compute")
+    g.add_argument("--methods", default="greedy,best_of_n,beam,mcts", help="comma-separated; also 'budget' (<think> format)")
+    g.add_argument("--budgets", default="1,2,4,8,16", help="N / beam width / MCTS simulations / thinking tokens")
+    g.add_argument("--temperature", type=float, default=1.0, help="sampling temperature of the searches")
+    g.add_argument("--max-thought-tokens", type=int, default=32)
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
+    g = p.add_argument_group("output")
+    g.add_argument("--out", type=Path, default=None, help="directory for eval.jsonl and scaling.png (default: the checkpoint's)")
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    model, tokenizer = load_pretrained(args.checkpoint, dtype="float32")
+    if tokenizer is None:
+        p.error(f"{args.checkpoint} has no tokenizer.json")
+    problems = load_jsonl(args.data)[: args.limit]
+    out = args.out or (Path(args.checkpoint) if Path(args.checkpoint).is_dir() else Path("."))
+    out.mkdir(parents=True, exist_ok=True)
+    budgets = [int(b) for b in args.budgets.split(",")]
+    results = []
+    print(f"{'method':>10} {'budget':>6} {'accuracy':>9} {'tokens/problem':>15} {'seconds':>8}")
+    for method in args.methods.split(","):
+        for budget in ([1] if method == "greedy" else budgets):
+            if method == "budget":
+                r = evaluate_budgeted(model, tokenizer, problems, budget, seed=args.seed)
+            else:
+                r = evaluate(model, tokenizer, problems, method, budget, temperature=args.temperature,
+                             max_thought_tokens=args.max_thought_tokens, seed=args.seed)
+            results.append(r)
+            print(f"{r.method:>10} {r.budget:>6} {100 * r.accuracy:8.1f}% {r.tokens:15.1f} {r.seconds:8.1f}", flush=True)
+    with open(out / "eval.jsonl", "a", encoding="utf-8") as f:
+        for r in results:
+            f.write(json.dumps(r.__dict__) + "\n")
+    if plot(results, out / "scaling.png"):
+        print(f"wrote {out / 'scaling.png'}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,368 @@
+"""`python -m nanoo1.selfplay --tiny`: the whole o1 loop, learning on a laptop CPU.
+
+    warm start (SFT)  ->  repeat: MCTS over training problems (ground truth checks the conclusions)
+                                  -> root-to-leaf chains with GAE advantages and value targets
+                                  -> prioritized replay -> PPO on policy and rating-token value
+                      ->  held-out accuracy of greedy, best-of-N and MCTS, before and after
+
+`--algo grpo` replaces MCTS + PPO by Elastic Reasoning's budgeted GRPO rollouts (the <think> format).
+Every iteration writes a checkpoint (Hugging Face layout + replay buffer + optimizer + random states);
+`--resume DIR` continues a run exactly. Metrics go to DIR/metrics.jsonl; the last line printed is one
+JSON object with the headline figures.
+
+    python -m nanoo1.selfplay --tiny                       # ~10 minutes on 2 CPU cores
+    python -m nanoo1.selfplay --tiny --from-scratch        # redo the warm start too
+    python -m nanoo1.selfplay --model qq8933/OpenLongCoT-Base-Gemma2-2B --data train.jsonl --test-data test.jsonl
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import random
+import time
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import torch
+
+from nanoo1.checkpoint import load_pretrained, save_pretrained
+from nanoo1.engine import generate_budgeted
+from nanoo1.eval import EvalResult, evaluate, evaluate_budgeted
+from nanoo1.mcts import MCTSConfig, mcts
+from nanoo1.replay import PrioritizedReplay, beta_by_step
+from nanoo1.rewards import check
+from nanoo1.rl import GRPOConfig, PPOConfig, completion_logprobs, grpo_advantages, grpo_step, path_gae, ppo_step, value_loss
+from nanoo1.search import LMPolicy
+from nanoo1.tasks import TINY_DIR, load_jsonl, think_prompt
+from nanoo1.thoughts import batch_ids, chain_tokens
+from nanoo1.warmstart import WARMSTART_DIR, train_warmstart
+
+
+@dataclass
+class SelfPlayConfig:
+    out: str = "runs/tiny"  # run directory: metrics.jsonl, checkpoints, final/
+    seed: int = 0  # every random choice of the run derives from it
+    algo: str = "ppo"  # "ppo": MCTS + PPO (LLaMA-O1); "grpo": budgeted GRPO rollouts (Elastic Reasoning)
+    warmstart: str = str(WARMSTART_DIR)  # the SFT checkpoint self-play starts from (directory or hub id)
+    data: str = str(TINY_DIR / "train.jsonl")  # training problems (GSM8K-style jsonl)
+    test_data: str = str(TINY_DIR / "test.jsonl")  # held-out problems
+    eval_problems: int = 200  # held-out problems in the before/after tables
+    iterations: int = 14  # self-play iterations
+    problems_per_iteration: int = 48  # problems searched per iteration
+    simulations: int = 6  # MCTS simulations per training problem
+    num_candidates: int = 4  # thoughts per expansion
+    temperature: float = 1.0  # sampling temperature during self-play
+    max_thought_tokens: int = 32  # a thought is cut after this many tokens
+    chains_per_tree: int = 4  # root-to-leaf chains trained per tree: successes first, then failures
+    lr: float = 1e-3  # AdamW learning rate
+    updates_per_iteration: int = 6  # PPO minibatch updates per iteration
+    minibatch: int = 32  # chains per PPO update
+    clip_eps: float = 0.2  # PPO ratio clip
+    vf_coef: float = 1.0  # weight of the rating-token value loss
+    gamma: float = 0.99  # GAE discount along a chain
+    lam: float = 0.95  # GAE lambda
+    replay_capacity: int = 1024  # chains kept in the prioritized replay buffer
+    alpha: float = 0.6  # replay priority exponent
+    group_size: int = 8  # GRPO: samples per problem
+    think_budget: int = 48  # GRPO: thinking tokens before </think> is forced
+    solution_budget: int = 16  # GRPO: answer tokens after </think>
+    loss_type: str = "dr_grpo"  # GRPO loss normalisation
+    eval_every: int = 4  # greedy accuracy on 100 held-out problems every this many iterations (0: never)
+    best_of_n: int = 8  # N of the best-of-N evaluation
+    eval_simulations: int = 12  # MCTS simulations per held-out problem
+    bf16: bool = True  # autocast matrix multiplies to bfloat16 on a CPU
+    lora_rank: int = 0  # > 0: train LoRA adapters only (large models)
+
+
+# -- experience: chains of thoughts from searched trees -----------------------------------------------
+def tree_chains(tree, n: int) -> list[list]:
+    """Up to n root-to-leaf paths ending in a judged terminal: successes first, then the failures the value
+    head liked best (the most instructive mistakes)."""
+    ends = [leaf for leaf in tree.leaves() if leaf.terminal is not None and leaf is not tree.root]
+    ends.sort(key=lambda leaf: (leaf.terminal != "success", -(leaf.value or 0.0), leaf.id))
+    return [tree.path(leaf) for leaf in ends[:n]]
+
+
+def chain_items(tokenizer, paths: list[list], config: SelfPlayConfig) -> list[dict]:
+    """One replay item per chain: token ids, which tokens train the policy (each thought once per tree),
+    per-token advantages, and value positions with their targets.
+
+    GAE runs root first along the chain (Schulman et al. 2016; LLaMA-O1 runs it from child to parent):
+    V before thought k is P(success) after its parent, exp of the parent's MCTS value, r = 1 at a successful
+    terminal, else 0. A thought's value target is the return of the state it leads to; a terminal's is r.
+    """
+    items, trained = [], set()
+    for path in paths:
+        ids, spans = chain_tokens(tokenizer, path)
+        reward = 1.0 if path[-1].terminal == "success" else 0.0
+        values = torch.tensor([min(1.0, math.exp(n.value if n.value is not None else math.log(0.5))) for n in path[:-1]])
+        rewards = torch.zeros(len(path) - 1)
+        rewards[-1] = reward
+        adv, ret = path_gae(rewards, values, config.gamma, config.lam)  # entry k: thought k (root excluded)
+        mask, advantages = [0] * len(ids), [0.0] * len(ids)
+        value_pos, value_target = [], []
+        for k, (node, (start, end, rating)) in enumerate(zip(path[1:], spans)):
+            target = reward if k == len(path) - 2 else float(ret[k + 1])
+            value_pos.append(rating)
+            value_target.append(min(1.0, max(0.0, target)))
+            if id(node) in trained:  # shared prefix: context here, trained in its first chain
+                continue
+            trained.add(id(node))
+            for t in range(start, end):
+                mask[t], advantages[t] = 1, float(adv[k])
+        items.append({"ids": ids, "mask": mask, "advantages": advantages, "value_pos": value_pos,
+                      "value_target": value_target})
+    return items
+
+
+def collate_chains(items: list[dict], pad_id: int, weights=None, multiple: int = 32) -> dict:
+    T = -(-max(len(it["ids"]) for it in items) // multiple) * multiple  # a few shapes: no heap fragmentation
+    K = max(len(it["value_pos"]) for it in items)
+
+    def pad(key, width, fill):
+        return torch.tensor([it[key] + [fill] * (width - len(it[key])) for it in items])
+
+    batch = {"input_ids": pad("ids", T, pad_id), "completion_mask": pad("mask", T, 0), "advantages": pad("advantages", T, 0.0),
+             "value_pos": pad("value_pos", K, 0), "value_target": pad("value_target", K, 0.0)}
+    batch["attention_mask"] = torch.tensor([[1] * len(it["ids"]) + [0] * (T - len(it["ids"])) for it in items])
+    batch["value_mask"] = torch.tensor([[1] * len(it["value_pos"]) + [0] * (K - len(it["value_pos"])) for it in items])
+    if "old_logp" in items[0]:
+        batch["old_logp"] = pad("old_logp", T, 0.0)
+        batch["old_value"] = pad("old_value", K, 0.0)
+    if weights is not None:
+        batch["weights"] = torch.as_tensor(weights, dtype=torch.float32)
+    return batch
+
+
+def rating_probs(model, tokenizer, hidden, value_pos):
+    """P(<positive_rating>) read at the given positions (B, K) of hidden (B, T, C): thoughts.rating_logits' math."""
+    rows = [tokenizer.token_id("<positive_rating>"), tokenizer.token_id("<negative_rating>")]
+    h = hidden[torch.arange(len(value_pos))[:, None], value_pos]  # (B, K, C)
+    logits = torch.nn.functional.linear(h.float(), model.output_embedding[rows].float())  # (B, K, 2)
+    cap = model.config.final_logit_softcapping
+    logits = logits if cap is None else torch.tanh(logits / cap) * cap
+    return torch.softmax(logits, -1)[..., 0]  # (B, K)
+
+
+@torch.no_grad()
+def stamp_old(model, tokenizer, items: list[dict], config: SelfPlayConfig, batch_size: int = 16) -> None:
+    """Log-probs and values of the collecting policy, stored with each item before any update (PPO's old)."""
+    for s in range(0, len(items), batch_size):
+        chunk = items[s:s + batch_size]
+        b = collate_chains(chunk, tokenizer.pad_id)
+        with _autocast(config):
+            hidden = model.hidden_states(b["input_ids"], b["attention_mask"])
+            logp = completion_logprobs(model, b["input_ids"], b["attention_mask"], b["completion_mask"],
+                                       config.temperature, hidden=hidden)
+            probs = rating_probs(model, tokenizer, hidden, b["value_pos"])
+        for i, it in enumerate(chunk):
+            it["old_logp"] = logp[i, :len(it["ids"])].float().tolist()
+            it["old_value"] = probs[i, :len(it["value_pos"])].float().tolist()
+
+
+def _autocast(config: SelfPlayConfig):
+    return torch.autocast("cpu", dtype=torch.bfloat16) if config.bf16 else nullcontext()
+
+
+def ppo_iteration(model, tokenizer, opt, replay, policy, problems, it: int, config: SelfPlayConfig) -> dict:
+    mcfg = MCTSConfig(simulations=config.simulations, num_candidates=config.num_candidates, max_children=config.num_candidates,
+                      temperature=config.temperature, patient=2)
+    results = mcts(policy, [p.question for p in problems], mcfg, [p.answer for p in problems], seed=config.seed * 1000 + it)
+    solved = sum(r.successes > 0 for r in results) / len(results)
+    items = chain_items(tokenizer, [c for r in results for c in tree_chains(r.tree, config.chains_per_tree)], config)
+    stamp_old(model, tokenizer, items, config)
+    replay.extend(items, [sum(abs(a) for a in it["advantages"]) / max(1, sum(it["mask"])) for it in items])
+    cfg = PPOConfig(clip_eps=config.clip_eps, vf_coef=config.vf_coef, micro_batch_size=16, temperature=config.temperature)
+
+    def value_fn(model, mb, hidden):  # clipped value loss on P(positive) at each thought's rating position
+        probs = rating_probs(model, tokenizer, hidden, mb["value_pos"])
+        return value_loss(probs, mb["old_value"], mb["value_target"], mb["value_mask"], clip_eps=0.2)
+
+    stats = [dict.fromkeys(("policy_loss", "value_loss", "clip_frac", "approx_kl"), 0.0)]
+    model.train()
+    for u in range(config.updates_per_iteration if len(replay) else 0):  # nothing to learn from yet: no update
+        beta = beta_by_step(it * config.updates_per_iteration + u, config.iterations * config.updates_per_iteration)
+        chosen, idx, w = replay.sample(min(config.minibatch, len(replay)), beta)
+        with _autocast(config):
+            st = ppo_step(model, opt, collate_chains(chosen, tokenizer.pad_id, w), cfg, value_loss_fn=value_fn)
+        replay.update_priorities(idx, [abs(x) for x in st.pop("row_loss")])
+        stats = stats[1:] if u == 0 else stats
+        stats.append(st)
+    model.eval()
+    mean = {k: sum(s[k] for s in stats) / len(stats) for k in stats[0]}
+    return {"solved": solved, "chains": len(items), **{k: mean[k] for k in ("policy_loss", "value_loss", "clip_frac", "approx_kl")}}
+
+
+def grpo_iteration(model, tokenizer, opt, problems, it: int, config: SelfPlayConfig) -> dict:
+    """G budgeted rollouts per problem, reward = correct (0 without </think>), group advantages, one step."""
+    prompts = [tokenizer.encode(think_prompt(p.question)) for p in problems]
+    rows = generate_budgeted(model, prompts, config.think_budget, config.solution_budget, tokenizer.token_id("</think>"),
+                             temperature=config.temperature, num_samples=config.group_size,
+                             stop_token_ids=[tokenizer.eos_id], tokenizer=tokenizer, seed=config.seed * 1000 + it)
+    rewards = torch.tensor([float("</think>" in r.text and check(r.text.split("</think>")[-1], problems[i // config.group_size].answer))
+                            for i, r in enumerate(rows)])
+    adv = grpo_advantages(rewards, config.group_size, scale_std=False)
+    ids, attn = batch_ids([r.prompt + r.tokens for r in rows], tokenizer.pad_id)
+    mask = torch.zeros_like(ids)
+    for i, r in enumerate(rows):
+        mask[i, len(r.prompt):len(r.prompt) + len(r.tokens)] = 1  # sampled and forced tokens alike
+    cfg = GRPOConfig(loss_type=config.loss_type, micro_batch_size=16, temperature=config.temperature,
+                     max_completion_length=config.think_budget + config.solution_budget + 1)
+    model.train()
+    with _autocast(config):
+        st = grpo_step(model, opt, {"input_ids": ids, "attention_mask": attn, "completion_mask": mask, "advantages": adv}, cfg)
+    model.eval()
+    return {"reward": rewards.mean().item(), "clip_frac": st["clip_frac"], "tokens": mask.sum().item() / len(rows)}
+
+
+# -- checkpoints ----------------------------------------------------------------------------------------
+def save_state(out: Path, it: int, model, tokenizer, opt, replay, policy, rng, metrics) -> Path:
+    """Write iteration `it`'s checkpoint next to the last one, then point `latest` at it (atomic rename)."""
+    ckpt = out / f"iter-{it:04d}"
+    save_pretrained(model, tokenizer, ckpt)
+    if replay is not None:
+        replay.save(ckpt / "replay.pt")
+    state = {"iteration": it, "optimizer": opt.state_dict(), "policy_rng": policy.generator.get_state(),
+             "python_rng": rng.getstate(), "torch_rng": torch.get_rng_state(), "metrics": metrics}
+    tmp = ckpt / ".trainer_state.pt.tmp"
+    torch.save(state, tmp)
+    tmp.replace(ckpt / "trainer_state.pt")
+    (out / ".latest.tmp").write_text(ckpt.name)
+    (out / ".latest.tmp").replace(out / "latest")
+    for old in out.glob("iter-*"):
+        if old != ckpt and old.is_dir():
+            for f in old.iterdir():
+                f.unlink()
+            old.rmdir()
+    return ckpt
+
+
+def _table(rows: list[tuple[str, EvalResult, EvalResult]]) -> str:
+    lines = [f"{'method':<22}{'before':>9}{'after':>9}{'tokens/problem':>16}"]
+    for name, before, after in rows:
+        lines.append(f"{name:<22}{100 * before.accuracy:8.1f}%{100 * after.accuracy:8.1f}%{after.tokens:16.1f}")
+    return "\n".join(lines)
+
+
+def run(config: SelfPlayConfig, resume: str | None = None, from_scratch: bool = False, progress: bool = True) -> dict:
+    from tqdm.auto import tqdm
+
+    t0 = time.perf_counter()
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(config.seed)
+    rng = random.Random(config.seed)
+    train, test = load_jsonl(config.data), load_jsonl(config.test_data)[: config.eval_problems]
+    if resume:
+        start_dir = Path(resume) / (Path(resume) / "latest").read_text().strip()
+        model, tokenizer = load_pretrained(start_dir, dtype="float32")
+    elif from_scratch:
+        model, tokenizer = train_warmstart(out / "warmstart", seed=config.seed, progress=progress)
+    else:
+        model, tokenizer = load_pretrained(config.warmstart, dtype="float32")
+    model.requires_grad_(True)
+    opt = torch.optim.AdamW(model.parameters(), lr=config.lr, betas=(0.9, 0.95), weight_decay=0.0)
+    replay = PrioritizedReplay(config.replay_capacity, alpha=config.alpha, seed=config.seed) if config.algo == "ppo" else None
+    policy = LMPolicy(model, tokenizer, temperature=config.temperature, max_thought_tokens=config.max_thought_tokens, seed=config.seed)
+    metrics, first = [], 0
+    if resume:
+        state = torch.load(start_dir / "trainer_state.pt", weights_only=False)
+        opt.load_state_dict(state["optimizer"])
+        policy.generator.set_state(state["policy_rng"])
+        rng.setstate(state["python_rng"])
+        torch.set_rng_state(state["torch_rng"])
+        metrics, first = state["metrics"], state["iteration"] + 1
+        if replay is not None:
+            replay = PrioritizedReplay.load(start_dir / "replay.pt", weights_only=False)
+    quick = test[:100]
+    evals = {}
+
+    def eval_all(tag):
+        e = {"greedy": evaluate(model, tokenizer, test, "greedy", seed=config.seed),
+             f"best_of_{config.best_of_n}": evaluate(model, tokenizer, test, "best_of_n", config.best_of_n, seed=config.seed),
+             f"mcts_{config.eval_simulations}": evaluate(model, tokenizer, test, "mcts", config.eval_simulations, seed=config.seed)}
+        if config.algo == "grpo":
+            e[f"think_{config.think_budget}"] = evaluate_budgeted(model, tokenizer, test, config.think_budget, config.solution_budget)
+        evals[tag] = e
+        with open(out / "metrics.jsonl", "a", encoding="utf-8") as f:
+            f.write(json.dumps({"eval": tag, **{k: asdict(v) for k, v in e.items()}}) + "\n")
+
+    if not resume:
+        (out / "metrics.jsonl").unlink(missing_ok=True)
+        eval_all("before")
+        metrics.append({"before": {k: asdict(v) for k, v in evals["before"].items()}})
+    else:
+        evals["before"] = {k: EvalResult(**v) for k, v in metrics[0]["before"].items()}
+    bar = tqdm(range(first, config.iterations), desc=f"self-play ({config.algo})", disable=not progress,
+               initial=first, total=config.iterations)
+    for it in bar:
+        problems = rng.sample(train, config.problems_per_iteration)
+        if config.algo == "ppo":
+            m = ppo_iteration(model, tokenizer, opt, replay, policy, problems, it, config)
+        else:
+            m = grpo_iteration(model, tokenizer, opt, problems, it, config)
+        if config.eval_every and (it + 1) % config.eval_every == 0:
+            m["greedy_quick"] = evaluate(model, tokenizer, quick, "greedy").accuracy
+        m.update(iteration=it, seconds=round(time.perf_counter() - t0, 1))
+        metrics.append(m)
+        with open(out / "metrics.jsonl", "a", encoding="utf-8") as f:
+            f.write(json.dumps(m) + "\n")
+        bar.set_postfix({k: f"{v:.3f}" for k, v in m.items() if k in ("solved", "reward", "greedy_quick", "value_loss")})
+        save_state(out, it, model, tokenizer, opt, replay, policy, rng, metrics)
+    eval_all("after")
+    final = save_pretrained(model, tokenizer, out / "final")
+    before, after = evals["before"], evals["after"]
+    print("\n" + _table([(k, before[k], after[k]) for k in after if k in before]))
+    summary = {"sft_greedy": before["greedy"].accuracy, "final_greedy": after["greedy"].accuracy,
+               "sft_best_of_n": before[f"best_of_{config.best_of_n}"].accuracy,
+               "final_best_of_n": after[f"best_of_{config.best_of_n}"].accuracy,
+               "sft_mcts": before[f"mcts_{config.eval_simulations}"].accuracy,
+               "final_mcts": after[f"mcts_{config.eval_simulations}"].accuracy,
+               "iterations": config.iterations, "algo": config.algo, "seed": config.seed,
+               "wall_s": round(time.perf_counter() - t0, 1), "checkpoint": str(final)}
+    return summary
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    g = p.add_argument_group("run")
+    g.add_argument("--tiny", action="store_true", help="the laptop-CPU recipe on the tiny task (the default settings)")
+    g.add_argument("--from-scratch", action="store_true", help="redo the warm start (SFT) instead of loading data/tiny/warmstart")
+    g.add_argument("--resume", default=None, help="continue the run in this directory from its latest checkpoint")
+    g.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
+    g.add_argument("--no-progress", action="store_true", help="no progress bars")
+    g = p.add_argument_group("model and data (without --tiny)")
+    g.add_argument("--model", default=None, help="warm start: hub id or directory (default: data/tiny/warmstart)")
+    g.add_argument("--data", default=None, help="training problems, GSM8K-style jsonl")
+    g.add_argument("--test-data", default=None, help="held-out problems, GSM8K-style jsonl")
+    g = p.add_argument_group("settings (see SelfPlayConfig for each)")
+    for f in fields(SelfPlayConfig):
+        if f.name in ("data", "test_data", "warmstart"):
+            continue
+        kind = {bool: lambda s: s.lower() in ("1", "true", "yes")}.get(type(f.default), type(f.default))
+        g.add_argument("--" + f.name.replace("_", "-"), type=kind, default=f.default)
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    overrides = {f.name: getattr(args, f.name) for f in fields(SelfPlayConfig)
+                 if f.name not in ("data", "test_data", "warmstart")}
+    config = SelfPlayConfig(**overrides)
+    if args.model:
+        config.warmstart = args.model
+    if args.data:
+        config.data = args.data
+    if args.test_data:
+        config.test_data = args.test_data
+    if config.algo not in ("ppo", "grpo"):
+        p.error(f"--algo {config.algo!r}: expected 'ppo' or 'grpo'")
+    if args.resume:
+        config.out = args.resume
+    summary = run(config, resume=args.resume, from_scratch=args.from_scratch, progress=not args.no_progress)
+    print(json.dumps(summary))
+
+
+if __name__ == "__main__":
+    main()

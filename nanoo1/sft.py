@@ -1,0 +1,169 @@
+"""Supervised warm start: teach a tiny Gemma-2, from scratch, to write worked solutions.
+
+An example is (token ids, loss mask): next-token cross-entropy is taken where the mask is 1. Examples of
+the thought format are built here; `think_example` is Elastic Reasoning's <think> format and
+`rstar.code_example` rStar's code format, so one warm start can serve every algorithm in nanoo1.
+
+A thought-format example is one root-to-leaf path in the LongCoT format (thoughts.py):
+
+    positive: <problem>question / <expansion>7 + 5 = 12 / ... / <conclusion>\\boxed{18}, all rated positive
+    negative: the same path cut at a corrupted step (7 + 5 = 13), rated <negative_rating>
+
+The mask covers everything after the question, except that the text of a corrupted step is never
+trained (only its rating token is): the policy learns correct steps, and the rating-token value head
+learns to tell a wrong step from a right one at the very position where search reads it.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from nanoo1.tasks import Problem, solution_tree, think_prompt
+from nanoo1.thoughts import RATINGS, render_node
+
+
+@dataclass
+class SFTConfig:
+    steps: int = 600  # optimizer steps
+    batch_size: int = 64  # sequences per step
+    lr: float = 3e-3  # peak learning rate (tiny models like it high)
+    warmup: int = 30  # linear warm-up steps, then cosine decay to lr * min_lr_ratio
+    min_lr_ratio: float = 0.1
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0  # max gradient norm
+    negative_fraction: float = 0.3  # share of thought-format sequences that end in a corrupted, negative step
+    bf16: bool = True  # autocast matmuls to bfloat16 on CPU (about 2x faster where AVX512-BF16 exists)
+    seed: int = 0
+
+
+def _corrupt(value: int, rng: random.Random) -> int:
+    """A plausible wrong result: off by a little, or a digit slip."""
+    delta = rng.choice([1, 2, 3, 10]) * rng.choice([-1, 1])
+    return value + delta if value + delta >= 0 else value + abs(delta)
+
+
+def tree_ids(n: int, rng: random.Random) -> list[int]:
+    """Ids for a chain of n nodes as they come out of a search tree: 0 for the root, then increasing by
+    1 (a first child) or by more (siblings and other branches took the ids in between). A model trained
+    only on 0, 1, 2, ... learns to read the step number off the id, and is lost inside a real tree."""
+    ids = [0]
+    for _ in range(n - 1):
+        ids.append(ids[-1] + (1 if rng.random() < 0.3 else rng.randint(2, 12)))
+    return ids
+
+
+def thought_example(problem: Problem, tokenizer, rng: random.Random, negative_fraction: float = 0.0):
+    """(token ids, loss mask) of one thought-format path, ids as in a search tree, ending with <eos>.
+
+    With probability negative_fraction it ends instead in a corrupted step whose rating token (negative)
+    is the only thing trained on that line.
+    """
+    path = solution_tree(problem).nodes  # a chain: root, expansions, conclusion
+    for node, node_id in zip(path, tree_ids(len(path), rng)):
+        node.id = node_id  # rendering only: headers read node.id and node.parent.id
+    lines = [render_node(n) for n in path]
+    ids = tokenizer.encode(lines[0] + "\n")
+    mask = [0] * len(ids)
+    negative = problem.steps and rng.random() < negative_fraction
+    cut = rng.randrange(len(problem.steps)) + 1 if negative else None
+    for i, node in enumerate(path[1:], start=1):
+        if i == cut:
+            s = problem.steps[i - 1]
+            node.text = f"{s.x} {s.op} {s.b} = {_corrupt(s.y, rng)}"
+            node.rating = "negative"
+            head = tokenizer.encode(render_node(node, upto="rating"), add_bos=False)
+            tail = tokenizer.encode(RATINGS["negative"] + "<end_of_rating>", add_bos=False)
+            ids += head + tail
+            mask += [0] * len(head) + [1] + [0] * (len(tail) - 1)
+            return ids, mask
+        line = tokenizer.encode(lines[i] + "\n", add_bos=False) if i < len(path) - 1 else \
+            tokenizer.encode(lines[i], add_bos=False) + [tokenizer.eos_id]  # the tree ends after its conclusion
+        ids += line
+        mask += [1] * len(line)
+    return ids, mask
+
+
+def think_example(problem: Problem, tokenizer, rng: random.Random | None = None):
+    """(ids, mask) of Elastic Reasoning's format: the question, then <think>work</think>answer<eos> (trained)."""
+    prompt = tokenizer.encode(think_prompt(problem.question))
+    answer = tokenizer.encode(problem.think_solution(), add_bos=False) + [tokenizer.eos_id]
+    return prompt + answer, [0] * len(prompt) + [1] * len(answer)
+
+
+def make_batches(problems: list[Problem], example_fn, batch_size: int, rng: random.Random, pad_id: int):
+    """Endless (ids, attention mask, loss mask) batches of example_fn(problem, rng); examples of similar
+    length go together so little is spent on padding."""
+    while True:
+        order = list(range(len(problems)))
+        rng.shuffle(order)
+        chunk = batch_size * 16
+        for start in range(0, len(order) - batch_size + 1, chunk):
+            pool = [example_fn(problems[i], rng) for i in order[start:start + chunk]]
+            pool.sort(key=lambda ex: len(ex[0]))
+            batches = [pool[i:i + batch_size] for i in range(0, len(pool) - batch_size + 1, batch_size)]
+            rng.shuffle(batches)
+            for batch in batches:
+                yield collate(batch, pad_id)
+
+
+def collate(examples, pad_id: int, multiple: int = 32):
+    """Right-padded (ids, attention mask, loss mask). Lengths are rounded up to a multiple of `multiple`:
+    a few shapes recur, so the memory allocator reuses its blocks (every new length fragments the heap)."""
+    T = -(-max(len(ids) for ids, _ in examples) // multiple) * multiple
+    ids = torch.tensor([x + [pad_id] * (T - len(x)) for x, _ in examples])  # (B, T)
+    mask = torch.tensor([m + [0] * (T - len(m)) for _, m in examples])  # (B, T)
+    attn = torch.tensor([[1] * len(x) + [0] * (T - len(x)) for x, _ in examples])  # (B, T)
+    return ids, attn, mask
+
+
+def lm_loss(model, ids, attn, loss_mask, bf16: bool = False):
+    """Mean cross-entropy of the tokens where loss_mask is 1, each predicted from the position before.
+
+    bf16 autocasts the matrix multiplies on a CPU (weights and the optimizer stay float32)."""
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16 and ids.device.type == "cpu"):
+        logits = model(ids, attention_mask=attn)  # (B, T, V)
+    target_mask = loss_mask[:, 1:].bool()  # (B, T-1)
+    logits = logits[:, :-1][target_mask].float()  # (N, V)
+    return F.cross_entropy(logits, ids[:, 1:][target_mask])
+
+
+def lr_at(step: int, config: SFTConfig) -> float:
+    if step < config.warmup:
+        return config.lr * (step + 1) / config.warmup
+    progress = (step - config.warmup) / max(1, config.steps - config.warmup)
+    return config.lr * (config.min_lr_ratio + (1 - config.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def train_sft(model, batches, config: SFTConfig, callback=None, progress: bool = True) -> list[float]:
+    """Train `model` in place on batches from make_batches; callback(step, loss) runs after every step
+    (logging, evaluation). AdamW, linear warm-up then cosine decay, gradient clipping. Returns the losses."""
+    from tqdm.auto import tqdm
+
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.dim() < 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+                            lr=config.lr, betas=(0.9, 0.95))
+    model.train()
+    losses = []
+    bar = tqdm(range(config.steps), desc="sft", disable=not progress)
+    for step in bar:
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step, config)
+        ids, attn, mask = next(batches)
+        loss = lm_loss(model, ids.to(model.output_embedding.device), attn.to(model.output_embedding.device),
+                       mask.to(model.output_embedding.device), config.bf16)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+        opt.step()
+        losses.append(loss.item())
+        bar.set_postfix(loss=f"{losses[-1]:.3f}")
+        if callback is not None:
+            callback(step, losses[-1])
+    model.eval()
+    return losses

@@ -1,0 +1,83 @@
+"""The tiny warm start: a 1M-parameter Gemma-2 trained from scratch to write worked solutions.
+
+    python -m nanoo1.warmstart          # regenerate data/tiny/warmstart (about 15 minutes on 2 CPU cores)
+
+One model learns all three formats of nanoo1 from the tiny task's worked solutions (tasks.py), mixed
+per example: the LongCoT thought format with negatively rated corrupted steps (search, MCTS, PPO), the
+<think> format (Elastic Reasoning's budgeted GRPO) and rStar's code format (rstar.py). It is stopped
+early on purpose, while greedy accuracy is still climbing: self-play has room to show what it adds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import time
+from pathlib import Path
+
+import torch
+
+from nanoo1.checkpoint import save_pretrained
+from nanoo1.model import Gemma2, Gemma2Config
+from nanoo1.rstar import code_example
+from nanoo1.sft import SFTConfig, make_batches, think_example, thought_example, train_sft
+from nanoo1.tasks import TINY_DIR, load_jsonl
+from nanoo1.tokenizer import Tokenizer
+
+WARMSTART_DIR = TINY_DIR / "warmstart"
+# 1.05M parameters: 4 layers of width 128, sliding window on layers 0 and 2 as in every Gemma-2
+TINY_MODEL = Gemma2Config.preset("tiny", vocab_size=512, hidden_size=128, intermediate_size=512, num_hidden_layers=4,
+                                 num_attention_heads=4, num_key_value_heads=2, head_dim=32, query_pre_attn_scalar=32,
+                                 sliding_window=128, max_position_embeddings=1024)
+MIXTURE = {"thought": 0.6, "think": 0.2, "code": 0.2}  # share of each format in the warm-start batches
+WARMSTART_SFT = SFTConfig(steps=1500, batch_size=32, lr=3e-3, negative_fraction=0.3)
+
+
+def mixed_example(tokenizer, mixture=MIXTURE, negative_fraction: float = 0.3):
+    """example_fn(problem, rng) drawing one of the formats per call, by `mixture`'s weights."""
+    names, weights = list(mixture), list(mixture.values())
+
+    def example(problem, rng: random.Random):
+        kind = rng.choices(names, weights)[0]
+        if kind == "thought":
+            return thought_example(problem, tokenizer, rng, negative_fraction)
+        if kind == "think":
+            return think_example(problem, tokenizer, rng)
+        return code_example(problem, tokenizer, rng)
+
+    return example
+
+
+def train_warmstart(out: Path | None = None, config: SFTConfig = WARMSTART_SFT, seed: int = 0, data=TINY_DIR / "train.jsonl",
+                    progress: bool = True, callback=None):
+    """Train the tiny warm start from scratch; save it to `out` when given. Returns (model, tokenizer)."""
+    tokenizer = Tokenizer.from_file(TINY_DIR)
+    model = Gemma2(TINY_MODEL).init_weights(torch.Generator().manual_seed(seed))
+    problems = load_jsonl(data)
+    batches = make_batches(problems, mixed_example(tokenizer, negative_fraction=config.negative_fraction),
+                           config.batch_size, random.Random(seed), tokenizer.pad_id)
+    train_sft(model, batches, config, callback=callback, progress=progress)
+    model.requires_grad_(False)
+    if out is not None:
+        save_pretrained(model, tokenizer, out)
+    return model, tokenizer
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", type=Path, default=WARMSTART_DIR)
+    p.add_argument("--steps", type=int, default=WARMSTART_SFT.steps)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=None)
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    from dataclasses import replace
+
+    t = time.perf_counter()
+    train_warmstart(args.out, replace(WARMSTART_SFT, steps=args.steps), seed=args.seed)
+    print(f"wrote {args.out} in {time.perf_counter() - t:.0f} s")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,88 @@
+"""A short self-play run end to end: metrics, checkpoints, the final JSON, exact resume, determinism."""
+
+import json
+
+import pytest
+import torch
+
+from conftest import random_model
+from nanoo1.checkpoint import load_pretrained, save_pretrained
+from nanoo1.selfplay import SelfPlayConfig, chain_items, collate_chains, main, run, tree_chains
+from nanoo1.tasks import TINY_DIR, make_problems, solution_tree
+from nanoo1.thoughts import Tree
+from nanoo1.tokenizer import Tokenizer
+from nanoo1.warmstart import TINY_MODEL
+
+
+@pytest.fixture(scope="module")
+def warmstart(tmp_path_factory):
+    """A random model in the tiny shape with the shipped tokenizer, saved as a checkpoint."""
+    d = tmp_path_factory.mktemp("warm")
+    tok = Tokenizer.from_file(TINY_DIR)
+    save_pretrained(random_model(TINY_MODEL, seed=0, std=0.05), tok, d)
+    return d
+
+
+def small(out, warmstart, **kw):
+    settings = dict(out=str(out), warmstart=str(warmstart), eval_problems=3, iterations=2, problems_per_iteration=3,
+                    simulations=2, updates_per_iteration=2, minibatch=4, best_of_n=2, eval_simulations=2, eval_every=0,
+                    max_thought_tokens=12)
+    return SelfPlayConfig(**{**settings, **kw})
+
+
+def test_chains_advantages_and_value_targets():
+    """A hand-built tree: a success chain and a failure chain sharing the root's first child."""
+    tok = Tokenizer.from_file(TINY_DIR)
+    (p,) = make_problems(1, seed=0)
+    tree = Tree(p.question)
+    a = tree.add(tree.root, "<expansion>", "18 / 3 = 6", value=-0.1)
+    win = tree.add(a, "<conclusion>", "The answer is \\boxed{11}", value=0.0, terminal="success")
+    lose = tree.add(a, "<conclusion>", "The answer is \\boxed{12}", value=-5.0, terminal="failure")
+    tree.add(a, "<expansion>", "6 / 3 = 2", value=-0.7)  # unexpanded, not terminal: no chain
+    tree.root.value = -0.2
+    paths = tree_chains(tree, 4)
+    assert [q[-1] for q in paths] == [win, lose]
+    items = chain_items(tok, paths, SelfPlayConfig(gamma=1.0, lam=1.0))
+    # gamma = lam = 1: A_k = R - V(before k). V before a = exp(-0.2), before the conclusion = exp(-0.1)
+    adv_a, adv_win = 1 - torch.exp(torch.tensor(-0.2)).item(), 1 - torch.exp(torch.tensor(-0.1)).item()
+    adv_lose = 0 - torch.exp(torch.tensor(-0.1)).item()
+    first, second = items
+    trained = sorted({round(x, 5) for x, m in zip(first["advantages"], first["mask"]) if m})
+    assert trained == sorted({round(adv_a, 5), round(adv_win, 5)})
+    # the shared thought `a` is trained once (in the first chain); the second chain trains only its conclusion
+    assert {round(x, 5) for x, m in zip(second["advantages"], second["mask"]) if m} == {round(adv_lose, 5)}
+    assert first["value_target"] == [1.0, 1.0] and second["value_target"][-1] == 0.0
+    # value positions hold <start_of_rating>; trained tokens end with <end_of_thought>
+    start = tok.token_id("<start_of_rating>")
+    assert all(first["ids"][i] == start for i in first["value_pos"])
+    batch = collate_chains(items, tok.pad_id)
+    assert batch["input_ids"].shape[1] % 32 == 0 and batch["value_mask"].tolist() == [[1, 1], [1, 1]]
+
+
+def test_short_run_writes_metrics_checkpoints_and_final_json(tmp_path, warmstart, capsys):
+    main(["--tiny", "--model", str(warmstart), "--out", str(tmp_path), "--eval-problems", "3", "--iterations", "2",
+          "--problems-per-iteration", "3", "--simulations", "2", "--updates-per-iteration", "1", "--minibatch", "4",
+          "--best-of-n", "2", "--eval-simulations", "2", "--eval-every", "1", "--max-thought-tokens", "12", "--no-progress"])
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    summary = json.loads(last)
+    for key in ("sft_greedy", "final_greedy", "final_mcts", "wall_s", "checkpoint"):
+        assert key in summary
+    lines = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert lines[0]["eval"] == "before" and lines[-1]["eval"] == "after"
+    assert [l["iteration"] for l in lines[1:-1]] == [0, 1] and "greedy_quick" in lines[1]
+    model, tok = load_pretrained(summary["checkpoint"])
+    assert tok is not None and model.config == TINY_MODEL
+    assert (tmp_path / "latest").read_text() == "iter-0001" and (tmp_path / "iter-0001" / "replay.pt").exists()
+
+
+def test_resume_continues_exactly_and_seeds_repeat(tmp_path, warmstart):
+    straight = run(small(tmp_path / "a", warmstart), progress=False)
+    run(small(tmp_path / "b", warmstart, iterations=1), progress=False)
+    resumed = run(small(tmp_path / "b", warmstart), resume=str(tmp_path / "b"), progress=False)
+    a, _ = load_pretrained(tmp_path / "a" / "final")
+    b, _ = load_pretrained(tmp_path / "b" / "final")
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+    drop = ("wall_s", "checkpoint")
+    assert {k: v for k, v in straight.items() if k not in drop} == {k: v for k, v in resumed.items() if k not in drop}
+    again = run(small(tmp_path / "c", warmstart), progress=False)
+    assert {k: v for k, v in straight.items() if k not in drop} == {k: v for k, v in again.items() if k not in drop}

@@ -1,0 +1,95 @@
+"""Supervised warm start: examples, masks, the loss, the schedule, and a model that learns."""
+
+import math
+import random
+
+import torch
+import torch.nn.functional as F
+
+from conftest import random_model
+from nanoo1.model import Gemma2Config
+from nanoo1.sft import SFTConfig, collate, lm_loss, lr_at, make_batches, think_example, thought_example, train_sft
+from nanoo1.tasks import make_problems
+
+
+def trained_text(tok, ids, mask):
+    return tok.decode([i for i, m in zip(ids, mask) if m])
+
+
+def test_thought_example_trains_everything_after_the_question(tiny_tokenizer):
+    (p,) = make_problems(1, seed=0)
+    ids, mask = thought_example(p, tiny_tokenizer, random.Random(0), negative_fraction=0.0)
+    assert len(ids) == len(mask) and ids[0] == tiny_tokenizer.bos_id
+    text = trained_text(tiny_tokenizer, ids, mask)
+    assert p.question not in text and text.startswith("<start_of_father_id>0<end_of_father_id>")
+    assert "<expansion>18 / 3 = 6<end_of_thought>" in text
+    assert text.endswith("\\boxed{11}<end_of_thought><start_of_rating><positive_rating><end_of_rating><eos>")
+    assert tiny_tokenizer.decode(ids).count("<positive_rating>") == 7  # root, 5 steps, conclusion
+
+
+def test_negative_example_trains_only_the_rating_of_the_corrupted_step(tiny_tokenizer):
+    (p,) = make_problems(1, seed=0)
+    rng = random.Random(5)
+    ids, mask = thought_example(p, tiny_tokenizer, rng, negative_fraction=1.0)
+    full = tiny_tokenizer.decode(ids)
+    assert full.endswith("<start_of_rating><negative_rating><end_of_rating>")
+    last_line = full.split("\n")[-1]
+    wrong = last_line.split("<expansion>")[1].split("<end_of_thought>")[0]
+    assert wrong not in [s.equation() for s in p.steps]  # the step really is corrupted
+    # the last trained token is the negative rating; none of the corrupted text is trained
+    trained = [i for i, m in zip(ids, mask) if m]
+    assert trained[-1] == tiny_tokenizer.token_id("<negative_rating>")
+    assert wrong not in trained_text(tiny_tokenizer, ids, mask)
+
+
+def test_think_example(tiny_tokenizer):
+    (p,) = make_problems(1, seed=0)
+    ids, mask = think_example(p, tiny_tokenizer)
+    assert trained_text(tiny_tokenizer, ids, mask) == p.think_solution() + "<eos>"
+    assert mask[: len(tiny_tokenizer.encode(p.question + "\n"))] == [0] * len(tiny_tokenizer.encode(p.question + "\n"))
+
+
+def test_lm_loss_is_cross_entropy_of_the_masked_next_tokens():
+    model = random_model(Gemma2Config.preset("tiny", num_hidden_layers=2))
+    ids = torch.tensor([[2, 10, 11, 12, 0], [2, 20, 21, 0, 0]])
+    attn = torch.tensor([[1, 1, 1, 1, 0], [1, 1, 1, 0, 0]])
+    mask = torch.tensor([[0, 0, 1, 1, 0], [0, 1, 1, 0, 0]])  # trained: 11, 12 and 20, 21
+    logits = model(ids, attention_mask=attn)
+    # by hand: token t is predicted at t-1
+    terms = [F.cross_entropy(logits[b, t - 1][None], ids[b, t][None]) for b, t in [(0, 2), (0, 3), (1, 1), (1, 2)]]
+    assert torch.allclose(lm_loss(model, ids, attn, mask), torch.stack(terms).mean(), atol=1e-6)
+
+
+def test_schedule_and_collate():
+    c = SFTConfig(steps=110, warmup=10, lr=1.0, min_lr_ratio=0.1)
+    assert lr_at(0, c) == 0.1 and lr_at(9, c) == 1.0
+    assert math.isclose(lr_at(60, c), 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 0.5)))  # half way: 0.55
+    assert math.isclose(lr_at(110, c), 0.1)
+    ids, attn, mask = collate([([5, 6, 7], [0, 1, 1]), ([8] * 33, [1] * 33)], pad_id=0)
+    assert ids.shape == (2, 64) and attn[0].tolist() == [1, 1, 1] + [0] * 61 and mask[0, :3].tolist() == [0, 1, 1]
+
+
+def test_a_tiny_model_learns_the_format(tiny_tokenizer):
+    """80 steps on 64 problems: the loss falls far below its start (a model that did not learn stays ~6)."""
+    torch.manual_seed(0)
+    problems = make_problems(64, seed=2)
+    model = random_model(Gemma2Config.preset("tiny", vocab_size=len(tiny_tokenizer), num_hidden_layers=2), std=0.02).train()
+    batches = make_batches(problems, lambda p, rng: thought_example(p, tiny_tokenizer, rng, 0.3), 16, random.Random(0),
+                           tiny_tokenizer.pad_id)
+    losses = train_sft(model, batches, SFTConfig(steps=80, batch_size=16, bf16=False, warmup=5), progress=False)
+    assert losses[0] > 4.0 and sum(losses[-5:]) / 5 < 1.5
+
+
+def test_chain_ids_look_like_a_search_tree(tiny_tokenizer):
+    """Ids increase along the chain but skip, as in a tree where siblings took the ids in between."""
+    from nanoo1.sft import tree_ids
+    from nanoo1.thoughts import parse_tree
+
+    ids = tree_ids(2000, random.Random(0))
+    steps = [b - a for a, b in zip(ids, ids[1:])]
+    assert ids[0] == 0 and min(steps) == 1 and max(steps) == 12
+    assert 0.25 < steps.count(1) / len(steps) < 0.4  # a first child 30% of the time
+    (p,) = make_problems(1, seed=0)
+    ids, mask = thought_example(p, tiny_tokenizer, random.Random(1))
+    tree = parse_tree(tiny_tokenizer.decode(ids[1:-1]))  # without <bos> and <eos>
+    assert [n.meta for n in tree.nodes] == ["<problem>"] + ["<expansion>"] * 5 + ["<conclusion>"]

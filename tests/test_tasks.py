@@ -1,0 +1,72 @@
+"""The tiny task generator, its renderings, and the GSM8K-style loader."""
+
+import json
+
+import pytest
+
+from nanoo1.rewards import check
+from nanoo1.tasks import OPS, TINY_DIR, Problem, load_jsonl, make_problems, solution_tree, think_prompt, write_jsonl
+from nanoo1.thoughts import parse_tree
+
+
+def test_problems_are_seeded_and_within_bounds():
+    a, b, c = make_problems(200, seed=3), make_problems(200, seed=3), make_problems(200, seed=4)
+    assert [p.question for p in a] == [p.question for p in b] != [p.question for p in c]
+    for p in a:
+        assert 2 <= len(p.steps) <= 5
+        x = p.steps[0].x
+        for s in p.steps:
+            assert s.x == x and s.y == OPS[s.op](s.x, s.b) and 1 <= s.y <= 50  # each step starts where the last ended
+            if s.op == "/":
+                assert s.x % s.b == 0  # exact division
+            x = s.y
+        assert p.answer == str(x)
+        assert len(p.question.split(". ")) == len(p.steps) + 2  # the start, one sentence per step, the question
+
+
+def test_known_problem_and_its_three_renderings():
+    (p,) = make_problems(1, seed=0)
+    assert p.question.startswith("Ivy has 18 coins.") and p.answer == "11"
+    assert p.thought_steps() == ["18 / 3 = 6", "6 / 3 = 2", "2 * 2 = 4", "4 * 2 = 8", "8 + 3 = 11"]
+    tree = solution_tree(p)
+    assert [n.meta for n in tree.nodes] == ["<problem>"] + ["<expansion>"] * 5 + ["<conclusion>"]
+    assert tree.nodes[-1].text == "The answer is \\boxed{11}" and check(tree.nodes[-1].text, p.answer)
+    assert parse_tree(tree.training_text()).training_text() == tree.training_text()
+    assert p.think_solution() == "<think>18 / 3 = 6\n6 / 3 = 2\n2 * 2 = 4\n4 * 2 = 8\n8 + 3 = 11</think>The answer is \\boxed{11}"
+    assert think_prompt(p.question) == p.question + "\n"
+    code = p.code_steps()
+    assert code[0] == ("Step 1: She splits them into 3 equal piles and keeps one pile.", "x1 = 18 // 3")
+    assert code[-1][1] == "print(x5)"
+    scope = {}
+    exec("\n".join(c for _, c in code[:-1]), scope)  # the code computes the answer
+    assert scope["x5"] == 11
+
+
+def test_jsonl_round_trip_and_gsm8k_format(tmp_path):
+    problems = make_problems(5, seed=1)
+    write_jsonl(problems, tmp_path / "p.jsonl")
+    again = load_jsonl(tmp_path / "p.jsonl")
+    assert [(p.question, p.answer, p.steps) for p in again] == [(p.question, p.answer, p.steps) for p in problems]
+    row = json.loads((tmp_path / "p.jsonl").read_text().splitlines()[0])
+    assert row["answer"].endswith("#### " + problems[0].answer)
+    (tmp_path / "g.jsonl").write_text(json.dumps({"question": "q?", "answer": "2 + 2 = 4\n#### 1,004"}) + "\n")
+    assert load_jsonl(tmp_path / "g.jsonl") == [Problem("q?", "1004")]
+
+
+def test_loader_errors_name_file_and_line(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nope.jsonl"):
+        load_jsonl(tmp_path / "nope.jsonl")
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"question": "a", "answer": "#### 1"}\n{"question": "b"}\n')
+    with pytest.raises(KeyError, match=r"bad.jsonl:2: expected keys 'question' and 'answer'"):
+        load_jsonl(bad)
+    bad.write_text('{"question": "a", "answer": "#### 1"}\nnot json\n')
+    with pytest.raises(ValueError, match=r"bad.jsonl:2: invalid JSON"):
+        load_jsonl(bad)
+
+
+def test_shipped_splits_are_disjoint_and_regenerable():
+    train, test = load_jsonl(TINY_DIR / "train.jsonl"), load_jsonl(TINY_DIR / "test.jsonl")
+    assert len(train) == 10000 and len(test) == 500
+    assert not {p.question for p in train} & {p.question for p in test}
+    assert [p.question for p in train[:50]] == [p.question for p in make_problems(50, seed=1234)]
