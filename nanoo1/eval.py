@@ -42,11 +42,11 @@ def search_config(method: str, budget: int, mcts: MCTSConfig | None = None) -> S
         return SearchConfig(method="best_of_n", n=budget, vote="majority")
     if method == "beam":
         return SearchConfig(method="beam", n=budget, expand=4)
-    return SearchConfig(method="mcts", mcts=replace(mcts or MCTSConfig(), simulations=budget))
+    return SearchConfig(method="mcts", mcts=replace(mcts or MCTSConfig(rollout=True), simulations=budget))
 
 
 def evaluate(model, tokenizer, problems: list[Problem], method: str, budget: int = 1, mcts: MCTSConfig | None = None,
-             temperature: float = 1.0, max_thought_tokens: int = 32, seed: int = 0) -> EvalResult:
+             temperature: float = 0.7, max_thought_tokens: int = 32, seed: int = 0) -> EvalResult:
     """Accuracy of one search method at one budget on `problems` (no ground truth reaches the search)."""
     t = time.perf_counter()
     policy = LMPolicy(model, tokenizer, temperature=temperature, max_thought_tokens=max_thought_tokens, seed=seed)
@@ -99,7 +99,7 @@ def main(argv=None):
     g = p.add_argument_group("compute")
     g.add_argument("--methods", default="greedy,best_of_n,beam,mcts", help="comma-separated; also 'budget' (<think> format)")
     g.add_argument("--budgets", default="1,2,4,8,16", help="N / beam width / MCTS simulations / thinking tokens")
-    g.add_argument("--temperature", type=float, default=1.0, help="sampling temperature of the searches")
+    g.add_argument("--temperature", type=float, default=0.7, help="sampling temperature of the searches")
     g.add_argument("--max-thought-tokens", type=int, default=32)
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")

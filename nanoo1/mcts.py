@@ -128,6 +128,59 @@ def judge(node: Node, ground_truth: str | None, max_depth: int, success_threshol
     return "failure" if node.depth >= max_depth else None
 
 
+def add_chains(requests: list[Request], chains: list[list[list[Candidate]]]) -> tuple[list[list[Node]], list[Spent]]:
+    """Add rolled-out chains (per request, its chains of candidates) under each request's node.
+
+    Each candidate's node_id is the id its header named, drawn from one counter per tree, so all the
+    candidates of a tree are added in id order (a parent always has a smaller id than its children).
+    Returns per request its chain ends and the tokens spent.
+    """
+    placed = {}  # (tree, node_id) -> (request index, parent's node_id or None, candidate)
+    for i, per_request in enumerate(chains):
+        for chain in per_request:
+            for j, c in enumerate(chain):
+                placed[(id(requests[i].tree), c.node_id)] = (i, chain[j - 1].node_id if j else None, c)
+    nodes, spent = {}, [Spent() for _ in requests]
+    for key in sorted(placed, key=lambda k: k[1]):
+        i, parent_id, c = placed[key]
+        r = requests[i]
+        parent = nodes[(key[0], parent_id)] if parent_id is not None else r.node
+        node = r.tree.add(parent, c.meta, c.text, prior=c.prior, entropy=c.entropy, varentropy=c.varentropy,
+                          tokens=list(c.tokens), logprobs=list(c.logprobs))
+        if node.id != c.node_id:
+            raise RuntimeError(f"a rolled-out thought named id {c.node_id} in its header but became node {node.id}")
+        nodes[key] = node
+        spent[i].generated += len(c.tokens)
+        spent[i].prompt += c.prompt_tokens
+    ends = [[nodes[(id(r.tree), chain[-1].node_id)] for chain in per_request if chain] for r, per_request in zip(requests, chains)]
+    return ends, spent
+
+
+def simulate(policy, requests: list[Request], max_depth: int) -> tuple[list[list[Node]], list[Spent]]:
+    """Roll each request's node out to terminal thoughts, request.k chains each (MCTS's simulation phase).
+
+    With `policy.rollout` the chains are written in one cached generation; otherwise they grow one thought
+    per round with `expand`. A chain ends at a <conclusion>, at max_depth, or at a thought the policy marked
+    terminal. Returns per request its chain ends (not yet judged) and the tokens spent.
+    """
+    if hasattr(policy, "rollout"):
+        return add_chains(requests, policy.rollout(requests, max_depth))
+    ends, spent = [[] for _ in requests], [Spent() for _ in requests]
+    live = [(i, Request(r.tree, r.node, r.metas, r.hints, r.temperature)) for i, r in enumerate(requests)]
+    while live:
+        children, costs = expand(policy, [r for _, r in live])
+        next_live = []
+        for (i, r), kids, cost in zip(live, children, costs):
+            spent[i].add(cost)
+            for child in kids:
+                if child.terminal is None and child.meta != "<conclusion>" and child.depth < max_depth:
+                    next_live.append((i, Request(r.tree, child, [None], [None], r.temperature)))
+                else:
+                    ends[i].append(child)
+        live = next_live
+    return ends, spent
+
+
 # -- selection rules -----------------------------------------------------------------------------------
 def puct_score(parent: Node, child: Node, c: float = 1.4, varentropy_coef: float = 0.0) -> float:
     """LLaMA-O1's rule: V(child) + c * P(child) * sqrt(N(parent)) / (1 + N(child)) [+ lambda * varentropy(child)].
@@ -170,6 +223,7 @@ class MCTSConfig:
     success_value: float = 0.0  # with a ground truth, a success's value: log 1 (rStar-Math: +1)
     failure_value: float | None = None  # with a ground truth, a failure's value; None: log reward_epsilon (rStar: -1)
     temperature: float | None = None  # sampling temperature; None: the policy's own
+    rollout: bool = False  # simulate: roll every new thought out to a terminal and back up its outcome
 
     def __post_init__(self):
         if self.selection not in SELECTION_RULES:
@@ -259,6 +313,14 @@ def answer_of(node: Node) -> str | None:
     return extract_answer(node.text) if node.meta == "<conclusion>" else None
 
 
+def _judge(p, node: Node, config: MCTSConfig, failure_value: float) -> None:
+    """Label a thought terminal if it is one; with a ground truth its value becomes the outcome's reward."""
+    node.terminal = node.terminal or judge(node, p.ground_truth, config.max_depth, config.success_threshold)
+    if node.terminal is not None and p.ground_truth is not None:
+        node.value = config.success_value if node.terminal == "success" else failure_value
+    p.successes += node.terminal == "success"
+
+
 @dataclass
 class _Problem:
     tree: Tree
@@ -301,11 +363,30 @@ def mcts(policy, questions: list[str], config: MCTSConfig | None = None, ground_
         for (p, leaf), kids, spent in zip(jobs, children, spent_per_job):
             p.spent.add(spent)
             for child in kids:
-                child.terminal = child.terminal or judge(child, p.ground_truth, config.max_depth, config.success_threshold)
-                if child.terminal is not None and p.ground_truth is not None:
-                    child.value = config.success_value if child.terminal == "success" else failure_value
-                p.successes += child.terminal == "success"
-            backup(leaf, config.discount * max(child.value for child in kids), config.discount)
+                _judge(p, child, config, failure_value)
+            if not config.rollout:
+                backup(leaf, config.discount * max(child.value for child in kids), config.discount)
+        if config.rollout:  # simulation: every new thought rolled out to a terminal, each outcome backed up
+            todo = [(p, child) for (p, _), kids in zip(jobs, children) for child in kids if child.terminal is None]
+            for p, child in ((p, c) for (p, _), kids in zip(jobs, children) for c in kids if c.terminal is not None):
+                backup(child, child.value, config.discount)
+            ends, costs = simulate(policy, [Request(p.tree, c, [None], [None], config.temperature) for p, c in todo],
+                                   config.max_depth)
+            flat = [(p, e) for (p, _), es in zip(todo, ends) for e in es]
+            unrated = [(p, e) for p, e in flat if p.ground_truth is None and e.value is None]
+            if unrated:  # test time: a conclusion is judged by its value
+                values, tokens = policy.evaluate([p.tree.path(e) for p, e in unrated])
+                for (p, e), v, n in zip(unrated, values, tokens):
+                    e.value = float(v)
+                    p.spent.value += n
+            for (p, _), cost in zip(todo, costs):
+                p.spent.add(cost)
+            for p, e in flat:
+                _judge(p, e, config, failure_value)
+                e.terminal = e.terminal or "failure"  # a chain cut short
+                if e.value is None:
+                    e.value = failure_value
+                backup(e, e.value, config.discount)
     results = []
     for p in problems:
         rectify(p.tree, config.discount, config.reward_epsilon)

@@ -132,8 +132,8 @@ class KVCache:
 
     def keep(self, rows) -> None:
         """Drop every row not in `rows` (in place), e.g. the rows that finished generating."""
-        rows = torch.as_tensor(rows, dtype=torch.long, device=self.k.device)
-        self.k, self.v, self.lengths = self.k[:, rows], self.v[:, rows], self.lengths[rows]
+        kept = self.fork(rows)  # copies only the slots in use
+        self.k, self.v, self.lengths = kept.k, kept.v, kept.lengths
 
 
 class RMSNorm(nn.Module):

@@ -64,6 +64,8 @@ class RStarConfig:
     timeout: float = 2.0  # sandbox wall-clock seconds per program
     memory_mb: int = 256  # sandbox address-space limit per program
     ppm_batch_size: int = 32  # paths per PPM forward pass
+    step_prefix: str = "#"  # forced at the start of every step: a model that also knows other formats after the same
+    # question line (the tiny warm start's <think>) writes this one; "" lets the model choose
 
 
 # -- the step format ---------------------------------------------------------------------------------
@@ -179,12 +181,19 @@ def judge_step(steps: list[str], generated: str, result: SandboxResult | None, c
     return CodeStep(text, "depth" if deep else "ok")
 
 
-def execute_steps(parents: list[list[str]], generated: list[str], config: RStarConfig) -> list[CodeStep]:
-    """Judge generated[i] under the steps parents[i]; each distinct program runs once, all in one sandbox batch."""
+def execute_steps(parents: list[list[str]], generated: list[str], config: RStarConfig,
+                  cache: dict[str, SandboxResult] | None = None) -> list[CodeStep]:
+    """Judge generated[i] under the steps parents[i]; each distinct program runs once, all in one sandbox batch.
+
+    cache: program -> result of earlier batches (a search tree repeats programs on sibling branches), read
+    and filled; runs that timed out or failed in the sandbox itself are not kept, they may go otherwise."""
+    cache = {} if cache is None else cache
     parsed = [parse_step(g) for g in generated]
     programs = [None if p is None else joined_program(steps, p[1]) for steps, p in zip(parents, parsed)]
-    distinct = list(dict.fromkeys(p for p in programs if p is not None))
-    results = dict(zip(distinct, run_many(distinct, timeout=config.timeout, memory_mb=config.memory_mb)))
+    distinct = list(dict.fromkeys(p for p in programs if p is not None and p not in cache))
+    results = dict(zip(distinct, run_many(distinct, timeout=config.timeout, memory_mb=config.memory_mb) if distinct else []))
+    cache.update((p, r) for p, r in results.items() if r.error not in ("Timeout", "SandboxError"))
+    results.update((p, cache[p]) for p in programs if p in cache and p not in results)
     return [judge_step(steps, g, results.get(p), config) for steps, g, p in zip(parents, generated, programs)]
 
 
@@ -210,8 +219,9 @@ class RStarPolicy:
     """rStar's search policy over a nanoo1 model: mcts.py's `propose(requests)` and `evaluate(paths)`.
 
     All candidate steps of a round come from one `generate` call (each prompt prefilled once and forked k
-    ways, stopping at STEP_END) and are judged in one batched sandbox call. A node's value is its PPM
-    score, or 0 without a PPM (rStar-Math's first rounds, where terminal rewards alone guide the search).
+    ways, `step_prefix` forced, stopping at STEP_END) and are judged in one batched sandbox call (a program
+    that already ran is not run again). A node's value is its PPM score, or 0 without a PPM (rStar-Math's
+    first rounds, where terminal rewards alone guide the search).
     A terminal step has the <conclusion> meta, any other <expansion>; requests' metas and hints are unused.
     """
 
@@ -220,6 +230,8 @@ class RStarPolicy:
         self.model, self.tokenizer, self.ppm = model, tokenizer, ppm
         self.config = config or RStarConfig()
         self.generator = torch.Generator(device=model.output_embedding.device).manual_seed(seed)
+        self.prefix_ids = tokenizer.encode(self.config.step_prefix, add_bos=False) if self.config.step_prefix else []
+        self.ran: dict[str, SandboxResult] = {}  # program -> its run, shared by every search this policy does
         eos = model.config.eos_token_id
         self.stop_ids, self.stop_strings = list(eos) if isinstance(eos, list) else [eos], None
         if tokenizer.has_token(STEP_END):  # one token: stop on its id, no decoding per step
@@ -229,15 +241,18 @@ class RStarPolicy:
 
     def sample_steps(self, questions: list[str], paths: list[list[str]], ks: list[int], temperature: float | None = None):
         """ks[i] candidate steps under the rendered steps paths[i] of questions[i], generated and judged:
-        per path, a list of (CodeStep, engine.Completion)."""
+        per path, a list of (CodeStep, engine.Completion); a CodeStep's text starts with the forced prefix,
+        the Completion's tokens and text are the sampled ones after it."""
         n = _fork_width(ks)  # samples per prefilled prompt; with unequal ks every prompt is repeated instead
         prompts = [encode_trace(self.tokenizer, q, steps)[0] for q, steps in zip(questions, paths)]
         owners = [i for i, k in enumerate(ks) for _ in range(k)]
+        prefix = self.config.step_prefix
+        suffixes = [self.prefix_ids] * len(owners) if prefix else None  # fed to every fork before it samples
         rows = generate(self.model, [prompts[i] for i in owners[::n]], self.config.max_step_tokens,
                         self.config.temperature if temperature is None else temperature, self.config.top_k,
                         self.config.top_p, num_samples=n, stop_token_ids=self.stop_ids, stop_strings=self.stop_strings,
-                        tokenizer=self.tokenizer, generator=self.generator)
-        steps = execute_steps([paths[i] for i in owners], [row.text for row in rows], self.config)
+                        tokenizer=self.tokenizer, generator=self.generator, suffixes=suffixes)
+        steps = execute_steps([paths[i] for i in owners], [prefix + row.text for row in rows], self.config, self.ran)
         out = [[] for _ in paths]
         for i, step, row in zip(owners, steps, rows):
             out[i].append((step, row))
@@ -254,8 +269,9 @@ class RStarPolicy:
             sampled = self.sample_steps([r.tree.question for r in reqs], paths, [r.k for r in reqs], temperature)
             n = _fork_width([r.k for r in reqs])
             for i, r, steps, pairs in zip(rows, reqs, paths, sampled):
-                prompt = rstar_prompt(r.tree.question, steps)
-                out[i] = [_candidate(step, row, prompt, counted=j % n == 0) for j, (step, row) in enumerate(pairs)]
+                prompt = rstar_prompt(r.tree.question, steps) + self.config.step_prefix
+                out[i] = [_candidate(step, row, prompt, len(row.prompt) if j % n == 0 else len(self.prefix_ids))
+                          for j, (step, row) in enumerate(pairs)]
         return out
 
     def evaluate(self, paths: list[list[Node]]) -> tuple[list[float], list[int]]:
@@ -274,12 +290,12 @@ def _fork_width(ks: list[int]) -> int:
     return ks[0] if ks and len(set(ks)) == 1 else 1
 
 
-def _candidate(step: CodeStep, row, prompt: str, counted: bool) -> StepCandidate:
+def _candidate(step: CodeStep, row, prompt: str, prompt_tokens: int) -> StepCandidate:
     n = max(1, len(row.entropy))
     failed = step.terminal and (step.status != "answer" or step.answer is None)
     return StepCandidate("<conclusion>" if step.terminal else "<expansion>", step.text, list(row.tokens),
                          list(row.scaled_logprobs), math.exp(row.mean_logprob), sum(row.entropy) / n,
-                         sum(row.varentropy) / n, prompt, len(row.prompt) if counted else 0,
+                         sum(row.varentropy) / n, prompt, prompt_tokens,
                          status=step.status, answer=step.answer, terminal="failure" if failed else None)
 
 

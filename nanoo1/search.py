@@ -32,7 +32,7 @@ from typing import Callable
 import torch
 
 from nanoo1.engine import feed, generate
-from nanoo1.mcts import LOG_HALF, Candidate, MCTSConfig, Request, SearchResult, Spent, answer_of, expand, judge, mcts
+from nanoo1.mcts import LOG_HALF, Candidate, MCTSConfig, Request, SearchResult, Spent, answer_of, expand, judge, mcts, simulate
 from nanoo1.rewards import check, normalize_answer
 from nanoo1.thoughts import Node, Tree, header, parse_thought, render_path, value_sequences
 
@@ -266,23 +266,9 @@ def sample_chains(policy, questions: list[str], n: int, config: SearchConfig, te
 
 def _rollout_chains(policy, trees, spent, n, config, temperature, rate):
     requests = [_request(t, t.root, n, temperature) for t in trees]
-    ends = [[] for _ in trees]
-    for i, (request, chains) in enumerate(zip(requests, policy.rollout(requests, config.max_depth))):
-        placed = {}  # node_id -> (parent node id or None, candidate)
-        for chain in chains:
-            for j, c in enumerate(chain):
-                placed[c.node_id] = (chain[j - 1].node_id if j else None, c)
-        nodes = {}
-        for node_id in sorted(placed):  # ids were handed out in this order, so tree.add gives the same ids
-            parent_id, c = placed[node_id]
-            node = trees[i].add(nodes[parent_id] if parent_id is not None else request.node, c.meta, c.text, prior=c.prior,
-                                entropy=c.entropy, varentropy=c.varentropy, tokens=list(c.tokens), logprobs=list(c.logprobs))
-            if node.id != node_id:
-                raise RuntimeError(f"rollout thought named id {node_id} in its header but became node {node.id}")
-            nodes[node_id] = node
-            spent[i].generated += len(c.tokens)
-            spent[i].prompt += c.prompt_tokens
-        ends[i] = [nodes[chain[-1].node_id] for chain in chains if chain]
+    ends, costs = simulate(policy, requests, config.max_depth)
+    for s, cost in zip(spent, costs):
+        s.add(cost)
     flat = [(i, e) for i, es in enumerate(ends) for e in es]
     if not rate:  # unrated: a conclusion stays unjudged (its answer still counts), a chain cut short fails
         for _, e in flat:

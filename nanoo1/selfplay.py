@@ -52,16 +52,16 @@ class SelfPlayConfig:
     eval_problems: int = 200  # held-out problems in the before/after tables
     iterations: int = 14  # self-play iterations
     problems_per_iteration: int = 48  # problems searched per iteration
-    simulations: int = 6  # MCTS simulations per training problem
+    simulations: int = 3  # MCTS simulations per training problem (each rolls its new thoughts out)
     num_candidates: int = 4  # thoughts per expansion
-    temperature: float = 1.0  # sampling temperature during self-play
+    temperature: float = 0.7  # sampling temperature during self-play and search
     max_thought_tokens: int = 32  # a thought is cut after this many tokens
     chains_per_tree: int = 4  # root-to-leaf chains trained per tree: successes first, then failures
-    lr: float = 1e-3  # AdamW learning rate
+    lr: float = 3e-4  # AdamW learning rate
     updates_per_iteration: int = 6  # PPO minibatch updates per iteration
     minibatch: int = 32  # chains per PPO update
     clip_eps: float = 0.2  # PPO ratio clip
-    vf_coef: float = 1.0  # weight of the rating-token value loss
+    vf_coef: float = 0.5  # weight of the rating-token value loss
     gamma: float = 0.99  # GAE discount along a chain
     lam: float = 0.95  # GAE lambda
     replay_capacity: int = 1024  # chains kept in the prioritized replay buffer
@@ -72,42 +72,64 @@ class SelfPlayConfig:
     loss_type: str = "dr_grpo"  # GRPO loss normalisation
     eval_every: int = 4  # greedy accuracy on 100 held-out problems every this many iterations (0: never)
     best_of_n: int = 8  # N of the best-of-N evaluation
-    eval_simulations: int = 12  # MCTS simulations per held-out problem
+    eval_simulations: int = 4  # MCTS simulations per held-out problem (each rolls its new thoughts out)
     bf16: bool = True  # autocast matrix multiplies to bfloat16 on a CPU
     lora_rank: int = 0  # > 0: train LoRA adapters only (large models)
 
 
 # -- experience: chains of thoughts from searched trees -----------------------------------------------
+def success_rates(tree) -> dict[int, float]:
+    """P(success) of every node that has judged terminals below it: (successes + 1/2) / (terminals + 1).
+
+    A Monte Carlo estimate from the search's own outcomes (rStar-Math's Q is the same count with +-1).
+    """
+    counts = {}
+    for leaf in tree.nodes:
+        if leaf.terminal is None or leaf is tree.root:
+            continue
+        node = leaf
+        while node is not None:
+            s, n = counts.get(node.id, (0, 0))
+            counts[node.id] = (s + (leaf.terminal == "success"), n + 1)
+            node = node.parent
+    return {k: (s + 0.5) / (n + 1) for k, (s, n) in counts.items()}
+
+
 def tree_chains(tree, n: int) -> list[list]:
-    """Up to n root-to-leaf paths ending in a judged terminal: successes first, then the failures the value
-    head liked best (the most instructive mistakes)."""
-    ends = [leaf for leaf in tree.leaves() if leaf.terminal is not None and leaf is not tree.root]
-    ends.sort(key=lambda leaf: (leaf.terminal != "success", -(leaf.value or 0.0), leaf.id))
-    return [tree.path(leaf) for leaf in ends[:n]]
+    """Up to n root-to-terminal paths, half successes and half failures, from a tree with at least one
+    success (a tree without one teaches mostly noise to a small model). Failures the value head liked best
+    come first: the most instructive mistakes."""
+    ends = [leaf for leaf in tree.nodes if leaf.terminal is not None and leaf is not tree.root]
+    wins = [e for e in ends if e.terminal == "success"]
+    if not wins:
+        return []
+    losses = sorted((e for e in ends if e.terminal != "success"), key=lambda e: (-(e.value or -1e9), e.id))
+    return [tree.path(e) for e in wins[: n - n // 2] + losses[: n // 2]]
 
 
-def chain_items(tokenizer, paths: list[list], config: SelfPlayConfig) -> list[dict]:
+def chain_items(tokenizer, paths: list[list], config: SelfPlayConfig, rates: dict[int, float] | None = None) -> list[dict]:
     """One replay item per chain: token ids, which tokens train the policy (each thought once per tree),
     per-token advantages, and value positions with their targets.
 
-    GAE runs root first along the chain (Schulman et al. 2016; LLaMA-O1 runs it from child to parent):
-    V before thought k is P(success) after its parent, exp of the parent's MCTS value, r = 1 at a successful
-    terminal, else 0. A thought's value target is the return of the state it leads to; a terminal's is r.
+    GAE runs root first along the chain (Schulman et al. 2016, eq. 16; LLaMA-O1 runs it from child to
+    parent): V after thought k is its success rate in the tree (`success_rates`), r = 1 at a successful
+    terminal, else 0. A thought's value target is its success rate; a terminal's is r.
     """
     items, trained = [], set()
     for path in paths:
         ids, spans = chain_tokens(tokenizer, path)
         reward = 1.0 if path[-1].terminal == "success" else 0.0
-        values = torch.tensor([min(1.0, math.exp(n.value if n.value is not None else math.log(0.5))) for n in path[:-1]])
+        rate = {} if rates is None else rates
+        after = [rate.get(n.id, math.exp(min(0.0, n.value if n.value is not None else math.log(0.5)))) for n in path]
+        values = torch.tensor(after[:-1])  # entry k: the state before thought k+1 (the root's rate first)
         rewards = torch.zeros(len(path) - 1)
         rewards[-1] = reward
-        adv, ret = path_gae(rewards, values, config.gamma, config.lam)  # entry k: thought k (root excluded)
+        adv, _ = path_gae(rewards, values, config.gamma, config.lam)
         mask, advantages = [0] * len(ids), [0.0] * len(ids)
         value_pos, value_target = [], []
         for k, (node, (start, end, rating)) in enumerate(zip(path[1:], spans)):
-            target = reward if k == len(path) - 2 else float(ret[k + 1])
             value_pos.append(rating)
-            value_target.append(min(1.0, max(0.0, target)))
+            value_target.append(reward if k == len(path) - 2 else after[k + 1])
             if id(node) in trained:  # shared prefix: context here, trained in its first chain
                 continue
             trained.add(id(node))
@@ -169,10 +191,11 @@ def _autocast(config: SelfPlayConfig):
 
 def ppo_iteration(model, tokenizer, opt, replay, policy, problems, it: int, config: SelfPlayConfig) -> dict:
     mcfg = MCTSConfig(simulations=config.simulations, num_candidates=config.num_candidates, max_children=config.num_candidates,
-                      temperature=config.temperature, patient=2)
+                      temperature=config.temperature, patient=config.num_candidates * config.simulations, rollout=True)
     results = mcts(policy, [p.question for p in problems], mcfg, [p.answer for p in problems], seed=config.seed * 1000 + it)
     solved = sum(r.successes > 0 for r in results) / len(results)
-    items = chain_items(tokenizer, [c for r in results for c in tree_chains(r.tree, config.chains_per_tree)], config)
+    items = [item for r in results
+             for item in chain_items(tokenizer, tree_chains(r.tree, config.chains_per_tree), config, success_rates(r.tree))]
     stamp_old(model, tokenizer, items, config)
     replay.extend(items, [sum(abs(a) for a in it["advantages"]) / max(1, sum(it["mask"])) for it in items])
     cfg = PPOConfig(clip_eps=config.clip_eps, vf_coef=config.vf_coef, micro_batch_size=16, temperature=config.temperature)
@@ -281,9 +304,10 @@ def run(config: SelfPlayConfig, resume: str | None = None, from_scratch: bool = 
     evals = {}
 
     def eval_all(tag):
-        e = {"greedy": evaluate(model, tokenizer, test, "greedy", seed=config.seed),
-             f"best_of_{config.best_of_n}": evaluate(model, tokenizer, test, "best_of_n", config.best_of_n, seed=config.seed),
-             f"mcts_{config.eval_simulations}": evaluate(model, tokenizer, test, "mcts", config.eval_simulations, seed=config.seed)}
+        kw = dict(temperature=config.temperature, max_thought_tokens=config.max_thought_tokens, seed=config.seed)
+        e = {"greedy": evaluate(model, tokenizer, test, "greedy", **kw),
+             f"best_of_{config.best_of_n}": evaluate(model, tokenizer, test, "best_of_n", config.best_of_n, **kw),
+             f"mcts_{config.eval_simulations}": evaluate(model, tokenizer, test, "mcts", config.eval_simulations, **kw)}
         if config.algo == "grpo":
             e[f"think_{config.think_budget}"] = evaluate_budgeted(model, tokenizer, test, config.think_budget, config.solution_budget)
         evals[tag] = e
@@ -305,7 +329,7 @@ def run(config: SelfPlayConfig, resume: str | None = None, from_scratch: bool = 
         else:
             m = grpo_iteration(model, tokenizer, opt, problems, it, config)
         if config.eval_every and (it + 1) % config.eval_every == 0:
-            m["greedy_quick"] = evaluate(model, tokenizer, quick, "greedy").accuracy
+            m["greedy_quick"] = evaluate(model, tokenizer, quick, "greedy", max_thought_tokens=config.max_thought_tokens).accuracy
         m.update(iteration=it, seconds=round(time.perf_counter() - t0, 1))
         metrics.append(m)
         with open(out / "metrics.jsonl", "a", encoding="utf-8") as f:

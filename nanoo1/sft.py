@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from nanoo1.tasks import Problem, solution_tree, think_prompt
+from nanoo1.tasks import OPS, Problem, Step, solution_tree, think_prompt
 from nanoo1.thoughts import RATINGS, render_node
 
 
@@ -42,8 +42,8 @@ class SFTConfig:
 
 
 def _corrupt(value: int, rng: random.Random) -> int:
-    """A plausible wrong result: off by a little, or a digit slip."""
-    delta = rng.choice([1, 2, 3, 10]) * rng.choice([-1, 1])
+    """A plausible wrong result: off by a little, or a slip in the tens digit."""
+    delta = rng.choice([1, 1, 2, 3, 10]) * rng.choice([-1, 1])
     return value + delta if value + delta >= 0 else value + abs(delta)
 
 
@@ -60,32 +60,50 @@ def tree_ids(n: int, rng: random.Random) -> list[int]:
 def thought_example(problem: Problem, tokenizer, rng: random.Random, negative_fraction: float = 0.0):
     """(token ids, loss mask) of one thought-format path, ids as in a search tree, ending with <eos>.
 
-    With probability negative_fraction it ends instead in a corrupted step whose rating token (negative)
-    is the only thing trained on that line.
+    With probability negative_fraction one step's result is corrupted and the error propagates: later
+    steps compute from the wrong number, to a wrong conclusion. From the corrupted step on, every thought
+    is rated negative and only the rating tokens are trained, so the rating-token value head learns that a
+    path with a mistake anywhere is a bad path (what search needs from it), and the policy never learns
+    a mistake.
     """
-    path = solution_tree(problem).nodes  # a chain: root, expansions, conclusion
+    steps = list(problem.steps)
+    bad = rng.randrange(len(steps)) if steps and rng.random() < negative_fraction else None
+    if bad is not None:
+        steps = _propagate_error(steps, bad, rng)
+    tree = solution_tree(Problem(problem.question, str(steps[-1].y) if steps else problem.answer, steps))
+    path = tree.nodes  # a chain: root, expansions, conclusion
     for node, node_id in zip(path, tree_ids(len(path), rng)):
         node.id = node_id  # rendering only: headers read node.id and node.parent.id
-    lines = [render_node(n) for n in path]
-    ids = tokenizer.encode(lines[0] + "\n")
+    for node in path[bad + 1:] if bad is not None else []:
+        node.rating = "negative"
+    ids = tokenizer.encode(render_node(path[0]) + "\n")
     mask = [0] * len(ids)
-    negative = problem.steps and rng.random() < negative_fraction
-    cut = rng.randrange(len(problem.steps)) + 1 if negative else None
     for i, node in enumerate(path[1:], start=1):
-        if i == cut:
-            s = problem.steps[i - 1]
-            node.text = f"{s.x} {s.op} {s.b} = {_corrupt(s.y, rng)}"
-            node.rating = "negative"
+        last = i == len(path) - 1
+        if node.rating == "negative":  # the thought is context; its rating (negative) is trained
             head = tokenizer.encode(render_node(node, upto="rating"), add_bos=False)
-            tail = tokenizer.encode(RATINGS["negative"] + "<end_of_rating>", add_bos=False)
+            tail = tokenizer.encode(RATINGS["negative"] + "<end_of_rating>" + ("" if last else "\n"), add_bos=False)
             ids += head + tail
             mask += [0] * len(head) + [1] + [0] * (len(tail) - 1)
-            return ids, mask
-        line = tokenizer.encode(lines[i] + "\n", add_bos=False) if i < len(path) - 1 else \
-            tokenizer.encode(lines[i], add_bos=False) + [tokenizer.eos_id]  # the tree ends after its conclusion
-        ids += line
-        mask += [1] * len(line)
+        else:
+            line = tokenizer.encode(render_node(node) + ("" if last else "\n"), add_bos=False)
+            ids += line
+            mask += [1] * len(line)
+    ids.append(tokenizer.eos_id)  # the tree ends after its conclusion
+    mask.append(1)
     return ids, mask
+
+
+def _propagate_error(steps: list[Step], bad: int, rng: random.Random) -> list[Step]:
+    """Corrupt step `bad`'s result, then redo the later steps from it; stop early where a division would
+    no longer be exact (the chain then ends in a conclusion of the last number)."""
+    out = steps[:bad] + [Step(steps[bad].x, steps[bad].op, steps[bad].b, _corrupt(steps[bad].y, rng))]
+    for s in steps[bad + 1:]:
+        x = out[-1].y
+        if s.op == "/" and x % s.b or s.op == "-" and x - s.b < 0:
+            break
+        out.append(Step(x, s.op, s.b, OPS[s.op](x, s.b)))
+    return out
 
 
 def think_example(problem: Problem, tokenizer, rng: random.Random | None = None):

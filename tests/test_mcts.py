@@ -2,6 +2,7 @@
 
 import math
 import re
+from dataclasses import replace
 
 import pytest
 
@@ -276,3 +277,32 @@ def test_mcts_end_to_end_on_a_real_model_is_deterministic(model, tiny_tokenizer)
             assert node.rectified is not None and node.prompt.startswith("<start_of_father_id>-1")
             hints = re.findall(r"<hint>(.*?)</hint>", node.prompt)
             assert hints and all("47" not in h and "24" not in h for h in hints)
+
+
+def test_rollouts_reach_terminals_in_one_simulation():
+    """With rollout=True a simulation rolls every new thought out to a terminal and backs the outcome up.
+
+    Script: the root has a likely wrong step A (prior .8) and an unlikely right step B (.2); under each, one
+    conclusion (A's wrong, B's right). Values say nothing (log .5 everywhere). One simulation without
+    rollouts only expands the root; with rollouts it reaches both conclusions and finds B's answer.
+    """
+    import math
+
+    def script(key):
+        if not key:
+            return [("<expansion>", "A", 0.8), ("<expansion>", "B", 0.2)]
+        return [("<conclusion>", "The answer is \\boxed{" + ("9" if key[0] == "<expansion>B" else "8") + "}", 0.9)]
+
+    config = MCTSConfig(simulations=1, num_candidates=2, max_children=2, patient=5, max_depth=4)
+    (plain,) = mcts(ScriptedPolicy(script, lambda key: math.log(0.5)), [QUESTION], config, ["9"])
+    assert plain.successes == 0 and len(plain.tree.nodes) == 3
+    policy = ScriptedPolicy(script, lambda key: math.log(0.5))
+    (rolled,) = mcts(policy, [QUESTION], replace(config, rollout=True), ["9"])
+    a, b = rolled.tree.root.children
+    assert (a.text, b.text) == ("A", "B") and rolled.successes == 1 and rolled.answer == "9"
+    assert [c.terminal for c in a.children + b.children] == ["failure", "success"]
+    # two backups (one per rollout): the root is visited twice, each step once; B's success value is log 1 = 0,
+    # backed up discounted: B gets 0.9 * 0 = 0; A gets 0.9 * log(1e-6)
+    assert (rolled.tree.root.visits, a.visits, b.visits) == (2, 1, 1)
+    assert b.value == 0.0 and a.value == pytest.approx(0.9 * math.log(1e-6))
+    assert policy.propose_calls == [[2], [1, 1]]  # the expansion, then both rollouts in one round

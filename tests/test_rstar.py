@@ -276,11 +276,15 @@ def test_policy_on_a_random_model_generates_executes_and_judges(monkeypatch):
     ran = []
     monkeypatch.setattr(rstar, "run_many", lambda programs, **kw: ran.append(programs) or run_many(programs, **kw))
     sampled = policy.sample_steps([MIA.question, MIA.question], [[], [STEP1]], [3, 3])
-    assert [len(s) for s in sampled] == [3, 3] and len(ran) == 1  # one sandbox batch for the whole round
-    for step, row in [pair for per_path in sampled for pair in per_path]:
-        assert (step.status == "invalid") == (parse_step(row.text) is None)
-        assert step.text.startswith(row.text.split(STEP_END)[0])
-    assert len(ran[0]) == sum(parse_step(row.text) is not None for s in sampled for _, row in s)
+    assert [len(s) for s in sampled] == [3, 3]
+    for step, row in [pair for per_path in sampled for pair in per_path]:  # "#" is forced, the rest sampled
+        assert (step.status == "invalid") == (parse_step("#" + row.text) is None)
+        assert step.text.startswith("#" + row.text.split(STEP_END)[0])
+        assert row.prompt[-len(policy.prefix_ids):] == plain.encode("#", add_bos=False) and plain.decode(row.tokens) == row.text
+    programs = {joined_program(p, parse_step(step.text)[1]) for p, s in zip([[], [STEP1]], sampled)
+                for step, _ in s if step.status != "invalid"}
+    assert [sorted(batch) for batch in ran] == ([sorted(programs)] if programs else [])  # one sandbox batch for the whole round, none if nothing parsed
+    assert set(policy.ran) == {p for p in programs if policy.ran[p].error != "Timeout"}
 
 
 def test_policy_judges_scripted_steps_and_fills_candidates(code_tokenizer, monkeypatch):
@@ -290,12 +294,15 @@ def test_policy_judges_scripted_steps_and_fills_candidates(code_tokenizer, monke
               after1: [STEP2, "# Step 2: shortcut\nprint(x1)\n" + STEP_END, "# Step 2: nothing\nprint()\n" + STEP_END]}
     calls, batches = [], []
 
-    def scripted_generate(model, prompts, max_new_tokens, temperature, *args, num_samples=1, tokenizer=None, **kwargs):
+    def scripted_generate(model, prompts, max_new_tokens, temperature, *args, num_samples=1, tokenizer=None, suffixes=None,
+                          **kwargs):
         calls.append((len(prompts), num_samples, temperature))
+        assert suffixes == [[tokenizer.token_id("#")]] * (len(prompts) * num_samples)  # every step starts with "#"
         rows = []
         for p in prompts:
             texts = script[tokenizer.decode(p).removeprefix("<bos>")]
-            rows += [Completion(list(p), [5, 6], texts[j], logprobs=[-0.5, -0.5], scaled_logprobs=[-0.4, -0.4],
+            rows += [Completion(list(p) + suffixes[0], [5, 6], texts[j].removeprefix("#"), logprobs=[-0.5, -0.5],
+                                scaled_logprobs=[-0.4, -0.4],
                                 entropy=[1.0, 2.0], varentropy=[0.5, 0.5], forced=[False, False])
                      for j in range(num_samples)]
         return rows
@@ -309,7 +316,8 @@ def test_policy_judges_scripted_steps_and_fills_candidates(code_tokenizer, monke
                 Request(tree, s1, [None], [None], temperature=0.0)]
     root_c, s1_c, greedy_c = policy.propose(requests)
     assert calls == [(2, 3, 1.0), (1, 1, 0.0)]  # one generate call per temperature, each prompt forked k ways
-    assert len(batches) == 2 and len(batches[0]) == 5  # per call one sandbox batch; the invalid step never runs
+    # one sandbox batch for the first call; the invalid step never runs, and the greedy STEP2 under s1 ran in it
+    assert len(batches) == 1 and len(batches[0]) == 5 and len(policy.ran) == 5
     assert [(c.status, c.meta, c.terminal, c.answer) for c in root_c] == [
         ("ok", "<expansion>", None, None), ("error", "<expansion>", None, None),
         ("invalid", "<conclusion>", "failure", None)]
@@ -318,9 +326,9 @@ def test_policy_judges_scripted_steps_and_fills_candidates(code_tokenizer, monke
         ("answer", "<conclusion>", "failure", None)]  # printed nothing: no answer
     assert root_c[1].text.endswith("<error>NameError: name 'y' is not defined</error>")
     assert s1_c[1].text == "# Step 2: shortcut\nprint(x1)\n" + STEP_END + "\n<output>12</output>"
-    assert [c.prompt for c in s1_c] == [after1] * 3 and greedy_c[0].text == STEP2
+    assert [c.prompt for c in s1_c] == [after1 + "#"] * 3 and greedy_c[0].text == STEP2
     n_prompt = len(encode_trace(code_tokenizer, MIA.question, [STEP1])[0])
-    assert [c.prompt_tokens for c in s1_c] == [n_prompt, 0, 0]  # a forked prompt is prefilled once
+    assert [c.prompt_tokens for c in s1_c] == [n_prompt + 1, 1, 1]  # a forked prompt is prefilled once, "#" per fork
     c = root_c[0]  # policy statistics from the sampled tokens
     assert (c.tokens, c.logprobs, c.entropy, c.varentropy) == ([5, 6], [-0.4, -0.4], 1.5, 0.5)
     assert c.prior == pytest.approx(math.exp(-0.5))  # exp(mean log-prob under the model)

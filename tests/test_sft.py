@@ -9,7 +9,9 @@ import torch.nn.functional as F
 from conftest import random_model
 from nanoo1.model import Gemma2Config
 from nanoo1.sft import SFTConfig, collate, lm_loss, lr_at, make_batches, think_example, thought_example, train_sft
+from nanoo1.rewards import check
 from nanoo1.tasks import make_problems
+from nanoo1.thoughts import parse_tree
 
 
 def trained_text(tok, ids, mask):
@@ -27,19 +29,34 @@ def test_thought_example_trains_everything_after_the_question(tiny_tokenizer):
     assert tiny_tokenizer.decode(ids).count("<positive_rating>") == 7  # root, 5 steps, conclusion
 
 
-def test_negative_example_trains_only_the_rating_of_the_corrupted_step(tiny_tokenizer):
-    (p,) = make_problems(1, seed=0)
-    rng = random.Random(5)
-    ids, mask = thought_example(p, tiny_tokenizer, rng, negative_fraction=1.0)
-    full = tiny_tokenizer.decode(ids)
-    assert full.endswith("<start_of_rating><negative_rating><end_of_rating>")
-    last_line = full.split("\n")[-1]
-    wrong = last_line.split("<expansion>")[1].split("<end_of_thought>")[0]
-    assert wrong not in [s.equation() for s in p.steps]  # the step really is corrupted
-    # the last trained token is the negative rating; none of the corrupted text is trained
-    trained = [i for i, m in zip(ids, mask) if m]
-    assert trained[-1] == tiny_tokenizer.token_id("<negative_rating>")
-    assert wrong not in trained_text(tiny_tokenizer, ids, mask)
+def test_negative_example_propagates_the_error_and_trains_only_ratings_after_it(tiny_tokenizer):
+    (p,) = make_problems(1, seed=0)  # 18 / 3 = 6, 6 / 3 = 2, 2 * 2 = 4, 4 * 2 = 8, 8 + 3 = 11
+    ids, mask = thought_example(p, tiny_tokenizer, random.Random(3), negative_fraction=1.0)
+    tree = parse_tree(tiny_tokenizer.decode(ids[1:-1]))
+    steps = [n.text for n in tree.nodes[1:-1]]
+    # with this seed the last step is corrupted: 8 + 3 = 12, and the conclusion follows it
+    assert steps == ["18 / 3 = 6", "6 / 3 = 2", "2 * 2 = 4", "4 * 2 = 8", "8 + 3 = 12"]
+    assert tree.nodes[-1].text == "The answer is \\boxed{12}"
+    assert [n.rating for n in tree.nodes] == ["positive"] * 5 + ["negative"] * 2
+    trained = trained_text(tiny_tokenizer, ids, mask)
+    assert "8 + 3 = 12" not in trained and "boxed{12}" not in trained  # the policy never learns the mistake
+    assert trained.endswith("<negative_rating><negative_rating><eos>")  # ...but the value head learns both ratings
+
+
+def test_an_early_error_propagates_through_later_steps(tiny_tokenizer):
+    problems = make_problems(50, seed=4)
+    rng = random.Random(0)
+    for p in problems:
+        ids, mask = thought_example(p, tiny_tokenizer, rng, negative_fraction=1.0)
+        tree = parse_tree(tiny_tokenizer.decode(ids[1:-1]))
+        ratings = [n.rating for n in tree.nodes[1:]]
+        first_bad = ratings.index("negative")
+        assert all(r == "negative" for r in ratings[first_bad:])  # once wrong, wrong to the end
+        eqs = [n.text for n in tree.nodes[1:-1]]
+        xs = [int(e.split()[0]) for e in eqs]
+        ys = [int(e.split()[-1]) for e in eqs]
+        assert xs[1:] == ys[:-1]  # every step starts from the previous (possibly wrong) result
+        assert tree.nodes[-1].text.endswith("{" + str(ys[-1]) + "}") and not check(tree.nodes[-1].text, p.answer)
 
 
 def test_think_example(tiny_tokenizer):
@@ -83,7 +100,6 @@ def test_a_tiny_model_learns_the_format(tiny_tokenizer):
 def test_chain_ids_look_like_a_search_tree(tiny_tokenizer):
     """Ids increase along the chain but skip, as in a tree where siblings took the ids in between."""
     from nanoo1.sft import tree_ids
-    from nanoo1.thoughts import parse_tree
 
     ids = tree_ids(2000, random.Random(0))
     steps = [b - a for a, b in zip(ids, ids[1:])]

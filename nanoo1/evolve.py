@@ -1,0 +1,317 @@
+"""rStar-Math's self-evolution: search with policy k and PPM k, train policy k+1 and PPM k+1 on what it found.
+
+    python -m nanoo1.evolve --rounds 2            # the tiny warm start on 200 training problems, minutes on a CPU
+    python -m nanoo1.evolve --model DIR --problems 500 --simulations 32 --out runs/rstar-big
+
+One round (Guan et al. 2025, sec. 3.4), on the same training problems every round:
+
+  1. MCTS with policy k over the training problems: UCT (c = 2), the ground truth scores each answer +1 / -1,
+     PPM k's score is a new step's value (round 0 has no PPM: terminal rewards alone guide the search).
+  2. Coverage: the share of problems whose tree holds a correct answer (the paper's Table 2).
+  3. Policy data: per problem the top-2 correct traces by mean Q (`rstar.best_traces`); the loss is on the
+     steps the model wrote, not on the question or the observations (`rstar.encode_trace`).
+  4. Policy k+1: the base model fine-tuned on them (every round starts again from the base, as in the paper).
+  5. PPM k+1: policy k+1's decoder with a scalar head, trained on the sibling pairs of every tree
+     (`rstar.preference_pairs`, `rstar.ppm_pair_loss`).
+
+The command prints one line per round (coverage of its search, greedy accuracy of its policy on held-out
+problems, tokens, seconds), appends them to OUT/metrics.jsonl and saves policy-k (Hugging Face layout) and
+ppm-k (the decoder in that layout + ppm_head.safetensors) for every trained pair. Test time: `RStarPolicy`
+with a PPM is the value in `mcts.mcts`, and its `score` is beam search's scorer (`--beam` evaluates it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import random
+import time
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from nanoo1.checkpoint import load_pretrained, save_pretrained
+from nanoo1.mcts import MCTSConfig, SearchResult, mcts
+from nanoo1.rstar import (ProcessPreferenceModel, RStarConfig, RStarPolicy, best_traces, encode_trace, ppm_input,
+                          ppm_pair_loss, ppm_scores, preference_pairs)
+from nanoo1.search import SearchConfig, grade, search
+from nanoo1.sft import SFTConfig, lr_at, make_batches, train_sft
+from nanoo1.tasks import TINY_DIR, Problem, load_jsonl
+from nanoo1.thoughts import Tree, batch_ids
+
+PPM_HEAD = "ppm_head.safetensors"  # the PPM's scalar head, next to its decoder's model.safetensors
+
+
+@dataclass
+class EvolveConfig:
+    # search (every round the same)
+    simulations: int = 16  # MCTS simulations per problem (rStar-Math: 8-16 rollouts, 64-128 for hard problems)
+    num_candidates: int = 2  # candidate steps per expansion (rStar-Math: 5-16; few keep the tiny trees deep)
+    temperature: float = 1.0  # sampling temperature of candidate steps
+    max_step_tokens: int = 64  # a step longer than this is invalid (the tiny task's longest is 53 tokens)
+    patient: int = 2  # a problem's search stops after this many correct answers (the two traces kept)
+    # policy k+1
+    traces_per_problem: int = 2  # correct traces kept per problem, best mean Q first
+    sft_steps: int = 100  # optimizer steps of the fine-tune from the base model
+    sft_batch_size: int = 16  # traces per step
+    sft_lr: float = 1e-3  # peak learning rate (linear warm-up, cosine decay)
+    # PPM k+1
+    ppm_steps: int = 100  # optimizer steps on the preference pairs
+    ppm_pairs_per_step: int = 16  # pairs per step (twice as many sequences)
+    ppm_lr: float = 3e-4  # peak learning rate
+    bf16: bool = True  # autocast matrix multiplies to bfloat16 on a CPU while training
+    # the run (the command line)
+    rounds: int = 2  # self-evolution rounds
+    problems: int = 200  # training problems searched every round, drawn once with the seed
+    min_steps: int = 0  # draw only problems of at least this many steps (a harder task)
+    eval_problems: int = 200  # held-out problems for greedy accuracy
+    beam: int = 0  # > 0: also held-out accuracy of beam search of this width scored by the PPM
+    seed: int = 0  # search, sampling, problem draw and training order
+    out: str = "runs/rstar"  # metrics.jsonl, policy-k/, ppm-k/
+
+
+def rstar_config(config: EvolveConfig) -> RStarConfig:
+    return RStarConfig(max_step_tokens=config.max_step_tokens, temperature=config.temperature)
+
+
+def mcts_config(config: EvolveConfig) -> MCTSConfig:
+    """rStar-Math's search: UCT with c = 2, rewards +1 / -1 backed up undiscounted, depth 16."""
+    k = config.num_candidates
+    return MCTSConfig(simulations=config.simulations, num_candidates=k, max_children=k, selection="uct", c=2.0,
+                      discount=1.0, patient=config.patient, max_depth=RStarConfig.max_depth, success_value=1.0,
+                      failure_value=-1.0, temperature=config.temperature)
+
+
+# -- what a round measures and keeps -------------------------------------------------------------------
+def coverage(trees: list[Tree]) -> float:
+    """Share of trees holding at least one correct answer (a "success" terminal): rStar-Math's Table 2."""
+    if not trees:
+        raise ValueError("coverage: no trees")
+    return sum(any(node.terminal == "success" for node in tree.nodes) for tree in trees) / len(trees)
+
+
+def sft_examples(tokenizer, trees: list[Tree], per_problem: int = 2) -> list[tuple[list[int], list[int]]]:
+    """(ids, loss mask) of the top `per_problem` correct traces of every tree (`best_traces`), in tree order."""
+    return [encode_trace(tokenizer, tree.question, [node.text for node in path[1:]])
+            for tree in trees for path in best_traces(tree, per_problem)]
+
+
+def ppm_pairs(tokenizer, trees: list[Tree]) -> list[tuple[list[int], list[int]]]:
+    """(positive, negative) PPM inputs of every tree's preference pairs, in tree order."""
+    return [(ppm_input(tokenizer, tree.path(pos)), ppm_input(tokenizer, tree.path(neg)))
+            for tree in trees for pos, neg in preference_pairs(tree)]
+
+
+@torch.no_grad()
+def pair_accuracy(ppm: ProcessPreferenceModel, pairs, pad_id: int, batch_size: int = 32) -> float | None:
+    """Share of pairs the PPM orders right, r(pos) > r(neg); None without pairs."""
+    if not pairs:
+        return None
+    r = ppm_scores(ppm, [p for p, _ in pairs] + [n for _, n in pairs], pad_id, batch_size)  # (2P,)
+    return (r[: len(pairs)] > r[len(pairs):]).float().mean().item()
+
+
+# -- training ------------------------------------------------------------------------------------------
+def finetune_policy(base_model, examples, pad_id: int, config: EvolveConfig, seed: int = 0):
+    """(a copy of base_model fine-tuned on the (ids, mask) examples, its losses); no examples: an untrained copy."""
+    model = copy.deepcopy(base_model).requires_grad_(True)
+    losses = []
+    if examples:
+        sft = SFTConfig(steps=config.sft_steps, batch_size=min(config.sft_batch_size, len(examples)), lr=config.sft_lr,
+                        warmup=max(1, config.sft_steps // 10), bf16=config.bf16, seed=seed)
+        batches = make_batches(examples, lambda example, rng: example, sft.batch_size, random.Random(seed), pad_id)
+        losses = train_sft(model, batches, sft, progress=False)
+    return model.requires_grad_(False).eval(), losses
+
+
+def train_ppm(ppm: ProcessPreferenceModel, pairs, pad_id: int, config: EvolveConfig, seed: int = 0) -> list[float]:
+    """Train the PPM in place on (positive ids, negative ids) pairs with `ppm_pair_loss`: AdamW, the SFT
+    schedule, shuffled passes over the pairs. Returns the loss of every step."""
+    if not pairs:
+        return []
+    ppm.requires_grad_(True).train()
+    opt = torch.optim.AdamW(ppm.parameters(), lr=config.ppm_lr, betas=(0.9, 0.95), weight_decay=0.0)
+    schedule = SFTConfig(steps=config.ppm_steps, lr=config.ppm_lr, warmup=max(1, config.ppm_steps // 10))
+    generator = torch.Generator().manual_seed(seed)
+    device = ppm.head.weight.device
+    order, losses = [], []
+    P = min(config.ppm_pairs_per_step, len(pairs))
+    for step in range(config.ppm_steps):
+        if len(order) < P:
+            order += torch.randperm(len(pairs), generator=generator).tolist()
+        chosen, order = order[:P], order[P:]
+        ids, mask = batch_ids([pairs[i][0] for i in chosen] + [pairs[i][1] for i in chosen], pad_id, device)  # (2P, T)
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step, schedule)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=config.bf16 and device.type == "cpu"):
+            r = ppm(ids, mask)  # (2P,)
+        loss = ppm_pair_loss(r[:P].float(), r[P:].float())
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(ppm.parameters(), 1.0)
+        opt.step()
+        losses.append(loss.item())
+    ppm.requires_grad_(False).eval()
+    return losses
+
+
+# -- one round -----------------------------------------------------------------------------------------
+@dataclass
+class RoundReport:
+    problems: int  # training problems searched
+    coverage: float  # share of them with a correct answer in their tree
+    traces: int  # correct traces kept for the policy's fine-tune
+    pairs: int  # preference pairs for the PPM
+    ppm_accuracy_before: float | None  # the searching PPM on this round's pairs (unseen by it); None: no PPM or pairs
+    ppm_accuracy_after: float | None  # the new PPM on the same pairs, after training on them
+    sft_loss: list[float]  # first and last loss of the policy fine-tune ([] if nothing was kept)
+    ppm_loss: list[float]  # first and last loss of the PPM training
+    generated_tokens: int  # tokens the policy sampled in the search
+    prompt_tokens: int  # prompt tokens it prefilled
+    ppm_tokens: int  # tokens the PPM read
+    search_seconds: float
+    train_seconds: float
+
+
+def search_problems(policy_model, ppm, tokenizer, problems: list[Problem], config: EvolveConfig,
+                    seed: int = 0) -> list[SearchResult]:
+    """Step 1 of a round: rStar's MCTS with the ground truths, PPM scores as values when there is a PPM."""
+    policy = RStarPolicy(policy_model, tokenizer, rstar_config(config), ppm, seed=seed)
+    return mcts(policy, [p.question for p in problems], mcts_config(config), [p.answer for p in problems], seed=seed)
+
+
+def self_evolution_round(base_model, policy_model, ppm, tokenizer, problems: list[Problem], config: EvolveConfig,
+                         seed: int = 0):
+    """Search the problems with (policy_model, ppm), then train the next pair: returns (policy k+1, PPM k+1,
+    RoundReport). policy k+1 is base_model fine-tuned on the top correct traces; PPM k+1 is policy k+1's
+    decoder with a zero-initialised scalar head, trained on the trees' preference pairs."""
+    t0 = time.perf_counter()
+    results = search_problems(policy_model, ppm, tokenizer, problems, config, seed)
+    trees = [r.tree for r in results]
+    examples = sft_examples(tokenizer, trees, config.traces_per_problem)
+    pairs = ppm_pairs(tokenizer, trees)
+    before = pair_accuracy(ppm, pairs, tokenizer.pad_id) if ppm is not None else None
+    t1 = time.perf_counter()
+    new_policy, sft_losses = finetune_policy(base_model, examples, tokenizer.pad_id, config, seed)
+    new_ppm = ProcessPreferenceModel(copy.deepcopy(new_policy))
+    ppm_losses = train_ppm(new_ppm, pairs, tokenizer.pad_id, config, seed)
+    report = RoundReport(len(problems), coverage(trees), len(examples), len(pairs), before,
+                         pair_accuracy(new_ppm, pairs, tokenizer.pad_id), _ends(sft_losses), _ends(ppm_losses),
+                         sum(r.spent.generated for r in results), sum(r.spent.prompt for r in results),
+                         sum(r.spent.value for r in results), round(t1 - t0, 1), round(time.perf_counter() - t1, 1))
+    return new_policy, new_ppm, report
+
+
+def _ends(losses: list[float]) -> list[float]:
+    return [round(losses[0], 4), round(losses[-1], 4)] if losses else []
+
+
+# -- held-out evaluation -------------------------------------------------------------------------------
+def held_out_accuracy(policy_model, tokenizer, problems: list[Problem], config: EvolveConfig, ppm=None, beam: int = 0,
+                      seed: int = 0) -> tuple[float, float]:
+    """(accuracy, generated tokens per problem) on problems no search saw: greedy, or with beam > 0 beam search
+    of that width with `beam` steps per beam, the PPM scoring every path."""
+    policy = RStarPolicy(policy_model, tokenizer, rstar_config(config), ppm, seed=seed)
+    method = SearchConfig(method="beam", n=beam, expand=beam, max_depth=RStarConfig.max_depth) if beam else \
+        SearchConfig(method="greedy", max_depth=RStarConfig.max_depth)
+    results = search(policy, [p.question for p in problems], method, scorer=policy.score if beam else None, seed=seed)
+    correct = grade(results, [p.answer for p in problems])
+    return sum(correct) / len(problems), sum(r.spent.generated for r in results) / len(problems)
+
+
+# -- the PPM on disk -----------------------------------------------------------------------------------
+def save_ppm(ppm: ProcessPreferenceModel, tokenizer, directory) -> Path:
+    """The decoder in the Hugging Face layout (save_pretrained) and the head as ppm_head.safetensors."""
+    directory = save_pretrained(ppm.backbone, tokenizer, directory)
+    tmp = directory / f".{PPM_HEAD}.tmp{os.getpid()}"
+    save_file({k: v.detach().contiguous().cpu() for k, v in ppm.head.state_dict().items()}, str(tmp),
+              metadata={"format": "pt"})
+    os.replace(tmp, directory / PPM_HEAD)
+    return directory
+
+
+def load_ppm(directory, dtype="float32", device="cpu"):
+    """(ProcessPreferenceModel, tokenizer or None) from a directory written by save_ppm."""
+    backbone, tokenizer = load_pretrained(directory, dtype=dtype, device=device)
+    ppm = ProcessPreferenceModel(backbone).to(device)
+    path = Path(directory) / PPM_HEAD
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no PPM head (a plain checkpoint? save_ppm writes {PPM_HEAD})")
+    head = load_file(str(path))
+    expected = {k: tuple(v.shape) for k, v in ppm.head.state_dict().items()}
+    got = {k: tuple(v.shape) for k, v in head.items()}
+    if got != expected:
+        raise ValueError(f"{path}: tensors {got}, expected {expected}")
+    ppm.head.load_state_dict(head)
+    return ppm.requires_grad_(False).eval(), tokenizer
+
+
+# -- the command ---------------------------------------------------------------------------------------
+def _line(row: dict) -> str:
+    cov = "-" if row.get("coverage") is None else f"{100 * row['coverage']:.1f}%"
+    beam = "" if "beam_ppm" not in row else f"{'-':>10}" if row["beam_ppm"] is None else f"{100 * row['beam_ppm']:9.1f}%"
+    tokens = row.get("generated_tokens", "-")
+    seconds = row.get("search_seconds", 0) + row.get("train_seconds", 0)
+    return (f"{row['round']:>5}{cov:>10}{100 * row['greedy']:9.1f}%{beam}{row.get('traces', '-'):>8}{row.get('pairs', '-'):>8}"
+            f"{tokens:>11}{seconds:>9.0f}")
+
+
+def run(config: EvolveConfig, model: str | os.PathLike = TINY_DIR / "warmstart", data=TINY_DIR / "train.jsonl",
+        test_data=TINY_DIR / "test.jsonl") -> list[dict]:
+    """config.rounds rounds from the checkpoint `model`; prints the table, returns its rows (metrics.jsonl)."""
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    base, tokenizer = load_pretrained(model, dtype="float32")
+    pool = [p for p in load_jsonl(data) if len(p.steps) >= config.min_steps]
+    if len(pool) < config.problems:
+        raise ValueError(f"{data}: {len(pool)} problems with >= {config.min_steps} steps, {config.problems} wanted")
+    problems = random.Random(config.seed).sample(pool, config.problems)
+    test = load_jsonl(test_data)[: config.eval_problems]
+    (out / "metrics.jsonl").unlink(missing_ok=True)
+    beam = f"{'beam+PPM':>10}" if config.beam else ""
+    print(f"{'round':>5}{'coverage':>10}{'greedy':>10}{beam}{'traces':>8}{'pairs':>8}{'tokens':>11}{'seconds':>9}", flush=True)
+    policy, ppm, rows = base, None, []
+    for k in range(config.rounds + 1):  # the last pass only evaluates the last policy trained
+        row = {"round": k, "greedy": held_out_accuracy(policy, tokenizer, test, config, seed=config.seed)[0]}
+        if config.beam and ppm is not None:
+            row["beam_ppm"] = held_out_accuracy(policy, tokenizer, test, config, ppm, config.beam, seed=config.seed)[0]
+        elif config.beam:
+            row["beam_ppm"] = None  # no PPM before the first round
+        if k < config.rounds:
+            policy, ppm, report = self_evolution_round(base, policy, ppm, tokenizer, problems, config, seed=config.seed)
+            row.update(asdict(report))
+            save_pretrained(policy, tokenizer, out / f"policy-{k + 1}")
+            save_ppm(ppm, tokenizer, out / f"ppm-{k + 1}")
+        rows.append(row)
+        with open(out / "metrics.jsonl", "a", encoding="utf-8") as f:
+            f.write(json.dumps(row) + "\n")
+        print(_line(row), flush=True)
+    return rows
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    g = p.add_argument_group("model and data")
+    g.add_argument("--model", default=str(TINY_DIR / "warmstart"), help="the base model: checkpoint directory or hub id")
+    g.add_argument("--data", default=str(TINY_DIR / "train.jsonl"), help="training problems, GSM8K-style jsonl")
+    g.add_argument("--test-data", default=str(TINY_DIR / "test.jsonl"), help="held-out problems, GSM8K-style jsonl")
+    g.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (1 is fastest for the tiny model)")
+    g = p.add_argument_group("settings (see EvolveConfig for each)")
+    for f in fields(EvolveConfig):
+        kind = {bool: lambda s: s.lower() in ("1", "true", "yes")}.get(type(f.default), type(f.default))
+        g.add_argument("--" + f.name.replace("_", "-"), type=kind, default=f.default)
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    config = EvolveConfig(**{f.name: getattr(args, f.name) for f in fields(EvolveConfig)})
+    t = time.perf_counter()
+    run(config, args.model, args.data, args.test_data)
+    print(f"wrote {config.out}/metrics.jsonl, policy-k/ and ppm-k/ in {time.perf_counter() - t:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
