@@ -7,7 +7,7 @@ import torch
 
 from conftest import random_model
 from nanoo1.checkpoint import load_pretrained, save_pretrained
-from nanoo1.selfplay import SelfPlayConfig, chain_items, collate_chains, main, run, tree_chains
+from nanoo1.selfplay import SelfPlayConfig, chain_items, collate_chains, main, run, success_rates, tree_chains
 from nanoo1.tasks import TINY_DIR, make_problems, solution_tree
 from nanoo1.thoughts import Tree
 from nanoo1.tokenizer import Tokenizer
@@ -51,7 +51,16 @@ def test_chains_advantages_and_value_targets():
     assert trained == sorted({round(adv_a, 5), round(adv_win, 5)})
     # the shared thought `a` is trained once (in the first chain); the second chain trains only its conclusion
     assert {round(x, 5) for x, m in zip(second["advantages"], second["mask"]) if m} == {round(adv_lose, 5)}
-    assert first["value_target"] == [1.0, 1.0] and second["value_target"][-1] == 0.0
+    # without success rates a thought's value target is its own value, exp(-0.1); a terminal's is its reward
+    assert first["value_target"] == pytest.approx([0.904837, 1.0]) and second["value_target"] == pytest.approx([0.904837, 0.0])
+    # with the tree's success rates (s + 1/2) / (n + 1): root and a see 1 of 2 -> 1.5 / 3 = 0.5
+    rates = success_rates(tree)
+    assert rates == {tree.root.id: 0.5, a.id: 0.5, win.id: 0.75, lose.id: 0.25}
+    first, second = chain_items(tok, paths, SelfPlayConfig(gamma=1.0, lam=1.0), rates)
+    # A_a = 0 + V(a) - V(root) + A_win = 0 + 0.5 - 0.5 + (1 - 0.5) = 0.5; A_lose = 0 - 0.5
+    assert {round(x, 5) for x, m in zip(first["advantages"], first["mask"]) if m} == {0.5}
+    assert {round(x, 5) for x, m in zip(second["advantages"], second["mask"]) if m} == {-0.5}
+    assert first["value_target"] == [0.5, 1.0] and second["value_target"] == [0.5, 0.0]
     # value positions hold <start_of_rating>; trained tokens end with <end_of_thought>
     start = tok.token_id("<start_of_rating>")
     assert all(first["ids"][i] == start for i in first["value_pos"])
