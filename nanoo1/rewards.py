@@ -144,6 +144,26 @@ def check(response: str, ground_truth, rel_tol: float = 1e-6) -> bool:
     return normalize_answer(predicted) == normalize_answer(truth)
 
 
+_EQUATION = re.compile(r"(?<![\d.])(\d+)\s*([-+*/x×])\s*(\d+)\s*=\s*(\d+)(?![\d.])")
+
+
+def equations_hold(text: str) -> bool:
+    """True when every `a op b = c` written in the text is correct arithmetic (integers, op one of + - * x /).
+
+    A process check for outcome-rewarded search: on small answer ranges a chain of wrong steps often lands
+    on the right number by luck, and training on such a lucky chain teaches the wrong steps. rStar-Math
+    gets the same guard by executing each code step. Text without equations passes.
+    """
+    for a, op, b, c in _EQUATION.findall(text):
+        a, b, c = int(a), int(b), int(c)
+        if op == "/":
+            if b == 0 or a != b * c:
+                return False
+        elif {"+": a + b, "-": a - b}.get(op, a * b) != c:
+            return False
+    return True
+
+
 def _has_boxed_answer(text: str) -> bool:
     boxed = last_boxed(text)
     return boxed is not None and boxed.strip() != ""

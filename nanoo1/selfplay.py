@@ -33,7 +33,7 @@ from nanoo1.engine import generate_budgeted
 from nanoo1.eval import EvalResult, evaluate, evaluate_budgeted
 from nanoo1.mcts import MCTSConfig, mcts
 from nanoo1.replay import PrioritizedReplay, beta_by_step
-from nanoo1.rewards import check
+from nanoo1.rewards import check, equations_hold
 from nanoo1.rl import GRPOConfig, PPOConfig, completion_logprobs, grpo_advantages, grpo_step, path_gae, ppo_step, value_loss
 from nanoo1.search import LMPolicy
 from nanoo1.tasks import TINY_DIR, load_jsonl, think_prompt
@@ -56,6 +56,7 @@ class SelfPlayConfig:
     num_candidates: int = 4  # thoughts per expansion
     temperature: float = 0.7  # sampling temperature during self-play and search
     max_thought_tokens: int = 32  # a thought is cut after this many tokens
+    check_equations: bool = True  # a success must also have every `a op b = c` in its chain right (no lucky chains)
     chains_per_tree: int = 4  # root-to-leaf chains trained per tree: successes first, then failures
     lr: float = 3e-4  # AdamW learning rate
     updates_per_iteration: int = 6  # PPO minibatch updates per iteration
@@ -93,6 +94,15 @@ def success_rates(tree) -> dict[int, float]:
             counts[node.id] = (s + (leaf.terminal == "success"), n + 1)
             node = node.parent
     return {k: (s + 0.5) / (n + 1) for k, (s, n) in counts.items()}
+
+
+def relabel_lucky(tree) -> int:
+    """Mark a success whose chain holds a wrong equation (`equations_hold`) as a failure; returns how many."""
+    lucky = [leaf for leaf in tree.nodes if leaf.terminal == "success"
+             and not all(equations_hold(node.text) for node in tree.path(leaf))]
+    for leaf in lucky:
+        leaf.terminal = "failure"
+    return len(lucky)
 
 
 def tree_chains(tree, n: int) -> list[list]:
@@ -193,7 +203,10 @@ def ppo_iteration(model, tokenizer, opt, replay, policy, problems, it: int, conf
     mcfg = MCTSConfig(simulations=config.simulations, num_candidates=config.num_candidates, max_children=config.num_candidates,
                       temperature=config.temperature, patient=config.num_candidates * config.simulations, rollout=True)
     results = mcts(policy, [p.question for p in problems], mcfg, [p.answer for p in problems], seed=config.seed * 1000 + it)
-    solved = sum(r.successes > 0 for r in results) / len(results)
+    if config.check_equations:
+        for r in results:
+            relabel_lucky(r.tree)
+    solved = sum(any(n.terminal == "success" for n in r.tree.nodes) for r in results) / len(results)
     items = [item for r in results
              for item in chain_items(tokenizer, tree_chains(r.tree, config.chains_per_tree), config, success_rates(r.tree))]
     stamp_old(model, tokenizer, items, config)

@@ -232,3 +232,14 @@ def test_repetition_penalty_degenerate_inputs():
     assert out[0] == 0 and torch.all(out[1:] == -0.05)
     with pytest.raises(ValueError, match="n must be positive"):
         repetition_penalty([1, 2], n=0)
+
+
+def test_equations_hold_checks_every_equation():
+    from nanoo1.rewards import equations_hold
+
+    assert equations_hold("11 + 7 = 18") and equations_hold("18 / 3 = 6") and equations_hold("4 x 5 = 20")
+    assert not equations_hold("11 + 7 = 19")  # 18
+    assert not equations_hold("26 / 3 = 9")  # 26 is not 3 * 9 = 27: a division must be exact
+    assert not equations_hold("20 - 4 = 16, then 16 * 2 = 30")  # the second one is wrong: 32
+    assert not equations_hold("5 / 0 = 0")
+    assert equations_hold("The answer is \\boxed{6}") and equations_hold("")  # nothing to check

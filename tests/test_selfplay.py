@@ -7,7 +7,7 @@ import torch
 
 from conftest import random_model
 from nanoo1.checkpoint import load_pretrained, save_pretrained
-from nanoo1.selfplay import SelfPlayConfig, chain_items, collate_chains, main, run, success_rates, tree_chains
+from nanoo1.selfplay import SelfPlayConfig, chain_items, collate_chains, main, relabel_lucky, run, success_rates, tree_chains
 from nanoo1.tasks import TINY_DIR, make_problems, solution_tree
 from nanoo1.thoughts import Tree
 from nanoo1.tokenizer import Tokenizer
@@ -66,6 +66,15 @@ def test_chains_advantages_and_value_targets():
     assert all(first["ids"][i] == start for i in first["value_pos"])
     batch = collate_chains(items, tok.pad_id)
     assert batch["input_ids"].shape[1] % 32 == 0 and batch["value_mask"].tolist() == [[1, 1], [1, 1]]
+
+
+def test_lucky_successes_become_failures():
+    tree = Tree("Mia has 11 apples. She buys 7 more. She splits them into 3 equal piles and keeps one pile. How many?")
+    a = tree.add(tree.root, "<expansion>", "11 + 7 = 20", value=0.0)  # wrong: 18
+    lucky = tree.add(tree.add(a, "<expansion>", "20 - 14 = 6"), "<conclusion>", "The answer is \\boxed{6}", terminal="success")
+    b = tree.add(tree.root, "<expansion>", "11 + 7 = 18")
+    right = tree.add(tree.add(b, "<expansion>", "18 / 3 = 6"), "<conclusion>", "The answer is \\boxed{6}", terminal="success")
+    assert relabel_lucky(tree) == 1 and (lucky.terminal, right.terminal) == ("failure", "success")
 
 
 def test_short_run_writes_metrics_checkpoints_and_final_json(tmp_path, warmstart, capsys):
