@@ -42,7 +42,9 @@ def search_config(method: str, budget: int, mcts: MCTSConfig | None = None) -> S
         return SearchConfig(method="best_of_n", n=budget, vote="majority")
     if method == "beam":
         return SearchConfig(method="beam", n=budget, expand=4)
-    return SearchConfig(method="mcts", mcts=replace(mcts or MCTSConfig(rollout=True), simulations=budget))
+    # by default every simulation runs (no early stop on value-judged successes) and the tree's conclusions vote
+    default = MCTSConfig(rollout=True, answer="vote", patient=1 << 30)
+    return SearchConfig(method="mcts", mcts=replace(mcts or default, simulations=budget))
 
 
 def evaluate(model, tokenizer, problems: list[Problem], method: str, budget: int = 1, mcts: MCTSConfig | None = None,

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import torch
 
-from nanoo1.rewards import check, extract_answer
+from nanoo1.rewards import check, extract_answer, normalize_answer
 from nanoo1.thoughts import Node, Tree, hint_for, policy_prompt, sample_metas
 
 LOG_HALF = math.log(0.5)  # P(positive) = 1/2: the rating the model would write greedily flips here
@@ -224,12 +224,16 @@ class MCTSConfig:
     failure_value: float | None = None  # with a ground truth, a failure's value; None: log reward_epsilon (rStar: -1)
     temperature: float | None = None  # sampling temperature; None: the policy's own
     rollout: bool = False  # simulate: roll every new thought out to a terminal and back up its outcome
+    answer: str = "max_reward"  # "max_reward": the max-reward path's answer (LLaMA-O1); "vote": the value-weighted
+    #                             vote, weights exp(V), over every <conclusion> in the tree (self-consistency over the search)
 
     def __post_init__(self):
         if self.selection not in SELECTION_RULES:
             raise ValueError(f"MCTSConfig.selection={self.selection!r}, expected one of {SELECTION_RULES}")
         if self.metas not in ("model", "sample"):
             raise ValueError(f"MCTSConfig.metas={self.metas!r}, expected 'model' or 'sample'")
+        if self.answer not in ("max_reward", "vote"):
+            raise ValueError(f"MCTSConfig.answer={self.answer!r}, expected 'max_reward' or 'vote'")
         if self.hint_ground_truth and not self.hints:
             raise ValueError("MCTSConfig.hint_ground_truth=True needs hints=True (the ground truth goes into the hint)")
 
@@ -313,6 +317,30 @@ def answer_of(node: Node) -> str | None:
     return extract_answer(node.text) if node.meta == "<conclusion>" else None
 
 
+# -- voting (best-of-N and MCTS's "vote" answer): each returns the index of the chain whose answer wins, or None when no chain has one ------
+def majority_vote(answers: list[str | None]) -> int | None:
+    """The most frequent answer (by `normalize_answer`, so "1,234" and "1234.0" agree); ties go to the
+    answer seen first. Chains without an answer abstain."""
+    return weighted_vote(answers, [1.0] * len(answers))
+
+
+def weighted_vote(answers: list[str | None], weights: list[float]) -> int | None:
+    """The answer with the largest total weight (the value-weighted vote uses weights exp(V))."""
+    totals, first = {}, {}
+    for i, (answer, w) in enumerate(zip(answers, weights)):
+        if answer is not None:
+            key = normalize_answer(answer)
+            totals[key] = totals.get(key, 0.0) + w
+            first.setdefault(key, i)
+    return first[max(totals, key=totals.get)] if totals else None
+
+
+def best_value(answers: list[str | None], values: list[float]) -> int | None:
+    """The chain with an answer whose value is the highest (the first of equals)."""
+    scored = [i for i, a in enumerate(answers) if a is not None]
+    return max(scored, key=lambda i: values[i]) if scored else None
+
+
 def _judge(p, node: Node, config: MCTSConfig, failure_value: float) -> None:
     """Label a thought terminal if it is one; with a ground truth its value becomes the outcome's reward."""
     node.terminal = node.terminal or judge(node, p.ground_truth, config.max_depth, config.success_threshold)
@@ -391,5 +419,9 @@ def mcts(policy, questions: list[str], config: MCTSConfig | None = None, ground_
     for p in problems:
         rectify(p.tree, config.discount, config.reward_epsilon)
         path = max_reward_path(p.tree)
+        if config.answer == "vote":
+            ends = [n for n in p.tree.nodes if answer_of(n) is not None]
+            best = weighted_vote([answer_of(n) for n in ends], [math.exp(n.value or 0.0) for n in ends])
+            path = path if best is None else p.tree.path(ends[best])
         results.append(SearchResult("mcts", answer_of(path[-1]), p.tree, [n.id for n in path], p.spent, p.simulations, p.successes))
     return results

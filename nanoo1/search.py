@@ -32,8 +32,9 @@ from typing import Callable
 import torch
 
 from nanoo1.engine import feed, generate
-from nanoo1.mcts import LOG_HALF, Candidate, MCTSConfig, Request, SearchResult, Spent, answer_of, expand, judge, mcts, simulate
-from nanoo1.rewards import check, normalize_answer
+from nanoo1.mcts import (LOG_HALF, Candidate, MCTSConfig, Request, SearchResult, Spent, answer_of, best_value, expand, judge,
+                         majority_vote, mcts, simulate, weighted_vote)
+from nanoo1.rewards import check
 from nanoo1.thoughts import Node, Tree, header, parse_thought, render_path, value_sequences
 
 METHODS = ("greedy", "best_of_n", "beam", "mcts")
@@ -197,30 +198,6 @@ class SearchConfig:
             raise ValueError(f"SearchConfig.method={self.method!r}, expected one of {METHODS}")
         if self.vote not in VOTES:
             raise ValueError(f"SearchConfig.vote={self.vote!r}, expected one of {VOTES}")
-
-
-# -- voting: each returns the index of the chain whose answer wins, or None when no chain has one ------
-def majority_vote(answers: list[str | None]) -> int | None:
-    """The most frequent answer (by `normalize_answer`, so "1,234" and "1234.0" agree); ties go to the
-    answer seen first. Chains without an answer abstain."""
-    return weighted_vote(answers, [1.0] * len(answers))
-
-
-def weighted_vote(answers: list[str | None], weights: list[float]) -> int | None:
-    """The answer with the largest total weight (the value-weighted vote uses weights exp(V))."""
-    totals, first = {}, {}
-    for i, (answer, w) in enumerate(zip(answers, weights)):
-        if answer is not None:
-            key = normalize_answer(answer)
-            totals[key] = totals.get(key, 0.0) + w
-            first.setdefault(key, i)
-    return first[max(totals, key=totals.get)] if totals else None
-
-
-def best_value(answers: list[str | None], values: list[float]) -> int | None:
-    """The chain with an answer whose value is the highest (the first of equals)."""
-    scored = [i for i, a in enumerate(answers) if a is not None]
-    return max(scored, key=lambda i: values[i]) if scored else None
 
 
 # -- the methods ---------------------------------------------------------------------------------------

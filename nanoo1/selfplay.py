@@ -50,7 +50,7 @@ class SelfPlayConfig:
     data: str = str(TINY_DIR / "train.jsonl")  # training problems (GSM8K-style jsonl)
     test_data: str = str(TINY_DIR / "test.jsonl")  # held-out problems
     eval_problems: int = 200  # held-out problems in the before/after tables
-    iterations: int = 14  # self-play iterations
+    iterations: int = 12  # self-play iterations
     problems_per_iteration: int = 48  # problems searched per iteration
     simulations: int = 3  # MCTS simulations per training problem (each rolls its new thoughts out)
     num_candidates: int = 4  # thoughts per expansion
@@ -58,7 +58,7 @@ class SelfPlayConfig:
     max_thought_tokens: int = 32  # a thought is cut after this many tokens
     check_equations: bool = True  # a success must also have every `a op b = c` in its chain right (no lucky chains)
     chains_per_tree: int = 4  # root-to-leaf chains trained per tree: successes first, then failures
-    lr: float = 3e-4  # AdamW learning rate
+    lr: float = 1e-4  # AdamW learning rate (higher rates sharpen the tiny policy onto its own samples and cost greedy accuracy)
     updates_per_iteration: int = 6  # PPO minibatch updates per iteration
     minibatch: int = 32  # chains per PPO update
     clip_eps: float = 0.2  # PPO ratio clip
@@ -73,7 +73,7 @@ class SelfPlayConfig:
     loss_type: str = "dr_grpo"  # GRPO loss normalisation
     eval_every: int = 4  # greedy accuracy on 100 held-out problems every this many iterations (0: never)
     best_of_n: int = 8  # N of the best-of-N evaluation
-    eval_simulations: int = 4  # MCTS simulations per held-out problem (each rolls its new thoughts out)
+    eval_simulations: int = 2  # MCTS simulations per held-out problem (each rolls its new thoughts out; the conclusions vote)
     bf16: bool = True  # autocast matrix multiplies to bfloat16 on a CPU
     lora_rank: int = 0  # > 0: train LoRA adapters only (large models)
 

@@ -306,3 +306,25 @@ def test_rollouts_reach_terminals_in_one_simulation():
     assert (rolled.tree.root.visits, a.visits, b.visits) == (2, 1, 1)
     assert b.value == 0.0 and a.value == pytest.approx(0.9 * math.log(1e-6))
     assert policy.propose_calls == [[2], [1, 1]]  # the expansion, then both rollouts in one round
+
+
+def test_mcts_vote_answer_weighs_every_conclusion_by_exp_value():
+    """Three conclusions under the root: \\boxed{10} with V = log .5 and \\boxed{9} twice with log .3.
+    The max-reward path takes 10 (.5 is the best single value); the vote sums exp(V): 9 gets .3 + .3 = .6
+    > .5, so it answers 9."""
+    import math
+
+    def script(key):
+        return [("<conclusion>", "The answer is \\boxed{10}", 0.5), ("<conclusion>", "So \\boxed{9}", 0.3),
+                ("<conclusion>", "The answer is \\boxed{9}", 0.2)]
+
+    def value(key):
+        return math.log(0.5) if "10" in key[-1] else math.log(0.3)
+
+    config = MCTSConfig(simulations=1, num_candidates=3, max_children=3, patient=10)
+    (best,) = mcts(ScriptedPolicy(script, value), [QUESTION], config)
+    (voted,) = mcts(ScriptedPolicy(script, value), [QUESTION], replace(config, answer="vote"))
+    assert (best.answer, voted.answer) == ("10", "9")
+    assert voted.tree.node(voted.path[-1]).text == "So \\boxed{9}"  # the first chain of the winning answer
+    with pytest.raises(ValueError, match="answer='best'"):
+        MCTSConfig(answer="best")
