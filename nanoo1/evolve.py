@@ -1,23 +1,18 @@
 """rStar-Math's self-evolution: search with policy k and PPM k, train policy k+1 and PPM k+1 on what it found.
 
-    python -m nanoo1.evolve --rounds 2            # the tiny warm start on 200 training problems, minutes on a CPU
-    python -m nanoo1.evolve --model DIR --problems 500 --simulations 32 --out runs/rstar-big
+    python -m nanoo1.evolve --tiny --rounds 2     # the tiny task on a CPU (base model: see tiny_base)
+    python -m nanoo1.evolve --model DIR --data train.jsonl --test-data test.jsonl --problems 500 --out runs/big
 
 One round (Guan et al. 2025, sec. 3.4), on the same training problems every round:
-
   1. MCTS with policy k over the training problems: UCT (c = 2), the ground truth scores each answer +1 / -1,
      PPM k's score is a new step's value (round 0 has no PPM: terminal rewards alone guide the search).
   2. Coverage: the share of problems whose tree holds a correct answer (the paper's Table 2).
-  3. Policy data: per problem the top-2 correct traces by mean Q (`rstar.best_traces`); the loss is on the
-     steps the model wrote, not on the question or the observations (`rstar.encode_trace`).
-  4. Policy k+1: the base model fine-tuned on them (every round starts again from the base, as in the paper).
-  5. PPM k+1: policy k+1's decoder with a scalar head, trained on the sibling pairs of every tree
+  3. Policy k+1: the base model (every round starts again from it) fine-tuned on the top-2 correct traces
+     per problem by mean Q (`rstar.best_traces`), the loss on the steps the model wrote (`rstar.encode_trace`).
+  4. PPM k+1: policy k+1's decoder with a scalar head, trained on the sibling pairs of every tree
      (`rstar.preference_pairs`, `rstar.ppm_pair_loss`).
-
-The command prints one line per round (coverage of its search, greedy accuracy of its policy on held-out
-problems, tokens, seconds), appends them to OUT/metrics.jsonl and saves policy-k (Hugging Face layout) and
-ppm-k (the decoder in that layout + ppm_head.safetensors) for every trained pair. Test time: `RStarPolicy`
-with a PPM is the value in `mcts.mcts`, and its `score` is beam search's scorer (`--beam` evaluates it).
+Each row of the printed table (and of OUT/metrics.jsonl) is a round's search and the held-out accuracy of
+policy k, greedy and (--beam) beam search scored by PPM k; OUT/policy-k and OUT/ppm-k are the trained pairs.
 """
 
 from __future__ import annotations
@@ -28,20 +23,21 @@ import json
 import os
 import random
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 
 from nanoo1.checkpoint import load_pretrained, save_pretrained
-from nanoo1.mcts import MCTSConfig, SearchResult, mcts
+from nanoo1.mcts import MCTSConfig, mcts
 from nanoo1.rstar import (ProcessPreferenceModel, RStarConfig, RStarPolicy, best_traces, encode_trace, ppm_input,
                           ppm_pair_loss, ppm_scores, preference_pairs)
 from nanoo1.search import SearchConfig, grade, search
 from nanoo1.sft import SFTConfig, lr_at, make_batches, train_sft
 from nanoo1.tasks import TINY_DIR, Problem, load_jsonl
 from nanoo1.thoughts import Tree, batch_ids
+from nanoo1.warmstart import WARMSTART_DIR, WARMSTART_SFT, train_warmstart
 
 PPM_HEAD = "ppm_head.safetensors"  # the PPM's scalar head, next to its decoder's model.safetensors
 
@@ -64,18 +60,14 @@ class EvolveConfig:
     ppm_pairs_per_step: int = 16  # pairs per step (twice as many sequences)
     ppm_lr: float = 3e-4  # peak learning rate
     bf16: bool = True  # autocast matrix multiplies to bfloat16 on a CPU while training
-    # the run (the command line)
+    # the run
     rounds: int = 2  # self-evolution rounds
     problems: int = 200  # training problems searched every round, drawn once with the seed
     min_steps: int = 0  # draw only problems of at least this many steps (a harder task)
-    eval_problems: int = 200  # held-out problems for greedy accuracy
+    eval_problems: int = 200  # held-out problems for greedy accuracy (the first ones of the test file)
     beam: int = 0  # > 0: also held-out accuracy of beam search of this width scored by the PPM
-    seed: int = 0  # search, sampling, problem draw and training order
+    seed: int = 0  # problem draw, search sampling and training order (round k uses seed + k)
     out: str = "runs/rstar"  # metrics.jsonl, policy-k/, ppm-k/
-
-
-def rstar_config(config: EvolveConfig) -> RStarConfig:
-    return RStarConfig(max_step_tokens=config.max_step_tokens, temperature=config.temperature)
 
 
 def mcts_config(config: EvolveConfig) -> MCTSConfig:
@@ -84,6 +76,11 @@ def mcts_config(config: EvolveConfig) -> MCTSConfig:
     return MCTSConfig(simulations=config.simulations, num_candidates=k, max_children=k, selection="uct", c=2.0,
                       discount=1.0, patient=config.patient, max_depth=RStarConfig.max_depth, success_value=1.0,
                       failure_value=-1.0, temperature=config.temperature)
+
+
+def rstar_policy(model, tokenizer, config: EvolveConfig, ppm=None, seed: int = 0) -> RStarPolicy:
+    rstar = RStarConfig(max_step_tokens=config.max_step_tokens, temperature=config.temperature)
+    return RStarPolicy(model, tokenizer, rstar, ppm, seed=seed)
 
 
 # -- what a round measures and keeps -------------------------------------------------------------------
@@ -106,9 +103,8 @@ def ppm_pairs(tokenizer, trees: list[Tree]) -> list[tuple[list[int], list[int]]]
             for tree in trees for pos, neg in preference_pairs(tree)]
 
 
-@torch.no_grad()
 def pair_accuracy(ppm: ProcessPreferenceModel, pairs, pad_id: int, batch_size: int = 32) -> float | None:
-    """Share of pairs the PPM orders right, r(pos) > r(neg); None without pairs."""
+    """Share of pairs the PPM orders right, r(pos) > r(neg) (a tie is wrong); None without pairs."""
     if not pairs:
         return None
     r = ppm_scores(ppm, [p for p, _ in pairs] + [n for _, n in pairs], pad_id, batch_size)  # (2P,)
@@ -116,7 +112,7 @@ def pair_accuracy(ppm: ProcessPreferenceModel, pairs, pad_id: int, batch_size: i
 
 
 # -- training ------------------------------------------------------------------------------------------
-def finetune_policy(base_model, examples, pad_id: int, config: EvolveConfig, seed: int = 0):
+def finetune_policy(base_model, examples, pad_id: int, config: EvolveConfig, seed: int = 0, progress: bool = False):
     """(a copy of base_model fine-tuned on the (ids, mask) examples, its losses); no examples: an untrained copy."""
     model = copy.deepcopy(base_model).requires_grad_(True)
     losses = []
@@ -124,13 +120,16 @@ def finetune_policy(base_model, examples, pad_id: int, config: EvolveConfig, see
         sft = SFTConfig(steps=config.sft_steps, batch_size=min(config.sft_batch_size, len(examples)), lr=config.sft_lr,
                         warmup=max(1, config.sft_steps // 10), bf16=config.bf16, seed=seed)
         batches = make_batches(examples, lambda example, rng: example, sft.batch_size, random.Random(seed), pad_id)
-        losses = train_sft(model, batches, sft, progress=False)
+        losses = train_sft(model, batches, sft, progress=progress)
     return model.requires_grad_(False).eval(), losses
 
 
-def train_ppm(ppm: ProcessPreferenceModel, pairs, pad_id: int, config: EvolveConfig, seed: int = 0) -> list[float]:
+def train_ppm(ppm: ProcessPreferenceModel, pairs, pad_id: int, config: EvolveConfig, seed: int = 0,
+              progress: bool = False) -> list[float]:
     """Train the PPM in place on (positive ids, negative ids) pairs with `ppm_pair_loss`: AdamW, the SFT
-    schedule, shuffled passes over the pairs. Returns the loss of every step."""
+    schedule, shuffled passes over the pairs. Returns the loss of every step; leaves the PPM frozen, in eval."""
+    from tqdm.auto import tqdm
+
     if not pairs:
         return []
     ppm.requires_grad_(True).train()
@@ -140,7 +139,7 @@ def train_ppm(ppm: ProcessPreferenceModel, pairs, pad_id: int, config: EvolveCon
     device = ppm.head.weight.device
     order, losses = [], []
     P = min(config.ppm_pairs_per_step, len(pairs))
-    for step in range(config.ppm_steps):
+    for step in tqdm(range(config.ppm_steps), desc="ppm", disable=not progress, leave=False):
         if len(order) < P:
             order += torch.randperm(len(pairs), generator=generator).tolist()
         chosen, order = order[:P], order[P:]
@@ -162,8 +161,7 @@ def train_ppm(ppm: ProcessPreferenceModel, pairs, pad_id: int, config: EvolveCon
 # -- one round -----------------------------------------------------------------------------------------
 @dataclass
 class RoundReport:
-    problems: int  # training problems searched
-    coverage: float  # share of them with a correct answer in their tree
+    coverage: float  # share of the training problems with a correct answer in their tree
     traces: int  # correct traces kept for the policy's fine-tune
     pairs: int  # preference pairs for the PPM
     ppm_accuracy_before: float | None  # the searching PPM on this round's pairs (unseen by it); None: no PPM or pairs
@@ -177,32 +175,25 @@ class RoundReport:
     train_seconds: float
 
 
-def search_problems(policy_model, ppm, tokenizer, problems: list[Problem], config: EvolveConfig,
-                    seed: int = 0) -> list[SearchResult]:
-    """Step 1 of a round: rStar's MCTS with the ground truths, PPM scores as values when there is a PPM."""
-    policy = RStarPolicy(policy_model, tokenizer, rstar_config(config), ppm, seed=seed)
-    return mcts(policy, [p.question for p in problems], mcts_config(config), [p.answer for p in problems], seed=seed)
-
-
 def self_evolution_round(base_model, policy_model, ppm, tokenizer, problems: list[Problem], config: EvolveConfig,
-                         seed: int = 0):
+                         seed: int = 0, progress: bool = False):
     """Search the problems with (policy_model, ppm), then train the next pair: returns (policy k+1, PPM k+1,
-    RoundReport). policy k+1 is base_model fine-tuned on the top correct traces; PPM k+1 is policy k+1's
-    decoder with a zero-initialised scalar head, trained on the trees' preference pairs."""
+    RoundReport). policy k+1 is base_model fine-tuned on the top correct traces; PPM k+1 is policy k+1's decoder
+    with a zero-initialised scalar head, trained on the trees' preference pairs."""
     t0 = time.perf_counter()
-    results = search_problems(policy_model, ppm, tokenizer, problems, config, seed)
+    policy = rstar_policy(policy_model, tokenizer, config, ppm, seed)
+    results = mcts(policy, [p.question for p in problems], mcts_config(config), [p.answer for p in problems], seed)
     trees = [r.tree for r in results]
-    examples = sft_examples(tokenizer, trees, config.traces_per_problem)
-    pairs = ppm_pairs(tokenizer, trees)
+    examples, pairs = sft_examples(tokenizer, trees, config.traces_per_problem), ppm_pairs(tokenizer, trees)
     before = pair_accuracy(ppm, pairs, tokenizer.pad_id) if ppm is not None else None
     t1 = time.perf_counter()
-    new_policy, sft_losses = finetune_policy(base_model, examples, tokenizer.pad_id, config, seed)
-    new_ppm = ProcessPreferenceModel(copy.deepcopy(new_policy))
-    ppm_losses = train_ppm(new_ppm, pairs, tokenizer.pad_id, config, seed)
-    report = RoundReport(len(problems), coverage(trees), len(examples), len(pairs), before,
-                         pair_accuracy(new_ppm, pairs, tokenizer.pad_id), _ends(sft_losses), _ends(ppm_losses),
-                         sum(r.spent.generated for r in results), sum(r.spent.prompt for r in results),
-                         sum(r.spent.value for r in results), round(t1 - t0, 1), round(time.perf_counter() - t1, 1))
+    new_policy, sft_losses = finetune_policy(base_model, examples, tokenizer.pad_id, config, seed, progress)
+    new_ppm = ProcessPreferenceModel(copy.deepcopy(new_policy))  # rStar-Math: the PPM starts from the fine-tuned policy
+    ppm_losses = train_ppm(new_ppm, pairs, tokenizer.pad_id, config, seed, progress)
+    after = pair_accuracy(new_ppm, pairs, tokenizer.pad_id)
+    spent = [sum(getattr(r.spent, kind) for r in results) for kind in ("generated", "prompt", "value")]
+    report = RoundReport(coverage(trees), len(examples), len(pairs), before, after, _ends(sft_losses), _ends(ppm_losses),
+                         *spent, round(t1 - t0, 1), round(time.perf_counter() - t1, 1))
     return new_policy, new_ppm, report
 
 
@@ -210,12 +201,11 @@ def _ends(losses: list[float]) -> list[float]:
     return [round(losses[0], 4), round(losses[-1], 4)] if losses else []
 
 
-# -- held-out evaluation -------------------------------------------------------------------------------
 def held_out_accuracy(policy_model, tokenizer, problems: list[Problem], config: EvolveConfig, ppm=None, beam: int = 0,
                       seed: int = 0) -> tuple[float, float]:
     """(accuracy, generated tokens per problem) on problems no search saw: greedy, or with beam > 0 beam search
-    of that width with `beam` steps per beam, the PPM scoring every path."""
-    policy = RStarPolicy(policy_model, tokenizer, rstar_config(config), ppm, seed=seed)
+    of that width with `beam` new steps per beam, the PPM scoring every path."""
+    policy = rstar_policy(policy_model, tokenizer, config, ppm, seed)
     method = SearchConfig(method="beam", n=beam, expand=beam, max_depth=RStarConfig.max_depth) if beam else \
         SearchConfig(method="greedy", max_depth=RStarConfig.max_depth)
     results = search(policy, [p.question for p in problems], method, scorer=policy.score if beam else None, seed=seed)
@@ -225,7 +215,8 @@ def held_out_accuracy(policy_model, tokenizer, problems: list[Problem], config: 
 
 # -- the PPM on disk -----------------------------------------------------------------------------------
 def save_ppm(ppm: ProcessPreferenceModel, tokenizer, directory) -> Path:
-    """The decoder in the Hugging Face layout (save_pretrained) and the head as ppm_head.safetensors."""
+    """The decoder in the Hugging Face layout (save_pretrained) and the head as ppm_head.safetensors, each
+    file written under a temporary name and renamed."""
     directory = save_pretrained(ppm.backbone, tokenizer, directory)
     tmp = directory / f".{PPM_HEAD}.tmp{os.getpid()}"
     save_file({k: v.detach().contiguous().cpu() for k, v in ppm.head.state_dict().items()}, str(tmp),
@@ -236,33 +227,41 @@ def save_ppm(ppm: ProcessPreferenceModel, tokenizer, directory) -> Path:
 
 def load_ppm(directory, dtype="float32", device="cpu"):
     """(ProcessPreferenceModel, tokenizer or None) from a directory written by save_ppm."""
-    backbone, tokenizer = load_pretrained(directory, dtype=dtype, device=device)
-    ppm = ProcessPreferenceModel(backbone).to(device)
     path = Path(directory) / PPM_HEAD
     if not path.exists():
         raise FileNotFoundError(f"{path}: no PPM head (a plain checkpoint? save_ppm writes {PPM_HEAD})")
+    backbone, tokenizer = load_pretrained(directory, dtype=dtype, device=device)
+    ppm = ProcessPreferenceModel(backbone).to(device)
     head = load_file(str(path))
-    expected = {k: tuple(v.shape) for k, v in ppm.head.state_dict().items()}
-    got = {k: tuple(v.shape) for k, v in head.items()}
+    got, expected = ({k: tuple(v.shape) for k, v in d.items()} for d in (head, ppm.head.state_dict()))
     if got != expected:
         raise ValueError(f"{path}: tensors {got}, expected {expected}")
     ppm.head.load_state_dict(head)
     return ppm.requires_grad_(False).eval(), tokenizer
 
 
-# -- the command ---------------------------------------------------------------------------------------
-def _line(row: dict) -> str:
-    cov = "-" if row.get("coverage") is None else f"{100 * row['coverage']:.1f}%"
-    beam = "" if "beam_ppm" not in row else f"{'-':>10}" if row["beam_ppm"] is None else f"{100 * row['beam_ppm']:9.1f}%"
-    tokens = row.get("generated_tokens", "-")
-    seconds = row.get("search_seconds", 0) + row.get("train_seconds", 0)
-    return (f"{row['round']:>5}{cov:>10}{100 * row['greedy']:9.1f}%{beam}{row.get('traces', '-'):>8}{row.get('pairs', '-'):>8}"
-            f"{tokens:>11}{seconds:>9.0f}")
+# -- the run -------------------------------------------------------------------------------------------
+COLUMNS = ["round", "coverage", "greedy", "beam+PPM", "traces", "pairs", "tokens", "seconds"]
 
 
-def run(config: EvolveConfig, model: str | os.PathLike = TINY_DIR / "warmstart", data=TINY_DIR / "train.jsonl",
-        test_data=TINY_DIR / "test.jsonl") -> list[dict]:
-    """config.rounds rounds from the checkpoint `model`; prints the table, returns its rows (metrics.jsonl)."""
+def _line(cells) -> str:
+    return "".join(f"{c:>{max(9, len(name) + 2)}}" for c, name in zip(cells, COLUMNS))
+
+
+def _row_line(row: dict) -> str:
+    pct = [("-" if row.get(key) is None else f"{100 * row[key]:.1f}%") for key in ("coverage", "greedy", "beam_ppm")]
+    return _line([row["round"], *pct, row.get("traces", "-"), row.get("pairs", "-"), row.get("generated_tokens", "-"),
+                  f"{row['seconds']:.0f}"])
+
+
+def run(config: EvolveConfig, model, data=TINY_DIR / "train.jsonl", test_data=TINY_DIR / "test.jsonl",
+        progress: bool = False) -> list[dict]:
+    """config.rounds rounds from the base checkpoint `model`; prints the table, returns its rows (metrics.jsonl).
+
+    Row k: round k's search (coverage, traces, pairs, tokens: policy k and PPM k) and held-out accuracy of
+    policy k (greedy) and of beam search scored by PPM k; the last row only evaluates the last pair trained."""
+    from tqdm.auto import tqdm
+
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     base, tokenizer = load_pretrained(model, dtype="float32")
@@ -272,44 +271,71 @@ def run(config: EvolveConfig, model: str | os.PathLike = TINY_DIR / "warmstart",
     problems = random.Random(config.seed).sample(pool, config.problems)
     test = load_jsonl(test_data)[: config.eval_problems]
     (out / "metrics.jsonl").unlink(missing_ok=True)
-    beam = f"{'beam+PPM':>10}" if config.beam else ""
-    print(f"{'round':>5}{'coverage':>10}{'greedy':>10}{beam}{'traces':>8}{'pairs':>8}{'tokens':>11}{'seconds':>9}", flush=True)
+    print(_line(COLUMNS), flush=True)
     policy, ppm, rows = base, None, []
-    for k in range(config.rounds + 1):  # the last pass only evaluates the last policy trained
-        row = {"round": k, "greedy": held_out_accuracy(policy, tokenizer, test, config, seed=config.seed)[0]}
-        if config.beam and ppm is not None:
+    bar = tqdm(range(config.rounds + 1), desc="rounds", disable=not progress)
+    for k in bar:
+        t = time.perf_counter()
+        bar.set_postfix_str("held-out evaluation")
+        accuracy, tokens = held_out_accuracy(policy, tokenizer, test, config, seed=config.seed)
+        row = {"round": k, "greedy": accuracy, "greedy_tokens": round(tokens, 1), "beam_ppm": None}
+        if config.beam and ppm is not None:  # no PPM before the first round
             row["beam_ppm"] = held_out_accuracy(policy, tokenizer, test, config, ppm, config.beam, seed=config.seed)[0]
-        elif config.beam:
-            row["beam_ppm"] = None  # no PPM before the first round
+        row["eval_seconds"] = round(time.perf_counter() - t, 1)
         if k < config.rounds:
-            policy, ppm, report = self_evolution_round(base, policy, ppm, tokenizer, problems, config, seed=config.seed)
+            bar.set_postfix_str(f"MCTS over {len(problems)} problems, then training")
+            policy, ppm, report = self_evolution_round(base, policy, ppm, tokenizer, problems, config, config.seed + k,
+                                                       progress)
             row.update(asdict(report))
             save_pretrained(policy, tokenizer, out / f"policy-{k + 1}")
             save_ppm(ppm, tokenizer, out / f"ppm-{k + 1}")
+        row["seconds"] = round(time.perf_counter() - t, 1)
         rows.append(row)
         with open(out / "metrics.jsonl", "a", encoding="utf-8") as f:
             f.write(json.dumps(row) + "\n")
-        print(_line(row), flush=True)
+        (bar.write if progress else print)(_row_line(row))
     return rows
+
+
+def tiny_base(out: Path, steps: int = WARMSTART_SFT.steps, seed: int = 0, progress: bool = False) -> Path:
+    """The base model of --tiny: data/tiny/warmstart if it exists, else warmstart.py's recipe (all formats, rStar's
+    code format among them) run for `steps` steps into `out`, once: a later run finds it there. The default steps
+    and seed 0 are data/tiny/warmstart's own recipe."""
+    for directory in (WARMSTART_DIR, out):
+        if (directory / "model.safetensors").exists():
+            return directory
+    sft = replace(WARMSTART_SFT, steps=steps, warmup=min(WARMSTART_SFT.warmup, steps))
+    train_warmstart(out, sft, seed, progress=progress)
+    return out
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    g = p.add_argument_group("run")
+    g.add_argument("--tiny", action="store_true", help="the tiny task, from data/tiny/warmstart or, where that is "
+                   "missing, from a warm start trained first into OUT/base")
+    g.add_argument("--warmstart-steps", type=int, default=WARMSTART_SFT.steps, help="SFT steps of that warm start "
+                   "(fewer than ~1000: the tiny model rarely writes a correct solution)")
+    g.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (--tiny: 1, the fastest for it)")
+    g.add_argument("--no-progress", action="store_true", help="no progress bars")
     g = p.add_argument_group("model and data")
-    g.add_argument("--model", default=str(TINY_DIR / "warmstart"), help="the base model: checkpoint directory or hub id")
+    g.add_argument("--model", default=None, help="the base model: checkpoint directory or hub id")
     g.add_argument("--data", default=str(TINY_DIR / "train.jsonl"), help="training problems, GSM8K-style jsonl")
     g.add_argument("--test-data", default=str(TINY_DIR / "test.jsonl"), help="held-out problems, GSM8K-style jsonl")
-    g.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (1 is fastest for the tiny model)")
     g = p.add_argument_group("settings (see EvolveConfig for each)")
     for f in fields(EvolveConfig):
         kind = {bool: lambda s: s.lower() in ("1", "true", "yes")}.get(type(f.default), type(f.default))
         g.add_argument("--" + f.name.replace("_", "-"), type=kind, default=f.default)
     args = p.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    if not args.tiny and args.model is None:
+        p.error("--model DIR is needed without --tiny")
+    if args.threads or args.tiny:
+        torch.set_num_threads(args.threads or 1)
     config = EvolveConfig(**{f.name: getattr(args, f.name) for f in fields(EvolveConfig)})
     t = time.perf_counter()
-    run(config, args.model, args.data, args.test_data)
+    model = args.model or tiny_base(Path(config.out) / "base", args.warmstart_steps, config.seed, not args.no_progress)
+    print(f"base model: {model}")
+    run(config, model, args.data, args.test_data, progress=not args.no_progress)
     print(f"wrote {config.out}/metrics.jsonl, policy-k/ and ppm-k/ in {time.perf_counter() - t:.0f} s")
 
 

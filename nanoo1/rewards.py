@@ -26,6 +26,7 @@ _NUMERIC = re.compile(rf"[\s(\[{{]*(?P<number>{_TOKEN.pattern})[\s)\]}}]*(?:[A-Z
 _BOXED = re.compile(r"\\boxed\s*\{")
 # the lookahead reads to the end of the line without consuming it, so a later "answer is" still matches
 _ANSWER_IS = re.compile(r"answer\s*(?:is|:)\s*:?(?=([^\n]*))", re.IGNORECASE)
+_OUTPUT = re.compile(r"<output>(.*?)</output>", re.DOTALL)
 _HASHES = re.compile(r"####([^\n]*)")
 # LaTeX and currency decoration that never changes a value
 _DROP = re.compile(r"\\[!,]|\\left|\\right|\\\$|\$|\\%|%|\^\s*\{?\\circ\}?|°")
@@ -70,6 +71,7 @@ def extract_answer(text: str) -> str | None:
     """The final answer of a response, as written, or None when it states none.
 
     Tried in order, the last match in the text winning within each kind:
+    0. rStar's `<output>...</output>` observation (what the final code step printed): its content;
     1. `\\boxed{...}` (nested braces allowed): its content;
     2. a GSM8K `#### ...` line: the rest of the line;
     3. "answer is ..." / "answer: ...": the first number after it on that line (else the words up to
@@ -79,6 +81,9 @@ def extract_answer(text: str) -> str | None:
     """
     if not text:
         return None
+    outputs = _OUTPUT.findall(text)
+    if outputs:
+        return _trim(outputs[-1]) if outputs[-1].strip() else None
     boxed = last_boxed(text)
     if boxed is not None and boxed.strip():
         return _trim(boxed)

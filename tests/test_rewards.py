@@ -243,3 +243,10 @@ def test_equations_hold_checks_every_equation():
     assert not equations_hold("20 - 4 = 16, then 16 * 2 = 30")  # the second one is wrong: 32
     assert not equations_hold("5 / 0 = 0")
     assert equations_hold("The answer is \\boxed{6}") and equations_hold("")  # nothing to check
+
+
+def test_rstar_output_observation_is_the_answer():
+    # the comment's "Step 3" must not count: the printed output is the answer (and a word is no number)
+    assert extract_answer("# Step 3: the total\nprint(x3)\n<output>9</output>") == "9"
+    assert not check('# Step 3: say it\nprint("x")\n<output>x</output>', "3")
+    assert check("# Step 3: the total\nprint(x3)\n<output>3</output>", "3")

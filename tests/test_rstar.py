@@ -1,5 +1,7 @@
-"""rStar-Math: the step format, keep/reject by execution, PPM pairs and loss, the policy end to end."""
+"""rStar-Math: the step format, keep/reject by execution, PPM pairs and loss, the policy end to end, and the
+self-evolution round (nanoo1/evolve.py)."""
 
+import json
 import math
 
 import pytest
@@ -7,7 +9,10 @@ import torch
 
 import nanoo1.rstar as rstar
 from conftest import SAMPLE_TEXTS, random_model
+from nanoo1.checkpoint import load_pretrained, save_pretrained
 from nanoo1.engine import Completion
+from nanoo1.evolve import (EvolveConfig, coverage, finetune_policy, load_ppm, pair_accuracy, ppm_pairs, run, save_ppm,
+                           sft_examples, train_ppm)
 from nanoo1.mcts import MCTSConfig, Request, expand, mcts
 from nanoo1.model import Gemma2, Gemma2Config
 from nanoo1.rstar import (RSTAR_TOKENS, STEP_END, CodeStep, ProcessPreferenceModel, RStarConfig, RStarPolicy, best_traces,
@@ -16,7 +21,7 @@ from nanoo1.rstar import (RSTAR_TOKENS, STEP_END, CodeStep, ProcessPreferenceMod
 from nanoo1.sandbox import run_many
 from nanoo1.search import SearchConfig, search
 from nanoo1.sft import lm_loss
-from nanoo1.tasks import Problem, Step, make_problems
+from nanoo1.tasks import Problem, Step, make_problems, write_jsonl
 from nanoo1.thoughts import Tree
 from nanoo1.tokenizer import SPECIAL_TOKENS, train_tokenizer
 
@@ -364,3 +369,167 @@ def test_trained_policy_keeps_its_steps_and_mcts_finds_the_answer(mia_model, cod
     final = result.tree.node(result.path[-1])
     assert (result.simulations, result.successes, result.answer, final.value) == (4, 2, "9", 1.0)
     assert [n.text for n in result.tree.path(final)[1:]] == [STEP1, STEP2, STEP3 + "\n<output>9</output>"]
+
+
+# -- self-evolution (nanoo1/evolve.py) -----------------------------------------------------------------
+def _chain(tree, parent, texts, values, terminal=None):
+    """Add texts as a chain below parent, with Q-values; the last node gets `terminal`."""
+    for i, (text, value) in enumerate(zip(texts, values)):
+        last = i == len(texts) - 1
+        parent = tree.add(parent, "<conclusion>" if last and terminal else "<expansion>", text, value=value,
+                          terminal=terminal if last else None)
+    return parent
+
+
+FINAL9 = STEP3 + "\n<output>9</output>"
+WRONG1 = "# Step 1: She buys 5 more.\nx1 = 7 + 6\n" + STEP_END
+FAILED2 = "# Step 2: oops\nx2 = y - 3\n" + STEP_END + "\n<error>NameError: name 'y' is not defined</error>"
+
+
+def test_coverage_on_hand_made_trees():
+    solved = Tree(MIA.question)
+    _chain(solved, solved.root, [STEP1, STEP2, FINAL9], [0.0, 0.0, 1.0], "success")
+    _chain(solved, solved.root, [WRONG1], [-1.0], "failure")
+    failed = Tree(MIA.question)
+    _chain(failed, failed.root, [STEP1, STEP2], [0.0, -1.0], "failure")
+    deep = Tree(MIA.question)  # the success hangs three levels down, below a failure's sibling
+    below = _chain(deep, deep.root, [STEP1], [0.0])
+    _chain(deep, below, [FAILED2], [-1.0], "failure")
+    _chain(deep, below, [STEP2, FINAL9], [0.0, 1.0], "success")
+    unexpanded = Tree(MIA.question)
+    assert coverage([solved, failed, deep, unexpanded]) == 2 / 4  # solved and deep
+    assert coverage([failed]) == 0.0 and coverage([deep]) == 1.0
+    with pytest.raises(ValueError, match="no trees"):
+        coverage([])
+
+
+def test_sft_examples_are_the_top_two_traces_with_masks(code_tokenizer):
+    tree = Tree(MIA.question)
+    s1 = _chain(tree, tree.root, [STEP1], [0.2])
+    _chain(tree, s1, [STEP2, FINAL9], [0.4, 1.0], "success")        # mean Q (0.2 + 0.4 + 1) / 3 = 0.533
+    retry = tree.add(s1, "<expansion>", FAILED2, value=1.0)            # a failed step: never kept, whatever its Q
+    _chain(tree, retry, [STEP2, FINAL9], [1.0, 1.0], "success")
+    w1 = _chain(tree, tree.root, [WRONG1], [0.9])
+    alt = "# Step 2: She gives 3 to Leo.\nx2 = x1 - 4\n" + STEP_END      # 13 - 4 = 9 by luck: correct, mean Q 0.967
+    _chain(tree, w1, [alt, FINAL9], [1.0, 1.0], "success")
+    _chain(tree, tree.root, [STEP1, STEP2, FINAL9], [-0.5, 0.0, 1.0], "success")  # mean Q 0.167: third, dropped
+    _chain(tree, tree.root, [WRONG1, STEP2], [-1.0, -1.0], "failure")
+    examples = sft_examples(code_tokenizer, [tree, Tree(MIA.question)])  # a tree without answers adds nothing
+    expected = [encode_trace(code_tokenizer, MIA.question, steps) for steps in ([WRONG1, alt, FINAL9], [STEP1, STEP2, FINAL9])]
+    assert examples == expected
+    ids, mask = examples[1]
+    assert code_tokenizer.decode([i for i, m in zip(ids, mask) if m]) == STEP1 + STEP2 + STEP3  # the model's own tokens
+    assert code_tokenizer.decode([i for i, m in zip(ids, mask) if not m]) == (
+        "<bos>" + MIA.question + "\n" + "\n\n" + "\n<output>9</output>\n")  # question, newlines, observation
+    assert len(sft_examples(code_tokenizer, [tree], per_problem=5)) == 3
+
+
+def _pair_tree():
+    tree = Tree(MIA.question)
+    s1 = tree.add(tree.root, "<expansion>", STEP1, value=0.0)
+    tree.add(s1, "<conclusion>", STEP2, value=1.0, terminal="success")
+    tree.add(s1, "<conclusion>", "# Step 2: x\nx2 = x1 + 3\n" + STEP_END, value=-1.0, terminal="failure")
+    w = tree.add(tree.root, "<expansion>", WRONG1, value=-0.5)
+    tree.add(w, "<conclusion>", "# Step 2: y\nprint(x1)\n" + STEP_END + "\n<output>13</output>", value=-1.0, terminal="failure")
+    return tree
+
+
+def test_ppm_pairs_match_pair_batch_and_training_reduces_the_pair_loss(code_tokenizer):
+    tree = _pair_tree()
+    pairs = ppm_pairs(code_tokenizer, [tree, tree])
+    assert len(pairs) == 4  # per tree: (STEP1, WRONG1) under the root, (STEP2, x2 = x1 + 3) under STEP1
+    ids, mask = pair_batch(tree, preference_pairs(tree), code_tokenizer)
+    assert [p for p, _ in pairs[:2]] + [n for _, n in pairs[:2]] == [row[m.bool()].tolist() for row, m in zip(ids, mask)]
+    backbone = Gemma2(Gemma2Config.preset("tiny", vocab_size=len(code_tokenizer), num_hidden_layers=1))
+    ppm = ProcessPreferenceModel(backbone.init_weights(torch.Generator().manual_seed(0)))
+    assert pair_accuracy(ppm, pairs, code_tokenizer.pad_id) == 0.0  # a zero head ties every pair: none ordered right
+    assert pair_accuracy(ppm, [], code_tokenizer.pad_id) is None
+    config = EvolveConfig(ppm_steps=30, ppm_pairs_per_step=3, ppm_lr=1e-3, bf16=False)
+    losses = train_ppm(ppm, pairs, code_tokenizer.pad_id, config, seed=0)
+    assert len(losses) == 30 and losses[0] == pytest.approx(math.log(2), abs=1e-6)  # step 1 sees the zero head
+    assert losses[-1] < 0.3 and pair_accuracy(ppm, pairs, code_tokenizer.pad_id) == 1.0
+    assert not any(p.requires_grad for p in ppm.parameters()) and not ppm.training
+    assert train_ppm(ppm, [], code_tokenizer.pad_id, config) == []
+
+
+def test_finetune_policy_trains_a_copy_of_the_base(code_tokenizer):
+    base = Gemma2(Gemma2Config.preset("tiny", vocab_size=len(code_tokenizer), num_hidden_layers=1))
+    base.init_weights(torch.Generator().manual_seed(0)).requires_grad_(False)
+    before = {k: v.clone() for k, v in base.state_dict().items()}
+    examples = [encode_trace(code_tokenizer, MIA.question, solution_steps(MIA))] * 3
+    config = EvolveConfig(sft_steps=20, sft_batch_size=8, sft_lr=1e-2, bf16=False)  # batch 8 > 3 examples: 3 a step
+    tuned, losses = finetune_policy(base, examples, code_tokenizer.pad_id, config, seed=0)
+    assert len(losses) == 20 and losses[-1] < losses[0] / 2
+    assert all(torch.equal(v, before[k]) for k, v in base.state_dict().items())  # the base is left as it was
+    assert not any(torch.equal(v, before[k]) for k, v in tuned.state_dict().items() if v.dim() == 2)
+    untouched, none = finetune_policy(base, [], code_tokenizer.pad_id, config)
+    assert none == [] and untouched is not base and all(torch.equal(v, before[k]) for k, v in untouched.state_dict().items())
+
+
+def test_save_and_load_ppm(code_tokenizer, tmp_path):
+    ppm = ProcessPreferenceModel(random_model(Gemma2Config.preset("tiny", vocab_size=len(code_tokenizer), num_hidden_layers=1)))
+    with torch.no_grad():
+        ppm.head.weight.normal_(0, 0.5, generator=torch.Generator().manual_seed(1))
+        ppm.head.bias.fill_(0.1)
+    save_ppm(ppm, code_tokenizer, tmp_path / "ppm")
+    loaded, tokenizer = load_ppm(tmp_path / "ppm")
+    assert sorted(p.name for p in (tmp_path / "ppm").iterdir() if p.name.startswith(".")) == []  # no temp files left
+    ids = torch.tensor([encode_trace(code_tokenizer, MIA.question, [STEP1], close=False)[0]])
+    assert torch.equal(loaded(ids), ppm(ids)) and tokenizer.encode("x1 = 7") == code_tokenizer.encode("x1 = 7")
+    (tmp_path / "ppm" / "ppm_head.safetensors").unlink()
+    with pytest.raises(FileNotFoundError, match="ppm_head.safetensors"):
+        load_ppm(tmp_path / "ppm")
+
+
+def _scripted_solver(problems):
+    """A fake engine.generate over the code format: after a question and d steps, candidate j = 0 is the worked
+    solution's step d + 1, j = 1 the same step off by one (`+ 1`), so a path is correct iff it only took j = 0."""
+    by_question = {p.question: p for p in problems}
+
+    def generate(model, prompts, max_new_tokens, temperature, *args, num_samples=1, tokenizer=None, suffixes=None, **kw):
+        forced = tokenizer.decode(suffixes[0]) if suffixes else ""
+        rows = []
+        for p in prompts:
+            text = tokenizer.decode(p).removeprefix("<bos>")
+            problem, depth = by_question[text.split("\n")[0]], text.count(STEP_END)
+            comment, code = problem.code_steps()[depth]
+            wrong = code[:-1] + " + 1)" if code.startswith("print(") else code + " + 1"
+            for j in range(num_samples):
+                step = format_step(comment, code if j % 2 == 0 or temperature == 0 else wrong)
+                rows.append(Completion(list(p) + (suffixes[0] if suffixes else []), [5, 6], step.removeprefix(forced),
+                                       logprobs=[-0.5, -0.5], scaled_logprobs=[-0.5, -0.5], entropy=[1.0, 1.0],
+                                       varentropy=[0.0, 0.0], forced=[False, False]))
+        return rows
+
+    return generate
+
+
+def test_one_round_end_to_end_on_a_scripted_solver(code_tokenizer, tmp_path, monkeypatch, capsys):
+    train, test = make_problems(3, seed=7, max_steps=3), make_problems(2, seed=8, max_steps=2)
+    write_jsonl(train, tmp_path / "train.jsonl")
+    write_jsonl(test, tmp_path / "test.jsonl")
+    model = random_model(Gemma2Config.preset("tiny", vocab_size=len(code_tokenizer), num_hidden_layers=1))
+    save_pretrained(model, code_tokenizer, tmp_path / "base")
+    monkeypatch.setattr(rstar, "generate", _scripted_solver(train + test))
+    config = EvolveConfig(simulations=24, num_candidates=2, rounds=1, problems=3, eval_problems=2, beam=2, sft_steps=4,
+                          sft_batch_size=4, ppm_steps=4, ppm_pairs_per_step=4, bf16=False, out=str(tmp_path / "run"))
+    rows = run(config, tmp_path / "base", tmp_path / "train.jsonl", tmp_path / "test.jsonl")
+    assert [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()] == rows
+    first, last = rows
+    # the correct path is all j = 0 choices, at most 4 steps deep: 24 UCT simulations find it in every tree, and
+    # only it (a problem has one correct trace); greedy takes j = 0 throughout, so it is right on the held-out set
+    assert (first["round"], first["coverage"], first["traces"], first["greedy"], first["beam_ppm"]) == (0, 1.0, 3, 1.0, None)
+    assert first["pairs"] >= 3  # at least the last step's (print(x), print(x + 1)) in every tree
+    assert first["ppm_accuracy_before"] is None and 0.0 <= first["ppm_accuracy_after"] <= 1.0
+    assert len(first["sft_loss"]) == 2 and len(first["ppm_loss"]) == 2
+    assert first["generated_tokens"] > 0 and first["prompt_tokens"] > 0 and first["ppm_tokens"] == 0  # no PPM searched
+    assert (last["round"], last["greedy"], last["beam_ppm"]) == (1, 1.0, 1.0) and "coverage" not in last
+    table = capsys.readouterr().out.splitlines()
+    assert table[0].split() == ["round", "coverage", "greedy", "beam+PPM", "traces", "pairs", "tokens", "seconds"]
+    assert table[1].split()[:5] == ["0", "100.0%", "100.0%", "-", "3"]
+    policy, tokenizer = load_pretrained(tmp_path / "run" / "policy-1")
+    ppm, _ = load_ppm(tmp_path / "run" / "ppm-1")
+    assert len(tokenizer) == len(code_tokenizer) and policy.config == model.config
+    assert not torch.equal(policy.model.embed_tokens.weight, model.model.embed_tokens.weight)  # fine-tuned ...
+    ids = torch.tensor([encode_trace(code_tokenizer, train[0].question, [], close=False)[0]])
+    assert ppm(ids).abs().item() > 0  # ... and the PPM's head trained away from zero
