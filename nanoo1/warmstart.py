@@ -30,7 +30,7 @@ TINY_MODEL = Gemma2Config.preset("tiny", vocab_size=512, hidden_size=128, interm
                                  num_attention_heads=4, num_key_value_heads=2, head_dim=32, query_pre_attn_scalar=32,
                                  sliding_window=128, max_position_embeddings=1024)
 MIXTURE = {"thought": 0.6, "think": 0.2, "code": 0.2}  # share of each format in the warm-start batches
-WARMSTART_SFT = SFTConfig(steps=1500, batch_size=32, lr=3e-3, negative_fraction=0.3)
+WARMSTART_SFT = SFTConfig(steps=1000, batch_size=32, lr=3e-3, negative_fraction=0.3)
 
 
 def mixed_example(tokenizer, mixture=MIXTURE, negative_fraction: float = 0.3):

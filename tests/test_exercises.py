@@ -8,12 +8,14 @@ import torch
 import torch.nn.functional as F
 
 from nanoo1 import exercises as ex
-from nanoo1.engine import sample_next, token_stats
+from nanoo1.engine import generate, generate_budgeted, sample_next, token_stats
 from nanoo1.model import Gemma2, RMSNorm, softcap
 from nanoo1.mcts import backup, puct_score, rectify, uct_score
 from nanoo1.replay import PrioritizedReplay, SegmentTree
 from nanoo1.rl import gae, grpo_advantages, ppo_policy_loss
+from nanoo1.rewards import cosine_length_reward, equations_hold
 from nanoo1.rstar import parse_step, ppm_pair_loss, preference_pairs
+from nanoo1.selfplay import relabel_lucky, success_rates
 from nanoo1.thoughts import policy_prompt, rating_logits, render_path, value_prompt
 
 
@@ -495,6 +497,136 @@ def test_ppm_pair_loss_check(capsys):
     fails(ex.check_ppm_pair_loss, lambda r_pos, r_neg: ppm_pair_loss(r_neg, r_pos), capsys, "r_pos [0, 2, 0]")
     fails(ex.check_ppm_pair_loss, lambda r_pos, r_neg: -F.logsigmoid(r_pos - r_neg).sum(), capsys, "r_pos [0, 2, 0]")
     fails(ex.check_ppm_pair_loss, lambda r_pos, r_neg: -torch.log(torch.sigmoid(r_pos - r_neg)).mean(), capsys, "r_pos [-60]")
+
+
+# ----------------------------------------------------------------------------- 06 budgeted rollouts
+
+def two_phase(extra_think=0, force_always=False, mark_forced=True, feed_forced=True, forced_in_solution=False,
+              force_after_stop=False):
+    """generate_budgeted written with two plain `generate` calls; the flags make it wrong in one way each."""
+
+    def budgeted(model, prompts, think_budget, solution_budget, think_end_id, temperature=0.0, top_k=None, top_p=None,
+                 num_samples=1, stop_token_ids=None, tokenizer=None, generator=None, seed=0):
+        stops = list(stop_token_ids) if stop_token_ids is not None else [model.config.eos_token_id]
+        rows = generate(model, prompts, think_budget + extra_think, temperature, top_k, top_p, num_samples,
+                        stop_token_ids=[think_end_id] + stops, tokenizer=tokenizer, generator=generator, seed=seed)
+        for row in rows:
+            stopped = bool(row.tokens) and row.tokens[-1] in stops
+            if stopped and not force_after_stop:
+                continue
+            context, force = row.prompt + row.tokens, force_always or stopped or row.tokens[-1:] != [think_end_id]
+            if force:
+                row.tokens.append(think_end_id)
+                row.forced.append(mark_forced)
+                context += [think_end_id] if feed_forced else []
+            (answer,) = generate(model, [context], solution_budget - (force and forced_in_solution), temperature, top_k, top_p,
+                                 stop_token_ids=stops, tokenizer=tokenizer, generator=generator, seed=seed)
+            row.tokens += answer.tokens
+            row.forced += answer.forced
+        return rows
+
+    return budgeted
+
+
+def test_generate_budgeted_check(capsys):
+    passes(ex.check_generate_budgeted, generate_budgeted, capsys)
+    passes(ex.check_generate_budgeted, two_phase(), capsys)  # the harness itself is right
+    fails(ex.check_generate_budgeted, two_phase(force_always=True), capsys, "thinks 3 tokens, think_budget 8")
+    fails(ex.check_generate_budgeted, two_phase(mark_forced=False), capsys, "thinks 6 tokens, think_budget 4")
+    fails(ex.check_generate_budgeted, two_phase(feed_forced=False), capsys, "thinks 6 tokens, think_budget 4")
+    fails(ex.check_generate_budgeted, two_phase(extra_think=1), capsys, "thinks 6 tokens, think_budget 4")
+    fails(ex.check_generate_budgeted, two_phase(forced_in_solution=True), capsys, "think_budget 4, solution_budget 2")
+    fails(ex.check_generate_budgeted, two_phase(force_after_stop=True), capsys, "stops (<eos>)")
+
+
+def cosine_scalar(correct, length, max_length, r0_correct=2.0, rL_correct=1.0, r0_wrong=-10.0, rL_wrong=0.0, r_exceed=-10.0,
+                  exceed_at_max=True):
+    """The formula on Python numbers only (math.cos)."""
+    if length > max_length or (exceed_at_max and length == max_length):
+        return r_exceed
+    r0, rL = (r0_correct, rL_correct) if correct else (r0_wrong, rL_wrong)
+    return rL + 0.5 * (r0 - rL) * (1 + math.cos(math.pi * length / max_length))
+
+
+def test_cosine_length_reward_check(capsys):
+    passes(ex.check_cosine_length_reward, cosine_length_reward, capsys)
+
+    def swapped_ends(correct, length, max_length, *args, **kw):  # longer correct answers rewarded more
+        return cosine_length_reward(correct, length, max_length, r0_correct=1.0, rL_correct=2.0, r0_wrong=0.0, rL_wrong=-10.0)
+
+    def without_one_plus(correct, length, max_length, *args, **kw):
+        r0, rL = (2.0, 1.0) if correct else (-10.0, 0.0)
+        return r_exceed_or(length, max_length, rL + 0.5 * (r0 - rL) * math.cos(math.pi * length / max_length))
+
+    def r_exceed_or(length, max_length, r):
+        return -10.0 if length >= max_length else r
+
+    def always_a_tensor(*args, **kw):
+        return torch.as_tensor(cosine_length_reward(*args, **kw))
+
+    fails(ex.check_cosine_length_reward, swapped_ends, capsys, "correct, length 0, 25")
+    fails(ex.check_cosine_length_reward, without_one_plus, capsys, "correct, length 0, 25")
+    fails(ex.check_cosine_length_reward, lambda *a, **kw: cosine_scalar(*a, **kw, exceed_at_max=False), capsys, "length 100 and 130")
+    fails(ex.check_cosine_length_reward, cosine_scalar, capsys, "tensors")
+    fails(ex.check_cosine_length_reward, always_a_tensor, capsys, "a Python float")
+
+
+# ----------------------------------------------------------------------------- 09 self-play
+
+def rates_by(counts_for, rate=lambda s, n: (s + 0.5) / (n + 1)):
+    """A success_rates whose terminals counted for a node are counts_for(tree, node) and whose rate is rate(s, n)."""
+
+    def wrong_rates(tree):
+        out = {}
+        for node in tree.nodes:
+            ends = counts_for(tree, node)
+            if ends:
+                out[node.id] = rate(sum(e.terminal == "success" for e in ends), len(ends))
+        return out
+
+    return wrong_rates
+
+
+def subtree(tree, node):
+    return [n for n in tree.nodes if n is not tree.root and node in tree.path(n)]
+
+
+def test_success_rates_check(capsys):
+    passes(ex.check_success_rates, success_rates, capsys)
+    terminals_below = lambda tree, node: [n for n in subtree(tree, node) if n.terminal is not None]
+    passes(ex.check_success_rates, rates_by(terminals_below), capsys)  # the harness itself is right
+    fails(ex.check_success_rates, rates_by(terminals_below, rate=lambda s, n: s / n), capsys, "nodes 0, 1, 2, 8")
+    leaves_below = lambda tree, node: [n for n in subtree(tree, node) if not n.children]  # an unjudged leaf as a failure
+    fails(ex.check_success_rates, rates_by(leaves_below), capsys, "nodes 0, 1, 2, 8")
+    children = lambda tree, node: [n for n in node.children if n.terminal is not None]  # one level down only
+    fails(ex.check_success_rates, rates_by(children), capsys, "nodes 0, 1, 2, 8")
+    below_only = lambda tree, node: [n for n in terminals_below(tree, node) if n is not node]  # not the terminal itself
+    fails(ex.check_success_rates, rates_by(below_only), capsys, "terminals 3, 4")
+
+    def everyone(tree):  # nodes without a terminal below get the prior 1/2
+        return {n.id: 0.5 for n in tree.nodes} | success_rates(tree)
+
+    fails(ex.check_success_rates, everyone, capsys, "the ids")
+
+
+def relabel_by(path_of, is_lucky=lambda leaf: leaf.terminal == "success", to="failure"):
+    def wrong_relabel(tree):
+        lucky = [leaf for leaf in tree.nodes if leaf.terminal is not None and is_lucky(leaf)
+                 and not all(equations_hold(n.text) for n in path_of(tree, leaf))]
+        for leaf in lucky:
+            leaf.terminal = to
+        return len(lucky)
+
+    return wrong_relabel
+
+
+def test_relabel_lucky_check(capsys):
+    passes(ex.check_relabel_lucky, relabel_lucky, capsys)
+    passes(ex.check_relabel_lucky, relabel_by(lambda tree, leaf: tree.path(leaf)), capsys)  # the harness itself is right
+    fails(ex.check_relabel_lucky, relabel_by(lambda tree, leaf: [leaf]), capsys, "_lucky_tree")
+    fails(ex.check_relabel_lucky, relabel_by(lambda tree, leaf: tree.path(leaf)[:-1]), capsys, "_lucky_tree")
+    fails(ex.check_relabel_lucky, relabel_by(lambda tree, leaf: tree.path(leaf), is_lucky=lambda leaf: True), capsys, "_lucky_tree")
+    fails(ex.check_relabel_lucky, relabel_by(lambda tree, leaf: tree.path(leaf), to=None), capsys, "_lucky_tree")
 
 
 # ----------------------------------------------------------------------------- the harness itself
