@@ -75,7 +75,6 @@ class SelfPlayConfig:
     best_of_n: int = 8  # N of the best-of-N evaluation
     eval_simulations: int = 2  # MCTS simulations per held-out problem (each rolls its new thoughts out; the conclusions vote)
     bf16: bool = True  # autocast matrix multiplies to bfloat16 on a CPU
-    lora_rank: int = 0  # > 0: train LoRA adapters only (large models)
 
 
 # -- experience: chains of thoughts from searched trees -----------------------------------------------
