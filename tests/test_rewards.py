@@ -1,5 +1,4 @@
 import json
-import math
 from fractions import Fraction
 from pathlib import Path
 

@@ -8,7 +8,7 @@ import torch
 from conftest import random_model
 from nanoo1.checkpoint import load_pretrained, save_pretrained
 from nanoo1.selfplay import SelfPlayConfig, chain_items, collate_chains, main, relabel_lucky, run, success_rates, tree_chains
-from nanoo1.tasks import TINY_DIR, make_problems, solution_tree
+from nanoo1.tasks import TINY_DIR, make_problems
 from nanoo1.thoughts import Tree
 from nanoo1.tokenizer import Tokenizer
 from nanoo1.warmstart import TINY_MODEL
