@@ -2,6 +2,8 @@
 
 For each model size and batch size it times a prefill (prompt -> KV cache + next-token logits) and greedy
 decoding, for nanoo1's engine and for transformers' `generate` (eager attention), and prints the ratios.
+Every repeat runs all contenders in turn and each figure is the median over repeats, so a burst of load
+on a shared machine moves both sides of a ratio together instead of skewing it.
 On a GPU it adds a gemma-2-2b-shaped bf16 model and compares decode speed with the memory-bandwidth
 bound (every step reads all weight bytes once: tokens/s <= bandwidth / weight bytes).
 Other sections (search) register themselves in SECTIONS.
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -35,19 +38,36 @@ SIZES = {
 
 def _timed(fn, repeats: int, sync) -> float:
     """Best-of-`repeats` wall time of fn() in seconds (the minimum is the least noisy estimate)."""
-    fn()  # warm-up
-    best = float("inf")
-    for _ in range(repeats):
-        sync()
-        t = time.perf_counter()
+    return min(_paired({"fn": fn}, repeats, sync)["fn"])
+
+
+def _paired(fns: dict, repeats: int, sync) -> dict[str, list[float]]:
+    """Wall times in seconds of every fn, `repeats` each, all of them run in turn within each repeat (after
+    one warm-up each). A burst of load on a shared machine then slows every contender of that repeat
+    alike, so per-repeat ratios are steadier than ratios of separately taken times."""
+    for fn in fns.values():
         fn()
-        sync()
-        best = min(best, time.perf_counter() - t)
-    return best
+    times = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            sync()
+            t = time.perf_counter()
+            fn()
+            sync()
+            times[name].append(time.perf_counter() - t)
+    return times
 
 
-def bench_size(name: str, batch: int, prompt_len: int, new_tokens: int, device: str, dtype, repeats: int, with_hf: bool):
-    config = SIZES[name]
+def decode_rate(batch: int, new_tokens: int, generate_s: float, prefill_s: float) -> float:
+    """Decode tokens/s: the tokens after the first (which the prefill's logits give) over the time after it."""
+    return batch * (new_tokens - 1) / max(generate_s - prefill_s, 1e-9)
+
+
+def bench_size(name: str, batch: int, prompt_len: int, new_tokens: int, device: str, dtype, repeats: int, with_hf: bool,
+               config: Gemma2Config | None = None):
+    """Prefill seconds and decode tokens/s of nanoo1 (and transformers when with_hf), the median over repeats;
+    the ratios are medians of the per-repeat ratios (`_paired`)."""
+    config = config or SIZES[name]
     torch.manual_seed(0)
     with torch.device(device):
         model = Gemma2(config).to(dtype).init_weights(torch.Generator(device=device).manual_seed(0)).eval()
@@ -62,10 +82,7 @@ def bench_size(name: str, batch: int, prompt_len: int, new_tokens: int, device: 
     def ours_generate():
         generate(model, rows, new_tokens, stop_token_ids=[])
 
-    out = {"size": name, "batch": batch, "params": config.num_parameters}
-    out["ours_prefill_s"] = _timed(ours_prefill, repeats, sync)
-    gen = _timed(ours_generate, repeats, sync)
-    out["ours_decode_tok_s"] = batch * (new_tokens - 1) / max(gen - out["ours_prefill_s"], 1e-9)
+    fns = {"ours_prefill": ours_prefill, "ours_generate": ours_generate}
     if with_hf:
         hf = _hf_twin(model)
         ids = prompts.to(device)
@@ -79,11 +96,19 @@ def bench_size(name: str, batch: int, prompt_len: int, new_tokens: int, device: 
                 hf.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens, min_new_tokens=new_tokens,
                             do_sample=False, pad_token_id=0)
 
-        out["hf_prefill_s"] = _timed(hf_prefill, repeats, sync)
-        gen = _timed(hf_generate, repeats, sync)
-        out["hf_decode_tok_s"] = batch * (new_tokens - 1) / max(gen - out["hf_prefill_s"], 1e-9)
-        out["prefill_ratio"] = out["ours_prefill_s"] / out["hf_prefill_s"]  # < 1: nanoo1 faster
-        out["decode_speedup"] = out["ours_decode_tok_s"] / out["hf_decode_tok_s"]  # > 1: nanoo1 faster
+        fns.update(hf_prefill=hf_prefill, hf_generate=hf_generate)
+    t = _paired(fns, repeats, sync)
+    ours_rates = [decode_rate(batch, new_tokens, g, p) for g, p in zip(t["ours_generate"], t["ours_prefill"])]
+    out = {"size": name, "batch": batch, "params": config.num_parameters, "repeats": repeats,
+           "ours_prefill_s": statistics.median(t["ours_prefill"]), "ours_decode_tok_s": statistics.median(ours_rates)}
+    if with_hf:
+        hf_rates = [decode_rate(batch, new_tokens, g, p) for g, p in zip(t["hf_generate"], t["hf_prefill"])]
+        out["hf_prefill_s"] = statistics.median(t["hf_prefill"])
+        out["hf_decode_tok_s"] = statistics.median(hf_rates)
+        # < 1: nanoo1 faster
+        out["prefill_ratio"] = statistics.median(o / h for o, h in zip(t["ours_prefill"], t["hf_prefill"]))
+        # > 1: nanoo1 faster
+        out["decode_speedup"] = statistics.median(o / h for o, h in zip(ours_rates, hf_rates))
         del hf
     if device == "cuda":
         weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
@@ -125,6 +150,8 @@ def engine_section(args) -> list[dict]:
         plans.append(("gemma-2-2b", torch.bfloat16))
     results = []
     for name, dtype in plans:
+        if args.sizes and name not in args.sizes.split(","):
+            continue
         for batch in (1, 8):
             new_tokens = args.new_tokens if name == "tiny" else max(8, args.new_tokens // 2)
             r = bench_size(name, batch, args.prompt_len, new_tokens, device, dtype, args.repeats, with_hf)
@@ -201,7 +228,8 @@ def main(argv=None):
     p.add_argument("--sections", default=",".join(SECTIONS), help=f"comma-separated, from {sorted(SECTIONS)}")
     p.add_argument("--prompt-len", type=int, default=64, help="prompt tokens per row")
     p.add_argument("--new-tokens", type=int, default=64, help="greedy tokens per row (halved for the larger models)")
-    p.add_argument("--repeats", type=int, default=3, help="timed repeats; the best is reported")
+    p.add_argument("--repeats", type=int, default=7, help="timed repeats, each running every contender in turn; medians are reported")
+    p.add_argument("--sizes", default=None, help=f"engine section: comma-separated model sizes from {sorted(SIZES)} (default: all)")
     p.add_argument("--cpu", action="store_true", help="stay on the CPU even when a GPU is present")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     p.add_argument("--json", type=Path, default=None, help="also write every figure to this JSON file")

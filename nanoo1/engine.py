@@ -71,9 +71,9 @@ def token_stats(logits, tokens, temperature: float):
     distribution. At temperature 0 the scaled log-prob is the model's log-prob.
     """
     logp = F.log_softmax(logits.float(), dim=-1)  # (B, V)
-    p = logp.exp()
-    entropy = -(p * logp).sum(-1)  # (B,)
-    varentropy = (p * (logp + entropy[:, None]) ** 2).sum(-1)  # (B,)
+    p_logp = logp.exp() * logp  # (B, V)
+    entropy = -p_logp.sum(-1)  # (B,)
+    varentropy = ((p_logp * logp).sum(-1) - entropy * entropy).clamp(min=0)  # E[(log p)^2] - H^2, (B,)
     lp = logp.gather(-1, tokens[:, None]).squeeze(-1)
     if temperature > 0 and temperature != 1.0:
         slp = F.log_softmax(logits.float() / temperature, dim=-1).gather(-1, tokens[:, None]).squeeze(-1)
@@ -87,11 +87,14 @@ def feed(model, cache, pending: list[list[int]]):
 
     Rows with fewer tokens are right-padded and advance by their own count only.
     """
-    n = torch.tensor([len(p) for p in pending], device=cache.lengths.device)  # (B,)
-    T = max(1, int(n.max()))
+    lengths = [len(p) for p in pending]
+    T = max(1, max(lengths))
     pad = model.config.pad_token_id
     ids = torch.tensor([p + [pad] * (T - len(p)) for p in pending], device=cache.lengths.device)  # (B, T)
-    mask = None if bool((n == T).all()) else (torch.arange(T, device=n.device) < n[:, None]).long()
+    if all(n == T for n in lengths):  # the usual decode step: one token per row, no mask, no gather
+        return model.logits(model.hidden_states(ids, cache=cache)[:, -1])  # (B, V)
+    n = torch.tensor(lengths, device=cache.lengths.device)  # (B,)
+    mask = (torch.arange(T, device=n.device) < n[:, None]).long()  # (B, T)
     h = model.hidden_states(ids, attention_mask=mask, cache=cache)  # (B, T, C)
     last = h[torch.arange(len(pending), device=n.device), (n - 1).clamp(min=0)]  # (B, C)
     return model.logits(last)
@@ -166,8 +169,9 @@ def _decode(model, batch: _Batch, temperature, top_k, top_p, generator, tokenize
             logits = feed(model, batch.cache, chunks)
         ready = [i for i in live if not batch.pending[i]]  # fed up to their last token: sample now
         if ready:
-            tokens = sample_next(logits[ready], temperature, top_k, top_p, generator)  # (R,)
-            stats = list(zip(*(t.tolist() for t in token_stats(logits[ready], tokens, temperature))))
+            mine = logits if len(ready) == len(batch.rows) else logits[ready]  # (R, V)
+            tokens = sample_next(mine, temperature, top_k, top_p, generator)  # (R,)
+            stats = list(zip(*(t.tolist() for t in token_stats(mine, tokens, temperature))))
             for i, tok, st in zip(ready, tokens.tolist(), stats):
                 batch.record(i, tok, st)
                 _after_sample(batch, i, tok, tokenizer)

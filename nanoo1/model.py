@@ -310,9 +310,9 @@ class Gemma2(nn.Module):
         else:
             start = cache.lengths  # (B,)
             q_slots = start[:, None] + torch.arange(T, device=dev)  # (B, T)
-            if int(q_slots.max()) >= cache.max_len:
-                raise ValueError(f"KV cache overflow: need {int(q_slots.max()) + 1} slots, cache has max_len={cache.max_len}")
-            S = int(q_slots.max()) + 1
+            S = int(start.max()) + T  # slots in use once these tokens are in
+            if S > cache.max_len:
+                raise ValueError(f"KV cache overflow: need {S} slots, cache has max_len={cache.max_len}")
             k_valid = torch.ones(B, S, dtype=torch.bool, device=dev)  # causality alone hides the stale slots
             if positions is None:
                 positions = q_slots

@@ -1,0 +1,34 @@
+"""The benchmark's arithmetic and a smoke run (no timing is asserted: speed goals are read off its printout)."""
+
+import importlib.util
+
+import pytest
+import torch
+
+from nanoo1.bench import _paired, bench_size, decode_rate
+from nanoo1.model import Gemma2Config
+
+
+def test_decode_rate_counts_the_tokens_after_the_prefill():
+    # 8 rows x 65 new tokens: the prefill's logits give token 1, the other 64 per row take 1.0 - 0.2 s
+    # -> 8 * 64 / 0.8 = 640 tokens/s
+    assert decode_rate(8, 65, 1.0, 0.2) == pytest.approx(640.0)
+
+
+def test_paired_runs_every_contender_in_turn_within_each_repeat():
+    calls = []
+    times = _paired({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, repeats=3, sync=lambda: None)
+    assert calls == ["a", "b"] + ["a", "b"] * 3  # one warm-up each, then a, b in every repeat
+    assert {k: len(v) for k, v in times.items()} == {"a": 3, "b": 3}
+    assert all(t >= 0 for v in times.values() for t in v)
+
+
+def test_bench_size_smoke_on_a_tiny_model():
+    config = Gemma2Config.preset("tiny", vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                 num_attention_heads=2, num_key_value_heads=1, head_dim=16, query_pre_attn_scalar=16)
+    with_hf = importlib.util.find_spec("transformers") is not None
+    r = bench_size("test", 2, 8, 4, "cpu", torch.float32, 2, with_hf, config=config)
+    assert r["batch"] == 2 and r["repeats"] == 2 and r["params"] == config.num_parameters
+    assert r["ours_prefill_s"] > 0 and r["ours_decode_tok_s"] > 0
+    if with_hf:
+        assert r["prefill_ratio"] > 0 and r["decode_speedup"] > 0
