@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
@@ -115,13 +116,17 @@ def expand(policy, requests: list[Request]) -> tuple[list[list[Node]], list[Spen
     return children, spent
 
 
-def judge(node: Node, ground_truth: str | None, max_depth: int, success_threshold: float = LOG_HALF) -> str | None:
+def judge(node: Node, ground_truth: str | None, max_depth: int, success_threshold: float = LOG_HALF,
+          verify: Callable[[str], bool] | None = None) -> str | None:
     """"success" / "failure" for a terminal thought, None for one that search may continue.
 
-    A <conclusion> is terminal: with a ground truth (training) its extracted answer is checked against it,
-    without one (test time) it succeeds when its value is at least `success_threshold`. Any other thought
-    at `max_depth` is a failure.
+    A thought whose text fails `verify` (a step checker, e.g. rewards.equations_hold) is a failure, as
+    rStar-Math drops a step whose code does not run. A <conclusion> is terminal: with a ground truth
+    (training) its extracted answer is checked against it, without one (test time) it succeeds when its
+    value is at least `success_threshold`. Any other thought at `max_depth` is a failure.
     """
+    if verify is not None and not verify(node.text):
+        return "failure"
     if node.meta == "<conclusion>":
         ok = check(node.text, ground_truth) if ground_truth is not None else node.value >= success_threshold
         return "success" if ok else "failure"
@@ -224,6 +229,8 @@ class MCTSConfig:
     failure_value: float | None = None  # with a ground truth, a failure's value; None: log reward_epsilon (rStar: -1)
     temperature: float | None = None  # sampling temperature; None: the policy's own
     rollout: bool = False  # simulate: roll every new thought out to a terminal and back up its outcome
+    verify: Callable[[str], bool] | None = None  # step checker: a thought whose text fails it is a failed terminal
+    #                                              (rolled-out chains are checked at their ends)
     answer: str = "max_reward"  # "max_reward": the max-reward path's answer (LLaMA-O1); "vote": the value-weighted
     #                             vote, weights exp(V), over every <conclusion> in the tree (self-consistency over the search)
 
@@ -343,7 +350,7 @@ def best_value(answers: list[str | None], values: list[float]) -> int | None:
 
 def _judge(p, node: Node, config: MCTSConfig, failure_value: float) -> None:
     """Label a thought terminal if it is one; with a ground truth its value becomes the outcome's reward."""
-    node.terminal = node.terminal or judge(node, p.ground_truth, config.max_depth, config.success_threshold)
+    node.terminal = node.terminal or judge(node, p.ground_truth, config.max_depth, config.success_threshold, config.verify)
     if node.terminal is not None and p.ground_truth is not None:
         node.value = config.success_value if node.terminal == "success" else failure_value
     p.successes += node.terminal == "success"

@@ -56,7 +56,8 @@ class SelfPlayConfig:
     num_candidates: int = 4  # thoughts per expansion
     temperature: float = 0.7  # sampling temperature during self-play and search
     max_thought_tokens: int = 32  # a thought is cut after this many tokens
-    check_equations: bool = True  # a success must also have every `a op b = c` in its chain right (no lucky chains)
+    check_equations: bool = True  # every `a op b = c` must hold: a wrong thought is a failed terminal in the search,
+    #                               and a success with a wrong step anywhere in its chain is relabelled a failure
     chains_per_tree: int = 4  # root-to-leaf chains trained per tree: successes first, then failures
     lr: float = 1e-4  # AdamW learning rate (higher rates sharpen the tiny policy onto its own samples and cost greedy accuracy)
     updates_per_iteration: int = 6  # PPO minibatch updates per iteration
@@ -200,7 +201,8 @@ def _autocast(config: SelfPlayConfig):
 
 def ppo_iteration(model, tokenizer, opt, replay, policy, problems, it: int, config: SelfPlayConfig) -> dict:
     mcfg = MCTSConfig(simulations=config.simulations, num_candidates=config.num_candidates, max_children=config.num_candidates,
-                      temperature=config.temperature, patient=config.num_candidates * config.simulations, rollout=True)
+                      temperature=config.temperature, patient=config.num_candidates * config.simulations, rollout=True,
+                      verify=equations_hold if config.check_equations else None)
     results = mcts(policy, [p.question for p in problems], mcfg, [p.answer for p in problems], seed=config.seed * 1000 + it)
     if config.check_equations:
         for r in results:
@@ -314,12 +316,14 @@ def run(config: SelfPlayConfig, resume: str | None = None, from_scratch: bool = 
             replay = PrioritizedReplay.load(start_dir / "replay.pt", weights_only=False)
     quick = test[:100]
     evals = {}
+    # test-time MCTS checks each step's equations too (a tool, like rStar's code execution: no ground truth needed)
+    test_mcts = MCTSConfig(rollout=True, answer="vote", patient=1 << 30, verify=equations_hold if config.check_equations else None)
 
     def eval_all(tag):
         kw = dict(temperature=config.temperature, max_thought_tokens=config.max_thought_tokens, seed=config.seed)
         e = {"greedy": evaluate(model, tokenizer, test, "greedy", **kw),
              f"best_of_{config.best_of_n}": evaluate(model, tokenizer, test, "best_of_n", config.best_of_n, **kw),
-             f"mcts_{config.eval_simulations}": evaluate(model, tokenizer, test, "mcts", config.eval_simulations, **kw)}
+             f"mcts_{config.eval_simulations}": evaluate(model, tokenizer, test, "mcts", config.eval_simulations, mcts=test_mcts, **kw)}
         if config.algo == "grpo":
             e[f"think_{config.think_budget}"] = evaluate_budgeted(model, tokenizer, test, config.think_budget, config.solution_budget)
         evals[tag] = e

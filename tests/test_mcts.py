@@ -99,6 +99,31 @@ def test_judge_terminals():
     assert judge(tree.add(step, "<expansion>", "x"), "9", max_depth=2) == "failure"
 
 
+def test_judge_fails_a_thought_its_step_checker_rejects():
+    from nanoo1.rewards import equations_hold
+
+    tree = Tree(QUESTION)
+    right = tree.add(tree.root, "<expansion>", "7 + 5 = 12", value=0.0)
+    wrong = tree.add(tree.root, "<expansion>", "7 + 5 = 13", value=0.0)
+    assert judge(right, "9", max_depth=8, verify=equations_hold) is None
+    assert judge(wrong, "9", max_depth=8, verify=equations_hold) == "failure"
+    assert judge(wrong, "9", max_depth=8) is None  # no checker: search may go on from it
+    lucky = tree.add(wrong, "<conclusion>", "The answer is \\boxed{9}", value=0.0)  # right answer, 9 = 13 - 4
+    assert judge(lucky, "9", max_depth=8, verify=lambda text: "boxed" not in text) == "failure"
+
+
+@pytest.mark.parametrize("rollout", [False, True])
+def test_mcts_verify_makes_rejected_thoughts_failed_terminals(rollout):
+    script, value, _ = decoy_script()
+    config = decoy_config(patient=100, simulations=10, rollout=rollout)
+    (plain,) = mcts(ScriptedPolicy(script, value), [QUESTION], config, ["9"])
+    assert any(n.text.startswith("wrong") and n.terminal is None for n in plain.tree.nodes)
+    policy = ScriptedPolicy(script, value)  # fails the test if a terminal thought is expanded
+    (checked,) = mcts(policy, [QUESTION], replace(config, verify=lambda text: not text.startswith("wrong")), ["9"])
+    wrong = [n for n in checked.tree.nodes if n.text.startswith("wrong")]
+    assert wrong and all(n.terminal == "failure" and n.value == LOG_EPS and not n.children for n in wrong)
+
+
 # -- search on the scripted fake -----------------------------------------------------------------------
 @pytest.mark.parametrize("ground_truths", [["9"], None], ids=["checker", "value"])
 def test_mcts_finds_the_only_correct_path_where_greedy_does_not(ground_truths):
