@@ -34,6 +34,10 @@ class EvalResult:
     seconds: float
 
 
+# test-time MCTS: every simulation runs (no early stop on value-judged successes) and the tree's conclusions vote
+EVAL_MCTS = MCTSConfig(rollout=True, answer="vote", patient=1 << 30)
+
+
 def search_config(method: str, budget: int, mcts: MCTSConfig | None = None) -> SearchConfig:
     """The SearchConfig of a method at a budget (greedy ignores the budget)."""
     if method == "greedy":
@@ -42,9 +46,7 @@ def search_config(method: str, budget: int, mcts: MCTSConfig | None = None) -> S
         return SearchConfig(method="best_of_n", n=budget, vote="majority")
     if method == "beam":
         return SearchConfig(method="beam", n=budget, expand=4)
-    # by default every simulation runs (no early stop on value-judged successes) and the tree's conclusions vote
-    default = MCTSConfig(rollout=True, answer="vote", patient=1 << 30)
-    return SearchConfig(method="mcts", mcts=replace(mcts or default, simulations=budget))
+    return SearchConfig(method="mcts", mcts=replace(mcts or EVAL_MCTS, simulations=budget))
 
 
 def evaluate(model, tokenizer, problems: list[Problem], method: str, budget: int = 1, mcts: MCTSConfig | None = None,

@@ -23,14 +23,14 @@ import math
 import random
 import time
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 import torch
 
 from nanoo1.checkpoint import load_pretrained, save_pretrained
 from nanoo1.engine import generate_budgeted
-from nanoo1.eval import EvalResult, evaluate, evaluate_budgeted
+from nanoo1.eval import EVAL_MCTS, EvalResult, evaluate, evaluate_budgeted
 from nanoo1.mcts import MCTSConfig, mcts
 from nanoo1.replay import PrioritizedReplay, beta_by_step
 from nanoo1.rewards import check, equations_hold
@@ -76,6 +76,11 @@ class SelfPlayConfig:
     best_of_n: int = 8  # N of the best-of-N evaluation
     eval_simulations: int = 2  # MCTS simulations per held-out problem (each rolls its new thoughts out; the conclusions vote)
     bf16: bool = True  # autocast matrix multiplies to bfloat16 on a CPU
+
+
+def step_checker(config: SelfPlayConfig):
+    """The search's step checker (MCTSConfig.verify): every `a op b = c` in a thought must hold, or none."""
+    return equations_hold if config.check_equations else None
 
 
 # -- experience: chains of thoughts from searched trees -----------------------------------------------
@@ -202,7 +207,7 @@ def _autocast(config: SelfPlayConfig):
 def ppo_iteration(model, tokenizer, opt, replay, policy, problems, it: int, config: SelfPlayConfig) -> dict:
     mcfg = MCTSConfig(simulations=config.simulations, num_candidates=config.num_candidates, max_children=config.num_candidates,
                       temperature=config.temperature, patient=config.num_candidates * config.simulations, rollout=True,
-                      verify=equations_hold if config.check_equations else None)
+                      verify=step_checker(config))
     results = mcts(policy, [p.question for p in problems], mcfg, [p.answer for p in problems], seed=config.seed * 1000 + it)
     if config.check_equations:
         for r in results:
@@ -317,7 +322,7 @@ def run(config: SelfPlayConfig, resume: str | None = None, from_scratch: bool = 
     quick = test[:100]
     evals = {}
     # test-time MCTS checks each step's equations too (a tool, like rStar's code execution: no ground truth needed)
-    test_mcts = MCTSConfig(rollout=True, answer="vote", patient=1 << 30, verify=equations_hold if config.check_equations else None)
+    test_mcts = replace(EVAL_MCTS, verify=step_checker(config))
 
     def eval_all(tag):
         kw = dict(temperature=config.temperature, max_thought_tokens=config.max_thought_tokens, seed=config.seed)
