@@ -20,7 +20,7 @@ import torch
 from nanoo1.checkpoint import load_pretrained
 from nanoo1.engine import generate_budgeted
 from nanoo1.mcts import MCTSConfig
-from nanoo1.rewards import check
+from nanoo1.rewards import check, equations_hold
 from nanoo1.search import LMPolicy, SearchConfig, grade, search
 from nanoo1.tasks import TINY_DIR, Problem, load_jsonl, think_prompt
 
@@ -106,6 +106,8 @@ def main(argv=None):
     g.add_argument("--temperature", type=float, default=0.7, help="sampling temperature of the searches")
     g.add_argument("--max-thought-tokens", type=int, default=32)
     g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--check-equations", type=lambda s: s.lower() in ("1", "true", "yes"), default=True,
+                   help="mcts: a thought with a false `a op b = c` is a failed terminal (the step checker self-play uses)")
     g.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     g = p.add_argument_group("output")
     g.add_argument("--out", type=Path, default=None, help="directory for eval.jsonl and scaling.png (default: the checkpoint's)")
@@ -120,13 +122,14 @@ def main(argv=None):
     out.mkdir(parents=True, exist_ok=True)
     budgets = [int(b) for b in args.budgets.split(",")]
     results = []
+    mcts = replace(EVAL_MCTS, verify=equations_hold if args.check_equations else None)
     print(f"{'method':>10} {'budget':>6} {'accuracy':>9} {'tokens/problem':>15} {'seconds':>8}")
     for method in args.methods.split(","):
         for budget in ([1] if method == "greedy" else budgets):
             if method == "budget":
                 r = evaluate_budgeted(model, tokenizer, problems, budget, seed=args.seed)
             else:
-                r = evaluate(model, tokenizer, problems, method, budget, temperature=args.temperature,
+                r = evaluate(model, tokenizer, problems, method, budget, mcts=mcts, temperature=args.temperature,
                              max_thought_tokens=args.max_thought_tokens, seed=args.seed)
             results.append(r)
             print(f"{r.method:>10} {r.budget:>6} {100 * r.accuracy:8.1f}% {r.tokens:15.1f} {r.seconds:8.1f}", flush=True)

@@ -104,3 +104,16 @@ def test_resume_continues_exactly_and_seeds_repeat(tmp_path, warmstart):
     assert {k: v for k, v in straight.items() if k not in drop} == {k: v for k, v in resumed.items() if k not in drop}
     again = run(small(tmp_path / "c", warmstart), progress=False)
     assert {k: v for k, v in straight.items() if k not in drop} == {k: v for k, v in again.items() if k not in drop}
+
+
+def test_eval_command_writes_one_row_per_method_and_budget(tmp_path, warmstart, capsys):
+    from nanoo1 import eval as eval_cli
+
+    eval_cli.main(["--checkpoint", str(warmstart), "--limit", "3", "--methods", "greedy,best_of_n,mcts", "--budgets", "1,2",
+                   "--max-thought-tokens", "8", "--out", str(tmp_path)])
+    rows = [json.loads(l) for l in (tmp_path / "eval.jsonl").read_text().splitlines()]
+    assert [(r["method"], r["budget"]) for r in rows] == [("greedy", 1), ("best_of_n", 1), ("best_of_n", 2), ("mcts", 1), ("mcts", 2)]
+    assert all(0.0 <= r["accuracy"] <= 1.0 and r["tokens"] > 0 for r in rows)
+    by = {(r["method"], r["budget"]): r["tokens"] for r in rows}
+    assert by[("best_of_n", 2)] > by[("best_of_n", 1)] and by[("mcts", 2)] > by[("mcts", 1)]  # more budget, more tokens
+    assert "mcts" in capsys.readouterr().out
