@@ -226,11 +226,11 @@ class MCTSConfig:
     success_threshold: float = LOG_HALF  # without a ground truth, a <conclusion> with value >= this succeeds
     reward_epsilon: float = 1e-6  # rectification: success log 1, failure log reward_epsilon
     success_value: float = 0.0  # with a ground truth, a success's value: log 1 (rStar-Math: +1)
-    failure_value: float | None = None  # with a ground truth, a failure's value; None: log reward_epsilon (rStar: -1)
+    failure_value: float | None = None  # a checked failure's value (ground truth or step checker); None: log reward_epsilon (rStar: -1)
     temperature: float | None = None  # sampling temperature; None: the policy's own
     rollout: bool = False  # simulate: roll every new thought out to a terminal and back up its outcome
     verify: Callable[[str], bool] | None = None  # step checker: a thought whose text fails it is a failed terminal
-    #                                              (rolled-out chains are checked at their ends)
+    #                                              with failure_value, as is the end of a rolled-out chain with such a thought
     answer: str = "max_reward"  # "max_reward": the max-reward path's answer (LLaMA-O1); "vote": the value-weighted
     #                             vote, weights exp(V), over every <conclusion> in the tree (self-consistency over the search)
 
@@ -348,10 +348,20 @@ def best_value(answers: list[str | None], values: list[float]) -> int | None:
     return max(scored, key=lambda i: values[i]) if scored else None
 
 
-def _judge(p, node: Node, config: MCTSConfig, failure_value: float) -> None:
-    """Label a thought terminal if it is one; with a ground truth its value becomes the outcome's reward."""
+def _rejected(config: MCTSConfig, nodes: list[Node]) -> bool:
+    """True when the step checker rejects any of these thoughts."""
+    return config.verify is not None and not all(config.verify(n.text) for n in nodes)
+
+
+def _judge(p, node: Node, config: MCTSConfig, failure_value: float, rejected: bool = False) -> None:
+    """Label a thought terminal if it is one; with a ground truth its value becomes the outcome's reward.
+
+    rejected: the step checker failed this thought or a rolled-out thought above it; it is a failure with
+    failure_value at test time too (the checker is a tool that knows, not a guess of the value head)."""
+    if rejected:
+        node.terminal = "failure"
     node.terminal = node.terminal or judge(node, p.ground_truth, config.max_depth, config.success_threshold, config.verify)
-    if node.terminal is not None and p.ground_truth is not None:
+    if node.terminal is not None and (p.ground_truth is not None or rejected):
         node.value = config.success_value if node.terminal == "success" else failure_value
     p.successes += node.terminal == "success"
 
@@ -398,7 +408,7 @@ def mcts(policy, questions: list[str], config: MCTSConfig | None = None, ground_
         for (p, leaf), kids, spent in zip(jobs, children, spent_per_job):
             p.spent.add(spent)
             for child in kids:
-                _judge(p, child, config, failure_value)
+                _judge(p, child, config, failure_value, _rejected(config, [child]))
             if not config.rollout:
                 backup(leaf, config.discount * max(child.value for child in kids), config.discount)
         if config.rollout:  # simulation: every new thought rolled out to a terminal, each outcome backed up
@@ -407,8 +417,16 @@ def mcts(policy, questions: list[str], config: MCTSConfig | None = None, ground_
                 backup(child, child.value, config.discount)
             ends, costs = simulate(policy, [Request(p.tree, c, [None], [None], config.temperature) for p, c in todo],
                                    config.max_depth)
-            flat = [(p, e) for (p, _), es in zip(todo, ends) for e in es]
-            unrated = [(p, e) for p, e in flat if p.ground_truth is None and e.value is None]
+            # a rolled-out chain is checked whole: a rejected thought below the expanded one is a failed terminal
+            # (selection never expands it later) and so is the chain's end
+            flat = []
+            for (p, c), es in zip(todo, ends):
+                for e in es:
+                    rejected = [n for n in p.tree.path(e)[c.depth + 1:-1] if _rejected(config, [n])]
+                    for n in rejected:
+                        n.terminal, n.value = "failure", failure_value
+                    flat.append((p, e, bool(rejected) or _rejected(config, [e])))
+            unrated = [(p, e) for p, e, rejected in flat if p.ground_truth is None and e.value is None and not rejected]
             if unrated:  # test time: a conclusion is judged by its value
                 values, tokens = policy.evaluate([p.tree.path(e) for p, e in unrated])
                 for (p, e), v, n in zip(unrated, values, tokens):
@@ -416,8 +434,8 @@ def mcts(policy, questions: list[str], config: MCTSConfig | None = None, ground_
                     p.spent.value += n
             for (p, _), cost in zip(todo, costs):
                 p.spent.add(cost)
-            for p, e in flat:
-                _judge(p, e, config, failure_value)
+            for p, e, rejected in flat:
+                _judge(p, e, config, failure_value, rejected)
                 e.terminal = e.terminal or "failure"  # a chain cut short
                 if e.value is None:
                     e.value = failure_value

@@ -56,8 +56,8 @@ class SelfPlayConfig:
     num_candidates: int = 4  # thoughts per expansion
     temperature: float = 0.7  # sampling temperature during self-play and search
     max_thought_tokens: int = 32  # a thought is cut after this many tokens
-    check_equations: bool = True  # every `a op b = c` must hold: a wrong thought is a failed terminal in the search,
-    #                               and a success with a wrong step anywhere in its chain is relabelled a failure
+    check_equations: bool = True  # every `a op b = c` must hold: a wrong thought (expanded or rolled out) is a failed
+    #                               terminal in the search, and so is the end of a rolled-out chain with one
     chains_per_tree: int = 4  # root-to-leaf chains trained per tree: successes first, then failures
     lr: float = 1e-4  # AdamW learning rate (higher rates sharpen the tiny policy onto its own samples and cost greedy accuracy)
     updates_per_iteration: int = 6  # PPO minibatch updates per iteration
@@ -102,7 +102,10 @@ def success_rates(tree) -> dict[int, float]:
 
 
 def relabel_lucky(tree) -> int:
-    """Mark a success whose chain holds a wrong equation (`equations_hold`) as a failure; returns how many."""
+    """Mark a success whose chain holds a wrong equation (`equations_hold`) as a failure; returns how many.
+
+    For trees grown without a step checker (best-of-N chains, MCTS without `verify`); MCTS with
+    `verify=equations_hold` never lets such a success through."""
     lucky = [leaf for leaf in tree.nodes if leaf.terminal == "success"
              and not all(equations_hold(node.text) for node in tree.path(leaf))]
     for leaf in lucky:
@@ -208,10 +211,8 @@ def ppo_iteration(model, tokenizer, opt, replay, policy, problems, it: int, conf
     mcfg = MCTSConfig(simulations=config.simulations, num_candidates=config.num_candidates, max_children=config.num_candidates,
                       temperature=config.temperature, patient=config.num_candidates * config.simulations, rollout=True,
                       verify=step_checker(config))
+    # with the checker, no success has a wrong step above it (mcts checks rolled-out chains whole): no relabel_lucky
     results = mcts(policy, [p.question for p in problems], mcfg, [p.answer for p in problems], seed=config.seed * 1000 + it)
-    if config.check_equations:
-        for r in results:
-            relabel_lucky(r.tree)
     solved = sum(any(n.terminal == "success" for n in r.tree.nodes) for r in results) / len(results)
     items = [item for r in results
              for item in chain_items(tokenizer, tree_chains(r.tree, config.chains_per_tree), config, success_rates(r.tree))]
