@@ -10,7 +10,7 @@ Every iteration writes a checkpoint (Hugging Face layout + replay buffer + optim
 `--resume DIR` continues a run exactly. Metrics go to DIR/metrics.jsonl; the last line printed is one
 JSON object with the headline figures.
 
-    python -m nanoo1.selfplay --tiny                       # about 6 minutes on 2 CPU cores
+    python -m nanoo1.selfplay --tiny                       # ~10 minutes on 2 CPU cores
     python -m nanoo1.selfplay --tiny --from-scratch        # redo the warm start too
     python -m nanoo1.selfplay --model qq8933/OpenLongCoT-Base-Gemma2-2B --data train.jsonl --test-data test.jsonl
 """
@@ -91,7 +91,7 @@ def success_rates(tree) -> dict[int, float]:
     """
     counts = {}
     for leaf in tree.nodes:
-        if leaf.terminal is None or leaf.children or leaf is tree.root:  # a rejected step inside a chain: its end counts
+        if leaf.terminal is None or leaf is tree.root:
             continue
         node = leaf
         while node is not None:
@@ -117,7 +117,7 @@ def tree_chains(tree, n: int) -> list[list]:
     """Up to n root-to-terminal paths, half successes and half failures, from a tree with at least one
     success (a tree without one teaches mostly noise to a small model). Failures the value head liked best
     come first: the most instructive mistakes."""
-    ends = [leaf for leaf in tree.nodes if leaf.terminal is not None and not leaf.children and leaf is not tree.root]
+    ends = [leaf for leaf in tree.nodes if leaf.terminal is not None and leaf is not tree.root]
     wins = [e for e in ends if e.terminal == "success"]
     if not wins:
         return []
