@@ -38,6 +38,11 @@ class EvalResult:
 EVAL_MCTS = MCTSConfig(rollout=True, answer="vote", patient=1 << 30)
 
 
+def parse_bool(text: str) -> bool:
+    """A command-line boolean: 1, true or yes (any case) is True, anything else False."""
+    return text.lower() in ("1", "true", "yes")
+
+
 def search_config(method: str, budget: int, mcts: MCTSConfig | None = None) -> SearchConfig:
     """The SearchConfig of a method at a budget (greedy ignores the budget)."""
     if method == "greedy":
@@ -106,7 +111,7 @@ def main(argv=None):
     g.add_argument("--temperature", type=float, default=0.7, help="sampling temperature of the searches")
     g.add_argument("--max-thought-tokens", type=int, default=32)
     g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--check-equations", type=lambda s: s.lower() in ("1", "true", "yes"), default=True,
+    g.add_argument("--check-equations", type=parse_bool, default=True,
                    help="mcts: a thought with a false `a op b = c` is a failed terminal (the step checker self-play uses)")
     g.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     g = p.add_argument_group("output")

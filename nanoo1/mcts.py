@@ -348,9 +348,9 @@ def best_value(answers: list[str | None], values: list[float]) -> int | None:
     return max(scored, key=lambda i: values[i]) if scored else None
 
 
-def _rejected(config: MCTSConfig, nodes: list[Node]) -> bool:
-    """True when the step checker rejects any of these thoughts."""
-    return config.verify is not None and not all(config.verify(n.text) for n in nodes)
+def _rejected(config: MCTSConfig, node: Node) -> bool:
+    """True when the step checker rejects this thought."""
+    return config.verify is not None and not config.verify(node.text)
 
 
 def _judge(p, node: Node, config: MCTSConfig, failure_value: float, rejected: bool = False) -> None:
@@ -358,9 +358,9 @@ def _judge(p, node: Node, config: MCTSConfig, failure_value: float, rejected: bo
 
     rejected: the step checker failed this thought or a rolled-out thought above it; it is a failure with
     failure_value at test time too (the checker is a tool that knows, not a guess of the value head)."""
-    if rejected:
+    if rejected:  # the caller ran the checker (_rejected): judge does not run it again
         node.terminal = "failure"
-    node.terminal = node.terminal or judge(node, p.ground_truth, config.max_depth, config.success_threshold, config.verify)
+    node.terminal = node.terminal or judge(node, p.ground_truth, config.max_depth, config.success_threshold)
     if node.terminal is not None and (p.ground_truth is not None or rejected):
         node.value = config.success_value if node.terminal == "success" else failure_value
     p.successes += node.terminal == "success"
@@ -408,7 +408,7 @@ def mcts(policy, questions: list[str], config: MCTSConfig | None = None, ground_
         for (p, leaf), kids, spent in zip(jobs, children, spent_per_job):
             p.spent.add(spent)
             for child in kids:
-                _judge(p, child, config, failure_value, _rejected(config, [child]))
+                _judge(p, child, config, failure_value, _rejected(config, child))
             if not config.rollout:
                 backup(leaf, config.discount * max(child.value for child in kids), config.discount)
         if config.rollout:  # simulation: every new thought rolled out to a terminal, each outcome backed up
@@ -422,10 +422,10 @@ def mcts(policy, questions: list[str], config: MCTSConfig | None = None, ground_
             flat = []
             for (p, c), es in zip(todo, ends):
                 for e in es:
-                    rejected = [n for n in p.tree.path(e)[c.depth + 1:-1] if _rejected(config, [n])]
+                    rejected = [n for n in p.tree.path(e)[c.depth + 1:-1] if _rejected(config, n)]
                     for n in rejected:
                         n.terminal, n.value = "failure", failure_value
-                    flat.append((p, e, bool(rejected) or _rejected(config, [e])))
+                    flat.append((p, e, bool(rejected) or _rejected(config, e)))
             unrated = [(p, e) for p, e, rejected in flat if p.ground_truth is None and e.value is None and not rejected]
             if unrated:  # test time: a conclusion is judged by its value
                 values, tokens = policy.evaluate([p.tree.path(e) for p, e in unrated])

@@ -30,7 +30,7 @@ import torch
 
 from nanoo1.checkpoint import load_pretrained, save_pretrained
 from nanoo1.engine import generate_budgeted
-from nanoo1.eval import EVAL_MCTS, EvalResult, evaluate, evaluate_budgeted
+from nanoo1.eval import EVAL_MCTS, EvalResult, evaluate, evaluate_budgeted, parse_bool
 from nanoo1.mcts import MCTSConfig, mcts
 from nanoo1.replay import PrioritizedReplay, beta_by_step
 from nanoo1.rewards import check, equations_hold
@@ -388,7 +388,7 @@ def main(argv=None):
     for f in fields(SelfPlayConfig):
         if f.name in ("data", "test_data", "warmstart"):
             continue
-        kind = {bool: lambda s: s.lower() in ("1", "true", "yes")}.get(type(f.default), type(f.default))
+        kind = parse_bool if isinstance(f.default, bool) else type(f.default)
         g.add_argument("--" + f.name.replace("_", "-"), type=kind, default=f.default)
     args = p.parse_args(argv)
     if args.threads:
