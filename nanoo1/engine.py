@@ -71,9 +71,9 @@ def token_stats(logits, tokens, temperature: float):
     distribution. At temperature 0 the scaled log-prob is the model's log-prob.
     """
     logp = F.log_softmax(logits.float(), dim=-1)  # (B, V)
-    p_logp = logp.exp() * logp  # (B, V)
+    p_logp = logp.exp().mul_(logp)  # (B, V); in place: every new (B, V) tensor costs page faults
     entropy = -p_logp.sum(-1)  # (B,)
-    varentropy = ((p_logp * logp).sum(-1) - entropy * entropy).clamp(min=0)  # E[(log p)^2] - H^2, (B,)
+    varentropy = (torch.linalg.vecdot(p_logp, logp) - entropy * entropy).clamp(min=0)  # E[(log p)^2] - H^2, (B,)
     lp = logp.gather(-1, tokens[:, None]).squeeze(-1)
     if temperature > 0 and temperature != 1.0:
         slp = F.log_softmax(logits.float() / temperature, dim=-1).gather(-1, tokens[:, None]).squeeze(-1)

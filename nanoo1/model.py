@@ -130,6 +130,23 @@ class KVCache:
         new.lengths = self.lengths[rows].clone()
         return new
 
+    def write(self, layer: int, k, v, start, S: int):
+        """Store new keys and values (B, Hkv, T, D) of `layer` at slots start[b] .. start[b]+T-1 of each row;
+        return the layer's keys and values of slots 0 .. S-1, (B, Hkv, S, D) each.
+
+        start: (B,) tensor, or an int when every row starts at the same slot (a plain slice copy then)."""
+        T = k.shape[2]
+        ck, cv = self.k[layer], self.v[layer]  # (B, Hkv, S_max, D)
+        if isinstance(start, int):
+            ck[:, :, start:start + T] = k
+            cv[:, :, start:start + T] = v
+        else:
+            slots = start[:, None] + torch.arange(T, device=k.device)  # (B, T)
+            rows = torch.arange(k.shape[0], device=k.device)[:, None]  # (B, 1)
+            ck[rows, :, slots] = k.transpose(1, 2)  # (B, T, Hkv, D) into (B, Hkv, S_max, D)
+            cv[rows, :, slots] = v.transpose(1, 2)
+        return ck[:, :, :S], cv[:, :, :S]
+
     def keep(self, rows) -> None:
         """Drop every row not in `rows` (in place), e.g. the rows that finished generating."""
         kept = self.fork(rows)  # copies only the slots in use
@@ -145,8 +162,7 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.zeros(dim))
 
     def forward(self, x):
-        y = F.rms_norm(x.float(), (x.shape[-1],), eps=self.eps) * (1.0 + self.weight.float())
-        return y.type_as(x)
+        return F.rms_norm(x.float(), (x.shape[-1],), 1.0 + self.weight.float(), self.eps).type_as(x)
 
 
 def rope_cos_sin(positions: torch.Tensor, head_dim: int, theta: float, dtype):
@@ -161,9 +177,9 @@ def rope_cos_sin(positions: torch.Tensor, head_dim: int, theta: float, dtype):
 
 
 def apply_rope(x, cos, signed_sin):
-    """x: (B, H, T, D). x * cos + rotate_half(x) * sin, where rotate_half(x) = (-x2, x1):
-    rolling x by D/2 gives (x2, x1), and the minus sign lives in signed_sin."""
-    return x * cos[:, None] + x.roll(x.shape[-1] // 2, dims=-1) * signed_sin[:, None]
+    """x: (B, H, T, D), cos and signed_sin: (B, 1, T, D). x * cos + rotate_half(x) * sin, where
+    rotate_half(x) = (-x2, x1): rolling x by D/2 gives (x2, x1), and the minus sign lives in signed_sin."""
+    return x * cos + x.roll(x.shape[-1] // 2, dims=-1) * signed_sin
 
 
 def softcap(x, cap: float | None):
@@ -182,22 +198,17 @@ class Attention(nn.Module):
         self.v_proj = nn.Linear(c.hidden_size, c.num_key_value_heads * c.head_dim, bias=False)
         self.o_proj = nn.Linear(c.num_attention_heads * c.head_dim, c.hidden_size, bias=False)
 
-    def forward(self, x, cos, sin, mask, cache: KVCache | None = None):
+    def forward(self, x, cos, sin, mask, cache: KVCache | None = None, at=None):
+        """mask: (B, 1, T, S) additive, or None where every key is visible. With a cache, at = (start, S):
+        the new tokens go to slots start.. (KVCache.write) and attention runs over slots 0 .. S-1."""
         B, T, _ = x.shape
         H, Hkv, D = self.n_head, self.n_kv, self.head_dim
         q = self.q_proj(x).view(B, T, H, D).transpose(1, 2)  # (B, H, T, D)
         k = self.k_proj(x).view(B, T, Hkv, D).transpose(1, 2)  # (B, Hkv, T, D)
         v = self.v_proj(x).view(B, T, Hkv, D).transpose(1, 2)  # (B, Hkv, T, D)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        if cache is not None:
-            # write the new keys at slots lengths[b] + t, then attend over every slot in use
-            slots = cache.lengths[:, None] + torch.arange(T, device=x.device)  # (B, T)
-            rows = torch.arange(B, device=x.device)[:, None]  # (B, 1)
-            ck, cv = cache.k[self.layer], cache.v[self.layer]  # (B, Hkv, S, D)
-            ck[rows, :, slots] = k.transpose(1, 2)  # (B, T, Hkv, D) into (B, Hkv, S, D)
-            cv[rows, :, slots] = v.transpose(1, 2)
-            S = mask.shape[-1]
-            k, v = ck[:, :, :S], cv[:, :, :S]  # (B, Hkv, S, D)
+        if cache is not None:  # write the new keys at their slots, then attend over every slot in use
+            k, v = cache.write(self.layer, k, v, *at)  # (B, Hkv, S, D)
         S = k.shape[2]
         # grouped-query attention without copying keys: query heads j*r .. j*r+r-1 share kv head j
         r = H // Hkv
@@ -205,7 +216,8 @@ class Attention(nn.Module):
         att = q @ k.transpose(-1, -2)  # (B, Hkv, r*T, S)
         # scale, then soft-cap tanh(s / cap) * cap, BEFORE the mask (as in Gemma-2); scale/cap in one multiply
         att = att * self.scale if self.cap is None else torch.tanh(att * (self.scale / self.cap)) * self.cap
-        att = att.view(B, Hkv, r, T, S) + mask[:, None]  # mask: (B, 1, T, S) additive
+        if mask is not None:
+            att = att.view(B, Hkv, r, T, S) + mask[:, None]  # mask: (B, 1, T, S) additive
         att = F.softmax(att, dim=-1, dtype=torch.float32).to(q.dtype)
         y = att.view(B, Hkv, r * T, S) @ v  # (B, Hkv, r*T, D)
         y = y.view(B, H, T, D).transpose(1, 2).reshape(B, T, H * D)  # (B, T, H*D)
@@ -236,8 +248,8 @@ class Block(nn.Module):
         self.pre_feedforward_layernorm = RMSNorm(config.hidden_size, eps)
         self.post_feedforward_layernorm = RMSNorm(config.hidden_size, eps)
 
-    def forward(self, h, cos, sin, mask, cache=None):
-        h = h + self.post_attention_layernorm(self.self_attn(self.input_layernorm(h), cos, sin, mask, cache))
+    def forward(self, h, cos, sin, mask, cache=None, at=None):
+        h = h + self.post_attention_layernorm(self.self_attn(self.input_layernorm(h), cos, sin, mask, cache, at))
         return h + self.post_feedforward_layernorm(self.mlp(self.pre_feedforward_layernorm(h)))
 
 
@@ -274,7 +286,12 @@ class Gemma2(nn.Module):
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """Final normed hidden states (..., C) -> soft-capped logits (..., V)."""
-        return softcap(F.linear(hidden, self.output_embedding), self.config.final_logit_softcapping)
+        logits, cap = F.linear(hidden, self.output_embedding), self.config.final_logit_softcapping
+        if cap is None or logits.requires_grad:
+            return softcap(logits, cap)
+        # the same arithmetic in place: a (B, V) tensor per decode step is large enough that each new one is
+        # a fresh mmap with page faults, which costs more than the tanh itself on a small model
+        return logits.div_(cap).tanh_().mul_(cap)
 
     def attention_masks(self, q_slots, k_valid, dtype):
         """Additive masks (B, 1, T, S) for full and sliding layers.
@@ -302,6 +319,7 @@ class Gemma2(nn.Module):
         B, T = input_ids.shape
         dev = input_ids.device
         dtype = self.model.embed_tokens.weight.dtype
+        at = None
         if cache is None:
             q_slots = torch.arange(T, device=dev).expand(B, T)
             k_valid = torch.ones(B, T, dtype=torch.bool, device=dev) if attention_mask is None else attention_mask.bool()
@@ -310,18 +328,24 @@ class Gemma2(nn.Module):
         else:
             start = cache.lengths  # (B,)
             q_slots = start[:, None] + torch.arange(T, device=dev)  # (B, T)
-            S = int(start.max()) + T  # slots in use once these tokens are in
+            first, last = start.aminmax()
+            S = int(last) + T  # slots in use once these tokens are in
             if S > cache.max_len:
                 raise ValueError(f"KV cache overflow: need {S} slots, cache has max_len={cache.max_len}")
             k_valid = torch.ones(B, S, dtype=torch.bool, device=dev)  # causality alone hides the stale slots
             if positions is None:
                 positions = q_slots
-        full, slide = self.attention_masks(q_slots, k_valid, dtype)
+            at = (int(first) if first == last else start, S)  # one start for all rows: a plain slice write
+        if at is not None and isinstance(at[0], int) and T == 1:  # a decode step of rows of one length sees every slot
+            full, slide = None, None if S <= self.config.sliding_window else self.attention_masks(q_slots, k_valid, dtype)[1]
+        else:
+            full, slide = self.attention_masks(q_slots, k_valid, dtype)
         cos, sin = rope_cos_sin(positions, self.config.head_dim, self.config.rope_theta, dtype)
+        cos, sin = cos[:, None], sin[:, None]  # (B, 1, T, D): broadcast over heads
         # sqrt(hidden_size) is rounded to the activation dtype first, as in the reference (48.0 in bf16 for 2b)
         h = self.model.embed_tokens(input_ids) * torch.tensor(math.sqrt(self.config.hidden_size), dtype=dtype)
         for layer, block in enumerate(self.model.layers):
-            h = block(h, cos, sin, slide if self.config.is_sliding(layer) else full, cache)
+            h = block(h, cos, sin, slide if self.config.is_sliding(layer) else full, cache, at)
         if cache is not None:
             cache.lengths += T if attention_mask is None else attention_mask.long().sum(-1)
         return self.model.norm(h)
