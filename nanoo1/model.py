@@ -137,6 +137,7 @@ class KVCache:
         start: (B,) tensor, or an int when every row starts at the same slot (a plain slice copy then)."""
         T = k.shape[2]
         ck, cv = self.k[layer], self.v[layer]  # (B, Hkv, S_max, D)
+        k, v = k.to(ck.dtype), v.to(cv.dtype)  # under autocast the projections come out in the compute dtype
         if isinstance(start, int):
             ck[:, :, start:start + T] = k
             cv[:, :, start:start + T] = v

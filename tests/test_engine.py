@@ -117,6 +117,15 @@ def test_batched_rows_equal_one_at_a_time(model):
         assert generate(model, [prompt], 20, stop_token_ids=[])[0].tokens == row.tokens
 
 
+def test_generate_runs_under_cpu_autocast(model):
+    # the projections come out in bfloat16 while the cache keeps the model's float32: the cache casts on write
+    # (both ways of writing: rows of different lengths, then rows forked from one prompt, all at one slot)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        rows = generate(model, prompts_of([3, 11]), 8, stop_token_ids=[]) + \
+            generate(model, prompts_of([5]), 8, temperature=1.0, num_samples=3, stop_token_ids=[])
+    assert all(len(r.tokens) == 8 and all(math.isfinite(x) for x in r.logprobs) for r in rows)
+
+
 def test_stop_tokens_and_strings_per_row(model, tiny_tokenizer):
     prompt = prompts_of([5])[0]
     (free,) = generate(model, [prompt], 30, stop_token_ids=[])
