@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from nanoo1.checkpoint import load_pretrained
-from nanoo1.engine import generate_budgeted
+from nanoo1.engine import generate_budgeted, hold_freed_memory
 from nanoo1.mcts import MCTSConfig
 from nanoo1.rewards import check, equations_hold
 from nanoo1.search import LMPolicy, SearchConfig, grade, search
@@ -117,6 +117,7 @@ def main(argv=None):
     g = p.add_argument_group("output")
     g.add_argument("--out", type=Path, default=None, help="directory for eval.jsonl and scaling.png (default: the checkpoint's)")
     args = p.parse_args(argv)
+    hold_freed_memory()
     if args.threads:
         torch.set_num_threads(args.threads)
     model, tokenizer = load_pretrained(args.checkpoint, dtype="float32")

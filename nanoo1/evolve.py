@@ -30,6 +30,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from nanoo1.checkpoint import load_pretrained, save_pretrained
+from nanoo1.engine import hold_freed_memory
 from nanoo1.mcts import MCTSConfig, mcts
 from nanoo1.rstar import (ProcessPreferenceModel, RStarConfig, RStarPolicy, best_traces, encode_trace, ppm_input,
                           ppm_pair_loss, ppm_scores, preference_pairs)
@@ -327,6 +328,7 @@ def main(argv=None):
         kind = {bool: lambda s: s.lower() in ("1", "true", "yes")}.get(type(f.default), type(f.default))
         g.add_argument("--" + f.name.replace("_", "-"), type=kind, default=f.default)
     args = p.parse_args(argv)
+    hold_freed_memory()
     if not args.tiny and args.model is None:
         p.error("--model DIR is needed without --tiny")
     if args.threads or args.tiny:

@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 
 from nanoo1.checkpoint import load_pretrained, save_pretrained
-from nanoo1.engine import generate_budgeted
+from nanoo1.engine import generate_budgeted, hold_freed_memory
 from nanoo1.eval import EVAL_MCTS, EvalResult, evaluate, evaluate_budgeted, parse_bool
 from nanoo1.mcts import MCTSConfig, mcts
 from nanoo1.replay import PrioritizedReplay, beta_by_step
@@ -391,6 +391,7 @@ def main(argv=None):
         kind = parse_bool if isinstance(f.default, bool) else type(f.default)
         g.add_argument("--" + f.name.replace("_", "-"), type=kind, default=f.default)
     args = p.parse_args(argv)
+    hold_freed_memory()
     if args.threads:
         torch.set_num_threads(args.threads)
     overrides = {f.name: getattr(args, f.name) for f in fields(SelfPlayConfig)

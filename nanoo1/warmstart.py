@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from nanoo1.checkpoint import save_pretrained
+from nanoo1.engine import hold_freed_memory
 from nanoo1.model import Gemma2, Gemma2Config
 from nanoo1.rstar import code_example
 from nanoo1.sft import SFTConfig, make_batches, think_example, thought_example, train_sft
@@ -70,6 +71,7 @@ def main(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None)
     args = p.parse_args(argv)
+    hold_freed_memory()
     if args.threads:
         torch.set_num_threads(args.threads)
     from dataclasses import replace

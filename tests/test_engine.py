@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from conftest import hf_twin, random_model
-from nanoo1.engine import feed, generate, generate_budgeted, sample_next, token_stats
+from nanoo1.engine import feed, generate, generate_budgeted, hold_freed_memory, sample_next, token_stats
 from nanoo1.model import Gemma2Config
 
 CONFIG = Gemma2Config.preset("tiny", sliding_window=16)
@@ -241,3 +241,10 @@ def test_on_stop_forces_a_continuation(model):
     # max_new_tokens counts forced tokens too
     (short,) = generate(model, [prompt], len(first) + 1, stop_token_ids=[X], on_stop=lambda i, row, t: [21, 22, 23])
     assert len(short.tokens) == len(first) + 3 and short.finish_reason == "length"
+
+
+def test_hold_freed_memory_is_applied_on_glibc():
+    import platform
+
+    applied = hold_freed_memory()
+    assert applied is (platform.system() == "Linux" and platform.libc_ver()[0] == "glibc")
