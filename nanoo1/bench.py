@@ -6,7 +6,8 @@ Every repeat runs all contenders in turn and each figure is the median over repe
 on a shared machine moves both sides of a ratio together instead of skewing it.
 On a GPU it adds a gemma-2-2b-shaped bf16 model and compares decode speed with the memory-bandwidth
 bound (every step reads all weight bytes once: tokens/s <= bandwidth / weight bytes).
-Other sections (search) register themselves in SECTIONS.
+Like every entry point it first has glibc keep freed memory (`engine.hold_freed_memory`); both
+contenders run in this one process, so both get it. Other sections (search) register themselves in SECTIONS.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from pathlib import Path
 import torch
 
 from nanoo1.checkpoint import save_pretrained
-from nanoo1.engine import feed, generate
+from nanoo1.engine import feed, generate, hold_freed_memory
 from nanoo1.model import Gemma2, Gemma2Config
 
 SIZES = {
@@ -238,6 +239,7 @@ def main(argv=None):
     g.add_argument("--search-simulations", type=int, default=4, help="MCTS simulations per problem")
     g.add_argument("--thought-tokens", type=int, default=16, help="tokens per thought")
     args = p.parse_args(argv)
+    hold_freed_memory()  # as in every entry point; both contenders run in this process and share it
     if args.threads:
         torch.set_num_threads(args.threads)
     results = {}

@@ -10,7 +10,7 @@ Every iteration writes a checkpoint (Hugging Face layout + replay buffer + optim
 `--resume DIR` continues a run exactly. Metrics go to DIR/metrics.jsonl; the last line printed is one
 JSON object with the headline figures.
 
-    python -m nanoo1.selfplay --tiny                       # ~10 minutes on 2 CPU cores
+    python -m nanoo1.selfplay --tiny                       # about 4 to 5 minutes on 2 CPU cores
     python -m nanoo1.selfplay --tiny --from-scratch        # redo the warm start too
     python -m nanoo1.selfplay --model qq8933/OpenLongCoT-Base-Gemma2-2B --data train.jsonl --test-data test.jsonl
 """
