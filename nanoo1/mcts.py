@@ -417,16 +417,17 @@ def mcts(policy, questions: list[str], config: MCTSConfig | None = None, ground_
                 backup(child, child.value, config.discount)
             ends, costs = simulate(policy, [Request(p.tree, c, [None], [None], config.temperature) for p, c in todo],
                                    config.max_depth)
-            # a rolled-out chain is checked whole: a rejected thought below the expanded one is a failed terminal
-            # (selection never expands it later) and so is the chain's end
+            # a rolled-out chain is checked whole: its first rejected thought below the expanded one is a failed
+            # terminal (selection never expands it later; it keeps failure_value, set after the backup below), and
+            # so is the chain's end; the rejected thought is where the chain failed (selfplay.outcomes counts it)
             flat = []
             for (p, c), es in zip(todo, ends):
                 for e in es:
-                    rejected = [n for n in p.tree.path(e)[c.depth + 1:-1] if _rejected(config, n)]
-                    for n in rejected:
-                        n.terminal, n.value = "failure", failure_value
-                    flat.append((p, e, bool(rejected) or _rejected(config, e)))
-            unrated = [(p, e) for p, e, rejected in flat if p.ground_truth is None and e.value is None and not rejected]
+                    bad = next((n for n in p.tree.path(e)[c.depth + 1:-1] if _rejected(config, n)), None)
+                    if bad is not None:
+                        bad.terminal = "failure"
+                    flat.append((p, e, bad, bad is not None or _rejected(config, e)))
+            unrated = [(p, e) for p, e, _, rejected in flat if p.ground_truth is None and e.value is None and not rejected]
             if unrated:  # test time: a conclusion is judged by its value
                 values, tokens = policy.evaluate([p.tree.path(e) for p, e in unrated])
                 for (p, e), v, n in zip(unrated, values, tokens):
@@ -434,12 +435,14 @@ def mcts(policy, questions: list[str], config: MCTSConfig | None = None, ground_
                     p.spent.value += n
             for (p, _), cost in zip(todo, costs):
                 p.spent.add(cost)
-            for p, e, rejected in flat:
+            for p, e, bad, rejected in flat:
                 _judge(p, e, config, failure_value, rejected)
                 e.terminal = e.terminal or "failure"  # a chain cut short
                 if e.value is None:
                     e.value = failure_value
                 backup(e, e.value, config.discount)
+                if bad is not None:
+                    bad.value = failure_value
     results = []
     for p in problems:
         rectify(p.tree, config.discount, config.reward_epsilon)

@@ -84,19 +84,28 @@ def step_checker(config: SelfPlayConfig):
 
 
 # -- experience: chains of thoughts from searched trees -----------------------------------------------
+def outcomes(tree) -> list:
+    """The nodes where the search's chains ended: terminal nodes with no terminal node above them.
+
+    A rolled-out chain with a rejected thought ends at that thought (mcts marks it the failed terminal):
+    what the rollout generated after it is in the tree but is not an outcome, so each rollout counts once
+    and a training chain ends at its first wrong step, not at steps computed on from a wrong number.
+    """
+    return [n for n in tree.nodes if n.terminal is not None and n is not tree.root
+            and not any(a.terminal is not None for a in tree.path(n)[1:-1])]
+
+
 def success_rates(tree) -> dict[int, float]:
-    """P(success) of every node that has judged terminals below it: (successes + 1/2) / (terminals + 1).
+    """P(success) of every node that has outcomes below it: (successes + 1/2) / (outcomes + 1).
 
     A Monte Carlo estimate from the search's own outcomes (rStar-Math's Q is the same count with +-1).
     """
     counts = {}
-    for leaf in tree.nodes:
-        if leaf.terminal is None or leaf is tree.root:
-            continue
-        node = leaf
+    for end in outcomes(tree):
+        node = end
         while node is not None:
             s, n = counts.get(node.id, (0, 0))
-            counts[node.id] = (s + (leaf.terminal == "success"), n + 1)
+            counts[node.id] = (s + (end.terminal == "success"), n + 1)
             node = node.parent
     return {k: (s + 0.5) / (n + 1) for k, (s, n) in counts.items()}
 
@@ -117,7 +126,7 @@ def tree_chains(tree, n: int) -> list[list]:
     """Up to n root-to-terminal paths, half successes and half failures, from a tree with at least one
     success (a tree without one teaches mostly noise to a small model). Failures the value head liked best
     come first: the most instructive mistakes."""
-    ends = [leaf for leaf in tree.nodes if leaf.terminal is not None and leaf is not tree.root]
+    ends = outcomes(tree)
     wins = [e for e in ends if e.terminal == "success"]
     if not wins:
         return []

@@ -131,18 +131,20 @@ def test_mcts_verify_checks_every_step_of_a_rolled_out_chain(ground_truths):
     def script(key):  # one path only: two steps, then the right answer
         return [("<expansion>", steps[len(key)], 1.0)] if len(key) < 2 else [("<conclusion>", "The answer is \\boxed{9}", 1.0)]
 
-    config = decoy_config(simulations=1, num_candidates=1, max_children=1, rollout=True, patient=100)
+    config = decoy_config(simulations=2, num_candidates=1, max_children=1, rollout=True, patient=1)
     (plain,) = mcts(ScriptedPolicy(script, lambda key: math.log(0.9)), [QUESTION], config, ground_truths)
-    end = plain.tree.nodes[-1]
+    end = plain.tree.nodes[3]
     assert end.meta == "<conclusion>" and end.terminal == "success" and plain.answer == "9"
     # the checker rejects the middle step, which the rollout wrote below the expanded thought: the chain's end fails
     checker = replace(config, verify=lambda text: text != steps[1])
+    # a second simulation descends to the rejected step; ScriptedPolicy fails the test if it is expanded
     (checked,) = mcts(ScriptedPolicy(script, lambda key: math.log(0.9)), [QUESTION], checker, ground_truths)
-    end = checked.tree.nodes[-1]
+    assert checked.simulations == 2 and len(checked.tree.nodes) == 4
+    end = checked.tree.nodes[3]
     assert [n.text for n in checked.tree.path(end)[1:3]] == list(steps)
     assert end.terminal == "failure" and end.value == LOG_EPS and checked.successes == 0
     middle = checked.tree.path(end)[2]
-    assert middle.terminal == "failure"  # a later simulation may not expand the rejected step
+    assert middle.terminal == "failure" and middle.value == LOG_EPS
 
 
 # -- search on the scripted fake -----------------------------------------------------------------------

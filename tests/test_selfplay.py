@@ -7,7 +7,7 @@ import torch
 
 from conftest import random_model
 from nanoo1.checkpoint import load_pretrained, save_pretrained
-from nanoo1.selfplay import SelfPlayConfig, chain_items, collate_chains, main, relabel_lucky, run, success_rates, tree_chains
+from nanoo1.selfplay import SelfPlayConfig, chain_items, collate_chains, main, outcomes, relabel_lucky, run, success_rates, tree_chains
 from nanoo1.tasks import TINY_DIR, make_problems
 from nanoo1.thoughts import Tree
 from nanoo1.tokenizer import Tokenizer
@@ -117,3 +117,28 @@ def test_eval_command_writes_one_row_per_method_and_budget(tmp_path, warmstart, 
     by = {(r["method"], r["budget"]): r["tokens"] for r in rows}
     assert by[("best_of_n", 2)] > by[("best_of_n", 1)] and by[("mcts", 2)] > by[("mcts", 1)]  # more budget, more tokens
     assert "mcts" in capsys.readouterr().out
+
+
+def test_a_rollout_with_a_rejected_step_counts_once_and_ends_there():
+    # mcts marks the first rejected thought of a rolled-out chain terminal (and the chain's end too): the outcome
+    # is the rejected thought, counted once, and the training chain stops there, not at the steps computed from it
+    tree = Tree("Mia has 7 apples. She buys 5 more. She gives 3 to Leo. How many?")
+    a = tree.add(tree.root, "<expansion>", "7 + 5 = 12")
+    bad = tree.add(a, "<expansion>", "12 - 3 = 8", terminal="failure")
+    end = tree.add(bad, "<conclusion>", "The answer is \\boxed{8}", terminal="failure")
+    b = tree.add(tree.root, "<expansion>", "7 + 5 = 12")
+    win = tree.add(tree.add(b, "<expansion>", "12 - 3 = 9"), "<conclusion>", "The answer is \\boxed{9}", terminal="success")
+    assert outcomes(tree) == [bad, win]
+    rates = success_rates(tree)
+    assert rates[a.id] == rates[bad.id] == 0.25 and rates[tree.root.id] == (1 + 0.5) / (2 + 1) and end.id not in rates
+    assert [path[-1] for path in tree_chains(tree, 4)] == [win, bad]
+
+
+@pytest.mark.parametrize("flag,checker", [([], "equations_hold"), (["--check-equations", "false"], None)])
+def test_eval_command_gives_mcts_the_step_checker(tmp_path, warmstart, monkeypatch, flag, checker):
+    from nanoo1 import eval as eval_cli
+
+    seen = []
+    monkeypatch.setattr(eval_cli, "evaluate", lambda *a, mcts=None, **kw: seen.append(mcts) or eval_cli.EvalResult("mcts", 1, 0.0, 1.0, 0.0))
+    eval_cli.main(["--checkpoint", str(warmstart), "--limit", "1", "--methods", "mcts", "--budgets", "1", "--out", str(tmp_path)] + flag)
+    assert len(seen) == 1 and getattr(seen[0].verify, "__name__", None) == checker
