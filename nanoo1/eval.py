@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 import torch
@@ -41,6 +41,14 @@ EVAL_MCTS = MCTSConfig(rollout=True, answer="vote", patient=1 << 30)
 def parse_bool(text: str) -> bool:
     """A command-line boolean: 1, true or yes (any case) is True, anything else False."""
     return text.lower() in ("1", "true", "yes")
+
+
+def add_config_flags(group, config_cls, skip=()) -> None:
+    """One `--field-name` flag per field of a config dataclass (but `skip`), typed and defaulted by the field."""
+    for f in fields(config_cls):
+        if f.name not in skip:
+            kind = parse_bool if isinstance(f.default, bool) else type(f.default)
+            group.add_argument("--" + f.name.replace("_", "-"), type=kind, default=f.default)
 
 
 def search_config(method: str, budget: int, mcts: MCTSConfig | None = None) -> SearchConfig:

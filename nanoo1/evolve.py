@@ -31,6 +31,7 @@ from safetensors.torch import load_file, save_file
 
 from nanoo1.checkpoint import load_pretrained, save_pretrained
 from nanoo1.engine import hold_freed_memory
+from nanoo1.eval import add_config_flags
 from nanoo1.mcts import MCTSConfig, mcts
 from nanoo1.rstar import (ProcessPreferenceModel, RStarConfig, RStarPolicy, best_traces, encode_trace, ppm_input,
                           ppm_pair_loss, ppm_scores, preference_pairs)
@@ -323,10 +324,7 @@ def main(argv=None):
     g.add_argument("--model", default=None, help="the base model: checkpoint directory or hub id")
     g.add_argument("--data", default=str(TINY_DIR / "train.jsonl"), help="training problems, GSM8K-style jsonl")
     g.add_argument("--test-data", default=str(TINY_DIR / "test.jsonl"), help="held-out problems, GSM8K-style jsonl")
-    g = p.add_argument_group("settings (see EvolveConfig for each)")
-    for f in fields(EvolveConfig):
-        kind = {bool: lambda s: s.lower() in ("1", "true", "yes")}.get(type(f.default), type(f.default))
-        g.add_argument("--" + f.name.replace("_", "-"), type=kind, default=f.default)
+    add_config_flags(p.add_argument_group("settings (see EvolveConfig for each)"), EvolveConfig)
     args = p.parse_args(argv)
     hold_freed_memory()
     if not args.tiny and args.model is None:

@@ -30,7 +30,7 @@ import torch
 
 from nanoo1.checkpoint import load_pretrained, save_pretrained
 from nanoo1.engine import generate_budgeted, hold_freed_memory
-from nanoo1.eval import EVAL_MCTS, EvalResult, evaluate, evaluate_budgeted, parse_bool
+from nanoo1.eval import EVAL_MCTS, EvalResult, add_config_flags, evaluate, evaluate_budgeted
 from nanoo1.mcts import MCTSConfig, mcts
 from nanoo1.replay import PrioritizedReplay, beta_by_step
 from nanoo1.rewards import check, equations_hold
@@ -393,12 +393,8 @@ def main(argv=None):
     g.add_argument("--model", default=None, help="warm start: hub id or directory (default: data/tiny/warmstart)")
     g.add_argument("--data", default=None, help="training problems, GSM8K-style jsonl")
     g.add_argument("--test-data", default=None, help="held-out problems, GSM8K-style jsonl")
-    g = p.add_argument_group("settings (see SelfPlayConfig for each)")
-    for f in fields(SelfPlayConfig):
-        if f.name in ("data", "test_data", "warmstart"):
-            continue
-        kind = parse_bool if isinstance(f.default, bool) else type(f.default)
-        g.add_argument("--" + f.name.replace("_", "-"), type=kind, default=f.default)
+    add_config_flags(p.add_argument_group("settings (see SelfPlayConfig for each)"), SelfPlayConfig,
+                     skip=("data", "test_data", "warmstart"))
     args = p.parse_args(argv)
     hold_freed_memory()
     if args.threads:
