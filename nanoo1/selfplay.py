@@ -58,7 +58,7 @@ class SelfPlayConfig:
     max_thought_tokens: int = 32  # a thought is cut after this many tokens
     check_equations: bool = True  # every `a op b = c` must hold: a wrong thought (expanded or rolled out) is a failed
     #                               terminal in the search, and so is the end of a rolled-out chain with one
-    chains_per_tree: int = 4  # root-to-leaf chains trained per tree: successes first, then failures
+    chains_per_tree: int = 4  # root-to-outcome chains trained per tree (`outcomes`): successes first, then failures
     lr: float = 1e-4  # AdamW learning rate (higher rates sharpen the tiny policy onto its own samples and cost greedy accuracy)
     updates_per_iteration: int = 6  # PPO minibatch updates per iteration
     minibatch: int = 32  # chains per PPO update
@@ -123,7 +123,7 @@ def relabel_lucky(tree) -> int:
 
 
 def tree_chains(tree, n: int) -> list[list]:
-    """Up to n root-to-terminal paths, half successes and half failures, from a tree with at least one
+    """Up to n root-to-outcome paths (`outcomes`), half successes and half failures, from a tree with at least one
     success (a tree without one teaches mostly noise to a small model). Failures the value head liked best
     come first: the most instructive mistakes."""
     ends = outcomes(tree)
