@@ -419,7 +419,7 @@ def mcts(policy, questions: list[str], config: MCTSConfig | None = None, ground_
                                    config.max_depth)
             # a rolled-out chain is checked whole: its first rejected thought below the expanded one is a failed
             # terminal (selection never expands it later; it keeps failure_value, set after the backup below), and
-            # so is the chain's end; the rejected thought is where the chain failed (selfplay.outcomes counts it)
+            # so is the chain's end; the rejected thought is where the chain failed (experience.outcomes counts it)
             flat = []
             for (p, c), es in zip(todo, ends):
                 for e in es:

@@ -1,7 +1,7 @@
 """`python -m nanoo1.selfplay --tiny`: the whole o1 loop, learning on a laptop CPU.
 
     warm start (SFT)  ->  repeat: MCTS over training problems (ground truth checks the conclusions)
-                                  -> root-to-leaf chains with GAE advantages and value targets
+                                  -> root-to-outcome chains with GAE advantages and value targets (experience.py)
                                   -> prioritized replay -> PPO on policy and rating-token value
                       ->  held-out accuracy of greedy, best-of-N and MCTS, before and after
 
@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import random
 import time
 from contextlib import nullcontext
@@ -30,14 +29,15 @@ import torch
 
 from nanoo1.checkpoint import load_pretrained, save_pretrained
 from nanoo1.engine import generate_budgeted, hold_freed_memory
+from nanoo1.experience import chain_items, collate_chains, rating_probs, stamp_old, success_rates, tree_chains
 from nanoo1.eval import EVAL_MCTS, EvalResult, add_config_flags, evaluate, evaluate_budgeted
 from nanoo1.mcts import MCTSConfig, mcts
 from nanoo1.replay import PrioritizedReplay, beta_by_step
 from nanoo1.rewards import check, equations_hold
-from nanoo1.rl import GRPOConfig, PPOConfig, completion_logprobs, grpo_advantages, grpo_step, path_gae, ppo_step, value_loss
+from nanoo1.rl import GRPOConfig, PPOConfig, grpo_advantages, grpo_step, ppo_step, value_loss
 from nanoo1.search import LMPolicy
 from nanoo1.tasks import TINY_DIR, load_jsonl, think_prompt
-from nanoo1.thoughts import batch_ids, chain_tokens
+from nanoo1.thoughts import batch_ids
 from nanoo1.warmstart import WARMSTART_DIR, train_warmstart
 
 
@@ -58,7 +58,7 @@ class SelfPlayConfig:
     max_thought_tokens: int = 32  # a thought is cut after this many tokens
     check_equations: bool = True  # every `a op b = c` must hold: a wrong thought (expanded or rolled out) is a failed
     #                               terminal in the search, and so is the end of a rolled-out chain with one
-    chains_per_tree: int = 4  # root-to-outcome chains trained per tree (`outcomes`): successes first, then failures
+    chains_per_tree: int = 4  # root-to-outcome chains trained per tree (`experience.outcomes`): successes first, then failures
     lr: float = 1e-4  # AdamW learning rate (higher rates sharpen the tiny policy onto its own samples and cost greedy accuracy)
     updates_per_iteration: int = 6  # PPO minibatch updates per iteration
     minibatch: int = 32  # chains per PPO update
@@ -83,135 +83,6 @@ def step_checker(config: SelfPlayConfig):
     return equations_hold if config.check_equations else None
 
 
-# -- experience: chains of thoughts from searched trees -----------------------------------------------
-def outcomes(tree) -> list:
-    """The nodes where the search's chains ended: terminal nodes with no terminal node above them.
-
-    A rolled-out chain with a rejected thought ends at that thought (mcts marks it the failed terminal):
-    what the rollout generated after it is in the tree but is not an outcome, so each rollout counts once
-    and a training chain ends at its first wrong step, not at steps computed on from a wrong number.
-    """
-    return [n for n in tree.nodes if n.terminal is not None and n is not tree.root
-            and not any(a.terminal is not None for a in tree.path(n)[1:-1])]
-
-
-def success_rates(tree) -> dict[int, float]:
-    """P(success) of every node that has outcomes below it: (successes + 1/2) / (outcomes + 1).
-
-    A Monte Carlo estimate from the search's own outcomes (rStar-Math's Q is the same count with +-1).
-    """
-    counts = {}
-    for end in outcomes(tree):
-        node = end
-        while node is not None:
-            s, n = counts.get(node.id, (0, 0))
-            counts[node.id] = (s + (end.terminal == "success"), n + 1)
-            node = node.parent
-    return {k: (s + 0.5) / (n + 1) for k, (s, n) in counts.items()}
-
-
-def relabel_lucky(tree) -> int:
-    """Mark a success whose chain holds a wrong equation (`equations_hold`) as a failure; returns how many.
-
-    For trees grown without a step checker (best-of-N chains, MCTS without `verify`); MCTS with
-    `verify=equations_hold` never lets such a success through."""
-    lucky = [leaf for leaf in tree.nodes if leaf.terminal == "success"
-             and not all(equations_hold(node.text) for node in tree.path(leaf))]
-    for leaf in lucky:
-        leaf.terminal = "failure"
-    return len(lucky)
-
-
-def tree_chains(tree, n: int) -> list[list]:
-    """Up to n root-to-outcome paths (`outcomes`), half successes and half failures, from a tree with at least one
-    success (a tree without one teaches mostly noise to a small model). Failures the value head liked best
-    come first: the most instructive mistakes."""
-    ends = outcomes(tree)
-    wins = [e for e in ends if e.terminal == "success"]
-    if not wins:
-        return []
-    losses = sorted((e for e in ends if e.terminal != "success"), key=lambda e: (-(e.value or -1e9), e.id))
-    return [tree.path(e) for e in wins[: n - n // 2] + losses[: n // 2]]
-
-
-def chain_items(tokenizer, paths: list[list], config: SelfPlayConfig, rates: dict[int, float] | None = None) -> list[dict]:
-    """One replay item per chain: token ids, which tokens train the policy (each thought once per tree),
-    per-token advantages, and value positions with their targets.
-
-    GAE runs root first along the chain (Schulman et al. 2016, eq. 16; LLaMA-O1 runs it from child to
-    parent): V after thought k is its success rate in the tree (`success_rates`), r = 1 at a successful
-    terminal, else 0. A thought's value target is its success rate; a terminal's is r.
-    """
-    items, trained = [], set()
-    for path in paths:
-        ids, spans = chain_tokens(tokenizer, path)
-        reward = 1.0 if path[-1].terminal == "success" else 0.0
-        rate = {} if rates is None else rates
-        after = [rate.get(n.id, math.exp(min(0.0, n.value if n.value is not None else math.log(0.5)))) for n in path]
-        values = torch.tensor(after[:-1])  # entry k: the state before thought k+1 (the root's rate first)
-        rewards = torch.zeros(len(path) - 1)
-        rewards[-1] = reward
-        adv, _ = path_gae(rewards, values, config.gamma, config.lam)
-        mask, advantages = [0] * len(ids), [0.0] * len(ids)
-        value_pos, value_target = [], []
-        for k, (node, (start, end, rating)) in enumerate(zip(path[1:], spans)):
-            value_pos.append(rating)
-            value_target.append(reward if k == len(path) - 2 else after[k + 1])
-            if id(node) in trained:  # shared prefix: context here, trained in its first chain
-                continue
-            trained.add(id(node))
-            for t in range(start, end):
-                mask[t], advantages[t] = 1, float(adv[k])
-        items.append({"ids": ids, "mask": mask, "advantages": advantages, "value_pos": value_pos,
-                      "value_target": value_target})
-    return items
-
-
-def collate_chains(items: list[dict], pad_id: int, weights=None, multiple: int = 32) -> dict:
-    T = -(-max(len(it["ids"]) for it in items) // multiple) * multiple  # a few shapes: no heap fragmentation
-    K = max(len(it["value_pos"]) for it in items)
-
-    def pad(key, width, fill):
-        return torch.tensor([it[key] + [fill] * (width - len(it[key])) for it in items])
-
-    batch = {"input_ids": pad("ids", T, pad_id), "completion_mask": pad("mask", T, 0), "advantages": pad("advantages", T, 0.0),
-             "value_pos": pad("value_pos", K, 0), "value_target": pad("value_target", K, 0.0)}
-    batch["attention_mask"] = torch.tensor([[1] * len(it["ids"]) + [0] * (T - len(it["ids"])) for it in items])
-    batch["value_mask"] = torch.tensor([[1] * len(it["value_pos"]) + [0] * (K - len(it["value_pos"])) for it in items])
-    if "old_logp" in items[0]:
-        batch["old_logp"] = pad("old_logp", T, 0.0)
-        batch["old_value"] = pad("old_value", K, 0.0)
-    if weights is not None:
-        batch["weights"] = torch.as_tensor(weights, dtype=torch.float32)
-    return batch
-
-
-def rating_probs(model, tokenizer, hidden, value_pos):
-    """P(<positive_rating>) read at the given positions (B, K) of hidden (B, T, C): thoughts.rating_logits' math."""
-    rows = [tokenizer.token_id("<positive_rating>"), tokenizer.token_id("<negative_rating>")]
-    h = hidden[torch.arange(len(value_pos))[:, None], value_pos]  # (B, K, C)
-    logits = torch.nn.functional.linear(h.float(), model.output_embedding[rows].float())  # (B, K, 2)
-    cap = model.config.final_logit_softcapping
-    logits = logits if cap is None else torch.tanh(logits / cap) * cap
-    return torch.softmax(logits, -1)[..., 0]  # (B, K)
-
-
-@torch.no_grad()
-def stamp_old(model, tokenizer, items: list[dict], config: SelfPlayConfig, batch_size: int = 16) -> None:
-    """Log-probs and values of the collecting policy, stored with each item before any update (PPO's old)."""
-    for s in range(0, len(items), batch_size):
-        chunk = items[s:s + batch_size]
-        b = collate_chains(chunk, tokenizer.pad_id)
-        with _autocast(config):
-            hidden = model.hidden_states(b["input_ids"], b["attention_mask"])
-            logp = completion_logprobs(model, b["input_ids"], b["attention_mask"], b["completion_mask"],
-                                       config.temperature, hidden=hidden)
-            probs = rating_probs(model, tokenizer, hidden, b["value_pos"])
-        for i, it in enumerate(chunk):
-            it["old_logp"] = logp[i, :len(it["ids"])].float().tolist()
-            it["old_value"] = probs[i, :len(it["value_pos"])].float().tolist()
-
-
 def _autocast(config: SelfPlayConfig):
     return torch.autocast("cpu", dtype=torch.bfloat16) if config.bf16 else nullcontext()
 
@@ -220,12 +91,13 @@ def ppo_iteration(model, tokenizer, opt, replay, policy, problems, it: int, conf
     mcfg = MCTSConfig(simulations=config.simulations, num_candidates=config.num_candidates, max_children=config.num_candidates,
                       temperature=config.temperature, patient=config.num_candidates * config.simulations, rollout=True,
                       verify=step_checker(config))
-    # with the checker, no success has a wrong step above it (mcts checks rolled-out chains whole): no relabel_lucky
+    # with the checker, no success has a wrong step above it (mcts checks rolled-out chains whole): no experience.relabel_lucky
     results = mcts(policy, [p.question for p in problems], mcfg, [p.answer for p in problems], seed=config.seed * 1000 + it)
     solved = sum(any(n.terminal == "success" for n in r.tree.nodes) for r in results) / len(results)
     items = [item for r in results
-             for item in chain_items(tokenizer, tree_chains(r.tree, config.chains_per_tree), config, success_rates(r.tree))]
-    stamp_old(model, tokenizer, items, config)
+             for item in chain_items(tokenizer, tree_chains(r.tree, config.chains_per_tree), success_rates(r.tree),
+                                     config.gamma, config.lam)]
+    stamp_old(model, tokenizer, items, config.temperature, config.bf16)
     replay.extend(items, [sum(abs(a) for a in it["advantages"]) / max(1, sum(it["mask"])) for it in items])
     cfg = PPOConfig(clip_eps=config.clip_eps, vf_coef=config.vf_coef, micro_batch_size=16, temperature=config.temperature)
 

@@ -15,7 +15,7 @@ from nanoo1.replay import PrioritizedReplay, SegmentTree
 from nanoo1.rl import gae, grpo_advantages, ppo_policy_loss
 from nanoo1.rewards import cosine_length_reward, equations_hold
 from nanoo1.rstar import parse_step, ppm_pair_loss, preference_pairs
-from nanoo1.selfplay import relabel_lucky, success_rates
+from nanoo1.experience import relabel_lucky, success_rates
 from nanoo1.thoughts import policy_prompt, rating_logits, render_path, value_prompt
 
 

@@ -30,7 +30,7 @@ def _self_play_tree():
 
 
 def check_success_rates(success_rates) -> bool:
-    """`success_rates(tree) -> {node id: rate}` as nanoo1.selfplay.success_rates: for every node with judged
+    """`success_rates(tree) -> {node id: rate}` as nanoo1.experience.success_rates: for every node with judged
     terminals (.terminal "success" or "failure") in its subtree, itself included (the root's own terminal,
     if any, is not counted), (successes + 1/2) / (terminals + 1). Nodes with none below them get no entry."""
     _callable(success_rates, "check_success_rates")
@@ -87,7 +87,7 @@ def _lucky_tree():
 
 
 def check_relabel_lucky(relabel_lucky) -> bool:
-    """`relabel_lucky(tree) -> int` as nanoo1.selfplay.relabel_lucky: every "success" terminal whose
+    """`relabel_lucky(tree) -> int` as nanoo1.experience.relabel_lucky: every "success" terminal whose
     root-to-leaf path (tree.path(leaf), the leaf included) holds a wrong `a op b = c` equation
     (nanoo1.rewards.equations_hold is False for some node's text) becomes a "failure"; returns how many."""
     _callable(relabel_lucky, "check_relabel_lucky")

@@ -1,0 +1,150 @@
+"""Experience: from searched thought trees to PPO's training items.
+
+    tree -> outcomes (where each chain ended) -> success_rates (Monte Carlo P(success) per node)
+         -> tree_chains (the root-to-outcome paths to train) -> chain_items (ids, trained tokens, GAE
+            advantages, value positions and targets) -> stamp_old (the collecting policy's log-probs and
+            values) -> collate_chains (padded batches for rl.ppo_step)
+
+A searched tree records what the search learned about each thought: which chains succeeded (the ground
+truth judged their conclusions) and, with a step checker, where a chain first went wrong. selfplay.py
+composes these functions into its loop; each can be called alone on a hand-built tree.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from nanoo1.rewards import equations_hold
+from nanoo1.rl import completion_logprobs, path_gae
+from nanoo1.thoughts import chain_tokens
+
+
+def outcomes(tree) -> list:
+    """The nodes where the search's chains ended: terminal nodes with no terminal node above them.
+
+    A rolled-out chain with a rejected thought ends at that thought (mcts marks it the failed terminal):
+    what the rollout generated after it is in the tree but is not an outcome, so each rollout counts once
+    and a training chain ends at its first wrong step, not at steps computed on from a wrong number.
+    """
+    return [n for n in tree.nodes if n.terminal is not None and n is not tree.root
+            and not any(a.terminal is not None for a in tree.path(n)[1:-1])]
+
+
+def success_rates(tree) -> dict[int, float]:
+    """P(success) of every node that has outcomes below it: (successes + 1/2) / (outcomes + 1).
+
+    A Monte Carlo estimate from the search's own outcomes (rStar-Math's Q is the same count with +-1).
+    """
+    counts = {}
+    for end in outcomes(tree):
+        node = end
+        while node is not None:
+            s, n = counts.get(node.id, (0, 0))
+            counts[node.id] = (s + (end.terminal == "success"), n + 1)
+            node = node.parent
+    return {k: (s + 0.5) / (n + 1) for k, (s, n) in counts.items()}
+
+
+def relabel_lucky(tree) -> int:
+    """Mark a success whose chain holds a wrong equation (`equations_hold`) as a failure; returns how many.
+
+    For trees grown without a step checker (best-of-N chains, MCTS without `verify`); MCTS with
+    `verify=equations_hold` never lets such a success through."""
+    lucky = [leaf for leaf in tree.nodes if leaf.terminal == "success"
+             and not all(equations_hold(node.text) for node in tree.path(leaf))]
+    for leaf in lucky:
+        leaf.terminal = "failure"
+    return len(lucky)
+
+
+def tree_chains(tree, n: int) -> list[list]:
+    """Up to n root-to-outcome paths (`outcomes`), half successes and half failures, from a tree with at least one
+    success (a tree without one teaches mostly noise to a small model). Failures the value head liked best
+    come first: the most instructive mistakes."""
+    ends = outcomes(tree)
+    wins = [e for e in ends if e.terminal == "success"]
+    if not wins:
+        return []
+    losses = sorted((e for e in ends if e.terminal != "success"), key=lambda e: (-(e.value or -1e9), e.id))
+    return [tree.path(e) for e in wins[: n - n // 2] + losses[: n // 2]]
+
+
+def chain_items(tokenizer, paths: list[list], rates: dict[int, float] | None = None, gamma: float = 0.99,
+                lam: float = 0.95) -> list[dict]:
+    """One replay item per chain: token ids, which tokens train the policy (each thought once per tree),
+    per-token advantages, and value positions with their targets.
+
+    GAE runs root first along the chain (Schulman et al. 2016, eq. 16; LLaMA-O1 runs it from child to
+    parent): V after thought k is its success rate in the tree (`success_rates`), r = 1 at a successful
+    terminal, else 0. A thought's value target is its success rate; a terminal's is r.
+    """
+    items, trained = [], set()
+    for path in paths:
+        ids, spans = chain_tokens(tokenizer, path)
+        reward = 1.0 if path[-1].terminal == "success" else 0.0
+        rate = {} if rates is None else rates
+        after = [rate.get(n.id, math.exp(min(0.0, n.value if n.value is not None else math.log(0.5)))) for n in path]
+        values = torch.tensor(after[:-1])  # entry k: the state before thought k+1 (the root's rate first)
+        rewards = torch.zeros(len(path) - 1)
+        rewards[-1] = reward
+        adv, _ = path_gae(rewards, values, gamma, lam)
+        mask, advantages = [0] * len(ids), [0.0] * len(ids)
+        value_pos, value_target = [], []
+        for k, (node, (start, end, rating)) in enumerate(zip(path[1:], spans)):
+            value_pos.append(rating)
+            value_target.append(reward if k == len(path) - 2 else after[k + 1])
+            if id(node) in trained:  # shared prefix: context here, trained in its first chain
+                continue
+            trained.add(id(node))
+            for t in range(start, end):
+                mask[t], advantages[t] = 1, float(adv[k])
+        items.append({"ids": ids, "mask": mask, "advantages": advantages, "value_pos": value_pos,
+                      "value_target": value_target})
+    return items
+
+
+def collate_chains(items: list[dict], pad_id: int, weights=None, multiple: int = 32) -> dict:
+    T = -(-max(len(it["ids"]) for it in items) // multiple) * multiple  # a few shapes: no heap fragmentation
+    K = max(len(it["value_pos"]) for it in items)
+
+    def pad(key, width, fill):
+        return torch.tensor([it[key] + [fill] * (width - len(it[key])) for it in items])
+
+    batch = {"input_ids": pad("ids", T, pad_id), "completion_mask": pad("mask", T, 0), "advantages": pad("advantages", T, 0.0),
+             "value_pos": pad("value_pos", K, 0), "value_target": pad("value_target", K, 0.0)}
+    batch["attention_mask"] = torch.tensor([[1] * len(it["ids"]) + [0] * (T - len(it["ids"])) for it in items])
+    batch["value_mask"] = torch.tensor([[1] * len(it["value_pos"]) + [0] * (K - len(it["value_pos"])) for it in items])
+    if "old_logp" in items[0]:
+        batch["old_logp"] = pad("old_logp", T, 0.0)
+        batch["old_value"] = pad("old_value", K, 0.0)
+    if weights is not None:
+        batch["weights"] = torch.as_tensor(weights, dtype=torch.float32)
+    return batch
+
+
+def rating_probs(model, tokenizer, hidden, value_pos):
+    """P(<positive_rating>) read at the given positions (B, K) of hidden (B, T, C): thoughts.rating_logits' math."""
+    rows = [tokenizer.token_id("<positive_rating>"), tokenizer.token_id("<negative_rating>")]
+    h = hidden[torch.arange(len(value_pos))[:, None], value_pos]  # (B, K, C)
+    logits = torch.nn.functional.linear(h.float(), model.output_embedding[rows].float())  # (B, K, 2)
+    cap = model.config.final_logit_softcapping
+    logits = logits if cap is None else torch.tanh(logits / cap) * cap
+    return torch.softmax(logits, -1)[..., 0]  # (B, K)
+
+
+@torch.no_grad()
+def stamp_old(model, tokenizer, items: list[dict], temperature: float, bf16: bool = False, batch_size: int = 16) -> None:
+    """Log-probs and values of the collecting policy, stored with each item before any update (PPO's old)."""
+    for s in range(0, len(items), batch_size):
+        chunk = items[s:s + batch_size]
+        b = collate_chains(chunk, tokenizer.pad_id)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            hidden = model.hidden_states(b["input_ids"], b["attention_mask"])
+            logp = completion_logprobs(model, b["input_ids"], b["attention_mask"], b["completion_mask"],
+                                       temperature, hidden=hidden)
+            probs = rating_probs(model, tokenizer, hidden, b["value_pos"])
+        for i, it in enumerate(chunk):
+            it["old_logp"] = logp[i, :len(it["ids"])].float().tolist()
+            it["old_value"] = probs[i, :len(it["value_pos"])].float().tolist()
