@@ -18,7 +18,7 @@ import torch
 
 from nanoo1.rewards import equations_hold
 from nanoo1.rl import completion_logprobs, path_gae
-from nanoo1.thoughts import chain_tokens
+from nanoo1.thoughts import chain_tokens, rating_head
 
 
 def outcomes(tree) -> list:
@@ -81,10 +81,10 @@ def chain_items(tokenizer, paths: list[list], rates: dict[int, float] | None = N
     terminal, else 0. A thought's value target is its success rate; a terminal's is r.
     """
     items, trained = [], set()
+    rate = {} if rates is None else rates
     for path in paths:
         ids, spans = chain_tokens(tokenizer, path)
         reward = 1.0 if path[-1].terminal == "success" else 0.0
-        rate = {} if rates is None else rates
         after = [rate.get(n.id, math.exp(min(0.0, n.value if n.value is not None else math.log(0.5)))) for n in path]
         values = torch.tensor(after[:-1])  # entry k: the state before thought k+1 (the root's rate first)
         rewards = torch.zeros(len(path) - 1)
@@ -125,13 +125,9 @@ def collate_chains(items: list[dict], pad_id: int, weights=None, multiple: int =
 
 
 def rating_probs(model, tokenizer, hidden, value_pos):
-    """P(<positive_rating>) read at the given positions (B, K) of hidden (B, T, C): thoughts.rating_logits' math."""
-    rows = [tokenizer.token_id("<positive_rating>"), tokenizer.token_id("<negative_rating>")]
+    """P(<positive_rating>) read at the given positions (B, K) of hidden (B, T, C), in float32."""
     h = hidden[torch.arange(len(value_pos))[:, None], value_pos]  # (B, K, C)
-    logits = torch.nn.functional.linear(h.float(), model.output_embedding[rows].float())  # (B, K, 2)
-    cap = model.config.final_logit_softcapping
-    logits = logits if cap is None else torch.tanh(logits / cap) * cap
-    return torch.softmax(logits, -1)[..., 0]  # (B, K)
+    return torch.softmax(rating_head(model, tokenizer, h.float()), -1)[..., 0]  # (B, K)
 
 
 @torch.no_grad()

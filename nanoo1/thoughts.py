@@ -26,6 +26,8 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
+from nanoo1.model import softcap
+
 META_ACTIONS = ["<problem>", "<expansion>", "<critic>", "<refine>", "<conclusion>"]
 RATINGS = {"positive": "<positive_rating>", "negative": "<negative_rating>", "unknown": "<unknown_rating>"}
 # Hints per meta-action (LLaMA-O1's prompts, reworded). The conclusion asks for \boxed{} (LLaMA-O1 asks
@@ -238,12 +240,14 @@ def rating_logits(model, tokenizer, input_ids, attention_mask):
     if not bool((input_ids[torch.arange(len(last)), last] == start).all()):
         raise ValueError("every value sequence must end with <start_of_rating> (build it with value_prompt)")
     h = model.hidden_states(input_ids, attention_mask)  # (B, T, C)
-    h_last = h[torch.arange(len(last)), last]  # (B, C)
+    return rating_head(model, tokenizer, h[torch.arange(len(last)), last])  # (B, 2)
+
+
+def rating_head(model, tokenizer, hidden):
+    """(l_pos, l_neg) (..., 2) of final hidden states (..., C): the two rating rows of the output embedding,
+    in hidden's dtype, then the final soft-cap (elementwise, so equal to two columns of the full logits)."""
     rows = [tokenizer.token_id("<positive_rating>"), tokenizer.token_id("<negative_rating>")]
-    w = model.output_embedding[rows]  # (2, C)
-    logits = F.linear(h_last, w)  # (B, 2)
-    cap = model.config.final_logit_softcapping
-    return logits if cap is None else torch.tanh(logits / cap) * cap
+    return softcap(F.linear(hidden, model.output_embedding[rows].to(hidden.dtype)), model.config.final_logit_softcapping)
 
 
 def batch_ids(sequences: list[list[int]], pad_id: int, device=None):
