@@ -338,7 +338,8 @@ class Gemma2(nn.Module):
                 positions = q_slots
             at = (int(first) if first == last else start, S)  # one start for all rows: a plain slice write
         if at is not None and isinstance(at[0], int) and T == 1:  # a decode step of rows of one length sees every slot
-            full, slide = None, None if S <= self.config.sliding_window else self.attention_masks(q_slots, k_valid, dtype)[1]
+            full = None  # sliding layers need a mask only once the window no longer covers every slot
+            slide = None if S <= self.config.sliding_window else self.attention_masks(q_slots, k_valid, dtype)[1]
         else:
             full, slide = self.attention_masks(q_slots, k_valid, dtype)
         cos, sin = rope_cos_sin(positions, self.config.head_dim, self.config.rope_theta, dtype)
