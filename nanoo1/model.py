@@ -14,8 +14,8 @@ soft-capped (tanh(s/50)*50) BEFORE the mask, softmax in float32. Even layers (0,
 last `sliding_window` keys. Module and parameter names mirror the Hugging Face checkpoint keys, so the
 official safetensors load by name (`model.layers.3.self_attn.q_proj.weight`, ...).
 
-A `KVCache` holds keys and values of every layer, preallocated, with one length per row: rows of a
-batch may hold prompts of different lengths, and `fork` copies rows so a prompt prefilled once can be
+A `KVCache` holds keys and values of every layer, grown on demand, with one length per row: rows of
+a batch may hold prompts of different lengths, and `fork` copies rows so a prompt prefilled once can be
 continued N ways.
 """
 
@@ -95,16 +95,20 @@ class Gemma2Config:
 
 
 class KVCache:
-    """Keys and values of every layer, preallocated, with a length per row.
+    """Keys and values of every layer, with a length per row, grown on demand up to `max_len` slots.
 
-    k, v: (L, B, H_kv, S, D). Row b holds its tokens in slots 0 .. lengths[b]-1 (left-aligned, no
-    padding inside), so a slot index is also the token's position and rows can differ in length.
+    k, v: (L, B, H_kv, capacity, D). Row b holds its tokens in slots 0 .. lengths[b]-1 (left-aligned, no
+    padding inside), so a slot index is also the token's position and rows can differ in length. The
+    capacity starts small and doubles when a write needs more (`reserve`): a caller sizes max_len for the
+    longest possible generation, while most rows stop far sooner, and zeroing, forking and compacting a
+    cache cost what is in use, not what might be.
     """
 
     def __init__(self, config: Gemma2Config, batch_size: int, max_len: int, dtype=torch.float32, device=None):
-        shape = (config.num_hidden_layers, batch_size, config.num_key_value_heads, max_len, config.head_dim)
-        self.k = torch.zeros(shape, dtype=dtype, device=device)
-        self.v = torch.zeros(shape, dtype=dtype, device=device)
+        self.max_len = max_len
+        self.k = torch.zeros((config.num_hidden_layers, batch_size, config.num_key_value_heads, 0, config.head_dim),
+                             dtype=dtype, device=device)
+        self.v = torch.zeros_like(self.k)
         self.lengths = torch.zeros(batch_size, dtype=torch.long, device=device)  # (B,)
 
     @property
@@ -112,31 +116,47 @@ class KVCache:
         return self.k.shape[1]
 
     @property
-    def max_len(self) -> int:
+    def capacity(self) -> int:
         return self.k.shape[3]
+
+    def _resized(self, x, rows, capacity: int, used: int):
+        """x's rows `rows`, slots 0 .. used-1 copied, in a new (L, len(rows), H_kv, capacity, D) tensor."""
+        L, _, Hkv, _, D = x.shape
+        new = torch.empty((L, len(rows), Hkv, capacity, D), dtype=x.dtype, device=x.device)
+        new[:, :, :, :used] = x[:, rows, :, :used]
+        # the rest is zeros, not left uninitialised: a masked slot still enters softmax(..) @ v, and
+        # 0 * NaN from uninitialised memory would be NaN
+        new[:, :, :, used:].zero_()
+        return new
+
+    def reserve(self, slots: int) -> None:
+        """Make room for `slots` slots per row (at least doubling the capacity, at most max_len)."""
+        if slots > self.max_len:
+            raise ValueError(f"KV cache overflow: need {slots} slots, cache has max_len={self.max_len}")
+        if slots <= self.capacity:
+            return
+        capacity = min(self.max_len, max(slots, 2 * self.capacity, 64))
+        rows = torch.arange(self.batch_size, device=self.k.device)
+        used = int(self.lengths.max()) if self.batch_size else 0
+        self.k, self.v = self._resized(self.k, rows, capacity, used), self._resized(self.v, rows, capacity, used)
 
     def fork(self, rows) -> "KVCache":
         """A new cache whose row i is a copy of row rows[i]: prefill once, continue N ways (no recompute)."""
         rows = torch.as_tensor(rows, dtype=torch.long, device=self.k.device)
-        L, _, Hkv, S, D = self.k.shape
-        new = KVCache.__new__(KVCache)
-        # only the used prefix is copied; the rest is zeros, not torch.empty: a masked slot still enters
-        # softmax(..) @ v, and 0 * NaN from uninitialised memory would be NaN
-        new.k = torch.zeros((L, len(rows), Hkv, S, D), dtype=self.k.dtype, device=self.k.device)
-        new.v = torch.zeros_like(new.k)
         used = int(self.lengths[rows].max()) if len(rows) else 0
-        new.k[:, :, :, :used] = self.k[:, rows, :, :used]
-        new.v[:, :, :, :used] = self.v[:, rows, :, :used]
+        new = KVCache.__new__(KVCache)
+        new.max_len = self.max_len
+        new.k, new.v = self._resized(self.k, rows, self.capacity, used), self._resized(self.v, rows, self.capacity, used)
         new.lengths = self.lengths[rows].clone()
         return new
 
     def write(self, layer: int, k, v, start, S: int):
         """Store new keys and values (B, Hkv, T, D) of `layer` at slots start[b] .. start[b]+T-1 of each row;
-        return the layer's keys and values of slots 0 .. S-1, (B, Hkv, S, D) each.
+        return the layer's keys and values of slots 0 .. S-1, (B, Hkv, S, D) each. `reserve(S)` first.
 
         start: (B,) tensor, or an int when every row starts at the same slot (a plain slice copy then)."""
         T = k.shape[2]
-        ck, cv = self.k[layer], self.v[layer]  # (B, Hkv, S_max, D)
+        ck, cv = self.k[layer], self.v[layer]  # (B, Hkv, capacity, D)
         k, v = k.to(ck.dtype), v.to(cv.dtype)  # under autocast the projections come out in the compute dtype
         if isinstance(start, int):
             ck[:, :, start:start + T] = k
@@ -144,7 +164,7 @@ class KVCache:
         else:
             slots = start[:, None] + torch.arange(T, device=k.device)  # (B, T)
             rows = torch.arange(k.shape[0], device=k.device)[:, None]  # (B, 1)
-            ck[rows, :, slots] = k.transpose(1, 2)  # (B, T, Hkv, D) into (B, Hkv, S_max, D)
+            ck[rows, :, slots] = k.transpose(1, 2)  # (B, T, Hkv, D) into (B, Hkv, capacity, D)
             cv[rows, :, slots] = v.transpose(1, 2)
         return ck[:, :, :S], cv[:, :, :S]
 
@@ -331,8 +351,7 @@ class Gemma2(nn.Module):
             q_slots = start[:, None] + torch.arange(T, device=dev)  # (B, T)
             first, last = start.aminmax()
             S = int(last) + T  # slots in use once these tokens are in
-            if S > cache.max_len:
-                raise ValueError(f"KV cache overflow: need {S} slots, cache has max_len={cache.max_len}")
+            cache.reserve(S)  # raises on overflow
             k_valid = torch.ones(B, S, dtype=torch.bool, device=dev)  # causality alone hides the stale slots
             if positions is None:
                 positions = q_slots
