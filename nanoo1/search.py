@@ -21,12 +21,15 @@ alone. The policy writes the meta tag of each thought itself.
   model plugs in as `scorer(paths) -> scores`. Every beam is expanded into `expand` thoughts, the best
   `n` of all of them are kept; a kept conclusion leaves the beam as finished, the best finished wins.
 - mcts: `mcts.mcts` without ground truths.
+
+`checked_greedy` (not one of the methods above: it needs a step checker) is greedy with the checker as a
+tool; self-play uses it to collect chains to imitate.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable
 
 import torch
@@ -304,6 +307,76 @@ def beam_search(policy, questions: list[str], config: SearchConfig,
             finished[i] += [(s, c) for s, c in kept if c.meta == "<conclusion>"]
             beams[i] = [c for _, c in kept if c.terminal is None]
     return [_result("beam", t, max(f, key=lambda sc: sc[0])[1] if f else None, s) for t, f, s in zip(trees, finished, spent)]
+
+
+def checked_greedy(policy, questions: list[str], verify: Callable[[str], bool] | None, config: SearchConfig | None = None,
+                   k: int = 8, temperature: float = 1.0) -> list[SearchResult]:
+    """Greedy decoding with a step checker as a tool: a greedy thought that `verify` rejects is replaced by
+    the most probable (by prior) of k thoughts sampled at `temperature` that it accepts; where none does,
+    the chain ends without an answer. A chain also ends at a <conclusion> or at config.max_depth.
+
+    The model's own greedy chain, fixed only where it slipped: self-play's cheapest search (no value pass),
+    whose successful chains show the policy what it would have written had it not slipped. A policy with
+    `rollout` writes the greedy chain in one cached generation, checked afterwards: the thoughts after the
+    first rejected one are dropped, and greedy goes on from the fix in a new rollout. Otherwise it grows one
+    thought per round. verify None: plain greedy.
+    """
+    config = config or SearchConfig()
+    trees, spent = [Tree(q) for q in questions], [Spent() for _ in questions]
+    ends = [None] * len(questions)
+
+    def charge(requests, proposed):
+        for (i, _), chains in zip(requests, proposed):
+            for c in chains:
+                spent[i].generated += len(c.tokens)
+                spent[i].prompt += c.prompt_tokens
+
+    def greedy_chains(requests):  # per request, the greedy thoughts from its node on, with the ids they will get
+        if hasattr(policy, "rollout"):
+            chains = [chain for (chain,) in policy.rollout([r for _, r in requests], config.max_depth)]
+        else:
+            chains = [[replace(c, node_id=r.child_id(0))] for (_, r), (c,) in zip(requests, policy.propose([r for _, r in requests]))]
+        charge(requests, chains)
+        return chains
+
+    def add(i, node, c, node_id):  # a thought keeps the id its header named
+        return trees[i].add(node, c.meta, c.text, node_id=node_id, prior=c.prior, entropy=c.entropy,
+                            varentropy=c.varentropy, tokens=list(c.tokens), logprobs=list(c.logprobs), prompt=c.prompt)
+
+    def done(i, node) -> bool:
+        if node.meta == "<conclusion>" or node.depth >= config.max_depth:
+            ends[i] = node
+            return True
+        return False
+
+    live = [(i, t.root) for i, t in enumerate(trees)]
+    while live:
+        requests = [(i, _request(trees[i], node, 1, 0.0)) for i, node in live]
+        next_live, retry = [], []
+        for (i, r), chain in zip(requests, greedy_chains(requests)):
+            node = r.node
+            for c in chain or [None]:
+                if c is None:  # nothing generated (a spent budget): the chain ends without an answer
+                    break
+                if verify is not None and not verify(c.text):
+                    retry.append((i, _request(trees[i], node, k, temperature)))
+                    break
+                node = add(i, node, c, c.node_id)
+                if done(i, node):
+                    break
+            else:
+                next_live.append((i, node))
+        proposed = policy.propose([r for _, r in retry]) if retry else []
+        charge(retry, proposed)
+        for (i, r), candidates in zip(retry, proposed):
+            passed = [j for j, c in enumerate(candidates) if verify(c.text)]
+            if passed:
+                j = max(passed, key=lambda j: candidates[j].prior)  # the first of equals
+                node = add(i, r.node, candidates[j], r.child_id(j))
+                if not done(i, node):
+                    next_live.append((i, node))
+        live = next_live
+    return [_result("checked_greedy", t, e, s) for t, e, s in zip(trees, ends, spent)]
 
 
 def search(policy, questions: list[str], config: SearchConfig | None = None,

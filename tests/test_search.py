@@ -10,7 +10,9 @@ import nanoo1.search as search_module
 from conftest import ScriptedPolicy, decoy_script, path_key, random_model
 from nanoo1.mcts import MCTSConfig, Request, mcts
 from nanoo1.model import Gemma2Config
-from nanoo1.search import LMPolicy, SearchConfig, best_value, grade, majority_vote, search, weighted_vote
+from nanoo1.rewards import equations_hold
+from nanoo1.search import (LMPolicy, SearchConfig, best_value, checked_greedy, grade, majority_vote, search,
+                           weighted_vote)
 from nanoo1.engine import generate
 from nanoo1.thoughts import Tree, policy_prompt, rating_values, render_path, value_prompt
 
@@ -105,6 +107,38 @@ def beam_value(key):
     text = key[-1].split(">", 1)[1]
     name = "=" + text[len("The answer is \\boxed{"):-1] if text.startswith("The answer") else text
     return math.log(BEAM.get(name, ([], 0.5))[1])
+
+
+def slip_script(key):
+    """Greedy writes 7 + 5 = 13 (prior .8); of the steps that hold, 5 + 7 = 12 (.4) is likelier than 7 + 5 = 12 (.3)."""
+    if not key:
+        return [("<expansion>", "7 + 5 = 13", 0.8), ("<expansion>", "7 + 5 = 12", 0.3), ("<expansion>", "5 + 7 = 12", 0.4)]
+    if len(key) == 1:
+        return [("<expansion>", "12 - 3 = 9", 0.6), ("<expansion>", "12 - 3 = 8", 0.3)]
+    return [("<conclusion>", "The answer is \\boxed{9}", 0.9)]
+
+
+def test_checked_greedy_replaces_a_rejected_step_by_the_likeliest_that_holds():
+    policy = ScriptedPolicy(slip_script, lambda key: 0.0)
+    (result,) = checked_greedy(policy, [QUESTION], equations_hold, k=4)
+    path = result.tree.path(result.tree.node(result.path[-1]))
+    assert path_key(path) == ("<expansion>5 + 7 = 12", "<expansion>12 - 3 = 9", "<conclusion>The answer is \\boxed{9}")
+    assert result.answer == "9" and result.method == "checked_greedy"
+    # greedy's step, rejected; four samples of it (13, 12, 12', 13 in script order); then greedy twice, no value calls
+    assert policy.propose_calls == [[1], [4], [1], [1]] and policy.evaluate_calls == []
+    assert path[1].id == 3  # the sample's header named id 1 + 2 (the third of the four), and it keeps that id
+    assert len(result.tree.nodes) == 4  # the rejected step and the samples not taken are not in the tree
+    assert result.spent.generated == 6 + 4 * 6 + 6 + 5  # a scripted thought: one token per word and <end_of_thought>
+    plain, = checked_greedy(ScriptedPolicy(slip_script, lambda key: 0.0), [QUESTION], None)  # no checker: plain greedy
+    assert path_key(plain.tree.path(plain.tree.node(plain.path[-1])))[0] == "<expansion>7 + 5 = 13"
+
+
+def test_checked_greedy_ends_without_an_answer_where_no_sample_holds():
+    def wrong(key):
+        return [("<expansion>", "7 + 5 = 13", 0.8), ("<expansion>", "7 + 5 = 11", 0.2)]
+    policy = ScriptedPolicy(wrong, lambda key: 0.0)
+    (result,) = checked_greedy(policy, [QUESTION], equations_hold, k=3)
+    assert result.answer is None and result.path == [result.tree.root.id] and policy.propose_calls == [[1], [3]]
 
 
 def test_beam_search_keeps_the_best_n_of_all_expansions():
@@ -274,6 +308,31 @@ def format_model(tiny_tokenizer):
                            random.Random(0), tiny_tokenizer.pad_id)
     train_sft(model, batches, SFTConfig(steps=60, batch_size=16, bf16=False, warmup=5), progress=False)
     return model.requires_grad_(False).eval()
+
+
+def test_checked_greedy_on_the_warm_start_rolls_out_what_greedy_writes_and_fixes_its_slips():
+    from nanoo1.checkpoint import load_pretrained
+    from nanoo1.tasks import TINY_DIR, load_jsonl
+
+    model, tok = load_pretrained(TINY_DIR / "warmstart", dtype="float32")
+    questions = [p.question for p in load_jsonl(TINY_DIR / "test.jsonl")[:12]]
+
+    class ThoughtByThought:  # LMPolicy without `rollout`: one propose call per thought
+        def __init__(self, inner):
+            self.propose, self.evaluate = inner.propose, inner.evaluate
+
+    def chains(results):
+        return [[(n.id, n.meta, n.text) for n in r.tree.path(r.tree.node(r.path[-1]))] for r in results]
+
+    policy = LMPolicy(model, tok, temperature=0.7, max_thought_tokens=32, seed=0)
+    plain = search(policy, questions, SearchConfig(method="greedy"))
+    # without a checker: greedy, whether rolled out in one generation per round or grown thought by thought
+    assert chains(checked_greedy(policy, questions, None)) == chains(plain)
+    assert chains(checked_greedy(ThoughtByThought(policy), questions, None)) == chains(plain)
+    checked = checked_greedy(policy, questions, equations_hold)
+    assert all(equations_hold(n.text) for r in checked for n in r.tree.nodes[1:])  # only accepted thoughts are kept
+    fixed = [r for r, g in zip(checked, plain) if r.path != g.path]
+    assert fixed and all(len(r.tree.nodes) == len(r.path) for r in checked if r.answer is not None)  # one chain per tree
 
 
 def test_rollout_equals_thought_by_thought_generation(format_model, tiny_tokenizer):
