@@ -4,6 +4,7 @@
          -> tree_chains (the root-to-outcome paths to train) -> chain_items (ids, trained tokens, GAE
             advantages, value positions and targets) -> stamp_old (the collecting policy's log-probs and
             values) -> collate_chains (padded batches for rl.ppo_step)
+    successful chains of any search -> imitation_items (whole lines, for sft.lm_loss)
 
 A searched tree records what the search learned about each thought: which chains succeeded (the ground
 truth judged their conclusions) and, with a step checker, where a chain first went wrong. selfplay.py
@@ -18,7 +19,7 @@ import torch
 
 from nanoo1.rewards import equations_hold
 from nanoo1.rl import completion_logprobs, path_gae
-from nanoo1.thoughts import chain_tokens, rating_head
+from nanoo1.thoughts import chain_tokens, rating_head, render_node
 
 
 def outcomes(tree) -> list:
@@ -102,6 +103,18 @@ def chain_items(tokenizer, paths: list[list], rates: dict[int, float] | None = N
                 mask[t], advantages[t] = 1, float(adv[k])
         items.append({"ids": ids, "mask": mask, "advantages": advantages, "value_pos": value_pos,
                       "value_target": value_target})
+    return items
+
+
+def imitation_items(tokenizer, paths: list[list]) -> list[tuple[list[int], list[int]]]:
+    """(ids, loss mask) of successful chains to imitate, as the warm start was trained (sft.thought_example):
+    every line after the question (headers, thoughts, ratings) and the closing <eos>. The thoughts' ids
+    are those they were sampled as (`chain_tokens`)."""
+    items = []
+    for path in paths:
+        ids, _ = chain_tokens(tokenizer, path)
+        question = len(tokenizer.encode(render_node(path[0]) + "\n"))
+        items.append((ids + [tokenizer.eos_id], [0] * question + [1] * (len(ids) - question + 1)))
     return items
 
 

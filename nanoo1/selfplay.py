@@ -3,6 +3,7 @@
     warm start (SFT)  ->  repeat: MCTS over training problems (ground truth checks the conclusions)
                                   -> root-to-outcome chains with GAE advantages and value targets (experience.py)
                                   -> prioritized replay -> PPO on policy and rating-token value
+                                  -> checked greedy over more training problems -> imitation of its successes
                       ->  held-out accuracy of greedy, best-of-N and MCTS, before and after
 
 `--algo grpo` replaces MCTS + PPO by Elastic Reasoning's budgeted GRPO rollouts (the <think> format).
@@ -10,7 +11,7 @@ Every iteration writes a checkpoint (Hugging Face layout + replay buffer + optim
 `--resume DIR` continues a run exactly. Metrics go to DIR/metrics.jsonl; the last line printed is one
 JSON object with the headline figures.
 
-    python -m nanoo1.selfplay --tiny                       # about 4 to 5 minutes on 2 CPU cores
+    python -m nanoo1.selfplay --tiny                       # about 8 to 9 minutes on 2 CPU cores
     python -m nanoo1.selfplay --tiny --from-scratch        # redo the warm start too
     python -m nanoo1.selfplay --model qq8933/OpenLongCoT-Base-Gemma2-2B --data train.jsonl --test-data test.jsonl
 """
@@ -29,13 +30,14 @@ import torch
 
 from nanoo1.checkpoint import load_pretrained, save_pretrained
 from nanoo1.engine import generate_budgeted, hold_freed_memory
-from nanoo1.experience import chain_items, collate_chains, rating_probs, stamp_old, success_rates, tree_chains
+from nanoo1.experience import chain_items, collate_chains, imitation_items, rating_probs, stamp_old, success_rates, tree_chains
 from nanoo1.eval import EVAL_MCTS, EvalResult, add_config_flags, evaluate, evaluate_budgeted
 from nanoo1.mcts import MCTSConfig, mcts
 from nanoo1.replay import PrioritizedReplay, beta_by_step
 from nanoo1.rewards import check, equations_hold
 from nanoo1.rl import GRPOConfig, PPOConfig, grpo_advantages, grpo_step, ppo_step, value_loss
-from nanoo1.search import LMPolicy
+from nanoo1.search import LMPolicy, SearchConfig, checked_greedy, grade
+from nanoo1.sft import collate, lm_loss
 from nanoo1.tasks import TINY_DIR, load_jsonl, think_prompt
 from nanoo1.thoughts import batch_ids
 from nanoo1.warmstart import WARMSTART_DIR, train_warmstart
@@ -50,8 +52,8 @@ class SelfPlayConfig:
     data: str = str(TINY_DIR / "train.jsonl")  # training problems (GSM8K-style jsonl)
     test_data: str = str(TINY_DIR / "test.jsonl")  # held-out problems
     eval_problems: int = 200  # held-out problems in the before/after tables
-    iterations: int = 12  # self-play iterations
-    problems_per_iteration: int = 48  # problems searched per iteration
+    iterations: int = 10  # self-play iterations
+    problems_per_iteration: int = 32  # problems searched by MCTS per iteration
     simulations: int = 3  # MCTS simulations per training problem (each rolls its new thoughts out)
     num_candidates: int = 4  # thoughts per expansion
     temperature: float = 0.7  # sampling temperature during self-play and search
@@ -60,13 +62,17 @@ class SelfPlayConfig:
     #                               terminal in the search, and so is the end of a rolled-out chain with one
     chains_per_tree: int = 4  # root-to-outcome chains trained per tree (`experience.outcomes`): successes first, then failures
     lr: float = 1e-4  # AdamW learning rate (higher rates sharpen the tiny policy onto its own samples and cost greedy accuracy)
-    updates_per_iteration: int = 6  # PPO minibatch updates per iteration
+    updates_per_iteration: int = 4  # PPO minibatch updates per iteration
     minibatch: int = 32  # chains per PPO update
     clip_eps: float = 0.2  # PPO ratio clip
     vf_coef: float = 0.5  # weight of the rating-token value loss
     gamma: float = 0.99  # GAE discount along a chain
     lam: float = 0.95  # GAE lambda
     replay_capacity: int = 1024  # chains kept in the prioritized replay buffer
+    imitation_problems: int = 360  # per iteration, more training problems for `search.checked_greedy` (greedy whose
+    #                                rejected steps are resampled); the policy imitates its successes (0: PPO alone)
+    imitation_lr: float = 3e-4  # learning rate of the imitation steps (one pass over each iteration's successes)
+    imitation_batch: int = 32  # chains per imitation step
     alpha: float = 0.6  # replay priority exponent
     group_size: int = 8  # GRPO: samples per problem
     think_budget: int = 48  # GRPO: thinking tokens before </think> is forced
@@ -118,6 +124,35 @@ def ppo_iteration(model, tokenizer, opt, replay, policy, problems, it: int, conf
     model.eval()
     mean = {k: sum(s[k] for s in stats) / len(stats) for k in stats[0]}
     return {"solved": solved, "chains": len(items), **{k: mean[k] for k in ("policy_loss", "value_loss", "clip_frac", "approx_kl")}}
+
+
+def imitation_iteration(model, tokenizer, opt, policy, problems, rng: random.Random, config: SelfPlayConfig) -> dict:
+    """Expert iteration on a cheap search: `checked_greedy` over the problems, then one pass of supervised
+    steps (whole lines, as the warm start was trained) over the chains whose conclusion the ground truth
+    accepts. The model's own greedy chains, fixed where the step checker caught a slip, are the densest
+    lesson self-play has: they show the policy what it would have written had it not slipped, on many more
+    problems per second than MCTS reaches."""
+    results = checked_greedy(policy, [p.question for p in problems], step_checker(config), SearchConfig(),
+                             k=2 * config.num_candidates)
+    wins = [r.tree.path(r.tree.node(r.path[-1])) for r, ok in zip(results, grade(results, [p.answer for p in problems])) if ok]
+    items = imitation_items(tokenizer, wins)
+    rng.shuffle(items)
+    losses = []
+    model.train()
+    for group in opt.param_groups:
+        group["lr"] = config.imitation_lr
+    for s in range(0, len(items) - config.imitation_batch + 1, config.imitation_batch):
+        ids, attn, mask = collate(items[s:s + config.imitation_batch], tokenizer.pad_id)
+        loss = lm_loss(model, ids, attn, mask, config.bf16)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        losses.append(loss.item())
+    for group in opt.param_groups:
+        group["lr"] = config.lr
+    model.eval()
+    return {"imitation_solved": len(wins) / max(1, len(problems)), "imitation_loss": sum(losses) / max(1, len(losses))}
 
 
 def grpo_iteration(model, tokenizer, opt, problems, it: int, config: SelfPlayConfig) -> dict:
@@ -226,9 +261,11 @@ def run(config: SelfPlayConfig, resume: str | None = None, from_scratch: bool = 
     bar = tqdm(range(first, config.iterations), desc=f"self-play ({config.algo})", disable=not progress,
                initial=first, total=config.iterations)
     for it in bar:
-        problems = rng.sample(train, config.problems_per_iteration)
+        problems = rng.sample(train, config.problems_per_iteration + (config.imitation_problems if config.algo == "ppo" else 0))
         if config.algo == "ppo":
-            m = ppo_iteration(model, tokenizer, opt, replay, policy, problems, it, config)
+            m = ppo_iteration(model, tokenizer, opt, replay, policy, problems[:config.problems_per_iteration], it, config)
+            if config.imitation_problems:
+                m.update(imitation_iteration(model, tokenizer, opt, policy, problems[config.problems_per_iteration:], rng, config))
         else:
             m = grpo_iteration(model, tokenizer, opt, problems, it, config)
         if config.eval_every and (it + 1) % config.eval_every == 0:
@@ -237,7 +274,7 @@ def run(config: SelfPlayConfig, resume: str | None = None, from_scratch: bool = 
         metrics.append(m)
         with open(out / "metrics.jsonl", "a", encoding="utf-8") as f:
             f.write(json.dumps(m) + "\n")
-        bar.set_postfix({k: f"{v:.3f}" for k, v in m.items() if k in ("solved", "reward", "greedy_quick", "value_loss")})
+        bar.set_postfix({k: f"{v:.3f}" for k, v in m.items() if k in ("solved", "imitation_solved", "reward", "greedy_quick")})
         save_state(out, it, model, tokenizer, opt, replay, policy, rng, metrics)
     eval_all("after")
     final = save_pretrained(model, tokenizer, out / "final")

@@ -3,9 +3,10 @@
 import pytest
 import torch
 
-from nanoo1.experience import chain_items, collate_chains, outcomes, relabel_lucky, success_rates, tree_chains
+from nanoo1.experience import (chain_items, collate_chains, imitation_items, outcomes, relabel_lucky, success_rates,
+                               tree_chains)
 from nanoo1.tasks import TINY_DIR, make_problems
-from nanoo1.thoughts import Tree
+from nanoo1.thoughts import Tree, render_node, render_path
 from nanoo1.tokenizer import Tokenizer
 
 
@@ -69,3 +70,15 @@ def test_a_rollout_with_a_rejected_step_counts_once_and_ends_there():
     rates = success_rates(tree)
     assert rates[a.id] == rates[bad.id] == 0.25 and rates[tree.root.id] == (1 + 0.5) / (2 + 1) and end.id not in rates
     assert [path[-1] for path in tree_chains(tree, 4)] == [win, bad]
+
+
+def test_imitation_items_train_every_line_after_the_question_and_the_eos():
+    tok = Tokenizer.from_file(TINY_DIR)
+    (p,) = make_problems(1, seed=0)
+    tree = Tree(p.question)
+    a = tree.add(tree.root, "<expansion>", "18 / 3 = 6")
+    end = tree.add(a, "<conclusion>", "The answer is \\boxed{11}", terminal="success")
+    (ids, mask), = imitation_items(tok, [tree.path(end)])
+    question = tok.encode(render_node(tree.root) + "\n")
+    assert ids == tok.encode(render_path(tree.path(end))) + [tok.eos_id]  # the rendered chain, then <eos>
+    assert ids[:len(question)] == question and mask == [0] * len(question) + [1] * (len(ids) - len(question))

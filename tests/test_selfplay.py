@@ -25,14 +25,15 @@ def warmstart(tmp_path_factory):
 def small(out, warmstart, **kw):
     settings = dict(out=str(out), warmstart=str(warmstart), eval_problems=3, iterations=2, problems_per_iteration=3,
                     simulations=2, updates_per_iteration=2, minibatch=4, best_of_n=2, eval_simulations=2, eval_every=0,
-                    max_thought_tokens=12)
+                    max_thought_tokens=12, imitation_problems=3, imitation_batch=2)
     return SelfPlayConfig(**{**settings, **kw})
 
 
 def test_short_run_writes_metrics_checkpoints_and_final_json(tmp_path, warmstart, capsys):
     main(["--tiny", "--model", str(warmstart), "--out", str(tmp_path), "--eval-problems", "3", "--iterations", "2",
           "--problems-per-iteration", "3", "--simulations", "2", "--updates-per-iteration", "1", "--minibatch", "4",
-          "--best-of-n", "2", "--eval-simulations", "2", "--eval-every", "1", "--max-thought-tokens", "12", "--no-progress"])
+          "--best-of-n", "2", "--eval-simulations", "2", "--eval-every", "1", "--max-thought-tokens", "12", "--imitation-problems", "3",
+          "--imitation-batch", "2", "--no-progress"])
     last = capsys.readouterr().out.strip().splitlines()[-1]
     summary = json.loads(last)
     for key in ("sft_greedy", "final_greedy", "final_mcts", "wall_s", "checkpoint"):
@@ -56,6 +57,25 @@ def test_resume_continues_exactly_and_seeds_repeat(tmp_path, warmstart):
     assert {k: v for k, v in straight.items() if k not in drop} == {k: v for k, v in resumed.items() if k not in drop}
     again = run(small(tmp_path / "c", warmstart), progress=False)
     assert {k: v for k, v in straight.items() if k not in drop} == {k: v for k, v in again.items() if k not in drop}
+
+
+def test_imitation_steps_resume_exactly(tmp_path, warmstart, monkeypatch):
+    """A random model never reaches a right answer: every chain counts as a success here, so imitation steps run."""
+    import nanoo1.selfplay as selfplay
+
+    monkeypatch.setattr(selfplay, "grade", lambda results, truths: [len(r.path) > 1 for r in results])
+    kw = dict(check_equations=False, problems_per_iteration=2, imitation_problems=4, eval_simulations=1, best_of_n=1)
+    straight = run(small(tmp_path / "a", warmstart, **kw), progress=False)
+    run(small(tmp_path / "b", warmstart, iterations=1, **kw), progress=False)
+    resumed = run(small(tmp_path / "b", warmstart, **kw), resume=str(tmp_path / "b"), progress=False)
+    assert {k: v for k, v in straight.items() if k not in ("wall_s", "checkpoint")} == \
+        {k: v for k, v in resumed.items() if k not in ("wall_s", "checkpoint")}
+    a, _ = load_pretrained(tmp_path / "a" / "final")
+    b, _ = load_pretrained(tmp_path / "b" / "final")
+    metrics = [json.loads(line) for line in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()[1:-1]]
+    # 4 chains, batches of 2: two imitation steps per iteration, each with a loss
+    assert [m["imitation_solved"] for m in metrics] == [1.0, 1.0] and all(m["imitation_loss"] > 0 for m in metrics)
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
 
 
 def test_eval_command_writes_one_row_per_method_and_budget(tmp_path, warmstart, capsys):
