@@ -86,6 +86,13 @@ class Spent:
 
 
 # -- expansion and terminals ---------------------------------------------------------------------------
+def add_candidate(tree: Tree, parent: Node, c: Candidate, node_id: int | None = None) -> Node:
+    """Put a sampled thought into the tree under `parent`, with what search and RL keep of it; its id is
+    the tree's next one, or `node_id` (the id its header named)."""
+    return tree.add(parent, c.meta, c.text, node_id=node_id, prior=c.prior, entropy=c.entropy, varentropy=c.varentropy,
+                    tokens=list(c.tokens), logprobs=list(c.logprobs), prompt=c.prompt, terminal=c.terminal)
+
+
 def expand(policy, requests: list[Request]) -> tuple[list[list[Node]], list[Spent]]:
     """Add every request's candidates as children (one propose call) and rate them all (one evaluate call).
 
@@ -100,9 +107,7 @@ def expand(policy, requests: list[Request]) -> tuple[list[list[Node]], list[Spen
         next_id[id(r.tree)] = r.first_id + r.k
     children, spent = [], []
     for r, candidates in zip(requests, policy.propose(requests)):
-        kids = [r.tree.add(r.node, c.meta, c.text, prior=c.prior, entropy=c.entropy, varentropy=c.varentropy,
-                           tokens=list(c.tokens), logprobs=list(c.logprobs), prompt=c.prompt, terminal=c.terminal)
-                for c in candidates]
+        kids = [add_candidate(r.tree, r.node, c) for c in candidates]
         if [k.id for k in kids] != [r.child_id(j) for j in range(r.k)]:
             raise RuntimeError(f"children got ids {[k.id for k in kids]}, their prompts named {[r.child_id(j) for j in range(r.k)]}")
         children.append(kids)
@@ -150,8 +155,7 @@ def add_chains(requests: list[Request], chains: list[list[list[Candidate]]]) -> 
         i, parent_id, c = placed[key]
         r = requests[i]
         parent = nodes[(key[0], parent_id)] if parent_id is not None else r.node
-        node = r.tree.add(parent, c.meta, c.text, prior=c.prior, entropy=c.entropy, varentropy=c.varentropy,
-                          tokens=list(c.tokens), logprobs=list(c.logprobs))
+        node = add_candidate(r.tree, parent, c)
         if node.id != c.node_id:
             raise RuntimeError(f"a rolled-out thought named id {c.node_id} in its header but became node {node.id}")
         nodes[key] = node

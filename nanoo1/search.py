@@ -35,8 +35,8 @@ from typing import Callable
 import torch
 
 from nanoo1.engine import feed, generate
-from nanoo1.mcts import (LOG_HALF, Candidate, MCTSConfig, Request, SearchResult, Spent, answer_of, best_value, expand, judge,
-                         majority_vote, mcts, simulate, weighted_vote)
+from nanoo1.mcts import (LOG_HALF, Candidate, MCTSConfig, Request, SearchResult, Spent, add_candidate, answer_of, best_value,
+                         expand, judge, majority_vote, mcts, simulate, weighted_vote)
 from nanoo1.rewards import check
 from nanoo1.thoughts import Node, Tree, header, parse_thought, render_path, value_sequences
 
@@ -339,10 +339,6 @@ def checked_greedy(policy, questions: list[str], verify: Callable[[str], bool] |
         charge(requests, chains)
         return chains
 
-    def add(i, node, c, node_id):  # a thought keeps the id its header named
-        return trees[i].add(node, c.meta, c.text, node_id=node_id, prior=c.prior, entropy=c.entropy,
-                            varentropy=c.varentropy, tokens=list(c.tokens), logprobs=list(c.logprobs), prompt=c.prompt)
-
     def done(i, node) -> bool:
         if node.meta == "<conclusion>" or node.depth >= config.max_depth:
             ends[i] = node
@@ -361,7 +357,7 @@ def checked_greedy(policy, questions: list[str], verify: Callable[[str], bool] |
                 if verify is not None and not verify(c.text):
                     retry.append((i, _request(trees[i], node, k, temperature)))
                     break
-                node = add(i, node, c, c.node_id)
+                node = add_candidate(trees[i], node, c, c.node_id)
                 if done(i, node):
                     break
             else:
@@ -372,7 +368,7 @@ def checked_greedy(policy, questions: list[str], verify: Callable[[str], bool] |
             passed = [j for j, c in enumerate(candidates) if verify(c.text)]
             if passed:
                 j = max(passed, key=lambda j: candidates[j].prior)  # the first of equals
-                node = add(i, r.node, candidates[j], r.child_id(j))
+                node = add_candidate(trees[i], r.node, candidates[j], r.child_id(j))
                 if not done(i, node):
                     next_live.append((i, node))
         live = next_live
