@@ -101,7 +101,7 @@ class KVCache:
     padding inside), so a slot index is also the token's position and rows can differ in length. The
     capacity starts small and doubles when a write needs more (`reserve`): a caller sizes max_len for the
     longest possible generation, while most rows stop far sooner, and zeroing, forking and compacting a
-    cache cost what is in use, not what might be.
+    cache cost about what is in use (at most twice), not what might be.
     """
 
     def __init__(self, config: Gemma2Config, batch_size: int, max_len: int, dtype=torch.float32, device=None):
@@ -119,16 +119,6 @@ class KVCache:
     def capacity(self) -> int:
         return self.k.shape[3]
 
-    def _resized(self, x, rows, capacity: int, used: int):
-        """x's rows `rows`, slots 0 .. used-1 copied, in a new (L, len(rows), H_kv, capacity, D) tensor."""
-        L, _, Hkv, _, D = x.shape
-        new = torch.empty((L, len(rows), Hkv, capacity, D), dtype=x.dtype, device=x.device)
-        new[:, :, :, :used] = x[:, rows, :, :used]
-        # the rest is zeros, not left uninitialised: a masked slot still enters softmax(..) @ v, and
-        # 0 * NaN from uninitialised memory would be NaN
-        new[:, :, :, used:].zero_()
-        return new
-
     def reserve(self, slots: int) -> None:
         """Make room for `slots` slots per row (at least doubling the capacity, at most max_len)."""
         if slots > self.max_len:
@@ -136,17 +126,25 @@ class KVCache:
         if slots <= self.capacity:
             return
         capacity = min(self.max_len, max(slots, 2 * self.capacity, 64))
-        rows = torch.arange(self.batch_size, device=self.k.device)
-        used = int(self.lengths.max()) if self.batch_size else 0
-        self.k, self.v = self._resized(self.k, rows, capacity, used), self._resized(self.v, rows, capacity, used)
+        self.k, self.v = self._grown(self.k, capacity), self._grown(self.v, capacity)
+
+    @staticmethod
+    def _grown(x, capacity: int):
+        new = x.new_empty(x.shape[:3] + (capacity, x.shape[4]))
+        new[:, :, :, :x.shape[3]] = x
+        # the new slots are zeros, not left uninitialised: a masked slot still enters softmax(..) @ v, and
+        # 0 * NaN from uninitialised memory would be NaN
+        new[:, :, :, x.shape[3]:].zero_()
+        return new
 
     def fork(self, rows) -> "KVCache":
         """A new cache whose row i is a copy of row rows[i]: prefill once, continue N ways (no recompute)."""
         rows = torch.as_tensor(rows, dtype=torch.long, device=self.k.device)
-        used = int(self.lengths[rows].max()) if len(rows) else 0
         new = KVCache.__new__(KVCache)
         new.max_len = self.max_len
-        new.k, new.v = self._resized(self.k, rows, self.capacity, used), self._resized(self.v, rows, self.capacity, used)
+        # whole rows, one gather each: a slot past a row's length holds zeros or the key of a padding token
+        # fed beside longer rows, finite either way and hidden by causality
+        new.k, new.v = self.k.index_select(1, rows), self.v.index_select(1, rows)
         new.lengths = self.lengths[rows].clone()
         return new
 
@@ -170,7 +168,7 @@ class KVCache:
 
     def keep(self, rows) -> None:
         """Drop every row not in `rows` (in place), e.g. the rows that finished generating."""
-        kept = self.fork(rows)  # copies only the slots in use
+        kept = self.fork(rows)
         self.k, self.v, self.lengths = kept.k, kept.v, kept.lengths
 
 
