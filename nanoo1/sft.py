@@ -157,6 +157,20 @@ def lr_at(step: int, config: SFTConfig) -> float:
     return config.lr * (config.min_lr_ratio + (1 - config.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
+def sft_step(model, opt, batch, lr: float, bf16: bool = False, grad_clip: float = 1.0) -> float:
+    """One optimizer step of lm_loss on a batch (ids, attention mask, loss mask) at learning rate lr,
+    the gradient clipped to norm grad_clip; returns the loss."""
+    for group in opt.param_groups:
+        group["lr"] = lr
+    ids, attn, mask = (x.to(model.output_embedding.device) for x in batch)
+    loss = lm_loss(model, ids, attn, mask, bf16)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    opt.step()
+    return loss.item()
+
+
 def train_sft(model, batches, config: SFTConfig, callback=None, progress: bool = True) -> list[float]:
     """Train `model` in place on batches from make_batches; callback(step, loss) runs after every step
     (logging, evaluation). AdamW, linear warm-up then cosine decay, gradient clipping. Returns the losses."""
@@ -170,16 +184,7 @@ def train_sft(model, batches, config: SFTConfig, callback=None, progress: bool =
     losses = []
     bar = tqdm(range(config.steps), desc="sft", disable=not progress)
     for step in bar:
-        for group in opt.param_groups:
-            group["lr"] = lr_at(step, config)
-        ids, attn, mask = next(batches)
-        loss = lm_loss(model, ids.to(model.output_embedding.device), attn.to(model.output_embedding.device),
-                       mask.to(model.output_embedding.device), config.bf16)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-        opt.step()
-        losses.append(loss.item())
+        losses.append(sft_step(model, opt, next(batches), lr_at(step, config), config.bf16, config.grad_clip))
         bar.set_postfix(loss=f"{losses[-1]:.3f}")
         if callback is not None:
             callback(step, losses[-1])
