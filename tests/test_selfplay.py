@@ -1,13 +1,15 @@
 """A short self-play run end to end: metrics, checkpoints, the final JSON, exact resume, determinism."""
 
 import json
+from dataclasses import replace
 
 import pytest
 import torch
 
 from conftest import random_model
 from nanoo1.checkpoint import load_pretrained, save_pretrained
-from nanoo1.selfplay import SelfPlayConfig, main, run
+from nanoo1.replay import PrioritizedReplay
+from nanoo1.selfplay import SelfPlayConfig, iteration_config, main, run
 from nanoo1.tasks import TINY_DIR
 from nanoo1.tokenizer import Tokenizer
 from nanoo1.warmstart import TINY_MODEL
@@ -73,8 +75,11 @@ def test_imitation_steps_resume_exactly(tmp_path, warmstart, monkeypatch):
     a, _ = load_pretrained(tmp_path / "a" / "final")
     b, _ = load_pretrained(tmp_path / "b" / "final")
     metrics = [json.loads(line) for line in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()[1:-1]]
-    # 4 chains, batches of 2: two imitation steps per iteration, each with a loss
+    # 4 new chains per iteration, and in the second as many replayed from the first (the memory came back
+    # with the resumed run: without it the resumed second iteration would replay nothing)
     assert [m["imitation_solved"] for m in metrics] == [1.0, 1.0] and all(m["imitation_loss"] > 0 for m in metrics)
+    assert [m["imitation_replayed"] for m in metrics] == [0, 4]
+    assert len(PrioritizedReplay.load(tmp_path / "b" / "iter-0001" / "imitation.pt")) == 8
     assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
 
 
@@ -99,3 +104,12 @@ def test_eval_command_gives_mcts_the_step_checker(tmp_path, warmstart, monkeypat
     monkeypatch.setattr(eval_cli, "evaluate", lambda *a, mcts=None, **kw: seen.append(mcts) or eval_cli.EvalResult("mcts", 1, 0.0, 1.0, 0.0))
     eval_cli.main(["--checkpoint", str(warmstart), "--limit", "1", "--methods", "mcts", "--budgets", "1", "--out", str(tmp_path)] + flag)
     assert len(seen) == 1 and getattr(seen[0].verify, "__name__", None) == checker
+
+
+def test_learning_rates_fall_along_a_cosine():
+    config = SelfPlayConfig(iterations=5, lr=1e-4, imitation_lr=3e-4, lr_decay=0.1)
+    lrs = [iteration_config(config, it) for it in range(5)]
+    # full rate first, lr_decay times it last, halfway between in the middle; both rates alike
+    assert [c.lr for c in lrs] == pytest.approx([1e-4, 0.8682e-4, 0.55e-4, 0.2318e-4, 0.1e-4], rel=1e-3)
+    assert [c.imitation_lr / c.lr for c in lrs] == pytest.approx([3.0] * 5)
+    assert iteration_config(replace(config, iterations=1), 0).lr == 1e-4  # one iteration: the full rate
