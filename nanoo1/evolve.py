@@ -36,7 +36,7 @@ from nanoo1.mcts import MCTSConfig, mcts
 from nanoo1.rstar import (ProcessPreferenceModel, RStarConfig, RStarPolicy, best_traces, encode_trace, ppm_input,
                           ppm_pair_loss, ppm_scores, preference_pairs)
 from nanoo1.search import SearchConfig, grade, search
-from nanoo1.sft import SFTConfig, lr_at, make_batches, train_sft
+from nanoo1.sft import SFTConfig, lr_at, make_batches, set_lr, train_sft
 from nanoo1.tasks import TINY_DIR, Problem, load_jsonl
 from nanoo1.thoughts import Tree, batch_ids
 from nanoo1.warmstart import WARMSTART_DIR, WARMSTART_SFT, train_warmstart
@@ -146,8 +146,7 @@ def train_ppm(ppm: ProcessPreferenceModel, pairs, pad_id: int, config: EvolveCon
             order += torch.randperm(len(pairs), generator=generator).tolist()
         chosen, order = order[:P], order[P:]
         ids, mask = batch_ids([pairs[i][0] for i in chosen] + [pairs[i][1] for i in chosen], pad_id, device)  # (2P, T)
-        for group in opt.param_groups:
-            group["lr"] = lr_at(step, schedule)
+        set_lr(opt, lr_at(step, schedule))
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=config.bf16 and device.type == "cpu"):
             r = ppm(ids, mask)  # (2P,)
         loss = ppm_pair_loss(r[:P].float(), r[P:].float())

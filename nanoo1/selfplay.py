@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import random
 import time
 from contextlib import nullcontext
@@ -39,7 +38,7 @@ from nanoo1.replay import PrioritizedReplay, beta_by_step
 from nanoo1.rewards import check, equations_hold
 from nanoo1.rl import GRPOConfig, PPOConfig, grpo_advantages, grpo_step, ppo_step, value_loss
 from nanoo1.search import LMPolicy, SearchConfig, checked_greedy, grade
-from nanoo1.sft import collate, sft_step
+from nanoo1.sft import collate, cosine, set_lr, sft_step
 from nanoo1.tasks import TINY_DIR, load_jsonl, think_prompt
 from nanoo1.thoughts import batch_ids
 from nanoo1.warmstart import WARMSTART_DIR, train_warmstart
@@ -93,13 +92,8 @@ def iteration_config(config: SelfPlayConfig, it: int) -> SelfPlayConfig:
     """The settings of iteration `it`: lr and imitation_lr on a cosine from their full value at the first
     iteration down to lr_decay times it at the last, so the policy settles instead of ending on the swing of
     its last updates (greedy accuracy moves by several points between neighbouring iterations at a fixed rate)."""
-    f = config.lr_decay + (1 - config.lr_decay) * 0.5 * (1 + math.cos(math.pi * it / max(1, config.iterations - 1)))
+    f = cosine(it / max(1, config.iterations - 1), config.lr_decay)
     return replace(config, lr=config.lr * f, imitation_lr=config.imitation_lr * f)
-
-
-def _set_lr(opt, lr: float) -> None:
-    for group in opt.param_groups:
-        group["lr"] = lr
 
 
 def step_checker(config: SelfPlayConfig):
@@ -130,7 +124,7 @@ def ppo_iteration(model, tokenizer, opt, replay, policy, problems, it: int, conf
         return value_loss(probs, mb["old_value"], mb["value_target"], mb["value_mask"], clip_eps=0.2)
 
     stats = [dict.fromkeys(("policy_loss", "value_loss", "clip_frac", "approx_kl"), 0.0)]
-    _set_lr(opt, config.lr)
+    set_lr(opt, config.lr)
     model.train()
     for u in range(config.updates_per_iteration if len(replay) else 0):  # nothing to learn from yet: no update
         beta = beta_by_step(it * config.updates_per_iteration + u, config.iterations * config.updates_per_iteration)
@@ -187,7 +181,7 @@ def grpo_iteration(model, tokenizer, opt, problems, it: int, config: SelfPlayCon
         mask[i, len(r.prompt):len(r.prompt) + len(r.tokens)] = 1  # sampled and forced tokens alike
     cfg = GRPOConfig(loss_type=config.loss_type, micro_batch_size=16, temperature=config.temperature,
                      max_completion_length=config.think_budget + config.solution_budget + 1)
-    _set_lr(opt, config.lr)
+    set_lr(opt, config.lr)
     model.train()
     with _autocast(config):
         st = grpo_step(model, opt, {"input_ids": ids, "attention_mask": attn, "completion_mask": mask, "advantages": adv}, cfg)

@@ -150,18 +150,28 @@ def lm_loss(model, ids, attn, loss_mask, bf16: bool = False):
     return F.cross_entropy(logits, ids[:, 1:][target_mask])
 
 
+def cosine(progress: float, floor: float) -> float:
+    """A cosine from 1 at progress 0 down to `floor` at progress 1: the factor of a decaying learning rate."""
+    return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
 def lr_at(step: int, config: SFTConfig) -> float:
     if step < config.warmup:
         return config.lr * (step + 1) / config.warmup
     progress = (step - config.warmup) / max(1, config.steps - config.warmup)
-    return config.lr * (config.min_lr_ratio + (1 - config.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+    return config.lr * cosine(progress, config.min_lr_ratio)
+
+
+def set_lr(opt, lr: float) -> None:
+    """Set the learning rate of every parameter group of `opt`."""
+    for group in opt.param_groups:
+        group["lr"] = lr
 
 
 def sft_step(model, opt, batch, lr: float, bf16: bool = False, grad_clip: float = 1.0) -> float:
     """One optimizer step of lm_loss on a batch (ids, attention mask, loss mask) at learning rate lr,
     the gradient clipped to norm grad_clip; returns the loss."""
-    for group in opt.param_groups:
-        group["lr"] = lr
+    set_lr(opt, lr)
     ids, attn, mask = (x.to(model.output_embedding.device) for x in batch)
     loss = lm_loss(model, ids, attn, mask, bf16)
     opt.zero_grad(set_to_none=True)
