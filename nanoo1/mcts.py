@@ -84,6 +84,13 @@ class Spent:
         self.prompt += other.prompt
         self.value += other.value
 
+    def charge(self, candidates) -> "Spent":
+        """Add what sampling these candidates cost: their tokens, and the prompt tokens prefilled for them."""
+        for c in candidates:
+            self.generated += len(c.tokens)
+            self.prompt += c.prompt_tokens
+        return self
+
 
 # -- expansion and terminals ---------------------------------------------------------------------------
 def add_candidate(tree: Tree, parent: Node, c: Candidate, node_id: int | None = None) -> Node:
@@ -111,7 +118,7 @@ def expand(policy, requests: list[Request]) -> tuple[list[list[Node]], list[Spen
         if [k.id for k in kids] != [r.child_id(j) for j in range(r.k)]:
             raise RuntimeError(f"children got ids {[k.id for k in kids]}, their prompts named {[r.child_id(j) for j in range(r.k)]}")
         children.append(kids)
-        spent.append(Spent(generated=sum(len(c.tokens) for c in candidates), prompt=sum(c.prompt_tokens for c in candidates)))
+        spent.append(Spent().charge(candidates))
     flat = [(i, child) for i, kids in enumerate(children) for child in kids]
     values, tokens = policy.evaluate([requests[i].tree.path(child) for i, child in flat])
     for (i, child), value, n in zip(flat, values, tokens):
@@ -159,8 +166,7 @@ def add_chains(requests: list[Request], chains: list[list[list[Candidate]]]) -> 
         if node.id != c.node_id:
             raise RuntimeError(f"a rolled-out thought named id {c.node_id} in its header but became node {node.id}")
         nodes[key] = node
-        spent[i].generated += len(c.tokens)
-        spent[i].prompt += c.prompt_tokens
+        spent[i].charge([c])
     ends = [[nodes[(id(r.tree), chain[-1].node_id)] for chain in per_request if chain] for r, per_request in zip(requests, chains)]
     return ends, spent
 

@@ -326,10 +326,8 @@ def checked_greedy(policy, questions: list[str], verify: Callable[[str], bool] |
     ends = [None] * len(questions)
 
     def charge(requests, proposed):
-        for (i, _), chains in zip(requests, proposed):
-            for c in chains:
-                spent[i].generated += len(c.tokens)
-                spent[i].prompt += c.prompt_tokens
+        for (i, _), candidates in zip(requests, proposed):
+            spent[i].charge(candidates)
 
     def greedy_chains(requests):  # per request, the greedy thoughts from its node on, with the ids they will get
         if hasattr(policy, "rollout"):
