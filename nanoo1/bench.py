@@ -178,8 +178,8 @@ def search_section(args) -> list[dict]:
     thoughts almost never sample <end_of_thought>, so both runs generate the same number of tokens."""
     from dataclasses import replace
 
-    from nanoo1.mcts import MCTSConfig, Request, mcts
-    from nanoo1.search import LMPolicy
+    from nanoo1.mcts import MCTSConfig, mcts
+    from nanoo1.policy import LMPolicy, Request
     from nanoo1.tasks import make_problems, solution_tree
     from nanoo1.tokenizer import train_tokenizer
 

@@ -21,7 +21,8 @@ from nanoo1.checkpoint import load_pretrained
 from nanoo1.engine import generate_budgeted, hold_freed_memory
 from nanoo1.mcts import MCTSConfig
 from nanoo1.rewards import check, equations_hold
-from nanoo1.search import LMPolicy, SearchConfig, grade, search
+from nanoo1.policy import LMPolicy
+from nanoo1.search import SearchConfig, grade, search
 from nanoo1.tasks import TINY_DIR, Problem, load_jsonl, think_prompt
 
 

@@ -7,12 +7,8 @@ and expands all of them in one batched sampling call and one batched value call.
 values are rectified from the leaves (success log 1, failure log 1e-6) and the max-reward path gives
 the answer. Values are log-probabilities (<= 0), so a discount pulls them toward log 1 = 0, as in LLaMA-O1.
 
-The search reaches the model only through a small policy interface, so a scripted fake can stand in:
-
-    policy.propose(requests) -> one list of request.k Candidates per Request     (batched sampling)
-    policy.evaluate(paths)   -> (values, tokens read per path)                   (batched value head)
-
-`search.LMPolicy` implements it over a nanoo1 model with one engine call and one value pass per round.
+The search reaches the model only through the policy interface of policy.py (propose thoughts, evaluate
+paths), so a scripted fake can stand in; `policy.LMPolicy` implements it over a nanoo1 model.
 """
 
 from __future__ import annotations
@@ -23,83 +19,14 @@ from typing import Callable
 
 import torch
 
+from nanoo1.policy import Candidate, Request, Spent, add_candidate
 from nanoo1.rewards import check, extract_answer, normalize_answer
-from nanoo1.thoughts import Node, Tree, hint_for, policy_prompt, sample_metas
+from nanoo1.thoughts import Node, Tree, hint_for, sample_metas
 
 LOG_HALF = math.log(0.5)  # P(positive) = 1/2: the rating the model would write greedily flips here
 
 
-# -- the policy interface ------------------------------------------------------------------------------
-@dataclass
-class Request:
-    """k new thoughts wanted under `node`; candidate j is sampled after `prompt(j)`."""
-
-    tree: Tree
-    node: Node  # the parent of the new thoughts
-    metas: list[str | None]  # per candidate: the meta tag ending the prompt; None: the model writes it
-    hints: list[str | None]  # per candidate: the <hint> text, None for no hint line
-    temperature: float | None = None  # None: the policy's own; 0: greedy
-    first_id: int | None = None  # the id candidate 0 will get (expand sets it); None: the tree's next id
-
-    @property
-    def k(self) -> int:
-        return len(self.metas)
-
-    def child_id(self, j: int) -> int:
-        return (self.tree.next_id if self.first_id is None else self.first_id) + j
-
-    def prompt(self, j: int) -> str:
-        """Candidate j's prompt: its header carries the id it will have in the tree. The candidates share
-        everything up to their headers, which a policy prefills once (engine.generate's suffixes)."""
-        return policy_prompt(self.tree.path(self.node), self.child_id(j), self.metas[j], self.hints[j])
-
-
-@dataclass
-class Candidate:
-    """One sampled thought and what search and RL need from it."""
-
-    meta: str  # its meta-action (from the prompt, or parsed from what the model wrote)
-    text: str  # the thought without its meta tag and <end_of_thought>
-    tokens: list[int]  # the generated ids (the meta tag if the model wrote it, ..., <end_of_thought>)
-    logprobs: list[float]  # their log-probs under the sampling distribution (logits / temperature)
-    prior: float  # LLaMA-O1's policy probability: exp(mean token log-prob under the model)
-    entropy: float = 0.0  # mean entropy of the model's distribution over the sampled positions
-    varentropy: float = 0.0  # mean varentropy over the same positions
-    prompt: str = ""  # the text it was sampled after
-    prompt_tokens: int = 0  # prompt tokens prefilled for it (0 for a fork of a prompt already counted)
-    terminal: str | None = None  # set by a policy that knows the thought ends its branch (rStar: a failed step)
-    node_id: int | None = None  # rollouts: the id its header named (chains are added to the tree in id order)
-
-
-@dataclass
-class Spent:
-    """Tokens spent on one problem, what accuracy is plotted against."""
-
-    generated: int = 0  # tokens sampled by the policy
-    prompt: int = 0  # prompt tokens prefilled for sampling (a forked prompt counts once)
-    value: int = 0  # tokens read by the value head
-
-    def add(self, other: "Spent") -> None:
-        self.generated += other.generated
-        self.prompt += other.prompt
-        self.value += other.value
-
-    def charge(self, candidates) -> "Spent":
-        """Add what sampling these candidates cost: their tokens, and the prompt tokens prefilled for them."""
-        for c in candidates:
-            self.generated += len(c.tokens)
-            self.prompt += c.prompt_tokens
-        return self
-
-
 # -- expansion and terminals ---------------------------------------------------------------------------
-def add_candidate(tree: Tree, parent: Node, c: Candidate, node_id: int | None = None) -> Node:
-    """Put a sampled thought into the tree under `parent`, with what search and RL keep of it; its id is
-    the tree's next one, or `node_id` (the id its header named)."""
-    return tree.add(parent, c.meta, c.text, node_id=node_id, prior=c.prior, entropy=c.entropy, varentropy=c.varentropy,
-                    tokens=list(c.tokens), logprobs=list(c.logprobs), prompt=c.prompt, terminal=c.terminal)
-
-
 def expand(policy, requests: list[Request]) -> tuple[list[list[Node]], list[Spent]]:
     """Add every request's candidates as children (one propose call) and rate them all (one evaluate call).
 

@@ -41,7 +41,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from nanoo1.engine import generate
-from nanoo1.mcts import Candidate
+from nanoo1.policy import Candidate
 from nanoo1.rewards import check
 from nanoo1.sandbox import SandboxResult, run_many
 from nanoo1.thoughts import Node, Tree, batch_ids
@@ -208,7 +208,7 @@ def step_reward(step: CodeStep, ground_truth) -> float | None:
 # -- the policy --------------------------------------------------------------------------------------
 @dataclass
 class StepCandidate(Candidate):
-    """mcts.Candidate plus what the sandbox decided. `terminal` is "failure" for a step that ends its branch
+    """policy.Candidate plus what the sandbox decided. `terminal` is "failure" for a step that ends its branch
     without an answer; a step with an answer is left for search to judge (checker or PPM)."""
 
     status: str = "ok"  # CodeStep.status

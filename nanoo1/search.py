@@ -1,11 +1,10 @@
 """Test-time compute over a model and a list of problems: greedy, best-of-N, beam search and MCTS.
 
-    policy = LMPolicy(model, tokenizer, temperature=1.0)
+    policy = LMPolicy(model, tokenizer, temperature=1.0)          # nanoo1.policy
     results = search(policy, questions, SearchConfig(method="beam", n=4))
 
-`LMPolicy` puts a nanoo1 model behind the policy interface of `mcts` (propose thoughts, evaluate paths):
-one `engine.generate` call per round for every request, each prompt prefilled once and forked k ways,
-and one value pass in which each parent's lines are prefilled once and forked to its children.
+The methods reach the model only through the policy interface of policy.py (propose thoughts, evaluate
+paths); `policy.LMPolicy` puts a nanoo1 model behind it.
 
 Every method grows one thought tree per problem and returns a `SearchResult` (the answer, the tree as the
 trace, the path the answer came from, the tokens spent), so accuracy can be plotted against compute. All
@@ -32,157 +31,14 @@ import math
 from dataclasses import dataclass, field, replace
 from typing import Callable
 
-import torch
-
-from nanoo1.engine import feed, generate
-from nanoo1.mcts import (LOG_HALF, Candidate, MCTSConfig, Request, SearchResult, Spent, add_candidate, answer_of, best_value,
-                         expand, judge, majority_vote, mcts, simulate, weighted_vote)
+from nanoo1.mcts import (LOG_HALF, MCTSConfig, SearchResult, answer_of, best_value, expand, judge, majority_vote, mcts, simulate,
+                         weighted_vote)
+from nanoo1.policy import Request, Spent, add_candidate
 from nanoo1.rewards import check
-from nanoo1.thoughts import Node, Tree, header, parse_thought, render_path, value_sequences
+from nanoo1.thoughts import Node, Tree
 
 METHODS = ("greedy", "best_of_n", "beam", "mcts")
 VOTES = ("majority", "weighted", "best_value")
-
-
-# -- the policy over a nanoo1 model ------------------------------------------------------------------
-class LMPolicy:
-    """mcts's policy interface over a nanoo1 model and its tokenizer.
-
-    temperature, top_k, top_p: sampling (a request's own temperature wins); max_thought_tokens: a thought
-    not finished by <end_of_thought> within this many tokens is cut there; value_batch_size: rows per value
-    pass; seed: the torch.Generator all sampling draws from. Thought log-probs are kept under the sampling
-    distribution (logits / temperature, what PPO's ratio needs), the prior under the model's own.
-    """
-
-    def __init__(self, model, tokenizer, temperature: float = 1.0, max_thought_tokens: int = 64, top_k: int | None = None,
-                 top_p: float | None = None, value_batch_size: int = 32, seed: int = 0):
-        self.model, self.tokenizer = model, tokenizer
-        self.temperature, self.max_thought_tokens, self.top_k, self.top_p = temperature, max_thought_tokens, top_k, top_p
-        self.value_batch_size = value_batch_size
-        self.end_of_thought = tokenizer.token_id("<end_of_thought>")
-        self.generator = torch.Generator(device=model.output_embedding.device).manual_seed(seed)
-
-    def propose(self, requests: list[Request]) -> list[list[Candidate]]:
-        out = [[None] * r.k for r in requests]
-        by_temperature = {}
-        for i, r in enumerate(requests):
-            by_temperature.setdefault(self.temperature if r.temperature is None else r.temperature, []).append(i)
-        for temperature, rows in by_temperature.items():  # one generate call per temperature (usually one)
-            self._sample([requests[i] for i in rows], [out[i] for i in rows], temperature)
-        return out
-
-    def _sample(self, requests: list[Request], out: list[list], temperature: float) -> None:
-        """One generate call: each request's path prefilled once, forked k ways, every fork fed its own
-        suffix (hint line, header with its own id, meta tag) before sampling."""
-        k = requests[0].k
-        if any(r.k != k for r in requests):  # num_samples is one number: unequal requests are not forked
-            prefixes = [(i, j) for i, r in enumerate(requests) for j in range(r.k)]
-            k = 1
-        else:
-            prefixes = [(i, None) for i in range(len(requests))]
-        heads = [render_path(requests[i].tree.path(requests[i].node)) + "\n" for i, _ in prefixes]
-        prompts = [self.tokenizer.encode(h) for h in heads]
-        rows_of = [(i, j) for i, j0 in prefixes for j in ([j0] if j0 is not None else range(k))]
-        tails = [requests[i].prompt(j)[len(heads[n // k]):] for n, (i, j) in enumerate(rows_of)]
-        suffixes = [self.tokenizer.encode(t, add_bos=False) for t in tails]
-        rows = generate(self.model, prompts, self.max_thought_tokens, temperature, self.top_k, self.top_p, num_samples=k,
-                        stop_token_ids=[self.end_of_thought], tokenizer=self.tokenizer, generator=self.generator,
-                        suffixes=suffixes)
-        for n, ((i, j), c) in enumerate(zip(rows_of, rows)):
-            meta, body = parse_thought(c.text, requests[i].metas[j])
-            out[i][j] = Candidate(meta, body, c.tokens, logprobs=c.scaled_logprobs, prior=math.exp(c.mean_logprob),
-                                  entropy=sum(c.entropy) / len(c.entropy), varentropy=sum(c.varentropy) / len(c.varentropy),
-                                  prompt=heads[n // k] + tails[n],
-                                  prompt_tokens=(len(prompts[n // k]) if n % k == 0 else 0) + len(suffixes[n]))
-
-    def rollout(self, requests: list[Request], max_depth: int) -> list[list[list[Candidate]]]:
-        """For each request, k chains of thoughts from its node to a <conclusion> (or max_depth), all in ONE
-        cached generation: when a thought ends, the rest of its line (rated positive, as after training)
-        and the next thought's header are forced, and sampling goes on; nothing is prefilled twice.
-
-        Returns per request k chains, each a list of Candidates whose `node_id` is the id its header named;
-        ids follow one counter per tree, so adding every candidate of a tree in id order reproduces them.
-        The model writes each thought's meta tag (the requests' metas and hints are not used).
-        """
-        k = requests[0].k
-        if any(r.k != k for r in requests):
-            raise ValueError("rollout: every request must ask for the same number of chains")
-        next_id, rows = {}, []  # rows: per generated row, [request index, depth, ids of its thoughts]
-        for i, r in enumerate(requests):
-            first = next_id.get(id(r.tree), r.tree.next_id)
-            next_id[id(r.tree)] = first + k
-            rows += [[i, r.node.depth + 1, [first + j]] for j in range(k)]
-        conclusion = self.tokenizer.token_id("<conclusion>")
-
-        def on_stop(n, completion, token):  # a thought ended (token None: cut at max_thought_tokens)
-            i, depth, ids = rows[n]
-            opened = max((j for j, f in enumerate(completion.forced) if f), default=-1) + 1  # its first token
-            if completion.tokens[opened] == conclusion or depth >= max_depth:
-                return None
-            tree = requests[i].tree
-            new = next_id[id(tree)]
-            next_id[id(tree)] += 1
-            rows[n][1:] = [depth + 1, ids + [new]]
-            close = "<end_of_thought>" if token is None else ""  # a cut thought is closed as the renderer would
-            return self.tokenizer.encode(f"{close}<start_of_rating><positive_rating><end_of_rating>\n{header(ids[-1], new)}"
-                                         "<start_of_thought>", add_bos=False)
-
-        heads = [render_path(r.tree.path(r.node)) + "\n" for r in requests]
-        prompts = [self.tokenizer.encode(h) for h in heads]
-        suffixes = [self.tokenizer.encode(header(requests[i].node.id, ids[0]) + "<start_of_thought>", add_bos=False)
-                    for i, _, ids in rows]
-        temperature = requests[0].temperature if requests[0].temperature is not None else self.temperature
-        budget = (max_depth - min(r.node.depth for r in requests)) * (self.max_thought_tokens + 24)
-        out = generate(self.model, prompts, budget, temperature, self.top_k, self.top_p, num_samples=k,
-                       stop_token_ids=[self.end_of_thought], tokenizer=self.tokenizer, generator=self.generator,
-                       suffixes=suffixes, on_stop=on_stop, segment_limit=self.max_thought_tokens)
-        chains = [[] for _ in requests]
-        for n, ((i, _, ids), c) in enumerate(zip(rows, out)):
-            chain, start = [], 0
-            for t, forced in enumerate(c.forced + [True]):  # each run of sampled tokens is one thought
-                if forced and t > start:
-                    meta, body = parse_thought(self.tokenizer.decode(c.tokens[start:t]))
-                    part = slice(start, t)
-                    chain.append(Candidate(meta, body, c.tokens[part], logprobs=c.scaled_logprobs[part],
-                                           prior=math.exp(sum(c.logprobs[part]) / (t - start)),
-                                           entropy=sum(c.entropy[part]) / (t - start), varentropy=sum(c.varentropy[part]) / (t - start),
-                                           prompt_tokens=(len(prompts[i]) if n % k == 0 else 0) + len(suffixes[n]) if not chain else 0,
-                                           node_id=ids[len(chain)]))
-                if forced:
-                    start = t + 1
-            chains[i].append(chain)
-        return chains
-
-    @torch.no_grad()
-    def evaluate(self, paths: list[list[Node]]) -> tuple[list[float], list[int]]:
-        """`thoughts.rating_values` of the paths, each parent's lines prefilled once and forked to its children.
-
-        Siblings' value prompts differ only in their last line, which starts with a special token, so the
-        parent's ids are a prefix of each child's ids (checked: a path where that fails runs from <bos>).
-        """
-        seqs = value_sequences(self.tokenizer, paths)
-        prefixes, keys = {}, []  # key (the parent, or the path alone) -> prefix ids; per path: its key
-        for i, (path, seq) in enumerate(zip(paths, seqs)):
-            key = id(path[-2]) if len(path) > 1 else -1 - i
-            if key not in prefixes:
-                prefixes[key] = self.tokenizer.encode(render_path(path[:-1]) + "\n") if key >= 0 else seq[:1]
-            head = prefixes[key]
-            if not (len(head) < len(seq) and seq[:len(head)] == head):
-                key = -1 - i
-                prefixes[key] = seq[:1]
-            keys.append(key)
-        rating_ids = [self.tokenizer.token_id("<positive_rating>"), self.tokenizer.token_id("<negative_rating>")]
-        values = []
-        for s in range(0, len(paths), self.value_batch_size):
-            rows = range(s, min(s + self.value_batch_size, len(paths)))
-            unique = list(dict.fromkeys(keys[i] for i in rows))
-            tails = [seqs[i][len(prefixes[keys[i]]):] for i in rows]  # each path's own last line
-            cache = self.model.new_cache(len(unique), max(len(prefixes[k]) for k in unique) + max(map(len, tails)))
-            feed(self.model, cache, [prefixes[k] for k in unique])
-            cache = cache.fork([unique.index(keys[i]) for i in rows])
-            logits = feed(self.model, cache, tails)[:, rating_ids]  # (B, 2) after each row's <start_of_rating>
-            values += torch.log_softmax(logits.float(), -1)[:, 0].tolist()
-        return values, [len(s) for s in seqs]
 
 
 @dataclass

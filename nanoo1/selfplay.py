@@ -37,7 +37,8 @@ from nanoo1.mcts import MCTSConfig, mcts
 from nanoo1.replay import PrioritizedReplay, beta_by_step
 from nanoo1.rewards import check, equations_hold
 from nanoo1.rl import GRPOConfig, PPOConfig, grpo_advantages, grpo_step, ppo_step, value_loss
-from nanoo1.search import LMPolicy, SearchConfig, checked_greedy, grade
+from nanoo1.policy import LMPolicy
+from nanoo1.search import SearchConfig, checked_greedy, grade
 from nanoo1.sft import collate, cosine, set_lr, sft_step
 from nanoo1.tasks import TINY_DIR, load_jsonl, think_prompt
 from nanoo1.thoughts import batch_ids

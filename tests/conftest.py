@@ -96,7 +96,7 @@ class ScriptedPolicy:
     def propose(self, requests):
         import math
 
-        from nanoo1.mcts import Candidate
+        from nanoo1.policy import Candidate
 
         self.propose_calls.append([r.k for r in requests])
         out = []

@@ -9,7 +9,8 @@ import pytest
 from conftest import ScriptedPolicy, decoy_script, path_key, random_model
 from nanoo1.mcts import MCTSConfig, backup, judge, max_reward_path, mcts, puct_score, rectify, select_leaf, uct_score
 from nanoo1.model import Gemma2Config
-from nanoo1.search import LMPolicy, SearchConfig, search
+from nanoo1.policy import LMPolicy
+from nanoo1.search import SearchConfig, search
 from nanoo1.thoughts import Tree, parse_tree
 
 QUESTION = "Mia has 7 apples. She buys 5 more. She gives 3 to Leo. How many apples does Mia have now?"

@@ -13,7 +13,8 @@ from nanoo1.checkpoint import load_pretrained, save_pretrained
 from nanoo1.engine import Completion
 from nanoo1.evolve import (EvolveConfig, coverage, finetune_policy, load_ppm, pair_accuracy, ppm_pairs, run, save_ppm,
                            sft_examples, train_ppm)
-from nanoo1.mcts import MCTSConfig, Request, expand, mcts
+from nanoo1.mcts import MCTSConfig, expand, mcts
+from nanoo1.policy import Request
 from nanoo1.model import Gemma2, Gemma2Config
 from nanoo1.rstar import (RSTAR_TOKENS, STEP_END, CodeStep, ProcessPreferenceModel, RStarConfig, RStarPolicy, best_traces,
                           encode_trace, execute_steps, format_step, joined_program, pair_batch, parse_step, ppm_pair_loss,

@@ -6,12 +6,13 @@ import math
 import pytest
 import torch
 
-import nanoo1.search as search_module
+import nanoo1.policy as policy_module  # LMPolicy looks up generate and feed here
 from conftest import ScriptedPolicy, decoy_script, path_key, random_model
-from nanoo1.mcts import MCTSConfig, Request, mcts
+from nanoo1.mcts import MCTSConfig, mcts
+from nanoo1.policy import LMPolicy, Request
 from nanoo1.model import Gemma2Config
 from nanoo1.rewards import equations_hold
-from nanoo1.search import (LMPolicy, SearchConfig, best_value, checked_greedy, grade, majority_vote, search,
+from nanoo1.search import (SearchConfig, best_value, checked_greedy, grade, majority_vote, search,
                            weighted_vote)
 from nanoo1.engine import generate
 from nanoo1.thoughts import Tree, policy_prompt, rating_values, render_path, value_prompt
@@ -195,13 +196,13 @@ def model(tiny_tokenizer):
 
 
 def counting(monkeypatch, name):
-    calls, real = [], getattr(search_module, name)
+    calls, real = [], getattr(policy_module, name)
 
     def wrapper(*args, **kwargs):
         calls.append((args, kwargs))
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(search_module, name, wrapper)
+    monkeypatch.setattr(policy_module, name, wrapper)
     return calls
 
 
