@@ -12,17 +12,19 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 
 from nanoo1.checkpoint import load_pretrained
+from nanoo1.config import parse_bool
 from nanoo1.engine import generate_budgeted, hold_freed_memory
 from nanoo1.mcts import MCTSConfig
 from nanoo1.rewards import check, equations_hold
 from nanoo1.policy import LMPolicy
-from nanoo1.search import SearchConfig, grade, search
+from nanoo1.files import atomic_write
+from nanoo1.search import METHODS, SearchConfig, grade, search
 from nanoo1.tasks import TINY_DIR, Problem, load_jsonl, think_prompt
 
 
@@ -37,19 +39,6 @@ class EvalResult:
 
 # test-time MCTS: every simulation runs (no early stop on value-judged successes) and the tree's conclusions vote
 EVAL_MCTS = MCTSConfig(rollout=True, answer="vote", patient=1 << 30)
-
-
-def parse_bool(text: str) -> bool:
-    """A command-line boolean: 1, true or yes (any case) is True, anything else False."""
-    return text.lower() in ("1", "true", "yes")
-
-
-def add_config_flags(group, config_cls, skip=()) -> None:
-    """One `--field-name` flag per field of a config dataclass (but `skip`), typed and defaulted by the field."""
-    for f in fields(config_cls):
-        if f.name not in skip:
-            kind = parse_bool if isinstance(f.default, bool) else type(f.default)
-            group.add_argument("--" + f.name.replace("_", "-"), type=kind, default=f.default)
 
 
 def search_config(method: str, budget: int, mcts: MCTSConfig | None = None) -> SearchConfig:
@@ -124,22 +113,38 @@ def main(argv=None):
                    help="mcts: a thought with a false `a op b = c` is a failed terminal (the step checker self-play uses)")
     g.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     g = p.add_argument_group("output")
-    g.add_argument("--out", type=Path, default=None, help="directory for eval.jsonl and scaling.png (default: the checkpoint's)")
+    g.add_argument("--out", type=Path, default=None, help="directory for eval.jsonl and scaling.png, replaced on each "
+                   "run (default: runs/eval/NAME, NAME the checkpoint's folder or hub id)")
     args = p.parse_args(argv)
+    methods = args.methods.split(",")
+    unknown = [m for m in methods if m not in METHODS + ("budget",)]
+    if unknown:
+        p.error(f"--methods: unknown {unknown}; expected a comma-separated list of {METHODS + ('budget',)}")
+    try:
+        budgets = [int(b) for b in args.budgets.split(",")]
+    except ValueError:
+        p.error(f"--budgets {args.budgets!r}: expected comma-separated whole numbers, e.g. 1,2,4,8")
+    if min(budgets) < 1 or args.limit < 1 or (args.threads is not None and args.threads < 1):
+        p.error("--budgets, --limit and --threads must be positive")
+    try:
+        problems = load_jsonl(args.data)[: args.limit]
+    except (OSError, ValueError) as e:
+        p.error(str(e))
     hold_freed_memory()
     if args.threads:
         torch.set_num_threads(args.threads)
-    model, tokenizer = load_pretrained(args.checkpoint, dtype="float32")
+    try:
+        model, tokenizer = load_pretrained(args.checkpoint, dtype="float32")
+    except (OSError, ValueError) as e:
+        p.error(str(e))
     if tokenizer is None:
         p.error(f"{args.checkpoint} has no tokenizer.json")
-    problems = load_jsonl(args.data)[: args.limit]
-    out = args.out or (Path(args.checkpoint) if Path(args.checkpoint).is_dir() else Path("."))
+    out = args.out or Path("runs") / "eval" / Path(args.checkpoint.rstrip("/")).name
     out.mkdir(parents=True, exist_ok=True)
-    budgets = [int(b) for b in args.budgets.split(",")]
     results = []
     mcts = replace(EVAL_MCTS, verify=equations_hold if args.check_equations else None)
     print(f"{'method':>10} {'budget':>6} {'accuracy':>9} {'tokens/problem':>15} {'seconds':>8}")
-    for method in args.methods.split(","):
+    for method in methods:
         for budget in ([1] if method == "greedy" else budgets):
             if method == "budget":
                 r = evaluate_budgeted(model, tokenizer, problems, budget, seed=args.seed)
@@ -148,9 +153,8 @@ def main(argv=None):
                              max_thought_tokens=args.max_thought_tokens, seed=args.seed)
             results.append(r)
             print(f"{r.method:>10} {r.budget:>6} {100 * r.accuracy:8.1f}% {r.tokens:15.1f} {r.seconds:8.1f}", flush=True)
-    with open(out / "eval.jsonl", "a", encoding="utf-8") as f:
-        for r in results:
-            f.write(json.dumps(r.__dict__) + "\n")
+    atomic_write(out / "eval.jsonl", "".join(json.dumps(r.__dict__) + "\n" for r in results))
+    print(f"wrote {out / 'eval.jsonl'}")
     if plot(results, out / "scaling.png"):
         print(f"wrote {out / 'scaling.png'}")
 

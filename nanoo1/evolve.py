@@ -20,19 +20,20 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import os
 import random
 import time
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 
 from nanoo1.checkpoint import load_pretrained, save_pretrained
 from nanoo1.engine import hold_freed_memory
-from nanoo1.eval import add_config_flags
+from nanoo1.config import add_config_flags, apply_flags
+from nanoo1.files import atomic_write
 from nanoo1.mcts import MCTSConfig, mcts
+from nanoo1.model import bf16_autocast
 from nanoo1.rstar import (ProcessPreferenceModel, RStarConfig, RStarPolicy, best_traces, encode_trace, ppm_input,
                           ppm_pair_loss, ppm_scores, preference_pairs)
 from nanoo1.search import SearchConfig, grade, search
@@ -147,7 +148,7 @@ def train_ppm(ppm: ProcessPreferenceModel, pairs, pad_id: int, config: EvolveCon
         chosen, order = order[:P], order[P:]
         ids, mask = batch_ids([pairs[i][0] for i in chosen] + [pairs[i][1] for i in chosen], pad_id, device)  # (2P, T)
         set_lr(opt, lr_at(step, schedule))
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=config.bf16 and device.type == "cpu"):
+        with bf16_autocast(config.bf16 and device.type == "cpu"):
             r = ppm(ids, mask)  # (2P,)
         loss = ppm_pair_loss(r[:P].float(), r[P:].float())
         opt.zero_grad(set_to_none=True)
@@ -219,10 +220,8 @@ def save_ppm(ppm: ProcessPreferenceModel, tokenizer, directory) -> Path:
     """The decoder in the Hugging Face layout (save_pretrained) and the head as ppm_head.safetensors, each
     file written under a temporary name and renamed."""
     directory = save_pretrained(ppm.backbone, tokenizer, directory)
-    tmp = directory / f".{PPM_HEAD}.tmp{os.getpid()}"
-    save_file({k: v.detach().contiguous().cpu() for k, v in ppm.head.state_dict().items()}, str(tmp),
-              metadata={"format": "pt"})
-    os.replace(tmp, directory / PPM_HEAD)
+    head = {k: v.detach().contiguous().cpu() for k, v in ppm.head.state_dict().items()}
+    atomic_write(directory / PPM_HEAD, save(head, metadata={"format": "pt"}))
     return directory
 
 
@@ -323,14 +322,15 @@ def main(argv=None):
     g.add_argument("--model", default=None, help="the base model: checkpoint directory or hub id")
     g.add_argument("--data", default=str(TINY_DIR / "train.jsonl"), help="training problems, GSM8K-style jsonl")
     g.add_argument("--test-data", default=str(TINY_DIR / "test.jsonl"), help="held-out problems, GSM8K-style jsonl")
-    add_config_flags(p.add_argument_group("settings (see EvolveConfig for each)"), EvolveConfig)
+    add_config_flags(p, EvolveConfig)
     args = p.parse_args(argv)
     hold_freed_memory()
     if not args.tiny and args.model is None:
         p.error("--model DIR is needed without --tiny")
     if args.threads or args.tiny:
         torch.set_num_threads(args.threads or 1)
-    config = EvolveConfig(**{f.name: getattr(args, f.name) for f in fields(EvolveConfig)})
+    run_flags = ("tiny", "warmstart_steps", "threads", "no_progress", "model", "data", "test_data")
+    config = apply_flags(EvolveConfig(), {k: v for k, v in vars(args).items() if k not in run_flags})
     t = time.perf_counter()
     model = args.model or tiny_base(Path(config.out) / "base", args.warmstart_steps, config.seed, not args.no_progress)
     print(f"base model: {model}")

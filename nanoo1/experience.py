@@ -18,7 +18,8 @@ import math
 import torch
 
 from nanoo1.rewards import equations_hold
-from nanoo1.rl import completion_logprobs, path_gae
+from nanoo1.model import bf16_autocast
+from nanoo1.rl import completion_logprobs, path_gae, td_priority
 from nanoo1.thoughts import chain_tokens, rating_head, render_node
 
 
@@ -61,14 +62,14 @@ def relabel_lucky(tree) -> int:
 
 
 def tree_chains(tree, n: int) -> list[list]:
-    """Up to n root-to-outcome paths (`outcomes`), half successes and half failures, from a tree with at least one
-    success (a tree without one teaches mostly noise to a small model). Failures the value head liked best
-    come first: the most instructive mistakes."""
+    """Up to n root-to-outcome paths (`outcomes`), half successes and half failures, each in the order the search
+    found them, from a tree with at least one success (a tree without one teaches mostly noise to a small model).
+    The search has already set every failure's value to its reward, so no value orders them."""
     ends = outcomes(tree)
     wins = [e for e in ends if e.terminal == "success"]
     if not wins:
         return []
-    losses = sorted((e for e in ends if e.terminal != "success"), key=lambda e: (-(e.value or -1e9), e.id))
+    losses = sorted((e for e in ends if e.terminal != "success"), key=lambda e: e.id)
     return [tree.path(e) for e in wins[: n - n // 2] + losses[: n // 2]]
 
 
@@ -144,12 +145,14 @@ def rating_probs(model, tokenizer, hidden, value_pos):
 
 
 @torch.no_grad()
-def stamp_old(model, tokenizer, items: list[dict], temperature: float, bf16: bool = False, batch_size: int = 16) -> None:
-    """Log-probs and values of the collecting policy, stored with each item before any update (PPO's old)."""
+def stamp_old(model, tokenizer, items: list[dict], temperature: float, bf16: bool = False, batch_size: int = 16,
+              iteration: int = 0) -> None:
+    """Log-probs and values of the collecting policy, stored with each item before any update (PPO's old),
+    with the iteration that stamped them."""
     for s in range(0, len(items), batch_size):
         chunk = items[s:s + batch_size]
         b = collate_chains(chunk, tokenizer.pad_id)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        with bf16_autocast(bf16):
             hidden = model.hidden_states(b["input_ids"], b["attention_mask"])
             logp = completion_logprobs(model, b["input_ids"], b["attention_mask"], b["completion_mask"],
                                        temperature, hidden=hidden)
@@ -157,3 +160,23 @@ def stamp_old(model, tokenizer, items: list[dict], temperature: float, bf16: boo
         for i, it in enumerate(chunk):
             it["old_logp"] = logp[i, :len(it["ids"])].float().tolist()
             it["old_value"] = probs[i, :len(it["value_pos"])].float().tolist()
+            it["iteration"] = iteration
+
+
+def row_priorities(items: list[dict]) -> list[float]:
+    """Each stamped item's replay priority |delta| (`rl.td_priority`): mean |value target - stamped value|."""
+    return [float(td_priority(torch.tensor(it["old_value"]), torch.tensor(it["value_target"]))) for it in items]
+
+
+def restamp_stale(model, tokenizer, items: list[dict], iteration: int, max_age: int, temperature: float,
+                  bf16: bool = False, batch_size: int = 16) -> int:
+    """Re-stamp (`stamp_old`) the items stamped more than `max_age` iterations before `iteration`; returns how many.
+
+    PPO's ratio exp(logp - old_logp) assumes old_logp is the policy that collected the batch, a few updates
+    ago. A replayed chain's stamp falls behind by every later PPO and imitation update; past max_age its
+    ratio measures mostly that drift (clipped or, for negative advantages, unbounded), so its old
+    log-probs and values are taken again from the current policy before it is trained on."""
+    stale = list({id(it): it for it in items if iteration - it["iteration"] > max_age}.values())
+    if stale:
+        stamp_old(model, tokenizer, stale, temperature, bf16, batch_size, iteration)
+    return len(stale)

@@ -167,24 +167,40 @@ def ppo_policy_loss(logp, old_logp, advantages, mask, clip_eps: float = 0.2, wei
     mask = mask.bool()
     per_token, is_clipped, approx_kl = _clipped_surrogate(logp, old_logp, advantages, clip_eps, clip_eps)
     stats = {"clip_frac": _masked_mean(is_clipped.float(), mask), "approx_kl": _masked_mean(approx_kl, mask)}
+    # each row's own mean loss, before any weights (detached)
+    stats["row_loss"] = (torch.where(mask, per_token, 0.0).sum(-1) / mask.sum(-1).clamp(min=1)).detach()
     if weights is not None:
         per_token = per_token * weights[:, None]  # (B, T)
-    # each row's own mean loss (detached): prioritized replay's new priorities
-    stats["row_loss"] = (torch.where(mask, per_token, 0.0).sum(-1) / mask.sum(-1).clamp(min=1)).detach()
     return _masked_mean(per_token, mask), stats
 
 
-def value_loss(values, old_values, returns, mask=None, clip_eps: float | None = None):
+def value_loss(values, old_values, returns, mask=None, clip_eps: float | None = None, weights=None):
     """Value regression 0.5 mean (V - R)^2, optionally clipped around the collection-time values (CleanRL, TRL).
 
-    Clipped: 0.5 mean max((V - R)^2, (V_old + clip(V - V_old, -eps, eps) - R)^2).
+    Clipped: 0.5 mean max((V - R)^2, (V_old + clip(V - V_old, -eps, eps) - R)^2). `weights` (B,), e.g.
+    prioritized replay's importance weights, scale each row's terms as in `ppo_policy_loss`.
     """
     mask = torch.ones_like(values, dtype=torch.bool) if mask is None else mask.bool()
     sq = (values - returns) ** 2
     if clip_eps is not None:
         v_clip = old_values + torch.clamp(values - old_values, -clip_eps, clip_eps)
         sq = torch.maximum(sq, (v_clip - returns) ** 2)
+    if weights is not None:
+        sq = sq * weights.reshape(-1, *[1] * (sq.dim() - 1))  # (B, ...)
     return 0.5 * _masked_mean(sq, mask)
+
+
+def td_priority(values, returns, mask=None):
+    """Each row's prioritized-replay priority |delta|: the mean |R - V| over its value positions (B,), detached.
+
+    Schaul et al. (2016) key an item by the magnitude of its TD error; here delta is the value head's
+    error against its target at each thought: the same quantity when an item enters the buffer (V
+    stamped at collection) and after each update (V of that update's forward pass). No importance
+    weight enters it: the weights correct the loss for how items were drawn, not how surprising they are.
+    """
+    mask = torch.ones_like(values, dtype=torch.bool) if mask is None else mask.bool()
+    err = torch.where(mask, (returns - values).abs(), 0.0)
+    return (err.sum(-1) / mask.sum(-1).clamp(min=1)).detach()
 
 
 def kl_early_stop(approx_kl, target_kl: float | None) -> bool:
@@ -287,23 +303,24 @@ def _apply_gradients(optimizer, max_grad_norm: float, stats: dict) -> dict:
 
 
 def ppo_step(model, optimizer, batch: dict, config: PPOConfig,
-             value_loss_fn: Callable[[torch.nn.Module, dict, torch.Tensor], torch.Tensor] | None = None) -> dict:
+             value_loss_fn: Callable[[torch.nn.Module, dict, torch.Tensor], torch.Tensor | tuple] | None = None) -> dict:
     """One PPO update: policy loss (+ vf_coef * value loss), accumulated over micro-batches, clipped, stepped.
 
     batch: input_ids, attention_mask, completion_mask (B, T); old_logp (B, T) stored at collection time;
     advantages (B, T) or (B,), e.g. from `gae`; optionally weights (B,), per-row importance weights.
     Extra tensors with B rows are sliced along with them and handed to `value_loss_fn(model, micro_batch,
     hidden)` with the decoder's output of that forward pass (so the value costs no second forward), which
-    returns the mean value loss over the micro-batch rows: for nanoo1 the rating-token value loss. The accumulated
-    gradient equals that of the whole batch (token mean for the policy, row mean for the value), whatever
-    micro_batch_size is. Returns floats: loss, policy_loss, value_loss, clip_frac, approx_kl (measured
-    before the update), grad_norm (before clipping), skipped; and row_loss, each row's mean policy loss.
+    returns the mean value loss over the micro-batch rows (for nanoo1 the rating-token value loss), or
+    (loss, priorities (b,)), e.g. `td_priority`. The accumulated gradient equals that of the whole batch
+    (token mean for the policy, row mean for the value), whatever micro_batch_size is. Returns floats: loss,
+    policy_loss, value_loss, clip_frac, approx_kl (measured before the update), grad_norm (before clipping),
+    skipped; and row_priority, the priorities value_loss_fn returned (empty without them).
     """
     _require(batch, ("input_ids", "attention_mask", "completion_mask", "old_logp", "advantages"), "ppo_step")
     B = batch["input_ids"].shape[0]
     n_tokens = batch["completion_mask"].sum().clamp(min=1)
     stats = dict.fromkeys(("loss", "policy_loss", "value_loss", "clip_frac", "approx_kl"), 0.0)
-    row_loss = []
+    row_priority = []
     optimizer.zero_grad(set_to_none=True)
     for mb in _micro_batches(batch, config.micro_batch_size):
         hidden = model.hidden_states(mb["input_ids"], mb["attention_mask"])  # (b, T, C)
@@ -314,7 +331,11 @@ def ppo_step(model, optimizer, batch: dict, config: PPOConfig,
         w = mb["completion_mask"].sum() / n_tokens  # this micro-batch's share of the batch's tokens
         loss = pl * w
         if value_loss_fn is not None:
-            vl = value_loss_fn(model, mb, hidden) * (mb["input_ids"].shape[0] / B)
+            vl = value_loss_fn(model, mb, hidden)
+            if isinstance(vl, tuple):
+                vl, priorities = vl
+                row_priority += priorities.tolist()
+            vl = vl * (mb["input_ids"].shape[0] / B)
             loss = loss + config.vf_coef * vl
             stats["value_loss"] += vl.detach()
         loss.backward()
@@ -322,8 +343,7 @@ def ppo_step(model, optimizer, batch: dict, config: PPOConfig,
         stats["policy_loss"] += pl.detach() * w
         stats["clip_frac"] += st["clip_frac"] * w
         stats["approx_kl"] += st["approx_kl"] * w
-        row_loss += st["row_loss"].tolist()
-    return {**_apply_gradients(optimizer, config.max_grad_norm, stats), "row_loss": row_loss}
+    return {**_apply_gradients(optimizer, config.max_grad_norm, stats), "row_priority": row_priority}
 
 
 def grpo_step(model, optimizer, batch: dict, config: GRPOConfig) -> dict:

@@ -8,9 +8,10 @@
                       ->  held-out accuracy of greedy, best-of-N and MCTS, before and after
 
 `--algo grpo` replaces MCTS + PPO by Elastic Reasoning's budgeted GRPO rollouts (the <think> format).
-Every iteration writes a checkpoint (Hugging Face layout + replay buffer + imitation memory + optimizer +
-random states); `--resume DIR` continues a run exactly. Metrics go to DIR/metrics.jsonl; the last line
-printed is one JSON object with the headline figures.
+Every iteration writes a checkpoint (Hugging Face layout + the run's settings + replay buffer + imitation
+memory + optimizer + random states; the last `--keep-checkpoints` stay); `--resume DIR` continues a run
+exactly with the settings it was started with. Metrics go to DIR/metrics.jsonl; the last line printed is
+one JSON object with the headline figures, also kept in DIR/summary.json.
 
     python -m nanoo1.selfplay --tiny                       # about 7 minutes on 2 CPU cores
     python -m nanoo1.selfplay --tiny --from-scratch        # redo the warm start too
@@ -23,145 +24,94 @@ import argparse
 import json
 import random
 import time
-from contextlib import nullcontext
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
 
 from nanoo1.checkpoint import load_pretrained, save_pretrained
+from nanoo1.config import add_config_flags, apply_flags, conflicts, flat_settings
 from nanoo1.engine import generate_budgeted, hold_freed_memory
-from nanoo1.experience import chain_items, collate_chains, imitation_items, rating_probs, stamp_old, success_rates, tree_chains
-from nanoo1.eval import EVAL_MCTS, EvalResult, add_config_flags, evaluate, evaluate_budgeted
+from nanoo1.eval import EVAL_MCTS, EvalResult, evaluate, evaluate_budgeted
+from nanoo1.experience import (chain_items, collate_chains, imitation_items, rating_probs, restamp_stale, row_priorities,
+                               stamp_old, success_rates, tree_chains)
 from nanoo1.mcts import MCTSConfig, mcts
-from nanoo1.replay import PrioritizedReplay, beta_by_step
-from nanoo1.rewards import check, equations_hold
-from nanoo1.rl import GRPOConfig, PPOConfig, grpo_advantages, grpo_step, ppo_step, value_loss
+from nanoo1.model import bf16_autocast
 from nanoo1.policy import LMPolicy
+from nanoo1.replay import PrioritizedReplay, beta_by_step
+from nanoo1.rewards import check
+from nanoo1.recipe import PRESETS, SelfPlayConfig, default_out, iteration_config, iteration_seed, step_checker
+from nanoo1.runs import (append_jsonl, latest_checkpoint, load_trainer_state, prepare_out, rewrite_jsonl, save_checkpoint,
+                         saved_settings)
+from nanoo1.files import atomic_write
+from nanoo1.rl import GRPOConfig, PPOConfig, grpo_advantages, grpo_step, ppo_step, td_priority, value_loss
 from nanoo1.search import SearchConfig, checked_greedy, grade
-from nanoo1.sft import collate, cosine, set_lr, sft_step
-from nanoo1.tasks import TINY_DIR, load_jsonl, think_prompt
+from nanoo1.sft import collate, set_lr, sft_step
+from nanoo1.tasks import load_jsonl, think_prompt
 from nanoo1.thoughts import batch_ids
-from nanoo1.warmstart import WARMSTART_DIR, train_warmstart
-
-
-@dataclass
-class SelfPlayConfig:
-    out: str = "runs/tiny"  # run directory: metrics.jsonl, checkpoints, final/
-    seed: int = 0  # every random choice of the run derives from it
-    algo: str = "ppo"  # "ppo": MCTS + PPO (LLaMA-O1); "grpo": budgeted GRPO rollouts (Elastic Reasoning)
-    warmstart: str = str(WARMSTART_DIR)  # the SFT checkpoint self-play starts from (directory or hub id)
-    data: str = str(TINY_DIR / "train.jsonl")  # training problems (GSM8K-style jsonl)
-    test_data: str = str(TINY_DIR / "test.jsonl")  # held-out problems
-    eval_problems: int = 200  # held-out problems in the before/after tables
-    iterations: int = 10  # self-play iterations
-    problems_per_iteration: int = 32  # problems searched by MCTS per iteration
-    simulations: int = 3  # MCTS simulations per training problem (each rolls its new thoughts out)
-    num_candidates: int = 4  # thoughts per expansion
-    temperature: float = 0.7  # sampling temperature during self-play and search
-    max_thought_tokens: int = 32  # a thought is cut after this many tokens
-    check_equations: bool = True  # every `a op b = c` must hold: a wrong thought (expanded or rolled out) is a failed
-    #                               terminal in the search, and so is the end of a rolled-out chain with one
-    chains_per_tree: int = 4  # root-to-outcome chains trained per tree (`experience.outcomes`): successes first, then failures
-    lr: float = 1e-4  # AdamW learning rate (higher rates sharpen the tiny policy onto its own samples and cost greedy accuracy)
-    lr_decay: float = 0.1  # both learning rates fall along a cosine to this fraction of themselves by the last iteration
-    updates_per_iteration: int = 4  # PPO minibatch updates per iteration
-    minibatch: int = 32  # chains per PPO update
-    clip_eps: float = 0.2  # PPO ratio clip
-    vf_coef: float = 0.5  # weight of the rating-token value loss
-    gamma: float = 0.99  # GAE discount along a chain
-    lam: float = 0.95  # GAE lambda
-    replay_capacity: int = 1024  # chains kept in the prioritized replay buffer
-    imitation_problems: int = 360  # per iteration, more training problems for `search.checked_greedy` (greedy whose
-    #                                rejected steps are resampled); the policy imitates its successes (0: PPO alone)
-    imitation_lr: float = 3e-4  # learning rate of the imitation steps (one pass over each iteration's successes)
-    imitation_batch: int = 32  # chains per imitation step
-    imitation_replay: float = 1.0  # per new success, this many earlier successes replayed from the imitation memory
-    imitation_memory: int = 8192  # successful chains the imitation memory keeps (the oldest go first)
-    alpha: float = 0.6  # replay priority exponent
-    group_size: int = 8  # GRPO: samples per problem
-    think_budget: int = 48  # GRPO: thinking tokens before </think> is forced
-    solution_budget: int = 16  # GRPO: answer tokens after </think>
-    loss_type: str = "dr_grpo"  # GRPO loss normalisation
-    eval_every: int = 4  # greedy accuracy on 100 held-out problems every this many iterations (0: never)
-    best_of_n: int = 8  # N of the best-of-N evaluation
-    eval_simulations: int = 2  # MCTS simulations per held-out problem (each rolls its new thoughts out; the conclusions vote)
-    bf16: bool = True  # autocast matrix multiplies to bfloat16 on a CPU
-
-
-def iteration_config(config: SelfPlayConfig, it: int) -> SelfPlayConfig:
-    """The settings of iteration `it`: lr and imitation_lr on a cosine from their full value at the first
-    iteration down to lr_decay times it at the last, so the policy settles instead of ending on the swing of
-    its last updates (greedy accuracy moves by several points between neighbouring iterations at a fixed rate)."""
-    f = cosine(it / max(1, config.iterations - 1), config.lr_decay)
-    return replace(config, lr=config.lr * f, imitation_lr=config.imitation_lr * f)
-
-
-def step_checker(config: SelfPlayConfig):
-    """The search's step checker (MCTSConfig.verify): every `a op b = c` in a thought must hold, or none."""
-    return equations_hold if config.check_equations else None
-
-
-def _autocast(config: SelfPlayConfig):
-    return torch.autocast("cpu", dtype=torch.bfloat16) if config.bf16 else nullcontext()
+from nanoo1.warmstart import train_warmstart
 
 
 def ppo_iteration(model, tokenizer, opt, replay, policy, problems, it: int, config: SelfPlayConfig) -> dict:
-    mcfg = MCTSConfig(simulations=config.simulations, num_candidates=config.num_candidates, max_children=config.num_candidates,
-                      temperature=config.temperature, patient=config.num_candidates * config.simulations, rollout=True,
+    s, c = config.search, config.ppo
+    mcfg = MCTSConfig(simulations=s.simulations, num_candidates=s.num_candidates, max_children=s.num_candidates,
+                      temperature=s.temperature, patient=s.num_candidates * s.simulations, rollout=True,
                       verify=step_checker(config))
-    # with the checker, no success has a wrong step above it (mcts checks rolled-out chains whole): no experience.relabel_lucky
-    results = mcts(policy, [p.question for p in problems], mcfg, [p.answer for p in problems], seed=config.seed * 1000 + it)
+    # with the checker, no success has a wrong step above it (mcts checks rolled-out chains whole)
+    results = mcts(policy, [p.question for p in problems], mcfg, [p.answer for p in problems],
+                   seed=iteration_seed(config.run.seed, it))
     solved = sum(any(n.terminal == "success" for n in r.tree.nodes) for r in results) / len(results)
     items = [item for r in results
-             for item in chain_items(tokenizer, tree_chains(r.tree, config.chains_per_tree), success_rates(r.tree),
-                                     config.gamma, config.lam)]
-    stamp_old(model, tokenizer, items, config.temperature, config.bf16)
-    replay.extend(items, [sum(abs(a) for a in it["advantages"]) / max(1, sum(it["mask"])) for it in items])
-    cfg = PPOConfig(clip_eps=config.clip_eps, vf_coef=config.vf_coef, micro_batch_size=16, temperature=config.temperature)
+             for item in chain_items(tokenizer, tree_chains(r.tree, s.chains_per_tree), success_rates(r.tree), c.gamma, c.lam)]
+    stamp_old(model, tokenizer, items, s.temperature, config.run.bf16, c.micro_batch, iteration=it)
+    replay.extend(items, row_priorities(items))
+    cfg = PPOConfig(clip_eps=c.clip_eps, vf_coef=c.vf_coef, micro_batch_size=c.micro_batch, temperature=s.temperature)
 
     def value_fn(model, mb, hidden):  # clipped value loss on P(positive) at each thought's rating position
         probs = rating_probs(model, tokenizer, hidden, mb["value_pos"])
-        return value_loss(probs, mb["old_value"], mb["value_target"], mb["value_mask"], clip_eps=0.2)
+        loss = value_loss(probs, mb["old_value"], mb["value_target"], mb["value_mask"], c.value_clip, mb.get("weights"))
+        return loss, td_priority(probs, mb["value_target"], mb["value_mask"])  # the replay priority, as at insertion
 
     stats = [dict.fromkeys(("policy_loss", "value_loss", "clip_frac", "approx_kl"), 0.0)]
-    set_lr(opt, config.lr)
-    model.train()
-    for u in range(config.updates_per_iteration if len(replay) else 0):  # nothing to learn from yet: no update
-        beta = beta_by_step(it * config.updates_per_iteration + u, config.iterations * config.updates_per_iteration)
-        chosen, idx, w = replay.sample(min(config.minibatch, len(replay)), beta)
-        with _autocast(config):
+    set_lr(opt, c.lr)
+    restamped = 0
+    for u in range(c.updates_per_iteration if len(replay) else 0):  # nothing to learn from yet: no update
+        beta = beta_by_step(it * c.updates_per_iteration + u, config.run.iterations * c.updates_per_iteration)
+        chosen, idx, w = replay.sample(min(c.minibatch, len(replay)), beta)
+        restamped += restamp_stale(model, tokenizer, chosen, it, c.replay_max_age, s.temperature, config.run.bf16, c.micro_batch)
+        model.train()
+        with bf16_autocast(config.run.bf16):
             st = ppo_step(model, opt, collate_chains(chosen, tokenizer.pad_id, w), cfg, value_loss_fn=value_fn)
-        replay.update_priorities(idx, [abs(x) for x in st.pop("row_loss")])
+        model.eval()
+        replay.update_priorities(idx, st.pop("row_priority"))
         stats = stats[1:] if u == 0 else stats
         stats.append(st)
-    model.eval()
-    mean = {k: sum(s[k] for s in stats) / len(stats) for k in stats[0]}
-    return {"solved": solved, "chains": len(items), **{k: mean[k] for k in ("policy_loss", "value_loss", "clip_frac", "approx_kl")}}
+    mean = {k: sum(st[k] for st in stats) / len(stats) for k in stats[0]}
+    return {"solved": solved, "chains": len(items), "restamped": restamped,
+            **{k: mean[k] for k in ("policy_loss", "value_loss", "clip_frac", "approx_kl")}}
 
 
 def imitation_iteration(model, tokenizer, opt, policy, problems, memory: PrioritizedReplay, rng: random.Random,
                         config: SelfPlayConfig) -> dict:
     """Expert iteration on a cheap search: `checked_greedy` over the problems, then one pass of supervised
     steps (whole lines, as the warm start was trained) over the chains whose conclusion the ground truth
-    accepts, shuffled with `imitation_replay` times as many successes drawn from earlier iterations. The
-    model's own greedy chains, fixed where the step checker caught a slip, are the densest lesson self-play
-    has: they show the policy what it would have written had it not slipped, on many more problems per
-    second than MCTS reaches. What it learns grows with the number of distinct problems it imitates, so
-    the memory (a replay buffer with uniform priorities) keeps the problems of earlier iterations in play."""
-    results = checked_greedy(policy, [p.question for p in problems], step_checker(config), SearchConfig(),
-                             k=2 * config.num_candidates)
+    accepts, shuffled with `replay` times as many successes drawn from earlier iterations. The model's own
+    greedy chains, fixed where the step checker caught a slip, show the policy what it would have written
+    had it not slipped, on many more problems per second than MCTS reaches; the memory (a replay buffer
+    with uniform priorities) keeps the problems of earlier iterations in play."""
+    c = config.imitation
+    results = checked_greedy(policy, [p.question for p in problems], step_checker(config), SearchConfig(), k=c.fix_candidates)
     wins = [r.tree.path(r.tree.node(r.path[-1])) for r, ok in zip(results, grade(results, [p.answer for p in problems])) if ok]
     new = imitation_items(tokenizer, wins)
-    replayed = round(config.imitation_replay * len(new))
+    replayed = round(c.replay * len(new))
     # uniform priorities (alpha 0): stratified draws spread over the whole memory, early successes and recent alike
     old = memory.sample(replayed, beta=0.0)[0] if replayed and len(memory) else []
     memory.extend(new)
     items = new + old
     rng.shuffle(items)
     model.train()
-    losses = [sft_step(model, opt, collate(items[s:s + config.imitation_batch], tokenizer.pad_id), config.imitation_lr, config.bf16)
-              for s in range(0, len(items) - config.imitation_batch + 1, config.imitation_batch)]
+    losses = [sft_step(model, opt, collate(items[s:s + c.batch], tokenizer.pad_id), c.lr, config.run.bf16)
+              for s in range(0, len(items) - c.batch + 1, c.batch)]
     model.eval()
     return {"imitation_solved": len(wins) / max(1, len(problems)), "imitation_replayed": len(old),
             "imitation_loss": sum(losses) / max(1, len(losses))}
@@ -169,48 +119,38 @@ def imitation_iteration(model, tokenizer, opt, policy, problems, memory: Priorit
 
 def grpo_iteration(model, tokenizer, opt, problems, it: int, config: SelfPlayConfig) -> dict:
     """G budgeted rollouts per problem, reward = correct (0 without </think>), group advantages, one step."""
+    g, s = config.grpo, config.search
     prompts = [tokenizer.encode(think_prompt(p.question)) for p in problems]
-    rows = generate_budgeted(model, prompts, config.think_budget, config.solution_budget, tokenizer.token_id("</think>"),
-                             temperature=config.temperature, num_samples=config.group_size,
-                             stop_token_ids=[tokenizer.eos_id], tokenizer=tokenizer, seed=config.seed * 1000 + it)
-    rewards = torch.tensor([float("</think>" in r.text and check(r.text.split("</think>")[-1], problems[i // config.group_size].answer))
+    rows = generate_budgeted(model, prompts, g.think_budget, g.solution_budget, tokenizer.token_id("</think>"),
+                             temperature=s.temperature, num_samples=g.group_size, stop_token_ids=[tokenizer.eos_id],
+                             tokenizer=tokenizer, seed=iteration_seed(config.run.seed, it))
+    rewards = torch.tensor([float("</think>" in r.text and check(r.text.split("</think>")[-1], problems[i // g.group_size].answer))
                             for i, r in enumerate(rows)])
-    adv = grpo_advantages(rewards, config.group_size, scale_std=False)
+    adv = grpo_advantages(rewards, g.group_size, scale_std=False)
     ids, attn = batch_ids([r.prompt + r.tokens for r in rows], tokenizer.pad_id)
     mask = torch.zeros_like(ids)
     for i, r in enumerate(rows):
         mask[i, len(r.prompt):len(r.prompt) + len(r.tokens)] = 1  # sampled and forced tokens alike
-    cfg = GRPOConfig(loss_type=config.loss_type, micro_batch_size=16, temperature=config.temperature,
-                     max_completion_length=config.think_budget + config.solution_budget + 1)
-    set_lr(opt, config.lr)
+    cfg = GRPOConfig(loss_type=g.loss_type, micro_batch_size=config.ppo.micro_batch, temperature=s.temperature,
+                     max_completion_length=g.think_budget + g.solution_budget + 1)
+    set_lr(opt, config.ppo.lr)
     model.train()
-    with _autocast(config):
+    with bf16_autocast(config.run.bf16):
         st = grpo_step(model, opt, {"input_ids": ids, "attention_mask": attn, "completion_mask": mask, "advantages": adv}, cfg)
     model.eval()
     return {"reward": rewards.mean().item(), "clip_frac": st["clip_frac"], "tokens": mask.sum().item() / len(rows)}
 
 
-# -- checkpoints ----------------------------------------------------------------------------------------
-def save_state(out: Path, it: int, model, tokenizer, opt, replay, memory, policy, rng, metrics) -> Path:
-    """Write iteration `it`'s checkpoint next to the last one, then point `latest` at it (atomic rename)."""
-    ckpt = out / f"iter-{it:04d}"
-    save_pretrained(model, tokenizer, ckpt)
-    if replay is not None:
-        replay.save(ckpt / "replay.pt")
-        memory.save(ckpt / "imitation.pt")
-    state = {"iteration": it, "optimizer": opt.state_dict(), "policy_rng": policy.generator.get_state(),
-             "python_rng": rng.getstate(), "torch_rng": torch.get_rng_state(), "metrics": metrics}
-    tmp = ckpt / ".trainer_state.pt.tmp"
-    torch.save(state, tmp)
-    tmp.replace(ckpt / "trainer_state.pt")
-    (out / ".latest.tmp").write_text(ckpt.name)
-    (out / ".latest.tmp").replace(out / "latest")
-    for old in out.glob("iter-*"):
-        if old != ckpt and old.is_dir():
-            for f in old.iterdir():
-                f.unlink()
-            old.rmdir()
-    return ckpt
+def load_problems(config: SelfPlayConfig):
+    """The training and held-out problems, checked against what the run will draw from them."""
+    train, test = load_jsonl(config.run.data), load_jsonl(config.run.test_data)
+    per_iteration = config.search.problems_per_iteration + (config.imitation.problems if config.run.algo == "ppo" else 0)
+    if len(train) < per_iteration:
+        raise ValueError(f"{config.run.data}: {len(train)} problems, but every iteration draws {per_iteration} distinct "
+                         f"ones (--problems-per-iteration{' + --imitation-problems' if config.run.algo == 'ppo' else ''})")
+    if not test:
+        raise ValueError(f"{config.run.test_data}: no held-out problems")
+    return train, test[: config.eval.problems]
 
 
 def _table(rows: list[tuple[str, EvalResult, EvalResult]]) -> str:
@@ -220,126 +160,172 @@ def _table(rows: list[tuple[str, EvalResult, EvalResult]]) -> str:
     return "\n".join(lines)
 
 
-def run(config: SelfPlayConfig, resume: str | None = None, from_scratch: bool = False, progress: bool = True) -> dict:
+def evaluate_all(model, tokenizer, problems, config: SelfPlayConfig, tag: str, progress: bool) -> dict[str, EvalResult]:
+    """The before/after table's rows: greedy, best-of-N and MCTS (with the step checker as a tool, like rStar's
+    code execution: no ground truth needed), and for GRPO the <think> format under its training budget."""
+    from tqdm.auto import tqdm
+
+    s, e = config.search, config.eval
+    kw = dict(temperature=s.temperature, max_thought_tokens=s.max_thought_tokens, seed=config.run.seed)
+    jobs = {"greedy": lambda: evaluate(model, tokenizer, problems, "greedy", **kw),
+            f"best_of_{e.best_of_n}": lambda: evaluate(model, tokenizer, problems, "best_of_n", e.best_of_n, **kw),
+            f"mcts_{e.simulations}": lambda: evaluate(model, tokenizer, problems, "mcts", e.simulations,
+                                                      mcts=replace(EVAL_MCTS, verify=step_checker(config)), **kw)}
+    if config.run.algo == "grpo":
+        g = config.grpo
+        jobs[f"think_{g.think_budget}"] = lambda: evaluate_budgeted(model, tokenizer, problems, g.think_budget, g.solution_budget)
+    results = {}
+    bar = tqdm(jobs.items(), desc=f"evaluate {tag}", disable=not progress, unit="method")
+    for name, job in bar:
+        bar.set_postfix_str(f"{name} on {len(problems)} problems")
+        results[name] = job()
+    return results
+
+
+def run(config: SelfPlayConfig, resume: str | None = None, from_scratch: bool = False, progress: bool = True,
+        overwrite: bool = False) -> dict:
+    """The whole loop: set-up (or resume), evaluation before, the iterations, evaluation after, the summary."""
     from tqdm.auto import tqdm
 
     t0 = time.perf_counter()
-    out = Path(config.out)
-    out.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(config.seed)
-    rng = random.Random(config.seed)
-    train, test = load_jsonl(config.data), load_jsonl(config.test_data)[: config.eval_problems]
+    # -- set-up: every setting and input is checked before any work starts
+    out = Path(resume or default_out(config))
     if resume:
-        start_dir = Path(resume) / (Path(resume) / "latest").read_text().strip()
+        saved = saved_settings(out, SelfPlayConfig)
+        differ = conflicts(saved, {k: v for k, v in flat_settings(config).items() if k != "out"})
+        if differ:
+            raise ValueError(f"{out} was started with other settings: " + "; ".join(differ))
+        if (out / "summary.json").exists():  # finished: nothing left to run
+            return json.loads((out / "summary.json").read_text(encoding="utf-8"))
+    train, test = load_problems(config)
+    if not resume:
+        prepare_out(out, overwrite)
+    torch.manual_seed(config.run.seed)
+    rng = random.Random(config.run.seed)
+    if resume:
+        start_dir = latest_checkpoint(out)
         model, tokenizer = load_pretrained(start_dir, dtype="float32")
     elif from_scratch:
-        model, tokenizer = train_warmstart(out / "warmstart", seed=config.seed, progress=progress)
+        model, tokenizer = train_warmstart(out / "warmstart", seed=config.run.seed, progress=progress)
     else:
-        model, tokenizer = load_pretrained(config.warmstart, dtype="float32")
+        model, tokenizer = load_pretrained(config.run.warmstart, dtype="float32")
     model.requires_grad_(True)
-    opt = torch.optim.AdamW(model.parameters(), lr=config.lr, betas=(0.9, 0.95), weight_decay=0.0)
-    replay = PrioritizedReplay(config.replay_capacity, alpha=config.alpha, seed=config.seed) if config.algo == "ppo" else None
-    memory = PrioritizedReplay(config.imitation_memory, alpha=0.0, seed=config.seed + 1) if config.algo == "ppo" else None
-    policy = LMPolicy(model, tokenizer, temperature=config.temperature, max_thought_tokens=config.max_thought_tokens, seed=config.seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=config.ppo.lr, betas=(0.9, 0.95), weight_decay=0.0)
+    ppo = config.run.algo == "ppo"
+    replay = PrioritizedReplay(config.ppo.replay_capacity, alpha=config.ppo.alpha, seed=config.run.seed) if ppo else None
+    memory = PrioritizedReplay(config.imitation.memory, alpha=0.0, seed=config.run.seed + 1) if ppo else None
+    policy = LMPolicy(model, tokenizer, temperature=config.search.temperature,
+                      max_thought_tokens=config.search.max_thought_tokens, seed=config.run.seed)
     metrics, first = [], 0
     if resume:
-        state = torch.load(start_dir / "trainer_state.pt", weights_only=False)
+        state = load_trainer_state(start_dir)
         opt.load_state_dict(state["optimizer"])
         policy.generator.set_state(state["policy_rng"])
         rng.setstate(state["python_rng"])
         torch.set_rng_state(state["torch_rng"])
         metrics, first = state["metrics"], state["iteration"] + 1
-        if replay is not None:
-            replay = PrioritizedReplay.load(start_dir / "replay.pt", weights_only=False)
+        if ppo:
+            replay = PrioritizedReplay.load(start_dir / "replay.pt")
             memory = PrioritizedReplay.load(start_dir / "imitation.pt")
-    quick = test[:100]
+        # metrics.jsonl back to this checkpoint: lines a killed run wrote after it are dropped, not repeated
+        rewrite_jsonl(out / "metrics.jsonl", [{"eval": "before", **metrics[0]["before"]}] + metrics[1:])
+
+    # -- evaluation before
     evals = {}
-    # test-time MCTS checks each step's equations too (a tool, like rStar's code execution: no ground truth needed)
-    test_mcts = replace(EVAL_MCTS, verify=step_checker(config))
-
-    def eval_all(tag):
-        kw = dict(temperature=config.temperature, max_thought_tokens=config.max_thought_tokens, seed=config.seed)
-        e = {"greedy": evaluate(model, tokenizer, test, "greedy", **kw),
-             f"best_of_{config.best_of_n}": evaluate(model, tokenizer, test, "best_of_n", config.best_of_n, **kw),
-             f"mcts_{config.eval_simulations}": evaluate(model, tokenizer, test, "mcts", config.eval_simulations, mcts=test_mcts, **kw)}
-        if config.algo == "grpo":
-            e[f"think_{config.think_budget}"] = evaluate_budgeted(model, tokenizer, test, config.think_budget, config.solution_budget)
-        evals[tag] = e
-        with open(out / "metrics.jsonl", "a", encoding="utf-8") as f:
-            f.write(json.dumps({"eval": tag, **{k: asdict(v) for k, v in e.items()}}) + "\n")
-
     if not resume:
         (out / "metrics.jsonl").unlink(missing_ok=True)
-        eval_all("before")
+        evals["before"] = evaluate_all(model, tokenizer, test, config, "before", progress)
         metrics.append({"before": {k: asdict(v) for k, v in evals["before"].items()}})
+        append_jsonl(out / "metrics.jsonl", {"eval": "before", **metrics[0]["before"]})
     else:
         evals["before"] = {k: EvalResult(**v) for k, v in metrics[0]["before"].items()}
-    bar = tqdm(range(first, config.iterations), desc=f"self-play ({config.algo})", disable=not progress,
-               initial=first, total=config.iterations)
+
+    # -- the loop
+    bar = tqdm(range(first, config.run.iterations), desc=f"self-play ({config.run.algo})", disable=not progress,
+               initial=first, total=config.run.iterations, unit="iteration")
     for it in bar:
-        problems = rng.sample(train, config.problems_per_iteration + (config.imitation_problems if config.algo == "ppo" else 0))
+        problems = rng.sample(train, config.search.problems_per_iteration + (config.imitation.problems if ppo else 0))
         c = iteration_config(config, it)
-        if config.algo == "ppo":
-            m = ppo_iteration(model, tokenizer, opt, replay, policy, problems[:config.problems_per_iteration], it, c)
-            if config.imitation_problems:
-                m.update(imitation_iteration(model, tokenizer, opt, policy, problems[config.problems_per_iteration:], memory, rng, c))
+        if ppo:
+            m = ppo_iteration(model, tokenizer, opt, replay, policy, problems[:config.search.problems_per_iteration], it, c)
+            if config.imitation.problems:
+                m.update(imitation_iteration(model, tokenizer, opt, policy, problems[config.search.problems_per_iteration:],
+                                             memory, rng, c))
         else:
             m = grpo_iteration(model, tokenizer, opt, problems, it, c)
-        m["lr"] = c.lr
-        if config.eval_every and (it + 1) % config.eval_every == 0:
-            m["greedy_quick"] = evaluate(model, tokenizer, quick, "greedy", max_thought_tokens=config.max_thought_tokens).accuracy
+        m["lr"] = c.ppo.lr
+        if config.eval.every and (it + 1) % config.eval.every == 0:
+            m["greedy_quick"] = evaluate(model, tokenizer, test[:config.eval.quick], "greedy",
+                                         max_thought_tokens=config.search.max_thought_tokens).accuracy
         m.update(iteration=it, seconds=round(time.perf_counter() - t0, 1))
         metrics.append(m)
-        with open(out / "metrics.jsonl", "a", encoding="utf-8") as f:
-            f.write(json.dumps(m) + "\n")
+        append_jsonl(out / "metrics.jsonl", m)
         bar.set_postfix({k: f"{v:.3f}" for k, v in m.items() if k in ("solved", "imitation_solved", "reward", "greedy_quick")})
-        save_state(out, it, model, tokenizer, opt, replay, memory, policy, rng, metrics)
-    eval_all("after")
+        state = {"optimizer": opt.state_dict(), "policy_rng": policy.generator.get_state(), "python_rng": rng.getstate(),
+                 "torch_rng": torch.get_rng_state(), "metrics": metrics}
+        save_checkpoint(out, it, config, model, tokenizer, state, {"replay.pt": replay, "imitation.pt": memory} if ppo else {},
+                        config.run.keep_checkpoints)
+
+    # -- evaluation after, and the summary
+    evals["after"] = evaluate_all(model, tokenizer, test, config, "after", progress)
+    append_jsonl(out / "metrics.jsonl", {"eval": "after", **{k: asdict(v) for k, v in evals["after"].items()}})
     final = save_pretrained(model, tokenizer, out / "final")
     before, after = evals["before"], evals["after"]
     print("\n" + _table([(k, before[k], after[k]) for k in after if k in before]))
+    e = config.eval
     summary = {"sft_greedy": before["greedy"].accuracy, "final_greedy": after["greedy"].accuracy,
-               "sft_best_of_n": before[f"best_of_{config.best_of_n}"].accuracy,
-               "final_best_of_n": after[f"best_of_{config.best_of_n}"].accuracy,
-               "sft_mcts": before[f"mcts_{config.eval_simulations}"].accuracy,
-               "final_mcts": after[f"mcts_{config.eval_simulations}"].accuracy,
-               "iterations": config.iterations, "algo": config.algo, "seed": config.seed,
+               "sft_best_of_n": before[f"best_of_{e.best_of_n}"].accuracy,
+               "final_best_of_n": after[f"best_of_{e.best_of_n}"].accuracy,
+               "sft_mcts": before[f"mcts_{e.simulations}"].accuracy, "final_mcts": after[f"mcts_{e.simulations}"].accuracy,
+               "iterations": config.run.iterations, "algo": config.run.algo, "seed": config.run.seed,
                "wall_s": round(time.perf_counter() - t0, 1), "checkpoint": str(final)}
+    atomic_write(out / "summary.json", json.dumps(summary))
     return summary
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    g = p.add_argument_group("run")
-    g.add_argument("--tiny", action="store_true", help="the laptop-CPU recipe on the tiny task (the default settings)")
-    g.add_argument("--from-scratch", action="store_true", help="redo the warm start (SFT) instead of loading data/tiny/warmstart")
-    g.add_argument("--resume", default=None, help="continue the run in this directory from its latest checkpoint")
+    g = p.add_argument_group("what to run")
+    g.add_argument("--tiny", action="store_true", help="the laptop-CPU recipe on the tiny task: the shipped warm start "
+                   "data/tiny/warmstart and the tiny problems, with the settings below at their defaults")
+    g.add_argument("--model", default=None, help="warm start: checkpoint directory or hub id (overrides --warmstart)")
+    g.add_argument("--resume", default=None, help="continue the run in this directory from its latest checkpoint, with "
+                   "its saved settings (a flag that contradicts them is an error)")
+    g.add_argument("--from-scratch", action="store_true", help="redo the warm start (SFT) instead of loading it")
+    g.add_argument("--overwrite", action="store_true", help="start over in an --out directory that holds another run")
     g.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
     g.add_argument("--no-progress", action="store_true", help="no progress bars")
-    g = p.add_argument_group("model and data (without --tiny)")
-    g.add_argument("--model", default=None, help="warm start: hub id or directory (default: data/tiny/warmstart)")
-    g.add_argument("--data", default=None, help="training problems, GSM8K-style jsonl")
-    g.add_argument("--test-data", default=None, help="held-out problems, GSM8K-style jsonl")
-    add_config_flags(p.add_argument_group("settings (see SelfPlayConfig for each)"), SelfPlayConfig,
-                     skip=("data", "test_data", "warmstart"))
+    add_config_flags(p, SelfPlayConfig)
     args = p.parse_args(argv)
+    flags = {k: v for k, v in vars(args).items() if k not in ("tiny", "model", "resume", "from_scratch", "overwrite",
+                                                               "threads", "no_progress")}
+    if args.model:
+        flags["warmstart"] = args.model
+    if args.threads is not None and args.threads < 1:
+        p.error(f"--threads {args.threads}: expected a positive number")
+    if not (args.tiny or args.model or args.resume):
+        p.error("say what to run: --tiny (the tiny recipe), --model DIR_OR_HUB_ID with --data and --test-data, "
+                "or --resume RUN_DIR")
+    try:
+        if args.resume:
+            config = saved_settings(Path(args.resume), SelfPlayConfig)
+            differ = conflicts(config, {k: v for k, v in flags.items() if k != "out"})
+            if differ:
+                p.error(f"--resume {args.resume}: the run was started with other settings: " + "; ".join(differ))
+        else:
+            config = apply_flags(PRESETS["tiny"], flags)
+            config = replace(config, run=replace(config.run, out=default_out(config)))
+            load_problems(config)  # a data file too small for the run fails now, not after the first evaluation
+    except (ValueError, OSError, KeyError) as e:
+        p.error(str(e))
     hold_freed_memory()
     if args.threads:
         torch.set_num_threads(args.threads)
-    overrides = {f.name: getattr(args, f.name) for f in fields(SelfPlayConfig)
-                 if f.name not in ("data", "test_data", "warmstart")}
-    config = SelfPlayConfig(**overrides)
-    if args.model:
-        config.warmstart = args.model
-    if args.data:
-        config.data = args.data
-    if args.test_data:
-        config.test_data = args.test_data
-    if config.algo not in ("ppo", "grpo"):
-        p.error(f"--algo {config.algo!r}: expected 'ppo' or 'grpo'")
-    if args.resume:
-        config.out = args.resume
-    summary = run(config, resume=args.resume, from_scratch=args.from_scratch, progress=not args.no_progress)
+    try:
+        summary = run(config, resume=args.resume, from_scratch=args.from_scratch, progress=not args.no_progress,
+                      overwrite=args.overwrite)
+    except FileExistsError as e:
+        p.error(str(e))
     print(json.dumps(summary))
 
 

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from nanoo1.model import bf16_autocast
 from nanoo1.tasks import OPS, Problem, Step, solution_tree, think_prompt
 from nanoo1.thoughts import RATINGS, render_node
 
@@ -143,7 +144,7 @@ def lm_loss(model, ids, attn, loss_mask, bf16: bool = False):
     """Mean cross-entropy of the tokens where loss_mask is 1, each predicted from the position before.
 
     bf16 autocasts the matrix multiplies on a CPU (weights and the optimizer stay float32)."""
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16 and ids.device.type == "cpu"):
+    with bf16_autocast(bf16 and ids.device.type == "cpu"):
         logits = model(ids, attention_mask=attn)  # (B, T, V)
     target_mask = loss_mask[:, 1:].bool()  # (B, T-1)
     logits = logits[:, :-1][target_mask].float()  # (N, V)

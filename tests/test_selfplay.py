@@ -1,15 +1,15 @@
 """A short self-play run end to end: metrics, checkpoints, the final JSON, exact resume, determinism."""
 
 import json
-from dataclasses import replace
-
 import pytest
 import torch
 
 from conftest import random_model
 from nanoo1.checkpoint import load_pretrained, save_pretrained
 from nanoo1.replay import PrioritizedReplay
-from nanoo1.selfplay import SelfPlayConfig, iteration_config, main, run
+from nanoo1.config import apply_flags
+from nanoo1.recipe import PRESETS, iteration_config
+from nanoo1.selfplay import main, run
 from nanoo1.tasks import TINY_DIR
 from nanoo1.tokenizer import Tokenizer
 from nanoo1.warmstart import TINY_MODEL
@@ -26,15 +26,34 @@ def warmstart(tmp_path_factory):
 
 def small(out, warmstart, **kw):
     settings = dict(out=str(out), warmstart=str(warmstart), eval_problems=3, iterations=2, problems_per_iteration=3,
-                    simulations=2, updates_per_iteration=2, minibatch=4, best_of_n=2, eval_simulations=2, eval_every=0,
+                    simulations=2, updates_per_iteration=2, minibatch=4, eval_best_of_n=2, eval_simulations=2, eval_every=0,
                     max_thought_tokens=12, imitation_problems=3, imitation_batch=2)
-    return SelfPlayConfig(**{**settings, **kw})
+    return apply_flags(PRESETS["tiny"], {**settings, **kw})
+
+
+class Killed(Exception):
+    pass
+
+
+def killed_after_first_checkpoint(config, monkeypatch):
+    """Run `config` and kill it right after its first iteration's checkpoint is written."""
+    import nanoo1.selfplay as selfplay
+
+    def save_then_die(*args, **kw):
+        real(*args, **kw)
+        raise Killed
+
+    real = selfplay.save_checkpoint
+    monkeypatch.setattr(selfplay, "save_checkpoint", save_then_die)
+    with pytest.raises(Killed):
+        run(config, progress=False)
+    monkeypatch.setattr(selfplay, "save_checkpoint", real)
 
 
 def test_short_run_writes_metrics_checkpoints_and_final_json(tmp_path, warmstart, capsys):
     main(["--tiny", "--model", str(warmstart), "--out", str(tmp_path), "--eval-problems", "3", "--iterations", "2",
           "--problems-per-iteration", "3", "--simulations", "2", "--updates-per-iteration", "1", "--minibatch", "4",
-          "--best-of-n", "2", "--eval-simulations", "2", "--eval-every", "1", "--max-thought-tokens", "12", "--imitation-problems", "3",
+          "--eval-best-of-n", "2", "--eval-simulations", "2", "--eval-every", "1", "--max-thought-tokens", "12", "--imitation-problems", "3",
           "--imitation-batch", "2", "--no-progress"])
     last = capsys.readouterr().out.strip().splitlines()[-1]
     summary = json.loads(last)
@@ -48,9 +67,9 @@ def test_short_run_writes_metrics_checkpoints_and_final_json(tmp_path, warmstart
     assert (tmp_path / "latest").read_text() == "iter-0001" and (tmp_path / "iter-0001" / "replay.pt").exists()
 
 
-def test_resume_continues_exactly_and_seeds_repeat(tmp_path, warmstart):
+def test_resume_continues_exactly_and_seeds_repeat(tmp_path, warmstart, monkeypatch):
     straight = run(small(tmp_path / "a", warmstart), progress=False)
-    run(small(tmp_path / "b", warmstart, iterations=1), progress=False)
+    killed_after_first_checkpoint(small(tmp_path / "b", warmstart), monkeypatch)
     resumed = run(small(tmp_path / "b", warmstart), resume=str(tmp_path / "b"), progress=False)
     a, _ = load_pretrained(tmp_path / "a" / "final")
     b, _ = load_pretrained(tmp_path / "b" / "final")
@@ -66,9 +85,9 @@ def test_imitation_steps_resume_exactly(tmp_path, warmstart, monkeypatch):
     import nanoo1.selfplay as selfplay
 
     monkeypatch.setattr(selfplay, "grade", lambda results, truths: [len(r.path) > 1 for r in results])
-    kw = dict(check_equations=False, problems_per_iteration=2, imitation_problems=4, eval_simulations=1, best_of_n=1)
+    kw = dict(check_equations=False, problems_per_iteration=2, imitation_problems=4, eval_simulations=1, eval_best_of_n=1)
     straight = run(small(tmp_path / "a", warmstart, **kw), progress=False)
-    run(small(tmp_path / "b", warmstart, iterations=1, **kw), progress=False)
+    killed_after_first_checkpoint(small(tmp_path / "b", warmstart, **kw), monkeypatch)
     resumed = run(small(tmp_path / "b", warmstart, **kw), resume=str(tmp_path / "b"), progress=False)
     assert {k: v for k, v in straight.items() if k not in ("wall_s", "checkpoint")} == \
         {k: v for k, v in resumed.items() if k not in ("wall_s", "checkpoint")}
@@ -107,12 +126,12 @@ def test_eval_command_gives_mcts_the_step_checker(tmp_path, warmstart, monkeypat
 
 
 def test_learning_rates_fall_along_a_cosine():
-    config = SelfPlayConfig(iterations=5, lr=1e-4, imitation_lr=3e-4, lr_decay=0.1)
+    config = apply_flags(PRESETS["tiny"], dict(iterations=5, lr=1e-4, imitation_lr=3e-4, lr_decay=0.1))
     lrs = [iteration_config(config, it) for it in range(5)]
     # full rate first, lr_decay times it last, halfway between in the middle; both rates alike
-    assert [c.lr for c in lrs] == pytest.approx([1e-4, 0.8682e-4, 0.55e-4, 0.2318e-4, 0.1e-4], rel=1e-3)
-    assert [c.imitation_lr / c.lr for c in lrs] == pytest.approx([3.0] * 5)
-    assert iteration_config(replace(config, iterations=1), 0).lr == 1e-4  # one iteration: the full rate
+    assert [c.ppo.lr for c in lrs] == pytest.approx([1e-4, 0.8682e-4, 0.55e-4, 0.2318e-4, 0.1e-4], rel=1e-3)
+    assert [c.imitation.lr / c.ppo.lr for c in lrs] == pytest.approx([3.0] * 5)
+    assert iteration_config(apply_flags(config, {"iterations": 1}), 0).ppo.lr == 1e-4  # one iteration: the full rate
 
 
 def test_grpo_run_learns_from_budgeted_rollouts_and_resumes_exactly(tmp_path, warmstart, monkeypatch):
@@ -122,7 +141,7 @@ def test_grpo_run_learns_from_budgeted_rollouts_and_resumes_exactly(tmp_path, wa
     monkeypatch.setattr(selfplay, "check", lambda text, truth: len(text) % 2 == 0)
     kw = dict(algo="grpo", group_size=2, think_budget=8, solution_budget=4, problems_per_iteration=2)
     straight = run(small(tmp_path / "a", warmstart, **kw), progress=False)
-    run(small(tmp_path / "b", warmstart, iterations=1, **kw), progress=False)
+    killed_after_first_checkpoint(small(tmp_path / "b", warmstart, **kw), monkeypatch)
     resumed = run(small(tmp_path / "b", warmstart, **kw), resume=str(tmp_path / "b"), progress=False)
     drop = ("wall_s", "checkpoint")
     assert {k: v for k, v in straight.items() if k not in drop} == {k: v for k, v in resumed.items() if k not in drop}

@@ -1,0 +1,145 @@
+"""Settings: grouped dataclasses, their command-line flags, their checks, and their JSON form.
+
+A run's settings are a dataclass of groups (`SelfPlayConfig.ppo`, `.imitation`, ...), each a dataclass whose
+fields carry a comment. `add_config_flags` turns every field into one `--flag` whose help text is that
+comment, so the code is the documentation. A group may name a `flag_prefix` (ImitationSettings' `lr` is
+`--imitation-lr`). Flags default to "not given", so an entry point can tell what the user asked for from
+what a preset or a resumed run's saved settings hold (`apply_flags`, `conflicts`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import re
+from dataclasses import asdict, fields, is_dataclass, replace
+
+_COMMENTED_FIELD = re.compile(r"^\s*(\w+)\s*:[^#]*#\s?(.*)$")
+_CONTINUATION = re.compile(r"^\s*#\s*(.*)$")
+
+
+def parse_bool(text: str) -> bool:
+    """A command-line boolean: true/false, yes/no, 1/0 (any case); anything else is an error, not False."""
+    value = text.strip().lower()
+    if value in ("1", "true", "yes"):
+        return True
+    if value in ("0", "false", "no"):
+        return False
+    raise argparse.ArgumentTypeError(f"{text!r} is not a boolean: expected true or false (or yes/no, 1/0)")
+
+
+def field_help(cls) -> dict[str, str]:
+    """Each field's comment in the class source (`name: type = default  # help`, continued on `#` lines)."""
+    helps, last = {}, None
+    for line in inspect.getsource(cls).splitlines():
+        m = _COMMENTED_FIELD.match(line)
+        if m:
+            last = m.group(1)
+            helps[last] = m.group(2).strip()
+        elif last and (c := _CONTINUATION.match(line)):
+            helps[last] += " " + c.group(1).strip()
+        else:
+            last = None
+    return helps
+
+
+def _groups(config_cls) -> list:
+    """The (group name, group class) pairs of a grouped config, or [(None, config_cls)] for a flat one."""
+    groups = [(f.name, f.default_factory) for f in fields(config_cls) if is_dataclass(f.default_factory)]
+    return groups or [(None, config_cls)]
+
+
+def flag_names(config_cls) -> dict[str, tuple[str | None, str]]:
+    """flag name (underscores) -> (group, field) for every field of a grouped or flat config."""
+    names = {}
+    for group, cls in _groups(config_cls):
+        prefix = getattr(cls, "flag_prefix", "")
+        for f in fields(cls):
+            names[prefix + f.name] = (group, f.name)
+    return names
+
+
+def add_config_flags(parser: argparse.ArgumentParser, config_cls, skip=()) -> None:
+    """One `--flag-name` per field (but `skip`), typed by the field's default, its comment as help, in one
+    argument group per settings group. Defaults are not filled in: `apply_flags` takes only given flags."""
+    for group, cls in _groups(config_cls):
+        g = parser.add_argument_group(f"{group} settings" if group else "settings")
+        helps, prefix = field_help(cls), getattr(cls, "flag_prefix", "")
+        for f in fields(cls):
+            if prefix + f.name in skip:
+                continue
+            default = cls().__dict__[f.name]
+            kind = parse_bool if isinstance(default, bool) else type(default)
+            g.add_argument("--" + (prefix + f.name).replace("_", "-"), dest=prefix + f.name, type=kind,
+                           default=argparse.SUPPRESS, metavar=kind.__name__.upper() if kind is not parse_bool else "BOOL",
+                           help=f"{helps.get(f.name, '')} (default: {default})")
+
+
+def apply_flags(config, flags: dict):
+    """`config` with the fields named by flat flag names (`imitation_lr`, `seed`, ...) set to new values."""
+    names = flag_names(type(config))
+    unknown = sorted(set(flags) - names.keys())
+    if unknown:
+        raise ValueError(f"unknown settings {unknown}; known: {sorted(names)}")
+    updates: dict = {}
+    for flag, value in flags.items():
+        group, name = names[flag]
+        updates.setdefault(group, {})[name] = value
+    if None in updates:
+        return replace(config, **updates.pop(None))
+    return replace(config, **{g: replace(getattr(config, g), **kw) for g, kw in updates.items()})
+
+
+def flat_settings(config) -> dict:
+    """flag name -> value of every field (the inverse of `apply_flags`)."""
+    return {flag: getattr(getattr(config, g) if g else config, name) for flag, (g, name) in flag_names(type(config)).items()}
+
+
+def conflicts(saved, flags: dict) -> list[str]:
+    """The given flags whose values differ from the saved settings, as `--flag: saved -> given` lines."""
+    have = flat_settings(saved)
+    return [f"--{k.replace('_', '-')}: {have[k]!r} in the run, {v!r} given" for k, v in flags.items() if k in have and have[k] != v]
+
+
+def to_dict(config) -> dict:
+    """The JSON form of a (grouped) config."""
+    return asdict(config)
+
+
+def from_dict(config_cls, d, source: str):
+    """A config from its JSON form; unknown or missing keys and wrong types are errors naming `source`."""
+    if not isinstance(d, dict):
+        raise ValueError(f"{source}: expected a JSON object of settings, got {type(d).__name__}")
+    kw = {}
+    for f in fields(config_cls):
+        if f.name not in d:
+            raise ValueError(f"{source}: missing setting {f.name!r}")
+        default = f.default_factory() if callable(f.default_factory) else f.default
+        if is_dataclass(default):
+            kw[f.name] = from_dict(type(default), d[f.name], f"{source} [{f.name}]")
+        elif type(d[f.name]) is not type(default) and not (type(default) is float and type(d[f.name]) is int):
+            raise ValueError(f"{source}: setting {f.name!r} is {d[f.name]!r}, expected a {type(default).__name__}")
+        else:
+            kw[f.name] = type(default)(d[f.name])
+    extra = sorted(set(d) - {f.name for f in fields(config_cls)})
+    if extra:
+        raise ValueError(f"{source}: unknown settings {extra}")
+    return config_cls(**kw)
+
+
+def check_settings(settings, positive=(), non_negative=(), fraction=(), choices=None) -> None:
+    """Raise ValueError naming the first field outside its range: > 0, >= 0, in [0, 1], or among choices."""
+    name = type(settings).__name__
+    prefix = getattr(settings, "flag_prefix", "")
+    for f in positive:
+        if not getattr(settings, f) > 0:
+            raise ValueError(f"{name}: --{(prefix + f).replace('_', '-')} must be > 0, got {getattr(settings, f)!r}")
+    for f in non_negative:
+        if not getattr(settings, f) >= 0:
+            raise ValueError(f"{name}: --{(prefix + f).replace('_', '-')} must be >= 0, got {getattr(settings, f)!r}")
+    for f in fraction:
+        if not 0 <= getattr(settings, f) <= 1:
+            raise ValueError(f"{name}: --{(prefix + f).replace('_', '-')} must lie in [0, 1], got {getattr(settings, f)!r}")
+    for f, allowed in (choices or {}).items():
+        if getattr(settings, f) not in allowed:
+            raise ValueError(f"{name}: --{(prefix + f).replace('_', '-')} is {getattr(settings, f)!r}, expected one of {allowed}")

@@ -1,0 +1,93 @@
+"""Run directories: what a training run writes, how it is checkpointed, and how it resumes.
+
+    OUT/metrics.jsonl        one JSON line per evaluation and per iteration
+    OUT/iter-NNNN/           the last k iteration checkpoints: the model (Hugging Face layout), settings.json,
+                             trainer_state.pt (optimizer, random states, metrics so far) and any buffers
+    OUT/latest               the name of the newest whole checkpoint (renamed into place after it is written)
+    OUT/final/, summary.json the end of a finished run
+
+Everything is written atomically (`files.atomic_write`); trainer state and buffers are read with torch's
+restricted unpickler (`weights_only=True`), so a run directory someone hands you cannot run code.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import torch
+
+from nanoo1.checkpoint import save_pretrained
+from nanoo1.config import from_dict, to_dict
+from nanoo1.files import atomic_write
+
+SETTINGS = "settings.json"  # the run's settings, in every checkpoint
+TRAINER_STATE = "trainer_state.pt"  # iteration, optimizer, random states, metrics
+
+
+def latest_checkpoint(run_dir: Path) -> Path:
+    """The checkpoint directory that run_dir/latest names."""
+    latest = Path(run_dir) / "latest"
+    if not latest.is_file():
+        raise FileNotFoundError(f"{latest}: not found; {run_dir} is not a run with a finished iteration")
+    name = latest.read_text(encoding="utf-8").strip()
+    if not (name.startswith("iter-") and name[5:].isdigit() and (latest.parent / name).is_dir()):
+        raise ValueError(f"{latest}: names {name!r}, expected an iter-NNNN checkpoint directory beside it")
+    return latest.parent / name
+
+
+def saved_settings(run_dir: Path, config_cls):
+    """The settings a run was started with, from its latest checkpoint's settings.json."""
+    path = latest_checkpoint(run_dir) / SETTINGS
+    try:
+        d = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path}: cannot read the run's settings ({e})") from e
+    return from_dict(config_cls, d, str(path))
+
+
+def save_checkpoint(out: Path, it: int, config, model, tokenizer, state: dict, buffers: dict, keep: int) -> Path:
+    """Write iteration `it`'s checkpoint (model, settings, buffers by file name, trainer state), point `latest`
+    at it, then delete all but the last `keep` iteration checkpoints."""
+    ckpt = out / f"iter-{it:04d}"
+    save_pretrained(model, tokenizer, ckpt)
+    atomic_write(ckpt / SETTINGS, json.dumps(to_dict(config), indent=1))
+    for name, buffer in buffers.items():
+        buffer.save(ckpt / name)
+    atomic_write(ckpt / TRAINER_STATE, lambda f: torch.save({"iteration": it, **state}, f))
+    atomic_write(out / "latest", ckpt.name)
+    for old in sorted(out.glob("iter-*"))[:-keep]:
+        shutil.rmtree(old)
+    return ckpt
+
+
+def load_trainer_state(ckpt: Path) -> dict:
+    """A checkpoint's trainer state, read without running any code the file may carry."""
+    path = ckpt / TRAINER_STATE
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # a damaged or hostile file: torch raises UnpicklingError, RuntimeError, EOFError...
+        raise ValueError(f"{path}: not a readable trainer state ({type(e).__name__}: {e})") from e
+
+
+def prepare_out(out: Path, overwrite: bool) -> None:
+    """Refuse to start a run over another one (resume it, or say --overwrite); with overwrite, clear its files."""
+    found = [p for p in [out / "metrics.jsonl", out / "latest", out / "summary.json", out / "final"] if p.exists()]
+    found += sorted(out.glob("iter-*"))
+    if found and not overwrite:
+        raise FileExistsError(f"{out} holds another run ({found[0].name}); --resume {out} continues it, --out DIR "
+                              "starts elsewhere, --overwrite replaces it")
+    for p in found:
+        shutil.rmtree(p) if p.is_dir() else p.unlink()
+    out.mkdir(parents=True, exist_ok=True)
+
+
+def append_jsonl(path: Path, row: dict) -> None:
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(row) + "\n")
+
+
+def rewrite_jsonl(path: Path, rows: list[dict]) -> None:
+    """Replace a metrics file by these rows (on resume: the lines up to the checkpoint, none twice)."""
+    atomic_write(path, "".join(json.dumps(r) + "\n" for r in rows))
