@@ -3,8 +3,10 @@
 import pytest
 import torch
 
-from nanoo1.experience import (chain_items, collate_chains, imitation_items, outcomes, relabel_lucky, success_rates,
-                               tree_chains)
+from conftest import random_model
+from nanoo1.experience import (chain_items, collate_chains, imitation_items, outcomes, relabel_lucky, restamp_stale,
+                               row_priorities, stamp_old, success_rates, tree_chains)
+from nanoo1.warmstart import TINY_MODEL
 from nanoo1.tasks import TINY_DIR, make_problems
 from nanoo1.thoughts import Tree, render_node, render_path
 from nanoo1.tokenizer import Tokenizer
@@ -82,3 +84,44 @@ def test_imitation_items_train_every_line_after_the_question_and_the_eos():
     question = tok.encode(render_node(tree.root) + "\n")
     assert ids == tok.encode(render_path(tree.path(end))) + [tok.eos_id]  # the rendered chain, then <eos>
     assert ids[:len(question)] == question and mask == [0] * len(question) + [1] * (len(ids) - len(question))
+
+
+def test_failures_come_in_the_order_the_search_found_them_whatever_their_values():
+    tree = Tree("q")
+    win = tree.add(tree.root, "<conclusion>", "w", terminal="success")
+    first = tree.add(tree.root, "<conclusion>", "x", value=-3.0, terminal="failure")
+    second = tree.add(tree.root, "<conclusion>", "y", value=0.0, terminal="failure")  # 0.0 is a value, not "unset"
+    third = tree.add(tree.root, "<conclusion>", "z", value=-1.0, terminal="failure")
+    assert [p[-1] for p in tree_chains(tree, 8)] == [win, first, second, third]
+
+
+def replay_items(tok, n=3):
+    (p,) = make_problems(1, seed=0)
+    tree = Tree(p.question)
+    a = tree.add(tree.root, "<expansion>", "7 + 5 = 12", value=-0.1)
+    tree.add(a, "<conclusion>", "The answer is \\boxed{12}", terminal="success")
+    return [dict(it) for it in chain_items(tok, tree_chains(tree, 2), success_rates(tree)) for _ in range(n)]
+
+
+def test_stale_replayed_chains_are_restamped_by_the_current_policy():
+    tok = Tokenizer.from_file(TINY_DIR)
+    old_model, new_model = random_model(TINY_MODEL, seed=0, std=0.05), random_model(TINY_MODEL, seed=1, std=0.05)
+    items = replay_items(tok)
+    for it, iteration in zip(items, (0, 2, 3)):
+        stamp_old(old_model, tok, [it], 1.0, iteration=iteration)
+    before = [list(it["old_logp"]) for it in items]
+    # at iteration 3 with max_age 1: the chain of iteration 0 is re-stamped, those of 2 and 3 keep their stamps
+    assert restamp_stale(new_model, tok, items + items[:1], 3, 1, 1.0) == 1  # a repeated draw counts once
+    assert [it["iteration"] for it in items] == [3, 2, 3]
+    assert items[0]["old_logp"] != before[0] and items[1:] and [it["old_logp"] for it in items[1:]] == before[1:]
+    fresh = dict(items[0])
+    stamp_old(new_model, tok, [fresh], 1.0, iteration=3)
+    assert fresh["old_logp"] == items[0]["old_logp"] and fresh["old_value"] == items[0]["old_value"]
+
+
+def test_priority_at_insertion_is_the_stamped_value_error():
+    tok = Tokenizer.from_file(TINY_DIR)
+    (item,) = replay_items(tok, 1)
+    stamp_old(random_model(TINY_MODEL, seed=0, std=0.05), tok, [item], 1.0)
+    expected = sum(abs(t - v) for t, v in zip(item["value_target"], item["old_value"])) / len(item["value_target"])
+    assert row_priorities([item]) == pytest.approx([expected])

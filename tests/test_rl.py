@@ -5,7 +5,7 @@ import torch
 import torch.nn as nn
 
 from nanoo1.rl import (GRPOConfig, LOSS_TYPES, PPOConfig, completion_logprobs, gae, grpo_advantages, grpo_loss,
-                       grpo_step, k3_kl, kl_early_stop, path_gae, ppo_policy_loss, ppo_step, value_loss)
+                       grpo_step, k3_kl, kl_early_stop, path_gae, ppo_policy_loss, ppo_step, td_priority, value_loss)
 
 
 class TinyLM(nn.Module):
@@ -440,3 +440,43 @@ def test_ppo_policy_loss_importance_weights_scale_each_row():
     # weights (0.5, 1): (-1 * 0.5 + 2 * 1) / 2 = 0.75, each row scaled on its own
     weighted, _ = ppo_policy_loss(logp, logp.clone(), adv, mask, weights=torch.tensor([0.5, 1.0]))
     assert weighted.item() == pytest.approx(0.75)
+
+
+# ----------------------------------------------------------------------------- prioritized replay's inputs
+
+def test_row_loss_and_priorities_ignore_importance_weights():
+    """Replay priorities measure how surprising an item is, not how it was drawn: no importance weight enters them."""
+    logp = torch.zeros(2, 2)
+    adv = torch.tensor([1.0, -2.0])
+    mask = torch.tensor([[0, 1], [0, 1]])
+    _, plain = ppo_policy_loss(logp, logp.clone(), adv, mask)
+    _, weighted = ppo_policy_loss(logp, logp.clone(), adv, mask, weights=torch.tensor([0.5, 0.25]))
+    torch.testing.assert_close(weighted["row_loss"], plain["row_loss"])  # (-1, 2), before the weights
+    torch.testing.assert_close(plain["row_loss"], torch.tensor([-1.0, 2.0]))
+    # |delta| = mean |R - V| over each row's value positions, padding excluded
+    v, r, m = torch.tensor([[0.2, 0.9], [0.5, 0.0]]), torch.tensor([[1.0, 1.0], [0.0, 1.0]]), torch.tensor([[1, 1], [1, 0]])
+    torch.testing.assert_close(td_priority(v, r, m), torch.tensor([(0.8 + 0.1) / 2, 0.5]))
+
+
+def test_value_loss_is_weighted_like_the_policy_loss():
+    v, old, r = torch.tensor([[0.2], [0.6]]), torch.tensor([[0.2], [0.6]]), torch.tensor([[1.0], [0.0]])
+    # 0.5 mean(w * (V - R)^2) = 0.5 * (1 * 0.64 + 0.5 * 0.36) / 2
+    assert value_loss(v, old, r, weights=torch.tensor([1.0, 0.5])).item() == pytest.approx(0.5 * (0.64 + 0.18) / 2)
+    assert value_loss(v, old, r, weights=torch.tensor([0.0, 1.0])).item() == pytest.approx(0.5 * 0.36 / 2)
+
+
+def test_ppo_step_returns_the_value_functions_priorities_whatever_the_weights():
+    batch = ppo_batch(TinyLM())
+    batch["value_pos"] = torch.tensor([3, 4, 5, 6])
+    batch["value_target"] = torch.tensor([1.0, 0.0, 1.0, 1.0])
+
+    def value_fn(model, mb, hidden):
+        p = torch.softmax(model.logits(hidden)[torch.arange(len(mb["value_pos"])), mb["value_pos"]][:, :2], -1)[:, 0]
+        loss = value_loss(p[:, None], p[:, None].detach(), mb["value_target"][:, None], weights=mb.get("weights"))
+        return loss, td_priority(p[:, None], mb["value_target"][:, None])
+
+    _, plain = sgd_update(ppo_step, batch, PPOConfig(micro_batch_size=3), value_loss_fn=value_fn)
+    _, weighted = sgd_update(ppo_step, {**batch, "weights": torch.tensor([1.0, 0.1, 0.5, 0.2])}, PPOConfig(micro_batch_size=3),
+                             value_loss_fn=value_fn)
+    assert len(plain["row_priority"]) == 4 and plain["row_priority"] == pytest.approx(weighted["row_priority"])
+    assert weighted["value_loss"] < plain["value_loss"]  # the weights scale the value loss too

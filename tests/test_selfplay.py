@@ -153,3 +153,122 @@ def test_grpo_run_learns_from_budgeted_rollouts_and_resumes_exactly(tmp_path, wa
     lines = [json.loads(line) for line in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
     assert "think_8" in lines[0] and all(0 < m["reward"] < 1 and m["tokens"] > 0 for m in lines[1:-1])
     assert not (tmp_path / "a" / "iter-0001" / "replay.pt").exists()  # no MCTS, no buffers
+
+
+def untimed(row):
+    return {k: untimed(v) if isinstance(v, dict) else v for k, v in row.items() if k != "seconds"}
+
+
+def metrics_of(run_dir):
+    return [untimed(json.loads(line)) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_checkpoints_keep_the_last_k_and_hold_the_run_settings(tmp_path, warmstart):
+    from nanoo1.config import to_dict
+
+    config = small(tmp_path, warmstart, iterations=3, keep_checkpoints=2, imitation_problems=0)
+    run(config, progress=False)
+    assert sorted(p.name for p in tmp_path.glob("iter-*")) == ["iter-0001", "iter-0002"]
+    assert json.loads((tmp_path / "iter-0002" / "settings.json").read_text()) == to_dict(config)
+    assert json.loads((tmp_path / "summary.json").read_text())["iterations"] == 3
+
+
+def test_resume_takes_the_saved_settings_and_refuses_conflicting_flags(tmp_path, warmstart, monkeypatch, capsys):
+    killed_after_first_checkpoint(small(tmp_path, warmstart), monkeypatch)
+    with pytest.raises(SystemExit):
+        main(["--resume", str(tmp_path), "--lr", "0.5", "--no-progress"])
+    err = capsys.readouterr().err
+    assert "--lr: 0.0001 in the run, 0.5 given" in err
+    with pytest.raises(ValueError, match="--iterations: 2 in the run, 3 given"):
+        run(small(tmp_path, warmstart, iterations=3), resume=str(tmp_path), progress=False)
+
+
+def test_a_kill_during_a_save_leaves_no_metrics_line_twice(tmp_path, warmstart, monkeypatch):
+    """Iteration 1's metrics line is written, then the run dies before its checkpoint: resume redoes iteration 1."""
+    import nanoo1.selfplay as selfplay
+
+    straight = metrics_of(run(small(tmp_path / "a", warmstart), progress=False) and tmp_path / "a")
+    calls, real = [], selfplay.save_checkpoint
+
+    def die_on_second(*args, **kw):
+        calls.append(1)
+        if len(calls) == 2:
+            raise Killed
+        real(*args, **kw)
+
+    monkeypatch.setattr(selfplay, "save_checkpoint", die_on_second)
+    with pytest.raises(Killed):
+        run(small(tmp_path / "b", warmstart), progress=False)
+    assert [m.get("iteration") for m in metrics_of(tmp_path / "b")] == [None, 0, 1]
+    monkeypatch.setattr(selfplay, "save_checkpoint", real)
+    run(small(tmp_path / "b", warmstart), resume=str(tmp_path / "b"), progress=False)
+    assert metrics_of(tmp_path / "b") == straight
+
+
+def test_resuming_a_finished_run_changes_nothing(tmp_path, warmstart):
+    summary = run(small(tmp_path, warmstart, imitation_problems=0), progress=False)
+    lines = (tmp_path / "metrics.jsonl").read_text()
+    assert run(small(tmp_path, warmstart, imitation_problems=0), resume=str(tmp_path), progress=False) == summary
+    assert (tmp_path / "metrics.jsonl").read_text() == lines
+
+
+def test_a_new_run_never_overwrites_another_unless_told(tmp_path, warmstart):
+    config = small(tmp_path, warmstart, iterations=1, imitation_problems=0)
+    run(config, progress=False)
+    with pytest.raises(FileExistsError, match="--overwrite"):
+        run(config, progress=False)
+    run(config, progress=False, overwrite=True)
+    from nanoo1.recipe import default_out
+    assert default_out(apply_flags(PRESETS["tiny"], {"algo": "grpo"})) != default_out(PRESETS["tiny"])
+
+
+@pytest.mark.parametrize("flags,message", [
+    ([], "say what to run"),
+    (["--tiny", "--algo", "pp0"], "--algo is 'pp0', expected one of"),
+    (["--tiny", "--loss-type", "grpoo"], "--loss-type is 'grpoo'"),
+    (["--tiny", "--check-equations", "ture"], "'ture' is not a boolean"),
+    (["--tiny", "--iterations", "0"], "--iterations must be > 0"),
+    (["--tiny", "--lr-decay", "2"], "--lr-decay must lie in [0, 1]"),
+    (["--tiny", "--threads", "0"], "--threads 0"),
+    (["--tiny", "--data", "SMALL"], "3 problems, but every iteration draws 392"),
+    (["--tiny", "--data", "MISSING"], "dataset file not found"),
+])
+def test_bad_settings_and_inputs_are_refused_before_any_work(tmp_path, flags, message, capsys, monkeypatch):
+    import nanoo1.selfplay as selfplay
+
+    monkeypatch.setattr(selfplay, "run", lambda *a, **kw: pytest.fail("the run started"))
+    small_data = tmp_path / "small.jsonl"
+    small_data.write_text("".join(json.dumps({"question": f"q{i}", "answer": "#### 1"}) + "\n" for i in range(3)))
+    flags = [str(small_data) if f == "SMALL" else str(tmp_path / "missing.jsonl") if f == "MISSING" else f for f in flags]
+    with pytest.raises(SystemExit):
+        main(flags + ["--out", str(tmp_path / "run")])
+    assert message in capsys.readouterr().err
+
+
+def test_a_hostile_trainer_state_runs_no_code(tmp_path, warmstart, monkeypatch):
+    import pickle
+
+    killed_after_first_checkpoint(small(tmp_path, warmstart), monkeypatch)
+    witness = tmp_path / "pwned"
+
+    class Hostile:
+        def __reduce__(self):
+            return (open, (str(witness), "w"))
+
+    (tmp_path / "iter-0000" / "trainer_state.pt").write_bytes(pickle.dumps({"iteration": Hostile()}))
+    with pytest.raises(ValueError, match="trainer_state.pt: not a readable trainer state"):
+        run(small(tmp_path, warmstart), resume=str(tmp_path), progress=False)
+    assert not witness.exists()
+
+
+def test_eval_command_refuses_unknown_methods_and_writes_beside_not_into_the_checkpoint(tmp_path, warmstart, monkeypatch, capsys):
+    from nanoo1 import eval as eval_cli
+
+    with pytest.raises(SystemExit):
+        eval_cli.main(["--checkpoint", str(warmstart), "--methods", "greedy,mtcs"])
+    assert "unknown ['mtcs']" in capsys.readouterr().err
+    monkeypatch.chdir(tmp_path)
+    for _ in range(2):
+        eval_cli.main(["--checkpoint", str(warmstart), "--limit", "2", "--methods", "greedy", "--max-thought-tokens", "4"])
+    rows = (tmp_path / "runs" / "eval" / warmstart.name / "eval.jsonl").read_text().splitlines()
+    assert len(rows) == 1 and not (warmstart / "eval.jsonl").exists()  # replaced, not appended
