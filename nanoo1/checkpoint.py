@@ -35,10 +35,18 @@ HUB_FILES = ["*.json", "*.safetensors", "tokenizer.model"]  # weights, configs a
 
 # -- config.json ------------------------------------------------------------------------------------
 def config_from_dict(d: dict, source: str = "config.json") -> Gemma2Config:
-    """Read a Gemma-2 config.json of either dialect (rope_theta or rope_parameters, hidden_act or hidden_activation)."""
+    """Read a Gemma-2 config.json of either dialect (rope_theta or rope_parameters, hidden_act or hidden_activation).
+
+    Values pass to Gemma2Config unconverted, so a wrong type or range is reported (by its checks) with
+    `source` and the key rather than coerced.
+    """
+    if not isinstance(d, dict):
+        raise ValueError(f"{source}: expected a JSON object of config keys, got {type(d).__name__}")
     if d.get("model_type") != "gemma2":
         raise ValueError(f"{source}: model_type is {d.get('model_type')!r}, expected 'gemma2'")
     rope = d.get("rope_parameters") or {}
+    if not isinstance(rope, dict):
+        raise ValueError(f"{source}: rope_parameters={rope!r}, expected an object such as {{\"rope_theta\": 10000.0}}")
     if rope.get("rope_type", "default") != "default":
         raise ValueError(f"{source}: rope_parameters.rope_type={rope['rope_type']!r}, only 'default' RoPE is supported")
     required = ["vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads"]
@@ -46,13 +54,15 @@ def config_from_dict(d: dict, source: str = "config.json") -> Gemma2Config:
         if key not in d:
             raise KeyError(f"{source}: missing key {key!r}")
     kw = {k: d[k] for k in required}
-    kw["head_dim"] = d.get("head_dim", d["hidden_size"] // d["num_attention_heads"])
+    width, heads = d["hidden_size"], d["num_attention_heads"]
+    # older files leave head_dim out; when the sizes are not positive integers Gemma2Config names them first
+    kw["head_dim"] = d.get("head_dim", width // heads if type(width) is int and type(heads) is int and heads > 0 else None)
     for key in ["query_pre_attn_scalar", "rms_norm_eps", "sliding_window", "attn_logit_softcapping", "final_logit_softcapping",
                 "max_position_embeddings", "layer_types", "bos_token_id", "eos_token_id", "pad_token_id"]:
         if d.get(key) is not None:
             kw[key] = d[key]
-    kw["rope_theta"] = float(rope.get("rope_theta", d.get("rope_theta", 10000.0)))
-    kw["tie_word_embeddings"] = bool(d.get("tie_word_embeddings", True))  # absent means tied
+    kw["rope_theta"] = rope.get("rope_theta", d.get("rope_theta", 10000.0))
+    kw["tie_word_embeddings"] = d.get("tie_word_embeddings", True)  # absent means tied
     kw["hidden_activation"] = d.get("hidden_activation") or d.get("hidden_act") or "gelu_pytorch_tanh"
     try:
         return Gemma2Config(**kw)
@@ -167,11 +177,13 @@ def load_pretrained(path_or_repo_id, dtype: torch.dtype | str | None = None, dev
     directory = resolve_checkpoint(path_or_repo_id, revision)
     raw = _read_json(directory / "config.json")
     config = config_from_dict(raw, str(directory / "config.json"))
+    source = "dtype argument"
     if dtype is None:
-        dtype = raw.get("dtype") or raw.get("torch_dtype") or "float32"
-    if isinstance(dtype, str):
-        if dtype not in DTYPE_NAMES:
-            raise ValueError(f"dtype {dtype!r}: expected one of {sorted(DTYPE_NAMES)}")
+        key = "dtype" if raw.get("dtype") else "torch_dtype"
+        dtype, source = raw.get(key) or "float32", f"{directory / 'config.json'}: {key}"
+    if not isinstance(dtype, torch.dtype):
+        if not isinstance(dtype, str) or dtype not in DTYPE_NAMES:
+            raise ValueError(f"{source}={dtype!r}, expected one of {sorted(DTYPE_NAMES)}")
         dtype = DTYPE_NAMES[dtype]
 
     with torch.device("meta"):

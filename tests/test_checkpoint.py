@@ -229,3 +229,50 @@ def test_loading_peaks_below_1_3x_the_checkpoint_bytes(tmp_path):
     before, peak, after = map(int, out.stdout.split())
     assert after - before >= 0.95 * nbytes  # the weights really are resident
     assert (peak - before) / nbytes <= 1.3, f"peak {(peak - before) / nbytes:.2f}x the checkpoint's {nbytes} bytes"
+
+
+@pytest.mark.parametrize("key, value, expected", [
+    ("num_attention_heads", 0, "integer >= 1"),
+    ("num_key_value_heads", 0, "integer >= 1"),
+    ("hidden_size", -48, "integer >= 1"),
+    ("vocab_size", 0, "integer >= 1"),
+    ("intermediate_size", 2.5, "integer >= 1"),
+    ("num_hidden_layers", "3", "integer >= 0"),
+    ("num_hidden_layers", True, "integer >= 0"),
+    ("head_dim", 0, "integer >= 1"),
+    ("sliding_window", -1, "integer >= 1"),
+    ("max_position_embeddings", 0, "integer >= 1"),
+    ("num_key_value_heads", 3, "expected a divisor of num_attention_heads=4"),
+    ("query_pre_attn_scalar", 0, "positive number"),
+    ("rms_norm_eps", -1e-6, "positive number"),
+    ("rope_theta", "ten thousand", "positive number"),
+    ("attn_logit_softcapping", float("nan"), "positive number or null"),
+    ("tie_word_embeddings", "false", "true or false"),
+    ("layer_types", "full_attention", "a list of"),
+    ("bos_token_id", 512, r"token id in \[0, 512\)"),
+    ("eos_token_id", [1, "x"], r"token id in \[0, 512\)"),
+    ("pad_token_id", -1, r"token id in \[0, 512\)"),
+    ("rope_parameters", ["default"], "expected an object"),
+    ("dtype", ["float32"], "expected one of"),
+])
+def test_nonsensical_config_values_name_the_file_and_key(tmp_path, key, value, expected):
+    model = random_model(Gemma2Config.preset("tiny", num_hidden_layers=2), seed=7)
+    save_pretrained(model, None, tmp_path)
+    cfg = json.loads((tmp_path / "config.json").read_text())
+    cfg[key] = value
+    if key in ("num_attention_heads", "hidden_size"):
+        del cfg["head_dim"]  # older files leave it out: it is hidden_size // num_attention_heads then
+    if key in ("rope_theta", "dtype"):
+        del cfg["rope_parameters"], cfg["torch_dtype"]
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match=rf"config.json: {key}\b.*{expected}"):
+        load_pretrained(tmp_path)
+
+
+def test_config_json_that_is_not_an_object(tmp_path):
+    model = random_model(Gemma2Config.preset("tiny", num_hidden_layers=2), seed=7)
+    save_pretrained(model, None, tmp_path)
+    for text in ("[1, 2]", '"gemma2"', "null"):
+        (tmp_path / "config.json").write_text(text)
+        with pytest.raises(ValueError, match=r"config.json: expected a JSON object .*, got (list|str|None)"):
+            load_pretrained(tmp_path)
