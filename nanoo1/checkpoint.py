@@ -14,10 +14,11 @@ and assigned in place. A safetensors file is an 8-byte little-endian header leng
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import struct
-from pathlib import Path
+from pathlib import Path, PureWindowsPath
 
 import torch
 from safetensors.torch import save_file
@@ -102,7 +103,11 @@ def _read_json(path: Path) -> dict:
 
 # -- safetensors ------------------------------------------------------------------------------------
 def read_safetensors_header(path: Path) -> tuple[dict, int]:
-    """(header without __metadata__, byte offset where the data starts)."""
+    """(header without __metadata__, byte offset where the data starts).
+
+    Every entry is checked before any tensor is read: a known dtype, a shape of integers >= 0, and
+    data_offsets [begin, end] inside the data section, spanning exactly the bytes the shape needs.
+    """
     if not path.exists():
         raise FileNotFoundError(f"{path}: safetensors file not found")
     with open(path, "rb") as f:
@@ -114,23 +119,36 @@ def read_safetensors_header(path: Path) -> tuple[dict, int]:
             raise ValueError(f"{path}: header length {n} exceeds the file size")
         try:
             header = json.loads(f.read(n))
-        except json.JSONDecodeError as e:
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise ValueError(f"{path}: invalid safetensors header ({e})") from e
+    if not isinstance(header, dict):
+        raise ValueError(f"{path}: safetensors header is a {type(header).__name__}, expected an object")
     header.pop("__metadata__", None)
+    data_bytes = os.path.getsize(path) - 8 - n
+    for key, info in header.items():
+        where = f"{path}: tensor {key!r}"
+        if not isinstance(info, dict):
+            raise ValueError(f"{where} is {info!r}, expected an object with dtype, shape and data_offsets")
+        dtype, shape, offsets = info.get("dtype"), info.get("shape"), info.get("data_offsets")
+        if not isinstance(dtype, str) or dtype not in SAFETENSORS_DTYPES:
+            raise ValueError(f"{where} dtype={dtype!r}, expected one of {sorted(SAFETENSORS_DTYPES)}")
+        if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape):
+            raise ValueError(f"{where} shape={shape!r}, expected a list of integers >= 0")
+        if not (isinstance(offsets, list) and len(offsets) == 2 and all(type(o) is int for o in offsets)
+                and 0 <= offsets[0] <= offsets[1] <= data_bytes):
+            raise ValueError(f"{where} data_offsets={offsets!r}, expected [begin, end] with 0 <= begin <= end <= {data_bytes}")
+        nbytes = math.prod(shape) * SAFETENSORS_DTYPES[dtype].itemsize
+        if offsets[1] - offsets[0] != nbytes:
+            raise ValueError(f"{where} has {offsets[1] - offsets[0]} bytes, its shape {shape} needs {nbytes}")
     return header, 8 + n
 
 
 def read_tensor(f, path: Path, key: str, info: dict, data_start: int) -> torch.Tensor:
-    """Read one tensor from an open safetensors file into a fresh CPU tensor of its stored dtype."""
-    if info.get("dtype") not in SAFETENSORS_DTYPES:
-        raise ValueError(f"{path}: tensor {key!r} has unsupported dtype {info.get('dtype')!r}")
+    """Read one tensor, an entry checked by read_safetensors_header, from its open file into a fresh CPU tensor."""
     t = torch.empty(info["shape"], dtype=SAFETENSORS_DTYPES[info["dtype"]])
-    begin, end = info["data_offsets"]
     nbytes = t.numel() * t.element_size()
-    if end - begin != nbytes:
-        raise ValueError(f"{path}: tensor {key!r} has {end - begin} bytes, its shape {info['shape']} needs {nbytes}")
     if nbytes:
-        f.seek(data_start + begin)
+        f.seek(data_start + info["data_offsets"][0])
         if f.readinto(t.reshape(-1).view(torch.uint8).numpy()) != nbytes:
             raise ValueError(f"{path}: tensor {key!r} is truncated")
     return t
@@ -158,9 +176,16 @@ def weight_files(directory: Path) -> dict[str, Path]:
     """key -> file, from model.safetensors.index.json when sharded, else from model.safetensors."""
     index = directory / "model.safetensors.index.json"
     if index.exists():
-        weight_map = _read_json(index).get("weight_map")
+        raw = _read_json(index)
+        weight_map = raw.get("weight_map") if isinstance(raw, dict) else None
         if not isinstance(weight_map, dict) or not weight_map:
-            raise ValueError(f"{index}: missing or empty 'weight_map'")
+            raise ValueError(f"{index}: expected an object with a non-empty 'weight_map' of tensor name -> file name")
+        for key, name in weight_map.items():
+            # relative and without '..', so the index cannot make us read a file outside the checkpoint
+            inside = isinstance(name, str) and not PureWindowsPath(name).drive and all(
+                part not in ("", "..") for part in name.replace("\\", "/").split("/"))
+            if not inside:
+                raise ValueError(f"{index}: weight_map[{key!r}]={name!r}, expected a file name inside the checkpoint directory")
         return {k: directory / v for k, v in weight_map.items()}
     single = directory / "model.safetensors"
     if not single.exists():

@@ -276,3 +276,72 @@ def test_config_json_that_is_not_an_object(tmp_path):
         (tmp_path / "config.json").write_text(text)
         with pytest.raises(ValueError, match=r"config.json: expected a JSON object .*, got (list|str|None)"):
             load_pretrained(tmp_path)
+
+
+def _point_shard_at(d: Path, name: str) -> str:
+    """Rewrite the index so the tensors of the first shard are read from `name`; returns that shard's name."""
+    index = json.loads((d / "model.safetensors.index.json").read_text())
+    first = index["weight_map"]["model.norm.weight"]
+    index["weight_map"] = {k: name if v == first else v for k, v in index["weight_map"].items()}
+    (d / "model.safetensors.index.json").write_text(json.dumps(index))
+    return first
+
+
+@pytest.mark.parametrize("where", ["../outside.safetensors", "absolute", "sub/../../outside.safetensors"])
+def test_index_never_reads_outside_the_checkpoint(tmp_path, where):
+    d = _saved(tmp_path / "ckpt")
+    (d / "sub").mkdir()
+    outside = tmp_path / "outside.safetensors"
+    name = str(outside) if where == "absolute" else where
+    first = _point_shard_at(d, name)
+    (d / first).rename(outside)  # a valid shard: only the path itself can stop the read
+    with pytest.raises(ValueError, match=r"model.safetensors.index.json: weight_map\['.*'\]='.*outside.safetensors', "
+                                         r"expected a file name inside the checkpoint directory"):
+        load_pretrained(d)
+
+
+def test_index_may_name_files_in_a_subfolder(tmp_path):
+    d = _saved(tmp_path)
+    (d / "sub").mkdir()
+    first = _point_shard_at(d, "sub/shard.safetensors")
+    (d / first).rename(d / "sub" / "shard.safetensors")
+    loaded, _ = load_pretrained(d)
+    assert torch.equal(loaded.model.norm.weight, random_model(CONFIG, seed=4).model.norm.weight)
+
+
+@pytest.mark.parametrize("index, expected", [
+    ([], "expected an object with a non-empty 'weight_map'"),
+    ({"weight_map": ["model.norm.weight"]}, "expected an object with a non-empty 'weight_map'"),
+    ({"weight_map": {"model.norm.weight": 3}}, r"weight_map\['model.norm.weight'\]=3, expected a file name"),
+    ({"weight_map": {"model.norm.weight": ""}}, r"weight_map\['model.norm.weight'\]='', expected a file name"),
+])
+def test_index_of_the_wrong_shape(tmp_path, index, expected):
+    d = _saved(tmp_path)
+    (d / "model.safetensors.index.json").write_text(json.dumps(index))
+    with pytest.raises(ValueError, match=rf"model.safetensors.index.json: {expected}"):
+        load_pretrained(d)
+
+
+@pytest.mark.parametrize("edit, expected", [
+    (lambda h: h["model.norm.weight"].update(data_offsets=[-8, -8 + 4 * 48]), r"data_offsets=\[-8, 184\], expected \[begin, end\]"),
+    (lambda h: h["model.norm.weight"].update(data_offsets=[10**9, 10**9 + 4 * 48]), "data_offsets=.*expected"),
+    (lambda h: h["model.norm.weight"].update(data_offsets=[0]), r"data_offsets=\[0\], expected"),
+    (lambda h: h["model.norm.weight"].pop("shape"), "shape=None, expected a list of integers >= 0"),
+    (lambda h: h["model.norm.weight"].update(shape=[-1, -48]), r"shape=\[-1, -48\], expected a list of integers >= 0"),
+    (lambda h: h["model.norm.weight"].update(shape=[48, 2]), r"has 192 bytes, its shape \[48, 2\] needs 384"),
+    (lambda h: h["model.norm.weight"].update(dtype=["F32"]), r"dtype=\['F32'\], expected one of"),
+    (lambda h: h.update({"model.norm.weight": "F32"}), "is 'F32', expected an object with dtype, shape and data_offsets"),
+])
+def test_safetensors_header_entries_are_checked(tmp_path, edit, expected):
+    save_pretrained(random_model(CONFIG, seed=5), None, tmp_path)
+    _edit_header(tmp_path / "model.safetensors", edit)
+    with pytest.raises(ValueError, match=rf"model.safetensors: tensor 'model.norm.weight' {expected}"):
+        load_pretrained(tmp_path)
+
+
+def test_safetensors_header_that_is_not_an_object(tmp_path):
+    save_pretrained(random_model(CONFIG, seed=5), None, tmp_path)
+    f = tmp_path / "model.safetensors"
+    f.write_bytes((2).to_bytes(8, "little") + b"[]" + f.read_bytes())
+    with pytest.raises(ValueError, match="model.safetensors: safetensors header is a list, expected an object"):
+        load_pretrained(tmp_path)
