@@ -156,20 +156,26 @@ def read_tensor(f, path: Path, key: str, info: dict, data_start: int) -> torch.T
 
 # -- load ---------------------------------------------------------------------------------------------
 def resolve_checkpoint(path_or_repo_id: str | os.PathLike, revision: str | None = None) -> Path:
-    """A local directory as is; otherwise a hub id fetched with huggingface_hub.snapshot_download.
+    """A local directory as is; otherwise a hub id (owner/name) fetched with huggingface_hub.snapshot_download.
 
-    Only json, safetensors and tokenizer files are fetched. HF_HUB_OFFLINE=1 and the hub cache
-    (HF_HOME / HF_HUB_CACHE) are honoured by huggingface_hub itself.
+    A name that can only be a path is an error at once, before any download: one that starts with '.'
+    or '~', is absolute, has more than one part, has characters no hub id has, or whose first part
+    exists here ('runs/final' when runs/ does). Only json, safetensors and tokenizer files are fetched;
+    HF_HUB_OFFLINE=1 and the hub cache (HF_HOME / HF_HUB_CACHE) are honoured by huggingface_hub itself.
     """
     p = Path(path_or_repo_id).expanduser()
     if p.is_dir():
         return p
     s = str(path_or_repo_id)
-    if p.exists() or s.startswith((".", "/", "~")) or s.count("/") != 1:
-        raise FileNotFoundError(f"{s}: not a checkpoint directory, and not a hub id of the form 'org/name'")
+    missing = f"no checkpoint directory at {p.absolute()}"
+    if s.startswith((".", "~")) or not re.fullmatch(r"[\w.-]+/[\w.-]+", s) or Path(s.split("/")[0]).exists():
+        raise FileNotFoundError(f"{missing}; a hub id looks like owner/name")
     from huggingface_hub import snapshot_download
 
-    return Path(snapshot_download(repo_id=s, revision=revision, allow_patterns=HUB_FILES))
+    try:
+        return Path(snapshot_download(repo_id=s, revision=revision, allow_patterns=HUB_FILES))
+    except Exception as e:  # not found, gated, offline without a cached copy...: say both places were tried
+        raise FileNotFoundError(f"{missing}, and the hub download of {s!r} failed ({type(e).__name__}: {e})") from e
 
 
 def weight_files(directory: Path) -> dict[str, Path]:

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from conftest import hf_twin, random_model
-from nanoo1.checkpoint import config_from_dict, load_pretrained, save_pretrained
+from nanoo1.checkpoint import config_from_dict, load_pretrained, resolve_checkpoint, save_pretrained
 from nanoo1.model import Gemma2Config
 
 transformers = pytest.importorskip("transformers")
@@ -170,7 +170,7 @@ def test_wrong_shape_and_truncated_file(tmp_path):
     f.write_bytes(f.read_bytes()[:-100])
     with pytest.raises(ValueError, match="truncated"):
         load_pretrained(tmp_path)
-    with pytest.raises(FileNotFoundError, match="not a checkpoint directory"):
+    with pytest.raises(FileNotFoundError, match="no checkpoint directory at .*nowhere"):
         load_pretrained(str(tmp_path / "nowhere"))
 
 
@@ -345,3 +345,47 @@ def test_safetensors_header_that_is_not_an_object(tmp_path):
     f.write_bytes((2).to_bytes(8, "little") + b"[]" + f.read_bytes())
     with pytest.raises(ValueError, match="model.safetensors: safetensors header is a list, expected an object"):
         load_pretrained(tmp_path)
+
+
+@pytest.fixture
+def hub(monkeypatch, tmp_path):
+    """huggingface_hub.snapshot_download replaced by a recorder: no network; returns a snapshot directory,
+    or raises as the hub does for a repository it does not have (ids starting with 'missing')."""
+    huggingface_hub = pytest.importorskip("huggingface_hub")
+    calls = []
+
+    def snapshot_download(repo_id, revision=None, allow_patterns=None):
+        calls.append((repo_id, revision))
+        if repo_id.split("/")[-1].startswith("missing"):
+            raise OSError(f"Repository Not Found for url: https://huggingface.co/api/models/{repo_id}")
+        (tmp_path / "snapshot").mkdir(exist_ok=True)
+        return str(tmp_path / "snapshot")
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "runs" / "ckpt").mkdir()
+    (tmp_path / "weights.safetensors").write_bytes(b"")
+    return calls
+
+
+@pytest.mark.parametrize("name", ["runs/final", "runs/missing-run", "./final", "../final", "/nowhere/final", "~/surely-not-a-checkpoint",
+                                  "runs/ckpt/final", "final", "weights.safetensors", "a b/c", "org\\name"])
+def test_a_path_that_is_not_a_directory_is_an_error_not_a_download(hub, name):
+    with pytest.raises(FileNotFoundError, match=r"no checkpoint directory at .+; a hub id looks like owner/name"):
+        resolve_checkpoint(name)
+    assert hub == []
+
+
+def test_a_directory_is_used_and_a_hub_id_goes_to_the_hub(hub, tmp_path):
+    assert resolve_checkpoint("runs/ckpt") == Path("runs/ckpt")
+    assert resolve_checkpoint(tmp_path / "runs") == tmp_path / "runs"
+    assert resolve_checkpoint("google/gemma-2-2b", revision="main") == tmp_path / "snapshot"
+    assert hub == [("google/gemma-2-2b", "main")]
+
+
+def test_a_failed_download_says_there_was_no_directory_either(hub, tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"no checkpoint directory at .*outputs/missing-final, and the hub "
+                                                r"download of 'outputs/missing-final' failed \(OSError: Repository Not Found"):
+        resolve_checkpoint("outputs/missing-final")
+    assert hub == [("outputs/missing-final", None)]
