@@ -17,6 +17,7 @@ import json
 import math
 import os
 import re
+import reprlib
 import struct
 from pathlib import Path, PureWindowsPath
 
@@ -97,7 +98,7 @@ def _read_json(path: Path) -> dict:
         raise FileNotFoundError(f"{path}: file not found")
     try:
         return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ValueError(f"{path}: invalid JSON ({e})") from e
 
 
@@ -128,15 +129,15 @@ def read_safetensors_header(path: Path) -> tuple[dict, int]:
     for key, info in header.items():
         where = f"{path}: tensor {key!r}"
         if not isinstance(info, dict):
-            raise ValueError(f"{where} is {info!r}, expected an object with dtype, shape and data_offsets")
+            raise ValueError(f"{where} is {reprlib.repr(info)}, expected an object with dtype, shape and data_offsets")
         dtype, shape, offsets = info.get("dtype"), info.get("shape"), info.get("data_offsets")
         if not isinstance(dtype, str) or dtype not in SAFETENSORS_DTYPES:
-            raise ValueError(f"{where} dtype={dtype!r}, expected one of {sorted(SAFETENSORS_DTYPES)}")
+            raise ValueError(f"{where} dtype={reprlib.repr(dtype)}, expected one of {sorted(SAFETENSORS_DTYPES)}")
         if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape):
-            raise ValueError(f"{where} shape={shape!r}, expected a list of integers >= 0")
+            raise ValueError(f"{where} shape={reprlib.repr(shape)}, expected a list of integers >= 0")
         if not (isinstance(offsets, list) and len(offsets) == 2 and all(type(o) is int for o in offsets)
                 and 0 <= offsets[0] <= offsets[1] <= data_bytes):
-            raise ValueError(f"{where} data_offsets={offsets!r}, expected [begin, end] with 0 <= begin <= end <= {data_bytes}")
+            raise ValueError(f"{where} data_offsets={reprlib.repr(offsets)}, expected [begin, end] with 0 <= begin <= end <= {data_bytes}")
         nbytes = math.prod(shape) * SAFETENSORS_DTYPES[dtype].itemsize
         if offsets[1] - offsets[0] != nbytes:
             raise ValueError(f"{where} has {offsets[1] - offsets[0]} bytes, its shape {shape} needs {nbytes}")

@@ -276,6 +276,9 @@ def test_config_json_that_is_not_an_object(tmp_path):
         (tmp_path / "config.json").write_text(text)
         with pytest.raises(ValueError, match=r"config.json: expected a JSON object .*, got (list|str|None)"):
             load_pretrained(tmp_path)
+    (tmp_path / "config.json").write_bytes(b'{"model_type": "\xff"}')
+    with pytest.raises(ValueError, match="config.json: invalid JSON"):
+        load_pretrained(tmp_path)
 
 
 def _point_shard_at(d: Path, name: str) -> str:
@@ -344,6 +347,9 @@ def test_safetensors_header_that_is_not_an_object(tmp_path):
     f = tmp_path / "model.safetensors"
     f.write_bytes((2).to_bytes(8, "little") + b"[]" + f.read_bytes())
     with pytest.raises(ValueError, match="model.safetensors: safetensors header is a list, expected an object"):
+        load_pretrained(tmp_path)
+    f.write_bytes((10).to_bytes(8, "little") + b'{"a": "\xff"}' + f.read_bytes())  # not UTF-8
+    with pytest.raises(ValueError, match="model.safetensors: invalid safetensors header"):
         load_pretrained(tmp_path)
 
 
