@@ -14,10 +14,12 @@ and assigned in place. A safetensors file is an 8-byte little-endian header leng
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
+import reprlib
 import struct
-from pathlib import Path
+from pathlib import Path, PureWindowsPath
 
 import torch
 from safetensors.torch import save_file
@@ -35,10 +37,18 @@ HUB_FILES = ["*.json", "*.safetensors", "tokenizer.model"]  # weights, configs a
 
 # -- config.json ------------------------------------------------------------------------------------
 def config_from_dict(d: dict, source: str = "config.json") -> Gemma2Config:
-    """Read a Gemma-2 config.json of either dialect (rope_theta or rope_parameters, hidden_act or hidden_activation)."""
+    """Read a Gemma-2 config.json of either dialect (rope_theta or rope_parameters, hidden_act or hidden_activation).
+
+    Values pass to Gemma2Config unconverted, so a wrong type or range is reported (by its checks) with
+    `source` and the key rather than coerced.
+    """
+    if not isinstance(d, dict):
+        raise ValueError(f"{source}: expected a JSON object of config keys, got {type(d).__name__}")
     if d.get("model_type") != "gemma2":
         raise ValueError(f"{source}: model_type is {d.get('model_type')!r}, expected 'gemma2'")
     rope = d.get("rope_parameters") or {}
+    if not isinstance(rope, dict):
+        raise ValueError(f"{source}: rope_parameters={rope!r}, expected an object such as {{\"rope_theta\": 10000.0}}")
     if rope.get("rope_type", "default") != "default":
         raise ValueError(f"{source}: rope_parameters.rope_type={rope['rope_type']!r}, only 'default' RoPE is supported")
     required = ["vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads"]
@@ -46,13 +56,15 @@ def config_from_dict(d: dict, source: str = "config.json") -> Gemma2Config:
         if key not in d:
             raise KeyError(f"{source}: missing key {key!r}")
     kw = {k: d[k] for k in required}
-    kw["head_dim"] = d.get("head_dim", d["hidden_size"] // d["num_attention_heads"])
+    width, heads = d["hidden_size"], d["num_attention_heads"]
+    # older files leave head_dim out; when the sizes are not positive integers Gemma2Config names them first
+    kw["head_dim"] = d.get("head_dim", width // heads if type(width) is int and type(heads) is int and heads > 0 else None)
     for key in ["query_pre_attn_scalar", "rms_norm_eps", "sliding_window", "attn_logit_softcapping", "final_logit_softcapping",
                 "max_position_embeddings", "layer_types", "bos_token_id", "eos_token_id", "pad_token_id"]:
         if d.get(key) is not None:
             kw[key] = d[key]
-    kw["rope_theta"] = float(rope.get("rope_theta", d.get("rope_theta", 10000.0)))
-    kw["tie_word_embeddings"] = bool(d.get("tie_word_embeddings", True))  # absent means tied
+    kw["rope_theta"] = rope.get("rope_theta", d.get("rope_theta", 10000.0))
+    kw["tie_word_embeddings"] = d.get("tie_word_embeddings", True)  # absent means tied
     kw["hidden_activation"] = d.get("hidden_activation") or d.get("hidden_act") or "gelu_pytorch_tanh"
     try:
         return Gemma2Config(**kw)
@@ -86,13 +98,17 @@ def _read_json(path: Path) -> dict:
         raise FileNotFoundError(f"{path}: file not found")
     try:
         return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ValueError(f"{path}: invalid JSON ({e})") from e
 
 
 # -- safetensors ------------------------------------------------------------------------------------
 def read_safetensors_header(path: Path) -> tuple[dict, int]:
-    """(header without __metadata__, byte offset where the data starts)."""
+    """(header without __metadata__, byte offset where the data starts).
+
+    Every entry is checked before any tensor is read: a known dtype, a shape of integers >= 0, and
+    data_offsets [begin, end] inside the data section, spanning exactly the bytes the shape needs.
+    """
     if not path.exists():
         raise FileNotFoundError(f"{path}: safetensors file not found")
     with open(path, "rb") as f:
@@ -104,23 +120,36 @@ def read_safetensors_header(path: Path) -> tuple[dict, int]:
             raise ValueError(f"{path}: header length {n} exceeds the file size")
         try:
             header = json.loads(f.read(n))
-        except json.JSONDecodeError as e:
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise ValueError(f"{path}: invalid safetensors header ({e})") from e
+    if not isinstance(header, dict):
+        raise ValueError(f"{path}: safetensors header is a {type(header).__name__}, expected an object")
     header.pop("__metadata__", None)
+    data_bytes = os.path.getsize(path) - 8 - n
+    for key, info in header.items():
+        where = f"{path}: tensor {key!r}"
+        if not isinstance(info, dict):
+            raise ValueError(f"{where} is {reprlib.repr(info)}, expected an object with dtype, shape and data_offsets")
+        dtype, shape, offsets = info.get("dtype"), info.get("shape"), info.get("data_offsets")
+        if not isinstance(dtype, str) or dtype not in SAFETENSORS_DTYPES:
+            raise ValueError(f"{where} dtype={reprlib.repr(dtype)}, expected one of {sorted(SAFETENSORS_DTYPES)}")
+        if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape):
+            raise ValueError(f"{where} shape={reprlib.repr(shape)}, expected a list of integers >= 0")
+        if not (isinstance(offsets, list) and len(offsets) == 2 and all(type(o) is int for o in offsets)
+                and 0 <= offsets[0] <= offsets[1] <= data_bytes):
+            raise ValueError(f"{where} data_offsets={reprlib.repr(offsets)}, expected [begin, end] with 0 <= begin <= end <= {data_bytes}")
+        nbytes = math.prod(shape) * SAFETENSORS_DTYPES[dtype].itemsize
+        if offsets[1] - offsets[0] != nbytes:
+            raise ValueError(f"{where} has {offsets[1] - offsets[0]} bytes, its shape {shape} needs {nbytes}")
     return header, 8 + n
 
 
 def read_tensor(f, path: Path, key: str, info: dict, data_start: int) -> torch.Tensor:
-    """Read one tensor from an open safetensors file into a fresh CPU tensor of its stored dtype."""
-    if info.get("dtype") not in SAFETENSORS_DTYPES:
-        raise ValueError(f"{path}: tensor {key!r} has unsupported dtype {info.get('dtype')!r}")
+    """Read one tensor, an entry checked by read_safetensors_header, from its open file into a fresh CPU tensor."""
     t = torch.empty(info["shape"], dtype=SAFETENSORS_DTYPES[info["dtype"]])
-    begin, end = info["data_offsets"]
     nbytes = t.numel() * t.element_size()
-    if end - begin != nbytes:
-        raise ValueError(f"{path}: tensor {key!r} has {end - begin} bytes, its shape {info['shape']} needs {nbytes}")
     if nbytes:
-        f.seek(data_start + begin)
+        f.seek(data_start + info["data_offsets"][0])
         if f.readinto(t.reshape(-1).view(torch.uint8).numpy()) != nbytes:
             raise ValueError(f"{path}: tensor {key!r} is truncated")
     return t
@@ -128,29 +157,42 @@ def read_tensor(f, path: Path, key: str, info: dict, data_start: int) -> torch.T
 
 # -- load ---------------------------------------------------------------------------------------------
 def resolve_checkpoint(path_or_repo_id: str | os.PathLike, revision: str | None = None) -> Path:
-    """A local directory as is; otherwise a hub id fetched with huggingface_hub.snapshot_download.
+    """A local directory as is; otherwise a hub id (owner/name) fetched with huggingface_hub.snapshot_download.
 
-    Only json, safetensors and tokenizer files are fetched. HF_HUB_OFFLINE=1 and the hub cache
-    (HF_HOME / HF_HUB_CACHE) are honoured by huggingface_hub itself.
+    A name that can only be a path is an error at once, before any download: one that starts with '.'
+    or '~', is absolute, has more than one part, has characters no hub id has, or whose first part
+    exists here ('runs/final' when runs/ does). Only json, safetensors and tokenizer files are fetched;
+    HF_HUB_OFFLINE=1 and the hub cache (HF_HOME / HF_HUB_CACHE) are honoured by huggingface_hub itself.
     """
     p = Path(path_or_repo_id).expanduser()
     if p.is_dir():
         return p
     s = str(path_or_repo_id)
-    if p.exists() or s.startswith((".", "/", "~")) or s.count("/") != 1:
-        raise FileNotFoundError(f"{s}: not a checkpoint directory, and not a hub id of the form 'org/name'")
+    missing = f"no checkpoint directory at {p.absolute()}"
+    if s.startswith((".", "~")) or not re.fullmatch(r"[\w.-]+/[\w.-]+", s) or Path(s.split("/")[0]).exists():
+        raise FileNotFoundError(f"{missing}; a hub id looks like owner/name")
     from huggingface_hub import snapshot_download
 
-    return Path(snapshot_download(repo_id=s, revision=revision, allow_patterns=HUB_FILES))
+    try:
+        return Path(snapshot_download(repo_id=s, revision=revision, allow_patterns=HUB_FILES))
+    except Exception as e:  # not found, gated, offline without a cached copy...: say both places were tried
+        raise FileNotFoundError(f"{missing}, and the hub download of {s!r} failed ({type(e).__name__}: {e})") from e
 
 
 def weight_files(directory: Path) -> dict[str, Path]:
     """key -> file, from model.safetensors.index.json when sharded, else from model.safetensors."""
     index = directory / "model.safetensors.index.json"
     if index.exists():
-        weight_map = _read_json(index).get("weight_map")
+        raw = _read_json(index)
+        weight_map = raw.get("weight_map") if isinstance(raw, dict) else None
         if not isinstance(weight_map, dict) or not weight_map:
-            raise ValueError(f"{index}: missing or empty 'weight_map'")
+            raise ValueError(f"{index}: expected an object with a non-empty 'weight_map' of tensor name -> file name")
+        for key, name in weight_map.items():
+            # relative and without '..', so the index cannot make us read a file outside the checkpoint
+            inside = isinstance(name, str) and not PureWindowsPath(name).drive and all(
+                part not in ("", "..") for part in name.replace("\\", "/").split("/"))
+            if not inside:
+                raise ValueError(f"{index}: weight_map[{key!r}]={name!r}, expected a file name inside the checkpoint directory")
         return {k: directory / v for k, v in weight_map.items()}
     single = directory / "model.safetensors"
     if not single.exists():
@@ -167,11 +209,13 @@ def load_pretrained(path_or_repo_id, dtype: torch.dtype | str | None = None, dev
     directory = resolve_checkpoint(path_or_repo_id, revision)
     raw = _read_json(directory / "config.json")
     config = config_from_dict(raw, str(directory / "config.json"))
+    source = "dtype argument"
     if dtype is None:
-        dtype = raw.get("dtype") or raw.get("torch_dtype") or "float32"
-    if isinstance(dtype, str):
-        if dtype not in DTYPE_NAMES:
-            raise ValueError(f"dtype {dtype!r}: expected one of {sorted(DTYPE_NAMES)}")
+        key = "dtype" if raw.get("dtype") else "torch_dtype"
+        dtype, source = raw.get(key) or "float32", f"{directory / 'config.json'}: {key}"
+    if not isinstance(dtype, torch.dtype):
+        if not isinstance(dtype, str) or dtype not in DTYPE_NAMES:
+            raise ValueError(f"{source}={dtype!r}, expected one of {sorted(DTYPE_NAMES)}")
         dtype = DTYPE_NAMES[dtype]
 
     with torch.device("meta"):

@@ -59,15 +59,34 @@ class Gemma2Config:
     pad_token_id: int = 0  # <pad>
 
     def __post_init__(self):
+        """Fill in layer_types; reject any value no Gemma-2 checkpoint can have, naming the field."""
+        for name in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                     "num_key_value_heads", "head_dim", "sliding_window", "max_position_embeddings"):
+            low = 0 if name == "num_hidden_layers" else 1  # no layers (embedding and final norm only) is a model
+            if type(v := getattr(self, name)) is not int or v < low:  # type, not isinstance: bool is an int
+                raise ValueError(f"{name}={v!r}, expected an integer >= {low}")
+        for name in ("query_pre_attn_scalar", "rms_norm_eps", "rope_theta", "attn_logit_softcapping", "final_logit_softcapping"):
+            v, optional = getattr(self, name), name.endswith("softcapping")
+            if not (v is None and optional or type(v) in (int, float) and 0 < v < math.inf):
+                raise ValueError(f"{name}={v!r}, expected a positive number" + (" or null" if optional else ""))
+        if not isinstance(self.tie_word_embeddings, bool):
+            raise ValueError(f"tie_word_embeddings={self.tie_word_embeddings!r}, expected true or false")
+        for name in ("bos_token_id", "eos_token_id", "pad_token_id"):
+            v = getattr(self, name)
+            ids = v if name == "eos_token_id" and isinstance(v, list) else [v]
+            if not ids or not all(type(i) is int and 0 <= i < self.vocab_size for i in ids):
+                raise ValueError(f"{name}={v!r}, expected a token id in [0, {self.vocab_size})" + (" or a list of them" if name == "eos_token_id" else ""))
         if self.layer_types is None:
             self.layer_types = ["sliding_attention" if i % 2 == 0 else "full_attention" for i in range(self.num_hidden_layers)]
+        if not isinstance(self.layer_types, (list, tuple)) or not all(isinstance(t, str) for t in self.layer_types):
+            raise ValueError(f"layer_types={self.layer_types!r}, expected a list of 'sliding_attention' or 'full_attention', one per layer")
         if len(self.layer_types) != self.num_hidden_layers:
             raise ValueError(f"layer_types has {len(self.layer_types)} entries, expected num_hidden_layers={self.num_hidden_layers}")
         bad = set(self.layer_types) - {"sliding_attention", "full_attention"}
         if bad:
             raise ValueError(f"layer_types: unknown {sorted(bad)}, expected 'sliding_attention' or 'full_attention'")
         if self.num_attention_heads % self.num_key_value_heads:
-            raise ValueError(f"num_attention_heads={self.num_attention_heads} is not a multiple of num_key_value_heads={self.num_key_value_heads}")
+            raise ValueError(f"num_key_value_heads={self.num_key_value_heads}, expected a divisor of num_attention_heads={self.num_attention_heads}")
         if self.hidden_activation not in ("gelu_pytorch_tanh", "gelu_tanh"):
             raise ValueError(f"hidden_activation={self.hidden_activation!r}: Gemma-2 uses 'gelu_pytorch_tanh'")
 

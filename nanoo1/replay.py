@@ -16,8 +16,10 @@ Three array-backed segment trees over p^alpha give the total (sampling), the min
 normaliser) and the maximum (the priority of a new item) in O(1), and each update in O(log N).
 """
 
+import math
 import os
 import pickle
+import reprlib
 import tempfile
 import zipfile
 
@@ -102,26 +104,25 @@ class PrioritizedReplay:
 
     Items are any Python objects (dicts of tensors and lists, typically). When the buffer is full a new
     item overwrites the oldest slot. Indices returned by `sample` are slot numbers; pass them back to
-    `update_priorities` unchanged.
+    `update_priorities` unchanged. Memory follows the items held, not the capacity: the item list and
+    the trees double as items arrive, up to `capacity` slots.
     """
 
     def __init__(self, capacity: int, alpha: float = 0.6, eps: float = 1e-6, seed: int = 0):
         if capacity <= 0:
             raise ValueError(f"PrioritizedReplay: capacity must be positive, got {capacity}")
-        if alpha < 0:
-            raise ValueError(f"PrioritizedReplay: alpha must be >= 0, got {alpha}")
-        if eps <= 0:
+        if not 0 <= alpha < math.inf:
+            raise ValueError(f"PrioritizedReplay: alpha must be finite and >= 0, got {alpha}")
+        if not 0 < eps < math.inf:
             raise ValueError(f"PrioritizedReplay: eps must be > 0 (it keeps every P(i) > 0), got {eps}")
         self.capacity = capacity
         self.alpha = alpha
         self.eps = eps
         self.rng = np.random.default_rng(seed)
-        self.items: list = [None] * capacity
+        self.items: list = []  # one entry per tree leaf (see _reserve); slots 0 .. size-1 hold the items
         self.size = 0  # slots in use
         self.next = 0  # slot the next `add` writes (the oldest item once the ring is full)
-        self.sum_tree = SegmentTree(capacity, np.add, 0.0)
-        self.min_tree = SegmentTree(capacity, np.minimum, np.inf)
-        self.max_tree = SegmentTree(capacity, np.maximum, -np.inf)
+        self._reserve(1)
 
     def __len__(self) -> int:
         return self.size
@@ -134,6 +135,20 @@ class PrioritizedReplay:
     def priorities(self) -> np.ndarray:
         """p_i^alpha for slots 0 .. len-1 (a copy)."""
         return self.sum_tree.leaves(self.size).copy()
+
+    def _reserve(self, n: int) -> None:
+        """Room for n slots: the trees and the item list grow to at least twice their size, at most
+        `capacity`. The trees are rebuilt from the leaves held, so every sum is computed as before."""
+        if n <= len(self.items):
+            return
+        n = min(self.capacity, max(n, 2 * len(self.items)))
+        scaled = self.priorities() if self.size else None
+        self.sum_tree = SegmentTree(n, np.add, 0.0)
+        self.min_tree = SegmentTree(n, np.minimum, np.inf)
+        self.max_tree = SegmentTree(n, np.maximum, -np.inf)
+        self.items += [None] * (n - len(self.items))
+        if self.size:
+            self._write(np.arange(self.size), scaled)
 
     def _write(self, indices: np.ndarray, scaled: np.ndarray) -> None:
         for tree in (self.sum_tree, self.min_tree, self.max_tree):
@@ -160,6 +175,7 @@ class PrioritizedReplay:
             if delta.size != n or not np.isfinite(delta).all():
                 raise ValueError(f"PrioritizedReplay.extend: expected {n} finite priorities, got {delta}")
             scaled = (np.abs(delta) + self.eps) ** self.alpha  # (n,)
+        self._reserve(min(self.size + n, self.capacity))  # until the ring is full, next == size
         slots = (self.next + np.arange(n)) % self.capacity  # (n,)
         keep = slice(max(n - self.capacity, 0), n)  # earlier items would be overwritten in this call
         for slot, item in zip(slots[keep], items[keep]):
@@ -217,6 +233,7 @@ class PrioritizedReplay:
         self._write(idx[keep], (np.abs(delta[keep]) + self.eps) ** self.alpha)
 
     def state_dict(self) -> dict:
+        """Everything `load` needs to continue exactly: settings, the items held, p^alpha, the generator."""
         return {
             "format": _FORMAT,
             "version": _VERSION,
@@ -266,6 +283,7 @@ class PrioritizedReplay:
             raise ValueError(f"{path}: not a readable replay file ({type(e).__name__}: {e})") from e
         cls._validate(path, state)
         buf = cls(state["capacity"], alpha=state["alpha"], eps=state["eps"])
+        buf._reserve(state["size"])
         buf.size, buf.next = state["size"], state["next"]
         buf.items[: buf.size] = state["items"]
         if buf.size:
@@ -275,6 +293,7 @@ class PrioritizedReplay:
 
     @staticmethod
     def _validate(path: str, state) -> None:
+        """Check every key of a loaded state, and each against the others, before anything is built from it."""
         if not isinstance(state, dict) or state.get("format") != _FORMAT:
             raise ValueError(f"{path}: not a {_FORMAT} file (expected a dict with format={_FORMAT!r})")
         if state.get("version") != _VERSION:
@@ -282,13 +301,30 @@ class PrioritizedReplay:
         missing = {"capacity", "alpha", "eps", "size", "next", "items", "priorities", "rng_state"} - state.keys()
         if missing:
             raise ValueError(f"{path}: missing keys {sorted(missing)}")
-        cap, size = state["capacity"], state["size"]
-        if not (isinstance(cap, int) and cap > 0 and isinstance(size, int) and 0 <= size <= cap):
-            raise ValueError(f"{path}: expected 0 <= size <= capacity, got size={size!r} capacity={cap!r}")
-        if not (isinstance(state["next"], int) and 0 <= state["next"] < cap):
-            raise ValueError(f"{path}: next={state['next']!r} outside [0, {cap})")
-        pri = state["priorities"]
-        if len(state["items"]) != size or not isinstance(pri, torch.Tensor) or pri.shape != (size,):
-            raise ValueError(f"{path}: expected {size} items and priorities of shape ({size},)")
-        if size and not (torch.isfinite(pri).all() and (pri > 0).all()):
-            raise ValueError(f"{path}: priorities must be finite and positive")
+
+        def bad(key: str, expected: str) -> ValueError:
+            return ValueError(f"{path}: {key}={reprlib.repr(state[key])}, expected {expected}")
+
+        cap, size, nxt, pri = state["capacity"], state["size"], state["next"], state["priorities"]
+        if type(cap) is not int or cap < 1:  # type, not isinstance: bool is an int
+            raise bad("capacity", "an integer >= 1")
+        if type(size) is not int or not 0 <= size <= cap:
+            raise bad("size", f"an integer in [0, {cap}]")
+        if type(nxt) is not int or not 0 <= nxt < cap:
+            raise bad("next", f"an integer in [0, {cap})")
+        if size < cap and nxt != size:
+            raise bad("next", f"{size} (the size) until the ring is full")
+        if type(state["alpha"]) not in (int, float) or not 0 <= state["alpha"] < math.inf:
+            raise bad("alpha", "a finite number >= 0")
+        if type(state["eps"]) not in (int, float) or not 0 < state["eps"] < math.inf:
+            raise bad("eps", "a finite number > 0")
+        if not isinstance(state["items"], list) or len(state["items"]) != size:
+            raise bad("items", f"a list of {size} items")
+        if not isinstance(pri, torch.Tensor) or pri.dtype != torch.float64 or pri.shape != (size,):
+            raise bad("priorities", f"a float64 tensor of shape ({size},)")
+        if not (torch.isfinite(pri).all() and (pri > 0).all()):
+            raise bad("priorities", "finite values > 0")
+        try:
+            np.random.PCG64(0).state = state["rng_state"]
+        except Exception as e:  # numpy raises TypeError, ValueError or KeyError by what is wrong
+            raise bad("rng_state", "the state of a numpy PCG64 generator") from e

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from conftest import hf_twin, random_model
-from nanoo1.checkpoint import config_from_dict, load_pretrained, save_pretrained
+from nanoo1.checkpoint import config_from_dict, load_pretrained, resolve_checkpoint, save_pretrained
 from nanoo1.model import Gemma2Config
 
 transformers = pytest.importorskip("transformers")
@@ -170,7 +170,7 @@ def test_wrong_shape_and_truncated_file(tmp_path):
     f.write_bytes(f.read_bytes()[:-100])
     with pytest.raises(ValueError, match="truncated"):
         load_pretrained(tmp_path)
-    with pytest.raises(FileNotFoundError, match="not a checkpoint directory"):
+    with pytest.raises(FileNotFoundError, match="no checkpoint directory at .*nowhere"):
         load_pretrained(str(tmp_path / "nowhere"))
 
 
@@ -229,3 +229,169 @@ def test_loading_peaks_below_1_3x_the_checkpoint_bytes(tmp_path):
     before, peak, after = map(int, out.stdout.split())
     assert after - before >= 0.95 * nbytes  # the weights really are resident
     assert (peak - before) / nbytes <= 1.3, f"peak {(peak - before) / nbytes:.2f}x the checkpoint's {nbytes} bytes"
+
+
+@pytest.mark.parametrize("key, value, expected", [
+    ("num_attention_heads", 0, "integer >= 1"),
+    ("num_key_value_heads", 0, "integer >= 1"),
+    ("hidden_size", -48, "integer >= 1"),
+    ("vocab_size", 0, "integer >= 1"),
+    ("intermediate_size", 2.5, "integer >= 1"),
+    ("num_hidden_layers", "3", "integer >= 0"),
+    ("num_hidden_layers", True, "integer >= 0"),
+    ("head_dim", 0, "integer >= 1"),
+    ("sliding_window", -1, "integer >= 1"),
+    ("max_position_embeddings", 0, "integer >= 1"),
+    ("num_key_value_heads", 3, "expected a divisor of num_attention_heads=4"),
+    ("query_pre_attn_scalar", 0, "positive number"),
+    ("rms_norm_eps", -1e-6, "positive number"),
+    ("rope_theta", "ten thousand", "positive number"),
+    ("attn_logit_softcapping", float("nan"), "positive number or null"),
+    ("tie_word_embeddings", "false", "true or false"),
+    ("layer_types", "full_attention", "a list of"),
+    ("bos_token_id", 512, r"token id in \[0, 512\)"),
+    ("eos_token_id", [1, "x"], r"token id in \[0, 512\)"),
+    ("pad_token_id", -1, r"token id in \[0, 512\)"),
+    ("rope_parameters", ["default"], "expected an object"),
+    ("dtype", ["float32"], "expected one of"),
+])
+def test_nonsensical_config_values_name_the_file_and_key(tmp_path, key, value, expected):
+    model = random_model(Gemma2Config.preset("tiny", num_hidden_layers=2), seed=7)
+    save_pretrained(model, None, tmp_path)
+    cfg = json.loads((tmp_path / "config.json").read_text())
+    cfg[key] = value
+    if key in ("num_attention_heads", "hidden_size"):
+        del cfg["head_dim"]  # older files leave it out: it is hidden_size // num_attention_heads then
+    if key in ("rope_theta", "dtype"):
+        del cfg["rope_parameters"], cfg["torch_dtype"]
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match=rf"config.json: {key}\b.*{expected}"):
+        load_pretrained(tmp_path)
+
+
+def test_config_json_that_is_not_an_object(tmp_path):
+    model = random_model(Gemma2Config.preset("tiny", num_hidden_layers=2), seed=7)
+    save_pretrained(model, None, tmp_path)
+    for text in ("[1, 2]", '"gemma2"', "null"):
+        (tmp_path / "config.json").write_text(text)
+        with pytest.raises(ValueError, match=r"config.json: expected a JSON object .*, got (list|str|None)"):
+            load_pretrained(tmp_path)
+    (tmp_path / "config.json").write_bytes(b'{"model_type": "\xff"}')
+    with pytest.raises(ValueError, match="config.json: invalid JSON"):
+        load_pretrained(tmp_path)
+
+
+def _point_shard_at(d: Path, name: str) -> str:
+    """Rewrite the index so the tensors of the first shard are read from `name`; returns that shard's name."""
+    index = json.loads((d / "model.safetensors.index.json").read_text())
+    first = index["weight_map"]["model.norm.weight"]
+    index["weight_map"] = {k: name if v == first else v for k, v in index["weight_map"].items()}
+    (d / "model.safetensors.index.json").write_text(json.dumps(index))
+    return first
+
+
+@pytest.mark.parametrize("where", ["../outside.safetensors", "absolute", "sub/../../outside.safetensors"])
+def test_index_never_reads_outside_the_checkpoint(tmp_path, where):
+    d = _saved(tmp_path / "ckpt")
+    (d / "sub").mkdir()
+    outside = tmp_path / "outside.safetensors"
+    name = str(outside) if where == "absolute" else where
+    first = _point_shard_at(d, name)
+    (d / first).rename(outside)  # a valid shard: only the path itself can stop the read
+    with pytest.raises(ValueError, match=r"model.safetensors.index.json: weight_map\['.*'\]='.*outside.safetensors', "
+                                         r"expected a file name inside the checkpoint directory"):
+        load_pretrained(d)
+
+
+def test_index_may_name_files_in_a_subfolder(tmp_path):
+    d = _saved(tmp_path)
+    (d / "sub").mkdir()
+    first = _point_shard_at(d, "sub/shard.safetensors")
+    (d / first).rename(d / "sub" / "shard.safetensors")
+    loaded, _ = load_pretrained(d)
+    assert torch.equal(loaded.model.norm.weight, random_model(CONFIG, seed=4).model.norm.weight)
+
+
+@pytest.mark.parametrize("index, expected", [
+    ([], "expected an object with a non-empty 'weight_map'"),
+    ({"weight_map": ["model.norm.weight"]}, "expected an object with a non-empty 'weight_map'"),
+    ({"weight_map": {"model.norm.weight": 3}}, r"weight_map\['model.norm.weight'\]=3, expected a file name"),
+    ({"weight_map": {"model.norm.weight": ""}}, r"weight_map\['model.norm.weight'\]='', expected a file name"),
+])
+def test_index_of_the_wrong_shape(tmp_path, index, expected):
+    d = _saved(tmp_path)
+    (d / "model.safetensors.index.json").write_text(json.dumps(index))
+    with pytest.raises(ValueError, match=rf"model.safetensors.index.json: {expected}"):
+        load_pretrained(d)
+
+
+@pytest.mark.parametrize("edit, expected", [
+    (lambda h: h["model.norm.weight"].update(data_offsets=[-8, -8 + 4 * 48]), r"data_offsets=\[-8, 184\], expected \[begin, end\]"),
+    (lambda h: h["model.norm.weight"].update(data_offsets=[10**9, 10**9 + 4 * 48]), "data_offsets=.*expected"),
+    (lambda h: h["model.norm.weight"].update(data_offsets=[0]), r"data_offsets=\[0\], expected"),
+    (lambda h: h["model.norm.weight"].pop("shape"), "shape=None, expected a list of integers >= 0"),
+    (lambda h: h["model.norm.weight"].update(shape=[-1, -48]), r"shape=\[-1, -48\], expected a list of integers >= 0"),
+    (lambda h: h["model.norm.weight"].update(shape=[48, 2]), r"has 192 bytes, its shape \[48, 2\] needs 384"),
+    (lambda h: h["model.norm.weight"].update(dtype=["F32"]), r"dtype=\['F32'\], expected one of"),
+    (lambda h: h.update({"model.norm.weight": "F32"}), "is 'F32', expected an object with dtype, shape and data_offsets"),
+])
+def test_safetensors_header_entries_are_checked(tmp_path, edit, expected):
+    save_pretrained(random_model(CONFIG, seed=5), None, tmp_path)
+    _edit_header(tmp_path / "model.safetensors", edit)
+    with pytest.raises(ValueError, match=rf"model.safetensors: tensor 'model.norm.weight' {expected}"):
+        load_pretrained(tmp_path)
+
+
+def test_safetensors_header_that_is_not_an_object(tmp_path):
+    save_pretrained(random_model(CONFIG, seed=5), None, tmp_path)
+    f = tmp_path / "model.safetensors"
+    f.write_bytes((2).to_bytes(8, "little") + b"[]" + f.read_bytes())
+    with pytest.raises(ValueError, match="model.safetensors: safetensors header is a list, expected an object"):
+        load_pretrained(tmp_path)
+    f.write_bytes((10).to_bytes(8, "little") + b'{"a": "\xff"}' + f.read_bytes())  # not UTF-8
+    with pytest.raises(ValueError, match="model.safetensors: invalid safetensors header"):
+        load_pretrained(tmp_path)
+
+
+@pytest.fixture
+def hub(monkeypatch, tmp_path):
+    """huggingface_hub.snapshot_download replaced by a recorder: no network; returns a snapshot directory,
+    or raises as the hub does for a repository it does not have (ids starting with 'missing')."""
+    huggingface_hub = pytest.importorskip("huggingface_hub")
+    calls = []
+
+    def snapshot_download(repo_id, revision=None, allow_patterns=None):
+        calls.append((repo_id, revision))
+        if repo_id.split("/")[-1].startswith("missing"):
+            raise OSError(f"Repository Not Found for url: https://huggingface.co/api/models/{repo_id}")
+        (tmp_path / "snapshot").mkdir(exist_ok=True)
+        return str(tmp_path / "snapshot")
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "runs" / "ckpt").mkdir()
+    (tmp_path / "weights.safetensors").write_bytes(b"")
+    return calls
+
+
+@pytest.mark.parametrize("name", ["runs/final", "runs/missing-run", "./final", "../final", "/nowhere/final", "~/surely-not-a-checkpoint",
+                                  "runs/ckpt/final", "final", "weights.safetensors", "a b/c", "org\\name"])
+def test_a_path_that_is_not_a_directory_is_an_error_not_a_download(hub, name):
+    with pytest.raises(FileNotFoundError, match=r"no checkpoint directory at .+; a hub id looks like owner/name"):
+        resolve_checkpoint(name)
+    assert hub == []
+
+
+def test_a_directory_is_used_and_a_hub_id_goes_to_the_hub(hub, tmp_path):
+    assert resolve_checkpoint("runs/ckpt") == Path("runs/ckpt")
+    assert resolve_checkpoint(tmp_path / "runs") == tmp_path / "runs"
+    assert resolve_checkpoint("google/gemma-2-2b", revision="main") == tmp_path / "snapshot"
+    assert hub == [("google/gemma-2-2b", "main")]
+
+
+def test_a_failed_download_says_there_was_no_directory_either(hub, tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"no checkpoint directory at .*outputs/missing-final, and the hub "
+                                                r"download of 'outputs/missing-final' failed \(OSError: Repository Not Found"):
+        resolve_checkpoint("outputs/missing-final")
+    assert hub == [("outputs/missing-final", None)]

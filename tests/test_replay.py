@@ -289,7 +289,7 @@ def test_load_rejects_bad_files(tmp_path):
     state = filled([1.0, 2.0]).state_dict()
     state["priorities"] = torch.tensor([1.0])
     torch.save(state, bad)
-    with pytest.raises(ValueError, match=r"bad.pt: expected 2 items and priorities of shape \(2,\)"):
+    with pytest.raises(ValueError, match=r"bad.pt: priorities=.*expected a float64 tensor of shape \(2,\)"):
         PrioritizedReplay.load(bad)
 
 
@@ -301,3 +301,66 @@ def test_items_of_custom_types_need_weights_only_false(tmp_path):
     with pytest.raises(ValueError, match="steps.pt: .*weights_only=False"):
         PrioritizedReplay.load(path)
     assert PrioritizedReplay.load(path, weights_only=False)[0] == Step(reward=1.5)
+
+
+def test_load_allocates_for_the_items_stored_not_the_capacity_claimed(tmp_path):
+    path = tmp_path / "huge.pt"
+    state = filled([1.0, 2.0], capacity=4).state_dict()
+    state["capacity"] = 2**40  # 8 TiB of item slots and 48 TiB of trees, were they allocated up front
+    torch.save(state, path)
+    buf = PrioritizedReplay.load(path)
+    assert (len(buf), buf.capacity, buf.next) == (2, 2**40, 2)
+    held = [buf.sum_tree.tree.nbytes, buf.min_tree.tree.nbytes, buf.max_tree.tree.nbytes, 8 * len(buf.items)]
+    assert sum(held) < 1024
+    np.testing.assert_allclose(buf.priorities(), [1.0, 2.0])
+    buf.extend(list(range(100)), priorities=np.ones(100))  # storage grows with what is added
+    assert len(buf) == 102 and buf[101] == 99 and buf.sum_tree.root() == pytest.approx(103.0)
+    assert sum(t.tree.nbytes for t in (buf.sum_tree, buf.min_tree, buf.max_tree)) < 16 * 1024
+    assert len(PrioritizedReplay(2**40).items) <= 1  # a fresh buffer does not allocate its capacity either
+
+
+@pytest.mark.parametrize("key, value, expected", [
+    ("capacity", True, "expected an integer >= 1"),
+    ("capacity", "4", "expected an integer >= 1"),
+    ("size", -1, r"expected an integer in \[0, 4\]"),
+    ("next", 1, r"expected 2 \(the size\) until the ring is full"),
+    ("next", 4, r"expected an integer in \[0, 4\)"),
+    ("alpha", float("nan"), "expected a finite number >= 0"),
+    ("alpha", -1.0, "expected a finite number >= 0"),
+    ("eps", 0.0, "expected a finite number > 0"),
+    ("eps", "1e-6", "expected a finite number > 0"),
+    ("items", "ab", "expected a list of 2 items"),
+    ("items", [1], "expected a list of 2 items"),
+    ("priorities", torch.tensor([1, 2]), r"expected a float64 tensor of shape \(2,\)"),
+    ("priorities", [1.0, 2.0], r"expected a float64 tensor of shape \(2,\)"),
+    ("priorities", torch.tensor([1.0, -2.0], dtype=torch.float64), "expected finite values > 0"),
+    ("priorities", torch.tensor([1.0, float("inf")], dtype=torch.float64), "expected finite values > 0"),
+    ("rng_state", {"bit_generator": "MT19937"}, "expected the state of a numpy PCG64 generator"),
+    ("rng_state", "seed", "expected the state of a numpy PCG64 generator"),
+])
+def test_load_names_the_key_of_an_inconsistent_state(tmp_path, key, value, expected):
+    path = tmp_path / "bad.pt"
+    state = filled([1.0, 2.0], capacity=4).state_dict()
+    state[key] = value
+    torch.save(state, path)
+    with pytest.raises(ValueError, match=rf"bad.pt: {key}=.*{expected}"):
+        PrioritizedReplay.load(path)
+
+
+def test_save_load_is_exact_through_wrapping_and_growth(tmp_path):
+    """A loaded buffer and the original behave identically afterwards, bit for bit."""
+    buf = PrioritizedReplay(100, alpha=0.6, seed=3)
+    buf.extend([{"k": k} for k in range(37)], priorities=np.linspace(0.1, 3.0, 37))
+    buf.sample(8, beta=0.4)
+    buf.save(tmp_path / "replay.pt")
+    new = PrioritizedReplay.load(tmp_path / "replay.pt")
+    for step in range(4):
+        for b in (buf, new):
+            b.extend([{"k": 100 * step + k} for k in range(29)], priorities=np.arange(29) * 0.37 + step)
+            b.update_priorities([3, 50, 3], [9.0, 0.25, 4.0])
+        (items_a, idx_a, w_a), (items_b, idx_b, w_b) = buf.sample(16, beta=0.7), new.sample(16, beta=0.7)
+        assert items_a == items_b and torch.equal(idx_a, idx_b) and torch.equal(w_a, w_b)
+        np.testing.assert_array_equal(buf.priorities(), new.priorities())
+        assert (buf.sum_tree.root(), buf.min_tree.root(), buf.max_tree.root(), buf.next, len(buf)) == \
+               (new.sum_tree.root(), new.min_tree.root(), new.max_tree.root(), new.next, len(new))
+        assert [buf[i] for i in range(len(buf))] == [new[i] for i in range(len(new))]
