@@ -24,6 +24,7 @@ from pathlib import Path, PureWindowsPath
 import torch
 from safetensors.torch import save_file
 
+from nanoo1.files import atomic_write
 from nanoo1.model import Gemma2, Gemma2Config
 from nanoo1.tokenizer import Tokenizer
 
@@ -253,9 +254,7 @@ def load_pretrained(path_or_repo_id, dtype: torch.dtype | str | None = None, dev
 
 # -- save ---------------------------------------------------------------------------------------------
 def _atomic_json(path: Path, obj) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write(path, json.dumps(obj, indent=2) + "\n")
 
 
 def save_pretrained(model: Gemma2, tokenizer: Tokenizer | None, directory, max_shard_bytes: int = 5 * 2**30) -> Path:
@@ -282,9 +281,7 @@ def save_pretrained(model: Gemma2, tokenizer: Tokenizer | None, directory, max_s
 
     names = ["model.safetensors"] if len(shards) == 1 else [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
     for name, shard in zip(names, shards):
-        tmp = directory / f".{name}.tmp{os.getpid()}"
-        save_file(shard, str(tmp), metadata={"format": "pt"})
-        os.replace(tmp, directory / name)
+        atomic_write(directory / name, lambda tmp: save_file(shard, tmp, metadata={"format": "pt"}))
     index = directory / "model.safetensors.index.json"
     if len(shards) > 1:
         total = sum(t.numel() * t.element_size() for t in state.values())

@@ -20,11 +20,12 @@ import math
 import os
 import pickle
 import reprlib
-import tempfile
 import zipfile
 
 import numpy as np
 import torch
+
+from nanoo1.files import atomic_write
 
 _FORMAT = "nanoo1.replay"
 _VERSION = 1
@@ -250,19 +251,7 @@ class PrioritizedReplay:
     def save(self, path: str | os.PathLike) -> None:
         """Write the buffer to `path` atomically: a temp file in the same directory, flushed to disk,
         then renamed over `path`, so a crash leaves either the old file or the new one, never half."""
-        path = os.fspath(path)
-        directory = os.path.dirname(os.path.abspath(path))
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                torch.save(self.state_dict(), f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.remove(tmp)
-            raise
+        atomic_write(path, lambda tmp: torch.save(self.state_dict(), tmp))
 
     @classmethod
     def load(cls, path: str | os.PathLike, weights_only: bool = True) -> "PrioritizedReplay":

@@ -55,7 +55,7 @@ def save_checkpoint(out: Path, it: int, config, model, tokenizer, state: dict, b
     atomic_write(ckpt / SETTINGS, json.dumps(to_dict(config), indent=1))
     for name, buffer in buffers.items():
         buffer.save(ckpt / name)
-    atomic_write(ckpt / TRAINER_STATE, lambda f: torch.save({"iteration": it, **state}, f))
+    atomic_write(ckpt / TRAINER_STATE, lambda p: torch.save({"iteration": it, **state}, p))
     atomic_write(out / "latest", ckpt.name)
     for old in sorted(out.glob("iter-*"))[:-keep]:
         shutil.rmtree(old)

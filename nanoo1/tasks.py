@@ -21,6 +21,7 @@ import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from nanoo1.files import atomic_write
 from nanoo1.rewards import extract_answer
 from nanoo1.thoughts import Tree
 
@@ -179,9 +180,7 @@ def load_jsonl(path) -> list[Problem]:
 def write_jsonl(problems: list[Problem], path) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text("".join(json.dumps(p.to_json()) + "\n" for p in problems), encoding="utf-8")
-    tmp.replace(path)
+    atomic_write(path, "".join(json.dumps(p.to_json()) + "\n" for p in problems))
 
 
 def main(argv=None):

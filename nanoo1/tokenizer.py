@@ -9,11 +9,12 @@ trains a small BPE whose vocabulary holds every special token below, the 256 byt
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 from tokenizers import AddedToken, Regex, decoders, models, normalizers, pre_tokenizers, processors, trainers
 from tokenizers import Tokenizer as HFTokenizer
+
+from nanoo1.files import atomic_write
 
 # Gemma's control tokens, at Gemma's ids 0..3 in a trained tokenizer too.
 CONTROL_TOKENS = ["<pad>", "<eos>", "<bos>", "<unk>"]
@@ -93,18 +94,9 @@ class Tokenizer:
         special = {"bos_token": "<bos>", "eos_token": "<eos>", "pad_token": "<pad>", "unk_token": "<unk>"}
         config = {"tokenizer_class": "PreTrainedTokenizerFast", "add_bos_token": True, "add_eos_token": False,
                   "model_max_length": 1_000_000, **special}
-        _atomic_write_text(directory / "tokenizer.json", self.tk.to_str())
-        _atomic_write_text(directory / "tokenizer_config.json", json.dumps(config, indent=2))
-        _atomic_write_text(directory / "special_tokens_map.json", json.dumps(special, indent=2))
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+        atomic_write(directory / "tokenizer.json", self.tk.to_str())
+        atomic_write(directory / "tokenizer_config.json", json.dumps(config, indent=2))
+        atomic_write(directory / "special_tokens_map.json", json.dumps(special, indent=2))
 
 
 def train_tokenizer(texts, vocab_size: int, special_tokens=SPECIAL_TOKENS, split_digits: bool = True) -> Tokenizer:

@@ -237,8 +237,9 @@ def test_save_is_atomic_when_the_write_fails(tmp_path, monkeypatch):
     buf.save(path)
     buf.add({"id": 99})
 
-    def crash(obj, f):
-        f.write(b"half a file")
+    def crash(obj, tmp):  # the temp file's path (files.atomic_write)
+        with open(tmp, "wb") as f:
+            f.write(b"half a file")
         raise RuntimeError("disk full")
 
     monkeypatch.setattr(replay.torch, "save", crash)
