@@ -1,6 +1,6 @@
 """The policy interface between the searches and a model, and its implementation over a nanoo1 model.
 
-Searches (mcts.py, search.py, rstar.py) reach the model only through two batched calls, so a scripted
+Searches (grow.py, mcts.py, search.py, rstar.py) reach the model only through two batched calls, so a scripted
 fake can stand in for it in tests:
 
     policy.propose(requests) -> one list of request.k Candidates per Request     (batched sampling)

@@ -26,7 +26,7 @@ step at `max_depth`, ends its branch as a failure. A node's text in the search t
 
 The process preference model (PPM) is a scalar head on the decoder, read at the last token of a path.
 It learns from pairs of sibling steps of the search tree with the Bradley-Terry loss (`ppm_pair_loss`).
-`RStarPolicy` is the search policy (mcts.py's propose / evaluate interface) with the PPM as the value.
+`RStarPolicy` is the search policy (policy.py's propose / evaluate interface) with the PPM as the value.
 """
 
 from __future__ import annotations
@@ -216,7 +216,7 @@ class StepCandidate(Candidate):
 
 
 class RStarPolicy:
-    """rStar's search policy over a nanoo1 model: mcts.py's `propose(requests)` and `evaluate(paths)`.
+    """rStar's search policy over a nanoo1 model: policy.py's `propose(requests)` and `evaluate(paths)`.
 
     All candidate steps of a round come from one `generate` call (each prompt prefilled once and forked k
     ways, `step_prefix` forced, stopping at STEP_END) and are judged in one batched sandbox call (a program

@@ -31,8 +31,9 @@ import math
 from dataclasses import dataclass, field, replace
 from typing import Callable
 
-from nanoo1.mcts import (LOG_HALF, MCTSConfig, SearchResult, answer_of, best_value, expand, judge, majority_vote, mcts, simulate,
+from nanoo1.grow import (LOG_HALF, SearchResult, answer_of, best_value, expand, judge, majority_vote, simulate,
                          weighted_vote)
+from nanoo1.mcts import MCTSConfig, mcts
 from nanoo1.policy import Request, Spent, add_candidate
 from nanoo1.rewards import check
 from nanoo1.thoughts import Node, Tree

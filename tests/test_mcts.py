@@ -7,7 +7,8 @@ from dataclasses import replace
 import pytest
 
 from conftest import ScriptedPolicy, decoy_script, path_key, random_model
-from nanoo1.mcts import MCTSConfig, backup, judge, max_reward_path, mcts, puct_score, rectify, select_leaf, uct_score
+from nanoo1.grow import judge
+from nanoo1.mcts import MCTSConfig, backup, max_reward_path, mcts, puct_score, rectify, select_leaf, uct_score
 from nanoo1.model import Gemma2Config
 from nanoo1.policy import LMPolicy
 from nanoo1.search import SearchConfig, search

@@ -13,7 +13,8 @@ from nanoo1.checkpoint import load_pretrained, save_pretrained
 from nanoo1.engine import Completion
 from nanoo1.evolve import (EvolveConfig, coverage, finetune_policy, load_ppm, pair_accuracy, ppm_pairs, run, save_ppm,
                            sft_examples, train_ppm)
-from nanoo1.mcts import MCTSConfig, expand, mcts
+from nanoo1.grow import expand
+from nanoo1.mcts import MCTSConfig, mcts
 from nanoo1.policy import Request
 from nanoo1.model import Gemma2, Gemma2Config
 from nanoo1.rstar import (RSTAR_TOKENS, STEP_END, CodeStep, ProcessPreferenceModel, RStarConfig, RStarPolicy, best_traces,
@@ -352,7 +353,7 @@ def test_trained_policy_keeps_its_steps_and_mcts_finds_the_answer(mia_model, cod
     got = [[(s.status, s.text, s.answer) for s, _ in per_path] for per_path in sampled]
     answer = ("answer", STEP3 + "\n<output>9</output>", "9")
     assert got == [[("ok", STEP1, None)] * 2, [("ok", STEP2, None)] * 2, [answer] * 2]
-    # through mcts.expand, with a PPM as the value (a zero head scores 0)
+    # through grow.expand, with a PPM as the value (a zero head scores 0)
     ppm_policy = RStarPolicy(mia_model, code_tokenizer, greedy, ProcessPreferenceModel(mia_model))
     tree = Tree(MIA.question)
     (children,), (spent,) = expand(ppm_policy, [Request(tree, tree.root, [None] * 2, [None] * 2)])
