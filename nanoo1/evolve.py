@@ -39,7 +39,8 @@ from nanoo1.rstar import (ProcessPreferenceModel, RStarConfig, RStarPolicy, best
 from nanoo1.search import SearchConfig, grade, search
 from nanoo1.sft import SFTConfig, lr_at, make_batches, set_lr, train_sft
 from nanoo1.tasks import TINY_DIR, Problem, load_jsonl
-from nanoo1.thoughts import Tree, batch_ids
+from nanoo1.thoughts import Tree
+from nanoo1.tokenizer import batch_ids
 from nanoo1.warmstart import WARMSTART_DIR, WARMSTART_SFT, train_warmstart
 
 PPM_HEAD = "ppm_head.safetensors"  # the PPM's scalar head, next to its decoder's model.safetensors

@@ -20,7 +20,9 @@ import torch
 from nanoo1.rewards import equations_hold
 from nanoo1.model import bf16_autocast
 from nanoo1.rl import completion_logprobs, path_gae, td_priority
-from nanoo1.thoughts import chain_tokens, rating_head, render_node
+from nanoo1.thoughts import chain_tokens, render_node
+from nanoo1.tokenizer import batch_ids, right_pad
+from nanoo1.value import rating_at
 
 
 def outcomes(tree) -> list:
@@ -120,35 +122,27 @@ def imitation_items(tokenizer, paths: list[list]) -> list[tuple[list[int], list[
 
 
 def collate_chains(items: list[dict], pad_id: int, weights=None, multiple: int = 32) -> dict:
-    T = -(-max(len(it["ids"]) for it in items) // multiple) * multiple  # a few shapes: no heap fragmentation
-    K = max(len(it["value_pos"]) for it in items)
-
-    def pad(key, width, fill):
-        return torch.tensor([it[key] + [fill] * (width - len(it[key])) for it in items])
-
-    batch = {"input_ids": pad("ids", T, pad_id), "completion_mask": pad("mask", T, 0), "advantages": pad("advantages", T, 0.0),
-             "value_pos": pad("value_pos", K, 0), "value_target": pad("value_target", K, 0.0)}
-    batch["attention_mask"] = torch.tensor([[1] * len(it["ids"]) + [0] * (T - len(it["ids"])) for it in items])
-    batch["value_mask"] = torch.tensor([[1] * len(it["value_pos"]) + [0] * (K - len(it["value_pos"])) for it in items])
+    """Padded (B, T) and (B, K) tensors of chain items for `rl.ppo_step` (lengths rounded up to `multiple`)."""
+    ids, attn = batch_ids([it["ids"] for it in items], pad_id, multiple=multiple)
+    T = ids.shape[1]
+    batch = {"input_ids": ids, "attention_mask": attn, "completion_mask": right_pad([it["mask"] for it in items], 0, T),
+             "advantages": right_pad([it["advantages"] for it in items], 0.0, T),
+             "value_pos": right_pad([it["value_pos"] for it in items], 0),
+             "value_target": right_pad([it["value_target"] for it in items], 0.0),
+             "value_mask": right_pad([[1] * len(it["value_pos"]) for it in items], 0)}
     if "old_logp" in items[0]:
-        batch["old_logp"] = pad("old_logp", T, 0.0)
-        batch["old_value"] = pad("old_value", K, 0.0)
+        batch["old_logp"] = right_pad([it["old_logp"] for it in items], 0.0, T)
+        batch["old_value"] = right_pad([it["old_value"] for it in items], 0.0)
     if weights is not None:
         batch["weights"] = torch.as_tensor(weights, dtype=torch.float32)
     return batch
 
 
-def rating_probs(model, tokenizer, hidden, value_pos):
-    """P(<positive_rating>) read at the given positions (B, K) of hidden (B, T, C), in float32."""
-    h = hidden[torch.arange(len(value_pos))[:, None], value_pos]  # (B, K, C)
-    return torch.softmax(rating_head(model, tokenizer, h.float()), -1)[..., 0]  # (B, K)
-
-
 @torch.no_grad()
 def stamp_old(model, tokenizer, items: list[dict], temperature: float, bf16: bool = False, batch_size: int = 16,
               iteration: int = 0) -> None:
-    """Log-probs and values of the collecting policy, stored with each item before any update (PPO's old),
-    with the iteration that stamped them."""
+    """Log-probs and values P(positive) of the collecting policy, stored with each item before any update
+    (PPO's old), with the iteration that stamped them."""
     for s in range(0, len(items), batch_size):
         chunk = items[s:s + batch_size]
         b = collate_chains(chunk, tokenizer.pad_id)
@@ -156,7 +150,7 @@ def stamp_old(model, tokenizer, items: list[dict], temperature: float, bf16: boo
             hidden = model.hidden_states(b["input_ids"], b["attention_mask"])
             logp = completion_logprobs(model, b["input_ids"], b["attention_mask"], b["completion_mask"],
                                        temperature, hidden=hidden)
-            probs = rating_probs(model, tokenizer, hidden, b["value_pos"])
+            probs = torch.softmax(rating_at(model, tokenizer, hidden, b["value_pos"]), -1)[..., 0]  # (B, K) P(positive)
         for i, it in enumerate(chunk):
             it["old_logp"] = logp[i, :len(it["ids"])].float().tolist()
             it["old_value"] = probs[i, :len(it["value_pos"])].float().tolist()

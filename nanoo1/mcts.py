@@ -21,7 +21,7 @@ import torch
 
 from nanoo1.grow import LOG_HALF, SearchResult, answer_of, expand, judge, simulate, weighted_vote
 from nanoo1.policy import Request, Spent
-from nanoo1.thoughts import Node, Tree, hint_for, sample_metas
+from nanoo1.thoughts import META_ACTIONS, Node, Tree, hint_for
 # -- selection rules -----------------------------------------------------------------------------------
 def puct_score(parent: Node, child: Node, c: float = 1.4, varentropy_coef: float = 0.0) -> float:
     """LLaMA-O1's rule: V(child) + c * P(child) * sqrt(N(parent)) / (1 + N(child)) [+ lambda * varentropy(child)].
@@ -93,6 +93,30 @@ def select_leaf(root: Node, config: MCTSConfig) -> Node:
         parent = node
         node = max(parent.children, key=lambda child: config.score(parent, child))
     return node
+
+
+# -- meta-actions (LLaMA-O1's sampled metas, MCTSConfig.metas='sample') ---------------------------------
+def meta_transition_matrix(tree: Tree) -> torch.Tensor:
+    """(5, 5): row a = softmax over b of the sum of exp(child value) over the tree's edges (meta a -> meta b).
+
+    Unevaluated children count as exp(0) = 1; a row without edges is uniform. <problem> is never a
+    child (its column is 0). Recomputed from the tree on every call: LLaMA-O1 caches the sampled metas
+    per node object, so a node's children never follow what the search learned.
+    """
+    n = len(META_ACTIONS)
+    sums = torch.zeros(n, n)
+    for node in tree.nodes[1:]:
+        a, b = META_ACTIONS.index(node.parent.meta), META_ACTIONS.index(node.meta)
+        sums[a, b] += math.exp(node.value if node.value is not None else 0.0)
+    sums[:, 0] = float("-inf")
+    return torch.softmax(sums, dim=-1)
+
+
+def sample_metas(tree: Tree, node: Node, k: int, generator: torch.Generator | None = None) -> list[str]:
+    """k meta-actions for new children of `node`, drawn from its meta's row of the transition matrix."""
+    probs = meta_transition_matrix(tree)[META_ACTIONS.index(node.meta)]
+    draws = torch.multinomial(probs, k, replacement=True, generator=generator)
+    return [META_ACTIONS[i] for i in draws.tolist()]
 
 
 def expansion_request(tree: Tree, node: Node, config: MCTSConfig, ground_truth: str | None = None,

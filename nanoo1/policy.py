@@ -207,7 +207,7 @@ class LMPolicy:
 
     @torch.no_grad()
     def evaluate(self, paths: list[list[Node]]) -> tuple[list[float], list[int]]:
-        """`thoughts.rating_values` of the paths, each parent's lines prefilled once and forked to its children.
+        """`value.rating_values` of the paths, each parent's lines prefilled once and forked to its children.
 
         Siblings' value prompts differ only in their last line, which starts with a special token, so the
         parent's ids are a prefix of each child's ids (checked: a path where that fails runs from <bos>).

@@ -58,8 +58,7 @@ class PPOSettings:
     minibatch: int = 32  # chains per PPO update
     micro_batch: int = 16  # chains per forward/backward inside an update (PPO, GRPO and the old log-probs)
     clip_eps: float = 0.2  # PPO ratio clip
-    value_clip: float = 0.2  # the value loss's clip around the collection-time value
-    vf_coef: float = 0.5  # weight of the rating-token value loss
+    vf_coef: float = 0.5  # weight of the rating-token value loss (value.rating_bce)
     gamma: float = 0.99  # GAE discount along a chain
     lam: float = 0.95  # GAE lambda
     replay_capacity: int = 1024  # chains kept in the prioritized replay buffer
@@ -69,7 +68,7 @@ class PPOSettings:
 
     def __post_init__(self):
         check_settings(self, positive=("lr", "updates_per_iteration", "minibatch", "micro_batch", "replay_capacity"),
-                       non_negative=("clip_eps", "value_clip", "vf_coef", "replay_max_age", "alpha"),
+                       non_negative=("clip_eps", "vf_coef", "replay_max_age", "alpha"),
                        fraction=("lr_decay", "gamma", "lam"))
 
 

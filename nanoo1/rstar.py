@@ -44,7 +44,8 @@ from nanoo1.engine import generate
 from nanoo1.policy import Candidate
 from nanoo1.rewards import check
 from nanoo1.sandbox import SandboxResult, run_many
-from nanoo1.thoughts import Node, Tree, batch_ids
+from nanoo1.thoughts import Node, Tree
+from nanoo1.tokenizer import batch_ids
 from nanoo1.tokenizer import CODE_TOKENS
 
 RSTAR_TOKENS = CODE_TOKENS  # one token each in a tokenizer trained with tokenizer.SPECIAL_TOKENS

@@ -33,7 +33,7 @@ from nanoo1.checkpoint import load_pretrained, save_pretrained
 from nanoo1.config import add_config_flags, apply_flags, conflicts, flat_settings
 from nanoo1.engine import generate_budgeted, hold_freed_memory
 from nanoo1.eval import EVAL_MCTS, EvalResult, evaluate, evaluate_budgeted
-from nanoo1.experience import (chain_items, collate_chains, imitation_items, rating_probs, restamp_stale, row_priorities,
+from nanoo1.experience import (chain_items, collate_chains, imitation_items, restamp_stale, row_priorities,
                                stamp_old, success_rates, tree_chains)
 from nanoo1.mcts import MCTSConfig, mcts
 from nanoo1.model import bf16_autocast
@@ -44,11 +44,12 @@ from nanoo1.recipe import PRESETS, SelfPlayConfig, default_out, iteration_config
 from nanoo1.runs import (append_jsonl, latest_checkpoint, load_trainer_state, prepare_out, rewrite_jsonl, save_checkpoint,
                          saved_settings)
 from nanoo1.files import atomic_write
-from nanoo1.rl import GRPOConfig, PPOConfig, grpo_advantages, grpo_step, ppo_step, td_priority, value_loss
+from nanoo1.rl import GRPOConfig, PPOConfig, grpo_advantages, grpo_step, ppo_step, td_priority
 from nanoo1.search import SearchConfig, checked_greedy, grade
 from nanoo1.sft import collate, set_lr, sft_step
 from nanoo1.tasks import load_jsonl, think_prompt
-from nanoo1.thoughts import batch_ids
+from nanoo1.tokenizer import batch_ids
+from nanoo1.value import rating_at, rating_bce
 from nanoo1.warmstart import train_warmstart
 
 
@@ -67,9 +68,10 @@ def ppo_iteration(model, tokenizer, opt, replay, policy, problems, it: int, conf
     replay.extend(items, row_priorities(items))
     cfg = PPOConfig(clip_eps=c.clip_eps, vf_coef=c.vf_coef, micro_batch_size=c.micro_batch, temperature=s.temperature)
 
-    def value_fn(model, mb, hidden):  # clipped value loss on P(positive) at each thought's rating position
-        probs = rating_probs(model, tokenizer, hidden, mb["value_pos"])
-        loss = value_loss(probs, mb["old_value"], mb["value_target"], mb["value_mask"], c.value_clip, mb.get("weights"))
+    def value_fn(model, mb, hidden):  # the rating-token value's loss at each thought's <start_of_rating>
+        logits = rating_at(model, tokenizer, hidden, mb["value_pos"])  # (b, K, 2)
+        loss = rating_bce(logits, mb["value_target"], mb["value_mask"], mb.get("weights"))
+        probs = torch.softmax(logits, -1)[..., 0].detach()  # (b, K) P(positive)
         return loss, td_priority(probs, mb["value_target"], mb["value_mask"])  # the replay priority, as at insertion
 
     stats = [dict.fromkeys(("policy_loss", "value_loss", "clip_frac", "approx_kl"), 0.0)]

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from nanoo1.model import bf16_autocast
 from nanoo1.tasks import OPS, Problem, Step, solution_tree, think_prompt
 from nanoo1.thoughts import RATINGS, render_node
+from nanoo1.tokenizer import batch_ids, right_pad
 
 
 @dataclass
@@ -133,11 +134,8 @@ def make_batches(problems: list[Problem], example_fn, batch_size: int, rng: rand
 def collate(examples, pad_id: int, multiple: int = 32):
     """Right-padded (ids, attention mask, loss mask). Lengths are rounded up to a multiple of `multiple`:
     a few shapes recur, so the memory allocator reuses its blocks (every new length fragments the heap)."""
-    T = -(-max(len(ids) for ids, _ in examples) // multiple) * multiple
-    ids = torch.tensor([x + [pad_id] * (T - len(x)) for x, _ in examples])  # (B, T)
-    mask = torch.tensor([m + [0] * (T - len(m)) for _, m in examples])  # (B, T)
-    attn = torch.tensor([[1] * len(x) + [0] * (T - len(x)) for x, _ in examples])  # (B, T)
-    return ids, attn, mask
+    ids, attn = batch_ids([x for x, _ in examples], pad_id, multiple=multiple)  # (B, T)
+    return ids, attn, right_pad([m for _, m in examples], 0, ids.shape[1])
 
 
 def lm_loss(model, ids, attn, loss_mask, bf16: bool = False):

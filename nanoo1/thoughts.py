@@ -1,4 +1,4 @@
-"""The LongCoT thought-tree format (LLaMA-O1 / OpenLongCoT) and the rating-token value head.
+"""The LongCoT thought-tree format (LLaMA-O1 / OpenLongCoT): nodes, trees, and the prompts built from them.
 
 Every node of a reasoning tree is one line of text:
 
@@ -12,21 +12,15 @@ of <positive_rating> <negative_rating> <unknown_rating>. The root is `<problem>{
 Policy: the path, an optional `<hint>...</hint>` line, then the header of a new child up to
 `<start_of_thought>{meta}`; the model writes the thought and stops at `<end_of_thought>`.
 Value: the path whose last line stops right after `<start_of_rating>`; the next-token logits of
-<positive_rating> and <negative_rating> give V = log softmax([l_pos, l_neg])[0] = log P(positive).
-The value is read, and trained, at exactly that position (`value_prompt` builds both).
+<positive_rating> and <negative_rating> give V = log P(positive) (value.py). The value is read, and
+trained, at exactly that position (`value_prompt` and `chain_tokens` build both).
 """
 
 from __future__ import annotations
 
 import json
-import math
 import re
 from dataclasses import dataclass, field
-
-import torch
-import torch.nn.functional as F
-
-from nanoo1.model import softcap
 
 META_ACTIONS = ["<problem>", "<expansion>", "<critic>", "<refine>", "<conclusion>"]
 RATINGS = {"positive": "<positive_rating>", "negative": "<negative_rating>", "unknown": "<unknown_rating>"}
@@ -229,35 +223,6 @@ def parse_tree(text: str) -> Tree:
 
 
 # -- the rating-token value head -----------------------------------------------------------------------
-def rating_logits(model, tokenizer, input_ids, attention_mask):
-    """(l_pos, l_neg) (B, 2) at each row's last real token, which must be <start_of_rating>.
-
-    Only the two rating rows of the output embedding are multiplied (the final soft-cap is elementwise,
-    so this equals picking two columns of the full logits).
-    """
-    last = attention_mask.long().sum(-1) - 1  # (B,) right padding
-    start = tokenizer.token_id("<start_of_rating>")
-    if not bool((input_ids[torch.arange(len(last)), last] == start).all()):
-        raise ValueError("every value sequence must end with <start_of_rating> (build it with value_prompt)")
-    h = model.hidden_states(input_ids, attention_mask)  # (B, T, C)
-    return rating_head(model, tokenizer, h[torch.arange(len(last)), last])  # (B, 2)
-
-
-def rating_head(model, tokenizer, hidden):
-    """(l_pos, l_neg) (..., 2) of final hidden states (..., C): the two rating rows of the output embedding,
-    in hidden's dtype, then the final soft-cap (elementwise, so equal to two columns of the full logits)."""
-    rows = [tokenizer.token_id("<positive_rating>"), tokenizer.token_id("<negative_rating>")]
-    return softcap(F.linear(hidden, model.output_embedding[rows].to(hidden.dtype)), model.config.final_logit_softcapping)
-
-
-def batch_ids(sequences: list[list[int]], pad_id: int, device=None):
-    """Right-padded (ids, mask) for a list of token-id lists."""
-    T = max(len(s) for s in sequences)
-    ids = torch.tensor([s + [pad_id] * (T - len(s)) for s in sequences], device=device)  # (B, T)
-    mask = torch.tensor([[1] * len(s) + [0] * (T - len(s)) for s in sequences], device=device)  # (B, T)
-    return ids, mask
-
-
 def chain_tokens(tokenizer, path: list[Node]) -> tuple[list[int], list[tuple[int, int, int]]]:
     """The ids of `render_path(path)`, built from the ids each thought was actually sampled as.
 
@@ -287,49 +252,3 @@ def chain_tokens(tokenizer, path: list[Node]) -> tuple[list[int], list[tuple[int
 
 def value_sequences(tokenizer, paths: list[list[Node]]) -> list[list[int]]:
     return [tokenizer.encode(value_prompt(p)) for p in paths]
-
-
-@torch.no_grad()
-def rating_values(model, tokenizer, paths: list[list[Node]], batch_size: int = 64) -> torch.Tensor:
-    """V = log softmax([l_pos, l_neg])[0] for the last node of each path, in batched forward passes."""
-    device = model.output_embedding.device
-    out = []
-    seqs = value_sequences(tokenizer, paths)
-    for i in range(0, len(seqs), batch_size):
-        ids, mask = batch_ids(seqs[i:i + batch_size], tokenizer.pad_id, device)
-        out.append(F.log_softmax(rating_logits(model, tokenizer, ids, mask).float(), -1)[:, 0])
-    return torch.cat(out) if out else torch.zeros(0)
-
-
-def rating_value_loss(model, tokenizer, input_ids, attention_mask, target_prob):
-    """Binary cross-entropy of P(positive) against target_prob (B,), at the position V is read from.
-
-    -[t log p + (1 - t) log(1 - p)] with log p = log softmax([l_pos, l_neg])[0], averaged over rows.
-    """
-    logp = F.log_softmax(rating_logits(model, tokenizer, input_ids, attention_mask).float(), -1)  # (B, 2)
-    t = target_prob.to(logp.dtype)
-    return -(t * logp[:, 0] + (1 - t) * logp[:, 1]).mean()
-
-
-# -- meta-actions --------------------------------------------------------------------------------------
-def meta_transition_matrix(tree: Tree) -> torch.Tensor:
-    """(5, 5): row a = softmax over b of the sum of exp(child value) over the tree's edges (meta a -> meta b).
-
-    Unevaluated children count as exp(0) = 1; a row without edges is uniform. <problem> is never a
-    child (its column is 0). Recomputed from the tree on every call: LLaMA-O1 caches the sampled metas
-    per node object, so a node's children never follow what the search learned.
-    """
-    n = len(META_ACTIONS)
-    sums = torch.zeros(n, n)
-    for node in tree.nodes[1:]:
-        a, b = META_ACTIONS.index(node.parent.meta), META_ACTIONS.index(node.meta)
-        sums[a, b] += math.exp(node.value if node.value is not None else 0.0)
-    sums[:, 0] = float("-inf")
-    return torch.softmax(sums, dim=-1)
-
-
-def sample_metas(tree: Tree, node: Node, k: int, generator: torch.Generator | None = None) -> list[str]:
-    """k meta-actions for new children of `node`, drawn from its meta's row of the transition matrix."""
-    probs = meta_transition_matrix(tree)[META_ACTIONS.index(node.meta)]
-    draws = torch.multinomial(probs, k, replacement=True, generator=generator)
-    return [META_ACTIONS[i] for i in draws.tolist()]

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from tokenizers import AddedToken, Regex, decoders, models, normalizers, pre_tokenizers, processors, trainers
 from tokenizers import Tokenizer as HFTokenizer
+import torch
 
 from nanoo1.files import atomic_write
 
@@ -143,3 +144,18 @@ def train_tokenizer(texts, vocab_size: int, special_tokens=SPECIAL_TOKENS, split
     # like Gemma's tokenizer.json: other libraries (transformers) add <bos> when asked for special tokens
     tk.post_processor = processors.TemplateProcessing(single="<bos> $A", pair="<bos> $A $B", special_tokens=[("<bos>", 2)])
     return Tokenizer(tk)
+
+
+def right_pad(rows: list[list], fill, width: int | None = None, multiple: int = 1, device=None) -> torch.Tensor:
+    """(B, T) tensor of lists padded on the right with `fill` to `width` (default: the longest), rounded up to
+    a multiple of `multiple`: a few shapes recur, so the memory allocator reuses its blocks."""
+    T = width or max(len(r) for r in rows)
+    T = -(-T // multiple) * multiple
+    return torch.tensor([list(r) + [fill] * (T - len(r)) for r in rows], device=device)
+
+
+def batch_ids(sequences: list[list[int]], pad_id: int, device=None, multiple: int = 1):
+    """Right-padded (ids, attention mask) (B, T) for a list of token-id lists."""
+    ids = right_pad(sequences, pad_id, multiple=multiple, device=device)  # (B, T)
+    mask = right_pad([[1] * len(s) for s in sequences], 0, width=ids.shape[1], device=device)  # (B, T)
+    return ids, mask

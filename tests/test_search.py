@@ -15,7 +15,8 @@ from nanoo1.rewards import equations_hold
 from nanoo1.search import (SearchConfig, best_value, checked_greedy, grade, majority_vote, search,
                            weighted_vote)
 from nanoo1.engine import generate
-from nanoo1.thoughts import Tree, policy_prompt, rating_values, render_path, value_prompt
+from nanoo1.thoughts import Tree, policy_prompt, render_path, value_prompt
+from nanoo1.value import rating_values
 
 QUESTION = "Mia has 7 apples. She buys 5 more. She gives 3 to Leo. How many apples does Mia have now?"
 

@@ -9,9 +9,11 @@ from conftest import random_model
 from nanoo1.model import Gemma2Config
 from nanoo1.rewards import check
 from nanoo1.tasks import make_problems, solution_tree
-from nanoo1.thoughts import (HINTS, META_ACTIONS, Tree, batch_ids, hint_for, meta_transition_matrix, parse_thought,
-                             parse_tree, policy_prompt, rating_logits, rating_value_loss, rating_values, render_node,
-                             render_path, sample_metas, value_prompt, value_sequences)
+from nanoo1.mcts import meta_transition_matrix, sample_metas
+from nanoo1.thoughts import (HINTS, META_ACTIONS, Tree, hint_for, parse_thought, parse_tree, policy_prompt, render_node,
+                             render_path, value_prompt, value_sequences)
+from nanoo1.tokenizer import batch_ids
+from nanoo1.value import rating_logits, rating_value_loss, rating_values
 
 QUESTION = "Mia has 7 apples. She buys 5 more. How many apples does Mia have now?"
 ROOT_LINE = ("<start_of_father_id>-1<end_of_father_id><start_of_local_id>0<end_of_local_id>"

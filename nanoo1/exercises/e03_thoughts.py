@@ -103,7 +103,7 @@ class _RatingLM:
 
 
 def check_rating_logits(rating_logits) -> bool:
-    """`rating_logits(model, tokenizer, input_ids, attention_mask) -> (B, 2)` as nanoo1.thoughts.rating_logits:
+    """`rating_logits(model, tokenizer, input_ids, attention_mask) -> (B, 2)` as nanoo1.value.rating_logits:
     the soft-capped logits of <positive_rating> and <negative_rating> at each row's last real token (right
     padding), which must be <start_of_rating> (a ValueError otherwise). The check passes a stand-in model
     (model.hidden_states(ids, mask), model.output_embedding (V, C), model.config.final_logit_softcapping, or

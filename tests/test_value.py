@@ -1,0 +1,38 @@
+"""The rating-token value: one reader for a chain's every thought, one loss (binary cross-entropy)."""
+
+import math
+
+import pytest
+import torch
+
+from conftest import random_model
+from nanoo1.model import Gemma2Config
+from nanoo1.thoughts import Tree, chain_tokens
+from nanoo1.value import rating_at, rating_bce, rating_values
+
+
+def test_rating_bce_hand_computed_with_mask_and_weights():
+    # logits (l_pos, l_neg) with P(positive) = 0.8 and 0.25; the third position is padding
+    logits = torch.tensor([[[math.log(0.8), math.log(0.2)], [math.log(0.25), math.log(0.75)], [5.0, -5.0]]])
+    target = torch.tensor([[1.0, 0.5, 0.0]])
+    mask = torch.tensor([[1, 1, 0]])
+    first, second = -math.log(0.8), -(0.5 * math.log(0.25) + 0.5 * math.log(0.75))
+    assert rating_bce(logits, target, mask).item() == pytest.approx((first + second) / 2, rel=1e-6)
+    two = torch.cat([logits, logits])  # two rows, the second weighted 0: the first row's terms over all 4 positions
+    w = rating_bce(two, torch.cat([target, target]), torch.cat([mask, mask]), weights=torch.tensor([1.0, 0.0]))
+    assert w.item() == pytest.approx((first + second) / 4, rel=1e-6)
+
+
+def test_one_forward_reads_every_thoughts_value_where_search_reads_it(tiny_tokenizer):
+    """rating_at on a whole chain (training) equals rating_values of each prefix path (search)."""
+    tok = tiny_tokenizer
+    model = random_model(Gemma2Config.preset("tiny", vocab_size=len(tok), num_hidden_layers=2), seed=3, std=0.1)
+    tree = Tree("Mia has 7 apples. She buys 5 more. How many apples does Mia have now?")
+    step = tree.add(tree.root, "<expansion>", "7 + 5 = 12")
+    end = tree.add(step, "<conclusion>", "The answer is \\boxed{12}", rating="negative")
+    ids, spans = chain_tokens(tok, tree.path(end))
+    with torch.no_grad():
+        hidden = model.hidden_states(torch.tensor([ids]), None)  # (1, T, C)
+        logits = rating_at(model, tok, hidden, torch.tensor([[rating for _, _, rating in spans]]))  # (1, 2, 2)
+    read = torch.log_softmax(logits, -1)[0, :, 0]
+    torch.testing.assert_close(read, rating_values(model, tok, [tree.path(step), tree.path(end)]), atol=1e-5, rtol=0)
