@@ -10,7 +10,7 @@ One round (Guan et al. 2025, sec. 3.4), on the same training problems every roun
   3. Policy k+1: the base model (every round starts again from it) fine-tuned on the top-2 correct traces
      per problem by mean Q (`rstar.best_traces`), the loss on the steps the model wrote (`rstar.encode_trace`).
   4. PPM k+1: policy k+1's decoder with a scalar head, trained on the sibling pairs of every tree
-     (`rstar.preference_pairs`, `rstar.ppm_pair_loss`).
+     (`ppm.preference_pairs`, `ppm.ppm_pair_loss`).
 Each row of the printed table (and of OUT/metrics.jsonl) is a round's search and the held-out accuracy of
 policy k, greedy and (--beam) beam search scored by PPM k; OUT/policy-k and OUT/ppm-k are the trained pairs.
 """
@@ -34,8 +34,8 @@ from nanoo1.config import add_config_flags, apply_flags
 from nanoo1.files import atomic_write
 from nanoo1.mcts import MCTSConfig, mcts
 from nanoo1.model import bf16_autocast
-from nanoo1.rstar import (ProcessPreferenceModel, RStarConfig, RStarPolicy, best_traces, encode_trace, ppm_input,
-                          ppm_pair_loss, ppm_scores, preference_pairs)
+from nanoo1.ppm import ProcessPreferenceModel, ppm_pair_loss, ppm_scores, preference_pairs
+from nanoo1.rstar import RStarConfig, RStarPolicy, best_traces, encode_trace, ppm_input
 from nanoo1.search import SearchConfig, grade, search
 from nanoo1.sft import SFTConfig, lr_at, make_batches, set_lr, train_sft
 from nanoo1.tasks import TINY_DIR, Problem, load_jsonl

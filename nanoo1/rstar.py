@@ -24,9 +24,8 @@ the ground truth in training, judged by the PPM at test time). A step that does 
 step at `max_depth`, ends its branch as a failure. A node's text in the search tree is the rendered step
 (what the model wrote, then the observation), so a path's texts are all a prompt or the PPM needs.
 
-The process preference model (PPM) is a scalar head on the decoder, read at the last token of a path.
-It learns from pairs of sibling steps of the search tree with the Bradley-Terry loss (`ppm_pair_loss`).
-`RStarPolicy` is the search policy (policy.py's propose / evaluate interface) with the PPM as the value.
+The process preference model (ppm.py) scores a path from what `ppm_input` renders of it. `RStarPolicy` is
+the search policy (policy.py's propose / evaluate interface) with the PPM as the value.
 """
 
 from __future__ import annotations
@@ -37,11 +36,10 @@ from dataclasses import dataclass
 from itertools import takewhile
 
 import torch
-import torch.nn as nn
-import torch.nn.functional as F
 
 from nanoo1.engine import generate
 from nanoo1.policy import Candidate
+from nanoo1.ppm import ProcessPreferenceModel, ppm_scores
 from nanoo1.rewards import check
 from nanoo1.sandbox import SandboxResult, run_many
 from nanoo1.thoughts import Node, Tree
@@ -226,7 +224,7 @@ class RStarPolicy:
     A terminal step has the <conclusion> meta, any other <expansion>; requests' metas and hints are unused.
     """
 
-    def __init__(self, model, tokenizer, config: RStarConfig | None = None, ppm: "ProcessPreferenceModel | None" = None,
+    def __init__(self, model, tokenizer, config: RStarConfig | None = None, ppm: ProcessPreferenceModel | None = None,
                  seed: int = 0):
         self.model, self.tokenizer, self.ppm = model, tokenizer, ppm
         self.config = config or RStarConfig()
@@ -300,77 +298,11 @@ def _candidate(step: CodeStep, row, prompt: str, prompt_tokens: int) -> StepCand
                          status=step.status, answer=step.answer, terminal="failure" if failed else None)
 
 
-# -- the process preference model --------------------------------------------------------------------
-class ProcessPreferenceModel(nn.Module):
-    """r(x, s_1..s_t) = tanh(w . h_last + b) (rStar-Math sec. 3.3: the LM head replaced by a linear head
-    and tanh, so scores lie in [-1, 1] like the Q-values they stand in for).
-
-    h_last is the decoder's final normed hidden state at the last real token of the path (either padding
-    side). The head starts at zero, so every path first scores 0.
-    """
-
-    def __init__(self, backbone):
-        super().__init__()
-        self.backbone = backbone
-        self.head = nn.Linear(backbone.config.hidden_size, 1)
-        nn.init.zeros_(self.head.weight)
-        nn.init.zeros_(self.head.bias)
-
-    def forward(self, input_ids, attention_mask=None) -> torch.Tensor:
-        B, T = input_ids.shape
-        h = self.backbone.hidden_states(input_ids, attention_mask)  # (B, T, C)
-        if attention_mask is None:
-            last = torch.full((B,), T - 1, device=input_ids.device)
-        else:
-            last = attention_mask.long().cumsum(-1).argmax(-1)  # (B,) first index of the full count: the last real token
-        h_last = h[torch.arange(B, device=h.device), last]  # (B, C)
-        return torch.tanh(self.head(h_last.to(self.head.weight.dtype)).squeeze(-1))  # (B,)
-
-
-def ppm_pair_loss(r_pos: torch.Tensor, r_neg: torch.Tensor) -> torch.Tensor:
-    """rStar-Math's PPM loss (sec. 3.3, Bradley-Terry): L = -mean_pairs log sigmoid(r(x, y_pos) - r(x, y_neg)).
-
-    r_pos, r_neg: (P,) scores of the pairs' two paths. With 2 positives x 2 negatives per step this is the
-    paper's -1/(2 x 2) sum over a step's four pairs.
-    """
-    return -F.logsigmoid(r_pos - r_neg).mean()
-
-
+# -- what the process preference model (ppm.py) reads ---------------------------------------------------
 def ppm_input(tokenizer, path: list[Node]) -> list[int]:
     """What the PPM reads for a root-to-node path: the question and the steps, ending on the last step's
     last token (its delimiter, or the end of its observation)."""
     return encode_trace(tokenizer, path[0].text, [node.text for node in path[1:]], close=False)[0]
-
-
-@torch.no_grad()
-def ppm_scores(ppm: ProcessPreferenceModel, sequences: list[list[int]], pad_id: int, batch_size: int = 32) -> torch.Tensor:
-    """PPM scores (N,) of token-id sequences (`ppm_input` of each path), in right-padded batches."""
-    device = ppm.head.weight.device
-    out = [ppm(*batch_ids(sequences[i:i + batch_size], pad_id, device)) for i in range(0, len(sequences), batch_size)]
-    return torch.cat(out).float().cpu() if out else torch.zeros(0)
-
-
-def preference_pairs(tree: Tree, per_side: int = 2) -> list[tuple[Node, Node]]:
-    """(positive, negative) sibling steps of a searched tree, the PPM's training pairs (rStar-Math sec. 3.3).
-
-    Per parent: the `per_side` children with the highest Q (`node.value`) among those with a correct answer
-    below them (a "success" terminal in their subtree, themselves included), against the `per_side` with the
-    lowest Q among those with only wrong endings below ("failure" terminals and no success); every positive
-    is paired with every negative. Children without a value are skipped; ties keep the children's order.
-    """
-    reach = {}  # node id -> (a success below, a failure below)
-    for node in reversed(tree.nodes):  # a child's id is larger than its parent's
-        good, bad = node.terminal == "success", node.terminal == "failure"
-        for child in node.children:
-            good, bad = good or reach[child.id][0], bad or reach[child.id][1]
-        reach[node.id] = (good, bad)
-    pairs = []
-    for parent in tree.nodes:
-        kids = [c for c in parent.children if c.value is not None]
-        pos = sorted([c for c in kids if reach[c.id][0]], key=lambda c: -c.value)[:per_side]
-        neg = sorted([c for c in kids if reach[c.id][1] and not reach[c.id][0]], key=lambda c: c.value)[:per_side]
-        pairs += [(p, n) for p in pos for n in neg]
-    return pairs
 
 
 def pair_batch(tree: Tree, pairs: list[tuple[Node, Node]], tokenizer, device=None):

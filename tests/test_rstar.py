@@ -17,9 +17,10 @@ from nanoo1.grow import expand
 from nanoo1.mcts import MCTSConfig, mcts
 from nanoo1.policy import Request
 from nanoo1.model import Gemma2, Gemma2Config
-from nanoo1.rstar import (RSTAR_TOKENS, STEP_END, CodeStep, ProcessPreferenceModel, RStarConfig, RStarPolicy, best_traces,
-                          encode_trace, execute_steps, format_step, joined_program, pair_batch, parse_step, ppm_pair_loss,
-                          preference_pairs, rstar_prompt, solution_steps, step_failed, step_reward)
+from nanoo1.ppm import ProcessPreferenceModel, ppm_pair_loss, preference_pairs
+from nanoo1.rstar import (RSTAR_TOKENS, STEP_END, CodeStep, RStarConfig, RStarPolicy, best_traces, encode_trace, execute_steps,
+                          format_step, joined_program, pair_batch, parse_step, rstar_prompt, solution_steps, step_failed,
+                          step_reward)
 from nanoo1.sandbox import run_many
 from nanoo1.search import SearchConfig, search
 from nanoo1.sft import lm_loss

@@ -64,7 +64,7 @@ def _searched_code_tree():
 
 
 def check_preference_pairs(preference_pairs) -> bool:
-    """`preference_pairs(tree, per_side=2) -> [(positive, negative), ...]` as nanoo1.rstar.preference_pairs: per
+    """`preference_pairs(tree, per_side=2) -> [(positive, negative), ...]` as nanoo1.ppm.preference_pairs: per
     parent, the per_side children with the highest Q (.value) among those with a "success" terminal in their
     subtree (themselves included), each paired with the per_side children with the lowest Q among those whose
     subtree has "failure" terminals and no success. Children without a value are skipped. The pairs are
@@ -90,7 +90,7 @@ def check_preference_pairs(preference_pairs) -> bool:
 
 
 def check_ppm_pair_loss(ppm_pair_loss) -> bool:
-    """`ppm_pair_loss(r_pos, r_neg)` as nanoo1.rstar.ppm_pair_loss (rStar-Math sec. 3.3, Bradley-Terry):
+    """`ppm_pair_loss(r_pos, r_neg)` as nanoo1.ppm.ppm_pair_loss (rStar-Math sec. 3.3, Bradley-Terry):
     -mean over pairs of log sigmoid(r_pos - r_neg), for scores (P,)."""
     _callable(ppm_pair_loss, "check_ppm_pair_loss")
     t = torch.tensor
