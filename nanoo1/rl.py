@@ -174,22 +174,6 @@ def ppo_policy_loss(logp, old_logp, advantages, mask, clip_eps: float = 0.2, wei
     return _masked_mean(per_token, mask), stats
 
 
-def value_loss(values, old_values, returns, mask=None, clip_eps: float | None = None, weights=None):
-    """Value regression 0.5 mean (V - R)^2, optionally clipped around the collection-time values (CleanRL, TRL).
-
-    Clipped: 0.5 mean max((V - R)^2, (V_old + clip(V - V_old, -eps, eps) - R)^2). `weights` (B,), e.g.
-    prioritized replay's importance weights, scale each row's terms as in `ppo_policy_loss`.
-    """
-    mask = torch.ones_like(values, dtype=torch.bool) if mask is None else mask.bool()
-    sq = (values - returns) ** 2
-    if clip_eps is not None:
-        v_clip = old_values + torch.clamp(values - old_values, -clip_eps, clip_eps)
-        sq = torch.maximum(sq, (v_clip - returns) ** 2)
-    if weights is not None:
-        sq = sq * weights.reshape(-1, *[1] * (sq.dim() - 1))  # (B, ...)
-    return 0.5 * _masked_mean(sq, mask)
-
-
 def td_priority(values, returns, mask=None):
     """Each row's prioritized-replay priority |delta|: the mean |R - V| over its value positions (B,), detached.
 
@@ -201,11 +185,6 @@ def td_priority(values, returns, mask=None):
     mask = torch.ones_like(values, dtype=torch.bool) if mask is None else mask.bool()
     err = torch.where(mask, (returns - values).abs(), 0.0)
     return (err.sum(-1) / mask.sum(-1).clamp(min=1)).detach()
-
-
-def kl_early_stop(approx_kl, target_kl: float | None) -> bool:
-    """True when the policy moved too far from the collecting one: approx_kl > target_kl (CleanRL)."""
-    return target_kl is not None and float(approx_kl) > target_kl
 
 
 def k3_kl(logp, ref_logp):

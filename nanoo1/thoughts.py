@@ -124,17 +124,6 @@ class Tree:
                 "prompt", "rectified"]
         return json.dumps([{**{k: getattr(n, k) for k in keys}, "parent": n.parent_id} for n in self.nodes])
 
-    @classmethod
-    def from_json(cls, text: str) -> "Tree":
-        rows = json.loads(text)
-        tree = cls(rows[0]["text"], root_id=rows[0]["id"])
-        for k, v in rows[0].items():
-            if k not in ("id", "parent", "meta", "text"):
-                setattr(tree.root, k, v)
-        for row in rows[1:]:
-            stats = {k: v for k, v in row.items() if k not in ("id", "parent", "meta", "text")}
-            tree.add(tree.node(row["parent"]), row["meta"], row["text"], node_id=row["id"], **stats)
-        return tree
 
 
 # -- rendering ---------------------------------------------------------------------------------------

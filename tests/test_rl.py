@@ -4,8 +4,9 @@ import pytest
 import torch
 import torch.nn as nn
 
+from nanoo1.value import rating_bce
 from nanoo1.rl import (GRPOConfig, LOSS_TYPES, PPOConfig, completion_logprobs, gae, grpo_advantages, grpo_loss,
-                       grpo_step, k3_kl, kl_early_stop, path_gae, ppo_policy_loss, ppo_step, td_priority, value_loss)
+                       grpo_step, k3_kl, path_gae, ppo_policy_loss, ppo_step, td_priority)
 
 
 class TinyLM(nn.Module):
@@ -224,23 +225,11 @@ def test_old_logp_from_the_live_model_is_refused():
         grpo_loss(logp, logp * 1, torch.ones(1), torch.ones(1, 3))
 
 
-def test_value_loss_hand_computed():
-    values, old, ret = torch.tensor([1.0, 2.0]), torch.tensor([0.5, 2.0]), torch.tensor([1.5, 3.0])
-    # unclipped: 0.5 * ((1 - 1.5)^2 + (2 - 3)^2) / 2 = 0.5 * (0.25 + 1) / 2 = 0.3125
-    torch.testing.assert_close(value_loss(values, old, ret), torch.tensor(0.3125))
-    # clipped (0.2): V_clip = [0.5 + 0.2, 2.0] = [0.7, 2.0]; max(0.25, (0.7 - 1.5)^2 = 0.64), max(1, 1)
-    # -> 0.5 * (0.64 + 1) / 2 = 0.41
-    torch.testing.assert_close(value_loss(values, old, ret, clip_eps=0.2), torch.tensor(0.41))
-    torch.testing.assert_close(value_loss(values, old, ret, mask=torch.tensor([1, 0])), torch.tensor(0.125))
-
-
-def test_k3_kl_and_early_stop():
+def test_k3_kl():
     # logp = log 0.5, ref = log 0.25: d = log 0.5; exp(d) - d - 1 = 0.5 + log 2 - 1 = 0.1931472
     kl = k3_kl(torch.tensor(math.log(0.5)), torch.tensor(math.log(0.25)))
     assert kl.item() == pytest.approx(math.log(2) - 0.5, rel=1e-6)
     assert k3_kl(torch.tensor(-1.3), torch.tensor(-1.3)).item() == 0.0
-    assert kl_early_stop(torch.tensor(0.03), 0.02) and not kl_early_stop(0.01, 0.02)
-    assert not kl_early_stop(10.0, None)
 
 
 def test_grpo_loss_normalisations_differ_as_documented():
@@ -278,7 +267,6 @@ def test_degenerate_inputs_stay_finite():
         assert loss.item() == 0 and all(torch.isfinite(v) for v in stats.values())
     loss, stats = ppo_policy_loss(logp, torch.zeros(2, 3), torch.ones(2, 3), empty)
     assert loss.item() == 0 and stats["clip_frac"].item() == 0
-    assert value_loss(torch.ones(2), torch.ones(2), torch.zeros(2), mask=torch.zeros(2)).item() == 0
     adv = grpo_advantages(torch.full((2, 4), 0.7))  # all rewards equal: nothing to learn
     loss, _ = grpo_loss(logp, logp.detach(), adv.flatten()[:2], torch.ones(2, 3))
     assert loss.item() == 0
@@ -458,22 +446,15 @@ def test_row_loss_and_priorities_ignore_importance_weights():
     torch.testing.assert_close(td_priority(v, r, m), torch.tensor([(0.8 + 0.1) / 2, 0.5]))
 
 
-def test_value_loss_is_weighted_like_the_policy_loss():
-    v, old, r = torch.tensor([[0.2], [0.6]]), torch.tensor([[0.2], [0.6]]), torch.tensor([[1.0], [0.0]])
-    # 0.5 mean(w * (V - R)^2) = 0.5 * (1 * 0.64 + 0.5 * 0.36) / 2
-    assert value_loss(v, old, r, weights=torch.tensor([1.0, 0.5])).item() == pytest.approx(0.5 * (0.64 + 0.18) / 2)
-    assert value_loss(v, old, r, weights=torch.tensor([0.0, 1.0])).item() == pytest.approx(0.5 * 0.36 / 2)
-
-
 def test_ppo_step_returns_the_value_functions_priorities_whatever_the_weights():
     batch = ppo_batch(TinyLM())
     batch["value_pos"] = torch.tensor([3, 4, 5, 6])
     batch["value_target"] = torch.tensor([1.0, 0.0, 1.0, 1.0])
 
     def value_fn(model, mb, hidden):
-        p = torch.softmax(model.logits(hidden)[torch.arange(len(mb["value_pos"])), mb["value_pos"]][:, :2], -1)[:, 0]
-        loss = value_loss(p[:, None], p[:, None].detach(), mb["value_target"][:, None], weights=mb.get("weights"))
-        return loss, td_priority(p[:, None], mb["value_target"][:, None])
+        logits = model.logits(hidden)[torch.arange(len(mb["value_pos"])), mb["value_pos"]][:, None, :2]  # (b, 1, 2)
+        p = torch.softmax(logits, -1)[..., 0]  # (b, 1)
+        return rating_bce(logits, mb["value_target"][:, None], weights=mb.get("weights")), td_priority(p, mb["value_target"][:, None])
 
     _, plain = sgd_update(ppo_step, batch, PPOConfig(micro_batch_size=3), value_loss_fn=value_fn)
     _, weighted = sgd_update(ppo_step, {**batch, "weights": torch.tensor([1.0, 0.1, 0.5, 0.2])}, PPOConfig(micro_batch_size=3),

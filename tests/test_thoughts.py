@@ -1,5 +1,6 @@
 """The thought-tree format: exact lines, round trips, prompts and hints, the rating-token value, meta-actions."""
 
+import json
 import math
 
 import pytest
@@ -73,16 +74,15 @@ def test_parse_tree_rejects_malformed_text():
         parse_tree(text.replace("<negative_rating>", "<great_rating>"))
 
 
-def test_json_round_trip_keeps_every_statistic():
+def test_json_keeps_every_statistic():
     tree = chain()
     step = tree.node(1)
     step.visits, step.prior, step.entropy, step.varentropy, step.terminal = 3, 0.25, 1.5, 0.5, None
     step.tokens, step.logprobs, step.prompt, step.rectified = [5, 6, 7], [-0.1, -0.2, -0.3], "<bos>...", -0.45
     tree.node(2).terminal = "success"
-    back = Tree.from_json(tree.to_json())
-    assert back.to_json() == tree.to_json()
-    assert back.node(1).logprobs == [-0.1, -0.2, -0.3] and back.node(1).rectified == -0.45
-    assert back.node(2).parent is back.node(1) and back.node(2).terminal == "success"
+    rows = json.loads(tree.to_json())
+    assert rows[1]["logprobs"] == [-0.1, -0.2, -0.3] and rows[1]["rectified"] == -0.45 and rows[1]["visits"] == 3
+    assert rows[2]["parent"] == 1 and rows[2]["terminal"] == "success" and rows[0]["parent"] == -1
 
 
 def test_question_must_be_a_string():
