@@ -14,9 +14,7 @@ soft-capped (tanh(s/50)*50) BEFORE the mask, softmax in float32. Even layers (0,
 last `sliding_window` keys. Module and parameter names mirror the Hugging Face checkpoint keys, so the
 official safetensors load by name (`model.layers.3.self_attn.q_proj.weight`, ...).
 
-A `KVCache` holds keys and values of every layer, grown on demand, with one length per row: rows of
-a batch may hold prompts of different lengths, and `fork` copies rows so a prompt prefilled once can be
-continued N ways.
+Generation feeds new tokens against a `cache.KVCache` of every layer's keys and values.
 """
 
 from __future__ import annotations
@@ -27,6 +25,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from nanoo1.cache import KVCache
 
 
 def bf16_autocast(enabled: bool = True, device="cpu"):
@@ -117,84 +117,6 @@ class Gemma2Config:
 
     def is_sliding(self, layer: int) -> bool:
         return self.layer_types[layer] == "sliding_attention"
-
-
-class KVCache:
-    """Keys and values of every layer, with a length per row, grown on demand up to `max_len` slots.
-
-    k, v: (L, B, H_kv, capacity, D). Row b holds its tokens in slots 0 .. lengths[b]-1 (left-aligned, no
-    padding inside), so a slot index is also the token's position and rows can differ in length. The
-    capacity starts small and doubles when a write needs more (`reserve`): a caller sizes max_len for the
-    longest possible generation, while most rows stop far sooner, and zeroing, forking and compacting a
-    cache cost about what is in use (at most twice), not what might be.
-    """
-
-    def __init__(self, config: Gemma2Config, batch_size: int, max_len: int, dtype=torch.float32, device=None):
-        self.max_len = max_len
-        self.k = torch.zeros((config.num_hidden_layers, batch_size, config.num_key_value_heads, 0, config.head_dim),
-                             dtype=dtype, device=device)
-        self.v = torch.zeros_like(self.k)
-        self.lengths = torch.zeros(batch_size, dtype=torch.long, device=device)  # (B,)
-
-    @property
-    def batch_size(self) -> int:
-        return self.k.shape[1]
-
-    @property
-    def capacity(self) -> int:
-        return self.k.shape[3]
-
-    def reserve(self, slots: int) -> None:
-        """Make room for `slots` slots per row (at least doubling the capacity, at most max_len)."""
-        if slots > self.max_len:
-            raise ValueError(f"KV cache overflow: need {slots} slots, cache has max_len={self.max_len}")
-        if slots <= self.capacity:
-            return
-        capacity = min(self.max_len, max(slots, 2 * self.capacity, 64))
-        self.k, self.v = self._grown(self.k, capacity), self._grown(self.v, capacity)
-
-    @staticmethod
-    def _grown(x, capacity: int):
-        new = x.new_empty(x.shape[:3] + (capacity, x.shape[4]))
-        new[:, :, :, :x.shape[3]] = x
-        # the new slots are zeros, not left uninitialised: a masked slot still enters softmax(..) @ v, and
-        # 0 * NaN from uninitialised memory would be NaN
-        new[:, :, :, x.shape[3]:].zero_()
-        return new
-
-    def fork(self, rows) -> "KVCache":
-        """A new cache whose row i is a copy of row rows[i]: prefill once, continue N ways (no recompute)."""
-        rows = torch.as_tensor(rows, dtype=torch.long, device=self.k.device)
-        new = KVCache.__new__(KVCache)
-        new.max_len = self.max_len
-        # whole rows, one gather each: a slot past a row's length holds zeros or the key of a padding token
-        # fed beside longer rows, finite either way and hidden by causality
-        new.k, new.v = self.k.index_select(1, rows), self.v.index_select(1, rows)
-        new.lengths = self.lengths[rows].clone()
-        return new
-
-    def write(self, layer: int, k, v, start, S: int):
-        """Store new keys and values (B, Hkv, T, D) of `layer` at slots start[b] .. start[b]+T-1 of each row;
-        return the layer's keys and values of slots 0 .. S-1, (B, Hkv, S, D) each. `reserve(S)` first.
-
-        start: (B,) tensor, or an int when every row starts at the same slot (a plain slice copy then)."""
-        T = k.shape[2]
-        ck, cv = self.k[layer], self.v[layer]  # (B, Hkv, capacity, D)
-        k, v = k.to(ck.dtype), v.to(cv.dtype)  # under autocast the projections come out in the compute dtype
-        if isinstance(start, int):
-            ck[:, :, start:start + T] = k
-            cv[:, :, start:start + T] = v
-        else:
-            slots = start[:, None] + torch.arange(T, device=k.device)  # (B, T)
-            rows = torch.arange(k.shape[0], device=k.device)[:, None]  # (B, 1)
-            ck[rows, :, slots] = k.transpose(1, 2)  # (B, T, Hkv, D) into (B, Hkv, capacity, D)
-            cv[rows, :, slots] = v.transpose(1, 2)
-        return ck[:, :, :S], cv[:, :, :S]
-
-    def keep(self, rows) -> None:
-        """Drop every row not in `rows` (in place), e.g. the rows that finished generating."""
-        kept = self.fork(rows)
-        self.k, self.v, self.lengths = kept.k, kept.v, kept.lengths
 
 
 class RMSNorm(nn.Module):

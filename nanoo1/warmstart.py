@@ -26,10 +26,8 @@ from nanoo1.tasks import TINY_DIR, load_jsonl
 from nanoo1.tokenizer import Tokenizer
 
 WARMSTART_DIR = TINY_DIR / "warmstart"
-# 1.05M parameters: 4 layers of width 128, sliding window on layers 0 and 2 as in every Gemma-2
-TINY_MODEL = Gemma2Config.preset("tiny", vocab_size=512, hidden_size=128, intermediate_size=512, num_hidden_layers=4,
-                                 num_attention_heads=4, num_key_value_heads=2, head_dim=32, query_pre_attn_scalar=32,
-                                 sliding_window=128, max_position_embeddings=1024)
+# 1.05M parameters: the tiny preset (4 layers, sliding window on layers 0 and 2 as in every Gemma-2) at width 128
+TINY_MODEL = Gemma2Config.preset("tiny", hidden_size=128, intermediate_size=512)
 MIXTURE = {"thought": 0.6, "think": 0.2, "code": 0.2}  # share of each format in the warm-start batches
 WARMSTART_SFT = SFTConfig(steps=1000, batch_size=32, lr=3e-3, negative_fraction=0.3)
 

@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from conftest import hf_reference, random_model
-from nanoo1.model import Gemma2, Gemma2Config, KVCache, RMSNorm, softcap
+from nanoo1.cache import KVCache
+from nanoo1.model import Gemma2, Gemma2Config, RMSNorm, softcap
 
 CONFIGS = {
     # GQA (4 query heads on 2 kv heads), heads * head_dim (4*24=96) != hidden (48), scalar 17 != head_dim 24
