@@ -22,7 +22,8 @@ from pathlib import Path
 import torch
 
 from nanoo1.checkpoint import save_pretrained
-from nanoo1.engine import feed, generate, hold_freed_memory
+from nanoo1.config import positive_int
+from nanoo1.engine import feed, generate, process_setup
 from nanoo1.model import Gemma2, Gemma2Config
 
 SIZES = {
@@ -232,16 +233,14 @@ def main(argv=None):
     p.add_argument("--repeats", type=int, default=7, help="timed repeats, each running every contender in turn; medians are reported")
     p.add_argument("--sizes", default=None, help=f"engine section: comma-separated model sizes from {sorted(SIZES)} (default: all)")
     p.add_argument("--cpu", action="store_true", help="stay on the CPU even when a GPU is present")
-    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
+    p.add_argument("--threads", type=positive_int, default=None, help="torch.set_num_threads")
     p.add_argument("--json", type=Path, default=None, help="also write every figure to this JSON file")
     g = p.add_argument_group("search section")
     g.add_argument("--search-problems", type=int, default=8, help="problems searched in lockstep")
     g.add_argument("--search-simulations", type=int, default=4, help="MCTS simulations per problem")
     g.add_argument("--thought-tokens", type=int, default=16, help="tokens per thought")
     args = p.parse_args(argv)
-    hold_freed_memory()  # as in every entry point; both contenders run in this process and share it
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    process_setup(args.threads)  # as in every entry point; both contenders run in this process and share it
     results = {}
     for name in args.sections.split(","):
         if name not in SECTIONS:

@@ -28,6 +28,29 @@ def parse_bool(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"{text!r} is not a boolean: expected true or false (or yes/no, 1/0)")
 
 
+def positive_int(text: str) -> int:
+    """A command-line count that must be at least 1 (threads, limits, budgets)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be at least 1")
+    return value
+
+
+def entry_parser(doc: str, first_group: str) -> tuple[argparse.ArgumentParser, argparse._ArgumentGroup]:
+    """An entry point's parser, its module docstring as the description, and its first flag group."""
+    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    return p, p.add_argument_group(first_group)
+
+
+def add_process_flags(group) -> None:
+    """--threads and --no-progress, which every long-running entry point takes."""
+    group.add_argument("--threads", type=positive_int, default=None, help="torch.set_num_threads (default: torch's choice)")
+    group.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
 def field_help(cls) -> dict[str, str]:
     """Each field's comment in the class source (`name: type = default  # help`, continued on `#` lines)."""
     helps, last = {}, None

@@ -44,6 +44,13 @@ def hold_freed_memory(threshold: int = 1 << 30) -> bool:
         return False
 
 
+def process_setup(threads: int | None = None) -> None:
+    """What every entry point does first: `hold_freed_memory`, and torch's thread count when one is given."""
+    hold_freed_memory()
+    if threads:
+        torch.set_num_threads(threads)
+
+
 @dataclass
 class Completion:
     """One generated row."""

@@ -9,17 +9,15 @@ tokens to a PNG when matplotlib is installed. `evaluate` is what self-play calls
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-import torch
 
 from nanoo1.checkpoint import load_pretrained
-from nanoo1.config import parse_bool
-from nanoo1.engine import generate_budgeted, hold_freed_memory
+from nanoo1.config import entry_parser, parse_bool, positive_int
+from nanoo1.engine import generate_budgeted, process_setup
 from nanoo1.mcts import MCTSConfig
 from nanoo1.rewards import check, equations_hold
 from nanoo1.policy import LMPolicy
@@ -98,11 +96,10 @@ def plot(results: list[EvalResult], path: Path) -> bool:
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    g = p.add_argument_group("what to evaluate")
+    p, g = entry_parser(__doc__, "what to evaluate")
     g.add_argument("--checkpoint", required=True, help="checkpoint directory (or hub id) with a tokenizer")
     g.add_argument("--data", type=Path, default=TINY_DIR / "test.jsonl", help="GSM8K-style jsonl")
-    g.add_argument("--limit", type=int, default=200, help="first N problems")
+    g.add_argument("--limit", type=positive_int, default=200, help="first N problems")
     g = p.add_argument_group("compute")
     g.add_argument("--methods", default="greedy,best_of_n,beam,mcts", help="comma-separated; also 'budget' (<think> format)")
     g.add_argument("--budgets", default="1,2,4,8,16", help="N / beam width / MCTS simulations / thinking tokens")
@@ -111,7 +108,7 @@ def main(argv=None):
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--check-equations", type=parse_bool, default=True,
                    help="mcts: a thought with a false `a op b = c` is a failed terminal (the step checker self-play uses)")
-    g.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
+    g.add_argument("--threads", type=positive_int, default=None, help="torch.set_num_threads")
     g = p.add_argument_group("output")
     g.add_argument("--out", type=Path, default=None, help="directory for eval.jsonl and scaling.png, replaced on each "
                    "run (default: runs/eval/NAME, NAME the checkpoint's folder or hub id)")
@@ -124,15 +121,13 @@ def main(argv=None):
         budgets = [int(b) for b in args.budgets.split(",")]
     except ValueError:
         p.error(f"--budgets {args.budgets!r}: expected comma-separated whole numbers, e.g. 1,2,4,8")
-    if min(budgets) < 1 or args.limit < 1 or (args.threads is not None and args.threads < 1):
-        p.error("--budgets, --limit and --threads must be positive")
+    if min(budgets) < 1:
+        p.error(f"--budgets {args.budgets!r}: every budget must be at least 1")
     try:
         problems = load_jsonl(args.data)[: args.limit]
     except (OSError, ValueError) as e:
         p.error(str(e))
-    hold_freed_memory()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    process_setup(args.threads)
     try:
         model, tokenizer = load_pretrained(args.checkpoint, dtype="float32")
     except (OSError, ValueError) as e:

@@ -17,7 +17,6 @@ policy k, greedy and (--beam) beam search scored by PPM k; OUT/policy-k and OUT/
 
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 import random
@@ -29,8 +28,8 @@ import torch
 from safetensors.torch import load_file, save
 
 from nanoo1.checkpoint import load_pretrained, save_pretrained
-from nanoo1.engine import hold_freed_memory
-from nanoo1.config import add_config_flags, apply_flags
+from nanoo1.engine import process_setup
+from nanoo1.config import add_config_flags, add_process_flags, apply_flags, entry_parser
 from nanoo1.files import atomic_write
 from nanoo1.mcts import MCTSConfig, mcts
 from nanoo1.model import bf16_autocast
@@ -311,25 +310,21 @@ def tiny_base(out: Path, steps: int = WARMSTART_SFT.steps, seed: int = 0, progre
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    g = p.add_argument_group("run")
+    p, g = entry_parser(__doc__, "run")
     g.add_argument("--tiny", action="store_true", help="the tiny task, from data/tiny/warmstart or, where that is "
                    "missing, from a warm start trained first into OUT/base")
     g.add_argument("--warmstart-steps", type=int, default=WARMSTART_SFT.steps, help="SFT steps of that warm start "
                    "(fewer than ~1000: the tiny model rarely writes a correct solution)")
-    g.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (--tiny: 1, the fastest for it)")
-    g.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_process_flags(g)  # --threads: with --tiny 1 by default, the fastest for it
     g = p.add_argument_group("model and data")
     g.add_argument("--model", default=None, help="the base model: checkpoint directory or hub id")
     g.add_argument("--data", default=str(TINY_DIR / "train.jsonl"), help="training problems, GSM8K-style jsonl")
     g.add_argument("--test-data", default=str(TINY_DIR / "test.jsonl"), help="held-out problems, GSM8K-style jsonl")
     add_config_flags(p, EvolveConfig)
     args = p.parse_args(argv)
-    hold_freed_memory()
     if not args.tiny and args.model is None:
         p.error("--model DIR is needed without --tiny")
-    if args.threads or args.tiny:
-        torch.set_num_threads(args.threads or 1)
+    process_setup(args.threads or (1 if args.tiny else None))
     run_flags = ("tiny", "warmstart_steps", "threads", "no_progress", "model", "data", "test_data")
     config = apply_flags(EvolveConfig(), {k: v for k, v in vars(args).items() if k not in run_flags})
     t = time.perf_counter()

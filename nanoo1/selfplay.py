@@ -20,7 +20,6 @@ one JSON object with the headline figures, also kept in DIR/summary.json.
 
 from __future__ import annotations
 
-import argparse
 import json
 import random
 import time
@@ -30,8 +29,8 @@ from pathlib import Path
 import torch
 
 from nanoo1.checkpoint import load_pretrained, save_pretrained
-from nanoo1.config import add_config_flags, apply_flags, conflicts, flat_settings
-from nanoo1.engine import generate_budgeted, hold_freed_memory
+from nanoo1.config import add_config_flags, add_process_flags, entry_parser, apply_flags, conflicts, flat_settings
+from nanoo1.engine import generate_budgeted, process_setup
 from nanoo1.eval import EVAL_MCTS, EvalResult, evaluate, evaluate_budgeted
 from nanoo1.experience import (chain_items, collate_chains, imitation_items, restamp_stale, row_priorities,
                                stamp_old, success_rates, tree_chains)
@@ -286,8 +285,7 @@ def run(config: SelfPlayConfig, resume: str | None = None, from_scratch: bool = 
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    g = p.add_argument_group("what to run")
+    p, g = entry_parser(__doc__, "what to run")
     g.add_argument("--tiny", action="store_true", help="the laptop-CPU recipe on the tiny task: the shipped warm start "
                    "data/tiny/warmstart and the tiny problems, with the settings below at their defaults")
     g.add_argument("--model", default=None, help="warm start: checkpoint directory or hub id (overrides --warmstart)")
@@ -295,16 +293,13 @@ def main(argv=None):
                    "its saved settings (a flag that contradicts them is an error)")
     g.add_argument("--from-scratch", action="store_true", help="redo the warm start (SFT) instead of loading it")
     g.add_argument("--overwrite", action="store_true", help="start over in an --out directory that holds another run")
-    g.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
-    g.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_process_flags(g)
     add_config_flags(p, SelfPlayConfig)
     args = p.parse_args(argv)
     flags = {k: v for k, v in vars(args).items() if k not in ("tiny", "model", "resume", "from_scratch", "overwrite",
                                                                "threads", "no_progress")}
     if args.model:
         flags["warmstart"] = args.model
-    if args.threads is not None and args.threads < 1:
-        p.error(f"--threads {args.threads}: expected a positive number")
     if not (args.tiny or args.model or args.resume):
         p.error("say what to run: --tiny (the tiny recipe), --model DIR_OR_HUB_ID with --data and --test-data, "
                 "or --resume RUN_DIR")
@@ -320,9 +315,7 @@ def main(argv=None):
             load_problems(config)  # a data file too small for the run fails now, not after the first evaluation
     except (ValueError, OSError, KeyError) as e:
         p.error(str(e))
-    hold_freed_memory()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    process_setup(args.threads)
     try:
         summary = run(config, resume=args.resume, from_scratch=args.from_scratch, progress=not args.no_progress,
                       overwrite=args.overwrite)

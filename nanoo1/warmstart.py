@@ -18,7 +18,8 @@ from pathlib import Path
 import torch
 
 from nanoo1.checkpoint import save_pretrained
-from nanoo1.engine import hold_freed_memory
+from nanoo1.config import positive_int
+from nanoo1.engine import process_setup
 from nanoo1.model import Gemma2, Gemma2Config
 from nanoo1.rstar import code_example
 from nanoo1.sft import SFTConfig, make_batches, think_example, thought_example, train_sft
@@ -67,11 +68,9 @@ def main(argv=None):
     p.add_argument("--out", type=Path, default=WARMSTART_DIR)
     p.add_argument("--steps", type=int, default=WARMSTART_SFT.steps)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--threads", type=positive_int, default=None, help="torch.set_num_threads")
     args = p.parse_args(argv)
-    hold_freed_memory()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    process_setup(args.threads)
     from dataclasses import replace
 
     t = time.perf_counter()

@@ -229,7 +229,7 @@ def test_a_new_run_never_overwrites_another_unless_told(tmp_path, warmstart):
     (["--tiny", "--check-equations", "ture"], "'ture' is not a boolean"),
     (["--tiny", "--iterations", "0"], "--iterations must be > 0"),
     (["--tiny", "--lr-decay", "2"], "--lr-decay must lie in [0, 1]"),
-    (["--tiny", "--threads", "0"], "--threads 0"),
+    (["--tiny", "--threads", "0"], "--threads: 0 must be at least 1"),
     (["--tiny", "--data", "SMALL"], "3 problems, but every iteration draws 392"),
     (["--tiny", "--data", "MISSING"], "dataset file not found"),
 ])
