@@ -30,7 +30,7 @@ def hold_freed_memory(threshold: int = 1 << 30) -> bool:
 
     By default every allocation above 128 KiB is a fresh mmap and every free returns it, so each new
     (B, V) logits tensor or (B, H, T, S) attention tensor of a generation loop costs page faults on first
-    touch (a quarter of the CPU time of a `--tiny` run went to the kernel). Raising the mmap and trim
+    touch, time spent in the kernel rather than on the numbers. Raising the mmap and trim
     thresholds lets the heap reuse those pages. Numbers are unchanged. Returns False where this is not
     glibc (macOS, musl), which keeps its own policy. Entry points call it once at start.
     """

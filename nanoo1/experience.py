@@ -80,8 +80,7 @@ def chain_items(tokenizer, paths: list[list], rates: dict[int, float] | None = N
     """One replay item per chain: token ids, which tokens train the policy (each thought once per tree),
     per-token advantages, and value positions with their targets.
 
-    GAE runs root first along the chain (Schulman et al. 2016, eq. 16; LLaMA-O1 runs it from child to
-    parent): V after thought k is its success rate in the tree (`success_rates`), r = 1 at a successful
+    GAE runs root first along the chain (Schulman et al. 2016, eq. 16): V after thought k is its success rate in the tree (`success_rates`), r = 1 at a successful
     terminal, else 0. A thought's value target is its success rate; a terminal's is r.
     """
     items, trained = [], set()

@@ -26,8 +26,8 @@ from nanoo1.thoughts import META_ACTIONS, Node, Tree, hint_for
 def puct_score(parent: Node, child: Node, c: float = 1.4, varentropy_coef: float = 0.0) -> float:
     """LLaMA-O1's rule: V(child) + c * P(child) * sqrt(N(parent)) / (1 + N(child)) [+ lambda * varentropy(child)].
 
-    P is the policy probability exp(mean token log-prob). LLaMA-O1 also multiplies the score by a random
-    factor in [0.8, 1.2]; here the first of equal scores wins, so search is deterministic.
+    P is the policy probability exp(mean token log-prob). The first of equal scores wins, so search is
+    deterministic.
     """
     return child.value + c * child.prior * math.sqrt(parent.visits) / (1 + child.visits) + varentropy_coef * child.varentropy
 
@@ -100,8 +100,8 @@ def meta_transition_matrix(tree: Tree) -> torch.Tensor:
     """(5, 5): row a = softmax over b of the sum of exp(child value) over the tree's edges (meta a -> meta b).
 
     Unevaluated children count as exp(0) = 1; a row without edges is uniform. <problem> is never a
-    child (its column is 0). Recomputed from the tree on every call: LLaMA-O1 caches the sampled metas
-    per node object, so a node's children never follow what the search learned.
+    child (its column is 0). Recomputed from the tree on every call, so new children follow what the
+    search has learned so far.
     """
     n = len(META_ACTIONS)
     sums = torch.zeros(n, n)
@@ -145,7 +145,7 @@ def rectify(tree: Tree, discount: float = 0.9, reward_epsilon: float = 1e-6) -> 
 
     A leaf (a terminal, or a thought never expanded) has reward log 1 = 0 on success, log(reward_epsilon)
     otherwise; a node's rectified value is the mean over the leaves below it of discount^levels * reward.
-    A success's 0.0 is a value like any other (LLaMA-O1 tests `if not value` and overwrites it).
+    A success's 0.0 is a value like any other, not "unset".
     """
     counts = {}
     for node in tree.nodes:

@@ -34,7 +34,7 @@ def completion_logprobs(model, input_ids, attention_mask, completion_mask, tempe
     """Per-token log-probs of the completion tokens under `model`, sampled at `temperature`.
 
     logp[b, t] = log softmax(logits[b, t-1] / temperature)[input_ids[b, t]]  where completion_mask[b, t] = 1,
-    the logits at position t-1 predicting token t (LLaMA-O1 scores token t with the logits at t, one off).
+    the logits at position t-1 predicting token t.
     Dividing by the temperature matches TRL: the ratio is taken against the distribution that sampled.
     The lm head and log-softmax run on `chunk_size` positions at a time, and under autograd each chunk is
     recomputed in backward (activation checkpointing), so no full (B, T, V) tensor is ever kept.
@@ -99,7 +99,7 @@ def path_gae(rewards, values, gamma: float = 0.99, lam: float = 0.95, last_value
 
     Entry k is the k-th step down from the root (root first): V_k the value of the state before it, r_k its
     reward. A_k looks forward to the descendants, so credit for a success at the leaf flows up to the root,
-    discounted by (gamma lam) per level. LLaMA-O1 runs the recursion from child to parent, backwards.
+    discounted by (gamma lam) per level.
     Returns (advantages (L,), returns (L,)).
     """
     if rewards.dim() != 1 or values.shape != rewards.shape:
@@ -159,8 +159,7 @@ def ppo_policy_loss(logp, old_logp, advantages, mask, clip_eps: float = 0.2, wei
 
     L = mean_t -min(r_t A_t, clip(r_t, 1 - eps, 1 + eps) A_t),  r_t = exp(logp_t - old_logp_t).
     `old_logp` comes from the policy that collected the batch (never the live model). `weights` (B,),
-    e.g. prioritized replay's importance weights, scale each row's tokens (not the batch mean, as
-    LLaMA-O1 does).
+    e.g. prioritized replay's importance weights, scale each row's tokens.
     Returns (loss, stats) with stats clip_frac (share of tokens whose gradient the clip removes) and
     approx_kl = mean((r - 1) - log r) (CleanRL), both detached.
     """

@@ -24,8 +24,8 @@ from dataclasses import dataclass, field
 
 META_ACTIONS = ["<problem>", "<expansion>", "<critic>", "<refine>", "<conclusion>"]
 RATINGS = {"positive": "<positive_rating>", "negative": "<negative_rating>", "unknown": "<unknown_rating>"}
-# Hints per meta-action (LLaMA-O1's prompts, reworded). The conclusion asks for \boxed{} (LLaMA-O1 asks
-# for \box{} while its grader wants \boxed{}), and the critic hint goes to <critic> only.
+# Hints per meta-action (LLaMA-O1's prompts, reworded). The conclusion asks for \boxed{}, what the grader
+# reads, and the critic hint goes to <critic> only.
 HINTS = {
     "<problem>": "Divide the problem into smaller steps and solve them one at a time.",
     "<expansion>": "Take the next step of the solution.",
@@ -72,7 +72,7 @@ class Tree:
     """A reasoning tree over one question. New ids come from a counter: unique, never reused."""
 
     def __init__(self, question: str, root_id: int = 0):
-        if not isinstance(question, str):  # LLaMA-O1 passes a (question, answer) tuple here, leaking the answer
+        if not isinstance(question, str):  # a (question, answer) tuple would put the answer in every prompt
             raise TypeError(f"question must be a str, got {type(question).__name__}; pass the ground truth separately")
         self.nodes: list[Node] = []  # in the order they were added
         self._by_id: dict[int, Node] = {}
@@ -99,7 +99,7 @@ class Tree:
         return node
 
     def node(self, node_id: int) -> Node:
-        """Look a node up by id: a dictionary, no recursion (LLaMA-O1's lookup can recurse forever)."""
+        """Look a node up by id: a dictionary, no recursion."""
         if node_id not in self._by_id:
             raise KeyError(f"no node with id {node_id} in this tree of {len(self.nodes)} nodes")
         return self._by_id[node_id]
