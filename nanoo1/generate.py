@@ -15,6 +15,7 @@ import time
 import torch
 
 from nanoo1.checkpoint import load_pretrained
+from nanoo1.config import positive_int
 from nanoo1.engine import generate
 from nanoo1.model import Gemma2, Gemma2Config
 from nanoo1.tokenizer import train_tokenizer
@@ -43,11 +44,11 @@ def main(argv=None):
     g.add_argument("--prompt", default="Hello I am", help="text to continue")
     g.add_argument("--chat", action="store_true", help="wrap the prompt in Gemma's chat turn (for -it models)")
     g = p.add_argument_group("sampling")
-    g.add_argument("--max-new-tokens", type=int, default=32)
+    g.add_argument("--max-new-tokens", type=positive_int, default=32)
     g.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
     g.add_argument("--top-k", type=int, default=None)
     g.add_argument("--top-p", type=float, default=None)
-    g.add_argument("--num-samples", type=int, default=1, help="samples forked from one prefill of the prompt")
+    g.add_argument("--num-samples", type=positive_int, default=1, help="samples forked from one prefill of the prompt")
     g.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
 
@@ -55,7 +56,10 @@ def main(argv=None):
         model, tokenizer = tiny_random(args.seed)
         print("(no --checkpoint: a tiny random Gemma-2, so the text is noise)")
     else:
-        model, tokenizer = load_pretrained(args.checkpoint, dtype=args.dtype, device=args.device)
+        try:
+            model, tokenizer = load_pretrained(args.checkpoint, dtype=args.dtype, device=args.device)
+        except (OSError, ValueError) as e:
+            p.error(str(e))
         if tokenizer is None:
             p.error(f"{args.checkpoint} has no tokenizer.json")
     text = tokenizer.chat_prompt(args.prompt) if args.chat else args.prompt

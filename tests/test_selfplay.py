@@ -272,3 +272,20 @@ def test_eval_command_refuses_unknown_methods_and_writes_beside_not_into_the_che
         eval_cli.main(["--checkpoint", str(warmstart), "--limit", "2", "--methods", "greedy", "--max-thought-tokens", "4"])
     rows = (tmp_path / "runs" / "eval" / warmstart.name / "eval.jsonl").read_text().splitlines()
     assert len(rows) == 1 and not (warmstart / "eval.jsonl").exists()  # replaced, not appended
+
+
+@pytest.mark.parametrize("module,flags,message", [
+    ("eval", ["--checkpoint", "X", "--budgets", "1,0"], "every budget must be at least 1"),
+    ("eval", ["--checkpoint", "X", "--budgets", "1,two"], "expected comma-separated whole numbers"),
+    ("eval", ["--checkpoint", "X", "--check-equations", "ture"], "'ture' is not a boolean"),
+    ("eval", ["--checkpoint", "X", "--limit", "0"], "0 must be at least 1"),
+    ("evolve", ["--tiny", "--bf16", "ture"], "'ture' is not a boolean"),
+    ("evolve", ["--tiny", "--rounds", "x"], "invalid int value"),
+    ("generate", ["--max-new-tokens", "0"], "0 must be at least 1"),
+])
+def test_every_entry_point_refuses_bad_flag_values_at_once(module, flags, message, capsys):
+    import importlib
+
+    with pytest.raises(SystemExit):
+        importlib.import_module(f"nanoo1.{module}").main(flags)
+    assert message in capsys.readouterr().err
