@@ -9,6 +9,7 @@ import ast
 import contextlib
 import ctypes
 import os
+import re
 import shutil
 import signal
 import socket
@@ -27,16 +28,19 @@ KERNEL = LINUX and os.uname().machine in _SECCOMP_ARCH  # seccomp has a syscall 
 LANDLOCK = _landlock_abi() > 0
 
 
-def sandbox_processes() -> list[int]:
-    """Pids of live sandboxed children (their command line carries this module's source)."""
+def sandbox_processes(caller: int | None = None) -> list[int]:
+    """Pids of live sandboxed children of `caller` (this process by default): their command line carries
+    this module's source and the caller's pid; children of other test runs on the machine do not count."""
+    mark = re.compile(rb'"parent": %d\b' % (caller or os.getpid()))
     found = []
     for entry in os.listdir("/proc"):
         try:
             with open(f"/proc/{entry}/cmdline", "rb") as f:
-                if b"_child_main(sys.argv[1])" in f.read():
-                    found.append(int(entry))
-        except (OSError, ValueError):
-            pass
+                cmdline = f.read()
+        except OSError:
+            continue
+        if b"_child_main(sys.argv[1])" in cmdline and mark.search(cmdline):
+            found.append(int(entry))
     return found
 
 
@@ -67,6 +71,14 @@ def adopting_orphans():
         yield
     finally:
         prctl(36, zero, zero, zero, zero)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def own_temp_dir(tmp_path_factory):
+    """Working directories go in a directory of this run's, so that runs of others beside it are not counted."""
+    previous, tempfile.tempdir = tempfile.tempdir, str(tmp_path_factory.mktemp("runs"))
+    yield
+    tempfile.tempdir = previous
 
 
 def workdirs() -> set[str]:
@@ -440,21 +452,25 @@ def test_child_dies_with_its_caller():
               f"spec = importlib.util.spec_from_file_location('sandbox', {module!r})\n"
               "sandbox = importlib.util.module_from_spec(spec)\nspec.loader.exec_module(sandbox)\n"
               "sandbox.run_python('import time\\ntime.sleep(60)', timeout=60)")
-    caller = subprocess.Popen([sys.executable, "-c", script])
+    caller = subprocess.Popen([sys.executable, "-c", script], env={**os.environ, "TMPDIR": tempfile.gettempdir()})
     try:
         deadline = time.monotonic() + 10
-        while not sandbox_processes() and time.monotonic() < deadline:
+        while not sandbox_processes(caller.pid) and time.monotonic() < deadline:
             time.sleep(0.02)
-        assert sandbox_processes() != []
+        assert sandbox_processes(caller.pid) != []
     finally:
         caller.kill()
         caller.wait()
     deadline = time.monotonic() + 2
-    while sandbox_processes() and time.monotonic() < deadline:
+    while sandbox_processes(caller.pid) and time.monotonic() < deadline:
         time.sleep(0.02)
-    assert sandbox_processes() == []
+    survivors = sandbox_processes(caller.pid)
+    for pid in survivors:
+        os.kill(pid, signal.SIGKILL)
+    time.sleep(0.1 if survivors else 0)
     for d in workdirs() - dirs_before:  # what the killed caller could not remove
         shutil.rmtree(os.path.join(tempfile.gettempdir(), d))
+    assert survivors == []
 
 
 def test_deep_recursion():
