@@ -30,7 +30,6 @@ import json
 import math
 import os
 import selectors
-import shutil
 import signal
 import stat
 import subprocess
@@ -46,7 +45,8 @@ class SandboxResult:
     stdout: str          # the first `output_bytes` bytes it printed (stdout and stderr), decoded as UTF-8
     truncated: bool      # True when it printed more; it was then stopped ("OutputLimit")
     error: str | None    # None on success, else an exception name ("ZeroDivisionError"), "SyntaxError",
-                         # "SystemExit" (non-zero code), "Timeout", "OutputLimit", "Signal SIGSEGV", "SandboxError"
+                         # "SystemExit" (non-zero code), "Timeout", "OutputLimit", "Signal SIGSEGV",
+                         # "SandboxError" (the sandbox itself could not run it)
     message: str         # the exception's message ("division by zero"), the exit code, or what limit was hit
     seconds: float       # wall-clock time of the whole run
 
@@ -57,13 +57,14 @@ class SandboxResult:
 
 def run_python(code: str, *, timeout: float = 5.0, memory_mb: int = 512, output_bytes: int = 64 * 1024,
                file_mb: int = 16, audit_hook: bool = True) -> SandboxResult:
-    """Run `code` as a program in a sandboxed child process and report how it ended.
+    """Run `code` as a program in a sandboxed child process and report how it ended; never raises for the program.
 
     timeout: wall-clock seconds before the program and everything it started is killed ("Timeout").
     memory_mb: address-space limit; past it allocations fail with MemoryError.
     output_bytes: stdout kept; a program that prints more is stopped ("OutputLimit", truncated=True).
     file_mb: the largest file the program may write in its directory.
     audit_hook: install the Python-level tripwire; False leaves only the OS and kernel layers (to test them).
+    Raises ValueError for a limit that is not positive, OSError on a system that is not POSIX.
     """
     if os.name != "posix":
         raise OSError(f"nanoo1.sandbox needs Linux or macOS, not {sys.platform!r}")
@@ -74,9 +75,34 @@ def run_python(code: str, *, timeout: float = 5.0, memory_mb: int = 512, output_
     config = json.dumps({"timeout": timeout, "memory_mb": memory_mb, "file_mb": file_mb,
                          "audit_hook": audit_hook, "parent": os.getpid()})
     start = time.monotonic()
+    try:
+        out, returncode, report, stopped = _run(code, config, timeout, output_bytes)
+        error, message = _outcome(returncode, report, stopped, timeout, output_bytes)
+    except Exception as e:  # the sandbox failed (no processes left, a directory it cannot make): a result still
+        out, error, message = b"", "SandboxError", f"{type(e).__name__}: {e}"
+    return SandboxResult(out[:output_bytes].decode("utf-8", "replace"), len(out) > output_bytes,
+                         error, message, time.monotonic() - start)
+
+
+def run_many(codes, *, workers: int | None = None, **limits) -> list[SandboxResult]:
+    """Run many programs at once (rStar expands 5-16 candidate steps per node); results in input order.
+
+    Threads are enough: each one only waits on its own child process.
+    """
+    from concurrent.futures import ThreadPoolExecutor  # here, not at the top: the child need not import it
+
+    codes = list(codes)
+    workers = max(1, min(workers or os.cpu_count() or 1, len(codes) or 1))
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        return list(pool.map(functools.partial(run_python, **limits), codes))
+
+
+def _run(code: str, config: str, timeout: float, output_bytes: int):
+    """Start the child in a fresh directory, collect what it prints, kill what is left, remove the directory."""
+    start = time.monotonic()
     workdir = tempfile.mkdtemp(prefix="nanoo1-sandbox-")  # fresh per run: nothing carries over between programs
     try:
-        Path(workdir, "main.py").write_text(code, encoding="utf-8")
+        Path(workdir, "main.py").write_text(code, "utf-8")  # a lone surrogate: SandboxError
         proc = subprocess.Popen(
             # -I: ignore PYTHON* variables, user site-packages and the current directory on sys.path;
             # -B: write no .pyc; -u: unbuffered, so output printed before a kill is still seen
@@ -98,22 +124,7 @@ def run_python(code: str, *, timeout: float = 5.0, memory_mb: int = 512, output_
             proc.stderr.close()
     finally:
         _remove(workdir)
-    error, message = _outcome(proc.returncode, report, stopped, timeout, output_bytes)
-    return SandboxResult(out[:output_bytes].decode("utf-8", "replace"), len(out) > output_bytes,
-                         error, message, time.monotonic() - start)
-
-
-def run_many(codes, *, workers: int | None = None, **limits) -> list[SandboxResult]:
-    """Run many programs at once (rStar expands 5-16 candidate steps per node); results in input order.
-
-    Threads are enough: each one only waits on its own child process.
-    """
-    from concurrent.futures import ThreadPoolExecutor  # here, not at the top: the child need not import it
-
-    codes = list(codes)
-    workers = max(1, min(workers or os.cpu_count() or 1, len(codes) or 1))
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        return list(pool.map(functools.partial(run_python, **limits), codes))
+    return out, proc.returncode, report, stopped
 
 
 def _clean_env(workdir: str) -> dict:
@@ -156,27 +167,65 @@ def _outcome(returncode: int, report: bytes, stopped: str | None, timeout: float
     if returncode < 0:
         if -returncode == signal.SIGXCPU:
             return "Timeout", "used up its CPU time"
-        return f"Signal {signal.Signals(-returncode).name}", ""
+        return f"Signal {_signal_name(-returncode)}", ""
     try:  # our report is the last line; the program can write here too, but only to lie about itself
         reported = json.loads(report.decode("utf-8", "replace").splitlines()[-1])
         return reported["error"] and str(reported["error"]), str(reported["message"])
-    except (ValueError, KeyError, TypeError, IndexError):
+    except (ValueError, KeyError, TypeError, IndexError, RecursionError):  # e.g. "[[[[..." that it wrote
         pass
     if returncode != 0:  # left through os._exit, or its report was lost
         return "SystemExit", str(returncode)
     return None, ""
 
 
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:  # real-time signals have no name of their own
+        if signal.SIGRTMIN <= number <= signal.SIGRTMAX:
+            return f"SIGRTMIN+{number - signal.SIGRTMIN}"
+        return str(number)
+
+
 def _remove(workdir: str) -> None:
-    # the program may have made its directories unreadable: give them back first, never following a link
-    if not os.path.isdir(workdir):
+    """Delete workdir, however deep, unreadable or long its paths: iteratively, one directory open at a time.
+
+    The program is dead by now, so nothing changes under us; links are removed, never followed."""
+    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
+    names = []  # the path from workdir down to the directory open as fd
+    try:
+        os.chmod(workdir, 0o700)
+        fd = os.open(workdir, flags)
+    except OSError:
         return
-    os.chmod(workdir, 0o700)
-    for root, dirs, _ in os.walk(workdir):
-        for d in dirs:
-            if not os.path.islink(os.path.join(root, d)):
-                os.chmod(os.path.join(root, d), 0o700)
-    shutil.rmtree(workdir, ignore_errors=True)
+    try:
+        while True:
+            below = None
+            with os.scandir(fd) as entries:
+                for entry in entries:
+                    if entry.is_dir(follow_symlinks=False):
+                        below = entry.name
+                    else:
+                        os.unlink(entry.name, dir_fd=fd)
+            if below is not None:
+                os.chmod(below, 0o700, dir_fd=fd)  # the program may have made it unreadable (mkdir mode 0)
+                fd, parent = os.open(below, flags, dir_fd=fd), fd
+                os.close(parent)
+                names.append(below)
+            elif names:
+                fd, child = os.open("..", flags, dir_fd=fd), fd
+                os.close(child)
+                os.rmdir(names.pop(), dir_fd=fd)
+            else:
+                break
+    except OSError:
+        pass  # left behind rather than raised: tests check that this does not happen
+    finally:
+        os.close(fd)
+    try:
+        os.rmdir(workdir)
+    except OSError:
+        pass
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -18,10 +18,11 @@ import sys
 import tempfile
 import time
 import uuid
+from pathlib import Path
 
 import pytest
 
-from nanoo1.sandbox import _SECCOMP_ARCH, _audit_hook, _landlock_abi, _seccomp_program, run_many, run_python
+from nanoo1.sandbox import _SECCOMP_ARCH, _audit_hook, _landlock_abi, _remove, _seccomp_program, run_many, run_python
 
 LINUX = sys.platform == "linux"
 KERNEL = LINUX and os.uname().machine in _SECCOMP_ARCH  # seccomp has a syscall table for this machine
@@ -201,6 +202,36 @@ def test_unreadable_directories_are_still_removed():
                    "os.chmod('a', 0)\nprint(os.getcwd())")
     assert r.ok, r
     assert not os.path.exists(r.stdout.strip())
+
+
+def test_removal_of_deep_unreadable_trees_with_long_paths(tmp_path):
+    # what a program could leave where it may make directories: 1,100 levels, longer than PATH_MAX
+    # (4096) as one path, an unlistable directory, and a link out that must not be followed
+    outside = tmp_path / "outside.txt"
+    outside.write_text("intact")
+    # in memory where there is a tmpfs: on a disk 1,100 rmdirs can take seconds
+    base = tempfile.mkdtemp(dir="/dev/shm") if os.access("/dev/shm", os.W_OK) else str(tmp_path)
+    try:
+        root = Path(base, "nanoo1-sandbox-deep")
+        root.mkdir()
+        fd = os.open(root, os.O_RDONLY)
+        for level in range(1100):
+            name = f"level-{level:04d}"
+            os.mkdir(name, dir_fd=fd)
+            open(os.open("f", os.O_WRONLY | os.O_CREAT, dir_fd=fd), "w").close()
+            if level == 500:
+                os.symlink(tmp_path, "out", dir_fd=fd)
+            fd, parent = os.open(name, os.O_RDONLY, dir_fd=fd), fd
+            os.close(parent)
+            if level in (600, 1099):
+                os.chmod(fd, 0o300)  # can be written into, not listed
+        os.close(fd)
+        _remove(str(root))
+        assert not root.exists() and outside.read_text() == "intact"
+        _remove(str(root))  # already gone: nothing to do, nothing raised
+    finally:
+        if base != str(tmp_path):
+            shutil.rmtree(base, ignore_errors=True)
 
 
 def test_no_inherited_file_descriptors():
@@ -383,6 +414,26 @@ def test_writing_outside_its_directory(hook, tmp_path):
     assert r.stdout.splitlines() == [f"{name} refused" for name in attempts]
     assert os.listdir(shared) == [] and not os.path.exists(in_tmp)
     assert victim.read_text() == "intact"
+
+
+def test_real_time_signals_end_in_a_result():
+    r = hostile("import signal\nsignal.raise_signal(40)")
+    assert (r.error, r.message) == (f"Signal SIGRTMIN+{40 - signal.SIGRTMIN}", "")
+    r = hostile("import signal\nsignal.raise_signal(signal.SIGRTMAX)")  # the one that has a name
+    assert r.error == "Signal SIGRTMAX"
+
+
+def test_a_program_that_cannot_be_written_is_a_result():
+    r = hostile("print('\ud800')")  # a lone surrogate has no UTF-8
+    assert r.error == "SandboxError" and "UnicodeEncodeError" in r.message
+
+
+def test_forged_report_ends_in_a_result():
+    # the report pipe is fd 3 (the first the child dups); nesting deep enough to make json recurse past its limit
+    r = hostile("import os\nos.write(3, b'\\n' + b'[' * 60000)\nos._exit(0)")
+    assert (r.error, r.message) == (None, "")
+    r = hostile("import os\nos.write(3, b'\\n{\"error\": [1], \"message\": 2}\\n')\nos._exit(1)")
+    assert (r.error, r.message) == ("[1]", "2")  # it can lie about itself, and only that
 
 
 def test_reading_the_parents_environment(hook, monkeypatch):
