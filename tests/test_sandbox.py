@@ -1,4 +1,4 @@
-"""nanoo1.sandbox: ordinary programs behave as under `python`; hostile ones end in a bounded result.
+"""nanoo1.sandbox and nanoo1.confine: ordinary programs behave as under `python`; hostile ones end in a bounded result.
 
 Every hostile program must end within its timeout + 1 s, leave no process and no file behind, and
 leave the caller working. Most run twice: with the audit hook (the default) and without it, so that
@@ -22,11 +22,12 @@ from pathlib import Path
 
 import pytest
 
-from nanoo1.sandbox import _SECCOMP_ARCH, _audit_hook, _landlock_abi, _remove, _seccomp_program, run_many, run_python
+from nanoo1.confine import SECCOMP_ARCH, landlock_abi, seccomp_filter, tripwire
+from nanoo1.sandbox import _remove, run_many, run_python
 
 LINUX = sys.platform == "linux"
-KERNEL = LINUX and os.uname().machine in _SECCOMP_ARCH  # seccomp has a syscall table for this machine
-LANDLOCK = _landlock_abi() > 0
+KERNEL = LINUX and os.uname().machine in SECCOMP_ARCH  # seccomp has a syscall table for this machine
+LANDLOCK = landlock_abi() > 0
 
 
 def sandbox_processes(caller: int | None = None) -> list[int]:
@@ -590,7 +591,7 @@ def test_audit_hook_policy(tmp_path):
     secret.write_text("x")
     secret.chmod(0o600)
     os.symlink(outside_dir, work / "link")
-    hook = _audit_hook(os.path.realpath(work))
+    hook = tripwire(os.path.realpath(work))
     w, r = os.O_WRONLY | os.O_CREAT | os.O_TRUNC, os.O_RDONLY
 
     allowed = [("open", (str(work / "a.txt"), "w", w)), ("open", (str(work / "sub" / ".." / "b.txt"), None, w)),
@@ -636,10 +637,10 @@ def run_bpf(prog, nr: int, arch: int, arg0: int = 0) -> int:
             raise AssertionError(f"unexpected BPF opcode {code:#x}")
 
 
-def test_seccomp_program_answers():
+def test_seccomp_filter_answers():
     ALLOW, EPERM, KILL = 0x7FFF0000, 0x00050001, 0x80000000
     x86, arm = 0xC000003E, 0xC00000B7
-    prog = _seccomp_program("x86_64", pid=4242)
+    prog = seccomp_filter("x86_64", pid=4242)
     # x86_64 numbers: read 0, getpid 39, socket 41, clone 56, fork 57, execve 59, kill 62, ptrace 101,
     # tgkill 234, prlimit64 302, clone3 435, io_uring_setup 425
     assert run_bpf(prog, 0, x86) == ALLOW
@@ -654,7 +655,7 @@ def test_seccomp_program_answers():
     assert run_bpf(prog, 302, x86, arg0=0) == ALLOW and run_bpf(prog, 302, x86, arg0=1) == EPERM
     assert run_bpf(prog, 0x40000000 + 57, x86) == EPERM  # the x32 alias of fork
     assert run_bpf(prog, 2, 0x40000003) == KILL          # i386 ABI (int 0x80): fork is 2 there
-    prog = _seccomp_program("aarch64", pid=7)
+    prog = seccomp_filter("aarch64", pid=7)
     # aarch64 numbers: close 57 (fork on x86_64), socket 198, clone 220, execve 221, kill 129
     assert run_bpf(prog, 57, arm) == ALLOW
     for nr in (198, 220, 221):
