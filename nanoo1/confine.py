@@ -1,14 +1,16 @@
 """Confining a process on Linux: rlimits, Landlock, seccomp, and a Python audit hook.
 
-sandbox.py's child calls `confine` before it runs the program; each layer below holds on its own:
+sandbox.py's child calls `confine` before it runs the program; each layer below holds on its own, and
+the program cannot undo one once set (seccomp refuses the syscalls that would):
 
-  rlimits   CPU time, address space, file size, open files, processes, core files
-  Landlock  writes only beneath the working directory, and no ptrace-like access to processes outside
-            (Linux 5.13+, https://docs.kernel.org/userspace-api/landlock.html)
-  seccomp   a BPF filter returning EPERM for new processes and threads, exec, signals to others, sockets
-            and ptrace (seccomp(2), classic BPF); no capabilities, so a program run by root cannot raise
-            its limits, mount, or override file permissions
-  tripwire  an audit hook (PEP 578) that turns the same attempts into clear PermissionErrors
+  rlimits     CPU time, address space, size of each file, open files, processes, core files
+  Landlock    reads only beneath the working directory and the interpreter's own and system libraries;
+              writes only in the working directory; no ptrace-like access to processes outside
+              (Linux 5.13+, https://docs.kernel.org/userspace-api/landlock.html)
+  seccomp     a BPF filter returning EPERM for new processes and threads, exec, signals to others,
+              sockets, file metadata (chmod, chown, utime, xattrs), SysV/POSIX IPC, keyrings, memfd,
+              mounts, and clearing the parent-death signal (seccomp(2), classic BPF)
+  tripwire    an audit hook (PEP 578) that turns the same attempts into clear PermissionErrors
 
 Everything is reached through ctypes, and this file imports only the standard library: the child loads
 it by path, since importing the package would import torch under the program's limits.
@@ -24,16 +26,16 @@ import sys
 
 _PR_SET_PDEATHSIG, _PR_SET_SECCOMP, _PR_SET_NO_NEW_PRIVS = 1, 22, 38
 
-# Landlock access rights that change the file system (linux/landlock.h), by the ABI version that added them.
-_LANDLOCK_WRITE_RIGHTS = {
-    # WRITE_FILE; REMOVE_DIR, REMOVE_FILE; MAKE_CHAR, MAKE_DIR, MAKE_REG, MAKE_SOCK, MAKE_FIFO, MAKE_BLOCK, MAKE_SYM
-    1: (1 << 1) | sum(1 << bit for bit in range(4, 13)),
-    2: 1 << 13,                                           # REFER (move or link across directories)
-    3: 1 << 14,                                           # TRUNCATE
-}
+# Landlock file-system rights (linux/landlock.h), by the ABI version that added them.
+_LANDLOCK_EXECUTE, _LANDLOCK_WRITE_FILE, _LANDLOCK_READ_FILE, _LANDLOCK_READ_DIR = 1, 2, 4, 8
+_LANDLOCK_TRUNCATE = 1 << 14
+_LANDLOCK_RIGHTS = {1: (1 << 13) - 1,         # EXECUTE, WRITE_FILE, READ_FILE, READ_DIR, REMOVE_*, MAKE_*
+                    2: 1 << 13,               # REFER: link or move across directories
+                    3: _LANDLOCK_TRUNCATE}
+_LANDLOCK_FILE_RIGHTS = _LANDLOCK_EXECUTE | _LANDLOCK_WRITE_FILE | _LANDLOCK_READ_FILE | _LANDLOCK_TRUNCATE
 _LANDLOCK_CREATE_RULESET, _LANDLOCK_ADD_RULE, _LANDLOCK_RESTRICT_SELF = 444, 445, 446  # same on every arch
 
-# Syscalls the program is refused (EPERM), as (x86_64, aarch64) numbers; aarch64 has no fork/vfork.
+# Syscalls the program is refused (EPERM), as (x86_64, aarch64) numbers; None where an arch lacks one.
 SECCOMP_ARCH = {"x86_64": 0xC000003E, "aarch64": 0xC00000B7}  # AUDIT_ARCH_* of the syscall ABI
 _SECCOMP_DENY = {
     "fork": (57, None), "vfork": (58, None), "clone": (56, 220), "clone3": (435, 435),  # processes and threads
@@ -46,10 +48,31 @@ _SECCOMP_DENY = {
     "socket": (41, 198), "socketpair": (53, 199),                                      # the network
     # io_uring performs I/O that seccomp never sees
     "io_uring_setup": (425, 425), "io_uring_enter": (426, 426), "io_uring_register": (427, 427),
+    # file metadata, which Landlock does not cover (anywhere, so also through a dir_fd or an fd)
+    "chmod": (90, None), "fchmod": (91, 52), "fchmodat": (268, 53), "fchmodat2": (452, 452),
+    "chown": (92, None), "fchown": (93, 55), "lchown": (94, None), "fchownat": (260, 54),
+    "utime": (132, None), "utimes": (235, None), "futimesat": (261, None), "utimensat": (280, 88),
+    "setxattr": (188, 5), "lsetxattr": (189, 6), "fsetxattr": (190, 7), "removexattr": (197, 14),
+    "lremovexattr": (198, 15), "fremovexattr": (199, 16), "setxattrat": (463, 463),
+    "removexattrat": (466, 466), "file_setattr": (469, 469),
+    # what outlives a process: System V and POSIX IPC, kernel keyrings; and memory outside RLIMIT_AS
+    "shmget": (29, 194), "shmat": (30, 196), "shmctl": (31, 195), "semget": (64, 190), "semop": (65, 193),
+    "semctl": (66, 191), "semtimedop": (220, 192), "msgget": (68, 186), "msgsnd": (69, 189),
+    "msgrcv": (70, 188), "msgctl": (71, 187), "mq_open": (240, 180), "mq_unlink": (241, 181),
+    "mq_timedsend": (242, 182), "mq_timedreceive": (243, 183), "mq_notify": (244, 184),
+    "add_key": (248, 217), "request_key": (249, 218), "keyctl": (250, 219),
+    "memfd_create": (319, 279), "memfd_secret": (447, 447), "userfaultfd": (323, 282),
+    # mounts, and paths by handle (both need capabilities it has not, refused all the same)
+    "mount": (165, 40), "umount2": (166, 39), "pivot_root": (155, 41), "chroot": (161, 51),
+    "open_tree": (428, 428), "move_mount": (429, 429), "fsopen": (430, 430), "fsconfig": (431, 431),
+    "fsmount": (432, 432), "fspick": (433, 433), "mount_setattr": (442, 442), "open_tree_attr": (467, 467),
+    "open_by_handle_at": (304, 265), "bpf": (321, 280), "perf_event_open": (298, 241),
 }
-# ... and these only when aimed at itself (first argument 0 or its own pid): signals, resource limits.
+# ... these only when aimed at another process (first argument neither 0 nor its own pid) ...
 _SECCOMP_SELF_ONLY = {"kill": (62, 129), "tgkill": (234, 131), "rt_sigqueueinfo": (129, 138),
                       "rt_tgsigqueueinfo": (297, 240), "prlimit64": (302, 261)}
+# ... and these only with this first argument: prctl(PR_SET_PDEATHSIG), which would let it outlive its caller.
+_SECCOMP_DENY_IF = {"prctl": ((157, 167), _PR_SET_PDEATHSIG)}
 
 
 def confine(workdir: str, *, timeout: float, memory_mb: int, file_mb: int, parent: int,
@@ -65,7 +88,7 @@ def confine(workdir: str, *, timeout: float, memory_mb: int, file_mb: int, paren
         _call(libc.prctl(_PR_SET_PDEATHSIG, ulong(signal.SIGKILL), ulong(0), ulong(0), ulong(0)), "PR_SET_PDEATHSIG")
         if os.getppid() != parent:  # it died before the line above
             os._exit(1)
-        # needed by Landlock and seccomp without privileges; exec could not gain any either
+        # needed by Landlock and seccomp without privileges
         _call(libc.prctl(_PR_SET_NO_NEW_PRIVS, ulong(1), ulong(0), ulong(0), ulong(0)), "PR_SET_NO_NEW_PRIVS")
         if landlock_abi(libc):
             landlock(libc, workdir)
@@ -109,24 +132,45 @@ def landlock_abi(libc=None) -> int:
     return max(abi, 0)
 
 
+def read_roots(workdir: str) -> list[str]:
+    """What the program may read besides its directory: the interpreter's installation (its venv and base,
+    site-packages included; not what a .pth file adds), system libraries, CPU information, itself.
+
+    Never "/" nor a directory holding the working directory (that would open its neighbours)."""
+    candidates = [sys.prefix, sys.exec_prefix, sys.base_prefix, sys.base_exec_prefix,
+                  "/usr", "/lib", "/lib64", "/etc/ld.so.cache", "/etc/localtime", "/dev/null", "/dev/urandom",
+                  "/sys/devices/system/cpu", "/proc/self"]
+    roots = []
+    for path in candidates:
+        real = os.path.realpath(path) if path else ""
+        if real and real != "/" and not (workdir + os.sep).startswith(real + os.sep) and os.path.exists(real):
+            roots.append(real)
+    return sorted(set(roots))
+
+
 def landlock(libc, workdir: str) -> None:
-    """Writes only beneath workdir; being in a Landlock domain also bars ptrace-like access to outsiders."""
+    """Handle every right this ABI knows; grant reads beneath read_roots, and all rights in workdir."""
     abi = landlock_abi(libc)
-    rights = sum(bits for version, bits in _LANDLOCK_WRITE_RIGHTS.items() if version <= abi)
+    handled = sum(bits for version, bits in _LANDLOCK_RIGHTS.items() if version <= abi)
+    reads = _LANDLOCK_EXECUTE | _LANDLOCK_READ_FILE | _LANDLOCK_READ_DIR
     long = ctypes.c_long
-    handled = ctypes.c_uint64(rights)  # struct landlock_ruleset_attr, first field only (valid for every ABI)
-    ruleset = _call(libc.syscall(long(_LANDLOCK_CREATE_RULESET), ctypes.byref(handled), long(8), long(0)),
+    attr = ctypes.c_uint64(handled)  # struct landlock_ruleset_attr, first field only (valid for every ABI)
+    ruleset = _call(libc.syscall(long(_LANDLOCK_CREATE_RULESET), ctypes.byref(attr), long(8), long(0)),
                     "landlock_create_ruleset")
 
     class PathBeneath(ctypes.Structure):  # struct landlock_path_beneath_attr
         _pack_ = 1
         _fields_ = [("allowed_access", ctypes.c_uint64), ("parent_fd", ctypes.c_int32)]
 
-    dirfd = os.open(workdir, os.O_PATH | os.O_CLOEXEC)
-    _call(libc.syscall(long(_LANDLOCK_ADD_RULE), long(ruleset), long(1),  # LANDLOCK_RULE_PATH_BENEATH
-                       ctypes.byref(PathBeneath(rights, dirfd)), long(0)), "landlock_add_rule")
+    rules = [(root, reads) for root in read_roots(workdir)] + [(workdir, handled)]
+    for path, rights in rules:
+        fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
+        if not stat.S_ISDIR(os.fstat(fd).st_mode):
+            rights &= _LANDLOCK_FILE_RIGHTS  # a rule on a file may hold file rights only
+        _call(libc.syscall(long(_LANDLOCK_ADD_RULE), long(ruleset), long(1),  # LANDLOCK_RULE_PATH_BENEATH
+                           ctypes.byref(PathBeneath(rights & handled, fd)), long(0)), f"landlock_add_rule({path})")
+        os.close(fd)
     _call(libc.syscall(long(_LANDLOCK_RESTRICT_SELF), long(ruleset), long(0)), "landlock_restrict_self")
-    os.close(dirfd)
     os.close(ruleset)
 
 
@@ -150,6 +194,9 @@ def seccomp_filter(arch: str, pid: int) -> list[tuple[int, int, int, int]]:
         prog += [(JEQ, 0, 5, numbers[column]),  # not this syscall: skip the 5 instructions of its block
                  (LOAD, 0, 0, 16),              # A = low 32 bits of the first argument (a pid_t)
                  (JEQ, 2, 0, 0), (JEQ, 1, 0, pid),
+                 (RET, 0, 0, DENY), (RET, 0, 0, ALLOW)]
+    for numbers, value in _SECCOMP_DENY_IF.values():
+        prog += [(JEQ, 0, 4, numbers[column]), (LOAD, 0, 0, 16), (JEQ, 0, 1, value),
                  (RET, 0, 0, DENY), (RET, 0, 0, ALLOW)]
     return prog + [(RET, 0, 0, ALLOW)]
 
@@ -175,9 +222,10 @@ def tripwire(workdir: str):
                "subprocess.Popen",                              # new processes
                "os.kill", "os.killpg", "signal.pthread_kill",   # signals
                "resource.setrlimit", "resource.prlimit",        # its own limits
-               "os.symlink"}                                    # a link inside could point outside
-    path_events = {"os.chmod", "os.chown", "os.link", "os.mkdir", "os.remove", "os.rename", "os.rmdir",
-                   "os.truncate", "os.utime", "os.setxattr", "os.removexattr", "shutil.rmtree", "sqlite3.connect"}
+               "os.symlink",                                    # a link inside could point outside
+               "os.chmod", "os.chown", "os.utime", "os.setxattr", "os.removexattr"}  # metadata, anywhere
+    path_events = {"os.link", "os.mkdir", "os.remove", "os.rename", "os.rmdir", "os.truncate",
+                   "shutil.rmtree", "sqlite3.connect"}
     write_flags = os.O_WRONLY | os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_TRUNC
 
     def inside(path) -> bool:

@@ -9,17 +9,17 @@ layers that each hold on their own:
             descriptors, its own session; at the deadline the whole process group is killed
   limits    rlimits on CPU time, address space, file size, open files and processes; captured output
             is capped
-  kernel    (Linux, confine.py) Landlock: writes only inside its directory, and no ptrace-like access to
-            other processes (their memory, /proc/<pid>/environ); seccomp: no new processes or threads, no
-            exec, no signals to other processes, no sockets, no ptrace; no capabilities, so a program
-            run by root cannot raise its limits, mount, or override file permissions
+  kernel    (Linux, confine.py) Landlock: reads only its directory, the Python installation and the
+            system libraries, writes only inside its directory, no ptrace-like access to other processes;
+            seccomp: no new processes or threads, no exec, no signals to other processes, no sockets, no
+            ptrace, no file metadata changes, no IPC or keyrings, no clearing the parent-death signal;
+            no capabilities, so a program run by root cannot raise its limits, mount, or override file
+            permissions
   tripwire  a Python audit hook that turns the same attempts into clear Python errors, and refuses to
             read files that are not world-readable. It is not a wall (a program can get around any
             in-process check, e.g. by corrupting memory through ctypes); the layers above are
 
-Reads are not confined by the kernel: the program can read what the caller's user can read, apart from
-other processes' /proc files; run the caller as an unprivileged user if that matters. The child runs
-this very file (`python -I -c <this file>`), which loads confine.py by path, so everything it does can be
+The child runs this very file (`python -I -c <this file>`), which loads confine.py by path, so everything it does can be
 read in these two files. Elsewhere than Linux the kernel layer is missing and the rest holds as far as
 the system enforces rlimits (macOS ignores the address-space limit).
 """
