@@ -1,9 +1,12 @@
-"""Confining a process on Linux: rlimits, Landlock, seccomp, and a Python audit hook.
+"""Confining a process on Linux: rlimits, namespaces, Landlock, seccomp, and a Python audit hook.
 
 sandbox.py's child calls `confine` before it runs the program; each layer below holds on its own, and
 the program cannot undo one once set (seccomp refuses the syscalls that would):
 
   rlimits     CPU time, address space, size of each file, open files, processes, core files
+  namespaces  a user + mount + IPC namespace of its own: its working directory becomes a tmpfs of
+              `file_mb` (every file together, at most MAX_FILES of them) that vanishes with the process,
+              and System V IPC it makes dies with it (unshare(2), mount(2), namespaces(7))
   Landlock    reads only beneath the working directory and the interpreter's own and system libraries;
               writes only in the working directory; no ptrace-like access to processes outside
               (Linux 5.13+, https://docs.kernel.org/userspace-api/landlock.html)
@@ -24,6 +27,10 @@ import signal
 import stat
 import sys
 
+MAX_FILES = 4096  # inodes of the private tmpfs: files and directories the program may make
+
+_CLONE_NEWNS, _CLONE_NEWIPC, _CLONE_NEWUSER = 0x20000, 0x08000000, 0x10000000
+_MS_NOSUID, _MS_NODEV, _MS_NOEXEC, _MS_REC, _MS_PRIVATE = 2, 4, 8, 1 << 14, 1 << 18
 _PR_SET_PDEATHSIG, _PR_SET_SECCOMP, _PR_SET_NO_NEW_PRIVS = 1, 22, 38
 
 # Landlock file-system rights (linux/landlock.h), by the ABI version that added them.
@@ -62,7 +69,7 @@ _SECCOMP_DENY = {
     "mq_timedsend": (242, 182), "mq_timedreceive": (243, 183), "mq_notify": (244, 184),
     "add_key": (248, 217), "request_key": (249, 218), "keyctl": (250, 219),
     "memfd_create": (319, 279), "memfd_secret": (447, 447), "userfaultfd": (323, 282),
-    # mounts, and paths by handle (both need capabilities it has not, refused all the same)
+    # mounts (it holds capabilities in its user namespace until they are dropped), and paths by handle
     "mount": (165, 40), "umount2": (166, 39), "pivot_root": (155, 41), "chroot": (161, 51),
     "open_tree": (428, 428), "move_mount": (429, 429), "fsopen": (430, 430), "fsconfig": (431, 431),
     "fsmount": (432, 432), "fspick": (433, 433), "mount_setattr": (442, 442), "open_tree_attr": (467, 467),
@@ -76,14 +83,16 @@ _SECCOMP_DENY_IF = {"prctl": ((157, 167), _PR_SET_PDEATHSIG)}
 
 
 def confine(workdir: str, *, timeout: float, memory_mb: int, file_mb: int, parent: int,
-            audit_hook: bool = True) -> None:
+            namespaces: bool = True, audit_hook: bool = True) -> None:
     """Confine this process to `workdir` with every layer this system has; raise if one that exists fails.
 
-    parent: the caller's pid (the process is killed when it dies).
+    parent: the caller's pid (the process is killed when it dies); namespaces=False skips them, as on a
+    system that refuses unprivileged user namespaces (then no file may be made: Landlock bounds the disk).
     """
     set_limits(timeout, memory_mb, file_mb)
     if sys.platform == "linux":
         libc, ulong = _libc(), ctypes.c_ulong
+        private = namespaces and private_namespaces(libc, workdir, file_mb)
         # killed with the caller, should the caller die first (then nobody would enforce the wall clock)
         _call(libc.prctl(_PR_SET_PDEATHSIG, ulong(signal.SIGKILL), ulong(0), ulong(0), ulong(0)), "PR_SET_PDEATHSIG")
         if os.getppid() != parent:  # it died before the line above
@@ -91,8 +100,8 @@ def confine(workdir: str, *, timeout: float, memory_mb: int, file_mb: int, paren
         # needed by Landlock and seccomp without privileges
         _call(libc.prctl(_PR_SET_NO_NEW_PRIVS, ulong(1), ulong(0), ulong(0), ulong(0)), "PR_SET_NO_NEW_PRIVS")
         if landlock_abi(libc):
-            landlock(libc, workdir)
-        # no capabilities: a root program cannot raise its limits, override file permissions, mount or reboot
+            landlock(libc, workdir, private)
+        # no capabilities: not root's, nor those it holds in its own user namespace
         header = (ctypes.c_uint32 * 2)(0x20080522, 0)  # _LINUX_CAPABILITY_VERSION_3, this process
         _call(libc.capset(header, (ctypes.c_uint32 * 6)()), "capset")  # effective, permitted, inheritable = {}
         if os.uname().machine in SECCOMP_ARCH:
@@ -123,6 +132,29 @@ def set_limits(timeout: float, memory_mb: int, file_mb: int) -> None:
                 raise
 
 
+def private_namespaces(libc, workdir: str, file_mb: int) -> bool:
+    """New user, mount and IPC namespaces, and a tmpfs of file_mb over workdir; False if the system refuses."""
+    uid, gid = os.geteuid(), os.getegid()
+    if libc.unshare(_CLONE_NEWUSER | _CLONE_NEWNS | _CLONE_NEWIPC) == 0:  # the same ids inside as outside
+        maps = [("setgroups", "deny"), ("uid_map", f"{uid} {uid} 1"), ("gid_map", f"{gid} {gid} 1")]
+    elif uid == 0 and libc.unshare(_CLONE_NEWNS | _CLONE_NEWIPC) == 0:  # root may do without a user namespace
+        maps = []
+    else:
+        return False
+    try:
+        for name, text in maps:
+            with open(f"/proc/self/{name}", "w") as f:
+                f.write(text)
+        # nothing mounted here reaches the caller's namespace
+        _call(libc.mount(b"none", b"/", None, ctypes.c_ulong(_MS_REC | _MS_PRIVATE), None), "mount(private)")
+        _call(libc.mount(b"tmpfs", os.fsencode(workdir), b"tmpfs", ctypes.c_ulong(_MS_NOSUID | _MS_NODEV | _MS_NOEXEC),
+                         f"size={file_mb}m,nr_inodes={MAX_FILES},mode=700".encode()), "mount(tmpfs)")
+    except OSError:  # a user namespace without the rights to use it (Ubuntu's AppArmor restriction)
+        return False
+    os.chdir(workdir)  # into the tmpfs; the old working directory is beneath it
+    return True
+
+
 def landlock_abi(libc=None) -> int:
     """The kernel's Landlock ABI version, 0 when it has none (before Linux 5.13, or disabled)."""
     if sys.platform != "linux":
@@ -148,8 +180,11 @@ def read_roots(workdir: str) -> list[str]:
     return sorted(set(roots))
 
 
-def landlock(libc, workdir: str) -> None:
-    """Handle every right this ABI knows; grant reads beneath read_roots, and all rights in workdir."""
+def landlock(libc, workdir: str, private: bool) -> None:
+    """Handle every right this ABI knows; grant reads beneath read_roots, and all rights in workdir.
+
+    Without a private tmpfs the program gets no right to make files: it can write only main.py, whose
+    size RLIMIT_FSIZE caps, so the disk stays bounded."""
     abi = landlock_abi(libc)
     handled = sum(bits for version, bits in _LANDLOCK_RIGHTS.items() if version <= abi)
     reads = _LANDLOCK_EXECUTE | _LANDLOCK_READ_FILE | _LANDLOCK_READ_DIR
@@ -162,7 +197,8 @@ def landlock(libc, workdir: str) -> None:
         _pack_ = 1
         _fields_ = [("allowed_access", ctypes.c_uint64), ("parent_fd", ctypes.c_int32)]
 
-    rules = [(root, reads) for root in read_roots(workdir)] + [(workdir, handled)]
+    own = handled if private else reads | _LANDLOCK_WRITE_FILE | _LANDLOCK_TRUNCATE
+    rules = [(root, reads) for root in read_roots(workdir)] + [(workdir, own)]
     for path, rights in rules:
         fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
         if not stat.S_ISDIR(os.fstat(fd).st_mode):

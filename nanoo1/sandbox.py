@@ -1,27 +1,40 @@
-"""Run model-written Python where it can neither escape nor hang the caller.
+"""Run model-written Python where it can neither escape nor hang the caller: rStar's step runner.
 
 rStar-Math (Guan et al. 2025) keeps a candidate step only if the code of all steps so far runs without
 error; its public code runs that code with `exec` inside the search worker, so a bad step can loop forever,
-eat the machine's memory or kill the search. Here each program runs in a fresh process of its own, behind
-layers that each hold on their own:
+eat the machine's memory or kill the search. Here `run_python` runs each program in a fresh process and
+always returns a SandboxResult (what it printed, how it ended, how long it took); one bad program never
+raises in the caller.
 
-  process   `python -I` in a new temporary directory, a scrubbed environment, no inherited file
-            descriptors, its own session; at the deadline the whole process group is killed
-  limits    rlimits on CPU time, address space, file size, open files and processes; captured output
-            is capped
-  kernel    (Linux, confine.py) Landlock: reads only its directory, the Python installation and the
-            system libraries, writes only inside its directory, no ptrace-like access to other processes;
-            seccomp: no new processes or threads, no exec, no signals to other processes, no sockets, no
-            ptrace, no file metadata changes, no IPC or keyrings, no clearing the parent-death signal;
-            no capabilities, so a program run by root cannot raise its limits, mount, or override file
-            permissions
-  tripwire  a Python audit hook that turns the same attempts into clear Python errors, and refuses to
-            read files that are not world-readable. It is not a wall (a program can get around any
-            in-process check, e.g. by corrupting memory through ctypes); the layers above are
+  process  `python -I` in a new temporary directory, a scrubbed environment, no inherited file
+           descriptors, a session of its own; at the deadline its process group is killed, and the
+           directory is removed however deep or unreadable the program made it
+  limits   wall clock, CPU time, memory, output, disk
+  confine  (confine.py) rlimits; on Linux a private tmpfs and IPC namespace, Landlock, seccomp, no
+           capabilities; a Python audit hook that turns refusals into clear errors
 
-The child runs this very file (`python -I -c <this file>`), which loads confine.py by path, so everything it does can be
-read in these two files. Elsewhere than Linux the kernel layer is missing and the rest holds as far as
-the system enforces rlimits (macOS ignores the address-space limit).
+What is contained, on Linux 5.13+ (x86_64 or aarch64) that lets a process make user namespaces: the
+program runs at most `timeout` seconds on one core, in `memory_mb` of address space and `file_mb` of disk
+(all its files together, in a tmpfs: memory of the machine's, not disk); it reads only its directory, the
+Python installation (sys.prefix, sys.base_prefix) and the system libraries (/usr, /lib); it writes, and
+changes metadata (mode, owner, times, xattrs), nowhere outside its directory; it starts no process or
+thread, opens no socket, signals or traces no other process, and leaves nothing behind (files, System V
+or POSIX IPC, keyrings, processes), even when it gets past the audit hook.
+
+What is not: this is not a security boundary against a determined attacker. Every layer is a list that
+these two files keep (syscalls, paths) over a large kernel interface, and a kernel bug reachable through
+an allowed syscall defeats them all; for code from strangers use a virtual machine or gVisor. The
+program can read everything under the roots above, its own /proc entries and the CPU information, can
+stat (not open) any path, and can measure time. Where the system refuses user namespaces (Ubuntu's
+AppArmor restriction, Docker's default seccomp profile) Landlock lets it make no file at all, so its disk
+stays bounded (it can write only the file it came in, up to `file_mb`). Without Landlock (Linux before
+5.13, or turned off) its reads and writes outside its directory are limited only by file permissions and
+the audit hook, which ctypes gets around; without a private tmpfs as well, only each file's size is
+bounded, not their number. On other architectures there is no seccomp layer; elsewhere than Linux only
+the process, the rlimits that system enforces (macOS ignores the address space) and the audit hook hold.
+
+The child runs this very file (`python -I -c <this file>`), which loads confine.py by path, so everything
+it does can be read in these two files.
 """
 
 import functools
@@ -53,14 +66,16 @@ class SandboxResult:
 
 
 def run_python(code: str, *, timeout: float = 5.0, memory_mb: int = 512, output_bytes: int = 64 * 1024,
-               file_mb: int = 16, audit_hook: bool = True) -> SandboxResult:
+               file_mb: int = 16, audit_hook: bool = True, namespaces: bool = True) -> SandboxResult:
     """Run `code` as a program in a sandboxed child process and report how it ended; never raises for the program.
 
     timeout: wall-clock seconds before the program and everything it started is killed ("Timeout").
     memory_mb: address-space limit; past it allocations fail with MemoryError.
     output_bytes: stdout kept; a program that prints more is stopped ("OutputLimit", truncated=True).
-    file_mb: the largest file the program may write in its directory.
-    audit_hook: install the Python-level tripwire; False leaves only the OS and kernel layers (to test them).
+    file_mb: disk the program may fill in its directory, all files together (each file alone where the
+        kernel layers are missing; see the module docstring).
+    audit_hook, namespaces: False leaves out the Python-level tripwire, or the private namespaces (as on a
+        system that refuses them), to test the layers that remain.
     Raises ValueError for a limit that is not positive, OSError on a system that is not POSIX.
     """
     if os.name != "posix":
@@ -70,7 +85,8 @@ def run_python(code: str, *, timeout: float = 5.0, memory_mb: int = 512, output_
         if not value > 0:
             raise ValueError(f"sandbox: {name} must be > 0, got {value!r}")
     config = json.dumps({"timeout": timeout, "memory_mb": memory_mb, "file_mb": file_mb, "parent": os.getpid(),
-                         "audit_hook": audit_hook, "confine": str(Path(__file__).with_name("confine.py"))})
+                         "audit_hook": audit_hook, "namespaces": namespaces,
+                         "confine": str(Path(__file__).with_name("confine.py"))})
     start = time.monotonic()
     try:
         out, returncode, report, stopped = _run(code, config, timeout, output_bytes)
