@@ -200,7 +200,10 @@ def step_reward(step: CodeStep, ground_truth) -> float | None:
     """rStar's terminal reward: +1 for a correct answer, -1 for a wrong one or a failed branch; None if not terminal."""
     if not step.terminal:
         return None
-    correct = step.status == "answer" and step.answer is not None and check(step.answer, ground_truth)
+    try:
+        correct = step.status == "answer" and step.answer is not None and check(step.answer, ground_truth)
+    except ValueError:  # an answer the checker cannot read (more digits than int() converts) is not correct
+        correct = False
     return 1.0 if correct else -1.0
 
 

@@ -158,6 +158,7 @@ def test_keep_and_reject_decisions_in_one_sandbox_batch(monkeypatch):
     assert [step_reward(s, "12") for s in steps[:6]] == [None, None, None, -1.0, None, 1.0]
     assert [step_reward(s, "9") for s in steps[7:10]] == [-1.0, 1.0, -1.0]
     assert step_reward(CodeStep("x", "answer", None), "9") == -1.0  # a final step that printed nothing
+    assert step_reward(CodeStep("x", "answer", "9" * 5000), "9") == -1.0  # past int()'s digit limit: wrong, no raise
 
 
 def test_error_threshold_one_rejects_at_once_and_a_timeout_is_an_error():

@@ -1,14 +1,17 @@
-"""nanoo1.sandbox: ordinary programs behave as under `python`; hostile ones end in a bounded result.
+"""nanoo1.sandbox and nanoo1.confine: ordinary programs behave as under `python`; hostile ones end in a bounded result.
 
-Every hostile program must end within its timeout + 1 s, leave no process and no file behind, and
-leave the caller working. Most run twice: with the audit hook (the default) and without it, so that
-the OS and kernel layers are shown to hold on their own.
+Every hostile program must end within its timeout + 1 s in a result (never an exception in the caller),
+leave no process, file or IPC object behind, read and change nothing outside its directory, and leave
+the caller working. Most run twice: with the audit hook (the default) and without it, so that the OS
+and kernel layers are shown to hold on their own. What the kernel lacks is skipped, saying so.
 """
 
 import ast
 import contextlib
 import ctypes
+import functools
 import os
+import re
 import shutil
 import signal
 import socket
@@ -17,26 +20,68 @@ import sys
 import tempfile
 import time
 import uuid
+from pathlib import Path
 
 import pytest
 
-from nanoo1.sandbox import _SECCOMP_ARCH, _audit_hook, _landlock_abi, _seccomp_program, run_many, run_python
+from nanoo1.confine import MAX_FILES, SECCOMP_ARCH, landlock_abi, seccomp_filter, tripwire
+from nanoo1.sandbox import _remove, run_many, run_python
 
 LINUX = sys.platform == "linux"
-KERNEL = LINUX and os.uname().machine in _SECCOMP_ARCH  # seccomp has a syscall table for this machine
-LANDLOCK = _landlock_abi() > 0
+KERNEL = LINUX and os.uname().machine in SECCOMP_ARCH  # seccomp has a syscall table for this machine
+LANDLOCK = landlock_abi() > 0
 
 
-def sandbox_processes() -> list[int]:
-    """Pids of live sandboxed children (their command line carries this module's source)."""
+@functools.cache
+def private_namespaces() -> bool:
+    """Whether this system lets a process mount a tmpfs in namespaces of its own, asked of a new process."""
+    if not LINUX:
+        return False
+    code = f"""
+import ctypes, os, sys
+libc, uid, gid = ctypes.CDLL(None), os.geteuid(), os.getegid()
+if libc.unshare(0x18020000) == 0:  # user | mount | IPC
+    for name, text in [("setgroups", "deny"), ("uid_map", f"{{uid}} {{uid}} 1"), ("gid_map", f"{{gid}} {{gid}} 1")]:
+        with open(f"/proc/self/{{name}}", "w") as f:
+            f.write(text)
+elif uid != 0 or libc.unshare(0x08020000) != 0:  # mount | IPC, for root
+    sys.exit(1)
+private = libc.mount(b"none", b"/", None, 1 << 14 | 1 << 18, None)  # MS_REC | MS_PRIVATE
+sys.exit(private or libc.mount(b"t", {tempfile.gettempdir()!r}.encode(), b"tmpfs", 0, b"size=1m"))
+"""
+    try:
+        return subprocess.run([sys.executable, "-I", "-c", code], stderr=subprocess.DEVNULL).returncode == 0
+    except OSError:
+        return False
+
+
+def may_make_files() -> bool:
+    """In its own tmpfs, or where no Landlock stops it; elsewhere Landlock lets it make no file (a bounded disk)."""
+    return private_namespaces() or not LANDLOCK
+
+
+def sysv_ipc() -> list[str]:
+    """The System V IPC objects that exist on this machine (shared memory, semaphores, message queues)."""
+    found = []
+    for kind in ("shm", "sem", "msg"):
+        with contextlib.suppress(OSError), open(f"/proc/sysvipc/{kind}") as f:
+            found += [f"{kind} {line.split()[1]}" for line in f.readlines()[1:]]  # the id column
+    return found
+
+
+def sandbox_processes(caller: int | None = None) -> list[int]:
+    """Pids of live sandboxed children of `caller` (this process by default): their command line carries
+    this module's source and the caller's pid; children of other test runs on the machine do not count."""
+    mark = re.compile(rb'"parent": %d\b' % (caller or os.getpid()))
     found = []
     for entry in os.listdir("/proc"):
         try:
             with open(f"/proc/{entry}/cmdline", "rb") as f:
-                if b"_child_main(sys.argv[1])" in f.read():
-                    found.append(int(entry))
-        except (OSError, ValueError):
-            pass
+                cmdline = f.read()
+        except OSError:
+            continue
+        if b"_child_main(sys.argv[1])" in cmdline and mark.search(cmdline):
+            found.append(int(entry))
     return found
 
 
@@ -69,13 +114,21 @@ def adopting_orphans():
         prctl(36, zero, zero, zero, zero)
 
 
+@pytest.fixture(autouse=True, scope="module")
+def own_temp_dir(tmp_path_factory):
+    """Working directories go in a directory of this run's, so that runs of others beside it are not counted."""
+    previous, tempfile.tempdir = tempfile.tempdir, str(tmp_path_factory.mktemp("runs"))
+    yield
+    tempfile.tempdir = previous
+
+
 def workdirs() -> set[str]:
     return {d for d in os.listdir(tempfile.gettempdir()) if d.startswith("nanoo1-sandbox-")}
 
 
 def hostile(code: str, timeout: float = 1.0, **limits):
     """Run `code` and check what must hold for any program: bounded, nothing left, caller fine."""
-    dirs_before = workdirs()
+    dirs_before, ipc_before = workdirs(), sysv_ipc()
     start = time.monotonic()
     with adopting_orphans() if LINUX else contextlib.nullcontext():
         result = run_python(code, timeout=timeout, **limits)
@@ -89,6 +142,7 @@ def hostile(code: str, timeout: float = 1.0, **limits):
     assert result.seconds < timeout + 1.0
     assert len(result.stdout.encode()) <= limits.get("output_bytes", 64 * 1024)
     assert workdirs() <= dirs_before  # its directory is gone
+    assert sysv_ipc() == ipc_before
     assert run_python("print(6 * 7)").stdout == "42\n"  # the caller keeps working
     return result
 
@@ -176,19 +230,60 @@ def test_stderr_joins_stdout():
 
 
 def test_fresh_working_directory_is_removed():
-    code = "import os\nopen('a.txt', 'w').write('x')\nprint(os.getcwd())\nprint(open('a.txt').read())"
+    code = ("import os\nprint(os.getcwd())\nprint(os.listdir())\n"
+            "open('a.txt', 'w').write('x')\nprint(open('a.txt').read())")
     first, second = run_python(code), run_python(code)
-    assert first.ok and second.ok
-    (dir1, content), (dir2, _) = first.stdout.split(), second.stdout.split()
-    assert content == "x" and dir1 != dir2
+    (dir1, *rest1), (dir2, *rest2) = first.stdout.splitlines(), second.stdout.splitlines()
+    listing = "[]" if private_namespaces() else "['main.py']"  # its own empty tmpfs, or the directory it came in
+    if may_make_files():
+        assert first.ok and second.ok
+        assert rest1 == rest2 == [listing, "x"]
+    else:
+        assert first.error == second.error == "PermissionError"
+        assert rest1 == rest2 == [listing]
+    assert dir1 != dir2
     assert not os.path.exists(dir1) and not os.path.exists(dir2)
 
 
 def test_unreadable_directories_are_still_removed():
-    r = run_python("import os\nos.makedirs('a/b')\nopen('a/b/f', 'w').close()\nos.chmod('a/b', 0)\n"
-                   "os.chmod('a', 0)\nprint(os.getcwd())")
-    assert r.ok, r
+    # chmod is refused, but mkdir takes a mode: 0o300 can be written into and not listed
+    r = run_python("import os\nos.mkdir('a', 0o300)\nos.mkdir('a/b', 0o300)\nopen('a/b/f', 'w').close()\n"
+                   "os.mkdir('c', 0)\nprint(os.getcwd())")
+    if may_make_files():
+        assert r.ok, r
+    else:
+        assert r.error == "PermissionError"
     assert not os.path.exists(r.stdout.strip())
+
+
+def test_removal_of_deep_unreadable_trees_with_long_paths(tmp_path):
+    # what a program could leave where it may make directories: 1,100 levels, longer than PATH_MAX
+    # (4096) as one path, an unlistable directory, and a link out that must not be followed
+    outside = tmp_path / "outside.txt"
+    outside.write_text("intact")
+    # in memory where there is a tmpfs: on a disk 1,100 rmdirs can take seconds
+    base = tempfile.mkdtemp(dir="/dev/shm") if os.access("/dev/shm", os.W_OK) else str(tmp_path)
+    try:
+        root = Path(base, "nanoo1-sandbox-deep")
+        root.mkdir()
+        fd = os.open(root, os.O_RDONLY)
+        for level in range(1100):
+            name = f"level-{level:04d}"
+            os.mkdir(name, dir_fd=fd)
+            open(os.open("f", os.O_WRONLY | os.O_CREAT, dir_fd=fd), "w").close()
+            if level == 500:
+                os.symlink(tmp_path, "out", dir_fd=fd)
+            fd, parent = os.open(name, os.O_RDONLY, dir_fd=fd), fd
+            os.close(parent)
+            if level in (600, 1099):
+                os.chmod(fd, 0o300)  # can be written into, not listed
+        os.close(fd)
+        _remove(str(root))
+        assert not root.exists() and outside.read_text() == "intact"
+        _remove(str(root))  # already gone: nothing to do, nothing raised
+    finally:
+        if base != str(tmp_path):
+            shutil.rmtree(base, ignore_errors=True)
 
 
 def test_no_inherited_file_descriptors():
@@ -203,7 +298,10 @@ def test_no_inherited_file_descriptors():
 
 def test_file_size_limit():
     r = run_python("open('big', 'wb').write(b'x' * (2 << 20))", file_mb=1)
-    assert r.error == "OSError" and "File too large" in r.message
+    if not may_make_files():
+        assert r.error == "PermissionError"
+        r = run_python("open('main.py', 'ab').write(b'x' * (2 << 20))", file_mb=1)  # the one file it has
+    assert r.error == "OSError" and ("File too large" in r.message or "No space left" in r.message), r
 
 
 def test_output_cap_is_exact():
@@ -373,6 +471,170 @@ def test_writing_outside_its_directory(hook, tmp_path):
     assert victim.read_text() == "intact"
 
 
+def test_reading_outside_through_a_directory_fd(hook, tmp_path):
+    # the caller's own 0600 file beside the working directory: file permissions do not stop its own user
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    secret = outside / "secret.txt"
+    secret.write_text("the-secret")
+    secret.chmod(0o600)
+    (outside / "public.txt").write_text("the-public")
+    attempts = {
+        "open": f"open({str(secret)!r}).read()",
+        "public": f"open({str(outside / 'public.txt')!r}).read()",
+        "dir_fd": f"fd = os.open({str(outside)!r}, os.O_RDONLY); os.read(os.open('secret.txt', 0, dir_fd=fd), 99)",
+        "O_PATH": f"fd = os.open({str(outside)!r}, os.O_PATH); os.read(os.open('secret.txt', 0, dir_fd=fd), 99)",
+        "listdir": f"os.listdir({str(outside)!r})",
+        "dotdot": f"open(os.path.join(os.getcwd(), '..', {os.path.relpath(secret, tempfile.gettempdir())!r})).read()",
+        "home": "os.listdir(os.path.expanduser('~root'))",
+    }
+    code = "import os\n" + "".join(
+        f"try:\n    {line.replace('; ', chr(10) + '    ')}\n    print({name!r}, 'read')\n"
+        f"except OSError as e:\n    print({name!r}, 'refused')\n" for name, line in attempts.items())
+    if not hook and not LANDLOCK:
+        pytest.skip("without the audit hook, reads are confined by Landlock, which this kernel lacks")
+    r = hostile(code, audit_hook=hook)
+    assert r.ok, r
+    if not LANDLOCK:  # the audit hook alone guards opens: world-readable files, and listings, stay readable
+        attempts.pop("public"), attempts.pop("home"), attempts.pop("listdir")
+    assert [line for line in r.stdout.splitlines() if line.split()[0] in attempts] == \
+        [f"{name} refused" for name in attempts]
+    assert "the-secret" not in r.stdout
+
+
+@pytest.mark.skipif(not LINUX, reason="the metadata calls are refused by seccomp, on Linux")
+def test_changing_metadata_outside(hook, tmp_path):
+    # Landlock's rights do not cover chmod, chown, utime or xattrs: seccomp refuses them, everywhere
+    victim = tmp_path / "victim.txt"
+    victim.write_text("intact")
+    victim.chmod(0o600)
+    before = os.stat(victim)
+    attempts = {
+        "chmod": f"os.chmod({str(victim)!r}, 0o777)",
+        "chmod dir_fd": f"os.chmod('victim.txt', 0o777, dir_fd=os.open({str(tmp_path)!r}, os.O_PATH))",
+        "fchmod": f"os.fchmod(os.open({str(victim)!r}, os.O_PATH), 0o777)",
+        "chown": f"os.chown({str(victim)!r}, {os.getuid()}, {os.getgid()})",
+        "utime": f"os.utime({str(victim)!r}, (0, 0))",
+        "utime dir_fd": f"os.utime('victim.txt', (0, 0), dir_fd=os.open({str(tmp_path)!r}, os.O_PATH))",
+        "setxattr": f"os.setxattr({str(victim)!r}, 'user.mark', b'1')",
+        "removexattr": f"os.removexattr({str(victim)!r}, 'user.mark')",
+        "fchmod own": "os.fchmod(os.open('mine', os.O_WRONLY | os.O_CREAT), 0o777)" if private_namespaces()
+                      else "os.fchmod(os.open('main.py', os.O_WRONLY), 0o777)",
+    }
+    code = "import os\n" + "".join(
+        f"try:\n    {line}\n    print({name!r}, 'done')\nexcept OSError as e:\n    print({name!r}, 'refused')\n"
+        for name, line in attempts.items())
+    if not hook and not KERNEL:
+        pytest.skip("without the audit hook, metadata calls are refused by seccomp, which has no table here")
+    r = hostile(code, audit_hook=hook)
+    assert r.ok, r
+    assert r.stdout.splitlines() == [f"{name} refused" for name in attempts]
+    after = os.stat(victim)
+    assert (after.st_mode, after.st_uid, after.st_mtime_ns, after.st_ctime_ns) == \
+        (before.st_mode, before.st_uid, before.st_mtime_ns, before.st_ctime_ns)  # ctime: no change at all
+    assert victim.read_text() == "intact"
+
+
+def test_real_time_signals_end_in_a_result():
+    r = hostile("import signal\nsignal.raise_signal(40)")
+    assert (r.error, r.message) == (f"Signal SIGRTMIN+{40 - signal.SIGRTMIN}", "")
+    r = hostile("import signal\nsignal.raise_signal(signal.SIGRTMAX)")  # the one that has a name
+    assert r.error == "Signal SIGRTMAX"
+
+
+def test_a_program_that_cannot_be_written_is_a_result():
+    r = hostile("print('\ud800')")  # a lone surrogate has no UTF-8
+    assert r.error == "SandboxError" and "UnicodeEncodeError" in r.message
+
+
+def test_forged_report_ends_in_a_result():
+    # the report pipe is fd 3 (the first the child dups); nesting deep enough to make json recurse past its limit
+    r = hostile("import os\nos.write(3, b'\\n' + b'[' * 60000)\nos._exit(0)")
+    assert (r.error, r.message) == (None, "")
+    r = hostile("import os\nos.write(3, b'\\n{\"error\": [1], \"message\": 2}\\n')\nos._exit(1)")
+    assert (r.error, r.message) == ("[1]", "2")  # it can lie about itself, and only that
+
+
+def test_nested_directories(hook):
+    # past the recursion limit, each unlistable: what broke the cleanup before
+    code = ("import os\ntop = os.getcwd()\nfor _ in range(1100):\n    os.mkdir('d', 0o300)\n    os.chdir('d')\n"
+            "print(os.getcwd()[len(top):].count('/d'))")
+    if not private_namespaces() and not LANDLOCK:
+        pytest.skip("without a tmpfs or Landlock the directories land on the disk, whose removal time varies")
+    r = hostile(code, audit_hook=hook, timeout=2.0)
+    if private_namespaces():
+        assert (r.error, r.stdout) == (None, "1100\n")
+    else:
+        assert r.error == "PermissionError"
+
+
+def test_number_of_files_is_capped(hook):
+    code = ("made = 0\ntry:\n    for i in range(5000):\n        open(f'f{i}', 'w').close()\n        made += 1\n"
+            "finally:\n    print(made)")
+    if not private_namespaces() and not LANDLOCK:
+        pytest.skip("without a tmpfs or Landlock only the time limit bounds the number of files")
+    r = hostile(code, audit_hook=hook, timeout=2.0)
+    if private_namespaces():  # its tmpfs holds MAX_FILES inodes, its root among them
+        assert (r.error, r.message) == ("OSError", f"[Errno 28] No space left on device: 'f{MAX_FILES - 1}'")
+        assert r.stdout == f"{MAX_FILES - 1}\n"
+    else:
+        assert (r.error, r.stdout) == ("PermissionError", "0\n")
+
+
+@pytest.mark.parametrize("namespaces", [True, False], ids=["private-fs", "no-namespaces"])
+def test_total_disk_is_capped(hook, namespaces):
+    # file_mb caps all its files together, not each one: 1 MB files, one after another
+    code = """
+import errno, os
+written, chunk, reason = 0, b'x' * (1 << 20), None
+for i in range(64):
+    try:  # main.py until it is full (the file the program came in, or a new one), then 1 MB files
+        fd = os.open('main.py' if i == 0 else f'f{i}', os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+        while True:
+            written += os.write(fd, chunk)
+            if i > 0:
+                break
+    except OSError as e:
+        reason = errno.errorcode[e.errno]
+        if i > 0:
+            break
+print(written, reason)
+"""
+    if namespaces and not private_namespaces():
+        pytest.skip("this system refuses the sandbox user and mount namespaces")
+    if not namespaces and not LANDLOCK:
+        pytest.skip("without namespaces the total is bounded by Landlock, which this kernel lacks")
+    r = hostile(code, audit_hook=hook, file_mb=4, namespaces=namespaces)
+    written, reason = r.stdout.split()
+    assert int(written) <= 4 << 20
+    # private tmpfs: main.py is hidden beneath it, and the files fill it; without: main.py up to
+    # RLIMIT_FSIZE, then no new file may be made
+    assert reason == ("ENOSPC" if namespaces else "EACCES")
+    assert r.ok
+
+
+@pytest.mark.skipif(not KERNEL, reason="System V IPC is refused by seccomp, which has no syscall table here")
+def test_ipc_does_not_outlive_the_program(hook):
+    # ctypes past the audit hook: shared memory, semaphores, message queues, POSIX queues, keyrings
+    code = """
+import ctypes
+libc = ctypes.CDLL(None, use_errno=True)
+calls = [("shmget", lambda: libc.shmget(0, 256 << 20, 0o1600)), ("semget", lambda: libc.semget(0, 1, 0o1600)),
+         ("msgget", lambda: libc.msgget(0, 0o1600)),
+         ("mq_open", lambda: libc.mq_open(b"/nanoo1", 0o100 | 2, 0o600, None)),  # O_CREAT | O_RDWR
+         ("keyctl", lambda: libc.syscall(248, b"user", b"nanoo1", b"x", 1, -3))]  # add_key to the user keyring
+for name, call in calls:
+    print(name, call(), ctypes.get_errno())
+"""
+    r = hostile(code, audit_hook=hook)
+    if hook:
+        assert (r.error, r.message) == ("PermissionError", "sandbox: ctypes.dlsym is not allowed")
+    else:
+        names = ["shmget", "semget", "msgget", "mq_open", "keyctl"]
+        assert r.stdout.splitlines() == [f"{name} -1 1" for name in names]  # each refused: EPERM
+    # hostile() has checked that /proc/sysvipc lists nothing new
+
+
 def test_reading_the_parents_environment(hook, monkeypatch):
     secret = uuid.uuid4().hex
     monkeypatch.setenv("NANOO1_TEST_SECRET", secret)
@@ -431,30 +693,56 @@ def test_cpu_time_limit_is_a_backstop():
     assert r.seconds < 2.5
 
 
+CLEAR_PDEATHSIG = """
+import ctypes
+libc = ctypes.CDLL(None, use_errno=True)
+print(libc.prctl(1, 0, 0, 0, 0), ctypes.get_errno(), flush=True)  # PR_SET_PDEATHSIG, 0: "outlive my caller"
+"""
+
+
 @pytest.mark.skipif(not LINUX, reason="PR_SET_PDEATHSIG is Linux only")
-def test_child_dies_with_its_caller():
-    # a caller killed outright cannot clean up; the kernel then kills its sandboxed child
+def test_clearing_the_parent_death_signal_is_refused(hook):
+    r = hostile(CLEAR_PDEATHSIG, audit_hook=hook)
+    if hook:
+        assert r.error == "PermissionError"
+    elif KERNEL:
+        assert r.stdout == "-1 1\n"  # EPERM from seccomp
+
+
+@pytest.mark.skipif(not LINUX, reason="PR_SET_PDEATHSIG is Linux only")
+@pytest.mark.parametrize("program", ["plain", "clears-pdeathsig"])
+def test_child_dies_with_its_caller(program):
+    # a caller killed outright cannot clean up; the kernel then kills its sandboxed child, even one that
+    # tried to clear its parent-death signal past the audit hook
+    if program == "clears-pdeathsig" and not KERNEL:
+        pytest.skip("only seccomp refuses prctl(PR_SET_PDEATHSIG, 0), and it has no syscall table here")
+    code = (CLEAR_PDEATHSIG if program == "clears-pdeathsig" else "") + "import time\ntime.sleep(60)"
     dirs_before = workdirs()
     module = os.path.join(os.path.dirname(os.path.dirname(__file__)), "nanoo1", "sandbox.py")
     script = ("import importlib.util\n"
               f"spec = importlib.util.spec_from_file_location('sandbox', {module!r})\n"
               "sandbox = importlib.util.module_from_spec(spec)\nspec.loader.exec_module(sandbox)\n"
-              "sandbox.run_python('import time\\ntime.sleep(60)', timeout=60)")
-    caller = subprocess.Popen([sys.executable, "-c", script])
+              f"sandbox.run_python({code!r}, timeout=60, audit_hook=False)")
+    caller = subprocess.Popen([sys.executable, "-c", script], env={**os.environ, "TMPDIR": tempfile.gettempdir()})
     try:
         deadline = time.monotonic() + 10
-        while not sandbox_processes() and time.monotonic() < deadline:
+        while not sandbox_processes(caller.pid) and time.monotonic() < deadline:
             time.sleep(0.02)
-        assert sandbox_processes() != []
+        assert sandbox_processes(caller.pid) != []
+        time.sleep(0.2)  # let it reach its prctl and its sleep
     finally:
         caller.kill()
         caller.wait()
     deadline = time.monotonic() + 2
-    while sandbox_processes() and time.monotonic() < deadline:
+    while sandbox_processes(caller.pid) and time.monotonic() < deadline:
         time.sleep(0.02)
-    assert sandbox_processes() == []
+    survivors = sandbox_processes(caller.pid)
+    for pid in survivors:
+        os.kill(pid, signal.SIGKILL)
+    time.sleep(0.1 if survivors else 0)
     for d in workdirs() - dirs_before:  # what the killed caller could not remove
         shutil.rmtree(os.path.join(tempfile.gettempdir(), d))
+    assert survivors == []
 
 
 def test_deep_recursion():
@@ -523,7 +811,7 @@ def test_audit_hook_policy(tmp_path):
     secret.write_text("x")
     secret.chmod(0o600)
     os.symlink(outside_dir, work / "link")
-    hook = _audit_hook(os.path.realpath(work))
+    hook = tripwire(os.path.realpath(work))
     w, r = os.O_WRONLY | os.O_CREAT | os.O_TRUNC, os.O_RDONLY
 
     allowed = [("open", (str(work / "a.txt"), "w", w)), ("open", (str(work / "sub" / ".." / "b.txt"), None, w)),
@@ -545,7 +833,11 @@ def test_audit_hook_policy(tmp_path):
                ("open", (str(outside_dir), None, r)),                         # a directory fd outside
                ("open", (str(secret), "r", r)),                               # not world-readable
                ("os.remove", (str(public), -1)), ("os.rename", (str(work / "a"), str(outside_dir / "a"), -1, -1)),
-               ("os.chmod", (str(public), 0o777, -1)), ("shutil.rmtree", (str(outside_dir), None))]
+               ("os.chmod", (str(public), 0o777, -1)), ("shutil.rmtree", (str(outside_dir), None)),
+               # metadata is refused everywhere, since a dir_fd= form hides where the path is
+               ("os.chmod", (str(work / "a.txt"), 0o777, -1)), ("os.chmod", (3, 0o777, -1)),
+               ("os.utime", ("x", None, None, 3)), ("os.setxattr", ("x", "user.a", b"1", 0, 3)),
+               ("os.chown", ("x", 0, 0, 3))]
     for event, args in refused:
         with pytest.raises(PermissionError, match="sandbox"):
             hook(event, args)
@@ -569,10 +861,10 @@ def run_bpf(prog, nr: int, arch: int, arg0: int = 0) -> int:
             raise AssertionError(f"unexpected BPF opcode {code:#x}")
 
 
-def test_seccomp_program_answers():
+def test_seccomp_filter_answers():
     ALLOW, EPERM, KILL = 0x7FFF0000, 0x00050001, 0x80000000
     x86, arm = 0xC000003E, 0xC00000B7
-    prog = _seccomp_program("x86_64", pid=4242)
+    prog = seccomp_filter("x86_64", pid=4242)
     # x86_64 numbers: read 0, getpid 39, socket 41, clone 56, fork 57, execve 59, kill 62, ptrace 101,
     # tgkill 234, prlimit64 302, clone3 435, io_uring_setup 425
     assert run_bpf(prog, 0, x86) == ALLOW
@@ -585,14 +877,23 @@ def test_seccomp_program_answers():
     assert run_bpf(prog, 62, x86, arg0=-1) == EPERM    # kill(everyone)
     assert run_bpf(prog, 234, x86, arg0=4242) == ALLOW and run_bpf(prog, 234, x86, arg0=1) == EPERM
     assert run_bpf(prog, 302, x86, arg0=0) == ALLOW and run_bpf(prog, 302, x86, arg0=1) == EPERM
+    # metadata: chmod 90, fchmod 91, fchmodat 268, utimensat 280, setxattr 188, fchownat 260; IPC and what
+    # outlives it: shmget 29, semget 64, msgget 68, mq_open 240, keyctl 250, memfd_create 319; mount 165
+    for nr in (90, 91, 268, 280, 188, 260, 29, 64, 68, 240, 250, 319, 165):
+        assert run_bpf(prog, nr, x86) == EPERM, nr
+    assert run_bpf(prog, 157, x86, arg0=1) == EPERM   # prctl(PR_SET_PDEATHSIG)
+    assert run_bpf(prog, 157, x86, arg0=15) == ALLOW  # prctl(PR_SET_NAME)
     assert run_bpf(prog, 0x40000000 + 57, x86) == EPERM  # the x32 alias of fork
     assert run_bpf(prog, 2, 0x40000003) == KILL          # i386 ABI (int 0x80): fork is 2 there
-    prog = _seccomp_program("aarch64", pid=7)
+    prog = seccomp_filter("aarch64", pid=7)
     # aarch64 numbers: close 57 (fork on x86_64), socket 198, clone 220, execve 221, kill 129
     assert run_bpf(prog, 57, arm) == ALLOW
     for nr in (198, 220, 221):
         assert run_bpf(prog, nr, arm) == EPERM, nr
     assert run_bpf(prog, 129, arm, arg0=7) == ALLOW and run_bpf(prog, 129, arm, arg0=8) == EPERM
+    for nr in (53, 194, 279):  # fchmodat, shmget, memfd_create
+        assert run_bpf(prog, nr, arm) == EPERM, nr
+    assert run_bpf(prog, 167, arm, arg0=1) == EPERM and run_bpf(prog, 167, arm, arg0=15) == ALLOW  # prctl
     assert run_bpf(prog, 220, x86) == KILL  # a syscall from another ABI
 
 
@@ -604,3 +905,13 @@ def test_sandboxed_process_is_confined_by_the_kernel():
     status = {line.split()[0]: line.split()[1] for line in r.stdout.splitlines() if len(line.split()) > 1}
     assert int(status["CapEff"], 16) == 0 and int(status["CapPrm"], 16) == 0 and status["NoNewPrivs"] == "1"
     assert status["Seccomp"] == ("2" if KERNEL else "0")  # 2 = SECCOMP_MODE_FILTER
+    if not private_namespaces():
+        pytest.skip("this system refuses the sandbox user and mount namespaces")
+    code = ("import os\nst = os.statvfs('.')\nprint(st.f_blocks * st.f_frsize, st.f_files)\n"
+            "print(*[os.readlink(f'/proc/self/ns/{ns}') for ns in ('user', 'mnt', 'ipc')])")
+    r = run_python(code, file_mb=3)
+    assert r.ok, r
+    size, namespaces = r.stdout.splitlines()
+    assert size.split() == [str(3 << 20), str(MAX_FILES)]  # its directory: a tmpfs of file_mb, MAX_FILES inodes
+    ours = [os.readlink(f"/proc/self/ns/{ns}") for ns in ("user", "mnt", "ipc")]
+    assert all(theirs != mine for theirs, mine in zip(namespaces.split(), ours))
