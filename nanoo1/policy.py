@@ -51,6 +51,9 @@ class Request:
         return policy_prompt(self.tree.path(self.node), self.child_id(j), self.metas[j], self.hints[j])
 
 
+# tokens a rolled-out line adds around each thought: its rating, the next header, <start_of_thought> (a bound)
+LINE_OVERHEAD = 24
+
 @dataclass
 class Candidate:
     """One sampled thought and what search and RL need from it."""
@@ -184,7 +187,7 @@ class LMPolicy:
         suffixes = [self.tokenizer.encode(header(requests[i].node.id, ids[0]) + "<start_of_thought>", add_bos=False)
                     for i, _, ids in rows]
         temperature = requests[0].temperature if requests[0].temperature is not None else self.temperature
-        budget = (max_depth - min(r.node.depth for r in requests)) * (self.max_thought_tokens + 24)
+        budget = (max_depth - min(r.node.depth for r in requests)) * (self.max_thought_tokens + LINE_OVERHEAD)
         out = generate(self.model, prompts, budget, temperature, self.top_k, self.top_p, num_samples=k,
                        stop_token_ids=[self.end_of_thought], tokenizer=self.tokenizer, generator=self.generator,
                        suffixes=suffixes, on_stop=on_stop, segment_limit=self.max_thought_tokens)
