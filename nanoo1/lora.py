@@ -11,11 +11,14 @@ On disk the adapters take PEFT's layout (peft 0.21), so peft and nanoo1 read eac
     adapter_model.safetensors  base_model.model.<module>.lora_A.weight (r, in), ....lora_B.weight (out, r)
 
 <module> is the layer's name in the model (`model.layers.3.self_attn.q_proj`), the same in nanoo1's
-Gemma2 and transformers' Gemma2ForCausalLM.
+Gemma2 and transformers' Gemma2ForCausalLM. A full checkpoint with the adapters folded in:
+
+    python -m nanoo1.lora merge --base DIR_OR_HUB_ID --adapters DIR --out DIR [--dtype bfloat16]
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import re
@@ -26,7 +29,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from safetensors.torch import save_file
 
-from nanoo1.checkpoint import read_safetensors_header, read_tensor
+from nanoo1.checkpoint import load_pretrained, read_safetensors_header, read_tensor, resolve_checkpoint, save_pretrained
 from nanoo1.files import atomic_write
 
 DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -36,6 +39,7 @@ PEFT_PREFIX = "base_model.model."  # PeftModel -> LoraModel -> the wrapped model
 UNSUPPORTED = """use_rslora use_dora fan_in_fan_out bias lora_bias rank_pattern alpha_pattern modules_to_save layer_replication
 use_qalora target_parameters trainable_token_indices alora_invocation_tokens arrow_config use_bdlora kasa_config
 monteclora_config velora_config""".split()
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model")
 
 
 class LoRALinear(nn.Linear):
@@ -133,6 +137,18 @@ def unmerge_lora(model: nn.Module) -> nn.Module:
         if m.merged:
             m.weight -= m.delta_weight().to(m.weight.dtype)
             m.merged = False
+    return model
+
+
+def merge_and_unload(model: nn.Module) -> nn.Module:
+    """merge_lora, then put a plain nn.Linear holding the merged weight back in each LoRALinear's place (as
+    peft's merge_and_unload), so the state dict has the base keys only."""
+    merge_lora(model)
+    for name, m in _lora_modules(model):
+        plain = nn.Linear(m.in_features, m.out_features, bias=m.bias is not None, device="meta")
+        plain.weight, plain.bias = m.weight, m.bias
+        parent, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent), child, plain.train(m.training))
     return model
 
 
@@ -257,8 +273,45 @@ def load_lora(model: nn.Module, directory) -> nn.Module:
     return model
 
 
+def merge_into_checkpoint(base, adapters, out, dtype: torch.dtype | str | None = None,
+                          revision: str | None = None) -> Path:
+    """Load the base checkpoint (a directory or hub id; dtype None: its own), load the adapters, fold them in
+    (merge_and_unload) and write a full checkpoint in the Hugging Face layout with save_pretrained, with the
+    base's tokenizer files copied byte for byte. `out` must not be the base or the adapters directory."""
+    base_dir, out = resolve_checkpoint(base, revision), Path(out)
+    if out.resolve() in (base_dir.resolve(), Path(adapters).resolve()):
+        raise ValueError(f"merge: --out {out} is the base or the adapters directory; write the merged model elsewhere")
+    _read_adapter_config(Path(adapters) / CONFIG_FILE)  # a wrong option fails before the base is loaded
+    model, _ = load_pretrained(base_dir, dtype=dtype)
+    merge_and_unload(load_lora(model, adapters))
+    save_pretrained(model, None, out)
+    for name in TOKENIZER_FILES:
+        if (base_dir / name).exists():
+            atomic_write(out / name, (base_dir / name).read_bytes())
+    return out
+
+
 def count_trainable(model: nn.Module) -> tuple[int, int]:
     """(parameters that require grad, all parameters), shared tensors counted once."""
     params = list(model.parameters())
     return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
 
+
+def main(argv=None):
+    p = argparse.ArgumentParser(prog="python -m nanoo1.lora", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = p.add_subparsers(dest="command", required=True)
+    merge = commands.add_parser("merge", help="fold adapters into a full checkpoint in the Hugging Face layout")
+    merge.add_argument("--base", required=True, help="the base checkpoint: a directory or a hub id")
+    merge.add_argument("--adapters", required=True, help="a directory with adapter_config.json and adapter_model.safetensors")
+    merge.add_argument("--out", required=True, help="the directory to write the merged checkpoint to")
+    merge.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
+                       help="dtype of the merged weights (default: the base checkpoint's)")
+    merge.add_argument("--revision", default=None, help="hub revision of the base (branch, tag or commit)")
+    args = p.parse_args(argv)
+    out = merge_into_checkpoint(args.base, args.adapters, args.out, args.dtype, args.revision)
+    print(f"merged {args.adapters} into {args.base}: {out}")
+
+
+if __name__ == "__main__":
+    main()

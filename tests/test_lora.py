@@ -354,3 +354,29 @@ def test_peft_adapters_give_the_same_logits_under_nanoo1(tmp_path, targets):
         again = peft.PeftModel.from_pretrained(fresh, str(tmp_path / "again")).eval()(GEMMA_IDS).logits
     assert (again - expected).abs().max().item() < 1e-5
 
+
+def test_merge_command_writes_a_checkpoint_transformers_loads(tmp_path, tiny_tokenizer):
+    transformers = pytest.importorskip("transformers")
+    from conftest import random_model
+    from nanoo1.checkpoint import save_pretrained
+    from nanoo1.lora import main
+
+    model = random_model(_gemma_config(), seed=8)
+    save_pretrained(model, tiny_tokenizer, tmp_path / "base")
+    randomize_lora(apply_lora(model, ("q_proj", "o_proj", "up_proj"), rank=3, alpha=6.0), std=0.1)
+    save_lora(model, tmp_path / "adapters")
+    main(["merge", "--base", str(tmp_path / "base"), "--adapters", str(tmp_path / "adapters"),
+          "--out", str(tmp_path / "merged")])
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        assert (tmp_path / "merged" / name).read_bytes() == (tmp_path / "base" / name).read_bytes()
+    with safe_open(str(tmp_path / "merged" / "model.safetensors"), framework="pt") as f:
+        assert sorted(f.keys()) == sorted(k for k in model.state_dict() if "lora" not in k)
+    hf = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "merged", attn_implementation="eager").eval()
+    base = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "base", attn_implementation="eager").eval()
+    with torch.no_grad():
+        expected, got, before = model(GEMMA_IDS), hf(GEMMA_IDS).logits, base(GEMMA_IDS).logits
+    assert (expected - before).abs().max().item() > 0.1
+    assert (got - expected).abs().max().item() < 1e-5
+    with pytest.raises(ValueError, match="base or the adapters"):  # never over the base it reads
+        main(["merge", "--base", str(tmp_path / "base"), "--adapters", str(tmp_path / "adapters"),
+              "--out", str(tmp_path / "base")])
