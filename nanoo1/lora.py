@@ -1,24 +1,45 @@
-"""Minimal LoRA (Hu et al. 2021): low-rank adapters on frozen linear layers, merge, save and load.
+"""LoRA adapters (Hu et al. 2021, "LoRA: Low-Rank Adaptation of Large Language Models"): apply, merge,
+and save/load in PEFT's layout.
 
 h = W0 x + (alpha / r) B A x  (eq. 3), with A (r, in) random and B (out, r) zero, so training starts from
 exactly the base model. Only A and B train; for Gemma-2 2B with rank 16 on every projection that is
 about 0.8% of the weights, which is what makes fine-tuning it on one GPU practical.
+
+On disk the adapters take PEFT's layout (peft 0.21), so peft and nanoo1 read each other's files:
+
+    adapter_config.json        {"peft_type": "LORA", "r", "lora_alpha", "target_modules", "lora_dropout", ...}
+    adapter_model.safetensors  base_model.model.<module>.lora_A.weight (r, in), ....lora_B.weight (out, r)
+
+<module> is the layer's name in the model (`model.layers.3.self_attn.q_proj`), the same in nanoo1's
+Gemma2 and transformers' Gemma2ForCausalLM. A full checkpoint with the adapters folded in:
+
+    python -m nanoo1.lora merge --base DIR_OR_HUB_ID --adapters DIR --out DIR [--dtype bfloat16]
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
+import re
+from pathlib import Path
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from safetensors import safe_open
 from safetensors.torch import save_file
 
+from nanoo1.checkpoint import load_pretrained, read_safetensors_header, read_tensor, resolve_checkpoint, save_pretrained
 from nanoo1.files import atomic_write
 
 DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+CONFIG_FILE, WEIGHTS_FILE = "adapter_config.json", "adapter_model.safetensors"
+PEFT_PREFIX = "base_model.model."  # PeftModel -> LoraModel -> the wrapped model
+# peft options that change what the adapters compute; plain LoRA leaves each null, false, empty or "none"
+UNSUPPORTED = """use_rslora use_dora fan_in_fan_out bias lora_bias rank_pattern alpha_pattern modules_to_save layer_replication
+use_qalora target_parameters trainable_token_indices alora_invocation_tokens arrow_config use_bdlora kasa_config
+monteclora_config velora_config""".split()
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model")
 
 
 class LoRALinear(nn.Linear):
@@ -26,8 +47,8 @@ class LoRALinear(nn.Linear):
 
     It subclasses nn.Linear and adopts the base layer's own weight and bias, so the base keys
     (`...q_proj.weight`) stay where checkpoints expect them; the adapter adds `lora_A` and `lora_B`.
-    A is Kaiming-uniform like nn.Linear's weight (as in loralib; the paper says Gaussian, which makes no
-    difference since B starts at 0). The adapter is kept in float32 whatever the base dtype.
+    A is Kaiming-uniform like nn.Linear's weight (as in loralib and peft; the paper says Gaussian, which
+    makes no difference since B starts at 0). The adapter is kept in float32 whatever the base dtype.
     """
 
     def __init__(self, base: nn.Linear, rank: int, alpha: float, dropout: float = 0.0,
@@ -37,13 +58,14 @@ class LoRALinear(nn.Linear):
             raise ValueError(f"LoRA rank must be >= 1, got {rank}")
         self.in_features, self.out_features = base.in_features, base.out_features
         self.weight, self.bias = base.weight, base.bias
-        self.rank, self.alpha, self.scaling = rank, alpha, alpha / rank
+        self.rank, self.alpha, self.scaling, self.dropout = rank, alpha, alpha / rank, dropout
         a = torch.empty(rank, self.in_features)
         nn.init.kaiming_uniform_(a, a=math.sqrt(5), generator=generator)
         self.lora_A = nn.Parameter(a.to(base.weight.device))  # (r, in)
         self.lora_B = nn.Parameter(torch.zeros(self.out_features, rank, device=base.weight.device))  # (out, r)
         self.lora_dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.merged = False
+        self.train(base.training)  # an adapter added to a model in eval mode must not drop out
 
     def delta_weight(self) -> torch.Tensor:
         return (self.lora_B @ self.lora_A) * self.scaling  # (out, in)
@@ -63,23 +85,32 @@ def _lora_modules(model: nn.Module):
     return [(name, m) for name, m in model.named_modules() if isinstance(m, LoRALinear)]
 
 
+def _targeted(name: str, target_modules) -> bool:
+    """peft's rule: a string is a regex the whole module name must match; a list names modules by suffix."""
+    if isinstance(target_modules, str):
+        return re.fullmatch(target_modules, name) is not None
+    return any(name == t or name.endswith("." + t) for t in target_modules)
+
+
 def apply_lora(model: nn.Module, target_modules=DEFAULT_TARGETS, rank: int = 16, alpha: float = 32.0,
                dropout: float = 0.0, seed: int = 0) -> nn.Module:
-    """Wrap every nn.Linear whose attribute name is in `target_modules` with LoRALinear, in place.
+    """Wrap every nn.Linear that `target_modules` selects with LoRALinear, in place, matching as peft does:
+    a list selects a module by its name or a dotted suffix of it ("q_proj", "layers.3.mlp.up_proj"), a
+    string is a regex over the whole name.
 
-    Every other parameter is frozen (requires_grad False); only lora_A and lora_B train.
-    `seed` draws the A matrices. Returns the model.
+    Every other parameter is frozen (requires_grad False); only lora_A and lora_B train. Modules already
+    wrapped keep their adapters. `seed` draws the A matrices. Returns the model.
     """
     generator = torch.Generator().manual_seed(seed)
-    replaced = []
-    for parent_name, parent in list(model.named_modules()):
-        for child_name, child in list(parent.named_children()):
-            if child_name in target_modules and isinstance(child, nn.Linear) and not isinstance(child, LoRALinear):
-                setattr(parent, child_name, LoRALinear(child, rank, alpha, dropout, generator))
-                replaced.append(f"{parent_name}.{child_name}".lstrip("."))
-    if not replaced and not _lora_modules(model):
+    chosen = [name for name, m in model.named_modules()
+              if isinstance(m, nn.Linear) and not isinstance(m, LoRALinear) and _targeted(name, target_modules)]
+    for name in chosen:
+        parent, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent), child,
+                LoRALinear(model.get_submodule(name), rank, alpha, dropout, generator))
+    if not chosen and not _lora_modules(model):
         linears = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)][:5]
-        raise ValueError(f"apply_lora: no nn.Linear named one of {tuple(target_modules)}; "
+        raise ValueError(f"apply_lora: no nn.Linear matches target_modules={target_modules!r}; "
                          f"linear layers look like {linears}")
     for name, p in model.named_parameters():
         p.requires_grad_(name.endswith(("lora_A", "lora_B")))
@@ -109,55 +140,178 @@ def unmerge_lora(model: nn.Module) -> nn.Module:
     return model
 
 
+def merge_and_unload(model: nn.Module) -> nn.Module:
+    """merge_lora, then put a plain nn.Linear holding the merged weight back in each LoRALinear's place (as
+    peft's merge_and_unload), so the state dict has the base keys only."""
+    merge_lora(model)
+    for name, m in _lora_modules(model):
+        plain = nn.Linear(m.in_features, m.out_features, bias=m.bias is not None, device="meta")
+        plain.weight, plain.bias = m.weight, m.bias
+        parent, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent), child, plain.train(m.training))
+    return model
+
+
 def lora_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     """The adapter tensors only: {'<module>.lora_A': (r, in), '<module>.lora_B': (out, r)}."""
     return {f"{name}.{p}": getattr(m, p) for name, m in _lora_modules(model) for p in ("lora_A", "lora_B")}
 
 
-def save_lora(model: nn.Module, path: str) -> None:
-    """Write the adapters to a safetensors file atomically (temp file in the same folder, then rename).
+def save_lora(model: nn.Module, directory, base_model_name_or_path: str = "") -> Path:
+    """Write the adapters in PEFT's layout (adapter_config.json, adapter_model.safetensors), each atomically.
 
-    The metadata records each module's rank and alpha, which load_lora checks.
+    adapter_config.json holds one rank, alpha and dropout, so every adapter must share them. target_modules
+    is the modules' short names when those select exactly the wrapped modules, else their full names.
     """
-    tensors = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in lora_state_dict(model).items()}
-    meta = {"format": "pt", "lora": json.dumps({n: [m.rank, m.alpha] for n, m in _lora_modules(model)})}
-    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
+    modules = _lora_modules(model)
+    if not modules:
+        raise ValueError("save_lora: the model has no LoRA modules; call apply_lora or load_lora first")
+    settings = {(m.rank, m.alpha, m.dropout): name for name, m in reversed(modules)}
+    if len(settings) > 1:
+        found = "; ".join(f"{name} has rank {r}, alpha {a}, dropout {d}" for (r, a, d), name in settings.items())
+        raise ValueError(f"save_lora: {CONFIG_FILE} holds one rank, alpha and dropout, but {found}")
+    [(rank, alpha, dropout)] = settings
+    wrapped = [name for name, _ in modules]
+    short = sorted({name.rpartition(".")[2] for name in wrapped})
+    selected = [name for name, m in model.named_modules() if isinstance(m, nn.Linear) and _targeted(name, short)]
+    config = {"peft_type": "LORA", "task_type": "CAUSAL_LM", "base_model_name_or_path": base_model_name_or_path,
+              "r": rank, "lora_alpha": alpha, "lora_dropout": dropout,
+              "target_modules": short if selected == wrapped else wrapped, "bias": "none", "fan_in_fan_out": False,
+              "use_rslora": False, "use_dora": False, "init_lora_weights": True, "inference_mode": True,
+              "modules_to_save": None, "rank_pattern": {}, "alpha_pattern": {}}
+    tensors = {f"{PEFT_PREFIX}{name}.{p}.weight": getattr(m, p).detach().to("cpu", copy=True).contiguous()
+               for name, m in modules for p in ("lora_A", "lora_B")}
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    atomic_write(directory / WEIGHTS_FILE, lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
+    atomic_write(directory / CONFIG_FILE, json.dumps(config, indent=2) + "\n")
+    return directory
+
+
+def _read_adapter_config(path: Path) -> tuple[int, float, float]:
+    """(r, lora_alpha, lora_dropout) from a peft adapter_config.json, refusing options nanoo1 does not compute."""
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: file not found (expected a directory written by save_lora or peft)")
+    try:
+        c = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path}: invalid JSON ({e})") from e
+    if not isinstance(c, dict) or c.get("peft_type") != "LORA":
+        raise ValueError(f"{path}: peft_type={c.get('peft_type') if isinstance(c, dict) else c!r}, expected 'LORA'")
+    r, alpha, dropout = c.get("r"), c.get("lora_alpha"), c.get("lora_dropout", 0.0)
+    if type(r) is not int or r < 1:
+        raise ValueError(f"{path}: r={r!r}, expected an integer >= 1")
+    if type(alpha) not in (int, float) or not 0 < alpha < math.inf:
+        raise ValueError(f"{path}: lora_alpha={alpha!r}, expected a positive number")
+    if type(dropout) not in (int, float) or not 0 <= dropout < 1:
+        raise ValueError(f"{path}: lora_dropout={dropout!r}, expected a number in [0, 1)")
+    for key in UNSUPPORTED:
+        if c.get(key) not in (None, False, {}, [], "none"):
+            raise ValueError(f"{path}: {key}={c[key]!r} is not supported; nanoo1 reads plain LoRA "
+                             f"(scaling lora_alpha / r, no bias, adapters on linear layers only)")
+    if c.get("init_lora_weights", True) not in (True, False, "gaussian"):
+        raise ValueError(f"{path}: init_lora_weights={c['init_lora_weights']!r} changes or needs changed base "
+                         f"weights; convert the adapters to plain LoRA with peft first")
+    return r, alpha, dropout
 
 
 @torch.no_grad()
-def load_lora(model: nn.Module, path: str) -> nn.Module:
-    """Load adapters written by save_lora into a model already wrapped by apply_lora (same targets, rank).
+def load_lora(model: nn.Module, directory) -> nn.Module:
+    """Load adapters in PEFT's layout (save_lora's or peft's save_pretrained) into `model`, in place.
 
-    Raises naming the key and the file on a missing or unexpected key, a shape mismatch, or a different
-    alpha; refuses a merged model, whose weights would keep the old adapter folded in.
+    A model without adapters gets them (apply_lora with the saved r, alpha and dropout) on exactly the
+    modules the file holds; a model that has them must have them on the same modules with the same rank and
+    alpha. Raises naming the file and the key on anything else: an unknown key, a missing one, a module the
+    model lacks, a shape mismatch, an unsupported option. Refuses a merged model, whose weights would keep
+    the old adapter folded in.
     """
-    with safe_open(path, framework="pt") as f:
-        saved_ranks = json.loads((f.metadata() or {}).get("lora", "{}"))  # {module: [rank, alpha]}
-        tensors = {k: f.get_tensor(k) for k in f.keys()}
-    expected = lora_state_dict(model)
-    missing, unexpected = sorted(expected.keys() - tensors.keys()), sorted(tensors.keys() - expected.keys())
-    if missing:
-        raise KeyError(f"{path}: missing LoRA keys {missing[:5]}{' ...' if len(missing) > 5 else ''} "
-                       f"({len(missing)} in all); was the model wrapped with the same target_modules?")
-    if unexpected:
-        raise KeyError(f"{path}: unexpected LoRA keys {unexpected[:5]}{' ...' if len(unexpected) > 5 else ''} "
-                       f"({len(unexpected)} in all); the model has no such LoRA modules")
-    for key, param in expected.items():
-        if tensors[key].shape != param.shape:
-            raise ValueError(f"{path}: {key} has shape {tuple(tensors[key].shape)}, the model expects "
-                             f"{tuple(param.shape)} (a different rank?)")
-    for name, m in _lora_modules(model):
+    directory = Path(directory)
+    config_path, weights_path = directory / CONFIG_FILE, directory / WEIGHTS_FILE
+    rank, alpha, dropout = _read_adapter_config(config_path)
+    header, start = read_safetensors_header(weights_path)
+    modules, named = dict(model.named_modules()), set()
+    for key in header:
+        found = re.fullmatch(re.escape(PEFT_PREFIX) + r"(.+)\.lora_[AB]\.weight", key)
+        if not found:
+            raise KeyError(f"{weights_path}: unexpected key {key!r}; nanoo1 reads plain LoRA keys only, "
+                           f"{PEFT_PREFIX}<module>.lora_A.weight and .lora_B.weight")
+        name = found.group(1)
+        if not isinstance(modules.get(name), nn.Linear):
+            what = "the model has no such module" if name not in modules else f"{name} is not a linear layer"
+            raise KeyError(f"{weights_path}: key {key!r}: {what}")
+        named.add(name)
+    if not named:
+        raise KeyError(f"{weights_path}: no LoRA tensors in the file")
+    wrapped = dict(_lora_modules(model))
+    for name, m in wrapped.items():
         if m.merged:
-            raise RuntimeError(f"load_lora: {name} is merged; call unmerge_lora before loading {path}")
-        if name in saved_ranks and float(saved_ranks[name][1]) != float(m.alpha):
-            raise ValueError(f"{path}: {name} was saved with alpha {saved_ranks[name][1]}, the model has "
-                             f"alpha {m.alpha}")
-    for key, param in expected.items():
-        param.copy_(tensors[key])
+            raise RuntimeError(f"load_lora: {name} is merged; call unmerge_lora before loading {directory}")
+        if m.rank != rank:
+            raise ValueError(f"{config_path}: r={rank}, but the model's {name} has rank {m.rank}")
+        if float(m.alpha) != float(alpha):
+            raise ValueError(f"{config_path}: lora_alpha={alpha}, but the model's {name} has alpha {m.alpha}")
+    targets = sorted(wrapped or named)  # every check below comes before the model changes
+    shapes = {f"{PEFT_PREFIX}{n}.lora_{p}.weight": shape for n in targets for p, shape in
+              (("A", (rank, modules[n].in_features)), ("B", (modules[n].out_features, rank)))}
+    missing, unexpected = sorted(shapes.keys() - header.keys()), sorted(header.keys() - shapes.keys())
+    if missing:
+        raise KeyError(f"{weights_path}: missing keys {missing[:3]}{' ...' if len(missing) > 3 else ''} "
+                       f"({len(missing)} in all) for the model's LoRA modules")
+    if unexpected:
+        raise KeyError(f"{weights_path}: key {unexpected[0]!r}: the model has no LoRA on that module "
+                       f"(it was wrapped with other target_modules)")
+    for key, shape in shapes.items():
+        if tuple(header[key]["shape"]) != shape:
+            raise ValueError(f"{weights_path}: {key!r} has shape {tuple(header[key]['shape'])}, the model expects "
+                             f"{shape} (r={rank})")
+    if not wrapped:
+        apply_lora(model, targets, rank=rank, alpha=alpha, dropout=dropout)
+    with open(weights_path, "rb") as f:
+        for key in shapes:
+            module, _, param = key.removeprefix(PEFT_PREFIX).removesuffix(".weight").rpartition(".")
+            getattr(model.get_submodule(module), param).copy_(read_tensor(f, weights_path, key, header[key], start))
     return model
+
+
+def merge_into_checkpoint(base, adapters, out, dtype: torch.dtype | str | None = None,
+                          revision: str | None = None) -> Path:
+    """Load the base checkpoint (a directory or hub id; dtype None: its own), load the adapters, fold them in
+    (merge_and_unload) and write a full checkpoint in the Hugging Face layout with save_pretrained, with the
+    base's tokenizer files copied byte for byte. `out` must not be the base or the adapters directory."""
+    base_dir, out = resolve_checkpoint(base, revision), Path(out)
+    if out.resolve() in (base_dir.resolve(), Path(adapters).resolve()):
+        raise ValueError(f"merge: --out {out} is the base or the adapters directory; write the merged model elsewhere")
+    _read_adapter_config(Path(adapters) / CONFIG_FILE)  # a wrong option fails before the base is loaded
+    model, _ = load_pretrained(base_dir, dtype=dtype)
+    merge_and_unload(load_lora(model, adapters))
+    save_pretrained(model, None, out)
+    for name in TOKENIZER_FILES:
+        if (base_dir / name).exists():
+            atomic_write(out / name, (base_dir / name).read_bytes())
+    return out
 
 
 def count_trainable(model: nn.Module) -> tuple[int, int]:
     """(parameters that require grad, all parameters), shared tensors counted once."""
     params = list(model.parameters())
     return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(prog="python -m nanoo1.lora", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = p.add_subparsers(dest="command", required=True)
+    merge = commands.add_parser("merge", help="fold adapters into a full checkpoint in the Hugging Face layout")
+    merge.add_argument("--base", required=True, help="the base checkpoint: a directory or a hub id")
+    merge.add_argument("--adapters", required=True, help="a directory with adapter_config.json and adapter_model.safetensors")
+    merge.add_argument("--out", required=True, help="the directory to write the merged checkpoint to")
+    merge.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
+                       help="dtype of the merged weights (default: the base checkpoint's)")
+    merge.add_argument("--revision", default=None, help="hub revision of the base (branch, tag or commit)")
+    args = p.parse_args(argv)
+    out = merge_into_checkpoint(args.base, args.adapters, args.out, args.dtype, args.revision)
+    print(f"merged {args.adapters} into {args.base}: {out}")
+
+
+if __name__ == "__main__":
+    main()

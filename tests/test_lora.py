@@ -1,9 +1,13 @@
 import copy
+import json
 import os
+import re
 
 import pytest
 import torch
 import torch.nn as nn
+from safetensors import safe_open
+from safetensors.torch import save_file
 
 from nanoo1.lora import (LoRALinear, apply_lora, count_trainable, load_lora, lora_state_dict, merge_lora,
                          save_lora, unmerge_lora)
@@ -69,11 +73,11 @@ class TinyGemmaLike(nn.Module):
 IDS = torch.tensor([[1, 4, 2, 7, 3], [0, 9, 9, 5, 10]])
 
 
-def randomize_lora(model, seed=1):
+def randomize_lora(model, seed=1, std=0.3):
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for p in lora_state_dict(model).values():
-            p.copy_(torch.randn(p.shape, generator=g) * 0.3)
+            p.copy_(torch.randn(p.shape, generator=g) * std)
     return model
 
 
@@ -146,32 +150,115 @@ def test_bf16_base_keeps_float32_adapters():
     assert model(IDS).dtype == torch.bfloat16
 
 
+def _adapter_files(directory):
+    config = json.loads((directory / "adapter_config.json").read_text())
+    with safe_open(str(directory / "adapter_model.safetensors"), framework="pt") as f:
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    return config, tensors
+
+
+def _rewrite(directory, config=None, tensors=None):
+    old_config, old_tensors = _adapter_files(directory)
+    (directory / "adapter_config.json").write_text(json.dumps({**old_config, **(config or {})}))
+    save_file(old_tensors if tensors is None else tensors, str(directory / "adapter_model.safetensors"))
+
+
+def test_save_writes_peft_layout(tmp_path):
+    model = randomize_lora(apply_lora(TinyGemmaLike(), ("q_proj", "down_proj"), rank=2, alpha=4.0, dropout=0.1))
+    save_lora(model, tmp_path / "adapters", base_model_name_or_path="google/gemma-2-2b")
+    assert sorted(os.listdir(tmp_path / "adapters")) == ["adapter_config.json", "adapter_model.safetensors"]
+    config, tensors = _adapter_files(tmp_path / "adapters")
+    assert {k: config[k] for k in ("peft_type", "task_type", "r", "lora_alpha", "lora_dropout", "target_modules", "bias",
+                                   "base_model_name_or_path", "fan_in_fan_out", "use_rslora", "use_dora")} == {
+        "peft_type": "LORA", "task_type": "CAUSAL_LM", "r": 2, "lora_alpha": 4.0, "lora_dropout": 0.1,
+        "target_modules": ["down_proj", "q_proj"], "bias": "none", "base_model_name_or_path": "google/gemma-2-2b",
+        "fan_in_fan_out": False, "use_rslora": False, "use_dora": False}
+    prefix = "base_model.model.model.layers"
+    assert {k: tuple(v.shape) for k, v in tensors.items()} == {
+        **{f"{prefix}.{i}.self_attn.q_proj.lora_A.weight": (2, C) for i in (0, 1)},  # (r, in)
+        **{f"{prefix}.{i}.self_attn.q_proj.lora_B.weight": (C, 2) for i in (0, 1)},  # (out, r)
+        **{f"{prefix}.{i}.mlp.down_proj.lora_A.weight": (2, F) for i in (0, 1)},
+        **{f"{prefix}.{i}.mlp.down_proj.lora_B.weight": (C, 2) for i in (0, 1)}}
+    assert torch.equal(tensors[f"{prefix}.1.mlp.down_proj.lora_B.weight"], model.model.layers[1].mlp.down_proj.lora_B)
+
+
 def test_save_load_round_trip(tmp_path):
     trained = randomize_lora(apply_lora(TinyGemmaLike(), rank=2, alpha=4.0))
-    path = str(tmp_path / "adapter.safetensors")
-    save_lora(trained, path)
-    assert os.listdir(tmp_path) == ["adapter.safetensors"]  # no temp file left behind
-    fresh = apply_lora(TinyGemmaLike(), rank=2, alpha=4.0, seed=7)  # different A draws
-    assert not torch.allclose(fresh(IDS), trained(IDS))
-    load_lora(fresh, path)
-    assert torch.equal(fresh(IDS), trained(IDS))
-    for k, v in lora_state_dict(trained).items():
-        assert torch.equal(lora_state_dict(fresh)[k], v)
+    save_lora(trained, tmp_path)
+    save_lora(trained, tmp_path)  # saving again replaces the files and leaves no temp file behind
+    assert sorted(os.listdir(tmp_path)) == ["adapter_config.json", "adapter_model.safetensors"]
+    bare = TinyGemmaLike()  # no adapters yet: load_lora applies them with the saved rank and alpha
+    wrapped = apply_lora(TinyGemmaLike(), rank=2, alpha=4.0, seed=7)  # adapters with other values
+    assert not torch.allclose(wrapped(IDS), trained(IDS))
+    for model in (bare, wrapped):
+        load_lora(model, tmp_path)
+        assert torch.equal(model(IDS), trained(IDS))
+        assert {k: v.tolist() for k, v in lora_state_dict(model).items()} == {
+            k: v.tolist() for k, v in lora_state_dict(trained).items()}
+        assert count_trainable(model) == count_trainable(trained)
 
 
-def test_load_errors_name_the_key_and_the_file(tmp_path):
-    path = str(tmp_path / "adapter.safetensors")
-    save_lora(apply_lora(TinyGemmaLike(), ("q_proj", "v_proj"), rank=2, alpha=4.0), path)
-    with pytest.raises(KeyError, match=r"adapter\.safetensors.*missing.*k_proj\.lora_A"):
-        load_lora(apply_lora(TinyGemmaLike(), ("q_proj", "k_proj", "v_proj"), rank=2, alpha=4.0), path)
-    with pytest.raises(KeyError, match=r"adapter\.safetensors.*unexpected.*v_proj\.lora_A"):
-        load_lora(apply_lora(TinyGemmaLike(), ("q_proj",), rank=2, alpha=4.0), path)
-    with pytest.raises(ValueError, match=r"adapter\.safetensors.*q_proj\.lora_A has shape \(2, 8\).*\(4, 8\)"):
-        load_lora(apply_lora(TinyGemmaLike(), ("q_proj", "v_proj"), rank=4, alpha=4.0), path)
-    with pytest.raises(ValueError, match="alpha 4.0.*alpha 8.0"):
-        load_lora(apply_lora(TinyGemmaLike(), ("q_proj", "v_proj"), rank=2, alpha=8.0), path)
+def test_load_errors_name_the_file_and_the_key(tmp_path):
+    d = tmp_path / "adapters"
+    save_lora(apply_lora(TinyGemmaLike(), ("q_proj", "v_proj"), rank=2, alpha=4.0), d)
+    config, tensors = _adapter_files(d)
+    q_a = "base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight"
+    with pytest.raises(KeyError, match=r"adapter_model\.safetensors.*missing.*layers\.0\.self_attn\.k_proj\.lora_A"):
+        load_lora(apply_lora(TinyGemmaLike(), ("q_proj", "k_proj", "v_proj"), rank=2, alpha=4.0), d)
+    with pytest.raises(KeyError, match=r"adapter_model\.safetensors.*layers\.0\.self_attn\.v_proj\.lora_A.*no LoRA"):
+        load_lora(apply_lora(TinyGemmaLike(), ("q_proj",), rank=2, alpha=4.0), d)
+    with pytest.raises(ValueError, match=r"adapter_config\.json.*r=2.*rank 4"):
+        load_lora(apply_lora(TinyGemmaLike(), ("q_proj", "v_proj"), rank=4, alpha=4.0), d)
+    with pytest.raises(ValueError, match=r"adapter_config\.json.*lora_alpha=4.0.*alpha 8.0"):
+        load_lora(apply_lora(TinyGemmaLike(), ("q_proj", "v_proj"), rank=2, alpha=8.0), d)
     with pytest.raises(RuntimeError, match="unmerge_lora"):
-        load_lora(merge_lora(apply_lora(TinyGemmaLike(), ("q_proj", "v_proj"), rank=2, alpha=4.0)), path)
+        load_lora(merge_lora(apply_lora(TinyGemmaLike(), ("q_proj", "v_proj"), rank=2, alpha=4.0)), d)
+
+    def fails(exc, pattern, config=None, tensors=None):
+        _rewrite(d, config, tensors)
+        model = TinyGemmaLike()
+        with pytest.raises(exc, match=pattern):
+            load_lora(model, d)
+        assert lora_state_dict(model) == {}  # refused before any module was wrapped
+        _rewrite(d, config_before, tensors_before)
+
+    config_before, tensors_before = config, tensors
+    fails(KeyError, r"adapter_model\.safetensors.*'base_model\.model\.lm_head\.weight'",
+          tensors={**tensors, "base_model.model.lm_head.weight": torch.zeros(VOCAB, C)})
+    fails(KeyError, r"adapter_model\.safetensors.*'base_model\.model\.model\.layers\.0\.self_attn\.q_proj\.lora_magnitude_vector'",
+          tensors={**tensors, "base_model.model.model.layers.0.self_attn.q_proj.lora_magnitude_vector": torch.zeros(C)})
+    fails(KeyError, r"adapter_model\.safetensors.*'base_model\.model\.model\.layers\.5\.self_attn\.q_proj\.lora_A\.weight'.*no such",
+          tensors={**tensors, q_a.replace(".0.", ".5."): tensors[q_a].clone()})
+    fails(KeyError, r"adapter_model\.safetensors.*'base_model\.model\.model\.embed_tokens\.lora_A\.weight'.*not a linear",
+          tensors={**tensors, "base_model.model.model.embed_tokens.lora_A.weight": torch.zeros(2, VOCAB)})
+    fails(KeyError, r"adapter_model\.safetensors.*missing.*layers\.0\.self_attn\.q_proj\.lora_B\.weight",
+          tensors={k: v for k, v in tensors.items() if k != q_a.replace("lora_A", "lora_B")})
+    fails(ValueError, r"adapter_model\.safetensors.*" + re.escape(q_a) + r"' has shape \(2, 5\).*\(2, 8\)",
+          tensors={**tensors, q_a: torch.zeros(2, 5)})
+    fails(ValueError, r"adapter_model\.safetensors.*" + re.escape(q_a) + r"' has shape \(3, 8\).*\(2, 8\)",
+          tensors={**tensors, q_a: torch.zeros(3, C)})
+    fails(KeyError, r"adapter_model\.safetensors.*no LoRA tensors", tensors={})
+    fails(ValueError, r"adapter_config\.json.*use_rslora", config={"use_rslora": True})
+    fails(ValueError, r"adapter_config\.json.*use_dora", config={"use_dora": True})
+    fails(ValueError, r"adapter_config\.json.*fan_in_fan_out", config={"fan_in_fan_out": True})
+    fails(ValueError, r"adapter_config\.json.*bias", config={"bias": "all"})
+    fails(ValueError, r"adapter_config\.json.*rank_pattern", config={"rank_pattern": {"q_proj": 4}})
+    fails(ValueError, r"adapter_config\.json.*modules_to_save", config={"modules_to_save": ["lm_head"]})
+    fails(ValueError, r"adapter_config\.json.*peft_type.*'IA3'", config={"peft_type": "IA3"})
+    fails(ValueError, r"adapter_config\.json.*r=0", config={"r": 0})
+    (d / "adapter_config.json").unlink()
+    with pytest.raises(FileNotFoundError, match=r"adapter_config\.json"):
+        load_lora(TinyGemmaLike(), d)
+
+
+def test_save_refuses_what_peft_cannot_say_in_one_config(tmp_path):
+    with pytest.raises(ValueError, match="no LoRA"):
+        save_lora(TinyGemmaLike(), tmp_path)
+    model = apply_lora(TinyGemmaLike(), ("q_proj",), rank=2, alpha=4.0)
+    apply_lora(model, ("v_proj",), rank=4, alpha=4.0)
+    with pytest.raises(ValueError, match=r"v_proj.*rank 4.*q_proj.*rank 2|q_proj.*rank 2.*v_proj.*rank 4"):
+        save_lora(model, tmp_path)
+    assert os.listdir(tmp_path) == []
 
 
 def test_apply_lora_rejects_unknown_targets_and_does_not_wrap_twice():
@@ -199,3 +286,97 @@ def test_on_the_real_decoder():
     randomize_lora(model)
     out = model(ids)
     torch.testing.assert_close(merge_lora(model)(ids), out, rtol=1e-4, atol=1e-4)
+
+
+# -- PEFT's layout, against peft and transformers ------------------------------------------------------
+def _gemma_config():
+    from nanoo1.model import Gemma2Config
+
+    return Gemma2Config.preset("tiny", num_hidden_layers=3, sliding_window=4)
+
+
+GEMMA_IDS = torch.randint(0, 512, (2, 9), generator=torch.Generator().manual_seed(5))
+
+
+def _randomize_peft(model, seed=2, std=0.1):
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_" in name:
+                p.copy_(torch.randn(p.shape, generator=g) * std)
+
+
+def test_nanoo1_adapters_give_the_same_logits_under_peft(tmp_path):
+    peft = pytest.importorskip("peft", reason="peft is a test extra: pip install peft")
+    from conftest import hf_reference
+
+    hf, ours = hf_reference(_gemma_config(), seed=4)
+    with torch.no_grad():
+        base = ours(GEMMA_IDS)
+    apply_lora(ours, rank=4, alpha=8.0, dropout=0.1)  # every projection; alpha / r = 2, alpha / sqrt(r) = 4
+    randomize_lora(ours, std=0.1)
+    save_lora(ours, tmp_path, base_model_name_or_path="tiny-gemma-2")
+    assert peft.LoraConfig.from_pretrained(str(tmp_path)).r == 4
+    wrapped = peft.PeftModel.from_pretrained(hf, str(tmp_path)).eval()
+    with torch.no_grad():
+        expected, theirs = ours(GEMMA_IDS), wrapped(GEMMA_IDS).logits
+    assert (expected - base).abs().max().item() > 0.1  # the adapters matter, so a wrong layout cannot pass
+    assert (theirs - expected).abs().max().item() < 1e-5
+
+
+@pytest.mark.parametrize("targets", [["q_proj", "v_proj", "down_proj"], r".*\.1\.mlp\.(gate|up)_proj"],
+                         ids=["names", "regex-one-layer"])
+def test_peft_adapters_give_the_same_logits_under_nanoo1(tmp_path, targets):
+    peft = pytest.importorskip("peft", reason="peft is a test extra: pip install peft")
+    from conftest import hf_reference
+
+    hf, ours = hf_reference(_gemma_config(), seed=6)
+    with torch.no_grad():
+        base = ours(GEMMA_IDS)
+    config = peft.LoraConfig(r=4, lora_alpha=8, lora_dropout=0.1, target_modules=targets, task_type="CAUSAL_LM")
+    wrapped = peft.get_peft_model(hf, config)
+    _randomize_peft(wrapped)
+    wrapped.save_pretrained(str(tmp_path / "peft"))
+    wrapped.eval()
+    load_lora(ours, tmp_path / "peft")  # a model without adapters: they are applied where the file has them
+    with torch.no_grad():
+        expected, got = wrapped(GEMMA_IDS).logits, ours(GEMMA_IDS)
+    assert (expected - base).abs().max().item() > 0.1
+    assert (got - expected).abs().max().item() < 1e-5
+    # and back: nanoo1 saves them with the same keys, and peft loads that onto the same modules
+    save_lora(ours, tmp_path / "again")
+    config, tensors = _adapter_files(tmp_path / "again")
+    assert sorted(tensors) == sorted(_adapter_files(tmp_path / "peft")[1])
+    assert config["target_modules"] == (sorted(targets) if isinstance(targets, list) else
+                                        ["model.layers.1.mlp.gate_proj", "model.layers.1.mlp.up_proj"])
+    fresh, _ = hf_reference(_gemma_config(), seed=6)
+    with torch.no_grad():
+        again = peft.PeftModel.from_pretrained(fresh, str(tmp_path / "again")).eval()(GEMMA_IDS).logits
+    assert (again - expected).abs().max().item() < 1e-5
+
+
+def test_merge_command_writes_a_checkpoint_transformers_loads(tmp_path, tiny_tokenizer):
+    transformers = pytest.importorskip("transformers")
+    from conftest import random_model
+    from nanoo1.checkpoint import save_pretrained
+    from nanoo1.lora import main
+
+    model = random_model(_gemma_config(), seed=8)
+    save_pretrained(model, tiny_tokenizer, tmp_path / "base")
+    randomize_lora(apply_lora(model, ("q_proj", "o_proj", "up_proj"), rank=3, alpha=6.0), std=0.1)
+    save_lora(model, tmp_path / "adapters")
+    main(["merge", "--base", str(tmp_path / "base"), "--adapters", str(tmp_path / "adapters"),
+          "--out", str(tmp_path / "merged")])
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        assert (tmp_path / "merged" / name).read_bytes() == (tmp_path / "base" / name).read_bytes()
+    with safe_open(str(tmp_path / "merged" / "model.safetensors"), framework="pt") as f:
+        assert sorted(f.keys()) == sorted(k for k in model.state_dict() if "lora" not in k)
+    hf = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "merged", attn_implementation="eager").eval()
+    base = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "base", attn_implementation="eager").eval()
+    with torch.no_grad():
+        expected, got, before = model(GEMMA_IDS), hf(GEMMA_IDS).logits, base(GEMMA_IDS).logits
+    assert (expected - before).abs().max().item() > 0.1
+    assert (got - expected).abs().max().item() < 1e-5
+    with pytest.raises(ValueError, match="base or the adapters"):  # never over the base it reads
+        main(["merge", "--base", str(tmp_path / "base"), "--adapters", str(tmp_path / "adapters"),
+              "--out", str(tmp_path / "base")])
