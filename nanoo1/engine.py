@@ -44,6 +44,15 @@ def hold_freed_memory(threshold: int = 1 << 30) -> bool:
         return False
 
 
+def resolve_device(name: str) -> torch.device:
+    """The torch device of a --device setting ("auto": cuda when there is one, else cpu)."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"--device {name}: torch sees no CUDA device here")
+    return torch.device(name)
+
+
 def process_setup(threads: int | None = None) -> None:
     """What every entry point does first: `hold_freed_memory`, and torch's thread count when one is given."""
     hold_freed_memory()

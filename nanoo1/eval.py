@@ -17,11 +17,12 @@ from pathlib import Path
 
 from nanoo1.checkpoint import load_pretrained
 from nanoo1.config import entry_parser, parse_bool, positive_int
-from nanoo1.engine import generate_budgeted, process_setup
+from nanoo1.engine import generate_budgeted, process_setup, resolve_device
 from nanoo1.mcts import MCTSConfig
 from nanoo1.rewards import check, equations_hold
 from nanoo1.policy import LMPolicy
 from nanoo1.files import atomic_write
+from nanoo1.lora import load_lora
 from nanoo1.search import METHODS, SearchConfig, grade, search
 from nanoo1.tasks import TINY_DIR, Problem, load_jsonl, think_prompt
 
@@ -98,6 +99,11 @@ def plot(results: list[EvalResult], path: Path) -> bool:
 def main(argv=None):
     p, g = entry_parser(__doc__, "what to evaluate")
     g.add_argument("--checkpoint", required=True, help="checkpoint directory (or hub id) with a tokenizer")
+    g.add_argument("--adapters", default=None, help="LoRA adapters (PEFT's layout, e.g. a LoRA self-play run's final/) "
+                   "to put on the checkpoint")
+    g.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, or auto (cuda when there is one)")
+    g.add_argument("--dtype", default=None, choices=["float32", "bfloat16"], help="the weights' dtype (default: float32 "
+                   "on a CPU, bfloat16 on a GPU)")
     g.add_argument("--data", type=Path, default=TINY_DIR / "test.jsonl", help="GSM8K-style jsonl")
     g.add_argument("--limit", type=positive_int, default=200, help="first N problems")
     g = p.add_argument_group("compute")
@@ -129,7 +135,11 @@ def main(argv=None):
         p.error(str(e))
     process_setup(args.threads)
     try:
-        model, tokenizer = load_pretrained(args.checkpoint, dtype="float32")
+        device = resolve_device(args.device)
+        dtype = args.dtype or ("float32" if device.type == "cpu" else "bfloat16")
+        model, tokenizer = load_pretrained(args.checkpoint, dtype=dtype, device=device)
+        if args.adapters:
+            load_lora(model, args.adapters)
     except (OSError, ValueError) as e:
         p.error(str(e))
     if tokenizer is None:

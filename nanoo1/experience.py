@@ -144,8 +144,8 @@ def stamp_old(model, tokenizer, items: list[dict], temperature: float, bf16: boo
     (PPO's old), with the iteration that stamped them."""
     for s in range(0, len(items), batch_size):
         chunk = items[s:s + batch_size]
-        b = collate_chains(chunk, tokenizer.pad_id)
-        with bf16_autocast(bf16):
+        b = {k: v.to(model.output_embedding.device) for k, v in collate_chains(chunk, tokenizer.pad_id).items()}
+        with bf16_autocast(bf16, model.output_embedding.device):
             hidden = model.hidden_states(b["input_ids"], b["attention_mask"])
             logp = completion_logprobs(model, b["input_ids"], b["attention_mask"], b["completion_mask"],
                                        temperature, hidden=hidden)

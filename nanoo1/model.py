@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 from nanoo1.cache import KVCache
 
@@ -242,6 +243,9 @@ class Gemma2(nn.Module):
         super().__init__()
         self.config = config
         self.model = Gemma2Body(config)
+        # recompute each layer in backward instead of keeping its activations (training without a cache);
+        # non-reentrant, so adapters behind a frozen embedding still get gradients
+        self.checkpointing = False
         if not config.tie_word_embeddings:
             self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
 
@@ -310,8 +314,10 @@ class Gemma2(nn.Module):
         cos, sin = cos[:, None], sin[:, None]  # (B, 1, T, D): broadcast over heads
         # sqrt(hidden_size) is rounded to the activation dtype first, as in the reference (48.0 in bf16 for 2b)
         h = self.model.embed_tokens(input_ids) * torch.tensor(math.sqrt(self.config.hidden_size), dtype=dtype)
+        recompute = self.checkpointing and cache is None and torch.is_grad_enabled()
         for layer, block in enumerate(self.model.layers):
-            h = block(h, cos, sin, slide if self.config.is_sliding(layer) else full, cache, at)
+            mask = slide if self.config.is_sliding(layer) else full
+            h = checkpoint(block, h, cos, sin, mask, use_reentrant=False) if recompute else block(h, cos, sin, mask, cache, at)
         if cache is not None:
             cache.lengths += T if attention_mask is None else attention_mask.long().sum(-1)
         return self.model.norm(h)

@@ -27,11 +27,15 @@ class RunSettings:
     test_data: str = str(TINY_DIR / "test.jsonl")  # held-out problems (GSM8K-style jsonl)
     iterations: int = 10  # self-play iterations
     keep_checkpoints: int = 2  # the last this many iteration checkpoints stay on disk (older ones are deleted)
-    bf16: bool = True  # autocast matrix multiplies to bfloat16 on a CPU (weights and optimizer stay float32)
+    device: str = "cpu"  # where the model runs: cpu, cuda, cuda:N, or auto (cuda when there is one)
+    dtype: str = "float32"  # the weights' dtype: float32 or bfloat16 (the base's, under LoRA; adapters stay float32)
+    bf16: bool = True  # with float32 weights: autocast matrix multiplies to bfloat16 (weights and optimizer stay float32)
 
     def __post_init__(self):
         check_settings(self, positive=("iterations", "keep_checkpoints"), non_negative=("seed",),
-                       choices={"algo": ("ppo", "grpo")})
+                       choices={"algo": ("ppo", "grpo"), "dtype": ("float32", "bfloat16")})
+        if not (self.device in ("cpu", "cuda", "auto") or self.device.startswith("cuda:")):
+            raise ValueError(f"RunSettings: --device is {self.device!r}, expected cpu, cuda, cuda:N or auto")
 
 
 @dataclass
@@ -112,6 +116,21 @@ class EvalSettings:
 
 
 @dataclass
+class LoRASettings:
+    flag_prefix = "lora_"
+    rank: int = 0  # LoRA rank (Hu et al. 2021): > 0 freezes the base and trains adapters only; 0: full fine-tuning
+    alpha: float = 32.0  # LoRA scaling numerator: the update is (alpha / rank) B A
+    targets: str = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"  # the linear layers that get adapters
+    dropout: float = 0.0  # dropout on the adapters' input
+    checkpointing: bool = True  # under LoRA, recompute each decoder layer in backward instead of keeping its activations
+
+    def __post_init__(self):
+        check_settings(self, positive=("alpha",), non_negative=("rank",), fraction=("dropout",))
+        if not self.targets.strip():
+            raise ValueError("LoRASettings: --lora-targets names no layer")
+
+
+@dataclass
 class SelfPlayConfig:
     run: RunSettings = field(default_factory=RunSettings)
     search: SearchSettings = field(default_factory=SearchSettings)
@@ -119,9 +138,53 @@ class SelfPlayConfig:
     imitation: ImitationSettings = field(default_factory=ImitationSettings)
     grpo: GRPOSettings = field(default_factory=GRPOSettings)
     eval: EvalSettings = field(default_factory=EvalSettings)
+    lora: LoRASettings = field(default_factory=LoRASettings)
 
 
-PRESETS = {"tiny": SelfPlayConfig()}  # a named preset is a set of values; --tiny is the laptop-CPU recipe
+# A named preset is a set of values. "tiny" is the laptop-CPU recipe (--tiny); "2b" is where a Gemma-2 2B
+# checkpoint starts (--model without --tiny): bf16 weights on the GPU, LoRA rank 16 on every projection,
+# longer thoughts and smaller batches, learning rates for adapters. Its data is the user's (--data,
+# --test-data, GSM8K-style jsonl).
+PRESETS = {
+    "tiny": SelfPlayConfig(),
+    "2b": SelfPlayConfig(
+        run=RunSettings(device="auto", dtype="bfloat16", bf16=False, data="", test_data="", iterations=10),
+        search=SearchSettings(problems_per_iteration=8, simulations=3, num_candidates=4, max_thought_tokens=192),
+        ppo=PPOSettings(lr=2e-5, minibatch=8, micro_batch=2, replay_capacity=512),
+        imitation=ImitationSettings(problems=64, lr=5e-5, batch=8),
+        grpo=GRPOSettings(group_size=8, think_budget=1024, solution_budget=256),
+        eval=EvalSettings(problems=200, best_of_n=4, simulations=2),
+        lora=LoRASettings(rank=16, alpha=32.0)),
+}
+
+
+def autocast(config: SelfPlayConfig) -> bool:
+    """bf16 autocast of the matrix multiplies: asked for, and the weights are float32."""
+    return config.run.bf16 and config.run.dtype == "float32"
+
+
+def memory_estimate(config: SelfPlayConfig, model_config) -> dict[str, float]:
+    """GiB the run needs on its device, by part: the weights in their dtype; the trained parameters'
+    gradient and AdamW's two moments (float32); the KV cache of the widest search batch (MCTS rollouts: a
+    row per candidate of every problem, each thought's line up to max_thought_tokens); one chunk of float32
+    log-probs over the vocabulary (rl.completion_logprobs, 512 positions of a micro-batch)."""
+    c, s = model_config, config.search
+    weight_bytes = 2 if config.run.dtype == "bfloat16" else 4
+    n = c.num_parameters
+    if config.lora.rank:
+        q, kv = c.num_attention_heads * c.head_dim, c.num_key_value_heads * c.head_dim
+        sizes = {"q_proj": c.hidden_size + q, "k_proj": c.hidden_size + kv, "v_proj": c.hidden_size + kv,
+                 "o_proj": q + c.hidden_size, "gate_proj": c.hidden_size + c.intermediate_size,
+                 "up_proj": c.hidden_size + c.intermediate_size, "down_proj": c.intermediate_size + c.hidden_size}
+        trained = c.num_hidden_layers * config.lora.rank * sum(sizes.get(t.strip(), 0) for t in config.lora.targets.split(","))
+    else:
+        trained = n
+    rows = s.problems_per_iteration * s.num_candidates
+    tokens = 8 * (s.max_thought_tokens + 24)  # a root-to-conclusion chain of at most 8 lines
+    kv_bytes = 2 * c.num_hidden_layers * c.num_key_value_heads * c.head_dim * weight_bytes
+    gib = 2 ** 30
+    return {"weights": n * weight_bytes / gib, "trained + optimizer": trained * 16 / gib,
+            "kv cache": rows * tokens * kv_bytes / gib, "logits chunk": config.ppo.micro_batch * 512 * c.vocab_size * 4 / gib}
 
 
 def iteration_config(config: SelfPlayConfig, it: int) -> SelfPlayConfig:

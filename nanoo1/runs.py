@@ -18,9 +18,10 @@ from pathlib import Path
 
 import torch
 
-from nanoo1.checkpoint import save_pretrained
+from nanoo1.checkpoint import load_pretrained, save_pretrained
 from nanoo1.config import from_dict, to_dict
 from nanoo1.files import atomic_write
+from nanoo1.lora import apply_lora, load_lora, save_lora
 
 SETTINGS = "settings.json"  # the run's settings, in every checkpoint
 TRAINER_STATE = "trainer_state.pt"  # iteration, optimizer, random states, metrics
@@ -47,11 +48,11 @@ def saved_settings(run_dir: Path, config_cls):
     return from_dict(config_cls, d, str(path))
 
 
-def save_checkpoint(out: Path, it: int, config, model, tokenizer, state: dict, buffers: dict, keep: int) -> Path:
-    """Write iteration `it`'s checkpoint (model, settings, buffers by file name, trainer state), point `latest`
-    at it, then delete all but the last `keep` iteration checkpoints."""
+def save_checkpoint(out: Path, it: int, config, save_model, state: dict, buffers: dict, keep: int) -> Path:
+    """Write iteration `it`'s checkpoint (the model by `save_model(directory)`, settings, buffers by file name,
+    trainer state), point `latest` at it, then delete all but the last `keep` iteration checkpoints."""
     ckpt = out / f"iter-{it:04d}"
-    save_pretrained(model, tokenizer, ckpt)
+    save_model(ckpt)
     atomic_write(ckpt / SETTINGS, json.dumps(to_dict(config), indent=1))
     for name, buffer in buffers.items():
         buffer.save(ckpt / name)
@@ -60,6 +61,33 @@ def save_checkpoint(out: Path, it: int, config, model, tokenizer, state: dict, b
     for old in sorted(out.glob("iter-*"))[:-keep]:
         shutil.rmtree(old)
     return ckpt
+
+
+def load_model(config, checkpoint: Path | None, device):
+    """(model, tokenizer) to train, on `device` in the run's dtype: a checkpoint's full weights (the warm start
+    at the first iteration), or under LoRA the warm start as the frozen base with adapters on the targeted
+    layers, read from the checkpoint when there is one (`lora.load_lora`)."""
+    lora = config.lora
+    model, tokenizer = load_pretrained(checkpoint if checkpoint and not lora.rank else config.run.warmstart,
+                                       dtype=config.run.dtype, device=device)
+    if not lora.rank:
+        return model.requires_grad_(True), tokenizer
+    apply_lora(model, [t.strip() for t in lora.targets.split(",")], lora.rank, lora.alpha, lora.dropout, config.run.seed)
+    model.checkpointing = lora.checkpointing
+    if checkpoint is not None:
+        load_lora(model, checkpoint)
+    return model, tokenizer
+
+
+def save_model(model, tokenizer, directory: Path, config) -> Path:
+    """The trained model: a full checkpoint (Hugging Face layout), or under LoRA the adapters alone in PEFT's
+    layout with the tokenizer (`python -m nanoo1.lora merge` folds them into the base)."""
+    if not config.lora.rank:
+        return save_pretrained(model, tokenizer, directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    save_lora(model, directory, base_model_name_or_path=config.run.warmstart)
+    tokenizer.save(directory)
+    return directory
 
 
 def load_trainer_state(ckpt: Path) -> dict:

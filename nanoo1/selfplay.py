@@ -28,9 +28,8 @@ from pathlib import Path
 
 import torch
 
-from nanoo1.checkpoint import load_pretrained, save_pretrained
 from nanoo1.config import add_config_flags, add_process_flags, entry_parser, apply_flags, conflicts, flat_settings
-from nanoo1.engine import generate_budgeted, process_setup
+from nanoo1.engine import generate_budgeted, process_setup, resolve_device
 from nanoo1.eval import EVAL_MCTS, EvalResult, evaluate, evaluate_budgeted
 from nanoo1.experience import (chain_items, collate_chains, imitation_items, restamp_stale, row_priorities,
                                stamp_old, success_rates, tree_chains)
@@ -39,9 +38,10 @@ from nanoo1.model import bf16_autocast
 from nanoo1.policy import LMPolicy
 from nanoo1.replay import PrioritizedReplay, beta_by_step
 from nanoo1.rewards import check
-from nanoo1.recipe import PRESETS, SelfPlayConfig, default_out, iteration_config, iteration_seed, step_checker
-from nanoo1.runs import (append_jsonl, latest_checkpoint, load_trainer_state, prepare_out, rewrite_jsonl, save_checkpoint,
-                         saved_settings)
+from nanoo1.recipe import (PRESETS, SelfPlayConfig, autocast, default_out, iteration_config, iteration_seed,
+                           memory_estimate, step_checker)
+from nanoo1.runs import (append_jsonl, latest_checkpoint, load_model, load_trainer_state, prepare_out, rewrite_jsonl,
+                         save_checkpoint, save_model, saved_settings)
 from nanoo1.files import atomic_write
 from nanoo1.rl import GRPOConfig, PPOConfig, grpo_advantages, grpo_step, ppo_step, td_priority
 from nanoo1.search import SearchConfig, checked_greedy, grade
@@ -63,9 +63,10 @@ def ppo_iteration(model, tokenizer, opt, replay, policy, problems, it: int, conf
     solved = sum(any(n.terminal == "success" for n in r.tree.nodes) for r in results) / len(results)
     items = [item for r in results
              for item in chain_items(tokenizer, tree_chains(r.tree, s.chains_per_tree), success_rates(r.tree), c.gamma, c.lam)]
-    stamp_old(model, tokenizer, items, s.temperature, config.run.bf16, c.micro_batch, iteration=it)
+    stamp_old(model, tokenizer, items, s.temperature, autocast(config), c.micro_batch, iteration=it)
     replay.extend(items, row_priorities(items))
     cfg = PPOConfig(clip_eps=c.clip_eps, vf_coef=c.vf_coef, micro_batch_size=c.micro_batch, temperature=s.temperature)
+    device = model.output_embedding.device
 
     def value_fn(model, mb, hidden):  # the rating-token value's loss at each thought's <start_of_rating>
         logits = rating_at(model, tokenizer, hidden, mb["value_pos"])  # (b, K, 2)
@@ -79,10 +80,11 @@ def ppo_iteration(model, tokenizer, opt, replay, policy, problems, it: int, conf
     for u in range(c.updates_per_iteration if len(replay) else 0):  # nothing to learn from yet: no update
         beta = beta_by_step(it * c.updates_per_iteration + u, config.run.iterations * c.updates_per_iteration)
         chosen, idx, w = replay.sample(min(c.minibatch, len(replay)), beta)
-        restamped += restamp_stale(model, tokenizer, chosen, it, c.replay_max_age, s.temperature, config.run.bf16, c.micro_batch)
+        restamped += restamp_stale(model, tokenizer, chosen, it, c.replay_max_age, s.temperature, autocast(config), c.micro_batch)
         model.train()
-        with bf16_autocast(config.run.bf16):
-            st = ppo_step(model, opt, collate_chains(chosen, tokenizer.pad_id, w), cfg, value_loss_fn=value_fn)
+        batch = {k: v.to(device) for k, v in collate_chains(chosen, tokenizer.pad_id, w).items()}
+        with bf16_autocast(autocast(config), device):
+            st = ppo_step(model, opt, batch, cfg, value_loss_fn=value_fn)
         model.eval()
         replay.update_priorities(idx, st.pop("row_priority"))
         stats = stats[1:] if u == 0 else stats
@@ -111,7 +113,7 @@ def imitation_iteration(model, tokenizer, opt, policy, problems, memory: Priorit
     items = new + old
     rng.shuffle(items)
     model.train()
-    losses = [sft_step(model, opt, collate(items[s:s + c.batch], tokenizer.pad_id), c.lr, config.run.bf16)
+    losses = [sft_step(model, opt, collate(items[s:s + c.batch], tokenizer.pad_id), c.lr, autocast(config))
               for s in range(0, len(items) - c.batch + 1, c.batch)]
     model.eval()
     return {"imitation_solved": len(wins) / max(1, len(problems)), "imitation_replayed": len(old),
@@ -136,14 +138,18 @@ def grpo_iteration(model, tokenizer, opt, problems, it: int, config: SelfPlayCon
                      max_completion_length=g.think_budget + g.solution_budget + 1)
     set_lr(opt, config.ppo.lr)
     model.train()
-    with bf16_autocast(config.run.bf16):
-        st = grpo_step(model, opt, {"input_ids": ids, "attention_mask": attn, "completion_mask": mask, "advantages": adv}, cfg)
+    batch = {"input_ids": ids, "attention_mask": attn, "completion_mask": mask, "advantages": adv}
+    with bf16_autocast(autocast(config), model.output_embedding.device):
+        st = grpo_step(model, opt, {k: v.to(model.output_embedding.device) for k, v in batch.items()}, cfg)
     model.eval()
     return {"reward": rewards.mean().item(), "clip_frac": st["clip_frac"], "tokens": mask.sum().item() / len(rows)}
 
 
 def load_problems(config: SelfPlayConfig):
     """The training and held-out problems, checked against what the run will draw from them."""
+    for flag, path in (("--data", config.run.data), ("--test-data", config.run.test_data)):
+        if not path:
+            raise ValueError(f"{flag}: no file given (GSM8K-style jsonl: question, answer ending in '#### N')")
     train, test = load_jsonl(config.run.data), load_jsonl(config.run.test_data)
     per_iteration = config.search.problems_per_iteration + (config.imitation.problems if config.run.algo == "ppo" else 0)
     if len(train) < per_iteration:
@@ -203,15 +209,17 @@ def run(config: SelfPlayConfig, resume: str | None = None, from_scratch: bool = 
         prepare_out(out, overwrite)
     torch.manual_seed(config.run.seed)
     rng = random.Random(config.run.seed)
-    if resume:
-        start_dir = latest_checkpoint(out)
-        model, tokenizer = load_pretrained(start_dir, dtype="float32")
-    elif from_scratch:
-        model, tokenizer = train_warmstart(out / "warmstart", seed=config.run.seed, progress=progress)
-    else:
-        model, tokenizer = load_pretrained(config.run.warmstart, dtype="float32")
-    model.requires_grad_(True)
-    opt = torch.optim.AdamW(model.parameters(), lr=config.ppo.lr, betas=(0.9, 0.95), weight_decay=0.0)
+    device = resolve_device(config.run.device)
+    start_dir = latest_checkpoint(out) if resume else None
+    if from_scratch and not resume:  # the run's base is the warm start it trains first
+        train_warmstart(out / "warmstart", seed=config.run.seed, progress=progress)
+        config = replace(config, run=replace(config.run, warmstart=str(out / "warmstart")))
+    model, tokenizer = load_model(config, start_dir, device)
+    need = memory_estimate(config, model.config)
+    print(f"memory on {device}, estimated: " + ", ".join(f"{k} {v:.2f}" for k, v in need.items())
+          + f" GiB; about {sum(need.values()):.1f} GiB in all")
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=config.ppo.lr, betas=(0.9, 0.95),
+                            weight_decay=0.0)
     ppo = config.run.algo == "ppo"
     replay = PrioritizedReplay(config.ppo.replay_capacity, alpha=config.ppo.alpha, seed=config.run.seed) if ppo else None
     memory = PrioritizedReplay(config.imitation.memory, alpha=0.0, seed=config.run.seed + 1) if ppo else None
@@ -264,13 +272,13 @@ def run(config: SelfPlayConfig, resume: str | None = None, from_scratch: bool = 
         bar.set_postfix({k: f"{v:.3f}" for k, v in m.items() if k in ("solved", "imitation_solved", "reward", "greedy_quick")})
         state = {"optimizer": opt.state_dict(), "policy_rng": policy.generator.get_state(), "python_rng": rng.getstate(),
                  "torch_rng": torch.get_rng_state(), "metrics": metrics}
-        save_checkpoint(out, it, config, model, tokenizer, state, {"replay.pt": replay, "imitation.pt": memory} if ppo else {},
-                        config.run.keep_checkpoints)
+        save_checkpoint(out, it, config, lambda d: save_model(model, tokenizer, d, config), state,
+                        {"replay.pt": replay, "imitation.pt": memory} if ppo else {}, config.run.keep_checkpoints)
 
     # -- evaluation after, and the summary
     evals["after"] = evaluate_all(model, tokenizer, test, config, "after", progress)
     append_jsonl(out / "metrics.jsonl", {"eval": "after", **{k: asdict(v) for k, v in evals["after"].items()}})
-    final = save_pretrained(model, tokenizer, out / "final")
+    final = save_model(model, tokenizer, out / "final", config)
     before, after = evals["before"], evals["after"]
     print("\n" + _table([(k, before[k], after[k]) for k in after if k in before]))
     e = config.eval
@@ -288,7 +296,8 @@ def main(argv=None):
     p, g = entry_parser(__doc__, "what to run")
     g.add_argument("--tiny", action="store_true", help="the laptop-CPU recipe on the tiny task: the shipped warm start "
                    "data/tiny/warmstart and the tiny problems, with the settings below at their defaults")
-    g.add_argument("--model", default=None, help="warm start: checkpoint directory or hub id (overrides --warmstart)")
+    g.add_argument("--model", default=None, help="warm start: checkpoint directory or hub id (overrides --warmstart); "
+                   "without --tiny the 2b preset's settings apply (recipe.PRESETS): bf16, LoRA rank 16, --device auto")
     g.add_argument("--resume", default=None, help="continue the run in this directory from its latest checkpoint, with "
                    "its saved settings (a flag that contradicts them is an error)")
     g.add_argument("--from-scratch", action="store_true", help="redo the warm start (SFT) instead of loading it")
@@ -310,7 +319,7 @@ def main(argv=None):
             if differ:
                 p.error(f"--resume {args.resume}: the run was started with other settings: " + "; ".join(differ))
         else:
-            config = apply_flags(PRESETS["tiny"], flags)
+            config = apply_flags(PRESETS["tiny" if args.tiny else "2b"], flags)
             config = replace(config, run=replace(config.run, out=default_out(config)))
             load_problems(config)  # a data file too small for the run fails now, not after the first evaluation
     except (ValueError, OSError, KeyError) as e:

@@ -141,8 +141,8 @@ def collate(examples, pad_id: int, multiple: int = 32):
 def lm_loss(model, ids, attn, loss_mask, bf16: bool = False):
     """Mean cross-entropy of the tokens where loss_mask is 1, each predicted from the position before.
 
-    bf16 autocasts the matrix multiplies on a CPU (weights and the optimizer stay float32)."""
-    with bf16_autocast(bf16 and ids.device.type == "cpu"):
+    bf16 autocasts the matrix multiplies (weights and the optimizer keep their dtype)."""
+    with bf16_autocast(bf16, ids.device):
         logits = model(ids, attention_mask=attn)  # (B, T, V)
     target_mask = loss_mask[:, 1:].bool()  # (B, T-1)
     logits = logits[:, :-1][target_mask].float()  # (N, V)

@@ -289,3 +289,52 @@ def test_every_entry_point_refuses_bad_flag_values_at_once(module, flags, messag
     with pytest.raises(SystemExit):
         importlib.import_module(f"nanoo1.{module}").main(flags)
     assert message in capsys.readouterr().err
+
+
+def test_a_lora_run_in_bf16_trains_only_the_adapters_and_resumes_exactly(tmp_path, warmstart, monkeypatch):
+    """PPO, the value head and the imitation steps all train through the adapters; the base stays bit for bit."""
+    import nanoo1.selfplay as selfplay
+
+    seen = []
+    real_eval = selfplay.evaluate_all
+    monkeypatch.setattr(selfplay, "evaluate_all", lambda model, *a, **kw: seen.append(model) or real_eval(model, *a, **kw))
+    monkeypatch.setattr(selfplay, "grade", lambda results, truths: [len(r.path) > 1 for r in results])  # imitation runs
+    kw = dict(lora_rank=4, dtype="bfloat16", bf16=False, check_equations=False, imitation_problems=4, eval_best_of_n=1,
+              eval_simulations=1)
+    straight = run(small(tmp_path / "a", warmstart, **kw), progress=False)
+    trained = seen[-1]
+    base, _ = load_pretrained(warmstart, dtype="bfloat16")
+    frozen = {k: v for k, v in trained.state_dict().items() if "lora_" not in k}
+    assert frozen.keys() == base.state_dict().keys()
+    assert all(torch.equal(v, base.state_dict()[k]) for k, v in frozen.items())  # the base, bit for bit
+    adapters = {k: v for k, v in trained.state_dict().items() if "lora_B" in k}
+    assert adapters and all(v.dtype == torch.float32 for v in adapters.values())
+    assert sum(int(v.abs().sum() > 0) for v in adapters.values()) == len(adapters)  # every adapter learned
+    final = tmp_path / "a" / "final"
+    assert (final / "adapter_model.safetensors").exists() and not (final / "model.safetensors").exists()
+    killed_after_first_checkpoint(small(tmp_path / "b", warmstart, **kw), monkeypatch)
+    resumed = run(small(tmp_path / "b", warmstart, **kw), resume=str(tmp_path / "b"), progress=False)
+    drop = ("wall_s", "checkpoint")
+    assert {k: v for k, v in straight.items() if k not in drop} == {k: v for k, v in resumed.items() if k not in drop}
+    again = (tmp_path / "b" / "final" / "adapter_model.safetensors").read_bytes()
+    assert again == (final / "adapter_model.safetensors").read_bytes()
+
+
+def test_a_model_without_tiny_takes_the_2b_preset_and_needs_its_data(capsys, monkeypatch):
+    import nanoo1.selfplay as selfplay
+
+    monkeypatch.setattr(selfplay, "run", lambda *a, **kw: pytest.fail("the run started"))
+    with pytest.raises(SystemExit):
+        main(["--model", "owner/name"])
+    assert "--data: no file given" in capsys.readouterr().err
+    two_b = PRESETS["2b"]
+    assert (two_b.lora.rank, two_b.run.dtype, two_b.run.device) == (16, "bfloat16", "auto")
+
+
+def test_memory_estimate_of_the_2b_preset_fits_a_16_gb_card():
+    from nanoo1.model import Gemma2Config
+    from nanoo1.recipe import memory_estimate
+
+    need = memory_estimate(PRESETS["2b"], Gemma2Config.preset("2b"))
+    assert need["weights"] == pytest.approx(2_614_341_888 * 2 / 2 ** 30, rel=1e-6)  # bf16, tied embeddings
+    assert 0 < need["trained + optimizer"] < 1 and sum(need.values()) < 16
