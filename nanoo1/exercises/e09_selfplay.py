@@ -30,9 +30,11 @@ def _self_play_tree():
 
 
 def check_success_rates(success_rates) -> bool:
-    """`success_rates(tree) -> {node id: rate}` as nanoo1.experience.success_rates: for every node with judged
-    terminals (.terminal "success" or "failure") in its subtree, itself included (the root's own terminal,
-    if any, is not counted), (successes + 1/2) / (terminals + 1). Nodes with none below them get no entry."""
+    """`success_rates(tree) -> {node id: rate}` as nanoo1.experience.success_rates: for every node with outcomes
+    in its subtree, itself included, (successes + 1/2) / (outcomes + 1). An outcome (experience.outcomes) is a
+    terminal node (.terminal "success" or "failure") other than the root with no terminal node above it: where
+    a chain of the search ended. The trees checked here hold no terminal below another, so each of their
+    terminals is an outcome. Nodes with no outcome below them get no entry."""
     _callable(success_rates, "check_success_rates")
 
     def rates(tree, ids):
@@ -53,11 +55,11 @@ def check_success_rates(success_rates) -> bool:
     return _run("success_rates", [
         _Case("nodes 0, 1, 2, 8 of the tree in nanoo1.exercises._self_play_tree", lambda: rates(_self_play_tree(), [0, 1, 2, 8]),
               [2.5 / 7, 0.375, 0.5, 0.75],
-              hint="count every terminal in the node's subtree, however deep, then (s + 1/2) / (n + 1)"),
+              hint="count every outcome in the node's subtree, however deep, then (s + 1/2) / (n + 1)"),
         _Case("the terminals 3, 4, 6, 7, 9, 10 of the same tree", lambda: rates(_self_play_tree(), [3, 4, 6, 7, 9, 10]),
               [0.75, 0.25, 0.25, 0.25, 0.25, 0.75], hint="a terminal's own outcome counts for it: (1 + 1/2) / 2 or (0 + 1/2) / 2"),
         _Case("the ids that get a rate", lambda: keys(_self_play_tree()), repr([0, 1, 2, 3, 4, 6, 7, 8, 9, 10]),
-              hint="node 5 has no terminal below it: leave it out (an unjudged leaf is not a failure)"),
+              hint="node 5 has no outcome below it: leave it out (an unjudged leaf is not a failure)"),
         _Case("root -> one success", lambda: rates(single(), [0, 1]), [0.75, 0.75]),
         _Case("a tree without terminals (the ids)", lambda: keys(Tree("Q")), "[]"),
     ])
@@ -87,9 +89,10 @@ def _lucky_tree():
 
 
 def check_relabel_lucky(relabel_lucky) -> bool:
-    """`relabel_lucky(tree) -> int` as nanoo1.experience.relabel_lucky: every "success" terminal whose
-    root-to-leaf path (tree.path(leaf), the leaf included) holds a wrong `a op b = c` equation
-    (nanoo1.rewards.equations_hold is False for some node's text) becomes a "failure"; returns how many."""
+    """`relabel_lucky(tree) -> int` as nanoo1.experience.relabel_lucky, for trees grown without a step checker:
+    every "success" terminal whose root-to-leaf path (tree.path(leaf), the leaf included) holds a wrong
+    `a op b = c` equation (nanoo1.rewards.equations_hold is False for some node's text) becomes a "failure";
+    returns how many."""
     _callable(relabel_lucky, "check_relabel_lucky")
 
     def single_success():
