@@ -90,7 +90,8 @@ def ppo_iteration(model, tokenizer, opt, replay, policy, problems, it: int, conf
         stats = stats[1:] if u == 0 else stats
         stats.append(st)
     mean = {k: sum(st[k] for st in stats) / len(stats) for k in stats[0]}
-    return {"solved": solved, "chains": len(items), "restamped": restamped,
+    updates = c.updates_per_iteration if len(replay) else 0  # the losses below are 0.0 where no update ran
+    return {"solved": solved, "chains": len(items), "restamped": restamped, "ppo_updates": updates,
             **{k: mean[k] for k in ("policy_loss", "value_loss", "clip_frac", "approx_kl")}}
 
 
