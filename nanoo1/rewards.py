@@ -13,6 +13,8 @@ from fractions import Fraction
 
 import torch
 
+from nanoo1.steps import equations_hold  # the step checker, in its own module; its public name is here
+
 # An unsigned number: "1,234" (groups of three only, so "1,2,3" is a list), "12", "3.5", ".5".
 _NUM = r"(?:\d{1,3}(?:,\d{3})+(?!\d)|\d+)(?:\.\d+)?|\.\d+"
 # A sign counts only where it cannot be a binary minus: not after a letter, digit or closing bracket.
@@ -147,26 +149,6 @@ def check(response: str, ground_truth, rel_tol: float = 1e-6) -> bool:
     if x is not None or y is not None:
         return False
     return normalize_answer(predicted) == normalize_answer(truth)
-
-
-_EQUATION = re.compile(r"(?<![\d.])(\d+)\s*([-+*/x×])\s*(\d+)\s*=\s*(\d+)(?![\d.])")
-
-
-def equations_hold(text: str) -> bool:
-    """True when every `a op b = c` written in the text is correct arithmetic (integers, op one of + - * x /).
-
-    A process check for outcome-rewarded search: on small answer ranges a chain of wrong steps often lands
-    on the right number by luck, and training on such a lucky chain teaches the wrong steps. rStar-Math
-    gets the same guard by executing each code step. Text without equations passes.
-    """
-    for a, op, b, c in _EQUATION.findall(text):
-        a, b, c = int(a), int(b), int(c)
-        if op == "/":
-            if b == 0 or a != b * c:
-                return False
-        elif {"+": a + b, "-": a - b}.get(op, a * b) != c:
-            return False
-    return True
 
 
 def _has_boxed_answer(text: str) -> bool:
