@@ -84,8 +84,8 @@ def tokenize(expr: str) -> list | None:
         pos = m.end()
         number, op = m.group(1), m.group(2)
         if number is not None:
-            if len(number) - ("." in number) > MAX_DIGITS or re.match(r"0\d", number):
-                return None  # too long, or a code or a time ("0130")
+            if len(number) - ("." in number) > MAX_DIGITS:
+                return None
             whole, _, decimals = number.partition(".")
             out.append((Fraction(number) if decimals else int(whole), len(decimals)))
         elif op is not None:

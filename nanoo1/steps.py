@@ -23,6 +23,7 @@ _MARGIN = 16  # characters of context a side needs around it (see _LEAD, _TRAIL)
 # runs of arithmetic and "=" signs; a line may break after an operator or "="
 _SCAN = re.compile(rf"(?P<run>{ATOM}(?:(?<=[-+*/^(\[{{])\s*{ATOM}|[ \t]*{ATOM})*)"
                    r"|(?P<eq>[ \t]*(?<![<>!=:])=(?![=>])\s*)")
+_CODE = re.compile(r"(?<![\d.])0\d")  # a number with a leading zero is a code or a time: "0900 - 0130"
 _SIGNED = re.compile(r"-[\d.(\[{]")  # a leading minus written against its operand is a sign
 # before a left side: a word that multiplies what follows ("20% of 50 + 10"), a function ("log 8 + 1",
 # "\lfloor 3.5"), a lone letter (a variable, "x -3 + 5")
@@ -105,6 +106,8 @@ def _equation(text: str, left, right, calculator: bool, chained: bool) -> bool |
     """True or False for the equation between the runs `left` and `right` of `text`, None when skipped.
     calculator: `left` is a calculator line, read whole (a left side that is one number is judged, a
     leading sign is a sign); chained: the run `left` is the right side of the "=" before it."""
+    if _CODE.search(left.group()) or _CODE.search(right.group()):
+        return None
     lt, rt = tokenize(left.group()), tokenize(right.group())
     if not lt or not rt:
         return None
