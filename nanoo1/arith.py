@@ -51,8 +51,11 @@ _SPACED_OVER = re.compile(r"(?<=/)[ \t]+(\d+/\d+)(?![\d./^])")  # "25 / 1/3": a 
 def normalize(text: str) -> str:
     """Spell the arithmetic of `text` in plain characters: `\\times`, `\\cdot`, `×`, `·` and `x` between
     operands become `*`, `\\div` and `÷` become `/`, `\\frac{a}{b}` (also `\\dfrac`, `\\tfrac`, `\\frac12`)
-    becomes `((a)/(b))`, the unicode minus `-`; thousands separators ("1,234", "1{,}234"), `\\left`,
-    `\\right`, `\\boxed`, LaTeX spacing and `\\text{...}` around words are dropped."""
+    becomes `((a)/(b))`, the unicode minus `-` and a spaced en dash " – " a minus; a whole number and a
+    proper fraction ("1 1/2", "5 and 2/3", "2\\frac{1}{2}") become one value "(1+1/2)", and a fraction
+    written tight after a spaced "/" ("25 / 1/3") is bracketed; thousands separators ("1,234", "1 234",
+    "1{,}234"), degree signs, `\\left`, `\\right`, `\\boxed`, LaTeX spacing and `\\text{...}` around
+    words are dropped. Each step is one pass of a regex (nested fractions one pass per level)."""
     text = _SYMBOLS.sub(lambda m: _SYMBOL.get(m.group(0), " "), text)
     text = _TEXT.sub(r" \1 ", text)
     text = _MIXED_FRAC.sub(lambda m: _mixed(m[1], m[2] or m[4], m[3] or m[5], m[0]), text)
@@ -75,8 +78,8 @@ def _mixed(whole: str, num: str, den: str, written: str, unbalanced: bool = Fals
 
 def tokenize(expr: str) -> list | None:
     """Tokens of a normalized expression: (value, decimals shown) per number (an int, or a Fraction for a
-    decimal), else the operator or
-    bracket as a string; currency signs are dropped. None if anything else is in it or it is too long."""
+    decimal), else the operator or bracket as a string; currency signs are dropped. None if anything else
+    is in it, a sign stands apart from its operand ("- - 3") or it is longer than MAX_TOKENS."""
     out, pos = [], 0
     for m in _TOKEN.finditer(expr):
         if m.start() != pos or len(out) >= MAX_TOKENS:
@@ -123,7 +126,8 @@ def value(tokens: list, percent: bool = True) -> Fraction:
 
     Raises ZeroDivisionError for a division by zero, ValueError when the tokens are not one expression (or
     hold a fractional power or brackets nested deeper than MAX_DEPTH), OverflowError past MAX_BITS.
-    A number or a closing bracket right before an opening one multiplies: 2(3 + 4) = 14.
+    A number or a closing bracket right before an opening one multiplies: 2(3 + 4) = 14; // is floor
+    division. Recursive descent, one function per precedence level.
     """
     pos = 0
 

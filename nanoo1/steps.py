@@ -17,7 +17,7 @@ from fractions import Fraction
 from nanoo1.arith import ATOM, OPENING, OPERATORS, normalize, tokenize, value
 
 MAX_SIDE = 200  # characters read on each side of an "=" (a longer side is not read)
-MAX_EQUATIONS = 1000  # "=" signs (and annotations) read per text; the text after them is not checked
+MAX_EQUATIONS = 1000  # "=" signs (or annotations) read per text; the text after them is not checked
 _ANNOTATION = re.compile(rf"<<([^<>]{{1,{MAX_SIDE}}})>>")
 _MARGIN = 16  # characters of context a side needs around it (see _LEAD, _TRAIL)
 # runs of arithmetic and "=" signs; a line may break after an operator or "="
@@ -209,20 +209,21 @@ def equations_hold(text: str) -> bool:
     - a right side that starts with an operator or a spaced sign (`= + 5`), or is followed by a word that
       scales it ("thousand", "cents", "times", "of", "per"), a capital letter written against it (an
       unknown: `= 5A / 5`), `\\`, `!`, `²`, `√`, `π`, `_` or a time's ":";
-    - `<=`, `>=`, `==`, `!=`, `:=`, `=>`; and everything after the first MAX_EQUATIONS "=" signs.
+    - `<=`, `>=`, `==`, `!=`, `:=`, `=>`; an annotation longer than MAX_SIDE characters; everything after
+      the first MAX_EQUATIONS "=" signs (or annotations).
     The work is bounded by MAX_EQUATIONS * MAX_SIDE characters, whatever the length of the text.
     """
     if "=" not in text:
         return True
-    annotated = False
-    for i, m in enumerate(_ANNOTATION.finditer(text)):
-        if i == MAX_EQUATIONS:
-            return True
+    annotations = 0
+    for m in _ANNOTATION.finditer(text):
         if "=" in m.group(1):
-            annotated = True
+            annotations += 1
+            if annotations > MAX_EQUATIONS:
+                return True
             if not _annotation_holds(text, m):
                 return False
-    return annotated or _prose_holds(text)
+    return annotations > 0 or _prose_holds(text)
 
 
 def _prose_holds(text: str) -> bool:

@@ -130,3 +130,6 @@ def test_adversarial_text_is_judged_within_a_second(name):
 def test_only_the_first_equations_of_a_long_text_are_read():
     assert not equations_hold("1 + 1 = 2\n" * (MAX_EQUATIONS - 1) + "1 + 1 = 3")
     assert equations_hold("1 + 1 = 2\n" * MAX_EQUATIONS + "1 + 1 = 3")
+    assert not equations_hold("<<1+1=2>>2 " * (MAX_EQUATIONS - 1) + "<<1+1=3>>3")
+    assert equations_hold("<<1+1=2>>2 " * MAX_EQUATIONS + "<<1+1=3>>3")
+    assert not equations_hold("<<no equation>>" * (2 * MAX_EQUATIONS) + "2 + 2 = 5")  # only equations count
