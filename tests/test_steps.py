@@ -1,5 +1,6 @@
 """The step checker: hand-written cases, GSM8K as it is, the tiny task's steps, bounded cost."""
 
+import random
 import re
 import time
 from pathlib import Path
@@ -133,3 +134,11 @@ def test_only_the_first_equations_of_a_long_text_are_read():
     assert not equations_hold("<<1+1=2>>2 " * (MAX_EQUATIONS - 1) + "<<1+1=3>>3")
     assert equations_hold("<<1+1=2>>2 " * MAX_EQUATIONS + "<<1+1=3>>3")
     assert not equations_hold("<<no equation>>" * (2 * MAX_EQUATIONS) + "2 + 2 = 5")  # only equations count
+
+
+def test_never_raises_on_random_arithmetic():
+    rng = random.Random(0)
+    pieces = ["1", "0", "9", "12", ".5", "1,000", " ", "\n", "+", "-", "*", "/", "//", "^", "(", ")", "[", "]", "{", "}", "=",
+              "%", "$", "x", "\\frac{", "\\times", "<<", ">>", "of", "a", "_", ":", "!", "1 1/2", "10^10^", "\u2212", "="]
+    for _ in range(5000):
+        assert equations_hold("".join(rng.choice(pieces) for _ in range(rng.randint(0, 40)))) in (True, False)
