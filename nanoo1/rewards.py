@@ -1,10 +1,12 @@
 """Rewards for math reasoning: answer extraction and checking, format, cosine length reward, repetition.
 
 `check(response, ground_truth)` is the verifiable reward: 1 when the final answer of the response equals
-the ground truth. Numbers compare by exact value (non-integers also within 1e-6 relative), so "1,234",
-"$1234.00" and "\\frac{2468}{2}" are all 1234. The shaping terms follow Yeo et al. 2025, "Demystifying Long
-Chain-of-Thought Reasoning in LLMs": a cosine length reward per response and an n-gram repetition
-penalty per token.
+the ground truth, compared as MATH-style graders do: numbers by exact value (non-integers also within 1e-6
+relative), so "1,234", "$1234.00", "\\frac{2468}{2}" and "1.234 \\times 10^3" are all 1234; lettered
+choices by letter; anything else as normalised text. A reward reads every sampled text, so extraction and
+checking take time linear in the text and never raise on it. `equations_hold` (steps.py) is the step
+checker. The shaping terms follow Yeo et al. 2025, "Demystifying Long Chain-of-Thought Reasoning in LLMs":
+a cosine length reward per response and an n-gram repetition penalty per token.
 """
 
 import math
@@ -12,6 +14,9 @@ import re
 from fractions import Fraction
 
 import torch
+
+from nanoo1.arith import evaluate, normalize
+from nanoo1.steps import equations_hold  # the step checker, in its own module; its public name is here
 
 # An unsigned number: "1,234" (groups of three only, so "1,2,3" is a list), "12", "3.5", ".5".
 _NUM = r"(?:\d{1,3}(?:,\d{3})+(?!\d)|\d+)(?:\.\d+)?|\.\d+"
@@ -21,16 +26,28 @@ _TOKEN = re.compile(
     rf"{_SIGN}\\[dt]?frac\s*\{{\s*[-+]?(?:{_NUM})\s*\}}\s*\{{\s*[-+]?(?:{_NUM})\s*\}}"  # \frac{3}{4}
     rf"|{_SIGN}(?:{_NUM})(?:\s*/\s*(?:{_NUM}))?"  # 12, -3.5, 1,234, 3/4
 )
-# a whole numeric answer: brackets, one number, an optional unit
-_NUMERIC = re.compile(rf"[\s(\[{{]*(?P<number>{_TOKEN.pattern})[\s)\]}}]*(?:[A-Za-z][A-Za-z\s^/.\d]*)?")
-_BOXED = re.compile(r"\\boxed\s*\{")
-# the lookahead reads to the end of the line without consuming it, so a later "answer is" still matches
-_ANSWER_IS = re.compile(r"answer\s*(?:is|:)\s*:?(?=([^\n]*))", re.IGNORECASE)
-_OUTPUT = re.compile(r"<output>(.*?)</output>", re.DOTALL)
+MAX_ANSWER = 1000  # characters of an answer read as a number (longer ones compare as text)
+BOX_DEPTH = 5  # brace levels of a \boxed{...}, its own included (\boxed{\frac{\sqrt{3}}{2}} has 3)
+
+
+def _balanced(depth: int) -> str:
+    """A regex for text whose braces are balanced and nested at most `depth` deep. Each character has one
+    way to match, so a failed match backs off in linear time."""
+    inner = r"[^{}]*"
+    for _ in range(depth):
+        inner = rf"(?:[^{{}}]|\{{{inner}\}})*"
+    return inner
+
+
+_BOX_OPEN = re.compile(r"\\boxed\s*\{")
+_BOX_BODY = re.compile(rf"({_balanced(BOX_DEPTH - 1)})\}}")  # the content and the closing brace
+_ANSWER_IS = re.compile(r"answer\s*(?:is|:)\s*:?(?=[^\S\n]*\S)", re.IGNORECASE)  # and something on its line
 _HASHES = re.compile(r"####([^\n]*)")
 # LaTeX and currency decoration that never changes a value
 _DROP = re.compile(r"\\[!,]|\\left|\\right|\\\$|\$|\\%|%|\^\s*\{?\\circ\}?|°")
-_TEXT = re.compile(r"\\(?:text|textbf|textrm|mathrm|mbox)\s*\{([^{}]*)\}")
+_TEXT = re.compile(r"\\(?:text|textbf|textrm|textit|mathrm|mathbf|mbox|operatorname)\s*\{([^{}]*)\}")
+_UNIT = re.compile(r"[A-Za-z][A-Za-z\s^/.\d]*")  # "cm", "cm^2", "m/s", "of the pie", "dollars."
+_CHOICE = re.compile(r"\(([A-Za-z])\)(?:\s.*)?|([A-Za-z])[.):]?", re.DOTALL)  # "(B)", "(b) 12", "B", "b.", "B)"
 
 
 def _clean(text: str) -> str:
@@ -40,26 +57,31 @@ def _clean(text: str) -> str:
     return _DROP.sub("", text)
 
 
-def _token_value(token: str) -> Fraction | None:
-    # one number, or a numerator and a denominator; each "-" in the token flips the sign
-    parts = [Fraction(p.replace(",", "")) for p in re.findall(_NUM, token)]
-    if len(parts) == 2 and parts[1] == 0:
-        return None
-    value = parts[0] / parts[1] if len(parts) == 2 else parts[0]
-    return -value if token.count("-") % 2 else value
-
-
 def last_boxed(text: str) -> str | None:
-    """The content of the last complete `\\boxed{...}` in text (braces balanced), or None."""
-    found = None
-    for m in _BOXED.finditer(text):
-        depth = 1
-        for j in range(m.end(), len(text)):
-            depth += {"{": 1, "}": -1}.get(text[j], 0)
-            if depth == 0:
-                found = text[m.end() : j]
-                break
-    return found
+    """The content of the last complete `\\boxed{...}` in text (braces balanced, at most BOX_DEPTH levels of
+    them with its own), or None.
+
+    Boxes are tried from the last one back. A box that does not close before the next box (the nearest
+    later one that did not close) never closes, or nests too deep, so each part of the text is read once.
+    """
+    search, end = text.rfind("}"), len(text)  # a box opens before the last "}"; one open at `end` never closes
+    while search > 0:
+        search = text.rfind("\\boxed", 0, search)
+        opening = _BOX_OPEN.match(text, search) if search >= 0 else None
+        if opening is not None:
+            body = _BOX_BODY.match(text, opening.end(), end)
+            if body is not None:
+                return body.group(1)
+            end = search
+    return None
+
+
+def _last_output(text: str) -> str | None:
+    """The content of rStar's last `<output>...</output>`: between the last `</output>` and the nearest
+    `<output>` before it."""
+    end = text.rfind("</output>")
+    start = text.rfind("<output>", 0, end) if end >= 0 else -1
+    return text[start + len("<output>"):end] if start >= 0 else None
 
 
 def _trim(answer: str) -> str | None:
@@ -77,96 +99,141 @@ def extract_answer(text: str) -> str | None:
     3. "answer is ..." / "answer: ...": the first number after it on that line (else the words up to
        the end of the sentence);
     4. the last number anywhere: "1,234", "-3.5", "3/4", "\\frac{3}{4}".
-    A trailing period is dropped. `parse_number` turns the result into a value.
+    A trailing period is dropped. `parse_number` turns the result into a value. Linear in the text.
     """
     if not text:
         return None
-    outputs = _OUTPUT.findall(text)
-    if outputs:
-        return _trim(outputs[-1]) if outputs[-1].strip() else None
+    output = _last_output(text)
+    if output is not None:
+        return _trim(output)
     boxed = last_boxed(text)
     if boxed is not None and boxed.strip():
         return _trim(boxed)
     hashes = [m.group(1) for m in _HASHES.finditer(text) if m.group(1).strip()]
     if hashes:
         return _trim(hashes[-1])
-    stated = [m.group(1) for m in _ANSWER_IS.finditer(text) if m.group(1).strip()]
-    if stated:
-        number = _TOKEN.search(_clean(stated[-1]))
-        return number.group(0).strip() if number else _trim(stated[-1].split(". ")[0])
-    numbers = _TOKEN.findall(_clean(text))
-    return numbers[-1].strip() if numbers else None
+    stated = None
+    for stated in _ANSWER_IS.finditer(text):
+        pass
+    if stated is not None:
+        end = text.find("\n", stated.end())
+        line = text[stated.end():end if end >= 0 else len(text)]
+        number = _TOKEN.search(_clean(line))
+        return number.group(0).strip() if number else _trim(line.split(". ")[0])
+    return _last_number(text)
+
+
+def _last_number(text: str) -> str | None:
+    """The last number of the text ("1,234", "-3.5", "3/4", "\\frac{3}{4}"), read around its last digit;
+    None when it has none, or when the last number is longer than MAX_ANSWER characters."""
+    last = max(text.rfind(digit) for digit in "0123456789")
+    if last < 0:
+        return None
+    lo = max(0, last - MAX_ANSWER)
+    numbers = list(_TOKEN.finditer(_clean(text[lo:last + 16])))  # "\\frac{3}{4}": the closing brace after the 4
+    if not numbers or (lo > 0 and numbers[-1].start() == 0):
+        return None
+    return numbers[-1].group(0).strip()
 
 
 def parse_number(answer: str) -> Fraction | None:
     """The exact value of a numeric answer, or None if the answer is not a number.
 
-    Currency, percent and degree signs, LaTeX spacing and `\\text{...}` are ignored, and after an "="
-    only the right-hand side counts ("x = 5" is 5). What is left must be one number, in brackets or
-    not, followed at most by a unit made of words, digits, "^" and "/" ("5 cm^2", "3/4 of the pie"):
-    "2 + 3", "x+1" and "(3, 4)" are not numbers.
+    Currency, percent and degree signs, LaTeX spacing and `\\text{...}` are dropped, and after an "="
+    only the right-hand side counts ("x = 5" is 5). What is left must be arithmetic on numbers
+    (`arith.evaluate`: "1,234", "-3.5", "\\frac{3}{4}", "\\dfrac{3}{4}", "2^{10}", "3 \\times 10^5",
+    "2 + 3", "1 1/2"), followed at most by a unit made of words, digits, "^" and "/" ("5 cm^2",
+    "3/4 of the pie"). "x+1", "(3, 4)", "\\sqrt{2}", "B" and answers longer than MAX_ANSWER characters
+    are not numbers.
     """
-    match = _NUMERIC.fullmatch(_clean(answer).rsplit("=", 1)[-1])
-    return _token_value(match.group("number")) if match else None
+    if len(answer) > MAX_ANSWER:
+        return None
+    text = re.sub(r"^\s*([-+])\s+", r"\1", normalize(_clean(answer).rsplit("=", 1)[-1]))  # "- 5" is -5
+    unit = re.search(r"[A-Za-z]", text)
+    if unit is not None and not _UNIT.fullmatch(text, unit.start()):
+        return None
+    return evaluate(text[:unit.start()] if unit is not None else text)
+
+
+def _choice(answer: str) -> str | None:
+    """The letter of a lettered choice ("(B)", "B", "B.", "\\text{(B)}", "(b) 12"), upper-cased, or None."""
+    match = _CHOICE.fullmatch(_clean(answer).strip())
+    return (match.group(1) or match.group(2)).upper() if match else None
 
 
 def normalize_answer(answer: str) -> str:
-    """A canonical key for an answer, for majority voting: a number as its exact fraction ("1,234.0" ->
-    "1234", "0.75" -> "3/4"), anything else lower-cased without spaces or decoration."""
+    """A canonical key for an answer, for majority voting and for `check`: a number as its exact fraction
+    ("1,234.0" -> "1234", "0.75" -> "3/4", "2^{3}" -> "8"), a lettered choice as "(B)", anything else
+    lower-cased without spaces or decoration, with `\\dfrac` and `\\tfrac` read as `\\frac`, `\\frac12`
+    as `\\frac{1}{2}`, `\\sqrt2` as `\\sqrt{2}` and a variable's name before "=" dropped ("k = \\pi" -> "\\pi")."""
     value = parse_number(answer)
     if value is not None:
         return str(value)
-    return re.sub(r"\s+", "", _clean(answer)).rstrip(".").lower()
+    letter = _choice(answer)
+    if letter is not None:
+        return f"({letter})"
+    text = re.sub(r"\s+", "", _clean(answer)).rstrip(".").lower()
+    text = re.sub(r"\\[dt]frac", r"\\frac", text)
+    text = re.sub(r"\\frac(\d)(\d)", r"\\frac{\1}{\2}", text)
+    text = re.sub(r"\\sqrt(\d)", r"\\sqrt{\1}", text)
+    name, equals, rest = text.partition("=")
+    return rest if equals and re.fullmatch(r"[a-z]\w?", name) and rest else text
 
 
 def _reference_answer(ground_truth) -> str | None:
     if isinstance(ground_truth, (int, float, Fraction)):
-        return str(Fraction(ground_truth))  # exact, and never in scientific notation
+        if isinstance(ground_truth, float) and not math.isfinite(ground_truth):
+            return None
+        value = Fraction(ground_truth)
+        if max(value.numerator.bit_length(), value.denominator.bit_length()) > 4 * MAX_ANSWER:
+            return None  # too long to write out (and to be a number parse_number reads)
+        return str(value)  # exact, and never in scientific notation
+    if not isinstance(ground_truth, str):
+        return None
     if "####" in ground_truth:  # a whole GSM8K solution
         return _trim(ground_truth.rsplit("####", 1)[1])
     boxed = last_boxed(ground_truth)
     return _trim(boxed if boxed is not None else ground_truth)
 
 
-def check(response: str, ground_truth, rel_tol: float = 1e-6) -> bool:
-    """Whether the final answer of `response` (see `extract_answer`) equals `ground_truth`.
+def _candidates(answer: str, value: Fraction) -> set:
+    """The values an answer may mean: its number, and with a percent sign also that number / 100."""
+    return {value, value / 100} if "%" in answer else {value}
 
-    ground_truth: a bare answer ("72", "3/4", 72), a text with a `\\boxed{}` answer, or a whole GSM8K
-    solution ending in "#### 72".
-    Two numbers are equal when their exact values are, or when one is not an integer and they agree
-    within rel_tol (0.333333 matches 1/3, while 1450000 and 1450001 stay apart); two non-numbers when
-    their `normalize_answer` keys are; a number never equals a non-number.
+
+def check(response: str, ground_truth, rel_tol: float = 1e-6) -> bool:
+    """Whether the final answer of `response` (see `extract_answer`) equals `ground_truth`; never raises,
+    and an answer that cannot be read is wrong.
+
+    ground_truth: a bare answer ("72", "3/4", 72, "\\text{(B)}"), a text with a `\\boxed{}` answer, or a
+    whole GSM8K solution ending in "#### 72".
+    Equivalences, as MATH-style graders use them (Hendrycks et al. 2021's answer normalisation; Lightman
+    et al. 2023's grader evaluates numeric expressions):
+    - numbers (`parse_number`): "1,234", "1{,}234", "$1,234.00", "1234 dollars", "1234\\text{ cm}" and
+      "\\frac{2468}{2}" are all 1234; "\\dfrac{3}{4}", "\\tfrac34", "0.75" and "3/4" are equal; so are
+      "2^{10}" and 1024, "3 \\times 10^5" and 300000, "-5", "−5" and "- 5", "5." and "5";
+    - a percent sign is dropped (50% is 50, as Hendrycks's normaliser does), or divides by 100 when the
+      other side has none ("50%" also matches 0.5);
+    - two numbers are equal when their exact values are, or when one is not an integer and they agree
+      within rel_tol (0.333333 matches 1/3, while 1450000 and 1450001 stay apart);
+    - lettered choices compare by letter: "(B)", "B", "B.", "\\text{(B)}", "\\textbf{B}" and "(b)";
+    - anything else compares as `normalize_answer` keys; a number never equals a non-number.
     """
     predicted, truth = extract_answer(response), _reference_answer(ground_truth)
     if predicted is None or truth is None:
         return False
     x, y = parse_number(predicted), parse_number(truth)
     if x is not None and y is not None:
-        both_integers = x.denominator == 1 and y.denominator == 1
-        return x == y or (not both_integers and math.isclose(x, y, rel_tol=rel_tol))
+        tolerance = Fraction(str(rel_tol))  # 1e-6 exactly, not the binary float nearest to it
+        for a in _candidates(predicted, x):
+            for b in _candidates(truth, y):
+                both_integers = a.denominator == 1 and b.denominator == 1
+                if a == b or (not both_integers and abs(a - b) <= tolerance * max(abs(a), abs(b))):
+                    return True
+        return False
     if x is not None or y is not None:
         return False
     return normalize_answer(predicted) == normalize_answer(truth)
-
-
-_EQUATION = re.compile(r"(?<![\d.])(\d+)\s*([-+*/x×])\s*(\d+)\s*=\s*(\d+)(?![\d.])")
-
-
-def equations_hold(text: str) -> bool:
-    """True when every `a op b = c` written in the text is correct arithmetic (integers, op one of + - * x /).
-
-    A process check for outcome-rewarded search: on small answer ranges a chain of wrong steps often lands
-    on the right number by luck, and training on such a lucky chain teaches the wrong steps. rStar-Math
-    gets the same guard by executing each code step. Text without equations passes.
-    """
-    for a, op, b, c in _EQUATION.findall(text):
-        a, b, c = int(a), int(b), int(c)
-        if op == "/":
-            if b == 0 or a != b * c:
-                return False
-        elif {"+": a + b, "-": a - b}.get(op, a * b) != c:
-            return False
-    return True
 
 
 def _has_boxed_answer(text: str) -> bool:

@@ -1,5 +1,9 @@
 """Shared fixtures: tiny random Gemma-2 models, their transformers twins, a tiny tokenizer."""
 
+import json
+import os
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -65,6 +69,22 @@ def hf_twin(model: Gemma2, tmp_path):
     hf = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "twin", attn_implementation="eager",
                                                            dtype=model.model.embed_tokens.weight.dtype)
     return hf.eval()
+
+
+def gsm8k_path(split: str) -> Path:
+    """GSM8K's `split` file ("train" or "test"), as it is: in $NANOO1_GSM8K, or else in
+    ../shared/datasets/gsm8k beside the repository; the test is skipped when it is not there."""
+    beside = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "gsm8k"
+    path = Path(os.environ.get("NANOO1_GSM8K") or beside) / f"{split}.jsonl"
+    if not path.exists():
+        pytest.skip(f"GSM8K not found at {path}: put train.jsonl and test.jsonl in ../shared/datasets/gsm8k beside the "
+                    "repository, or set NANOO1_GSM8K to their directory")
+    return path
+
+
+def gsm8k_rows(split: str) -> list[dict]:
+    """GSM8K's `split` as it is, one dict per line (see gsm8k_path)."""
+    return [json.loads(line) for line in gsm8k_path(split).read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
 @pytest.fixture(scope="session")

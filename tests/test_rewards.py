@@ -1,14 +1,14 @@
-import json
+import random
+import time
 from fractions import Fraction
-from pathlib import Path
 
 import pytest
 import torch
 
+from conftest import gsm8k_rows
 from nanoo1.rewards import (check, cosine_length_reward, extract_answer, format_reward, last_boxed,
                             normalize_answer, parse_number, repetition_penalty)
 
-GSM8K_TEST = Path(__file__).resolve().parents[1] / ".." / "shared" / "datasets" / "gsm8k" / "test.jsonl"
 
 
 # ---------------------------------------------------------------- extraction and checking
@@ -53,7 +53,7 @@ def test_last_boxed_balances_braces():
     (r"-\dfrac{3}{4}", Fraction(-3, 4)), (r"\frac{-3}{4}", Fraction(-3, 4)), (r"\$1,234.50", Fraction(246900, 200)),
     ("50%", 50), (r"72^\circ", 72), (r"5\text{ cm}^2", 5), ("18 dollars", 18), ("x = 5", 5), ("(-2)", -2),
     ("+7", 7), ("0.125", Fraction(1, 8)),
-    ("x+1", None), ("2 + 3", None), ("(3, 4)", None), ("B", None), (r"3 \times 10^5", None), ("1/0", None),
+    ("x+1", None), ("(3, 4)", None), ("B", None), ("1/0", None), (r"\sqrt{2}", None), ("2x + 1", None),
 ])
 def test_parse_number(answer, value):
     assert parse_number(answer) == value
@@ -93,19 +93,125 @@ def test_check(response, truth, expected):
     assert check(response, truth) is expected
 
 
+@pytest.mark.parametrize("response, truth, expected", [
+    # \text{}, \mathrm{}, \textbf{} and lettered choices
+    (r"So the answer is $\boxed{\text{(B)}}$.", "B", True),
+    (r"So the answer is $\boxed{\text{(B)}}$.", "(C)", False),
+    (r"\boxed{\textbf{(C)}}", r"\text{(C)}", True),
+    (r"\boxed{\mathrm{(D)}\ 12}", "D", True),  # the choice's letter, its text after it
+    ("The answer is (b).", "B", True),
+    ("The answer is B.", "C", False),
+    (r"\boxed{A}", "(A)", True),
+    (r"\boxed{\text{Monday}}", "monday", True),
+    (r"\boxed{\text{Monday}}", "Tuesday", False),
+    # \frac, \dfrac, \tfrac
+    (r"\boxed{\dfrac{3}{4}}", "0.75", True),
+    (r"\boxed{\tfrac34}", r"\frac{3}{4}", True),
+    (r"\boxed{-\dfrac{3}{4}}", "-0.75", True),
+    (r"\boxed{\frac{3}{4}}", "0.7", False),
+    (r"\boxed{2\frac{1}{2}}", "2.5", True),  # a mixed number
+    (r"\boxed{\dfrac{\sqrt{3}}{2}}", r"\frac{\sqrt3}{2}", True),  # not numbers: compared as normalised text
+    (r"\boxed{\frac{\sqrt{3}}{2}}", r"\frac{\sqrt{2}}{2}", False),
+    # powers, products and simple expressions of numbers
+    (r"\boxed{2^{10}}", "1024", True),
+    (r"\boxed{2^{10}}", "1000", False),
+    (r"\boxed{3 \times 10^5}", "300000", True),
+    (r"\boxed{3 \cdot 10^{5}}", "300,000", True),
+    (r"\boxed{3 \times 10^4}", "300000", False),
+    (r"\boxed{2 \cdot 3 \cdot 5}", "30", True),
+    (r"\boxed{10^{-3}}", "0.001", True),
+    (r"\boxed{2 + 3}", "5", True),
+    (r"\boxed{10^{10^{10}}}", "5", False),  # too big to compute: compared as text, never raised
+    # percentages
+    (r"\boxed{50\%}", "50", True),
+    (r"\boxed{50\%}", "0.5", True),
+    ("The answer is 0.5", r"50\%", True),
+    (r"\boxed{50\%}", "5", False),
+    # units and currency around a number
+    (r"\boxed{5\text{ cm}^2}", "5", True),
+    (r"\boxed{12 \mathrm{~cm}}", "12", True),
+    ("The answer is 12 inches.", "12", True),
+    (r"\boxed{\$18.00}", "18", True),
+    (r"\boxed{18 \text{ dollars}}", "19", False),
+    ("It costs \u20ac7 per day", "7", True),
+    # thousands separators, negatives, trailing periods, "x ="
+    (r"\boxed{1{,}234}", "1234", True),
+    (r"\boxed{1,234}", "1235", False),
+    (r"\boxed{-5}", "-5", True),
+    ("\\boxed{\u22125}", "-5", True),
+    (r"\boxed{- 5}", "-5", True),
+    (r"\boxed{-5}", "5", False),
+    (r"\boxed{5.}", "5", True),
+    (r"\boxed{x = 5}", "5", True),
+    (r"\boxed{k = \pi}", r"\pi", True),
+    (r"\boxed{k = \pi}", r"2\pi", False),
+])
+def test_check_math_style_answers(response, truth, expected):
+    assert check(response, truth) is expected
+
+
 def test_check_accepts_every_gsm8k_reference_solution_and_rejects_a_wrong_label():
-    if not GSM8K_TEST.exists():
-        pytest.skip(f"GSM8K test split not found at {GSM8K_TEST} (expected ../shared/datasets/gsm8k beside the repository)")
-    rows = [json.loads(line) for line in GSM8K_TEST.read_text().splitlines()]
-    assert len(rows) == 1319
+    rows = gsm8k_rows("train") + gsm8k_rows("test")
+    assert len(rows) == 8792
     accepted, rejected = [], []
     for row in rows:
         label = row["answer"].rsplit("####", 1)[1].strip()
         value = int(label.replace(",", ""))  # every GSM8K label is an integer, some "1,450,000"
-        accepted.append(check(row["answer"], label) and check(row["answer"], row["answer"]) and check(row["answer"], value))
+        accepted.append(check(row["answer"], label) and check(row["answer"], row["answer"])
+                        and check(row["answer"], value))
         rejected.append(not check(row["answer"], str(value + 1)) and not check(row["answer"], value - 1))
     assert all(accepted), [rows[i]["answer"][-30:] for i, ok in enumerate(accepted) if not ok][:5]
     assert all(rejected), [rows[i]["answer"][-30:] for i, ok in enumerate(rejected) if not ok][:5]
+
+
+MB = 1 << 20
+ADVERSARIAL = {
+    "repeated \\boxed{": "\\boxed{" * (MB // 7),
+    "repeated \\boxed{ with braces": ("\\boxed{" + "{}" * 25 + "{") * (MB // 58),
+    "repeated answer is": "answer is " * (MB // 10),
+    "nested braces": "{" * (MB // 2) + "}" * (MB // 2),
+    "a box of nested braces": "\\boxed{" + "{" * (MB // 2) + "1" + "}" * (MB // 2) + "}",
+    "digits": "1" * MB,
+    "numbers": "1 " * (MB // 2),
+    "repeated <output>": "<output>" * (MB // 8),
+    "repeated \\frac{": "\\frac{" * (MB // 6),
+    "repeated \\text{": "\\text{" * (MB // 6),
+    "a 5,000-digit answer": "The answer is \\boxed{" + "9" * 5000 + "}",
+}
+
+
+@pytest.mark.parametrize("name", list(ADVERSARIAL))
+def test_adversarial_text_is_checked_within_a_second(name):
+    text = ADVERSARIAL[name]
+    for truth in ("5", "9" * 5000, 10 ** 5000, text[:100000]):
+        start = time.perf_counter()
+        assert check(text, truth) in (True, False)
+        assert time.perf_counter() - start < 1.0  # the quadratic reading took 42 s on 28 kB of \boxed{
+    start = time.perf_counter()
+    normalize_answer(text), format_reward(text), format_reward(text, "elastic")
+    assert time.perf_counter() - start < 1.0
+
+
+def test_long_answers_compare_as_text_and_never_raise():
+    nines = "9" * 5000
+    assert check(f"\\boxed{{{nines}}}", nines) and not check(f"\\boxed{{{nines}}}", nines + "8")
+    assert not check(f"\\boxed{{{nines}}}", 10 ** 5000)  # too long to write out: wrong, not an error
+    assert not check("The answer is " + nines, float("nan")) and not check("5", None)
+    assert extract_answer("The answer is " + "1" * 5000) == "1" * 5000
+    assert extract_answer("x " + "1" * 5000) is None  # a last number longer than MAX_ANSWER is no answer
+
+
+def test_check_never_raises_on_random_text():
+    rng = random.Random(0)
+    pieces = ["\\boxed{", "{", "}", "\\frac", "\\dfrac{", "\\text{", "answer is", "####", "<output>", "</output>",
+              "^", "-", "+", "/", "*", "%", "\\%", "$", ",", ".", "(", ")", "=", " ", "\n", "x", "B", "0", "1", "9",
+              "1,000", "\u2212", "\\times", "\\sqrt", "e", "10^{", "\\left(", "{,}"]
+    for _ in range(3000):
+        response = "".join(rng.choice(pieces) for _ in range(rng.randint(0, 30)))
+        truth = "".join(rng.choice(pieces) for _ in range(rng.randint(0, 8)))
+        assert check(response, truth) in (True, False)
+        assert check(response, rng.choice([0, -7, 2.5, Fraction(1, 3)])) in (True, False)
+        normalize_answer(response)
 
 
 # ---------------------------------------------------------------- format

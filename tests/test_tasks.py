@@ -4,7 +4,8 @@ import json
 
 import pytest
 
-from nanoo1.rewards import check
+from conftest import gsm8k_path
+from nanoo1.rewards import check, equations_hold
 from nanoo1.tasks import OPS, TINY_DIR, Problem, load_jsonl, make_problems, solution_tree, think_prompt, write_jsonl
 from nanoo1.thoughts import parse_tree
 
@@ -70,3 +71,18 @@ def test_shipped_splits_are_disjoint_and_regenerable():
     assert len(train) == 10000 and len(test) == 500
     assert not {p.question for p in train} & {p.question for p in test}
     assert [p.question for p in train[:50]] == [p.question for p in make_problems(50, seed=1234)]
+
+
+def test_gsm8k_is_read_as_it_is():
+    """eval's and selfplay's --data read GSM8K's files through load_jsonl, with no conversion step."""
+    for split, n in (("train", 7473), ("test", 1319)):
+        path = gsm8k_path(split)
+        problems = load_jsonl(path)
+        rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+        assert len(problems) == len(rows) == n
+        for p, row in zip(problems, rows):
+            assert p.question == row["question"] and p.steps == []
+            assert p.answer.lstrip("-").isdigit()  # "#### 1,450,000" -> "1450000"
+            assert check(row["answer"], p.answer) and equations_hold(row["answer"])
+    commas = [p for p in load_jsonl(gsm8k_path("test")) if p.answer == "1450000"]
+    assert commas  # written "#### 1,450,000" in the file

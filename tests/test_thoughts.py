@@ -125,6 +125,32 @@ def test_policy_prompt_exact_text():
     assert hinted == ROOT_LINE + "\n" + step_line + "\n<hint>Check it.</hint>\n" + new_header + "<critic>"
 
 
+def test_root_and_two_thoughts_byte_for_byte():
+    """The OpenLongCoT format written out by hand (REFERENCE section 2): one line per node, lines joined by
+    a newline; the policy prompt ends with the new child's header up to `<start_of_thought>{meta}`, the value
+    prompt right after the last node's `<start_of_rating>`."""
+    tree = Tree("Tom has 3 pens. He buys 2 more. How many pens?")
+    step = tree.add(tree.root, "<expansion>", "3 + 2 = 5")
+    last = tree.add(step, "<conclusion>", "The answer is \\boxed{5}", rating="unknown")
+    path = tree.path(last)
+    root = ("<start_of_father_id>-1<end_of_father_id><start_of_local_id>0<end_of_local_id><start_of_thought>"
+            "<problem>Tom has 3 pens. He buys 2 more. How many pens?<end_of_thought><start_of_rating><positive_rating>"
+            "<end_of_rating>")
+    first = ("<start_of_father_id>0<end_of_father_id><start_of_local_id>1<end_of_local_id><start_of_thought>"
+             "<expansion>3 + 2 = 5<end_of_thought><start_of_rating><positive_rating><end_of_rating>")
+    second = ("<start_of_father_id>1<end_of_father_id><start_of_local_id>2<end_of_local_id><start_of_thought>"
+              "<conclusion>The answer is \\boxed{5}<end_of_thought><start_of_rating><unknown_rating><end_of_rating>")
+    new = "<start_of_father_id>2<end_of_father_id><start_of_local_id>3<end_of_local_id><start_of_thought>"
+    assert render_path(path) == tree.training_text() == root + "\n" + first + "\n" + second
+    assert policy_prompt(path, 3) == root + "\n" + first + "\n" + second + "\n" + new
+    assert policy_prompt(path, 3, "<critic>") == root + "\n" + first + "\n" + second + "\n" + new + "<critic>"
+    assert (policy_prompt(path, 3, "<refine>", hint="Fix it.")
+            == root + "\n" + first + "\n" + second + "\n<hint>Fix it.</hint>\n" + new + "<refine>")
+    assert value_prompt(path) == root + "\n" + first + "\n" + second[:-len("<unknown_rating><end_of_rating>")]
+    assert second.endswith("<end_of_thought><start_of_rating><unknown_rating><end_of_rating>")
+    assert value_prompt(path[:1]) == root[:-len("<positive_rating><end_of_rating>")]
+
+
 def test_value_prompt_stops_right_after_start_of_rating():
     tree = chain()
     prompt = value_prompt(tree.path(tree.node(1)))

@@ -4,7 +4,11 @@ import json
 
 import pytest
 
-from nanoo1.tokenizer import SPECIAL_TOKENS, THOUGHT_TOKENS, Tokenizer, train_tokenizer
+from tokenizers import AddedToken
+from tokenizers import Tokenizer as HFTokenizer
+
+from nanoo1.thoughts import Tree, chain_tokens, policy_prompt, render_path, value_prompt
+from nanoo1.tokenizer import CONTROL_TOKENS, SPECIAL_TOKENS, THOUGHT_TOKENS, Tokenizer, train_tokenizer
 
 
 def test_control_tokens_at_gemma_ids(tiny_tokenizer):
@@ -74,3 +78,42 @@ def test_training_is_deterministic_and_respects_vocab_size():
     assert len(a) <= 320
     # frequent words became single pieces
     assert len(a.encode(" the cat", add_bos=False)) == 2
+
+
+def openlongcot_layout_tokenizer() -> Tokenizer:
+    """A small BPE laid out as OpenLongCoT-Base-Gemma2-2B's tokenizer is: Gemma's control tokens at 0..3, a
+    vocabulary of 256000 (placeholders past the learned pieces), the thought-format tokens added after it,
+    from id 256000 on."""
+    base = train_tokenizer(["Tom has 3 pens. He buys 2 more. 3 + 2 = 5, so the answer is \\boxed{5}."] * 20, 320,
+                           special_tokens=CONTROL_TOKENS)
+    data = json.loads(base.tk.to_str())
+    vocab = data["model"]["vocab"]
+    vocab.update({f"<unused{i}>": i for i in range(len(vocab), 256000)})
+    tk = HFTokenizer.from_str(json.dumps(data))
+    tk.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in THOUGHT_TOKENS])
+    return Tokenizer(tk)
+
+
+def test_thought_tokens_added_from_256000_are_one_id_each_and_prompts_round_trip():
+    tok = openlongcot_layout_tokenizer()
+    ids = [tok.token_id(t) for t in THOUGHT_TOKENS]  # looked up by name, as for the real checkpoint
+    assert sorted(ids) == list(range(256000, 256000 + len(THOUGHT_TOKENS))) and len(tok) == 256000 + len(THOUGHT_TOKENS)
+    assert (tok.pad_id, tok.eos_id, tok.bos_id) == (0, 1, 2)
+    for t in THOUGHT_TOKENS:
+        assert tok.encode(t, add_bos=False) == [tok.token_id(t)]
+        assert tok.token_id(t) in tok.encode("x" + t + "7", add_bos=False)  # never merged with its neighbours
+    tree = Tree("Tom has 3 pens. He buys 2 more. How many pens?")
+    step = tree.add(tree.root, "<expansion>", "3 + 2 = 5")
+    last = tree.add(step, "<conclusion>", "The answer is \\boxed{5}", rating="unknown")
+    path = tree.path(last)
+    for prompt in (policy_prompt(path, 3), policy_prompt(path, 3, "<critic>", hint="Check it."), value_prompt(path)):
+        ids = tok.encode(prompt)
+        assert ids[0] == tok.bos_id and tok.decode(ids[1:]) == prompt
+        specials = [i for i in ids if i >= 256000]
+        assert len(specials) == sum(prompt.count(t) for t in THOUGHT_TOKENS)
+    assert tok.encode(value_prompt(path))[-1] == tok.token_id("<start_of_rating>")
+    ids, spans = chain_tokens(tok, path)  # what RL trains on: the same text, the thoughts' spans inside it
+    assert tok.decode(ids) == "<bos>" + render_path(path)
+    assert [tok.decode(ids[a:b]) for a, b, _ in spans] == ["<expansion>3 + 2 = 5<end_of_thought>",
+                                                            "<conclusion>The answer is \\boxed{5}<end_of_thought>"]
+    assert all(ids[r] == tok.token_id("<start_of_rating>") for _, _, r in spans)

@@ -1,0 +1,33 @@
+"""The arithmetic evaluator: known values of every notation it reads, and None for what it does not."""
+
+from fractions import Fraction
+
+import pytest
+
+from nanoo1.arith import evaluate, normalize
+
+
+@pytest.mark.parametrize("expr, value", [
+    ("2 + 3 * 4", 14), ("(2 + 3) * 4", 20), ("100 - 50 - 30 - 15", 5), ("2^3^2", 512), ("-2^2", -4), ("(-2)^2", 4),
+    ("2^-2", Fraction(1, 4)), ("1/3", Fraction(1, 3)), ("0.1 + 0.2", Fraction(3, 10)), (".5", Fraction(1, 2)),
+    ("1,234.5", Fraction(2469, 2)), ("$1,200 + $300", 1500), ("50%", Fraction(1, 2)), ("2(3 + 4)", 14),
+    (r"3 \times 10^5", 300000), (r"\frac{3}{4}", Fraction(3, 4)), (r"\dfrac{-3}{4}", Fraction(-3, 4)),
+    (r"\tfrac12", Fraction(1, 2)), (r"\frac{\frac{1}{2}}{3}", Fraction(1, 6)), (r"2^{10}", 1024),
+    (r"6 \div 4", Fraction(3, 2)),
+    (r"2 \cdot 3", 6), ("4 x 5", 20), ("4×5", 20), ("12 ÷ 3", 4), ("−7", -7), ("1 1/2", Fraction(3, 2)),
+    (r"2\frac{1}{2}", Fraction(5, 2)), ("7 // 2", 3), ("[1 + {2 * (3)}]", 7),
+    # not arithmetic, undefined or too big: None, never an exception
+    ("x + 1", None), ("1/0", None), ("0^-1", None), ("4^0.5", None), ("2^10^10", None), ("10^10^10", None),
+    ("(1 + 2", None), ("1 + 2)", None), ("(1 + 2]", None), ("1 2", None), ("", None), ("+", None), (r"\sqrt{4}", None),
+    ("1" * 101, None), ("(" * 40 + "1" + ")" * 40, None), ("1+" * 300 + "1", None), ("0130", 130),
+])
+def test_evaluate(expr, value):
+    assert evaluate(expr) == value
+
+
+def test_normalize_spells_arithmetic_plainly():
+    assert normalize(r"\$1{,}200 \times \left(3\right) \div 2") == "$1200 * (3) / 2"
+    assert normalize("80,000 + 1 000 000") == "80000 + 1000000"
+    assert normalize("1,2,3 and 14, 400") == "1,2,3 and 14, 400"  # lists and typos keep their commas
+    assert normalize("25 / 1/3 and 5 and 2/3 and 3 1/2") == "25 / (1/3) and (5+2/3) and (3+1/2)"
+    assert normalize("a box of 4x5 and 2x + 3") == "a box of 4*5 and 2x + 3"
