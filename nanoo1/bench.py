@@ -222,12 +222,86 @@ def search_section(args) -> list[dict]:
     return results
 
 
-SECTIONS = {"engine": engine_section, "search": search_section}
+def one_lora_iteration(checkpoint: str) -> None:
+    """One shortened self-play iteration of the 2b preset (LoRA rank 16, bf16) on the CPU: MCTS over one tiny
+    problem, a PPO update and checked greedy with an imitation step. A random model never answers right, so
+    a stand-in counts its chains as the outcomes to learn from (as the tests do): the updates then run."""
+    import nanoo1.selfplay as sp
+    from nanoo1.experience import outcomes
+
+    real = sp.tree_chains, sp.grade  # restored after: the stand-ins must not outlive this call
+    sp.tree_chains = lambda tree, n: [tree.path(e) for e in outcomes(tree)][:n]
+    sp.grade = lambda results, truths: [len(r.path) > 1 for r in results]
+    try:
+        _one_lora_iteration(sp, checkpoint)
+    finally:
+        sp.tree_chains, sp.grade = real
+
+
+def _one_lora_iteration(sp, checkpoint: str) -> None:
+    import random
+
+    from nanoo1.config import apply_flags
+    from nanoo1.policy import LMPolicy
+    from nanoo1.recipe import PRESETS
+    from nanoo1.replay import PrioritizedReplay
+    from nanoo1.runs import load_model
+    from nanoo1.tasks import TINY_DIR, load_jsonl
+
+    config = apply_flags(PRESETS["2b"], dict(warmstart=checkpoint, device="cpu", problems_per_iteration=1, simulations=1,
+                                             num_candidates=2, max_thought_tokens=4, updates_per_iteration=1, minibatch=2,
+                                             micro_batch=1, imitation_problems=1, imitation_batch=1, imitation_replay=0.0))
+    model, tokenizer = load_model(config, None, torch.device("cpu"))
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=config.ppo.lr)
+    policy = LMPolicy(model, tokenizer, temperature=0.7, max_thought_tokens=4)
+    problems = load_jsonl(TINY_DIR / "train.jsonl")[:2]
+    m = sp.ppo_iteration(model, tokenizer, opt, PrioritizedReplay(64), policy, problems[:1], 0, config)
+    m.update(sp.imitation_iteration(model, tokenizer, opt, policy, problems[1:], PrioritizedReplay(64, alpha=0.0),
+                                    random.Random(0), config))
+    print(json.dumps({k: m[k] for k in ("chains", "ppo_updates", "imitation_solved")}))
+
+
+def memory_section(args) -> dict:
+    """Peak resident memory of `one_lora_iteration` on gemma-2-2b's whole decoder (26 layers, width 2304, MLP 9216,
+    8/4 heads of 256) with the tiny task's 512-token vocabulary, written in bf16, against the checkpoint's
+    bytes. The iteration runs in a process of its own, so the peak is its own (ru_maxrss)."""
+    import resource
+    import subprocess
+    import sys
+
+    from nanoo1.tasks import TINY_DIR
+    from nanoo1.tokenizer import Tokenizer
+
+    tokenizer = Tokenizer.from_file(TINY_DIR)
+    with tempfile.TemporaryDirectory() as d:
+        default = torch.get_default_dtype()
+        torch.set_default_dtype(torch.bfloat16)  # built in bf16: never a float32 copy of the weights
+        try:
+            model = Gemma2(Gemma2Config.preset("2b", vocab_size=len(tokenizer))).init_weights(torch.Generator().manual_seed(0))
+        finally:
+            torch.set_default_dtype(default)
+        save_pretrained(model, tokenizer, Path(d))
+        del model
+        size = sum(f.stat().st_size for f in Path(d).glob("*.safetensors"))
+        code = f"from nanoo1.bench import one_lora_iteration; one_lora_iteration({d!r})"
+        t = time.perf_counter()
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+        seconds = time.perf_counter() - t
+    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024  # KiB on Linux
+    row = {"checkpoint_gb": size / 1e9, "peak_rss_gb": peak / 1e9, "ratio": peak / size, "seconds": seconds,
+           **json.loads(out.stdout.strip().splitlines()[-1])}
+    print(f"checkpoint {row['checkpoint_gb']:.2f} GB, peak RSS {row['peak_rss_gb']:.2f} GB ({row['ratio']:.2f}x), "
+          f"{seconds:.0f} s; {row}")
+    return row
+
+
+SECTIONS = {"engine": engine_section, "search": search_section, "memory": memory_section}
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--sections", default=",".join(SECTIONS), help=f"comma-separated, from {sorted(SECTIONS)}")
+    p.add_argument("--sections", default="engine,search", help=f"comma-separated, from {sorted(SECTIONS)} (memory: "
+                   "minutes, one LoRA self-play iteration on gemma-2-2b's decoder)")
     p.add_argument("--prompt-len", type=int, default=64, help="prompt tokens per row")
     p.add_argument("--new-tokens", type=int, default=64, help="greedy tokens per row (halved for the larger models)")
     p.add_argument("--repeats", type=int, default=7, help="timed repeats, each running every contender in turn; medians are reported")

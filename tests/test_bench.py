@@ -32,3 +32,24 @@ def test_bench_size_smoke_on_a_tiny_model():
     assert r["ours_prefill_s"] > 0 and r["ours_decode_tok_s"] > 0
     if with_hf:
         assert r["prefill_ratio"] > 0 and r["decode_speedup"] > 0
+
+
+def test_one_lora_iteration_of_the_2b_preset_runs_its_updates(tmp_path, capsys):
+    """The memory section's iteration, on the tiny shape: MCTS, a PPO update and an imitation step through LoRA."""
+    import json
+
+    from conftest import random_model
+    from nanoo1.bench import one_lora_iteration
+    from nanoo1.checkpoint import save_pretrained
+    from nanoo1.tasks import TINY_DIR
+    from nanoo1.tokenizer import Tokenizer
+    from nanoo1.warmstart import TINY_MODEL
+
+    save_pretrained(random_model(TINY_MODEL, seed=0, std=0.05), Tokenizer.from_file(TINY_DIR), tmp_path)
+    one_lora_iteration(str(tmp_path))
+    row = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert row["chains"] > 0 and row["ppo_updates"] == 1 and row["imitation_solved"] == 1.0
+    import nanoo1.selfplay as selfplay
+    from nanoo1.search import grade
+    from nanoo1.experience import tree_chains
+    assert selfplay.grade is grade and selfplay.tree_chains is tree_chains  # the stand-ins are gone again
