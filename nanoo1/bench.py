@@ -6,7 +6,7 @@ Every repeat runs all contenders in turn and each figure is the median over repe
 on a shared machine moves both sides of a ratio together instead of skewing it.
 On a GPU it adds a gemma-2-2b-shaped bf16 model and compares decode speed with the memory-bandwidth
 bound (every step reads all weight bytes once: tokens/s <= bandwidth / weight bytes).
-Like every entry point it first has glibc keep freed memory (`engine.hold_freed_memory`); both
+Like every entry point it first has glibc keep freed memory (`device.hold_freed_memory`); both
 contenders run in this one process, so both get it. Other sections (search) register themselves in SECTIONS.
 """
 
@@ -23,7 +23,8 @@ import torch
 
 from nanoo1.checkpoint import save_pretrained
 from nanoo1.config import positive_int
-from nanoo1.engine import feed, generate, process_setup
+from nanoo1.device import process_setup
+from nanoo1.engine import feed, generate
 from nanoo1.model import Gemma2, Gemma2Config
 
 SIZES = {
@@ -222,10 +223,11 @@ def search_section(args) -> list[dict]:
     return results
 
 
-def one_lora_iteration(checkpoint: str) -> None:
+def one_lora_iteration(checkpoint: str):
     """One shortened self-play iteration of the 2b preset (LoRA rank 16, bf16) on the CPU: MCTS over one tiny
     problem, a PPO update and checked greedy with an imitation step. A random model never answers right, so
-    a stand-in counts its chains as the outcomes to learn from (as the tests do): the updates then run."""
+    a stand-in counts its chains as the outcomes to learn from (as the tests do): the updates then run.
+    Prints and returns the iteration's counts, and returns the trained model."""
     import nanoo1.selfplay as sp
     from nanoo1.experience import outcomes
 
@@ -233,12 +235,12 @@ def one_lora_iteration(checkpoint: str) -> None:
     sp.tree_chains = lambda tree, n: [tree.path(e) for e in outcomes(tree)][:n]
     sp.grade = lambda results, truths: [len(r.path) > 1 for r in results]
     try:
-        _one_lora_iteration(sp, checkpoint)
+        return _one_lora_iteration(sp, checkpoint)
     finally:
         sp.tree_chains, sp.grade = real
 
 
-def _one_lora_iteration(sp, checkpoint: str) -> None:
+def _one_lora_iteration(sp, checkpoint: str):
     import random
 
     from nanoo1.config import apply_flags
@@ -258,7 +260,9 @@ def _one_lora_iteration(sp, checkpoint: str) -> None:
     m = sp.ppo_iteration(model, tokenizer, opt, PrioritizedReplay(64), policy, problems[:1], 0, config)
     m.update(sp.imitation_iteration(model, tokenizer, opt, policy, problems[1:], PrioritizedReplay(64, alpha=0.0),
                                     random.Random(0), config))
-    print(json.dumps({k: m[k] for k in ("chains", "ppo_updates", "imitation_solved")}))
+    counts = {k: m[k] for k in ("chains", "ppo_updates", "imitation_solved")}
+    print(json.dumps(counts))
+    return counts, model
 
 
 def memory_section(args) -> dict:

@@ -17,47 +17,10 @@ it was not emitted, then answer in up to `solution_budget` tokens, in the same c
 
 from __future__ import annotations
 
-import ctypes
-import sys
 from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
-
-
-def hold_freed_memory(threshold: int = 1 << 30) -> bool:
-    """Have glibc keep freed memory in the heap instead of handing it back to the OS.
-
-    By default every allocation above 128 KiB is a fresh mmap and every free returns it, so each new
-    (B, V) logits tensor or (B, H, T, S) attention tensor of a generation loop costs page faults on first
-    touch, time spent in the kernel rather than on the numbers. Raising the mmap and trim
-    thresholds lets the heap reuse those pages. Numbers are unchanged. Returns False where this is not
-    glibc (macOS, musl), which keeps its own policy. Entry points call it once at start.
-    """
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        m_trim_threshold, m_mmap_threshold = -1, -3  # from glibc's malloc.h
-        return bool(libc.mallopt(m_mmap_threshold, threshold)) and bool(libc.mallopt(m_trim_threshold, threshold))
-    except (OSError, AttributeError):
-        return False
-
-
-def resolve_device(name: str) -> torch.device:
-    """The torch device of a --device setting ("auto": cuda when there is one, else cpu)."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"--device {name}: torch sees no CUDA device here")
-    return torch.device(name)
-
-
-def process_setup(threads: int | None = None) -> None:
-    """What every entry point does first: `hold_freed_memory`, and torch's thread count when one is given."""
-    hold_freed_memory()
-    if threads:
-        torch.set_num_threads(threads)
 
 
 @dataclass

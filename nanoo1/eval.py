@@ -17,7 +17,8 @@ from pathlib import Path
 
 from nanoo1.checkpoint import load_pretrained
 from nanoo1.config import entry_parser, parse_bool, positive_int
-from nanoo1.engine import generate_budgeted, process_setup, resolve_device
+from nanoo1.device import process_setup, resolve_device
+from nanoo1.engine import generate_budgeted
 from nanoo1.mcts import MCTSConfig
 from nanoo1.rewards import check, equations_hold
 from nanoo1.policy import LMPolicy

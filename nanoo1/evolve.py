@@ -28,7 +28,7 @@ import torch
 from safetensors.torch import load_file, save
 
 from nanoo1.checkpoint import load_pretrained, save_pretrained
-from nanoo1.engine import process_setup
+from nanoo1.device import process_setup
 from nanoo1.config import add_config_flags, add_process_flags, apply_flags, entry_parser
 from nanoo1.files import atomic_write
 from nanoo1.mcts import MCTSConfig, mcts

@@ -22,6 +22,7 @@ import argparse
 import json
 import math
 import re
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -65,6 +66,7 @@ class LoRALinear(nn.Linear):
         self.lora_B = nn.Parameter(torch.zeros(self.out_features, rank, device=base.weight.device))  # (out, r)
         self.lora_dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.merged = False
+        self.enabled = True  # False: the base layer alone (`adapters_off`)
         self.train(base.training)  # an adapter added to a model in eval mode must not drop out
 
     def delta_weight(self) -> torch.Tensor:
@@ -72,7 +74,7 @@ class LoRALinear(nn.Linear):
 
     def forward(self, x):
         y = F.linear(x, self.weight, self.bias)
-        if self.merged:
+        if self.merged or not self.enabled:
             return y
         z = self.lora_dropout(x).to(self.lora_A.dtype) @ self.lora_A.T @ self.lora_B.T  # (..., out)
         return y + (z * self.scaling).to(y.dtype)
@@ -138,6 +140,22 @@ def unmerge_lora(model: nn.Module) -> nn.Module:
             m.weight -= m.delta_weight().to(m.weight.dtype)
             m.merged = False
     return model
+
+
+@contextmanager
+def adapters_off(model: nn.Module):
+    """Run the base model alone inside the block: GRPO's KL reference under LoRA is the same weights with the
+    adapters switched off (as TRL with peft), not a second copy of the model."""
+    modules = [m for _, m in _lora_modules(model)]
+    if any(m.merged for m in modules):
+        raise ValueError("adapters_off: the adapters are merged into the weights; unmerge_lora first")
+    for m in modules:
+        m.enabled = False
+    try:
+        yield model
+    finally:
+        for m in modules:
+            m.enabled = True
 
 
 def merge_and_unload(model: nn.Module) -> nn.Module:

@@ -66,7 +66,7 @@ class PPOSettings:
     gamma: float = 0.99  # GAE discount along a chain
     lam: float = 0.95  # GAE lambda
     replay_capacity: int = 1024  # chains kept in the prioritized replay buffer
-    replay_max_age: int = 1  # a replayed chain collected more than this many iterations ago gets its old log-probs
+    replay_max_age: int = 3  # a replayed chain collected more than this many iterations ago gets its old log-probs
     #                          and values re-stamped by the current policy before it is trained on
     alpha: float = 0.6  # replay priority exponent
 
@@ -97,9 +97,12 @@ class GRPOSettings:
     think_budget: int = 48  # GRPO: thinking tokens before </think> is forced
     solution_budget: int = 16  # GRPO: answer tokens after </think>
     loss_type: str = "dr_grpo"  # GRPO loss normalisation
+    kl_beta: float = 0.0  # GRPO: weight of the k3 KL to the reference policy, the base with its LoRA adapters off
+    #                       (needs --lora-rank; 0: no reference pass)
 
     def __post_init__(self):
-        check_settings(self, positive=("group_size", "think_budget", "solution_budget"), choices={"loss_type": LOSS_TYPES})
+        check_settings(self, positive=("group_size", "think_budget", "solution_budget"), non_negative=("kl_beta",),
+                       choices={"loss_type": LOSS_TYPES})
 
 
 @dataclass
@@ -139,6 +142,10 @@ class SelfPlayConfig:
     grpo: GRPOSettings = field(default_factory=GRPOSettings)
     eval: EvalSettings = field(default_factory=EvalSettings)
     lora: LoRASettings = field(default_factory=LoRASettings)
+
+    def __post_init__(self):
+        if self.grpo.kl_beta and not self.lora.rank:
+            raise ValueError("--kl-beta needs --lora-rank: the KL reference is the base with its adapters off")
 
 
 # A named preset is a set of values. "tiny" is the laptop-CPU recipe (--tiny); "2b" is where a Gemma-2 2B

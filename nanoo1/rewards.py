@@ -16,7 +16,7 @@ from fractions import Fraction
 import torch
 
 from nanoo1.arith import evaluate, normalize
-from nanoo1.steps import equations_hold  # the step checker, in its own module; its public name is here
+from nanoo1.steps import equations_hold  # noqa: F401  (the step checker, in its own module; its public name is here)
 
 # An unsigned number: "1,234" (groups of three only, so "1,2,3" is a list), "12", "3.5", ".5".
 _NUM = r"(?:\d{1,3}(?:,\d{3})+(?!\d)|\d+)(?:\.\d+)?|\.\d+"

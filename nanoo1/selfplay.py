@@ -29,7 +29,8 @@ from pathlib import Path
 import torch
 
 from nanoo1.config import add_config_flags, add_process_flags, entry_parser, apply_flags, conflicts, flat_settings
-from nanoo1.engine import generate_budgeted, process_setup, resolve_device
+from nanoo1.device import process_setup, resolve_device
+from nanoo1.engine import generate_budgeted
 from nanoo1.eval import EVAL_MCTS, EvalResult, evaluate, evaluate_budgeted
 from nanoo1.experience import (chain_items, collate_chains, imitation_items, restamp_stale, row_priorities,
                                stamp_old, success_rates, tree_chains)
@@ -43,7 +44,8 @@ from nanoo1.recipe import (PRESETS, SelfPlayConfig, autocast, default_out, itera
 from nanoo1.runs import (append_jsonl, latest_checkpoint, load_model, load_trainer_state, prepare_out, rewrite_jsonl,
                          save_checkpoint, save_model, saved_settings)
 from nanoo1.files import atomic_write
-from nanoo1.rl import GRPOConfig, PPOConfig, grpo_advantages, grpo_step, ppo_step, td_priority
+from nanoo1.lora import adapters_off
+from nanoo1.rl import GRPOConfig, PPOConfig, completion_logprobs, grpo_advantages, grpo_step, ppo_step, td_priority
 from nanoo1.search import SearchConfig, checked_greedy, grade
 from nanoo1.sft import collate, set_lr, sft_step
 from nanoo1.tasks import load_jsonl, think_prompt
@@ -136,14 +138,21 @@ def grpo_iteration(model, tokenizer, opt, problems, it: int, config: SelfPlayCon
     for i, r in enumerate(rows):
         mask[i, len(r.prompt):len(r.prompt) + len(r.tokens)] = 1  # sampled and forced tokens alike
     cfg = GRPOConfig(loss_type=g.loss_type, micro_batch_size=config.ppo.micro_batch, temperature=s.temperature,
-                     max_completion_length=g.think_budget + g.solution_budget + 1)
+                     max_completion_length=g.think_budget + g.solution_budget + 1, beta=g.kl_beta)
+    device = model.output_embedding.device
+    batch = {k: v.to(device) for k, v in {"input_ids": ids, "attention_mask": attn, "completion_mask": mask,
+                                          "advantages": adv}.items()}
+    if g.kl_beta:  # the reference: the same model with its adapters off, never a second copy
+        with torch.no_grad(), adapters_off(model), bf16_autocast(autocast(config), device):
+            batch["ref_logp"] = completion_logprobs(model, batch["input_ids"], batch["attention_mask"],
+                                                    batch["completion_mask"], s.temperature)
     set_lr(opt, config.ppo.lr)
     model.train()
-    batch = {"input_ids": ids, "attention_mask": attn, "completion_mask": mask, "advantages": adv}
-    with bf16_autocast(autocast(config), model.output_embedding.device):
-        st = grpo_step(model, opt, {k: v.to(model.output_embedding.device) for k, v in batch.items()}, cfg)
+    with bf16_autocast(autocast(config), device):
+        st = grpo_step(model, opt, batch, cfg)
     model.eval()
-    return {"reward": rewards.mean().item(), "clip_frac": st["clip_frac"], "tokens": mask.sum().item() / len(rows)}
+    return {"reward": rewards.mean().item(), "clip_frac": st["clip_frac"], "tokens": mask.sum().item() / len(rows),
+            **({"kl": st["kl"]} if g.kl_beta else {})}
 
 
 def load_problems(config: SelfPlayConfig):

@@ -19,7 +19,7 @@ import torch
 
 from nanoo1.checkpoint import save_pretrained
 from nanoo1.config import positive_int
-from nanoo1.engine import process_setup
+from nanoo1.device import process_setup
 from nanoo1.model import Gemma2, Gemma2Config
 from nanoo1.rstar import code_example
 from nanoo1.sft import SFTConfig, make_batches, think_example, thought_example, train_sft

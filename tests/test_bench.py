@@ -53,3 +53,44 @@ def test_one_lora_iteration_of_the_2b_preset_runs_its_updates(tmp_path, capsys):
     from nanoo1.search import grade
     from nanoo1.experience import tree_chains
     assert selfplay.grade is grade and selfplay.tree_chains is tree_chains  # the stand-ins are gone again
+
+
+def _transformers_checkpoint(directory):
+    """A tiny Gemma-2 written by transformers itself (its own save_pretrained), with the tiny task's tokenizer."""
+    transformers = pytest.importorskip("transformers")
+    from nanoo1.tasks import TINY_DIR
+    from nanoo1.tokenizer import Tokenizer
+
+    config = transformers.Gemma2Config(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                       num_attention_heads=4, num_key_value_heads=2, head_dim=16, query_pre_attn_scalar=16)
+    torch.manual_seed(0)
+    transformers.Gemma2ForCausalLM(config).save_pretrained(directory)
+    Tokenizer.from_file(TINY_DIR).save(directory)
+    return directory
+
+
+def _two_layers_at_2b_width(directory):
+    """gemma-2-2b's width (2304, MLP 9216, 8/4 heads of 256) with 2 layers and the tiny vocabulary, in bf16."""
+    from conftest import random_model
+    from nanoo1.checkpoint import save_pretrained
+    from nanoo1.tasks import TINY_DIR
+    from nanoo1.tokenizer import Tokenizer
+
+    config = Gemma2Config.preset("2b", vocab_size=512, num_hidden_layers=2)
+    save_pretrained(random_model(config, seed=0, std=0.02, dtype=torch.bfloat16), Tokenizer.from_file(TINY_DIR), directory)
+    return directory
+
+
+@pytest.mark.parametrize("make", [_transformers_checkpoint, _two_layers_at_2b_width], ids=["transformers", "2b-width"])
+def test_a_lora_iteration_in_bf16_keeps_every_base_weight_and_trains_the_adapters(tmp_path, make, capsys):
+    from nanoo1.bench import one_lora_iteration
+    from nanoo1.checkpoint import load_pretrained
+
+    checkpoint = make(tmp_path)
+    counts, model = one_lora_iteration(str(checkpoint))
+    assert counts["ppo_updates"] == 1 and counts["imitation_solved"] == 1.0
+    base, _ = load_pretrained(checkpoint, dtype="bfloat16")
+    state = model.state_dict()
+    assert all(torch.equal(state[k], v) for k, v in base.state_dict().items())  # bit for bit, in bf16
+    lora_b = [v for k, v in state.items() if k.endswith("lora_B")]
+    assert lora_b and all(v.dtype == torch.float32 and v.abs().sum() > 0 for v in lora_b)  # every adapter moved

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from conftest import hf_twin, random_model
-from nanoo1.engine import feed, generate, generate_budgeted, hold_freed_memory, sample_next, token_stats
+from nanoo1.device import hold_freed_memory
+from nanoo1.engine import feed, generate, generate_budgeted, sample_next, token_stats
 from nanoo1.model import Gemma2Config
 
 CONFIG = Gemma2Config.preset("tiny", sliding_window=16)

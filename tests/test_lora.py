@@ -380,3 +380,24 @@ def test_merge_command_writes_a_checkpoint_transformers_loads(tmp_path, tiny_tok
     with pytest.raises(ValueError, match="base or the adapters"):  # never over the base it reads
         main(["merge", "--base", str(tmp_path / "base"), "--adapters", str(tmp_path / "adapters"),
               "--out", str(tmp_path / "base")])
+
+
+def test_adapters_off_runs_the_base_alone_and_switches_them_back_on():
+    from nanoo1.lora import adapters_off
+    from nanoo1.model import Gemma2, Gemma2Config
+
+    config = Gemma2Config.preset("tiny", vocab_size=64, num_hidden_layers=2)
+    base = Gemma2(config).init_weights(torch.Generator().manual_seed(0)).eval()
+    ids = torch.randint(0, 64, (2, 7), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        expected = base(ids)
+        model = apply_lora(base, rank=2, alpha=4.0)
+        for _, m in model.named_modules():
+            if hasattr(m, "lora_B"):
+                m.lora_B.normal_(0.0, 0.5, generator=torch.Generator().manual_seed(2))
+        adapted = model(ids)
+        with adapters_off(model):
+            off = model(ids)
+        again = model(ids)
+    assert (adapted - expected).abs().max() > 0.1  # the adapters matter
+    assert torch.equal(off, expected) and torch.equal(again, adapted)

@@ -338,3 +338,16 @@ def test_memory_estimate_of_the_2b_preset_fits_a_16_gb_card():
     need = memory_estimate(PRESETS["2b"], Gemma2Config.preset("2b"))
     assert need["weights"] == pytest.approx(2_614_341_888 * 2 / 2 ** 30, rel=1e-6)  # bf16, tied embeddings
     assert 0 < need["trained + optimizer"] < 1 and sum(need.values()) < 16
+
+
+def test_grpo_with_lora_takes_its_kl_against_the_base_with_the_adapters_off(tmp_path, warmstart, monkeypatch, capsys):
+    import nanoo1.selfplay as selfplay
+
+    monkeypatch.setattr(selfplay, "check", lambda text, truth: len(text) % 2 == 0)  # rewards differ within a group
+    kw = dict(algo="grpo", group_size=2, think_budget=8, solution_budget=4, problems_per_iteration=2, lora_rank=4,
+              kl_beta=0.1, lr=1e-2, eval_best_of_n=1, eval_simulations=1)
+    run(small(tmp_path, warmstart, **kw), progress=False)
+    kl = [m["kl"] for m in metrics_of(tmp_path)[1:-1]]
+    assert kl[0] == 0.0 and kl[1] > 0  # the adapters start at zero (the policy is the base), then move away from it
+    with pytest.raises(ValueError, match="--kl-beta needs --lora-rank"):
+        small(tmp_path, warmstart, algo="grpo", kl_beta=0.1)
