@@ -66,6 +66,11 @@ def field_help(cls) -> dict[str, str]:
     return helps
 
 
+def flag(name: str) -> str:
+    """The command-line spelling of a settings field: imitation_lr -> --imitation-lr."""
+    return "--" + name.replace("_", "-")
+
+
 def _groups(config_cls) -> list:
     """The (group name, group class) pairs of a grouped config, or [(None, config_cls)] for a flat one."""
     groups = [(f.name, f.default_factory) for f in fields(config_cls) if is_dataclass(f.default_factory)]
@@ -93,7 +98,7 @@ def add_config_flags(parser: argparse.ArgumentParser, config_cls, skip=()) -> No
                 continue
             default = cls().__dict__[f.name]
             kind = parse_bool if isinstance(default, bool) else type(default)
-            g.add_argument("--" + (prefix + f.name).replace("_", "-"), dest=prefix + f.name, type=kind,
+            g.add_argument(flag(prefix + f.name), dest=prefix + f.name, type=kind,
                            default=argparse.SUPPRESS, metavar=kind.__name__.upper() if kind is not parse_bool else "BOOL",
                            help=f"{helps.get(f.name, '')} (default: {default})")
 
@@ -121,7 +126,7 @@ def flat_settings(config) -> dict:
 def conflicts(saved, flags: dict) -> list[str]:
     """The given flags whose values differ from the saved settings, as `--flag: saved -> given` lines."""
     have = flat_settings(saved)
-    return [f"--{k.replace('_', '-')}: {have[k]!r} in the run, {v!r} given" for k, v in flags.items() if k in have and have[k] != v]
+    return [f"{flag(k)}: {have[k]!r} in the run, {v!r} given" for k, v in flags.items() if k in have and have[k] != v]
 
 
 def to_dict(config) -> dict:
@@ -152,17 +157,18 @@ def from_dict(config_cls, d, source: str):
 
 def check_settings(settings, positive=(), non_negative=(), fraction=(), choices=None) -> None:
     """Raise ValueError naming the first field outside its range: > 0, >= 0, in [0, 1], or among choices."""
-    name = type(settings).__name__
-    prefix = getattr(settings, "flag_prefix", "")
+    def fail(f: str, what: str):
+        raise ValueError(f"{type(settings).__name__}: {flag(getattr(settings, 'flag_prefix', '') + f)} {what}")
+
     for f in positive:
         if not getattr(settings, f) > 0:
-            raise ValueError(f"{name}: --{(prefix + f).replace('_', '-')} must be > 0, got {getattr(settings, f)!r}")
+            fail(f, f"must be > 0, got {getattr(settings, f)!r}")
     for f in non_negative:
         if not getattr(settings, f) >= 0:
-            raise ValueError(f"{name}: --{(prefix + f).replace('_', '-')} must be >= 0, got {getattr(settings, f)!r}")
+            fail(f, f"must be >= 0, got {getattr(settings, f)!r}")
     for f in fraction:
         if not 0 <= getattr(settings, f) <= 1:
-            raise ValueError(f"{name}: --{(prefix + f).replace('_', '-')} must lie in [0, 1], got {getattr(settings, f)!r}")
+            fail(f, f"must lie in [0, 1], got {getattr(settings, f)!r}")
     for f, allowed in (choices or {}).items():
         if getattr(settings, f) not in allowed:
-            raise ValueError(f"{name}: --{(prefix + f).replace('_', '-')} is {getattr(settings, f)!r}, expected one of {allowed}")
+            fail(f, f"is {getattr(settings, f)!r}, expected one of {allowed}")

@@ -203,6 +203,11 @@ def iteration_config(config: SelfPlayConfig, it: int) -> SelfPlayConfig:
                    imitation=replace(config.imitation, lr=config.imitation.lr * f))
 
 
+def draws_per_iteration(config: SelfPlayConfig) -> int:
+    """Distinct training problems an iteration draws: MCTS's (or GRPO's), and with PPO the imitation's too."""
+    return config.search.problems_per_iteration + (config.imitation.problems if config.run.algo == "ppo" else 0)
+
+
 def iteration_seed(seed: int, it: int) -> int:
     """The seed of iteration `it`'s search or rollouts: distinct per iteration and per run seed."""
     return seed * 1000 + it

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from nanoo1.checkpoint import load_pretrained, save_pretrained
-from nanoo1.config import from_dict, to_dict
+from nanoo1.config import conflicts, from_dict, to_dict
 from nanoo1.files import atomic_write
 from nanoo1.lora import apply_lora, load_lora, save_lora
 
@@ -46,6 +46,16 @@ def saved_settings(run_dir: Path, config_cls):
     except (OSError, json.JSONDecodeError) as e:
         raise ValueError(f"{path}: cannot read the run's settings ({e})") from e
     return from_dict(config_cls, d, str(path))
+
+
+def resume_settings(run_dir: Path, config_cls, flags: dict):
+    """The saved settings of the run in run_dir, checked against settings given again (flag name -> value;
+    `out` aside, since a run directory may move): any that differ are an error naming each."""
+    saved = saved_settings(run_dir, config_cls)
+    differ = conflicts(saved, {k: v for k, v in flags.items() if k != "out"})
+    if differ:
+        raise ValueError(f"{run_dir} was started with other settings: " + "; ".join(differ))
+    return saved
 
 
 def save_checkpoint(out: Path, it: int, config, save_model, state: dict, buffers: dict, keep: int) -> Path:

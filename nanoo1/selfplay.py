@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from nanoo1.config import add_config_flags, add_process_flags, entry_parser, apply_flags, conflicts, flat_settings
+from nanoo1.config import add_config_flags, add_process_flags, apply_flags, entry_parser, flat_settings
 from nanoo1.device import process_setup, resolve_device
 from nanoo1.engine import generate_budgeted
 from nanoo1.eval import EVAL_MCTS, EvalResult, evaluate, evaluate_budgeted
@@ -39,10 +39,10 @@ from nanoo1.model import bf16_autocast
 from nanoo1.policy import LMPolicy
 from nanoo1.replay import PrioritizedReplay, beta_by_step
 from nanoo1.rewards import check
-from nanoo1.recipe import (PRESETS, SelfPlayConfig, autocast, default_out, iteration_config, iteration_seed,
-                           memory_estimate, step_checker)
+from nanoo1.recipe import (PRESETS, SelfPlayConfig, autocast, default_out, draws_per_iteration, iteration_config,
+                           iteration_seed, memory_estimate, step_checker)
 from nanoo1.runs import (append_jsonl, latest_checkpoint, load_model, load_trainer_state, prepare_out, rewrite_jsonl,
-                         save_checkpoint, save_model, saved_settings)
+                         resume_settings, save_checkpoint, save_model)
 from nanoo1.files import atomic_write
 from nanoo1.lora import adapters_off
 from nanoo1.rl import GRPOConfig, PPOConfig, completion_logprobs, grpo_advantages, grpo_step, ppo_step, td_priority
@@ -79,7 +79,8 @@ def ppo_iteration(model, tokenizer, opt, replay, policy, problems, it: int, conf
     stats = [dict.fromkeys(("policy_loss", "value_loss", "clip_frac", "approx_kl"), 0.0)]
     set_lr(opt, c.lr)
     restamped = 0
-    for u in range(c.updates_per_iteration if len(replay) else 0):  # nothing to learn from yet: no update
+    updates = c.updates_per_iteration if len(replay) else 0  # nothing to learn from yet: no update
+    for u in range(updates):
         beta = beta_by_step(it * c.updates_per_iteration + u, config.run.iterations * c.updates_per_iteration)
         chosen, idx, w = replay.sample(min(c.minibatch, len(replay)), beta)
         restamped += restamp_stale(model, tokenizer, chosen, it, c.replay_max_age, s.temperature, autocast(config), c.micro_batch)
@@ -92,8 +93,7 @@ def ppo_iteration(model, tokenizer, opt, replay, policy, problems, it: int, conf
         stats = stats[1:] if u == 0 else stats
         stats.append(st)
     mean = {k: sum(st[k] for st in stats) / len(stats) for k in stats[0]}
-    updates = c.updates_per_iteration if len(replay) else 0  # the losses below are 0.0 where no update ran
-    return {"solved": solved, "chains": len(items), "restamped": restamped, "ppo_updates": updates,
+    return {"solved": solved, "chains": len(items), "restamped": restamped, "ppo_updates": updates,  # 0: losses read 0.0
             **{k: mean[k] for k in ("policy_loss", "value_loss", "clip_frac", "approx_kl")}}
 
 
@@ -161,7 +161,7 @@ def load_problems(config: SelfPlayConfig):
         if not path:
             raise ValueError(f"{flag}: no file given (GSM8K-style jsonl: question, answer ending in '#### N')")
     train, test = load_jsonl(config.run.data), load_jsonl(config.run.test_data)
-    per_iteration = config.search.problems_per_iteration + (config.imitation.problems if config.run.algo == "ppo" else 0)
+    per_iteration = draws_per_iteration(config)
     if len(train) < per_iteration:
         raise ValueError(f"{config.run.data}: {len(train)} problems, but every iteration draws {per_iteration} distinct "
                          f"ones (--problems-per-iteration{' + --imitation-problems' if config.run.algo == 'ppo' else ''})")
@@ -208,10 +208,7 @@ def run(config: SelfPlayConfig, resume: str | None = None, from_scratch: bool = 
     # -- set-up: every setting and input is checked before any work starts
     out = Path(resume or default_out(config))
     if resume:
-        saved = saved_settings(out, SelfPlayConfig)
-        differ = conflicts(saved, {k: v for k, v in flat_settings(config).items() if k != "out"})
-        if differ:
-            raise ValueError(f"{out} was started with other settings: " + "; ".join(differ))
+        resume_settings(out, SelfPlayConfig, flat_settings(config))
         if (out / "summary.json").exists():  # finished: nothing left to run
             return json.loads((out / "summary.json").read_text(encoding="utf-8"))
     train, test = load_problems(config)
@@ -263,7 +260,7 @@ def run(config: SelfPlayConfig, resume: str | None = None, from_scratch: bool = 
     bar = tqdm(range(first, config.run.iterations), desc=f"self-play ({config.run.algo})", disable=not progress,
                initial=first, total=config.run.iterations, unit="iteration")
     for it in bar:
-        problems = rng.sample(train, config.search.problems_per_iteration + (config.imitation.problems if ppo else 0))
+        problems = rng.sample(train, draws_per_iteration(config))
         c = iteration_config(config, it)
         if ppo:
             m = ppo_iteration(model, tokenizer, opt, replay, policy, problems[:config.search.problems_per_iteration], it, c)
@@ -324,10 +321,7 @@ def main(argv=None):
                 "or --resume RUN_DIR")
     try:
         if args.resume:
-            config = saved_settings(Path(args.resume), SelfPlayConfig)
-            differ = conflicts(config, {k: v for k, v in flags.items() if k != "out"})
-            if differ:
-                p.error(f"--resume {args.resume}: the run was started with other settings: " + "; ".join(differ))
+            config = resume_settings(Path(args.resume), SelfPlayConfig, flags)
         else:
             config = apply_flags(PRESETS["tiny" if args.tiny else "2b"], flags)
             config = replace(config, run=replace(config.run, out=default_out(config)))
