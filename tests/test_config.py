@@ -1,0 +1,72 @@
+"""Settings: field comments become flag help, flags map onto groups, saved settings read back strictly."""
+
+import argparse
+from dataclasses import dataclass, field
+
+import pytest
+
+from nanoo1.config import (add_config_flags, apply_flags, check_settings, conflicts, field_help, flat_settings, from_dict,
+                           parse_bool, to_dict)
+
+
+@dataclass
+class Search:
+    depth: int = 3  # how deep
+    temperature: float = 0.7  # sampling temperature,
+    #                           continued here
+
+    def __post_init__(self):
+        check_settings(self, positive=("depth",), fraction=("temperature",))
+
+
+@dataclass
+class Train:
+    flag_prefix = "train_"
+    lr: float = 1e-3  # learning rate
+    fast: bool = False  # a switch
+
+
+@dataclass
+class Config:
+    search: Search = field(default_factory=Search)
+    train: Train = field(default_factory=Train)
+
+
+def test_field_comments_with_their_continuations():
+    assert field_help(Search) == {"depth": "how deep", "temperature": "sampling temperature, continued here"}
+
+
+def test_flags_take_only_what_was_given_and_land_in_their_group():
+    p = argparse.ArgumentParser()
+    add_config_flags(p, Config)
+    given = vars(p.parse_args(["--depth", "5", "--train-fast", "yes"]))
+    assert given == {"depth": 5, "train_fast": True}  # nothing at its default: a preset keeps its own values
+    config = apply_flags(Config(), given)
+    assert (config.search.depth, config.search.temperature, config.train.fast, config.train.lr) == (5, 0.7, True, 1e-3)
+    assert flat_settings(config)["train_lr"] == 1e-3
+    assert conflicts(config, {"depth": 5, "train_lr": 0.5}) == ["--train-lr: 0.001 in the run, 0.5 given"]
+    with pytest.raises(ValueError, match="unknown settings \\['dept'\\]"):
+        apply_flags(config, {"dept": 4})
+    with pytest.raises(ValueError, match="Search: --depth must be > 0, got 0"):
+        apply_flags(config, {"depth": 0})
+    with pytest.raises(SystemExit):
+        p.parse_args(["--train-fast", "ture"])
+
+
+@pytest.mark.parametrize("text,value", [("true", True), ("YES", True), ("1", True), ("false", False), ("No", False), ("0", False)])
+def test_parse_bool(text, value):
+    assert parse_bool(text) is value
+
+
+def test_saved_settings_read_back_strictly():
+    config = apply_flags(Config(), {"depth": 4})
+    assert from_dict(Config, to_dict(config), "s.json") == config
+    d = to_dict(config)
+    with pytest.raises(ValueError, match="s.json \\[search\\]: setting 'depth' is '4', expected a int"):
+        from_dict(Config, {**d, "search": {**d["search"], "depth": "4"}}, "s.json")
+    with pytest.raises(ValueError, match="s.json: unknown settings \\['extra'\\]"):
+        from_dict(Config, {**d, "extra": 1}, "s.json")
+    with pytest.raises(ValueError, match="s.json: missing setting 'train'"):
+        from_dict(Config, {"search": d["search"]}, "s.json")
+    with pytest.raises(ValueError, match="expected a JSON object"):
+        from_dict(Config, [], "s.json")
