@@ -14,6 +14,8 @@ from typing import Callable
 import torch
 from torch.utils.checkpoint import checkpoint
 
+from nanoo1 import dist
+
 LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo")
 
 
@@ -271,6 +273,8 @@ def _micro_batches(batch: dict, size: int):
 
 
 def _apply_gradients(optimizer, max_grad_norm: float, stats: dict) -> dict:
+    dist.sum_gradients(p for g in optimizer.param_groups for p in g["params"])  # several ranks: the whole batch's
+    stats = dist.sum_stats(stats)
     params = [p for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
     grad_norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm)  # norm before clipping
     finite = bool(torch.isfinite(grad_norm))
@@ -293,10 +297,12 @@ def ppo_step(model, optimizer, batch: dict, config: PPOConfig,
     (token mean for the policy, row mean for the value), whatever micro_batch_size is. Returns floats: loss,
     policy_loss, value_loss, clip_frac, approx_kl (measured before the update), grad_norm (before clipping),
     skipped; and row_priority, the priorities value_loss_fn returned (empty without them).
+    Under torchrun each rank passes its own rows: the means are over the rows and tokens of all ranks and
+    the gradients are summed (`dist.sum_gradients`), so the step is the one of the ranks' batches together.
     """
     _require(batch, ("input_ids", "attention_mask", "completion_mask", "old_logp", "advantages"), "ppo_step")
-    B = batch["input_ids"].shape[0]
-    n_tokens = batch["completion_mask"].sum().clamp(min=1)
+    B = int(dist.total(batch["input_ids"].shape[0]))  # rows and tokens of the whole batch, over all ranks
+    n_tokens = dist.total(batch["completion_mask"].sum()).clamp(min=1)
     stats = dict.fromkeys(("loss", "policy_loss", "value_loss", "clip_frac", "approx_kl"), 0.0)
     row_priority = []
     optimizer.zero_grad(set_to_none=True)
@@ -333,13 +339,15 @@ def grpo_step(model, optimizer, batch: dict, config: GRPOConfig) -> dict:
     num_items_in_batch, the completion tokens of the whole generation batch when it is split over several
     steps (dapo). The accumulated gradient equals that of `grpo_loss` on the whole batch, so here bnpo and
     dapo agree unless num_items_in_batch is given. Returns floats: loss, clip_frac, approx_kl (and kl),
-    grad_norm (before clipping), skipped.
+    grad_norm (before clipping), skipped. Several ranks: as `ppo_step` (num_items_in_batch is then all
+    ranks' tokens, and dr_grpo needs max_completion_length, the same on every rank).
     """
     _require(batch, ("input_ids", "attention_mask", "completion_mask", "advantages"), "grpo_step")
     if config.beta != 0.0:
         _require(batch, ("ref_logp",), f"grpo_step with beta={config.beta}")
-    B, T = batch["input_ids"].shape
-    n_tokens = batch["completion_mask"].sum().clamp(min=1)
+    T = batch["input_ids"].shape[1]
+    B = int(dist.total(batch["input_ids"].shape[0]))  # rows and tokens of the whole batch, over all ranks
+    n_tokens = dist.total(batch["completion_mask"].sum()).clamp(min=1)
     n_items = batch.get("num_items_in_batch", n_tokens)
     stats = dict.fromkeys(("loss", "clip_frac", "approx_kl") + (("kl",) if config.beta else ()), 0.0)
     optimizer.zero_grad(set_to_none=True)

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from nanoo1 import dist
 from nanoo1.model import bf16_autocast
 from nanoo1.tasks import OPS, Problem, Step, solution_tree, think_prompt
 from nanoo1.thoughts import RATINGS, render_node
@@ -169,15 +170,19 @@ def set_lr(opt, lr: float) -> None:
 
 def sft_step(model, opt, batch, lr: float, bf16: bool = False, grad_clip: float = 1.0) -> float:
     """One optimizer step of lm_loss on a batch (ids, attention mask, loss mask) at learning rate lr,
-    the gradient clipped to norm grad_clip; returns the loss."""
+    the gradient clipped to norm grad_clip; returns the loss. Under torchrun each rank passes its own
+    batch: the loss is the token mean over all ranks' batches and the gradients are summed over ranks."""
     set_lr(opt, lr)
     ids, attn, mask = (x.to(model.output_embedding.device) for x in batch)
-    loss = lm_loss(model, ids, attn, mask, bf16)
+    tokens = mask[:, 1:].sum()
+    share = tokens / dist.total(tokens)  # this rank's share of the tokens of all ranks' batches (1 alone)
+    loss = lm_loss(model, ids, attn, mask, bf16) * share
     opt.zero_grad(set_to_none=True)
     loss.backward()
+    dist.sum_gradients(p for p in model.parameters() if p.requires_grad)
     torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
     opt.step()
-    return loss.item()
+    return float(dist.total(loss.detach()))
 
 
 def train_sft(model, batches, config: SFTConfig, callback=None, progress: bool = True) -> list[float]:

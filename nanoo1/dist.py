@@ -1,0 +1,151 @@
+"""Several processes on torch.distributed, launched by torchrun; one process alone needs none of it.
+
+    torchrun --nproc_per_node 2 -m nanoo1.selfplay --tiny          # 2 processes on one machine
+    torchrun --nnodes 2 --nproc_per_node 8 --rdzv-backend c10d --rdzv-endpoint HOST:29500 -m nanoo1.selfplay ...
+
+torchrun starts one process per device and sets RANK, WORLD_SIZE and LOCAL_RANK; `setup` joins them in a
+process group (nccl on cuda, gloo on cpu). The recipe then follows nanochat's: each rank takes every
+world-th problem (`shard`), searches it with generators seeded from the run seed and its rank
+(`rank_seed`), and trains on its own experience; the gradients are summed across ranks (`sum_gradients`)
+before every optimizer step, so the weights stay the same on every rank. Without torchrun (WORLD_SIZE
+unset) the place is rank 0 of 1 and every function here returns its input untouched: the one-process run
+is the code path it always was.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class Place:
+    """Where this process is: its rank among `world` processes, and its rank on its own machine."""
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:  # rank 0 alone writes checkpoints, metrics and what is printed
+        return self.rank == 0
+
+
+def place() -> Place:
+    """This process's place: from torchrun's environment once `setup` has run, else rank 0 of 1."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return Place()
+    return Place(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)))
+
+
+def setup(device: torch.device) -> torch.device:
+    """Join torchrun's process group when there is one (WORLD_SIZE > 1): nccl on cuda, gloo on cpu.
+    Returns the device of this rank (cuda:LOCAL_RANK for cuda, one GPU per process)."""
+    if int(os.environ.get("WORLD_SIZE", 1)) <= 1 or dist.is_initialized():
+        return device
+    if device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        torch.cuda.set_device(device)
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return device
+
+
+def shard(items: list, p: Place) -> list:
+    """This rank's share of `items`: every world-th one from its rank on (disjoint, together all of them)."""
+    return items[p.rank::p.world]
+
+
+def rank_seed(seed: int, rank: int) -> int:
+    """The seed of a rank's own generators: the run seed itself on rank 0, so one process is unchanged."""
+    return seed + 1_000_003 * rank
+
+
+def total(x, device=None) -> torch.Tensor:
+    """x summed over ranks, as a tensor (e.g. the tokens or rows of the whole batch)."""
+    t = torch.as_tensor(x, device=device).clone()
+    if place().world > 1:
+        dist.all_reduce(t)
+    return t
+
+
+def smallest(n: int) -> int:
+    """The least of an integer over ranks (e.g. a number of steps every rank can take)."""
+    if place().world == 1:
+        return n
+    t = torch.tensor(n)
+    dist.all_reduce(t, op=dist.ReduceOp.MIN)
+    return int(t)
+
+
+def sum_gradients(params) -> None:
+    """Sum every parameter's gradient over ranks (a rank without one adds zeros; one no rank has stays None).
+
+    Why an explicit all-reduce and not DistributedDataParallel: each rank's loss is already its share of
+    the whole batch's loss (normalised by the tokens or rows of all ranks together, `total`), so the
+    summed gradient is exactly the one-process gradient of the whole batch; and ranks take different
+    numbers of micro-batches (their chains differ in number and length), which DDP, reducing inside
+    every backward pass, does not allow. Gradients are flattened into one buffer, one all-reduce."""
+    if place().world == 1:
+        return
+    params = list(params)
+    has = total(torch.tensor([q.grad is not None for q in params], dtype=torch.int32))
+    params = [q for q, h in zip(params, has.tolist()) if h]
+    for q in params:
+        if q.grad is None:
+            q.grad = torch.zeros_like(q)
+    flat = torch.cat([q.grad.reshape(-1).float() for q in params])
+    dist.all_reduce(flat)
+    for q, g in zip(params, flat.split([q.numel() for q in params])):
+        q.grad.copy_(g.view_as(q.grad))
+
+
+def sum_stats(stats: dict) -> dict:
+    """Scalar statistics summed over ranks (each rank's already weighted by its share of the batch)."""
+    if place().world == 1:
+        return stats
+    keys = sorted(stats)
+    t = total(torch.tensor([float(stats[k]) for k in keys], dtype=torch.float64))
+    return dict(zip(keys, t.tolist()))
+
+
+def combine(metrics: dict, summed: tuple = ()) -> dict:
+    """An iteration's metrics over ranks: the `summed` keys (counts) added, every other number averaged."""
+    if place().world == 1:
+        return metrics
+    keys = sorted(k for k, v in metrics.items() if isinstance(v, (int, float)))
+    t = total(torch.tensor([float(metrics[k]) for k in keys], dtype=torch.float64)).tolist()
+    return {**metrics, **{k: v if k in summed else v / place().world for k, v in zip(keys, t)}}
+
+
+def from_main(obj):
+    """Rank 0's `obj` on every rank (e.g. the problems drawn for an iteration)."""
+    if place().world == 1:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def gather(obj) -> list:
+    """Every rank's `obj`, in rank order, on every rank."""
+    if place().world == 1:
+        return [obj]
+    out = [None] * place().world
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def barrier() -> None:
+    if place().world > 1:
+        dist.barrier()
+
+
+def rank_file(name: str, rank: int) -> str:
+    """A per-rank file's name: rank 0 keeps `name` (a one-process run's checkpoint is unchanged); rank r
+    writes e.g. replay.rank1.pt."""
+    if rank == 0:
+        return name
+    stem, dot, suffix = name.rpartition(".")
+    return f"{stem}.rank{rank}.{suffix}" if dot else f"{name}.rank{rank}"

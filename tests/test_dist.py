@@ -1,0 +1,123 @@
+"""Several processes (torch.distributed, gloo on this CPU) against one: the same update, disjoint problems.
+
+Each test spawns 2 ranks. An update of 2 ranks, each on half of a batch (their rows of different lengths,
+so their token counts differ), must leave the same weights as one process's update on the whole batch.
+"""
+
+import os
+
+import pytest
+import torch
+import torch.distributed as tdist
+import torch.multiprocessing as mp
+
+from conftest import random_model
+from nanoo1 import dist
+from nanoo1.model import Gemma2Config
+from nanoo1.rl import LOSS_TYPES, GRPOConfig, PPOConfig, completion_logprobs, grpo_step, ppo_step
+from nanoo1.sft import sft_step
+
+CONFIG = Gemma2Config(vocab_size=48, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                      num_key_value_heads=1, head_dim=16, query_pre_attn_scalar=16, sliding_window=8)
+B, T = 6, 14
+
+
+def batch():
+    """Six rows with completions of different starts and lengths, old log-probs of the model, advantages."""
+    g = torch.Generator().manual_seed(3)
+    ids = torch.randint(0, CONFIG.vocab_size, (B, T), generator=g)
+    mask = torch.zeros(B, T)
+    for b, (s, n) in enumerate([(2, 9), (5, 3), (3, 10), (4, 2), (6, 7), (2, 11)]):
+        mask[b, s:s + n] = 1
+    attn = torch.ones(B, T, dtype=torch.long)
+    with torch.no_grad():
+        old = completion_logprobs(random_model(CONFIG), ids, attn, mask) + 0.05 * mask
+    return {"input_ids": ids, "attention_mask": attn, "completion_mask": mask, "old_logp": old,
+            "advantages": torch.randn(B, generator=g), "value_pos": torch.randint(0, T, (B,), generator=g),
+            "value_target": torch.rand(B, generator=g)}
+
+
+def value_fn(model, mb, hidden):  # a row-mean value loss read from the decoder's output, as selfplay's
+    v = torch.sigmoid(model.logits(hidden)[torch.arange(len(mb["value_pos"])), mb["value_pos"], 0])
+    return ((v - mb["value_target"]) ** 2).mean()
+
+
+def updates(rows: slice) -> dict:
+    """Weights after one step of each update on `rows` of the batch, with AdamW at the recipe's learning rates
+    (PPO and GRPO 1e-4, imitation 3e-4; gradient clip at 1) and with SGD (the update is the gradient itself)."""
+    full = batch()
+    part = {k: v[rows] for k, v in full.items()}
+    steps = {"ppo": (1e-4, lambda m, o: ppo_step(m, o, part, PPOConfig(micro_batch_size=2), value_loss_fn=value_fn)),
+             "imitation": (3e-4, lambda m, o: sft_step(m, o, (part["input_ids"], part["attention_mask"],
+                                                                part["completion_mask"]), lr=3e-4))}
+    for loss_type in LOSS_TYPES:
+        steps[f"grpo_{loss_type}"] = (1e-4, lambda m, o, t=loss_type: grpo_step(
+            m, o, part, GRPOConfig(loss_type=t, micro_batch_size=2, max_completion_length=T)))
+    out = {}
+    for name, (lr, step) in steps.items():
+        for opt_cls in (torch.optim.AdamW, torch.optim.SGD):
+            model = random_model(CONFIG)
+            model.train()
+            step(model, opt_cls(model.parameters(), lr=lr))
+            out[f"{name} {opt_cls.__name__}"] = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    return out
+
+
+def _rank(rank: int, world: int, init: str, out: str, target) -> None:
+    torch.set_num_threads(1)
+    tdist.init_process_group("gloo", init_method=f"file://{init}", rank=rank, world_size=world)
+    try:
+        torch.save(target(rank, world), f"{out}/rank{rank}.pt")
+    finally:
+        tdist.destroy_process_group()
+
+
+def run_ranks(target, tmp_path, world: int = 2) -> list:
+    """target(rank, world) run in `world` spawned processes joined by gloo; their results in rank order."""
+    mp.spawn(_rank, args=(world, str(tmp_path / "init"), str(tmp_path), target), nprocs=world)
+    return [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(world)]
+
+
+def halves(rank: int, world: int):
+    assert dist.place().world == 2 and dist.place().rank == rank
+    return updates(slice(rank * B // world, (rank + 1) * B // world))
+
+
+def test_two_ranks_on_halves_update_as_one_process_on_the_whole_batch(tmp_path):
+    ranks = run_ranks(halves, tmp_path)
+    alone = updates(slice(None))
+    start = random_model(CONFIG).state_dict()
+    for name, weights in alone.items():
+        assert any(not torch.equal(weights[k], start[k]) for k in weights), name  # the step moved the weights
+        for k in weights:
+            for r in ranks:  # every rank holds the one-process weights
+                torch.testing.assert_close(r[name][k], weights[k], rtol=0, atol=1e-6, msg=f"{name} {k}")
+
+
+def draws(rank: int, world: int):
+    p = dist.place()
+    items = dist.from_main(list(range(100, 123)) if p.main else None)  # rank 0's draw reaches every rank
+    return {"mine": dist.shard(items, p), "all": items, "seed": dist.rank_seed(7, rank),
+            "total": int(dist.total(rank + 1)), "least": dist.smallest(rank + 5),
+            "gathered": dist.gather(rank * 10), "combined": dist.combine({"acc": float(rank), "chains": 3, "x": "s"},
+                                                                        summed=("chains",))}
+
+
+def test_ranks_take_disjoint_shares_and_combine_their_numbers(tmp_path):
+    r0, r1 = run_ranks(draws, tmp_path)
+    assert r0["all"] == r1["all"] == list(range(100, 123))
+    assert not set(r0["mine"]) & set(r1["mine"]) and sorted(r0["mine"] + r1["mine"]) == r0["all"]
+    assert r0["seed"] == 7 and r1["seed"] != 7
+    assert r0["total"] == r1["total"] == 3 and r0["least"] == r1["least"] == 5
+    assert r0["gathered"] == r1["gathered"] == [0, 10]
+    assert r0["combined"] == r1["combined"] == {"acc": 0.5, "chains": 6.0, "x": "s"}
+
+
+def test_one_process_is_rank_0_of_1_and_untouched():
+    assert "WORLD_SIZE" not in os.environ or os.environ["WORLD_SIZE"] == "1"
+    p = dist.place()
+    assert (p.rank, p.world, p.main) == (0, 1, True)
+    assert dist.shard([1, 2, 3], p) == [1, 2, 3] and dist.rank_seed(5, 0) == 5
+    assert dist.from_main("x") == "x" and dist.gather(4) == [4] and dist.combine({"a": 1}) == {"a": 1}
+    assert dist.rank_file("replay.pt", 0) == "replay.pt" and dist.rank_file("replay.pt", 1) == "replay.rank1.pt"
+    assert dist.setup(torch.device("cpu")) == torch.device("cpu") and not tdist.is_initialized()
