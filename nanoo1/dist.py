@@ -142,6 +142,12 @@ def barrier() -> None:
         dist.barrier()
 
 
+def finish() -> None:
+    """Leave the process group (at the end of an entry point; nothing to do alone)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def rank_file(name: str, rank: int) -> str:
     """A per-rank file's name: rank 0 keeps `name` (a one-process run's checkpoint is unchanged); rank r
     writes e.g. replay.rank1.pt."""

@@ -1,6 +1,7 @@
 """`python -m nanoo1.eval`: accuracy against test-time compute (the scaling curve) of a checkpoint.
 
     python -m nanoo1.eval --checkpoint runs/tiny/final --methods greedy,best_of_n,beam,mcts --budgets 1,4,16
+    torchrun --nproc_per_node 2 -m nanoo1.eval --checkpoint runs/tiny/final    # each rank a share of the problems
 
 For each method and budget (best-of-N: N chains; beam: beam width; mcts: simulations) it prints the
 held-out accuracy and the tokens spent per problem, writes them to JSONL, and draws accuracy against
@@ -13,8 +14,9 @@ import json
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Callable
 
-
+from nanoo1 import dist
 from nanoo1.checkpoint import load_pretrained
 from nanoo1.config import entry_parser, parse_bool, positive_int
 from nanoo1.device import process_setup, resolve_device
@@ -61,6 +63,20 @@ def evaluate(model, tokenizer, problems: list[Problem], method: str, budget: int
     correct = grade(results, [p.answer for p in problems])
     tokens = sum(r.spent.generated for r in results) / len(problems)
     return EvalResult(method, budget, sum(correct) / len(problems), tokens, time.perf_counter() - t)
+
+
+def evaluate_sharded(job: Callable[[list[Problem]], EvalResult], problems: list[Problem]) -> EvalResult:
+    """`job` on this rank's share of `problems` (`dist.shard`), the result that of the whole set: accuracy and
+    tokens per problem weighted by each rank's share, seconds those of the slowest rank. Alone: job(problems)."""
+    p = dist.place()
+    mine = dist.shard(problems, p)
+    result = job(mine)
+    if p.world == 1:
+        return result
+    parts = dist.gather((result, len(mine)))
+    n = sum(k for _, k in parts)
+    return replace(result, accuracy=sum(r.accuracy * k for r, k in parts) / n,
+                   tokens=sum(r.tokens * k for r, k in parts) / n, seconds=max(r.seconds for r, _ in parts))
 
 
 def evaluate_budgeted(model, tokenizer, problems: list[Problem], think_budget: int, solution_budget: int = 16,
@@ -136,7 +152,7 @@ def main(argv=None):
         p.error(str(e))
     process_setup(args.threads)
     try:
-        device = resolve_device(args.device)
+        device = dist.setup(resolve_device(args.device))
         dtype = args.dtype or ("float32" if device.type == "cpu" else "bfloat16")
         model, tokenizer = load_pretrained(args.checkpoint, dtype=dtype, device=device)
         if args.adapters:
@@ -146,23 +162,30 @@ def main(argv=None):
     if tokenizer is None:
         p.error(f"{args.checkpoint} has no tokenizer.json")
     out = args.out or Path("runs") / "eval" / Path(args.checkpoint.rstrip("/")).name
-    out.mkdir(parents=True, exist_ok=True)
+    place = dist.place()
+    say = print if place.main else (lambda *a, **k: None)  # rank 0 prints and writes the whole set's figures
+    seed = dist.rank_seed(args.seed, place.rank)
     results = []
     mcts = replace(EVAL_MCTS, verify=equations_hold if args.check_equations else None)
-    print(f"{'method':>10} {'budget':>6} {'accuracy':>9} {'tokens/problem':>15} {'seconds':>8}")
+    say(f"{'method':>10} {'budget':>6} {'accuracy':>9} {'tokens/problem':>15} {'seconds':>8}")
     for method in methods:
         for budget in ([1] if method == "greedy" else budgets):
             if method == "budget":
-                r = evaluate_budgeted(model, tokenizer, problems, budget, seed=args.seed)
+                job = lambda ps, b=budget: evaluate_budgeted(model, tokenizer, ps, b, seed=seed)
             else:
-                r = evaluate(model, tokenizer, problems, method, budget, mcts=mcts, temperature=args.temperature,
-                             max_thought_tokens=args.max_thought_tokens, seed=args.seed)
+                job = lambda ps, m=method, b=budget: evaluate(model, tokenizer, ps, m, b, mcts=mcts, seed=seed,
+                                                              temperature=args.temperature,
+                                                              max_thought_tokens=args.max_thought_tokens)
+            r = evaluate_sharded(job, problems)
             results.append(r)
-            print(f"{r.method:>10} {r.budget:>6} {100 * r.accuracy:8.1f}% {r.tokens:15.1f} {r.seconds:8.1f}", flush=True)
-    atomic_write(out / "eval.jsonl", "".join(json.dumps(r.__dict__) + "\n" for r in results))
-    print(f"wrote {out / 'eval.jsonl'}")
-    if plot(results, out / "scaling.png"):
-        print(f"wrote {out / 'scaling.png'}")
+            say(f"{r.method:>10} {r.budget:>6} {100 * r.accuracy:8.1f}% {r.tokens:15.1f} {r.seconds:8.1f}", flush=True)
+    if place.main:
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write(out / "eval.jsonl", "".join(json.dumps(r.__dict__) + "\n" for r in results))
+        say(f"wrote {out / 'eval.jsonl'}")
+        if plot(results, out / "scaling.png"):
+            say(f"wrote {out / 'scaling.png'}")
+    dist.finish()
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ import torch
 
 from nanoo1.checkpoint import load_pretrained, save_pretrained
 from nanoo1.config import conflicts, from_dict, to_dict
+from nanoo1.dist import Place, barrier, rank_file
 from nanoo1.files import atomic_write
 from nanoo1.lora import apply_lora, load_lora, save_lora
 
@@ -58,18 +59,28 @@ def resume_settings(run_dir: Path, config_cls, flags: dict):
     return saved
 
 
-def save_checkpoint(out: Path, it: int, config, save_model, state: dict, buffers: dict, keep: int) -> Path:
+def save_checkpoint(out: Path, it: int, config, save_model, state: dict, buffers: dict, keep: int,
+                    place: Place = Place()) -> Path:
     """Write iteration `it`'s checkpoint (the model by `save_model(directory)`, settings, buffers by file name,
-    trainer state), point `latest` at it, then delete all but the last `keep` iteration checkpoints."""
+    trainer state), point `latest` at it, then delete all but the last `keep` iteration checkpoints.
+
+    Under torchrun rank 0 writes the model and settings, every rank its own buffers and trainer state
+    (`dist.rank_file`: replay.pt on rank 0, replay.rank1.pt on rank 1, ...; the directory must be one all
+    ranks see), and rank 0 points `latest` at the checkpoint once every rank has written its part."""
     ckpt = out / f"iter-{it:04d}"
-    save_model(ckpt)
-    atomic_write(ckpt / SETTINGS, json.dumps(to_dict(config), indent=1))
+    if place.main:
+        save_model(ckpt)
+        atomic_write(ckpt / SETTINGS, json.dumps(to_dict(config), indent=1))
+    ckpt.mkdir(parents=True, exist_ok=True)
     for name, buffer in buffers.items():
-        buffer.save(ckpt / name)
-    atomic_write(ckpt / TRAINER_STATE, lambda p: torch.save({"iteration": it, **state}, p))
-    atomic_write(out / "latest", ckpt.name)
-    for old in sorted(out.glob("iter-*"))[:-keep]:
-        shutil.rmtree(old)
+        buffer.save(ckpt / rank_file(name, place.rank))
+    atomic_write(ckpt / rank_file(TRAINER_STATE, place.rank),
+                 lambda p: torch.save({"iteration": it, "world": place.world, **state}, p))
+    barrier()
+    if place.main:
+        atomic_write(out / "latest", ckpt.name)
+        for old in sorted(out.glob("iter-*"))[:-keep]:
+            shutil.rmtree(old)
     return ckpt
 
 
@@ -100,13 +111,18 @@ def save_model(model, tokenizer, directory: Path, config) -> Path:
     return directory
 
 
-def load_trainer_state(ckpt: Path) -> dict:
-    """A checkpoint's trainer state, read without running any code the file may carry."""
-    path = ckpt / TRAINER_STATE
+def load_trainer_state(ckpt: Path, place: Place = Place()) -> dict:
+    """A checkpoint's trainer state for this rank, read without running any code the file may carry; a run
+    is resumed on as many ranks as it was started with."""
+    path = ckpt / rank_file(TRAINER_STATE, place.rank)
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # a damaged or hostile file: torch raises UnpicklingError, RuntimeError, EOFError...
         raise ValueError(f"{path}: not a readable trainer state ({type(e).__name__}: {e})") from e
+    if state.get("world", 1) != place.world:
+        raise ValueError(f"{ckpt}: written by {state.get('world', 1)} process(es), resumed on {place.world}; resume it "
+                         f"with torchrun --nproc_per_node {state.get('world', 1)} (or without torchrun for 1)")
+    return state
 
 
 def prepare_out(out: Path, overwrite: bool) -> None:

@@ -28,10 +28,11 @@ from pathlib import Path
 
 import torch
 
+from nanoo1 import dist
 from nanoo1.config import add_config_flags, add_process_flags, apply_flags, entry_parser, flat_settings
 from nanoo1.device import process_setup, resolve_device
 from nanoo1.engine import generate_budgeted
-from nanoo1.eval import EVAL_MCTS, EvalResult, evaluate, evaluate_budgeted
+from nanoo1.eval import EVAL_MCTS, EvalResult, evaluate, evaluate_budgeted, evaluate_sharded
 from nanoo1.experience import (chain_items, collate_chains, imitation_items, restamp_stale, row_priorities,
                                stamp_old, success_rates, tree_chains)
 from nanoo1.mcts import MCTSConfig, mcts
@@ -54,14 +55,16 @@ from nanoo1.value import rating_at, rating_bce
 from nanoo1.warmstart import train_warmstart
 
 
-def ppo_iteration(model, tokenizer, opt, replay, policy, problems, it: int, config: SelfPlayConfig) -> dict:
+def ppo_iteration(model, tokenizer, opt, replay, policy, problems, it: int, config: SelfPlayConfig, seed: int) -> dict:
+    """MCTS over `problems` (this rank's share), their chains into the replay buffer, PPO updates from it.
+    Under torchrun each rank draws minibatch / world chains from its own buffer for each update."""
     s, c = config.search, config.ppo
     mcfg = MCTSConfig(simulations=s.simulations, num_candidates=s.num_candidates, max_children=s.num_candidates,
                       temperature=s.temperature, patient=s.num_candidates * s.simulations, rollout=True,
                       verify=step_checker(config))
     # with the checker, no success has a wrong step above it (mcts checks rolled-out chains whole)
     results = mcts(policy, [p.question for p in problems], mcfg, [p.answer for p in problems],
-                   seed=iteration_seed(config.run.seed, it))
+                   seed=iteration_seed(seed, it))
     solved = sum(any(n.terminal == "success" for n in r.tree.nodes) for r in results) / len(results)
     items = [item for r in results
              for item in chain_items(tokenizer, tree_chains(r.tree, s.chains_per_tree), success_rates(r.tree), c.gamma, c.lam)]
@@ -79,10 +82,11 @@ def ppo_iteration(model, tokenizer, opt, replay, policy, problems, it: int, conf
     stats = [dict.fromkeys(("policy_loss", "value_loss", "clip_frac", "approx_kl"), 0.0)]
     set_lr(opt, c.lr)
     restamped = 0
-    updates = c.updates_per_iteration if len(replay) else 0  # nothing to learn from yet: no update
+    updates = c.updates_per_iteration if dist.smallest(len(replay)) else 0  # a rank has nothing to learn from yet
+    minibatch = max(1, c.minibatch // dist.place().world)  # this rank's share of each update's chains
     for u in range(updates):
         beta = beta_by_step(it * c.updates_per_iteration + u, config.run.iterations * c.updates_per_iteration)
-        chosen, idx, w = replay.sample(min(c.minibatch, len(replay)), beta)
+        chosen, idx, w = replay.sample(min(minibatch, len(replay)), beta)
         restamped += restamp_stale(model, tokenizer, chosen, it, c.replay_max_age, s.temperature, autocast(config), c.micro_batch)
         model.train()
         batch = {k: v.to(device) for k, v in collate_chains(chosen, tokenizer.pad_id, w).items()}
@@ -104,7 +108,9 @@ def imitation_iteration(model, tokenizer, opt, policy, problems, memory: Priorit
     accepts, shuffled with `replay` times as many successes drawn from earlier iterations. The model's own
     greedy chains, fixed where the step checker caught a slip, show the policy what it would have written
     had it not slipped, on many more problems per second than MCTS reaches; the memory (a replay buffer
-    with uniform priorities) keeps the problems of earlier iterations in play."""
+    with uniform priorities) keeps the problems of earlier iterations in play. Under torchrun each rank
+    gives batch / world of its own chains to every step, and all ranks take as many steps as the one with
+    the fewest chains can."""
     c = config.imitation
     results = checked_greedy(policy, [p.question for p in problems], step_checker(config), SearchConfig(), k=c.fix_candidates)
     wins = [r.tree.path(r.tree.node(r.path[-1])) for r, ok in zip(results, grade(results, [p.answer for p in problems])) if ok]
@@ -116,20 +122,21 @@ def imitation_iteration(model, tokenizer, opt, policy, problems, memory: Priorit
     items = new + old
     rng.shuffle(items)
     model.train()
-    losses = [sft_step(model, opt, collate(items[s:s + c.batch], tokenizer.pad_id), c.lr, autocast(config))
-              for s in range(0, len(items) - c.batch + 1, c.batch)]
+    batch = max(1, c.batch // dist.place().world)
+    losses = [sft_step(model, opt, collate(items[s * batch:(s + 1) * batch], tokenizer.pad_id), c.lr, autocast(config))
+              for s in range(dist.smallest(len(items) // batch))]
     model.eval()
     return {"imitation_solved": len(wins) / max(1, len(problems)), "imitation_replayed": len(old),
             "imitation_loss": sum(losses) / max(1, len(losses))}
 
 
-def grpo_iteration(model, tokenizer, opt, problems, it: int, config: SelfPlayConfig) -> dict:
+def grpo_iteration(model, tokenizer, opt, problems, it: int, config: SelfPlayConfig, seed: int) -> dict:
     """G budgeted rollouts per problem, reward = correct (0 without </think>), group advantages, one step."""
     g, s = config.grpo, config.search
     prompts = [tokenizer.encode(think_prompt(p.question)) for p in problems]
     rows = generate_budgeted(model, prompts, g.think_budget, g.solution_budget, tokenizer.token_id("</think>"),
                              temperature=s.temperature, num_samples=g.group_size, stop_token_ids=[tokenizer.eos_id],
-                             tokenizer=tokenizer, seed=iteration_seed(config.run.seed, it))
+                             tokenizer=tokenizer, seed=iteration_seed(seed, it))
     rewards = torch.tensor([float("</think>" in r.text and check(r.text.split("</think>")[-1], problems[i // g.group_size].answer))
                             for i, r in enumerate(rows)])
     adv = grpo_advantages(rewards, g.group_size, scale_std=False)
@@ -177,31 +184,37 @@ def _table(rows: list[tuple[str, EvalResult, EvalResult]]) -> str:
     return "\n".join(lines)
 
 
-def evaluate_all(model, tokenizer, problems, config: SelfPlayConfig, tag: str, progress: bool) -> dict[str, EvalResult]:
+def evaluate_all(model, tokenizer, problems, config: SelfPlayConfig, tag: str, progress: bool, seed: int) -> dict[str, EvalResult]:
     """The before/after table's rows: greedy, best-of-N and MCTS (with the step checker as a tool, like rStar's
-    code execution: no ground truth needed), and for GRPO the <think> format under its training budget."""
+    code execution: no ground truth needed), and for GRPO the <think> format under its training budget.
+    Under torchrun each rank evaluates its share of the problems (`eval.evaluate_sharded`)."""
     from tqdm.auto import tqdm
 
     s, e = config.search, config.eval
-    kw = dict(temperature=s.temperature, max_thought_tokens=s.max_thought_tokens, seed=config.run.seed)
-    jobs = {"greedy": lambda: evaluate(model, tokenizer, problems, "greedy", **kw),
-            f"best_of_{e.best_of_n}": lambda: evaluate(model, tokenizer, problems, "best_of_n", e.best_of_n, **kw),
-            f"mcts_{e.simulations}": lambda: evaluate(model, tokenizer, problems, "mcts", e.simulations,
-                                                      mcts=replace(EVAL_MCTS, verify=step_checker(config)), **kw)}
+    kw = dict(temperature=s.temperature, max_thought_tokens=s.max_thought_tokens, seed=seed)
+    jobs = {"greedy": lambda ps: evaluate(model, tokenizer, ps, "greedy", **kw),
+            f"best_of_{e.best_of_n}": lambda ps: evaluate(model, tokenizer, ps, "best_of_n", e.best_of_n, **kw),
+            f"mcts_{e.simulations}": lambda ps: evaluate(model, tokenizer, ps, "mcts", e.simulations,
+                                                         mcts=replace(EVAL_MCTS, verify=step_checker(config)), **kw)}
     if config.run.algo == "grpo":
         g = config.grpo
-        jobs[f"think_{g.think_budget}"] = lambda: evaluate_budgeted(model, tokenizer, problems, g.think_budget, g.solution_budget)
+        jobs[f"think_{g.think_budget}"] = lambda ps: evaluate_budgeted(model, tokenizer, ps, g.think_budget, g.solution_budget)
     results = {}
     bar = tqdm(jobs.items(), desc=f"evaluate {tag}", disable=not progress, unit="method")
     for name, job in bar:
         bar.set_postfix_str(f"{name} on {len(problems)} problems")
-        results[name] = job()
+        results[name] = evaluate_sharded(job, problems)
     return results
 
 
 def run(config: SelfPlayConfig, resume: str | None = None, from_scratch: bool = False, progress: bool = True,
         overwrite: bool = False) -> dict:
-    """The whole loop: set-up (or resume), evaluation before, the iterations, evaluation after, the summary."""
+    """The whole loop: set-up (or resume), evaluation before, the iterations, evaluation after, the summary.
+
+    Under torchrun (`dist`) every rank runs this: rank 0 draws each iteration's problems and every rank
+    searches and trains on its own share, with its own generators, replay buffer and imitation memory
+    (saved per rank, so --resume continues every rank exactly); the gradients are summed over ranks, so
+    the weights are the same everywhere; rank 0 alone writes checkpoints, metrics and the summary."""
     from tqdm.auto import tqdm
 
     t0 = time.perf_counter()
@@ -212,90 +225,102 @@ def run(config: SelfPlayConfig, resume: str | None = None, from_scratch: bool = 
         if (out / "summary.json").exists():  # finished: nothing left to run
             return json.loads((out / "summary.json").read_text(encoding="utf-8"))
     train, test = load_problems(config)
-    if not resume:
+    device = dist.setup(resolve_device(config.run.device))
+    place = dist.place()
+    progress = progress and place.main
+    if not resume and place.main:
         prepare_out(out, overwrite)
-    torch.manual_seed(config.run.seed)
-    rng = random.Random(config.run.seed)
-    device = resolve_device(config.run.device)
+    seed = dist.rank_seed(config.run.seed, place.rank)  # this rank's generators (rank 0: the run seed)
+    torch.manual_seed(seed)
+    rng = random.Random(seed)
     start_dir = latest_checkpoint(out) if resume else None
     if from_scratch and not resume:  # the run's base is the warm start it trains first
-        train_warmstart(out / "warmstart", seed=config.run.seed, progress=progress)
+        if place.main:
+            train_warmstart(out / "warmstart", seed=config.run.seed, progress=progress)
+        dist.barrier()
         config = replace(config, run=replace(config.run, warmstart=str(out / "warmstart")))
     model, tokenizer = load_model(config, start_dir, device)
     need = memory_estimate(config, model.config)
-    print(f"memory on {device}, estimated: " + ", ".join(f"{k} {v:.2f}" for k, v in need.items())
-          + f" GiB; about {sum(need.values()):.1f} GiB in all")
+    if place.main:
+        print(f"memory on {device}{f' (each of {place.world} ranks)' if place.world > 1 else ''}, estimated: "
+              + ", ".join(f"{k} {v:.2f}" for k, v in need.items()) + f" GiB; about {sum(need.values()):.1f} GiB in all")
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=config.ppo.lr, betas=(0.9, 0.95),
                             weight_decay=0.0)
     ppo = config.run.algo == "ppo"
-    replay = PrioritizedReplay(config.ppo.replay_capacity, alpha=config.ppo.alpha, seed=config.run.seed) if ppo else None
-    memory = PrioritizedReplay(config.imitation.memory, alpha=0.0, seed=config.run.seed + 1) if ppo else None
+    replay = PrioritizedReplay(config.ppo.replay_capacity, alpha=config.ppo.alpha, seed=seed) if ppo else None
+    memory = PrioritizedReplay(config.imitation.memory, alpha=0.0, seed=seed + 1) if ppo else None
     policy = LMPolicy(model, tokenizer, temperature=config.search.temperature,
-                      max_thought_tokens=config.search.max_thought_tokens, seed=config.run.seed)
+                      max_thought_tokens=config.search.max_thought_tokens, seed=seed)
     metrics, first = [], 0
     if resume:
-        state = load_trainer_state(start_dir)
+        state = load_trainer_state(start_dir, place)
         opt.load_state_dict(state["optimizer"])
         policy.generator.set_state(state["policy_rng"])
         rng.setstate(state["python_rng"])
         torch.set_rng_state(state["torch_rng"])
         metrics, first = state["metrics"], state["iteration"] + 1
         if ppo:
-            replay = PrioritizedReplay.load(start_dir / "replay.pt")
-            memory = PrioritizedReplay.load(start_dir / "imitation.pt")
-        # metrics.jsonl back to this checkpoint: lines a killed run wrote after it are dropped, not repeated
-        rewrite_jsonl(out / "metrics.jsonl", [{"eval": "before", **metrics[0]["before"]}] + metrics[1:])
+            replay = PrioritizedReplay.load(start_dir / dist.rank_file("replay.pt", place.rank))
+            memory = PrioritizedReplay.load(start_dir / dist.rank_file("imitation.pt", place.rank))
+        if place.main:  # metrics.jsonl back to this checkpoint: lines a killed run wrote after it are dropped
+            rewrite_jsonl(out / "metrics.jsonl", [{"eval": "before", **metrics[0]["before"]}] + metrics[1:])
 
     # -- evaluation before
     evals = {}
     if not resume:
-        (out / "metrics.jsonl").unlink(missing_ok=True)
-        evals["before"] = evaluate_all(model, tokenizer, test, config, "before", progress)
+        evals["before"] = evaluate_all(model, tokenizer, test, config, "before", progress, seed)
         metrics.append({"before": {k: asdict(v) for k, v in evals["before"].items()}})
-        append_jsonl(out / "metrics.jsonl", {"eval": "before", **metrics[0]["before"]})
+        if place.main:
+            append_jsonl(out / "metrics.jsonl", {"eval": "before", **metrics[0]["before"]})
     else:
         evals["before"] = {k: EvalResult(**v) for k, v in metrics[0]["before"].items()}
 
     # -- the loop
     bar = tqdm(range(first, config.run.iterations), desc=f"self-play ({config.run.algo})", disable=not progress,
                initial=first, total=config.run.iterations, unit="iteration")
+    k = config.search.problems_per_iteration
     for it in bar:
-        problems = rng.sample(train, draws_per_iteration(config))
+        problems = dist.from_main(rng.sample(train, draws_per_iteration(config)) if place.main else None)
         c = iteration_config(config, it)
         if ppo:
-            m = ppo_iteration(model, tokenizer, opt, replay, policy, problems[:config.search.problems_per_iteration], it, c)
+            m = ppo_iteration(model, tokenizer, opt, replay, policy, dist.shard(problems[:k], place), it, c, seed)
             if config.imitation.problems:
-                m.update(imitation_iteration(model, tokenizer, opt, policy, problems[config.search.problems_per_iteration:],
+                m.update(imitation_iteration(model, tokenizer, opt, policy, dist.shard(problems[k:], place),
                                              memory, rng, c))
         else:
-            m = grpo_iteration(model, tokenizer, opt, problems, it, c)
+            m = grpo_iteration(model, tokenizer, opt, dist.shard(problems, place), it, c, seed)
+        m = dist.combine(m, summed=("chains", "restamped", "imitation_replayed"))
         m["lr"] = c.ppo.lr
         if config.eval.every and (it + 1) % config.eval.every == 0:
-            m["greedy_quick"] = evaluate(model, tokenizer, test[:config.eval.quick], "greedy",
-                                         max_thought_tokens=config.search.max_thought_tokens).accuracy
+            m["greedy_quick"] = evaluate_sharded(lambda ps: evaluate(model, tokenizer, ps, "greedy", seed=seed,
+                                                                     max_thought_tokens=config.search.max_thought_tokens),
+                                                 test[:config.eval.quick]).accuracy
         m.update(iteration=it, seconds=round(time.perf_counter() - t0, 1))
         metrics.append(m)
-        append_jsonl(out / "metrics.jsonl", m)
+        if place.main:
+            append_jsonl(out / "metrics.jsonl", m)
         bar.set_postfix({k: f"{v:.3f}" for k, v in m.items() if k in ("solved", "imitation_solved", "reward", "greedy_quick")})
         state = {"optimizer": opt.state_dict(), "policy_rng": policy.generator.get_state(), "python_rng": rng.getstate(),
                  "torch_rng": torch.get_rng_state(), "metrics": metrics}
         save_checkpoint(out, it, config, lambda d: save_model(model, tokenizer, d, config), state,
-                        {"replay.pt": replay, "imitation.pt": memory} if ppo else {}, config.run.keep_checkpoints)
+                        {"replay.pt": replay, "imitation.pt": memory} if ppo else {}, config.run.keep_checkpoints, place)
 
     # -- evaluation after, and the summary
-    evals["after"] = evaluate_all(model, tokenizer, test, config, "after", progress)
-    append_jsonl(out / "metrics.jsonl", {"eval": "after", **{k: asdict(v) for k, v in evals["after"].items()}})
-    final = save_model(model, tokenizer, out / "final", config)
+    evals["after"] = evaluate_all(model, tokenizer, test, config, "after", progress, seed)
     before, after = evals["before"], evals["after"]
-    print("\n" + _table([(k, before[k], after[k]) for k in after if k in before]))
     e = config.eval
     summary = {"sft_greedy": before["greedy"].accuracy, "final_greedy": after["greedy"].accuracy,
                "sft_best_of_n": before[f"best_of_{e.best_of_n}"].accuracy,
                "final_best_of_n": after[f"best_of_{e.best_of_n}"].accuracy,
                "sft_mcts": before[f"mcts_{e.simulations}"].accuracy, "final_mcts": after[f"mcts_{e.simulations}"].accuracy,
                "iterations": config.run.iterations, "algo": config.run.algo, "seed": config.run.seed,
-               "wall_s": round(time.perf_counter() - t0, 1), "checkpoint": str(final)}
-    atomic_write(out / "summary.json", json.dumps(summary))
+               "wall_s": round(time.perf_counter() - t0, 1), "checkpoint": str(out / "final")}
+    if place.main:
+        append_jsonl(out / "metrics.jsonl", {"eval": "after", **{k: asdict(v) for k, v in evals["after"].items()}})
+        save_model(model, tokenizer, out / "final", config)
+        print("\n" + _table([(k, before[k], after[k]) for k in after if k in before]))
+        atomic_write(out / "summary.json", json.dumps(summary))
+    dist.barrier()  # the run is whole on disk before any rank returns
     return summary
 
 
@@ -334,7 +359,9 @@ def main(argv=None):
                       overwrite=args.overwrite)
     except FileExistsError as e:
         p.error(str(e))
-    print(json.dumps(summary))
+    if dist.place().main:
+        print(json.dumps(summary))
+    dist.finish()
 
 
 if __name__ == "__main__":

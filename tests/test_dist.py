@@ -4,7 +4,9 @@ Each test spawns 2 ranks. An update of 2 ranks, each on half of a batch (their r
 so their token counts differ), must leave the same weights as one process's update on the whole batch.
 """
 
+import json
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -14,6 +16,7 @@ import torch.multiprocessing as mp
 from conftest import random_model
 from nanoo1 import dist
 from nanoo1.model import Gemma2Config
+from nanoo1.runs import load_trainer_state
 from nanoo1.rl import LOSS_TYPES, GRPOConfig, PPOConfig, completion_logprobs, grpo_step, ppo_step
 from nanoo1.sft import sft_step
 
@@ -121,3 +124,73 @@ def test_one_process_is_rank_0_of_1_and_untouched():
     assert dist.from_main("x") == "x" and dist.gather(4) == [4] and dist.combine({"a": 1}) == {"a": 1}
     assert dist.rank_file("replay.pt", 0) == "replay.pt" and dist.rank_file("replay.pt", 1) == "replay.rank1.pt"
     assert dist.setup(torch.device("cpu")) == torch.device("cpu") and not tdist.is_initialized()
+
+
+# ----------------------------------------------------------------------------- self-play under torchrun
+
+def torchrun(args: list, world: int = 2, script: list | None = None):
+    """`torchrun --nproc_per_node world` of selfplay (or of `script`) with these flags, 1 thread per rank."""
+    import subprocess
+    import sys
+
+    here = Path(__file__).parent
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(
+        [str(here.parent), str(here), os.environ.get("PYTHONPATH", "")])}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={world}"]
+    cmd += script or ["-m", "nanoo1.selfplay"]
+    return subprocess.run(cmd + [str(a) for a in args], capture_output=True, text=True, env=env, timeout=600)
+
+
+SHORT = ["--eval-problems", "4", "--iterations", "2", "--problems-per-iteration", "4", "--simulations", "2",
+         "--updates-per-iteration", "2", "--minibatch", "4", "--eval-best-of-n", "2", "--eval-simulations", "2",
+         "--eval-every", "1", "--eval-quick", "4", "--max-thought-tokens", "12", "--imitation-problems", "4",
+         "--imitation-batch", "2", "--no-progress"]
+
+
+def summary_of(proc) -> dict:
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = [l for l in proc.stdout.splitlines() if l.startswith("{")]
+    assert len(lines) == 1, proc.stdout  # rank 0 alone prints the summary
+    return {k: v for k, v in json.loads(lines[0]).items() if k not in ("wall_s", "checkpoint")}
+
+
+@pytest.fixture(scope="module")
+def warmstart(tmp_path_factory):
+    from conftest import random_model as rm
+    from nanoo1.checkpoint import save_pretrained
+    from nanoo1.tasks import TINY_DIR
+    from nanoo1.tokenizer import Tokenizer
+    from nanoo1.warmstart import TINY_MODEL
+
+    d = tmp_path_factory.mktemp("warm")
+    save_pretrained(rm(TINY_MODEL, seed=0, std=0.05), Tokenizer.from_file(TINY_DIR), d)
+    return d
+
+
+def test_a_two_rank_run_writes_one_run_repeats_and_resumes_exactly(tmp_path, warmstart):
+    flags = ["--tiny", "--model", warmstart] + SHORT
+    first = summary_of(torchrun(flags + ["--out", tmp_path / "a"]))
+    again = summary_of(torchrun(flags + ["--out", tmp_path / "b"]))
+    assert first == again  # the same seed, the same JSON
+    a = tmp_path / "a"
+    assert sorted(p.name for p in a.iterdir()) == ["final", "iter-0000", "iter-0001", "latest", "metrics.jsonl",
+                                                   "summary.json"]
+    rows = [json.loads(l) for l in (a / "metrics.jsonl").read_text().splitlines()]
+    assert [r.get("iteration") for r in rows] == [None, 0, 1, None]  # one metrics file, each line once
+    assert {p.name for p in (a / "iter-0001").glob("*.pt")} >= {"replay.pt", "replay.rank1.pt", "imitation.pt",
+                                                               "imitation.rank1.pt", "trainer_state.rank1.pt"}
+    # killed after the first checkpoint, then resumed on 2 ranks: the same end as the uninterrupted run
+    killed = torchrun(flags + ["--out", tmp_path / "c"], script=[str(Path(__file__).parent / "selfplay_killed.py")])
+    assert killed.returncode != 0 and (tmp_path / "c" / "latest").read_text() == "iter-0000"
+    assert summary_of(torchrun(["--resume", tmp_path / "c", "--no-progress"])) == first
+    assert untimed_metrics(tmp_path / "c") == untimed_metrics(a)
+    with pytest.raises(ValueError, match="torchrun --nproc_per_node 2"):  # one process cannot resume 2 ranks
+        load_trainer_state(a / "iter-0001")
+
+
+def untimed(row):
+    return {k: untimed(v) if isinstance(v, dict) else v for k, v in row.items() if k != "seconds"}
+
+
+def untimed_metrics(run_dir) -> list:
+    return [untimed(json.loads(l)) for l in (run_dir / "metrics.jsonl").read_text().splitlines()]
