@@ -194,3 +194,17 @@ def untimed(row):
 
 def untimed_metrics(run_dir) -> list:
     return [untimed(json.loads(l)) for l in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_sharded_evaluation_gives_the_whole_sets_greedy_figures(tmp_path, warmstart, capsys):
+    from nanoo1 import eval as eval_cli
+
+    flags = ["--checkpoint", warmstart, "--limit", "7", "--methods", "greedy,best_of_n", "--budgets", "2",
+             "--max-thought-tokens", "8"]
+    two = torchrun(flags + ["--out", tmp_path / "two"], script=["-m", "nanoo1.eval"])
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert two.stdout.count("wrote") == 1 + two.stdout.count("scaling.png")  # rank 0 alone prints and writes
+    eval_cli.main([str(f) for f in flags + ["--out", tmp_path / "one"]])
+    one, two = ([json.loads(l) for l in (tmp_path / d / "eval.jsonl").read_text().splitlines()] for d in ("one", "two"))
+    assert [r["method"] for r in one] == [r["method"] for r in two] == ["greedy", "best_of_n"]
+    assert two[0]["accuracy"] == pytest.approx(one[0]["accuracy"]) and two[0]["tokens"] == pytest.approx(one[0]["tokens"])
