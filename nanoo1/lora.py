@@ -19,6 +19,7 @@ Gemma2 and transformers' Gemma2ForCausalLM. A full checkpoint with the adapters 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import math
 import re
@@ -204,6 +205,35 @@ def save_lora(model: nn.Module, directory, base_model_name_or_path: str = "") ->
     atomic_write(directory / WEIGHTS_FILE, lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
     atomic_write(directory / CONFIG_FILE, json.dumps(config, indent=2) + "\n")
     return directory
+
+
+def save_trained(model: nn.Module, tokenizer, directory, base_model_name_or_path: str = "") -> Path:
+    """What a run trained: a model with adapters as the adapters alone in PEFT's layout (`save_lora`) beside the
+    tokenizer (`python -m nanoo1.lora merge` folds them into the base), any other as a full checkpoint."""
+    if not _lora_modules(model):
+        return save_pretrained(model, tokenizer, directory)
+    directory = save_lora(model, directory, base_model_name_or_path)
+    if tokenizer is not None:
+        tokenizer.save(directory)
+    return directory
+
+
+def lora_copy(model: nn.Module) -> nn.Module:
+    """A copy to train apart from `model`: with adapters, only they are copied and the frozen base weights are
+    shared (one base in memory for every copy); without, a whole copy (copy.deepcopy)."""
+    if not _lora_modules(model):
+        return copy.deepcopy(model)
+    shared = {id(p): p for name, p in model.named_parameters() if not name.endswith(("lora_A", "lora_B"))}
+    return copy.deepcopy(model, memo=shared)
+
+
+def unfreeze(model: nn.Module) -> list[nn.Parameter]:
+    """Set what trains to requires_grad and return it: with adapters the adapters alone (the base stays frozen,
+    and may be shared by `lora_copy`), without every parameter."""
+    lora = bool(_lora_modules(model))
+    for name, p in model.named_parameters():
+        p.requires_grad_(not lora or name.endswith(("lora_A", "lora_B")))
+    return [p for p in model.parameters() if p.requires_grad]
 
 
 def _read_adapter_config(path: Path) -> tuple[int, float, float]:

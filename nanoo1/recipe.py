@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 
 from nanoo1.config import check_settings
+from nanoo1.lora import apply_lora
 from nanoo1.rewards import equations_hold
 from nanoo1.rl import LOSS_TYPES
 from nanoo1.sft import cosine
@@ -131,6 +132,13 @@ class LoRASettings:
         check_settings(self, positive=("alpha",), non_negative=("rank",), fraction=("dropout",))
         if not self.targets.strip():
             raise ValueError("LoRASettings: --lora-targets names no layer")
+
+    def apply(self, model, seed: int = 0):
+        """Freeze `model` and give its target layers adapters (`lora.apply_lora`, A drawn with `seed`), decoder
+        layers recomputed in backward if `checkpointing`. Returns the model."""
+        apply_lora(model, [t.strip() for t in self.targets.split(",")], self.rank, self.alpha, self.dropout, seed)
+        model.checkpointing = self.checkpointing
+        return model
 
 
 @dataclass
