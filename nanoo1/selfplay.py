@@ -65,9 +65,10 @@ def ppo_iteration(model, tokenizer, opt, replay, policy, problems, it: int, conf
     solved = sum(any(n.terminal == "success" for n in r.tree.nodes) for r in results) / len(results)
     items = [item for r in results
              for item in chain_items(tokenizer, tree_chains(r.tree, s.chains_per_tree), success_rates(r.tree), c.gamma, c.lam)]
-    stamp_old(model, tokenizer, items, s.temperature, autocast(config), c.micro_batch, iteration=it)
+    stamp_old(model, tokenizer, items, s.temperature, autocast(config), c.micro_batch, it, c.micro_batch_tokens)
     replay.extend(items, row_priorities(items))
-    cfg = PPOConfig(clip_eps=c.clip_eps, vf_coef=c.vf_coef, micro_batch_size=c.micro_batch, temperature=s.temperature)
+    cfg = PPOConfig(clip_eps=c.clip_eps, vf_coef=c.vf_coef, micro_batch_size=c.micro_batch,
+                    micro_batch_tokens=c.micro_batch_tokens, temperature=s.temperature)
     device = model.output_embedding.device
 
     def value_fn(model, mb, hidden):  # the rating-token value's loss at each thought's <start_of_rating>
@@ -83,7 +84,8 @@ def ppo_iteration(model, tokenizer, opt, replay, policy, problems, it: int, conf
     for u in range(updates):
         beta = beta_by_step(it * c.updates_per_iteration + u, config.run.iterations * c.updates_per_iteration)
         chosen, idx, w = replay.sample(min(c.minibatch, len(replay)), beta)
-        restamped += restamp_stale(model, tokenizer, chosen, it, c.replay_max_age, s.temperature, autocast(config), c.micro_batch)
+        restamped += restamp_stale(model, tokenizer, chosen, it, c.replay_max_age, s.temperature, autocast(config),
+                                   c.micro_batch, c.micro_batch_tokens)
         model.train()
         batch = {k: v.to(device) for k, v in collate_chains(chosen, tokenizer.pad_id, w).items()}
         with bf16_autocast(autocast(config), device):
@@ -137,7 +139,8 @@ def grpo_iteration(model, tokenizer, opt, problems, it: int, config: SelfPlayCon
     mask = torch.zeros_like(ids)
     for i, r in enumerate(rows):
         mask[i, len(r.prompt):len(r.prompt) + len(r.tokens)] = 1  # sampled and forced tokens alike
-    cfg = GRPOConfig(loss_type=g.loss_type, micro_batch_size=config.ppo.micro_batch, temperature=s.temperature,
+    cfg = GRPOConfig(loss_type=g.loss_type, micro_batch_size=config.ppo.micro_batch,
+                     micro_batch_tokens=config.ppo.micro_batch_tokens, temperature=s.temperature,
                      max_completion_length=g.think_budget + g.solution_budget + 1, beta=g.kl_beta)
     device = model.output_embedding.device
     batch = {k: v.to(device) for k, v in {"input_ids": ids, "attention_mask": attn, "completion_mask": mask,
