@@ -94,7 +94,7 @@ def feed(model, cache, pending: list[list[int]]):
     if all(n == T for n in lengths):  # the usual decode step: one token per row, no mask, no gather
         return model.logits(model.hidden_states(ids, cache=cache)[:, -1])  # (B, V)
     n = torch.tensor(lengths, device=cache.lengths.device)  # (B,)
-    mask = (torch.arange(T, device=n.device) < n[:, None]).long()  # (B, T)
+    mask = (torch.arange(T) < torch.tensor(lengths)[:, None]).long()  # (B, T) on the host: the cache only counts it
     h = model.hidden_states(ids, attention_mask=mask, cache=cache)  # (B, T, C)
     last = h[torch.arange(len(pending), device=n.device), (n - 1).clamp(min=0)]  # (B, C)
     return model.logits(last)
@@ -171,10 +171,12 @@ def _decode(model, batch: _Batch, temperature, top_k, top_p, generator, tokenize
         if ready:
             mine = logits if len(ready) == len(batch.rows) else logits[ready]  # (R, V)
             tokens = sample_next(mine, temperature, top_k, top_p, generator)  # (R,)
-            stats = list(zip(*(t.tolist() for t in token_stats(mine, tokens, temperature))))
-            for i, tok, st in zip(ready, tokens.tolist(), stats):
-                batch.record(i, tok, st)
-                _after_sample(batch, i, tok, tokenizer)
+            # one device-to-host copy per step, what stopping needs: the tokens with their four statistics (float64
+            # holds every token id and every float32 exactly)
+            host = torch.stack([tokens.double()] + [t.double() for t in token_stats(mine, tokens, temperature)]).tolist()
+            for i, tok, *st in zip(ready, *host):
+                batch.record(i, int(tok), tuple(st))
+                _after_sample(batch, i, int(tok), tokenizer)
         logits = None
         batch.compact()
 
