@@ -5,7 +5,9 @@ decoding, for nanoo1's engine and for transformers' `generate` (eager attention)
 Every repeat runs all contenders in turn and each figure is the median over repeats, so a burst of load
 on a shared machine moves both sides of a ratio together instead of skewing it.
 On a GPU it adds a gemma-2-2b-shaped bf16 model and compares decode speed with the memory-bandwidth
-bound (every step reads all weight bytes once: tokens/s <= bandwidth / weight bytes).
+bound (every step reads all weight bytes once: tokens/s <= bandwidth / weight bytes). The gpu section
+(`gpu_figures`) measures what the 2b preset's self-play needs on one GPU: decode at batch 1 and 16 against
+that bound, one MCTS expansion round, and one PPO update through LoRA, with peak GPU memory.
 Like every entry point it first has glibc keep freed memory (`device.hold_freed_memory`); both
 contenders run in this one process, so both get it. Other sections (search) register themselves in SECTIONS.
 """
@@ -66,14 +68,26 @@ def decode_rate(batch: int, new_tokens: int, generate_s: float, prefill_s: float
     return batch * (new_tokens - 1) / max(generate_s - prefill_s, 1e-9)
 
 
+def random_model(config: Gemma2Config, dtype=torch.float32, device="cpu", seed: int = 0) -> Gemma2:
+    """A Gemma2 of `config` with random weights, built in `dtype` on `device` (never a float32 copy of them)."""
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with torch.device(device):
+            return Gemma2(config).init_weights(torch.Generator(device=device).manual_seed(seed)).eval()
+    finally:
+        torch.set_default_dtype(default)
+
+
 def bench_size(name: str, batch: int, prompt_len: int, new_tokens: int, device: str, dtype, repeats: int, with_hf: bool,
-               config: Gemma2Config | None = None):
+               config: Gemma2Config | None = None, model: Gemma2 | None = None):
     """Prefill seconds and decode tokens/s of nanoo1 (and transformers when with_hf), the median over repeats;
-    the ratios are medians of the per-repeat ratios (`_paired`)."""
-    config = config or SIZES[name]
+    the ratios are medians of the per-repeat ratios (`_paired`). `model`: time this one instead of a new one."""
+    config = model.config if model is not None else config or SIZES[name]
     torch.manual_seed(0)
-    with torch.device(device):
-        model = Gemma2(config).to(dtype).init_weights(torch.Generator(device=device).manual_seed(0)).eval()
+    if model is None:
+        with torch.device(device):
+            model = Gemma2(config).to(dtype).init_weights(torch.Generator(device=device).manual_seed(0)).eval()
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     prompts = torch.randint(5, config.vocab_size, (batch, prompt_len), generator=torch.Generator().manual_seed(1))
     rows = prompts.tolist()
@@ -118,7 +132,6 @@ def bench_size(name: str, batch: int, prompt_len: int, new_tokens: int, device: 
         bandwidth = _measured_bandwidth()
         out["bandwidth_bound_tok_s"] = batch * bandwidth / weight_bytes
         out["fraction_of_bound"] = out["ours_decode_tok_s"] / out["bandwidth_bound_tok_s"]
-    del model
     return out
 
 
@@ -278,12 +291,7 @@ def memory_section(args) -> dict:
 
     tokenizer = Tokenizer.from_file(TINY_DIR)
     with tempfile.TemporaryDirectory() as d:
-        default = torch.get_default_dtype()
-        torch.set_default_dtype(torch.bfloat16)  # built in bf16: never a float32 copy of the weights
-        try:
-            model = Gemma2(Gemma2Config.preset("2b", vocab_size=len(tokenizer))).init_weights(torch.Generator().manual_seed(0))
-        finally:
-            torch.set_default_dtype(default)
+        model = random_model(Gemma2Config.preset("2b", vocab_size=len(tokenizer)), torch.bfloat16)
         save_pretrained(model, tokenizer, Path(d))
         del model
         size = sum(f.stat().st_size for f in Path(d).glob("*.safetensors"))
@@ -299,13 +307,107 @@ def memory_section(args) -> dict:
     return row
 
 
-SECTIONS = {"engine": engine_section, "search": search_section, "memory": memory_section}
+def gpu_figures(model: Gemma2, tokenizer, config, bandwidth: float, batches=(1, 16), prompt_len: int = 64,
+                new_tokens: int = 64, repeats: int = 3) -> dict:
+    """What self-play with the settings `config` (a recipe.SelfPlayConfig, the 2b preset on a GPU) costs on
+    `model`'s device: decode tokens/s at each batch size against the bandwidth bound (batch x bandwidth in
+    bytes/s / weight bytes); then, with LoRA on (config.lora), one MCTS expansion round over
+    problems_per_iteration problems (num_candidates thoughts of up to max_thought_tokens each: a random model
+    writes them all to the limit) and one PPO update of `minibatch` chains of the longest length the settings
+    allow (8 lines of max_thought_tokens + 24), in micro-batches as self-play makes them, each with seconds and
+    peak torch.cuda.max_memory_allocated (None off CUDA). The model gets adapters in place."""
+    from nanoo1.experience import collate_chains, stamp_old
+    from nanoo1.mcts import MCTSConfig, mcts
+    from nanoo1.policy import LMPolicy
+    from nanoo1.rl import PPOConfig, ppo_step
+    from nanoo1.tasks import make_problems
+    from nanoo1.value import rating_at, rating_bce
+
+    device = model.output_embedding.device
+    cuda = device.type == "cuda"
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+
+    def measured(fn):  # (what fn returns, seconds, peak GB)
+        if cuda:
+            torch.cuda.reset_peak_memory_stats()
+        sync()
+        t = time.perf_counter()
+        out = fn()
+        sync()
+        return out, time.perf_counter() - t, torch.cuda.max_memory_allocated() / 1e9 if cuda else None
+
+    weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    bound = bandwidth / weight_bytes  # batch-1 tokens/s if every step only read the weights once
+    out = {"weight_gb": weight_bytes / 1e9, "bandwidth_tb_s": bandwidth / 1e12, "decode": []}
+    for b in batches:
+        r = bench_size("gpu", b, prompt_len, new_tokens, device.type, None, repeats, False, model=model)
+        out["decode"].append({"batch": b, "tok_s": r["ours_decode_tok_s"], "bound_tok_s": b * bound,
+                              "fraction_of_bound": r["ours_decode_tok_s"] / (b * bound)})
+    s, c = config.search, config.ppo
+    config.lora.apply(model, config.run.seed)
+    policy = LMPolicy(model, tokenizer, temperature=s.temperature, max_thought_tokens=s.max_thought_tokens)
+    questions = [p.question for p in make_problems(s.problems_per_iteration, seed=2)]
+    search = MCTSConfig(simulations=1, num_candidates=s.num_candidates, max_children=s.num_candidates, patient=1 << 30)
+    results, seconds, peak = measured(lambda: mcts(policy, questions, search))
+    out["mcts_round"] = {"problems": len(questions), "thoughts": sum(len(r.tree.nodes) - 1 for r in results),
+                         "generated_tokens": sum(r.spent.generated for r in results), "seconds": seconds, "peak_gb": peak}
+
+    line, T = s.max_thought_tokens + 24, 8 * (s.max_thought_tokens + 24)
+    g = torch.Generator().manual_seed(0)
+    items = [{"ids": torch.randint(5, len(tokenizer), (T,), generator=g).tolist(), "mask": [0] * line + [1] * (T - line),
+              "advantages": torch.randn(T, generator=g).tolist(), "value_pos": list(range(2 * line - 1, T, line)),
+              "value_target": [0.5] * 7} for _ in range(c.minibatch)]
+    stamp_old(model, tokenizer, items, s.temperature, False, c.micro_batch, 0, c.micro_batch_tokens)
+    batch = {k: v.to(device) for k, v in collate_chains(items, tokenizer.pad_id).items()}
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=c.lr)
+    ppo = PPOConfig(clip_eps=c.clip_eps, vf_coef=c.vf_coef, micro_batch_size=c.micro_batch,
+                    micro_batch_tokens=c.micro_batch_tokens, temperature=s.temperature)
+
+    def value_fn(model, mb, hidden):  # the rating-token value's loss, as in self-play
+        return rating_bce(rating_at(model, tokenizer, hidden, mb["value_pos"]), mb["value_target"], mb["value_mask"])
+
+    model.train()
+    stats, seconds, peak = measured(lambda: ppo_step(model, opt, batch, ppo, value_loss_fn=value_fn))
+    model.eval()
+    out["ppo_update"] = {"chains": c.minibatch, "tokens_per_chain": T, "lora_rank": config.lora.rank,
+                         "seconds": seconds, "peak_gb": peak, "loss": stats["loss"]}
+    return out
+
+
+def gpu_section(args) -> dict:
+    """`gpu_figures` for gemma-2-2b's shape in bf16 (random weights, the whole 256,000-token vocabulary) with the
+    2b preset's settings; skipped without a CUDA device."""
+    from nanoo1.recipe import PRESETS
+    from nanoo1.tasks import TINY_DIR
+    from nanoo1.tokenizer import Tokenizer
+
+    if not torch.cuda.is_available() or args.cpu:
+        print("no CUDA device: the gpu section is skipped (gemma-2-2b's shape in bf16 needs a GPU)")
+        return {"skipped": "no CUDA device"}
+    model = random_model(Gemma2Config.preset("2b"), torch.bfloat16, "cuda")
+    r = gpu_figures(model, Tokenizer.from_file(TINY_DIR), PRESETS["2b"], args.bandwidth * 1e12,
+                    prompt_len=args.prompt_len, new_tokens=args.new_tokens, repeats=args.repeats)
+    for d in r["decode"]:
+        print(f"decode B={d['batch']:<2} {d['tok_s']:8.1f} tok/s, bound {d['bound_tok_s']:8.0f} tok/s "
+              f"({d['fraction_of_bound']:.0%}; weights {r['weight_gb']:.2f} GB at {r['bandwidth_tb_s']} TB/s)")
+    one, many = r["decode"][0]["tok_s"], r["decode"][-1]["tok_s"]
+    print(f"batch {r['decode'][-1]['batch']} / batch 1: {many / one:.1f}x (goal >= 8x); batch 1 at "
+          f"{r['decode'][0]['fraction_of_bound']:.0%} of the bound (goal >= 40%)")
+    m, u = r["mcts_round"], r["ppo_update"]
+    print(f"MCTS expansion round: {m['problems']} problems, {m['thoughts']} thoughts, {m['generated_tokens']} tokens in "
+          f"{m['seconds']:.2f} s, peak {m['peak_gb']:.1f} GB")
+    print(f"PPO update, LoRA rank {u['lora_rank']}: {u['chains']} chains of {u['tokens_per_chain']} tokens in "
+          f"{u['seconds']:.2f} s, peak {u['peak_gb']:.1f} GB (goal for a whole iteration < 16 GB)", flush=True)
+    return r
+
+
+SECTIONS = {"engine": engine_section, "search": search_section, "memory": memory_section, "gpu": gpu_section}
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sections", default="engine,search", help=f"comma-separated, from {sorted(SECTIONS)} (memory: "
-                   "minutes, one LoRA self-play iteration on gemma-2-2b's decoder)")
+                   "minutes, one LoRA self-play iteration on gemma-2-2b's decoder; gpu: the 2b preset on a CUDA device)")
     p.add_argument("--prompt-len", type=int, default=64, help="prompt tokens per row")
     p.add_argument("--new-tokens", type=int, default=64, help="greedy tokens per row (halved for the larger models)")
     p.add_argument("--repeats", type=int, default=7, help="timed repeats, each running every contender in turn; medians are reported")
@@ -313,6 +415,8 @@ def main(argv=None):
     p.add_argument("--cpu", action="store_true", help="stay on the CPU even when a GPU is present")
     p.add_argument("--threads", type=positive_int, default=None, help="torch.set_num_threads")
     p.add_argument("--json", type=Path, default=None, help="also write every figure to this JSON file")
+    p.add_argument("--bandwidth", type=float, default=4.8, help="gpu section: the GPU's memory bandwidth in TB/s for "
+                   "the decode bound (default: H200's 4.8; H100 SXM 3.35, A100 2.0)")
     g = p.add_argument_group("search section")
     g.add_argument("--search-problems", type=int, default=8, help="problems searched in lockstep")
     g.add_argument("--search-simulations", type=int, default=4, help="MCTS simulations per problem")
