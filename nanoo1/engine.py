@@ -82,22 +82,24 @@ def token_stats(logits, tokens, temperature: float):
     return lp, slp, entropy, varentropy
 
 
-def feed(model, cache, pending: list[list[int]]):
-    """Append each row's pending tokens (possibly none) to the cache; return next-token logits (B, V).
+def feed(model, cache, pending: list[list[int]], head=None):
+    """Append each row's pending tokens (possibly none) to the cache; return next-token logits (B, V), or
+    head(hidden) of each row's last final hidden state (B, C) (e.g. `value.rating_head`'s two logits).
 
     Rows with fewer tokens are right-padded and advance by their own count only.
     """
+    head = head or model.logits
     lengths = [len(p) for p in pending]
     T = max(1, max(lengths))
     pad = model.config.pad_token_id
     ids = torch.tensor([p + [pad] * (T - len(p)) for p in pending], device=cache.lengths.device)  # (B, T)
     if all(n == T for n in lengths):  # the usual decode step: one token per row, no mask, no gather
-        return model.logits(model.hidden_states(ids, cache=cache)[:, -1])  # (B, V)
+        return head(model.hidden_states(ids, cache=cache)[:, -1])  # (B, V)
     n = torch.tensor(lengths, device=cache.lengths.device)  # (B,)
     mask = (torch.arange(T) < torch.tensor(lengths)[:, None]).long()  # (B, T) on the host: the cache only counts it
     h = model.hidden_states(ids, attention_mask=mask, cache=cache)  # (B, T, C)
     last = h[torch.arange(len(pending), device=n.device), (n - 1).clamp(min=0)]  # (B, C)
-    return model.logits(last)
+    return head(last)
 
 
 def _per_row(value, n_prompts: int, default):

@@ -37,7 +37,7 @@ HINTS = {
 
 @dataclass(eq=False)
 class Node:
-    """One thought. Statistics are what search records; tokens/logprobs are what RL trains on."""
+    """One thought. Statistics are what search records; tokens are what RL trains on (the ids it was sampled as)."""
 
     id: int  # unique in the whole tree
     parent: "Node | None"
@@ -47,13 +47,10 @@ class Node:
     value: float | None = None  # log P(positive) from the value head, then the running mean of backups
     visits: int = 0
     prior: float = 1.0  # policy probability: exp(mean token log-prob) of the generated thought
-    entropy: float = 0.0  # mean entropy of the sampled tokens
     varentropy: float = 0.0  # mean varentropy of the sampled tokens
     terminal: str | None = None  # "success", "failure" or None (not terminal)
     rating: str = "positive"  # rendered after the thought in prompts: "positive", "negative" or "unknown"
     tokens: list[int] = field(default_factory=list)  # generated ids (meta tag, text, <end_of_thought>)
-    logprobs: list[float] = field(default_factory=list)  # their log-probs under the sampling distribution (PPO's old)
-    prompt: str = ""  # the exact text the thought was sampled after: encode(prompt) + tokens is what was sampled
     rectified: float | None = None  # after search: discounted mean of the terminal rewards below (mcts.rectify)
 
     @property
@@ -120,8 +117,7 @@ class Tree:
         return "\n".join(render_node(n) for n in self.nodes)
 
     def to_json(self) -> str:
-        keys = ["id", "meta", "text", "value", "visits", "prior", "entropy", "varentropy", "terminal", "rating", "tokens", "logprobs",
-                "prompt", "rectified"]
+        keys = ["id", "meta", "text", "value", "visits", "prior", "varentropy", "terminal", "rating", "tokens", "rectified"]
         return json.dumps([{**{k: getattr(n, k) for k in keys}, "parent": n.parent_id} for n in self.nodes])
 
 

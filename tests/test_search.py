@@ -228,7 +228,8 @@ def test_lm_policy_one_generate_and_one_value_call_per_round(model, tiny_tokeniz
         prompt_tokens = 0
         for parent in {n.parent for n in nodes}:
             head = len(tiny_tokenizer.encode(render_path(r.tree.path(parent)) + "\n"))
-            prompt_tokens += head + sum(len(tiny_tokenizer.encode(c.prompt)) - head for c in parent.children)
+            prompts = [policy_prompt(r.tree.path(parent), c.id, c.meta if metas == "sample" else None) for c in parent.children]
+            prompt_tokens += head + sum(len(tiny_tokenizer.encode(p)) - head for p in prompts)
         assert r.spent.prompt == prompt_tokens
 
 

@@ -77,11 +77,12 @@ def test_parse_tree_rejects_malformed_text():
 def test_json_keeps_every_statistic():
     tree = chain()
     step = tree.node(1)
-    step.visits, step.prior, step.entropy, step.varentropy, step.terminal = 3, 0.25, 1.5, 0.5, None
-    step.tokens, step.logprobs, step.prompt, step.rectified = [5, 6, 7], [-0.1, -0.2, -0.3], "<bos>...", -0.45
+    step.visits, step.prior, step.varentropy, step.terminal = 3, 0.25, 0.5, None
+    step.tokens, step.rectified = [5, 6, 7], -0.45
     tree.node(2).terminal = "success"
     rows = json.loads(tree.to_json())
-    assert rows[1]["logprobs"] == [-0.1, -0.2, -0.3] and rows[1]["rectified"] == -0.45 and rows[1]["visits"] == 3
+    assert rows[1]["tokens"] == [5, 6, 7] and rows[1]["rectified"] == -0.45 and rows[1]["visits"] == 3
+    assert (rows[1]["prior"], rows[1]["varentropy"]) == (0.25, 0.5)
     assert rows[2]["parent"] == 1 and rows[2]["terminal"] == "success" and rows[0]["parent"] == -1
 
 
