@@ -4,10 +4,9 @@ For each model size and batch size it times a prefill (prompt -> KV cache + next
 decoding, for nanoo1's engine and for transformers' `generate` (eager attention), and prints the ratios.
 Every repeat runs all contenders in turn and each figure is the median over repeats, so a burst of load
 on a shared machine moves both sides of a ratio together instead of skewing it.
-On a GPU it adds a gemma-2-2b-shaped bf16 model and compares decode speed with the memory-bandwidth
-bound (every step reads all weight bytes once: tokens/s <= bandwidth / weight bytes). The gpu section
-(`gpu_figures`) measures what the 2b preset's self-play needs on one GPU: decode at batch 1 and 16 against
-that bound, one MCTS expansion round, and one PPO update through LoRA, with peak GPU memory.
+The gpu section (`gpu_figures`) measures gemma-2-2b's shape in bf16 with the 2b preset's settings: decode at
+batch 1 and 16 against the memory-bandwidth bound (every step reads all weight bytes once: tokens/s <=
+bandwidth / weight bytes), one MCTS expansion round, and one PPO update through LoRA, with peak GPU memory.
 Like every entry point it first has glibc keep freed memory (`device.hold_freed_memory`); both
 contenders run in this one process, so both get it. Other sections (search) register themselves in SECTIONS.
 """
@@ -37,13 +36,7 @@ SIZES = {
     "100m": Gemma2Config.preset("tiny", vocab_size=32000, hidden_size=768, intermediate_size=3072, num_hidden_layers=10,
                                 num_attention_heads=12, num_key_value_heads=4, head_dim=64, query_pre_attn_scalar=64,
                                 sliding_window=4096, max_position_embeddings=8192),
-    "gemma-2-2b": Gemma2Config.preset("2b"),
 }
-
-
-def _timed(fn, repeats: int, sync) -> float:
-    """Best-of-`repeats` wall time of fn() in seconds (the minimum is the least noisy estimate)."""
-    return min(_paired({"fn": fn}, repeats, sync)["fn"])
 
 
 def _paired(fns: dict, repeats: int, sync) -> dict[str, list[float]]:
@@ -127,11 +120,6 @@ def bench_size(name: str, batch: int, prompt_len: int, new_tokens: int, device: 
         # > 1: nanoo1 faster
         out["decode_speedup"] = statistics.median(o / h for o, h in zip(ours_rates, hf_rates))
         del hf
-    if device == "cuda":
-        weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
-        bandwidth = _measured_bandwidth()
-        out["bandwidth_bound_tok_s"] = batch * bandwidth / weight_bytes
-        out["fraction_of_bound"] = out["ours_decode_tok_s"] / out["bandwidth_bound_tok_s"]
     return out
 
 
@@ -145,14 +133,6 @@ def _hf_twin(model: Gemma2):
     return hf.to(model.model.embed_tokens.weight.device).eval()
 
 
-def _measured_bandwidth() -> float:
-    """Device memory bandwidth in bytes/s, measured with a large copy (reads + writes both count)."""
-    x = torch.empty(2**28, dtype=torch.uint8, device="cuda")
-    y = torch.empty_like(x)
-    t = _timed(lambda: y.copy_(x), 5, torch.cuda.synchronize)
-    return 2 * x.numel() / t
-
-
 def engine_section(args) -> list[dict]:
     try:
         import transformers  # noqa: F401
@@ -162,8 +142,6 @@ def engine_section(args) -> list[dict]:
         print("transformers is not installed: printing nanoo1's figures alone")
     device = "cuda" if torch.cuda.is_available() and not args.cpu else "cpu"
     plans = [("tiny", torch.float32), ("100m", torch.float32 if device == "cpu" else torch.bfloat16)]
-    if device == "cuda":
-        plans.append(("gemma-2-2b", torch.bfloat16))
     results = []
     for name, dtype in plans:
         if args.sizes and name not in args.sizes.split(","):
@@ -181,8 +159,6 @@ def _print_row(r: dict):
     if "hf_prefill_s" in r:
         line += (f" | transformers prefill {r['hf_prefill_s'] * 1e3:8.2f} ms  decode {r['hf_decode_tok_s']:9.1f} tok/s"
                  f" | prefill time ratio {r['prefill_ratio']:.2f}x  decode speedup {r['decode_speedup']:.2f}x")
-    if "fraction_of_bound" in r:
-        line += f" | bandwidth bound {r['bandwidth_bound_tok_s']:.0f} tok/s ({r['fraction_of_bound']:.0%})"
     print(line, flush=True)
 
 
@@ -388,16 +364,12 @@ def gpu_section(args) -> dict:
     r = gpu_figures(model, Tokenizer.from_file(TINY_DIR), PRESETS["2b"], args.bandwidth * 1e12,
                     prompt_len=args.prompt_len, new_tokens=args.new_tokens, repeats=args.repeats)
     for d in r["decode"]:
-        print(f"decode B={d['batch']:<2} {d['tok_s']:8.1f} tok/s, bound {d['bound_tok_s']:8.0f} tok/s "
-              f"({d['fraction_of_bound']:.0%}; weights {r['weight_gb']:.2f} GB at {r['bandwidth_tb_s']} TB/s)")
-    one, many = r["decode"][0]["tok_s"], r["decode"][-1]["tok_s"]
-    print(f"batch {r['decode'][-1]['batch']} / batch 1: {many / one:.1f}x (goal >= 8x); batch 1 at "
-          f"{r['decode'][0]['fraction_of_bound']:.0%} of the bound (goal >= 40%)")
-    m, u = r["mcts_round"], r["ppo_update"]
-    print(f"MCTS expansion round: {m['problems']} problems, {m['thoughts']} thoughts, {m['generated_tokens']} tokens in "
-          f"{m['seconds']:.2f} s, peak {m['peak_gb']:.1f} GB")
-    print(f"PPO update, LoRA rank {u['lora_rank']}: {u['chains']} chains of {u['tokens_per_chain']} tokens in "
-          f"{u['seconds']:.2f} s, peak {u['peak_gb']:.1f} GB (goal for a whole iteration < 16 GB)", flush=True)
+        print(f"decode B={d['batch']}: {d['tok_s']:.1f} tok/s, {d['fraction_of_bound']:.0%} of the bound ({d['bound_tok_s']:.0f} "
+              f"tok/s: {r['weight_gb']:.2f} GB of weights at {r['bandwidth_tb_s']} TB/s)")
+    one, many = r["decode"][0], r["decode"][-1]
+    print(f"B={many['batch']} / B=1: {many['tok_s'] / one['tok_s']:.1f}x (goal >= 8x); B=1 at {one['fraction_of_bound']:.0%} "
+          f"of the bound (goal >= 40%)\nMCTS expansion round (LoRA on): {json.dumps(r['mcts_round'])}\nPPO update through "
+          f"LoRA: {json.dumps(r['ppo_update'])} (goal: a whole iteration under 16 GB)", flush=True)
     return r
 
 

@@ -202,7 +202,7 @@ def self_evolution_round(base_model, policy_model, ppm, tokenizer, problems: lis
     with a zero-initialised scalar head, trained on the trees' preference pairs."""
     t0 = time.perf_counter()
     policy = rstar_policy(policy_model, tokenizer, config, ppm, seed)
-    results = mcts(policy, [p.question for p in problems], mcts_config(config), [p.answer for p in problems], seed)
+    results = mcts(policy, [p.question for p in problems], mcts_config(config), [p.answer for p in problems])
     trees = [r.tree for r in results]
     examples, pairs = sft_examples(tokenizer, trees, config.traces_per_problem), ppm_pairs(tokenizer, trees)
     before = pair_accuracy(ppm, pairs, tokenizer.pad_id) if ppm is not None else None
@@ -228,7 +228,7 @@ def held_out_accuracy(policy_model, tokenizer, problems: list[Problem], config: 
     policy = rstar_policy(policy_model, tokenizer, config, ppm, seed)
     method = SearchConfig(method="beam", n=beam, expand=beam, max_depth=RStarConfig.max_depth) if beam else \
         SearchConfig(method="greedy", max_depth=RStarConfig.max_depth)
-    results = search(policy, [p.question for p in problems], method, scorer=policy.score if beam else None, seed=seed)
+    results = search(policy, [p.question for p in problems], method, scorer=policy.score if beam else None)
     correct = grade(results, [p.answer for p in problems])
     return sum(correct) / len(problems), sum(r.spent.generated for r in results) / len(problems)
 

@@ -171,11 +171,6 @@ def merge_and_unload(model: nn.Module) -> nn.Module:
     return model
 
 
-def lora_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The adapter tensors only: {'<module>.lora_A': (r, in), '<module>.lora_B': (out, r)}."""
-    return {f"{name}.{p}": getattr(m, p) for name, m in _lora_modules(model) for p in ("lora_A", "lora_B")}
-
-
 def save_lora(model: nn.Module, directory, base_model_name_or_path: str = "") -> Path:
     """Write the adapters in PEFT's layout (adapter_config.json, adapter_model.safetensors), each atomically.
 
@@ -337,12 +332,6 @@ def merge_into_checkpoint(base, adapters, out, dtype: torch.dtype | str | None =
         if (base_dir / name).exists():
             atomic_write(out / name, (base_dir / name).read_bytes())
     return out
-
-
-def count_trainable(model: nn.Module) -> tuple[int, int]:
-    """(parameters that require grad, all parameters), shared tensors counted once."""
-    params = list(model.parameters())
-    return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
 
 
 def main(argv=None):

@@ -60,8 +60,7 @@ def ppo_iteration(model, tokenizer, opt, replay, policy, problems, it: int, conf
                       temperature=s.temperature, patient=s.num_candidates * s.simulations, rollout=True,
                       verify=step_checker(config))
     # with the checker, no success has a wrong step above it (mcts checks rolled-out chains whole)
-    results = mcts(policy, [p.question for p in problems], mcfg, [p.answer for p in problems],
-                   seed=iteration_seed(config.run.seed, it))
+    results = mcts(policy, [p.question for p in problems], mcfg, [p.answer for p in problems])
     solved = sum(any(n.terminal == "success" for n in r.tree.nodes) for r in results) / len(results)
     items = [item for r in results
              for item in chain_items(tokenizer, tree_chains(r.tree, s.chains_per_tree), success_rates(r.tree), c.gamma, c.lam)]

@@ -9,8 +9,19 @@ import torch.nn as nn
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from nanoo1.lora import (LoRALinear, apply_lora, count_trainable, load_lora, lora_state_dict, merge_lora,
-                         save_lora, unmerge_lora)
+from nanoo1.lora import LoRALinear, apply_lora, load_lora, merge_lora, save_lora, unmerge_lora
+
+
+def lora_state_dict(model) -> dict:
+    """The adapter tensors only: {'<module>.lora_A': (r, in), '<module>.lora_B': (out, r)}."""
+    return {k: v for k, v in model.named_parameters() if k.endswith(("lora_A", "lora_B"))}
+
+
+def count_trainable(model) -> tuple[int, int]:
+    """(parameters that require grad, all parameters), shared tensors counted once."""
+    params = list(model.parameters())
+    return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
+
 
 VOCAB, C, F = 11, 8, 16
 

@@ -268,29 +268,18 @@ def test_ratings_follow_values():
     assert any("decoy step 0<end_of_thought><start_of_rating><positive_rating><end_of_rating>\n" in p for p in policy.prompts)
 
 
-@pytest.mark.parametrize("metas", ["model", "sample"])
-def test_no_ground_truth_in_any_prompt(metas):
+def test_no_ground_truth_in_any_prompt():
     assert "15" not in LEAK_QUESTION
     script, value, _ = decoy_script(steps=("8 - 2 = 6", "6 / 2 = 3"), answer="3")  # no text holds "15"
     policy = ScriptedPolicy(script, value)
-    mcts(policy, [LEAK_QUESTION], decoy_config(patient=100, simulations=8, metas=metas), ["15"])
+    mcts(policy, [LEAK_QUESTION], decoy_config(patient=100, simulations=8), ["15"])
     ids = re.compile(r"<start_of_father_id>-?\d+<end_of_father_id><start_of_local_id>\d+<end_of_local_id>")
     assert len(policy.prompts) >= 20 and all("15" not in ids.sub("", p) for p in policy.prompts + policy.value_prompts)
-
-
-def test_meta_sampling_is_seeded_and_metas_reach_the_prompts():
-    script, value, _ = decoy_script()
-    config = decoy_config(patient=100, simulations=6, metas="sample")
-    runs = [mcts(ScriptedPolicy(script, value), [QUESTION], config, ["9"], seed=s)[0].tree for s in (0, 0, 1)]
-    assert runs[0].to_json() == runs[1].to_json() and runs[0].to_json() != runs[2].to_json()
-    assert {n.meta for n in runs[0].nodes[1:]} - {"<expansion>", "<conclusion>"}  # critic / refine drawn too
 
 
 def test_config_errors_name_the_field():
     with pytest.raises(ValueError, match="selection"):
         MCTSConfig(selection="ucb")
-    with pytest.raises(ValueError, match="metas"):
-        MCTSConfig(metas="random")
     with pytest.raises(ValueError, match="2 ground truths for 1"):
         mcts(ScriptedPolicy(*decoy_script()[:2]), [QUESTION], MCTSConfig(), ["9", "9"])
 
@@ -304,8 +293,8 @@ def model(tiny_tokenizer):
 def test_mcts_end_to_end_on_a_real_model_is_deterministic(model, tiny_tokenizer):
     def run():
         policy = LMPolicy(model, tiny_tokenizer, max_thought_tokens=5, seed=4)
-        config = MCTSConfig(simulations=3, num_candidates=2, max_children=2, metas="sample", max_depth=3)
-        return mcts(policy, ["Tom has 12 apples.", "A box holds 6 pens."], config, ["47", "24"], seed=1)
+        config = MCTSConfig(simulations=3, num_candidates=2, max_children=2, max_depth=3)
+        return mcts(policy, ["Tom has 12 apples.", "A box holds 6 pens."], config, ["47", "24"])
 
     first, second = run(), run()
     for a, b in zip(first, second):
