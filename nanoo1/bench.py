@@ -76,11 +76,9 @@ def bench_size(name: str, batch: int, prompt_len: int, new_tokens: int, device: 
                config: Gemma2Config | None = None, model: Gemma2 | None = None):
     """Prefill seconds and decode tokens/s of nanoo1 (and transformers when with_hf), the median over repeats;
     the ratios are medians of the per-repeat ratios (`_paired`). `model`: time this one instead of a new one."""
-    config = model.config if model is not None else config or SIZES[name]
+    model = random_model(config or SIZES[name], dtype, device) if model is None else model
+    config = model.config
     torch.manual_seed(0)
-    if model is None:
-        with torch.device(device):
-            model = Gemma2(config).to(dtype).init_weights(torch.Generator(device=device).manual_seed(0)).eval()
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     prompts = torch.randint(5, config.vocab_size, (batch, prompt_len), generator=torch.Generator().manual_seed(1))
     rows = prompts.tolist()
@@ -188,8 +186,7 @@ def search_section(args) -> list[dict]:
     device = "cuda" if torch.cuda.is_available() and not args.cpu else "cpu"
     tokenizer = train_tokenizer([solution_tree(p).training_text() for p in make_problems(300, seed=1)], 512)
     config = replace(SIZES["tiny"], vocab_size=len(tokenizer))
-    with torch.device(device):
-        model = Gemma2(config).init_weights(torch.Generator(device=device).manual_seed(0)).eval()
+    model = random_model(config, device=device)
     questions = [p.question for p in make_problems(args.search_problems, seed=2)]
     mcts_config = MCTSConfig(simulations=args.search_simulations, num_candidates=4, max_children=4, patient=10**9)
     results = []
@@ -212,44 +209,72 @@ def search_section(args) -> list[dict]:
     return results
 
 
-def one_lora_iteration(checkpoint: str):
-    """One shortened self-play iteration of the 2b preset (LoRA rank 16, bf16) on the CPU: MCTS over one tiny
-    problem, a PPO update and checked greedy with an imitation step. A random model never answers right, so
-    a stand-in counts its chains as the outcomes to learn from (as the tests do): the updates then run.
-    Prints and returns the iteration's counts, and returns the trained model."""
+# the CPU's iteration: MCTS over one problem, one PPO update, checked greedy and an imitation step on another
+SHORT = dict(problems_per_iteration=1, simulations=1, num_candidates=2, max_thought_tokens=4, updates_per_iteration=1,
+             minibatch=2, micro_batch=1, imitation_problems=1, imitation_batch=1, imitation_replay=0.0)
+STAGES = ("mcts", "stamp_old", "ppo_step", "checked_greedy", "sft_step")  # what selfplay.ppo_iteration calls, timed
+
+
+def one_lora_iteration(checkpoint: str, device: str = "cpu", settings: dict = SHORT):
+    """One self-play iteration of the 2b preset (LoRA rank 16, bf16) on `device`, with `settings` (flag names) over
+    the preset: MCTS, PPO updates, checked greedy and imitation steps on the tiny task's problems. A random model
+    never answers right, so a stand-in counts its chains as the outcomes to learn from (as the tests do): the
+    updates then run. Prints and returns the iteration's counts with each stage's calls, seconds and peak
+    torch.cuda.max_memory_allocated in GB (None off CUDA), and returns the trained model."""
     import nanoo1.selfplay as sp
     from nanoo1.experience import outcomes
 
-    real = sp.tree_chains, sp.grade  # restored after: the stand-ins must not outlive this call
+    real = {name: getattr(sp, name) for name in ("tree_chains", "grade") + STAGES}  # restored after this call
     sp.tree_chains = lambda tree, n: [tree.path(e) for e in outcomes(tree)][:n]
     sp.grade = lambda results, truths: [len(r.path) > 1 for r in results]
+    stages = {}
+    for name in STAGES:
+        setattr(sp, name, _staged(real[name], stages.setdefault(name, {"calls": 0, "seconds": 0.0, "peak_gb": None})))
     try:
-        return _one_lora_iteration(sp, checkpoint)
+        return _one_lora_iteration(sp, checkpoint, device, settings, stages)
     finally:
-        sp.tree_chains, sp.grade = real
+        for name, fn in real.items():
+            setattr(sp, name, fn)
 
 
-def _one_lora_iteration(sp, checkpoint: str):
+def _staged(fn, stage: dict):
+    cuda = torch.cuda.is_available()
+
+    def run(*args, **kwargs):
+        if cuda:
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+        t = time.perf_counter()
+        out = fn(*args, **kwargs)
+        if cuda:
+            torch.cuda.synchronize()
+            stage["peak_gb"] = max(stage["peak_gb"] or 0.0, torch.cuda.max_memory_allocated() / 1e9)
+        stage["calls"], stage["seconds"] = stage["calls"] + 1, stage["seconds"] + time.perf_counter() - t
+        return out
+    return run
+
+
+def _one_lora_iteration(sp, checkpoint: str, device: str, settings: dict, stages: dict):
     import random
 
     from nanoo1.config import apply_flags
     from nanoo1.policy import LMPolicy
-    from nanoo1.recipe import PRESETS
+    from nanoo1.recipe import PRESETS, draws_per_iteration
     from nanoo1.replay import PrioritizedReplay
     from nanoo1.runs import load_model
     from nanoo1.tasks import TINY_DIR, load_jsonl
 
-    config = apply_flags(PRESETS["2b"], dict(warmstart=checkpoint, device="cpu", problems_per_iteration=1, simulations=1,
-                                             num_candidates=2, max_thought_tokens=4, updates_per_iteration=1, minibatch=2,
-                                             micro_batch=1, imitation_problems=1, imitation_batch=1, imitation_replay=0.0))
-    model, tokenizer = load_model(config, None, torch.device("cpu"))
+    config = apply_flags(PRESETS["2b"], dict(warmstart=checkpoint, device=device, **settings))
+    model, tokenizer = load_model(config, None, torch.device(device))
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=config.ppo.lr)
-    policy = LMPolicy(model, tokenizer, temperature=0.7, max_thought_tokens=4)
-    problems = load_jsonl(TINY_DIR / "train.jsonl")[:2]
-    m = sp.ppo_iteration(model, tokenizer, opt, PrioritizedReplay(64), policy, problems[:1], 0, config)
-    m.update(sp.imitation_iteration(model, tokenizer, opt, policy, problems[1:], PrioritizedReplay(64, alpha=0.0),
+    s = config.search
+    policy = LMPolicy(model, tokenizer, temperature=s.temperature, max_thought_tokens=s.max_thought_tokens)
+    problems = load_jsonl(TINY_DIR / "train.jsonl")[:draws_per_iteration(config)]
+    n = s.problems_per_iteration
+    m = sp.ppo_iteration(model, tokenizer, opt, PrioritizedReplay(64), policy, problems[:n], 0, config)
+    m.update(sp.imitation_iteration(model, tokenizer, opt, policy, problems[n:], PrioritizedReplay(64, alpha=0.0),
                                     random.Random(0), config))
-    counts = {k: m[k] for k in ("chains", "ppo_updates", "imitation_solved")}
+    counts = {**{k: m[k] for k in ("chains", "ppo_updates", "imitation_solved")}, "stages": stages}
     print(json.dumps(counts))
     return counts, model
 
@@ -283,93 +308,44 @@ def memory_section(args) -> dict:
     return row
 
 
-def gpu_figures(model: Gemma2, tokenizer, config, bandwidth: float, batches=(1, 16), prompt_len: int = 64,
-                new_tokens: int = 64, repeats: int = 3) -> dict:
-    """What self-play with the settings `config` (a recipe.SelfPlayConfig, the 2b preset on a GPU) costs on
-    `model`'s device: decode tokens/s at each batch size against the bandwidth bound (batch x bandwidth in
-    bytes/s / weight bytes); then, with LoRA on (config.lora), one MCTS expansion round over
-    problems_per_iteration problems (num_candidates thoughts of up to max_thought_tokens each: a random model
-    writes them all to the limit) and one PPO update of `minibatch` chains of the longest length the settings
-    allow (8 lines of max_thought_tokens + 24), in micro-batches as self-play makes them, each with seconds and
-    peak torch.cuda.max_memory_allocated (None off CUDA). The model gets adapters in place."""
-    from nanoo1.experience import collate_chains, stamp_old
-    from nanoo1.mcts import MCTSConfig, mcts
-    from nanoo1.policy import LMPolicy
-    from nanoo1.rl import PPOConfig, ppo_step
-    from nanoo1.tasks import make_problems
-    from nanoo1.value import rating_at, rating_bce
-
-    device = model.output_embedding.device
-    cuda = device.type == "cuda"
-    sync = torch.cuda.synchronize if cuda else (lambda: None)
-
-    def measured(fn):  # (what fn returns, seconds, peak GB)
-        if cuda:
-            torch.cuda.reset_peak_memory_stats()
-        sync()
-        t = time.perf_counter()
-        out = fn()
-        sync()
-        return out, time.perf_counter() - t, torch.cuda.max_memory_allocated() / 1e9 if cuda else None
-
+def gpu_figures(config: Gemma2Config, device: str, dtype, tokenizer, bandwidth: float, batches=(1, 16),
+                prompt_len: int = 64, new_tokens: int = 64, repeats: int = 3, settings: dict | None = None) -> dict:
+    """A random model of `config` on `device`: decode tokens/s at each batch size against the bandwidth bound
+    (batch x bandwidth in bytes/s / weight bytes, as if every step only read the weights once), then, from its
+    checkpoint, `one_lora_iteration` with `settings` over the 2b preset (None: the preset as it is), with each
+    stage's seconds and peak GPU memory."""
+    model = random_model(config, dtype, device)
     weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
-    bound = bandwidth / weight_bytes  # batch-1 tokens/s if every step only read the weights once
     out = {"weight_gb": weight_bytes / 1e9, "bandwidth_tb_s": bandwidth / 1e12, "decode": []}
     for b in batches:
-        r = bench_size("gpu", b, prompt_len, new_tokens, device.type, None, repeats, False, model=model)
-        out["decode"].append({"batch": b, "tok_s": r["ours_decode_tok_s"], "bound_tok_s": b * bound,
-                              "fraction_of_bound": r["ours_decode_tok_s"] / (b * bound)})
-    s, c = config.search, config.ppo
-    config.lora.apply(model, config.run.seed)
-    policy = LMPolicy(model, tokenizer, temperature=s.temperature, max_thought_tokens=s.max_thought_tokens)
-    questions = [p.question for p in make_problems(s.problems_per_iteration, seed=2)]
-    search = MCTSConfig(simulations=1, num_candidates=s.num_candidates, max_children=s.num_candidates, patient=1 << 30)
-    results, seconds, peak = measured(lambda: mcts(policy, questions, search))
-    out["mcts_round"] = {"problems": len(questions), "thoughts": sum(len(r.tree.nodes) - 1 for r in results),
-                         "generated_tokens": sum(r.spent.generated for r in results), "seconds": seconds, "peak_gb": peak}
-
-    line, T = s.max_thought_tokens + 24, 8 * (s.max_thought_tokens + 24)
-    g = torch.Generator().manual_seed(0)
-    items = [{"ids": torch.randint(5, len(tokenizer), (T,), generator=g).tolist(), "mask": [0] * line + [1] * (T - line),
-              "advantages": torch.randn(T, generator=g).tolist(), "value_pos": list(range(2 * line - 1, T, line)),
-              "value_target": [0.5] * 7} for _ in range(c.minibatch)]
-    stamp_old(model, tokenizer, items, s.temperature, False, c.micro_batch, 0, c.micro_batch_tokens)
-    batch = {k: v.to(device) for k, v in collate_chains(items, tokenizer.pad_id).items()}
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=c.lr)
-    ppo = PPOConfig(clip_eps=c.clip_eps, vf_coef=c.vf_coef, micro_batch_size=c.micro_batch,
-                    micro_batch_tokens=c.micro_batch_tokens, temperature=s.temperature)
-
-    def value_fn(model, mb, hidden):  # the rating-token value's loss, as in self-play
-        return rating_bce(rating_at(model, tokenizer, hidden, mb["value_pos"]), mb["value_target"], mb["value_mask"])
-
-    model.train()
-    stats, seconds, peak = measured(lambda: ppo_step(model, opt, batch, ppo, value_loss_fn=value_fn))
-    model.eval()
-    out["ppo_update"] = {"chains": c.minibatch, "tokens_per_chain": T, "lora_rank": config.lora.rank,
-                         "seconds": seconds, "peak_gb": peak, "loss": stats["loss"]}
+        rate = bench_size("gpu", b, prompt_len, new_tokens, device, dtype, repeats, False, model=model)["ours_decode_tok_s"]
+        out["decode"].append({"batch": b, "tok_s": rate, "bound_tok_s": b * bandwidth / weight_bytes,
+                              "fraction_of_bound": rate * weight_bytes / (b * bandwidth)})
+    with tempfile.TemporaryDirectory() as d:
+        save_pretrained(model, tokenizer, Path(d))
+        del model  # the iteration loads its own copy: this one must not count in its peak memory
+        out["iteration"] = one_lora_iteration(d, device, {} if settings is None else settings)[0]
     return out
 
 
 def gpu_section(args) -> dict:
-    """`gpu_figures` for gemma-2-2b's shape in bf16 (random weights, the whole 256,000-token vocabulary) with the
-    2b preset's settings; skipped without a CUDA device."""
-    from nanoo1.recipe import PRESETS
+    """`gpu_figures` for gemma-2-2b's shape in bf16 (the whole 256,000-token vocabulary) and one default iteration
+    of the 2b preset; skipped without a CUDA device."""
     from nanoo1.tasks import TINY_DIR
     from nanoo1.tokenizer import Tokenizer
 
     if not torch.cuda.is_available() or args.cpu:
         print("no CUDA device: the gpu section is skipped (gemma-2-2b's shape in bf16 needs a GPU)")
         return {"skipped": "no CUDA device"}
-    model = random_model(Gemma2Config.preset("2b"), torch.bfloat16, "cuda")
-    r = gpu_figures(model, Tokenizer.from_file(TINY_DIR), PRESETS["2b"], args.bandwidth * 1e12,
+    r = gpu_figures(Gemma2Config.preset("2b"), "cuda", torch.bfloat16, Tokenizer.from_file(TINY_DIR), args.bandwidth * 1e12,
                     prompt_len=args.prompt_len, new_tokens=args.new_tokens, repeats=args.repeats)
     for d in r["decode"]:
         print(f"decode B={d['batch']}: {d['tok_s']:.1f} tok/s, {d['fraction_of_bound']:.0%} of the bound ({d['bound_tok_s']:.0f} "
               f"tok/s: {r['weight_gb']:.2f} GB of weights at {r['bandwidth_tb_s']} TB/s)")
     one, many = r["decode"][0], r["decode"][-1]
+    peak = max(st["peak_gb"] or 0.0 for st in r["iteration"]["stages"].values())
     print(f"B={many['batch']} / B=1: {many['tok_s'] / one['tok_s']:.1f}x (goal >= 8x); B=1 at {one['fraction_of_bound']:.0%} "
-          f"of the bound (goal >= 40%)\nMCTS expansion round (LoRA on): {json.dumps(r['mcts_round'])}\nPPO update through "
-          f"LoRA: {json.dumps(r['ppo_update'])} (goal: a whole iteration under 16 GB)", flush=True)
+          f"of the bound (goal >= 40%); one 2b-preset iteration with LoRA: peak {peak:.1f} GB (goal < 16 GB)", flush=True)
     return r
 
 

@@ -122,24 +122,12 @@ def apply_lora(model: nn.Module, target_modules=DEFAULT_TARGETS, rank: int = 16,
 
 @torch.no_grad()
 def merge_lora(model: nn.Module) -> nn.Module:
-    """Fold each adapter into its weight, W <- W + (alpha / r) B A, so inference runs at base speed.
-
-    In bf16 the fold rounds, so merge then unmerge restores W only to bf16 precision.
-    """
+    """Fold each adapter into its weight, W <- W + (alpha / r) B A, so inference runs at base speed (in bf16
+    the fold rounds)."""
     for _, m in _lora_modules(model):
         if not m.merged:
             m.weight += m.delta_weight().to(m.weight.dtype)
             m.merged = True
-    return model
-
-
-@torch.no_grad()
-def unmerge_lora(model: nn.Module) -> nn.Module:
-    """Undo merge_lora: W <- W - (alpha / r) B A."""
-    for _, m in _lora_modules(model):
-        if m.merged:
-            m.weight -= m.delta_weight().to(m.weight.dtype)
-            m.merged = False
     return model
 
 
@@ -149,7 +137,7 @@ def adapters_off(model: nn.Module):
     adapters switched off (as TRL with peft), not a second copy of the model."""
     modules = [m for _, m in _lora_modules(model)]
     if any(m.merged for m in modules):
-        raise ValueError("adapters_off: the adapters are merged into the weights; unmerge_lora first")
+        raise ValueError("adapters_off: the adapters are merged into the weights (merge_lora); the base is gone")
     for m in modules:
         m.enabled = False
     try:
@@ -288,7 +276,7 @@ def load_lora(model: nn.Module, directory) -> nn.Module:
     wrapped = dict(_lora_modules(model))
     for name, m in wrapped.items():
         if m.merged:
-            raise RuntimeError(f"load_lora: {name} is merged; call unmerge_lora before loading {directory}")
+            raise RuntimeError(f"load_lora: {name} is merged (merge_lora); load {directory} onto an unmerged model")
         if m.rank != rank:
             raise ValueError(f"{config_path}: r={rank}, but the model's {name} has rank {m.rank}")
         if float(m.alpha) != float(alpha):

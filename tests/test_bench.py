@@ -97,33 +97,23 @@ def test_a_lora_iteration_in_bf16_keeps_every_base_weight_and_trains_the_adapter
 
 
 def test_gpu_figures_run_on_the_cpu_with_a_tiny_shape(capsys):
-    """The gpu section's code on a tiny model and shortened 2b-preset settings: decode against the bound, one
-    MCTS expansion round, one PPO update that trains the adapters alone; without CUDA the section skips."""
-    from dataclasses import replace
-
-    from nanoo1.bench import gpu_figures, gpu_section, random_model
-    from nanoo1.recipe import PRESETS
+    """The gpu section's code on a tiny shape: decode against the bound, then the shortened LoRA iteration with
+    its stages timed; without CUDA the section skips."""
+    from nanoo1.bench import SHORT, STAGES, gpu_figures, gpu_section
     from nanoo1.tasks import TINY_DIR
     from nanoo1.tokenizer import Tokenizer
     from nanoo1.warmstart import TINY_MODEL
 
-    tokenizer = Tokenizer.from_file(TINY_DIR)
-    model = random_model(TINY_MODEL)
-    base = {k: v.clone() for k, v in model.state_dict().items()}
-    p = PRESETS["2b"]
-    config = replace(p, search=replace(p.search, problems_per_iteration=2, num_candidates=2, max_thought_tokens=4),
-                     ppo=replace(p.ppo, minibatch=2, micro_batch=2, micro_batch_tokens=300), lora=replace(p.lora, rank=4))
-    r = gpu_figures(model, tokenizer, config, bandwidth=1e9, batches=(1, 2), prompt_len=8, new_tokens=4, repeats=1)
-    weight_bytes = sum(v.numel() * 4 for v in base.values())
+    r = gpu_figures(TINY_MODEL, "cpu", torch.float32, Tokenizer.from_file(TINY_DIR), bandwidth=1e9, batches=(1, 2),
+                    prompt_len=8, new_tokens=4, repeats=1, settings=SHORT)
+    weight_bytes = TINY_MODEL.num_parameters * 4
     assert r["weight_gb"] == pytest.approx(weight_bytes / 1e9)
     for d, b in zip(r["decode"], (1, 2)):
         assert d["batch"] == b and d["tok_s"] > 0 and d["bound_tok_s"] == pytest.approx(b * 1e9 / weight_bytes)
-    assert r["mcts_round"]["problems"] == 2 and r["mcts_round"]["thoughts"] == 4 and r["mcts_round"]["peak_gb"] is None
-    u = r["ppo_update"]
-    assert (u["chains"], u["tokens_per_chain"], u["lora_rank"]) == (2, 8 * 28, 4) and u["seconds"] > 0
-    state = model.state_dict()
-    assert all(torch.equal(state[k], v) for k, v in base.items())  # the base untouched: the update went to adapters
-    assert any(k.endswith("lora_B") and v.abs().sum() > 0 for k, v in state.items())
+        assert d["fraction_of_bound"] == pytest.approx(d["tok_s"] / d["bound_tok_s"])
+    it = r["iteration"]
+    assert it["ppo_updates"] == 1 and it["chains"] > 0 and set(it["stages"]) == set(STAGES)
+    assert all(st["calls"] >= 1 and st["seconds"] > 0 and st["peak_gb"] is None for st in it["stages"].values())
     if not torch.cuda.is_available():
         capsys.readouterr()
         assert gpu_section(None) == {"skipped": "no CUDA device"} and "skipped" in capsys.readouterr().out
