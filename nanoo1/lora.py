@@ -204,10 +204,9 @@ def save_trained(model: nn.Module, tokenizer, directory, base_model_name_or_path
 def lora_copy(model: nn.Module) -> nn.Module:
     """A copy to train apart from `model`: with adapters, only they are copied and the frozen base weights are
     shared (one base in memory for every copy); without, a whole copy (copy.deepcopy)."""
-    if not _lora_modules(model):
-        return copy.deepcopy(model)
-    shared = {id(p): p for name, p in model.named_parameters() if not name.endswith(("lora_A", "lora_B"))}
-    return copy.deepcopy(model, memo=shared)
+    lora = bool(_lora_modules(model))
+    return copy.deepcopy(model, memo={id(p): p for name, p in model.named_parameters()
+                                      if lora and not name.endswith(("lora_A", "lora_B"))})
 
 
 def unfreeze(model: nn.Module) -> list[nn.Parameter]:
