@@ -4,8 +4,9 @@ For each model size and batch size it times a prefill (prompt -> KV cache + next
 decoding, for nanoo1's engine and for transformers' `generate` (eager attention), and prints the ratios.
 Every repeat runs all contenders in turn and each figure is the median over repeats, so a burst of load
 on a shared machine moves both sides of a ratio together instead of skewing it.
-On a GPU it adds a gemma-2-2b-shaped bf16 model and compares decode speed with the memory-bandwidth
-bound (every step reads all weight bytes once: tokens/s <= bandwidth / weight bytes).
+The gpu section (`gpu_figures`) measures gemma-2-2b's shape in bf16 with the 2b preset's settings: decode at
+batch 1 and 16 against the memory-bandwidth bound (every step reads all weight bytes once: tokens/s <=
+bandwidth / weight bytes), one MCTS expansion round, and one PPO update through LoRA, with peak GPU memory.
 Like every entry point it first has glibc keep freed memory (`device.hold_freed_memory`); both
 contenders run in this one process, so both get it. Other sections (search) register themselves in SECTIONS.
 """
@@ -35,13 +36,7 @@ SIZES = {
     "100m": Gemma2Config.preset("tiny", vocab_size=32000, hidden_size=768, intermediate_size=3072, num_hidden_layers=10,
                                 num_attention_heads=12, num_key_value_heads=4, head_dim=64, query_pre_attn_scalar=64,
                                 sliding_window=4096, max_position_embeddings=8192),
-    "gemma-2-2b": Gemma2Config.preset("2b"),
 }
-
-
-def _timed(fn, repeats: int, sync) -> float:
-    """Best-of-`repeats` wall time of fn() in seconds (the minimum is the least noisy estimate)."""
-    return min(_paired({"fn": fn}, repeats, sync)["fn"])
 
 
 def _paired(fns: dict, repeats: int, sync) -> dict[str, list[float]]:
@@ -66,14 +61,24 @@ def decode_rate(batch: int, new_tokens: int, generate_s: float, prefill_s: float
     return batch * (new_tokens - 1) / max(generate_s - prefill_s, 1e-9)
 
 
+def random_model(config: Gemma2Config, dtype=torch.float32, device="cpu", seed: int = 0) -> Gemma2:
+    """A Gemma2 of `config` with random weights, built in `dtype` on `device` (never a float32 copy of them)."""
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with torch.device(device):
+            return Gemma2(config).init_weights(torch.Generator(device=device).manual_seed(seed)).eval()
+    finally:
+        torch.set_default_dtype(default)
+
+
 def bench_size(name: str, batch: int, prompt_len: int, new_tokens: int, device: str, dtype, repeats: int, with_hf: bool,
-               config: Gemma2Config | None = None):
+               config: Gemma2Config | None = None, model: Gemma2 | None = None):
     """Prefill seconds and decode tokens/s of nanoo1 (and transformers when with_hf), the median over repeats;
-    the ratios are medians of the per-repeat ratios (`_paired`)."""
-    config = config or SIZES[name]
+    the ratios are medians of the per-repeat ratios (`_paired`). `model`: time this one instead of a new one."""
+    model = random_model(config or SIZES[name], dtype, device) if model is None else model
+    config = model.config
     torch.manual_seed(0)
-    with torch.device(device):
-        model = Gemma2(config).to(dtype).init_weights(torch.Generator(device=device).manual_seed(0)).eval()
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     prompts = torch.randint(5, config.vocab_size, (batch, prompt_len), generator=torch.Generator().manual_seed(1))
     rows = prompts.tolist()
@@ -113,12 +118,6 @@ def bench_size(name: str, batch: int, prompt_len: int, new_tokens: int, device: 
         # > 1: nanoo1 faster
         out["decode_speedup"] = statistics.median(o / h for o, h in zip(ours_rates, hf_rates))
         del hf
-    if device == "cuda":
-        weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
-        bandwidth = _measured_bandwidth()
-        out["bandwidth_bound_tok_s"] = batch * bandwidth / weight_bytes
-        out["fraction_of_bound"] = out["ours_decode_tok_s"] / out["bandwidth_bound_tok_s"]
-    del model
     return out
 
 
@@ -132,14 +131,6 @@ def _hf_twin(model: Gemma2):
     return hf.to(model.model.embed_tokens.weight.device).eval()
 
 
-def _measured_bandwidth() -> float:
-    """Device memory bandwidth in bytes/s, measured with a large copy (reads + writes both count)."""
-    x = torch.empty(2**28, dtype=torch.uint8, device="cuda")
-    y = torch.empty_like(x)
-    t = _timed(lambda: y.copy_(x), 5, torch.cuda.synchronize)
-    return 2 * x.numel() / t
-
-
 def engine_section(args) -> list[dict]:
     try:
         import transformers  # noqa: F401
@@ -149,8 +140,6 @@ def engine_section(args) -> list[dict]:
         print("transformers is not installed: printing nanoo1's figures alone")
     device = "cuda" if torch.cuda.is_available() and not args.cpu else "cpu"
     plans = [("tiny", torch.float32), ("100m", torch.float32 if device == "cpu" else torch.bfloat16)]
-    if device == "cuda":
-        plans.append(("gemma-2-2b", torch.bfloat16))
     results = []
     for name, dtype in plans:
         if args.sizes and name not in args.sizes.split(","):
@@ -168,8 +157,6 @@ def _print_row(r: dict):
     if "hf_prefill_s" in r:
         line += (f" | transformers prefill {r['hf_prefill_s'] * 1e3:8.2f} ms  decode {r['hf_decode_tok_s']:9.1f} tok/s"
                  f" | prefill time ratio {r['prefill_ratio']:.2f}x  decode speedup {r['decode_speedup']:.2f}x")
-    if "fraction_of_bound" in r:
-        line += f" | bandwidth bound {r['bandwidth_bound_tok_s']:.0f} tok/s ({r['fraction_of_bound']:.0%})"
     print(line, flush=True)
 
 
@@ -199,8 +186,7 @@ def search_section(args) -> list[dict]:
     device = "cuda" if torch.cuda.is_available() and not args.cpu else "cpu"
     tokenizer = train_tokenizer([solution_tree(p).training_text() for p in make_problems(300, seed=1)], 512)
     config = replace(SIZES["tiny"], vocab_size=len(tokenizer))
-    with torch.device(device):
-        model = Gemma2(config).init_weights(torch.Generator(device=device).manual_seed(0)).eval()
+    model = random_model(config, device=device)
     questions = [p.question for p in make_problems(args.search_problems, seed=2)]
     mcts_config = MCTSConfig(simulations=args.search_simulations, num_candidates=4, max_children=4, patient=10**9)
     results = []
@@ -223,44 +209,72 @@ def search_section(args) -> list[dict]:
     return results
 
 
-def one_lora_iteration(checkpoint: str):
-    """One shortened self-play iteration of the 2b preset (LoRA rank 16, bf16) on the CPU: MCTS over one tiny
-    problem, a PPO update and checked greedy with an imitation step. A random model never answers right, so
-    a stand-in counts its chains as the outcomes to learn from (as the tests do): the updates then run.
-    Prints and returns the iteration's counts, and returns the trained model."""
+# the CPU's iteration: MCTS over one problem, one PPO update, checked greedy and an imitation step on another
+SHORT = dict(problems_per_iteration=1, simulations=1, num_candidates=2, max_thought_tokens=4, updates_per_iteration=1,
+             minibatch=2, micro_batch=1, imitation_problems=1, imitation_batch=1, imitation_replay=0.0)
+STAGES = ("mcts", "stamp_old", "ppo_step", "checked_greedy", "sft_step")  # what selfplay.ppo_iteration calls, timed
+
+
+def one_lora_iteration(checkpoint: str, device: str = "cpu", settings: dict = SHORT):
+    """One self-play iteration of the 2b preset (LoRA rank 16, bf16) on `device`, with `settings` (flag names) over
+    the preset: MCTS, PPO updates, checked greedy and imitation steps on the tiny task's problems. A random model
+    never answers right, so a stand-in counts its chains as the outcomes to learn from (as the tests do): the
+    updates then run. Prints and returns the iteration's counts with each stage's calls, seconds and peak
+    torch.cuda.max_memory_allocated in GB (None off CUDA), and returns the trained model."""
     import nanoo1.selfplay as sp
     from nanoo1.experience import outcomes
 
-    real = sp.tree_chains, sp.grade  # restored after: the stand-ins must not outlive this call
+    real = {name: getattr(sp, name) for name in ("tree_chains", "grade") + STAGES}  # restored after this call
     sp.tree_chains = lambda tree, n: [tree.path(e) for e in outcomes(tree)][:n]
     sp.grade = lambda results, truths: [len(r.path) > 1 for r in results]
+    stages = {}
+    for name in STAGES:
+        setattr(sp, name, _staged(real[name], stages.setdefault(name, {"calls": 0, "seconds": 0.0, "peak_gb": None})))
     try:
-        return _one_lora_iteration(sp, checkpoint)
+        return _one_lora_iteration(sp, checkpoint, device, settings, stages)
     finally:
-        sp.tree_chains, sp.grade = real
+        for name, fn in real.items():
+            setattr(sp, name, fn)
 
 
-def _one_lora_iteration(sp, checkpoint: str):
+def _staged(fn, stage: dict):
+    cuda = torch.cuda.is_available()
+
+    def run(*args, **kwargs):
+        if cuda:
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+        t = time.perf_counter()
+        out = fn(*args, **kwargs)
+        if cuda:
+            torch.cuda.synchronize()
+            stage["peak_gb"] = max(stage["peak_gb"] or 0.0, torch.cuda.max_memory_allocated() / 1e9)
+        stage["calls"], stage["seconds"] = stage["calls"] + 1, stage["seconds"] + time.perf_counter() - t
+        return out
+    return run
+
+
+def _one_lora_iteration(sp, checkpoint: str, device: str, settings: dict, stages: dict):
     import random
 
     from nanoo1.config import apply_flags
     from nanoo1.policy import LMPolicy
-    from nanoo1.recipe import PRESETS
+    from nanoo1.recipe import PRESETS, draws_per_iteration
     from nanoo1.replay import PrioritizedReplay
     from nanoo1.runs import load_model
     from nanoo1.tasks import TINY_DIR, load_jsonl
 
-    config = apply_flags(PRESETS["2b"], dict(warmstart=checkpoint, device="cpu", problems_per_iteration=1, simulations=1,
-                                             num_candidates=2, max_thought_tokens=4, updates_per_iteration=1, minibatch=2,
-                                             micro_batch=1, imitation_problems=1, imitation_batch=1, imitation_replay=0.0))
-    model, tokenizer = load_model(config, None, torch.device("cpu"))
+    config = apply_flags(PRESETS["2b"], dict(warmstart=checkpoint, device=device, **settings))
+    model, tokenizer = load_model(config, None, torch.device(device))
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=config.ppo.lr)
-    policy = LMPolicy(model, tokenizer, temperature=0.7, max_thought_tokens=4)
-    problems = load_jsonl(TINY_DIR / "train.jsonl")[:2]
-    m = sp.ppo_iteration(model, tokenizer, opt, PrioritizedReplay(64), policy, problems[:1], 0, config)
-    m.update(sp.imitation_iteration(model, tokenizer, opt, policy, problems[1:], PrioritizedReplay(64, alpha=0.0),
+    s = config.search
+    policy = LMPolicy(model, tokenizer, temperature=s.temperature, max_thought_tokens=s.max_thought_tokens)
+    problems = load_jsonl(TINY_DIR / "train.jsonl")[:draws_per_iteration(config)]
+    n = s.problems_per_iteration
+    m = sp.ppo_iteration(model, tokenizer, opt, PrioritizedReplay(64), policy, problems[:n], 0, config)
+    m.update(sp.imitation_iteration(model, tokenizer, opt, policy, problems[n:], PrioritizedReplay(64, alpha=0.0),
                                     random.Random(0), config))
-    counts = {k: m[k] for k in ("chains", "ppo_updates", "imitation_solved")}
+    counts = {**{k: m[k] for k in ("chains", "ppo_updates", "imitation_solved")}, "stages": stages}
     print(json.dumps(counts))
     return counts, model
 
@@ -278,12 +292,7 @@ def memory_section(args) -> dict:
 
     tokenizer = Tokenizer.from_file(TINY_DIR)
     with tempfile.TemporaryDirectory() as d:
-        default = torch.get_default_dtype()
-        torch.set_default_dtype(torch.bfloat16)  # built in bf16: never a float32 copy of the weights
-        try:
-            model = Gemma2(Gemma2Config.preset("2b", vocab_size=len(tokenizer))).init_weights(torch.Generator().manual_seed(0))
-        finally:
-            torch.set_default_dtype(default)
+        model = random_model(Gemma2Config.preset("2b", vocab_size=len(tokenizer)), torch.bfloat16)
         save_pretrained(model, tokenizer, Path(d))
         del model
         size = sum(f.stat().st_size for f in Path(d).glob("*.safetensors"))
@@ -299,13 +308,54 @@ def memory_section(args) -> dict:
     return row
 
 
-SECTIONS = {"engine": engine_section, "search": search_section, "memory": memory_section}
+def gpu_figures(config: Gemma2Config, device: str, dtype, tokenizer, bandwidth: float, batches=(1, 16),
+                prompt_len: int = 64, new_tokens: int = 64, repeats: int = 3, settings: dict | None = None) -> dict:
+    """A random model of `config` on `device`: decode tokens/s at each batch size against the bandwidth bound
+    (batch x bandwidth in bytes/s / weight bytes, as if every step only read the weights once), then, from its
+    checkpoint, `one_lora_iteration` with `settings` over the 2b preset (None: the preset as it is), with each
+    stage's seconds and peak GPU memory."""
+    model = random_model(config, dtype, device)
+    weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    out = {"weight_gb": weight_bytes / 1e9, "bandwidth_tb_s": bandwidth / 1e12, "decode": []}
+    for b in batches:
+        rate = bench_size("gpu", b, prompt_len, new_tokens, device, dtype, repeats, False, model=model)["ours_decode_tok_s"]
+        out["decode"].append({"batch": b, "tok_s": rate, "bound_tok_s": b * bandwidth / weight_bytes,
+                              "fraction_of_bound": rate * weight_bytes / (b * bandwidth)})
+    with tempfile.TemporaryDirectory() as d:
+        save_pretrained(model, tokenizer, Path(d))
+        del model  # the iteration loads its own copy: this one must not count in its peak memory
+        out["iteration"] = one_lora_iteration(d, device, {} if settings is None else settings)[0]
+    return out
+
+
+def gpu_section(args) -> dict:
+    """`gpu_figures` for gemma-2-2b's shape in bf16 (the whole 256,000-token vocabulary) and one default iteration
+    of the 2b preset; skipped without a CUDA device."""
+    from nanoo1.tasks import TINY_DIR
+    from nanoo1.tokenizer import Tokenizer
+
+    if not torch.cuda.is_available() or args.cpu:
+        print("no CUDA device: the gpu section is skipped (gemma-2-2b's shape in bf16 needs a GPU)")
+        return {"skipped": "no CUDA device"}
+    r = gpu_figures(Gemma2Config.preset("2b"), "cuda", torch.bfloat16, Tokenizer.from_file(TINY_DIR), args.bandwidth * 1e12,
+                    prompt_len=args.prompt_len, new_tokens=args.new_tokens, repeats=args.repeats)
+    for d in r["decode"]:
+        print(f"decode B={d['batch']}: {d['tok_s']:.1f} tok/s, {d['fraction_of_bound']:.0%} of the bound ({d['bound_tok_s']:.0f} "
+              f"tok/s: {r['weight_gb']:.2f} GB of weights at {r['bandwidth_tb_s']} TB/s)")
+    one, many = r["decode"][0], r["decode"][-1]
+    peak = max(st["peak_gb"] or 0.0 for st in r["iteration"]["stages"].values())
+    print(f"B={many['batch']} / B=1: {many['tok_s'] / one['tok_s']:.1f}x (goal >= 8x); B=1 at {one['fraction_of_bound']:.0%} "
+          f"of the bound (goal >= 40%); one 2b-preset iteration with LoRA: peak {peak:.1f} GB (goal < 16 GB)", flush=True)
+    return r
+
+
+SECTIONS = {"engine": engine_section, "search": search_section, "memory": memory_section, "gpu": gpu_section}
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sections", default="engine,search", help=f"comma-separated, from {sorted(SECTIONS)} (memory: "
-                   "minutes, one LoRA self-play iteration on gemma-2-2b's decoder)")
+                   "minutes, one LoRA self-play iteration on gemma-2-2b's decoder; gpu: the 2b preset on a CUDA device)")
     p.add_argument("--prompt-len", type=int, default=64, help="prompt tokens per row")
     p.add_argument("--new-tokens", type=int, default=64, help="greedy tokens per row (halved for the larger models)")
     p.add_argument("--repeats", type=int, default=7, help="timed repeats, each running every contender in turn; medians are reported")
@@ -313,6 +363,8 @@ def main(argv=None):
     p.add_argument("--cpu", action="store_true", help="stay on the CPU even when a GPU is present")
     p.add_argument("--threads", type=positive_int, default=None, help="torch.set_num_threads")
     p.add_argument("--json", type=Path, default=None, help="also write every figure to this JSON file")
+    p.add_argument("--bandwidth", type=float, default=4.8, help="gpu section: the GPU's memory bandwidth in TB/s for "
+                   "the decode bound (default: H200's 4.8; H100 SXM 3.35, A100 2.0)")
     g = p.add_argument_group("search section")
     g.add_argument("--search-problems", type=int, default=8, help="problems searched in lockstep")
     g.add_argument("--search-simulations", type=int, default=4, help="MCTS simulations per problem")

@@ -25,6 +25,7 @@ class KVCache:
                              dtype=dtype, device=device)
         self.v = torch.zeros_like(self.k)
         self.lengths = torch.zeros(batch_size, dtype=torch.long, device=device)  # (B,)
+        self.sizes = [0] * batch_size  # the same lengths on the host: a decode step reads them with no device round trip
 
     @property
     def batch_size(self) -> int:
@@ -54,9 +55,10 @@ class KVCache:
 
     def fork(self, rows) -> "KVCache":
         """A new cache whose row i is a copy of row rows[i]: prefill once, continue N ways (no recompute)."""
-        rows = torch.as_tensor(rows, dtype=torch.long, device=self.k.device)
+        index = rows.tolist() if torch.is_tensor(rows) else list(rows)
+        rows = torch.as_tensor(index, dtype=torch.long, device=self.k.device)
         new = KVCache.__new__(KVCache)
-        new.max_len = self.max_len
+        new.max_len, new.sizes = self.max_len, [self.sizes[i] for i in index]
         # whole rows, one gather each: a slot past a row's length holds zeros or the key of a padding token
         # fed beside longer rows, finite either way and hidden by causality
         new.k, new.v = self.k.index_select(1, rows), self.v.index_select(1, rows)
@@ -81,7 +83,14 @@ class KVCache:
             cv[rows, :, slots] = v.transpose(1, 2)
         return ck[:, :, :S], cv[:, :, :S]
 
+    def advance(self, T: int, attention_mask=None) -> None:
+        """Count T new tokens in every row, or in each row the real ones of attention_mask (B, T) (a mask on the
+        CPU is counted without a device round trip)."""
+        counts = [T] * self.batch_size if attention_mask is None else attention_mask.long().sum(-1)
+        self.lengths += T if attention_mask is None else counts.to(self.lengths.device)
+        self.sizes = [n + c for n, c in zip(self.sizes, counts if attention_mask is None else counts.tolist())]
+
     def keep(self, rows) -> None:
         """Drop every row not in `rows` (in place), e.g. the rows that finished generating."""
         kept = self.fork(rows)
-        self.k, self.v, self.lengths = kept.k, kept.v, kept.lengths
+        self.k, self.v, self.lengths, self.sizes = kept.k, kept.v, kept.lengths, kept.sizes

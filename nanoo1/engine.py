@@ -82,22 +82,24 @@ def token_stats(logits, tokens, temperature: float):
     return lp, slp, entropy, varentropy
 
 
-def feed(model, cache, pending: list[list[int]]):
-    """Append each row's pending tokens (possibly none) to the cache; return next-token logits (B, V).
+def feed(model, cache, pending: list[list[int]], head=None):
+    """Append each row's pending tokens (possibly none) to the cache; return next-token logits (B, V), or
+    head(hidden) of each row's last final hidden state (B, C) (e.g. `value.rating_head`'s two logits).
 
     Rows with fewer tokens are right-padded and advance by their own count only.
     """
+    head = head or model.logits
     lengths = [len(p) for p in pending]
     T = max(1, max(lengths))
     pad = model.config.pad_token_id
     ids = torch.tensor([p + [pad] * (T - len(p)) for p in pending], device=cache.lengths.device)  # (B, T)
     if all(n == T for n in lengths):  # the usual decode step: one token per row, no mask, no gather
-        return model.logits(model.hidden_states(ids, cache=cache)[:, -1])  # (B, V)
+        return head(model.hidden_states(ids, cache=cache)[:, -1])  # (B, V)
     n = torch.tensor(lengths, device=cache.lengths.device)  # (B,)
-    mask = (torch.arange(T, device=n.device) < n[:, None]).long()  # (B, T)
+    mask = (torch.arange(T) < torch.tensor(lengths)[:, None]).long()  # (B, T) on the host: the cache only counts it
     h = model.hidden_states(ids, attention_mask=mask, cache=cache)  # (B, T, C)
     last = h[torch.arange(len(pending), device=n.device), (n - 1).clamp(min=0)]  # (B, C)
-    return model.logits(last)
+    return head(last)
 
 
 def _per_row(value, n_prompts: int, default):
@@ -171,10 +173,12 @@ def _decode(model, batch: _Batch, temperature, top_k, top_p, generator, tokenize
         if ready:
             mine = logits if len(ready) == len(batch.rows) else logits[ready]  # (R, V)
             tokens = sample_next(mine, temperature, top_k, top_p, generator)  # (R,)
-            stats = list(zip(*(t.tolist() for t in token_stats(mine, tokens, temperature))))
-            for i, tok, st in zip(ready, tokens.tolist(), stats):
-                batch.record(i, tok, st)
-                _after_sample(batch, i, tok, tokenizer)
+            # one device-to-host copy per step, what stopping needs: the tokens with their four statistics (float64
+            # holds every token id and every float32 exactly)
+            host = torch.stack([tokens.double()] + [t.double() for t in token_stats(mine, tokens, temperature)]).tolist()
+            for i, tok, *st in zip(ready, *host):
+                batch.record(i, int(tok), tuple(st))
+                _after_sample(batch, i, int(tok), tokenizer)
         logits = None
         batch.compact()
 

@@ -59,7 +59,7 @@ def evaluate(model, tokenizer, problems: list[Problem], method: str, budget: int
     """Accuracy of one search method at one budget on `problems` (no ground truth reaches the search)."""
     t = time.perf_counter()
     policy = LMPolicy(model, tokenizer, temperature=temperature, max_thought_tokens=max_thought_tokens, seed=seed)
-    results = search(policy, [p.question for p in problems], search_config(method, budget, mcts), seed=seed)
+    results = search(policy, [p.question for p in problems], search_config(method, budget, mcts))
     correct = grade(results, [p.answer for p in problems])
     tokens = sum(r.spent.generated for r in results) / len(problems)
     return EvalResult(method, budget, sum(correct) / len(problems), tokens, time.perf_counter() - t)

@@ -2,6 +2,7 @@
 
     python -m nanoo1.evolve --tiny --rounds 2     # the tiny task on a CPU (base model: see tiny_base)
     python -m nanoo1.evolve --model DIR --data train.jsonl --test-data test.jsonl --problems 500 --out runs/big
+    python -m nanoo1.evolve --model DIR ... --device cuda --dtype bfloat16 --lora-rank 16   # a 2B model on one GPU
 
 One round (Guan et al. 2025, sec. 3.4), on the same training problems every round:
   1. MCTS with policy k over the training problems: UCT (c = 2), the ground truth scores each answer +1 / -1,
@@ -13,11 +14,12 @@ One round (Guan et al. 2025, sec. 3.4), on the same training problems every roun
      (`ppm.preference_pairs`, `ppm.ppm_pair_loss`).
 Each row of the printed table (and of OUT/metrics.jsonl) is a round's search and the held-out accuracy of
 policy k, greedy and (--beam) beam search scored by PPM k; OUT/policy-k and OUT/ppm-k are the trained pairs.
+With --lora-rank every model of the run is the one frozen base (in --dtype) with its own float32 adapters, and
+policy-k and ppm-k hold adapters in PEFT's layout (`python -m nanoo1.lora merge` makes a full checkpoint of one).
 """
 
 from __future__ import annotations
 
-import copy
 import json
 import random
 import time
@@ -25,14 +27,16 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save
+from safetensors.torch import save
 
-from nanoo1.checkpoint import load_pretrained, save_pretrained
-from nanoo1.device import process_setup
-from nanoo1.config import add_config_flags, add_process_flags, apply_flags, entry_parser
+from nanoo1.checkpoint import load_pretrained
+from nanoo1.device import process_setup, resolve_device
+from nanoo1.config import add_config_flags, add_process_flags, apply_flags, check_settings, entry_parser
 from nanoo1.files import atomic_write
+from nanoo1.lora import lora_copy, save_trained, unfreeze
 from nanoo1.mcts import MCTSConfig, mcts
 from nanoo1.model import bf16_autocast
+from nanoo1.recipe import LoRASettings
 from nanoo1.ppm import ProcessPreferenceModel, ppm_pair_loss, ppm_scores, preference_pairs
 from nanoo1.rstar import RStarConfig, RStarPolicy, best_traces, encode_trace, ppm_input
 from nanoo1.search import SearchConfig, grade, search
@@ -62,7 +66,7 @@ class EvolveConfig:
     ppm_steps: int = 100  # optimizer steps on the preference pairs
     ppm_pairs_per_step: int = 16  # pairs per step (twice as many sequences)
     ppm_lr: float = 3e-4  # peak learning rate
-    bf16: bool = True  # autocast matrix multiplies to bfloat16 on a CPU while training
+    bf16: bool = True  # with float32 weights: autocast matrix multiplies to bfloat16 while training
     # the run
     rounds: int = 2  # self-evolution rounds
     problems: int = 200  # training problems searched every round, drawn once with the seed
@@ -71,6 +75,16 @@ class EvolveConfig:
     beam: int = 0  # > 0: also held-out accuracy of beam search of this width scored by the PPM
     seed: int = 0  # problem draw, search sampling and training order (round k uses seed + k)
     out: str = "runs/rstar"  # metrics.jsonl, policy-k/, ppm-k/
+    device: str = "cpu"  # where the models run: cpu, cuda, cuda:N, or auto (cuda when there is one)
+    dtype: str = "float32"  # the weights' dtype: float32 or bfloat16 (the base's, under LoRA; adapters stay float32)
+
+    def __post_init__(self):
+        check_settings(self, choices={"dtype": ("float32", "bfloat16")})
+
+    @property
+    def autocast(self) -> bool:
+        """bf16 autocast of the matrix multiplies while training: asked for, and the weights are float32."""
+        return self.bf16 and self.dtype == "float32"
 
 
 def mcts_config(config: EvolveConfig) -> MCTSConfig:
@@ -116,12 +130,14 @@ def pair_accuracy(ppm: ProcessPreferenceModel, pairs, pad_id: int, batch_size: i
 
 # -- training ------------------------------------------------------------------------------------------
 def finetune_policy(base_model, examples, pad_id: int, config: EvolveConfig, seed: int = 0, progress: bool = False):
-    """(a copy of base_model fine-tuned on the (ids, mask) examples, its losses); no examples: an untrained copy."""
-    model = copy.deepcopy(base_model).requires_grad_(True)
+    """(a copy of base_model fine-tuned on the (ids, mask) examples, its losses); no examples: an untrained copy.
+    Under LoRA the copy shares the frozen base and trains its own adapters (`lora.lora_copy`)."""
+    model = lora_copy(base_model)
+    unfreeze(model)
     losses = []
     if examples:
         sft = SFTConfig(steps=config.sft_steps, batch_size=min(config.sft_batch_size, len(examples)), lr=config.sft_lr,
-                        warmup=max(1, config.sft_steps // 10), bf16=config.bf16, seed=seed)
+                        warmup=max(1, config.sft_steps // 10), bf16=config.autocast, seed=seed)
         batches = make_batches(examples, lambda example, rng: example, sft.batch_size, random.Random(seed), pad_id)
         losses = train_sft(model, batches, sft, progress=progress)
     return model.requires_grad_(False).eval(), losses
@@ -130,13 +146,15 @@ def finetune_policy(base_model, examples, pad_id: int, config: EvolveConfig, see
 def train_ppm(ppm: ProcessPreferenceModel, pairs, pad_id: int, config: EvolveConfig, seed: int = 0,
               progress: bool = False) -> list[float]:
     """Train the PPM in place on (positive ids, negative ids) pairs with `ppm_pair_loss`: AdamW, the SFT
-    schedule, shuffled passes over the pairs. Returns the loss of every step; leaves the PPM frozen, in eval."""
+    schedule, shuffled passes over the pairs; under LoRA the head and the backbone's adapters train. Returns the
+    loss of every step; leaves the PPM frozen, in eval."""
     from tqdm.auto import tqdm
 
     if not pairs:
         return []
-    ppm.requires_grad_(True).train()
-    opt = torch.optim.AdamW(ppm.parameters(), lr=config.ppm_lr, betas=(0.9, 0.95), weight_decay=0.0)
+    params = unfreeze(ppm.backbone) + list(ppm.head.requires_grad_(True).parameters())
+    ppm.train()
+    opt = torch.optim.AdamW(params, lr=config.ppm_lr, betas=(0.9, 0.95), weight_decay=0.0)
     schedule = SFTConfig(steps=config.ppm_steps, lr=config.ppm_lr, warmup=max(1, config.ppm_steps // 10))
     generator = torch.Generator().manual_seed(seed)
     device = ppm.head.weight.device
@@ -148,7 +166,7 @@ def train_ppm(ppm: ProcessPreferenceModel, pairs, pad_id: int, config: EvolveCon
         chosen, order = order[:P], order[P:]
         ids, mask = batch_ids([pairs[i][0] for i in chosen] + [pairs[i][1] for i in chosen], pad_id, device)  # (2P, T)
         set_lr(opt, lr_at(step, schedule))
-        with bf16_autocast(config.bf16 and device.type == "cpu"):
+        with bf16_autocast(config.autocast, device):
             r = ppm(ids, mask)  # (2P,)
         loss = ppm_pair_loss(r[:P].float(), r[P:].float())
         opt.zero_grad(set_to_none=True)
@@ -184,13 +202,13 @@ def self_evolution_round(base_model, policy_model, ppm, tokenizer, problems: lis
     with a zero-initialised scalar head, trained on the trees' preference pairs."""
     t0 = time.perf_counter()
     policy = rstar_policy(policy_model, tokenizer, config, ppm, seed)
-    results = mcts(policy, [p.question for p in problems], mcts_config(config), [p.answer for p in problems], seed)
+    results = mcts(policy, [p.question for p in problems], mcts_config(config), [p.answer for p in problems])
     trees = [r.tree for r in results]
     examples, pairs = sft_examples(tokenizer, trees, config.traces_per_problem), ppm_pairs(tokenizer, trees)
     before = pair_accuracy(ppm, pairs, tokenizer.pad_id) if ppm is not None else None
     t1 = time.perf_counter()
     new_policy, sft_losses = finetune_policy(base_model, examples, tokenizer.pad_id, config, seed, progress)
-    new_ppm = ProcessPreferenceModel(copy.deepcopy(new_policy))  # rStar-Math: the PPM starts from the fine-tuned policy
+    new_ppm = ProcessPreferenceModel(lora_copy(new_policy))  # rStar-Math: the PPM starts from the fine-tuned policy
     ppm_losses = train_ppm(new_ppm, pairs, tokenizer.pad_id, config, seed, progress)
     after = pair_accuracy(new_ppm, pairs, tokenizer.pad_id)
     spent = [sum(getattr(r.spent, kind) for r in results) for kind in ("generated", "prompt", "value")]
@@ -210,34 +228,19 @@ def held_out_accuracy(policy_model, tokenizer, problems: list[Problem], config: 
     policy = rstar_policy(policy_model, tokenizer, config, ppm, seed)
     method = SearchConfig(method="beam", n=beam, expand=beam, max_depth=RStarConfig.max_depth) if beam else \
         SearchConfig(method="greedy", max_depth=RStarConfig.max_depth)
-    results = search(policy, [p.question for p in problems], method, scorer=policy.score if beam else None, seed=seed)
+    results = search(policy, [p.question for p in problems], method, scorer=policy.score if beam else None)
     correct = grade(results, [p.answer for p in problems])
     return sum(correct) / len(problems), sum(r.spent.generated for r in results) / len(problems)
 
 
 # -- the PPM on disk -----------------------------------------------------------------------------------
-def save_ppm(ppm: ProcessPreferenceModel, tokenizer, directory) -> Path:
-    """The decoder in the Hugging Face layout (save_pretrained) and the head as ppm_head.safetensors, each
-    file written under a temporary name and renamed."""
-    directory = save_pretrained(ppm.backbone, tokenizer, directory)
+def save_ppm(ppm: ProcessPreferenceModel, tokenizer, directory, base: str = "") -> Path:
+    """The decoder (`lora.save_trained`: the Hugging Face layout, or under LoRA the adapters on `base`) and the
+    head as ppm_head.safetensors, each file written under a temporary name and renamed."""
+    directory = save_trained(ppm.backbone, tokenizer, directory, base)
     head = {k: v.detach().contiguous().cpu() for k, v in ppm.head.state_dict().items()}
     atomic_write(directory / PPM_HEAD, save(head, metadata={"format": "pt"}))
     return directory
-
-
-def load_ppm(directory, dtype="float32", device="cpu"):
-    """(ProcessPreferenceModel, tokenizer or None) from a directory written by save_ppm."""
-    path = Path(directory) / PPM_HEAD
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: no PPM head (a plain checkpoint? save_ppm writes {PPM_HEAD})")
-    backbone, tokenizer = load_pretrained(directory, dtype=dtype, device=device)
-    ppm = ProcessPreferenceModel(backbone).to(device)
-    head = load_file(str(path))
-    got, expected = ({k: tuple(v.shape) for k, v in d.items()} for d in (head, ppm.head.state_dict()))
-    if got != expected:
-        raise ValueError(f"{path}: tensors {got}, expected {expected}")
-    ppm.head.load_state_dict(head)
-    return ppm.requires_grad_(False).eval(), tokenizer
 
 
 # -- the run -------------------------------------------------------------------------------------------
@@ -255,8 +258,9 @@ def _row_line(row: dict) -> str:
 
 
 def run(config: EvolveConfig, model, data=TINY_DIR / "train.jsonl", test_data=TINY_DIR / "test.jsonl",
-        progress: bool = False) -> list[dict]:
-    """config.rounds rounds from the base checkpoint `model`; prints the table, returns its rows (metrics.jsonl).
+        progress: bool = False, lora: LoRASettings | None = None) -> list[dict]:
+    """config.rounds rounds from the base checkpoint `model` (with `lora.rank` > 0: frozen, with adapters);
+    prints the table, returns its rows (metrics.jsonl).
 
     Row k: round k's search (coverage, traces, pairs, tokens: policy k and PPM k) and held-out accuracy of
     policy k (greedy) and of beam search scored by PPM k; the last row only evaluates the last pair trained."""
@@ -264,7 +268,9 @@ def run(config: EvolveConfig, model, data=TINY_DIR / "train.jsonl", test_data=TI
 
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
-    base, tokenizer = load_pretrained(model, dtype="float32")
+    base, tokenizer = load_pretrained(model, dtype=config.dtype, device=resolve_device(config.device))
+    if lora is not None and lora.rank:
+        lora.apply(base, config.seed)
     pool = [p for p in load_jsonl(data) if len(p.steps) >= config.min_steps]
     if len(pool) < config.problems:
         raise ValueError(f"{data}: {len(pool)} problems with >= {config.min_steps} steps, {config.problems} wanted")
@@ -287,8 +293,8 @@ def run(config: EvolveConfig, model, data=TINY_DIR / "train.jsonl", test_data=TI
             policy, ppm, report = self_evolution_round(base, policy, ppm, tokenizer, problems, config, config.seed + k,
                                                        progress)
             row.update(asdict(report))
-            save_pretrained(policy, tokenizer, out / f"policy-{k + 1}")
-            save_ppm(ppm, tokenizer, out / f"ppm-{k + 1}")
+            save_trained(policy, tokenizer, out / f"policy-{k + 1}", str(model))
+            save_ppm(ppm, tokenizer, out / f"ppm-{k + 1}", str(model))
         row["seconds"] = round(time.perf_counter() - t, 1)
         rows.append(row)
         with open(out / "metrics.jsonl", "a", encoding="utf-8") as f:
@@ -321,16 +327,22 @@ def main(argv=None):
     g.add_argument("--data", default=str(TINY_DIR / "train.jsonl"), help="training problems, GSM8K-style jsonl")
     g.add_argument("--test-data", default=str(TINY_DIR / "test.jsonl"), help="held-out problems, GSM8K-style jsonl")
     add_config_flags(p, EvolveConfig)
+    add_config_flags(p, LoRASettings)
     args = p.parse_args(argv)
     if not args.tiny and args.model is None:
         p.error("--model DIR is needed without --tiny")
     process_setup(args.threads or (1 if args.tiny else None))
     run_flags = ("tiny", "warmstart_steps", "threads", "no_progress", "model", "data", "test_data")
-    config = apply_flags(EvolveConfig(), {k: v for k, v in vars(args).items() if k not in run_flags})
+    given = {k: v for k, v in vars(args).items() if k not in run_flags}
+    lora_flags = {k: given.pop(k) for k in list(given) if k.startswith("lora_")}
+    try:
+        config, lora = apply_flags(EvolveConfig(), given), apply_flags(LoRASettings(), lora_flags)
+    except ValueError as e:
+        p.error(str(e))
     t = time.perf_counter()
     model = args.model or tiny_base(Path(config.out) / "base", args.warmstart_steps, config.seed, not args.no_progress)
     print(f"base model: {model}")
-    run(config, model, args.data, args.test_data, progress=not args.no_progress)
+    run(config, model, args.data, args.test_data, progress=not args.no_progress, lora=lora)
     print(f"wrote {config.out}/metrics.jsonl, policy-k/ and ppm-k/ in {time.perf_counter() - t:.0f} s")
 
 

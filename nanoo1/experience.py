@@ -19,7 +19,7 @@ import torch
 
 from nanoo1.rewards import equations_hold
 from nanoo1.model import bf16_autocast
-from nanoo1.rl import completion_logprobs, path_gae, td_priority
+from nanoo1.rl import completion_logprobs, micro_batch_rows, path_gae, td_priority
 from nanoo1.thoughts import chain_tokens, render_node
 from nanoo1.tokenizer import batch_ids, right_pad
 from nanoo1.value import rating_at
@@ -139,11 +139,12 @@ def collate_chains(items: list[dict], pad_id: int, weights=None, multiple: int =
 
 @torch.no_grad()
 def stamp_old(model, tokenizer, items: list[dict], temperature: float, bf16: bool = False, batch_size: int = 16,
-              iteration: int = 0) -> None:
+              iteration: int = 0, max_tokens: int = 0) -> None:
     """Log-probs and values P(positive) of the collecting policy, stored with each item before any update
-    (PPO's old), with the iteration that stamped them."""
-    for s in range(0, len(items), batch_size):
-        chunk = items[s:s + batch_size]
+    (PPO's old), with the iteration that stamped them; batch_size items a forward pass, and with max_tokens > 0
+    at most that many padded tokens (`rl.micro_batch_rows`)."""
+    for rows in micro_batch_rows([-(-len(it["ids"]) // 32) * 32 for it in items], batch_size, max_tokens):
+        chunk = items[rows]
         b = {k: v.to(model.output_embedding.device) for k, v in collate_chains(chunk, tokenizer.pad_id).items()}
         with bf16_autocast(bf16, model.output_embedding.device):
             hidden = model.hidden_states(b["input_ids"], b["attention_mask"])
@@ -162,7 +163,7 @@ def row_priorities(items: list[dict]) -> list[float]:
 
 
 def restamp_stale(model, tokenizer, items: list[dict], iteration: int, max_age: int, temperature: float,
-                  bf16: bool = False, batch_size: int = 16) -> int:
+                  bf16: bool = False, batch_size: int = 16, max_tokens: int = 0) -> int:
     """Re-stamp (`stamp_old`) the items stamped more than `max_age` iterations before `iteration`; returns how many.
 
     PPO's ratio exp(logp - old_logp) assumes old_logp is the policy that collected the batch, a few updates
@@ -171,5 +172,5 @@ def restamp_stale(model, tokenizer, items: list[dict], iteration: int, max_age: 
     log-probs and values are taken again from the current policy before it is trained on."""
     stale = list({id(it): it for it in items if iteration - it["iteration"] > max_age}.values())
     if stale:
-        stamp_old(model, tokenizer, stale, temperature, bf16, batch_size, iteration)
+        stamp_old(model, tokenizer, stale, temperature, bf16, batch_size, iteration, max_tokens)
     return len(stale)

@@ -16,6 +16,7 @@ import torch
 
 from nanoo1.checkpoint import load_pretrained
 from nanoo1.config import positive_int
+from nanoo1.device import resolve_device
 from nanoo1.engine import generate
 from nanoo1.model import Gemma2, Gemma2Config
 from nanoo1.tokenizer import train_tokenizer
@@ -39,7 +40,7 @@ def main(argv=None):
     g = p.add_argument_group("model")
     g.add_argument("--checkpoint", default=None, help="checkpoint directory or hub id (default: a tiny random model)")
     g.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"], help="default: the checkpoint's")
-    g.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    g.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, or auto (cuda when there is one)")
     g = p.add_argument_group("prompt")
     g.add_argument("--prompt", default="Hello I am", help="text to continue")
     g.add_argument("--chat", action="store_true", help="wrap the prompt in Gemma's chat turn (for -it models)")
@@ -52,16 +53,18 @@ def main(argv=None):
     g.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
 
-    if args.checkpoint is None:
-        model, tokenizer = tiny_random(args.seed)
-        print("(no --checkpoint: a tiny random Gemma-2, so the text is noise)")
-    else:
-        try:
-            model, tokenizer = load_pretrained(args.checkpoint, dtype=args.dtype, device=args.device)
-        except (OSError, ValueError) as e:
-            p.error(str(e))
-        if tokenizer is None:
-            p.error(f"{args.checkpoint} has no tokenizer.json")
+    try:
+        device = resolve_device(args.device)
+        if args.checkpoint is None:
+            model, tokenizer = tiny_random(args.seed)
+            model.to(device, getattr(torch, args.dtype or "float32"))
+            print("(no --checkpoint: a tiny random Gemma-2, so the text is noise)")
+        else:
+            model, tokenizer = load_pretrained(args.checkpoint, dtype=args.dtype, device=device)
+    except (OSError, ValueError) as e:
+        p.error(str(e))
+    if tokenizer is None:
+        p.error(f"{args.checkpoint} has no tokenizer.json")
     text = tokenizer.chat_prompt(args.prompt) if args.chat else args.prompt
     stops = [tokenizer.eos_id] + ([tokenizer.token_id("<end_of_turn>")] if tokenizer.has_token("<end_of_turn>") else [])
     t = time.perf_counter()

@@ -19,6 +19,7 @@ Gemma2 and transformers' Gemma2ForCausalLM. A full checkpoint with the adapters 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import math
 import re
@@ -121,24 +122,12 @@ def apply_lora(model: nn.Module, target_modules=DEFAULT_TARGETS, rank: int = 16,
 
 @torch.no_grad()
 def merge_lora(model: nn.Module) -> nn.Module:
-    """Fold each adapter into its weight, W <- W + (alpha / r) B A, so inference runs at base speed.
-
-    In bf16 the fold rounds, so merge then unmerge restores W only to bf16 precision.
-    """
+    """Fold each adapter into its weight, W <- W + (alpha / r) B A, so inference runs at base speed (in bf16
+    the fold rounds)."""
     for _, m in _lora_modules(model):
         if not m.merged:
             m.weight += m.delta_weight().to(m.weight.dtype)
             m.merged = True
-    return model
-
-
-@torch.no_grad()
-def unmerge_lora(model: nn.Module) -> nn.Module:
-    """Undo merge_lora: W <- W - (alpha / r) B A."""
-    for _, m in _lora_modules(model):
-        if m.merged:
-            m.weight -= m.delta_weight().to(m.weight.dtype)
-            m.merged = False
     return model
 
 
@@ -148,7 +137,7 @@ def adapters_off(model: nn.Module):
     adapters switched off (as TRL with peft), not a second copy of the model."""
     modules = [m for _, m in _lora_modules(model)]
     if any(m.merged for m in modules):
-        raise ValueError("adapters_off: the adapters are merged into the weights; unmerge_lora first")
+        raise ValueError("adapters_off: the adapters are merged into the weights (merge_lora); the base is gone")
     for m in modules:
         m.enabled = False
     try:
@@ -168,11 +157,6 @@ def merge_and_unload(model: nn.Module) -> nn.Module:
         parent, _, child = name.rpartition(".")
         setattr(model.get_submodule(parent), child, plain.train(m.training))
     return model
-
-
-def lora_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The adapter tensors only: {'<module>.lora_A': (r, in), '<module>.lora_B': (out, r)}."""
-    return {f"{name}.{p}": getattr(m, p) for name, m in _lora_modules(model) for p in ("lora_A", "lora_B")}
 
 
 def save_lora(model: nn.Module, directory, base_model_name_or_path: str = "") -> Path:
@@ -204,6 +188,34 @@ def save_lora(model: nn.Module, directory, base_model_name_or_path: str = "") ->
     atomic_write(directory / WEIGHTS_FILE, lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
     atomic_write(directory / CONFIG_FILE, json.dumps(config, indent=2) + "\n")
     return directory
+
+
+def save_trained(model: nn.Module, tokenizer, directory, base_model_name_or_path: str = "") -> Path:
+    """What a run trained: a model with adapters as the adapters alone in PEFT's layout (`save_lora`) beside the
+    tokenizer (`python -m nanoo1.lora merge` folds them into the base), any other as a full checkpoint."""
+    if not _lora_modules(model):
+        return save_pretrained(model, tokenizer, directory)
+    directory = save_lora(model, directory, base_model_name_or_path)
+    if tokenizer is not None:
+        tokenizer.save(directory)
+    return directory
+
+
+def lora_copy(model: nn.Module) -> nn.Module:
+    """A copy to train apart from `model`: with adapters, only they are copied and the frozen base weights are
+    shared (one base in memory for every copy); without, a whole copy (copy.deepcopy)."""
+    lora = bool(_lora_modules(model))
+    return copy.deepcopy(model, memo={id(p): p for name, p in model.named_parameters()
+                                      if lora and not name.endswith(("lora_A", "lora_B"))})
+
+
+def unfreeze(model: nn.Module) -> list[nn.Parameter]:
+    """Set what trains to requires_grad and return it: with adapters the adapters alone (the base stays frozen,
+    and may be shared by `lora_copy`), without every parameter."""
+    lora = bool(_lora_modules(model))
+    for name, p in model.named_parameters():
+        p.requires_grad_(not lora or name.endswith(("lora_A", "lora_B")))
+    return [p for p in model.parameters() if p.requires_grad]
 
 
 def _read_adapter_config(path: Path) -> tuple[int, float, float]:
@@ -263,7 +275,7 @@ def load_lora(model: nn.Module, directory) -> nn.Module:
     wrapped = dict(_lora_modules(model))
     for name, m in wrapped.items():
         if m.merged:
-            raise RuntimeError(f"load_lora: {name} is merged; call unmerge_lora before loading {directory}")
+            raise RuntimeError(f"load_lora: {name} is merged (merge_lora); load {directory} onto an unmerged model")
         if m.rank != rank:
             raise ValueError(f"{config_path}: r={rank}, but the model's {name} has rank {m.rank}")
         if float(m.alpha) != float(alpha):
@@ -307,12 +319,6 @@ def merge_into_checkpoint(base, adapters, out, dtype: torch.dtype | str | None =
         if (base_dir / name).exists():
             atomic_write(out / name, (base_dir / name).read_bytes())
     return out
-
-
-def count_trainable(model: nn.Module) -> tuple[int, int]:
-    """(parameters that require grad, all parameters), shared tensors counted once."""
-    params = list(model.parameters())
-    return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
 
 
 def main(argv=None):

@@ -17,11 +17,9 @@ import math
 from dataclasses import dataclass
 from typing import Callable
 
-import torch
-
 from nanoo1.grow import LOG_HALF, SearchResult, answer_of, expand, judge, simulate, weighted_vote
 from nanoo1.policy import Request, Spent
-from nanoo1.thoughts import META_ACTIONS, Node, Tree, hint_for
+from nanoo1.thoughts import Node, Tree
 # -- selection rules -----------------------------------------------------------------------------------
 def puct_score(parent: Node, child: Node, c: float = 1.4, varentropy_coef: float = 0.0) -> float:
     """LLaMA-O1's rule: V(child) + c * P(child) * sqrt(N(parent)) / (1 + N(child)) [+ lambda * varentropy(child)].
@@ -52,13 +50,9 @@ class MCTSConfig:
     max_children: int = 4  # a node is expanded (again) while it has fewer children than this
     selection: str = "puct"  # "puct" (LLaMA-O1) or "uct" (rStar-Math)
     c: float | None = None  # exploration constant; None: 1.4 for puct, 2.0 for uct
-    varentropy_coef: float = 0.0  # puct only: LLaMA-O1's optional + lambda * varentropy term
     discount: float = 0.9  # a value backed up one level is multiplied by this
     patient: int = 2  # stop a problem after this many successful terminals
     max_depth: int = 8  # a thought this deep that is not a <conclusion> is a failed terminal
-    metas: str = "model"  # "model": the model writes the meta tag; "sample": drawn from the transition matrix
-    hints: bool = False  # a <hint> for the new thought's meta-action (<expansion>'s when the model writes it)
-    hint_ground_truth: bool = False  # name the ground truth in the hint (self-play only; needs hints)
     success_threshold: float = LOG_HALF  # without a ground truth, a <conclusion> with value >= this succeeds
     reward_epsilon: float = 1e-6  # rectification: success log 1, failure log reward_epsilon
     success_value: float = 0.0  # with a ground truth, a success's value: log 1 (rStar-Math: +1)
@@ -73,17 +67,13 @@ class MCTSConfig:
     def __post_init__(self):
         if self.selection not in SELECTION_RULES:
             raise ValueError(f"MCTSConfig.selection={self.selection!r}, expected one of {SELECTION_RULES}")
-        if self.metas not in ("model", "sample"):
-            raise ValueError(f"MCTSConfig.metas={self.metas!r}, expected 'model' or 'sample'")
         if self.answer not in ("max_reward", "vote"):
             raise ValueError(f"MCTSConfig.answer={self.answer!r}, expected 'max_reward' or 'vote'")
-        if self.hint_ground_truth and not self.hints:
-            raise ValueError("MCTSConfig.hint_ground_truth=True needs hints=True (the ground truth goes into the hint)")
 
     def score(self, parent: Node, child: Node) -> float:
         if self.selection == "uct":
             return uct_score(parent, child, 2.0 if self.c is None else self.c)
-        return puct_score(parent, child, 1.4 if self.c is None else self.c, self.varentropy_coef)
+        return puct_score(parent, child, 1.4 if self.c is None else self.c)
 
 
 def select_leaf(root: Node, config: MCTSConfig) -> Node:
@@ -95,38 +85,11 @@ def select_leaf(root: Node, config: MCTSConfig) -> Node:
     return node
 
 
-# -- meta-actions (LLaMA-O1's sampled metas, MCTSConfig.metas='sample') ---------------------------------
-def meta_transition_matrix(tree: Tree) -> torch.Tensor:
-    """(5, 5): row a = softmax over b of the sum of exp(child value) over the tree's edges (meta a -> meta b).
-
-    Unevaluated children count as exp(0) = 1; a row without edges is uniform. <problem> is never a
-    child (its column is 0). Recomputed from the tree on every call, so new children follow what the
-    search has learned so far.
-    """
-    n = len(META_ACTIONS)
-    sums = torch.zeros(n, n)
-    for node in tree.nodes[1:]:
-        a, b = META_ACTIONS.index(node.parent.meta), META_ACTIONS.index(node.meta)
-        sums[a, b] += math.exp(node.value if node.value is not None else 0.0)
-    sums[:, 0] = float("-inf")
-    return torch.softmax(sums, dim=-1)
-
-
-def sample_metas(tree: Tree, node: Node, k: int, generator: torch.Generator | None = None) -> list[str]:
-    """k meta-actions for new children of `node`, drawn from its meta's row of the transition matrix."""
-    probs = meta_transition_matrix(tree)[META_ACTIONS.index(node.meta)]
-    draws = torch.multinomial(probs, k, replacement=True, generator=generator)
-    return [META_ACTIONS[i] for i in draws.tolist()]
-
-
-def expansion_request(tree: Tree, node: Node, config: MCTSConfig, ground_truth: str | None = None,
-                      generator: torch.Generator | None = None) -> Request:
-    """The request for node's next k thoughts. The ground truth reaches the hint only with hint_ground_truth."""
+def expansion_request(tree: Tree, node: Node, config: MCTSConfig) -> Request:
+    """The request for node's next k thoughts: the model writes each meta tag, and no hint (so no ground truth)
+    reaches a prompt."""
     k = config.num_candidates
-    metas = sample_metas(tree, node, k, generator) if config.metas == "sample" else [None] * k
-    truth = ground_truth if config.hint_ground_truth else None
-    hints = [hint_for(m or "<expansion>", truth) if config.hints else None for m in metas]
-    return Request(tree, node, metas, hints, config.temperature)
+    return Request(tree, node, [None] * k, [None] * k, config.temperature)
 
 
 # -- backup, rectification, the answer -----------------------------------------------------------------
@@ -194,20 +157,19 @@ class _Problem:
     successes: int = 0
 
 
-def mcts(policy, questions: list[str], config: MCTSConfig | None = None, ground_truths: list[str] | None = None,
-         seed: int = 0) -> list[SearchResult]:
+def mcts(policy, questions: list[str], config: MCTSConfig | None = None,
+         ground_truths: list[str] | None = None) -> list[SearchResult]:
     """Run MCTS on every question in lockstep; one SearchResult per question.
 
     ground_truths (training; a None entry: that problem at test time): conclusions are checked against them,
     and a checked terminal's value becomes its reward (success_value, failure_value) so the search learns from
     it at once; without them (test time) conclusions are judged by their value. A thought the policy already
-    marked terminal stays so. `seed` drives meta-action sampling; token sampling is the policy's.
+    marked terminal stays so. Every random draw is the policy's (its seeded generator).
     """
     config = config or MCTSConfig()
     truths = [None] * len(questions) if ground_truths is None else list(ground_truths)
     if len(truths) != len(questions):
         raise ValueError(f"mcts: {len(truths)} ground truths for {len(questions)} questions")
-    generator = torch.Generator().manual_seed(seed)
     failure_value = math.log(config.reward_epsilon) if config.failure_value is None else config.failure_value
     problems = [_Problem(Tree(q), t, Spent()) for q, t in zip(questions, truths)]
     for _ in range(config.simulations):
@@ -222,7 +184,7 @@ def mcts(policy, questions: list[str], config: MCTSConfig | None = None, ground_
                 backup(leaf, leaf.value, config.discount)
             else:
                 jobs.append((p, leaf))
-        requests = [expansion_request(p.tree, leaf, config, p.ground_truth, generator) for p, leaf in jobs]
+        requests = [expansion_request(p.tree, leaf, config) for p, leaf in jobs]
         children, spent_per_job = expand(policy, requests)
         for (p, leaf), kids, spent in zip(jobs, children, spent_per_job):
             p.spent.add(spent)

@@ -298,13 +298,13 @@ class Gemma2(nn.Module):
         else:
             start = cache.lengths  # (B,)
             q_slots = start[:, None] + torch.arange(T, device=dev)  # (B, T)
-            first, last = start.aminmax()
-            S = int(last) + T  # slots in use once these tokens are in
+            first, last = min(cache.sizes), max(cache.sizes)  # read on the host: no device round trip per step
+            S = last + T  # slots in use once these tokens are in
             cache.reserve(S)  # raises on overflow
             k_valid = torch.ones(B, S, dtype=torch.bool, device=dev)  # causality alone hides the stale slots
             if positions is None:
                 positions = q_slots
-            at = (int(first) if first == last else start, S)  # one start for all rows: a plain slice write
+            at = (first if first == last else start, S)  # one start for all rows: a plain slice write
         if at is not None and isinstance(at[0], int) and T == 1:  # a decode step of rows of one length sees every slot
             full = None  # sliding layers need a mask only once the window no longer covers every slot
             slide = None if S <= self.config.sliding_window else self.attention_masks(q_slots, k_valid, dtype)[1]
@@ -319,7 +319,7 @@ class Gemma2(nn.Module):
             mask = slide if self.config.is_sliding(layer) else full
             h = checkpoint(block, h, cos, sin, mask, use_reentrant=False) if recompute else block(h, cos, sin, mask, cache, at)
         if cache is not None:
-            cache.lengths += T if attention_mask is None else attention_mask.long().sum(-1)
+            cache.advance(T, attention_mask)
         return self.model.norm(h)
 
     def forward(self, input_ids, attention_mask=None, positions=None, cache: KVCache | None = None, return_hidden=False):

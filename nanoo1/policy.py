@@ -24,6 +24,7 @@ import torch
 
 from nanoo1.engine import feed, generate
 from nanoo1.thoughts import Node, Tree, header, parse_thought, policy_prompt, render_path, value_sequences
+from nanoo1.value import rating_head
 
 
 # -- the policy interface ------------------------------------------------------------------------------
@@ -95,8 +96,8 @@ class Spent:
 def add_candidate(tree: Tree, parent: Node, c: Candidate, node_id: int | None = None) -> Node:
     """Put a sampled thought into the tree under `parent`, with what search and RL keep of it; its id is
     the tree's next one, or `node_id` (the id its header named)."""
-    return tree.add(parent, c.meta, c.text, node_id=node_id, prior=c.prior, entropy=c.entropy, varentropy=c.varentropy,
-                    tokens=list(c.tokens), logprobs=list(c.logprobs), prompt=c.prompt, terminal=c.terminal)
+    return tree.add(parent, c.meta, c.text, node_id=node_id, prior=c.prior, varentropy=c.varentropy, tokens=list(c.tokens),
+                    terminal=c.terminal)
 
 
 # -- the policy over a nanoo1 model ------------------------------------------------------------------
@@ -210,7 +211,8 @@ class LMPolicy:
 
     @torch.no_grad()
     def evaluate(self, paths: list[list[Node]]) -> tuple[list[float], list[int]]:
-        """`value.rating_values` of the paths, each parent's lines prefilled once and forked to its children.
+        """`value.rating_values` of the paths, each parent's lines prefilled once and forked to its children, the
+        two rating logits read by `value.rating_head` from the last hidden state (no full-vocabulary logits).
 
         Siblings' value prompts differ only in their last line, which starts with a special token, so the
         parent's ids are a prefix of each child's ids (checked: a path where that fails runs from <bos>).
@@ -226,7 +228,6 @@ class LMPolicy:
                 key = -1 - i
                 prefixes[key] = seq[:1]
             keys.append(key)
-        rating_ids = [self.tokenizer.token_id("<positive_rating>"), self.tokenizer.token_id("<negative_rating>")]
         values = []
         for s in range(0, len(paths), self.value_batch_size):
             rows = range(s, min(s + self.value_batch_size, len(paths)))
@@ -235,6 +236,6 @@ class LMPolicy:
             cache = self.model.new_cache(len(unique), max(len(prefixes[k]) for k in unique) + max(map(len, tails)))
             feed(self.model, cache, [prefixes[k] for k in unique])
             cache = cache.fork([unique.index(keys[i]) for i in rows])
-            logits = feed(self.model, cache, tails)[:, rating_ids]  # (B, 2) after each row's <start_of_rating>
+            logits = feed(self.model, cache, tails, lambda h: rating_head(self.model, self.tokenizer, h))  # (B, 2)
             values += torch.log_softmax(logits.float(), -1)[:, 0].tolist()
         return values, [len(s) for s in seqs]

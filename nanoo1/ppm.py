@@ -27,7 +27,7 @@ class ProcessPreferenceModel(nn.Module):
     def __init__(self, backbone):
         super().__init__()
         self.backbone = backbone
-        self.head = nn.Linear(backbone.config.hidden_size, 1)
+        self.head = nn.Linear(backbone.config.hidden_size, 1, device=backbone.output_embedding.device)  # float32
         nn.init.zeros_(self.head.weight)
         nn.init.zeros_(self.head.bias)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 
 from nanoo1.config import check_settings
+from nanoo1.lora import apply_lora
 from nanoo1.rewards import equations_hold
 from nanoo1.rl import LOSS_TYPES
 from nanoo1.sft import cosine
@@ -61,6 +62,7 @@ class PPOSettings:
     updates_per_iteration: int = 4  # PPO minibatch updates per iteration
     minibatch: int = 32  # chains per PPO update
     micro_batch: int = 16  # chains per forward/backward inside an update (PPO, GRPO and the old log-probs)
+    micro_batch_tokens: int = 0  # > 0: also at most this many padded tokens per forward/backward (0: rows alone)
     clip_eps: float = 0.2  # PPO ratio clip
     vf_coef: float = 0.5  # weight of the rating-token value loss (value.rating_bce)
     gamma: float = 0.99  # GAE discount along a chain
@@ -72,7 +74,7 @@ class PPOSettings:
 
     def __post_init__(self):
         check_settings(self, positive=("lr", "updates_per_iteration", "minibatch", "micro_batch", "replay_capacity"),
-                       non_negative=("clip_eps", "vf_coef", "replay_max_age", "alpha"),
+                       non_negative=("micro_batch_tokens", "clip_eps", "vf_coef", "replay_max_age", "alpha"),
                        fraction=("lr_decay", "gamma", "lam"))
 
 
@@ -132,6 +134,13 @@ class LoRASettings:
         if not self.targets.strip():
             raise ValueError("LoRASettings: --lora-targets names no layer")
 
+    def apply(self, model, seed: int = 0):
+        """Freeze `model` and give its target layers adapters (`lora.apply_lora`, A drawn with `seed`), decoder
+        layers recomputed in backward if `checkpointing`. Returns the model."""
+        apply_lora(model, [t.strip() for t in self.targets.split(",")], self.rank, self.alpha, self.dropout, seed)
+        model.checkpointing = self.checkpointing
+        return model
+
 
 @dataclass
 class SelfPlayConfig:
@@ -157,7 +166,7 @@ PRESETS = {
     "2b": SelfPlayConfig(
         run=RunSettings(device="auto", dtype="bfloat16", bf16=False, data="", test_data="", iterations=10),
         search=SearchSettings(problems_per_iteration=8, simulations=3, num_candidates=4, max_thought_tokens=192),
-        ppo=PPOSettings(lr=2e-5, minibatch=8, micro_batch=2, replay_capacity=512),
+        ppo=PPOSettings(lr=2e-5, minibatch=8, micro_batch=2, micro_batch_tokens=2048, replay_capacity=512),
         imitation=ImitationSettings(problems=64, lr=5e-5, batch=8),
         grpo=GRPOSettings(group_size=8, think_budget=1024, solution_budget=256),
         eval=EvalSettings(problems=200, best_of_n=4, simulations=2),

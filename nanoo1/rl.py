@@ -242,6 +242,7 @@ class PPOConfig:
     vf_coef: float = 0.5  # weight of value_loss_fn's loss in the total
     max_grad_norm: float = 1.0  # global gradient-norm clip; float("inf") disables it
     micro_batch_size: int = 4  # rows per forward/backward; gradients accumulate over the whole batch
+    micro_batch_tokens: int = 0  # > 0: also rows x padded length <= this per forward/backward (`micro_batch_rows`)
     temperature: float = 1.0  # the sampling temperature; log-probs use logits / temperature
     chunk_size: int = 512  # positions per lm-head chunk in completion_logprobs
 
@@ -255,6 +256,7 @@ class GRPOConfig:
     max_completion_length: int | None = None  # dr_grpo's constant denominator; None: the batch's T
     max_grad_norm: float = 1.0  # global gradient-norm clip; float("inf") disables it
     micro_batch_size: int = 4  # rows per forward/backward; gradients accumulate over the whole batch
+    micro_batch_tokens: int = 0  # > 0: also rows x padded length <= this per forward/backward (`micro_batch_rows`)
     temperature: float = 1.0  # the sampling temperature; log-probs use logits / temperature
     chunk_size: int = 512  # positions per lm-head chunk in completion_logprobs
 
@@ -265,10 +267,23 @@ def _require(batch: dict, keys, where: str):
         raise KeyError(f"{where}: batch lacks {missing}; it has {sorted(batch)}")
 
 
-def _micro_batches(batch: dict, size: int):
-    B = batch["input_ids"].shape[0]
-    for s in range(0, B, size):
-        yield {k: v[s:s + size] if torch.is_tensor(v) and v.dim() > 0 and v.shape[0] == B else v
+def micro_batch_rows(lengths: list[int], size: int, max_tokens: int = 0) -> list[slice]:
+    """Consecutive slices of rows with padded lengths `lengths`: at most `size` rows each, and with max_tokens > 0
+    at most max_tokens tokens (rows x the longest length among them), so memory follows tokens, not rows; a row
+    longer than max_tokens goes alone. max_tokens 0: slices of `size` rows."""
+    out, start, longest = [], 0, 0
+    for i, n in enumerate(lengths):
+        longest = max(longest, n)
+        if i > start and (i - start == size or max_tokens and (i - start + 1) * longest > max_tokens):
+            out.append(slice(start, i))
+            start, longest = i, n
+    return out + [slice(start, len(lengths))] if lengths else out
+
+
+def _micro_batches(batch: dict, size: int, max_tokens: int = 0):
+    B, T = batch["input_ids"].shape
+    for rows in micro_batch_rows([T] * B, size, max_tokens):
+        yield {k: v[rows] if torch.is_tensor(v) and v.dim() > 0 and v.shape[0] == B else v
                for k, v in batch.items()}
 
 
@@ -306,7 +321,7 @@ def ppo_step(model, optimizer, batch: dict, config: PPOConfig,
     stats = dict.fromkeys(("loss", "policy_loss", "value_loss", "clip_frac", "approx_kl"), 0.0)
     row_priority = []
     optimizer.zero_grad(set_to_none=True)
-    for mb in _micro_batches(batch, config.micro_batch_size):
+    for mb in _micro_batches(batch, config.micro_batch_size, config.micro_batch_tokens):
         hidden = model.hidden_states(mb["input_ids"], mb["attention_mask"])  # (b, T, C)
         logp = completion_logprobs(model, mb["input_ids"], mb["attention_mask"], mb["completion_mask"],
                                    config.temperature, config.chunk_size, hidden=hidden)  # (b, T)
@@ -351,7 +366,7 @@ def grpo_step(model, optimizer, batch: dict, config: GRPOConfig) -> dict:
     n_items = batch.get("num_items_in_batch", n_tokens)
     stats = dict.fromkeys(("loss", "clip_frac", "approx_kl") + (("kl",) if config.beta else ()), 0.0)
     optimizer.zero_grad(set_to_none=True)
-    for mb in _micro_batches(batch, config.micro_batch_size):
+    for mb in _micro_batches(batch, config.micro_batch_size, config.micro_batch_tokens):
         logp = completion_logprobs(model, mb["input_ids"], mb["attention_mask"], mb["completion_mask"],
                                    config.temperature, config.chunk_size)  # (b, T)
         old = mb["old_logp"] if "old_logp" in mb else logp.detach()

@@ -18,11 +18,11 @@ from pathlib import Path
 
 import torch
 
-from nanoo1.checkpoint import load_pretrained, save_pretrained
+from nanoo1.checkpoint import load_pretrained
 from nanoo1.config import conflicts, from_dict, to_dict
 from nanoo1.dist import Place, barrier, rank_file
 from nanoo1.files import atomic_write
-from nanoo1.lora import apply_lora, load_lora, save_lora
+from nanoo1.lora import load_lora, save_trained
 
 SETTINGS = "settings.json"  # the run's settings, in every checkpoint
 TRAINER_STATE = "trainer_state.pt"  # iteration, optimizer, random states, metrics
@@ -93,8 +93,7 @@ def load_model(config, checkpoint: Path | None, device):
                                        dtype=config.run.dtype, device=device)
     if not lora.rank:
         return model.requires_grad_(True), tokenizer
-    apply_lora(model, [t.strip() for t in lora.targets.split(",")], lora.rank, lora.alpha, lora.dropout, config.run.seed)
-    model.checkpointing = lora.checkpointing
+    lora.apply(model, config.run.seed)
     if checkpoint is not None:
         load_lora(model, checkpoint)
     return model, tokenizer
@@ -103,12 +102,7 @@ def load_model(config, checkpoint: Path | None, device):
 def save_model(model, tokenizer, directory: Path, config) -> Path:
     """The trained model: a full checkpoint (Hugging Face layout), or under LoRA the adapters alone in PEFT's
     layout with the tokenizer (`python -m nanoo1.lora merge` folds them into the base)."""
-    if not config.lora.rank:
-        return save_pretrained(model, tokenizer, directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    save_lora(model, directory, base_model_name_or_path=config.run.warmstart)
-    tokenizer.save(directory)
-    return directory
+    return save_trained(model, tokenizer, directory, config.run.warmstart)
 
 
 def load_trainer_state(ckpt: Path, place: Place = Place()) -> dict:

@@ -231,10 +231,10 @@ def checked_greedy(policy, questions: list[str], verify: Callable[[str], bool] |
 
 
 def search(policy, questions: list[str], config: SearchConfig | None = None,
-           scorer: Callable[[list[list[Node]]], list[float]] | None = None, seed: int = 0) -> list[SearchResult]:
+           scorer: Callable[[list[list[Node]]], list[float]] | None = None) -> list[SearchResult]:
     """Answer every question with config.method; one SearchResult per question (see the module docstring).
 
-    scorer: beam search only. seed: MCTS meta-action sampling (token sampling is seeded in the policy).
+    scorer: beam search only. Every random draw is the policy's (its seeded generator).
     """
     config = config or SearchConfig()
     if config.method == "greedy":
@@ -243,7 +243,7 @@ def search(policy, questions: list[str], config: SearchConfig | None = None,
         return best_of_n(policy, questions, config)
     if config.method == "beam":
         return beam_search(policy, questions, config, scorer)
-    return mcts(policy, questions, config.mcts, seed=seed)
+    return mcts(policy, questions, config.mcts)
 
 
 def grade(results: list[SearchResult], ground_truths: list[str]) -> list[bool]:

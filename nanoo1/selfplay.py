@@ -55,7 +55,7 @@ from nanoo1.value import rating_at, rating_bce
 from nanoo1.warmstart import train_warmstart
 
 
-def ppo_iteration(model, tokenizer, opt, replay, policy, problems, it: int, config: SelfPlayConfig, seed: int) -> dict:
+def ppo_iteration(model, tokenizer, opt, replay, policy, problems, it: int, config: SelfPlayConfig) -> dict:
     """MCTS over `problems` (this rank's share), their chains into the replay buffer, PPO updates from it.
     Under torchrun each rank draws minibatch / world chains from its own buffer for each update."""
     s, c = config.search, config.ppo
@@ -63,14 +63,14 @@ def ppo_iteration(model, tokenizer, opt, replay, policy, problems, it: int, conf
                       temperature=s.temperature, patient=s.num_candidates * s.simulations, rollout=True,
                       verify=step_checker(config))
     # with the checker, no success has a wrong step above it (mcts checks rolled-out chains whole)
-    results = mcts(policy, [p.question for p in problems], mcfg, [p.answer for p in problems],
-                   seed=iteration_seed(seed, it))
+    results = mcts(policy, [p.question for p in problems], mcfg, [p.answer for p in problems])
     solved = sum(any(n.terminal == "success" for n in r.tree.nodes) for r in results) / len(results)
     items = [item for r in results
              for item in chain_items(tokenizer, tree_chains(r.tree, s.chains_per_tree), success_rates(r.tree), c.gamma, c.lam)]
-    stamp_old(model, tokenizer, items, s.temperature, autocast(config), c.micro_batch, iteration=it)
+    stamp_old(model, tokenizer, items, s.temperature, autocast(config), c.micro_batch, it, c.micro_batch_tokens)
     replay.extend(items, row_priorities(items))
-    cfg = PPOConfig(clip_eps=c.clip_eps, vf_coef=c.vf_coef, micro_batch_size=c.micro_batch, temperature=s.temperature)
+    cfg = PPOConfig(clip_eps=c.clip_eps, vf_coef=c.vf_coef, micro_batch_size=c.micro_batch,
+                    micro_batch_tokens=c.micro_batch_tokens, temperature=s.temperature)
     device = model.output_embedding.device
 
     def value_fn(model, mb, hidden):  # the rating-token value's loss at each thought's <start_of_rating>
@@ -87,7 +87,8 @@ def ppo_iteration(model, tokenizer, opt, replay, policy, problems, it: int, conf
     for u in range(updates):
         beta = beta_by_step(it * c.updates_per_iteration + u, config.run.iterations * c.updates_per_iteration)
         chosen, idx, w = replay.sample(min(minibatch, len(replay)), beta)
-        restamped += restamp_stale(model, tokenizer, chosen, it, c.replay_max_age, s.temperature, autocast(config), c.micro_batch)
+        restamped += restamp_stale(model, tokenizer, chosen, it, c.replay_max_age, s.temperature, autocast(config),
+                                   c.micro_batch, c.micro_batch_tokens)
         model.train()
         batch = {k: v.to(device) for k, v in collate_chains(chosen, tokenizer.pad_id, w).items()}
         with bf16_autocast(autocast(config), device):
@@ -144,7 +145,8 @@ def grpo_iteration(model, tokenizer, opt, problems, it: int, config: SelfPlayCon
     mask = torch.zeros_like(ids)
     for i, r in enumerate(rows):
         mask[i, len(r.prompt):len(r.prompt) + len(r.tokens)] = 1  # sampled and forced tokens alike
-    cfg = GRPOConfig(loss_type=g.loss_type, micro_batch_size=config.ppo.micro_batch, temperature=s.temperature,
+    cfg = GRPOConfig(loss_type=g.loss_type, micro_batch_size=config.ppo.micro_batch,
+                     micro_batch_tokens=config.ppo.micro_batch_tokens, temperature=s.temperature,
                      max_completion_length=g.think_budget + g.solution_budget + 1, beta=g.kl_beta)
     device = model.output_embedding.device
     batch = {k: v.to(device) for k, v in {"input_ids": ids, "attention_mask": attn, "completion_mask": mask,
@@ -283,7 +285,7 @@ def run(config: SelfPlayConfig, resume: str | None = None, from_scratch: bool = 
         problems = dist.from_main(rng.sample(train, draws_per_iteration(config)) if place.main else None)
         c = iteration_config(config, it)
         if ppo:
-            m = ppo_iteration(model, tokenizer, opt, replay, policy, dist.shard(problems[:k], place), it, c, seed)
+            m = ppo_iteration(model, tokenizer, opt, replay, policy, dist.shard(problems[:k], place), it, c)
             if config.imitation.problems:
                 m.update(imitation_iteration(model, tokenizer, opt, policy, dist.shard(problems[k:], place),
                                              memory, rng, c))

@@ -19,8 +19,11 @@ trained, at exactly that position (`value_prompt` and `chain_tokens` build both)
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import dataclass, field
+
+import torch
 
 META_ACTIONS = ["<problem>", "<expansion>", "<critic>", "<refine>", "<conclusion>"]
 RATINGS = {"positive": "<positive_rating>", "negative": "<negative_rating>", "unknown": "<unknown_rating>"}
@@ -37,7 +40,7 @@ HINTS = {
 
 @dataclass(eq=False)
 class Node:
-    """One thought. Statistics are what search records; tokens/logprobs are what RL trains on."""
+    """One thought. Statistics are what search records; tokens are what RL trains on (the ids it was sampled as)."""
 
     id: int  # unique in the whole tree
     parent: "Node | None"
@@ -47,13 +50,10 @@ class Node:
     value: float | None = None  # log P(positive) from the value head, then the running mean of backups
     visits: int = 0
     prior: float = 1.0  # policy probability: exp(mean token log-prob) of the generated thought
-    entropy: float = 0.0  # mean entropy of the sampled tokens
     varentropy: float = 0.0  # mean varentropy of the sampled tokens
     terminal: str | None = None  # "success", "failure" or None (not terminal)
     rating: str = "positive"  # rendered after the thought in prompts: "positive", "negative" or "unknown"
     tokens: list[int] = field(default_factory=list)  # generated ids (meta tag, text, <end_of_thought>)
-    logprobs: list[float] = field(default_factory=list)  # their log-probs under the sampling distribution (PPO's old)
-    prompt: str = ""  # the exact text the thought was sampled after: encode(prompt) + tokens is what was sampled
     rectified: float | None = None  # after search: discounted mean of the terminal rewards below (mcts.rectify)
 
     @property
@@ -120,8 +120,7 @@ class Tree:
         return "\n".join(render_node(n) for n in self.nodes)
 
     def to_json(self) -> str:
-        keys = ["id", "meta", "text", "value", "visits", "prior", "entropy", "varentropy", "terminal", "rating", "tokens", "logprobs",
-                "prompt", "rectified"]
+        keys = ["id", "meta", "text", "value", "visits", "prior", "varentropy", "terminal", "rating", "tokens", "rectified"]
         return json.dumps([{**{k: getattr(n, k) for k in keys}, "parent": n.parent_id} for n in self.nodes])
 
 
@@ -209,6 +208,31 @@ def parse_tree(text: str) -> Tree:
                 raise ValueError(f"node {node_id}: its father {parent} is not on an earlier line") from e
         node.rating = by_rating[rating]
     return tree
+
+
+# -- meta-actions (LLaMA-O1) -------------------------------------------------------------------------
+def meta_transition_matrix(tree: Tree) -> torch.Tensor:
+    """(5, 5): row a = softmax over b of the sum of exp(child value) over the tree's edges (meta a -> meta b).
+
+    Unevaluated children count as exp(0) = 1; a row without edges is uniform. <problem> is never a
+    child (its column is 0). Recomputed from the tree on every call, so new children follow what the
+    search has learned so far.
+    """
+    n = len(META_ACTIONS)
+    sums = torch.zeros(n, n)
+    for node in tree.nodes[1:]:
+        a, b = META_ACTIONS.index(node.parent.meta), META_ACTIONS.index(node.meta)
+        sums[a, b] += math.exp(node.value if node.value is not None else 0.0)
+    sums[:, 0] = float("-inf")
+    return torch.softmax(sums, dim=-1)
+
+
+def sample_metas(tree: Tree, node: Node, k: int, generator: torch.Generator | None = None) -> list[str]:
+    """k meta-actions for new children of `node`, drawn from its meta's row of the transition matrix (LLaMA-O1's
+    choice; nanoo1's searches let the model write the tag)."""
+    probs = meta_transition_matrix(tree)[META_ACTIONS.index(node.meta)]
+    draws = torch.multinomial(probs, k, replacement=True, generator=generator)
+    return [META_ACTIONS[i] for i in draws.tolist()]
 
 
 # -- the rating-token value head -----------------------------------------------------------------------

@@ -8,8 +8,8 @@ and <negative_rating> give
 No extra parameters: the two rating rows of the output embedding are the head. The value is read, and
 trained, at exactly that position (`thoughts.value_prompt`, `thoughts.chain_tokens` build both), with one
 loss, the binary cross-entropy of P(positive) against a target probability (`rating_bce`): in notebook 3,
-in self-play's PPO updates, everywhere. `policy.LMPolicy.evaluate` reads the same two logits from the
-KV-cached decoder (tested equal to `rating_values`).
+in self-play's PPO updates, everywhere. `policy.LMPolicy.evaluate` reads them with the same `rating_head` from
+the KV-cached decoder (tested equal to `rating_values`).
 """
 
 from __future__ import annotations

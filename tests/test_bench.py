@@ -94,3 +94,26 @@ def test_a_lora_iteration_in_bf16_keeps_every_base_weight_and_trains_the_adapter
     assert all(torch.equal(state[k], v) for k, v in base.state_dict().items())  # bit for bit, in bf16
     lora_b = [v for k, v in state.items() if k.endswith("lora_B")]
     assert lora_b and all(v.dtype == torch.float32 and v.abs().sum() > 0 for v in lora_b)  # every adapter moved
+
+
+def test_gpu_figures_run_on_the_cpu_with_a_tiny_shape(capsys):
+    """The gpu section's code on a tiny shape: decode against the bound, then the shortened LoRA iteration with
+    its stages timed; without CUDA the section skips."""
+    from nanoo1.bench import SHORT, STAGES, gpu_figures, gpu_section
+    from nanoo1.tasks import TINY_DIR
+    from nanoo1.tokenizer import Tokenizer
+    from nanoo1.warmstart import TINY_MODEL
+
+    r = gpu_figures(TINY_MODEL, "cpu", torch.float32, Tokenizer.from_file(TINY_DIR), bandwidth=1e9, batches=(1, 2),
+                    prompt_len=8, new_tokens=4, repeats=1, settings=SHORT)
+    weight_bytes = TINY_MODEL.num_parameters * 4
+    assert r["weight_gb"] == pytest.approx(weight_bytes / 1e9)
+    for d, b in zip(r["decode"], (1, 2)):
+        assert d["batch"] == b and d["tok_s"] > 0 and d["bound_tok_s"] == pytest.approx(b * 1e9 / weight_bytes)
+        assert d["fraction_of_bound"] == pytest.approx(d["tok_s"] / d["bound_tok_s"])
+    it = r["iteration"]
+    assert it["ppo_updates"] == 1 and it["chains"] > 0 and set(it["stages"]) == set(STAGES)
+    assert all(st["calls"] >= 1 and st["seconds"] > 0 and st["peak_gb"] is None for st in it["stages"].values())
+    if not torch.cuda.is_available():
+        capsys.readouterr()
+        assert gpu_section(None) == {"skipped": "no CUDA device"} and "skipped" in capsys.readouterr().out

@@ -125,3 +125,13 @@ def test_priority_at_insertion_is_the_stamped_value_error():
     stamp_old(random_model(TINY_MODEL, seed=0, std=0.05), tok, [item], 1.0)
     expected = sum(abs(t - v) for t, v in zip(item["value_target"], item["old_value"])) / len(item["value_target"])
     assert row_priorities([item]) == pytest.approx([expected])
+
+
+def test_stamps_do_not_depend_on_the_token_budget():
+    tok = Tokenizer.from_file(TINY_DIR)
+    model = random_model(TINY_MODEL, seed=0, std=0.05)
+    whole, alone = replay_items(tok, 3), replay_items(tok, 3)
+    stamp_old(model, tok, whole, 1.0)
+    stamp_old(model, tok, alone, 1.0, max_tokens=1)  # every item over the budget: one forward pass each
+    for a, b in zip(whole, alone):
+        assert a["old_logp"] == pytest.approx(b["old_logp"], abs=1e-5) and a["old_value"] == pytest.approx(b["old_value"], abs=1e-5)

@@ -259,48 +259,27 @@ def test_candidates_keep_their_own_priors():
 
 def test_ratings_follow_values():
     script, value, _ = decoy_script()
-    (result,) = mcts(ScriptedPolicy(script, value), [QUESTION], decoy_config(simulations=2))
+    policy = ScriptedPolicy(script, value)
+    (result,) = mcts(policy, [QUESTION], decoy_config(simulations=2))
     ratings = {c.text: c.rating for c in result.tree.root.children}
     assert ratings == {"decoy step 0": "positive", "wrong step 0": "negative", "7 + 5 = 12": "positive"}
     assert [c.rating for c in result.tree.node(1).children] == ["negative"] * 3  # log .05 < log .5
     # the prompt under the decoy renders the decoy's rating, as in the training text
-    assert "decoy step 0<end_of_thought><start_of_rating><positive_rating><end_of_rating>\n" in result.tree.node(4).prompt
+    assert any("decoy step 0<end_of_thought><start_of_rating><positive_rating><end_of_rating>\n" in p for p in policy.prompts)
 
 
-@pytest.mark.parametrize("metas", ["model", "sample"])
-def test_no_ground_truth_in_any_prompt_unless_asked(metas):
+def test_no_ground_truth_in_any_prompt():
     assert "15" not in LEAK_QUESTION
     script, value, _ = decoy_script(steps=("8 - 2 = 6", "6 / 2 = 3"), answer="3")  # no text holds "15"
-    config = decoy_config(patient=100, simulations=8, metas=metas, hints=True)
     policy = ScriptedPolicy(script, value)
-    (result,) = mcts(policy, [LEAK_QUESTION], config, ["15"])
-    prompts = policy.prompts + policy.value_prompts + [n.prompt for n in result.tree.nodes]
+    mcts(policy, [LEAK_QUESTION], decoy_config(patient=100, simulations=8), ["15"])
     ids = re.compile(r"<start_of_father_id>-?\d+<end_of_father_id><start_of_local_id>\d+<end_of_local_id>")
-    assert len(policy.prompts) >= 20 and all("15" not in ids.sub("", p) for p in prompts)  # node 15 may exist
-    if metas == "sample":  # a sampled <conclusion> is asked for \boxed{}
-        assert any(p.endswith("<conclusion>") and "\\boxed{}" in p for p in policy.prompts)
-    leaky = ScriptedPolicy(script, value)
-    mcts(leaky, [LEAK_QUESTION], MCTSConfig(**{**config.__dict__, "hint_ground_truth": True}), ["15"])
-    assert all("<hint>" in p and "The answer is 15." in p for p in leaky.prompts)
-
-
-def test_meta_sampling_is_seeded_and_metas_reach_the_prompts():
-    script, value, _ = decoy_script()
-    config = decoy_config(patient=100, simulations=6, metas="sample")
-    runs = [mcts(ScriptedPolicy(script, value), [QUESTION], config, ["9"], seed=s)[0].tree for s in (0, 0, 1)]
-    assert runs[0].to_json() == runs[1].to_json() and runs[0].to_json() != runs[2].to_json()
-    for node in runs[0].nodes[1:]:
-        assert node.prompt.endswith("<start_of_thought>" + node.meta)  # the sampled meta ends the prompt
-    assert {n.meta for n in runs[0].nodes[1:]} - {"<expansion>", "<conclusion>"}  # critic / refine drawn too
+    assert len(policy.prompts) >= 20 and all("15" not in ids.sub("", p) for p in policy.prompts + policy.value_prompts)
 
 
 def test_config_errors_name_the_field():
     with pytest.raises(ValueError, match="selection"):
         MCTSConfig(selection="ucb")
-    with pytest.raises(ValueError, match="metas"):
-        MCTSConfig(metas="random")
-    with pytest.raises(ValueError, match="hint_ground_truth"):
-        MCTSConfig(hint_ground_truth=True)
     with pytest.raises(ValueError, match="2 ground truths for 1"):
         mcts(ScriptedPolicy(*decoy_script()[:2]), [QUESTION], MCTSConfig(), ["9", "9"])
 
@@ -314,8 +293,8 @@ def model(tiny_tokenizer):
 def test_mcts_end_to_end_on_a_real_model_is_deterministic(model, tiny_tokenizer):
     def run():
         policy = LMPolicy(model, tiny_tokenizer, max_thought_tokens=5, seed=4)
-        config = MCTSConfig(simulations=3, num_candidates=2, max_children=2, metas="sample", hints=True, max_depth=3)
-        return mcts(policy, ["Tom has 12 apples.", "A box holds 6 pens."], config, ["47", "24"], seed=1)
+        config = MCTSConfig(simulations=3, num_candidates=2, max_children=2, max_depth=3)
+        return mcts(policy, ["Tom has 12 apples.", "A box holds 6 pens."], config, ["47", "24"])
 
     first, second = run(), run()
     for a, b in zip(first, second):
@@ -323,10 +302,7 @@ def test_mcts_end_to_end_on_a_real_model_is_deterministic(model, tiny_tokenizer)
     for r in first:
         assert r.simulations == 3 and r.spent.prompt > 0 and r.spent.value > 0
         for node in r.tree.nodes[1:]:
-            assert node.value is not None and len(node.tokens) == len(node.logprobs) > 0
-            assert node.rectified is not None and node.prompt.startswith("<start_of_father_id>-1")
-            hints = re.findall(r"<hint>(.*?)</hint>", node.prompt)
-            assert hints and all("47" not in h and "24" not in h for h in hints)
+            assert node.value is not None and len(node.tokens) > 0 and node.rectified is not None
 
 
 def test_rollouts_reach_terminals_in_one_simulation():

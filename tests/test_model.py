@@ -123,7 +123,7 @@ def test_cached_decoding_equals_full_forward(length, max_len, capacity):
         cache = model.new_cache(2, max_len)
         assert cache.capacity == 0
         steps = [model(ids[:, :5], cache=cache)] + [model(ids[:, t:t + 1], cache=cache) for t in range(5, length)]
-    assert cache.lengths.tolist() == [length, length] and cache.capacity == capacity
+    assert cache.lengths.tolist() == cache.sizes == [length, length] and cache.capacity == capacity
     assert (torch.cat(steps, 1) - full).abs().max().item() < 1e-5
 
 
@@ -135,14 +135,16 @@ def test_cache_rows_of_different_lengths_and_fork():
         cache = model.new_cache(2, 16)
         mask = torch.tensor([[1] * 7, [1] * 3 + [0] * 4])
         model(torch.tensor([a, b + [0] * 4]), attention_mask=mask, cache=cache)
-        assert cache.lengths.tolist() == [7, 3]
+        assert cache.lengths.tolist() == cache.sizes == [7, 3]  # the host's copy agrees
         forked = cache.fork([1, 1, 0])  # row b twice, then row a
         nxt = model(torch.tensor([[20], [21], [22]]), cache=forked)[:, -1]
         ref = [model(torch.tensor([b + [20]]))[0, -1], model(torch.tensor([b + [21]]))[0, -1], model(torch.tensor([a + [22]]))[0, -1]]
     for got, want in zip(nxt, ref):
         assert (got - want).abs().max().item() < 1e-5
-    assert forked.lengths.tolist() == [4, 4, 8]
-    assert cache.lengths.tolist() == [7, 3]  # the original is untouched
+    assert forked.lengths.tolist() == forked.sizes == [4, 4, 8]
+    assert cache.lengths.tolist() == cache.sizes == [7, 3]  # the original is untouched
+    cache.keep([1])
+    assert cache.lengths.tolist() == cache.sizes == [3]
 
 
 def test_cache_overflow_is_a_clear_error():

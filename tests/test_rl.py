@@ -6,7 +6,7 @@ import torch.nn as nn
 
 from nanoo1.value import rating_bce
 from nanoo1.rl import (GRPOConfig, LOSS_TYPES, PPOConfig, completion_logprobs, gae, grpo_advantages, grpo_loss,
-                       grpo_step, k3_kl, path_gae, ppo_policy_loss, ppo_step, td_priority)
+                       grpo_step, k3_kl, micro_batch_rows, path_gae, ppo_policy_loss, ppo_step, td_priority)
 
 
 class TinyLM(nn.Module):
@@ -302,6 +302,15 @@ def test_ppo_update_moves_the_ratio_and_clipping_engages():
     assert second["clip_frac"] > 0 and second["approx_kl"] > 0
 
 
+def test_micro_batch_rows_by_rows_and_by_tokens():
+    assert micro_batch_rows([10] * 5, 2) == [slice(0, 2), slice(2, 4), slice(4, 5)]  # no budget: rows alone
+    assert micro_batch_rows([32] * 5, 4, max_tokens=64) == [slice(0, 2), slice(2, 4), slice(4, 5)]
+    # the longest row of a slice sets its padded length; a row over the budget goes alone
+    assert micro_batch_rows([32, 32, 96, 32, 32], 8, max_tokens=128) == [slice(0, 2), slice(2, 3), slice(3, 5)]
+    assert micro_batch_rows([200, 10], 4, max_tokens=100) == [slice(0, 1), slice(1, 2)]
+    assert micro_batch_rows([], 4, 100) == []
+
+
 def sgd_update(step_fn, batch, config, **kw):
     model = TinyLM()
     before = [p.detach().clone() for p in model.parameters()]
@@ -317,8 +326,11 @@ def test_ppo_step_accumulation_and_grad_clipping():
     inf = float("inf")
     full, s_full = sgd_update(ppo_step, batch, PPOConfig(micro_batch_size=4, max_grad_norm=inf))
     micro, s_micro = sgd_update(ppo_step, batch, PPOConfig(micro_batch_size=1, max_grad_norm=inf))
-    for a, b in zip(full, micro):
+    T = batch["input_ids"].shape[1]  # a token budget of 3 rows: micro-batches of 3 and 1 rows
+    budget, _ = sgd_update(ppo_step, batch, PPOConfig(micro_batch_size=4, micro_batch_tokens=3 * T + 1, max_grad_norm=inf))
+    for a, b, c in zip(full, micro, budget):
         torch.testing.assert_close(a, b)
+        torch.testing.assert_close(a, c)
     for k in ("loss", "clip_frac", "approx_kl", "grad_norm"):
         assert s_full[k] == pytest.approx(s_micro[k], rel=1e-5, abs=1e-7)
     # the same gradient from ppo_policy_loss on the whole batch at once

@@ -6,16 +6,19 @@ import math
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 import nanoo1.rstar as rstar
 from conftest import SAMPLE_TEXTS, random_model
 from nanoo1.checkpoint import load_pretrained, save_pretrained
 from nanoo1.engine import Completion
-from nanoo1.evolve import (EvolveConfig, coverage, finetune_policy, load_ppm, pair_accuracy, ppm_pairs, run, save_ppm,
-                           sft_examples, train_ppm)
+from nanoo1.evolve import (PPM_HEAD, EvolveConfig, coverage, finetune_policy, pair_accuracy, ppm_pairs, run, save_ppm,
+                           self_evolution_round, sft_examples, train_ppm)
 from nanoo1.grow import expand
 from nanoo1.mcts import MCTSConfig, mcts
+from nanoo1.lora import load_lora
 from nanoo1.policy import Request
+from nanoo1.recipe import LoRASettings
 from nanoo1.model import Gemma2, Gemma2Config
 from nanoo1.ppm import ProcessPreferenceModel, ppm_pair_loss, preference_pairs
 from nanoo1.rstar import (RSTAR_TOKENS, STEP_END, CodeStep, RStarConfig, RStarPolicy, best_traces, encode_trace, execute_steps,
@@ -470,19 +473,24 @@ def test_finetune_policy_trains_a_copy_of_the_base(code_tokenizer):
     assert none == [] and untouched is not base and all(torch.equal(v, before[k]) for k, v in untouched.state_dict().items())
 
 
-def test_save_and_load_ppm(code_tokenizer, tmp_path):
+def _load_ppm(directory, base=None):
+    """The PPM save_ppm wrote: its decoder (a checkpoint, or adapters on `base`) and ppm_head.safetensors."""
+    backbone, tokenizer = load_pretrained(base or directory)
+    ppm = ProcessPreferenceModel(load_lora(backbone, directory) if base else backbone)
+    ppm.head.load_state_dict(load_file(str(directory / PPM_HEAD)))
+    return ppm, tokenizer
+
+
+def test_save_ppm_writes_the_decoder_and_the_head(code_tokenizer, tmp_path):
     ppm = ProcessPreferenceModel(random_model(Gemma2Config.preset("tiny", vocab_size=len(code_tokenizer), num_hidden_layers=1)))
     with torch.no_grad():
         ppm.head.weight.normal_(0, 0.5, generator=torch.Generator().manual_seed(1))
         ppm.head.bias.fill_(0.1)
     save_ppm(ppm, code_tokenizer, tmp_path / "ppm")
-    loaded, tokenizer = load_ppm(tmp_path / "ppm")
+    loaded, tokenizer = _load_ppm(tmp_path / "ppm")
     assert sorted(p.name for p in (tmp_path / "ppm").iterdir() if p.name.startswith(".")) == []  # no temp files left
     ids = torch.tensor([encode_trace(code_tokenizer, MIA.question, [STEP1], close=False)[0]])
     assert torch.equal(loaded(ids), ppm(ids)) and tokenizer.encode("x1 = 7") == code_tokenizer.encode("x1 = 7")
-    (tmp_path / "ppm" / "ppm_head.safetensors").unlink()
-    with pytest.raises(FileNotFoundError, match="ppm_head.safetensors"):
-        load_ppm(tmp_path / "ppm")
 
 
 def _scripted_solver(problems):
@@ -532,8 +540,46 @@ def test_one_round_end_to_end_on_a_scripted_solver(code_tokenizer, tmp_path, mon
     assert table[0].split() == ["round", "coverage", "greedy", "beam+PPM", "traces", "pairs", "tokens", "seconds"]
     assert table[1].split()[:5] == ["0", "100.0%", "100.0%", "-", "3"]
     policy, tokenizer = load_pretrained(tmp_path / "run" / "policy-1")
-    ppm, _ = load_ppm(tmp_path / "run" / "ppm-1")
+    ppm, _ = _load_ppm(tmp_path / "run" / "ppm-1")
     assert len(tokenizer) == len(code_tokenizer) and policy.config == model.config
     assert not torch.equal(policy.model.embed_tokens.weight, model.model.embed_tokens.weight)  # fine-tuned ...
     ids = torch.tensor([encode_trace(code_tokenizer, train[0].question, [], close=False)[0]])
     assert ppm(ids).abs().item() > 0  # ... and the PPM's head trained away from zero
+
+
+def test_a_lora_round_in_bf16_trains_adapters_only(code_tokenizer, tmp_path, monkeypatch):
+    """Under LoRA the base stays bit-identical in bf16, policy k+1 and PPM k+1 share it and train float32
+    adapters of their own, and a run writes adapters (PEFT's layout) and the PPM head, not checkpoints."""
+    train, test = make_problems(3, seed=7, max_steps=3), make_problems(2, seed=8, max_steps=2)
+    monkeypatch.setattr(rstar, "generate", _scripted_solver(train + test))
+    config = EvolveConfig(simulations=24, num_candidates=2, rounds=1, problems=3, eval_problems=2, sft_steps=4,
+                          sft_batch_size=4, ppm_steps=4, ppm_pairs_per_step=4, dtype="bfloat16", out=str(tmp_path / "run"))
+    lora = LoRASettings(rank=4, alpha=8.0)
+    model = random_model(Gemma2Config.preset("tiny", vocab_size=len(code_tokenizer), num_hidden_layers=1))
+    save_pretrained(model, code_tokenizer, tmp_path / "base")
+    base = lora.apply(model.to(torch.bfloat16))
+    frozen = {k: v.clone() for k, v in base.state_dict().items() if "lora_" not in k}
+    adapters = {k: v.clone() for k, v in base.state_dict().items() if "lora_" in k}
+    policy, ppm, report = self_evolution_round(base, base, None, code_tokenizer, train, config)
+    assert report.traces == 3 and report.pairs >= 3 and len(report.sft_loss) == len(report.ppm_loss) == 2
+    for model in (base, policy, ppm.backbone):
+        state = model.state_dict()
+        assert all(torch.equal(state[k], v) for k, v in frozen.items()) and state["model.norm.weight"].dtype == torch.bfloat16
+    assert policy.model.norm.weight is base.model.norm.weight  # shared, not copied
+    assert all(torch.equal(base.state_dict()[k], v) for k, v in adapters.items())
+    for model in (policy, ppm.backbone):
+        state = model.state_dict()
+        assert all(state[k].dtype == torch.float32 for k in adapters)
+        assert not any(torch.equal(state[k], v) for k, v in adapters.items() if k.endswith("lora_B"))  # trained
+    assert ppm.head.weight.abs().sum() > 0 and not any(p.requires_grad for p in ppm.parameters())
+
+    write_jsonl(train, tmp_path / "train.jsonl")
+    write_jsonl(test, tmp_path / "test.jsonl")
+    run(config, tmp_path / "base", tmp_path / "train.jsonl", tmp_path / "test.jsonl", lora=lora)
+    for name in ("policy-1", "ppm-1"):
+        assert {"adapter_config.json", "adapter_model.safetensors", "tokenizer.json"} <= {
+            p.name for p in (tmp_path / "run" / name).iterdir()}
+        assert not (tmp_path / "run" / name / "model.safetensors").exists()
+    ppm, _ = _load_ppm(tmp_path / "run" / "ppm-1", base=tmp_path / "base")
+    ids = torch.tensor([encode_trace(code_tokenizer, train[0].question, [], close=False)[0]])
+    assert ppm(ids).abs().item() > 0

@@ -207,19 +207,18 @@ def counting(monkeypatch, name):
     return calls
 
 
-@pytest.mark.parametrize("metas", ["model", "sample"])
-def test_lm_policy_one_generate_and_one_value_call_per_round(model, tiny_tokenizer, monkeypatch, metas):
+def test_lm_policy_one_generate_and_one_value_call_per_round(model, tiny_tokenizer, monkeypatch):
     generate_calls, feed_calls = counting(monkeypatch, "generate"), counting(monkeypatch, "feed")  # feed: the value pass
     policy = LMPolicy(model, tiny_tokenizer, max_thought_tokens=4, seed=0)
-    config = MCTSConfig(simulations=3, num_candidates=3, max_children=3, patient=100, metas=metas, max_depth=3)
-    results = mcts(policy, ["Tom has 12 apples.", "A box holds 6 pens."], config, seed=2)
+    config = MCTSConfig(simulations=3, num_candidates=3, max_children=3, patient=100, max_depth=3)
+    results = mcts(policy, ["Tom has 12 apples.", "A box holds 6 pens."], config)
     rounds = len(generate_calls)  # a round whose selected leaves are all terminal expands nothing
-    assert rounds == (3 if metas == "model" else rounds) and len(feed_calls) == 2 * rounds  # parents, then children
+    assert rounds == 3 and len(feed_calls) == 2 * rounds  # parents, then children
     rows = [len(args[1]) * kwargs["num_samples"] for args, kwargs in generate_calls]
     assert rows == [len(args[2]) for args, _ in feed_calls[1::2]]  # every new thought rated in its own round
     assert sum(rows) == sum(len(r.tree.nodes) - 1 for r in results)
-    if metas == "model":  # one prompt per tree, prefilled once and forked 3 ways
-        assert all(len(args[1]) == 2 and kwargs["num_samples"] == 3 for args, kwargs in generate_calls)
+    # one prompt per tree, prefilled once and forked 3 ways
+    assert all(len(args[1]) == 2 and kwargs["num_samples"] == 3 for args, kwargs in generate_calls)
     for r in results:
         nodes = r.tree.nodes[1:]
         assert r.spent.generated == sum(len(n.tokens) for n in nodes)
@@ -228,7 +227,8 @@ def test_lm_policy_one_generate_and_one_value_call_per_round(model, tiny_tokeniz
         prompt_tokens = 0
         for parent in {n.parent for n in nodes}:
             head = len(tiny_tokenizer.encode(render_path(r.tree.path(parent)) + "\n"))
-            prompt_tokens += head + sum(len(tiny_tokenizer.encode(c.prompt)) - head for c in parent.children)
+            prompts = [policy_prompt(r.tree.path(parent), c.id) for c in parent.children]
+            prompt_tokens += head + sum(len(tiny_tokenizer.encode(p)) - head for p in prompts)
         assert r.spent.prompt == prompt_tokens
 
 

@@ -10,8 +10,7 @@ from conftest import random_model
 from nanoo1.model import Gemma2Config
 from nanoo1.rewards import check
 from nanoo1.tasks import make_problems, solution_tree
-from nanoo1.mcts import meta_transition_matrix, sample_metas
-from nanoo1.thoughts import (HINTS, META_ACTIONS, Tree, hint_for, parse_thought, parse_tree, policy_prompt, render_node,
+from nanoo1.thoughts import (HINTS, META_ACTIONS, Tree, meta_transition_matrix, sample_metas, hint_for, parse_thought, parse_tree, policy_prompt, render_node,
                              render_path, value_prompt, value_sequences)
 from nanoo1.tokenizer import batch_ids
 from nanoo1.value import rating_logits, rating_value_loss, rating_values
@@ -77,11 +76,12 @@ def test_parse_tree_rejects_malformed_text():
 def test_json_keeps_every_statistic():
     tree = chain()
     step = tree.node(1)
-    step.visits, step.prior, step.entropy, step.varentropy, step.terminal = 3, 0.25, 1.5, 0.5, None
-    step.tokens, step.logprobs, step.prompt, step.rectified = [5, 6, 7], [-0.1, -0.2, -0.3], "<bos>...", -0.45
+    step.visits, step.prior, step.varentropy, step.terminal = 3, 0.25, 0.5, None
+    step.tokens, step.rectified = [5, 6, 7], -0.45
     tree.node(2).terminal = "success"
     rows = json.loads(tree.to_json())
-    assert rows[1]["logprobs"] == [-0.1, -0.2, -0.3] and rows[1]["rectified"] == -0.45 and rows[1]["visits"] == 3
+    assert rows[1]["tokens"] == [5, 6, 7] and rows[1]["rectified"] == -0.45 and rows[1]["visits"] == 3
+    assert (rows[1]["prior"], rows[1]["varentropy"]) == (0.25, 0.5)
     assert rows[2]["parent"] == 1 and rows[2]["terminal"] == "success" and rows[0]["parent"] == -1
 
 
