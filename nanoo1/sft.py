@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 from nanoo1 import dist
 from nanoo1.model import bf16_autocast
@@ -139,15 +140,30 @@ def collate(examples, pad_id: int, multiple: int = 32):
     return ids, attn, right_pad([m for _, m in examples], 0, ids.shape[1])
 
 
+LOSS_CHUNK = 1 << 26  # logits per lm-head chunk of lm_loss: 256 MiB in float32, 262 positions of a 256k vocabulary
+
+
+def _summed_nll(model, hidden, targets, mask):
+    """Summed cross-entropy of the positions where mask is set: hidden (n, C), targets and mask (n,)."""
+    return F.cross_entropy(model.logits(hidden)[mask].float(), targets[mask], reduction="sum")
+
+
 def lm_loss(model, ids, attn, loss_mask, bf16: bool = False):
     """Mean cross-entropy of the tokens where loss_mask is 1, each predicted from the position before.
 
-    bf16 autocasts the matrix multiplies (weights and the optimizer keep their dtype)."""
+    The lm head runs on LOSS_CHUNK logits' worth of positions at a time, each chunk recomputed in backward
+    (activation checkpointing), so no (B, T, V) logits are built: with a 256,000-token vocabulary a batch's
+    would take gigabytes. bf16 autocasts the matrix multiplies (weights and the optimizer keep their dtype)."""
+    B, T = ids.shape
+    # on the flattened (B, T) grid position t predicts token t + 1; a row's last position predicts nothing
+    targets = torch.cat([ids[:, 1:], ids[:, :1]], dim=1).reshape(-1)  # (B*T,)
+    mask = torch.cat([loss_mask[:, 1:].bool(), torch.zeros_like(loss_mask[:, :1], dtype=torch.bool)], 1).reshape(-1)
+    step = max(1, LOSS_CHUNK // model.config.vocab_size)
     with bf16_autocast(bf16, ids.device):
-        logits = model(ids, attention_mask=attn)  # (B, T, V)
-    target_mask = loss_mask[:, 1:].bool()  # (B, T-1)
-    logits = logits[:, :-1][target_mask].float()  # (N, V)
-    return F.cross_entropy(logits, ids[:, 1:][target_mask])
+        hidden = model.hidden_states(ids, attn).reshape(B * T, -1)  # (B*T, C)
+        total = sum(checkpoint(_summed_nll, model, hidden[s:s + step], targets[s:s + step], mask[s:s + step],
+                               use_reentrant=False) for s in range(0, B * T, step))
+    return total / mask.sum()
 
 
 def cosine(progress: float, floor: float) -> float:

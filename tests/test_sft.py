@@ -77,6 +77,26 @@ def test_lm_loss_is_cross_entropy_of_the_masked_next_tokens():
     assert torch.allclose(lm_loss(model, ids, attn, mask), torch.stack(terms).mean(), atol=1e-6)
 
 
+def test_lm_loss_in_chunks_of_positions_equals_one_chunk(monkeypatch):
+    import nanoo1.sft as sft
+
+    model = random_model(Gemma2Config.preset("tiny", num_hidden_layers=2)).requires_grad_(True)
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, model.config.vocab_size, (3, 11), generator=g)
+    mask = (torch.rand(3, 11, generator=g) > 0.4).long()
+    results = []
+    for chunk in (1 << 26, 3 * model.config.vocab_size):  # every position at once; 3 positions per chunk
+        monkeypatch.setattr(sft, "LOSS_CHUNK", chunk)
+        model.zero_grad()
+        loss = lm_loss(model, ids, torch.ones_like(ids), mask)
+        loss.backward()
+        results.append((loss.detach(), [p.grad.clone() for p in model.parameters()]))
+    (one, g1), (many, g3) = results
+    torch.testing.assert_close(many, one, rtol=0, atol=1e-6)
+    for a, b in zip(g1, g3):
+        torch.testing.assert_close(b, a, rtol=0, atol=1e-6)
+
+
 def test_schedule_and_collate():
     c = SFTConfig(steps=110, warmup=10, lr=1.0, min_lr_ratio=0.1)
     assert lr_at(0, c) == 0.1 and lr_at(9, c) == 1.0
