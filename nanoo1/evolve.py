@@ -16,6 +16,9 @@ Each row of the printed table (and of OUT/metrics.jsonl) is a round's search and
 policy k, greedy and (--beam) beam search scored by PPM k; OUT/policy-k and OUT/ppm-k are the trained pairs.
 With --lora-rank every model of the run is the one frozen base (in --dtype) with its own float32 adapters, and
 policy-k and ppm-k hold adapters in PEFT's layout (`python -m nanoo1.lora merge` makes a full checkpoint of one).
+Under torchrun (`torchrun --nproc_per_node N -m nanoo1.evolve ...`) each rank searches its share of the
+problems and of the held-out set; the trees are gathered and every rank trains the next pair on all of them
+with the same seed (the same weights on a CPU; GPU kernels may differ in their last bits); rank 0 writes.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save
 
+from nanoo1 import dist
 from nanoo1.checkpoint import load_pretrained
 from nanoo1.device import process_setup, resolve_device
 from nanoo1.config import add_config_flags, add_process_flags, apply_flags, check_settings, entry_parser
@@ -201,9 +205,11 @@ def self_evolution_round(base_model, policy_model, ppm, tokenizer, problems: lis
     RoundReport). policy k+1 is base_model fine-tuned on the top correct traces; PPM k+1 is policy k+1's decoder
     with a zero-initialised scalar head, trained on the trees' preference pairs."""
     t0 = time.perf_counter()
-    policy = rstar_policy(policy_model, tokenizer, config, ppm, seed)
-    results = mcts(policy, [p.question for p in problems], mcts_config(config), [p.answer for p in problems])
-    trees = [r.tree for r in results]
+    place = dist.place()  # under torchrun each rank searches its share; every rank then trains on all the trees
+    policy = rstar_policy(policy_model, tokenizer, config, ppm, dist.rank_seed(seed, place.rank))
+    mine = dist.shard(problems, place)
+    results = mcts(policy, [p.question for p in mine], mcts_config(config), [p.answer for p in mine])
+    trees = [tree for part in dist.gather([r.tree for r in results]) for tree in part]
     examples, pairs = sft_examples(tokenizer, trees, config.traces_per_problem), ppm_pairs(tokenizer, trees)
     before = pair_accuracy(ppm, pairs, tokenizer.pad_id) if ppm is not None else None
     t1 = time.perf_counter()
@@ -212,6 +218,7 @@ def self_evolution_round(base_model, policy_model, ppm, tokenizer, problems: lis
     ppm_losses = train_ppm(new_ppm, pairs, tokenizer.pad_id, config, seed, progress)
     after = pair_accuracy(new_ppm, pairs, tokenizer.pad_id)
     spent = [sum(getattr(r.spent, kind) for r in results) for kind in ("generated", "prompt", "value")]
+    spent = [sum(column) for column in zip(*dist.gather(spent))]
     report = RoundReport(coverage(trees), len(examples), len(pairs), before, after, _ends(sft_losses), _ends(ppm_losses),
                          *spent, round(t1 - t0, 1), round(time.perf_counter() - t1, 1))
     return new_policy, new_ppm, report
@@ -225,12 +232,15 @@ def held_out_accuracy(policy_model, tokenizer, problems: list[Problem], config: 
                       seed: int = 0) -> tuple[float, float]:
     """(accuracy, generated tokens per problem) on problems no search saw: greedy, or with beam > 0 beam search
     of that width with `beam` new steps per beam, the PPM scoring every path."""
-    policy = rstar_policy(policy_model, tokenizer, config, ppm, seed)
+    place = dist.place()  # under torchrun each rank searches its share; the figures are the whole set's
+    policy = rstar_policy(policy_model, tokenizer, config, ppm, dist.rank_seed(seed, place.rank))
+    mine = dist.shard(problems, place)
     method = SearchConfig(method="beam", n=beam, expand=beam, max_depth=RStarConfig.max_depth) if beam else \
         SearchConfig(method="greedy", max_depth=RStarConfig.max_depth)
-    results = search(policy, [p.question for p in problems], method, scorer=policy.score if beam else None)
-    correct = grade(results, [p.answer for p in problems])
-    return sum(correct) / len(problems), sum(r.spent.generated for r in results) / len(problems)
+    results = search(policy, [p.question for p in mine], method, scorer=policy.score if beam else None)
+    right, tokens = map(sum, zip(*dist.gather((sum(grade(results, [p.answer for p in mine])),
+                                               sum(r.spent.generated for r in results)))))
+    return right / len(problems), tokens / len(problems)
 
 
 # -- the PPM on disk -----------------------------------------------------------------------------------
@@ -267,8 +277,9 @@ def run(config: EvolveConfig, model, data=TINY_DIR / "train.jsonl", test_data=TI
     from tqdm.auto import tqdm
 
     out = Path(config.out)
-    out.mkdir(parents=True, exist_ok=True)
-    base, tokenizer = load_pretrained(model, dtype=config.dtype, device=resolve_device(config.device))
+    device = dist.setup(resolve_device(config.device))
+    main = dist.place().main  # under torchrun rank 0 alone prints and writes
+    base, tokenizer = load_pretrained(model, dtype=config.dtype, device=device)
     if lora is not None and lora.rank:
         lora.apply(base, config.seed)
     pool = [p for p in load_jsonl(data) if len(p.steps) >= config.min_steps]
@@ -276,10 +287,12 @@ def run(config: EvolveConfig, model, data=TINY_DIR / "train.jsonl", test_data=TI
         raise ValueError(f"{data}: {len(pool)} problems with >= {config.min_steps} steps, {config.problems} wanted")
     problems = random.Random(config.seed).sample(pool, config.problems)
     test = load_jsonl(test_data)[: config.eval_problems]
-    (out / "metrics.jsonl").unlink(missing_ok=True)
-    print(_line(COLUMNS), flush=True)
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "metrics.jsonl").unlink(missing_ok=True)
+        print(_line(COLUMNS), flush=True)
     policy, ppm, rows = base, None, []
-    bar = tqdm(range(config.rounds + 1), desc="rounds", disable=not progress)
+    bar = tqdm(range(config.rounds + 1), desc="rounds", disable=not (progress and main))
     for k in bar:
         t = time.perf_counter()
         bar.set_postfix_str("held-out evaluation")
@@ -293,13 +306,16 @@ def run(config: EvolveConfig, model, data=TINY_DIR / "train.jsonl", test_data=TI
             policy, ppm, report = self_evolution_round(base, policy, ppm, tokenizer, problems, config, config.seed + k,
                                                        progress)
             row.update(asdict(report))
-            save_trained(policy, tokenizer, out / f"policy-{k + 1}", str(model))
-            save_ppm(ppm, tokenizer, out / f"ppm-{k + 1}", str(model))
+            if main:
+                save_trained(policy, tokenizer, out / f"policy-{k + 1}", str(model))
+                save_ppm(ppm, tokenizer, out / f"ppm-{k + 1}", str(model))
         row["seconds"] = round(time.perf_counter() - t, 1)
         rows.append(row)
-        with open(out / "metrics.jsonl", "a", encoding="utf-8") as f:
-            f.write(json.dumps(row) + "\n")
-        (bar.write if progress else print)(_row_line(row))
+        if main:
+            with open(out / "metrics.jsonl", "a", encoding="utf-8") as f:
+                f.write(json.dumps(row) + "\n")
+            (bar.write if progress else print)(_row_line(row))
+    dist.barrier()
     return rows
 
 
@@ -340,10 +356,17 @@ def main(argv=None):
     except ValueError as e:
         p.error(str(e))
     t = time.perf_counter()
-    model = args.model or tiny_base(Path(config.out) / "base", args.warmstart_steps, config.seed, not args.no_progress)
-    print(f"base model: {model}")
+    try:
+        dist.setup(resolve_device(config.device))
+    except ValueError as e:
+        p.error(str(e))
+    say = print if dist.place().main else (lambda *a: None)
+    model = args.model or dist.from_main(tiny_base(Path(config.out) / "base", args.warmstart_steps, config.seed,
+                                                   not args.no_progress) if dist.place().main else None)
+    say(f"base model: {model}")
     run(config, model, args.data, args.test_data, progress=not args.no_progress, lora=lora)
-    print(f"wrote {config.out}/metrics.jsonl, policy-k/ and ppm-k/ in {time.perf_counter() - t:.0f} s")
+    say(f"wrote {config.out}/metrics.jsonl, policy-k/ and ppm-k/ in {time.perf_counter() - t:.0f} s")
+    dist.finish()
 
 
 if __name__ == "__main__":
