@@ -349,13 +349,45 @@ def gpu_section(args) -> dict:
     return r
 
 
-SECTIONS = {"engine": engine_section, "search": search_section, "memory": memory_section, "gpu": gpu_section}
+def dist_section(args) -> dict:
+    """`selfplay --tiny` as one process on 2 threads against `torchrun --nproc_per_node 2` on 1 thread a rank,
+    one after the other on this machine (about 10 minutes on 2 cores): wall time and the before/after table
+    of each, and the speed-up. --dist-flags adds selfplay flags to both (e.g. a shorter run)."""
+    import os
+    import subprocess
+    import sys
+
+    out = Path(tempfile.mkdtemp(prefix="nanoo1-dist-"))
+    flags = ["-m", "nanoo1.selfplay", "--tiny", "--no-progress", *args.dist_flags.split()]
+    runs = {"1 process x 2 threads": ([sys.executable, *flags, "--threads", "2", "--out", str(out / "one")], {}),
+            "2 ranks x 1 thread": ([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                                    *flags, "--out", str(out / "two")], {"OMP_NUM_THREADS": "1"})}
+    rows = {}
+    for name, (cmd, env) in runs.items():
+        t = time.perf_counter()
+        proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **env})
+        if proc.returncode:
+            raise RuntimeError(f"{name}: {' '.join(cmd)} failed:\n{proc.stderr[-3000:]}")
+        rows[name] = {"wall_s": round(time.perf_counter() - t, 1), **json.loads(proc.stdout.strip().splitlines()[-1])}
+    keys = [k for k in rows[name] if k.startswith(("sft_", "final_"))]
+    print(f"{'':<24}{'wall s':>8}" + "".join(f"{k:>17}" for k in keys))
+    for name, r in rows.items():
+        print(f"{name:<24}{r['wall_s']:8.1f}" + "".join(f"{100 * r[k]:16.1f}%" for k in keys))
+    one, two = rows.values()
+    speedup = one["wall_s"] / two["wall_s"]
+    print(f"2 ranks: {speedup:.2f}x the speed of one process")
+    return {"runs": rows, "speedup": speedup}
+
+
+SECTIONS = {"engine": engine_section, "search": search_section, "memory": memory_section, "gpu": gpu_section,
+            "dist": dist_section}
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sections", default="engine,search", help=f"comma-separated, from {sorted(SECTIONS)} (memory: "
-                   "minutes, one LoRA self-play iteration on gemma-2-2b's decoder; gpu: the 2b preset on a CUDA device)")
+                   "minutes, one LoRA self-play iteration on gemma-2-2b's decoder; gpu: the 2b preset on a CUDA device; dist: "
+                   "--tiny as 1 process against 2 torchrun ranks, about 10 minutes)")
     p.add_argument("--prompt-len", type=int, default=64, help="prompt tokens per row")
     p.add_argument("--new-tokens", type=int, default=64, help="greedy tokens per row (halved for the larger models)")
     p.add_argument("--repeats", type=int, default=7, help="timed repeats, each running every contender in turn; medians are reported")
@@ -365,6 +397,7 @@ def main(argv=None):
     p.add_argument("--json", type=Path, default=None, help="also write every figure to this JSON file")
     p.add_argument("--bandwidth", type=float, default=4.8, help="gpu section: the GPU's memory bandwidth in TB/s for "
                    "the decode bound (default: H200's 4.8; H100 SXM 3.35, A100 2.0)")
+    p.add_argument("--dist-flags", default="", help="dist section: selfplay flags added to both runs")
     g = p.add_argument_group("search section")
     g.add_argument("--search-problems", type=int, default=8, help="problems searched in lockstep")
     g.add_argument("--search-simulations", type=int, default=4, help="MCTS simulations per problem")

@@ -117,3 +117,15 @@ def test_gpu_figures_run_on_the_cpu_with_a_tiny_shape(capsys):
     if not torch.cuda.is_available():
         capsys.readouterr()
         assert gpu_section(None) == {"skipped": "no CUDA device"} and "skipped" in capsys.readouterr().out
+
+
+def test_dist_section_runs_one_process_and_two_ranks_side_by_side(capsys):
+    from nanoo1.bench import main
+
+    short = ("--iterations 1 --eval-problems 4 --problems-per-iteration 4 --simulations 2 --imitation-problems 4 "
+             "--imitation-batch 2 --minibatch 4 --eval-best-of-n 2 --eval-simulations 1 --eval-every 0 "
+             "--max-thought-tokens 8")
+    main(["--sections", "dist", "--dist-flags", short])
+    out = capsys.readouterr().out
+    assert "1 process x 2 threads" in out and "2 ranks x 1 thread" in out and "the speed of one process" in out
+    assert "final_greedy" in out
