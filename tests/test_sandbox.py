@@ -129,10 +129,11 @@ def workdirs() -> set[str]:
 def hostile(code: str, timeout: float = 1.0, **limits):
     """Run `code` and check what must hold for any program: bounded, nothing left, caller fine."""
     dirs_before, ipc_before = workdirs(), sysv_ipc()
+    older = set(our_children()) if LINUX else set()  # children from before (e.g. multiprocessing's resource tracker)
     start = time.monotonic()
     with adopting_orphans() if LINUX else contextlib.nullcontext():
         result = run_python(code, timeout=timeout, **limits)
-        escaped = sorted(set(our_children() + sandbox_processes())) if LINUX else []
+        escaped = sorted(set(our_children()) - older | set(sandbox_processes())) if LINUX else []
     for pid in escaped:  # do not leave them running, then fail
         os.kill(pid, signal.SIGKILL)
         if pid in our_children():
