@@ -3,7 +3,7 @@
     tree -> outcomes (where each chain ended) -> success_rates (Monte Carlo P(success) per node)
          -> tree_chains (the root-to-outcome paths to train) -> chain_items (ids, trained tokens, GAE
             advantages, value positions and targets) -> stamp_old (the collecting policy's log-probs and
-            values) -> collate_chains (padded batches for rl.ppo_step)
+            values) -> collate_chains (padded batches for updates.ppo_step)
     successful chains of any search -> imitation_items (whole lines, for sft.lm_loss)
 
 A searched tree records what the search learned about each thought: which chains succeeded (the ground
@@ -19,7 +19,8 @@ import torch
 
 from nanoo1.rewards import equations_hold
 from nanoo1.model import bf16_autocast
-from nanoo1.rl import completion_logprobs, micro_batch_rows, path_gae, td_priority
+from nanoo1.rl import completion_logprobs, path_gae, td_priority
+from nanoo1.updates import micro_batch_rows
 from nanoo1.thoughts import chain_tokens, render_node
 from nanoo1.tokenizer import batch_ids, right_pad
 from nanoo1.value import rating_at
@@ -121,7 +122,7 @@ def imitation_items(tokenizer, paths: list[list]) -> list[tuple[list[int], list[
 
 
 def collate_chains(items: list[dict], pad_id: int, weights=None, multiple: int = 32) -> dict:
-    """Padded (B, T) and (B, K) tensors of chain items for `rl.ppo_step` (lengths rounded up to `multiple`)."""
+    """Padded (B, T) and (B, K) tensors of chain items for `updates.ppo_step` (lengths rounded up to `multiple`)."""
     ids, attn = batch_ids([it["ids"] for it in items], pad_id, multiple=multiple)
     T = ids.shape[1]
     batch = {"input_ids": ids, "attention_mask": attn, "completion_mask": right_pad([it["mask"] for it in items], 0, T),
@@ -142,7 +143,7 @@ def stamp_old(model, tokenizer, items: list[dict], temperature: float, bf16: boo
               iteration: int = 0, max_tokens: int = 0) -> None:
     """Log-probs and values P(positive) of the collecting policy, stored with each item before any update
     (PPO's old), with the iteration that stamped them; batch_size items a forward pass, and with max_tokens > 0
-    at most that many padded tokens (`rl.micro_batch_rows`)."""
+    at most that many padded tokens (`updates.micro_batch_rows`)."""
     for rows in micro_batch_rows([-(-len(it["ids"]) // 32) * 32 for it in items], batch_size, max_tokens):
         chunk = items[rows]
         b = {k: v.to(model.output_embedding.device) for k, v in collate_chains(chunk, tokenizer.pad_id).items()}

@@ -46,11 +46,12 @@ from nanoo1.runs import (append_jsonl, latest_checkpoint, load_model, load_train
                          resume_settings, save_checkpoint, save_model)
 from nanoo1.files import atomic_write
 from nanoo1.lora import adapters_off
-from nanoo1.rl import GRPOConfig, PPOConfig, completion_logprobs, grpo_advantages, grpo_step, ppo_step, td_priority
+from nanoo1.rl import completion_logprobs, grpo_advantages, td_priority
 from nanoo1.search import SearchConfig, checked_greedy, grade
 from nanoo1.sft import collate, set_lr, sft_step
 from nanoo1.tasks import load_jsonl, think_prompt
 from nanoo1.tokenizer import batch_ids
+from nanoo1.updates import GRPOConfig, PPOConfig, grpo_step, ppo_step
 from nanoo1.value import rating_at, rating_bce
 from nanoo1.warmstart import train_warmstart
 

@@ -17,7 +17,8 @@ from conftest import random_model
 from nanoo1 import dist
 from nanoo1.model import Gemma2Config
 from nanoo1.runs import load_trainer_state
-from nanoo1.rl import LOSS_TYPES, GRPOConfig, PPOConfig, completion_logprobs, grpo_step, ppo_step
+from nanoo1.rl import LOSS_TYPES, completion_logprobs
+from nanoo1.updates import GRPOConfig, PPOConfig, grpo_step, ppo_step
 from nanoo1.sft import sft_step
 
 CONFIG = Gemma2Config(vocab_size=48, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,

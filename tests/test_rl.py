@@ -5,8 +5,9 @@ import torch
 import torch.nn as nn
 
 from nanoo1.value import rating_bce
-from nanoo1.rl import (GRPOConfig, LOSS_TYPES, PPOConfig, completion_logprobs, gae, grpo_advantages, grpo_loss,
-                       grpo_step, k3_kl, micro_batch_rows, path_gae, ppo_policy_loss, ppo_step, td_priority)
+from nanoo1.rl import (LOSS_TYPES, completion_logprobs, gae, grpo_advantages, grpo_loss, k3_kl, path_gae,
+                       ppo_policy_loss, td_priority)
+from nanoo1.updates import GRPOConfig, PPOConfig, grpo_step, micro_batch_rows, ppo_step
 
 
 class TinyLM(nn.Module):
