@@ -223,13 +223,13 @@ def run(config: SelfPlayConfig, resume: str | None = None, from_scratch: bool = 
     t0 = time.perf_counter()
     # -- set-up: every setting and input is checked before any work starts
     out = Path(resume or default_out(config))
+    device = dist.setup(resolve_device(config.run.device))
+    place = dist.place()
     if resume:
         resume_settings(out, SelfPlayConfig, flat_settings(config))
         if (out / "summary.json").exists():  # finished: nothing left to run
             return json.loads((out / "summary.json").read_text(encoding="utf-8"))
     train, test = load_problems(config)
-    device = dist.setup(resolve_device(config.run.device))
-    place = dist.place()
     progress = progress and place.main
     if not resume and place.main:
         prepare_out(out, overwrite)
