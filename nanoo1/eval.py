@@ -70,12 +70,11 @@ def evaluate_sharded(job: Callable[[list[Problem]], EvalResult], problems: list[
     tokens per problem weighted by each rank's share, seconds those of the slowest rank. Alone: job(problems)."""
     p = dist.place()
     mine = dist.shard(problems, p)
-    result = job(mine)
     if p.world == 1:
-        return result
-    parts = dist.gather((result, len(mine)))
+        return job(mine)
+    parts = [(r, k) for r, k in dist.gather((job(mine) if mine else None, len(mine))) if k]  # more ranks than problems
     n = sum(k for _, k in parts)
-    return replace(result, accuracy=sum(r.accuracy * k for r, k in parts) / n,
+    return replace(parts[0][0], accuracy=sum(r.accuracy * k for r, k in parts) / n,
                    tokens=sum(r.tokens * k for r, k in parts) / n, seconds=max(r.seconds for r, _ in parts))
 
 
