@@ -79,6 +79,11 @@ def smallest(n: int) -> int:
     return int(t)
 
 
+def largest(n: int) -> int:
+    """The greatest of an integer over ranks (e.g. the steps all ranks take when some have fewer rows)."""
+    return -smallest(-n)
+
+
 def sum_gradients(params) -> None:
     """Sum every parameter's gradient over ranks (a rank without one adds zeros; one no rank has stays None).
 

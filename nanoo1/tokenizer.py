@@ -149,8 +149,10 @@ def train_tokenizer(texts, vocab_size: int, special_tokens=SPECIAL_TOKENS, split
 def right_pad(rows: list[list], fill, width: int | None = None, multiple: int = 1, device=None) -> torch.Tensor:
     """(B, T) tensor of lists padded on the right with `fill` to `width` (default: the longest), rounded up to
     a multiple of `multiple`: a few shapes recur, so the memory allocator reuses its blocks."""
-    T = width or max(len(r) for r in rows)
+    T = width or max((len(r) for r in rows), default=0)
     T = -(-T // multiple) * multiple
+    if not rows:  # e.g. a rank with nothing to train on this step: (0, T) of fill's dtype
+        return torch.empty(0, T, dtype=torch.tensor(fill).dtype, device=device)
     return torch.tensor([list(r) + [fill] * (T - len(r)) for r in rows], device=device)
 
 

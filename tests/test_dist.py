@@ -46,7 +46,7 @@ def value_fn(model, mb, hidden):  # a row-mean value loss read from the decoder'
     return ((v - mb["value_target"]) ** 2).mean()
 
 
-def updates(rows: slice) -> dict:
+def updates(rows: slice, names=None) -> dict:
     """Weights after one step of each update on `rows` of the batch, with AdamW at the recipe's learning rates
     (PPO and GRPO 1e-4, imitation 3e-4; gradient clip at 1) and with SGD (the update is the gradient itself)."""
     full = batch()
@@ -58,7 +58,7 @@ def updates(rows: slice) -> dict:
         steps[f"grpo_{loss_type}"] = (1e-4, lambda m, o, t=loss_type: grpo_step(
             m, o, part, GRPOConfig(loss_type=t, micro_batch_size=2, max_completion_length=T)))
     out = {}
-    for name, (lr, step) in steps.items():
+    for name, (lr, step) in ((k, v) for k, v in steps.items() if names is None or k in names):
         for opt_cls in (torch.optim.AdamW, torch.optim.SGD):
             model = random_model(CONFIG)
             model.train()
@@ -95,6 +95,19 @@ def test_two_ranks_on_halves_update_as_one_process_on_the_whole_batch(tmp_path):
         assert any(not torch.equal(weights[k], start[k]) for k in weights), name  # the step moved the weights
         for k in weights:
             for r in ranks:  # every rank holds the one-process weights
+                torch.testing.assert_close(r[name][k], weights[k], rtol=0, atol=1e-6, msg=f"{name} {k}")
+
+
+def all_on_rank_0(rank: int, world: int):  # GRPO drops groups whose rewards agree: a rank may have no rows left
+    return updates(slice(None) if rank == 0 else slice(0, 0), names=[f"grpo_{t}" for t in LOSS_TYPES])
+
+
+def test_a_rank_without_rows_joins_the_update_and_changes_nothing(tmp_path):
+    ranks = run_ranks(all_on_rank_0, tmp_path)
+    alone = updates(slice(None), names=[f"grpo_{t}" for t in LOSS_TYPES])
+    for name, weights in alone.items():
+        for k in weights:
+            for r in ranks:
                 torch.testing.assert_close(r[name][k], weights[k], rtol=0, atol=1e-6, msg=f"{name} {k}")
 
 
