@@ -94,15 +94,23 @@ class ImitationSettings:
 @dataclass
 class GRPOSettings:
     group_size: int = 8  # GRPO: samples per problem
-    think_budget: int = 48  # GRPO: thinking tokens before </think> is forced
+    think_budget: int = 32  # GRPO: thinking tokens before </think> is forced (Elastic Reasoning's t*)
     solution_budget: int = 16  # GRPO: answer tokens after </think>
-    loss_type: str = "dr_grpo"  # GRPO loss normalisation
+    loss_type: str = "dr_grpo"  # GRPO loss normalisation (dr_grpo also drops the std from the advantages)
     kl_beta: float = 0.0  # GRPO: weight of the k3 KL to the reference policy, the base with its LoRA adapters off
     #                       (needs --lora-rank; 0: no reference pass)
+    reward: str = "correct"  # GRPO: "correct" (1 or 0) or "cosine" (Yeo et al.'s length reward + n-gram repetition penalty)
+    ngram: int = 10  # GRPO, cosine reward: a repeated n-gram of this many tokens is penalised (about one equation line)
+    grpo_lr: float = 1e-4  # GRPO: AdamW learning rate (falls along the same cosine as the others)
+    grpo_temperature: float = 0.7  # GRPO: sampling temperature of the rollouts
+    rounds: int = 1  # GRPO: rollout batches per iteration (problems-per-iteration groups each), each followed by its updates
+    epochs: int = 1  # GRPO: passes over each batch of rollouts (old log-probs stored at collection)
+    grpo_minibatch: int = 256  # GRPO: rollouts per optimizer step
 
     def __post_init__(self):
-        check_settings(self, positive=("group_size", "think_budget", "solution_budget"), non_negative=("kl_beta",),
-                       choices={"loss_type": LOSS_TYPES})
+        check_settings(self, positive=("group_size", "think_budget", "solution_budget", "ngram", "grpo_lr",
+                                       "grpo_temperature", "rounds", "epochs", "grpo_minibatch"), non_negative=("kl_beta",),
+                       choices={"loss_type": LOSS_TYPES, "reward": ("correct", "cosine")})
 
 
 @dataclass
@@ -200,12 +208,14 @@ def iteration_config(config: SelfPlayConfig, it: int) -> SelfPlayConfig:
     its last updates."""
     f = cosine(it / max(1, config.run.iterations - 1), config.ppo.lr_decay)
     return replace(config, ppo=replace(config.ppo, lr=config.ppo.lr * f),
-                   imitation=replace(config.imitation, lr=config.imitation.lr * f))
+                   imitation=replace(config.imitation, lr=config.imitation.lr * f),
+                   grpo=replace(config.grpo, grpo_lr=config.grpo.grpo_lr * f))
 
 
 def draws_per_iteration(config: SelfPlayConfig) -> int:
-    """Distinct training problems an iteration draws: MCTS's (or GRPO's), and with PPO the imitation's too."""
-    return config.search.problems_per_iteration + (config.imitation.problems if config.run.algo == "ppo" else 0)
+    """Distinct training problems an iteration draws: MCTS's and the imitation's, or GRPO's for all its rounds."""
+    s = config.search.problems_per_iteration
+    return s + config.imitation.problems if config.run.algo == "ppo" else s * config.grpo.rounds
 
 
 def iteration_seed(seed: int, it: int) -> int:

@@ -31,14 +31,14 @@ import torch
 from nanoo1.config import add_config_flags, add_process_flags, apply_flags, entry_parser, flat_settings
 from nanoo1.device import process_setup, resolve_device
 from nanoo1.engine import generate_budgeted
-from nanoo1.eval import EVAL_MCTS, EvalResult, evaluate, evaluate_budgeted
+from nanoo1.eval import EVAL_MCTS, EvalResult, budget_name, evaluate, evaluate_budgeted, plot
 from nanoo1.experience import (chain_items, collate_chains, imitation_items, restamp_stale, row_priorities,
                                stamp_old, success_rates, tree_chains)
 from nanoo1.mcts import MCTSConfig, mcts
 from nanoo1.model import bf16_autocast
 from nanoo1.policy import LMPolicy
 from nanoo1.replay import PrioritizedReplay, beta_by_step
-from nanoo1.rewards import check
+from nanoo1.rewards import check, cosine_length_reward, repetition_penalty
 from nanoo1.recipe import (PRESETS, SelfPlayConfig, autocast, default_out, draws_per_iteration, iteration_config,
                            iteration_seed, memory_estimate, step_checker)
 from nanoo1.runs import (append_jsonl, latest_checkpoint, load_model, load_trainer_state, prepare_out, rewrite_jsonl,
@@ -124,35 +124,90 @@ def imitation_iteration(model, tokenizer, opt, policy, problems, memory: Priorit
 
 
 def grpo_iteration(model, tokenizer, opt, problems, it: int, config: SelfPlayConfig) -> dict:
-    """G budgeted rollouts per problem, reward = correct (0 without </think>), group advantages, one step."""
-    g, s = config.grpo, config.search
-    prompts = [tokenizer.encode(think_prompt(p.question)) for p in problems]
-    rows = generate_budgeted(model, prompts, g.think_budget, g.solution_budget, tokenizer.token_id("</think>"),
-                             temperature=s.temperature, num_samples=g.group_size, stop_token_ids=[tokenizer.eos_id],
-                             tokenizer=tokenizer, seed=iteration_seed(config.run.seed, it))
-    rewards = torch.tensor([float("</think>" in r.text and check(r.text.split("</think>")[-1], problems[i // g.group_size].answer))
-                            for i, r in enumerate(rows)])
-    adv = grpo_advantages(rewards, g.group_size, scale_std=False)
+    """Elastic Reasoning's budgeted GRPO (Xu et al. 2025, sec. 3.2), `rounds` times over as many slices of
+    `problems`: group_size rollouts per problem whose thinking is cut at think_budget (</think> forced,
+    then the answer), rewarded by `rollout_rewards`, group-relative advantages, then `_grpo_updates`. A
+    group whose rewards all agree has advantage 0 and is left out of the updates. Returns the rollouts'
+    mean reward, share correct, share cut by the budget, thinking tokens (of all, of the right and of the
+    wrong ones) and tokens, and the updates' statistics."""
+    g = config.grpo
+    end = tokenizer.token_id("</think>")
+    per_round = len(problems) // g.rounds
+    seen, steps = {k: [] for k in ("reward", "correct", "cut", "think", "tokens")}, []
+    for r in range(g.rounds):
+        chunk = problems[r * per_round:(r + 1) * per_round]
+        rows = generate_budgeted(model, [tokenizer.encode(think_prompt(p.question)) for p in chunk], g.think_budget,
+                                 g.solution_budget, end, temperature=g.grpo_temperature, num_samples=g.group_size,
+                                 stop_token_ids=[tokenizer.eos_id], tokenizer=tokenizer,
+                                 seed=iteration_seed(config.run.seed, it * g.rounds + r))
+        correct = torch.tensor([float(end in row.tokens and check(row.text.split("</think>")[-1], chunk[i // g.group_size].answer))
+                                for i, row in enumerate(rows)])
+        rewards = rollout_rewards(rows, correct, config)
+        adv = grpo_advantages(rewards, g.group_size, scale_std=g.loss_type != "dr_grpo")
+        keep = [i for i in range(len(rows)) if adv[i] != 0]
+        if keep:
+            steps += _grpo_updates(model, tokenizer, opt, [rows[i] for i in keep], adv[keep], it * g.rounds + r, config)
+        seen["reward"].append(rewards)
+        seen["correct"].append(correct)
+        seen["cut"].append(torch.tensor([float(any(row.forced)) for row in rows]))
+        seen["think"].append(torch.tensor([float(row.tokens.index(end) if end in row.tokens else len(row.tokens)) for row in rows]))
+        seen["tokens"].append(torch.tensor([float(len(row.tokens)) for row in rows]))
+    seen = {k: torch.cat(v) for k, v in seen.items()}
+    right = seen["correct"].bool()
+    stats = ("clip_frac", "approx_kl") + (("kl",) if g.kl_beta else ())
+    return {**{k: v.mean().item() for k, v in seen.items()},
+            "think_right": seen["think"][right].mean().item() if right.any() else 0.0,
+            "think_wrong": seen["think"][~right].mean().item() if not right.all() else 0.0,
+            "updates": len(steps), **{k: sum(st[k] for st in steps) / max(1, len(steps)) for k in stats}}
+
+
+def rollout_rewards(rows, correct, config: SelfPlayConfig):
+    """Each rollout's reward: `correct` (1 or 0; 0 without </think>), or with --reward cosine Yeo et al.'s
+    cosine length reward over its tokens (the longest possible rollout, think + 1 + solution budget, is
+    L_max: a rollout that reaches it never finished its answer) plus the sum of its n-gram repetition
+    penalties."""
+    g = config.grpo
+    if g.reward == "correct":
+        return correct
+    lengths = torch.tensor([len(r.tokens) for r in rows])
+    penalty = torch.stack([repetition_penalty(r.tokens, g.ngram).sum() for r in rows])
+    return cosine_length_reward(correct.bool(), lengths, g.think_budget + 1 + g.solution_budget) + penalty
+
+
+def _grpo_updates(model, tokenizer, opt, rows, adv, seed: int, config: SelfPlayConfig) -> list[dict]:
+    """`epochs` passes of `grpo_step` over minibatches of the rollouts, shuffled by `seed`, against their
+    log-probs under the policy that sampled them (stored first, PPO-style). Returns each step's statistics."""
+    g, device = config.grpo, model.output_embedding.device
     ids, attn = batch_ids([r.prompt + r.tokens for r in rows], tokenizer.pad_id)
     mask = torch.zeros_like(ids)
     for i, r in enumerate(rows):
         mask[i, len(r.prompt):len(r.prompt) + len(r.tokens)] = 1  # sampled and forced tokens alike
-    cfg = GRPOConfig(loss_type=g.loss_type, micro_batch_size=config.ppo.micro_batch, temperature=s.temperature,
+    ids, attn, mask, adv = ids.to(device), attn.to(device), mask.to(device), adv.to(device)
+    cfg = GRPOConfig(loss_type=g.loss_type, micro_batch_size=config.ppo.micro_batch, temperature=g.grpo_temperature,
                      max_completion_length=g.think_budget + g.solution_budget + 1, beta=g.kl_beta)
-    device = model.output_embedding.device
-    batch = {k: v.to(device) for k, v in {"input_ids": ids, "attention_mask": attn, "completion_mask": mask,
-                                          "advantages": adv}.items()}
-    if g.kl_beta:  # the reference: the same model with its adapters off, never a second copy
-        with torch.no_grad(), adapters_off(model), bf16_autocast(autocast(config), device):
-            batch["ref_logp"] = completion_logprobs(model, batch["input_ids"], batch["attention_mask"],
-                                                    batch["completion_mask"], s.temperature)
-    set_lr(opt, config.ppo.lr)
+
+    def logprobs():  # no grad, micro-batch by micro-batch
+        n = cfg.micro_batch_size
+        return torch.cat([completion_logprobs(model, ids[s:s + n], attn[s:s + n], mask[s:s + n], cfg.temperature)
+                          for s in range(0, len(rows), n)])
+
+    batch = {"input_ids": ids, "attention_mask": attn, "completion_mask": mask, "advantages": adv}
+    with torch.no_grad(), bf16_autocast(autocast(config), device):
+        batch["old_logp"] = logprobs()
+        if g.kl_beta:  # the reference: the same model with its adapters off, never a second copy
+            with adapters_off(model):
+                batch["ref_logp"] = logprobs()
+    set_lr(opt, g.grpo_lr)
+    shuffle = torch.Generator().manual_seed(seed)
+    steps = []
     model.train()
-    with bf16_autocast(autocast(config), device):
-        st = grpo_step(model, opt, batch, cfg)
+    for _ in range(g.epochs):
+        order = torch.randperm(len(rows), generator=shuffle).to(device)
+        for s in range(0, len(rows), g.grpo_minibatch):
+            with bf16_autocast(autocast(config), device):
+                steps.append(grpo_step(model, opt, {k: v[order[s:s + g.grpo_minibatch]] for k, v in batch.items()}, cfg))
     model.eval()
-    return {"reward": rewards.mean().item(), "clip_frac": st["clip_frac"], "tokens": mask.sum().item() / len(rows),
-            **({"kl": st["kl"]} if g.kl_beta else {})}
+    return steps
 
 
 def load_problems(config: SelfPlayConfig):
@@ -164,10 +219,24 @@ def load_problems(config: SelfPlayConfig):
     per_iteration = draws_per_iteration(config)
     if len(train) < per_iteration:
         raise ValueError(f"{config.run.data}: {len(train)} problems, but every iteration draws {per_iteration} distinct "
-                         f"ones (--problems-per-iteration{' + --imitation-problems' if config.run.algo == 'ppo' else ''})")
+                         f"ones (--problems-per-iteration{' + --imitation-problems' if config.run.algo == 'ppo' else ' x --rounds'})")
     if not test:
         raise ValueError(f"{config.run.test_data}: no held-out problems")
     return train, test[: config.eval.problems]
+
+
+def elastic_budgets(config: SelfPlayConfig) -> list[int | None]:
+    """The thinking budgets of Elastic Reasoning's table: t*/4, t*/2, t*, 2 t* and unlimited (None)."""
+    t = config.grpo.think_budget
+    return list(dict.fromkeys([max(1, t // 4), max(1, t // 2), t, 2 * t])) + [None]
+
+
+def _budget_table(before: dict[str, EvalResult], after: dict[str, EvalResult], budgets) -> str:
+    lines = [f"{'thinking budget':<18}{'before':>9}{'after':>9}{'tokens before':>15}{'tokens after':>14}"]
+    for b in budgets:
+        x, y = before[f"think_{budget_name(b)}"], after[f"think_{budget_name(b)}"]
+        lines.append(f"{budget_name(b):<18}{100 * x.accuracy:8.1f}%{100 * y.accuracy:8.1f}%{x.tokens:15.1f}{y.tokens:14.1f}")
+    return "\n".join(lines)
 
 
 def _table(rows: list[tuple[str, EvalResult, EvalResult]]) -> str:
@@ -189,8 +258,8 @@ def evaluate_all(model, tokenizer, problems, config: SelfPlayConfig, tag: str, p
             f"mcts_{e.simulations}": lambda: evaluate(model, tokenizer, problems, "mcts", e.simulations,
                                                       mcts=replace(EVAL_MCTS, verify=step_checker(config)), **kw)}
     if config.run.algo == "grpo":
-        g = config.grpo
-        jobs[f"think_{g.think_budget}"] = lambda: evaluate_budgeted(model, tokenizer, problems, g.think_budget, g.solution_budget)
+        for b in elastic_budgets(config):
+            jobs[f"think_{budget_name(b)}"] = lambda b=b: evaluate_budgeted(model, tokenizer, problems, b, config.grpo.solution_budget)
     results = {}
     bar = tqdm(jobs.items(), desc=f"evaluate {tag}", disable=not progress, unit="method")
     for name, job in bar:
@@ -269,14 +338,17 @@ def run(config: SelfPlayConfig, resume: str | None = None, from_scratch: bool = 
                                              memory, rng, c))
         else:
             m = grpo_iteration(model, tokenizer, opt, problems, it, c)
-        m["lr"] = c.ppo.lr
+            m["think_quick"] = evaluate_budgeted(model, tokenizer, test[:config.eval.quick], config.grpo.think_budget,
+                                                 config.grpo.solution_budget).accuracy  # held out, at t*
+        m["lr"] = c.ppo.lr if ppo else c.grpo.grpo_lr
         if config.eval.every and (it + 1) % config.eval.every == 0:
             m["greedy_quick"] = evaluate(model, tokenizer, test[:config.eval.quick], "greedy",
                                          max_thought_tokens=config.search.max_thought_tokens).accuracy
         m.update(iteration=it, seconds=round(time.perf_counter() - t0, 1))
         metrics.append(m)
         append_jsonl(out / "metrics.jsonl", m)
-        bar.set_postfix({k: f"{v:.3f}" for k, v in m.items() if k in ("solved", "imitation_solved", "reward", "greedy_quick")})
+        bar.set_postfix({k: f"{v:.3f}" for k, v in m.items() if k in ("solved", "imitation_solved", "reward", "greedy_quick",
+                                                                     "think_quick")})
         state = {"optimizer": opt.state_dict(), "policy_rng": policy.generator.get_state(), "python_rng": rng.getstate(),
                  "torch_rng": torch.get_rng_state(), "metrics": metrics}
         save_checkpoint(out, it, config, lambda d: save_model(model, tokenizer, d, config), state,
@@ -287,7 +359,7 @@ def run(config: SelfPlayConfig, resume: str | None = None, from_scratch: bool = 
     append_jsonl(out / "metrics.jsonl", {"eval": "after", **{k: asdict(v) for k, v in evals["after"].items()}})
     final = save_model(model, tokenizer, out / "final", config)
     before, after = evals["before"], evals["after"]
-    print("\n" + _table([(k, before[k], after[k]) for k in after if k in before]))
+    print("\n" + _table([(k, before[k], after[k]) for k in after if k in before and not k.startswith("think_")]))
     e = config.eval
     summary = {"sft_greedy": before["greedy"].accuracy, "final_greedy": after["greedy"].accuracy,
                "sft_best_of_n": before[f"best_of_{e.best_of_n}"].accuracy,
@@ -295,6 +367,18 @@ def run(config: SelfPlayConfig, resume: str | None = None, from_scratch: bool = 
                "sft_mcts": before[f"mcts_{e.simulations}"].accuracy, "final_mcts": after[f"mcts_{e.simulations}"].accuracy,
                "iterations": config.run.iterations, "algo": config.run.algo, "seed": config.run.seed,
                "wall_s": round(time.perf_counter() - t0, 1), "checkpoint": str(final)}
+    if not ppo:  # Elastic Reasoning's table: accuracy and tokens against the thinking budget, before and after
+        budgets = elastic_budgets(config)
+        print("\n" + _budget_table(before, after, budgets))
+        summary["think_budget"] = config.grpo.think_budget
+        summary["budgets"] = {budget_name(b): {"before": before[f"think_{budget_name(b)}"].accuracy,
+                                               "after": after[f"think_{budget_name(b)}"].accuracy,
+                                               "tokens_before": before[f"think_{budget_name(b)}"].tokens,
+                                               "tokens_after": after[f"think_{budget_name(b)}"].tokens} for b in budgets}
+        rows = [replace(r, method=f"budget, {tag}") for tag, e in (("before", before), ("after", after))
+                for k, r in e.items() if k.startswith("think_")]
+        if plot(rows, out / "budgets.png", title=f"thinking budget, GRPO trained at {config.grpo.think_budget}"):
+            print(f"wrote {out / 'budgets.png'}")
     atomic_write(out / "summary.json", json.dumps(summary))
     return summary
 
