@@ -141,7 +141,7 @@ def grpo_iteration(model, tokenizer, opt, problems, it: int, config: SelfPlayCon
                                  stop_token_ids=[tokenizer.eos_id], tokenizer=tokenizer,
                                  seed=iteration_seed(config.run.seed, it * g.rounds + r))
         correct = torch.tensor([float(end in row.tokens and check(row.text.split("</think>")[-1], chunk[i // g.group_size].answer))
-                                for i, row in enumerate(rows)])
+                                for i, row in enumerate(rows)])  # (B,) 1 or 0; no </think>: 0
         rewards = rollout_rewards(rows, correct, config)
         adv = grpo_advantages(rewards, g.group_size, scale_std=g.loss_type != "dr_grpo")
         keep = [i for i in range(len(rows)) if adv[i] != 0]
@@ -247,17 +247,18 @@ def _table(rows: list[tuple[str, EvalResult, EvalResult]]) -> str:
 
 
 def evaluate_all(model, tokenizer, problems, config: SelfPlayConfig, tag: str, progress: bool) -> dict[str, EvalResult]:
-    """The before/after table's rows: greedy, best-of-N and MCTS (with the step checker as a tool, like rStar's
-    code execution: no ground truth needed), and for GRPO the <think> format under its training budget."""
+    """The before/after table's rows: greedy, then for PPO best-of-N and MCTS (with the step checker as a tool,
+    like rStar's code execution: no ground truth needed), for GRPO the <think> format at `elastic_budgets`."""
     from tqdm.auto import tqdm
 
     s, e = config.search, config.eval
     kw = dict(temperature=s.temperature, max_thought_tokens=s.max_thought_tokens, seed=config.run.seed)
-    jobs = {"greedy": lambda: evaluate(model, tokenizer, problems, "greedy", **kw),
-            f"best_of_{e.best_of_n}": lambda: evaluate(model, tokenizer, problems, "best_of_n", e.best_of_n, **kw),
-            f"mcts_{e.simulations}": lambda: evaluate(model, tokenizer, problems, "mcts", e.simulations,
-                                                      mcts=replace(EVAL_MCTS, verify=step_checker(config)), **kw)}
-    if config.run.algo == "grpo":
+    jobs = {"greedy": lambda: evaluate(model, tokenizer, problems, "greedy", **kw)}
+    if config.run.algo == "ppo":
+        jobs[f"best_of_{e.best_of_n}"] = lambda: evaluate(model, tokenizer, problems, "best_of_n", e.best_of_n, **kw)
+        jobs[f"mcts_{e.simulations}"] = lambda: evaluate(model, tokenizer, problems, "mcts", e.simulations,
+                                                         mcts=replace(EVAL_MCTS, verify=step_checker(config)), **kw)
+    else:
         for b in elastic_budgets(config):
             jobs[f"think_{budget_name(b)}"] = lambda b=b: evaluate_budgeted(model, tokenizer, problems, b, config.grpo.solution_budget)
     results = {}
@@ -361,23 +362,25 @@ def run(config: SelfPlayConfig, resume: str | None = None, from_scratch: bool = 
     before, after = evals["before"], evals["after"]
     print("\n" + _table([(k, before[k], after[k]) for k in after if k in before and not k.startswith("think_")]))
     e = config.eval
-    summary = {"sft_greedy": before["greedy"].accuracy, "final_greedy": after["greedy"].accuracy,
-               "sft_best_of_n": before[f"best_of_{e.best_of_n}"].accuracy,
-               "final_best_of_n": after[f"best_of_{e.best_of_n}"].accuracy,
-               "sft_mcts": before[f"mcts_{e.simulations}"].accuracy, "final_mcts": after[f"mcts_{e.simulations}"].accuracy,
-               "iterations": config.run.iterations, "algo": config.run.algo, "seed": config.run.seed,
-               "wall_s": round(time.perf_counter() - t0, 1), "checkpoint": str(final)}
+    summary = {"sft_greedy": before["greedy"].accuracy, "final_greedy": after["greedy"].accuracy}
+    if ppo:
+        summary.update(sft_best_of_n=before[f"best_of_{e.best_of_n}"].accuracy,
+                       final_best_of_n=after[f"best_of_{e.best_of_n}"].accuracy,
+                       sft_mcts=before[f"mcts_{e.simulations}"].accuracy, final_mcts=after[f"mcts_{e.simulations}"].accuracy)
+    summary.update(iterations=config.run.iterations, algo=config.run.algo, seed=config.run.seed,
+                   wall_s=round(time.perf_counter() - t0, 1), checkpoint=str(final))
     if not ppo:  # Elastic Reasoning's table: accuracy and tokens against the thinking budget, before and after
         budgets = elastic_budgets(config)
         print("\n" + _budget_table(before, after, budgets))
         summary["think_budget"] = config.grpo.think_budget
-        summary["budgets"] = {budget_name(b): {"before": before[f"think_{budget_name(b)}"].accuracy,
-                                               "after": after[f"think_{budget_name(b)}"].accuracy,
-                                               "tokens_before": before[f"think_{budget_name(b)}"].tokens,
-                                               "tokens_after": after[f"think_{budget_name(b)}"].tokens} for b in budgets}
-        rows = [replace(r, method=f"budget, {tag}") for tag, e in (("before", before), ("after", after))
-                for k, r in e.items() if k.startswith("think_")]
-        if plot(rows, out / "budgets.png", title=f"thinking budget, GRPO trained at {config.grpo.think_budget}"):
+        summary["budgets"] = {}
+        for b in budgets:
+            x, y = before[f"think_{budget_name(b)}"], after[f"think_{budget_name(b)}"]
+            summary["budgets"][budget_name(b)] = {"before": x.accuracy, "after": y.accuracy, "tokens_before": x.tokens,
+                                                  "tokens_after": y.tokens}
+        curves = [replace(r, method=f"budget, {tag}") for tag, ev in (("before", before), ("after", after))
+                  for k, r in ev.items() if k.startswith("think_")]
+        if plot(curves, out / "budgets.png", title=f"thinking budget, GRPO trained at {config.grpo.think_budget}"):
             print(f"wrote {out / 'budgets.png'}")
     atomic_write(out / "summary.json", json.dumps(summary))
     return summary
