@@ -143,7 +143,7 @@ def test_grpo_reward_rises_on_a_task_a_stand_in_model_learns(tmp_path, warmstart
 
     monkeypatch.setattr(selfplay, "check", lambda text, truth: len(text) % 2 == 0)
     main(["--tiny", "--model", str(warmstart), "--out", str(tmp_path), "--algo", "grpo", "--iterations", "6",
-          "--problems-per-iteration", "4", "--group-size", "8", "--think-budget", "2", "--solution-budget", "1",
+          "--problems-per-iteration", "4", "--rounds", "1", "--group-size", "8", "--think-budget", "2", "--solution-budget", "1",
           "--grpo-lr", "1e-2", "--eval-problems", "3", "--eval-quick", "3", "--eval-best-of-n", "2",
           "--eval-simulations", "1", "--max-thought-tokens", "4", "--no-progress"])
     rewards = [m["reward"] for m in metrics_of(tmp_path)[1:-1]]
