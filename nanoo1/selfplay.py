@@ -7,7 +7,8 @@
                                      beside as many successes of earlier iterations (the imitation memory)
                       ->  held-out accuracy of greedy, best-of-N and MCTS, before and after
 
-`--algo grpo` replaces MCTS + PPO by Elastic Reasoning's budgeted GRPO rollouts (the <think> format).
+`--algo grpo` replaces MCTS + PPO by Elastic Reasoning's budgeted GRPO rollouts (the <think> format), and
+best-of-N and MCTS in the tables by accuracy and tokens against the thinking budget (t*/4 .. 2t*, unlimited).
 Every iteration writes a checkpoint (Hugging Face layout + the run's settings + replay buffer + imitation
 memory + optimizer + random states; the last `--keep-checkpoints` stay); `--resume DIR` continues a run
 exactly with the settings it was started with. Metrics go to DIR/metrics.jsonl; the last line printed is
@@ -15,6 +16,7 @@ one JSON object with the headline figures, also kept in DIR/summary.json.
 
     python -m nanoo1.selfplay --tiny                       # about 7 minutes on 2 CPU cores
     python -m nanoo1.selfplay --tiny --from-scratch        # redo the warm start too
+    python -m nanoo1.selfplay --tiny --algo grpo           # about 2 minutes (--reward cosine: the length reward)
     python -m nanoo1.selfplay --model qq8933/OpenLongCoT-Base-Gemma2-2B --data train.jsonl --test-data test.jsonl
 """
 

@@ -401,7 +401,7 @@ def test_grpo_with_lora_takes_its_kl_against_the_base_with_the_adapters_off(tmp_
     import nanoo1.selfplay as selfplay
 
     monkeypatch.setattr(selfplay, "check", lambda text, truth: len(text) % 2 == 0)  # rewards differ within a group
-    kw = dict(algo="grpo", group_size=2, think_budget=8, solution_budget=4, problems_per_iteration=2, lora_rank=4,
+    kw = dict(algo="grpo", group_size=4, think_budget=8, solution_budget=4, problems_per_iteration=2, rounds=1, lora_rank=4,
               kl_beta=0.1, grpo_lr=1e-2, eval_best_of_n=1, eval_simulations=1)
     run(small(tmp_path, warmstart, **kw), progress=False)
     kl = [m["kl"] for m in metrics_of(tmp_path)[1:-1]]
