@@ -1,11 +1,13 @@
 """`python -m nanoo1.eval`: accuracy against test-time compute (the scaling curve) of a checkpoint.
 
     python -m nanoo1.eval --checkpoint runs/tiny/final --methods greedy,best_of_n,beam,mcts --budgets 1,4,16
+    python -m nanoo1.eval --checkpoint runs/tiny-grpo/final --methods budget --budgets 8,16,32,64,unlimited
     torchrun --nproc_per_node 2 -m nanoo1.eval --checkpoint runs/tiny/final    # each rank a share of the problems
 
-For each method and budget (best-of-N: N chains; beam: beam width; mcts: simulations) it prints the
-held-out accuracy and the tokens spent per problem, writes them to JSONL, and draws accuracy against
-tokens to a PNG when matplotlib is installed. `evaluate` is what self-play calls for its tables.
+For each method and budget (best-of-N: N chains; beam: beam width; mcts: simulations; budget: thinking
+tokens of the <think> format, `unlimited` for all the context holds) it prints the held-out accuracy and
+the tokens spent per problem, writes them to JSONL, and draws accuracy against tokens to a PNG when
+matplotlib is installed. `evaluate` and `evaluate_budgeted` are what self-play calls for its tables.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from nanoo1.tasks import TINY_DIR, Problem, load_jsonl, think_prompt
 @dataclass
 class EvalResult:
     method: str
-    budget: int  # N chains, beam width, MCTS simulations, or the thinking budget in tokens
+    budget: int | None  # N chains, beam width, MCTS simulations, or the thinking budget in tokens (None: unlimited)
     accuracy: float  # share of problems answered correctly
     tokens: float  # tokens generated per problem (prompt tokens not counted)
     seconds: float
@@ -78,19 +80,25 @@ def evaluate_sharded(job: Callable[[list[Problem]], EvalResult], problems: list[
                    tokens=sum(r.tokens * k for r, k in parts) / n, seconds=max(r.seconds for r, _ in parts))
 
 
-def evaluate_budgeted(model, tokenizer, problems: list[Problem], think_budget: int, solution_budget: int = 16,
+def evaluate_budgeted(model, tokenizer, problems: list[Problem], think_budget: int | None, solution_budget: int = 16,
                       seed: int = 0) -> EvalResult:
-    """Greedy accuracy of Elastic Reasoning's <think> format under a thinking budget."""
+    """Greedy accuracy of Elastic Reasoning's <think> format under a thinking budget (None: unlimited, all
+    the room the model's context leaves after the longest prompt and the answer)."""
     t = time.perf_counter()
     prompts = [tokenizer.encode(think_prompt(p.question)) for p in problems]
-    rows = generate_budgeted(model, prompts, think_budget, solution_budget, tokenizer.token_id("</think>"),
-                             stop_token_ids=[tokenizer.eos_id], tokenizer=tokenizer, seed=seed)
+    room = model.config.max_position_embeddings - max(map(len, prompts)) - solution_budget - 1
+    rows = generate_budgeted(model, prompts, room if think_budget is None else think_budget, solution_budget,
+                             tokenizer.token_id("</think>"), stop_token_ids=[tokenizer.eos_id], tokenizer=tokenizer, seed=seed)
     correct = [check(r.text.split("</think>")[-1], p.answer) for r, p in zip(rows, problems)]
     tokens = sum(len(r.tokens) for r in rows) / len(problems)
     return EvalResult("budget", think_budget, sum(correct) / len(problems), tokens, time.perf_counter() - t)
 
 
-def plot(results: list[EvalResult], path: Path) -> bool:
+def budget_name(budget: int | None) -> str:
+    return "unlimited" if budget is None else str(budget)
+
+
+def plot(results: list[EvalResult], path: Path, title: str = "test-time compute") -> bool:
     try:
         import matplotlib
         matplotlib.use("Agg")
@@ -101,10 +109,13 @@ def plot(results: list[EvalResult], path: Path) -> bool:
     for method in dict.fromkeys(r.method for r in results):
         rs = sorted((r for r in results if r.method == method), key=lambda r: r.tokens)
         ax.plot([r.tokens for r in rs], [100 * r.accuracy for r in rs], "o-", label=method)
+        if method.startswith("budget"):  # each point named by its thinking budget
+            for r in rs:
+                ax.annotate(budget_name(r.budget), (r.tokens, 100 * r.accuracy), fontsize=7)
     ax.set_xscale("log")
     ax.set_xlabel("tokens generated per problem")
     ax.set_ylabel("held-out accuracy (%)")
-    ax.set_title("test-time compute")
+    ax.set_title(title)
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -124,7 +135,8 @@ def main(argv=None):
     g.add_argument("--limit", type=positive_int, default=200, help="first N problems")
     g = p.add_argument_group("compute")
     g.add_argument("--methods", default="greedy,best_of_n,beam,mcts", help="comma-separated; also 'budget' (<think> format)")
-    g.add_argument("--budgets", default="1,2,4,8,16", help="N / beam width / MCTS simulations / thinking tokens")
+    g.add_argument("--budgets", default="1,2,4,8,16", help="N / beam width / MCTS simulations / thinking tokens "
+                   "('unlimited': all the context holds, for budget only)")
     g.add_argument("--temperature", type=float, default=0.7, help="sampling temperature of the searches")
     g.add_argument("--max-thought-tokens", type=int, default=32)
     g.add_argument("--seed", type=int, default=0)
@@ -140,11 +152,13 @@ def main(argv=None):
     if unknown:
         p.error(f"--methods: unknown {unknown}; expected a comma-separated list of {METHODS + ('budget',)}")
     try:
-        budgets = [int(b) for b in args.budgets.split(",")]
+        budgets = [None if b == "unlimited" else int(b) for b in args.budgets.split(",")]
     except ValueError:
-        p.error(f"--budgets {args.budgets!r}: expected comma-separated whole numbers, e.g. 1,2,4,8")
-    if min(budgets) < 1:
+        p.error(f"--budgets {args.budgets!r}: expected comma-separated whole numbers, e.g. 1,2,4,8 (or 'unlimited')")
+    if min((b for b in budgets if b is not None), default=1) < 1:
         p.error(f"--budgets {args.budgets!r}: every budget must be at least 1")
+    if None in budgets and methods != ["budget"]:
+        p.error(f"--budgets {args.budgets!r}: 'unlimited' is a thinking budget, for --methods budget alone")
     try:
         problems = load_jsonl(args.data)[: args.limit]
     except (OSError, ValueError) as e:
@@ -166,7 +180,7 @@ def main(argv=None):
     seed = dist.rank_seed(args.seed, place.rank)
     results = []
     mcts = replace(EVAL_MCTS, verify=equations_hold if args.check_equations else None)
-    say(f"{'method':>10} {'budget':>6} {'accuracy':>9} {'tokens/problem':>15} {'seconds':>8}")
+    say(f"{'method':>10} {'budget':>9} {'accuracy':>9} {'tokens/problem':>15} {'seconds':>8}")
     for method in methods:
         for budget in ([1] if method == "greedy" else budgets):
             if method == "budget":
@@ -177,7 +191,8 @@ def main(argv=None):
                                                               max_thought_tokens=args.max_thought_tokens)
             r = evaluate_sharded(job, problems)
             results.append(r)
-            say(f"{r.method:>10} {r.budget:>6} {100 * r.accuracy:8.1f}% {r.tokens:15.1f} {r.seconds:8.1f}", flush=True)
+            say(f"{r.method:>10} {budget_name(r.budget):>9} {100 * r.accuracy:8.1f}% {r.tokens:15.1f} {r.seconds:8.1f}",
+                flush=True)
     if place.main:
         out.mkdir(parents=True, exist_ok=True)
         atomic_write(out / "eval.jsonl", "".join(json.dumps(r.__dict__) + "\n" for r in results))

@@ -96,15 +96,23 @@ class ImitationSettings:
 @dataclass
 class GRPOSettings:
     group_size: int = 8  # GRPO: samples per problem
-    think_budget: int = 48  # GRPO: thinking tokens before </think> is forced
+    think_budget: int = 32  # GRPO: thinking tokens before </think> is forced (Elastic Reasoning's t*)
     solution_budget: int = 16  # GRPO: answer tokens after </think>
-    loss_type: str = "dr_grpo"  # GRPO loss normalisation
+    loss_type: str = "dr_grpo"  # GRPO loss normalisation (dr_grpo also drops the std from the advantages)
     kl_beta: float = 0.0  # GRPO: weight of the k3 KL to the reference policy, the base with its LoRA adapters off
     #                       (needs --lora-rank; 0: no reference pass)
+    reward: str = "correct"  # GRPO: "correct" (1 or 0) or "cosine" (Yeo et al.'s length reward + repetition penalty)
+    ngram: int = 10  # GRPO, cosine reward: repeated n-grams of this many tokens are penalised (about one equation line)
+    grpo_lr: float = 1e-4  # GRPO: AdamW learning rate (falls along the same cosine as PPO's; 3e-4 unlearns the task)
+    grpo_temperature: float = 0.7  # GRPO: sampling temperature of the rollouts
+    rounds: int = 4  # GRPO: rollout batches per iteration (problems-per-iteration groups each), each followed by its updates
+    epochs: int = 1  # GRPO: passes over each batch of rollouts (old log-probs stored at collection)
+    grpo_minibatch: int = 256  # GRPO: rollouts per optimizer step (of those in groups whose rewards differ)
 
     def __post_init__(self):
-        check_settings(self, positive=("group_size", "think_budget", "solution_budget"), non_negative=("kl_beta",),
-                       choices={"loss_type": LOSS_TYPES})
+        check_settings(self, positive=("group_size", "think_budget", "solution_budget", "ngram", "grpo_lr",
+                                       "grpo_temperature", "rounds", "epochs", "grpo_minibatch"), non_negative=("kl_beta",),
+                       choices={"loss_type": LOSS_TYPES, "reward": ("correct", "cosine")})
 
 
 @dataclass
@@ -168,7 +176,7 @@ PRESETS = {
         search=SearchSettings(problems_per_iteration=8, simulations=3, num_candidates=4, max_thought_tokens=192),
         ppo=PPOSettings(lr=2e-5, minibatch=8, micro_batch=2, micro_batch_tokens=2048, replay_capacity=512),
         imitation=ImitationSettings(problems=64, lr=5e-5, batch=8),
-        grpo=GRPOSettings(group_size=8, think_budget=1024, solution_budget=256),
+        grpo=GRPOSettings(group_size=8, think_budget=1024, solution_budget=256, grpo_lr=2e-5, rounds=1),
         eval=EvalSettings(problems=200, best_of_n=4, simulations=2),
         lora=LoRASettings(rank=16, alpha=32.0)),
 }
@@ -209,12 +217,14 @@ def iteration_config(config: SelfPlayConfig, it: int) -> SelfPlayConfig:
     its last updates."""
     f = cosine(it / max(1, config.run.iterations - 1), config.ppo.lr_decay)
     return replace(config, ppo=replace(config.ppo, lr=config.ppo.lr * f),
-                   imitation=replace(config.imitation, lr=config.imitation.lr * f))
+                   imitation=replace(config.imitation, lr=config.imitation.lr * f),
+                   grpo=replace(config.grpo, grpo_lr=config.grpo.grpo_lr * f))
 
 
 def draws_per_iteration(config: SelfPlayConfig) -> int:
-    """Distinct training problems an iteration draws: MCTS's (or GRPO's), and with PPO the imitation's too."""
-    return config.search.problems_per_iteration + (config.imitation.problems if config.run.algo == "ppo" else 0)
+    """Distinct training problems an iteration draws: MCTS's and the imitation's, or GRPO's for all its rounds."""
+    s = config.search.problems_per_iteration
+    return s + config.imitation.problems if config.run.algo == "ppo" else s * config.grpo.rounds
 
 
 def iteration_seed(seed: int, it: int) -> int:

@@ -7,7 +7,8 @@
                                      beside as many successes of earlier iterations (the imitation memory)
                       ->  held-out accuracy of greedy, best-of-N and MCTS, before and after
 
-`--algo grpo` replaces MCTS + PPO by Elastic Reasoning's budgeted GRPO rollouts (the <think> format).
+`--algo grpo` replaces MCTS + PPO by Elastic Reasoning's budgeted GRPO rollouts (the <think> format, elastic.py),
+and best-of-N and MCTS in the tables by accuracy and tokens against the thinking budget (t*/4 .. 2t*, unlimited).
 Every iteration writes a checkpoint (Hugging Face layout + the run's settings + replay buffer + imitation
 memory + optimizer + random states; the last `--keep-checkpoints` stay); `--resume DIR` continues a run
 exactly with the settings it was started with. Metrics go to DIR/metrics.jsonl; the last line printed is
@@ -15,6 +16,7 @@ one JSON object with the headline figures, also kept in DIR/summary.json.
 
     python -m nanoo1.selfplay --tiny                       # about 7 minutes on 2 CPU cores
     python -m nanoo1.selfplay --tiny --from-scratch        # redo the warm start too
+    python -m nanoo1.selfplay --tiny --algo grpo           # about 2 minutes (--reward cosine: the length reward)
     python -m nanoo1.selfplay --model qq8933/OpenLongCoT-Base-Gemma2-2B --data train.jsonl --test-data test.jsonl
 """
 
@@ -31,27 +33,24 @@ import torch
 from nanoo1 import dist
 from nanoo1.config import add_config_flags, add_process_flags, apply_flags, entry_parser, flat_settings
 from nanoo1.device import process_setup, resolve_device
-from nanoo1.engine import generate_budgeted
-from nanoo1.eval import EVAL_MCTS, EvalResult, evaluate, evaluate_budgeted, evaluate_sharded
+from nanoo1.elastic import budget_table, elastic_budgets, grpo_iteration
+from nanoo1.eval import EVAL_MCTS, EvalResult, budget_name, evaluate, evaluate_budgeted, evaluate_sharded, plot
 from nanoo1.experience import (chain_items, collate_chains, imitation_items, restamp_stale, row_priorities,
                                stamp_old, success_rates, tree_chains)
 from nanoo1.mcts import MCTSConfig, mcts
 from nanoo1.model import bf16_autocast
 from nanoo1.policy import LMPolicy
 from nanoo1.replay import PrioritizedReplay, beta_by_step
-from nanoo1.rewards import check
 from nanoo1.recipe import (PRESETS, SelfPlayConfig, autocast, default_out, draws_per_iteration, iteration_config,
-                           iteration_seed, memory_estimate, step_checker)
+                           memory_estimate, step_checker)
 from nanoo1.runs import (append_jsonl, latest_checkpoint, load_model, load_trainer_state, prepare_out, rewrite_jsonl,
                          resume_settings, save_checkpoint, save_model)
 from nanoo1.files import atomic_write
-from nanoo1.lora import adapters_off
-from nanoo1.rl import completion_logprobs, grpo_advantages, td_priority
+from nanoo1.rl import td_priority
 from nanoo1.search import SearchConfig, checked_greedy, grade
 from nanoo1.sft import collate, set_lr, sft_step
-from nanoo1.tasks import load_jsonl, think_prompt
-from nanoo1.tokenizer import batch_ids
-from nanoo1.updates import GRPOConfig, PPOConfig, grpo_step, ppo_step
+from nanoo1.tasks import load_jsonl
+from nanoo1.updates import PPOConfig, ppo_step
 from nanoo1.value import rating_at, rating_bce
 from nanoo1.warmstart import train_warmstart
 
@@ -132,39 +131,6 @@ def imitation_iteration(model, tokenizer, opt, policy, problems, memory: Priorit
             "imitation_loss": sum(losses) / max(1, len(losses))}
 
 
-def grpo_iteration(model, tokenizer, opt, problems, it: int, config: SelfPlayConfig, seed: int) -> dict:
-    """G budgeted rollouts per problem, reward = correct (0 without </think>), group advantages, one step."""
-    g, s = config.grpo, config.search
-    prompts = [tokenizer.encode(think_prompt(p.question)) for p in problems]
-    rows = generate_budgeted(model, prompts, g.think_budget, g.solution_budget, tokenizer.token_id("</think>"),
-                             temperature=s.temperature, num_samples=g.group_size, stop_token_ids=[tokenizer.eos_id],
-                             tokenizer=tokenizer, seed=iteration_seed(seed, it))
-    rewards = torch.tensor([float("</think>" in r.text and check(r.text.split("</think>")[-1], problems[i // g.group_size].answer))
-                            for i, r in enumerate(rows)])
-    adv = grpo_advantages(rewards, g.group_size, scale_std=False)
-    ids, attn = batch_ids([r.prompt + r.tokens for r in rows], tokenizer.pad_id)
-    mask = torch.zeros_like(ids)
-    for i, r in enumerate(rows):
-        mask[i, len(r.prompt):len(r.prompt) + len(r.tokens)] = 1  # sampled and forced tokens alike
-    cfg = GRPOConfig(loss_type=g.loss_type, micro_batch_size=config.ppo.micro_batch,
-                     micro_batch_tokens=config.ppo.micro_batch_tokens, temperature=s.temperature,
-                     max_completion_length=g.think_budget + g.solution_budget + 1, beta=g.kl_beta)
-    device = model.output_embedding.device
-    batch = {k: v.to(device) for k, v in {"input_ids": ids, "attention_mask": attn, "completion_mask": mask,
-                                          "advantages": adv}.items()}
-    if g.kl_beta:  # the reference: the same model with its adapters off, never a second copy
-        with torch.no_grad(), adapters_off(model), bf16_autocast(autocast(config), device):
-            batch["ref_logp"] = completion_logprobs(model, batch["input_ids"], batch["attention_mask"],
-                                                    batch["completion_mask"], s.temperature)
-    set_lr(opt, config.ppo.lr)
-    model.train()
-    with bf16_autocast(autocast(config), device):
-        st = grpo_step(model, opt, batch, cfg)
-    model.eval()
-    return {"reward": rewards.mean().item(), "clip_frac": st["clip_frac"], "tokens": mask.sum().item() / len(rows),
-            **({"kl": st["kl"]} if g.kl_beta else {})}
-
-
 def load_problems(config: SelfPlayConfig):
     """The training and held-out problems, checked against what the run will draw from them."""
     for flag, path in (("--data", config.run.data), ("--test-data", config.run.test_data)):
@@ -174,7 +140,7 @@ def load_problems(config: SelfPlayConfig):
     per_iteration = draws_per_iteration(config)
     if len(train) < per_iteration:
         raise ValueError(f"{config.run.data}: {len(train)} problems, but every iteration draws {per_iteration} distinct "
-                         f"ones (--problems-per-iteration{' + --imitation-problems' if config.run.algo == 'ppo' else ''})")
+                         f"ones (--problems-per-iteration{' + --imitation-problems' if config.run.algo == 'ppo' else ' x --rounds'})")
     if not test:
         raise ValueError(f"{config.run.test_data}: no held-out problems")
     return train, test[: config.eval.problems]
@@ -188,20 +154,22 @@ def _table(rows: list[tuple[str, EvalResult, EvalResult]]) -> str:
 
 
 def evaluate_all(model, tokenizer, problems, config: SelfPlayConfig, tag: str, progress: bool, seed: int) -> dict[str, EvalResult]:
-    """The before/after table's rows: greedy, best-of-N and MCTS (with the step checker as a tool, like rStar's
-    code execution: no ground truth needed), and for GRPO the <think> format under its training budget.
+    """The before/after table's rows: greedy, then for PPO best-of-N and MCTS (with the step checker as a tool,
+    like rStar's code execution: no ground truth needed), for GRPO the <think> format at `elastic_budgets`.
     Under torchrun each rank evaluates its share of the problems (`eval.evaluate_sharded`)."""
     from tqdm.auto import tqdm
 
     s, e = config.search, config.eval
     kw = dict(temperature=s.temperature, max_thought_tokens=s.max_thought_tokens, seed=seed)
-    jobs = {"greedy": lambda ps: evaluate(model, tokenizer, ps, "greedy", **kw),
-            f"best_of_{e.best_of_n}": lambda ps: evaluate(model, tokenizer, ps, "best_of_n", e.best_of_n, **kw),
-            f"mcts_{e.simulations}": lambda ps: evaluate(model, tokenizer, ps, "mcts", e.simulations,
-                                                         mcts=replace(EVAL_MCTS, verify=step_checker(config)), **kw)}
-    if config.run.algo == "grpo":
-        g = config.grpo
-        jobs[f"think_{g.think_budget}"] = lambda ps: evaluate_budgeted(model, tokenizer, ps, g.think_budget, g.solution_budget)
+    jobs = {"greedy": lambda ps: evaluate(model, tokenizer, ps, "greedy", **kw)}
+    if config.run.algo == "ppo":
+        jobs[f"best_of_{e.best_of_n}"] = lambda ps: evaluate(model, tokenizer, ps, "best_of_n", e.best_of_n, **kw)
+        jobs[f"mcts_{e.simulations}"] = lambda ps: evaluate(model, tokenizer, ps, "mcts", e.simulations,
+                                                            mcts=replace(EVAL_MCTS, verify=step_checker(config)), **kw)
+    else:
+        for b in elastic_budgets(config):
+            jobs[f"think_{budget_name(b)}"] = lambda ps, b=b: evaluate_budgeted(model, tokenizer, ps, b,
+                                                                               config.grpo.solution_budget)
     results = {}
     bar = tqdm(jobs.items(), desc=f"evaluate {tag}", disable=not progress, unit="method")
     for name, job in bar:
@@ -292,8 +260,10 @@ def run(config: SelfPlayConfig, resume: str | None = None, from_scratch: bool = 
                                              memory, rng, c))
         else:
             m = grpo_iteration(model, tokenizer, opt, dist.shard(problems, place), it, c, seed)
+            m["think_quick"] = evaluate_sharded(lambda ps: evaluate_budgeted(  # held out, greedy at t*
+                model, tokenizer, ps, config.grpo.think_budget, config.grpo.solution_budget), test[:config.eval.quick]).accuracy
         m = dist.combine(m, summed=("chains", "restamped", "imitation_replayed"))
-        m["lr"] = c.ppo.lr
+        m["lr"] = c.ppo.lr if ppo else c.grpo.grpo_lr
         if config.eval.every and (it + 1) % config.eval.every == 0:
             m["greedy_quick"] = evaluate_sharded(lambda ps: evaluate(model, tokenizer, ps, "greedy", seed=seed,
                                                                      max_thought_tokens=config.search.max_thought_tokens),
@@ -302,7 +272,8 @@ def run(config: SelfPlayConfig, resume: str | None = None, from_scratch: bool = 
         metrics.append(m)
         if place.main:
             append_jsonl(out / "metrics.jsonl", m)
-        bar.set_postfix({k: f"{v:.3f}" for k, v in m.items() if k in ("solved", "imitation_solved", "reward", "greedy_quick")})
+        bar.set_postfix({k: f"{v:.3f}" for k, v in m.items() if k in ("solved", "imitation_solved", "reward", "greedy_quick",
+                                                                     "think_quick")})
         state = {"optimizer": opt.state_dict(), "policy_rng": policy.generator.get_state(), "python_rng": rng.getstate(),
                  "torch_rng": torch.get_rng_state(), "metrics": metrics}
         save_checkpoint(out, it, config, lambda d: save_model(model, tokenizer, d, config), state,
@@ -312,16 +283,31 @@ def run(config: SelfPlayConfig, resume: str | None = None, from_scratch: bool = 
     evals["after"] = evaluate_all(model, tokenizer, test, config, "after", progress, seed)
     before, after = evals["before"], evals["after"]
     e = config.eval
-    summary = {"sft_greedy": before["greedy"].accuracy, "final_greedy": after["greedy"].accuracy,
-               "sft_best_of_n": before[f"best_of_{e.best_of_n}"].accuracy,
-               "final_best_of_n": after[f"best_of_{e.best_of_n}"].accuracy,
-               "sft_mcts": before[f"mcts_{e.simulations}"].accuracy, "final_mcts": after[f"mcts_{e.simulations}"].accuracy,
-               "iterations": config.run.iterations, "algo": config.run.algo, "seed": config.run.seed,
-               "wall_s": round(time.perf_counter() - t0, 1), "checkpoint": str(out / "final")}
+    summary = {"sft_greedy": before["greedy"].accuracy, "final_greedy": after["greedy"].accuracy}
+    if ppo:
+        summary.update(sft_best_of_n=before[f"best_of_{e.best_of_n}"].accuracy,
+                       final_best_of_n=after[f"best_of_{e.best_of_n}"].accuracy,
+                       sft_mcts=before[f"mcts_{e.simulations}"].accuracy, final_mcts=after[f"mcts_{e.simulations}"].accuracy)
+    summary.update(iterations=config.run.iterations, algo=config.run.algo, seed=config.run.seed,
+                   wall_s=round(time.perf_counter() - t0, 1), checkpoint=str(out / "final"))
+    if not ppo:  # Elastic Reasoning's table: accuracy and tokens against the thinking budget, before and after
+        budgets = elastic_budgets(config)
+        summary["think_budget"] = config.grpo.think_budget
+        summary["budgets"] = {}
+        for b in budgets:
+            x, y = before[f"think_{budget_name(b)}"], after[f"think_{budget_name(b)}"]
+            summary["budgets"][budget_name(b)] = {"before": x.accuracy, "after": y.accuracy, "tokens_before": x.tokens,
+                                                  "tokens_after": y.tokens}
     if place.main:
         append_jsonl(out / "metrics.jsonl", {"eval": "after", **{k: asdict(v) for k, v in evals["after"].items()}})
         save_model(model, tokenizer, out / "final", config)
-        print("\n" + _table([(k, before[k], after[k]) for k in after if k in before]))
+        print("\n" + _table([(k, before[k], after[k]) for k in after if k in before and not k.startswith("think_")]))
+        if not ppo:
+            print("\n" + budget_table(before, after, budgets))
+            curves = [replace(r, method=f"budget, {tag}") for tag, ev in (("before", before), ("after", after))
+                      for k, r in ev.items() if k.startswith("think_")]
+            if plot(curves, out / "budgets.png", title=f"thinking budget, GRPO trained at {config.grpo.think_budget}"):
+                print(f"wrote {out / 'budgets.png'}")
         atomic_write(out / "summary.json", json.dumps(summary))
     dist.barrier()  # the run is whole on disk before any rank returns
     return summary

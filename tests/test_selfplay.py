@@ -1,6 +1,7 @@
 """A short self-play run end to end: metrics, checkpoints, the final JSON, exact resume, determinism."""
 
 import json
+import math
 import pytest
 import torch
 
@@ -131,28 +132,84 @@ def test_learning_rates_fall_along_a_cosine():
     # full rate first, lr_decay times it last, halfway between in the middle; both rates alike
     assert [c.ppo.lr for c in lrs] == pytest.approx([1e-4, 0.8682e-4, 0.55e-4, 0.2318e-4, 0.1e-4], rel=1e-3)
     assert [c.imitation.lr / c.ppo.lr for c in lrs] == pytest.approx([3.0] * 5)
+    assert [c.grpo.grpo_lr / c.ppo.lr for c in lrs] == pytest.approx([PRESETS["tiny"].grpo.grpo_lr / 1e-4] * 5)
     assert iteration_config(apply_flags(config, {"iterations": 1}), 0).ppo.lr == 1e-4  # one iteration: the full rate
 
 
-def test_grpo_run_learns_from_budgeted_rollouts_and_resumes_exactly(tmp_path, warmstart, monkeypatch):
-    """A random model never answers right: an answer of even length counts as right here, so rewards differ."""
-    import nanoo1.selfplay as selfplay
+def test_grpo_reward_rises_on_a_task_a_stand_in_model_learns(tmp_path, warmstart, monkeypatch, capsys):
+    """A one-token answer of even length counts as right: the random model starts near its base rate and
+    GRPO moves it onto such tokens within a few iterations."""
+    import nanoo1.elastic as elastic
 
-    monkeypatch.setattr(selfplay, "check", lambda text, truth: len(text) % 2 == 0)
-    kw = dict(algo="grpo", group_size=2, think_budget=8, solution_budget=4, problems_per_iteration=2)
+    monkeypatch.setattr(elastic, "check", lambda text, truth: len(text) % 2 == 0)
+    main(["--tiny", "--model", str(warmstart), "--out", str(tmp_path), "--algo", "grpo", "--iterations", "6",
+          "--problems-per-iteration", "4", "--rounds", "1", "--group-size", "8", "--think-budget", "2", "--solution-budget", "1",
+          "--grpo-lr", "1e-2", "--eval-problems", "3", "--eval-quick", "3", "--eval-best-of-n", "2",
+          "--eval-simulations", "1", "--max-thought-tokens", "4", "--no-progress"])
+    rewards = [m["reward"] for m in metrics_of(tmp_path)[1:-1]]
+    assert sum(rewards[:2]) / 2 < 0.45 and sum(rewards[-2:]) / 2 > 0.8, rewards
+    out = capsys.readouterr().out
+    summary = json.loads(out.strip().splitlines()[-1])
+    assert summary["think_budget"] == 2 and list(summary["budgets"]) == ["1", "2", "4", "unlimited"]  # t*/4 is t*/2 here
+    assert all(set(row) == {"before", "after", "tokens_before", "tokens_after"} for row in summary["budgets"].values())
+    assert "thinking budget" in out and summary["budgets"]["unlimited"]["tokens_before"] > summary["budgets"]["4"]["tokens_before"]
+
+
+def test_grpo_run_repeats_for_a_seed_and_resumes_exactly(tmp_path, warmstart, monkeypatch):
+    """Two rounds per iteration, each with two epochs of two minibatches."""
+    import nanoo1.elastic as elastic
+
+    monkeypatch.setattr(elastic, "check", lambda text, truth: len(text) % 2 == 0)  # rewards differ within a group
+    kw = dict(algo="grpo", group_size=2, think_budget=8, solution_budget=4, problems_per_iteration=2, rounds=2, epochs=2,
+              grpo_minibatch=2, grpo_lr=1e-3)
     straight = run(small(tmp_path / "a", warmstart, **kw), progress=False)
     killed_after_first_checkpoint(small(tmp_path / "b", warmstart, **kw), monkeypatch)
     resumed = run(small(tmp_path / "b", warmstart, **kw), resume=str(tmp_path / "b"), progress=False)
+    again = run(small(tmp_path / "c", warmstart, **kw), progress=False)
     drop = ("wall_s", "checkpoint")
     assert {k: v for k, v in straight.items() if k not in drop} == {k: v for k, v in resumed.items() if k not in drop}
+    assert {k: v for k, v in straight.items() if k not in drop} == {k: v for k, v in again.items() if k not in drop}
+    assert metrics_of(tmp_path / "a") == metrics_of(tmp_path / "b") == metrics_of(tmp_path / "c")
     a, _ = load_pretrained(tmp_path / "a" / "final")
     b, _ = load_pretrained(tmp_path / "b" / "final")
     assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
     warm, _ = load_pretrained(warmstart)
     assert not all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), warm.state_dict().values()))  # it learned
-    lines = [json.loads(line) for line in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
-    assert "think_8" in lines[0] and all(0 < m["reward"] < 1 and m["tokens"] > 0 for m in lines[1:-1])
+    lines = metrics_of(tmp_path / "a")
+    assert {"think_2", "think_4", "think_8", "think_16", "think_unlimited"} <= set(lines[0])
+    for m in lines[1:-1]:
+        assert m["updates"] > 0 and 0 <= m["cut"] <= 1 and m["think"] <= 8 and 0 <= m["think_quick"] <= 1
+        assert {"reward", "correct", "think_right", "think_wrong", "tokens", "lr"} <= set(m)
     assert not (tmp_path / "a" / "iter-0001" / "replay.pt").exists()  # no MCTS, no buffers
+
+
+def test_rollout_rewards_correct_or_cosine_with_the_repetition_penalty():
+    from types import SimpleNamespace
+
+    from nanoo1.elastic import rollout_rewards
+
+    rows = [SimpleNamespace(tokens=[5] * 8), SimpleNamespace(tokens=[1, 2, 3, 4]), SimpleNamespace(tokens=list(range(20)))]
+    correct = torch.tensor([1.0, 0.0, 1.0])
+    config = apply_flags(PRESETS["tiny"], dict(algo="grpo", think_budget=12, solution_budget=7, ngram=3))
+    assert torch.equal(rollout_rewards(rows, correct, config), correct)
+    cosine = rollout_rewards(rows, correct, apply_flags(config, {"reward": "cosine"}))
+    # L_max = 12 + 1 + 7 = 20: 8 tokens right, 4 wrong, 20 (the limit: never finished) right; [5]*8 repeats its
+    # 3-gram from position 1 on, so 7 of its tokens get -0.05
+    expected = [1 + 0.5 * (1 + math.cos(math.pi * 8 / 20)) - 7 * 0.05, -5 * (1 + math.cos(math.pi * 4 / 20)), -10.0]
+    assert cosine.tolist() == pytest.approx(expected)
+
+
+def test_eval_command_takes_an_unlimited_thinking_budget(tmp_path, warmstart, capsys):
+    from nanoo1 import eval as eval_cli
+
+    eval_cli.main(["--checkpoint", str(warmstart), "--limit", "2", "--methods", "budget", "--budgets", "2,unlimited",
+                   "--out", str(tmp_path)])
+    rows = [json.loads(l) for l in (tmp_path / "eval.jsonl").read_text().splitlines()]
+    assert [r["budget"] for r in rows] == [2, None] and rows[1]["tokens"] > rows[0]["tokens"]
+    assert "unlimited" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        eval_cli.main(["--checkpoint", str(warmstart), "--methods", "greedy,budget", "--budgets", "unlimited"])
+    assert "for --methods budget alone" in capsys.readouterr().err
 
 
 def untimed(row):
@@ -341,11 +398,11 @@ def test_memory_estimate_of_the_2b_preset_fits_a_16_gb_card():
 
 
 def test_grpo_with_lora_takes_its_kl_against_the_base_with_the_adapters_off(tmp_path, warmstart, monkeypatch, capsys):
-    import nanoo1.selfplay as selfplay
+    import nanoo1.elastic as elastic
 
-    monkeypatch.setattr(selfplay, "check", lambda text, truth: len(text) % 2 == 0)  # rewards differ within a group
-    kw = dict(algo="grpo", group_size=2, think_budget=8, solution_budget=4, problems_per_iteration=2, lora_rank=4,
-              kl_beta=0.1, lr=1e-2, eval_best_of_n=1, eval_simulations=1)
+    monkeypatch.setattr(elastic, "check", lambda text, truth: len(text) % 2 == 0)  # rewards differ within a group
+    kw = dict(algo="grpo", group_size=4, think_budget=8, solution_budget=4, problems_per_iteration=2, rounds=1, lora_rank=4,
+              kl_beta=0.1, grpo_lr=1e-2, eval_best_of_n=1, eval_simulations=1)
     run(small(tmp_path, warmstart, **kw), progress=False)
     kl = [m["kl"] for m in metrics_of(tmp_path)[1:-1]]
     assert kl[0] == 0.0 and kl[1] > 0  # the adapters start at zero (the policy is the base), then move away from it

@@ -1,0 +1,129 @@
+"""Elastic Reasoning's budgeted GRPO (Xu et al. 2025), the iteration `selfplay --algo grpo` runs, and its table.
+
+Rollouts think in the <think> format until a budget t* cuts them (</think> forced, then the answer); the reward
+is 1 for a right answer (or Yeo et al.'s cosine length reward, `--reward cosine`); advantages are group-relative;
+updates are `updates.grpo_step`. At the end of a run the held-out accuracy and tokens against the thinking
+budget (`elastic_budgets`: t*/4, t*/2, t*, 2t*, unlimited) show what the budgeted training changed.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from nanoo1 import dist
+from nanoo1.engine import generate_budgeted
+from nanoo1.eval import EvalResult, budget_name
+from nanoo1.lora import adapters_off
+from nanoo1.model import bf16_autocast
+from nanoo1.recipe import SelfPlayConfig, autocast, iteration_seed
+from nanoo1.rewards import check, cosine_length_reward, repetition_penalty
+from nanoo1.rl import completion_logprobs, grpo_advantages
+from nanoo1.sft import set_lr
+from nanoo1.tasks import think_prompt
+from nanoo1.tokenizer import batch_ids
+from nanoo1.updates import GRPOConfig, grpo_step
+
+
+def grpo_iteration(model, tokenizer, opt, problems, it: int, config: SelfPlayConfig, seed: int = 0) -> dict:
+    """Elastic Reasoning's budgeted GRPO (Xu et al. 2025, sec. 3.2), `rounds` times over as many slices of
+    `problems`: group_size rollouts per problem whose thinking is cut at think_budget (</think> forced,
+    then the answer), rewarded by `rollout_rewards`, group-relative advantages, then `_grpo_updates`. A
+    group whose rewards all agree has advantage 0 and is left out of the updates. Returns the rollouts'
+    mean reward, share correct, share cut by the budget, thinking tokens (of all, of the right and of the
+    wrong ones) and tokens, and the updates' statistics. Under torchrun `problems` is this rank's share and
+    `seed` its own (`dist.rank_seed`); every rank takes the same number of update steps."""
+    g = config.grpo
+    end = tokenizer.token_id("</think>")
+    per_round = len(problems) // g.rounds
+    seen, steps = {k: [] for k in ("reward", "correct", "cut", "think", "tokens")}, []
+    for r in range(g.rounds):
+        chunk = problems[r * per_round:(r + 1) * per_round]
+        rows = generate_budgeted(model, [tokenizer.encode(think_prompt(p.question)) for p in chunk], g.think_budget,
+                                 g.solution_budget, end, temperature=g.grpo_temperature, num_samples=g.group_size,
+                                 stop_token_ids=[tokenizer.eos_id], tokenizer=tokenizer,
+                                 seed=iteration_seed(seed, it * g.rounds + r))
+        correct = torch.tensor([float(end in row.tokens and check(row.text.split("</think>")[-1], chunk[i // g.group_size].answer))
+                                for i, row in enumerate(rows)])  # (B,) 1 or 0; no </think>: 0
+        rewards = rollout_rewards(rows, correct, config)
+        adv = grpo_advantages(rewards, g.group_size, scale_std=g.loss_type != "dr_grpo")
+        keep = [i for i in range(len(rows)) if adv[i] != 0]
+        if dist.largest(len(keep)):  # a rank whose groups all agree joins the others' updates with no rows
+            steps += _grpo_updates(model, tokenizer, opt, [rows[i] for i in keep], adv[keep], it * g.rounds + r, config)
+        seen["reward"].append(rewards)
+        seen["correct"].append(correct)
+        seen["cut"].append(torch.tensor([float(any(row.forced)) for row in rows]))
+        seen["think"].append(torch.tensor([float(row.tokens.index(end) if end in row.tokens else len(row.tokens)) for row in rows]))
+        seen["tokens"].append(torch.tensor([float(len(row.tokens)) for row in rows]))
+    seen = {k: torch.cat(v) for k, v in seen.items()}
+    right = seen["correct"].bool()
+    stats = ("clip_frac", "approx_kl") + (("kl",) if g.kl_beta else ())
+    return {**{k: v.mean().item() for k, v in seen.items()},
+            "think_right": seen["think"][right].mean().item() if right.any() else 0.0,
+            "think_wrong": seen["think"][~right].mean().item() if not right.all() else 0.0,
+            "updates": len(steps), **{k: sum(st[k] for st in steps) / max(1, len(steps)) for k in stats}}
+
+
+def rollout_rewards(rows, correct, config: SelfPlayConfig):
+    """Each rollout's reward: `correct` (1 or 0; 0 without </think>), or with --reward cosine Yeo et al.'s
+    cosine length reward over its tokens (the longest possible rollout, think + 1 + solution budget, is
+    L_max: a rollout that reaches it never finished its answer) plus the sum of its n-gram repetition
+    penalties."""
+    g = config.grpo
+    if g.reward == "correct":
+        return correct
+    lengths = torch.tensor([len(r.tokens) for r in rows])
+    penalty = torch.stack([repetition_penalty(r.tokens, g.ngram).sum() for r in rows])
+    return cosine_length_reward(correct.bool(), lengths, g.think_budget + 1 + g.solution_budget) + penalty
+
+
+def _grpo_updates(model, tokenizer, opt, rows, adv, seed: int, config: SelfPlayConfig) -> list[dict]:
+    """`epochs` passes of `grpo_step` over minibatches of the rollouts, shuffled by `seed`, against their
+    log-probs under the policy that sampled them (stored first, PPO-style). Returns each step's statistics."""
+    g, device = config.grpo, model.output_embedding.device
+    ids, attn = batch_ids([r.prompt + r.tokens for r in rows], tokenizer.pad_id)
+    mask = torch.zeros_like(ids)
+    for i, r in enumerate(rows):
+        mask[i, len(r.prompt):len(r.prompt) + len(r.tokens)] = 1  # sampled and forced tokens alike
+    ids, attn, mask, adv = ids.to(device), attn.to(device), mask.to(device), adv.to(device)
+    cfg = GRPOConfig(loss_type=g.loss_type, micro_batch_size=config.ppo.micro_batch, temperature=g.grpo_temperature,
+                     max_completion_length=g.think_budget + g.solution_budget + 1, beta=g.kl_beta)
+
+    def logprobs():  # no grad, micro-batch by micro-batch (no rows: an empty (0, 0) grid)
+        n = cfg.micro_batch_size
+        if not rows:
+            return torch.zeros(ids.shape, device=device)
+        return torch.cat([completion_logprobs(model, ids[s:s + n], attn[s:s + n], mask[s:s + n], cfg.temperature)
+                          for s in range(0, len(rows), n)])
+
+    batch = {"input_ids": ids, "attention_mask": attn, "completion_mask": mask, "advantages": adv}
+    with torch.no_grad(), bf16_autocast(autocast(config), device):
+        batch["old_logp"] = logprobs()
+        if g.kl_beta:  # the reference: the same model with its adapters off, never a second copy
+            with adapters_off(model):
+                batch["ref_logp"] = logprobs()
+    set_lr(opt, g.grpo_lr)
+    shuffle = torch.Generator().manual_seed(seed)
+    steps = []
+    model.train()
+    n = dist.largest(-(-len(rows) // g.grpo_minibatch))  # steps per epoch, the same on every rank
+    for _ in range(g.epochs):
+        order = torch.randperm(len(rows), generator=shuffle).to(device)
+        for s in range(0, n * g.grpo_minibatch, g.grpo_minibatch):
+            with bf16_autocast(autocast(config), device):
+                steps.append(grpo_step(model, opt, {k: v[order[s:s + g.grpo_minibatch]] for k, v in batch.items()}, cfg))
+    model.eval()
+    return steps
+
+
+def elastic_budgets(config: SelfPlayConfig) -> list[int | None]:
+    """The thinking budgets of Elastic Reasoning's table: t*/4, t*/2, t*, 2 t* and unlimited (None)."""
+    t = config.grpo.think_budget
+    return list(dict.fromkeys([max(1, t // 4), max(1, t // 2), t, 2 * t])) + [None]
+
+
+def budget_table(before: dict[str, EvalResult], after: dict[str, EvalResult], budgets) -> str:
+    lines = [f"{'thinking budget':<18}{'before':>9}{'after':>9}{'tokens before':>15}{'tokens after':>14}"]
+    for b in budgets:
+        x, y = before[f"think_{budget_name(b)}"], after[f"think_{budget_name(b)}"]
+        lines.append(f"{budget_name(b):<18}{100 * x.accuracy:8.1f}%{100 * y.accuracy:8.1f}%{x.tokens:15.1f}{y.tokens:14.1f}")
+    return "\n".join(lines)
