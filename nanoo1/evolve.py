@@ -79,7 +79,7 @@ class EvolveConfig:
     beam: int = 0  # > 0: also held-out accuracy of beam search of this width scored by the PPM
     seed: int = 0  # problem draw, search sampling and training order (round k uses seed + k)
     out: str = "runs/rstar"  # metrics.jsonl, policy-k/, ppm-k/
-    device: str = "cpu"  # where the models run: cpu, cuda, cuda:N, or auto (cuda when there is one)
+    device: str = "cpu"  # where the models run: cpu, cuda, cuda:N, or auto (cuda when there is one; --model's default)
     dtype: str = "float32"  # the weights' dtype: float32 or bfloat16 (the base's, under LoRA; adapters stay float32)
 
     def __post_init__(self):
@@ -351,6 +351,8 @@ def main(argv=None):
     run_flags = ("tiny", "warmstart_steps", "threads", "no_progress", "model", "data", "test_data")
     given = {k: v for k, v in vars(args).items() if k not in run_flags}
     lora_flags = {k: given.pop(k) for k in list(given) if k.startswith("lora_")}
+    if not args.tiny:  # a real checkpoint runs on the GPU when there is one; the tiny task stays on the CPU
+        given.setdefault("device", "auto")
     try:
         config, lora = apply_flags(EvolveConfig(), given), apply_flags(LoRASettings(), lora_flags)
     except ValueError as e:

@@ -583,3 +583,14 @@ def test_a_lora_round_in_bf16_trains_adapters_only(code_tokenizer, tmp_path, mon
     ppm, _ = _load_ppm(tmp_path / "run" / "ppm-1", base=tmp_path / "base")
     ids = torch.tensor([encode_trace(code_tokenizer, train[0].question, [], close=False)[0]])
     assert ppm(ids).abs().item() > 0
+
+
+def test_evolve_on_a_checkpoint_takes_the_gpu_when_there_is_one_and_tiny_the_cpu(monkeypatch, capsys):
+    import nanoo1.evolve as evolve
+
+    seen = []
+    monkeypatch.setattr(evolve, "run", lambda config, model, *a, **k: seen.append(config.device))
+    evolve.main(["--model", "some/checkpoint", "--no-progress"])
+    evolve.main(["--tiny", "--no-progress"])
+    evolve.main(["--model", "some/checkpoint", "--device", "cpu", "--no-progress"])
+    assert seen == ["auto", "cpu", "cpu"]
