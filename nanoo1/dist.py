@@ -62,10 +62,16 @@ def rank_seed(seed: int, rank: int) -> int:
     return seed + 1_000_003 * rank
 
 
-def total(x, device=None) -> torch.Tensor:
+def _wire() -> torch.device:
+    """Where a tensor must be to be reduced: nccl reduces CUDA tensors only, gloo CPU ones."""
+    return torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+
+
+def total(x) -> torch.Tensor:
     """x summed over ranks, as a tensor (e.g. the tokens or rows of the whole batch)."""
-    t = torch.as_tensor(x, device=device).clone()
+    t = torch.as_tensor(x).clone()
     if place().world > 1:
+        t = t.to(_wire())
         dist.all_reduce(t)
     return t
 
@@ -74,7 +80,7 @@ def smallest(n: int) -> int:
     """The least of an integer over ranks (e.g. a number of steps every rank can take)."""
     if place().world == 1:
         return n
-    t = torch.tensor(n)
+    t = torch.tensor(n, device=_wire())
     dist.all_reduce(t, op=dist.ReduceOp.MIN)
     return int(t)
 
@@ -100,7 +106,7 @@ def sum_gradients(params) -> None:
     for q in params:
         if q.grad is None:
             q.grad = torch.zeros_like(q)
-    flat = torch.cat([q.grad.reshape(-1).float() for q in params])
+    flat = torch.cat([q.grad.reshape(-1).float() for q in params]).to(_wire())
     dist.all_reduce(flat)
     for q, g in zip(params, flat.split([q.numel() for q in params])):
         q.grad.copy_(g.view_as(q.grad))
