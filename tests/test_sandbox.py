@@ -148,6 +148,14 @@ def hostile(code: str, timeout: float = 1.0, **limits):
     return result
 
 
+def attempt_each(attempts: dict) -> str:
+    """A program that tries each attempt (name -> statements separated by '; ') and prints `name refused`
+    where it raised OSError, `name done` where it did not."""
+    return "import os\n" + "".join(
+        f"try:\n    {line.replace('; ', chr(10) + '    ')}\n    print({name!r}, 'done')\n"
+        f"except OSError:\n    print({name!r}, 'refused')\n" for name, line in attempts.items())
+
+
 @pytest.fixture(params=[True, False], ids=["hook", "no-hook"])
 def hook(request):
     """With and without the audit hook; without it only Linux has the kernel layers that still hold."""
@@ -460,9 +468,7 @@ def test_writing_outside_its_directory(hook, tmp_path):
     }
     if LANDLOCK:  # no audit event exists for mkfifo: only Landlock stops it
         attempts["mkfifo"] = f"os.mkfifo({str(shared / 'g')!r})"
-    code = "import os\n" + "".join(
-        f"try:\n    {line}\n    print({name!r}, 'done')\nexcept OSError as e:\n    print({name!r}, 'refused')\n"
-        for name, line in attempts.items())
+    code = attempt_each(attempts)
     if not hook and not LANDLOCK:
         pytest.skip("without the audit hook, writes are confined by Landlock, which this kernel lacks")
     r = hostile(code, audit_hook=hook)
@@ -489,9 +495,7 @@ def test_reading_outside_through_a_directory_fd(hook, tmp_path):
         "dotdot": f"open(os.path.join(os.getcwd(), '..', {os.path.relpath(secret, tempfile.gettempdir())!r})).read()",
         "home": "os.listdir(os.path.expanduser('~root'))",
     }
-    code = "import os\n" + "".join(
-        f"try:\n    {line.replace('; ', chr(10) + '    ')}\n    print({name!r}, 'read')\n"
-        f"except OSError as e:\n    print({name!r}, 'refused')\n" for name, line in attempts.items())
+    code = attempt_each(attempts)
     if not hook and not LANDLOCK:
         pytest.skip("without the audit hook, reads are confined by Landlock, which this kernel lacks")
     r = hostile(code, audit_hook=hook)
@@ -522,9 +526,7 @@ def test_changing_metadata_outside(hook, tmp_path):
         "fchmod own": "os.fchmod(os.open('mine', os.O_WRONLY | os.O_CREAT), 0o777)" if private_namespaces()
                       else "os.fchmod(os.open('main.py', os.O_WRONLY), 0o777)",
     }
-    code = "import os\n" + "".join(
-        f"try:\n    {line}\n    print({name!r}, 'done')\nexcept OSError as e:\n    print({name!r}, 'refused')\n"
-        for name, line in attempts.items())
+    code = attempt_each(attempts)
     if not hook and not KERNEL:
         pytest.skip("without the audit hook, metadata calls are refused by seccomp, which has no table here")
     r = hostile(code, audit_hook=hook)
