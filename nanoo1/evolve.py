@@ -1,57 +1,67 @@
 """rStar-Math's self-evolution: search with policy k and PPM k, train policy k+1 and PPM k+1 on what it found.
 
-    python -m nanoo1.evolve --tiny --rounds 2     # the tiny task on a CPU (base model: see tiny_base)
+    python -m nanoo1.evolve --tiny                # the tiny task on a CPU, both cores (base model: see tiny_base)
+    python -m nanoo1.evolve --tiny --verifiers 16 # and then best-of-N by vote, PRM and ORM (verifiers.py)
     python -m nanoo1.evolve --model DIR --data train.jsonl --test-data test.jsonl --problems 500 --out runs/big
     python -m nanoo1.evolve --model DIR ... --device cuda --dtype bfloat16 --lora-rank 16   # a 2B model on one GPU
 
-One round (Guan et al. 2025, sec. 3.4), on the same training problems every round:
-  1. MCTS with policy k over the training problems: UCT (c = 2), the ground truth scores each answer +1 / -1,
+One round (Guan et al. 2025, sec. 3.4):
+  1. MCTS with policy k over this round's training problems (new ones every round, as the paper's rounds
+     reach problems earlier rounds left unsolved): UCT (c = 2), the ground truth scores each answer +1 / -1,
      PPM k's score is a new step's value (round 0 has no PPM: terminal rewards alone guide the search).
-  2. Coverage: the share of problems whose tree holds a correct answer (the paper's Table 2).
-  3. Policy k+1: the base model (every round starts again from it) fine-tuned on the top-2 correct traces
-     per problem by mean Q (`rstar.best_traces`), the loss on the steps the model wrote (`rstar.encode_trace`).
-  4. PPM k+1: policy k+1's decoder with a scalar head, trained on the sibling pairs of every tree
+  2. Coverage: the share of those problems whose tree holds a correct answer (the paper's Table 2).
+  3. Policy k+1: the base model fine-tuned on the top-2 correct traces per problem by mean Q
+     (`rstar.best_traces`) of every round so far, the loss on the steps the model wrote (`rstar.encode_trace`),
+     for `sft_epochs` passes. Like the paper, every round starts again from the base: the data grows and
+     the fine-tune never compounds on its own drift.
+  4. PPM k+1: policy k+1's decoder with a scalar head, trained on the sibling pairs of every tree so far
      (`ppm.preference_pairs`, `ppm.ppm_pair_loss`).
-Each row of the printed table (and of OUT/metrics.jsonl) is a round's search and the held-out accuracy of
-policy k, greedy and (--beam) beam search scored by PPM k; OUT/policy-k and OUT/ppm-k are the trained pairs.
-With --lora-rank every model of the run is the one frozen base (in --dtype) with its own float32 adapters, and
-policy-k and ppm-k hold adapters in PEFT's layout (`python -m nanoo1.lora merge` makes a full checkpoint of one).
-Under torchrun (`torchrun --nproc_per_node N -m nanoo1.evolve ...`) each rank searches its share of the
-problems and of the held-out set; the trees are gathered and every rank trains the next pair on all of them
-with the same seed (the same weights on a CPU; GPU kernels may differ in their last bits); rank 0 writes.
+Why these choices, measured on the tiny task (held-out greedy of policy 1 from the 11.0% warm start; 200
+problems, so about +-2.7 points of noise): 100 steps on the 116 traces of 300 problems, 12.5%; on the 251
+traces of 600 problems, 17.5%, with 50, 200 and 300 steps 12.0%, 17.5% and 12.0% (about 6 to 13 passes over
+the traces help, 19 overfit), at lr 3e-4 14.5%. In round 2, from the base on both rounds' 556 traces for 8.6
+passes, 20.5%; on round 2's 305 traces alone 15.5%; policy 1 continued on them 19.0%. More traces is what
+helps: hence new problems every round, traces kept across rounds, and passes instead of a step count.
+
+Each row of the printed table (and of OUT/metrics.jsonl) is round k: held-out accuracy of policy k, greedy
+and by beam search scored by PPM k (`ppm_search`), PPM k's pair accuracy on the searched trees of held-out
+problems, then round k's search; OUT/policy-k and OUT/ppm-k are the trained pairs, OUT/rounds.png the table
+drawn (with matplotlib). With --lora-rank every model of the run is the one frozen base (in --dtype) with
+its own float32 adapters, and policy-k and ppm-k hold adapters in PEFT's layout (`python -m nanoo1.lora
+merge` makes a full checkpoint of one). Under torchrun (`torchrun --nproc_per_node N -m nanoo1.evolve ...`;
+--tiny starts its own, `--procs`) each rank searches its share of the problems and of the held-out set; the
+trees are gathered and every rank trains the next pair on all of them with the same seed (the same weights
+on a CPU; GPU kernels may differ in their last bits); rank 0 writes.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import random
+import sys
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-import torch
-from safetensors.torch import save
 
 from nanoo1 import dist
 from nanoo1.checkpoint import load_pretrained
 from nanoo1.device import process_setup, resolve_device
-from nanoo1.config import add_config_flags, add_process_flags, apply_flags, check_settings, entry_parser
+from nanoo1.config import add_config_flags, add_process_flags, apply_flags, check_settings, entry_parser, positive_int
 from nanoo1.files import atomic_write
 from nanoo1.lora import lora_copy, save_trained, unfreeze
 from nanoo1.mcts import MCTSConfig, mcts
-from nanoo1.model import bf16_autocast
 from nanoo1.recipe import LoRASettings
-from nanoo1.ppm import ProcessPreferenceModel, ppm_pair_loss, ppm_scores, preference_pairs
+from nanoo1.ppm import (ProcessPreferenceModel, fit, pair_accuracy, pair_batch_loss, preference_pairs,
+                        save_scorer)
 from nanoo1.rstar import RStarConfig, RStarPolicy, best_traces, encode_trace, ppm_input
 from nanoo1.search import SearchConfig, grade, search
-from nanoo1.sft import SFTConfig, lr_at, make_batches, set_lr, train_sft
+from nanoo1.sft import SFTConfig, make_batches, train_sft
 from nanoo1.tasks import TINY_DIR, Problem, load_jsonl
+from nanoo1.verifiers import CHOOSERS, outcome_examples, train_orm, verifier_table
 from nanoo1.thoughts import Tree
-from nanoo1.tokenizer import batch_ids
 from nanoo1.warmstart import WARMSTART_DIR, WARMSTART_SFT, train_warmstart
-
-PPM_HEAD = "ppm_head.safetensors"  # the PPM's scalar head, next to its decoder's model.safetensors
-
 
 @dataclass
 class EvolveConfig:
@@ -63,22 +73,25 @@ class EvolveConfig:
     patient: int = 2  # a problem's search stops after this many correct answers (the two traces kept)
     # policy k+1
     traces_per_problem: int = 2  # correct traces kept per problem, best mean Q first
-    sft_steps: int = 100  # optimizer steps of the fine-tune from the base model
+    sft_epochs: float = 8.0  # passes over the traces of every round so far, fine-tuning the base model
     sft_batch_size: int = 16  # traces per step
     sft_lr: float = 1e-3  # peak learning rate (linear warm-up, cosine decay)
     # PPM k+1
-    ppm_steps: int = 100  # optimizer steps on the preference pairs
+    ppm_epochs: float = 6.0  # passes over the preference pairs of every round so far
     ppm_pairs_per_step: int = 16  # pairs per step (twice as many sequences)
     ppm_lr: float = 3e-4  # peak learning rate
     bf16: bool = True  # with float32 weights: autocast matrix multiplies to bfloat16 while training
     # the run
     rounds: int = 2  # self-evolution rounds
-    problems: int = 200  # training problems searched every round, drawn once with the seed
+    problems: int = 400  # training problems searched per round, new ones every round (one draw with the seed)
     min_steps: int = 0  # draw only problems of at least this many steps (a harder task)
-    eval_problems: int = 200  # held-out problems for greedy accuracy (the first ones of the test file)
-    beam: int = 0  # > 0: also held-out accuracy of beam search of this width scored by the PPM
+    eval_problems: int = 200  # held-out problems for greedy and PPM-guided accuracy (the first of the test file)
+    pair_problems: int = 100  # the next held-out problems, searched once by policy 0: the pairs every PPM is scored on
+    beam: int = 2  # beam width of the PPM-guided search (each beam expanded into as many steps); 0: none
+    beam_temperature: float = 0.5  # sampling temperature of the beam's candidate steps
+    verifiers: int = 0  # > 0: after the last round, best-of-N by vote, PRM and ORM for N = 4, 8, ... up to this
     seed: int = 0  # problem draw, search sampling and training order (round k uses seed + k)
-    out: str = "runs/rstar"  # metrics.jsonl, policy-k/, ppm-k/
+    out: str = "runs/rstar"  # metrics.jsonl, rounds.png, policy-k/, ppm-k/ (verifiers.json, orm/)
     device: str = "cpu"  # where the models run: cpu, cuda, cuda:N, or auto (cuda when there is one; --model's default)
     dtype: str = "float32"  # the weights' dtype: float32 or bfloat16 (the base's, under LoRA; adapters stay float32)
 
@@ -99,9 +112,22 @@ def mcts_config(config: EvolveConfig) -> MCTSConfig:
                       failure_value=-1.0, temperature=config.temperature)
 
 
-def rstar_policy(model, tokenizer, config: EvolveConfig, ppm=None, seed: int = 0) -> RStarPolicy:
-    rstar = RStarConfig(max_step_tokens=config.max_step_tokens, temperature=config.temperature)
+def rstar_policy(model, tokenizer, config: EvolveConfig, ppm=None, seed: int = 0, temperature: float | None = None):
+    rstar = RStarConfig(max_step_tokens=config.max_step_tokens, temperature=temperature or config.temperature)
     return RStarPolicy(model, tokenizer, rstar, ppm, seed=seed)
+
+
+def search_trees(policy_model, ppm, tokenizer, problems: list[Problem], config: EvolveConfig, seed: int = 0):
+    """MCTS with the ground truths over the problems: (their trees, [generated, prompt, PPM] tokens spent).
+    Under torchrun each rank searches its share; every rank gets all the trees, in the problems' order."""
+    place = dist.place()
+    policy = rstar_policy(policy_model, tokenizer, config, ppm, dist.rank_seed(seed, place.rank))
+    mine = dist.shard(problems, place)
+    results = mcts(policy, [p.question for p in mine], mcts_config(config), [p.answer for p in mine])
+    parts = dist.gather([r.tree for r in results])
+    trees = [parts[i % len(parts)][i // len(parts)] for i in range(len(problems))]  # shard i of world: i, i + world, ...
+    spent = [sum(getattr(r.spent, kind) for r in results) for kind in ("generated", "prompt", "value")]
+    return trees, [sum(column) for column in zip(*dist.gather(spent))]
 
 
 # -- what a round measures and keeps -------------------------------------------------------------------
@@ -124,24 +150,22 @@ def ppm_pairs(tokenizer, trees: list[Tree]) -> list[tuple[list[int], list[int]]]
             for tree in trees for pos, neg in preference_pairs(tree)]
 
 
-def pair_accuracy(ppm: ProcessPreferenceModel, pairs, pad_id: int, batch_size: int = 32) -> float | None:
-    """Share of pairs the PPM orders right, r(pos) > r(neg) (a tie is wrong); None without pairs."""
-    if not pairs:
-        return None
-    r = ppm_scores(ppm, [p for p, _ in pairs] + [n for _, n in pairs], pad_id, batch_size)  # (2P,)
-    return (r[: len(pairs)] > r[len(pairs):]).float().mean().item()
-
-
 # -- training ------------------------------------------------------------------------------------------
+def passes(epochs: float, items: int, per_step: int) -> int:
+    """Optimizer steps for `epochs` passes over `items` at `per_step` a step (at least one)."""
+    return max(1, round(epochs * items / max(1, min(per_step, items))))
+
+
 def finetune_policy(base_model, examples, pad_id: int, config: EvolveConfig, seed: int = 0, progress: bool = False):
-    """(a copy of base_model fine-tuned on the (ids, mask) examples, its losses); no examples: an untrained copy.
-    Under LoRA the copy shares the frozen base and trains its own adapters (`lora.lora_copy`)."""
+    """(a copy of base_model fine-tuned on the (ids, mask) examples for config.sft_epochs passes, its losses); no
+    examples: an untrained copy. Under LoRA the copy shares the frozen base and trains its own adapters."""
     model = lora_copy(base_model)
     unfreeze(model)
     losses = []
     if examples:
-        sft = SFTConfig(steps=config.sft_steps, batch_size=min(config.sft_batch_size, len(examples)), lr=config.sft_lr,
-                        warmup=max(1, config.sft_steps // 10), bf16=config.autocast, seed=seed)
+        steps = passes(config.sft_epochs, len(examples), config.sft_batch_size)
+        sft = SFTConfig(steps=steps, batch_size=min(config.sft_batch_size, len(examples)), lr=config.sft_lr,
+                        warmup=max(1, steps // 10), bf16=config.autocast, seed=seed)
         batches = make_batches(examples, lambda example, rng: example, sft.batch_size, random.Random(seed), pad_id)
         losses = train_sft(model, batches, sft, progress=progress)
     return model.requires_grad_(False).eval(), losses
@@ -149,47 +173,18 @@ def finetune_policy(base_model, examples, pad_id: int, config: EvolveConfig, see
 
 def train_ppm(ppm: ProcessPreferenceModel, pairs, pad_id: int, config: EvolveConfig, seed: int = 0,
               progress: bool = False) -> list[float]:
-    """Train the PPM in place on (positive ids, negative ids) pairs with `ppm_pair_loss`: AdamW, the SFT
-    schedule, shuffled passes over the pairs; under LoRA the head and the backbone's adapters train. Returns the
-    loss of every step; leaves the PPM frozen, in eval."""
-    from tqdm.auto import tqdm
-
-    if not pairs:
-        return []
-    params = unfreeze(ppm.backbone) + list(ppm.head.requires_grad_(True).parameters())
-    ppm.train()
-    opt = torch.optim.AdamW(params, lr=config.ppm_lr, betas=(0.9, 0.95), weight_decay=0.0)
-    schedule = SFTConfig(steps=config.ppm_steps, lr=config.ppm_lr, warmup=max(1, config.ppm_steps // 10))
-    generator = torch.Generator().manual_seed(seed)
-    device = ppm.head.weight.device
-    order, losses = [], []
-    P = min(config.ppm_pairs_per_step, len(pairs))
-    for step in tqdm(range(config.ppm_steps), desc="ppm", disable=not progress, leave=False):
-        if len(order) < P:
-            order += torch.randperm(len(pairs), generator=generator).tolist()
-        chosen, order = order[:P], order[P:]
-        ids, mask = batch_ids([pairs[i][0] for i in chosen] + [pairs[i][1] for i in chosen], pad_id, device)  # (2P, T)
-        set_lr(opt, lr_at(step, schedule))
-        with bf16_autocast(config.autocast, device):
-            r = ppm(ids, mask)  # (2P,)
-        loss = ppm_pair_loss(r[:P].float(), r[P:].float())
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(ppm.parameters(), 1.0)
-        opt.step()
-        losses.append(loss.item())
-    ppm.requires_grad_(False).eval()
-    return losses
+    """Train the PPM in place on (positive ids, negative ids) pairs with `ppm_pair_loss` (`ppm.fit`) for
+    config.ppm_epochs passes."""
+    return fit(ppm, pairs, pair_batch_loss, pad_id, passes(config.ppm_epochs, len(pairs), config.ppm_pairs_per_step),
+               config.ppm_pairs_per_step, config.ppm_lr, config.autocast, seed, "ppm", progress)
 
 
 # -- one round -----------------------------------------------------------------------------------------
 @dataclass
 class RoundReport:
-    coverage: float  # share of the training problems with a correct answer in their tree
-    traces: int  # correct traces kept for the policy's fine-tune
-    pairs: int  # preference pairs for the PPM
-    ppm_accuracy_before: float | None  # the searching PPM on this round's pairs (unseen by it); None: no PPM or pairs
-    ppm_accuracy_after: float | None  # the new PPM on the same pairs, after training on them
+    coverage: float  # share of the round's training problems with a correct answer in their tree
+    traces: int  # correct traces the round found (kept for every later policy's fine-tune)
+    pairs: int  # preference pairs the round found (kept for every later PPM)
     sft_loss: list[float]  # first and last loss of the policy fine-tune ([] if nothing was kept)
     ppm_loss: list[float]  # first and last loss of the PPM training
     generated_tokens: int  # tokens the policy sampled in the search
@@ -199,29 +194,31 @@ class RoundReport:
     train_seconds: float
 
 
+@dataclass
+class Pool:
+    """What the rounds so far found: the policy's SFT examples and the PPM's pairs (token ids)."""
+    examples: list = field(default_factory=list)
+    pairs: list = field(default_factory=list)
+
+
 def self_evolution_round(base_model, policy_model, ppm, tokenizer, problems: list[Problem], config: EvolveConfig,
-                         seed: int = 0, progress: bool = False):
-    """Search the problems with (policy_model, ppm), then train the next pair: returns (policy k+1, PPM k+1,
-    RoundReport). policy k+1 is base_model fine-tuned on the top correct traces; PPM k+1 is policy k+1's decoder
-    with a zero-initialised scalar head, trained on the trees' preference pairs."""
+                         seed: int = 0, progress: bool = False, pool: Pool | None = None):
+    """Search the problems with (policy_model, ppm), add what it found to `pool`, train the next pair on the
+    pool: returns (policy k+1, PPM k+1, RoundReport, trees). Policy k+1 is base_model fine-tuned on the pool's
+    traces; PPM k+1 is policy k+1's decoder with a zero-initialised scalar head, trained on its pairs."""
     t0 = time.perf_counter()
-    place = dist.place()  # under torchrun each rank searches its share; every rank then trains on all the trees
-    policy = rstar_policy(policy_model, tokenizer, config, ppm, dist.rank_seed(seed, place.rank))
-    mine = dist.shard(problems, place)
-    results = mcts(policy, [p.question for p in mine], mcts_config(config), [p.answer for p in mine])
-    trees = [tree for part in dist.gather([r.tree for r in results]) for tree in part]
+    pool = Pool() if pool is None else pool
+    trees, spent = search_trees(policy_model, ppm, tokenizer, problems, config, seed)
     examples, pairs = sft_examples(tokenizer, trees, config.traces_per_problem), ppm_pairs(tokenizer, trees)
-    before = pair_accuracy(ppm, pairs, tokenizer.pad_id) if ppm is not None else None
+    pool.examples += examples
+    pool.pairs += pairs
     t1 = time.perf_counter()
-    new_policy, sft_losses = finetune_policy(base_model, examples, tokenizer.pad_id, config, seed, progress)
+    new_policy, sft_losses = finetune_policy(base_model, pool.examples, tokenizer.pad_id, config, seed, progress)
     new_ppm = ProcessPreferenceModel(lora_copy(new_policy))  # rStar-Math: the PPM starts from the fine-tuned policy
-    ppm_losses = train_ppm(new_ppm, pairs, tokenizer.pad_id, config, seed, progress)
-    after = pair_accuracy(new_ppm, pairs, tokenizer.pad_id)
-    spent = [sum(getattr(r.spent, kind) for r in results) for kind in ("generated", "prompt", "value")]
-    spent = [sum(column) for column in zip(*dist.gather(spent))]
-    report = RoundReport(coverage(trees), len(examples), len(pairs), before, after, _ends(sft_losses), _ends(ppm_losses),
-                         *spent, round(t1 - t0, 1), round(time.perf_counter() - t1, 1))
-    return new_policy, new_ppm, report
+    ppm_losses = train_ppm(new_ppm, pool.pairs, tokenizer.pad_id, config, seed, progress)
+    report = RoundReport(coverage(trees), len(examples), len(pairs), _ends(sft_losses), _ends(ppm_losses), *spent,
+                         round(t1 - t0, 1), round(time.perf_counter() - t1, 1))
+    return new_policy, new_ppm, report, trees
 
 
 def _ends(losses: list[float]) -> list[float]:
@@ -231,9 +228,10 @@ def _ends(losses: list[float]) -> list[float]:
 def held_out_accuracy(policy_model, tokenizer, problems: list[Problem], config: EvolveConfig, ppm=None, beam: int = 0,
                       seed: int = 0) -> tuple[float, float]:
     """(accuracy, generated tokens per problem) on problems no search saw: greedy, or with beam > 0 beam search
-    of that width with `beam` new steps per beam, the PPM scoring every path."""
+    of that width, `beam` new steps per beam sampled at config.beam_temperature, the PPM scoring every path."""
     place = dist.place()  # under torchrun each rank searches its share; the figures are the whole set's
-    policy = rstar_policy(policy_model, tokenizer, config, ppm, dist.rank_seed(seed, place.rank))
+    policy = rstar_policy(policy_model, tokenizer, config, ppm, dist.rank_seed(seed, place.rank),
+                          config.beam_temperature if beam else None)
     mine = dist.shard(problems, place)
     method = SearchConfig(method="beam", n=beam, expand=beam, max_depth=RStarConfig.max_depth) if beam else \
         SearchConfig(method="greedy", max_depth=RStarConfig.max_depth)
@@ -243,18 +241,8 @@ def held_out_accuracy(policy_model, tokenizer, problems: list[Problem], config: 
     return right / len(problems), tokens / len(problems)
 
 
-# -- the PPM on disk -----------------------------------------------------------------------------------
-def save_ppm(ppm: ProcessPreferenceModel, tokenizer, directory, base: str = "") -> Path:
-    """The decoder (`lora.save_trained`: the Hugging Face layout, or under LoRA the adapters on `base`) and the
-    head as ppm_head.safetensors, each file written under a temporary name and renamed."""
-    directory = save_trained(ppm.backbone, tokenizer, directory, base)
-    head = {k: v.detach().contiguous().cpu() for k, v in ppm.head.state_dict().items()}
-    atomic_write(directory / PPM_HEAD, save(head, metadata={"format": "pt"}))
-    return directory
-
-
 # -- the run -------------------------------------------------------------------------------------------
-COLUMNS = ["round", "coverage", "greedy", "beam+PPM", "traces", "pairs", "tokens", "seconds"]
+COLUMNS = ["round", "coverage", "greedy", "ppm_search", "pair_acc", "traces", "pairs", "tokens", "seconds"]
 
 
 def _line(cells) -> str:
@@ -262,9 +250,33 @@ def _line(cells) -> str:
 
 
 def _row_line(row: dict) -> str:
-    pct = [("-" if row.get(key) is None else f"{100 * row[key]:.1f}%") for key in ("coverage", "greedy", "beam_ppm")]
+    pct = [("-" if row.get(key) is None else f"{100 * row[key]:.1f}%")
+           for key in ("coverage", "greedy", "ppm_search", "ppm_pair_accuracy")]
     return _line([row["round"], *pct, row.get("traces", "-"), row.get("pairs", "-"), row.get("generated_tokens", "-"),
                   f"{row['seconds']:.0f}"])
+
+
+def plot_rounds(rows: list[dict], path: Path) -> bool:
+    """The round table drawn: held-out greedy and PPM-guided accuracy, coverage and PPM pair accuracy by round;
+    False without matplotlib."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for key, label in [("greedy", "held-out greedy"), ("ppm_search", "held-out beam + PPM"),
+                       ("coverage", "coverage (training problems)"), ("ppm_pair_accuracy", "held-out PPM pair accuracy")]:
+        points = [(row["round"], 100 * row[key]) for row in rows if row.get(key) is not None]
+        if points:
+            ax.plot(*zip(*points), "o-", label=label)
+    ax.set(xlabel="round", ylabel="%", title="rStar-Math self-evolution", xticks=[row["round"] for row in rows])
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
 
 
 def run(config: EvolveConfig, model, data=TINY_DIR / "train.jsonl", test_data=TINY_DIR / "test.jsonl",
@@ -272,8 +284,9 @@ def run(config: EvolveConfig, model, data=TINY_DIR / "train.jsonl", test_data=TI
     """config.rounds rounds from the base checkpoint `model` (with `lora.rank` > 0: frozen, with adapters);
     prints the table, returns its rows (metrics.jsonl).
 
-    Row k: round k's search (coverage, traces, pairs, tokens: policy k and PPM k) and held-out accuracy of
-    policy k (greedy) and of beam search scored by PPM k; the last row only evaluates the last pair trained."""
+    Row k: held-out accuracy of policy k, greedy and by beam search scored by PPM k, PPM k's accuracy on the
+    held-out pairs, then round k's search (coverage, traces, pairs, tokens); the last row only evaluates the
+    last pair trained. With config.verifiers, the verifier table of the last pair follows (verifiers.json)."""
     from tqdm.auto import tqdm
 
     out = Path(config.out)
@@ -283,39 +296,77 @@ def run(config: EvolveConfig, model, data=TINY_DIR / "train.jsonl", test_data=TI
     if lora is not None and lora.rank:
         lora.apply(base, config.seed)
     pool = [p for p in load_jsonl(data) if len(p.steps) >= config.min_steps]
-    if len(pool) < config.problems:
-        raise ValueError(f"{data}: {len(pool)} problems with >= {config.min_steps} steps, {config.problems} wanted")
-    problems = random.Random(config.seed).sample(pool, config.problems)
-    test = load_jsonl(test_data)[: config.eval_problems]
+    wanted = config.rounds * config.problems
+    if len(pool) < wanted:
+        raise ValueError(f"{data}: {len(pool)} problems with >= {config.min_steps} steps, {wanted} wanted "
+                         f"({config.rounds} rounds of {config.problems})")
+    drawn = random.Random(config.seed).sample(pool, wanted)
+    test = load_jsonl(test_data)
+    held_out, pair_problems = test[: config.eval_problems], test[config.eval_problems:][: config.pair_problems]
     if main:
         out.mkdir(parents=True, exist_ok=True)
         (out / "metrics.jsonl").unlink(missing_ok=True)
         print(_line(COLUMNS), flush=True)
-    policy, ppm, rows = base, None, []
+    policy, ppm, found, rows, trees = base, None, Pool(), [], []
     bar = tqdm(range(config.rounds + 1), desc="rounds", disable=not (progress and main))
     for k in bar:
         t = time.perf_counter()
         bar.set_postfix_str("held-out evaluation")
-        accuracy, tokens = held_out_accuracy(policy, tokenizer, test, config, seed=config.seed)
-        row = {"round": k, "greedy": accuracy, "greedy_tokens": round(tokens, 1), "beam_ppm": None}
-        if config.beam and ppm is not None:  # no PPM before the first round
-            row["beam_ppm"] = held_out_accuracy(policy, tokenizer, test, config, ppm, config.beam, seed=config.seed)[0]
+        accuracy, tokens = held_out_accuracy(policy, tokenizer, held_out, config, seed=config.seed)
+        row = {"round": k, "greedy": accuracy, "greedy_tokens": round(tokens, 1), "ppm_search": None,
+               "ppm_pair_accuracy": None}
+        if k == 0 and pair_problems:  # policy 0's trees of held-out problems: the pairs every PPM k is scored on
+            held_out_pairs = ppm_pairs(tokenizer, search_trees(base, None, tokenizer, pair_problems, config, config.seed)[0])
+            row["held_out_pairs"] = len(held_out_pairs)
+        if ppm is not None:  # no PPM before the first round
+            if config.beam:
+                row["ppm_search"] = held_out_accuracy(policy, tokenizer, held_out, config, ppm, config.beam, config.seed)[0]
+            if pair_problems:
+                row["ppm_pair_accuracy"] = pair_accuracy(ppm, held_out_pairs, tokenizer.pad_id)
         row["eval_seconds"] = round(time.perf_counter() - t, 1)
         if k < config.rounds:
-            bar.set_postfix_str(f"MCTS over {len(problems)} problems, then training")
-            policy, ppm, report = self_evolution_round(base, policy, ppm, tokenizer, problems, config, config.seed + k,
-                                                       progress)
+            bar.set_postfix_str(f"MCTS over {config.problems} problems, then training")
+            problems = drawn[k * config.problems: (k + 1) * config.problems]
+            policy, ppm, report, trees = self_evolution_round(base, policy, ppm, tokenizer, problems, config,
+                                                              config.seed + k, progress, found)
             row.update(asdict(report))
             if main:
                 save_trained(policy, tokenizer, out / f"policy-{k + 1}", str(model))
-                save_ppm(ppm, tokenizer, out / f"ppm-{k + 1}", str(model))
+                save_scorer(ppm, tokenizer, out / f"ppm-{k + 1}", str(model))
         row["seconds"] = round(time.perf_counter() - t, 1)
         rows.append(row)
         if main:
             with open(out / "metrics.jsonl", "a", encoding="utf-8") as f:
                 f.write(json.dumps(row) + "\n")
             (bar.write if progress else print)(_row_line(row))
+    if main and plot_rounds(rows, out / "rounds.png"):
+        print(f"wrote {out / 'rounds.png'}")
+    if config.verifiers and config.rounds:
+        compare_verifiers(base, policy, ppm, trees, tokenizer, held_out, config, str(model), progress)
     dist.barrier()
+    return rows
+
+
+def compare_verifiers(base, policy, ppm, trees, tokenizer, problems, config: EvolveConfig, model_name: str = "",
+                      progress: bool = False) -> list[dict]:
+    """The verifier table of the last pair (verifiers.py): an ORM from the last policy's decoder, trained on the
+    last round's trees as long as the PPM, then best-of-N for N = 4, 8, ... up to config.verifiers; printed
+    and written to OUT/verifiers.json (the ORM to OUT/orm)."""
+    examples = outcome_examples(tokenizer, trees)
+    orm = ProcessPreferenceModel(lora_copy(policy))
+    train_orm(orm, examples, tokenizer.pad_id, passes(config.ppm_epochs, len(examples), 2 * config.ppm_pairs_per_step),
+              2 * config.ppm_pairs_per_step, config.ppm_lr, config.autocast, config.seed, progress)
+    ns = [n for n in (4, 8, 16, 32, 64, 128) if n <= config.verifiers] or [config.verifiers]
+    sampler = rstar_policy(policy, tokenizer, config, seed=dist.rank_seed(config.seed, dist.place().rank))
+    rows = verifier_table(sampler, tokenizer, problems, ppm, orm, ns, RStarConfig.max_depth)
+    if dist.place().main:
+        out = Path(config.out)
+        save_scorer(orm, tokenizer, out / "orm", model_name)
+        atomic_write(out / "verifiers.json", json.dumps({"orm_examples": len(examples), "rows": rows}, indent=1))
+        print(f"best-of-N on {len(problems)} held-out problems (ORM: {len(examples)} solutions)")
+        print("".join(f"{c:>9}" for c in ("N", *CHOOSERS, "pass@N")))
+        for row in rows:
+            print(f"{row['n']:>9}" + "".join(f"{100 * row[c]:>8.1f}%" for c in (*CHOOSERS, "pass@N")))
     return rows
 
 
@@ -338,6 +389,9 @@ def main(argv=None):
     g.add_argument("--warmstart-steps", type=int, default=WARMSTART_SFT.steps, help="SFT steps of that warm start "
                    "(fewer than ~1000: the tiny model rarely writes a correct solution)")
     add_process_flags(g)  # --threads: with --tiny 1 by default, the fastest for it
+    g.add_argument("--procs", type=positive_int, default=None, help="processes on this machine, one per core: with more "
+                   "than 1 the run starts itself under torchrun (default: 2 with --tiny on a machine of 2 or more "
+                   "cores, else 1; under torchrun its own count)")
     g = p.add_argument_group("model and data")
     g.add_argument("--model", default=None, help="the base model: checkpoint directory or hub id")
     g.add_argument("--data", default=str(TINY_DIR / "train.jsonl"), help="training problems, GSM8K-style jsonl")
@@ -347,8 +401,15 @@ def main(argv=None):
     args = p.parse_args(argv)
     if not args.tiny and args.model is None:
         p.error("--model DIR is needed without --tiny")
+    procs = args.procs or (min(2, os.cpu_count() or 1) if args.tiny else 1)
+    if procs > 1 and "WORLD_SIZE" not in os.environ:  # not yet under torchrun: start `procs` ranks of this command
+        from torch.distributed.run import main as torchrun
+
+        os.environ.setdefault("OMP_NUM_THREADS", "1")
+        argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
+        return torchrun(["--standalone", "--nproc_per_node", str(procs), "-m", "nanoo1.evolve", *argv])
     process_setup(args.threads or (1 if args.tiny else None))
-    run_flags = ("tiny", "warmstart_steps", "threads", "no_progress", "model", "data", "test_data")
+    run_flags = ("tiny", "warmstart_steps", "threads", "procs", "no_progress", "model", "data", "test_data")
     given = {k: v for k, v in vars(args).items() if k not in run_flags}
     lora_flags = {k: given.pop(k) for k in list(given) if k.startswith("lora_")}
     if not args.tiny:  # a real checkpoint runs on the GPU when there is one; the tiny task stays on the CPU

@@ -4,16 +4,28 @@ Guan et al. 2025, sec. 3.3. Q-values from MCTS are too noisy to regress on step 
 sibling steps led to a correct answer more often is a reliable signal: the PPM is trained on such pairs
 with the Bradley-Terry loss, and at test time scores each step so search (beam, MCTS) can prefer the
 better ones. What it reads for a path is rstar.ppm_input; the pairs come from searched trees.
+
+The outcome reward model (ORM) it is compared with (evolve's verifier table) is the same network trained on
+whole solutions instead, each labelled by whether its final answer is correct (`orm_loss`).
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from safetensors.torch import save
 
+from nanoo1.files import atomic_write
+from nanoo1.lora import save_trained, unfreeze
+from nanoo1.model import bf16_autocast
+from nanoo1.sft import SFTConfig, lr_at, set_lr
 from nanoo1.thoughts import Node, Tree
 from nanoo1.tokenizer import batch_ids
+
+PPM_HEAD = "ppm_head.safetensors"  # a scalar-head model's head, next to its decoder's model.safetensors
 
 
 class ProcessPreferenceModel(nn.Module):
@@ -51,6 +63,14 @@ def ppm_pair_loss(r_pos: torch.Tensor, r_neg: torch.Tensor) -> torch.Tensor:
     return -F.logsigmoid(r_pos - r_neg).mean()
 
 
+def orm_loss(r: torch.Tensor, correct: torch.Tensor) -> torch.Tensor:
+    """The ORM's loss: binary cross-entropy of p = (1 + r) / 2 against the outcome (1.0 correct, 0.0 wrong).
+
+    Since tanh(z) = 2 sigmoid(2z) - 1, p = sigmoid(2z): logistic regression of the outcome on the head's logit.
+    """
+    return F.binary_cross_entropy((1 + r.float()) / 2, correct.float())
+
+
 @torch.no_grad()
 def ppm_scores(ppm: ProcessPreferenceModel, sequences: list[list[int]], pad_id: int, batch_size: int = 32) -> torch.Tensor:
     """PPM scores (N,) of token-id sequences (`ppm_input` of each path), in right-padded batches."""
@@ -80,3 +100,69 @@ def preference_pairs(tree: Tree, per_side: int = 2) -> list[tuple[Node, Node]]:
         neg = sorted([c for c in kids if reach[c.id][1] and not reach[c.id][0]], key=lambda c: c.value)[:per_side]
         pairs += [(p, n) for p in pos for n in neg]
     return pairs
+
+
+def fit(model: ProcessPreferenceModel, items: list, loss_of, pad_id: int, steps: int, per_step: int, lr: float,
+        bf16: bool = False, seed: int = 0, desc: str = "ppm", progress: bool = False) -> list[float]:
+    """Train a scalar-head model in place on `items`, `per_step` a step in shuffled passes: AdamW, the SFT
+    schedule (linear warm-up over a tenth of the steps, cosine decay), gradients clipped to norm 1. Each
+    step's items become one batch through `loss_of(model, chosen items, pad_id) -> loss`. Under LoRA the head
+    and the backbone's adapters train. Returns every step's loss; leaves the model frozen, in eval."""
+    from tqdm.auto import tqdm
+
+    if not items:
+        return []
+    params = unfreeze(model.backbone) + list(model.head.requires_grad_(True).parameters())
+    model.train()
+    opt = torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.95), weight_decay=0.0)
+    schedule = SFTConfig(steps=steps, lr=lr, warmup=max(1, steps // 10))
+    generator = torch.Generator().manual_seed(seed)
+    device = model.head.weight.device
+    order, losses = [], []
+    P = min(per_step, len(items))
+    for step in tqdm(range(steps), desc=desc, disable=not progress, leave=False):
+        if len(order) < P:
+            order += torch.randperm(len(items), generator=generator).tolist()
+        chosen, order = order[:P], order[P:]
+        set_lr(opt, lr_at(step, schedule))
+        with bf16_autocast(bf16, device):
+            loss = loss_of(model, [items[i] for i in chosen], pad_id)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        losses.append(loss.item())
+    model.requires_grad_(False).eval()
+    return losses
+
+
+def pair_batch_loss(model: ProcessPreferenceModel, pairs: list[tuple[list[int], list[int]]], pad_id: int) -> torch.Tensor:
+    """`ppm_pair_loss` of (positive ids, negative ids) pairs, scored in one batch: positives, then negatives."""
+    ids, mask = batch_ids([p for p, _ in pairs] + [n for _, n in pairs], pad_id, model.head.weight.device)  # (2P, T)
+    r = model(ids, mask).float()
+    return ppm_pair_loss(r[: len(pairs)], r[len(pairs):])
+
+
+def outcome_batch_loss(model: ProcessPreferenceModel, examples: list[tuple[list[int], bool]], pad_id: int) -> torch.Tensor:
+    """`orm_loss` of (ids of a whole solution, whether its answer is correct) examples, in one batch."""
+    device = model.head.weight.device
+    ids, mask = batch_ids([ids for ids, _ in examples], pad_id, device)
+    return orm_loss(model(ids, mask), torch.tensor([float(ok) for _, ok in examples], device=device))
+
+
+def pair_accuracy(model: ProcessPreferenceModel, pairs, pad_id: int, batch_size: int = 32) -> float | None:
+    """Share of (positive ids, negative ids) pairs ordered right, r(pos) > r(neg) (a tie is wrong); None
+    without pairs."""
+    if not pairs:
+        return None
+    r = ppm_scores(model, [p for p, _ in pairs] + [n for _, n in pairs], pad_id, batch_size)  # (2P,)
+    return (r[: len(pairs)] > r[len(pairs):]).float().mean().item()
+
+
+def save_scorer(model: ProcessPreferenceModel, tokenizer, directory, base: str = "") -> Path:
+    """The decoder (`lora.save_trained`: the Hugging Face layout, or under LoRA the adapters on `base`) and the
+    head as ppm_head.safetensors, each file written under a temporary name and renamed."""
+    directory = save_trained(model.backbone, tokenizer, directory, base)
+    head = {k: v.detach().contiguous().cpu() for k, v in model.head.state_dict().items()}
+    atomic_write(directory / PPM_HEAD, save(head, metadata={"format": "pt"}))
+    return directory

@@ -6,13 +6,15 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 from safetensors.torch import load_file
 
 import nanoo1.rstar as rstar
+import nanoo1.verifiers as verifiers
 from conftest import SAMPLE_TEXTS, random_model
 from nanoo1.checkpoint import load_pretrained, save_pretrained
 from nanoo1.engine import Completion
-from nanoo1.evolve import (PPM_HEAD, EvolveConfig, coverage, finetune_policy, pair_accuracy, ppm_pairs, run, save_ppm,
+from nanoo1.evolve import (EvolveConfig, coverage, finetune_policy, ppm_pairs, run,
                            self_evolution_round, sft_examples, train_ppm)
 from nanoo1.grow import expand
 from nanoo1.mcts import MCTSConfig, mcts
@@ -20,7 +22,8 @@ from nanoo1.lora import load_lora
 from nanoo1.policy import Request
 from nanoo1.recipe import LoRASettings
 from nanoo1.model import Gemma2, Gemma2Config
-from nanoo1.ppm import ProcessPreferenceModel, ppm_pair_loss, preference_pairs
+from nanoo1.ppm import (PPM_HEAD, ProcessPreferenceModel, orm_loss, pair_accuracy, ppm_pair_loss, preference_pairs,
+                        save_scorer)
 from nanoo1.rstar import (RSTAR_TOKENS, STEP_END, CodeStep, RStarConfig, RStarPolicy, best_traces, encode_trace, execute_steps,
                           format_step, joined_program, pair_batch, parse_step, rstar_prompt, solution_steps, step_failed,
                           step_reward)
@@ -30,6 +33,7 @@ from nanoo1.sft import lm_loss
 from nanoo1.tasks import Problem, Step, make_problems, write_jsonl
 from nanoo1.thoughts import Tree
 from nanoo1.tokenizer import SPECIAL_TOKENS, train_tokenizer
+from nanoo1.verifiers import choose, outcome_examples, printed_answer, verifier_table
 
 MIA = Problem("Mia has 7 apples. She buys 5 more. She gives 3 to Leo. How many apples does Mia have now?", "9",
               [Step(7, "+", 5, 12), Step(12, "-", 3, 9)])
@@ -451,7 +455,7 @@ def test_ppm_pairs_match_pair_batch_and_training_reduces_the_pair_loss(code_toke
     ppm = ProcessPreferenceModel(backbone.init_weights(torch.Generator().manual_seed(0)))
     assert pair_accuracy(ppm, pairs, code_tokenizer.pad_id) == 0.0  # a zero head ties every pair: none ordered right
     assert pair_accuracy(ppm, [], code_tokenizer.pad_id) is None
-    config = EvolveConfig(ppm_steps=30, ppm_pairs_per_step=3, ppm_lr=1e-3, bf16=False)
+    config = EvolveConfig(ppm_epochs=22.5, ppm_pairs_per_step=3, ppm_lr=1e-3, bf16=False)  # 22.5 passes over 4 pairs, 3 a step
     losses = train_ppm(ppm, pairs, code_tokenizer.pad_id, config, seed=0)
     assert len(losses) == 30 and losses[0] == pytest.approx(math.log(2), abs=1e-6)  # step 1 sees the zero head
     assert losses[-1] < 0.3 and pair_accuracy(ppm, pairs, code_tokenizer.pad_id) == 1.0
@@ -464,7 +468,7 @@ def test_finetune_policy_trains_a_copy_of_the_base(code_tokenizer):
     base.init_weights(torch.Generator().manual_seed(0)).requires_grad_(False)
     before = {k: v.clone() for k, v in base.state_dict().items()}
     examples = [encode_trace(code_tokenizer, MIA.question, solution_steps(MIA))] * 3
-    config = EvolveConfig(sft_steps=20, sft_batch_size=8, sft_lr=1e-2, bf16=False)  # batch 8 > 3 examples: 3 a step
+    config = EvolveConfig(sft_epochs=20, sft_batch_size=8, sft_lr=1e-2, bf16=False)  # batch 8 > 3 examples: 3 a step, 20 steps
     tuned, losses = finetune_policy(base, examples, code_tokenizer.pad_id, config, seed=0)
     assert len(losses) == 20 and losses[-1] < losses[0] / 2
     assert all(torch.equal(v, before[k]) for k, v in base.state_dict().items())  # the base is left as it was
@@ -474,7 +478,7 @@ def test_finetune_policy_trains_a_copy_of_the_base(code_tokenizer):
 
 
 def _load_ppm(directory, base=None):
-    """The PPM save_ppm wrote: its decoder (a checkpoint, or adapters on `base`) and ppm_head.safetensors."""
+    """The PPM save_scorer wrote: its decoder (a checkpoint, or adapters on `base`) and ppm_head.safetensors."""
     backbone, tokenizer = load_pretrained(base or directory)
     ppm = ProcessPreferenceModel(load_lora(backbone, directory) if base else backbone)
     ppm.head.load_state_dict(load_file(str(directory / PPM_HEAD)))
@@ -486,7 +490,7 @@ def test_save_ppm_writes_the_decoder_and_the_head(code_tokenizer, tmp_path):
     with torch.no_grad():
         ppm.head.weight.normal_(0, 0.5, generator=torch.Generator().manual_seed(1))
         ppm.head.bias.fill_(0.1)
-    save_ppm(ppm, code_tokenizer, tmp_path / "ppm")
+    save_scorer(ppm, code_tokenizer, tmp_path / "ppm")
     loaded, tokenizer = _load_ppm(tmp_path / "ppm")
     assert sorted(p.name for p in (tmp_path / "ppm").iterdir() if p.name.startswith(".")) == []  # no temp files left
     ids = torch.tensor([encode_trace(code_tokenizer, MIA.question, [STEP1], close=False)[0]])
@@ -517,28 +521,30 @@ def _scripted_solver(problems):
 
 
 def test_one_round_end_to_end_on_a_scripted_solver(code_tokenizer, tmp_path, monkeypatch, capsys):
-    train, test = make_problems(3, seed=7, max_steps=3), make_problems(2, seed=8, max_steps=2)
+    train, test = make_problems(3, seed=7, max_steps=3), make_problems(4, seed=8, max_steps=2)
     write_jsonl(train, tmp_path / "train.jsonl")
-    write_jsonl(test, tmp_path / "test.jsonl")
+    write_jsonl(test, tmp_path / "test.jsonl")  # 2 for accuracy, 2 searched for the held-out pairs
     model = random_model(Gemma2Config.preset("tiny", vocab_size=len(code_tokenizer), num_hidden_layers=1))
     save_pretrained(model, code_tokenizer, tmp_path / "base")
     monkeypatch.setattr(rstar, "generate", _scripted_solver(train + test))
-    config = EvolveConfig(simulations=24, num_candidates=2, rounds=1, problems=3, eval_problems=2, beam=2, sft_steps=4,
-                          sft_batch_size=4, ppm_steps=4, ppm_pairs_per_step=4, bf16=False, out=str(tmp_path / "run"))
+    config = EvolveConfig(simulations=24, num_candidates=2, rounds=1, problems=3, eval_problems=2, beam=2, sft_epochs=4,
+                          sft_batch_size=4, ppm_epochs=4, ppm_pairs_per_step=4, bf16=False, out=str(tmp_path / "run"))
     rows = run(config, tmp_path / "base", tmp_path / "train.jsonl", tmp_path / "test.jsonl")
     assert [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()] == rows
     first, last = rows
     # the correct path is all j = 0 choices, at most 4 steps deep: 24 UCT simulations find it in every tree, and
     # only it (a problem has one correct trace); greedy takes j = 0 throughout, so it is right on the held-out set
-    assert (first["round"], first["coverage"], first["traces"], first["greedy"], first["beam_ppm"]) == (0, 1.0, 3, 1.0, None)
+    assert (first["round"], first["coverage"], first["traces"], first["greedy"], first["ppm_search"]) == (0, 1.0, 3, 1.0, None)
     assert first["pairs"] >= 3  # at least the last step's (print(x), print(x + 1)) in every tree
-    assert first["ppm_accuracy_before"] is None and 0.0 <= first["ppm_accuracy_after"] <= 1.0
+    assert first["ppm_pair_accuracy"] is None and first["held_out_pairs"] >= 2  # the held-out trees' last steps
     assert len(first["sft_loss"]) == 2 and len(first["ppm_loss"]) == 2
     assert first["generated_tokens"] > 0 and first["prompt_tokens"] > 0 and first["ppm_tokens"] == 0  # no PPM searched
-    assert (last["round"], last["greedy"], last["beam_ppm"]) == (1, 1.0, 1.0) and "coverage" not in last
+    assert (last["round"], last["greedy"], last["ppm_search"]) == (1, 1.0, 1.0) and "coverage" not in last
+    assert 0.0 <= last["ppm_pair_accuracy"] <= 1.0
     table = capsys.readouterr().out.splitlines()
-    assert table[0].split() == ["round", "coverage", "greedy", "beam+PPM", "traces", "pairs", "tokens", "seconds"]
-    assert table[1].split()[:5] == ["0", "100.0%", "100.0%", "-", "3"]
+    assert table[0].split() == ["round", "coverage", "greedy", "ppm_search", "pair_acc", "traces", "pairs", "tokens",
+                                "seconds"]
+    assert table[1].split()[:6] == ["0", "100.0%", "100.0%", "-", "-", "3"]
     policy, tokenizer = load_pretrained(tmp_path / "run" / "policy-1")
     ppm, _ = _load_ppm(tmp_path / "run" / "ppm-1")
     assert len(tokenizer) == len(code_tokenizer) and policy.config == model.config
@@ -552,15 +558,15 @@ def test_a_lora_round_in_bf16_trains_adapters_only(code_tokenizer, tmp_path, mon
     adapters of their own, and a run writes adapters (PEFT's layout) and the PPM head, not checkpoints."""
     train, test = make_problems(3, seed=7, max_steps=3), make_problems(2, seed=8, max_steps=2)
     monkeypatch.setattr(rstar, "generate", _scripted_solver(train + test))
-    config = EvolveConfig(simulations=24, num_candidates=2, rounds=1, problems=3, eval_problems=2, sft_steps=4,
-                          sft_batch_size=4, ppm_steps=4, ppm_pairs_per_step=4, dtype="bfloat16", out=str(tmp_path / "run"))
+    config = EvolveConfig(simulations=24, num_candidates=2, rounds=1, problems=3, eval_problems=2, sft_epochs=4,
+                          sft_batch_size=4, ppm_epochs=4, ppm_pairs_per_step=4, dtype="bfloat16", out=str(tmp_path / "run"))
     lora = LoRASettings(rank=4, alpha=8.0)
     model = random_model(Gemma2Config.preset("tiny", vocab_size=len(code_tokenizer), num_hidden_layers=1))
     save_pretrained(model, code_tokenizer, tmp_path / "base")
     base = lora.apply(model.to(torch.bfloat16))
     frozen = {k: v.clone() for k, v in base.state_dict().items() if "lora_" not in k}
     adapters = {k: v.clone() for k, v in base.state_dict().items() if "lora_" in k}
-    policy, ppm, report = self_evolution_round(base, base, None, code_tokenizer, train, config)
+    policy, ppm, report, _ = self_evolution_round(base, base, None, code_tokenizer, train, config)
     assert report.traces == 3 and report.pairs >= 3 and len(report.sft_loss) == len(report.ppm_loss) == 2
     for model in (base, policy, ppm.backbone):
         state = model.state_dict()
@@ -591,6 +597,54 @@ def test_evolve_on_a_checkpoint_takes_the_gpu_when_there_is_one_and_tiny_the_cpu
     seen = []
     monkeypatch.setattr(evolve, "run", lambda config, model, *a, **k: seen.append(config.device))
     evolve.main(["--model", "some/checkpoint", "--no-progress"])
-    evolve.main(["--tiny", "--no-progress"])
+    evolve.main(["--tiny", "--procs", "1", "--no-progress"])
     evolve.main(["--model", "some/checkpoint", "--device", "cpu", "--no-progress"])
     assert seen == ["auto", "cpu", "cpu"]
+
+
+# -- generator and verifier (nanoo1/verifiers.py) ------------------------------------------------------
+def test_orm_loss_is_logistic_regression_on_the_heads_logit():
+    z, y = torch.tensor([-2.0, -0.3, 0.0, 0.4, 3.0]), torch.tensor([0.0, 1.0, 1.0, 0.0, 1.0])
+    assert orm_loss(torch.tanh(z), y).item() == pytest.approx(F.binary_cross_entropy_with_logits(2 * z, y).item(), rel=1e-5)
+    assert orm_loss(torch.zeros(3), torch.tensor([0.0, 1.0, 1.0])).item() == pytest.approx(math.log(2))
+
+
+def test_outcome_examples_are_the_paths_that_printed_labelled_by_the_search(code_tokenizer):
+    tree = Tree(MIA.question)
+    _chain(tree, tree.root, [STEP1, STEP2, FINAL9], [0.0, 0.0, 1.0], "success")
+    printed12 = "# Step 2: How many now?\nprint(x1)\n" + STEP_END + "\n<output>12</output>"
+    _chain(tree, tree.root, [STEP1, printed12], [0.0, -1.0], "failure")
+    _chain(tree, tree.root, [WRONG1], [-1.0], "failure")  # ended without printing: not a solution
+    _chain(tree, tree.root, [STEP1, FAILED2], [0.0, -1.0], "failure")  # its error is no answer either
+    assert [printed_answer(n) for n in tree.nodes if n.terminal] == ["9", "12", None, None]
+    assert outcome_examples(code_tokenizer, [tree]) == [
+        (encode_trace(code_tokenizer, MIA.question, [STEP1, STEP2, FINAL9], close=False)[0], True),
+        (encode_trace(code_tokenizer, MIA.question, [STEP1, printed12], close=False)[0], False)]
+
+
+def test_choose_takes_the_best_scored_answer_or_the_vote():
+    answers = [None, "3", "4", "4", "3"]
+    assert choose(answers, None) == 1  # a 2-2 tie goes to the answer seen first
+    assert choose(answers, [9.0, 0.5, 0.7, 0.1, 0.7]) == 2  # no answer is never chosen; equal scores: the first
+    assert choose([None, None], [1.0, 2.0]) is None and choose([None], None) is None
+
+
+def test_verifier_table_on_a_scripted_solver(code_tokenizer, monkeypatch):
+    """Sampled solutions alternate right (even samples) and wrong (odd: the first step off by one); a PRM scripted
+    to prefer the wrong ones and an ORM the right ones must pick exactly those, at every N."""
+    problems = [p for p in make_problems(12, seed=9, min_steps=2, max_steps=3)  # no division: + 1 always shows
+                if all(step.op != "/" for step in p.steps)][:3]
+    monkeypatch.setattr(rstar, "generate", _scripted_solver(problems))
+    model = random_model(Gemma2Config.preset("tiny", vocab_size=len(code_tokenizer), num_hidden_layers=1))
+    prm, orm = (ProcessPreferenceModel(model) for _ in range(2))
+    truth = {p.question: p.answer for p in problems}
+
+    def scripted_scores(scorer, seqs, pad_id, batch_size=32):
+        texts = [code_tokenizer.decode(s).removeprefix("<bos>") for s in seqs]
+        right = [t.rsplit("<output>", 1)[-1].split("</output>")[0] == truth[t.split("\n")[0]] for t in texts]
+        return torch.tensor([float(r == (scorer is orm)) for r in right])
+
+    monkeypatch.setattr(verifiers, "ppm_scores", scripted_scores)
+    policy = RStarPolicy(model, code_tokenizer, RStarConfig(), seed=0)
+    rows = verifier_table(policy, code_tokenizer, problems, prm, orm, [4, 8])
+    assert rows == [{"n": n, "vote": 1.0, "PRM": 0.0, "ORM": 1.0, "pass@N": 1.0} for n in (4, 8)]  # vote: 2-2, the first

@@ -1,0 +1,88 @@
+"""Generator and verifier: best-of-N over one policy's solutions, picked by a vote, a PRM or an ORM.
+
+    python -m nanoo1.evolve --tiny --verifiers 16     # after the last round, N = 4, 8, 16 on the held-out set
+
+The o1 survey's comparison (Zeng et al. 2024, "Scaling of Search and Learning"; Lightman et al. 2023, "Let's
+Verify Step by Step"): the policy samples N whole solutions per problem (temperature 1, one code step at a
+time, each step run in the sandbox) and one of them is chosen
+
+- by majority vote over their printed answers (self-consistency; no verifier),
+- by the process reward model: the PPM's score of the solution's last step, which reads the whole path
+  (rStar-Math scores a finished solution this way),
+- by an outcome reward model: the same network trained on the same trees to tell a correct final answer
+  from a wrong one (`ppm.orm_loss`), its score of the whole solution.
+
+The first N of the same samples serve every N, so the columns differ only by how they choose; `pass@N` (some
+sample is right) is the ceiling every chooser is under. A solution that printed no answer is never chosen.
+"""
+
+from __future__ import annotations
+
+from nanoo1 import dist
+from nanoo1.grow import majority_vote
+from nanoo1.ppm import ProcessPreferenceModel, outcome_batch_loss, fit, ppm_scores
+from nanoo1.rewards import check, extract_answer
+from nanoo1.rstar import OUTPUT, encode_trace, ppm_input, step_failed
+from nanoo1.search import SearchConfig, sample_chains
+from nanoo1.thoughts import Node, Tree
+
+CHOOSERS = ("vote", "PRM", "ORM")
+
+
+def printed_answer(node: Node) -> str | None:
+    """The answer of a chain that ends on a final step that ran and printed (`<output>` after its code); else None."""
+    if node.meta != "<conclusion>" or step_failed(node.text) or OUTPUT not in node.text:
+        return None
+    return extract_answer(node.text)
+
+
+def outcome_examples(tokenizer, trees: list[Tree]) -> list[tuple[list[int], bool]]:
+    """(ids of the whole solution, its answer is correct) for every path of the trees that ends in a printed
+    answer: the ORM's training set. The label is the search's own (a "success" terminal)."""
+    return [(encode_trace(tokenizer, tree.question, [n.text for n in tree.path(node)[1:]], close=False)[0],
+             node.terminal == "success")
+            for tree in trees for node in tree.nodes if node.terminal and printed_answer(node) is not None]
+
+
+def train_orm(orm: ProcessPreferenceModel, examples, pad_id: int, steps: int, per_step: int, lr: float,
+              bf16: bool = False, seed: int = 0, progress: bool = False) -> list[float]:
+    """Train the ORM in place on (ids, correct) examples with `ppm.orm_loss` (`ppm.fit`); every step's loss."""
+    return fit(orm, examples, outcome_batch_loss, pad_id, steps, per_step, lr, bf16, seed, "orm", progress)
+
+
+def choose(answers: list[str | None], scores: list[float] | None) -> int | None:
+    """Index of the chosen solution: the highest score among those with an answer (the first of equals), or
+    with scores None the majority vote; None when no solution has an answer."""
+    if scores is None:
+        return majority_vote(answers)
+    valid = [i for i, a in enumerate(answers) if a is not None]
+    return max(valid, key=lambda i: (scores[i], -i)) if valid else None
+
+
+def verifier_table(policy, tokenizer, problems, ppm: ProcessPreferenceModel, orm: ProcessPreferenceModel,
+                   ns: list[int], max_depth: int = 16) -> list[dict]:
+    """Held-out accuracy of best-of-N for every N in ns (one row each: vote, PRM, ORM, pass@N), from
+    max(ns) solutions per problem sampled by `policy` (an `rstar.RStarPolicy`). Under torchrun each rank
+    samples its share of the problems; the rows are the whole set's."""
+    mine = dist.shard(problems, dist.place())
+    trees, ends, _ = sample_chains(policy, [p.question for p in mine], max(ns), SearchConfig(max_depth=max_depth),
+                                   temperature=None, rate=False)
+    ends = [sorted(chain_ends, key=lambda e: tree.path(e)[1].id) for tree, chain_ends in zip(trees, ends)]  # by sample
+    paths = [tree.path(e) for tree, chain_ends in zip(trees, ends) for e in chain_ends]
+    seqs = [ppm_input(tokenizer, path) for path in paths]
+    scores = {"PRM": ppm_scores(ppm, seqs, tokenizer.pad_id).tolist(),
+              "ORM": ppm_scores(orm, seqs, tokenizer.pad_id).tolist()}
+    right = {(n, c): 0 for n in ns for c in (*CHOOSERS, "pass@N")}
+    at = 0
+    for problem, chain_ends in zip(mine, ends):
+        answers = [printed_answer(e) for e in chain_ends]
+        correct = [a is not None and check(a, problem.answer) for a in answers]
+        for n in ns:
+            for c in CHOOSERS:
+                pick = choose(answers[:n], None if c == "vote" else scores[c][at: at + n])
+                right[n, c] += pick is not None and correct[pick]
+            right[n, "pass@N"] += any(correct[:n])
+        at += len(chain_ends)
+    totals = [sum(column) for column in zip(*dist.gather(list(right.values())))]
+    right = dict(zip(right, totals))
+    return [{"n": n, **{c: right[n, c] / len(problems) for c in (*CHOOSERS, "pass@N")}} for n in ns]
