@@ -49,7 +49,6 @@ from nanoo1 import dist
 from nanoo1.checkpoint import load_pretrained
 from nanoo1.device import process_setup, resolve_device
 from nanoo1.config import add_config_flags, add_process_flags, apply_flags, check_settings, entry_parser, positive_int
-from nanoo1.files import atomic_write
 from nanoo1.lora import lora_copy, save_trained, unfreeze
 from nanoo1.mcts import MCTSConfig, mcts
 from nanoo1.recipe import LoRASettings
@@ -57,9 +56,9 @@ from nanoo1.ppm import (ProcessPreferenceModel, fit, pair_accuracy, pair_batch_l
                         save_scorer)
 from nanoo1.rstar import RStarConfig, RStarPolicy, best_traces, encode_trace, ppm_input
 from nanoo1.search import SearchConfig, grade, search
-from nanoo1.sft import SFTConfig, make_batches, train_sft
+from nanoo1.sft import SFTConfig, make_batches, passes, train_sft
 from nanoo1.tasks import TINY_DIR, Problem, load_jsonl
-from nanoo1.verifiers import CHOOSERS, outcome_examples, train_orm, verifier_table
+from nanoo1.verifiers import compare_verifiers, outcome_examples
 from nanoo1.thoughts import Tree
 from nanoo1.warmstart import WARMSTART_DIR, WARMSTART_SFT, train_warmstart
 
@@ -151,11 +150,6 @@ def ppm_pairs(tokenizer, trees: list[Tree]) -> list[tuple[list[int], list[int]]]
 
 
 # -- training ------------------------------------------------------------------------------------------
-def passes(epochs: float, items: int, per_step: int) -> int:
-    """Optimizer steps for `epochs` passes over `items` at `per_step` a step (at least one)."""
-    return max(1, round(epochs * items / max(1, min(per_step, items))))
-
-
 def finetune_policy(base_model, examples, pad_id: int, config: EvolveConfig, seed: int = 0, progress: bool = False):
     """(a copy of base_model fine-tuned on the (ids, mask) examples for config.sft_epochs passes, its losses); no
     examples: an untrained copy. Under LoRA the copy shares the frozen base and trains its own adapters."""
@@ -196,9 +190,10 @@ class RoundReport:
 
 @dataclass
 class Pool:
-    """What the rounds so far found: the policy's SFT examples and the PPM's pairs (token ids)."""
+    """What the rounds so far found (token ids): the policy's SFT examples, the PPM's pairs, the ORM's solutions."""
     examples: list = field(default_factory=list)
     pairs: list = field(default_factory=list)
+    outcomes: list = field(default_factory=list)
 
 
 def self_evolution_round(base_model, policy_model, ppm, tokenizer, problems: list[Problem], config: EvolveConfig,
@@ -212,6 +207,7 @@ def self_evolution_round(base_model, policy_model, ppm, tokenizer, problems: lis
     examples, pairs = sft_examples(tokenizer, trees, config.traces_per_problem), ppm_pairs(tokenizer, trees)
     pool.examples += examples
     pool.pairs += pairs
+    pool.outcomes += outcome_examples(tokenizer, trees)
     t1 = time.perf_counter()
     new_policy, sft_losses = finetune_policy(base_model, pool.examples, tokenizer.pad_id, config, seed, progress)
     new_ppm = ProcessPreferenceModel(lora_copy(new_policy))  # rStar-Math: the PPM starts from the fine-tuned policy
@@ -307,7 +303,7 @@ def run(config: EvolveConfig, model, data=TINY_DIR / "train.jsonl", test_data=TI
         out.mkdir(parents=True, exist_ok=True)
         (out / "metrics.jsonl").unlink(missing_ok=True)
         print(_line(COLUMNS), flush=True)
-    policy, ppm, found, rows, trees = base, None, Pool(), [], []
+    policy, ppm, found, rows = base, None, Pool(), []
     bar = tqdm(range(config.rounds + 1), desc="rounds", disable=not (progress and main))
     for k in bar:
         t = time.perf_counter()
@@ -327,7 +323,7 @@ def run(config: EvolveConfig, model, data=TINY_DIR / "train.jsonl", test_data=TI
         if k < config.rounds:
             bar.set_postfix_str(f"MCTS over {config.problems} problems, then training")
             problems = drawn[k * config.problems: (k + 1) * config.problems]
-            policy, ppm, report, trees = self_evolution_round(base, policy, ppm, tokenizer, problems, config,
+            policy, ppm, report, _ = self_evolution_round(base, policy, ppm, tokenizer, problems, config,
                                                               config.seed + k, progress, found)
             row.update(asdict(report))
             if main:
@@ -342,31 +338,8 @@ def run(config: EvolveConfig, model, data=TINY_DIR / "train.jsonl", test_data=TI
     if main and plot_rounds(rows, out / "rounds.png"):
         print(f"wrote {out / 'rounds.png'}")
     if config.verifiers and config.rounds:
-        compare_verifiers(base, policy, ppm, trees, tokenizer, held_out, config, str(model), progress)
+        compare_verifiers(policy, ppm, found.outcomes, tokenizer, held_out, config, str(model), progress)
     dist.barrier()
-    return rows
-
-
-def compare_verifiers(base, policy, ppm, trees, tokenizer, problems, config: EvolveConfig, model_name: str = "",
-                      progress: bool = False) -> list[dict]:
-    """The verifier table of the last pair (verifiers.py): an ORM from the last policy's decoder, trained on the
-    last round's trees as long as the PPM, then best-of-N for N = 4, 8, ... up to config.verifiers; printed
-    and written to OUT/verifiers.json (the ORM to OUT/orm)."""
-    examples = outcome_examples(tokenizer, trees)
-    orm = ProcessPreferenceModel(lora_copy(policy))
-    train_orm(orm, examples, tokenizer.pad_id, passes(config.ppm_epochs, len(examples), 2 * config.ppm_pairs_per_step),
-              2 * config.ppm_pairs_per_step, config.ppm_lr, config.autocast, config.seed, progress)
-    ns = [n for n in (4, 8, 16, 32, 64, 128) if n <= config.verifiers] or [config.verifiers]
-    sampler = rstar_policy(policy, tokenizer, config, seed=dist.rank_seed(config.seed, dist.place().rank))
-    rows = verifier_table(sampler, tokenizer, problems, ppm, orm, ns, RStarConfig.max_depth)
-    if dist.place().main:
-        out = Path(config.out)
-        save_scorer(orm, tokenizer, out / "orm", model_name)
-        atomic_write(out / "verifiers.json", json.dumps({"orm_examples": len(examples), "rows": rows}, indent=1))
-        print(f"best-of-N on {len(problems)} held-out problems (ORM: {len(examples)} solutions)")
-        print("".join(f"{c:>9}" for c in ("N", *CHOOSERS, "pass@N")))
-        for row in rows:
-            print(f"{row['n']:>9}" + "".join(f"{100 * row[c]:>8.1f}%" for c in (*CHOOSERS, "pass@N")))
     return rows
 
 

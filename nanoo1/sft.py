@@ -178,6 +178,11 @@ def lr_at(step: int, config: SFTConfig) -> float:
     return config.lr * cosine(progress, config.min_lr_ratio)
 
 
+def passes(epochs: float, items: int, per_step: int) -> int:
+    """Optimizer steps for `epochs` passes over `items` at `per_step` a step (at least one)."""
+    return max(1, round(epochs * items / max(1, min(per_step, items))))
+
+
 def set_lr(opt, lr: float) -> None:
     """Set the learning rate of every parameter group of `opt`."""
     for group in opt.param_groups:

@@ -18,12 +18,18 @@ sample is right) is the ceiling every chooser is under. A solution that printed 
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 from nanoo1 import dist
+from nanoo1.files import atomic_write
+from nanoo1.lora import lora_copy
 from nanoo1.grow import majority_vote
-from nanoo1.ppm import ProcessPreferenceModel, outcome_batch_loss, fit, ppm_scores
+from nanoo1.ppm import ProcessPreferenceModel, fit, outcome_batch_loss, ppm_scores, save_scorer
 from nanoo1.rewards import check, extract_answer
-from nanoo1.rstar import OUTPUT, encode_trace, ppm_input, step_failed
+from nanoo1.rstar import OUTPUT, RStarConfig, RStarPolicy, encode_trace, ppm_input, step_failed
 from nanoo1.search import SearchConfig, sample_chains
+from nanoo1.sft import passes
 from nanoo1.thoughts import Node, Tree
 
 CHOOSERS = ("vote", "PRM", "ORM")
@@ -86,3 +92,27 @@ def verifier_table(policy, tokenizer, problems, ppm: ProcessPreferenceModel, orm
     totals = [sum(column) for column in zip(*dist.gather(list(right.values())))]
     right = dict(zip(right, totals))
     return [{"n": n, **{c: right[n, c] / len(problems) for c in (*CHOOSERS, "pass@N")}} for n in ns]
+
+
+def compare_verifiers(policy, ppm, examples, tokenizer, problems, config, model_name: str = "",
+                      progress: bool = False) -> list[dict]:
+    """The verifier table of evolve's last pair (`config`: its EvolveConfig): an ORM from the last policy's
+    decoder, trained on the `outcome_examples` of every round's trees (the trees the PPM's pairs came from) for
+    as many passes as the PPM, then best-of-N for N = 4, 8, ... up to config.verifiers; printed and written to
+    OUT/verifiers.json (the ORM to OUT/orm)."""
+    orm = ProcessPreferenceModel(lora_copy(policy))
+    train_orm(orm, examples, tokenizer.pad_id, passes(config.ppm_epochs, len(examples), 2 * config.ppm_pairs_per_step),
+              2 * config.ppm_pairs_per_step, config.ppm_lr, config.autocast, config.seed, progress)
+    ns = [n for n in (4, 8, 16, 32, 64, 128) if n <= config.verifiers] or [config.verifiers]
+    rstar = RStarConfig(max_step_tokens=config.max_step_tokens, temperature=config.temperature)
+    sampler = RStarPolicy(policy, tokenizer, rstar, seed=dist.rank_seed(config.seed, dist.place().rank))
+    rows = verifier_table(sampler, tokenizer, problems, ppm, orm, ns, RStarConfig.max_depth)
+    if dist.place().main:
+        out = Path(config.out)
+        save_scorer(orm, tokenizer, out / "orm", model_name)
+        atomic_write(out / "verifiers.json", json.dumps({"orm_examples": len(examples), "rows": rows}, indent=1))
+        print(f"best-of-N on {len(problems)} held-out problems (ORM: {len(examples)} solutions)")
+        print("".join(f"{c:>9}" for c in ("N", *CHOOSERS, "pass@N")))
+        for row in rows:
+            print(f"{row['n']:>9}" + "".join(f"{100 * row[c]:>8.1f}%" for c in (*CHOOSERS, "pass@N")))
+    return rows
