@@ -148,6 +148,12 @@ def gather(obj) -> list:
     return out
 
 
+def say(*args, **kwargs) -> None:
+    """print on rank 0 alone (every rank of one run would print the same line)."""
+    if place().main:
+        print(*args, **kwargs)
+
+
 def barrier() -> None:
     if place().world > 1:
         dist.barrier()

@@ -176,11 +176,10 @@ def main(argv=None):
         p.error(f"{args.checkpoint} has no tokenizer.json")
     out = args.out or Path("runs") / "eval" / Path(args.checkpoint.rstrip("/")).name
     place = dist.place()
-    say = print if place.main else (lambda *a, **k: None)  # rank 0 prints and writes the whole set's figures
     seed = dist.rank_seed(args.seed, place.rank)
     results = []
     mcts = replace(EVAL_MCTS, verify=equations_hold if args.check_equations else None)
-    say(f"{'method':>10} {'budget':>9} {'accuracy':>9} {'tokens/problem':>15} {'seconds':>8}")
+    dist.say(f"{'method':>10} {'budget':>9} {'accuracy':>9} {'tokens/problem':>15} {'seconds':>8}")
     for method in methods:
         for budget in ([1] if method == "greedy" else budgets):
             if method == "budget":
@@ -191,14 +190,14 @@ def main(argv=None):
                                                               max_thought_tokens=args.max_thought_tokens)
             r = evaluate_sharded(job, problems)
             results.append(r)
-            say(f"{r.method:>10} {budget_name(r.budget):>9} {100 * r.accuracy:8.1f}% {r.tokens:15.1f} {r.seconds:8.1f}",
-                flush=True)
+            dist.say(f"{r.method:>10} {budget_name(r.budget):>9} {100 * r.accuracy:8.1f}% {r.tokens:15.1f} {r.seconds:8.1f}",
+                     flush=True)
     if place.main:
         out.mkdir(parents=True, exist_ok=True)
         atomic_write(out / "eval.jsonl", "".join(json.dumps(r.__dict__) + "\n" for r in results))
-        say(f"wrote {out / 'eval.jsonl'}")
+        print(f"wrote {out / 'eval.jsonl'}")
         if plot(results, out / "scaling.png"):
-            say(f"wrote {out / 'scaling.png'}")
+            print(f"wrote {out / 'scaling.png'}")
     dist.finish()
 
 

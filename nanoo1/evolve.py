@@ -24,14 +24,14 @@ passes, 20.5%; on round 2's 305 traces alone 15.5%; policy 1 continued on them 1
 helps: hence new problems every round, traces kept across rounds, and passes instead of a step count.
 
 Each row of the printed table (and of OUT/metrics.jsonl) is round k: held-out accuracy of policy k, greedy
-and by beam search scored by PPM k (`ppm_search`), PPM k's pair accuracy on the searched trees of held-out
-problems, then round k's search; OUT/policy-k and OUT/ppm-k are the trained pairs, OUT/rounds.png the table
-drawn (with matplotlib). With --lora-rank every model of the run is the one frozen base (in --dtype) with
-its own float32 adapters, and policy-k and ppm-k hold adapters in PEFT's layout (`python -m nanoo1.lora
-merge` makes a full checkpoint of one). Under torchrun (`torchrun --nproc_per_node N -m nanoo1.evolve ...`;
---tiny starts its own, `--procs`) each rank searches its share of the problems and of the held-out set; the
-trees are gathered and every rank trains the next pair on all of them with the same seed (the same weights
-on a CPU; GPU kernels may differ in their last bits); rank 0 writes.
+and by beam search scored by PPM k (`ppm_search`), PPM k's accuracy on held-out sibling steps (`slip_pairs`),
+then round k's search; OUT/policy-k and OUT/ppm-k are the trained pairs, OUT/rounds.png the table drawn
+(with matplotlib). With --lora-rank every model of the run is the one frozen base (in --dtype) with its own
+float32 adapters, and policy-k and ppm-k hold adapters in PEFT's layout (`python -m nanoo1.lora merge` makes
+a full checkpoint of one). Under torchrun (`torchrun --nproc_per_node N -m nanoo1.evolve ...`; --tiny starts
+its own, `--procs`) each rank searches its share of the problems and of the held-out set; the trees are
+gathered, and every rank takes its share of each training batch, the gradients summed over ranks, so every
+rank holds the same next pair; rank 0 writes.
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ from nanoo1.mcts import MCTSConfig, mcts
 from nanoo1.recipe import LoRASettings
 from nanoo1.ppm import (ProcessPreferenceModel, fit, pair_accuracy, pair_batch_loss, preference_pairs,
                         save_scorer)
-from nanoo1.rstar import RStarConfig, RStarPolicy, best_traces, encode_trace, ppm_input
+from nanoo1.rstar import RStarConfig, RStarPolicy, best_traces, encode_trace, format_step, ppm_input
 from nanoo1.search import SearchConfig, grade, search
 from nanoo1.sft import SFTConfig, make_batches, passes, train_sft
 from nanoo1.tasks import TINY_DIR, Problem, load_jsonl
@@ -85,7 +85,7 @@ class EvolveConfig:
     problems: int = 400  # training problems searched per round, new ones every round (one draw with the seed)
     min_steps: int = 0  # draw only problems of at least this many steps (a harder task)
     eval_problems: int = 200  # held-out problems for greedy and PPM-guided accuracy (the first of the test file)
-    pair_problems: int = 100  # the next held-out problems, searched once by policy 0: the pairs every PPM is scored on
+    pair_problems: int = 300  # the next held-out problems, whose steps and slips every PPM is scored on (slip_pairs)
     beam: int = 2  # beam width of the PPM-guided search (each beam expanded into as many steps); 0: none
     beam_temperature: float = 0.5  # sampling temperature of the beam's candidate steps
     verifiers: int = 0  # > 0: after the last round, best-of-N by vote, PRM and ORM for N = 4, 8, ... up to this
@@ -149,6 +149,24 @@ def ppm_pairs(tokenizer, trees: list[Tree]) -> list[tuple[list[int], list[int]]]
             for tree in trees for pos, neg in preference_pairs(tree)]
 
 
+def slip_pairs(tokenizer, problems: list[Problem], seed: int = 0) -> list[tuple[list[int], list[int]]]:
+    """Held-out sibling steps whose order is known without a search: under the first j steps of each worked
+    solution, its step j + 1 (positive) against the same step with its operand miscopied, off by 1 or 2
+    (negative), the slip the tiny policy makes most. One pair per step before the final print; PPM inputs."""
+    rng, pairs = random.Random(seed), []
+    for problem in problems:
+        steps = problem.code_steps()[:-1]
+        rendered = [format_step(comment, code) for comment, code in steps]
+        for j, (comment, code) in enumerate(steps):
+            head, _, b = code.rpartition(" ")
+            wrong = int(b) + rng.choice([-2, -1, 1, 2])
+            wrong = wrong if wrong > 0 else int(b) + 1
+            slipped = format_step(comment, f"{head} {wrong}")
+            pairs.append(tuple(encode_trace(tokenizer, problem.question, rendered[:j] + [step], close=False)[0]
+                               for step in (rendered[j], slipped)))
+    return pairs
+
+
 # -- training ------------------------------------------------------------------------------------------
 def finetune_policy(base_model, examples, pad_id: int, config: EvolveConfig, seed: int = 0, progress: bool = False):
     """(a copy of base_model fine-tuned on the (ids, mask) examples for config.sft_epochs passes, its losses); no
@@ -161,6 +179,9 @@ def finetune_policy(base_model, examples, pad_id: int, config: EvolveConfig, see
         sft = SFTConfig(steps=steps, batch_size=min(config.sft_batch_size, len(examples)), lr=config.sft_lr,
                         warmup=max(1, steps // 10), bf16=config.autocast, seed=seed)
         batches = make_batches(examples, lambda example, rng: example, sft.batch_size, random.Random(seed), pad_id)
+        place = dist.place()  # under torchrun each rank takes every world-th row of a batch (sft_step sums them)
+        if sft.batch_size >= place.world > 1:
+            batches = ([x[place.rank::place.world] for x in batch] for batch in batches)
         losses = train_sft(model, batches, sft, progress=progress)
     return model.requires_grad_(False).eval(), losses
 
@@ -298,7 +319,8 @@ def run(config: EvolveConfig, model, data=TINY_DIR / "train.jsonl", test_data=TI
                          f"({config.rounds} rounds of {config.problems})")
     drawn = random.Random(config.seed).sample(pool, wanted)
     test = load_jsonl(test_data)
-    held_out, pair_problems = test[: config.eval_problems], test[config.eval_problems:][: config.pair_problems]
+    held_out = test[: config.eval_problems]
+    held_out_pairs = slip_pairs(tokenizer, test[config.eval_problems:][: config.pair_problems], config.seed)
     if main:
         out.mkdir(parents=True, exist_ok=True)
         (out / "metrics.jsonl").unlink(missing_ok=True)
@@ -311,14 +333,12 @@ def run(config: EvolveConfig, model, data=TINY_DIR / "train.jsonl", test_data=TI
         accuracy, tokens = held_out_accuracy(policy, tokenizer, held_out, config, seed=config.seed)
         row = {"round": k, "greedy": accuracy, "greedy_tokens": round(tokens, 1), "ppm_search": None,
                "ppm_pair_accuracy": None}
-        if k == 0 and pair_problems:  # policy 0's trees of held-out problems: the pairs every PPM k is scored on
-            held_out_pairs = ppm_pairs(tokenizer, search_trees(base, None, tokenizer, pair_problems, config, config.seed)[0])
+        if k == 0:
             row["held_out_pairs"] = len(held_out_pairs)
         if ppm is not None:  # no PPM before the first round
             if config.beam:
                 row["ppm_search"] = held_out_accuracy(policy, tokenizer, held_out, config, ppm, config.beam, config.seed)[0]
-            if pair_problems:
-                row["ppm_pair_accuracy"] = pair_accuracy(ppm, held_out_pairs, tokenizer.pad_id)
+            row["ppm_pair_accuracy"] = pair_accuracy(ppm, held_out_pairs, tokenizer.pad_id)
         row["eval_seconds"] = round(time.perf_counter() - t, 1)
         if k < config.rounds:
             bar.set_postfix_str(f"MCTS over {config.problems} problems, then training")
@@ -396,12 +416,11 @@ def main(argv=None):
         dist.setup(resolve_device(config.device))
     except ValueError as e:
         p.error(str(e))
-    say = print if dist.place().main else (lambda *a: None)
     model = args.model or dist.from_main(tiny_base(Path(config.out) / "base", args.warmstart_steps, config.seed,
                                                    not args.no_progress) if dist.place().main else None)
-    say(f"base model: {model}")
+    dist.say(f"base model: {model}")
     run(config, model, args.data, args.test_data, progress=not args.no_progress, lora=lora)
-    say(f"wrote {config.out}/metrics.jsonl, policy-k/ and ppm-k/ in {time.perf_counter() - t:.0f} s")
+    dist.say(f"wrote {config.out}/metrics.jsonl, policy-k/ and ppm-k/ in {time.perf_counter() - t:.0f} s")
     dist.finish()
 
 

@@ -18,6 +18,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from safetensors.torch import save
 
+from nanoo1 import dist
 from nanoo1.files import atomic_write
 from nanoo1.lora import save_trained, unfreeze
 from nanoo1.model import bf16_autocast
@@ -105,9 +106,11 @@ def preference_pairs(tree: Tree, per_side: int = 2) -> list[tuple[Node, Node]]:
 def fit(model: ProcessPreferenceModel, items: list, loss_of, pad_id: int, steps: int, per_step: int, lr: float,
         bf16: bool = False, seed: int = 0, desc: str = "ppm", progress: bool = False) -> list[float]:
     """Train a scalar-head model in place on `items`, `per_step` a step in shuffled passes: AdamW, the SFT
-    schedule (linear warm-up over a tenth of the steps, cosine decay), gradients clipped to norm 1. Each
-    step's items become one batch through `loss_of(model, chosen items, pad_id) -> loss`. Under LoRA the head
-    and the backbone's adapters train. Returns every step's loss; leaves the model frozen, in eval."""
+    schedule (linear warm-up over a tenth of the steps, cosine decay), gradients clipped to norm 1. A step's
+    items go through `loss_of(model, items, pad_id) -> mean loss` in one batch; under torchrun each rank takes
+    every world-th of them, weighs its mean by its share, and the gradients are summed over ranks, so every
+    rank makes the one-process step. Under LoRA the head and the backbone's adapters train. Returns every
+    step's loss; leaves the model frozen, in eval."""
     from tqdm.auto import tqdm
 
     if not items:
@@ -117,21 +120,25 @@ def fit(model: ProcessPreferenceModel, items: list, loss_of, pad_id: int, steps:
     opt = torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.95), weight_decay=0.0)
     schedule = SFTConfig(steps=steps, lr=lr, warmup=max(1, steps // 10))
     generator = torch.Generator().manual_seed(seed)
-    device = model.head.weight.device
+    device, place = model.head.weight.device, dist.place()
     order, losses = [], []
     P = min(per_step, len(items))
     for step in tqdm(range(steps), desc=desc, disable=not progress, leave=False):
         if len(order) < P:
             order += torch.randperm(len(items), generator=generator).tolist()
         chosen, order = order[:P], order[P:]
+        mine = chosen[place.rank::place.world]
         set_lr(opt, lr_at(step, schedule))
-        with bf16_autocast(bf16, device):
-            loss = loss_of(model, [items[i] for i in chosen], pad_id)
         opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        loss = torch.zeros((), device=device)
+        if mine:
+            with bf16_autocast(bf16, device):
+                loss = loss_of(model, [items[i] for i in mine], pad_id) * (len(mine) / P)
+            loss.backward()
+        dist.sum_gradients(params)
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
-        losses.append(loss.item())
+        losses.append(float(dist.total(loss.detach())))
     model.requires_grad_(False).eval()
     return losses
 

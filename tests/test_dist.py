@@ -237,3 +237,29 @@ def test_sharded_evolve_writes_one_table_and_the_whole_sets_greedy(tmp_path, cap
     assert [r["round"] for r in two] == [0, 1] and (tmp_path / "two" / "policy-1").is_dir()
     assert two[0]["greedy"] == one[0]["greedy"] and two[0]["greedy_tokens"] == one[0]["greedy_tokens"]
     assert round(4 * two[0]["coverage"], 6).is_integer()  # a share of all 4 problems' trees, gathered
+
+
+def scorer_fits(rank: int = 0, world: int = 1):
+    """Weights of a PPM and an ORM after 3 `ppm.fit` steps of 3 items each (2 on rank 0, 1 on rank 1)."""
+    from nanoo1.ppm import ProcessPreferenceModel, fit, outcome_batch_loss, pair_batch_loss
+
+    g = torch.Generator().manual_seed(5)
+    seqs = [torch.randint(1, CONFIG.vocab_size, (n,), generator=g).tolist() for n in (5, 9, 4, 7, 11, 6, 8, 3, 10)]
+    jobs = {"ppm": (pair_batch_loss, list(zip(seqs[::2], seqs[1::2]))),
+            "orm": (outcome_batch_loss, [(s, i % 3 == 0) for i, s in enumerate(seqs)])}
+    out = {}
+    for name, (loss_of, items) in jobs.items():
+        model = ProcessPreferenceModel(random_model(CONFIG))
+        torch.nn.init.normal_(model.head.weight, std=0.1, generator=torch.Generator().manual_seed(1))
+        out[name] = fit(model, items, loss_of, 0, steps=3, per_step=3, lr=1e-3), {
+            k: v.detach().clone() for k, v in model.state_dict().items()}
+    return out
+
+
+def test_ranks_fitting_a_ppm_or_orm_make_the_one_process_steps(tmp_path):
+    ranks, alone = run_ranks(scorer_fits, tmp_path), scorer_fits()
+    for name, (losses, weights) in alone.items():
+        for r in ranks:
+            assert r[name][0] == pytest.approx(losses, abs=1e-6), name
+            for k in weights:
+                torch.testing.assert_close(r[name][1][k], weights[k], rtol=0, atol=1e-6, msg=f"{name} {k}")

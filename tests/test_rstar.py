@@ -14,7 +14,7 @@ import nanoo1.verifiers as verifiers
 from conftest import SAMPLE_TEXTS, random_model
 from nanoo1.checkpoint import load_pretrained, save_pretrained
 from nanoo1.engine import Completion
-from nanoo1.evolve import (EvolveConfig, coverage, finetune_policy, ppm_pairs, run,
+from nanoo1.evolve import (EvolveConfig, coverage, finetune_policy, ppm_pairs, run, slip_pairs,
                            self_evolution_round, sft_examples, train_ppm)
 from nanoo1.grow import expand
 from nanoo1.mcts import MCTSConfig, mcts
@@ -648,3 +648,16 @@ def test_verifier_table_on_a_scripted_solver(code_tokenizer, monkeypatch):
     policy = RStarPolicy(model, code_tokenizer, RStarConfig(), seed=0)
     rows = verifier_table(policy, code_tokenizer, problems, prm, orm, [4, 8])
     assert rows == [{"n": n, "vote": 1.0, "PRM": 0.0, "ORM": 1.0, "pass@N": 1.0} for n in (4, 8)]  # vote: 2-2, the first
+
+
+def test_slip_pairs_put_each_worked_step_against_its_operand_miscopied(code_tokenizer):
+    pairs = slip_pairs(code_tokenizer, [MIA], seed=0)
+    assert len(pairs) == 2  # steps 1 and 2; the final print has no operand
+    decoded = [[code_tokenizer.decode(ids) for ids in pair] for pair in pairs]
+    assert decoded[0][0] == "<bos>" + MIA.question + "\n" + STEP1
+    assert decoded[1][0] == "<bos>" + MIA.question + "\n" + STEP1 + "\n" + STEP2  # under the worked first step
+    for (pos, neg), (comment, code) in zip(decoded, MIA.code_steps()):
+        head, _, operand = code.rpartition(" ")
+        slipped = neg.rpartition("\n" + head + " ")[2].removesuffix("\n" + STEP_END)
+        assert neg.removesuffix(slipped + "\n" + STEP_END) == pos.removesuffix(operand + "\n" + STEP_END)
+        assert abs(int(slipped) - int(operand)) in (1, 2) and int(slipped) > 0
