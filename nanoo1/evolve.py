@@ -16,12 +16,7 @@ One round (Guan et al. 2025, sec. 3.4):
      the fine-tune never compounds on its own drift.
   4. PPM k+1: policy k+1's decoder with a scalar head, trained on the sibling pairs of every tree so far
      (`ppm.preference_pairs`, `ppm.ppm_pair_loss`).
-Why these choices, measured on the tiny task (held-out greedy of policy 1 from the 11.0% warm start; 200
-problems, so about +-2.7 points of noise): 100 steps on the 116 traces of 300 problems, 12.5%; on the 251
-traces of 600 problems, 17.5%, with 50, 200 and 300 steps 12.0%, 17.5% and 12.0% (about 6 to 13 passes over
-the traces help, 19 overfit), at lr 3e-4 14.5%. In round 2, from the base on both rounds' 556 traces for 8.6
-passes, 20.5%; on round 2's 305 traces alone 15.5%; policy 1 continued on them 19.0%. More traces is what
-helps: hence new problems every round, traces kept across rounds, and passes instead of a step count.
+The README gives the measurements behind these choices.
 
 Each row of the printed table (and of OUT/metrics.jsonl) is round k: held-out accuracy of policy k, greedy
 and by beam search scored by PPM k (`ppm_search`), PPM k's accuracy on held-out sibling steps (`slip_pairs`),
@@ -41,26 +36,25 @@ import os
 import random
 import sys
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-
 
 from nanoo1 import dist
 from nanoo1.checkpoint import load_pretrained
-from nanoo1.device import process_setup, resolve_device
 from nanoo1.config import add_config_flags, add_process_flags, apply_flags, check_settings, entry_parser, positive_int
+from nanoo1.device import process_setup, resolve_device
 from nanoo1.lora import lora_copy, save_trained, unfreeze
 from nanoo1.mcts import MCTSConfig, mcts
+from nanoo1.ppm import ProcessPreferenceModel, fit, pair_accuracy, pair_batch_loss, preference_pairs, save_scorer
 from nanoo1.recipe import LoRASettings
-from nanoo1.ppm import (ProcessPreferenceModel, fit, pair_accuracy, pair_batch_loss, preference_pairs,
-                        save_scorer)
 from nanoo1.rstar import RStarConfig, RStarPolicy, best_traces, encode_trace, format_step, ppm_input
 from nanoo1.search import SearchConfig, grade, search
 from nanoo1.sft import SFTConfig, make_batches, passes, train_sft
 from nanoo1.tasks import TINY_DIR, Problem, load_jsonl
-from nanoo1.verifiers import compare_verifiers, outcome_examples
 from nanoo1.thoughts import Tree
-from nanoo1.warmstart import WARMSTART_DIR, WARMSTART_SFT, train_warmstart
+from nanoo1.verifiers import compare_verifiers, outcome_examples
+from nanoo1.warmstart import WARMSTART_SFT, tiny_base
+
 
 @dataclass
 class EvolveConfig:
@@ -89,6 +83,7 @@ class EvolveConfig:
     beam: int = 2  # beam width of the PPM-guided search (each beam expanded into as many steps); 0: none
     beam_temperature: float = 0.5  # sampling temperature of the beam's candidate steps
     verifiers: int = 0  # > 0: after the last round, best-of-N by vote, PRM and ORM for N = 4, 8, ... up to this
+    verifier_problems: int = 100  # the held-out problems of that table (the first ones)
     seed: int = 0  # problem draw, search sampling and training order (round k uses seed + k)
     out: str = "runs/rstar"  # metrics.jsonl, rounds.png, policy-k/, ppm-k/ (verifiers.json, orm/)
     device: str = "cpu"  # where the models run: cpu, cuda, cuda:N, or auto (cuda when there is one; --model's default)
@@ -358,21 +353,9 @@ def run(config: EvolveConfig, model, data=TINY_DIR / "train.jsonl", test_data=TI
     if main and plot_rounds(rows, out / "rounds.png"):
         print(f"wrote {out / 'rounds.png'}")
     if config.verifiers and config.rounds:
-        compare_verifiers(policy, ppm, found.outcomes, tokenizer, held_out, config, str(model), progress)
+        compare_verifiers(policy, ppm, found.outcomes, tokenizer, held_out[: config.verifier_problems], config, str(model), progress)
     dist.barrier()
     return rows
-
-
-def tiny_base(out: Path, steps: int = WARMSTART_SFT.steps, seed: int = 0, progress: bool = False) -> Path:
-    """The base model of --tiny: data/tiny/warmstart if it exists, else warmstart.py's recipe (all formats, rStar's
-    code format among them) run for `steps` steps into `out`, once: a later run finds it there. The default steps
-    and seed 0 are data/tiny/warmstart's own recipe."""
-    for directory in (WARMSTART_DIR, out):
-        if (directory / "model.safetensors").exists():
-            return directory
-    sft = replace(WARMSTART_SFT, steps=steps, warmup=min(WARMSTART_SFT.warmup, steps))
-    train_warmstart(out, sft, seed, progress=progress)
-    return out
 
 
 def main(argv=None):

@@ -33,6 +33,7 @@ from nanoo1.sft import passes
 from nanoo1.thoughts import Node, Tree
 
 CHOOSERS = ("vote", "PRM", "ORM")
+ROWS = 256  # chains sampled in one batch
 
 
 def printed_answer(node: Node) -> str | None:
@@ -71,13 +72,17 @@ def verifier_table(policy, tokenizer, problems, ppm: ProcessPreferenceModel, orm
     max(ns) solutions per problem sampled by `policy` (an `rstar.RStarPolicy`). Under torchrun each rank
     samples its share of the problems; the rows are the whole set's."""
     mine = dist.shard(problems, dist.place())
-    trees, ends, _ = sample_chains(policy, [p.question for p in mine], max(ns), SearchConfig(max_depth=max_depth),
-                                   temperature=None, rate=False)
-    ends = [sorted(chain_ends, key=lambda e: tree.path(e)[1].id) for tree, chain_ends in zip(trees, ends)]  # by sample
-    paths = [tree.path(e) for tree, chain_ends in zip(trees, ends) for e in chain_ends]
-    seqs = [ppm_input(tokenizer, path) for path in paths]
-    scores = {"PRM": ppm_scores(ppm, seqs, tokenizer.pad_id).tolist(),
-              "ORM": ppm_scores(orm, seqs, tokenizer.pad_id).tolist()}
+    n_max, chunk = max(ns), max(1, ROWS // max(ns))  # a few problems at a time: their chains are one batch
+    ends, scores = [], {"PRM": [], "ORM": []}
+    for at in range(0, len(mine), chunk):
+        questions = [p.question for p in mine[at: at + chunk]]
+        trees, chain_ends, _ = sample_chains(policy, questions, n_max, SearchConfig(max_depth=max_depth), temperature=None,
+                                             rate=False)
+        chain_ends = [sorted(e, key=lambda node: tree.path(node)[1].id) for tree, e in zip(trees, chain_ends)]  # by sample
+        seqs = [ppm_input(tokenizer, tree.path(e)) for tree, es in zip(trees, chain_ends) for e in es]
+        ends += chain_ends
+        scores["PRM"] += ppm_scores(ppm, seqs, tokenizer.pad_id).tolist()
+        scores["ORM"] += ppm_scores(orm, seqs, tokenizer.pad_id).tolist()
     right = {(n, c): 0 for n in ns for c in (*CHOOSERS, "pass@N")}
     at = 0
     for problem, chain_ends in zip(mine, ends):

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import random
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -63,6 +64,18 @@ def train_warmstart(out: Path | None = None, config: SFTConfig = WARMSTART_SFT, 
     return model, tokenizer
 
 
+def tiny_base(out: Path, steps: int = WARMSTART_SFT.steps, seed: int = 0, progress: bool = False) -> Path:
+    """The base model of `evolve --tiny`: data/tiny/warmstart if it exists, else warmstart.py's recipe (all formats, rStar's
+    code format among them) run for `steps` steps into `out`, once: a later run finds it there. The default steps
+    and seed 0 are data/tiny/warmstart's own recipe."""
+    for directory in (WARMSTART_DIR, out):
+        if (directory / "model.safetensors").exists():
+            return directory
+    sft = replace(WARMSTART_SFT, steps=steps, warmup=min(WARMSTART_SFT.warmup, steps))
+    train_warmstart(out, sft, seed, progress=progress)
+    return out
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, default=WARMSTART_DIR)
@@ -71,8 +84,6 @@ def main(argv=None):
     p.add_argument("--threads", type=positive_int, default=None, help="torch.set_num_threads")
     args = p.parse_args(argv)
     process_setup(args.threads)
-    from dataclasses import replace
-
     t = time.perf_counter()
     train_warmstart(args.out, replace(WARMSTART_SFT, steps=args.steps), seed=args.seed)
     print(f"wrote {args.out} in {time.perf_counter() - t:.0f} s")

@@ -3,6 +3,7 @@ self-evolution round (nanoo1/evolve.py)."""
 
 import json
 import math
+import os
 
 import pytest
 import torch
@@ -661,3 +662,43 @@ def test_slip_pairs_put_each_worked_step_against_its_operand_miscopied(code_toke
         slipped = neg.rpartition("\n" + head + " ")[2].removesuffix("\n" + STEP_END)
         assert neg.removesuffix(slipped + "\n" + STEP_END) == pos.removesuffix(operand + "\n" + STEP_END)
         assert abs(int(slipped) - int(operand)) in (1, 2) and int(slipped) > 0
+
+
+def test_tiny_evolve_starts_itself_on_both_cores_under_torchrun(monkeypatch):
+    import torch.distributed.run
+
+    import nanoo1.evolve as evolve
+
+    launched, ran = [], []
+    monkeypatch.setattr(torch.distributed.run, "main", launched.append)
+    monkeypatch.setattr(evolve, "run", lambda *a, **k: ran.append(a))
+    monkeypatch.setattr(evolve.os, "cpu_count", lambda: 4)
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    monkeypatch.setenv("OMP_NUM_THREADS", os.environ.get("OMP_NUM_THREADS", "1"))  # main sets it for the ranks
+    evolve.main(["--tiny", "--rounds", "1", "--no-progress"])
+    assert launched == [["--standalone", "--nproc_per_node", "2", "-m", "nanoo1.evolve", "--tiny", "--rounds", "1",
+                         "--no-progress"]] and ran == []  # the ranks run it, not this process
+    monkeypatch.setattr(evolve.os, "cpu_count", lambda: 1)
+    evolve.main(["--tiny", "--no-progress"])  # one core: one process, no torchrun
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    evolve.main(["--tiny", "--procs", "2", "--no-progress"])  # already under torchrun: never again
+    assert len(launched) == 1 and len(ran) == 2
+
+
+def test_a_shortened_tiny_run_repeats_its_table_exactly(tmp_path):
+    """The warm start itself, one short round with the PPM-guided search and the held-out pairs: the same
+    seed gives the same rows (but for the seconds), the same policy and the same PPM."""
+    from nanoo1 import evolve
+
+    flags = ["--tiny", "--procs", "1", "--rounds", "1", "--problems", "6", "--simulations", "3", "--eval-problems", "6",
+             "--pair-problems", "5", "--sft-epochs", "2", "--ppm-epochs", "2", "--no-progress"]
+    runs = []
+    for name in ("a", "b"):
+        evolve.main(flags + ["--out", str(tmp_path / name)])
+        rows = [json.loads(line) for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
+        runs.append([{k: v for k, v in row.items() if not k.endswith("seconds")} for row in rows])
+    assert runs[0] == runs[1] and [row["round"] for row in runs[0]] == [0, 1]
+    assert runs[0][0]["held_out_pairs"] > 5 and runs[0][1]["ppm_pair_accuracy"] is not None
+    assert runs[0][1]["ppm_search"] is not None
+    for name in ("policy-1/model.safetensors", "ppm-1/ppm_head.safetensors"):
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
