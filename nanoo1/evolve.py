@@ -353,7 +353,8 @@ def run(config: EvolveConfig, model, data=TINY_DIR / "train.jsonl", test_data=TI
     if main and plot_rounds(rows, out / "rounds.png"):
         print(f"wrote {out / 'rounds.png'}")
     if config.verifiers and config.rounds:
-        compare_verifiers(policy, ppm, found.outcomes, tokenizer, held_out[: config.verifier_problems], config, str(model), progress)
+        compare_verifiers(policy, ppm, found.outcomes, tokenizer, held_out[: config.verifier_problems], config, str(model),
+                          progress)
     dist.barrier()
     return rows
 
