@@ -107,7 +107,8 @@ def mcts_config(config: EvolveConfig) -> MCTSConfig:
 
 
 def rstar_policy(model, tokenizer, config: EvolveConfig, ppm=None, seed: int = 0, temperature: float | None = None):
-    rstar = RStarConfig(max_step_tokens=config.max_step_tokens, temperature=temperature or config.temperature)
+    rstar = RStarConfig(max_step_tokens=config.max_step_tokens,
+                        temperature=config.temperature if temperature is None else temperature)
     return RStarPolicy(model, tokenizer, rstar, ppm, seed=seed)
 
 
