@@ -26,6 +26,7 @@ from nanoo1.checkpoint import save_pretrained
 from nanoo1.config import positive_int
 from nanoo1.device import process_setup
 from nanoo1.engine import feed, generate
+from nanoo1.bench_iteration import one_lora_iteration
 from nanoo1.model import Gemma2, Gemma2Config
 
 SIZES = {
@@ -209,76 +210,6 @@ def search_section(args) -> list[dict]:
     return results
 
 
-# the CPU's iteration: MCTS over one problem, one PPO update, checked greedy and an imitation step on another
-SHORT = dict(problems_per_iteration=1, simulations=1, num_candidates=2, max_thought_tokens=4, updates_per_iteration=1,
-             minibatch=2, micro_batch=1, imitation_problems=1, imitation_batch=1, imitation_replay=0.0)
-STAGES = ("mcts", "stamp_old", "ppo_step", "checked_greedy", "sft_step")  # what selfplay.ppo_iteration calls, timed
-
-
-def one_lora_iteration(checkpoint: str, device: str = "cpu", settings: dict = SHORT):
-    """One self-play iteration of the 2b preset (LoRA rank 16, bf16) on `device`, with `settings` (flag names) over
-    the preset: MCTS, PPO updates, checked greedy and imitation steps on the tiny task's problems. A random model
-    never answers right, so a stand-in counts its chains as the outcomes to learn from (as the tests do): the
-    updates then run. Prints and returns the iteration's counts with each stage's calls, seconds and peak
-    torch.cuda.max_memory_allocated in GB (None off CUDA), and returns the trained model."""
-    import nanoo1.selfplay as sp
-    from nanoo1.experience import outcomes
-
-    real = {name: getattr(sp, name) for name in ("tree_chains", "grade") + STAGES}  # restored after this call
-    sp.tree_chains = lambda tree, n: [tree.path(e) for e in outcomes(tree)][:n]
-    sp.grade = lambda results, truths: [len(r.path) > 1 for r in results]
-    stages = {}
-    for name in STAGES:
-        setattr(sp, name, _staged(real[name], stages.setdefault(name, {"calls": 0, "seconds": 0.0, "peak_gb": None})))
-    try:
-        return _one_lora_iteration(sp, checkpoint, device, settings, stages)
-    finally:
-        for name, fn in real.items():
-            setattr(sp, name, fn)
-
-
-def _staged(fn, stage: dict):
-    cuda = torch.cuda.is_available()
-
-    def run(*args, **kwargs):
-        if cuda:
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
-        t = time.perf_counter()
-        out = fn(*args, **kwargs)
-        if cuda:
-            torch.cuda.synchronize()
-            stage["peak_gb"] = max(stage["peak_gb"] or 0.0, torch.cuda.max_memory_allocated() / 1e9)
-        stage["calls"], stage["seconds"] = stage["calls"] + 1, stage["seconds"] + time.perf_counter() - t
-        return out
-    return run
-
-
-def _one_lora_iteration(sp, checkpoint: str, device: str, settings: dict, stages: dict):
-    import random
-
-    from nanoo1.config import apply_flags
-    from nanoo1.policy import LMPolicy
-    from nanoo1.recipe import PRESETS, draws_per_iteration
-    from nanoo1.replay import PrioritizedReplay
-    from nanoo1.runs import load_model
-    from nanoo1.tasks import TINY_DIR, load_jsonl
-
-    config = apply_flags(PRESETS["2b"], dict(warmstart=checkpoint, device=device, **settings))
-    model, tokenizer = load_model(config, None, torch.device(device))
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=config.ppo.lr)
-    s = config.search
-    policy = LMPolicy(model, tokenizer, temperature=s.temperature, max_thought_tokens=s.max_thought_tokens)
-    problems = load_jsonl(TINY_DIR / "train.jsonl")[:draws_per_iteration(config)]
-    n = s.problems_per_iteration
-    m = sp.ppo_iteration(model, tokenizer, opt, PrioritizedReplay(64), policy, problems[:n], 0, config)
-    m.update(sp.imitation_iteration(model, tokenizer, opt, policy, problems[n:], PrioritizedReplay(64, alpha=0.0),
-                                    random.Random(0), config))
-    counts = {**{k: m[k] for k in ("chains", "ppo_updates", "imitation_solved")}, "stages": stages}
-    print(json.dumps(counts))
-    return counts, model
-
-
 def memory_section(args) -> dict:
     """Peak resident memory of `one_lora_iteration` on gemma-2-2b's whole decoder (26 layers, width 2304, MLP 9216,
     8/4 heads of 256) with the tiny task's 512-token vocabulary, written in bf16, against the checkpoint's
@@ -296,7 +227,7 @@ def memory_section(args) -> dict:
         save_pretrained(model, tokenizer, Path(d))
         del model
         size = sum(f.stat().st_size for f in Path(d).glob("*.safetensors"))
-        code = f"from nanoo1.bench import one_lora_iteration; one_lora_iteration({d!r})"
+        code = f"from nanoo1.bench_iteration import one_lora_iteration; one_lora_iteration({d!r})"
         t = time.perf_counter()
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
         seconds = time.perf_counter() - t

@@ -18,9 +18,8 @@ One round (Guan et al. 2025, sec. 3.4):
      (`ppm.preference_pairs`, `ppm.ppm_pair_loss`).
 The README gives the measurements behind these choices.
 
-Each row of the printed table (and of OUT/metrics.jsonl) is round k: held-out accuracy of policy k, greedy
-and by beam search scored by PPM k (`ppm_search`), PPM k's accuracy on held-out sibling steps (`slip_pairs`),
-then round k's search; OUT/policy-k and OUT/ppm-k are the trained pairs, OUT/rounds.png the table drawn
+Each row of the printed table (and of OUT/metrics.jsonl) is round k: policy k and PPM k measured on held-out
+problems (rounds.py), then round k's search; OUT/policy-k and OUT/ppm-k are the trained pairs, OUT/rounds.png the table drawn
 (with matplotlib). With --lora-rank every model of the run is the one frozen base (in --dtype) with its own
 float32 adapters, and policy-k and ppm-k hold adapters in PEFT's layout (`python -m nanoo1.lora merge` makes
 a full checkpoint of one). Under torchrun (`torchrun --nproc_per_node N -m nanoo1.evolve ...`; --tiny starts
@@ -45,10 +44,10 @@ from nanoo1.config import add_config_flags, add_process_flags, apply_flags, chec
 from nanoo1.device import process_setup, resolve_device
 from nanoo1.lora import lora_copy, save_trained, unfreeze
 from nanoo1.mcts import MCTSConfig, mcts
-from nanoo1.ppm import ProcessPreferenceModel, fit, pair_accuracy, pair_batch_loss, preference_pairs, save_scorer
+from nanoo1.ppm import ProcessPreferenceModel, fit, pair_batch_loss, preference_pairs, save_scorer
 from nanoo1.recipe import LoRASettings
-from nanoo1.rstar import RStarConfig, RStarPolicy, best_traces, encode_trace, format_step, ppm_input
-from nanoo1.search import SearchConfig, grade, search
+from nanoo1.rounds import COLUMNS, line, measure, plot_rounds, row_line, rstar_policy, slip_pairs
+from nanoo1.rstar import RStarConfig, best_traces, encode_trace, ppm_input
 from nanoo1.sft import SFTConfig, make_batches, passes, train_sft
 from nanoo1.tasks import TINY_DIR, Problem, load_jsonl
 from nanoo1.thoughts import Tree
@@ -106,12 +105,6 @@ def mcts_config(config: EvolveConfig) -> MCTSConfig:
                       failure_value=-1.0, temperature=config.temperature)
 
 
-def rstar_policy(model, tokenizer, config: EvolveConfig, ppm=None, seed: int = 0, temperature: float | None = None):
-    rstar = RStarConfig(max_step_tokens=config.max_step_tokens,
-                        temperature=config.temperature if temperature is None else temperature)
-    return RStarPolicy(model, tokenizer, rstar, ppm, seed=seed)
-
-
 def search_trees(policy_model, ppm, tokenizer, problems: list[Problem], config: EvolveConfig, seed: int = 0):
     """MCTS with the ground truths over the problems: (their trees, [generated, prompt, PPM] tokens spent).
     Under torchrun each rank searches its share; every rank gets all the trees, in the problems' order."""
@@ -143,24 +136,6 @@ def ppm_pairs(tokenizer, trees: list[Tree]) -> list[tuple[list[int], list[int]]]
     """(positive, negative) PPM inputs of every tree's preference pairs, in tree order."""
     return [(ppm_input(tokenizer, tree.path(pos)), ppm_input(tokenizer, tree.path(neg)))
             for tree in trees for pos, neg in preference_pairs(tree)]
-
-
-def slip_pairs(tokenizer, problems: list[Problem], seed: int = 0) -> list[tuple[list[int], list[int]]]:
-    """Held-out sibling steps whose order is known without a search: under the first j steps of each worked
-    solution, its step j + 1 (positive) against the same step with its operand miscopied, off by 1 or 2
-    (negative), the slip the tiny policy makes most. One pair per step before the final print; PPM inputs."""
-    rng, pairs = random.Random(seed), []
-    for problem in problems:
-        steps = problem.code_steps()[:-1]
-        rendered = [format_step(comment, code) for comment, code in steps]
-        for j, (comment, code) in enumerate(steps):
-            head, _, b = code.rpartition(" ")
-            wrong = int(b) + rng.choice([-2, -1, 1, 2])
-            wrong = wrong if wrong > 0 else int(b) + 1
-            slipped = format_step(comment, f"{head} {wrong}")
-            pairs.append(tuple(encode_trace(tokenizer, problem.question, rendered[:j] + [step], close=False)[0]
-                               for step in (rendered[j], slipped)))
-    return pairs
 
 
 # -- training ------------------------------------------------------------------------------------------
@@ -224,7 +199,8 @@ def self_evolution_round(base_model, policy_model, ppm, tokenizer, problems: lis
     examples, pairs = sft_examples(tokenizer, trees, config.traces_per_problem), ppm_pairs(tokenizer, trees)
     pool.examples += examples
     pool.pairs += pairs
-    pool.outcomes += outcome_examples(tokenizer, trees)
+    if config.verifiers:  # the ORM's training set, for the verifier table alone
+        pool.outcomes += outcome_examples(tokenizer, trees)
     t1 = time.perf_counter()
     new_policy, sft_losses = finetune_policy(base_model, pool.examples, tokenizer.pad_id, config, seed, progress)
     new_ppm = ProcessPreferenceModel(lora_copy(new_policy))  # rStar-Math: the PPM starts from the fine-tuned policy
@@ -238,60 +214,7 @@ def _ends(losses: list[float]) -> list[float]:
     return [round(losses[0], 4), round(losses[-1], 4)] if losses else []
 
 
-def held_out_accuracy(policy_model, tokenizer, problems: list[Problem], config: EvolveConfig, ppm=None, beam: int = 0,
-                      seed: int = 0) -> tuple[float, float]:
-    """(accuracy, generated tokens per problem) on problems no search saw: greedy, or with beam > 0 beam search
-    of that width, `beam` new steps per beam sampled at config.beam_temperature, the PPM scoring every path."""
-    place = dist.place()  # under torchrun each rank searches its share; the figures are the whole set's
-    policy = rstar_policy(policy_model, tokenizer, config, ppm, dist.rank_seed(seed, place.rank),
-                          config.beam_temperature if beam else None)
-    mine = dist.shard(problems, place)
-    method = SearchConfig(method="beam", n=beam, expand=beam, max_depth=RStarConfig.max_depth) if beam else \
-        SearchConfig(method="greedy", max_depth=RStarConfig.max_depth)
-    results = search(policy, [p.question for p in mine], method, scorer=policy.score if beam else None)
-    right, tokens = map(sum, zip(*dist.gather((sum(grade(results, [p.answer for p in mine])),
-                                               sum(r.spent.generated for r in results)))))
-    return right / len(problems), tokens / len(problems)
-
-
 # -- the run -------------------------------------------------------------------------------------------
-COLUMNS = ["round", "coverage", "greedy", "ppm_search", "pair_acc", "traces", "pairs", "tokens", "seconds"]
-
-
-def _line(cells) -> str:
-    return "".join(f"{c:>{max(9, len(name) + 2)}}" for c, name in zip(cells, COLUMNS))
-
-
-def _row_line(row: dict) -> str:
-    pct = [("-" if row.get(key) is None else f"{100 * row[key]:.1f}%")
-           for key in ("coverage", "greedy", "ppm_search", "ppm_pair_accuracy")]
-    return _line([row["round"], *pct, row.get("traces", "-"), row.get("pairs", "-"), row.get("generated_tokens", "-"),
-                  f"{row['seconds']:.0f}"])
-
-
-def plot_rounds(rows: list[dict], path: Path) -> bool:
-    """The round table drawn: held-out greedy and PPM-guided accuracy, coverage and PPM pair accuracy by round;
-    False without matplotlib."""
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return False
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for key, label in [("greedy", "held-out greedy"), ("ppm_search", "held-out beam + PPM"),
-                       ("coverage", "coverage (training problems)"), ("ppm_pair_accuracy", "held-out PPM pair accuracy")]:
-        points = [(row["round"], 100 * row[key]) for row in rows if row.get(key) is not None]
-        if points:
-            ax.plot(*zip(*points), "o-", label=label)
-    ax.set(xlabel="round", ylabel="%", title="rStar-Math self-evolution", xticks=[row["round"] for row in rows])
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return True
-
-
 def run(config: EvolveConfig, model, data=TINY_DIR / "train.jsonl", test_data=TINY_DIR / "test.jsonl",
         progress: bool = False, lora: LoRASettings | None = None) -> list[dict]:
     """config.rounds rounds from the base checkpoint `model` (with `lora.rank` > 0: frozen, with adapters);
@@ -320,21 +243,15 @@ def run(config: EvolveConfig, model, data=TINY_DIR / "train.jsonl", test_data=TI
     if main:
         out.mkdir(parents=True, exist_ok=True)
         (out / "metrics.jsonl").unlink(missing_ok=True)
-        print(_line(COLUMNS), flush=True)
+        print(line(COLUMNS), flush=True)
     policy, ppm, found, rows = base, None, Pool(), []
     bar = tqdm(range(config.rounds + 1), desc="rounds", disable=not (progress and main))
     for k in bar:
         t = time.perf_counter()
         bar.set_postfix_str("held-out evaluation")
-        accuracy, tokens = held_out_accuracy(policy, tokenizer, held_out, config, seed=config.seed)
-        row = {"round": k, "greedy": accuracy, "greedy_tokens": round(tokens, 1), "ppm_search": None,
-               "ppm_pair_accuracy": None}
+        row = {"round": k, **measure(policy, ppm, tokenizer, held_out, held_out_pairs, config)}
         if k == 0:
             row["held_out_pairs"] = len(held_out_pairs)
-        if ppm is not None:  # no PPM before the first round
-            if config.beam:
-                row["ppm_search"] = held_out_accuracy(policy, tokenizer, held_out, config, ppm, config.beam, config.seed)[0]
-            row["ppm_pair_accuracy"] = pair_accuracy(ppm, held_out_pairs, tokenizer.pad_id)
         row["eval_seconds"] = round(time.perf_counter() - t, 1)
         if k < config.rounds:
             bar.set_postfix_str(f"MCTS over {config.problems} problems, then training")
@@ -350,12 +267,12 @@ def run(config: EvolveConfig, model, data=TINY_DIR / "train.jsonl", test_data=TI
         if main:
             with open(out / "metrics.jsonl", "a", encoding="utf-8") as f:
                 f.write(json.dumps(row) + "\n")
-            (bar.write if progress else print)(_row_line(row))
+            (bar.write if progress else print)(row_line(row))
     if main and plot_rounds(rows, out / "rounds.png"):
         print(f"wrote {out / 'rounds.png'}")
     if config.verifiers and config.rounds:
-        compare_verifiers(policy, ppm, found.outcomes, tokenizer, held_out[: config.verifier_problems], config, str(model),
-                          progress)
+        sampler = rstar_policy(policy, tokenizer, config, seed=dist.rank_seed(config.seed, dist.place().rank))
+        compare_verifiers(sampler, ppm, found.outcomes, held_out[: config.verifier_problems], config, str(model), progress)
     dist.barrier()
     return rows
 

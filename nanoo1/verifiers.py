@@ -99,18 +99,17 @@ def verifier_table(policy, tokenizer, problems, ppm: ProcessPreferenceModel, orm
     return [{"n": n, **{c: right[n, c] / len(problems) for c in (*CHOOSERS, "pass@N")}} for n in ns]
 
 
-def compare_verifiers(policy, ppm, examples, tokenizer, problems, config, model_name: str = "",
+def compare_verifiers(sampler: RStarPolicy, ppm, examples, problems, config, model_name: str = "",
                       progress: bool = False) -> list[dict]:
-    """The verifier table of evolve's last pair (`config`: its EvolveConfig): an ORM from the last policy's
-    decoder, trained on the `outcome_examples` of every round's trees (the trees the PPM's pairs came from) for
+    """The verifier table of evolve's last pair (`sampler`: the last policy at the search's temperature;
+    `config`: the run's EvolveConfig): an ORM from that policy's decoder, trained on the `outcome_examples` of every round's trees (the trees the PPM's pairs came from) for
     as many passes as the PPM, then best-of-N for N = 4, 8, ... up to config.verifiers; printed and written to
     OUT/verifiers.json (the ORM to OUT/orm)."""
-    orm = ProcessPreferenceModel(lora_copy(policy))
+    tokenizer = sampler.tokenizer
+    orm = ProcessPreferenceModel(lora_copy(sampler.model))
     train_orm(orm, examples, tokenizer.pad_id, passes(config.ppm_epochs, len(examples), 2 * config.ppm_pairs_per_step),
               2 * config.ppm_pairs_per_step, config.ppm_lr, config.autocast, config.seed, progress)
     ns = [n for n in (4, 8, 16, 32, 64, 128) if n <= config.verifiers] or [config.verifiers]
-    rstar = RStarConfig(max_step_tokens=config.max_step_tokens, temperature=config.temperature)
-    sampler = RStarPolicy(policy, tokenizer, rstar, seed=dist.rank_seed(config.seed, dist.place().rank))
     rows = verifier_table(sampler, tokenizer, problems, ppm, orm, ns, RStarConfig.max_depth)
     if dist.place().main:
         out = Path(config.out)

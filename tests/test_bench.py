@@ -39,7 +39,7 @@ def test_one_lora_iteration_of_the_2b_preset_runs_its_updates(tmp_path, capsys):
     import json
 
     from conftest import random_model
-    from nanoo1.bench import one_lora_iteration
+    from nanoo1.bench_iteration import one_lora_iteration
     from nanoo1.checkpoint import save_pretrained
     from nanoo1.tasks import TINY_DIR
     from nanoo1.tokenizer import Tokenizer
@@ -83,7 +83,7 @@ def _two_layers_at_2b_width(directory):
 
 @pytest.mark.parametrize("make", [_transformers_checkpoint, _two_layers_at_2b_width], ids=["transformers", "2b-width"])
 def test_a_lora_iteration_in_bf16_keeps_every_base_weight_and_trains_the_adapters(tmp_path, make, capsys):
-    from nanoo1.bench import one_lora_iteration
+    from nanoo1.bench_iteration import one_lora_iteration
     from nanoo1.checkpoint import load_pretrained
 
     checkpoint = make(tmp_path)
@@ -99,7 +99,8 @@ def test_a_lora_iteration_in_bf16_keeps_every_base_weight_and_trains_the_adapter
 def test_gpu_figures_run_on_the_cpu_with_a_tiny_shape(capsys):
     """The gpu section's code on a tiny shape: decode against the bound, then the shortened LoRA iteration with
     its stages timed; without CUDA the section skips."""
-    from nanoo1.bench import SHORT, STAGES, gpu_figures, gpu_section
+    from nanoo1.bench import gpu_figures, gpu_section
+    from nanoo1.bench_iteration import SHORT, STAGES
     from nanoo1.tasks import TINY_DIR
     from nanoo1.tokenizer import Tokenizer
     from nanoo1.warmstart import TINY_MODEL
