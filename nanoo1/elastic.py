@@ -8,11 +8,14 @@ budget (`elastic_budgets`: t*/4, t*/2, t*, 2t*, unlimited) show what the budgete
 
 from __future__ import annotations
 
+from dataclasses import replace
+from pathlib import Path
+
 import torch
 
 from nanoo1 import dist
 from nanoo1.engine import generate_budgeted
-from nanoo1.eval import EvalResult, budget_name
+from nanoo1.eval import EvalResult, budget_name, plot
 from nanoo1.lora import adapters_off
 from nanoo1.model import bf16_autocast
 from nanoo1.recipe import SelfPlayConfig, autocast, iteration_seed
@@ -127,3 +130,22 @@ def budget_table(before: dict[str, EvalResult], after: dict[str, EvalResult], bu
         x, y = before[f"think_{budget_name(b)}"], after[f"think_{budget_name(b)}"]
         lines.append(f"{budget_name(b):<18}{100 * x.accuracy:8.1f}%{100 * y.accuracy:8.1f}%{x.tokens:15.1f}{y.tokens:14.1f}")
     return "\n".join(lines)
+
+
+def budget_summary(before: dict[str, EvalResult], after: dict[str, EvalResult], config: SelfPlayConfig) -> dict:
+    """The table in the run's JSON: {"think_budget": t*, "budgets": {"<t>" or "unlimited": {"before", "after",
+    "tokens_before", "tokens_after"}}}."""
+    rows = {}
+    for b in elastic_budgets(config):
+        x, y = before[f"think_{budget_name(b)}"], after[f"think_{budget_name(b)}"]
+        rows[budget_name(b)] = {"before": x.accuracy, "after": y.accuracy, "tokens_before": x.tokens, "tokens_after": y.tokens}
+    return {"think_budget": config.grpo.think_budget, "budgets": rows}
+
+
+def report_budgets(before: dict[str, EvalResult], after: dict[str, EvalResult], config: SelfPlayConfig, png: Path):
+    """Print the table and draw it to `png` (accuracy against the thinking budget, before and after; with matplotlib)."""
+    print("\n" + budget_table(before, after, elastic_budgets(config)))
+    curves = [replace(r, method=f"budget, {tag}") for tag, ev in (("before", before), ("after", after))
+              for k, r in ev.items() if k.startswith("think_")]
+    if plot(curves, png, title=f"thinking budget, GRPO trained at {config.grpo.think_budget}"):
+        print(f"wrote {png}")

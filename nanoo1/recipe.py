@@ -15,7 +15,7 @@ from nanoo1.rewards import equations_hold
 from nanoo1.rl import LOSS_TYPES
 from nanoo1.sft import cosine
 from nanoo1.tasks import TINY_DIR
-from nanoo1.warmstart import WARMSTART_DIR
+from nanoo1.warmstart import THINK_DIR, WARMSTART_DIR
 
 
 @dataclass
@@ -23,7 +23,8 @@ class RunSettings:
     out: str = ""  # run directory: metrics.jsonl, iter-*/, final/ (default: runs/tiny, runs/tiny-grpo for --algo grpo)
     seed: int = 0  # every random choice of the run derives from it
     algo: str = "ppo"  # "ppo": MCTS + PPO + imitation (LLaMA-O1); "grpo": budgeted GRPO rollouts (Elastic Reasoning)
-    warmstart: str = str(WARMSTART_DIR)  # the SFT checkpoint self-play starts from (directory or hub id)
+    warmstart: str = str(WARMSTART_DIR)  # the SFT checkpoint self-play starts from (directory or hub id; with --tiny
+    #                                      --algo grpo: data/tiny/warmstart-think, Elastic Reasoning's warm start)
     data: str = str(TINY_DIR / "train.jsonl")  # training problems (GSM8K-style jsonl)
     test_data: str = str(TINY_DIR / "test.jsonl")  # held-out problems (GSM8K-style jsonl)
     iterations: int = 10  # self-play iterations
@@ -96,7 +97,7 @@ class ImitationSettings:
 @dataclass
 class GRPOSettings:
     group_size: int = 8  # GRPO: samples per problem
-    think_budget: int = 32  # GRPO: thinking tokens before </think> is forced (Elastic Reasoning's t*)
+    think_budget: int = 40  # GRPO: thinking tokens before </think> is forced (Elastic Reasoning's t*)
     solution_budget: int = 16  # GRPO: answer tokens after </think>
     loss_type: str = "dr_grpo"  # GRPO loss normalisation (dr_grpo also drops the std from the advantages)
     kl_beta: float = 0.0  # GRPO: weight of the k3 KL to the reference policy, the base with its LoRA adapters off
@@ -119,7 +120,7 @@ class GRPOSettings:
 class EvalSettings:
     flag_prefix = "eval_"
     problems: int = 200  # held-out problems in the before/after tables (the first of the test file)
-    every: int = 4  # greedy accuracy on `quick` held-out problems every this many iterations (0: never)
+    every: int = 4  # PPO: greedy accuracy on `quick` held-out problems every this many iterations (0: never)
     quick: int = 100  # held-out problems of that greedy check
     best_of_n: int = 8  # N of the best-of-N evaluation
     simulations: int = 2  # MCTS simulations per held-out problem (each rolls its new thoughts out; conclusions vote)
@@ -236,6 +237,12 @@ def step_checker(config: SelfPlayConfig):
     """The search's step checker (MCTSConfig.verify): every `a op b = c` in a thought must hold, or none."""
     return equations_hold if config.search.check_equations else None
 
+
+
+def tiny_warmstart(algo: str) -> str:
+    """The tiny recipe's warm start: data/tiny/warmstart (every format), or for GRPO Elastic Reasoning's own, the
+    <think> format with pauses a budget can drop (warmstart.THINK_DIR)."""
+    return str(THINK_DIR if algo == "grpo" else WARMSTART_DIR)
 
 
 def default_out(config: SelfPlayConfig) -> str:

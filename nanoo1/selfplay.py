@@ -33,8 +33,8 @@ import torch
 from nanoo1 import dist
 from nanoo1.config import add_config_flags, add_process_flags, apply_flags, entry_parser, flat_settings
 from nanoo1.device import process_setup, resolve_device
-from nanoo1.elastic import budget_table, elastic_budgets, grpo_iteration
-from nanoo1.eval import EVAL_MCTS, EvalResult, budget_name, evaluate, evaluate_budgeted, evaluate_sharded, plot
+from nanoo1.elastic import budget_summary, elastic_budgets, grpo_iteration, report_budgets
+from nanoo1.eval import EVAL_MCTS, EvalResult, budget_name, evaluate, evaluate_budgeted, evaluate_sharded
 from nanoo1.experience import (chain_items, collate_chains, imitation_items, restamp_stale, row_priorities,
                                stamp_old, success_rates, tree_chains)
 from nanoo1.mcts import MCTSConfig, mcts
@@ -42,7 +42,7 @@ from nanoo1.model import bf16_autocast
 from nanoo1.policy import LMPolicy
 from nanoo1.replay import PrioritizedReplay, beta_by_step
 from nanoo1.recipe import (PRESETS, SelfPlayConfig, autocast, default_out, draws_per_iteration, iteration_config,
-                           memory_estimate, step_checker)
+                           memory_estimate, step_checker, tiny_warmstart)
 from nanoo1.runs import (append_jsonl, latest_checkpoint, load_model, load_trainer_state, prepare_out, rewrite_jsonl,
                          resume_settings, save_checkpoint, save_model)
 from nanoo1.files import atomic_write
@@ -154,15 +154,17 @@ def _table(rows: list[tuple[str, EvalResult, EvalResult]]) -> str:
 
 
 def evaluate_all(model, tokenizer, problems, config: SelfPlayConfig, tag: str, progress: bool, seed: int) -> dict[str, EvalResult]:
-    """The before/after table's rows: greedy, then for PPO best-of-N and MCTS (with the step checker as a tool,
-    like rStar's code execution: no ground truth needed), for GRPO the <think> format at `elastic_budgets`.
+    """The before/after table's rows: for PPO greedy, best-of-N and MCTS in the thought format (with the step
+    checker as a tool, like rStar's code execution: no ground truth needed); for GRPO greedy in the <think>
+    format at each of `elastic_budgets`.
     Under torchrun each rank evaluates its share of the problems (`eval.evaluate_sharded`)."""
     from tqdm.auto import tqdm
 
     s, e = config.search, config.eval
     kw = dict(temperature=s.temperature, max_thought_tokens=s.max_thought_tokens, seed=seed)
-    jobs = {"greedy": lambda ps: evaluate(model, tokenizer, ps, "greedy", **kw)}
+    jobs = {}
     if config.run.algo == "ppo":
+        jobs["greedy"] = lambda ps: evaluate(model, tokenizer, ps, "greedy", **kw)
         jobs[f"best_of_{e.best_of_n}"] = lambda ps: evaluate(model, tokenizer, ps, "best_of_n", e.best_of_n, **kw)
         jobs[f"mcts_{e.simulations}"] = lambda ps: evaluate(model, tokenizer, ps, "mcts", e.simulations,
                                                             mcts=replace(EVAL_MCTS, verify=step_checker(config)), **kw)
@@ -207,7 +209,7 @@ def run(config: SelfPlayConfig, resume: str | None = None, from_scratch: bool = 
     start_dir = latest_checkpoint(out) if resume else None
     if from_scratch and not resume:  # the run's base is the warm start it trains first
         if place.main:
-            train_warmstart(out / "warmstart", seed=config.run.seed, progress=progress)
+            train_warmstart(out / "warmstart", seed=config.run.seed, progress=progress, think=config.run.algo == "grpo")
         dist.barrier()
         config = replace(config, run=replace(config.run, warmstart=str(out / "warmstart")))
     model, tokenizer = load_model(config, start_dir, device)
@@ -264,7 +266,7 @@ def run(config: SelfPlayConfig, resume: str | None = None, from_scratch: bool = 
                 model, tokenizer, ps, config.grpo.think_budget, config.grpo.solution_budget), test[:config.eval.quick]).accuracy
         m = dist.combine(m, summed=("chains", "restamped", "imitation_replayed"))
         m["lr"] = c.ppo.lr if ppo else c.grpo.grpo_lr
-        if config.eval.every and (it + 1) % config.eval.every == 0:
+        if ppo and config.eval.every and (it + 1) % config.eval.every == 0:
             m["greedy_quick"] = evaluate_sharded(lambda ps: evaluate(model, tokenizer, ps, "greedy", seed=seed,
                                                                      max_thought_tokens=config.search.max_thought_tokens),
                                                  test[:config.eval.quick]).accuracy
@@ -283,31 +285,22 @@ def run(config: SelfPlayConfig, resume: str | None = None, from_scratch: bool = 
     evals["after"] = evaluate_all(model, tokenizer, test, config, "after", progress, seed)
     before, after = evals["before"], evals["after"]
     e = config.eval
-    summary = {"sft_greedy": before["greedy"].accuracy, "final_greedy": after["greedy"].accuracy}
+    summary = {}
     if ppo:
-        summary.update(sft_best_of_n=before[f"best_of_{e.best_of_n}"].accuracy,
+        summary.update(sft_greedy=before["greedy"].accuracy, final_greedy=after["greedy"].accuracy, sft_best_of_n=before[f"best_of_{e.best_of_n}"].accuracy,
                        final_best_of_n=after[f"best_of_{e.best_of_n}"].accuracy,
                        sft_mcts=before[f"mcts_{e.simulations}"].accuracy, final_mcts=after[f"mcts_{e.simulations}"].accuracy)
     summary.update(iterations=config.run.iterations, algo=config.run.algo, seed=config.run.seed,
                    wall_s=round(time.perf_counter() - t0, 1), checkpoint=str(out / "final"))
     if not ppo:  # Elastic Reasoning's table: accuracy and tokens against the thinking budget, before and after
-        budgets = elastic_budgets(config)
-        summary["think_budget"] = config.grpo.think_budget
-        summary["budgets"] = {}
-        for b in budgets:
-            x, y = before[f"think_{budget_name(b)}"], after[f"think_{budget_name(b)}"]
-            summary["budgets"][budget_name(b)] = {"before": x.accuracy, "after": y.accuracy, "tokens_before": x.tokens,
-                                                  "tokens_after": y.tokens}
+        summary.update(budget_summary(before, after, config))
     if place.main:
         append_jsonl(out / "metrics.jsonl", {"eval": "after", **{k: asdict(v) for k, v in evals["after"].items()}})
         save_model(model, tokenizer, out / "final", config)
-        print("\n" + _table([(k, before[k], after[k]) for k in after if k in before and not k.startswith("think_")]))
-        if not ppo:
-            print("\n" + budget_table(before, after, budgets))
-            curves = [replace(r, method=f"budget, {tag}") for tag, ev in (("before", before), ("after", after))
-                      for k, r in ev.items() if k.startswith("think_")]
-            if plot(curves, out / "budgets.png", title=f"thinking budget, GRPO trained at {config.grpo.think_budget}"):
-                print(f"wrote {out / 'budgets.png'}")
+        if ppo:
+            print("\n" + _table([(k, before[k], after[k]) for k in after if k in before]))
+        else:
+            report_budgets(before, after, config, out / "budgets.png")
         atomic_write(out / "summary.json", json.dumps(summary))
     dist.barrier()  # the run is whole on disk before any rank returns
     return summary
@@ -330,6 +323,8 @@ def main(argv=None):
                                                                "threads", "no_progress")}
     if args.model:
         flags["warmstart"] = args.model
+    elif args.tiny:
+        flags.setdefault("warmstart", tiny_warmstart(flags.get("algo", "ppo")))
     if not (args.tiny or args.model or args.resume):
         p.error("say what to run: --tiny (the tiny recipe), --model DIR_OR_HUB_ID with --data and --test-data, "
                 "or --resume RUN_DIR")

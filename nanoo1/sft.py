@@ -110,10 +110,12 @@ def _propagate_error(steps: list[Step], bad: int, rng: random.Random) -> list[St
     return out
 
 
-def think_example(problem: Problem, tokenizer, rng: random.Random | None = None):
-    """(ids, mask) of Elastic Reasoning's format: the question, then <think>work</think>answer<eos> (trained)."""
+def think_example(problem: Problem, tokenizer, rng: random.Random | None = None, pauses: float = 0.0):
+    """(ids, mask) of Elastic Reasoning's format: the question, then <think>work</think>answer<eos> (trained);
+    each step's equation followed by the pause line with probability `pauses` (drawn from rng)."""
     prompt = tokenizer.encode(think_prompt(problem.question))
-    answer = tokenizer.encode(problem.think_solution(), add_bos=False) + [tokenizer.eos_id]
+    lines = [rng.random() < pauses for _ in problem.steps] if pauses else None
+    answer = tokenizer.encode(problem.think_solution(lines), add_bos=False) + [tokenizer.eos_id]
     return prompt + answer, [0] * len(prompt) + [1] * len(answer)
 
 

@@ -35,6 +35,7 @@ SENTENCES = {
     "*": ["Then {he} has {b} times as many."],
     "/": ["{He} splits them into {b} equal piles and keeps one pile."],
 }
+PAUSE = "Let me see."  # a line of thinking that carries nothing (Problem.think_solution), 9 tokens like an equation
 TINY_DIR = Path(__file__).resolve().parent.parent / "data" / "tiny"  # the repository's data/tiny (editable install)
 
 
@@ -82,9 +83,14 @@ class Problem:
         out.append((f"Step {len(self.steps) + 1}: {sentences[-1]}", f"print(x{len(self.steps)})"))
         return out
 
-    def think_solution(self) -> str:
-        """Elastic Reasoning's format after `think_prompt`: the work inside <think>, then the answer."""
-        return "<think>" + "\n".join(self.thought_steps()) + "</think>The answer is \\boxed{" + self.answer + "}"
+    def think_solution(self, pauses: list[bool] | None = None) -> str:
+        """Elastic Reasoning's format after `think_prompt`: the work inside <think>, then the answer. Where
+        pauses[i] is true, step i's equation is followed by the line PAUSE, thinking that says nothing: a
+        budget can drop it without losing a step (warmstart.THINK_PAUSES)."""
+        lines = []
+        for i, text in enumerate(self.thought_steps()):
+            lines += [text, PAUSE] if pauses and pauses[i] else [text]
+        return "<think>" + "\n".join(lines) + "</think>The answer is \\boxed{" + self.answer + "}"
 
     def to_json(self) -> dict:
         work = "\n".join(self.thought_steps())

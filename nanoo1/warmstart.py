@@ -1,11 +1,17 @@
 """The tiny warm start: a 1M-parameter Gemma-2 trained from scratch to write worked solutions.
 
     python -m nanoo1.warmstart          # regenerate data/tiny/warmstart (about 15 minutes on 2 CPU cores)
+    python -m nanoo1.warmstart --think  # regenerate data/tiny/warmstart-think, Elastic Reasoning's (--algo grpo)
 
 One model learns all three formats of nanoo1 from the tiny task's worked solutions (tasks.py), mixed
 per example: the LongCoT thought format with negatively rated corrupted steps (search, MCTS, PPO), the
-<think> format (Elastic Reasoning's budgeted GRPO) and rStar's code format (rstar.py). It is stopped
-early on purpose, while greedy accuracy is still climbing: self-play has room to show what it adds.
+<think> format and rStar's code format (rstar.py). It is stopped early on purpose, while greedy accuracy is
+still climbing: self-play has room to show what it adds.
+
+Elastic Reasoning's budgeted GRPO (`selfplay --algo grpo`) starts from a warm start of its own (`--think`):
+the <think> format alone, where each step's equation is followed, with probability THINK_PAUSES, by a line
+that carries nothing (tasks.PAUSE, "Let me see."). Its thinking then holds lines a budget can drop without
+losing a step, as a reasoning model's long thinking does; the shared warm start's <think> examples have none.
 """
 
 from __future__ import annotations
@@ -32,10 +38,15 @@ WARMSTART_DIR = TINY_DIR / "warmstart"
 TINY_MODEL = Gemma2Config.preset("tiny", hidden_size=128, intermediate_size=512)
 MIXTURE = {"thought": 0.6, "think": 0.2, "code": 0.2}  # share of each format in the warm-start batches
 WARMSTART_SFT = SFTConfig(steps=1000, batch_size=32, lr=3e-3, negative_fraction=0.3)
+# Elastic Reasoning's warm start (`--algo grpo`): the <think> format alone, each step's equation followed by the
+# pause line with probability THINK_PAUSES, so its thinking holds lines a budget can drop
+THINK_DIR = TINY_DIR / "warmstart-think"
+THINK_PAUSES = 0.5
 
 
-def mixed_example(tokenizer, mixture=MIXTURE, negative_fraction: float = 0.3):
-    """example_fn(problem, rng) drawing one of the formats per call, by `mixture`'s weights."""
+def mixed_example(tokenizer, mixture=MIXTURE, negative_fraction: float = 0.3, pauses: float = 0.0):
+    """example_fn(problem, rng) drawing one of the formats per call, by `mixture`'s weights; <think> examples
+    pause after each step with probability `pauses`."""
     names, weights = list(mixture), list(mixture.values())
 
     def example(problem, rng: random.Random):
@@ -43,20 +54,22 @@ def mixed_example(tokenizer, mixture=MIXTURE, negative_fraction: float = 0.3):
         if kind == "thought":
             return thought_example(problem, tokenizer, rng, negative_fraction)
         if kind == "think":
-            return think_example(problem, tokenizer, rng)
+            return think_example(problem, tokenizer, rng, pauses)
         return code_example(problem, tokenizer, rng)
 
     return example
 
 
 def train_warmstart(out: Path | None = None, config: SFTConfig = WARMSTART_SFT, seed: int = 0, data=TINY_DIR / "train.jsonl",
-                    progress: bool = True, callback=None):
-    """Train the tiny warm start from scratch; save it to `out` when given. Returns (model, tokenizer)."""
+                    progress: bool = True, callback=None, think: bool = False):
+    """Train the tiny warm start from scratch (with `think`, Elastic Reasoning's, on the same settings: the <think>
+    format alone, steps followed by a pause with probability THINK_PAUSES); save it to `out` when given. Returns (model, tokenizer)."""
     tokenizer = Tokenizer.from_file(TINY_DIR)
     model = Gemma2(TINY_MODEL).init_weights(torch.Generator().manual_seed(seed))
     problems = load_jsonl(data)
-    batches = make_batches(problems, mixed_example(tokenizer, negative_fraction=config.negative_fraction),
-                           config.batch_size, random.Random(seed), tokenizer.pad_id)
+    example = mixed_example(tokenizer, {"think": 1.0}, pauses=THINK_PAUSES) if think else \
+        mixed_example(tokenizer, negative_fraction=config.negative_fraction)
+    batches = make_batches(problems, example, config.batch_size, random.Random(seed), tokenizer.pad_id)
     train_sft(model, batches, config, callback=callback, progress=progress)
     model.requires_grad_(False)
     if out is not None:
@@ -78,15 +91,18 @@ def tiny_base(out: Path, steps: int = WARMSTART_SFT.steps, seed: int = 0, progre
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", type=Path, default=WARMSTART_DIR)
-    p.add_argument("--steps", type=int, default=WARMSTART_SFT.steps)
+    p.add_argument("--think", action="store_true", help="Elastic Reasoning's warm start instead: the <think> format "
+                   f"alone, a pause line after each step with probability {THINK_PAUSES} (default --out {THINK_DIR.name})")
+    p.add_argument("--out", type=Path, default=None, help="where to save it (default: data/tiny/warmstart)")
+    p.add_argument("--steps", type=int, default=WARMSTART_SFT.steps, help="optimizer steps")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=positive_int, default=None, help="torch.set_num_threads")
     args = p.parse_args(argv)
     process_setup(args.threads)
     t = time.perf_counter()
-    train_warmstart(args.out, replace(WARMSTART_SFT, steps=args.steps), seed=args.seed)
-    print(f"wrote {args.out} in {time.perf_counter() - t:.0f} s")
+    out = args.out or (THINK_DIR if args.think else WARMSTART_DIR)
+    train_warmstart(out, replace(WARMSTART_SFT, steps=args.steps), seed=args.seed, think=args.think)
+    print(f"wrote {out} in {time.perf_counter() - t:.0f} s")
 
 
 if __name__ == "__main__":

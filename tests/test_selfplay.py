@@ -177,6 +177,7 @@ def test_grpo_run_repeats_for_a_seed_and_resumes_exactly(tmp_path, warmstart, mo
     assert not all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), warm.state_dict().values()))  # it learned
     lines = metrics_of(tmp_path / "a")
     assert {"think_2", "think_4", "think_8", "think_16", "think_unlimited"} <= set(lines[0])
+    assert "greedy" not in lines[0] and "sft_greedy" not in straight  # GRPO's model is judged in its own format
     for m in lines[1:-1]:
         assert m["updates"] > 0 and 0 <= m["cut"] <= 1 and m["think"] <= 8 and 0 <= m["think_quick"] <= 1
         assert {"reward", "correct", "think_right", "think_wrong", "tokens", "lr"} <= set(m)
@@ -277,6 +278,17 @@ def test_a_new_run_never_overwrites_another_unless_told(tmp_path, warmstart):
     run(config, progress=False, overwrite=True)
     from nanoo1.recipe import default_out
     assert default_out(apply_flags(PRESETS["tiny"], {"algo": "grpo"})) != default_out(PRESETS["tiny"])
+
+
+def test_tiny_grpo_starts_from_elastic_reasonings_warm_start(monkeypatch):
+    import nanoo1.selfplay as selfplay
+    from nanoo1.warmstart import THINK_DIR, WARMSTART_DIR
+
+    seen = []
+    monkeypatch.setattr(selfplay, "run", lambda config, **kw: seen.append(config) or {})
+    for flags in (["--algo", "grpo"], [], ["--algo", "grpo", "--warmstart", "mine"], ["--algo", "grpo", "--model", "hub/x"]):
+        main(["--tiny", *flags])
+    assert [c.run.warmstart for c in seen] == [str(THINK_DIR), str(WARMSTART_DIR), "mine", "hub/x"]
 
 
 @pytest.mark.parametrize("flags,message", [

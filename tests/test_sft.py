@@ -64,6 +64,12 @@ def test_think_example(tiny_tokenizer):
     ids, mask = think_example(p, tiny_tokenizer)
     assert trained_text(tiny_tokenizer, ids, mask) == p.think_solution() + "<eos>"
     assert mask[: len(tiny_tokenizer.encode(p.question + "\n"))] == [0] * len(tiny_tokenizer.encode(p.question + "\n"))
+    rng = random.Random(0)
+    assert think_example(p, tiny_tokenizer, rng) == (ids, mask) and rng.random() == random.Random(0).random()  # no draw
+    draws = random.Random(3)
+    paused = [draws.random() < 0.5 for _ in p.steps]
+    ids, mask = think_example(p, tiny_tokenizer, random.Random(3), pauses=0.5)  # one draw per step
+    assert trained_text(tiny_tokenizer, ids, mask) == p.think_solution(paused) + "<eos>" and 0 < sum(paused) < 5
 
 
 def test_lm_loss_is_cross_entropy_of_the_masked_next_tokens():

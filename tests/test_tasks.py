@@ -35,6 +35,8 @@ def test_known_problem_and_its_three_renderings():
     assert parse_tree(tree.training_text()).training_text() == tree.training_text()
     assert p.think_solution() == "<think>18 / 3 = 6\n6 / 3 = 2\n2 * 2 = 4\n4 * 2 = 8\n8 + 3 = 11</think>The answer is \\boxed{11}"
     assert think_prompt(p.question) == p.question + "\n"
+    assert p.think_solution([True, False, False, False, True]) == ("<think>18 / 3 = 6\nLet me see.\n6 / 3 = 2\n2 * 2 = 4\n"
+                                                                   "4 * 2 = 8\n8 + 3 = 11\nLet me see.</think>The answer is \\boxed{11}")
     code = p.code_steps()
     assert code[0] == ("Step 1: She splits them into 3 equal piles and keeps one pile.", "x1 = 18 // 3")
     assert code[-1][1] == "print(x5)"
