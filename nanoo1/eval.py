@@ -1,7 +1,7 @@
 """`python -m nanoo1.eval`: accuracy against test-time compute (the scaling curve) of a checkpoint.
 
     python -m nanoo1.eval --checkpoint runs/tiny/final --methods greedy,best_of_n,beam,mcts --budgets 1,4,16
-    python -m nanoo1.eval --checkpoint runs/tiny-grpo/final --methods budget --budgets 8,16,32,64,unlimited
+    python -m nanoo1.eval --checkpoint runs/tiny-grpo/final --methods budget --budgets 10,20,40,80,unlimited
     torchrun --nproc_per_node 2 -m nanoo1.eval --checkpoint runs/tiny/final    # each rank a share of the problems
 
 For each method and budget (best-of-N: N chains; beam: beam width; mcts: simulations; budget: thinking
