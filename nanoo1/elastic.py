@@ -15,7 +15,7 @@ import torch
 
 from nanoo1 import dist
 from nanoo1.engine import generate_budgeted
-from nanoo1.eval import EvalResult, budget_name, plot
+from nanoo1.eval import EvalResult, budget_name, evaluate_budgeted, plot
 from nanoo1.lora import adapters_off
 from nanoo1.model import bf16_autocast
 from nanoo1.recipe import SelfPlayConfig, autocast, iteration_seed
@@ -122,6 +122,13 @@ def elastic_budgets(config: SelfPlayConfig) -> list[int | None]:
     """The thinking budgets of Elastic Reasoning's table: t*/4, t*/2, t*, 2 t* and unlimited (None)."""
     t = config.grpo.think_budget
     return list(dict.fromkeys([max(1, t // 4), max(1, t // 2), t, 2 * t])) + [None]
+
+
+def budget_jobs(model, tokenizer, config: SelfPlayConfig) -> dict:
+    """The table's evaluations, {"think_<t>": job(problems) -> EvalResult}: greedy in the <think> format under each
+    of `elastic_budgets` (`eval.evaluate_budgeted`)."""
+    return {f"think_{budget_name(b)}": lambda ps, b=b: evaluate_budgeted(model, tokenizer, ps, b, config.grpo.solution_budget)
+            for b in elastic_budgets(config)}
 
 
 def budget_table(before: dict[str, EvalResult], after: dict[str, EvalResult], budgets) -> str:

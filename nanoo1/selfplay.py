@@ -33,8 +33,8 @@ import torch
 from nanoo1 import dist
 from nanoo1.config import add_config_flags, add_process_flags, apply_flags, entry_parser, flat_settings
 from nanoo1.device import process_setup, resolve_device
-from nanoo1.elastic import budget_summary, elastic_budgets, grpo_iteration, report_budgets
-from nanoo1.eval import EVAL_MCTS, EvalResult, budget_name, evaluate, evaluate_budgeted, evaluate_sharded
+from nanoo1.elastic import budget_jobs, budget_summary, grpo_iteration, report_budgets
+from nanoo1.eval import EVAL_MCTS, EvalResult, evaluate, evaluate_budgeted, evaluate_sharded
 from nanoo1.experience import (chain_items, collate_chains, imitation_items, restamp_stale, row_priorities,
                                stamp_old, success_rates, tree_chains)
 from nanoo1.mcts import MCTSConfig, mcts
@@ -169,9 +169,7 @@ def evaluate_all(model, tokenizer, problems, config: SelfPlayConfig, tag: str, p
         jobs[f"mcts_{e.simulations}"] = lambda ps: evaluate(model, tokenizer, ps, "mcts", e.simulations,
                                                             mcts=replace(EVAL_MCTS, verify=step_checker(config)), **kw)
     else:
-        for b in elastic_budgets(config):
-            jobs[f"think_{budget_name(b)}"] = lambda ps, b=b: evaluate_budgeted(model, tokenizer, ps, b,
-                                                                               config.grpo.solution_budget)
+        jobs.update(budget_jobs(model, tokenizer, config))
     results = {}
     bar = tqdm(jobs.items(), desc=f"evaluate {tag}", disable=not progress, unit="method")
     for name, job in bar:
