@@ -1,7 +1,7 @@
 """The tiny warm start: a 1M-parameter Gemma-2 trained from scratch to write worked solutions.
 
     python -m nanoo1.warmstart          # regenerate data/tiny/warmstart (about 15 minutes on 2 CPU cores)
-    python -m nanoo1.warmstart --think  # regenerate data/tiny/warmstart-think, Elastic Reasoning's (--algo grpo)
+    python -m nanoo1.warmstart --think  # data/tiny/warmstart-think, Elastic Reasoning's (--algo grpo; about 10 minutes)
 
 One model learns all three formats of nanoo1 from the tiny task's worked solutions (tasks.py), mixed
 per example: the LongCoT thought format with negatively rated corrupted steps (search, MCTS, PPO), the
@@ -63,7 +63,8 @@ def mixed_example(tokenizer, mixture=MIXTURE, negative_fraction: float = 0.3, pa
 def train_warmstart(out: Path | None = None, config: SFTConfig = WARMSTART_SFT, seed: int = 0, data=TINY_DIR / "train.jsonl",
                     progress: bool = True, callback=None, think: bool = False):
     """Train the tiny warm start from scratch (with `think`, Elastic Reasoning's, on the same settings: the <think>
-    format alone, steps followed by a pause with probability THINK_PAUSES); save it to `out` when given. Returns (model, tokenizer)."""
+    format alone, steps followed by a pause with probability THINK_PAUSES); save it to `out` when given.
+    Returns (model, tokenizer)."""
     tokenizer = Tokenizer.from_file(TINY_DIR)
     model = Gemma2(TINY_MODEL).init_weights(torch.Generator().manual_seed(seed))
     problems = load_jsonl(data)
