@@ -131,11 +131,11 @@ def budget_jobs(model, tokenizer, config: SelfPlayConfig) -> dict:
             for b in elastic_budgets(config)}
 
 
-def budget_table(before: dict[str, EvalResult], after: dict[str, EvalResult], budgets) -> str:
+def budget_table(rows: dict[str, dict]) -> str:
+    """The printed table of `budget_summary`'s rows."""
     lines = [f"{'thinking budget':<18}{'before':>9}{'after':>9}{'tokens before':>15}{'tokens after':>14}"]
-    for b in budgets:
-        x, y = before[f"think_{budget_name(b)}"], after[f"think_{budget_name(b)}"]
-        lines.append(f"{budget_name(b):<18}{100 * x.accuracy:8.1f}%{100 * y.accuracy:8.1f}%{x.tokens:15.1f}{y.tokens:14.1f}")
+    for name, r in rows.items():
+        lines.append(f"{name:<18}{100 * r['before']:8.1f}%{100 * r['after']:8.1f}%{r['tokens_before']:15.1f}{r['tokens_after']:14.1f}")
     return "\n".join(lines)
 
 
@@ -151,7 +151,7 @@ def budget_summary(before: dict[str, EvalResult], after: dict[str, EvalResult], 
 
 def report_budgets(before: dict[str, EvalResult], after: dict[str, EvalResult], config: SelfPlayConfig, png: Path):
     """Print the table and draw it to `png` (accuracy against the thinking budget, before and after; with matplotlib)."""
-    print("\n" + budget_table(before, after, elastic_budgets(config)))
+    print("\n" + budget_table(budget_summary(before, after, config)["budgets"]))
     curves = [replace(r, method=f"budget, {tag}") for tag, ev in (("before", before), ("after", after))
               for k, r in ev.items() if k.startswith("think_")]
     if plot(curves, png, title=f"thinking budget, GRPO trained at {config.grpo.think_budget}"):

@@ -19,8 +19,8 @@ One round (Guan et al. 2025, sec. 3.4):
 The README gives the measurements behind these choices.
 
 Each row of the printed table (and of OUT/metrics.jsonl) is round k: policy k and PPM k measured on held-out
-problems (rounds.py), then round k's search; OUT/policy-k and OUT/ppm-k are the trained pairs, OUT/rounds.png the table drawn
-(with matplotlib). With --lora-rank every model of the run is the one frozen base (in --dtype) with its own
+problems (rounds.py), then round k's search; OUT/policy-k and OUT/ppm-k are the trained pairs, OUT/rounds.png
+the table drawn (with matplotlib). With --lora-rank every model of the run is the one frozen base (in --dtype) with its own
 float32 adapters, and policy-k and ppm-k hold adapters in PEFT's layout (`python -m nanoo1.lora merge` makes
 a full checkpoint of one). Under torchrun (`torchrun --nproc_per_node N -m nanoo1.evolve ...`; --tiny starts
 its own, `--procs`) each rank searches its share of the problems and of the held-out set; the trees are
