@@ -1,6 +1,6 @@
 """Confining a process on Linux: rlimits, namespaces, Landlock, seccomp, and a Python audit hook.
 
-sandbox.py's child calls `confine` before it runs the program; each layer below holds on its own, and
+The sandbox's child (supervise.py) calls `confine` before it runs the program; each layer below holds on its own, and
 the program cannot undo one once set (seccomp refuses the syscalls that would):
 
   rlimits     CPU time, address space, size of each file, open files, processes, core files
@@ -15,7 +15,7 @@ the program cannot undo one once set (seccomp refuses the syscalls that would):
               mounts, and clearing the parent-death signal (seccomp(2), classic BPF)
   tripwire    an audit hook (PEP 578) that turns the same attempts into clear PermissionErrors
 
-Everything is reached through ctypes, and this file imports only the standard library: the child loads
+Everything is reached through ctypes, and this file imports only the standard library: the supervisor loads
 it by path, since importing the package would import torch under the program's limits.
 """
 

@@ -25,7 +25,8 @@ from pathlib import Path
 import pytest
 
 from nanoo1.confine import MAX_FILES, SECCOMP_ARCH, landlock_abi, seccomp_filter, tripwire
-from nanoo1.sandbox import _remove, run_many, run_python
+from nanoo1.sandbox import run_many, run_python
+from nanoo1.supervise import _remove
 
 LINUX = sys.platform == "linux"
 KERNEL = LINUX and os.uname().machine in SECCOMP_ARCH  # seccomp has a syscall table for this machine
@@ -80,7 +81,7 @@ def sandbox_processes(caller: int | None = None) -> list[int]:
                 cmdline = f.read()
         except OSError:
             continue
-        if b"_child_main(sys.argv[1])" in cmdline and mark.search(cmdline):
+        if b"_supervise(sys.argv[1])" in cmdline and mark.search(cmdline):
             found.append(int(entry))
     return found
 
