@@ -111,7 +111,7 @@ class _Run:
     deadline: float
     out: bytearray = field(default_factory=bytearray)
     report: bytearray = field(default_factory=bytearray)
-    open_pipes: int = 2
+    open_fds: set = field(default_factory=set)  # those of out_fd, report_fd not yet closed (their numbers get reused)
     stopped: str | None = None  # "Timeout" or "OutputLimit" once it is to be killed
 
 
@@ -151,7 +151,7 @@ def _supervise(config: str) -> None:
                                     "message": f"{type(e).__name__}: {e}", "seconds": 0.0})
             if not running:
                 continue
-            waiting = any(run.open_pipes == 0 for run in running.values())  # pipes closed, not yet reaped
+            waiting = any(not run.open_fds for run in running.values())  # pipes closed, not yet reaped
             left = min(run.deadline for run in running.values()) - time.monotonic()
             for key, _ in sel.select(max(0.0, min(left, 0.005) if waiting else left)):
                 run = key.data
@@ -161,7 +161,7 @@ def _supervise(config: str) -> None:
                 if not chunk or len(buffer) > cap:  # closed, or more than we keep
                     sel.unregister(key.fd)
                     os.close(key.fd)
-                    run.open_pipes -= 1
+                    run.open_fds.discard(key.fd)
                 if len(run.out) > cap:
                     run.stopped = run.stopped or "OutputLimit"  # reading on would only let it burn its time
             for run in list(running.values()):
@@ -173,17 +173,16 @@ def _supervise(config: str) -> None:
                     except ProcessLookupError:
                         pass
                     status = os.waitpid(run.pid, 0)[1]
-                elif run.open_pipes == 0:  # the pipes can close before the program ends (it may close them)
+                elif not run.open_fds:  # the pipes can close before the program ends (it may close them)
                     pid, status = os.waitpid(run.pid, os.WNOHANG)
                     if pid == 0:
                         continue
                 else:
                     continue
                 del running[run.pid]
-                for fd in (run.out_fd, run.report_fd):
-                    if fd in sel.get_map():
-                        sel.unregister(fd)
-                        os.close(fd)
+                for fd in run.open_fds:
+                    sel.unregister(fd)
+                    os.close(fd)
                 _remove(run.workdir)
                 error, message = _outcome(os.waitstatus_to_exitcode(status), run.report, run.stopped, timeout, cap)
                 results.append({"index": run.index, "stdout": run.out[:cap].decode("utf-8", "replace"),
@@ -223,7 +222,7 @@ def _fork(index: int, code: str, tempdir: str, timeout: float, child: dict, conf
             os._exit(1)
     os.close(out_w)
     os.close(report_w)
-    run = _Run(index, pid, out_r, report_r, workdir, start, start + timeout)
+    run = _Run(index, pid, out_r, report_r, workdir, start, start + timeout, open_fds={out_r, report_r})
     sel.register(out_r, selectors.EVENT_READ, run)
     sel.register(report_r, selectors.EVENT_READ, run)
     return run

@@ -336,6 +336,16 @@ def test_pool_keeps_order_and_runs_in_parallel():
     assert run_many([]) == []
 
 
+def test_pool_never_closes_a_pipe_whose_number_a_later_program_got():
+    # the first program closes its pipes and lives on; the third starts once the second ends and gets the
+    # pipe numbers the first freed: reaping the first must not close them (the third would then time out)
+    codes = ["import os, time\nos.closerange(0, 1024)\ntime.sleep(0.6)", "import time\ntime.sleep(0.2)\nprint('b')",
+             "import time\ntime.sleep(1.0)\nprint('c')"]
+    results = run_many(codes, workers=2, timeout=3.0)
+    assert [(r.stdout, r.error) for r in results[1:]] == [("b\n", None), ("c\n", None)]
+    assert results[0].error == "SystemExit" and results[2].seconds < 2.0  # the first lost its report: exit code 1
+
+
 def test_pool_passes_limits():
     results = run_many(["while True: pass", "print(2)"], workers=2, timeout=0.5)
     assert [r.error for r in results] == ["Timeout", None]
