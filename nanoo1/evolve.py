@@ -7,15 +7,17 @@
 
 One round (Guan et al. 2025, sec. 3.4):
   1. MCTS with policy k over this round's training problems (new ones every round, as the paper's rounds
-     reach problems earlier rounds left unsolved): UCT (c = 2), the ground truth scores each answer +1 / -1,
-     PPM k's score is a new step's value (round 0 has no PPM: terminal rewards alone guide the search).
+     reach problems earlier rounds left unsolved; from round 1 on only those of 3 or more steps, see
+     `draw_rounds`): UCT (c = 2), the ground truth scores each answer +1 / -1, PPM k's score is a new step's
+     value (round 0 has no PPM: terminal rewards alone guide the search).
   2. Coverage: the share of those problems whose tree holds a correct answer (the paper's Table 2).
   3. Policy k+1: the base model fine-tuned on the top-2 correct traces per problem by mean Q
      (`rstar.best_traces`) of every round so far, the loss on the steps the model wrote (`rstar.encode_trace`),
      for `sft_epochs` passes. Like the paper, every round starts again from the base: the data grows and
      the fine-tune never compounds on its own drift.
-  4. PPM k+1: policy k+1's decoder with a scalar head, trained on the sibling pairs of every tree so far
-     (`ppm.preference_pairs`, `ppm.ppm_pair_loss`).
+  4. PPM k+1: policy k+1's decoder with a scalar head, trained on the pairs of every tree so far: sibling
+     steps (`ppm.preference_pairs`) and, at the final step, whole trajectories (`rstar.final_pairs`), with
+     `ppm.ppm_pair_loss`.
 The README gives the measurements behind these choices.
 
 Each row of the printed table (and of OUT/metrics.jsonl) is round k: policy k and PPM k measured on held-out
@@ -46,13 +48,13 @@ from nanoo1.lora import lora_copy, save_trained, unfreeze
 from nanoo1.mcts import MCTSConfig, mcts
 from nanoo1.ppm import ProcessPreferenceModel, fit, pair_batch_loss, preference_pairs, save_scorer
 from nanoo1.recipe import LoRASettings
-from nanoo1.rounds import COLUMNS, line, measure, plot_rounds, row_line, rstar_policy, slip_pairs
-from nanoo1.rstar import RStarConfig, best_traces, encode_trace, ppm_input
+from nanoo1.rounds import COLUMNS, draw_rounds, line, measure, plot_rounds, row_line, rstar_policy, slip_pairs
+from nanoo1.rstar import RStarConfig, best_traces, encode_trace, final_pairs, ppm_input
 from nanoo1.sft import SFTConfig, make_batches, passes, train_sft
 from nanoo1.tasks import TINY_DIR, Problem, load_jsonl
 from nanoo1.thoughts import Tree
 from nanoo1.verifiers import compare_verifiers, outcome_examples
-from nanoo1.warmstart import WARMSTART_SFT, tiny_base
+from nanoo1.warmstart import CODE_SFT, tiny_base
 
 
 @dataclass
@@ -65,9 +67,9 @@ class EvolveConfig:
     patient: int = 2  # a problem's search stops after this many correct answers (the two traces kept)
     # policy k+1
     traces_per_problem: int = 2  # correct traces kept per problem, best mean Q first
-    sft_epochs: float = 8.0  # passes over the traces of every round so far, fine-tuning the base model
+    sft_epochs: float = 4.0  # passes over the traces of every round so far, fine-tuning the base model
     sft_batch_size: int = 16  # traces per step
-    sft_lr: float = 1e-3  # peak learning rate (linear warm-up, cosine decay)
+    sft_lr: float = 1e-4  # peak learning rate (linear warm-up, cosine decay)
     # PPM k+1
     ppm_epochs: float = 6.0  # passes over the preference pairs of every round so far
     ppm_pairs_per_step: int = 16  # pairs per step (twice as many sequences)
@@ -76,9 +78,11 @@ class EvolveConfig:
     # the run
     rounds: int = 2  # self-evolution rounds
     problems: int = 400  # training problems searched per round, new ones every round (one draw with the seed)
-    min_steps: int = 0  # draw only problems of at least this many steps (a harder task)
+    min_steps: int = 0  # round 0 draws problems of at least this many steps
+    later_min_steps: int = 3  # later rounds draw problems of at least this many steps: the policy already solves most
+    #                           shorter ones, whose traces would tilt its fine-tune toward short solutions
     eval_problems: int = 200  # held-out problems for greedy and PPM-guided accuracy (the first of the test file)
-    pair_problems: int = 300  # the next held-out problems, whose steps and slips every PPM is scored on (slip_pairs)
+    pair_problems: int = 150  # the next held-out problems, whose steps and slips every PPM is scored on (slip_pairs)
     beam: int = 2  # beam width of the PPM-guided search (each beam expanded into as many steps); 0: none
     beam_temperature: float = 0.5  # sampling temperature of the beam's candidate steps
     verifiers: int = 0  # > 0: after the last round, best-of-N by vote, PRM and ORM for N = 4, 8, ... up to this
@@ -133,9 +137,15 @@ def sft_examples(tokenizer, trees: list[Tree], per_problem: int = 2) -> list[tup
 
 
 def ppm_pairs(tokenizer, trees: list[Tree]) -> list[tuple[list[int], list[int]]]:
-    """(positive, negative) PPM inputs of every tree's preference pairs, in tree order."""
-    return [(ppm_input(tokenizer, tree.path(pos)), ppm_input(tokenizer, tree.path(neg)))
-            for tree in trees for pos, neg in preference_pairs(tree)]
+    """(positive, negative) PPM inputs of every tree's pairs, in tree order: its sibling pairs
+    (`ppm.preference_pairs`), then its final-step pairs of whole trajectories (`rstar.final_pairs`) not
+    already among them."""
+    out = []
+    for tree in trees:
+        siblings = preference_pairs(tree)
+        pairs = siblings + [pair for pair in final_pairs(tree) if pair not in siblings]
+        out += [(ppm_input(tokenizer, tree.path(pos)), ppm_input(tokenizer, tree.path(neg))) for pos, neg in pairs]
+    return out
 
 
 # -- training ------------------------------------------------------------------------------------------
@@ -231,12 +241,7 @@ def run(config: EvolveConfig, model, data=TINY_DIR / "train.jsonl", test_data=TI
     base, tokenizer = load_pretrained(model, dtype=config.dtype, device=device)
     if lora is not None and lora.rank:
         lora.apply(base, config.seed)
-    pool = [p for p in load_jsonl(data) if len(p.steps) >= config.min_steps]
-    wanted = config.rounds * config.problems
-    if len(pool) < wanted:
-        raise ValueError(f"{data}: {len(pool)} problems with >= {config.min_steps} steps, {wanted} wanted "
-                         f"({config.rounds} rounds of {config.problems})")
-    drawn = random.Random(config.seed).sample(pool, wanted)
+    drawn = draw_rounds(load_jsonl(data), config, str(data))
     test = load_jsonl(test_data)
     held_out = test[: config.eval_problems]
     held_out_pairs = slip_pairs(tokenizer, test[config.eval_problems:][: config.pair_problems], config.seed)
@@ -251,11 +256,11 @@ def run(config: EvolveConfig, model, data=TINY_DIR / "train.jsonl", test_data=TI
         bar.set_postfix_str("held-out evaluation")
         row = {"round": k, **measure(policy, ppm, tokenizer, held_out, held_out_pairs, config)}
         if k == 0:
-            row["held_out_pairs"] = len(held_out_pairs)
+            row["held_out_pairs"] = {kind: len(pairs) for kind, pairs in held_out_pairs.items()}
         row["eval_seconds"] = round(time.perf_counter() - t, 1)
         if k < config.rounds:
             bar.set_postfix_str(f"MCTS over {config.problems} problems, then training")
-            problems = drawn[k * config.problems: (k + 1) * config.problems]
+            problems = drawn[k]
             policy, ppm, report, _ = self_evolution_round(base, policy, ppm, tokenizer, problems, config,
                                                               config.seed + k, progress, found)
             row.update(asdict(report))
@@ -279,10 +284,9 @@ def run(config: EvolveConfig, model, data=TINY_DIR / "train.jsonl", test_data=TI
 
 def main(argv=None):
     p, g = entry_parser(__doc__, "run")
-    g.add_argument("--tiny", action="store_true", help="the tiny task, from data/tiny/warmstart or, where that is "
-                   "missing, from a warm start trained first into OUT/base")
-    g.add_argument("--warmstart-steps", type=int, default=WARMSTART_SFT.steps, help="SFT steps of that warm start "
-                   "(fewer than ~1000: the tiny model rarely writes a correct solution)")
+    g.add_argument("--tiny", action="store_true", help="the tiny task, from data/tiny/warmstart-code (rStar-Math's "
+                   "warm start: the code format alone) or, where that is missing, from one trained first into OUT/base")
+    g.add_argument("--warmstart-steps", type=int, default=CODE_SFT.steps, help="SFT steps of that warm start")
     add_process_flags(g)  # --threads: with --tiny 1 by default, the fastest for it
     g.add_argument("--procs", type=positive_int, default=None, help="processes on this machine, one per core: with more "
                    "than 1 the run starts itself under torchrun (default: 2 with --tiny on a machine of 2 or more "

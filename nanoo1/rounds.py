@@ -1,4 +1,5 @@
-"""What `evolve` measures of each round's policy and PPM on held-out problems, and the round table.
+"""What `evolve` measures of each round's policy and PPM on held-out problems, the round table, and which
+training problems each round searches (`draw_rounds`).
 
 Row k of the table is round k: policy k's held-out accuracy, greedy and by beam search scored by PPM k
 (`ppm_search`), PPM k's accuracy on held-out sibling steps (`slip_pairs`), then round k's search (coverage,
@@ -12,7 +13,7 @@ from pathlib import Path
 
 from nanoo1 import dist
 from nanoo1.ppm import pair_accuracy
-from nanoo1.rstar import RStarConfig, RStarPolicy, encode_trace, format_step
+from nanoo1.rstar import END_OUTPUT, OUTPUT, RStarConfig, RStarPolicy, encode_trace, format_step
 from nanoo1.search import SearchConfig, grade, search
 from nanoo1.tasks import Problem
 
@@ -27,21 +28,55 @@ def rstar_policy(model, tokenizer, config, ppm=None, seed: int = 0, temperature:
     return RStarPolicy(model, tokenizer, rstar, ppm, seed=seed)
 
 
-def slip_pairs(tokenizer, problems: list[Problem], seed: int = 0) -> list[tuple[list[int], list[int]]]:
-    """Held-out sibling steps whose order is known without a search: under the first j steps of each worked
-    solution, its step j + 1 (positive) against the same step with its operand miscopied, off by 1 or 2
-    (negative), the slip the tiny policy makes most. One pair per step before the final print; PPM inputs."""
-    rng, pairs = random.Random(seed), []
+def draw_rounds(problems: list[Problem], config, source: str = "the training problems") -> list[list[Problem]]:
+    """Each round's `config.problems` training problems (`config`: an evolve.EvolveConfig), none drawn twice:
+    the problems in one order shuffled with the seed; round 0 takes the first of at least `min_steps` steps,
+    each later round the next of at least `later_min_steps`. Raises ValueError, naming `source`, when there
+    are too few."""
+    order = random.Random(config.seed).sample(problems, len(problems))
+    taken, rounds = set(), []
+    for k in range(config.rounds):
+        least = config.min_steps if k == 0 else max(config.min_steps, config.later_min_steps)
+        chosen = [i for i, p in enumerate(order) if i not in taken and len(p.steps) >= least][: config.problems]
+        if len(chosen) < config.problems:
+            raise ValueError(f"{source}: round {k} wants {config.problems} problems of at least {least} steps not "
+                             f"drawn before, {len(chosen)} left ({len(problems)} problems in all)")
+        taken.update(chosen)
+        rounds.append([order[i] for i in chosen])
+    return rounds
+
+
+SLIPS = ("operand", "skip", "early")  # the kinds of held-out slips `slip_pairs` makes
+
+
+def slip_pairs(tokenizer, problems: list[Problem], seed: int = 0) -> dict[str, list[tuple[list[int], list[int]]]]:
+    """Held-out sibling steps whose order is known without a search, by kind of slip: under the first j steps
+    of each worked solution, its step j + 1 (positive) against that step gone wrong the ways the tiny
+    policies go wrong (negative), PPM inputs:
+      operand  the same step with its operand miscopied, off by 1 or 2 (every step before the final print);
+      skip     the next sentence's step written instead, so one sentence is never used (steps before the
+               last one);
+      early    the answer printed now, with what it prints, a step too soon (from the second step on)."""
+    rng, pairs = random.Random(seed), {kind: [] for kind in SLIPS}
     for problem in problems:
-        steps = problem.code_steps()[:-1]
+        steps = problem.code_steps()
+        question, n = steps[-1][0].partition(": ")[2], len(steps) - 1  # the closing question; arithmetic steps
         rendered = [format_step(comment, code) for comment, code in steps]
-        for j, (comment, code) in enumerate(steps):
+        values = [problem.steps[0].x] + [s.y for s in problem.steps]  # values[j]: x_j (x_0 the start)
+        for j, (comment, code) in enumerate(steps[:-1]):
             head, _, b = code.rpartition(" ")
             wrong = int(b) + rng.choice([-2, -1, 1, 2])
-            wrong = wrong if wrong > 0 else int(b) + 1
-            slipped = format_step(comment, f"{head} {wrong}")
-            pairs.append(tuple(encode_trace(tokenizer, problem.question, rendered[:j] + [step], close=False)[0]
-                               for step in (rendered[j], slipped)))
+            slips = {"operand": format_step(comment, f"{head} {wrong if wrong > 0 else int(b) + 1}")}
+            if j + 1 < n:  # step j + 2's sentence and operand, numbered j + 1, on x_j
+                later_comment, later_code = steps[j + 1]
+                sentence, later_tail = later_comment.partition(": ")[2], later_code.partition(" = ")[2].split(" ", 1)[1]
+                slips["skip"] = format_step(f"Step {j + 1}: {sentence}", f"x{j + 1} = {code.partition(' = ')[2].split(' ', 1)[0]} {later_tail}")
+            if j > 0:
+                slips["early"] = format_step(f"Step {j + 1}: {question}", f"print(x{j})") + \
+                    f"\n{OUTPUT}{values[j]}{END_OUTPUT}"
+            for kind, step in slips.items():
+                pairs[kind].append(tuple(encode_trace(tokenizer, problem.question, rendered[:j] + [s], close=False)[0]
+                                         for s in (rendered[j], step)))
     return pairs
 
 
@@ -63,15 +98,25 @@ def held_out_accuracy(policy_model, tokenizer, problems: list[Problem], config, 
 
 def measure(policy_model, ppm, tokenizer, problems: list[Problem], pairs, config) -> dict:
     """The held-out cells of a row: policy greedy (and its tokens per problem); with a PPM, beam search scored by
-    it (when config.beam) and its accuracy on the held-out `pairs`. None where there is no PPM yet."""
+    it (when config.beam) and its accuracy on the held-out `pairs` (`slip_pairs`: all of them, and by kind). None
+    where there is no PPM yet."""
     accuracy, tokens = held_out_accuracy(policy_model, tokenizer, problems, config, seed=config.seed)
     row = {"greedy": accuracy, "greedy_tokens": round(tokens, 1), "ppm_search": None, "ppm_pair_accuracy": None}
     if ppm is not None:  # no PPM before the first round
         if config.beam:
             row["ppm_search"] = held_out_accuracy(policy_model, tokenizer, problems, config, ppm, config.beam,
                                                   config.seed)[0]
-        row["ppm_pair_accuracy"] = pair_accuracy(ppm, pairs, tokenizer.pad_id)
+        right = {kind: ordered_right(ppm, pairs[kind], tokenizer.pad_id) for kind in SLIPS}
+        row["ppm_pair_accuracy"] = sum(right.values()) / max(1, sum(len(pairs[kind]) for kind in SLIPS))
+        row["ppm_slip_accuracy"] = {kind: right[kind] / len(pairs[kind]) if pairs[kind] else None for kind in SLIPS}
     return row
+
+
+def ordered_right(ppm, pairs, pad_id: int) -> int:
+    """How many (positive, negative) pairs the PPM orders right (`ppm.pair_accuracy`); under torchrun each rank
+    scores its share."""
+    mine = dist.shard(pairs, dist.place())
+    return int(dist.total(round((pair_accuracy(ppm, mine, pad_id) or 0.0) * len(mine))))
 
 
 def line(cells) -> str:

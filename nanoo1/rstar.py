@@ -322,3 +322,21 @@ def best_traces(tree: Tree, n: int = 2) -> list[list[Node]]:
     paths = [tree.path(node) for node in tree.nodes if node.terminal == "success"]
     paths = [p for p in paths if all(s.value is not None and not step_failed(s.text) for s in p[1:])]
     return sorted(paths, key=lambda p: -sum(s.value for s in p[1:]) / (len(p) - 1))[:n]
+
+
+def final_pairs(tree: Tree, per_side: int = 2) -> list[tuple[Node, Node]]:
+    """(positive, negative) answer steps for the PPM, whole trajectories rather than siblings: rStar-Math
+    sec. 3.3 relaxes the sibling rule at the final step, where the same steps rarely end in different
+    answers. The `per_side` correct trajectories of `best_traces` against the `per_side` that printed a wrong
+    answer with the lowest mean Q, every step of them run and valued; each positive against each negative."""
+    wrong = [tree.path(node) for node in tree.nodes if node.terminal == "failure" and node.meta == "<conclusion>"]
+    wrong = [p for p in wrong if _printed(p[-1].text) and all(s.value is not None and not step_failed(s.text)
+                                                               for s in p[1:])]
+    wrong = sorted(wrong, key=lambda p: sum(s.value for s in p[1:]) / (len(p) - 1))[:per_side]
+    return [(pos[-1], neg[-1]) for pos in best_traces(tree, per_side) for neg in wrong]
+
+
+def _printed(text: str) -> bool:
+    """Whether a step's code prints (an answer step) and it ran to an output."""
+    parsed = parse_step(text)
+    return parsed is not None and bool(FINAL.search(parsed[1])) and OUTPUT in text

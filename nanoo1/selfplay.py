@@ -207,7 +207,8 @@ def run(config: SelfPlayConfig, resume: str | None = None, from_scratch: bool = 
     start_dir = latest_checkpoint(out) if resume else None
     if from_scratch and not resume:  # the run's base is the warm start it trains first
         if place.main:
-            train_warmstart(out / "warmstart", seed=config.run.seed, progress=progress, think=config.run.algo == "grpo")
+            train_warmstart(out / "warmstart", seed=config.run.seed, progress=progress,
+                            kind="think" if config.run.algo == "grpo" else "mixed")
         dist.barrier()
         config = replace(config, run=replace(config.run, warmstart=str(out / "warmstart")))
     model, tokenizer = load_model(config, start_dir, device)

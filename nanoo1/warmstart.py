@@ -2,6 +2,7 @@
 
     python -m nanoo1.warmstart          # regenerate data/tiny/warmstart (about 15 minutes on 2 CPU cores)
     python -m nanoo1.warmstart --think  # data/tiny/warmstart-think, Elastic Reasoning's (--algo grpo; about 10 minutes)
+    python -m nanoo1.warmstart --code   # data/tiny/warmstart-code, rStar-Math's (evolve --tiny; about 6 minutes)
 
 One model learns all three formats of nanoo1 from the tiny task's worked solutions (tasks.py), mixed
 per example: the LongCoT thought format with negatively rated corrupted steps (search, MCTS, PPO), the
@@ -12,6 +13,11 @@ Elastic Reasoning's budgeted GRPO (`selfplay --algo grpo`) starts from a warm st
 the <think> format alone, where each step's equation is followed, with probability THINK_PAUSES, by a line
 that carries nothing (tasks.PAUSE, "Let me see."). Its thinking then holds lines a budget can drop without
 losing a step, as a reasoning model's long thinking does; the shared warm start's <think> examples have none.
+
+rStar-Math's self-evolution (`evolve --tiny`) starts from one of its own too (`--code`): the code format alone,
+for CODE_SFT.steps steps. The shared warm start writes code poorly (a fifth of its examples), and rounds
+that find few correct traces teach the policy little; rStar-Math's own policy was a strong coder before its
+first round.
 """
 
 from __future__ import annotations
@@ -42,6 +48,10 @@ WARMSTART_SFT = SFTConfig(steps=1000, batch_size=32, lr=3e-3, negative_fraction=
 # pause line with probability THINK_PAUSES, so its thinking holds lines a budget can drop
 THINK_DIR = TINY_DIR / "warmstart-think"
 THINK_PAUSES = 0.5
+# rStar-Math's warm start (`evolve --tiny`): the code format alone, trained for fewer steps
+CODE_DIR = TINY_DIR / "warmstart-code"
+CODE_SFT = replace(WARMSTART_SFT, steps=500)
+KINDS = {"mixed": WARMSTART_DIR, "think": THINK_DIR, "code": CODE_DIR}  # each warm start's shipped directory
 
 
 def mixed_example(tokenizer, mixture=MIXTURE, negative_fraction: float = 0.3, pauses: float = 0.0):
@@ -61,15 +71,18 @@ def mixed_example(tokenizer, mixture=MIXTURE, negative_fraction: float = 0.3, pa
 
 
 def train_warmstart(out: Path | None = None, config: SFTConfig = WARMSTART_SFT, seed: int = 0, data=TINY_DIR / "train.jsonl",
-                    progress: bool = True, callback=None, think: bool = False):
-    """Train the tiny warm start from scratch (with `think`, Elastic Reasoning's, on the same settings: the <think>
-    format alone, steps followed by a pause with probability THINK_PAUSES); save it to `out` when given.
-    Returns (model, tokenizer)."""
+                    progress: bool = True, callback=None, kind: str = "mixed"):
+    """Train a tiny warm start from scratch on `kind`'s examples: "mixed" (every format, by MIXTURE), "think"
+    (Elastic Reasoning's: the <think> format alone, steps followed by a pause with probability THINK_PAUSES) or
+    "code" (rStar-Math's: the code format alone); save it to `out` when given. Returns (model, tokenizer)."""
+    if kind not in KINDS:
+        raise ValueError(f"warm start kind {kind!r}: expected one of {', '.join(KINDS)}")
     tokenizer = Tokenizer.from_file(TINY_DIR)
     model = Gemma2(TINY_MODEL).init_weights(torch.Generator().manual_seed(seed))
     problems = load_jsonl(data)
-    example = mixed_example(tokenizer, {"think": 1.0}, pauses=THINK_PAUSES) if think else \
-        mixed_example(tokenizer, negative_fraction=config.negative_fraction)
+    example = {"mixed": lambda: mixed_example(tokenizer, negative_fraction=config.negative_fraction),
+               "think": lambda: mixed_example(tokenizer, {"think": 1.0}, pauses=THINK_PAUSES),
+               "code": lambda: mixed_example(tokenizer, {"code": 1.0})}[kind]()
     batches = make_batches(problems, example, config.batch_size, random.Random(seed), tokenizer.pad_id)
     train_sft(model, batches, config, callback=callback, progress=progress)
     model.requires_grad_(False)
@@ -78,31 +91,37 @@ def train_warmstart(out: Path | None = None, config: SFTConfig = WARMSTART_SFT, 
     return model, tokenizer
 
 
-def tiny_base(out: Path, steps: int = WARMSTART_SFT.steps, seed: int = 0, progress: bool = False) -> Path:
-    """The base model of `evolve --tiny`: data/tiny/warmstart if it exists, else warmstart.py's recipe (all formats, rStar's
-    code format among them) run for `steps` steps into `out`, once: a later run finds it there. The default steps
-    and seed 0 are data/tiny/warmstart's own recipe."""
-    for directory in (WARMSTART_DIR, out):
+def tiny_base(out: Path, steps: int = CODE_SFT.steps, seed: int = 0, progress: bool = False) -> Path:
+    """The base model of `evolve --tiny`: data/tiny/warmstart-code if it exists, else its recipe (the code format
+    alone) run for `steps` steps into `out`, once: a later run finds it there. The default steps and seed 0 are
+    data/tiny/warmstart-code's own recipe."""
+    for directory in (CODE_DIR, out):
         if (directory / "model.safetensors").exists():
             return directory
-    sft = replace(WARMSTART_SFT, steps=steps, warmup=min(WARMSTART_SFT.warmup, steps))
-    train_warmstart(out, sft, seed, progress=progress)
+    sft = replace(CODE_SFT, steps=steps, warmup=min(CODE_SFT.warmup, steps))
+    train_warmstart(out, sft, seed, progress=progress, kind="code")
     return out
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--think", action="store_true", help="Elastic Reasoning's warm start instead: the <think> format "
-                   f"alone, a pause line after each step with probability {THINK_PAUSES} (default --out {THINK_DIR.name})")
+    kind = p.add_mutually_exclusive_group()
+    kind.add_argument("--think", action="store_true", help="Elastic Reasoning's warm start instead: the <think> format "
+                      f"alone, a pause line after each step with probability {THINK_PAUSES} (default --out {THINK_DIR.name})")
+    kind.add_argument("--code", action="store_true", help="rStar-Math's warm start instead: the code format alone, "
+                      f"{CODE_SFT.steps} steps by default (default --out {CODE_DIR.name})")
     p.add_argument("--out", type=Path, default=None, help="where to save it (default: data/tiny/warmstart)")
-    p.add_argument("--steps", type=int, default=WARMSTART_SFT.steps, help="optimizer steps")
+    p.add_argument("--steps", type=int, default=None, help=f"optimizer steps (default {WARMSTART_SFT.steps}; "
+                   f"with --code {CODE_SFT.steps})")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=positive_int, default=None, help="torch.set_num_threads")
     args = p.parse_args(argv)
     process_setup(args.threads)
     t = time.perf_counter()
-    out = args.out or (THINK_DIR if args.think else WARMSTART_DIR)
-    train_warmstart(out, replace(WARMSTART_SFT, steps=args.steps), seed=args.seed, think=args.think)
+    name = "think" if args.think else "code" if args.code else "mixed"
+    sft = CODE_SFT if args.code else WARMSTART_SFT
+    out = args.out or KINDS[name]
+    train_warmstart(out, replace(sft, steps=args.steps or sft.steps), seed=args.seed, kind=name)
     print(f"wrote {out} in {time.perf_counter() - t:.0f} s")
 
 

@@ -4,6 +4,7 @@ self-evolution round (nanoo1/evolve.py)."""
 import json
 import math
 import os
+from dataclasses import replace
 
 import pytest
 import torch
@@ -22,13 +23,13 @@ from nanoo1.mcts import MCTSConfig, mcts
 from nanoo1.lora import load_lora
 from nanoo1.policy import Request
 from nanoo1.recipe import LoRASettings
-from nanoo1.rounds import slip_pairs
+from nanoo1.rounds import draw_rounds, slip_pairs
 from nanoo1.model import Gemma2, Gemma2Config
 from nanoo1.ppm import (PPM_HEAD, ProcessPreferenceModel, orm_loss, pair_accuracy, ppm_pair_loss, preference_pairs,
                         save_scorer)
 from nanoo1.rstar import (RSTAR_TOKENS, STEP_END, CodeStep, RStarConfig, RStarPolicy, best_traces, encode_trace, execute_steps,
-                          format_step, joined_program, pair_batch, parse_step, rstar_prompt, solution_steps, step_failed,
-                          step_reward)
+                          final_pairs, format_step, joined_program, pair_batch, parse_step, rstar_prompt, solution_steps,
+                          step_failed, step_reward)
 from nanoo1.sandbox import run_many
 from nanoo1.search import SearchConfig, search
 from nanoo1.sft import lm_loss
@@ -284,6 +285,27 @@ def test_best_traces_by_mean_q():
     assert len(best_traces(tree, n=5)) == 3
 
 
+def test_final_pairs_put_the_best_correct_trajectories_against_the_worst_that_printed_a_wrong_answer(code_tokenizer):
+    tree = Tree(MIA.question)
+
+    def answer(parent, code, out, value, terminal):
+        text = f"# Step 2: How many now?\n{code}\n{STEP_END}\n<output>{out}</output>"
+        return tree.add(parent, "<conclusion>", text, value=value, terminal=terminal)
+
+    s1, w = tree.add(tree.root, "<expansion>", STEP1, value=0.5), tree.add(tree.root, "<expansion>", WRONG1, value=-0.5)
+    right, wrong = answer(s1, "print(x1 - 3)", 9, 1.0, "success"), answer(s1, "print(x1 + 3)", 15, -1.0, "failure")
+    wrong2 = answer(w, "print(x1 - 3)", 10, -1.0, "failure")
+    tree.add(w, "<conclusion>", "not a step", value=-1.0, terminal="failure")  # printed nothing: no negative
+    broken = tree.add(tree.root, "<expansion>", STEP1 + "\n<error>NameError: y</error>", value=-0.9)
+    answer(broken, "print(x1)", 12, -1.0, "failure")  # a step of it did not run: no negative
+    # mean Q: right (0.5 + 1) / 2 = 0.75; wrong2 (-0.5 - 1) / 2 = -0.75 first, then wrong (0.5 - 1) / 2 = -0.25
+    assert final_pairs(tree) == [(right, wrong2), (right, wrong)]
+    assert final_pairs(tree, per_side=1) == [(right, wrong2)]
+    assert final_pairs(Tree(MIA.question)) == []
+    # in evolve's pairs (right, wrong) comes once: it is a sibling pair too
+    assert len(ppm_pairs(code_tokenizer, [tree])) == len(preference_pairs(tree)) + 1
+
+
 # -- the policy end to end -----------------------------------------------------------------------------
 def test_policy_on_a_random_model_generates_executes_and_judges(monkeypatch):
     # a tokenizer without the markers: the policy stops on the delimiter as a string
@@ -450,9 +472,14 @@ def _pair_tree():
 def test_ppm_pairs_match_pair_batch_and_training_reduces_the_pair_loss(code_tokenizer):
     tree = _pair_tree()
     pairs = ppm_pairs(code_tokenizer, [tree, tree])
-    assert len(pairs) == 4  # per tree: (STEP1, WRONG1) under the root, (STEP2, x2 = x1 + 3) under STEP1
+    # per tree: (STEP1, WRONG1) under the root, (STEP2, x2 = x1 + 3) under STEP1, then the final-step pair of
+    # whole trajectories: STEP1 -> STEP2 against WRONG1 -> print(x1), the one wrong ending that printed
+    assert len(pairs) == 6
     ids, mask = pair_batch(tree, preference_pairs(tree), code_tokenizer)
     assert [p for p, _ in pairs[:2]] + [n for _, n in pairs[:2]] == [row[m.bool()].tolist() for row, m in zip(ids, mask)]
+    ids, mask = pair_batch(tree, final_pairs(tree), code_tokenizer)
+    assert [pairs[2][0], pairs[2][1]] == [row[m.bool()].tolist() for row, m in zip(ids, mask)]
+    pairs = pairs[:2] + pairs[3:5]  # the sibling pairs of both trees: what is trained below
     backbone = Gemma2(Gemma2Config.preset("tiny", vocab_size=len(code_tokenizer), num_hidden_layers=1))
     ppm = ProcessPreferenceModel(backbone.init_weights(torch.Generator().manual_seed(0)))
     assert pair_accuracy(ppm, pairs, code_tokenizer.pad_id) == 0.0  # a zero head ties every pair: none ordered right
@@ -538,11 +565,12 @@ def test_one_round_end_to_end_on_a_scripted_solver(code_tokenizer, tmp_path, mon
     # only it (a problem has one correct trace); greedy takes j = 0 throughout, so it is right on the held-out set
     assert (first["round"], first["coverage"], first["traces"], first["greedy"], first["ppm_search"]) == (0, 1.0, 3, 1.0, None)
     assert first["pairs"] >= 3  # at least the last step's (print(x), print(x + 1)) in every tree
-    assert first["ppm_pair_accuracy"] is None and first["held_out_pairs"] >= 2  # the held-out trees' last steps
+    # slip_pairs of the 2 held-out 2-step problems: 2 operands, 1 skip, 1 early print each
+    assert first["ppm_pair_accuracy"] is None and first["held_out_pairs"] == {"operand": 4, "skip": 2, "early": 2}
     assert len(first["sft_loss"]) == 2 and len(first["ppm_loss"]) == 2
     assert first["generated_tokens"] > 0 and first["prompt_tokens"] > 0 and first["ppm_tokens"] == 0  # no PPM searched
     assert (last["round"], last["greedy"], last["ppm_search"]) == (1, 1.0, 1.0) and "coverage" not in last
-    assert 0.0 <= last["ppm_pair_accuracy"] <= 1.0
+    assert 0.0 <= last["ppm_pair_accuracy"] <= 1.0 and set(last["ppm_slip_accuracy"]) == {"operand", "skip", "early"}
     table = capsys.readouterr().out.splitlines()
     assert table[0].split() == ["round", "coverage", "greedy", "ppm_search", "pair_acc", "traces", "pairs", "tokens",
                                 "seconds"]
@@ -652,17 +680,42 @@ def test_verifier_table_on_a_scripted_solver(code_tokenizer, monkeypatch):
     assert rows == [{"n": n, "vote": 1.0, "PRM": 0.0, "ORM": 1.0, "pass@N": 1.0} for n in (4, 8)]  # vote: 2-2, the first
 
 
-def test_slip_pairs_put_each_worked_step_against_its_operand_miscopied(code_tokenizer):
-    pairs = slip_pairs(code_tokenizer, [MIA], seed=0)
-    assert len(pairs) == 2  # steps 1 and 2; the final print has no operand
-    decoded = [[code_tokenizer.decode(ids) for ids in pair] for pair in pairs]
-    assert decoded[0][0] == "<bos>" + MIA.question + "\n" + STEP1
-    assert decoded[1][0] == "<bos>" + MIA.question + "\n" + STEP1 + "\n" + STEP2  # under the worked first step
-    for (pos, neg), (comment, code) in zip(decoded, MIA.code_steps()):
-        head, _, operand = code.rpartition(" ")
-        slipped = neg.rpartition("\n" + head + " ")[2].removesuffix("\n" + STEP_END)
+def test_slip_pairs_put_each_worked_step_against_its_slips(code_tokenizer):
+    slips = slip_pairs(code_tokenizer, [MIA], seed=0)
+    assert {kind: len(pairs) for kind, pairs in slips.items()} == {"operand": 2, "skip": 1, "early": 1}
+    decoded = {kind: [[code_tokenizer.decode(ids) for ids in pair] for pair in pairs] for kind, pairs in slips.items()}
+    head = "<bos>" + MIA.question + "\n"
+    # operand: steps 1 and 2 (the final print has no operand), each against itself with the operand miscopied
+    assert decoded["operand"][0][0] == head + STEP1
+    assert decoded["operand"][1][0] == head + STEP1 + "\n" + STEP2  # under the worked first step
+    for (pos, neg), (comment, code) in zip(decoded["operand"], MIA.code_steps()):
+        start, _, operand = code.rpartition(" ")
+        slipped = neg.rpartition("\n" + start + " ")[2].removesuffix("\n" + STEP_END)
         assert neg.removesuffix(slipped + "\n" + STEP_END) == pos.removesuffix(operand + "\n" + STEP_END)
         assert abs(int(slipped) - int(operand)) in (1, 2) and int(slipped) > 0
+    # skip: step 1 written with step 2's sentence and operand; early: after step 1, the answer printed at once
+    assert decoded["skip"] == [[head + STEP1, head + "# Step 1: She gives 3 to Leo.\nx1 = 7 - 3\n" + STEP_END]]
+    assert decoded["early"] == [[head + STEP1 + "\n" + STEP2, head + STEP1 + "\n# Step 2: How many apples does Mia have now?"
+                                 "\nprint(x1)\n" + STEP_END + "\n<output>12</output>"]]
+
+
+def test_rounds_draw_disjoint_problems_and_later_rounds_harder_ones():
+    problems = make_problems(100, seed=3)  # 2 to 5 steps
+    config = EvolveConfig(rounds=3, problems=10, later_min_steps=4, seed=1)
+    rounds = draw_rounds(problems, config)
+    assert [len(r) for r in rounds] == [10, 10, 10] and len({id(p) for r in rounds for p in r}) == 30
+    assert min(len(p.steps) for p in rounds[0]) < 4 <= min(len(p.steps) for r in rounds[1:] for p in r)
+    assert draw_rounds(problems, config) == rounds and draw_rounds(problems, replace(config, seed=2)) != rounds
+    with pytest.raises(ValueError, match="train.jsonl: round 1 wants 60 problems of at least 4 steps"):
+        draw_rounds(problems, replace(config, problems=60), "train.jsonl")
+
+
+def test_tiny_evolve_starts_from_rstars_own_warm_start(tmp_path):
+    from nanoo1.warmstart import CODE_DIR, tiny_base, train_warmstart
+
+    assert tiny_base(tmp_path / "base") == CODE_DIR and (CODE_DIR / "model.safetensors").exists()
+    with pytest.raises(ValueError, match="warm start kind 'prose': expected one of mixed, think, code"):
+        train_warmstart(kind="prose")
 
 
 def test_tiny_evolve_starts_itself_on_both_cores_under_torchrun(monkeypatch):
@@ -699,7 +752,7 @@ def test_a_shortened_tiny_run_repeats_its_table_exactly(tmp_path):
         rows = [json.loads(line) for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
         runs.append([{k: v for k, v in row.items() if not k.endswith("seconds")} for row in rows])
     assert runs[0] == runs[1] and [row["round"] for row in runs[0]] == [0, 1]
-    assert runs[0][0]["held_out_pairs"] > 5 and runs[0][1]["ppm_pair_accuracy"] is not None
+    assert sum(runs[0][0]["held_out_pairs"].values()) > 5 and runs[0][1]["ppm_pair_accuracy"] is not None
     assert runs[0][1]["ppm_search"] is not None
     for name in ("policy-1/model.safetensors", "ppm-1/ppm_head.safetensors"):
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
