@@ -94,9 +94,7 @@ def confine(workdir: str, *, timeout: float, memory_mb: int, file_mb: int, paren
         libc, ulong = _libc(), ctypes.c_ulong
         private = namespaces and private_namespaces(libc, workdir, file_mb)
         # killed with the caller, should the caller die first (then nobody would enforce the wall clock)
-        _call(libc.prctl(_PR_SET_PDEATHSIG, ulong(signal.SIGKILL), ulong(0), ulong(0), ulong(0)), "PR_SET_PDEATHSIG")
-        if os.getppid() != parent:  # it died before the line above
-            os._exit(1)
+        die_with_parent(libc, parent)
         # needed by Landlock and seccomp without privileges
         _call(libc.prctl(_PR_SET_NO_NEW_PRIVS, ulong(1), ulong(0), ulong(0), ulong(0)), "PR_SET_NO_NEW_PRIVS")
         if landlock_abi(libc):
@@ -108,6 +106,14 @@ def confine(workdir: str, *, timeout: float, memory_mb: int, file_mb: int, paren
             seccomp(libc, seccomp_filter(os.uname().machine, os.getpid()))
     if audit_hook:
         sys.addaudithook(tripwire(workdir))
+
+
+def die_with_parent(libc, parent: int) -> None:
+    """SIGKILL this process when its parent dies (PR_SET_PDEATHSIG); exit at once if `parent` already has."""
+    zero = ctypes.c_ulong(0)
+    _call(libc.prctl(_PR_SET_PDEATHSIG, ctypes.c_ulong(signal.SIGKILL), zero, zero, zero), "PR_SET_PDEATHSIG")
+    if os.getppid() != parent:  # it died before the line above
+        os._exit(1)
 
 
 def set_limits(timeout: float, memory_mb: int, file_mb: int) -> None:

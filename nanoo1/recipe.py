@@ -15,7 +15,7 @@ from nanoo1.rewards import equations_hold
 from nanoo1.rl import LOSS_TYPES
 from nanoo1.sft import cosine
 from nanoo1.tasks import TINY_DIR
-from nanoo1.warmstart import THINK_DIR, WARMSTART_DIR
+from nanoo1.warmstart import KINDS, WARMSTART_DIR
 
 
 @dataclass
@@ -239,10 +239,15 @@ def step_checker(config: SelfPlayConfig):
 
 
 
+def warmstart_kind(algo: str) -> str:
+    """The tiny recipe's warm start (`warmstart.train_warmstart`'s kind): "mixed" (every format), or for GRPO
+    Elastic Reasoning's own, "think": the <think> format with pauses a budget can drop."""
+    return "think" if algo == "grpo" else "mixed"
+
+
 def tiny_warmstart(algo: str) -> str:
-    """The tiny recipe's warm start: data/tiny/warmstart (every format), or for GRPO Elastic Reasoning's own, the
-    <think> format with pauses a budget can drop (warmstart.THINK_DIR)."""
-    return str(THINK_DIR if algo == "grpo" else WARMSTART_DIR)
+    """Where that warm start is shipped: data/tiny/warmstart, or data/tiny/warmstart-think for GRPO."""
+    return str(KINDS[warmstart_kind(algo)])
 
 
 def default_out(config: SelfPlayConfig) -> str:

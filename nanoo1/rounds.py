@@ -67,10 +67,12 @@ def slip_pairs(tokenizer, problems: list[Problem], seed: int = 0) -> dict[str, l
             head, _, b = code.rpartition(" ")
             wrong = int(b) + rng.choice([-2, -1, 1, 2])
             slips = {"operand": format_step(comment, f"{head} {wrong if wrong > 0 else int(b) + 1}")}
-            if j + 1 < n:  # step j + 2's sentence and operand, numbered j + 1, on x_j
-                later_comment, later_code = steps[j + 1]
-                sentence, later_tail = later_comment.partition(": ")[2], later_code.partition(" = ")[2].split(" ", 1)[1]
-                slips["skip"] = format_step(f"Step {j + 1}: {sentence}", f"x{j + 1} = {code.partition(' = ')[2].split(' ', 1)[0]} {later_tail}")
+            if j + 1 < n:  # step j + 2's sentence and operation, numbered j + 1, on what step j + 1 starts from
+                target, _, expression = code.partition(" = ")  # "x2", "x1 - 3"
+                sentence = steps[j + 1][0].partition(": ")[2]
+                operation = steps[j + 1][1].partition(" = ")[2].split(" ", 1)[1]  # "+ 5" of "x3 = x2 + 5"
+                start = expression.split(" ", 1)[0]  # "x1"
+                slips["skip"] = format_step(f"Step {j + 1}: {sentence}", f"{target} = {start} {operation}")
             if j > 0:
                 slips["early"] = format_step(f"Step {j + 1}: {question}", f"print(x{j})") + \
                     f"\n{OUTPUT}{values[j]}{END_OUTPUT}"

@@ -42,7 +42,7 @@ from nanoo1.model import bf16_autocast
 from nanoo1.policy import LMPolicy
 from nanoo1.replay import PrioritizedReplay, beta_by_step
 from nanoo1.recipe import (PRESETS, SelfPlayConfig, autocast, default_out, draws_per_iteration, iteration_config,
-                           memory_estimate, step_checker, tiny_warmstart)
+                           memory_estimate, step_checker, tiny_warmstart, warmstart_kind)
 from nanoo1.runs import (append_jsonl, latest_checkpoint, load_model, load_trainer_state, prepare_out, rewrite_jsonl,
                          resume_settings, save_checkpoint, save_model)
 from nanoo1.files import atomic_write
@@ -207,8 +207,7 @@ def run(config: SelfPlayConfig, resume: str | None = None, from_scratch: bool = 
     start_dir = latest_checkpoint(out) if resume else None
     if from_scratch and not resume:  # the run's base is the warm start it trains first
         if place.main:
-            train_warmstart(out / "warmstart", seed=config.run.seed, progress=progress,
-                            kind="think" if config.run.algo == "grpo" else "mixed")
+            train_warmstart(out / "warmstart", seed=config.run.seed, progress=progress, kind=warmstart_kind(config.run.algo))
         dist.barrier()
         config = replace(config, run=replace(config.run, warmstart=str(out / "warmstart")))
     model, tokenizer = load_model(config, start_dir, device)
@@ -283,12 +282,12 @@ def run(config: SelfPlayConfig, resume: str | None = None, from_scratch: bool = 
     # -- evaluation after, and the summary
     evals["after"] = evaluate_all(model, tokenizer, test, config, "after", progress, seed)
     before, after = evals["before"], evals["after"]
-    e = config.eval
+    best, tree = f"best_of_{config.eval.best_of_n}", f"mcts_{config.eval.simulations}"  # evaluate_all's rows
     summary = {}
     if ppo:
-        summary.update(sft_greedy=before["greedy"].accuracy, final_greedy=after["greedy"].accuracy, sft_best_of_n=before[f"best_of_{e.best_of_n}"].accuracy,
-                       final_best_of_n=after[f"best_of_{e.best_of_n}"].accuracy,
-                       sft_mcts=before[f"mcts_{e.simulations}"].accuracy, final_mcts=after[f"mcts_{e.simulations}"].accuracy)
+        summary.update(sft_greedy=before["greedy"].accuracy, final_greedy=after["greedy"].accuracy,
+                       sft_best_of_n=before[best].accuracy, final_best_of_n=after[best].accuracy,
+                       sft_mcts=before[tree].accuracy, final_mcts=after[tree].accuracy)
     summary.update(iterations=config.run.iterations, algo=config.run.algo, seed=config.run.seed,
                    wall_s=round(time.perf_counter() - t0, 1), checkpoint=str(out / "final"))
     if not ppo:  # Elastic Reasoning's table: accuracy and tokens against the thinking budget, before and after

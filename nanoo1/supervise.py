@@ -9,7 +9,6 @@ deadline or the output cap, reaps it and removes its directory however the progr
 only the standard library, and dies with its caller, as each child dies with it (parent-death signals).
 """
 
-import ctypes
 import json
 import os
 import selectors
@@ -26,6 +25,7 @@ def clean_env(workdir: str) -> dict:
     # since the program may start none
     return {"PATH": os.defpath, "HOME": workdir, "TMPDIR": workdir,
             "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
 
 def _outcome(returncode: int, report: bytes, stopped: str | None, timeout: float, cap: int):
     """(error, message) from why we stopped it, how it died, or what it reported."""
@@ -97,21 +97,19 @@ def _remove(workdir: str) -> None:
         pass
 
 
-
 @dataclass
 class _Run:
     """A program running under the supervisor: its child, pipes, what it printed so far, its deadline."""
 
     index: int
     pid: int
-    out_fd: int  # the read ends of its stdout and report pipes
-    report_fd: int
+    out_fd: int  # the read end of its stdout pipe
+    open_fds: set  # the read ends of its stdout and report pipes not yet closed (their numbers get reused)
     workdir: str
     start: float
     deadline: float
     out: bytearray = field(default_factory=bytearray)
     report: bytearray = field(default_factory=bytearray)
-    open_fds: set = field(default_factory=set)  # those of out_fd, report_fd not yet closed (their numbers get reused)
     stopped: str | None = None  # "Timeout" or "OutputLimit" once it is to be killed
 
 
@@ -130,10 +128,7 @@ def _supervise(config: str) -> None:
     confine = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(confine)
     if sys.platform == "linux":
-        ulong = ctypes.c_ulong
-        confine._libc().prctl(1, ulong(signal.SIGKILL), ulong(0), ulong(0), ulong(0))  # PR_SET_PDEATHSIG
-        if os.getppid() != cfg["parent"]:  # the caller died before the line above
-            os._exit(1)
+        confine.die_with_parent(confine._libc(), cfg["parent"])
     pending = list(enumerate(json.loads(sys.stdin.buffer.read())))[::-1]
     timeout, cap = cfg["timeout"], cfg["output_bytes"]
     child = {k: cfg[k] for k in ("timeout", "memory_mb", "file_mb", "audit_hook", "namespaces")}
@@ -222,7 +217,7 @@ def _fork(index: int, code: str, tempdir: str, timeout: float, child: dict, conf
             os._exit(1)
     os.close(out_w)
     os.close(report_w)
-    run = _Run(index, pid, out_r, report_r, workdir, start, start + timeout, open_fds={out_r, report_r})
+    run = _Run(index, pid, out_r, {out_r, report_r}, workdir, start, start + timeout)
     sel.register(out_r, selectors.EVENT_READ, run)
     sel.register(report_r, selectors.EVENT_READ, run)
     return run
