@@ -282,8 +282,9 @@ def gpu_section(args) -> dict:
 
 def dist_section(args) -> dict:
     """`selfplay --tiny` as one process on 2 threads against `torchrun --nproc_per_node 2` on 1 thread a rank,
-    one after the other on this machine (about 10 minutes on 2 cores): wall time and the before/after table
-    of each, and the speed-up. --dist-flags adds selfplay flags to both (e.g. a shorter run)."""
+    then as one process on 1 thread, one after the other on this machine (about 20 minutes on 2 cores): wall
+    time and the before/after table of each, the speed-up, and its ceiling, 2 x (2 threads) / (1 thread): two
+    1-thread ranks can at best halve the 1-thread time. --dist-flags adds selfplay flags to every run."""
     import os
     import subprocess
     import sys
@@ -292,7 +293,8 @@ def dist_section(args) -> dict:
     flags = ["-m", "nanoo1.selfplay", "--tiny", "--no-progress", *args.dist_flags.split()]
     runs = {"1 process x 2 threads": ([sys.executable, *flags, "--threads", "2", "--out", str(out / "one")], {}),
             "2 ranks x 1 thread": ([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                                    *flags, "--out", str(out / "two")], {"OMP_NUM_THREADS": "1"})}
+                                    *flags, "--out", str(out / "two")], {"OMP_NUM_THREADS": "1"}),
+            "1 process x 1 thread": ([sys.executable, *flags, "--threads", "1", "--out", str(out / "single")], {})}
     rows = {}
     for name, (cmd, env) in runs.items():
         t = time.perf_counter()
@@ -304,10 +306,10 @@ def dist_section(args) -> dict:
     print(f"{'':<24}{'wall s':>8}" + "".join(f"{k:>17}" for k in keys))
     for name, r in rows.items():
         print(f"{name:<24}{r['wall_s']:8.1f}" + "".join(f"{100 * r[k]:16.1f}%" for k in keys))
-    one, two = rows.values()
-    speedup = one["wall_s"] / two["wall_s"]
-    print(f"2 ranks: {speedup:.2f}x the speed of one process")
-    return {"runs": rows, "speedup": speedup}
+    one, two, single = rows.values()
+    speedup, ceiling = one["wall_s"] / two["wall_s"], 2 * one["wall_s"] / single["wall_s"]
+    print(f"2 ranks: {speedup:.2f}x the speed of one process on 2 threads; at most {ceiling:.2f}x (half the 1-thread time)")
+    return {"runs": rows, "speedup": speedup, "ceiling": ceiling}
 
 
 SECTIONS = {"engine": engine_section, "search": search_section, "memory": memory_section, "gpu": gpu_section,

@@ -120,7 +120,7 @@ def test_gpu_figures_run_on_the_cpu_with_a_tiny_shape(capsys):
         assert gpu_section(None) == {"skipped": "no CUDA device"} and "skipped" in capsys.readouterr().out
 
 
-def test_dist_section_runs_one_process_and_two_ranks_side_by_side(capsys):
+def test_dist_section_runs_one_process_two_ranks_and_one_thread_side_by_side(capsys):
     from nanoo1.bench import main
 
     short = ("--iterations 1 --eval-problems 4 --problems-per-iteration 4 --simulations 2 --imitation-problems 4 "
@@ -128,5 +128,6 @@ def test_dist_section_runs_one_process_and_two_ranks_side_by_side(capsys):
              "--max-thought-tokens 8")
     main(["--sections", "dist", "--dist-flags", short])
     out = capsys.readouterr().out
-    assert "1 process x 2 threads" in out and "2 ranks x 1 thread" in out and "the speed of one process" in out
+    assert "1 process x 2 threads" in out and "2 ranks x 1 thread" in out and "1 process x 1 thread" in out
+    assert "the speed of one process" in out and "at most" in out
     assert "final_greedy" in out
