@@ -320,7 +320,7 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sections", default="engine,search", help=f"comma-separated, from {sorted(SECTIONS)} (memory: "
                    "minutes, one LoRA self-play iteration on gemma-2-2b's decoder; gpu: the 2b preset on a CUDA device; dist: "
-                   "--tiny as 1 process against 2 torchrun ranks, about 10 minutes)")
+                   "--tiny as 1 process against 2 torchrun ranks and 1 thread, about 20 minutes)")
     p.add_argument("--prompt-len", type=int, default=64, help="prompt tokens per row")
     p.add_argument("--new-tokens", type=int, default=64, help="greedy tokens per row (halved for the larger models)")
     p.add_argument("--repeats", type=int, default=7, help="timed repeats, each running every contender in turn; medians are reported")
@@ -330,7 +330,7 @@ def main(argv=None):
     p.add_argument("--json", type=Path, default=None, help="also write every figure to this JSON file")
     p.add_argument("--bandwidth", type=float, default=4.8, help="gpu section: the GPU's memory bandwidth in TB/s for "
                    "the decode bound (default: H200's 4.8; H100 SXM 3.35, A100 2.0)")
-    p.add_argument("--dist-flags", default="", help="dist section: selfplay flags added to both runs")
+    p.add_argument("--dist-flags", default="", help="dist section: selfplay flags added to every run")
     g = p.add_argument_group("search section")
     g.add_argument("--search-problems", type=int, default=8, help="problems searched in lockstep")
     g.add_argument("--search-simulations", type=int, default=4, help="MCTS simulations per problem")
