@@ -160,8 +160,11 @@ def barrier() -> None:
 
 
 def finish() -> None:
-    """Leave the process group (at the end of an entry point; nothing to do alone)."""
+    """Leave the process group (at the end of an entry point; nothing to do alone), all ranks together: a
+    gloo rank that tears its group down while a peer is still at work can abort (SIGABRT, "terminate called
+    without an active exception"), so every rank first waits at a barrier for the others."""
     if dist.is_available() and dist.is_initialized():
+        dist.barrier()
         dist.destroy_process_group()
 
 
