@@ -8,7 +8,8 @@ The gpu section (`gpu_figures`) measures gemma-2-2b's shape in bf16 with the 2b 
 batch 1 and 16 against the memory-bandwidth bound (every step reads all weight bytes once: tokens/s <=
 bandwidth / weight bytes), one MCTS expansion round, and one PPO update through LoRA, with peak GPU memory.
 Like every entry point it first has glibc keep freed memory (`device.hold_freed_memory`); both
-contenders run in this one process, so both get it. Other sections (search) register themselves in SECTIONS.
+contenders run in this one process, so both get it. Other sections (search; dist, whole runs as processes, in
+bench_dist.py) register themselves in SECTIONS.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from nanoo1.checkpoint import save_pretrained
 from nanoo1.config import positive_int
 from nanoo1.device import process_setup
 from nanoo1.engine import feed, generate
+from nanoo1.bench_dist import dist_section
 from nanoo1.bench_iteration import one_lora_iteration
 from nanoo1.model import Gemma2, Gemma2Config
 
@@ -278,38 +280,6 @@ def gpu_section(args) -> dict:
     print(f"B={many['batch']} / B=1: {many['tok_s'] / one['tok_s']:.1f}x (goal >= 8x); B=1 at {one['fraction_of_bound']:.0%} "
           f"of the bound (goal >= 40%); one 2b-preset iteration with LoRA: peak {peak:.1f} GB (goal < 16 GB)", flush=True)
     return r
-
-
-def dist_section(args) -> dict:
-    """`selfplay --tiny` as one process on 2 threads against `torchrun --nproc_per_node 2` on 1 thread a rank,
-    then as one process on 1 thread, one after the other on this machine (about 20 minutes on 2 cores): wall
-    time and the before/after table of each, the speed-up, and its ceiling, 2 x (2 threads) / (1 thread): two
-    1-thread ranks can at best halve the 1-thread time. --dist-flags adds selfplay flags to every run."""
-    import os
-    import subprocess
-    import sys
-
-    out = Path(tempfile.mkdtemp(prefix="nanoo1-dist-"))
-    flags = ["-m", "nanoo1.selfplay", "--tiny", "--no-progress", *args.dist_flags.split()]
-    runs = {"1 process x 2 threads": ([sys.executable, *flags, "--threads", "2", "--out", str(out / "one")], {}),
-            "2 ranks x 1 thread": ([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                                    *flags, "--out", str(out / "two")], {"OMP_NUM_THREADS": "1"}),
-            "1 process x 1 thread": ([sys.executable, *flags, "--threads", "1", "--out", str(out / "single")], {})}
-    rows = {}
-    for name, (cmd, env) in runs.items():
-        t = time.perf_counter()
-        proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **env})
-        if proc.returncode:
-            raise RuntimeError(f"{name}: {' '.join(cmd)} failed:\n{proc.stderr[-3000:]}")
-        rows[name] = {"wall_s": round(time.perf_counter() - t, 1), **json.loads(proc.stdout.strip().splitlines()[-1])}
-    keys = [k for k in rows[name] if k.startswith(("sft_", "final_"))]
-    print(f"{'':<24}{'wall s':>8}" + "".join(f"{k:>17}" for k in keys))
-    for name, r in rows.items():
-        print(f"{name:<24}{r['wall_s']:8.1f}" + "".join(f"{100 * r[k]:16.1f}%" for k in keys))
-    one, two, single = rows.values()
-    speedup, ceiling = one["wall_s"] / two["wall_s"], 2 * one["wall_s"] / single["wall_s"]
-    print(f"2 ranks: {speedup:.2f}x the speed of one process on 2 threads; at most {ceiling:.2f}x (half the 1-thread time)")
-    return {"runs": rows, "speedup": speedup, "ceiling": ceiling}
 
 
 SECTIONS = {"engine": engine_section, "search": search_section, "memory": memory_section, "gpu": gpu_section,
