@@ -71,7 +71,7 @@ class EvolveConfig:
     sft_batch_size: int = 16  # traces per step
     sft_lr: float = 1e-4  # peak learning rate (linear warm-up, cosine decay)
     # PPM k+1
-    ppm_epochs: float = 6.0  # passes over the preference pairs of every round so far
+    ppm_epochs: float = 4.0  # passes over the preference pairs of every round so far
     ppm_pairs_per_step: int = 16  # pairs per step (twice as many sequences)
     ppm_lr: float = 3e-4  # peak learning rate
     bf16: bool = True  # with float32 weights: autocast matrix multiplies to bfloat16 while training
