@@ -277,5 +277,9 @@ def test_ranks_fitting_a_ppm_or_orm_make_the_one_process_steps(tmp_path):
     for name, (losses, weights) in alone.items():
         for r in ranks:
             assert r[name][0] == pytest.approx(losses, abs=1e-6), name
+            # 1e-5 on the weights: AdamW divides each gradient by its own size, so where a weight's gradient is a
+            # near-cancelling sum, float32 rounding in another summation order (2 ranks, or another CPU's kernels)
+            # moves it by up to 2e-6 after 3 steps at lr 1e-3; ranks that weigh their means wrongly (each by 1/2)
+            # move weights by 5e-3 and the losses by 0.3.
             for k in weights:
-                torch.testing.assert_close(r[name][1][k], weights[k], rtol=0, atol=1e-6, msg=f"{name} {k}")
+                torch.testing.assert_close(r[name][1][k], weights[k], rtol=0, atol=1e-5, msg=f"{name} {k}")
