@@ -12,28 +12,29 @@ import torch
 class KVCache:
     """Keys and values of every layer, with a length per row, grown on demand up to `max_len` slots.
 
-    k, v: (L, B, H_kv, capacity, D). Row b holds its tokens in slots 0 .. lengths[b]-1 (left-aligned, no
-    padding inside), so a slot index is also the token's position and rows can differ in length. The
-    capacity starts small and doubles when a write needs more (`reserve`): a caller sizes max_len for the
-    longest possible generation, while most rows stop far sooner, and zeroing, forking and compacting a
-    cache cost about what is in use (at most twice), not what might be.
+    k, v: a list of L tensors (B, H_kv, capacity, D), one per layer. Row b holds its tokens in slots 0 ..
+    lengths[b]-1 (left-aligned, no padding inside), so a slot index is also the token's position and rows
+    can differ in length. The capacity starts small and doubles when a write needs more (`reserve`): a caller
+    sizes max_len for the longest possible generation, while most rows stop far sooner, and zeroing, forking
+    and compacting a cache cost about what is in use (at most twice), not what might be. Growing copies one
+    layer at a time, so it briefly needs one layer's old and new tensors beside the rest, not a second cache.
     """
 
     def __init__(self, config, batch_size: int, max_len: int, dtype=torch.float32, device=None):
         self.max_len = max_len
-        self.k = torch.zeros((config.num_hidden_layers, batch_size, config.num_key_value_heads, 0, config.head_dim),
-                             dtype=dtype, device=device)
-        self.v = torch.zeros_like(self.k)
+        shape = (batch_size, config.num_key_value_heads, 0, config.head_dim)
+        self.k = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(config.num_hidden_layers)]
+        self.v = [torch.zeros_like(x) for x in self.k]
         self.lengths = torch.zeros(batch_size, dtype=torch.long, device=device)  # (B,)
         self.sizes = [0] * batch_size  # the same lengths on the host: a decode step reads them with no device round trip
 
     @property
     def batch_size(self) -> int:
-        return self.k.shape[1]
+        return self.k[0].shape[0]
 
     @property
     def capacity(self) -> int:
-        return self.k.shape[3]
+        return self.k[0].shape[2]
 
     def reserve(self, slots: int) -> None:
         """Make room for `slots` slots per row (at least doubling the capacity, at most max_len)."""
@@ -42,26 +43,28 @@ class KVCache:
         if slots <= self.capacity:
             return
         capacity = min(self.max_len, max(slots, 2 * self.capacity, 64))
-        self.k, self.v = self._grown(self.k, capacity), self._grown(self.v, capacity)
+        for layers in (self.k, self.v):
+            for i, x in enumerate(layers):  # the old tensor is freed before the next layer grows
+                layers[i] = self._grown(x, capacity)
 
     @staticmethod
     def _grown(x, capacity: int):
-        new = x.new_empty(x.shape[:3] + (capacity, x.shape[4]))
-        new[:, :, :, :x.shape[3]] = x
+        new = x.new_empty(x.shape[:2] + (capacity, x.shape[3]))
+        new[:, :, :x.shape[2]] = x
         # the new slots are zeros, not left uninitialised: a masked slot still enters softmax(..) @ v, and
         # 0 * NaN from uninitialised memory would be NaN
-        new[:, :, :, x.shape[3]:].zero_()
+        new[:, :, x.shape[2]:].zero_()
         return new
 
     def fork(self, rows) -> "KVCache":
         """A new cache whose row i is a copy of row rows[i]: prefill once, continue N ways (no recompute)."""
         index = rows.tolist() if torch.is_tensor(rows) else list(rows)
-        rows = torch.as_tensor(index, dtype=torch.long, device=self.k.device)
+        rows = torch.as_tensor(index, dtype=torch.long, device=self.lengths.device)
         new = KVCache.__new__(KVCache)
         new.max_len, new.sizes = self.max_len, [self.sizes[i] for i in index]
-        # whole rows, one gather each: a slot past a row's length holds zeros or the key of a padding token
+        # whole rows, one gather per layer: a slot past a row's length holds zeros or the key of a padding token
         # fed beside longer rows, finite either way and hidden by causality
-        new.k, new.v = self.k.index_select(1, rows), self.v.index_select(1, rows)
+        new.k, new.v = [x.index_select(0, rows) for x in self.k], [x.index_select(0, rows) for x in self.v]
         new.lengths = self.lengths[rows].clone()
         return new
 

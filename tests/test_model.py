@@ -127,6 +127,39 @@ def test_cached_decoding_equals_full_forward(length, max_len, capacity):
     assert (torch.cat(steps, 1) - full).abs().max().item() < 1e-5
 
 
+def test_growing_the_cache_holds_one_layer_twice_at_most(monkeypatch):
+    """Doubling the capacity copies layer by layer: at most one layer's old tensor lives beside the grown cache
+    (a 2B model's 64 rollout rows hold 7 GB of cache; growing it whole would need half again more)."""
+    import gc
+    from types import SimpleNamespace
+
+    from nanoo1.cache import KVCache
+
+    def live_bytes():  # every tensor storage alive in this process, counted once
+        storages = {}
+        for t in gc.get_objects():
+            if type(t) in (torch.Tensor, torch.nn.Parameter):
+                storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return sum(storages.values())
+
+    layers = 8
+    cache = KVCache(SimpleNamespace(num_hidden_layers=layers, num_key_value_heads=2, head_dim=16), 4, 4096)
+    cache.reserve(1024)
+    layer = 4 * 2 * 1024 * 16 * 4  # one layer's keys at 1024 slots, float32
+    others = live_bytes() - 2 * layers * layer  # whatever else the process holds
+    seen, grown = [], KVCache._grown
+    def spy(x, capacity):  # counts what lives once the new tensor is made, before it replaces x
+        new = grown(x, capacity)
+        seen.append(live_bytes() - others)
+        return new
+
+    monkeypatch.setattr(KVCache, "_grown", staticmethod(spy))
+    cache.reserve(2048)
+    final = 2 * layers * 2 * layer  # keys and values at 2048 slots
+    assert cache.capacity == 2048 and live_bytes() - others == final
+    assert seen and max(seen) <= final + layer  # the grown cache and one layer still at 1024 slots
+
+
 def test_cache_rows_of_different_lengths_and_fork():
     config = CONFIGS["mqa_untied"]
     model = random_model(config, seed=5)
