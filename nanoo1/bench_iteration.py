@@ -69,7 +69,8 @@ def _one_lora_iteration(sp, checkpoint: str, device: str, settings: dict, stages
     model, tokenizer = load_model(config, None, torch.device(device))
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=config.ppo.lr)
     s = config.search
-    policy = LMPolicy(model, tokenizer, temperature=s.temperature, max_thought_tokens=s.max_thought_tokens)
+    policy = LMPolicy(model, tokenizer, temperature=s.temperature, max_thought_tokens=s.max_thought_tokens,
+                      max_rows=s.max_rows)
     problems = load_jsonl(TINY_DIR / "train.jsonl")[:draws_per_iteration(config)]
     n = s.problems_per_iteration
     m = sp.ppo_iteration(model, tokenizer, opt, PrioritizedReplay(64), policy, problems[:n], 0, config)

@@ -57,10 +57,12 @@ def search_config(method: str, budget: int, mcts: MCTSConfig | None = None) -> S
 
 
 def evaluate(model, tokenizer, problems: list[Problem], method: str, budget: int = 1, mcts: MCTSConfig | None = None,
-             temperature: float = 0.7, max_thought_tokens: int = 32, seed: int = 0) -> EvalResult:
-    """Accuracy of one search method at one budget on `problems` (no ground truth reaches the search)."""
+             temperature: float = 0.7, max_thought_tokens: int = 32, max_rows: int = 0, seed: int = 0) -> EvalResult:
+    """Accuracy of one search method at one budget on `problems` (no ground truth reaches the search); max_rows:
+    at most this many sequences in one generate call (`LMPolicy`; 0: no limit)."""
     t = time.perf_counter()
-    policy = LMPolicy(model, tokenizer, temperature=temperature, max_thought_tokens=max_thought_tokens, seed=seed)
+    policy = LMPolicy(model, tokenizer, temperature=temperature, max_thought_tokens=max_thought_tokens,
+                      max_rows=max_rows, seed=seed)
     results = search(policy, [p.question for p in problems], search_config(method, budget, mcts))
     correct = grade(results, [p.answer for p in problems])
     tokens = sum(r.spent.generated for r in results) / len(problems)
@@ -139,6 +141,8 @@ def main(argv=None):
                    "('unlimited': all the context holds, for budget only)")
     g.add_argument("--temperature", type=float, default=0.7, help="sampling temperature of the searches")
     g.add_argument("--max-thought-tokens", type=int, default=32)
+    g.add_argument("--max-rows", type=int, default=0, help="at most this many sequences in one generate call (0: no "
+                   "limit); bounds the KV cache (e.g. 32 for gemma-2-2b on a 16 GB GPU, as the 2b preset)")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--check-equations", type=parse_bool, default=True,
                    help="mcts: a thought with a false `a op b = c` is a failed terminal (the step checker self-play uses)")
@@ -187,7 +191,8 @@ def main(argv=None):
             else:
                 job = lambda ps, m=method, b=budget: evaluate(model, tokenizer, ps, m, b, mcts=mcts, seed=seed,
                                                               temperature=args.temperature,
-                                                              max_thought_tokens=args.max_thought_tokens)
+                                                              max_thought_tokens=args.max_thought_tokens,
+                                                              max_rows=args.max_rows)
             r = evaluate_sharded(job, problems)
             results.append(r)
             dist.say(f"{r.method:>10} {budget_name(r.budget):>9} {100 * r.accuracy:8.1f}% {r.tokens:15.1f} {r.seconds:8.1f}",

@@ -50,10 +50,12 @@ class SearchSettings:
     check_equations: bool = True  # every `a op b = c` must hold: a wrong thought (expanded or rolled out) is a
     #                               failed terminal, and so is the end of a rolled-out chain with one
     chains_per_tree: int = 4  # root-to-outcome chains trained per tree (`experience.outcomes`): successes first
+    max_rows: int = 0  # at most this many sequences in one generate call, searches and evaluation alike (0: no
+    #                    limit); it bounds the KV cache, which a 2B model's rolled-out chains fill at 0.2 GB a row
 
     def __post_init__(self):
         check_settings(self, positive=("problems_per_iteration", "simulations", "num_candidates", "temperature",
-                                       "max_thought_tokens", "chains_per_tree"))
+                                       "max_thought_tokens", "chains_per_tree"), non_negative=("max_rows",))
 
 
 @dataclass
@@ -174,7 +176,8 @@ PRESETS = {
     "tiny": SelfPlayConfig(),
     "2b": SelfPlayConfig(
         run=RunSettings(device="auto", dtype="bfloat16", bf16=False, data="", test_data="", iterations=10),
-        search=SearchSettings(problems_per_iteration=8, simulations=3, num_candidates=4, max_thought_tokens=192),
+        search=SearchSettings(problems_per_iteration=8, simulations=3, num_candidates=4, max_thought_tokens=192,
+                              max_rows=32),
         ppo=PPOSettings(lr=2e-5, minibatch=8, micro_batch=2, micro_batch_tokens=2048, replay_capacity=512),
         imitation=ImitationSettings(problems=64, lr=5e-5, batch=8),
         grpo=GRPOSettings(group_size=8, think_budget=1024, solution_budget=256, grpo_lr=2e-5, rounds=1),
@@ -190,9 +193,10 @@ def autocast(config: SelfPlayConfig) -> bool:
 
 def memory_estimate(config: SelfPlayConfig, model_config) -> dict[str, float]:
     """GiB the run needs on its device, by part: the weights in their dtype; the trained parameters'
-    gradient and AdamW's two moments (float32); the KV cache of the widest search batch (MCTS rollouts: a
-    row per candidate of every problem, each thought's line up to max_thought_tokens); one chunk of float32
-    log-probs over the vocabulary (rl.completion_logprobs, 512 positions of a micro-batch)."""
+    gradient and AdamW's two moments (float32); the KV cache of the widest generate call (MCTS rollouts, a
+    row per candidate of every problem, or checked greedy's row per imitation problem; at most max_rows),
+    each row 8 thoughts' lines of up to max_thought_tokens; one chunk of float32 log-probs over the
+    vocabulary (rl.completion_logprobs, 512 positions of a micro-batch)."""
     c, s = model_config, config.search
     weight_bytes = 2 if config.run.dtype == "bfloat16" else 4
     n = c.num_parameters
@@ -204,7 +208,8 @@ def memory_estimate(config: SelfPlayConfig, model_config) -> dict[str, float]:
         trained = c.num_hidden_layers * config.lora.rank * sum(sizes.get(t.strip(), 0) for t in config.lora.targets.split(","))
     else:
         trained = n
-    rows = s.problems_per_iteration * s.num_candidates
+    rows = max(s.problems_per_iteration * s.num_candidates, config.imitation.problems)
+    rows = min(rows, s.max_rows) if s.max_rows else rows
     tokens = 8 * (s.max_thought_tokens + 24)  # a root-to-conclusion chain of at most 8 lines
     kv_bytes = 2 * c.num_hidden_layers * c.num_key_value_heads * c.head_dim * weight_bytes
     gib = 2 ** 30

@@ -161,7 +161,7 @@ def evaluate_all(model, tokenizer, problems, config: SelfPlayConfig, tag: str, p
     from tqdm.auto import tqdm
 
     s, e = config.search, config.eval
-    kw = dict(temperature=s.temperature, max_thought_tokens=s.max_thought_tokens, seed=seed)
+    kw = dict(temperature=s.temperature, max_thought_tokens=s.max_thought_tokens, max_rows=s.max_rows, seed=seed)
     jobs = {}
     if config.run.algo == "ppo":
         jobs["greedy"] = lambda ps: evaluate(model, tokenizer, ps, "greedy", **kw)
@@ -221,7 +221,7 @@ def run(config: SelfPlayConfig, resume: str | None = None, from_scratch: bool = 
     replay = PrioritizedReplay(config.ppo.replay_capacity, alpha=config.ppo.alpha, seed=seed) if ppo else None
     memory = PrioritizedReplay(config.imitation.memory, alpha=0.0, seed=seed + 1) if ppo else None
     policy = LMPolicy(model, tokenizer, temperature=config.search.temperature,
-                      max_thought_tokens=config.search.max_thought_tokens, seed=seed)
+                      max_thought_tokens=config.search.max_thought_tokens, max_rows=config.search.max_rows, seed=seed)
     metrics, first = [], 0
     if resume:
         state = load_trainer_state(start_dir, place)
@@ -266,7 +266,8 @@ def run(config: SelfPlayConfig, resume: str | None = None, from_scratch: bool = 
         m["lr"] = c.ppo.lr if ppo else c.grpo.grpo_lr
         if ppo and config.eval.every and (it + 1) % config.eval.every == 0:
             m["greedy_quick"] = evaluate_sharded(lambda ps: evaluate(model, tokenizer, ps, "greedy", seed=seed,
-                                                                     max_thought_tokens=config.search.max_thought_tokens),
+                                                                     max_thought_tokens=config.search.max_thought_tokens,
+                                                                     max_rows=config.search.max_rows),
                                                  test[:config.eval.quick]).accuracy
         m.update(iteration=it, seconds=round(time.perf_counter() - t0, 1))
         metrics.append(m)

@@ -358,3 +358,29 @@ def test_rollout_equals_thought_by_thought_generation(format_model, tiny_tokeniz
     (chains,) = policy.rollout([Request(tree, tree.root, [None] * 3, [None] * 3, temperature=1.0)], max_depth=3)
     ids = sorted(c.node_id for chain in chains for c in chain)
     assert ids == list(range(1, len(ids) + 1)) and [chain[0].node_id for chain in chains] == [1, 2, 3]
+
+
+def test_max_rows_splits_sampling_into_calls_of_at_most_that_many_rows(format_model, tiny_tokenizer, monkeypatch):
+    """A row limit changes how many sequences one generate call holds, not what greedy writes: the same thoughts,
+    and ids from one counter per tree across the calls (two requests on one tree land in different calls)."""
+    tok, model = tiny_tokenizer, format_model
+
+    def run(max_rows):
+        shared = Tree("Tom has 12 apples. He buys 3 more. How many apples does Tom have now?")
+        trees = [shared, shared, Tree("A box holds 6 pens. How many pens do 3 boxes hold?")]
+        calls = counting(monkeypatch, "generate")
+        policy = LMPolicy(model, tok, max_thought_tokens=8, max_rows=max_rows, seed=0)
+        requests = [Request(t, t.root, [None] * 2, [None] * 2, temperature=0.0) for t in trees]
+        rolled = policy.rollout(requests, max_depth=3)
+        proposed = policy.propose(requests)
+        monkeypatch.undo()
+        ids = sorted(c.node_id for chains in rolled[:2] for chain in chains for c in chain)  # the shared tree's
+        assert ids == list(range(1, len(ids) + 1)) and len(ids) > 4
+        rows = [len(args[1]) * kwargs["num_samples"] for args, kwargs in calls]
+        return rows, [[c.tokens for c in chain] for chains in rolled for chain in chains], \
+            [[c.tokens for c in cands] for cands in proposed]
+
+    rows, rolled, proposed = run(0)
+    assert rows == [6, 6]  # one call each for the three requests of 2 rows
+    for limit, calls in ((4, [4, 2, 4, 2]), (3, [2, 2, 2, 2, 2, 2]), (1, [2, 2, 2, 2, 2, 2])):  # a request is never cut
+        assert run(limit) == (calls, rolled, proposed)
