@@ -242,18 +242,22 @@ def memory_section(args) -> dict:
 
 
 def gpu_figures(config: Gemma2Config, device: str, dtype, tokenizer, bandwidth: float, batches=(1, 16),
-                prompt_len: int = 64, new_tokens: int = 64, repeats: int = 3, settings: dict | None = None) -> dict:
+                prompt_len: int = 64, new_tokens: int = 64, repeats: int = 3, settings: dict | None = None,
+                report=lambda line: None) -> dict:
     """A random model of `config` on `device`: decode tokens/s at each batch size against the bandwidth bound
     (batch x bandwidth in bytes/s / weight bytes, as if every step only read the weights once), then, from its
     checkpoint, `one_lora_iteration` with `settings` over the 2b preset (None: the preset as it is), with each
-    stage's seconds and peak GPU memory."""
+    stage's seconds and peak GPU memory. `report(line)` gets each decode row's line as soon as it is measured."""
     model = random_model(config, dtype, device)
     weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     out = {"weight_gb": weight_bytes / 1e9, "bandwidth_tb_s": bandwidth / 1e12, "decode": []}
     for b in batches:
         rate = bench_size("gpu", b, prompt_len, new_tokens, device, dtype, repeats, False, model=model)["ours_decode_tok_s"]
-        out["decode"].append({"batch": b, "tok_s": rate, "bound_tok_s": b * bandwidth / weight_bytes,
-                              "fraction_of_bound": rate * weight_bytes / (b * bandwidth)})
+        d = {"batch": b, "tok_s": rate, "bound_tok_s": b * bandwidth / weight_bytes,
+             "fraction_of_bound": rate * weight_bytes / (b * bandwidth)}
+        out["decode"].append(d)
+        report(f"decode B={b}: {rate:.1f} tok/s, {d['fraction_of_bound']:.0%} of the bound ({d['bound_tok_s']:.0f} "
+               f"tok/s: {weight_bytes / 1e9:.2f} GB of weights at {bandwidth / 1e12} TB/s)")
     with tempfile.TemporaryDirectory() as d:
         save_pretrained(model, tokenizer, Path(d))
         del model  # the iteration loads its own copy: this one must not count in its peak memory
@@ -271,10 +275,8 @@ def gpu_section(args) -> dict:
         print("no CUDA device: the gpu section is skipped (gemma-2-2b's shape in bf16 needs a GPU)")
         return {"skipped": "no CUDA device"}
     r = gpu_figures(Gemma2Config.preset("2b"), "cuda", torch.bfloat16, Tokenizer.from_file(TINY_DIR), args.bandwidth * 1e12,
-                    prompt_len=args.prompt_len, new_tokens=args.new_tokens, repeats=args.repeats)
-    for d in r["decode"]:
-        print(f"decode B={d['batch']}: {d['tok_s']:.1f} tok/s, {d['fraction_of_bound']:.0%} of the bound ({d['bound_tok_s']:.0f} "
-              f"tok/s: {r['weight_gb']:.2f} GB of weights at {r['bandwidth_tb_s']} TB/s)")
+                    prompt_len=args.prompt_len, new_tokens=args.new_tokens, repeats=args.repeats,
+                    settings=json.loads(args.gpu_settings), report=lambda line: print(line, flush=True))
     one, many = r["decode"][0], r["decode"][-1]
     peak = max(st["peak_gb"] or 0.0 for st in r["iteration"]["stages"].values())
     print(f"B={many['batch']} / B=1: {many['tok_s'] / one['tok_s']:.1f}x (goal >= 8x); B=1 at {one['fraction_of_bound']:.0%} "
@@ -300,6 +302,8 @@ def main(argv=None):
     p.add_argument("--json", type=Path, default=None, help="also write every figure to this JSON file")
     p.add_argument("--bandwidth", type=float, default=4.8, help="gpu section: the GPU's memory bandwidth in TB/s for "
                    "the decode bound (default: H200's 4.8; H100 SXM 3.35, A100 2.0)")
+    p.add_argument("--gpu-settings", default="{}", help="gpu section: the iteration's settings over the 2b preset, "
+                   "as JSON with flag names, e.g. '{\"simulations\": 1}' (default: the preset as it is)")
     p.add_argument("--dist-flags", default="", help="dist section: selfplay flags added to every run")
     g = p.add_argument_group("search section")
     g.add_argument("--search-problems", type=int, default=8, help="problems searched in lockstep")

@@ -105,8 +105,10 @@ def test_gpu_figures_run_on_the_cpu_with_a_tiny_shape(capsys):
     from nanoo1.tokenizer import Tokenizer
     from nanoo1.warmstart import TINY_MODEL
 
+    lines = []
     r = gpu_figures(TINY_MODEL, "cpu", torch.float32, Tokenizer.from_file(TINY_DIR), bandwidth=1e9, batches=(1, 2),
-                    prompt_len=8, new_tokens=4, repeats=1, settings=SHORT)
+                    prompt_len=8, new_tokens=4, repeats=1, settings=SHORT, report=lines.append)
+    assert [line.split(":")[0] for line in lines] == ["decode B=1", "decode B=2"]  # a line per decode row
     weight_bytes = TINY_MODEL.num_parameters * 4
     assert r["weight_gb"] == pytest.approx(weight_bytes / 1e9)
     for d, b in zip(r["decode"], (1, 2)):
