@@ -33,18 +33,24 @@ def grpo_iteration(model, tokenizer, opt, problems, it: int, config: SelfPlayCon
     then the answer), rewarded by `rollout_rewards`, group-relative advantages, then `_grpo_updates`. A
     group whose rewards all agree has advantage 0 and is left out of the updates. Returns the rollouts'
     mean reward, share correct, share cut by the budget, thinking tokens (of all, of the right and of the
-    wrong ones) and tokens, and the updates' statistics. Under torchrun `problems` is this rank's share and
-    `seed` its own (`dist.rank_seed`); every rank takes the same number of update steps."""
+    wrong ones) and tokens, and the updates' statistics. With search.max_rows a generate call holds at most
+    that many rows (whole groups, one at the least), all drawn from the round's one generator. Under torchrun
+    `problems` is this rank's share and `seed` its own (`dist.rank_seed`); every rank takes the same number
+    of update steps."""
     g = config.grpo
     end = tokenizer.token_id("</think>")
     per_round = len(problems) // g.rounds
+    per_call = max(1, config.search.max_rows // g.group_size) if config.search.max_rows else max(1, per_round)
     seen, steps = {k: [] for k in ("reward", "correct", "cut", "think", "tokens")}, []
     for r in range(g.rounds):
         chunk = problems[r * per_round:(r + 1) * per_round]
-        rows = generate_budgeted(model, [tokenizer.encode(think_prompt(p.question)) for p in chunk], g.think_budget,
-                                 g.solution_budget, end, temperature=g.grpo_temperature, num_samples=g.group_size,
-                                 stop_token_ids=[tokenizer.eos_id], tokenizer=tokenizer,
-                                 seed=iteration_seed(seed, it * g.rounds + r))
+        prompts = [tokenizer.encode(think_prompt(p.question)) for p in chunk]
+        generator = torch.Generator(device=model.model.embed_tokens.weight.device)
+        generator.manual_seed(iteration_seed(seed, it * g.rounds + r))
+        rows = [row for s in range(0, len(prompts), per_call)
+                for row in generate_budgeted(model, prompts[s:s + per_call], g.think_budget, g.solution_budget, end,
+                                             temperature=g.grpo_temperature, num_samples=g.group_size,
+                                             stop_token_ids=[tokenizer.eos_id], tokenizer=tokenizer, generator=generator)]
         correct = torch.tensor([float(end in row.tokens and check(row.text.split("</think>")[-1], chunk[i // g.group_size].answer))
                                 for i, row in enumerate(rows)])  # (B,) 1 or 0; no </think>: 0
         rewards = rollout_rewards(rows, correct, config)

@@ -50,8 +50,9 @@ class SearchSettings:
     check_equations: bool = True  # every `a op b = c` must hold: a wrong thought (expanded or rolled out) is a
     #                               failed terminal, and so is the end of a rolled-out chain with one
     chains_per_tree: int = 4  # root-to-outcome chains trained per tree (`experience.outcomes`): successes first
-    max_rows: int = 0  # at most this many sequences in one generate call, searches and evaluation alike (0: no
-    #                    limit); it bounds the KV cache, which a 2B model's rolled-out chains fill at 0.2 GB a row
+    max_rows: int = 0  # at most this many sequences in one generate call, in searches, evaluation and GRPO's
+    #                    rollouts (whole groups) alike (0: no limit); it bounds the KV cache, which a 2B model's
+    #                    rolled-out chains fill at 0.2 GB a row
 
     def __post_init__(self):
         check_settings(self, positive=("problems_per_iteration", "simulations", "num_candidates", "temperature",

@@ -155,6 +155,22 @@ def test_grpo_reward_rises_on_a_task_a_stand_in_model_learns(tmp_path, warmstart
     assert "thinking budget" in out and summary["budgets"]["unlimited"]["tokens_before"] > summary["budgets"]["4"]["tokens_before"]
 
 
+@pytest.mark.parametrize("max_rows,calls", [(0, [8]), (4, [4, 4]), (3, [2, 2, 2, 2])])
+def test_grpo_rollouts_go_in_whole_groups_of_at_most_max_rows(warmstart, monkeypatch, max_rows, calls):
+    import nanoo1.elastic as elastic
+    from nanoo1.tasks import load_jsonl
+
+    seen, real = [], elastic.generate_budgeted
+    monkeypatch.setattr(elastic, "generate_budgeted",
+                        lambda model, prompts, *a, **kw: seen.append(len(prompts) * kw["num_samples"]) or real(model, prompts, *a, **kw))
+    config = small(warmstart, warmstart, algo="grpo", group_size=2, think_budget=4, solution_budget=2, problems_per_iteration=4,
+                   rounds=1, max_rows=max_rows)
+    model, tokenizer = load_pretrained(warmstart)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    m = elastic.grpo_iteration(model, tokenizer, opt, load_jsonl(TINY_DIR / "train.jsonl")[:4], 0, config)
+    assert seen == calls and 0 <= m["correct"] <= 1  # a group is never split (3 rows: one group of 2 a call)
+
+
 def test_grpo_run_repeats_for_a_seed_and_resumes_exactly(tmp_path, warmstart, monkeypatch):
     """Two rounds per iteration, each with two epochs of two minibatches."""
     import nanoo1.elastic as elastic
