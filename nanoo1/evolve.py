@@ -3,7 +3,7 @@
     python -m nanoo1.evolve --tiny                # the tiny task on a CPU, both cores (base model: see tiny_base)
     python -m nanoo1.evolve --tiny --verifiers 16 # and then best-of-N by vote, PRM and ORM (verifiers.py)
     python -m nanoo1.evolve --model DIR --data train.jsonl --test-data test.jsonl --problems 500 --out runs/big
-    python -m nanoo1.evolve --model DIR ... --device cuda --dtype bfloat16 --lora-rank 16   # a 2B model on one GPU
+    python -m nanoo1.evolve --model DIR ... --device cuda --dtype bfloat16 --lora-rank 16 --max-rows 32   # 2B, one GPU
 
 One round (Guan et al. 2025, sec. 3.4):
   1. MCTS with policy k over this round's training problems (new ones every round, as the paper's rounds
@@ -64,6 +64,8 @@ class EvolveConfig:
     num_candidates: int = 2  # candidate steps per expansion (rStar-Math: 5-16; few keep the tiny trees deep)
     temperature: float = 1.0  # sampling temperature of candidate steps
     max_step_tokens: int = 64  # a step longer than this is invalid (the tiny task's longest is 53 tokens)
+    max_rows: int = 0  # at most this many candidate steps in one generate call (0: no limit): bounds the KV cache
+    #                    of a large model searching many problems in lockstep (e.g. 32 for gemma-2-2b on 16 GB)
     patient: int = 2  # a problem's search stops after this many correct answers (the two traces kept)
     # policy k+1
     traces_per_problem: int = 2  # correct traces kept per problem, best mean Q first
@@ -93,7 +95,7 @@ class EvolveConfig:
     dtype: str = "float32"  # the weights' dtype: float32 or bfloat16 (the base's, under LoRA; adapters stay float32)
 
     def __post_init__(self):
-        check_settings(self, choices={"dtype": ("float32", "bfloat16")})
+        check_settings(self, non_negative=("max_rows",), choices={"dtype": ("float32", "bfloat16")})
 
     @property
     def autocast(self) -> bool:

@@ -93,6 +93,18 @@ class Spent:
         return self
 
 
+def request_parts(requests: list[Request], max_rows: int) -> list[range]:
+    """The requests in order, cut into runs of at most max_rows candidates (a larger request alone; 0: one
+    run): a policy's generate calls, each holding at most max_rows sequences, which bounds the KV cache."""
+    parts, start, rows = [], 0, 0
+    for n, r in enumerate(requests):
+        if max_rows and n > start and rows + r.k > max_rows:
+            parts.append(range(start, n))
+            start, rows = n, 0
+        rows += r.k
+    return parts + [range(start, len(requests))] if requests else parts
+
+
 def add_candidate(tree: Tree, parent: Node, c: Candidate, node_id: int | None = None) -> Node:
     """Put a sampled thought into the tree under `parent`, with what search and RL keep of it; its id is
     the tree's next one, or `node_id` (the id its header named)."""
@@ -126,19 +138,9 @@ class LMPolicy:
         for i, r in enumerate(requests):
             by_temperature.setdefault(self.temperature if r.temperature is None else r.temperature, []).append(i)
         for temperature, rows in by_temperature.items():  # one generate call per temperature (usually one)
-            for part in self._parts([requests[i] for i in rows]):
+            for part in request_parts([requests[i] for i in rows], self.max_rows):
                 self._sample([requests[rows[n]] for n in part], [out[rows[n]] for n in part], temperature)
         return out
-
-    def _parts(self, requests: list[Request]) -> list[range]:
-        """The requests in order, cut into runs of at most max_rows candidates (a larger request alone)."""
-        parts, start, rows = [], 0, 0
-        for n, r in enumerate(requests):
-            if self.max_rows and n > start and rows + r.k > self.max_rows:
-                parts.append(range(start, n))
-                start, rows = n, 0
-            rows += r.k
-        return parts + [range(start, len(requests))] if requests else parts
 
     def _sample(self, requests: list[Request], out: list[list], temperature: float) -> None:
         """One generate call: each request's path prefilled once, forked k ways, every fork fed its own
@@ -177,8 +179,8 @@ class LMPolicy:
         if any(r.k != requests[0].k for r in requests):
             raise ValueError("rollout: every request must ask for the same number of chains")
         next_id = {}  # tree -> the id its next thought gets, carried from one generate call to the next
-        return [chains for part in self._parts(requests) for chains in self._rollout([requests[n] for n in part],
-                                                                                      max_depth, next_id)]
+        return [chains for part in request_parts(requests, self.max_rows)
+                for chains in self._rollout([requests[n] for n in part], max_depth, next_id)]
 
     def _rollout(self, requests: list[Request], max_depth: int, next_id: dict) -> list[list[list[Candidate]]]:
         k, rows = requests[0].k, []  # rows: per generated row, [request index, depth, ids of its thoughts]

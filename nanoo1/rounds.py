@@ -23,7 +23,7 @@ COLUMNS = ["round", "coverage", "greedy", "ppm_search", "pair_acc", "traces", "p
 def rstar_policy(model, tokenizer, config, ppm=None, seed: int = 0, temperature: float | None = None) -> RStarPolicy:
     """The rStar policy with the run's step settings (`config`: an evolve.EvolveConfig); candidate steps at
     config.temperature unless `temperature` is given."""
-    rstar = RStarConfig(max_step_tokens=config.max_step_tokens,
+    rstar = RStarConfig(max_step_tokens=config.max_step_tokens, max_rows=config.max_rows,
                         temperature=config.temperature if temperature is None else temperature)
     return RStarPolicy(model, tokenizer, rstar, ppm, seed=seed)
 

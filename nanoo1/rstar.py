@@ -38,7 +38,7 @@ from itertools import takewhile
 import torch
 
 from nanoo1.engine import generate
-from nanoo1.policy import Candidate
+from nanoo1.policy import Candidate, request_parts
 from nanoo1.ppm import ProcessPreferenceModel, ppm_scores
 from nanoo1.rewards import check
 from nanoo1.sandbox import SandboxResult, run_many
@@ -63,6 +63,7 @@ class RStarConfig:
     timeout: float = 2.0  # sandbox wall-clock seconds per program
     memory_mb: int = 256  # sandbox address-space limit per program
     ppm_batch_size: int = 32  # paths per PPM forward pass
+    max_rows: int = 0  # at most this many candidate steps in one generate call (0: no limit): bounds the KV cache
     step_prefix: str = "#"  # forced at the start of every step: a model that also knows other formats after the same
     # question line (the tiny warm start's <think>) writes this one; "" lets the model choose
 
@@ -265,16 +266,21 @@ class RStarPolicy:
         by_temperature = {}
         for i, r in enumerate(requests):
             by_temperature.setdefault(r.temperature, []).append(i)
-        for temperature, rows in by_temperature.items():
-            reqs = [requests[i] for i in rows]
-            paths = [[node.text for node in r.tree.path(r.node)[1:]] for r in reqs]
-            sampled = self.sample_steps([r.tree.question for r in reqs], paths, [r.k for r in reqs], temperature)
-            n = _fork_width([r.k for r in reqs])
-            for i, r, steps, pairs in zip(rows, reqs, paths, sampled):
-                prompt = rstar_prompt(r.tree.question, steps) + self.config.step_prefix
-                out[i] = [_candidate(step, row, prompt, len(row.prompt) if j % n == 0 else len(self.prefix_ids))
-                          for j, (step, row) in enumerate(pairs)]
+        for temperature, group in by_temperature.items():
+            for part in request_parts([requests[i] for i in group], self.config.max_rows):
+                self._propose([group[n] for n in part], requests, temperature, out)
         return out
+
+    def _propose(self, rows: list[int], requests, temperature, out: list) -> None:
+        """One sample_steps call for requests[i] of every i in rows, their candidates into out[i]."""
+        reqs = [requests[i] for i in rows]
+        paths = [[node.text for node in r.tree.path(r.node)[1:]] for r in reqs]
+        sampled = self.sample_steps([r.tree.question for r in reqs], paths, [r.k for r in reqs], temperature)
+        n = _fork_width([r.k for r in reqs])
+        for i, r, steps, pairs in zip(rows, reqs, paths, sampled):
+            prompt = rstar_prompt(r.tree.question, steps) + self.config.step_prefix
+            out[i] = [_candidate(step, row, prompt, len(row.prompt) if j % n == 0 else len(self.prefix_ids))
+                      for j, (step, row) in enumerate(pairs)]
 
     def evaluate(self, paths: list[list[Node]]) -> tuple[list[float], list[int]]:
         """(PPM score of each root-to-node path, tokens the PPM read); 0 and 0 without a PPM."""

@@ -378,6 +378,24 @@ def test_policy_judges_scripted_steps_and_fills_candidates(code_tokenizer, monke
     assert [(k.meta, k.terminal) for k in kids] == [("<expansion>", None), ("<expansion>", None), ("<conclusion>", "failure")]
 
 
+def test_max_rows_splits_the_candidate_steps_into_calls_of_at_most_that_many(mia_model, code_tokenizer, monkeypatch):
+    import nanoo1.rstar as rstar
+
+    def run(max_rows):
+        calls, real = [], rstar.generate
+        monkeypatch.setattr(rstar, "generate", lambda m, prompts, *a, **kw: calls.append(len(prompts) * kw["num_samples"])
+                            or real(m, prompts, *a, **kw))
+        policy = RStarPolicy(mia_model, code_tokenizer, RStarConfig(temperature=0.0, max_step_tokens=40, max_rows=max_rows))
+        trees = [Tree(MIA.question) for _ in range(3)]
+        proposed = policy.propose([Request(t, t.root, [None] * 2, [None] * 2) for t in trees])
+        monkeypatch.undo()
+        return calls, [[c.text for c in cands] for cands in proposed]
+
+    calls, texts = run(0)
+    assert calls == [6] and texts == [[STEP1] * 2] * 3
+    assert run(4) == ([4, 2], texts) and run(2) == ([2, 2, 2], texts)  # a request's candidates stay together
+
+
 def test_trained_policy_keeps_its_steps_and_mcts_finds_the_answer(mia_model, code_tokenizer):
     greedy = RStarConfig(temperature=0.0, max_step_tokens=40)
     policy = RStarPolicy(mia_model, code_tokenizer, greedy, seed=0)
