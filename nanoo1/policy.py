@@ -11,8 +11,8 @@ A Request asks for k new thoughts under a node; a Candidate is one sampled thoug
 RL keep of it (`add_candidate` puts it into the tree); Spent counts the tokens a search spends.
 
 `LMPolicy` implements the interface over a nanoo1 model: one `engine.generate` call per round for every
-request, each prompt prefilled once and forked k ways, and one value pass in which each parent's lines
-are prefilled once and forked to its children.
+request (or one per max_rows sequences), each prompt prefilled once and forked k ways, and one value pass
+in which each parent's lines are prefilled once and forked to its children.
 """
 
 from __future__ import annotations

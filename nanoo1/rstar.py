@@ -221,10 +221,10 @@ class StepCandidate(Candidate):
 class RStarPolicy:
     """rStar's search policy over a nanoo1 model: policy.py's `propose(requests)` and `evaluate(paths)`.
 
-    All candidate steps of a round come from one `generate` call (each prompt prefilled once and forked k
-    ways, `step_prefix` forced, stopping at STEP_END) and are judged in one batched sandbox call (a program
-    that already ran is not run again). A node's value is its PPM score, or 0 without a PPM (rStar-Math's
-    first rounds, where terminal rewards alone guide the search).
+    All candidate steps of a round come from one `generate` call (one per config.max_rows steps; each prompt
+    prefilled once and forked k ways, `step_prefix` forced, stopping at STEP_END) and each call's steps are
+    judged in one batched sandbox call (a program that already ran is not run again). A node's value is its
+    PPM score, or 0 without a PPM (rStar-Math's first rounds, where terminal rewards alone guide the search).
     A terminal step has the <conclusion> meta, any other <expansion>; requests' metas and hints are unused.
     """
 
