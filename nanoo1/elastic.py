@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from nanoo1 import dist
-from nanoo1.engine import generate_budgeted
+from nanoo1.engine import generate_budgeted, row_parts
 from nanoo1.eval import EvalResult, budget_name, evaluate_budgeted, plot
 from nanoo1.lora import adapters_off
 from nanoo1.model import bf16_autocast
@@ -40,16 +40,15 @@ def grpo_iteration(model, tokenizer, opt, problems, it: int, config: SelfPlayCon
     g = config.grpo
     end = tokenizer.token_id("</think>")
     per_round = len(problems) // g.rounds
-    per_call = max(1, config.search.max_rows // g.group_size) if config.search.max_rows else max(1, per_round)
     seen, steps = {k: [] for k in ("reward", "correct", "cut", "think", "tokens")}, []
     for r in range(g.rounds):
         chunk = problems[r * per_round:(r + 1) * per_round]
         prompts = [tokenizer.encode(think_prompt(p.question)) for p in chunk]
         generator = torch.Generator(device=model.model.embed_tokens.weight.device)
         generator.manual_seed(iteration_seed(seed, it * g.rounds + r))
-        rows = [row for s in range(0, len(prompts), per_call)
-                for row in generate_budgeted(model, prompts[s:s + per_call], g.think_budget, g.solution_budget, end,
-                                             temperature=g.grpo_temperature, num_samples=g.group_size,
+        rows = [row for part in row_parts([g.group_size] * len(prompts), config.search.max_rows)
+                for row in generate_budgeted(model, prompts[part.start:part.stop], g.think_budget, g.solution_budget,
+                                             end, temperature=g.grpo_temperature, num_samples=g.group_size,
                                              stop_token_ids=[tokenizer.eos_id], tokenizer=tokenizer, generator=generator)]
         correct = torch.tensor([float(end in row.tokens and check(row.text.split("</think>")[-1], chunk[i // g.group_size].answer))
                                 for i, row in enumerate(rows)])  # (B,) 1 or 0; no </think>: 0

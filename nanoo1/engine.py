@@ -243,6 +243,19 @@ def _prefill(model, prompts, num_samples, extra_len, stop_token_ids, stop_string
     return batch, logits
 
 
+def row_parts(sizes: list[int], max_rows: int) -> list[range]:
+    """Consecutive runs of prompts, prompt i bringing sizes[i] rows (its samples), each run holding at most
+    max_rows rows (a larger prompt alone; 0: one run): the generate calls of a batch too wide for one, which
+    bounds the KV cache. A prompt's rows are never split."""
+    parts, start, rows = [], 0, 0
+    for n, size in enumerate(sizes):
+        if max_rows and n > start and rows + size > max_rows:
+            parts.append(range(start, n))
+            start, rows = n, 0
+        rows += size
+    return parts + [range(start, len(sizes))] if sizes else parts
+
+
 def _generator(model, generator, seed):
     if generator is not None:
         return generator

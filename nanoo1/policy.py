@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import torch
 
-from nanoo1.engine import feed, generate
+from nanoo1.engine import feed, generate, row_parts
 from nanoo1.thoughts import Node, Tree, header, parse_thought, policy_prompt, render_path, value_sequences
 from nanoo1.value import rating_head
 
@@ -93,18 +93,6 @@ class Spent:
         return self
 
 
-def request_parts(requests: list[Request], max_rows: int) -> list[range]:
-    """The requests in order, cut into runs of at most max_rows candidates (a larger request alone; 0: one
-    run): a policy's generate calls, each holding at most max_rows sequences, which bounds the KV cache."""
-    parts, start, rows = [], 0, 0
-    for n, r in enumerate(requests):
-        if max_rows and n > start and rows + r.k > max_rows:
-            parts.append(range(start, n))
-            start, rows = n, 0
-        rows += r.k
-    return parts + [range(start, len(requests))] if requests else parts
-
-
 def add_candidate(tree: Tree, parent: Node, c: Candidate, node_id: int | None = None) -> Node:
     """Put a sampled thought into the tree under `parent`, with what search and RL keep of it; its id is
     the tree's next one, or `node_id` (the id its header named)."""
@@ -138,7 +126,7 @@ class LMPolicy:
         for i, r in enumerate(requests):
             by_temperature.setdefault(self.temperature if r.temperature is None else r.temperature, []).append(i)
         for temperature, rows in by_temperature.items():  # one generate call per temperature (usually one)
-            for part in request_parts([requests[i] for i in rows], self.max_rows):
+            for part in row_parts([requests[i].k for i in rows], self.max_rows):
                 self._sample([requests[rows[n]] for n in part], [out[rows[n]] for n in part], temperature)
         return out
 
@@ -179,7 +167,7 @@ class LMPolicy:
         if any(r.k != requests[0].k for r in requests):
             raise ValueError("rollout: every request must ask for the same number of chains")
         next_id = {}  # tree -> the id its next thought gets, carried from one generate call to the next
-        return [chains for part in request_parts(requests, self.max_rows)
+        return [chains for part in row_parts([r.k for r in requests], self.max_rows)
                 for chains in self._rollout([requests[n] for n in part], max_depth, next_id)]
 
     def _rollout(self, requests: list[Request], max_depth: int, next_id: dict) -> list[list[list[Candidate]]]:

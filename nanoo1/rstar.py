@@ -37,8 +37,8 @@ from itertools import takewhile
 
 import torch
 
-from nanoo1.engine import generate
-from nanoo1.policy import Candidate, request_parts
+from nanoo1.engine import generate, row_parts
+from nanoo1.policy import Candidate
 from nanoo1.ppm import ProcessPreferenceModel, ppm_scores
 from nanoo1.rewards import check
 from nanoo1.sandbox import SandboxResult, run_many
@@ -267,7 +267,7 @@ class RStarPolicy:
         for i, r in enumerate(requests):
             by_temperature.setdefault(r.temperature, []).append(i)
         for temperature, group in by_temperature.items():
-            for part in request_parts([requests[i] for i in group], self.config.max_rows):
+            for part in row_parts([requests[i].k for i in group], self.config.max_rows):
                 self._propose([group[n] for n in part], requests, temperature, out)
         return out
 

@@ -249,3 +249,12 @@ def test_hold_freed_memory_is_applied_on_glibc():
 
     applied = hold_freed_memory()
     assert applied is (platform.system() == "Linux" and platform.libc_ver()[0] == "glibc")
+
+
+def test_row_parts_cut_prompts_into_runs_of_at_most_max_rows():
+    from nanoo1.engine import row_parts
+
+    assert row_parts([2, 2, 2], 0) == [range(0, 3)]  # no limit: one call
+    assert row_parts([2, 2, 2], 4) == [range(0, 2), range(2, 3)]
+    assert row_parts([5, 1, 1], 3) == [range(0, 1), range(1, 3)]  # a prompt wider than the limit goes alone
+    assert row_parts([], 4) == []
