@@ -8,8 +8,10 @@
 One round (Guan et al. 2025, sec. 3.4):
   1. MCTS with policy k over this round's training problems (new ones every round, as the paper's rounds
      reach problems earlier rounds left unsolved; from round 1 on only those of 3 or more steps, see
-     `draw_rounds`): UCT (c = 2), the ground truth scores each answer +1 / -1, PPM k's score is a new step's
-     value (round 0 has no PPM: terminal rewards alone guide the search).
+     `draw_rounds`): UCT (c = 2), the ground truth scores each answer +1 / -1. Like the paper, the first rounds
+     are terminal-guided (those rewards alone guide the search: rStar-Math's rounds 1 and 2, whose PPM-r1 is
+     not yet reliable); from round `guided_from` on (default 2, the paper's round 3) PPM k's score is also a
+     new step's value (PPM-augmented MCTS).
   2. Coverage: the share of those problems whose tree holds a correct answer (the paper's Table 2).
   3. Policy k+1: the base model fine-tuned on the top-2 correct traces per problem by mean Q
      (`rstar.best_traces`) of every round so far, the loss on the steps the model wrote (`rstar.encode_trace`),
@@ -67,6 +69,8 @@ class EvolveConfig:
     max_rows: int = 0  # at most this many candidate steps in one generate call (0: no limit): bounds the KV cache
     #                    of a large model searching many problems in lockstep (e.g. 32 for gemma-2-2b on 16 GB)
     patient: int = 2  # a problem's search stops after this many correct answers (the two traces kept)
+    guided_from: int = 2  # the first round whose search PPM k guides, valuing new steps (rStar-Math: round 3 of 4;
+    #                       earlier rounds are terminal-guided); --tiny's 2 rounds never are
     # policy k+1
     traces_per_problem: int = 2  # correct traces kept per problem, best mean Q first
     sft_epochs: float = 4.0  # passes over the traces of every round so far, fine-tuning the base model
@@ -79,7 +83,7 @@ class EvolveConfig:
     bf16: bool = True  # with float32 weights: autocast matrix multiplies to bfloat16 while training
     # the run
     rounds: int = 2  # self-evolution rounds
-    problems: int = 400  # training problems searched per round, new ones every round (one draw with the seed)
+    problems: int = 500  # training problems searched per round, new ones every round (one draw with the seed)
     min_steps: int = 0  # round 0 draws problems of at least this many steps
     later_min_steps: int = 3  # later rounds draw problems of at least this many steps: the policy already solves most
     #                           shorter ones, whose traces would tilt its fine-tune toward short solutions
@@ -95,7 +99,7 @@ class EvolveConfig:
     dtype: str = "float32"  # the weights' dtype: float32 or bfloat16 (the base's, under LoRA; adapters stay float32)
 
     def __post_init__(self):
-        check_settings(self, non_negative=("max_rows",), choices={"dtype": ("float32", "bfloat16")})
+        check_settings(self, non_negative=("max_rows", "guided_from"), choices={"dtype": ("float32", "bfloat16")})
 
     @property
     def autocast(self) -> bool:
@@ -263,8 +267,9 @@ def run(config: EvolveConfig, model, data=TINY_DIR / "train.jsonl", test_data=TI
         if k < config.rounds:
             bar.set_postfix_str(f"MCTS over {config.problems} problems, then training")
             problems = drawn[k]
-            policy, ppm, report, _ = self_evolution_round(base, policy, ppm, tokenizer, problems, config,
-                                                              config.seed + k, progress, found)
+            guide = ppm if k >= config.guided_from else None  # terminal-guided before round guided_from
+            policy, ppm, report, _ = self_evolution_round(base, policy, guide, tokenizer, problems, config,
+                                                          config.seed + k, progress, found)
             row.update(asdict(report))
             if main:
                 save_trained(policy, tokenizer, out / f"policy-{k + 1}", str(model))

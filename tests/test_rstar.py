@@ -601,6 +601,31 @@ def test_one_round_end_to_end_on_a_scripted_solver(code_tokenizer, tmp_path, mon
     assert ppm(ids).abs().item() > 0  # ... and the PPM's head trained away from zero
 
 
+def test_rounds_before_guided_from_search_without_the_ppm(code_tokenizer, tmp_path, monkeypatch):
+    """rStar-Math's first rounds are terminal-guided: search_trees gets no PPM before round guided_from, and
+    the PPM trained by the round before it from then on (its tokens counted)."""
+    import nanoo1.evolve as evolve
+
+    train, test = make_problems(6, seed=7, max_steps=3), make_problems(2, seed=8, max_steps=2)
+    write_jsonl(train, tmp_path / "train.jsonl")
+    write_jsonl(test, tmp_path / "test.jsonl")
+    save_pretrained(random_model(Gemma2Config.preset("tiny", vocab_size=len(code_tokenizer), num_hidden_layers=1)),
+                    code_tokenizer, tmp_path / "base")
+    monkeypatch.setattr(rstar, "generate", _scripted_solver(train + test))
+    searched, search = [], evolve.search_trees
+    monkeypatch.setattr(evolve, "search_trees", lambda model, ppm, *a: searched.append(ppm) or search(model, ppm, *a))
+    for guided_from, guided in ((2, [False, False]), (1, [False, True])):
+        searched.clear()
+        config = EvolveConfig(simulations=8, rounds=2, problems=3, later_min_steps=0, eval_problems=1, pair_problems=1,
+                              beam=0, sft_epochs=1, ppm_epochs=1, bf16=False, guided_from=guided_from,
+                              out=str(tmp_path / str(guided_from)))
+        rows = run(config, tmp_path / "base", tmp_path / "train.jsonl", tmp_path / "test.jsonl")
+        assert [ppm is not None for ppm in searched] == guided
+        assert [row["ppm_tokens"] > 0 for row in rows[:2]] == guided
+    with pytest.raises(ValueError, match="--guided-from must be >= 0"):
+        EvolveConfig(guided_from=-1)
+
+
 def test_a_lora_round_in_bf16_trains_adapters_only(code_tokenizer, tmp_path, monkeypatch):
     """Under LoRA the base stays bit-identical in bf16, policy k+1 and PPM k+1 share it and train float32
     adapters of their own, and a run writes adapters (PEFT's layout) and the PPM head, not checkpoints."""
