@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from nanoo1 import dist
-from nanoo1.engine import generate_budgeted, row_parts
+from nanoo1.engine import generate_budgeted, row_parts, seeded_generator
 from nanoo1.eval import EvalResult, budget_name, evaluate_budgeted, plot
 from nanoo1.lora import adapters_off
 from nanoo1.model import bf16_autocast
@@ -44,8 +44,7 @@ def grpo_iteration(model, tokenizer, opt, problems, it: int, config: SelfPlayCon
     for r in range(g.rounds):
         chunk = problems[r * per_round:(r + 1) * per_round]
         prompts = [tokenizer.encode(think_prompt(p.question)) for p in chunk]
-        generator = torch.Generator(device=model.model.embed_tokens.weight.device)
-        generator.manual_seed(iteration_seed(seed, it * g.rounds + r))
+        generator = seeded_generator(model, iteration_seed(seed, it * g.rounds + r))
         rows = [row for part in row_parts([g.group_size] * len(prompts), config.search.max_rows)
                 for row in generate_budgeted(model, prompts[part.start:part.stop], g.think_budget, g.solution_budget,
                                              end, temperature=g.grpo_temperature, num_samples=g.group_size,

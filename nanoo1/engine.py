@@ -256,7 +256,9 @@ def row_parts(sizes: list[int], max_rows: int) -> list[range]:
     return parts + [range(start, len(sizes))] if sizes else parts
 
 
-def _generator(model, generator, seed):
+def seeded_generator(model, seed: int, generator: torch.Generator | None = None) -> torch.Generator:
+    """The generator sampling draws from: `generator` when given, else a new one on the model's device seeded
+    with `seed`."""
     if generator is not None:
         return generator
     return torch.Generator(device=model.model.embed_tokens.weight.device).manual_seed(seed)
@@ -283,7 +285,7 @@ def generate(model, prompts: list[list[int]], max_new_tokens: int, temperature: 
     None when a row has sampled that many tokens since its last forced one (e.g. to cut a long thought).
     max_new_tokens counts sampled and forced tokens.
     """
-    generator = _generator(model, generator, seed)
+    generator = seeded_generator(model, seed, generator)
     if suffixes is not None and (len(suffixes) != len(prompts) * num_samples or any(len(x) == 0 for x in suffixes)):
         raise ValueError(f"suffixes: expected {len(prompts) * num_samples} non-empty token lists (one per row), got {len(suffixes)}")
     extra = max(map(len, suffixes)) if suffixes is not None else 0
@@ -316,7 +318,7 @@ def generate_budgeted(model, prompts: list[list[int]], think_budget: int, soluti
     (eos) while still thinking ends there, without </think> (its reward is 0). The answer phase samples
     up to solution_budget tokens in the same cache and stops on stop_token_ids (default: eos).
     """
-    generator = _generator(model, generator, seed)
+    generator = seeded_generator(model, seed, generator)
     batch, logits = _prefill(model, prompts, num_samples, think_budget + solution_budget + 1, stop_token_ids, None, tokenizer)
     rows = list(batch.rows)
     batch.pause_ids = [[think_end_id] for _ in batch.rows]

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import torch
 
-from nanoo1.engine import feed, generate, row_parts
+from nanoo1.engine import feed, generate, row_parts, seeded_generator
 from nanoo1.thoughts import Node, Tree, header, parse_thought, policy_prompt, render_path, value_sequences
 from nanoo1.value import rating_head
 
@@ -101,6 +101,17 @@ def add_candidate(tree: Tree, parent: Node, c: Candidate, node_id: int | None = 
 
 
 # -- the policy over a nanoo1 model ------------------------------------------------------------------
+def generate_calls(requests: list[Request], max_rows: int, default: float | None = None):
+    """The generate calls of a round: (temperature, indices of its requests), the requests grouped by their
+    temperature (`default` where a request has none; usually one group), each group cut into runs of at most
+    max_rows candidates by `engine.row_parts` (0: no limit; a request is never cut)."""
+    groups = {}
+    for i, r in enumerate(requests):
+        groups.setdefault(default if r.temperature is None else r.temperature, []).append(i)
+    return [(temperature, [group[n] for n in part]) for temperature, group in groups.items()
+            for part in row_parts([requests[i].k for i in group], max_rows)]
+
+
 class LMPolicy:
     """The policy interface over a nanoo1 model and its tokenizer.
 
@@ -118,16 +129,12 @@ class LMPolicy:
         self.temperature, self.max_thought_tokens, self.top_k, self.top_p = temperature, max_thought_tokens, top_k, top_p
         self.value_batch_size, self.max_rows = value_batch_size, max_rows
         self.end_of_thought = tokenizer.token_id("<end_of_thought>")
-        self.generator = torch.Generator(device=model.output_embedding.device).manual_seed(seed)
+        self.generator = seeded_generator(model, seed)
 
     def propose(self, requests: list[Request]) -> list[list[Candidate]]:
         out = [[None] * r.k for r in requests]
-        by_temperature = {}
-        for i, r in enumerate(requests):
-            by_temperature.setdefault(self.temperature if r.temperature is None else r.temperature, []).append(i)
-        for temperature, rows in by_temperature.items():  # one generate call per temperature (usually one)
-            for part in row_parts([requests[i].k for i in rows], self.max_rows):
-                self._sample([requests[rows[n]] for n in part], [out[rows[n]] for n in part], temperature)
+        for temperature, rows in generate_calls(requests, self.max_rows, self.temperature):
+            self._sample([requests[i] for i in rows], [out[i] for i in rows], temperature)
         return out
 
     def _sample(self, requests: list[Request], out: list[list], temperature: float) -> None:

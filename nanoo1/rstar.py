@@ -37,8 +37,8 @@ from itertools import takewhile
 
 import torch
 
-from nanoo1.engine import generate, row_parts
-from nanoo1.policy import Candidate
+from nanoo1.engine import generate, seeded_generator
+from nanoo1.policy import Candidate, generate_calls
 from nanoo1.ppm import ProcessPreferenceModel, ppm_scores
 from nanoo1.rewards import check
 from nanoo1.sandbox import SandboxResult, run_many
@@ -232,7 +232,7 @@ class RStarPolicy:
                  seed: int = 0):
         self.model, self.tokenizer, self.ppm = model, tokenizer, ppm
         self.config = config or RStarConfig()
-        self.generator = torch.Generator(device=model.output_embedding.device).manual_seed(seed)
+        self.generator = seeded_generator(model, seed)
         self.prefix_ids = tokenizer.encode(self.config.step_prefix, add_bos=False) if self.config.step_prefix else []
         self.ran: dict[str, SandboxResult] = {}  # program -> its run, shared by every search this policy does
         eos = model.config.eos_token_id
@@ -263,12 +263,8 @@ class RStarPolicy:
 
     def propose(self, requests) -> list[list[StepCandidate]]:
         out = [None] * len(requests)
-        by_temperature = {}
-        for i, r in enumerate(requests):
-            by_temperature.setdefault(r.temperature, []).append(i)
-        for temperature, group in by_temperature.items():
-            for part in row_parts([requests[i].k for i in group], self.config.max_rows):
-                self._propose([group[n] for n in part], requests, temperature, out)
+        for temperature, rows in generate_calls(requests, self.config.max_rows):
+            self._propose(rows, requests, temperature, out)
         return out
 
     def _propose(self, rows: list[int], requests, temperature, out: list) -> None:
