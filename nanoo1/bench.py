@@ -6,7 +6,8 @@ Every repeat runs all contenders in turn and each figure is the median over repe
 on a shared machine moves both sides of a ratio together instead of skewing it.
 The gpu section (`gpu_figures`) measures gemma-2-2b's shape in bf16 with the 2b preset's settings: decode at
 batch 1 and 16 against the memory-bandwidth bound (every step reads all weight bytes once: tokens/s <=
-bandwidth / weight bytes), one MCTS expansion round, and one PPO update through LoRA, with peak GPU memory.
+bandwidth / weight bytes), and one whole self-play iteration of the 2b preset through LoRA (MCTS, PPO updates,
+checked greedy and imitation), each stage with its seconds and peak GPU memory.
 Like every entry point it first has glibc keep freed memory (`device.hold_freed_memory`); both
 contenders run in this one process, so both get it. Other sections (search; dist, whole runs as processes, in
 bench_dist.py) register themselves in SECTIONS.

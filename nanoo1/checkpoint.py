@@ -60,9 +60,12 @@ def config_from_dict(d: dict, source: str = "config.json") -> Gemma2Config:
     width, heads = d["hidden_size"], d["num_attention_heads"]
     # older files leave head_dim out; when the sizes are not positive integers Gemma2Config names them first
     kw["head_dim"] = d.get("head_dim", width // heads if type(width) is int and type(heads) is int and heads > 0 else None)
-    for key in ["query_pre_attn_scalar", "rms_norm_eps", "sliding_window", "attn_logit_softcapping", "final_logit_softcapping",
-                "max_position_embeddings", "layer_types", "bos_token_id", "eos_token_id", "pad_token_id"]:
+    for key in ["query_pre_attn_scalar", "rms_norm_eps", "sliding_window", "max_position_embeddings", "layer_types",
+                "bos_token_id", "eos_token_id", "pad_token_id"]:
         if d.get(key) is not None:
+            kw[key] = d[key]
+    for key in ["attn_logit_softcapping", "final_logit_softcapping"]:  # null means no cap, as in transformers
+        if key in d:
             kw[key] = d[key]
     kw["rope_theta"] = rope.get("rope_theta", d.get("rope_theta", 10000.0))
     kw["tie_word_embeddings"] = d.get("tie_word_embeddings", True)  # absent means tied
@@ -266,6 +269,11 @@ def save_pretrained(model: Gemma2, tokenizer: Tokenizer | None, directory, max_s
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    adapters = [k for k in state if k.endswith((".lora_A", ".lora_B"))]
+    if adapters:
+        raise ValueError(f"save_pretrained: the model has LoRA adapters ({adapters[0]}, ...), which the Hugging Face "
+                         f"layout has no place for; save them with lora.save_trained, or fold them in first "
+                         f"(lora.merge_and_unload)")
     if model.config.tie_word_embeddings:
         state.pop("lm_head.weight", None)
     dtype = model.model.embed_tokens.weight.dtype

@@ -3,32 +3,45 @@
 from __future__ import annotations
 
 import os
+import stat
 import tempfile
 from pathlib import Path
+
+
+def _mode(path: Path) -> int:
+    """The permissions the file should get: the old file's, else those open() gives a new file (0o666 less the
+    umask). mkstemp's temp file is 0o600, which would keep every other user from reading a checkpoint."""
+    if path.exists():
+        return stat.S_IMODE(path.stat().st_mode)
+    umask = os.umask(0o022)  # reading the umask means setting it; put it straight back
+    os.umask(umask)
+    return 0o666 & ~umask
 
 
 def atomic_write(path, data) -> Path:
     """Write `data` to `path` through a temp file in the same folder, flushed to disk, then renamed over it.
 
     data: str (UTF-8 text), bytes, or a function that writes the file at the path it is given
-    (`lambda p: torch.save(obj, p)`, `lambda p: save_file(tensors, p)`), so large files stream to disk."""
+    (`lambda p: torch.save(obj, p)`, `lambda p: save_file(tensors, p)`), so large files stream to disk.
+    The file gets the old file's permissions, or a new file's."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         if callable(data):
             os.close(fd)
+            fd = -1
             data(tmp)
             fd = os.open(tmp, os.O_RDONLY)
         else:
             os.write(fd, data.encode("utf-8") if isinstance(data, str) else data)
         os.fsync(fd)
         os.close(fd)
+        fd = -1
+        os.chmod(tmp, _mode(path))
         os.replace(tmp, path)
     except BaseException:
-        try:
+        if fd >= 0:
             os.close(fd)
-        except OSError:
-            pass
         if os.path.exists(tmp):
             os.remove(tmp)
         raise

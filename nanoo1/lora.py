@@ -41,7 +41,10 @@ PEFT_PREFIX = "base_model.model."  # PeftModel -> LoraModel -> the wrapped model
 UNSUPPORTED = """use_rslora use_dora fan_in_fan_out bias lora_bias rank_pattern alpha_pattern modules_to_save layer_replication
 use_qalora target_parameters trainable_token_indices alora_invocation_tokens arrow_config use_bdlora kasa_config
 monteclora_config velora_config""".split()
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model")
+# Gemma2.logits and the rating-token value read lm_head's weight directly, so an adapter there would do nothing
+LM_HEAD_REFUSED = "the logits read its weight directly (Gemma2.logits), so nanoo1 puts no adapter on it"
+# what `merge` copies from the base as it is: the tokenizer, and the sampling settings (e.g. -it's two stop ids)
+BASE_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model", "generation_config.json")
 
 
 class LoRALinear(nn.Linear):
@@ -107,6 +110,8 @@ def apply_lora(model: nn.Module, target_modules=DEFAULT_TARGETS, rank: int = 16,
     generator = torch.Generator().manual_seed(seed)
     chosen = [name for name, m in model.named_modules()
               if isinstance(m, nn.Linear) and not isinstance(m, LoRALinear) and _targeted(name, target_modules)]
+    if "lm_head" in chosen:
+        raise ValueError(f"apply_lora: target_modules={target_modules!r} selects lm_head; {LM_HEAD_REFUSED}")
     for name in chosen:
         parent, _, child = name.rpartition(".")
         setattr(model.get_submodule(parent), child,
@@ -266,8 +271,9 @@ def load_lora(model: nn.Module, directory) -> nn.Module:
             raise KeyError(f"{weights_path}: unexpected key {key!r}; nanoo1 reads plain LoRA keys only, "
                            f"{PEFT_PREFIX}<module>.lora_A.weight and .lora_B.weight")
         name = found.group(1)
-        if not isinstance(modules.get(name), nn.Linear):
-            what = "the model has no such module" if name not in modules else f"{name} is not a linear layer"
+        if not isinstance(modules.get(name), nn.Linear) or name == "lm_head":
+            what = ("the model has no such module" if name not in modules else f"{name}: {LM_HEAD_REFUSED}"
+                    if name == "lm_head" else f"{name} is not a linear layer")
             raise KeyError(f"{weights_path}: key {key!r}: {what}")
         named.add(name)
     if not named:
@@ -307,7 +313,7 @@ def merge_into_checkpoint(base, adapters, out, dtype: torch.dtype | str | None =
                           revision: str | None = None) -> Path:
     """Load the base checkpoint (a directory or hub id; dtype None: its own), load the adapters, fold them in
     (merge_and_unload) and write a full checkpoint in the Hugging Face layout with save_pretrained, with the
-    base's tokenizer files copied byte for byte. `out` must not be the base or the adapters directory."""
+    base's tokenizer files and generation_config.json copied byte for byte. `out` must not be the base or the adapters directory."""
     base_dir, out = resolve_checkpoint(base, revision), Path(out)
     if out.resolve() in (base_dir.resolve(), Path(adapters).resolve()):
         raise ValueError(f"merge: --out {out} is the base or the adapters directory; write the merged model elsewhere")
@@ -315,7 +321,7 @@ def merge_into_checkpoint(base, adapters, out, dtype: torch.dtype | str | None =
     model, _ = load_pretrained(base_dir, dtype=dtype)
     merge_and_unload(load_lora(model, adapters))
     save_pretrained(model, None, out)
-    for name in TOKENIZER_FILES:
+    for name in BASE_FILES:
         if (base_dir / name).exists():
             atomic_write(out / name, (base_dir / name).read_bytes())
     return out

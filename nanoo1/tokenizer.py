@@ -89,15 +89,19 @@ class Tokenizer:
         return f"<bos><start_of_turn>user\n{message}<end_of_turn>\n<start_of_turn>model\n"
 
     def save(self, directory) -> None:
-        """Write tokenizer.json, tokenizer_config.json and special_tokens_map.json (atomically each)."""
+        """Write tokenizer.json, tokenizer_config.json and special_tokens_map.json (atomically each). The last two
+        are copied from beside the file this tokenizer was read from when they are there (a checkpoint's chat
+        template stays with it), else written as a minimal pair."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         special = {"bos_token": "<bos>", "eos_token": "<eos>", "pad_token": "<pad>", "unk_token": "<unk>"}
         config = {"tokenizer_class": "PreTrainedTokenizerFast", "add_bos_token": True, "add_eos_token": False,
                   "model_max_length": 1_000_000, **special}
+        origin = Path(self.source).parent if self.source != "<memory>" else None
         atomic_write(directory / "tokenizer.json", self.tk.to_str())
-        atomic_write(directory / "tokenizer_config.json", json.dumps(config, indent=2))
-        atomic_write(directory / "special_tokens_map.json", json.dumps(special, indent=2))
+        for name, minimal in (("tokenizer_config.json", config), ("special_tokens_map.json", special)):
+            kept = origin / name if origin is not None else None
+            atomic_write(directory / name, kept.read_bytes() if kept and kept.is_file() else json.dumps(minimal, indent=2))
 
 
 def train_tokenizer(texts, vocab_size: int, special_tokens=SPECIAL_TOKENS, split_digits: bool = True) -> Tokenizer:

@@ -53,6 +53,20 @@ def test_nanoo1_save_transformers_load_same_logits(tmp_path):
         assert ("lm_head.weight" in model.state_dict()) == (not tied)
 
 
+def test_no_softcap_round_trips_as_none(tmp_path):
+    """A null soft-cap in config.json means no cap (as transformers reads it), not the 50 / 30 default."""
+    model = random_model(Gemma2Config.preset("tiny", attn_logit_softcapping=None, final_logit_softcapping=None), seed=5)
+    save_pretrained(model, None, tmp_path)
+    loaded, _ = load_pretrained(tmp_path)
+    assert (loaded.config.attn_logit_softcapping, loaded.config.final_logit_softcapping) == (None, None)
+    hf = transformers.AutoModelForCausalLM.from_pretrained(tmp_path, attn_implementation="eager").eval()
+    with torch.no_grad():
+        assert torch.equal(loaded(IDS), model(IDS))
+        assert (hf(IDS).logits - model(IDS)).abs().max().item() < 1e-5
+    absent = {k: v for k, v in CONFIG_2024.items() if not k.endswith("softcapping")}
+    assert config_from_dict(absent) == Gemma2Config.preset("2b")  # absent keys take the defaults
+
+
 @pytest.mark.parametrize("shard", [None, "20KB"])
 def test_transformers_save_nanoo1_load_same_logits(tmp_path, shard):
     hf_config = transformers.Gemma2Config(vocab_size=512, hidden_size=48, intermediate_size=96, num_hidden_layers=3,
@@ -107,6 +121,38 @@ def test_tokenizer_saved_and_loaded(tmp_path, tiny_tokenizer):
     text = "Tom has 12 apples<end_of_thought>"
     assert tok.encode(text) == tiny_tokenizer.encode(text)
     assert tok.token_id("<end_of_thought>") == tiny_tokenizer.token_id("<end_of_thought>")
+    # a checkpoint's own tokenizer_config.json (its chat template) goes with it into a fine-tune's checkpoint
+    config = {**json.loads((tmp_path / "tokenizer_config.json").read_text()), "chat_template": "{{ messages }}"}
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps(config))
+    _, tok = load_pretrained(tmp_path)
+    save_pretrained(model, tok, tmp_path / "tuned")
+    assert json.loads((tmp_path / "tuned" / "tokenizer_config.json").read_text()) == config
+
+
+def test_atomic_write_gives_the_usual_permissions_and_closes_only_its_own_file(tmp_path):
+    from nanoo1.files import atomic_write
+
+    umask = os.umask(0o022)
+    try:
+        model = random_model(Gemma2Config.preset("tiny"))
+        save_pretrained(model, None, tmp_path)  # readable by others, like any file open() writes
+        assert {oct(p.stat().st_mode & 0o777) for p in tmp_path.iterdir()} == {"0o644"}
+        os.chmod(tmp_path / "config.json", 0o640)
+        save_pretrained(model, None, tmp_path)  # a file written again keeps the mode it had
+        assert oct((tmp_path / "config.json").stat().st_mode & 0o777) == "0o640"
+    finally:
+        os.umask(umask)
+    opened = []
+
+    def writer(tmp):  # the temp file's descriptor was closed just before: this open reuses its number
+        opened.append(os.open(os.devnull, os.O_RDONLY))
+        raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError, match="disk full"):
+        atomic_write(tmp_path / "x.bin", writer)
+    os.fstat(opened[0])  # still open: a failed write closes its own descriptor only
+    os.close(opened[0])
+    assert not list(tmp_path.glob(".x.bin*"))
 
 
 def _saved(tmp_path):

@@ -365,6 +365,30 @@ def test_peft_adapters_give_the_same_logits_under_nanoo1(tmp_path, targets):
     assert (again - expected).abs().max().item() < 1e-5
 
 
+def test_untied_lm_head_gets_no_adapter_and_adapters_are_not_saved_as_weights(tmp_path):
+    """Gemma2.logits reads lm_head.weight directly: an adapter there would change nothing, so none is put there;
+    and a full checkpoint has no place for unmerged adapters, so save_pretrained refuses them."""
+    from conftest import random_model
+    from nanoo1.checkpoint import save_pretrained
+    from nanoo1.model import Gemma2Config
+
+    model = random_model(Gemma2Config.preset("tiny", tie_word_embeddings=False), seed=9)
+    for targets in (["q_proj", "lm_head"], r".*(q_proj|lm_head)"):
+        with pytest.raises(ValueError, match="lm_head.*logits read its weight directly"):
+            apply_lora(model, targets)
+    assert not any("lora" in k for k in model.state_dict())
+    save_lora(apply_lora(copy.deepcopy(model), ("q_proj",), rank=2, alpha=4.0), tmp_path / "adapters")
+    config, tensors = _adapter_files(tmp_path / "adapters")
+    _rewrite(tmp_path / "adapters", tensors={**tensors, "base_model.model.lm_head.lora_A.weight": torch.zeros(2, 128),
+                                             "base_model.model.lm_head.lora_B.weight": torch.zeros(512, 2)})
+    with pytest.raises(KeyError, match=r"adapter_model\.safetensors.*lm_head\.lora_A.*logits read its weight"):
+        load_lora(model, tmp_path / "adapters")
+    apply_lora(model, ("q_proj",), rank=2, alpha=4.0)
+    with pytest.raises(ValueError, match=r"save_pretrained.*LoRA.*q_proj\.lora_A.*merge_and_unload"):
+        save_pretrained(model, None, tmp_path / "full")
+    assert not (tmp_path / "full" / "model.safetensors").exists()
+
+
 def test_merge_command_writes_a_checkpoint_transformers_loads(tmp_path, tiny_tokenizer):
     transformers = pytest.importorskip("transformers")
     from conftest import random_model
@@ -373,11 +397,12 @@ def test_merge_command_writes_a_checkpoint_transformers_loads(tmp_path, tiny_tok
 
     model = random_model(_gemma_config(), seed=8)
     save_pretrained(model, tiny_tokenizer, tmp_path / "base")
+    (tmp_path / "base" / "generation_config.json").write_text('{"eos_token_id": [1, 107], "pad_token_id": 0}')
     randomize_lora(apply_lora(model, ("q_proj", "o_proj", "up_proj"), rank=3, alpha=6.0), std=0.1)
     save_lora(model, tmp_path / "adapters")
     main(["merge", "--base", str(tmp_path / "base"), "--adapters", str(tmp_path / "adapters"),
           "--out", str(tmp_path / "merged")])
-    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "generation_config.json"):
         assert (tmp_path / "merged" / name).read_bytes() == (tmp_path / "base" / name).read_bytes()
     with safe_open(str(tmp_path / "merged" / "model.safetensors"), framework="pt") as f:
         assert sorted(f.keys()) == sorted(k for k in model.state_dict() if "lora" not in k)
