@@ -51,7 +51,7 @@ from nanoo1.mcts import MCTSConfig, mcts
 from nanoo1.ppm import ProcessPreferenceModel, fit, pair_batch_loss, preference_pairs, save_scorer
 from nanoo1.recipe import LoRASettings
 from nanoo1.rounds import COLUMNS, draw_rounds, line, measure, plot_rounds, row_line, rstar_policy, slip_pairs
-from nanoo1.rstar import RStarConfig, best_traces, encode_trace, final_pairs, ppm_input
+from nanoo1.rstar import RStarConfig, best_traces, encode_trace, final_pairs, ppm_input, step_failed
 from nanoo1.sft import SFTConfig, make_batches, passes, train_sft
 from nanoo1.tasks import TINY_DIR, Problem, load_jsonl
 from nanoo1.thoughts import Tree
@@ -143,12 +143,12 @@ def sft_examples(tokenizer, trees: list[Tree], per_problem: int = 2) -> list[tup
 
 
 def ppm_pairs(tokenizer, trees: list[Tree]) -> list[tuple[list[int], list[int]]]:
-    """(positive, negative) PPM inputs of every tree's pairs, in tree order: its sibling pairs
+    """(positive, negative) PPM inputs of every tree's pairs, in tree order: its sibling pairs of steps that ran
     (`ppm.preference_pairs`), then its final-step pairs of whole trajectories (`rstar.final_pairs`) not
     already among them."""
     out = []
     for tree in trees:
-        siblings = preference_pairs(tree)
+        siblings = preference_pairs(tree, usable=lambda node: not step_failed(node.text))
         pairs = siblings + [pair for pair in final_pairs(tree) if pair not in siblings]
         out += [(ppm_input(tokenizer, tree.path(pos)), ppm_input(tokenizer, tree.path(neg))) for pos, neg in pairs]
     return out

@@ -12,6 +12,7 @@ whole solutions instead, each labelled by whether its final answer is correct (`
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable
 
 import torch
 import torch.nn as nn
@@ -80,13 +81,15 @@ def ppm_scores(ppm: ProcessPreferenceModel, sequences: list[list[int]], pad_id: 
     return torch.cat(out).float().cpu() if out else torch.zeros(0)
 
 
-def preference_pairs(tree: Tree, per_side: int = 2) -> list[tuple[Node, Node]]:
+def preference_pairs(tree: Tree, per_side: int = 2, usable: Callable[[Node], bool] | None = None) -> list[tuple[Node, Node]]:
     """(positive, negative) sibling steps of a searched tree, the PPM's training pairs (rStar-Math sec. 3.3).
 
     Per parent: the `per_side` children with the highest Q (`node.value`) among those with a correct answer
     below them (a "success" terminal in their subtree, themselves included), against the `per_side` with the
     lowest Q among those with only wrong endings below ("failure" terminals and no success); every positive
-    is paired with every negative. Children without a value are skipped; ties keep the children's order.
+    is paired with every negative. Children without a value are skipped, and so are those `usable` rejects
+    (rStar: `lambda n: not rstar.step_failed(n.text)`, as its tree holds only steps that ran); ties keep the
+    children's order.
     """
     reach = {}  # node id -> (a success below, a failure below)
     for node in reversed(tree.nodes):  # a child's id is larger than its parent's
@@ -96,7 +99,7 @@ def preference_pairs(tree: Tree, per_side: int = 2) -> list[tuple[Node, Node]]:
         reach[node.id] = (good, bad)
     pairs = []
     for parent in tree.nodes:
-        kids = [c for c in parent.children if c.value is not None]
+        kids = [c for c in parent.children if c.value is not None and (usable is None or usable(c))]
         pos = sorted([c for c in kids if reach[c.id][0]], key=lambda c: -c.value)[:per_side]
         neg = sorted([c for c in kids if reach[c.id][1] and not reach[c.id][0]], key=lambda c: c.value)[:per_side]
         pairs += [(p, n) for p in pos for n in neg]

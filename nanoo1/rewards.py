@@ -93,7 +93,7 @@ def extract_answer(text: str) -> str | None:
     """The final answer of a response, as written, or None when it states none.
 
     Tried in order, the last match in the text winning within each kind:
-    0. rStar's `<output>...</output>` observation (what the final code step printed): its content;
+    0. rStar's `<output>...</output>` observation (what the final code step printed): its last line;
     1. `\\boxed{...}` (nested braces allowed): its content;
     2. a GSM8K `#### ...` line: the rest of the line;
     3. "answer is ..." / "answer: ...": the first number after it on that line (else the words up to
@@ -105,7 +105,7 @@ def extract_answer(text: str) -> str | None:
         return None
     output = _last_output(text)
     if output is not None:
-        return _trim(output)
+        return _trim(output.strip().rpartition("\n")[2])
     boxed = last_boxed(text)
     if boxed is not None and boxed.strip():
         return _trim(boxed)
@@ -202,8 +202,14 @@ def _candidates(answer: str, value: Fraction) -> set:
 
 
 def check(response: str, ground_truth, rel_tol: float = 1e-6) -> bool:
-    """Whether the final answer of `response` (see `extract_answer`) equals `ground_truth`; never raises,
-    and an answer that cannot be read is wrong.
+    """Whether the final answer of `response` (`extract_answer`) equals `ground_truth` (`answer_matches`)."""
+    return answer_matches(extract_answer(response), ground_truth, rel_tol)
+
+
+def answer_matches(predicted: str | None, ground_truth, rel_tol: float = 1e-6) -> bool:
+    """Whether an answer already taken from a response (`extract_answer`; None: there was none) equals
+    `ground_truth`; never raises, and an answer that cannot be read is wrong. Nothing more is extracted
+    from `predicted`: "Total: 12" is not 12.
 
     ground_truth: a bare answer ("72", "3/4", 72, "\\text{(B)}"), a text with a `\\boxed{}` answer, or a
     whole GSM8K solution ending in "#### 72".
@@ -219,7 +225,7 @@ def check(response: str, ground_truth, rel_tol: float = 1e-6) -> bool:
     - lettered choices compare by letter: "(B)", "B", "B.", "\\text{(B)}", "\\textbf{B}" and "(b)";
     - anything else compares as `normalize_answer` keys; a number never equals a non-number.
     """
-    predicted, truth = extract_answer(response), _reference_answer(ground_truth)
+    truth = _reference_answer(ground_truth)
     if predicted is None or truth is None:
         return False
     x, y = parse_number(predicted), parse_number(truth)

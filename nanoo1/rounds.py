@@ -31,13 +31,14 @@ def rstar_policy(model, tokenizer, config, ppm=None, seed: int = 0, temperature:
 def draw_rounds(problems: list[Problem], config, source: str = "the training problems") -> list[list[Problem]]:
     """Each round's `config.problems` training problems (`config`: an evolve.EvolveConfig), none drawn twice:
     the problems in one order shuffled with the seed; round 0 takes the first of at least `min_steps` steps,
-    each later round the next of at least `later_min_steps`. Raises ValueError, naming `source`, when there
-    are too few."""
+    each later round the next of at least `later_min_steps`. Problems without worked steps (GSM8K's) are
+    drawn whatever those bounds. Raises ValueError, naming `source`, when there are too few."""
     order = random.Random(config.seed).sample(problems, len(problems))
     taken, rounds = set(), []
     for k in range(config.rounds):
         least = config.min_steps if k == 0 else max(config.min_steps, config.later_min_steps)
-        chosen = [i for i, p in enumerate(order) if i not in taken and len(p.steps) >= least][: config.problems]
+        chosen = [i for i, p in enumerate(order) if i not in taken and (not p.steps or len(p.steps) >= least)]
+        chosen = chosen[: config.problems]
         if len(chosen) < config.problems:
             raise ValueError(f"{source}: round {k} wants {config.problems} problems of at least {least} steps not "
                              f"drawn before, {len(chosen)} left ({len(problems)} problems in all)")
@@ -56,9 +57,10 @@ def slip_pairs(tokenizer, problems: list[Problem], seed: int = 0) -> dict[str, l
       operand  the same step with its operand miscopied, off by 1 or 2 (every step before the final print);
       skip     the next sentence's step written instead, so one sentence is never used (steps before the
                last one);
-      early    the answer printed now, with what it prints, a step too soon (from the second step on)."""
+      early    the answer printed now, with what it prints, a step too soon (from the second step on).
+    Problems without worked steps give none."""
     rng, pairs = random.Random(seed), {kind: [] for kind in SLIPS}
-    for problem in problems:
+    for problem in (p for p in problems if p.steps):
         steps = problem.code_steps()
         question, n = steps[-1][0].partition(": ")[2], len(steps) - 1  # the closing question; arithmetic steps
         rendered = [format_step(comment, code) for comment, code in steps]
@@ -101,7 +103,7 @@ def held_out_accuracy(policy_model, tokenizer, problems: list[Problem], config, 
 def measure(policy_model, ppm, tokenizer, problems: list[Problem], pairs, config) -> dict:
     """The held-out cells of a row: policy greedy (and its tokens per problem); with a PPM, beam search scored by
     it (when config.beam) and its accuracy on the held-out `pairs` (`slip_pairs`: all of them, and by kind). None
-    where there is no PPM yet."""
+    where there is no PPM yet, or no pairs."""
     accuracy, tokens = held_out_accuracy(policy_model, tokenizer, problems, config, seed=config.seed)
     row = {"greedy": accuracy, "greedy_tokens": round(tokens, 1), "ppm_search": None, "ppm_pair_accuracy": None}
     if ppm is not None:  # no PPM before the first round
@@ -109,7 +111,8 @@ def measure(policy_model, ppm, tokenizer, problems: list[Problem], pairs, config
             row["ppm_search"] = held_out_accuracy(policy_model, tokenizer, problems, config, ppm, config.beam,
                                                   config.seed)[0]
         right = {kind: ordered_right(ppm, pairs[kind], tokenizer.pad_id) for kind in SLIPS}
-        row["ppm_pair_accuracy"] = sum(right.values()) / max(1, sum(len(pairs[kind]) for kind in SLIPS))
+        n = sum(len(pairs[kind]) for kind in SLIPS)
+        row["ppm_pair_accuracy"] = sum(right.values()) / n if n else None
         row["ppm_slip_accuracy"] = {kind: right[kind] / len(pairs[kind]) if pairs[kind] else None for kind in SLIPS}
     return row
 

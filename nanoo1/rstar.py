@@ -40,7 +40,7 @@ import torch
 from nanoo1.engine import generate, seeded_generator
 from nanoo1.policy import Candidate, generate_calls
 from nanoo1.ppm import ProcessPreferenceModel, ppm_scores
-from nanoo1.rewards import check
+from nanoo1.rewards import answer_matches
 from nanoo1.sandbox import SandboxResult, run_many
 from nanoo1.thoughts import Node, Tree
 from nanoo1.tokenizer import batch_ids
@@ -201,11 +201,7 @@ def step_reward(step: CodeStep, ground_truth) -> float | None:
     """rStar's terminal reward: +1 for a correct answer, -1 for a wrong one or a failed branch; None if not terminal."""
     if not step.terminal:
         return None
-    try:
-        correct = step.status == "answer" and step.answer is not None and check(step.answer, ground_truth)
-    except ValueError:  # an answer the checker cannot read (more digits than int() converts) is not correct
-        correct = False
-    return 1.0 if correct else -1.0
+    return 1.0 if step.status == "answer" and answer_matches(step.answer, ground_truth) else -1.0
 
 
 # -- the policy --------------------------------------------------------------------------------------
@@ -225,7 +221,9 @@ class RStarPolicy:
     prefilled once and forked k ways, `step_prefix` forced, stopping at STEP_END) and each call's steps are
     judged in one batched sandbox call (a program that already ran is not run again). A node's value is its
     PPM score, or 0 without a PPM (rStar-Math's first rounds, where terminal rewards alone guide the search).
-    A terminal step has the <conclusion> meta, any other <expansion>; requests' metas and hints are unused.
+    A step that printed an answer has the <conclusion> meta, any other <expansion> (one that ends its branch
+    without an answer is a "failure" terminal, so no search takes an answer from it); requests' metas and
+    hints are unused.
     """
 
     def __init__(self, model, tokenizer, config: RStarConfig | None = None, ppm: ProcessPreferenceModel | None = None,
@@ -296,11 +294,11 @@ def _fork_width(ks: list[int]) -> int:
 
 def _candidate(step: CodeStep, row, prompt: str, prompt_tokens: int) -> StepCandidate:
     n = max(1, len(row.entropy))
-    failed = step.terminal and (step.status != "answer" or step.answer is None)
-    return StepCandidate("<conclusion>" if step.terminal else "<expansion>", step.text, list(row.tokens),
+    answered = step.status == "answer" and step.answer is not None
+    return StepCandidate("<conclusion>" if answered else "<expansion>", step.text, list(row.tokens),
                          list(row.scaled_logprobs), math.exp(row.mean_logprob), sum(row.entropy) / n,
-                         sum(row.varentropy) / n, prompt, prompt_tokens,
-                         status=step.status, answer=step.answer, terminal="failure" if failed else None)
+                         sum(row.varentropy) / n, prompt, prompt_tokens, status=step.status, answer=step.answer,
+                         terminal="failure" if step.terminal and not answered else None)
 
 
 # -- what the process preference model (ppm.py) reads ---------------------------------------------------

@@ -139,5 +139,7 @@ def _batch(codes: list[str], config: dict) -> tuple[dict[int, SandboxResult], st
     for line in out.decode("utf-8", "replace").splitlines():
         answer = json.loads(line)
         index = answer.pop("index")
-        answers[index] = SandboxResult(**answer)
+        # JSON carries lone surrogates (a program's `raise ValueError(chr(0xd800))`), which no text encoder takes
+        answers[index] = SandboxResult(**{k: v.encode("utf-8", "replace").decode("utf-8") if isinstance(v, str) else v
+                                          for k, v in answer.items()})
     return answers, err.decode("utf-8", "replace").strip()[-2000:] or f"the supervisor exited with {proc.returncode}"

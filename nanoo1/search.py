@@ -35,7 +35,7 @@ from nanoo1.grow import (LOG_HALF, SearchResult, answer_of, best_value, expand, 
                          weighted_vote)
 from nanoo1.mcts import MCTSConfig, mcts
 from nanoo1.policy import Request, Spent, add_candidate
-from nanoo1.rewards import check
+from nanoo1.rewards import answer_matches
 from nanoo1.thoughts import Node, Tree
 
 METHODS = ("greedy", "best_of_n", "beam", "mcts")
@@ -170,7 +170,8 @@ def checked_greedy(policy, questions: list[str], verify: Callable[[str], bool] |
                    k: int = 8, temperature: float = 1.0) -> list[SearchResult]:
     """Greedy decoding with a step checker as a tool: a greedy thought that `verify` rejects is replaced by
     the most probable (by prior) of k thoughts sampled at `temperature` that it accepts; where none does,
-    the chain ends without an answer. A chain also ends at a <conclusion> or at config.max_depth.
+    the chain ends without an answer. A chain also ends at a <conclusion>, at a thought the policy marked
+    terminal (rStar: a failed step) or at config.max_depth.
 
     The model's own greedy chain, fixed only where it slipped: self-play's cheapest search (no value pass),
     whose successful chains show the policy what it would have written had it not slipped. A policy with
@@ -195,7 +196,7 @@ def checked_greedy(policy, questions: list[str], verify: Callable[[str], bool] |
         return chains
 
     def done(i, node) -> bool:
-        if node.meta == "<conclusion>" or node.depth >= config.max_depth:
+        if node.meta == "<conclusion>" or node.terminal is not None or node.depth >= config.max_depth:
             ends[i] = node
             return True
         return False
@@ -247,5 +248,5 @@ def search(policy, questions: list[str], config: SearchConfig | None = None,
 
 
 def grade(results: list[SearchResult], ground_truths: list[str]) -> list[bool]:
-    """Whether each result's answer equals its ground truth (rewards.check); no answer is wrong."""
-    return [r.answer is not None and check(r.answer, t) for r, t in zip(results, ground_truths)]
+    """Whether each result's answer equals its ground truth (`rewards.answer_matches`); no answer is wrong."""
+    return [answer_matches(r.answer, t) for r, t in zip(results, ground_truths)]

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from nanoo1.files import atomic_write
-from nanoo1.rewards import extract_answer
+from nanoo1.rewards import extract_answer, parse_number
 from nanoo1.thoughts import Tree
 
 NAMES = [("Mia", "she", "her"), ("Leo", "he", "him"), ("Ava", "she", "her"), ("Sam", "he", "him"),
@@ -179,7 +179,8 @@ def load_jsonl(path) -> list[Problem]:
         if final is None:
             raise ValueError(f"{path}:{i}: no final answer in {answer[-40:]!r}")
         steps = [Step(*s) for s in row.get("steps", [])]
-        problems.append(Problem(row["question"], final.replace(",", ""), steps))
+        number = parse_number(final) is not None  # "1,234" is stored as 1234; "(3, 4)" keeps its comma
+        problems.append(Problem(row["question"], final.replace(",", "") if number else final, steps))
     return problems
 
 

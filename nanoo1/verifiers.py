@@ -26,7 +26,7 @@ from nanoo1.files import atomic_write
 from nanoo1.lora import lora_copy
 from nanoo1.grow import majority_vote
 from nanoo1.ppm import ProcessPreferenceModel, fit, outcome_batch_loss, ppm_scores, save_scorer
-from nanoo1.rewards import check, extract_answer
+from nanoo1.rewards import answer_matches, extract_answer
 from nanoo1.rstar import OUTPUT, RStarConfig, RStarPolicy, encode_trace, ppm_input, step_failed
 from nanoo1.search import SearchConfig, sample_chains
 from nanoo1.sft import passes
@@ -87,7 +87,7 @@ def verifier_table(policy, tokenizer, problems, ppm: ProcessPreferenceModel, orm
     at = 0
     for problem, chain_ends in zip(mine, ends):
         answers = [printed_answer(e) for e in chain_ends]
-        correct = [a is not None and check(a, problem.answer) for a in answers]
+        correct = [answer_matches(a, problem.answer) for a in answers]
         for n in ns:
             for c in CHOOSERS:
                 pick = choose(answers[:n], None if c == "vote" else scores[c][at: at + n])

@@ -355,3 +355,23 @@ def test_rstar_output_observation_is_the_answer():
     assert extract_answer("# Step 3: the total\nprint(x3)\n<output>9</output>") == "9"
     assert not check('# Step 3: say it\nprint("x")\n<output>x</output>', "3")
     assert check("# Step 3: the total\nprint(x3)\n<output>3</output>", "3")
+
+
+def test_an_answer_once_extracted_is_compared_not_extracted_again():
+    """search.grade and the verifiers compare the answer a result already holds: the same verdict as `check`
+    on the whole response, also where a second extraction would read another number out of it."""
+    from types import SimpleNamespace
+
+    from nanoo1.rewards import answer_matches
+    from nanoo1.search import grade
+
+    for response, truth in [("\\boxed{2^{10}}", "1024"), ("\\boxed{3 \\times 10^5}", "300000"), ("\\boxed{(B)}", "B"),
+                            ("\\boxed{\\sqrt{2}}", "\\sqrt{2}")]:
+        answer = extract_answer(response)
+        assert check(response, truth) and answer_matches(answer, truth)
+        assert grade([SimpleNamespace(answer=answer)], [truth]) == [True]
+    assert grade([SimpleNamespace(answer=None)], ["12"]) == [False]
+    # rStar: the last line the final step printed is its answer, wherever it is read
+    assert extract_answer("print(x1)\nprint(x2)\n<end_of_step>\n<output>9\n12\n</output>") == "12"
+    assert not check("print(t)\n<end_of_step>\n<output>Total: 12</output>", "12")
+    assert not answer_matches("Total: 12", "12")

@@ -18,7 +18,7 @@ from nanoo1.checkpoint import load_pretrained, save_pretrained
 from nanoo1.engine import Completion
 from nanoo1.evolve import (EvolveConfig, coverage, finetune_policy, ppm_pairs, run,
                            self_evolution_round, sft_examples, train_ppm)
-from nanoo1.grow import expand
+from nanoo1.grow import answer_of, expand
 from nanoo1.mcts import MCTSConfig, mcts
 from nanoo1.lora import load_lora
 from nanoo1.policy import Request
@@ -33,7 +33,7 @@ from nanoo1.rstar import (RSTAR_TOKENS, STEP_END, CodeStep, RStarConfig, RStarPo
 from nanoo1.sandbox import run_many
 from nanoo1.search import SearchConfig, search
 from nanoo1.sft import lm_loss
-from nanoo1.tasks import Problem, Step, make_problems, write_jsonl
+from nanoo1.tasks import Problem, Step, load_jsonl, make_problems, write_jsonl
 from nanoo1.thoughts import Tree
 from nanoo1.tokenizer import SPECIAL_TOKENS, train_tokenizer
 from nanoo1.verifiers import choose, outcome_examples, printed_answer, verifier_table
@@ -240,6 +240,18 @@ def test_preference_pairs_on_a_hand_made_tree():
     assert [(p.text, n.text) for p, n in preference_pairs(tree)][-1:] == [("a", "f")]  # a2 is no negative any more
 
 
+def test_preference_pairs_leave_out_steps_that_did_not_run():
+    tree = Tree(MIA.question)
+    failed = "# Step 1: x\nx1 = y\n" + STEP_END + "\n<error>NameError: name 'y' is not defined</error>"
+    ran, wrong = tree.add(tree.root, "<expansion>", STEP1, value=0.5), tree.add(tree.root, "<expansion>", "w", value=-0.5)
+    above = tree.add(tree.root, "<expansion>", failed, value=0.9)  # the best Q, and a success below it
+    below = tree.add(tree.root, "<expansion>", failed, value=-0.9)  # the worst Q, and only a failure below it
+    for parent, terminal in [(ran, "success"), (wrong, "failure"), (above, "success"), (below, "failure")]:
+        tree.add(parent, "<conclusion>", STEP3, value=0.0, terminal=terminal)
+    assert preference_pairs(tree, per_side=1) == [(above, below)]
+    assert preference_pairs(tree, usable=lambda n: not step_failed(n.text)) == [(ran, wrong)]
+
+
 def test_pair_batch_rows(code_tokenizer):
     tree = Tree(MIA.question)
     s1 = tree.add(tree.root, "<expansion>", STEP1, value=0.5)
@@ -302,8 +314,9 @@ def test_final_pairs_put_the_best_correct_trajectories_against_the_worst_that_pr
     assert final_pairs(tree) == [(right, wrong2), (right, wrong)]
     assert final_pairs(tree, per_side=1) == [(right, wrong2)]
     assert final_pairs(Tree(MIA.question)) == []
-    # in evolve's pairs (right, wrong) comes once: it is a sibling pair too
-    assert len(ppm_pairs(code_tokenizer, [tree])) == len(preference_pairs(tree)) + 1
+    # in evolve's pairs (right, wrong) comes once: it is a sibling pair too; the step that did not run is in none
+    ran = preference_pairs(tree, usable=lambda node: not step_failed(node.text))
+    assert len(ppm_pairs(code_tokenizer, [tree])) == len(ran) + 1 and len(ran) < len(preference_pairs(tree))
 
 
 # -- the policy end to end -----------------------------------------------------------------------------
@@ -360,10 +373,10 @@ def test_policy_judges_scripted_steps_and_fills_candidates(code_tokenizer, monke
     assert len(batches) == 1 and len(batches[0]) == 5 and len(policy.ran) == 5
     assert [(c.status, c.meta, c.terminal, c.answer) for c in root_c] == [
         ("ok", "<expansion>", None, None), ("error", "<expansion>", None, None),
-        ("invalid", "<conclusion>", "failure", None)]
+        ("invalid", "<expansion>", "failure", None)]
     assert [(c.status, c.meta, c.terminal, c.answer) for c in s1_c] == [
         ("ok", "<expansion>", None, None), ("answer", "<conclusion>", None, "12"),  # judged by search: 12 != 9
-        ("answer", "<conclusion>", "failure", None)]  # printed nothing: no answer
+        ("answer", "<expansion>", "failure", None)]  # printed nothing: no answer
     assert root_c[1].text.endswith("<error>NameError: name 'y' is not defined</error>")
     assert s1_c[1].text == "# Step 2: shortcut\nprint(x1)\n" + STEP_END + "\n<output>12</output>"
     assert [c.prompt for c in s1_c] == [after1 + "#"] * 3 and greedy_c[0].text == STEP2
@@ -375,7 +388,27 @@ def test_policy_judges_scripted_steps_and_fills_candidates(code_tokenizer, monke
     values, tokens = policy.evaluate([tree.path(s1)])
     assert (values, tokens) == ([0.0], [0])  # no PPM yet: terminal rewards alone guide the search
     (kids,), _ = expand(policy, requests[:1])  # search keeps the policy's verdict on the node
-    assert [(k.meta, k.terminal) for k in kids] == [("<expansion>", None), ("<expansion>", None), ("<conclusion>", "failure")]
+    assert [(k.meta, k.terminal) for k in kids] == [("<expansion>", None), ("<expansion>", None), ("<expansion>", "failure")]
+
+
+def test_steps_that_end_their_branch_without_an_answer_give_search_none(code_tokenizer, monkeypatch):
+    # the only steps: one whose code fails (error_threshold 1 ends the branch) and one that prints nothing;
+    # both texts hold a number, which no search may take for an answer
+    texts = ["# Step 1: x\nraise ValueError(18)\n" + STEP_END, "# Step 1: y\nprint()\n" + STEP_END]
+
+    def scripted_generate(model, prompts, *args, num_samples=1, suffixes=None, **kwargs):
+        return [Completion(list(p) + suffixes[0], [5], texts[j].removeprefix("#"), logprobs=[-0.5], scaled_logprobs=[-0.5],
+                           entropy=[1.0], varentropy=[0.5], forced=[False]) for p in prompts for j in range(num_samples)]
+
+    monkeypatch.setattr(rstar, "generate", scripted_generate)
+    policy = RStarPolicy(random_model(Gemma2Config.preset("tiny", num_hidden_layers=1)), code_tokenizer,
+                         RStarConfig(error_threshold=1))
+    for config in [SearchConfig(method="greedy"), SearchConfig(method="best_of_n", n=2),
+                   SearchConfig(method="beam", n=2, expand=2)]:
+        (result,) = search(policy, [MIA.question], config)
+        ends = result.tree.root.children
+        assert [(n.meta, n.terminal, answer_of(n)) for n in ends] == [("<expansion>", "failure", None)] * len(ends)
+        assert ends[0].text.endswith("<error>ValueError: 18</error>") and result.answer is None
 
 
 def test_max_rows_splits_the_candidate_steps_into_calls_of_at_most_that_many(mia_model, code_tokenizer, monkeypatch):
@@ -751,6 +784,23 @@ def test_rounds_draw_disjoint_problems_and_later_rounds_harder_ones():
     assert draw_rounds(problems, config) == rounds and draw_rounds(problems, replace(config, seed=2)) != rounds
     with pytest.raises(ValueError, match="train.jsonl: round 1 wants 60 problems of at least 4 steps"):
         draw_rounds(problems, replace(config, problems=60), "train.jsonl")
+
+
+def test_problems_without_worked_steps_are_drawn_and_give_no_pairs(code_tokenizer, tmp_path, monkeypatch):
+    import nanoo1.rounds as rounds
+
+    (tmp_path / "gsm.jsonl").write_text("".join(json.dumps({"question": f"What is {i} + 1?", "answer": f"so #### {i + 1}"})
+                                                + "\n" for i in range(8)))
+    plain = load_jsonl(tmp_path / "gsm.jsonl")  # steps == []: drawn whatever later_min_steps asks
+    drawn = draw_rounds(plain, EvolveConfig(rounds=2, problems=4, later_min_steps=4))
+    assert sorted(id(p) for r in drawn for p in r) == sorted(map(id, plain))
+    drawn = draw_rounds(plain + make_problems(20, seed=3), EvolveConfig(rounds=2, problems=8, later_min_steps=4))
+    assert all(len(p.steps) >= 4 or not p.steps for p in drawn[1])  # worked solutions still filtered
+    pairs = slip_pairs(code_tokenizer, plain)
+    assert pairs == {"operand": [], "skip": [], "early": []}
+    monkeypatch.setattr(rounds, "held_out_accuracy", lambda *args, **kwargs: (0.5, 10.0))
+    row = rounds.measure(None, "a PPM", code_tokenizer, plain, pairs, EvolveConfig(beam=0))  # no pairs: no PPM call
+    assert row["ppm_pair_accuracy"] is None and "-" in rounds.row_line({"round": 1, **row, "seconds": 1.0}).split()
 
 
 def test_tiny_evolve_starts_from_rstars_own_warm_start(tmp_path):

@@ -569,6 +569,17 @@ def test_forged_report_ends_in_a_result():
     assert (r.error, r.message) == ("[1]", "2")  # it can lie about itself, and only that
 
 
+def test_every_text_of_a_result_is_utf8():
+    # lone surrogates in a message, an exit code and a forged report: JSON carries them, no text encoder takes them
+    forged = r"""import os
+os.write(3, b'\n{"error": "\\ud800", "message": "\\udc00"}\n')
+os._exit(1)"""
+    results = run_many(["raise ValueError(chr(0xd800))", "import sys\nsys.exit(chr(0xdfff) + 'x')", forged])
+    assert [(r.error, r.message) for r in results] == [("ValueError", "?"), ("SystemExit", "?x"), ("?", "?")]
+    for r in results:
+        (r.stdout + r.error + r.message).encode("utf-8")
+
+
 def test_nested_directories(hook):
     # past the recursion limit, each unlistable: what broke the cleanup before
     code = ("import os\ntop = os.getcwd()\nfor _ in range(1100):\n    os.mkdir('d', 0o300)\n    os.chdir('d')\n"

@@ -54,6 +54,8 @@ def test_jsonl_round_trip_and_gsm8k_format(tmp_path):
     assert row["answer"].endswith("#### " + problems[0].answer)
     (tmp_path / "g.jsonl").write_text(json.dumps({"question": "q?", "answer": "2 + 2 = 4\n#### 1,004"}) + "\n")
     assert load_jsonl(tmp_path / "g.jsonl") == [Problem("q?", "1004")]
+    (tmp_path / "m.jsonl").write_text(json.dumps({"question": "q?", "answer": "(3, 4)"}) + "\n")  # not a number: as written
+    assert load_jsonl(tmp_path / "m.jsonl") == [Problem("q?", "(3, 4)")]
 
 
 def test_loader_errors_name_file_and_line(tmp_path):
