@@ -54,8 +54,10 @@ def grpo_iteration(model, tokenizer, opt, problems, it: int, config: SelfPlayCon
         rewards = rollout_rewards(rows, correct, config)
         adv = grpo_advantages(rewards, g.group_size, scale_std=g.loss_type != "dr_grpo")
         keep = [i for i in range(len(rows)) if adv[i] != 0]
+        tokens = dist.total(sum(len(row.tokens) for row in rows))  # the generation batch's, every rank's: dapo's divisor
         if dist.largest(len(keep)):  # a rank whose groups all agree joins the others' updates with no rows
-            steps += _grpo_updates(model, tokenizer, opt, [rows[i] for i in keep], adv[keep], it * g.rounds + r, config)
+            steps += _grpo_updates(model, tokenizer, opt, [rows[i] for i in keep], adv[keep], it * g.rounds + r, config,
+                                   tokens)
         seen["reward"].append(rewards)
         seen["correct"].append(correct)
         seen["cut"].append(torch.tensor([float(any(row.forced)) for row in rows]))
@@ -83,9 +85,10 @@ def rollout_rewards(rows, correct, config: SelfPlayConfig):
     return cosine_length_reward(correct.bool(), lengths, g.think_budget + 1 + g.solution_budget) + penalty
 
 
-def _grpo_updates(model, tokenizer, opt, rows, adv, seed: int, config: SelfPlayConfig) -> list[dict]:
+def _grpo_updates(model, tokenizer, opt, rows, adv, seed: int, config: SelfPlayConfig, tokens) -> list[dict]:
     """`epochs` passes of `grpo_step` over minibatches of the rollouts, shuffled by `seed`, against their
-    log-probs under the policy that sampled them (stored first, PPO-style). Returns each step's statistics."""
+    log-probs under the policy that sampled them (stored first, PPO-style); `tokens`, the completion tokens of
+    the whole generation batch (all ranks), is dapo's divisor in every minibatch. Returns each step's statistics."""
     g, device = config.grpo, model.output_embedding.device
     ids, attn = batch_ids([r.prompt + r.tokens for r in rows], tokenizer.pad_id)
     mask = torch.zeros_like(ids)
@@ -117,7 +120,8 @@ def _grpo_updates(model, tokenizer, opt, rows, adv, seed: int, config: SelfPlayC
         order = torch.randperm(len(rows), generator=shuffle).to(device)
         for s in range(0, n * g.grpo_minibatch, g.grpo_minibatch):
             with bf16_autocast(autocast(config), device):
-                steps.append(grpo_step(model, opt, {k: v[order[s:s + g.grpo_minibatch]] for k, v in batch.items()}, cfg))
+                part = {k: v[order[s:s + g.grpo_minibatch]] for k, v in batch.items()}
+                steps.append(grpo_step(model, opt, {**part, "num_items_in_batch": tokens}, cfg))
     model.eval()
     return steps
 

@@ -81,19 +81,27 @@ def chain_items(tokenizer, paths: list[list], rates: dict[int, float] | None = N
     """One replay item per chain: token ids, which tokens train the policy (each thought once per tree),
     per-token advantages, and value positions with their targets.
 
-    GAE runs root first along the chain (Schulman et al. 2016, eq. 16): V after thought k is its success rate in the tree (`success_rates`), r = 1 at a successful
-    terminal, else 0. A thought's value target is its success rate; a terminal's is r.
+    GAE runs root first along each chain (Schulman et al. 2016, eq. 16): V after thought k is its success
+    rate in the tree (`success_rates`), r = 1 at a successful terminal, else 0. A thought on several chains
+    (a shared prefix) trains once, in the first, with the mean of its advantages over all of them: along any
+    one chain its advantage holds that chain's later TD errors, which would credit a shared thought with
+    the outcome of whichever chain came first. A thought's value target is its success rate; a terminal's is r.
     """
-    items, trained = [], set()
     rate = {} if rates is None else rates
+    chains, advantage_of = [], {}  # id(node) -> its advantage along every chain through it
     for path in paths:
-        ids, spans = chain_tokens(tokenizer, path)
         reward = 1.0 if path[-1].terminal == "success" else 0.0
         after = [rate.get(n.id, math.exp(min(0.0, n.value if n.value is not None else math.log(0.5)))) for n in path]
         values = torch.tensor(after[:-1])  # entry k: the state before thought k+1 (the root's rate first)
         rewards = torch.zeros(len(path) - 1)
         rewards[-1] = reward
         adv, _ = path_gae(rewards, values, gamma, lam)
+        for node, a in zip(path[1:], adv.tolist()):
+            advantage_of.setdefault(id(node), []).append(a)
+        chains.append((path, reward, after))
+    items, trained = [], set()
+    for path, reward, after in chains:
+        ids, spans = chain_tokens(tokenizer, path)
         mask, advantages = [0] * len(ids), [0.0] * len(ids)
         value_pos, value_target = [], []
         for k, (node, (start, end, rating)) in enumerate(zip(path[1:], spans)):
@@ -102,8 +110,9 @@ def chain_items(tokenizer, paths: list[list], rates: dict[int, float] | None = N
             if id(node) in trained:  # shared prefix: context here, trained in its first chain
                 continue
             trained.add(id(node))
+            a = sum(advantage_of[id(node)]) / len(advantage_of[id(node)])
             for t in range(start, end):
-                mask[t], advantages[t] = 1, float(adv[k])
+                mask[t], advantages[t] = 1, a
         items.append({"ids": ids, "mask": mask, "advantages": advantages, "value_pos": value_pos,
                       "value_target": value_target})
     return items

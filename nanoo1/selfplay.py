@@ -125,10 +125,10 @@ def imitation_iteration(model, tokenizer, opt, policy, problems, memory: Priorit
     model.train()
     batch = max(1, c.batch // dist.place().world)
     losses = [sft_step(model, opt, collate(items[s * batch:(s + 1) * batch], tokenizer.pad_id), c.lr, autocast(config))
-              for s in range(dist.smallest(len(items) // batch))]
+              for s in range(dist.smallest(-(-len(items) // batch)))]  # the last batch may be short
     model.eval()
     return {"imitation_solved": len(wins) / max(1, len(problems)), "imitation_replayed": len(old),
-            "imitation_loss": sum(losses) / max(1, len(losses))}
+            "imitation_steps": len(losses), "imitation_loss": sum(losses) / max(1, len(losses))}
 
 
 def load_problems(config: SelfPlayConfig):

@@ -88,9 +88,10 @@ def ppo_step(model, optimizer, batch: dict, config: PPOConfig,
     advantages (B, T) or (B,), e.g. from `gae`; optionally weights (B,), per-row importance weights.
     Extra tensors with B rows are sliced along with them and handed to `value_loss_fn(model, micro_batch,
     hidden)` with the decoder's output of that forward pass (so the value costs no second forward), which
-    returns the mean value loss over the micro-batch rows (for nanoo1 the rating-token value loss), or
-    (loss, priorities (b,)), e.g. `td_priority`. The accumulated gradient equals that of the whole batch
-    (token mean for the policy, row mean for the value), whatever micro_batch_size is. Returns floats: loss,
+    returns the micro-batch's mean value loss (for nanoo1 the rating-token value loss): over its value
+    positions when the batch has a value_mask (B, K), else over its rows; or (loss, priorities (b,)), e.g.
+    `td_priority`. The accumulated gradient equals that of the whole batch (token mean for the policy,
+    position or row mean for the value), whatever micro_batch_size is. Returns floats: loss,
     policy_loss, value_loss, clip_frac, approx_kl (measured before the update), grad_norm (before clipping),
     skipped; and row_priority, the priorities value_loss_fn returned (empty without them).
     Under torchrun each rank passes its own rows: the means are over the rows and tokens of all ranks and
@@ -99,6 +100,7 @@ def ppo_step(model, optimizer, batch: dict, config: PPOConfig,
     _require(batch, ("input_ids", "attention_mask", "completion_mask", "old_logp", "advantages"), "ppo_step")
     B = int(dist.total(batch["input_ids"].shape[0]))  # rows and tokens of the whole batch, over all ranks
     n_tokens = dist.total(batch["completion_mask"].sum()).clamp(min=1)
+    n_values = dist.total(batch["value_mask"].sum()).clamp(min=1) if "value_mask" in batch else None
     stats = dict.fromkeys(("loss", "policy_loss", "value_loss", "clip_frac", "approx_kl"), 0.0)
     row_priority = []
     optimizer.zero_grad(set_to_none=True)
@@ -115,7 +117,7 @@ def ppo_step(model, optimizer, batch: dict, config: PPOConfig,
             if isinstance(vl, tuple):
                 vl, priorities = vl
                 row_priority += priorities.tolist()
-            vl = vl * (mb["input_ids"].shape[0] / B)
+            vl = vl * (mb["value_mask"].sum() / n_values if n_values is not None else mb["input_ids"].shape[0] / B)
             loss = loss + config.vf_coef * vl
             stats["value_loss"] += vl.detach()
         loss.backward()

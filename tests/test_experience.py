@@ -8,7 +8,7 @@ from nanoo1.experience import (chain_items, collate_chains, imitation_items, out
                                row_priorities, stamp_old, success_rates, tree_chains)
 from nanoo1.warmstart import TINY_MODEL
 from nanoo1.tasks import TINY_DIR, make_problems
-from nanoo1.thoughts import Tree, render_node, render_path
+from nanoo1.thoughts import Tree, chain_tokens, render_node, render_path
 from nanoo1.tokenizer import Tokenizer
 
 
@@ -25,8 +25,9 @@ def test_chains_advantages_and_value_targets():
     paths = tree_chains(tree, 4)
     assert [q[-1] for q in paths] == [win, lose]
     items = chain_items(tok, paths, gamma=1.0, lam=1.0)
-    # gamma = lam = 1: A_k = R - V(before k). V before a = exp(-0.2), before the conclusion = exp(-0.1)
-    adv_a, adv_win = 1 - torch.exp(torch.tensor(-0.2)).item(), 1 - torch.exp(torch.tensor(-0.1)).item()
+    # gamma = lam = 1: A_k = R - V(before k). V before a = exp(-0.2), before the conclusion = exp(-0.1);
+    # the shared `a` gets the mean over its two chains, (1 - exp(-0.2) + 0 - exp(-0.2)) / 2
+    adv_a, adv_win = 0.5 - torch.exp(torch.tensor(-0.2)).item(), 1 - torch.exp(torch.tensor(-0.1)).item()
     adv_lose = 0 - torch.exp(torch.tensor(-0.1)).item()
     first, second = items
     trained = sorted({round(x, 5) for x, m in zip(first["advantages"], first["mask"]) if m})
@@ -39,8 +40,10 @@ def test_chains_advantages_and_value_targets():
     rates = success_rates(tree)
     assert rates == {tree.root.id: 0.5, a.id: 0.5, win.id: 0.75, lose.id: 0.25}
     first, second = chain_items(tok, paths, rates, gamma=1.0, lam=1.0)
-    # A_a = 0 + V(a) - V(root) + A_win = 0 + 0.5 - 0.5 + (1 - 0.5) = 0.5; A_lose = 0 - 0.5
-    assert {round(x, 5) for x, m in zip(first["advantages"], first["mask"]) if m} == {0.5}
+    # along the winning chain A_a = 0 + V(a) - V(root) + A_win = 0 + 0.5 - 0.5 + (1 - 0.5) = 0.5, along the
+    # losing one 0 + (0 - 0.5) = -0.5: a thought as likely to succeed as its parent has the mean, 0
+    by_thought = [round(first["advantages"][s], 5) for s, _, _ in chain_tokens(tok, paths[0])[1]]
+    assert by_thought == [0.0, 0.5]
     assert {round(x, 5) for x, m in zip(second["advantages"], second["mask"]) if m} == {-0.5}
     assert first["value_target"] == [0.5, 1.0] and second["value_target"] == [0.5, 0.0]
     # value positions hold <start_of_rating>; trained tokens end with <end_of_thought>

@@ -369,6 +369,30 @@ def test_ppo_step_value_loss_fn_plugs_in():
         torch.testing.assert_close(a, p.grad)
 
 
+def test_ppo_step_value_loss_is_the_batch_mean_over_value_positions_whatever_the_micro_batches():
+    """Rows hold different numbers of value positions (value_mask): the value loss and its gradient are those
+    of `rating_bce` over the whole batch's positions, in micro-batches of 1, 3 or 4 rows alike."""
+    batch = ppo_batch(TinyLM())
+    batch["advantages"] = torch.zeros_like(batch["advantages"])  # only the value term
+    batch["value_pos"] = torch.tensor([[3, 4, 5], [4, 0, 0], [5, 6, 0], [6, 0, 0]])
+    batch["value_mask"] = torch.tensor([[1, 1, 1], [1, 0, 0], [1, 1, 0], [1, 0, 0]])
+    batch["value_target"] = torch.tensor([[1.0, 0.0, 1.0], [0.0, 0, 0], [1.0, 0.5, 0], [1.0, 0, 0]])
+
+    def value_fn(model, mb, hidden):  # the rating-token value's loss, averaged over the micro-batch's positions
+        rows = torch.arange(len(mb["value_pos"]))[:, None]
+        return rating_bce(model.logits(hidden)[rows, mb["value_pos"], :2], mb["value_target"], mb["value_mask"])
+
+    model = TinyLM()
+    whole = value_fn(model, batch, model.hidden_states(batch["input_ids"], batch["attention_mask"]))
+    (0.5 * whole).backward()
+    for size in (1, 3, 4):
+        update, stats = sgd_update(ppo_step, batch, PPOConfig(micro_batch_size=size, max_grad_norm=float("inf"), vf_coef=0.5),
+                                   value_loss_fn=value_fn)
+        assert stats["value_loss"] == pytest.approx(whole.item(), rel=1e-5)
+        for a, p in zip(update, model.parameters()):
+            torch.testing.assert_close(a, p.grad)
+
+
 def grpo_batch():
     ids, attn, mask = make_batch()
     return {"input_ids": ids, "attention_mask": attn, "completion_mask": mask,

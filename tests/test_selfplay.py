@@ -86,7 +86,8 @@ def test_imitation_steps_resume_exactly(tmp_path, warmstart, monkeypatch):
     import nanoo1.selfplay as selfplay
 
     monkeypatch.setattr(selfplay, "grade", lambda results, truths: [len(r.path) > 1 for r in results])
-    kw = dict(check_equations=False, problems_per_iteration=2, imitation_problems=4, eval_simulations=1, eval_best_of_n=1)
+    kw = dict(check_equations=False, problems_per_iteration=2, imitation_problems=4, eval_simulations=1, eval_best_of_n=1,
+              imitation_batch=3)
     straight = run(small(tmp_path / "a", warmstart, **kw), progress=False)
     killed_after_first_checkpoint(small(tmp_path / "b", warmstart, **kw), monkeypatch)
     resumed = run(small(tmp_path / "b", warmstart, **kw), resume=str(tmp_path / "b"), progress=False)
@@ -99,6 +100,7 @@ def test_imitation_steps_resume_exactly(tmp_path, warmstart, monkeypatch):
     # with the resumed run: without it the resumed second iteration would replay nothing)
     assert [m["imitation_solved"] for m in metrics] == [1.0, 1.0] and all(m["imitation_loss"] > 0 for m in metrics)
     assert [m["imitation_replayed"] for m in metrics] == [0, 4]
+    assert [m["imitation_steps"] for m in metrics] == [2, 3]  # one pass over 4 and 8 chains, 3 a step: the last short
     assert len(PrioritizedReplay.load(tmp_path / "b" / "iter-0001" / "imitation.pt")) == 8
     assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
 
@@ -169,6 +171,28 @@ def test_grpo_rollouts_go_in_whole_groups_of_at_most_max_rows(warmstart, monkeyp
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     m = elastic.grpo_iteration(model, tokenizer, opt, load_jsonl(TINY_DIR / "train.jsonl")[:4], 0, config)
     assert seen == calls and 0 <= m["correct"] <= 1  # a group is never split (3 rows: one group of 2 a call)
+
+
+def test_dapo_divides_every_minibatch_by_the_whole_generation_batchs_tokens(warmstart, monkeypatch):
+    """Split over minibatches, dapo's divisor is the completion tokens of the round's every rollout (Yu et al.
+    2025, eq. 8), not the minibatch's own (which is bnpo)."""
+    import nanoo1.elastic as elastic
+    from nanoo1.tasks import load_jsonl
+
+    monkeypatch.setattr(elastic, "check", lambda text, truth: len(text) % 2 == 0)  # rewards differ within a group
+    sizes, divisors, real_generate, real_step = [], [], elastic.generate_budgeted, elastic.grpo_step
+    monkeypatch.setattr(elastic, "generate_budgeted", lambda *a, **kw: [
+        sizes.append(len(row.tokens)) or row for row in real_generate(*a, **kw)])
+    monkeypatch.setattr(elastic, "grpo_step", lambda model, opt, batch, cfg: divisors.append(
+        (int(batch["num_items_in_batch"]), int(batch["completion_mask"].sum()))) or real_step(model, opt, batch, cfg))
+    config = small(warmstart, warmstart, algo="grpo", group_size=4, think_budget=4, solution_budget=2, problems_per_iteration=4,
+                   rounds=1, grpo_minibatch=2, loss_type="dapo")
+    model, tokenizer = load_pretrained(warmstart)
+    model.requires_grad_(True)
+    elastic.grpo_iteration(model, tokenizer, torch.optim.AdamW(model.parameters(), lr=1e-4),
+                           load_jsonl(TINY_DIR / "train.jsonl")[:4], 0, config)
+    assert len(divisors) > 1 and {whole for whole, _ in divisors} == {sum(sizes)}
+    assert all(own < sum(sizes) for _, own in divisors)
 
 
 def test_grpo_run_repeats_for_a_seed_and_resumes_exactly(tmp_path, warmstart, monkeypatch):
