@@ -235,7 +235,8 @@ def draws_per_iteration(config: SelfPlayConfig) -> int:
 
 
 def iteration_seed(seed: int, it: int) -> int:
-    """The seed of iteration `it`'s search or rollouts: distinct per iteration and per run seed."""
+    """The seed of iteration `it`'s search or rollouts (GRPO: of its round, it * rounds + r): distinct per
+    iteration, and per run seed while that count stays below 1000."""
     return seed * 1000 + it
 
 

@@ -49,6 +49,7 @@ from nanoo1.tokenizer import CODE_TOKENS
 RSTAR_TOKENS = CODE_TOKENS  # one token each in a tokenizer trained with tokenizer.SPECIAL_TOKENS
 STEP_END, OUTPUT, END_OUTPUT, ERROR, END_ERROR = CODE_TOKENS
 FINAL = re.compile(r"\bprint\s*\(")  # a step whose code prints is the last one
+CACHED_CHARS = 4096  # execute_steps keeps runs that printed at most this much: 16k programs a round stay under 64 MB
 
 
 @dataclass
@@ -186,13 +187,15 @@ def execute_steps(parents: list[list[str]], generated: list[str], config: RStarC
     """Judge generated[i] under the steps parents[i]; each distinct program runs once, all in one sandbox batch.
 
     cache: program -> result of earlier batches (a search tree repeats programs on sibling branches), read
-    and filled; runs that timed out or failed in the sandbox itself are not kept, they may go otherwise."""
+    and filled; runs that timed out or failed in the sandbox itself are not kept, they may go otherwise, nor
+    runs that printed more than CACHED_CHARS (run again if met again), so a round's cache stays small."""
     cache = {} if cache is None else cache
     parsed = [parse_step(g) for g in generated]
     programs = [None if p is None else joined_program(steps, p[1]) for steps, p in zip(parents, parsed)]
     distinct = list(dict.fromkeys(p for p in programs if p is not None and p not in cache))
     results = dict(zip(distinct, run_many(distinct, timeout=config.timeout, memory_mb=config.memory_mb) if distinct else []))
-    cache.update((p, r) for p, r in results.items() if r.error not in ("Timeout", "SandboxError"))
+    cache.update((p, r) for p, r in results.items()
+                 if r.error not in ("Timeout", "SandboxError") and len(r.stdout) + len(r.message) <= CACHED_CHARS)
     results.update((p, cache[p]) for p in programs if p in cache and p not in results)
     return [judge_step(steps, g, results.get(p), config) for steps, g, p in zip(parents, generated, programs)]
 

@@ -179,6 +179,15 @@ def test_error_threshold_one_rejects_at_once_and_a_timeout_is_an_error():
     assert "ZeroDivisionError" in steps[0].text and "<error>Timeout: " in steps[1].text
 
 
+def test_the_program_cache_keeps_small_runs_only():
+    cache = {}
+    small, large = "# Step 2: x\nprint(x1 - 3)\n" + STEP_END, "# Step 2: x\nprint('9' * 5000)\n" + STEP_END
+    steps = execute_steps([[STEP1], [STEP1]], [small, large], RStarConfig(), cache)
+    assert [s.status for s in steps] == ["answer", "answer"] and [len(r.stdout) for r in cache.values()] == [2]
+    again = execute_steps([[STEP1], [STEP1]], [small, large], RStarConfig(), cache)
+    assert again == steps  # the same judgement from the cache and from a second run
+
+
 # -- the PPM -------------------------------------------------------------------------------------------
 def test_ppm_pair_loss_known_values():
     # pairs (0.5, -0.5) and (0.0, 1.0): -log sigmoid(1) = log(1 + e^-1) = 0.3132617, -log sigmoid(-1) = 1.3132617
