@@ -40,7 +40,7 @@ import torch
 from nanoo1.engine import generate, seeded_generator
 from nanoo1.policy import Candidate, generate_calls
 from nanoo1.ppm import ProcessPreferenceModel, ppm_scores
-from nanoo1.rewards import answer_matches
+from nanoo1.rewards import MAX_ANSWER, answer_matches, extract_answer
 from nanoo1.sandbox import SandboxResult, run_many
 from nanoo1.thoughts import Node, Tree
 from nanoo1.tokenizer import batch_ids
@@ -60,7 +60,7 @@ class RStarConfig:
     top_p: float | None = None  # nucleus sampling
     max_depth: int = 16  # a non-final step this deep ends its branch as a failure (rStar-Math: 16)
     error_threshold: int = 2  # this many steps in a row that fail to run end the branch as a failure
-    max_output_chars: int = 128  # observations shown back to the model are cut to this length
+    max_output_chars: int = 128  # observations shown to the model are cut to this (an output keeps its last line)
     timeout: float = 2.0  # sandbox wall-clock seconds per program
     memory_mb: int = 256  # sandbox address-space limit per program
     ppm_batch_size: int = 32  # paths per PPM forward pass
@@ -158,8 +158,12 @@ class CodeStep:
         return self.status not in ("ok", "error")
 
 
-def _clip(text: str, limit: int) -> str:
-    return text if len(text) <= limit else text[:limit] + "..."
+def _clip(text: str, limit: int, last_line: bool = False) -> str:
+    """`text` cut to its first `limit` characters and "..."; with last_line the cut is followed by the text's
+    last line (up to rewards.MAX_ANSWER characters of it), so an answer printed last is still in what is shown."""
+    if len(text) <= limit:
+        return text
+    return text[:limit] + "..." + ("\n" + text.rpartition("\n")[2][-MAX_ANSWER:] if last_line else "")
 
 
 def judge_step(steps: list[str], generated: str, result: SandboxResult | None, config: RStarConfig) -> CodeStep:
@@ -176,9 +180,9 @@ def judge_step(steps: list[str], generated: str, result: SandboxResult | None, c
         return CodeStep(f"{text}\n{ERROR}{shown}{END_ERROR}", "errors" if failed else "depth" if deep else "error")
     out = result.stdout.strip()
     if out:
-        text += f"\n{OUTPUT}{_clip(out, config.max_output_chars)}{END_OUTPUT}"
-    if FINAL.search(parsed[1]):
-        return CodeStep(text, "answer", out.splitlines()[-1].strip() if out else None)
+        text += f"\n{OUTPUT}{_clip(out, config.max_output_chars, last_line=True)}{END_OUTPUT}"
+    if FINAL.search(parsed[1]):  # the answer is read from the text, as every search and judge reads it
+        return CodeStep(text, "answer", extract_answer(text) if out else None)
     return CodeStep(text, "depth" if deep else "ok")
 
 

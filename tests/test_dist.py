@@ -21,6 +21,7 @@ from nanoo1.runs import load_trainer_state
 from nanoo1.rl import LOSS_TYPES, completion_logprobs
 from nanoo1.updates import GRPOConfig, PPOConfig, grpo_step, ppo_step
 from nanoo1.sft import sft_step
+from nanoo1.value import rating_bce
 
 CONFIG = Gemma2Config(vocab_size=48, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
                       num_key_value_heads=1, head_dim=16, query_pre_attn_scalar=16, sliding_window=8)
@@ -38,13 +39,14 @@ def batch():
     with torch.no_grad():
         old = completion_logprobs(random_model(CONFIG), ids, attn, mask) + 0.05 * mask
     return {"input_ids": ids, "attention_mask": attn, "completion_mask": mask, "old_logp": old,
-            "advantages": torch.randn(B, generator=g), "value_pos": torch.randint(0, T, (B,), generator=g),
-            "value_target": torch.rand(B, generator=g)}
+            "advantages": torch.randn(B, generator=g), "value_pos": torch.randint(0, T, (B, 3), generator=g),
+            "value_target": torch.rand(B, 3, generator=g),  # 6 value positions in the first half's rows, 3 in the second's
+            "value_mask": torch.tensor([[1, 1, 1], [1, 0, 0], [1, 1, 0], [1, 0, 0], [1, 0, 0], [1, 0, 0]])}
 
 
-def value_fn(model, mb, hidden):  # a row-mean value loss read from the decoder's output, as selfplay's
-    v = torch.sigmoid(model.logits(hidden)[torch.arange(len(mb["value_pos"])), mb["value_pos"], 0])
-    return ((v - mb["value_target"]) ** 2).mean()
+def value_fn(model, mb, hidden):  # the value loss averaged over the micro-batch's value positions, as selfplay's
+    logits = model.logits(hidden)[torch.arange(len(mb["value_pos"]))[:, None], mb["value_pos"], :2]  # (b, 3, 2)
+    return rating_bce(logits, mb["value_target"], mb["value_mask"])
 
 
 def updates(rows: slice, names=None) -> dict:

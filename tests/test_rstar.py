@@ -30,6 +30,7 @@ from nanoo1.ppm import (PPM_HEAD, ProcessPreferenceModel, orm_loss, pair_accurac
 from nanoo1.rstar import (RSTAR_TOKENS, STEP_END, CodeStep, RStarConfig, RStarPolicy, best_traces, encode_trace, execute_steps,
                           final_pairs, format_step, joined_program, pair_batch, parse_step, rstar_prompt, solution_steps,
                           step_failed, step_reward)
+from nanoo1.rewards import check, extract_answer
 from nanoo1.sandbox import run_many
 from nanoo1.search import SearchConfig, search
 from nanoo1.sft import lm_loss
@@ -158,8 +159,8 @@ def test_keep_and_reject_decisions_in_one_sandbox_batch(monkeypatch):
     assert steps[2].text.endswith("\n<error>NameError: name 'x9' is not defined</error>") and step_failed(steps[2].text)
     assert steps[3].text.endswith("<error>NameError: name 'x1' is not defined</error>")
     assert (steps[5].answer, steps[5].text) == ("12", "# Step 2: answer\nprint(x1)\n" + STEP_END + "\n<output>12</output>")
-    big = str(7 ** 70)  # 60 digits: the answer is whole, the observation is cut to 40 characters
-    assert steps[6].answer == big and steps[6].text.endswith(f"<output>{big[:40]}...</output>")
+    big = str(7 ** 70)  # 60 digits: the observation is cut to 40 characters, then shows the last line whole
+    assert steps[6].answer == big and steps[6].text.endswith(f"<output>{big[:40]}...\n{big}</output>")
     assert (steps[8].answer, steps[9].text) == ("9", cases[9][1])
     # 11 cases - 1 invalid - 2 repeats (case 4's program is case 0's, case 10's is case 1's); joined from scratch
     assert len(ran) == 8 and ran[1] == "x1 = 7 + 5\nx2 = x1 - 3\n"
@@ -177,6 +178,14 @@ def test_error_threshold_one_rejects_at_once_and_a_timeout_is_an_error():
                                                "# Step 2: loop\nwhile True: pass\n" + STEP_END], config)
     assert [s.status for s in steps] == ["errors", "errors"]
     assert "ZeroDivisionError" in steps[0].text and "<error>Timeout: " in steps[1].text
+
+
+def test_an_answer_printed_after_a_long_output_is_read_from_the_step_text():
+    """The shown output is cut to max_output_chars, but keeps the last line: the step's answer, its reward and
+    every reading of its text (rewards.extract_answer, as search and the MCTS judge read it) agree."""
+    (step,) = execute_steps([[STEP1]], ["# Step 2: x\nfor i in range(60): print(i)\nprint(x1 - 3)\n" + STEP_END], RStarConfig())
+    assert step.status == "answer" and step.answer == extract_answer(step.text) == "9"
+    assert len(step.text) < 400 and step_reward(step, "9") == 1.0 and check(step.text, "9")
 
 
 def test_the_program_cache_keeps_small_runs_only():
