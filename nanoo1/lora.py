@@ -271,10 +271,11 @@ def load_lora(model: nn.Module, directory) -> nn.Module:
             raise KeyError(f"{weights_path}: unexpected key {key!r}; nanoo1 reads plain LoRA keys only, "
                            f"{PEFT_PREFIX}<module>.lora_A.weight and .lora_B.weight")
         name = found.group(1)
-        if not isinstance(modules.get(name), nn.Linear) or name == "lm_head":
-            what = ("the model has no such module" if name not in modules else f"{name}: {LM_HEAD_REFUSED}"
-                    if name == "lm_head" else f"{name} is not a linear layer")
-            raise KeyError(f"{weights_path}: key {key!r}: {what}")
+        if name not in modules:
+            raise KeyError(f"{weights_path}: key {key!r}: the model has no such module")
+        if name == "lm_head" or not isinstance(modules[name], nn.Linear):
+            why = LM_HEAD_REFUSED if name == "lm_head" else "not a linear layer"
+            raise KeyError(f"{weights_path}: key {key!r}: {name}: {why}")
         named.add(name)
     if not named:
         raise KeyError(f"{weights_path}: no LoRA tensors in the file")
