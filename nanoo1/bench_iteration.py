@@ -1,7 +1,7 @@
 """One self-play iteration of the 2b preset through LoRA, timed stage by stage with each stage's peak memory.
 
 The memory and gpu sections of `python -m nanoo1.bench` run it: MCTS, stamping the old log-probs, the PPO
-update, checked greedy and the imitation step, as `selfplay.ppo_iteration` and `imitation_iteration` call them.
+update, checked greedy and the imitation step, as `iteration.ppo_iteration` and `imitation_iteration` call them.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import torch
 # the CPU's iteration: MCTS over one problem, one PPO update, checked greedy and an imitation step on another
 SHORT = dict(problems_per_iteration=1, simulations=1, num_candidates=2, max_thought_tokens=4, updates_per_iteration=1,
              minibatch=2, micro_batch=1, imitation_problems=1, imitation_batch=1, imitation_replay=0.0)
-STAGES = ("mcts", "stamp_old", "ppo_step", "checked_greedy", "sft_step")  # what selfplay.ppo_iteration calls, timed
+STAGES = ("mcts", "stamp_old", "ppo_step", "checked_greedy", "sft_step")  # what iteration.py calls, timed
 
 
 def one_lora_iteration(checkpoint: str, device: str = "cpu", settings: dict = SHORT):
@@ -24,20 +24,20 @@ def one_lora_iteration(checkpoint: str, device: str = "cpu", settings: dict = SH
     never answers right, so a stand-in counts its chains as the outcomes to learn from (as the tests do): the
     updates then run. Prints and returns the iteration's counts with each stage's calls, seconds and peak
     torch.cuda.max_memory_allocated in GB (None off CUDA), and returns the trained model."""
-    import nanoo1.selfplay as sp
+    from nanoo1 import iteration
     from nanoo1.experience import outcomes
 
-    real = {name: getattr(sp, name) for name in ("tree_chains", "grade") + STAGES}  # restored after this call
-    sp.tree_chains = lambda tree, n: [tree.path(e) for e in outcomes(tree)][:n]
-    sp.grade = lambda results, truths: [len(r.path) > 1 for r in results]
+    real = {name: getattr(iteration, name) for name in ("tree_chains", "grade") + STAGES}  # restored after this call
+    iteration.tree_chains = lambda tree, n: [tree.path(e) for e in outcomes(tree)][:n]
+    iteration.grade = lambda results, truths: [len(r.path) > 1 for r in results]
     stages = {}
     for name in STAGES:
-        setattr(sp, name, _staged(real[name], stages.setdefault(name, {"calls": 0, "seconds": 0.0, "peak_gb": None})))
+        setattr(iteration, name, _staged(real[name], stages.setdefault(name, {"calls": 0, "seconds": 0.0, "peak_gb": None})))
     try:
-        return _one_lora_iteration(sp, checkpoint, device, settings, stages)
+        return _one_lora_iteration(iteration, checkpoint, device, settings, stages)
     finally:
         for name, fn in real.items():
-            setattr(sp, name, fn)
+            setattr(iteration, name, fn)
 
 
 def _staged(fn, stage: dict):
@@ -57,7 +57,7 @@ def _staged(fn, stage: dict):
     return run
 
 
-def _one_lora_iteration(sp, checkpoint: str, device: str, settings: dict, stages: dict):
+def _one_lora_iteration(iteration, checkpoint: str, device: str, settings: dict, stages: dict):
     from nanoo1.config import apply_flags
     from nanoo1.policy import LMPolicy
     from nanoo1.recipe import PRESETS, draws_per_iteration
@@ -73,8 +73,8 @@ def _one_lora_iteration(sp, checkpoint: str, device: str, settings: dict, stages
                       max_rows=s.max_rows)
     problems = load_jsonl(TINY_DIR / "train.jsonl")[:draws_per_iteration(config)]
     n = s.problems_per_iteration
-    m = sp.ppo_iteration(model, tokenizer, opt, PrioritizedReplay(64), policy, problems[:n], 0, config)
-    m.update(sp.imitation_iteration(model, tokenizer, opt, policy, problems[n:], PrioritizedReplay(64, alpha=0.0),
+    m = iteration.ppo_iteration(model, tokenizer, opt, PrioritizedReplay(64), policy, problems[:n], 0, config)
+    m.update(iteration.imitation_iteration(model, tokenizer, opt, policy, problems[n:], PrioritizedReplay(64, alpha=0.0),
                                     random.Random(0), config))
     counts = {**{k: m[k] for k in ("chains", "ppo_updates", "imitation_solved")}, "stages": stages}
     print(json.dumps(counts))

@@ -7,8 +7,8 @@
     successful chains of any search -> imitation_items (whole lines, for sft.lm_loss)
 
 A searched tree records what the search learned about each thought: which chains succeeded (the ground
-truth judged their conclusions) and, with a step checker, where a chain first went wrong. selfplay.py
-composes these functions into its loop; each can be called alone on a hand-built tree.
+truth judged their conclusions) and, with a step checker, where a chain first went wrong. iteration.py
+composes these functions into its PPO stage; each can be called alone on a hand-built tree.
 """
 
 from __future__ import annotations

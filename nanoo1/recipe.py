@@ -2,7 +2,7 @@
 field comments are the command-line help, and the named presets built from them.
 
 `--tiny` is the laptop-CPU recipe on the tiny task (the defaults below). A preset is a set of values, not a
-code path: every run goes through the same functions of selfplay.py.
+code path: every run goes through the same functions of selfplay.py and iteration.py.
 """
 
 from __future__ import annotations

@@ -49,10 +49,10 @@ def test_one_lora_iteration_of_the_2b_preset_runs_its_updates(tmp_path, capsys):
     one_lora_iteration(str(tmp_path))
     row = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert row["chains"] > 0 and row["ppo_updates"] == 1 and row["imitation_solved"] == 1.0
-    import nanoo1.selfplay as selfplay
+    from nanoo1 import iteration
     from nanoo1.search import grade
     from nanoo1.experience import tree_chains
-    assert selfplay.grade is grade and selfplay.tree_chains is tree_chains  # the stand-ins are gone again
+    assert iteration.grade is grade and iteration.tree_chains is tree_chains  # the stand-ins are gone again
 
 
 def _transformers_checkpoint(directory):

@@ -83,9 +83,9 @@ def test_resume_continues_exactly_and_seeds_repeat(tmp_path, warmstart, monkeypa
 
 def test_imitation_steps_resume_exactly(tmp_path, warmstart, monkeypatch):
     """A random model never reaches a right answer: every chain counts as a success here, so imitation steps run."""
-    import nanoo1.selfplay as selfplay
+    from nanoo1 import iteration
 
-    monkeypatch.setattr(selfplay, "grade", lambda results, truths: [len(r.path) > 1 for r in results])
+    monkeypatch.setattr(iteration, "grade", lambda results, truths: [len(r.path) > 1 for r in results])
     kw = dict(check_equations=False, problems_per_iteration=2, imitation_problems=4, eval_simulations=1, eval_best_of_n=1,
               imitation_batch=3)
     straight = run(small(tmp_path / "a", warmstart, **kw), progress=False)
@@ -403,11 +403,12 @@ def test_every_entry_point_refuses_bad_flag_values_at_once(module, flags, messag
 def test_a_lora_run_in_bf16_trains_only_the_adapters_and_resumes_exactly(tmp_path, warmstart, monkeypatch):
     """PPO, the value head and the imitation steps all train through the adapters; the base stays bit for bit."""
     import nanoo1.selfplay as selfplay
+    from nanoo1 import iteration
 
     seen = []
     real_eval = selfplay.evaluate_all
     monkeypatch.setattr(selfplay, "evaluate_all", lambda model, *a, **kw: seen.append(model) or real_eval(model, *a, **kw))
-    monkeypatch.setattr(selfplay, "grade", lambda results, truths: [len(r.path) > 1 for r in results])  # imitation runs
+    monkeypatch.setattr(iteration, "grade", lambda results, truths: [len(r.path) > 1 for r in results])  # imitation runs
     kw = dict(lora_rank=4, dtype="bfloat16", bf16=False, check_equations=False, imitation_problems=4, eval_best_of_n=1,
               eval_simulations=1)
     straight = run(small(tmp_path / "a", warmstart, **kw), progress=False)
