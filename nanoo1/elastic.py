@@ -44,7 +44,8 @@ def grpo_iteration(model, tokenizer, opt, problems, it: int, config: SelfPlayCon
     for r in range(g.rounds):
         chunk = problems[r * per_round:(r + 1) * per_round]
         prompts = [tokenizer.encode(think_prompt(p.question)) for p in chunk]
-        generator = seeded_generator(model, iteration_seed(seed, it * g.rounds + r))
+        round_seed = iteration_seed(seed, it * g.rounds + r)  # the rollouts' draws and the minibatches' order
+        generator = seeded_generator(model, round_seed)
         rows = [row for part in row_parts([g.group_size] * len(prompts), config.search.max_rows)
                 for row in generate_budgeted(model, prompts[part.start:part.stop], g.think_budget, g.solution_budget,
                                              end, temperature=g.grpo_temperature, num_samples=g.group_size,
@@ -56,7 +57,7 @@ def grpo_iteration(model, tokenizer, opt, problems, it: int, config: SelfPlayCon
         keep = [i for i in range(len(rows)) if adv[i] != 0]
         tokens = dist.total(sum(len(row.tokens) for row in rows))  # the generation batch's, every rank's: dapo's divisor
         if dist.largest(len(keep)):  # a rank whose groups all agree joins the others' updates with no rows
-            steps += _grpo_updates(model, tokenizer, opt, [rows[i] for i in keep], adv[keep], it * g.rounds + r, config,
+            steps += _grpo_updates(model, tokenizer, opt, [rows[i] for i in keep], adv[keep], round_seed, config,
                                    tokens)
         seen["reward"].append(rewards)
         seen["correct"].append(correct)

@@ -195,6 +195,35 @@ def test_dapo_divides_every_minibatch_by_the_whole_generation_batchs_tokens(warm
     assert all(own < sum(sizes) for _, own in divisors)
 
 
+def test_grpo_minibatch_order_follows_the_run_seed(warmstart, monkeypatch):
+    """The same rollouts split into minibatches in an order drawn from the run's seed (and the round): the same
+    seed, the same order; another seed, another order."""
+    import nanoo1.elastic as elastic
+    from nanoo1.tasks import load_jsonl
+
+    monkeypatch.setattr(elastic, "check", lambda text, truth: len(text) % 2 == 0)  # rewards differ within a group
+    real_generate, real_step = elastic.generate_budgeted, elastic.grpo_step
+    monkeypatch.setattr(elastic, "generate_budgeted",  # the same rollouts whatever the seed
+                        lambda *a, **kw: real_generate(*a, **{**kw, "generator": torch.Generator().manual_seed(0)}))
+    config = small(warmstart, warmstart, algo="grpo", group_size=4, think_budget=4, solution_budget=2, problems_per_iteration=4,
+                   rounds=1, grpo_minibatch=2)
+
+    def orders(seed):
+        seen = []
+        monkeypatch.setattr(elastic, "grpo_step", lambda model, opt, batch, cfg: seen.append(
+            batch["input_ids"].tolist()) or real_step(model, opt, batch, cfg))
+        model, tokenizer = load_pretrained(warmstart)
+        model.requires_grad_(True)
+        elastic.grpo_iteration(model, tokenizer, torch.optim.AdamW(model.parameters(), lr=1e-4),
+                               load_jsonl(TINY_DIR / "train.jsonl")[:4], 0, config, seed)
+        return seen
+
+    first, second = orders(0), orders(1)
+    assert len(first) > 2 and orders(0) == first
+    rows = lambda steps: sorted(row for batch in steps for row in batch)  # noqa: E731
+    assert second != first and rows(second) == rows(first)  # the same rows, dealt otherwise
+
+
 def test_grpo_run_repeats_for_a_seed_and_resumes_exactly(tmp_path, warmstart, monkeypatch):
     """Two rounds per iteration, each with two epochs of two minibatches."""
     import nanoo1.elastic as elastic
