@@ -218,9 +218,11 @@ def test_grpo_minibatch_order_follows_the_run_seed(warmstart, monkeypatch):
                                load_jsonl(TINY_DIR / "train.jsonl")[:4], 0, config, seed)
         return seen
 
+    def rows(steps):  # every minibatch's rows, in one sorted list
+        return sorted(row for batch in steps for row in batch)
+
     first, second = orders(0), orders(1)
     assert len(first) > 2 and orders(0) == first
-    rows = lambda steps: sorted(row for batch in steps for row in batch)  # noqa: E731
     assert second != first and rows(second) == rows(first)  # the same rows, dealt otherwise
 
 
