@@ -34,7 +34,7 @@ def one_lora_iteration(checkpoint: str, device: str = "cpu", settings: dict = SH
     for name in STAGES:
         setattr(iteration, name, _staged(real[name], stages.setdefault(name, {"calls": 0, "seconds": 0.0, "peak_gb": None})))
     try:
-        return _one_lora_iteration(iteration, checkpoint, device, settings, stages)
+        return _one_lora_iteration(checkpoint, device, settings, stages)
     finally:
         for name, fn in real.items():
             setattr(iteration, name, fn)
@@ -57,7 +57,8 @@ def _staged(fn, stage: dict):
     return run
 
 
-def _one_lora_iteration(iteration, checkpoint: str, device: str, settings: dict, stages: dict):
+def _one_lora_iteration(checkpoint: str, device: str, settings: dict, stages: dict):
+    from nanoo1 import iteration  # its stages are the timed stand-ins while one_lora_iteration runs
     from nanoo1.config import apply_flags
     from nanoo1.policy import LMPolicy
     from nanoo1.recipe import PRESETS, draws_per_iteration
@@ -75,7 +76,7 @@ def _one_lora_iteration(iteration, checkpoint: str, device: str, settings: dict,
     n = s.problems_per_iteration
     m = iteration.ppo_iteration(model, tokenizer, opt, PrioritizedReplay(64), policy, problems[:n], 0, config)
     m.update(iteration.imitation_iteration(model, tokenizer, opt, policy, problems[n:], PrioritizedReplay(64, alpha=0.0),
-                                    random.Random(0), config))
+                                           random.Random(0), config))
     counts = {**{k: m[k] for k in ("chains", "ppo_updates", "imitation_solved")}, "stages": stages}
     print(json.dumps(counts))
     return counts, model
