@@ -53,7 +53,7 @@ def ppo_iteration(model, tokenizer, opt, replay, policy, problems, it: int, conf
         probs = torch.softmax(logits, -1)[..., 0].detach()  # (b, K) P(positive)
         return loss, td_priority(probs, mb["value_target"], mb["value_mask"])  # the replay priority, as at insertion
 
-    stats = [dict.fromkeys(("policy_loss", "value_loss", "clip_frac", "approx_kl"), 0.0)]
+    stats = []  # each update's losses
     set_lr(opt, c.lr)
     restamped = 0
     updates = c.updates_per_iteration if dist.smallest(len(replay)) else 0  # a rank has nothing to learn from yet
@@ -69,11 +69,10 @@ def ppo_iteration(model, tokenizer, opt, replay, policy, problems, it: int, conf
             st = ppo_step(model, opt, batch, cfg, value_loss_fn=value_fn)
         model.eval()
         replay.update_priorities(idx, st.pop("row_priority"))
-        stats = stats[1:] if u == 0 else stats
         stats.append(st)
-    mean = {k: sum(st[k] for st in stats) / len(stats) for k in stats[0]}
-    return {"solved": solved, "chains": len(items), "restamped": restamped, "ppo_updates": updates,  # 0: losses read 0.0
-            **{k: mean[k] for k in ("policy_loss", "value_loss", "clip_frac", "approx_kl")}}
+    losses = ("policy_loss", "value_loss", "clip_frac", "approx_kl")  # the updates' means; without updates 0.0
+    mean = {k: sum(st[k] for st in stats) / max(1, len(stats)) for k in losses}
+    return {"solved": solved, "chains": len(items), "restamped": restamped, "ppo_updates": updates, **mean}
 
 
 def imitation_iteration(model, tokenizer, opt, policy, problems, memory: PrioritizedReplay, rng: random.Random,
