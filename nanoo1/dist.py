@@ -45,6 +45,10 @@ def setup(device: torch.device) -> torch.device:
     Returns the device of this rank (cuda:LOCAL_RANK for cuda, one GPU per process)."""
     if int(os.environ.get("WORLD_SIZE", 1)) <= 1 or dist.is_initialized():
         return device
+    # torch 2.13: importing torch._dynamo once a process group exists (building a model on the meta device
+    # does it, through torch._compile) leaves references to the group that destroy_process_group does not
+    # drop, so the group's threads would outlive `finish`; imported before the group, it leaves none
+    import torch._dynamo  # noqa: F401
     if device.type == "cuda":
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
         torch.cuda.set_device(device)
@@ -160,9 +164,11 @@ def barrier() -> None:
 
 
 def finish() -> None:
-    """Leave the process group (at the end of an entry point; nothing to do alone), all ranks together: a
-    gloo rank that tears its group down while a peer is still at work can abort (SIGABRT, "terminate called
-    without an active exception"), so every rank first waits at a barrier for the others."""
+    """Leave the process group (at the end of an entry point; nothing to do alone): every rank waits at a
+    barrier for the others, then destroys the group, which stops its worker threads. They must be stopped
+    before the interpreter exits: a gloo worker that releases a finished collective's tensors (allocated in
+    Python) during the interpreter's finalization cannot take the GIL, and the process aborts (SIGABRT,
+    "terminate called without an active exception"; `setup` makes sure the destroy is not left undone)."""
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()

@@ -143,9 +143,18 @@ def leave_late_on_rank_0(rank: int, world: int) -> float:
 
 
 def test_ranks_leave_the_process_group_together(tmp_path):
-    # a gloo rank that tears its group down while a peer still works can abort, so finish waits for all
+    # finish waits for every rank before the group is destroyed: no rank leaves while a peer still works
     r0, r1 = run_ranks(leave_late_on_rank_0, tmp_path)
     assert r0 >= 1.0 and r1 >= 0.9, (r0, r1)
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="reads thread names from /proc (Linux)")
+def test_finish_stops_the_process_groups_threads(warmstart):
+    # a gloo worker thread still alive when the interpreter exits can abort the process (dist.finish says how)
+    run = torchrun([warmstart], script=[str(Path(__file__).parent / "threads_after_finish.py")])
+    assert run.returncode == 0, run.stderr[-3000:]
+    lines = sorted(l for l in run.stdout.splitlines() if l.startswith("rank "))
+    assert len(lines) == 2 and not any("gloo" in l for l in lines), lines
 
 
 def test_one_process_is_rank_0_of_1_and_untouched():
