@@ -168,7 +168,7 @@ def finish() -> None:
     barrier for the others, then destroys the group, which stops its worker threads. They must be stopped
     before the interpreter exits: a gloo worker that releases a finished collective's tensors (allocated in
     Python) during the interpreter's finalization cannot take the GIL, and the process aborts (SIGABRT,
-    "terminate called without an active exception"; `setup` makes sure the destroy is not left undone)."""
+    "terminate called without an active exception"); `setup` keeps torch from holding the group past the destroy."""
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()

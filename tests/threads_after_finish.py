@@ -1,9 +1,11 @@
-"""A rank that joins the process group, loads a checkpoint, gathers, leaves with `dist.finish` and then prints
-the threads it still runs, by name (for tests/test_dist.py; Linux, /proc/self/task). Run under torchrun:
-threads_after_finish.py CHECKPOINT."""
+"""A rank that joins the process group, loads a checkpoint, gathers, leaves with `dist.finish` and then writes
+the threads it still runs, by name, to OUT/rank{RANK}.txt (for tests/test_dist.py; Linux, /proc/self/task; a file
+each, as two ranks printing to one stream can interleave their lines). Run under torchrun:
+threads_after_finish.py CHECKPOINT OUT."""
 
 import os
 import sys
+from pathlib import Path
 
 import torch
 
@@ -15,4 +17,4 @@ load_pretrained(sys.argv[1])  # builds the model on the meta device, which impor
 dist.gather(dist.place().rank)
 dist.finish()
 names = sorted(open(f"/proc/self/task/{t}/comm").read().strip() for t in os.listdir("/proc/self/task"))
-print(f"rank {os.environ['RANK']}: {names}")
+Path(sys.argv[2], f"rank{os.environ['RANK']}.txt").write_text(f"rank {os.environ['RANK']}: {names}")
