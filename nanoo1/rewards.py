@@ -41,20 +41,23 @@ def _balanced(depth: int) -> str:
 
 _BOX_OPEN = re.compile(r"\\boxed\s*\{")
 _BOX_BODY = re.compile(rf"({_balanced(BOX_DEPTH - 1)})\}}")  # the content and the closing brace
-_ANSWER_IS = re.compile(r"answer\s*(?:is|:)\s*:?(?=[^\S\n]*\S)", re.IGNORECASE)  # and something on its line
+_ANSWER_IS = re.compile(r"answer\s*(?:is\b|:)\s*:?(?=[^\S\n]*\S)", re.IGNORECASE)  # and something on its line
 _HASHES = re.compile(r"####([^\n]*)")
-# LaTeX and currency decoration that never changes a value
-_DROP = re.compile(r"\\[!,]|\\left|\\right|\\\$|\$|\\%|%|\^\s*\{?\\circ\}?|°")
+# LaTeX and currency decoration that never changes a value (percent signs: _PERCENT)
+_DROP = re.compile(r"\\[!,]|\\left|\\right|\\\$|\$|\^\s*\{?\\circ\}?|°")
+_PERCENT = re.compile(r"\\?%")
+_NUMBER = re.compile(rf"(?:{_TOKEN.pattern})(?:\s*%)?")  # a number as an answer: with its percent sign, if any
 _TEXT = re.compile(r"\\(?:text|textbf|textrm|textit|mathrm|mathbf|mbox|operatorname)\s*\{([^{}]*)\}")
 _UNIT = re.compile(r"[A-Za-z][A-Za-z\s^/.\d]*")  # "cm", "cm^2", "m/s", "of the pie", "dollars."
 _CHOICE = re.compile(r"\(([A-Za-z])\)(?:\s.*)?|([A-Za-z])[.):]?", re.DOTALL)  # "(B)", "(b) 12", "B", "b.", "B)"
 
 
-def _clean(text: str) -> str:
+def _clean(text: str, percent: bool = False) -> str:
+    """`text` without decoration: percent signs dropped, or with `percent` kept as a plain "%"."""
     text = text.replace("\u2212", "-")  # unicode minus
     text = _TEXT.sub(r" \1 ", text)  # "5\text{ cm}" -> "5  cm "
     text = re.sub(r"\\[;:]|\\quad|~", " ", text)
-    return _DROP.sub("", text)
+    return _PERCENT.sub("%" if percent else "", _DROP.sub("", text))
 
 
 def last_boxed(text: str) -> str | None:
@@ -97,9 +100,10 @@ def extract_answer(text: str) -> str | None:
     1. `\\boxed{...}` (nested braces allowed): its content;
     2. a GSM8K `#### ...` line: the rest of the line;
     3. "answer is ..." / "answer: ...": the first number after it on that line (else the words up to
-       the end of the sentence);
+       the end of the sentence); "answer isn't" states none;
     4. the last number anywhere: "1,234", "-3.5", "3/4", "\\frac{3}{4}".
-    A trailing period is dropped. `parse_number` turns the result into a value. Linear in the text.
+    A number keeps its percent sign ("50%"). A trailing period is dropped. `parse_number` turns the result
+    into a value. Linear in the text.
     """
     if not text:
         return None
@@ -118,7 +122,7 @@ def extract_answer(text: str) -> str | None:
     if stated is not None:
         end = text.find("\n", stated.end())
         line = text[stated.end():end if end >= 0 else len(text)]
-        number = _TOKEN.search(_clean(line))
+        number = _NUMBER.search(_clean(line, percent=True))
         return number.group(0).strip() if number else _trim(line.split(". ")[0])
     return _last_number(text)
 
@@ -130,7 +134,7 @@ def _last_number(text: str) -> str | None:
     if last < 0:
         return None
     lo = max(0, last - MAX_ANSWER)
-    numbers = list(_TOKEN.finditer(_clean(text[lo:last + 16])))  # "\\frac{3}{4}": the closing brace after the 4
+    numbers = list(_NUMBER.finditer(_clean(text[lo:last + 16], percent=True)))  # "\\frac{3}{4}": the brace after the 4
     if not numbers or (lo > 0 and numbers[-1].start() == 0):
         return None
     return numbers[-1].group(0).strip()

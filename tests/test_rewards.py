@@ -31,6 +31,8 @@ from nanoo1.rewards import (check, cosine_length_reward, extract_answer, format_
     (r"First \boxed{5}, then, on reflection, \boxed{7}. Check: 7 + 1 = 8", "7"),  # boxed beats later numbers
     ("The answer is 5.\n#### 6", "6"),  # #### beats "the answer is"
     ("Earlier the answer is 3. Later the answer is 4.", "4"),
+    ("I thought 5, but the answer isn't 5. Recomputing: 3 + 3 = 6.", "6"),  # "isn't" states no answer
+    ("The answer is 20%.", "20%"),
     (r"so \boxed{12", "12"),  # an unclosed box is no box, but 12 is still the last number
 ])
 def test_extract_answer(text, answer):
@@ -127,6 +129,10 @@ def test_check(response, truth, expected):
     (r"\boxed{50\%}", "0.5", True),
     ("The answer is 0.5", r"50\%", True),
     (r"\boxed{50\%}", "5", False),
+    ("The answer is 50%.", "0.5", True),  # a percent sign counts wherever the answer is read from
+    (r"The answer is $50\%$.", "0.5", True),
+    ("So 30 of 60 is 50 %.", "0.5", True),
+    ("The answer is 50%.", "50", True),
     # units and currency around a number
     (r"\boxed{5\text{ cm}^2}", "5", True),
     (r"\boxed{12 \mathrm{~cm}}", "12", True),
