@@ -75,15 +75,16 @@ def grpo_iteration(model, tokenizer, opt, problems, it: int, config: SelfPlayCon
 
 def rollout_rewards(rows, correct, config: SelfPlayConfig):
     """Each rollout's reward: `correct` (1 or 0; 0 without </think>), or with --reward cosine Yeo et al.'s
-    cosine length reward over its tokens (the longest possible rollout, think + 1 + solution budget, is
-    L_max: a rollout that reaches it never finished its answer) plus the sum of its n-gram repetition
-    penalties."""
+    cosine length reward over its tokens (L_max is the longest possible rollout, think + 1 + solution budget;
+    r_exceed goes to the rollouts the solution budget cut off, not to one whose <eos> came exactly at L_max)
+    plus the sum of its n-gram repetition penalties."""
     g = config.grpo
     if g.reward == "correct":
         return correct
     lengths = torch.tensor([len(r.tokens) for r in rows])
+    cut = torch.tensor([r.finish_reason == "length" for r in rows])  # the answer phase ran out of tokens
     penalty = torch.stack([repetition_penalty(r.tokens, g.ngram).sum() for r in rows])
-    return cosine_length_reward(correct.bool(), lengths, g.think_budget + 1 + g.solution_budget) + penalty
+    return cosine_length_reward(correct.bool(), lengths, g.think_budget + 1 + g.solution_budget, exceeded=cut) + penalty
 
 
 def _grpo_updates(model, tokenizer, opt, rows, adv, seed: int, config: SelfPlayConfig, tokens) -> list[dict]:

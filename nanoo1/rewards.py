@@ -285,14 +285,16 @@ def format_reward(response: str, style: str = "longcot") -> float:
 
 
 def cosine_length_reward(correct, length, max_length: int, r0_correct: float = 2.0, rL_correct: float = 1.0,
-                         r0_wrong: float = -10.0, rL_wrong: float = 0.0, r_exceed: float = -10.0):
+                         r0_wrong: float = -10.0, rL_wrong: float = 0.0, r_exceed: float = -10.0, exceeded=None):
     """The cosine length-scaling reward (Yeo et al. 2025):
 
         r = r_L + 0.5 (r_0 - r_L) (1 + cos(pi * length / max_length))
 
     with (r_0, r_L) = (2, 1) when correct (shorter is better) and (-10, 0) when wrong (longer is less
-    bad, so the model keeps thinking when unsure), and r_exceed = -10 when length >= max_length (the
-    response hit the limit). Python numbers in, a float out; tensors in, a float tensor out (B,).
+    bad, so the model keeps thinking when unsure), and r_exceed = -10 when the response hit the limit:
+    `exceeded` (B,) bool where the caller knows which responses were cut off unfinished (one that stopped
+    on its own at exactly max_length tokens did not exceed it), else length >= max_length. Python numbers
+    in, a float out; tensors in, a float tensor out (B,).
     """
     if max_length <= 0:
         raise ValueError(f"cosine_length_reward: max_length must be positive, got {max_length}")
@@ -306,7 +308,8 @@ def cosine_length_reward(correct, length, max_length: int, r0_correct: float = 2
     r0 = c * r0_correct + (1 - c) * r0_wrong  # (B,)
     rL = c * rL_correct + (1 - c) * rL_wrong  # (B,)
     r = rL + 0.5 * (r0 - rL) * (1 + torch.cos(math.pi * length / max_length))  # (B,)
-    r = torch.where(length >= max_length, torch.full_like(r, r_exceed), r)  # (B,)
+    cut = length >= max_length if exceeded is None else torch.as_tensor(exceeded, dtype=torch.bool, device=device)
+    r = torch.where(cut, torch.full_like(r, r_exceed), r)  # (B,)
     return r.item() if scalar else r.to(torch.get_default_dtype())
 
 

@@ -1,3 +1,4 @@
+import math
 import random
 import time
 from fractions import Fraction
@@ -302,6 +303,9 @@ def test_cosine_length_reward_on_tensors_matches_scalars():
     # other parameters: r_0 = 1, r_L = 0 halfway is 0.5; a custom exceed value
     assert cosine_length_reward(True, 50, 100, r0_correct=1.0, rL_correct=0.0) == pytest.approx(0.5)
     assert cosine_length_reward(False, 7, 5, r_exceed=-1.0) == -1.0
+    assert cosine_length_reward(True, 5, 5, exceeded=False) == pytest.approx(1.0)  # stopped on its own at the limit
+    assert cosine_length_reward(torch.tensor([True, True]), torch.tensor([5, 3]), 5,
+                                exceeded=torch.tensor([True, False])).tolist() == pytest.approx([-10.0, 1.5 + 0.5 * math.cos(0.6 * math.pi)])
     # float64 throughout: float32 constants would be off by about 1e-9 here
     assert cosine_length_reward(True, 0, 5, r0_correct=0.1) == pytest.approx(0.1, abs=1e-12)
 
