@@ -241,7 +241,7 @@ def main(argv=None):
                                                                "threads", "no_progress")}
     if args.model:
         flags["warmstart"] = args.model
-    elif args.tiny:
+    elif args.tiny and not args.resume:  # a resumed run keeps its own warm start (a --tiny run may have had another)
         flags.setdefault("warmstart", tiny_warmstart(flags.get("algo", "ppo")))
     if not (args.tiny or args.model or args.resume):
         p.error("say what to run: --tiny (the tiny recipe), --model DIR_OR_HUB_ID with --data and --test-data, "

@@ -316,6 +316,25 @@ def test_resume_takes_the_saved_settings_and_refuses_conflicting_flags(tmp_path,
         run(small(tmp_path, warmstart, iterations=3), resume=str(tmp_path), progress=False)
 
 
+def test_tiny_resume_keeps_the_runs_own_warm_start(tmp_path, monkeypatch):
+    """`--tiny --resume DIR` of a GRPO run (whose warm start is not --tiny's PPO one) resumes it as it was."""
+    from dataclasses import replace
+
+    from nanoo1 import selfplay
+    from nanoo1.config import to_dict
+    from nanoo1.recipe import tiny_warmstart
+
+    config = apply_flags(PRESETS["tiny"], {"algo": "grpo", "warmstart": tiny_warmstart("grpo")})
+    config = replace(config, run=replace(config.run, out=str(tmp_path)))
+    (tmp_path / "iter-0001").mkdir()
+    (tmp_path / "iter-0001" / "settings.json").write_text(json.dumps(to_dict(config)))
+    (tmp_path / "latest").write_text("iter-0001")
+    resumed = []
+    monkeypatch.setattr(selfplay, "run", lambda config, **kw: resumed.append(config) or {})
+    main(["--tiny", "--resume", str(tmp_path), "--no-progress"])
+    assert resumed == [config]
+
+
 def test_a_kill_during_a_save_leaves_no_metrics_line_twice(tmp_path, warmstart, monkeypatch):
     """Iteration 1's metrics line is written, then the run dies before its checkpoint: resume redoes iteration 1."""
     import nanoo1.selfplay as selfplay
