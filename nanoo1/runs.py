@@ -79,7 +79,8 @@ def save_checkpoint(out: Path, it: int, config, save_model, state: dict, buffers
     barrier()
     if place.main:
         atomic_write(out / "latest", ckpt.name)
-        for old in sorted(out.glob("iter-*"))[:-keep]:
+        kept = sorted((p for p in out.glob("iter-*") if p.name[5:].isdigit()), key=lambda p: int(p.name[5:]))
+        for old in kept[:-keep]:  # by number: iter-10000 comes after iter-9999
             shutil.rmtree(old)
     return ckpt
 

@@ -306,6 +306,15 @@ def test_checkpoints_keep_the_last_k_and_hold_the_run_settings(tmp_path, warmsta
     assert json.loads((tmp_path / "summary.json").read_text())["iterations"] == 3
 
 
+def test_the_last_checkpoints_are_kept_by_iteration_number(tmp_path):
+    from nanoo1.runs import latest_checkpoint, save_checkpoint
+
+    for it in (9998, 9999, 10000):
+        save_checkpoint(tmp_path, it, PRESETS["tiny"], lambda d: d.mkdir(parents=True, exist_ok=True), {}, {}, keep=2)
+    assert sorted(p.name for p in tmp_path.glob("iter-*")) == ["iter-10000", "iter-9999"]
+    assert latest_checkpoint(tmp_path).name == "iter-10000"
+
+
 def test_resume_takes_the_saved_settings_and_refuses_conflicting_flags(tmp_path, warmstart, monkeypatch, capsys):
     killed_after_first_checkpoint(small(tmp_path, warmstart), monkeypatch)
     with pytest.raises(SystemExit):
