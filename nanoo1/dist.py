@@ -80,6 +80,13 @@ def total(x) -> torch.Tensor:
     return t
 
 
+def ratio(count, of) -> float:
+    """count / of with both summed over ranks first (e.g. problems solved over problems searched): the whole set's
+    figure, however unevenly the set was shared out; 0.0 when `of` is 0 everywhere."""
+    count, of = total(torch.tensor([count, of], dtype=torch.float64)).tolist()
+    return count / of if of else 0.0
+
+
 def smallest(n: int) -> int:
     """The least of an integer over ranks (e.g. a number of steps every rank can take)."""
     if place().world == 1:
@@ -107,6 +114,8 @@ def sum_gradients(params) -> None:
     params = list(params)
     has = total(torch.tensor([q.grad is not None for q in params], dtype=torch.int32))
     params = [q for q, h in zip(params, has.tolist()) if h]
+    if not params:
+        return
     for q in params:
         if q.grad is None:
             q.grad = torch.zeros_like(q)
@@ -126,7 +135,8 @@ def sum_stats(stats: dict) -> dict:
 
 
 def combine(metrics: dict, summed: tuple = ()) -> dict:
-    """An iteration's metrics over ranks: the `summed` keys (counts) added, every other number averaged."""
+    """An iteration's metrics over ranks: the `summed` keys (counts) added, every other number averaged (a figure
+    the iteration already made the whole set's, e.g. its share solved, is the same on every rank and stays so)."""
     if place().world == 1:
         return metrics
     keys = sorted(k for k, v in metrics.items() if isinstance(v, (int, float)))

@@ -33,10 +33,10 @@ def grpo_iteration(model, tokenizer, opt, problems, it: int, config: SelfPlayCon
     then the answer), rewarded by `rollout_rewards`, group-relative advantages, then `_grpo_updates`. A
     group whose rewards all agree has advantage 0 and is left out of the updates. Returns the rollouts'
     mean reward, share correct, share cut by the budget, thinking tokens (of all, of the right and of the
-    wrong ones) and tokens, and the updates' statistics. With search.max_rows a generate call holds at most
-    that many rows (whole groups, one at the least), all drawn from the round's one generator. Under torchrun
-    `problems` is this rank's share and `seed` its own (`dist.rank_seed`); every rank takes the same number
-    of update steps."""
+    wrong ones) and tokens, over every rank's rollouts, and the updates' statistics. With search.max_rows
+    a generate call holds at most that many rows (whole groups, one at the least), all drawn from the round's
+    one generator. Under torchrun `problems` is this rank's share and `seed` its own (`dist.rank_seed`);
+    every rank takes the same number of update steps."""
     g = config.grpo
     end = tokenizer.token_id("</think>")
     per_round = len(problems) // g.rounds
@@ -65,6 +65,7 @@ def grpo_iteration(model, tokenizer, opt, problems, it: int, config: SelfPlayCon
         seen["think"].append(torch.tensor([float(row.tokens.index(end) if end in row.tokens else len(row.tokens)) for row in rows]))
         seen["tokens"].append(torch.tensor([float(len(row.tokens)) for row in rows]))
     seen = {k: torch.cat(v) for k, v in seen.items()}
+    seen = {k: torch.cat([part[k] for part in dist.gather(seen)]) for k in seen}  # every rank's: the whole set's figures
     right = seen["correct"].bool()
     stats = ("clip_frac", "approx_kl") + (("kl",) if g.kl_beta else ())
     return {**{k: v.mean().item() for k, v in seen.items()},

@@ -38,7 +38,7 @@ def ppo_iteration(model, tokenizer, opt, replay, policy, problems, it: int, conf
                       verify=step_checker(config))
     # with the checker, no success has a wrong step above it (mcts checks rolled-out chains whole)
     results = mcts(policy, [p.question for p in problems], mcfg, [p.answer for p in problems])
-    solved = sum(any(n.terminal == "success" for n in r.tree.nodes) for r in results) / len(results)
+    solved = dist.ratio(sum(any(n.terminal == "success" for n in r.tree.nodes) for r in results), len(results))
     items = [item for r in results
              for item in chain_items(tokenizer, tree_chains(r.tree, s.chains_per_tree), success_rates(r.tree), c.gamma, c.lam)]
     stamp_old(model, tokenizer, items, s.temperature, autocast(config), c.micro_batch, it, c.micro_batch_tokens)
@@ -100,5 +100,5 @@ def imitation_iteration(model, tokenizer, opt, policy, problems, memory: Priorit
     losses = [sft_step(model, opt, collate(items[s * batch:(s + 1) * batch], tokenizer.pad_id), c.lr, autocast(config))
               for s in range(dist.smallest(-(-len(items) // batch)))]  # the last batch may be short
     model.eval()
-    return {"imitation_solved": len(wins) / max(1, len(problems)), "imitation_replayed": len(old),
+    return {"imitation_solved": dist.ratio(len(wins), len(problems)), "imitation_replayed": len(old),
             "imitation_steps": len(losses), "imitation_loss": sum(losses) / max(1, len(losses))}

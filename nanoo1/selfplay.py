@@ -112,6 +112,9 @@ def run(config: SelfPlayConfig, resume: str | None = None, from_scratch: bool = 
     out = Path(resume or default_out(config))
     device = dist.setup(resolve_device(config.run.device))
     place = dist.place()
+    if config.search.problems_per_iteration < place.world:  # every rank searches a share (of each GRPO round)
+        raise ValueError(f"--problems-per-iteration {config.search.problems_per_iteration}: fewer than the "
+                         f"{place.world} ranks, each of which needs a problem")
     if resume:
         resume_settings(out, SelfPlayConfig, flat_settings(config))
         if (out / "summary.json").exists():  # finished: nothing left to run

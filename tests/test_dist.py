@@ -121,7 +121,9 @@ def draws(rank: int, world: int):
     return {"mine": dist.shard(items, p), "all": items, "seed": dist.rank_seed(7, rank),
             "total": int(dist.total(rank + 1)), "least": dist.smallest(rank + 5),
             "gathered": dist.gather(rank * 10), "combined": dist.combine({"acc": float(rank), "chains": 3, "x": "s"},
-                                                                        summed=("chains",))}
+                                                                        summed=("chains",)),
+            "ratio": dist.ratio(1 if rank == 0 else 2, 3 if rank == 0 else 2),  # 1 of 3 and 2 of 2 solved: 3 of 5
+            "no_gradients": dist.sum_gradients(torch.nn.Linear(2, 2).parameters())}  # nothing to sum: nothing done
 
 
 def test_ranks_take_disjoint_shares_and_combine_their_numbers(tmp_path):
@@ -132,6 +134,7 @@ def test_ranks_take_disjoint_shares_and_combine_their_numbers(tmp_path):
     assert r0["total"] == r1["total"] == 3 and r0["least"] == r1["least"] == 5
     assert r0["gathered"] == r1["gathered"] == [0, 10]
     assert r0["combined"] == r1["combined"] == {"acc": 0.5, "chains": 6.0, "x": "s"}
+    assert r0["ratio"] == r1["ratio"] == 0.6
 
 
 def leave_late_on_rank_0(rank: int, world: int) -> float:

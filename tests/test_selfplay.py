@@ -306,6 +306,14 @@ def test_checkpoints_keep_the_last_k_and_hold_the_run_settings(tmp_path, warmsta
     assert json.loads((tmp_path / "summary.json").read_text())["iterations"] == 3
 
 
+def test_a_run_refuses_fewer_problems_an_iteration_than_ranks(tmp_path, warmstart, monkeypatch):
+    from nanoo1 import dist
+
+    monkeypatch.setattr(dist, "place", lambda: dist.Place(rank=0, world=4))  # as if one of 4 torchrun ranks
+    with pytest.raises(ValueError, match="--problems-per-iteration 3: fewer than the 4 ranks"):
+        run(small(tmp_path, warmstart), progress=False)
+
+
 def test_the_last_checkpoints_are_kept_by_iteration_number(tmp_path):
     from nanoo1.runs import latest_checkpoint, save_checkpoint
 
