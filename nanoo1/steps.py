@@ -169,7 +169,8 @@ def _annotation_holds(text: str, m) -> bool:
         return False
     after = normalize(text[m.end():m.end() + 64])
     shown = _SCAN.match(after)
-    if shown is None or shown.lastgroup != "run" or shown.end() == len(after):
+    cut = m.end() + 64 < len(text)  # the window ends before the text does
+    if shown is None or shown.lastgroup != "run" or (cut and shown.end() == len(after)):
         return True  # nothing written after it, or more than the window holds
     tail = after[shown.end():shown.end() + 16].replace("=", " ")  # what follows the number, as context only
     return _runs_hold(normalize(m.group(1).rpartition("=")[2]) + "=" + shown.group() + tail, calculator=True)

@@ -69,6 +69,15 @@ def test_gsm8k_solutions_with_a_wrong_first_annotation_fail():
     assert len(passed) <= 0.01 * len(corrupted), passed[:3]
 
 
+def test_the_number_written_after_an_annotation_is_checked_where_the_text_ends():
+    assert not equations_hold("She has 5 * 3 = <<5*3=15>>16") and equations_hold("She has 5 * 3 = <<5*3=15>>15")
+    lines = [line for r in gsm8k_rows("train") + gsm8k_rows("test") for line in r["answer"].split("\n")[:-1]]
+    ending = [(line, m) for line in lines for m in [re.search(r"<<[^<>]*>>(\d+)$", line)] if m]
+    assert len(ending) > 3000  # a thought of one line ends on the number after its annotation
+    wrong = [line[:m.start(1)] + str(int(m.group(1)) + 1) for line, m in ending]
+    assert not [line for line in wrong if equations_hold(line)]
+
+
 def test_corruption_changes_the_annotation_and_the_number_after_it():
     text = "She makes 9 * 2 = $<<9*2=18>>18 every day.\nThen <<18+1=19>>19."
     assert corrupt_first_annotation(text) == "She makes 9 * 2 = $<<9*2=19>>19 every day.\nThen <<18+1=19>>19."
