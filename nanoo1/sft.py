@@ -121,7 +121,10 @@ def think_example(problem: Problem, tokenizer, rng: random.Random | None = None,
 
 def make_batches(problems: list[Problem], example_fn, batch_size: int, rng: random.Random, pad_id: int):
     """Endless (ids, attention mask, loss mask) batches of example_fn(problem, rng); examples of similar
-    length go together so little is spent on padding."""
+    length go together so little is spent on padding. Fewer problems than one batch is a ValueError (a pass
+    would hold no batch, and the generator would never yield)."""
+    if len(problems) < batch_size:
+        raise ValueError(f"make_batches: {len(problems)} examples, fewer than one batch of {batch_size}")
     while True:
         order = list(range(len(problems)))
         rng.shuffle(order)

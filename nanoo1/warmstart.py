@@ -80,6 +80,8 @@ def train_warmstart(out: Path | None = None, config: SFTConfig = WARMSTART_SFT, 
     tokenizer = Tokenizer.from_file(TINY_DIR)
     model = Gemma2(TINY_MODEL).init_weights(torch.Generator().manual_seed(seed))
     problems = load_jsonl(data)
+    if len(problems) < config.batch_size:
+        raise ValueError(f"{data}: {len(problems)} problems, fewer than one batch of {config.batch_size}")
     example = {"mixed": lambda: mixed_example(tokenizer, negative_fraction=config.negative_fraction),
                "think": lambda: mixed_example(tokenizer, {"think": 1.0}, pauses=THINK_PAUSES),
                "code": lambda: mixed_example(tokenizer, {"code": 1.0})}[kind]()

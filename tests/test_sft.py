@@ -3,6 +3,7 @@
 import math
 import random
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -121,6 +122,8 @@ def test_a_tiny_model_learns_the_format(tiny_tokenizer):
                            tiny_tokenizer.pad_id)
     losses = train_sft(model, batches, SFTConfig(steps=80, batch_size=16, bf16=False, warmup=5), progress=False)
     assert losses[0] > 4.0 and sum(losses[-5:]) / 5 < 1.5
+    with pytest.raises(ValueError, match="15 examples, fewer than one batch of 16"):  # no batch to yield, ever
+        next(make_batches(problems[:15], lambda p, rng: thought_example(p, tiny_tokenizer, rng), 16, random.Random(0), 0))
 
 
 def test_chain_ids_look_like_a_search_tree(tiny_tokenizer):
