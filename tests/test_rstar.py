@@ -793,6 +793,20 @@ def test_slip_pairs_put_each_worked_step_against_its_slips(code_tokenizer):
                                  "\nprint(x1)\n" + STEP_END + "\n<output>12</output>"]]
 
 
+def test_slip_pairs_leave_out_slips_that_are_no_slips(code_tokenizer):
+    twice = Problem("Mia has 7 apples. She buys 5 more. She buys 5 more. How many apples does Mia have now?", "17",
+                    [Step(7, "+", 5, 12), Step(12, "+", 5, 17)])
+    back = Problem("Mia has 7 apples. She buys 5 more. She gives 3 to Leo. She gets 3 back. How many now?", "12",
+                   [Step(7, "+", 5, 12), Step(12, "-", 3, 9), Step(9, "+", 3, 12)])
+    # twice: the next sentence's step is this very step, so no skip
+    assert {kind: len(pairs) for kind, pairs in slip_pairs(code_tokenizer, [twice]).items()} == \
+        {"operand": 2, "skip": 0, "early": 1}
+    slips = slip_pairs(code_tokenizer, [back])  # back: after step 1 x1 is already the answer, so no early print there
+    assert {kind: len(pairs) for kind, pairs in slips.items()} == {"operand": 3, "skip": 2, "early": 1}
+    assert code_tokenizer.decode(slips["early"][0][1]).endswith("print(x2)\n" + STEP_END + "\n<output>9</output>")
+    assert all(pos != neg for pairs in slips.values() for pos, neg in pairs)
+
+
 def test_rounds_draw_disjoint_problems_and_later_rounds_harder_ones():
     problems = make_problems(100, seed=3)  # 2 to 5 steps
     config = EvolveConfig(rounds=3, problems=10, later_min_steps=4, seed=1)
