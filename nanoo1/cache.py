@@ -30,11 +30,11 @@ class KVCache:
 
     @property
     def batch_size(self) -> int:
-        return self.k[0].shape[0]
+        return len(self.sizes)
 
     @property
     def capacity(self) -> int:
-        return self.k[0].shape[2]
+        return self.k[0].shape[2] if self.k else self.max_len  # a model without layers stores nothing
 
     def reserve(self, slots: int) -> None:
         """Make room for `slots` slots per row (at least doubling the capacity, at most max_len)."""

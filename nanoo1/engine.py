@@ -5,8 +5,8 @@
 Every prompt is prefilled once (rows of different lengths in one right-padded batch), then forked into
 `num_samples` rows that share the prefilled keys and values. Each step feeds the last token of every
 live row, samples the next one from a seeded `torch.Generator`, and records per token: the log-prob
-under the model (temperature 1), the log-prob under the distribution actually sampled from (logits /
-temperature, the one RL's importance ratios need), and the entropy and varentropy of the model's
+under the model (temperature 1), the log-prob under logits / temperature (the one RL's importance ratios
+need; top-k and top-p truncation are not in it, as in TRL), and the entropy and varentropy of the model's
 distribution. Rows stop on their own stop token ids or stop strings, or at max_new_tokens; finished
 rows are dropped from the batch once a quarter of it is finished.
 
@@ -48,11 +48,14 @@ def sample_next(logits, temperature: float = 0.0, top_k: int | None = None, top_
                 generator: torch.Generator | None = None):
     """Next token per row from logits (B, V): argmax at temperature 0, else a draw from
     softmax(logits / temperature) restricted to the top_k tokens and to the smallest set whose mass
-    reaches top_p (Holtzman et al. 2020, "The Curious Case of Neural Text Degeneration", sec. 3.1)."""
+    reaches top_p (Holtzman et al. 2020, "The Curious Case of Neural Text Degeneration", sec. 3.1).
+    top_k None or 0 and top_p None or 1.0 restrict nothing (transformers' convention)."""
     if temperature <= 0:
         return logits.argmax(-1)
+    if top_k is not None and top_k < 0:
+        raise ValueError(f"top_k must be >= 0 (0: no limit), got {top_k}")
     scores = logits.float() / temperature  # (B, V)
-    if top_k is not None and top_k < scores.shape[-1]:
+    if top_k and top_k < scores.shape[-1]:
         kth = scores.topk(top_k, dim=-1).values[:, -1:]  # (B, 1)
         scores = scores.masked_fill(scores < kth, float("-inf"))
     if top_p is not None and top_p < 1.0:
@@ -189,21 +192,26 @@ def _after_sample(batch: _Batch, i: int, tok: int, tokenizer) -> None:
         batch.state[i] = PAUSED
     elif tok in batch.stop_ids[i]:
         forced = batch.on_stop(row, tok) if batch.on_stop is not None else None
-        for t in forced or []:
-            batch.record(i, t, forced=True)
+        _force(batch, i, forced)
         if not forced:
             batch.state[i], row.finish_reason = DONE, "stop_token"
     elif batch.stop_strings[i] and _has_stop_string(tokenizer, row.tokens, batch.stop_strings[i]):
         batch.state[i], row.finish_reason = DONE, "stop_string"
     elif batch.segment_limit is not None and len(row.forced) >= batch.segment_limit and not any(row.forced[-batch.segment_limit:]):
         forced = batch.on_stop(row, None)  # a segment ran to its limit without a stop token: cut it there
-        for t in forced or []:
-            batch.record(i, t, forced=True)
+        _force(batch, i, forced)
         if not forced:
             batch.state[i], row.finish_reason = DONE, "length"
     if batch.state[i] == LIVE and batch.limit[i] is not None and len(row.tokens) >= batch.limit[i]:
         batch.state[i] = batch.at_limit
         row.finish_reason = "length"
+
+
+def _force(batch: _Batch, i: int, tokens) -> None:
+    """Append on_stop's forced tokens to row i, as many as its limit leaves room for (the limit counts them)."""
+    room = len(tokens or []) if batch.limit[i] is None else batch.limit[i] - len(batch.rows[i].tokens)
+    for t in (tokens or [])[:max(0, room)]:
+        batch.record(i, t, forced=True)
 
 
 def _has_stop_string(tokenizer, tokens, stop_strings) -> bool:
@@ -283,7 +291,7 @@ def generate(model, prompts: list[list[int]], max_new_tokens: int, temperature: 
     (its index in the returned list) samples a stop token; tokens it returns are appended (forced, log-prob
     0) and the row goes on sampling, None or [] ends it; with segment_limit, it is also called with token
     None when a row has sampled that many tokens since its last forced one (e.g. to cut a long thought).
-    max_new_tokens counts sampled and forced tokens.
+    max_new_tokens counts sampled and forced tokens: a row never holds more (forced tokens past it are cut).
     """
     generator = seeded_generator(model, seed, generator)
     if suffixes is not None and (len(suffixes) != len(prompts) * num_samples or any(len(x) == 0 for x in suffixes)):
@@ -330,7 +338,7 @@ def generate_budgeted(model, prompts: list[list[int]], think_budget: int, soluti
             continue
         if not row.tokens or row.tokens[-1] != think_end_id:  # out of thinking budget: force the delimiter
             batch.record(i, think_end_id, forced=True)
-        batch.state[i], row.finish_reason = LIVE, "length"
+        batch.state[i], row.finish_reason = LIVE if solution_budget > 0 else DONE, "length"
         batch.limit[i] = len(row.tokens) + solution_budget  # the answer phase samples up to solution_budget
     batch.pause_ids = [[] for _ in batch.rows]
     batch.at_limit = DONE

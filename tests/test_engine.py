@@ -77,6 +77,10 @@ def test_sample_next_greedy_top_k_top_p():
     draws = torch.stack([sample_next(logits.expand(1000, 4), 1.0, top_k=3, generator=g) for _ in range(8)]).flatten()
     counts = torch.bincount(draws, minlength=4).float() / draws.numel()
     assert counts[0] == 0 and abs(counts[3].item() - 0.15 / 0.95) < 0.02
+    # top_k = 0 limits nothing (transformers' convention): every token is drawn
+    assert set(sample_next(logits.expand(1000, 4), 1.0, top_k=0, generator=g).tolist()) == {0, 1, 2, 3}
+    with pytest.raises(ValueError, match="top_k must be >= 0"):
+        sample_next(logits, 1.0, top_k=-1)
 
 
 def test_sampling_is_seeded(model):
@@ -180,10 +184,18 @@ def test_budgeted_zero_think_budget_and_eos_while_thinking(model):
     prompt = prompts_of([5], seed=4)[0]
     (r,) = generate_budgeted(model, [prompt], think_budget=0, solution_budget=3, think_end_id=9, stop_token_ids=[])
     assert r.tokens[0] == 9 and r.forced == [True, False, False, False]
+    (r,) = generate_budgeted(model, [prompt], think_budget=3, solution_budget=0, think_end_id=9, stop_token_ids=[])
+    assert len(r.tokens) == 4 and r.tokens[-1] == 9 and r.finish_reason == "length"  # no answer token sampled
     (free,) = generate(model, [prompt], 10, stop_token_ids=[])
     eos = free.tokens[2]
     (r,) = generate_budgeted(model, [prompt], think_budget=10, solution_budget=3, think_end_id=9, stop_token_ids=[eos])
     assert r.finish_reason == "stop_token" and 9 not in r.tokens and r.tokens[-1] == eos
+
+
+def test_a_model_without_layers_generates():
+    empty = random_model(Gemma2Config.preset("tiny", num_hidden_layers=0, layer_types=[]), seed=0, std=0.1)
+    (r,) = generate(empty, [[5, 6, 7]], 3, stop_token_ids=[])
+    assert len(r.tokens) == 3  # embeddings and the final norm alone: the next token of each token, greedily
 
 
 def test_feed_appends_rows_of_different_lengths(model):
@@ -239,9 +251,11 @@ def test_on_stop_forces_a_continuation(model):
     assert r.tokens == first + [21, 22] + rest.tokens
     assert r.forced == [False] * len(first) + [True, True] + [False] * len(rest.tokens)
     assert r.finish_reason == rest.finish_reason
-    # max_new_tokens counts forced tokens too
+    # max_new_tokens counts forced tokens too: a row never holds more, forced tokens past it are cut
     (short,) = generate(model, [prompt], len(first) + 1, stop_token_ids=[X], on_stop=lambda i, row, t: [21, 22, 23])
-    assert len(short.tokens) == len(first) + 3 and short.finish_reason == "length"
+    assert short.tokens == first + [21] and short.forced[-1] and short.finish_reason == "length"
+    (full,) = generate(model, [prompt], len(first), stop_token_ids=[X], on_stop=lambda i, row, t: [21, 22, 23])
+    assert full.tokens == first and full.finish_reason == "length"  # the stop token filled it: nothing forced
 
 
 def test_hold_freed_memory_is_applied_on_glibc():
