@@ -138,9 +138,12 @@ def train_tokenizer(texts, vocab_size: int, special_tokens=SPECIAL_TOKENS, split
     learned = json.loads(learner.to_str())["model"]
     # 2) lay the vocabulary out: specials, bytes, then learned pieces by their learned order
     vocab = {t: i for i, t in enumerate(special_tokens + BYTE_TOKENS)}
-    for piece, _ in sorted(learned["vocab"].items(), key=lambda kv: kv[1]):
-        if piece not in vocab and len(vocab) < vocab_size:
-            vocab[piece] = len(vocab)
+    pieces = [p for p, _ in sorted(learned["vocab"].items(), key=lambda kv: kv[1]) if p not in vocab]
+    room = vocab_size - len(vocab)
+    if "▁" in pieces[room:]:  # a space must be its own piece: the decoder reads "▁" before it reads bytes, so a space
+        pieces = pieces[:room - 1] + ["▁"]  # that fell back to bytes would come back as "▁" (Gemma's vocab has it)
+    for piece in pieces[:room]:
+        vocab[piece] = len(vocab)
     merges = [tuple(m) if isinstance(m, list) else tuple(m.split(" ")) for m in learned["merges"]]
     merges = [(a, b) for a, b in merges if a in vocab and b in vocab and a + b in vocab]
     tk = build(models.BPE(vocab=vocab, merges=merges, unk_token="<unk>", byte_fallback=True))

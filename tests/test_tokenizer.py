@@ -78,6 +78,10 @@ def test_training_is_deterministic_and_respects_vocab_size():
     assert len(a) <= 320
     # frequent words became single pieces
     assert len(a.encode(" the cat", add_bos=False)) == 2
+    # a vocabulary too small to learn "▁" by itself still has it: a space never falls back to bytes, which the
+    # decoder (Gemma's: "▁" -> " " before the bytes are read) would give back as "▁"
+    small = train_tokenizer(["Tom has 12 apples. He eats 3 of them; 9 are left."] * 30, 300)
+    assert small.has_token("▁") and small.decode(small.encode("Tom has 12 pears", add_bos=False)) == "Tom has 12 pears"
 
 
 def openlongcot_layout_tokenizer() -> Tokenizer:
