@@ -200,7 +200,8 @@ def weight_files(directory: Path) -> dict[str, Path]:
         return {k: directory / v for k, v in weight_map.items()}
     single = directory / "model.safetensors"
     if not single.exists():
-        raise FileNotFoundError(f"{directory}: no model.safetensors or model.safetensors.index.json")
+        cut = " (shards without an index: a sharded save that did not finish)" if any(directory.glob("model-*-of-*")) else ""
+        raise FileNotFoundError(f"{directory}: no model.safetensors or model.safetensors.index.json{cut}")
     return {k: single for k in read_safetensors_header(single)[0]}
 
 
@@ -264,7 +265,9 @@ def save_pretrained(model: Gemma2, tokenizer: Tokenizer | None, directory, max_s
     """Write the Hugging Face layout; shards (model-0000K-of-0000N.safetensors + index) above max_shard_bytes.
 
     Every file is written under a temporary name and renamed, and weight files of an earlier save that
-    the new one does not use are removed only after the new ones are in place.
+    the new one does not use are removed only after the new ones are in place. A sharded save removes the
+    earlier index first and writes its own last: a save cut short between shards leaves no index that pairs
+    new shards with old ones of the same names (loading then fails, naming the directory).
     """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
@@ -288,9 +291,11 @@ def save_pretrained(model: Gemma2, tokenizer: Tokenizer | None, directory, max_s
     shards.append(current)
 
     names = ["model.safetensors"] if len(shards) == 1 else [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
+    index = directory / "model.safetensors.index.json"
+    if len(shards) > 1:
+        index.unlink(missing_ok=True)
     for name, shard in zip(names, shards):
         atomic_write(directory / name, lambda tmp: save_file(shard, tmp, metadata={"format": "pt"}))
-    index = directory / "model.safetensors.index.json"
     if len(shards) > 1:
         total = sum(t.numel() * t.element_size() for t in state.values())
         weight_map = {k: name for name, shard in zip(names, shards) for k in shard}

@@ -97,6 +97,29 @@ def test_sharded_save_round_trip_and_stale_files_removed(tmp_path):
         assert torch.equal(again(IDS), model(IDS))
 
 
+def test_a_sharded_save_cut_short_over_an_earlier_one_never_loads_as_a_mix(tmp_path, monkeypatch):
+    import nanoo1.checkpoint as checkpoint
+
+    old, new = random_model(CONFIG, seed=2), random_model(CONFIG, seed=3)
+    save_pretrained(old, None, tmp_path, max_shard_bytes=40_000)
+    real, written = checkpoint.save_file, []
+
+    def killed_after_the_first_shard(*args, **kwargs):
+        if written:
+            raise KeyboardInterrupt("killed")
+        written.append(real(*args, **kwargs))
+
+    monkeypatch.setattr(checkpoint, "save_file", killed_after_the_first_shard)
+    with pytest.raises(KeyboardInterrupt):
+        save_pretrained(new, None, tmp_path, max_shard_bytes=40_000)  # the same shard names as the earlier save
+    with pytest.raises(FileNotFoundError, match="a sharded save that did not finish"):
+        load_pretrained(tmp_path)
+    monkeypatch.setattr(checkpoint, "save_file", real)
+    save_pretrained(new, None, tmp_path, max_shard_bytes=40_000)  # saved again whole: it loads
+    loaded, _ = load_pretrained(tmp_path)
+    assert all(torch.equal(a, b) for a, b in zip(new.state_dict().values(), loaded.state_dict().values()))
+
+
 def test_vocabulary_above_256000_and_dtype(tmp_path):
     """OpenLongCoT-Base-Gemma2-2B adds tokens from id 256000: the embedding is read from the file's shape."""
     config = Gemma2Config.preset("tiny", vocab_size=256_015, hidden_size=8, head_dim=4, intermediate_size=16,
