@@ -182,19 +182,31 @@ def parse_thought(generated: str, meta: str | None = None) -> tuple[str, str]:
 
 LINE = re.compile(
     r"<start_of_father_id>(-?\d+)<end_of_father_id><start_of_local_id>(\d+)<end_of_local_id>"
-    r"<start_of_thought>(<[a-z]+>)(.*?)<end_of_thought><start_of_rating>(<[a-z_]+>)<end_of_rating>", re.S)
+    rf"<start_of_thought>({'|'.join(META_ACTIONS)})?(.*?)<end_of_thought><start_of_rating>(<[a-z_]+>)<end_of_rating>",
+    re.S)
 
 
 def parse_tree(text: str) -> Tree:
     """Parse the line format back into a Tree (the inverse of Tree.training_text); ids are kept as written,
-    and a node must come after its parent."""
-    matches = list(LINE.finditer(text))
+    and a node must come after its parent. A thought without a meta tag is an <expansion>; text between the
+    lines that is not one, or a line without its <end_of_thought>, is a ValueError naming the line."""
+    matches, end = list(LINE.finditer(text)), 0
+    for m in matches + [None]:  # the lines must tile the text: nothing but white space between them
+        stray = text[end:m.start() if m else len(text)]
+        if stray.strip():
+            line = text.count("\n", 0, end + len(stray) - len(stray.lstrip())) + 1
+            raise ValueError(f"line {line}: not a thought line: {stray.strip()[:80]!r}")
+        if m is not None and "<start_of_father_id>" in m.group(4):
+            line = text.count("\n", 0, m.start()) + 1
+            raise ValueError(f"line {line}: no <end_of_thought> before the next line")
+        end = m.end() if m else end
     if not matches or matches[0].group(1) != "-1":
         raise ValueError("thought text must start with a root line whose father id is -1")
     by_rating = {v: k for k, v in RATINGS.items()}
     tree = None
     for m in matches:
-        parent, node_id, meta, body, rating = int(m.group(1)), int(m.group(2)), m.group(3), m.group(4), m.group(5)
+        parent, node_id, body, rating = int(m.group(1)), int(m.group(2)), m.group(4), m.group(5)
+        meta = m.group(3) or "<expansion>"
         if rating not in by_rating:
             raise ValueError(f"node {node_id}: unknown rating token {rating!r}")
         if tree is None:

@@ -71,6 +71,20 @@ def test_parse_tree_rejects_malformed_text():
     assert skipping.add(skipping.root, "<expansion>", "x").id == 10
     with pytest.raises(ValueError, match="unknown rating"):
         parse_tree(text.replace("<negative_rating>", "<great_rating>"))
+    with pytest.raises(ValueError, match="line 2: no <end_of_thought> before the next line"):  # not swallowed
+        parse_tree(_drop_end_of_thought(text, 1))
+    with pytest.raises(ValueError, match="line 4: not a thought line: 'just some words'"):  # not skipped
+        parse_tree(text + "\njust some words")
+    # a thought without a meta tag (the format's tags are optional) is an expansion
+    untagged = parse_tree(text.replace("<start_of_thought><expansion>", "<start_of_thought>"))
+    assert [n.meta for n in untagged.nodes] == [n.meta for n in chain().nodes] and len(untagged.nodes) == 3
+
+
+def _drop_end_of_thought(text: str, line: int) -> str:
+    """text with the <end_of_thought> of its line `line` (0-based) taken out."""
+    lines = text.split("\n")
+    lines[line] = lines[line].replace("<end_of_thought>", "", 1)
+    return "\n".join(lines)
 
 
 def test_json_keeps_every_statistic():
