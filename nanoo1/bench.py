@@ -164,6 +164,25 @@ def _print_row(r: dict):
     print(line, flush=True)
 
 
+def one_at_a_time(policy_class):
+    """`policy_class` made to work as LLaMA-O1 does: one engine call per candidate (each prompt naming the id its
+    candidate gets, as the batched call's do) and one value call per thought."""
+    from nanoo1.policy import Request
+
+    class OneAtATime(policy_class):
+        def propose(self, requests):
+            one = super().propose
+            return [[one([Request(r.tree, r.node, [m], [h], r.temperature, r.child_id(j))])[0][0]
+                     for j, (m, h) in enumerate(zip(r.metas, r.hints))] for r in requests]
+
+        def evaluate(self, paths):
+            one = super().evaluate
+            rated = [one([p]) for p in paths]
+            return [v[0] for v, _ in rated], [t[0] for _, t in rated]
+
+    return OneAtATime
+
+
 def search_section(args) -> list[dict]:
     """MCTS nodes expanded per second: lockstep, batched expansion (`LMPolicy`: one engine call per round
     for every tree, each prompt prefilled once and forked k ways, one batched value pass) against LLaMA-O1's
@@ -172,20 +191,9 @@ def search_section(args) -> list[dict]:
     from dataclasses import replace
 
     from nanoo1.mcts import MCTSConfig, mcts
-    from nanoo1.policy import LMPolicy, Request
+    from nanoo1.policy import LMPolicy
     from nanoo1.tasks import make_problems, solution_tree
     from nanoo1.tokenizer import train_tokenizer
-
-    class OneAtATime(LMPolicy):
-        def propose(self, requests):
-            one = super().propose
-            return [[one([Request(r.tree, r.node, [m], [h], r.temperature)])[0][0] for m, h in zip(r.metas, r.hints)]
-                    for r in requests]
-
-        def evaluate(self, paths):
-            one = super().evaluate
-            rated = [one([p]) for p in paths]
-            return [v[0] for v, _ in rated], [t[0] for _, t in rated]
 
     device = "cuda" if torch.cuda.is_available() and not args.cpu else "cpu"
     tokenizer = train_tokenizer([solution_tree(p).training_text() for p in make_problems(300, seed=1)], 512)
@@ -194,7 +202,7 @@ def search_section(args) -> list[dict]:
     questions = [p.question for p in make_problems(args.search_problems, seed=2)]
     mcts_config = MCTSConfig(simulations=args.search_simulations, num_candidates=4, max_children=4, patient=10**9)
     results = []
-    for name, policy_class in (("batched", LMPolicy), ("one at a time", OneAtATime)):
+    for name, policy_class in (("batched", LMPolicy), ("one at a time", one_at_a_time(LMPolicy))):
         mcts(policy_class(model, tokenizer, max_thought_tokens=4), questions[:2], replace(mcts_config, simulations=1))  # warm-up
         policy = policy_class(model, tokenizer, temperature=1.0, max_thought_tokens=args.thought_tokens, seed=0)
         start = time.perf_counter()

@@ -23,6 +23,25 @@ def test_paired_runs_every_contender_in_turn_within_each_repeat():
     assert all(t >= 0 for v in times.values() for t in v)
 
 
+def test_the_one_at_a_time_baseline_asks_for_the_candidates_the_batched_call_asks_for():
+    from nanoo1.bench import one_at_a_time
+    from nanoo1.policy import Request
+    from nanoo1.thoughts import Tree
+
+    class Recorder:  # a policy that records the prompts it is asked to continue
+        def __init__(self):
+            self.asked = []
+
+        def propose(self, requests):
+            self.asked += [r.prompt(j) for r in requests for j in range(r.k)]
+            return [[f"thought {len(self.asked)}"] for _ in requests]
+
+    policy, tree = one_at_a_time(Recorder)(), Tree("Mia has 7 apples. She buys 5 more. How many now?")
+    request = Request(tree, tree.root, ["<expansion>"] * 3, [None] * 3)
+    assert policy.propose([request]) == [["thought 1", "thought 2", "thought 3"]]
+    assert policy.asked == [request.prompt(j) for j in range(3)]  # each naming its own id, 1, 2, 3
+
+
 def test_bench_size_smoke_on_a_tiny_model():
     config = Gemma2Config.preset("tiny", vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                                  num_attention_heads=2, num_key_value_heads=1, head_dim=16, query_pre_attn_scalar=16)
