@@ -99,7 +99,10 @@ class EvolveConfig:
     dtype: str = "float32"  # the weights' dtype: float32 or bfloat16 (the base's, under LoRA; adapters stay float32)
 
     def __post_init__(self):
-        check_settings(self, non_negative=("max_rows", "guided_from"), choices={"dtype": ("float32", "bfloat16")})
+        check_settings(self, positive=("simulations", "num_candidates", "max_step_tokens", "sft_batch_size",
+                                       "ppm_pairs_per_step", "problems", "eval_problems", "verifier_problems"),
+                       non_negative=("max_rows", "guided_from", "rounds", "pair_problems", "beam", "verifiers"),
+                       choices={"dtype": ("float32", "bfloat16")})
 
     @property
     def autocast(self) -> bool:

@@ -675,6 +675,10 @@ def test_rounds_before_guided_from_search_without_the_ppm(code_tokenizer, tmp_pa
         assert [row["ppm_tokens"] > 0 for row in rows[:2]] == guided
     with pytest.raises(ValueError, match="--guided-from must be >= 0"):
         EvolveConfig(guided_from=-1)
+    with pytest.raises(ValueError, match="--eval-problems must be > 0"):  # accuracy on no problem divided by zero
+        EvolveConfig(eval_problems=0)
+    with pytest.raises(ValueError, match="--verifier-problems must be > 0"):
+        EvolveConfig(verifier_problems=0)
 
 
 def test_a_lora_round_in_bf16_trains_adapters_only(code_tokenizer, tmp_path, monkeypatch):
