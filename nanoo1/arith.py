@@ -10,8 +10,9 @@ spells the notation plainly, `tokenize` and `value` parse it by hand and compute
 by zero) has no value: None.
 
 Every step is bounded, so no text makes it slow: a number of more than MAX_DIGITS digits, an expression
-of more than MAX_TOKENS tokens or MAX_DEPTH nested brackets, and a value needing more than MAX_BITS bits
-have no value (2^10^10 is never computed).
+of more than MAX_TOKENS tokens or MAX_DEPTH nested brackets, and a power whose exponent times the bits of
+its base exceeds MAX_BITS (a bound on the bits of its value: 2^10^10 is never computed, and 3^2049 is
+refused though it needs 3,248) have no value; 0, 1 and -1 raised to any integer power do.
 """
 
 from __future__ import annotations
@@ -116,7 +117,7 @@ def _power(base, exponent):
     if exponent.denominator != 1:
         raise ValueError  # a root: not exact arithmetic
     bits = max(base.numerator.bit_length(), base.denominator.bit_length(), 1)
-    if abs(exponent.numerator) * bits > MAX_BITS:
+    if abs(exponent.numerator) * bits > MAX_BITS and base not in (0, 1, -1):
         raise OverflowError
     return base ** exponent.numerator if exponent >= 0 else Fraction(base) ** exponent.numerator
 
