@@ -77,15 +77,16 @@ def grpo_iteration(model, tokenizer, opt, problems, it: int, config: SelfPlayCon
 def rollout_rewards(rows, correct, config: SelfPlayConfig):
     """Each rollout's reward: `correct` (1 or 0; 0 without </think>), or with --reward cosine Yeo et al.'s
     cosine length reward over its tokens (L_max is the longest possible rollout, think + 1 + solution budget;
-    r_exceed goes to the rollouts the solution budget cut off, not to one whose <eos> came exactly at L_max)
-    plus the sum of its n-gram repetition penalties."""
+    r_exceed goes to the rollouts that reached it unfinished, not to one whose <eos> came exactly there) plus the
+    sum of its n-gram repetition penalties."""
     g = config.grpo
     if g.reward == "correct":
         return correct
+    L = g.think_budget + 1 + g.solution_budget
     lengths = torch.tensor([len(r.tokens) for r in rows])
-    cut = torch.tensor([r.finish_reason == "length" for r in rows])  # the answer phase ran out of tokens
+    cut = torch.tensor([len(r.tokens) >= L and r.finish_reason == "length" for r in rows])  # at L_max, unfinished
     penalty = torch.stack([repetition_penalty(r.tokens, g.ngram).sum() for r in rows])
-    return cosine_length_reward(correct.bool(), lengths, g.think_budget + 1 + g.solution_budget, exceeded=cut) + penalty
+    return cosine_length_reward(correct.bool(), lengths, L, exceeded=cut) + penalty
 
 
 def _grpo_updates(model, tokenizer, opt, rows, adv, seed: int, config: SelfPlayConfig, tokens) -> list[dict]:

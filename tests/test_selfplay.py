@@ -263,15 +263,17 @@ def test_rollout_rewards_correct_or_cosine_with_the_repetition_penalty():
     rows = [SimpleNamespace(tokens=[5] * 8, finish_reason="stop_token"),
             SimpleNamespace(tokens=[1, 2, 3, 4], finish_reason="stop_token"),
             SimpleNamespace(tokens=list(range(20)), finish_reason="length"),
-            SimpleNamespace(tokens=list(range(20)), finish_reason="stop_token")]
-    correct = torch.tensor([1.0, 0.0, 1.0, 1.0])
+            SimpleNamespace(tokens=list(range(20)), finish_reason="stop_token"),
+            SimpleNamespace(tokens=[1, 2, 3, 4], finish_reason="length")]
+    correct = torch.tensor([1.0, 0.0, 1.0, 1.0, 0.0])
     config = apply_flags(PRESETS["tiny"], dict(algo="grpo", think_budget=12, solution_budget=7, ngram=3))
     assert torch.equal(rollout_rewards(rows, correct, config), correct)
     cosine = rollout_rewards(rows, correct, apply_flags(config, {"reward": "cosine"}))
     # L_max = 12 + 1 + 7 = 20: 8 tokens right, 4 wrong, 20 cut off by the budget (r_exceed) and 20 ending on its
-    # own <eos> at the limit (r_L = 1), both right; [5]*8 repeats its 3-gram from position 1 on, so 7 of its tokens
-    # get -0.05
-    expected = [1 + 0.5 * (1 + math.cos(math.pi * 8 / 20)) - 7 * 0.05, -5 * (1 + math.cos(math.pi * 4 / 20)), -10.0, 1.0]
+    # own <eos> at the limit (r_L = 1), both right, and 4 wrong whose answer ran out of tokens before L_max (the
+    # cosine reward, as for any wrong one); [5]*8 repeats its 3-gram from position 1 on, so 7 of its tokens get -0.05
+    short_wrong = -5 * (1 + math.cos(math.pi * 4 / 20))
+    expected = [1 + 0.5 * (1 + math.cos(math.pi * 8 / 20)) - 7 * 0.05, short_wrong, -10.0, 1.0, short_wrong]
     assert cosine.tolist() == pytest.approx(expected)
 
 
