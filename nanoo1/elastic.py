@@ -24,7 +24,7 @@ from nanoo1.rl import completion_logprobs, grpo_advantages
 from nanoo1.sft import set_lr
 from nanoo1.tasks import think_prompt
 from nanoo1.tokenizer import batch_ids
-from nanoo1.updates import GRPOConfig, grpo_step
+from nanoo1.updates import GRPOConfig, grpo_step, micro_batch_rows
 
 
 def grpo_iteration(model, tokenizer, opt, problems, it: int, config: SelfPlayConfig, seed: int = 0) -> dict:
@@ -100,14 +100,14 @@ def _grpo_updates(model, tokenizer, opt, rows, adv, seed: int, config: SelfPlayC
         mask[i, len(r.prompt):len(r.prompt) + len(r.tokens)] = 1  # sampled and forced tokens alike
     ids, attn, mask, adv = ids.to(device), attn.to(device), mask.to(device), adv.to(device)
     cfg = GRPOConfig(loss_type=g.loss_type, micro_batch_size=config.ppo.micro_batch, temperature=g.grpo_temperature,
-                     max_completion_length=g.think_budget + g.solution_budget + 1, beta=g.kl_beta)
+                     max_completion_length=g.think_budget + g.solution_budget + 1, beta=g.kl_beta,
+                     micro_batch_tokens=config.ppo.micro_batch_tokens)
 
-    def logprobs():  # no grad, micro-batch by micro-batch (no rows: an empty (0, 0) grid)
-        n = cfg.micro_batch_size
+    def logprobs():  # no grad, micro-batch by micro-batch, as the updates cut them (no rows: an empty (0, 0) grid)
         if not rows:
             return torch.zeros(ids.shape, device=device)
-        return torch.cat([completion_logprobs(model, ids[s:s + n], attn[s:s + n], mask[s:s + n], cfg.temperature)
-                          for s in range(0, len(rows), n)])
+        parts = micro_batch_rows([ids.shape[1]] * len(rows), cfg.micro_batch_size, cfg.micro_batch_tokens)
+        return torch.cat([completion_logprobs(model, ids[r], attn[r], mask[r], cfg.temperature) for r in parts])
 
     batch = {"input_ids": ids, "attention_mask": attn, "completion_mask": mask, "advantages": adv}
     with torch.no_grad(), bf16_autocast(autocast(config), device):

@@ -255,6 +255,24 @@ def test_grpo_run_repeats_for_a_seed_and_resumes_exactly(tmp_path, warmstart, mo
     assert not (tmp_path / "a" / "iter-0001" / "replay.pt").exists()  # no MCTS, no buffers
 
 
+def test_grpo_micro_batches_are_cut_by_tokens_too(tmp_path, warmstart, monkeypatch):
+    """--micro-batch-tokens bounds GRPO's forward passes as it does PPO's: the old log-probs' and the updates'."""
+    import nanoo1.elastic as elastic
+    import nanoo1.updates as updates
+
+    monkeypatch.setattr(elastic, "check", lambda text, truth: len(text) % 2 == 0)  # rewards differ within a group
+    widest = []
+    for module in (elastic, updates):
+        def spy(model, ids, *args, real=module.completion_logprobs, **kwargs):
+            widest.append(ids.numel())  # rows x padded length of one forward pass
+            return real(model, ids, *args, **kwargs)
+        monkeypatch.setattr(module, "completion_logprobs", spy)
+    kw = dict(algo="grpo", group_size=4, think_budget=8, solution_budget=4, problems_per_iteration=2, rounds=1,
+              grpo_minibatch=8, iterations=1, micro_batch_tokens=250)
+    run(small(tmp_path, warmstart, **kw), progress=False)
+    assert widest and max(widest) <= 250  # rows of about 100 tokens: two at a time, where micro_batch alone takes 8
+
+
 def test_rollout_rewards_correct_or_cosine_with_the_repetition_penalty():
     from types import SimpleNamespace
 
