@@ -140,7 +140,8 @@ def main(argv=None):
     g.add_argument("--budgets", default="1,2,4,8,16", help="N / beam width / MCTS simulations / thinking tokens "
                    "('unlimited': all the context holds, for budget only)")
     g.add_argument("--temperature", type=float, default=0.7, help="sampling temperature of the searches")
-    g.add_argument("--max-thought-tokens", type=int, default=32)
+    g.add_argument("--max-thought-tokens", type=int, default=32, help="a thought is cut after this many tokens (the "
+                   "tiny task's 32; the 2b preset trains with 192)")
     g.add_argument("--max-rows", type=int, default=0, help="at most this many sequences in one generate call (0: no "
                    "limit); bounds the KV cache (e.g. 32 for gemma-2-2b on a 16 GB GPU, as the 2b preset)")
     g.add_argument("--seed", type=int, default=0)
