@@ -49,7 +49,7 @@ from nanoo1.device import process_setup, resolve_device
 from nanoo1.lora import lora_copy, save_trained, unfreeze
 from nanoo1.mcts import MCTSConfig, mcts
 from nanoo1.ppm import ProcessPreferenceModel, fit, pair_batch_loss, preference_pairs, save_scorer
-from nanoo1.recipe import LoRASettings
+from nanoo1.recipe import BF16_FULL_FINETUNE, LoRASettings
 from nanoo1.rounds import COLUMNS, draw_rounds, line, measure, plot_rounds, row_line, rstar_policy, slip_pairs
 from nanoo1.rstar import RStarConfig, best_traces, encode_trace, final_pairs, ppm_input, step_failed
 from nanoo1.sft import SFTConfig, make_batches, passes, train_sft
@@ -325,6 +325,8 @@ def main(argv=None):
         given.setdefault("device", "auto")
     try:
         config, lora = apply_flags(EvolveConfig(), given), apply_flags(LoRASettings(), lora_flags)
+        if config.dtype == "bfloat16" and not lora.rank:
+            raise ValueError(BF16_FULL_FINETUNE)
     except ValueError as e:
         p.error(str(e))
     t = time.perf_counter()

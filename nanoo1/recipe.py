@@ -167,6 +167,14 @@ class SelfPlayConfig:
     def __post_init__(self):
         if self.grpo.kl_beta and not self.lora.rank:
             raise ValueError("--kl-beta needs --lora-rank: the KL reference is the base with its adapters off")
+        if self.run.dtype == "bfloat16" and not self.lora.rank:
+            raise ValueError(BF16_FULL_FINETUNE)
+
+
+# AdamW on bf16 weights adds each update to an 8-bit mantissa: at a learning rate of 2e-5 most round away
+BF16_FULL_FINETUNE = ("--lora-rank 0 (full fine-tuning) with --dtype bfloat16: AdamW would step the bf16 weights "
+                      "themselves and round most updates away; give --dtype float32 (with --bf16 true the matrix "
+                      "multiplies stay in bf16) or a --lora-rank")
 
 
 # A named preset is a set of values. "tiny" is the laptop-CPU recipe (--tiny); "2b" is where a Gemma-2 2B
@@ -193,8 +201,8 @@ def autocast(config: SelfPlayConfig) -> bool:
 
 
 def memory_estimate(config: SelfPlayConfig, model_config) -> dict[str, float]:
-    """GiB the run needs on its device, by part: the weights in their dtype; the trained parameters'
-    gradient and AdamW's two moments (float32); the KV cache of the widest generate call (MCTS rollouts, a
+    """GiB the run needs on its device, by part: the weights in their dtype; the trained parameters' gradient
+    and AdamW's two moments (float32; under LoRA also the float32 adapters themselves); the KV cache of the widest generate call (MCTS rollouts, a
     row per candidate of every problem, or checked greedy's row per imitation problem; at most max_rows),
     each row 8 thoughts' lines of up to max_thought_tokens; one chunk of float32 log-probs over the
     vocabulary (rl.completion_logprobs, 512 positions of a micro-batch)."""
@@ -207,14 +215,15 @@ def memory_estimate(config: SelfPlayConfig, model_config) -> dict[str, float]:
                  "o_proj": q + c.hidden_size, "gate_proj": c.hidden_size + c.intermediate_size,
                  "up_proj": c.hidden_size + c.intermediate_size, "down_proj": c.intermediate_size + c.hidden_size}
         trained = c.num_hidden_layers * config.lora.rank * sum(sizes.get(t.strip(), 0) for t in config.lora.targets.split(","))
+        per_trained = 16  # the adapter, its gradient and two moments, float32
     else:
-        trained = n
+        trained, per_trained = n, 12  # the weights are counted already: their float32 gradient and two moments
     rows = max(s.problems_per_iteration * s.num_candidates, config.imitation.problems)
     rows = min(rows, s.max_rows) if s.max_rows else rows
     tokens = 8 * (s.max_thought_tokens + 24)  # a root-to-conclusion chain of at most 8 lines
     kv_bytes = 2 * c.num_hidden_layers * c.num_key_value_heads * c.head_dim * weight_bytes
     gib = 2 ** 30
-    return {"weights": n * weight_bytes / gib, "trained + optimizer": trained * 16 / gib,
+    return {"weights": n * weight_bytes / gib, "trained + optimizer": trained * per_trained / gib,
             "kv cache": rows * tokens * kv_bytes / gib, "logits chunk": config.ppo.micro_batch * 512 * c.vocab_size * 4 / gib}
 
 

@@ -530,6 +530,12 @@ def test_a_model_without_tiny_takes_the_2b_preset_and_needs_its_data(capsys, mon
     assert "--data: no file given" in capsys.readouterr().err
     two_b = PRESETS["2b"]
     assert (two_b.lora.rank, two_b.run.dtype, two_b.run.device) == (16, "bfloat16", "auto")
+    with pytest.raises(SystemExit):  # bf16 weights stepped by AdamW themselves would lose most updates
+        main(["--model", "owner/name", "--lora-rank", "0", "--data", str(TINY_DIR / "train.jsonl"),
+              "--test-data", str(TINY_DIR / "test.jsonl")])
+    assert "--lora-rank 0 (full fine-tuning) with --dtype bfloat16" in capsys.readouterr().err
+    full = apply_flags(PRESETS["2b"], {"lora_rank": 0, "dtype": "float32", "bf16": True})  # the way to fine-tune fully
+    assert (full.lora.rank, full.run.dtype) == (0, "float32")
 
 
 def test_memory_estimate_of_the_2b_preset_fits_a_16_gb_card():
@@ -539,6 +545,8 @@ def test_memory_estimate_of_the_2b_preset_fits_a_16_gb_card():
     need = memory_estimate(PRESETS["2b"], Gemma2Config.preset("2b"))
     assert need["weights"] == pytest.approx(2_614_341_888 * 2 / 2 ** 30, rel=1e-6)  # bf16, tied embeddings
     assert 0 < need["trained + optimizer"] < 1 and sum(need.values()) < 16
+    full = memory_estimate(apply_flags(PRESETS["2b"], {"lora_rank": 0, "dtype": "float32"}), Gemma2Config.preset("2b"))
+    assert full["trained + optimizer"] == pytest.approx(2_614_341_888 * 12 / 2 ** 30, rel=1e-6)  # grads, 2 moments
 
 
 def test_grpo_with_lora_takes_its_kl_against_the_base_with_the_adapters_off(tmp_path, warmstart, monkeypatch, capsys):
