@@ -175,8 +175,8 @@ def main(argv=None):
         model, tokenizer = load_pretrained(args.checkpoint, dtype=dtype, device=device)
         if args.adapters:
             load_lora(model, args.adapters)
-    except (OSError, ValueError) as e:
-        p.error(str(e))
+    except (OSError, ValueError, KeyError) as e:  # KeyError: adapters that do not fit the checkpoint
+        p.error(str(e.args[0] if isinstance(e, KeyError) else e))
     if tokenizer is None:
         p.error(f"{args.checkpoint} has no tokenizer.json")
     out = args.out or Path("runs") / "eval" / Path(args.checkpoint.rstrip("/")).name

@@ -16,7 +16,7 @@ import torch
 
 from nanoo1.checkpoint import load_pretrained
 from nanoo1.config import positive_int
-from nanoo1.device import resolve_device
+from nanoo1.device import process_setup, resolve_device
 from nanoo1.engine import generate
 from nanoo1.model import Gemma2, Gemma2Config
 from nanoo1.tokenizer import train_tokenizer
@@ -53,6 +53,7 @@ def main(argv=None):
     g.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
 
+    process_setup()
     try:
         device = resolve_device(args.device)
         if args.checkpoint is None:

@@ -340,7 +340,10 @@ def main(argv=None):
                        help="dtype of the merged weights (default: the base checkpoint's)")
     merge.add_argument("--revision", default=None, help="hub revision of the base (branch, tag or commit)")
     args = p.parse_args(argv)
-    out = merge_into_checkpoint(args.base, args.adapters, args.out, args.dtype, args.revision)
+    try:
+        out = merge_into_checkpoint(args.base, args.adapters, args.out, args.dtype, args.revision)
+    except (OSError, ValueError, KeyError) as e:  # each names the file, key or value at fault
+        p.error(str(e.args[0] if isinstance(e, KeyError) else e))
     print(f"merged {args.adapters} into {args.base}: {out}")
 
 

@@ -256,13 +256,14 @@ def main(argv=None):
             config = apply_flags(PRESETS["tiny" if args.tiny else "2b"], flags)
             config = replace(config, run=replace(config.run, out=default_out(config)))
             load_problems(config)  # a data file too small for the run fails now, not after the first evaluation
+        resolve_device(config.run.device)  # e.g. --device cuda without one: said now, as a usage error
     except (ValueError, OSError, KeyError) as e:
         p.error(str(e))
     process_setup(args.threads)
     try:
         summary = run(config, resume=args.resume, from_scratch=args.from_scratch, progress=not args.no_progress,
                       overwrite=args.overwrite)
-    except FileExistsError as e:
+    except OSError as e:  # a run directory in the way, a checkpoint not found: each names its path
         p.error(str(e))
     if dist.place().main:
         print(json.dumps(summary))

@@ -432,6 +432,8 @@ def test_tiny_grpo_starts_from_elastic_reasonings_warm_start(monkeypatch):
     (["--tiny", "--threads", "0"], "--threads: 0 must be at least 1"),
     (["--tiny", "--data", "SMALL"], "3 problems, but every iteration draws 392"),
     (["--tiny", "--data", "MISSING"], "dataset file not found"),
+    pytest.param(["--tiny", "--device", "cuda"], "--device cuda: torch sees no CUDA device",
+                 marks=pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA device is here")),
 ])
 def test_bad_settings_and_inputs_are_refused_before_any_work(tmp_path, flags, message, capsys, monkeypatch):
     import nanoo1.selfplay as selfplay
@@ -443,6 +445,21 @@ def test_bad_settings_and_inputs_are_refused_before_any_work(tmp_path, flags, me
     with pytest.raises(SystemExit):
         main(flags + ["--out", str(tmp_path / "run")])
     assert message in capsys.readouterr().err
+
+
+def test_a_missing_model_or_unfitting_adapters_are_messages_not_tracebacks(tmp_path, warmstart, capsys):
+    from nanoo1 import eval as eval_cli
+    from nanoo1.lora import apply_lora, save_lora
+    from nanoo1.model import Gemma2Config
+
+    with pytest.raises(SystemExit):
+        main(["--tiny", "--model", str(tmp_path / "no-such-model"), "--out", str(tmp_path / "run")])
+    assert "no checkpoint directory at" in capsys.readouterr().err
+    deeper = Gemma2Config.preset("tiny", vocab_size=512, num_hidden_layers=5)  # the warm start has 4 layers
+    save_lora(apply_lora(random_model(deeper), ("q_proj",), rank=2), tmp_path / "adapters")
+    with pytest.raises(SystemExit):
+        eval_cli.main(["--checkpoint", str(warmstart), "--adapters", str(tmp_path / "adapters"), "--limit", "1"])
+    assert "adapter_model.safetensors: key 'base_model.model.model.layers.4." in capsys.readouterr().err
 
 
 def test_a_hostile_trainer_state_runs_no_code(tmp_path, warmstart, monkeypatch):
