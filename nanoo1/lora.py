@@ -41,6 +41,8 @@ PEFT_PREFIX = "base_model.model."  # PeftModel -> LoraModel -> the wrapped model
 UNSUPPORTED = """use_rslora use_dora fan_in_fan_out bias lora_bias rank_pattern alpha_pattern modules_to_save layer_replication
 use_qalora target_parameters trainable_token_indices alora_invocation_tokens arrow_config use_bdlora kasa_config
 monteclora_config velora_config""".split()
+# peft's inits that set A and B alone (pissa, olora, corda, loftq, lora_ga also change the base weights)
+PLAIN_INITS = (True, False, "gaussian", "orthogonal", "eva")
 # Gemma2.logits and the rating-token value read lm_head's weight directly, so an adapter there would do nothing
 LM_HEAD_REFUSED = "the logits read its weight directly (Gemma2.logits), so nanoo1 puts no adapter on it"
 # what `merge` copies from the base as it is: the tokenizer, and the sampling settings (e.g. -it's two stop ids)
@@ -244,7 +246,7 @@ def _read_adapter_config(path: Path) -> tuple[int, float, float]:
         if c.get(key) not in (None, False, {}, [], "none"):
             raise ValueError(f"{path}: {key}={c[key]!r} is not supported; nanoo1 reads plain LoRA "
                              f"(scaling lora_alpha / r, no bias, adapters on linear layers only)")
-    if c.get("init_lora_weights", True) not in (True, False, "gaussian"):
+    if c.get("init_lora_weights", True) not in PLAIN_INITS:
         raise ValueError(f"{path}: init_lora_weights={c['init_lora_weights']!r} changes or needs changed base "
                          f"weights; convert the adapters to plain LoRA with peft first")
     return r, alpha, dropout

@@ -256,6 +256,11 @@ def test_load_errors_name_the_file_and_the_key(tmp_path):
     fails(ValueError, r"adapter_config\.json.*modules_to_save", config={"modules_to_save": ["lm_head"]})
     fails(ValueError, r"adapter_config\.json.*peft_type.*'IA3'", config={"peft_type": "IA3"})
     fails(ValueError, r"adapter_config\.json.*r=0", config={"r": 0})
+    fails(ValueError, r"adapter_config\.json.*init_lora_weights='pissa'", config={"init_lora_weights": "pissa"})
+    for init in ("orthogonal", "eva"):  # inits that set A and B alone: the adapters are plain LoRA once trained
+        _rewrite(d, {**config, "init_lora_weights": init}, tensors)
+        assert lora_state_dict(load_lora(TinyGemmaLike(), d))
+    _rewrite(d, config_before, tensors_before)
     (d / "adapter_config.json").unlink()
     with pytest.raises(FileNotFoundError, match=r"adapter_config\.json"):
         load_lora(TinyGemmaLike(), d)
