@@ -150,7 +150,7 @@ def main(argv=None):
     g.add_argument("--threads", type=positive_int, default=None, help="torch.set_num_threads")
     g = p.add_argument_group("output")
     g.add_argument("--out", type=Path, default=None, help="directory for eval.jsonl and scaling.png, replaced on each "
-                   "run (default: runs/eval/NAME, NAME the checkpoint's folder or hub id)")
+                   "run (default: runs/eval/NAME, NAME the checkpoint's folder or hub id, with +RUN-DIR of --adapters)")
     args = p.parse_args(argv)
     methods = args.methods.split(",")
     unknown = [m for m in methods if m not in METHODS + ("budget",)]
@@ -179,7 +179,10 @@ def main(argv=None):
         p.error(str(e.args[0] if isinstance(e, KeyError) else e))
     if tokenizer is None:
         p.error(f"{args.checkpoint} has no tokenizer.json")
-    out = args.out or Path("runs") / "eval" / Path(args.checkpoint.rstrip("/")).name
+    name = Path(args.checkpoint.rstrip("/")).name
+    if args.adapters:  # the base with adapters is another model: runs/eval/BASE+RUN-final, beside the base's own
+        name += "+" + "-".join(Path(args.adapters).resolve().parts[-2:])
+    out = args.out or Path("runs") / "eval" / name
     place = dist.place()
     seed = dist.rank_seed(args.seed, place.rank)
     results = []

@@ -489,6 +489,12 @@ def test_eval_command_refuses_unknown_methods_and_writes_beside_not_into_the_che
         eval_cli.main(["--checkpoint", str(warmstart), "--limit", "2", "--methods", "greedy", "--max-thought-tokens", "4"])
     rows = (tmp_path / "runs" / "eval" / warmstart.name / "eval.jsonl").read_text().splitlines()
     assert len(rows) == 1 and not (warmstart / "eval.jsonl").exists()  # replaced, not appended
+    from nanoo1.lora import apply_lora, save_lora
+
+    save_lora(apply_lora(random_model(TINY_MODEL), ("q_proj",), rank=2), tmp_path / "run" / "final")
+    eval_cli.main(["--checkpoint", str(warmstart), "--adapters", str(tmp_path / "run" / "final"), "--limit", "1",
+                   "--methods", "greedy", "--max-thought-tokens", "4"])
+    assert (tmp_path / "runs" / "eval" / f"{warmstart.name}+run-final" / "eval.jsonl").exists()  # not over the base's
 
 
 @pytest.mark.parametrize("module,flags,message", [
