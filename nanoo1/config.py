@@ -15,7 +15,7 @@ import re
 from dataclasses import asdict, fields, is_dataclass, replace
 
 _COMMENTED_FIELD = re.compile(r"^\s*(\w+)\s*:[^#]*#\s?(.*)$")
-_CONTINUATION = re.compile(r"^\s*#\s*(.*)$")
+_CONTINUATION = re.compile(r"^\s*#\s{2,}(.*)$")  # indented under the comment above; "# policy k+1" heads a section
 
 
 def parse_bool(text: str) -> bool:

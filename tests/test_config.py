@@ -14,6 +14,8 @@ class Search:
     depth: int = 3  # how deep
     temperature: float = 0.7  # sampling temperature,
     #                           continued here
+    # the next section (a heading, not part of the help above)
+    width: int = 2
 
     def __post_init__(self):
         check_settings(self, positive=("depth",), fraction=("temperature",))
@@ -34,6 +36,10 @@ class Config:
 
 def test_field_comments_with_their_continuations():
     assert field_help(Search) == {"depth": "how deep", "temperature": "sampling temperature, continued here"}
+    from nanoo1.evolve import EvolveConfig
+
+    helps = field_help(EvolveConfig)  # its section headings ("# policy k+1") are no field's help
+    assert helps["guided_from"].endswith("never are") and helps["sft_lr"].endswith("cosine decay)")
 
 
 def test_flags_take_only_what_was_given_and_land_in_their_group():
