@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 
 from nanoo1.checkpoint import load_pretrained, read_safetensors_header, read_tensor, resolve_checkpoint, save_pretrained
+from nanoo1.device import process_setup
 from nanoo1.files import atomic_write
 
 DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -342,6 +343,7 @@ def main(argv=None):
                        help="dtype of the merged weights (default: the base checkpoint's)")
     merge.add_argument("--revision", default=None, help="hub revision of the base (branch, tag or commit)")
     args = p.parse_args(argv)
+    process_setup()
     try:
         out = merge_into_checkpoint(args.base, args.adapters, args.out, args.dtype, args.revision)
     except (OSError, ValueError, KeyError) as e:  # each names the file, key or value at fault
