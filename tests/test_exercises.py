@@ -366,7 +366,15 @@ def test_ppo_loss_check(capsys):
     fails(ex.check_ppo_loss, max_not_min, capsys, "eps .2")
     fails(ex.check_ppo_loss, clipped_only, capsys, "eps .2")
     fails(ex.check_ppo_loss, ignores_mask, capsys, "mask [1, 1, 0, 0]")
+    def mean_of_row_means(logp, old_logp, advantages, mask, clip_eps=0.2, weights=None):  # TRL's "grpo" normalisation
+        adv = advantages[:, None] if advantages.dim() == 1 else advantages
+        r = torch.exp(logp - old_logp)
+        per = -torch.minimum(r * adv, r.clamp(1 - clip_eps, 1 + clip_eps) * adv)
+        per = per * (1 if weights is None else weights[:, None])
+        return ((per * mask).sum(-1) / mask.sum(-1)).mean()
+
     fails(ex.check_ppo_loss, weights_scale_the_mean, capsys, "weights [2, 1]")
+    fails(ex.check_ppo_loss, mean_of_row_means, capsys, "mask [[1, 1], [1, 0]]")
 
 
 # ----------------------------------------------------------------------------- 07 prioritized replay

@@ -53,7 +53,8 @@ def check_grpo_advantages(grpo_advantages) -> bool:
     two_groups = [[a, -a, -a, a], [0.0, 0.0, 0.0, 0.0]]
     return _run("grpo_advantages", [
         _Case("rewards [[1,0,0,1], [2,2,2,2]]", lambda: grpo_advantages(t([[1.0, 0.0, 0.0, 1.0], [2.0, 2.0, 2.0, 2.0]])), two_groups,
-              hint="std with Bessel's correction (divide by G - 1), as torch.std does by default"),
+              hint="(r - mean) / (std + eps): eps added to the std, not inside its root, and the std with Bessel's "
+                   "correction (divide by G - 1), as torch.std does by default"),
         # (0, 1, 2): mean 1, std = sqrt((1 + 0 + 1) / 2) = 1 -> (-1, 0, 1) / 1.0001
         _Case("rewards [[0, 1, 2]]", lambda: grpo_advantages(t([[0.0, 1.0, 2.0]])), [[-0.9999, 0.0, 0.9999]]),
         _Case("flat rewards [1,0,0,1,2,2,2,2], group_size=4",
@@ -107,4 +108,7 @@ def check_ppo_loss(ppo_policy_loss) -> bool:
         # weights (2, 1): row 1's losses double: (-2.4 - 2 + .8 + 1) / 4 = -.65
         _Case("the same with weights [2, 1]", lambda: loss(**rows, clip_eps=0.2, weights=t([2.0, 1.0])), -0.65,
               hint="multiply each row's token losses by its weight before averaging"),
+        # mask ((1, 1), (1, 0)): the tokens -1.2, -1, .8 -> -1.4 / 3 = -.4666667 (a mean per row first: -.15)
+        _Case("two rows, mask [[1, 1], [1, 0]]", lambda: loss(**{**rows, "mask": t([[1, 1], [1, 0]])}, clip_eps=0.2),
+              -0.4666667, hint="one mean over every masked-in token of the batch, not a mean of each row's mean"),
     ])
