@@ -50,10 +50,10 @@ def sample_next(logits, temperature: float = 0.0, top_k: int | None = None, top_
     softmax(logits / temperature) restricted to the top_k tokens and to the smallest set whose mass
     reaches top_p (Holtzman et al. 2020, "The Curious Case of Neural Text Degeneration", sec. 3.1).
     top_k None or 0 and top_p None or 1.0 restrict nothing (transformers' convention)."""
-    if temperature <= 0:
-        return logits.argmax(-1)
     if top_k is not None and top_k < 0:
         raise ValueError(f"top_k must be >= 0 (0: no limit), got {top_k}")
+    if temperature <= 0:
+        return logits.argmax(-1)
     scores = logits.float() / temperature  # (B, V)
     if top_k and top_k < scores.shape[-1]:
         kth = scores.topk(top_k, dim=-1).values[:, -1:]  # (B, 1)

@@ -346,7 +346,7 @@ def main(argv=None):
     process_setup()
     try:
         out = merge_into_checkpoint(args.base, args.adapters, args.out, args.dtype, args.revision)
-    except (OSError, ValueError, KeyError) as e:  # each names the file, key or value at fault
+    except (FileNotFoundError, ValueError, KeyError) as e:  # each names the file, key or value at fault
         p.error(str(e.args[0] if isinstance(e, KeyError) else e))
     print(f"merged {args.adapters} into {args.base}: {out}")
 

@@ -26,6 +26,7 @@ one JSON object with the headline figures, also kept in DIR/summary.json.
 from __future__ import annotations
 
 import json
+import os
 import random
 import time
 from dataclasses import asdict, replace
@@ -97,6 +98,13 @@ def evaluate_all(model, tokenizer, problems, config: SelfPlayConfig, tag: str, p
     return results
 
 
+def check_shares(config: SelfPlayConfig, world: int) -> None:
+    """Every rank searches a share of an iteration's problems (of each GRPO round): at least one each."""
+    if config.search.problems_per_iteration < world:
+        raise ValueError(f"--problems-per-iteration {config.search.problems_per_iteration}: fewer than the {world} "
+                         f"ranks, each of which needs a problem")
+
+
 def run(config: SelfPlayConfig, resume: str | None = None, from_scratch: bool = False, progress: bool = True,
         overwrite: bool = False) -> dict:
     """The whole loop: set-up (or resume), evaluation before, the iterations, evaluation after, the summary.
@@ -112,9 +120,7 @@ def run(config: SelfPlayConfig, resume: str | None = None, from_scratch: bool = 
     out = Path(resume or default_out(config))
     device = dist.setup(resolve_device(config.run.device))
     place = dist.place()
-    if config.search.problems_per_iteration < place.world:  # every rank searches a share (of each GRPO round)
-        raise ValueError(f"--problems-per-iteration {config.search.problems_per_iteration}: fewer than the "
-                         f"{place.world} ranks, each of which needs a problem")
+    check_shares(config, place.world)
     if resume:
         resume_settings(out, SelfPlayConfig, flat_settings(config))
         if (out / "summary.json").exists():  # finished: nothing left to run
@@ -257,13 +263,14 @@ def main(argv=None):
             config = replace(config, run=replace(config.run, out=default_out(config)))
             load_problems(config)  # a data file too small for the run fails now, not after the first evaluation
         resolve_device(config.run.device)  # e.g. --device cuda without one: said now, as a usage error
+        check_shares(config, int(os.environ.get("WORLD_SIZE", 1)))
     except (ValueError, OSError, KeyError) as e:
         p.error(str(e))
     process_setup(args.threads)
     try:
         summary = run(config, resume=args.resume, from_scratch=args.from_scratch, progress=not args.no_progress,
                       overwrite=args.overwrite)
-    except OSError as e:  # a run directory in the way, a checkpoint not found: each names its path
+    except (FileExistsError, FileNotFoundError) as e:  # a run directory in the way, a model not found: named
         p.error(str(e))
     if dist.place().main:
         print(json.dumps(summary))

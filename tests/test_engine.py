@@ -79,8 +79,9 @@ def test_sample_next_greedy_top_k_top_p():
     assert counts[0] == 0 and abs(counts[3].item() - 0.15 / 0.95) < 0.02
     # top_k = 0 limits nothing (transformers' convention): every token is drawn
     assert set(sample_next(logits.expand(1000, 4), 1.0, top_k=0, generator=g).tolist()) == {0, 1, 2, 3}
-    with pytest.raises(ValueError, match="top_k must be >= 0"):
-        sample_next(logits, 1.0, top_k=-1)
+    for temperature in (1.0, 0.0):  # refused when greedy too
+        with pytest.raises(ValueError, match="top_k must be >= 0"):
+            sample_next(logits, temperature, top_k=-1)
 
 
 def test_sampling_is_seeded(model):

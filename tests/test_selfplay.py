@@ -326,12 +326,19 @@ def test_checkpoints_keep_the_last_k_and_hold_the_run_settings(tmp_path, warmsta
     assert json.loads((tmp_path / "summary.json").read_text())["iterations"] == 3
 
 
-def test_a_run_refuses_fewer_problems_an_iteration_than_ranks(tmp_path, warmstart, monkeypatch):
+def test_a_run_refuses_fewer_problems_an_iteration_than_ranks(tmp_path, warmstart, monkeypatch, capsys):
     from nanoo1 import dist
 
     monkeypatch.setattr(dist, "place", lambda: dist.Place(rank=0, world=4))  # as if one of 4 torchrun ranks
     with pytest.raises(ValueError, match="--problems-per-iteration 3: fewer than the 4 ranks"):
         run(small(tmp_path, warmstart), progress=False)
+    import nanoo1.selfplay as selfplay
+
+    monkeypatch.setattr(selfplay, "run", lambda *a, **kw: pytest.fail("the run started"))
+    monkeypatch.setenv("WORLD_SIZE", "4")  # the command under torchrun: a usage message before any work
+    with pytest.raises(SystemExit):
+        main(["--tiny", "--problems-per-iteration", "3", "--out", str(tmp_path / "cli")])
+    assert "--problems-per-iteration 3: fewer than the 4 ranks" in capsys.readouterr().err
 
 
 def test_the_last_checkpoints_are_kept_by_iteration_number(tmp_path):

@@ -75,9 +75,12 @@ def test_parse_tree_rejects_malformed_text():
         parse_tree(_drop_end_of_thought(text, 1))
     with pytest.raises(ValueError, match="line 4: not a thought line: 'just some words'"):  # not skipped
         parse_tree(text + "\njust some words")
-    # a thought without a meta tag (the format's tags are optional) is an expansion
-    untagged = parse_tree(text.replace("<start_of_thought><expansion>", "<start_of_thought>"))
+    # a thought without a meta tag (the format's tags are optional) is an expansion, the root without one a problem
+    untagged = parse_tree(text.replace("<start_of_thought><expansion>", "<start_of_thought>")
+                          .replace("<start_of_thought><problem>", "<start_of_thought>"))
     assert [n.meta for n in untagged.nodes] == [n.meta for n in chain().nodes] and len(untagged.nodes) == 3
+    with pytest.raises(ValueError, match="node 2: '<conclusoin>' is not a meta-action"):  # a misspelt tag is no text
+        parse_tree(text.replace("<conclusion>", "<conclusoin>"))
 
 
 def _drop_end_of_thought(text: str, line: int) -> str:
