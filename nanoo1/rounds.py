@@ -58,8 +58,9 @@ def slip_pairs(tokenizer, problems: list[Problem], seed: int = 0) -> dict[str, l
       skip     the next sentence's step written instead, so one sentence is never used (steps before the
                last one);
       early    the answer printed now, with what it prints, a step too soon (from the second step on).
-    A slip that is no slip is left out: a skip that writes the very step (the next sentence says the same) or
-    an early print of a value that is already the answer. Problems without worked steps give none."""
+    A slip that is no slip is left out: a skip whose next sentence asks for the same operation (the same code
+    under another comment) or an early print of a value that is already the answer. Problems without worked
+    steps give none."""
     rng, pairs = random.Random(seed), {kind: [] for kind in SLIPS}
     for problem in (p for p in problems if p.steps):
         steps = problem.code_steps()
@@ -75,13 +76,12 @@ def slip_pairs(tokenizer, problems: list[Problem], seed: int = 0) -> dict[str, l
                 sentence = steps[j + 1][0].partition(": ")[2]
                 operation = steps[j + 1][1].partition(" = ")[2].split(" ", 1)[1]  # "+ 5" of "x3 = x2 + 5"
                 start = expression.split(" ", 1)[0]  # "x1"
-                slips["skip"] = format_step(f"Step {j + 1}: {sentence}", f"{target} = {start} {operation}")
+                if f"{target} = {start} {operation}" != code:  # the same operation either way is no slip
+                    slips["skip"] = format_step(f"Step {j + 1}: {sentence}", f"{target} = {start} {operation}")
             if j > 0 and values[j] != values[-1]:
                 slips["early"] = format_step(f"Step {j + 1}: {question}", f"print(x{j})") + \
                     f"\n{OUTPUT}{values[j]}{END_OUTPUT}"
             for kind, step in slips.items():
-                if step == rendered[j]:
-                    continue
                 pairs[kind].append(tuple(encode_trace(tokenizer, problem.question, rendered[:j] + [s], close=False)[0]
                                          for s in (rendered[j], step)))
     return pairs

@@ -802,9 +802,12 @@ def test_slip_pairs_leave_out_slips_that_are_no_slips(code_tokenizer):
                     [Step(7, "+", 5, 12), Step(12, "+", 5, 17)])
     back = Problem("Mia has 7 apples. She buys 5 more. She gives 3 to Leo. She gets 3 back. How many now?", "12",
                    [Step(7, "+", 5, 12), Step(12, "-", 3, 9), Step(9, "+", 3, 12)])
-    # twice: the next sentence's step is this very step, so no skip
-    assert {kind: len(pairs) for kind, pairs in slip_pairs(code_tokenizer, [twice]).items()} == \
-        {"operand": 2, "skip": 0, "early": 1}
+    same = Problem("Mia has 7 apples. She buys 4 more. Ava gives her 4 more. How many apples does Mia have now?", "15",
+                   [Step(7, "+", 4, 11), Step(11, "+", 4, 15)])
+    # twice, same: the next sentence's step is this very step, or its code under another comment, so no skip
+    for problem in (twice, same):
+        assert {kind: len(pairs) for kind, pairs in slip_pairs(code_tokenizer, [problem]).items()} == \
+            {"operand": 2, "skip": 0, "early": 1}
     slips = slip_pairs(code_tokenizer, [back])  # back: after step 1 x1 is already the answer, so no early print there
     assert {kind: len(pairs) for kind, pairs in slips.items()} == {"operand": 3, "skip": 2, "early": 1}
     assert code_tokenizer.decode(slips["early"][0][1]).endswith("print(x2)\n" + STEP_END + "\n<output>9</output>")
