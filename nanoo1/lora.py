@@ -42,9 +42,7 @@ PEFT_PREFIX = "base_model.model."  # PeftModel -> LoraModel -> the wrapped model
 UNSUPPORTED = """use_rslora use_dora fan_in_fan_out bias lora_bias rank_pattern alpha_pattern modules_to_save layer_replication
 use_qalora target_parameters trainable_token_indices alora_invocation_tokens arrow_config use_bdlora kasa_config
 monteclora_config velora_config""".split()
-# peft's inits that set A and B alone (pissa, olora, corda, loftq, lora_ga also change the base weights)
-PLAIN_INITS = (True, False, "gaussian", "orthogonal", "eva")
-# Gemma2.logits and the rating-token value read lm_head's weight directly, so an adapter there would do nothing
+PLAIN_INITS = (True, False, "gaussian", "orthogonal", "eva")  # peft's inits that leave the base weights alone
 LM_HEAD_REFUSED = "the logits read its weight directly (Gemma2.logits), so nanoo1 puts no adapter on it"
 # what `merge` copies from the base as it is: the tokenizer, and the sampling settings (e.g. -it's two stop ids)
 BASE_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model", "generation_config.json")
