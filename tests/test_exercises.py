@@ -54,11 +54,17 @@ class StaysFloat32(RMSNorm):
         return F.rms_norm(x.float(), (x.shape[-1],), eps=self.eps) * (1 + self.weight)
 
 
+class AllBfloat16(RMSNorm):  # every operation in x's dtype: bfloat16 rounds after each one
+    def forward(self, x):
+        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * (1 + self.weight.to(x.dtype))
+
+
 def test_rms_norm_check(capsys):
     passes(ex.check_rms_norm, RMSNorm, capsys)
     fails(ex.check_rms_norm, NoOnePlus, capsys, "(1 + w)")
     fails(ex.check_rms_norm, EpsOutsideRoot, capsys, "eps=1")
     fails(ex.check_rms_norm, StaysFloat32, capsys, "bfloat16")
+    fails(ex.check_rms_norm, AllBfloat16, capsys, "x=[1,1,1,2] in bfloat16")
 
 
 def test_softcap_check(capsys):

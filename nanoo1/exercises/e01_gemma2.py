@@ -36,6 +36,12 @@ def check_rms_norm(rms_norm_cls) -> bool:
         _Case("x=[1,2,3,4] in bfloat16 (output dtype)", lambda: str(run([1.0, 2.0, 3.0, 4.0], dtype=torch.bfloat16).dtype),
               "torch.bfloat16", hint="compute in float32, then cast back to x's dtype"),
         _Case("x=[1,2,3,4] in bfloat16 (values)", lambda: run([1.0, 2.0, 3.0, 4.0], dtype=torch.bfloat16), one, tol=0.02),
+        # x = (1, 1, 1, 2): mean x^2 = 7/4, 1/sqrt(1.75) = .7559289 -> (.7559289, 1.5118579, 0, 2.2677868), rounded
+        # once to bfloat16 (8 significant bits): (.7578125, 1.515625, 0, 2.265625). Rounding at every step instead:
+        # bf16(.7559289) = .7578125, * 2 = 1.515625, * 1.5 = 2.2734375, halfway between 2.265625 and 2.28125 -> 2.28125
+        _Case("x=[1,1,1,2] in bfloat16 (one rounding)", lambda: run([1.0, 1.0, 1.0, 2.0], dtype=torch.bfloat16),
+              [0.7578125, 1.515625, 0.0, 2.265625], tol=0,
+              hint="compute in float32 and round to bfloat16 once, at the end, not after every operation"),
     ])
 
 
