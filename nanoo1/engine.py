@@ -52,6 +52,8 @@ def sample_next(logits, temperature: float = 0.0, top_k: int | None = None, top_
     top_k None or 0 and top_p None or 1.0 restrict nothing (transformers' convention)."""
     if top_k is not None and top_k < 0:
         raise ValueError(f"top_k must be >= 0 (0: no limit), got {top_k}")
+    if top_p is not None and not 0 < top_p <= 1:
+        raise ValueError(f"top_p must lie in (0, 1] (1: no limit), got {top_p}")
     if temperature <= 0:
         return logits.argmax(-1)
     scores = logits.float() / temperature  # (B, V)

@@ -270,7 +270,7 @@ def main(argv=None):
     try:
         summary = run(config, resume=args.resume, from_scratch=args.from_scratch, progress=not args.no_progress,
                       overwrite=args.overwrite)
-    except (FileExistsError, FileNotFoundError) as e:  # a run directory in the way, a model not found: named
+    except (FileExistsError, FileNotFoundError, NotADirectoryError) as e:  # a path in the way or missing, named
         p.error(str(e))
     if dist.place().main:
         print(json.dumps(summary))

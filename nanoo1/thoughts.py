@@ -182,14 +182,15 @@ def parse_thought(generated: str, meta: str | None = None) -> tuple[str, str]:
 
 LINE = re.compile(
     r"<start_of_father_id>(-?\d+)<end_of_father_id><start_of_local_id>(\d+)<end_of_local_id>"
-    r"<start_of_thought>(<[a-z_]+>)?(.*?)<end_of_thought><start_of_rating>(<[a-z_]+>)<end_of_rating>", re.S)
+    r"<start_of_thought>(<(?!end_of_thought>)[a-z_]+>)?(.*?)<end_of_thought><start_of_rating>(<[a-z_]+>)<end_of_rating>",
+    re.S)
 
 
 def parse_tree(text: str) -> Tree:
     """Parse the line format back into a Tree (the inverse of Tree.training_text); ids are kept as written,
     and a node must come after its parent. A thought without a meta tag is an <expansion> (the root a
-    <problem>). Text between the lines that is not one, a line without its <end_of_thought> and a tag that
-    is no meta-action are ValueErrors naming the line or the node."""
+    <problem>). Text between the lines that is not one, a line without its <end_of_thought> and a thought
+    that starts with a tag that is no meta-action are ValueErrors naming the line or the node."""
     matches, end = list(LINE.finditer(text)), 0
     for m in matches + [None]:  # the lines must tile the text: nothing but white space between them
         stray = text[end:m.start() if m else len(text)]

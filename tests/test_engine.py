@@ -82,6 +82,8 @@ def test_sample_next_greedy_top_k_top_p():
     for temperature in (1.0, 0.0):  # refused when greedy too
         with pytest.raises(ValueError, match="top_k must be >= 0"):
             sample_next(logits, temperature, top_k=-1)
+        with pytest.raises(ValueError, match=r"top_p must lie in \(0, 1\]"):
+            sample_next(logits, temperature, top_p=-0.5)
 
 
 def test_sampling_is_seeded(model):

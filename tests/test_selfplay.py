@@ -462,6 +462,10 @@ def test_a_missing_model_or_unfitting_adapters_are_messages_not_tracebacks(tmp_p
     with pytest.raises(SystemExit):
         main(["--tiny", "--model", str(tmp_path / "no-such-model"), "--out", str(tmp_path / "run")])
     assert "no checkpoint directory at" in capsys.readouterr().err
+    (tmp_path / "a-file").write_text("")
+    with pytest.raises(SystemExit):  # --out under a file
+        main(["--tiny", "--model", str(warmstart), "--out", str(tmp_path / "a-file" / "run")])
+    assert "a-file" in capsys.readouterr().err
     deeper = Gemma2Config.preset("tiny", vocab_size=512, num_hidden_layers=5)  # the warm start has 4 layers
     save_lora(apply_lora(random_model(deeper), ("q_proj",), rank=2), tmp_path / "adapters")
     with pytest.raises(SystemExit):

@@ -81,6 +81,8 @@ def test_parse_tree_rejects_malformed_text():
     assert [n.meta for n in untagged.nodes] == [n.meta for n in chain().nodes] and len(untagged.nodes) == 3
     with pytest.raises(ValueError, match="node 2: '<conclusoin>' is not a meta-action"):  # a misspelt tag is no text
         parse_tree(text.replace("<conclusion>", "<conclusoin>"))
+    empty = parse_tree(text.replace("<expansion>7 + 5 = 12", ""))  # an untagged, empty thought
+    assert [(n.meta, n.text) for n in empty.nodes][1] == ("<expansion>", "")
 
 
 def _drop_end_of_thought(text: str, line: int) -> str:
