@@ -264,6 +264,8 @@ def _atomic_json(path: Path, obj) -> None:
 def save_pretrained(model: Gemma2, tokenizer: Tokenizer | None, directory, max_shard_bytes: int = 5 * 2**30) -> Path:
     """Write the Hugging Face layout; shards (model-0000K-of-0000N.safetensors + index) above max_shard_bytes.
 
+    generation_config.json is copied from beside the file the tokenizer was read from when there is one (a
+    checkpoint's stop ids go with it into a fine-tune, as its tokenizer files do), else written from the config.
     Every file is written under a temporary name and renamed, and weight files of an earlier save that
     the new one does not use are removed only after the new ones are in place. A sharded save removes the
     earlier index first and writes its own last: a save cut short between shards leaves no index that pairs
@@ -305,8 +307,12 @@ def save_pretrained(model: Gemma2, tokenizer: Tokenizer | None, directory, max_s
             old.unlink()
     _atomic_json(directory / "config.json", config_to_dict(model.config, dtype))
     c = model.config
-    _atomic_json(directory / "generation_config.json",
-                 {"bos_token_id": c.bos_token_id, "eos_token_id": c.eos_token_id, "pad_token_id": c.pad_token_id})
+    kept = Path(tokenizer.source).parent / "generation_config.json" if tokenizer is not None else None
+    if kept is not None and kept.is_file():  # the checkpoint's own sampling settings, e.g. -it's two stop ids
+        atomic_write(directory / "generation_config.json", kept.read_bytes())
+    else:
+        _atomic_json(directory / "generation_config.json",
+                     {"bos_token_id": c.bos_token_id, "eos_token_id": c.eos_token_id, "pad_token_id": c.pad_token_id})
     if tokenizer is not None:
         tokenizer.save(directory)
     return directory

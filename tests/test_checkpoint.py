@@ -144,12 +144,15 @@ def test_tokenizer_saved_and_loaded(tmp_path, tiny_tokenizer):
     text = "Tom has 12 apples<end_of_thought>"
     assert tok.encode(text) == tiny_tokenizer.encode(text)
     assert tok.token_id("<end_of_thought>") == tiny_tokenizer.token_id("<end_of_thought>")
-    # a checkpoint's own tokenizer_config.json (its chat template) goes with it into a fine-tune's checkpoint
+    # a checkpoint's own tokenizer_config.json (its chat template) and generation_config.json (its stop ids) go with
+    # it into a fine-tune's checkpoint
     config = {**json.loads((tmp_path / "tokenizer_config.json").read_text()), "chat_template": "{{ messages }}"}
     (tmp_path / "tokenizer_config.json").write_text(json.dumps(config))
+    (tmp_path / "generation_config.json").write_text('{"eos_token_id": [1, 107], "pad_token_id": 0}')  # as -it's
     _, tok = load_pretrained(tmp_path)
     save_pretrained(model, tok, tmp_path / "tuned")
     assert json.loads((tmp_path / "tuned" / "tokenizer_config.json").read_text()) == config
+    assert json.loads((tmp_path / "tuned" / "generation_config.json").read_text())["eos_token_id"] == [1, 107]
 
 
 def test_atomic_write_gives_the_usual_permissions_and_closes_only_its_own_file(tmp_path):
