@@ -202,10 +202,10 @@ def autocast(config: SelfPlayConfig) -> bool:
 
 def memory_estimate(config: SelfPlayConfig, model_config) -> dict[str, float]:
     """GiB the run needs on its device, by part: the weights in their dtype; the trained parameters' gradient
-    and AdamW's two moments (float32; under LoRA also the float32 adapters themselves); the KV cache of the widest generate call (MCTS rollouts, a
-    row per candidate of every problem, or checked greedy's row per imitation problem; at most max_rows),
-    each row 8 thoughts' lines of up to max_thought_tokens; one chunk of float32 log-probs over the
-    vocabulary (rl.completion_logprobs, 512 positions of a micro-batch)."""
+    and AdamW's two moments (float32; under LoRA also the float32 adapters themselves); the KV cache of the
+    widest generate call (MCTS rollouts, a row per candidate of every problem, or checked greedy's row per
+    imitation problem; at most max_rows), each row 8 thoughts' lines of up to max_thought_tokens; one chunk
+    of float32 log-probs over the vocabulary (rl.completion_logprobs, 512 positions of a micro-batch)."""
     c, s = model_config, config.search
     weight_bytes = 2 if config.run.dtype == "bfloat16" else 4
     n = c.num_parameters

@@ -76,8 +76,9 @@ def slip_pairs(tokenizer, problems: list[Problem], seed: int = 0) -> dict[str, l
                 sentence = steps[j + 1][0].partition(": ")[2]
                 operation = steps[j + 1][1].partition(" = ")[2].split(" ", 1)[1]  # "+ 5" of "x3 = x2 + 5"
                 start = expression.split(" ", 1)[0]  # "x1"
-                if f"{target} = {start} {operation}" != code:  # the same operation either way is no slip
-                    slips["skip"] = format_step(f"Step {j + 1}: {sentence}", f"{target} = {start} {operation}")
+                skipped = f"{target} = {start} {operation}"
+                if skipped != code:  # the same operation either way is no slip
+                    slips["skip"] = format_step(f"Step {j + 1}: {sentence}", skipped)
             if j > 0 and values[j] != values[-1]:
                 slips["early"] = format_step(f"Step {j + 1}: {question}", f"print(x{j})") + \
                     f"\n{OUTPUT}{values[j]}{END_OUTPUT}"

@@ -140,8 +140,10 @@ def train_tokenizer(texts, vocab_size: int, special_tokens=SPECIAL_TOKENS, split
     vocab = {t: i for i, t in enumerate(special_tokens + BYTE_TOKENS)}
     pieces = [p for p, _ in sorted(learned["vocab"].items(), key=lambda kv: kv[1]) if p not in vocab]
     room = vocab_size - len(vocab)
-    if "▁" in pieces[room:]:  # a space must be its own piece: the decoder reads "▁" before it reads bytes, so a space
-        pieces = pieces[:room - 1] + ["▁"]  # that fell back to bytes would come back as "▁" (Gemma's vocab has it)
+    # a space must be its own piece, as in Gemma's vocabulary: the decoder reads "▁" before it reads bytes, so a
+    # space that fell back to bytes would come back as "▁"
+    if "▁" in pieces[room:]:
+        pieces = pieces[:room - 1] + ["▁"]
     for piece in pieces[:room]:
         vocab[piece] = len(vocab)
     merges = [tuple(m) if isinstance(m, list) else tuple(m.split(" ")) for m in learned["merges"]]
