@@ -277,7 +277,7 @@ def save_pretrained(model: Gemma2, tokenizer: Tokenizer | None, directory, max_s
     adapters = [k for k in state if k.endswith((".lora_A", ".lora_B"))]
     if adapters:
         raise ValueError(f"save_pretrained: the model has LoRA adapters ({adapters[0]}, ...), which the Hugging Face "
-                         f"layout has no place for; save them with lora.save_trained, or fold them in first "
+                         f"layout has no place for; save them with adapters.save_trained, or fold them in first "
                          f"(lora.merge_and_unload)")
     if model.config.tie_word_embeddings:
         state.pop("lm_head.weight", None)

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Callable
 
 from nanoo1 import dist
+from nanoo1.adapters import load_lora
 from nanoo1.checkpoint import load_pretrained
 from nanoo1.config import entry_parser, parse_bool, positive_int
 from nanoo1.device import process_setup, resolve_device
@@ -27,7 +28,6 @@ from nanoo1.mcts import MCTSConfig
 from nanoo1.rewards import check, equations_hold
 from nanoo1.policy import LMPolicy
 from nanoo1.files import atomic_write
-from nanoo1.lora import load_lora
 from nanoo1.search import METHODS, SearchConfig, grade, search
 from nanoo1.tasks import TINY_DIR, Problem, load_jsonl, think_prompt
 

@@ -25,7 +25,7 @@ The README gives the measurements behind these choices.
 Each row of the printed table (and of OUT/metrics.jsonl) is round k: policy k and PPM k measured on held-out
 problems (rounds.py), then round k's search; OUT/policy-k and OUT/ppm-k are the trained pairs, OUT/rounds.png
 the table drawn (with matplotlib). With --lora-rank every model of the run is the one frozen base (in --dtype) with its own
-float32 adapters, and policy-k and ppm-k hold adapters in PEFT's layout (`python -m nanoo1.lora merge` makes
+float32 adapters, and policy-k and ppm-k hold adapters in PEFT's layout (`python -m nanoo1.adapters merge` makes
 a full checkpoint of one). Under torchrun (`torchrun --nproc_per_node N -m nanoo1.evolve ...`; --tiny starts
 its own, `--procs`) each rank searches its share of the problems and of the held-out set; the trees are
 gathered, and every rank takes its share of each training batch, the gradients summed over ranks, so every
@@ -43,10 +43,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from nanoo1 import dist
+from nanoo1.adapters import save_trained
 from nanoo1.checkpoint import load_pretrained
 from nanoo1.config import add_config_flags, add_process_flags, apply_flags, check_settings, entry_parser, positive_int
 from nanoo1.device import process_setup, resolve_device
-from nanoo1.lora import lora_copy, save_trained, unfreeze
+from nanoo1.lora import lora_copy, unfreeze
 from nanoo1.mcts import MCTSConfig, mcts
 from nanoo1.ppm import ProcessPreferenceModel, fit, pair_batch_loss, preference_pairs, save_scorer
 from nanoo1.recipe import BF16_FULL_FINETUNE, LoRASettings

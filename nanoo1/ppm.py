@@ -20,8 +20,9 @@ import torch.nn.functional as F
 from safetensors.torch import save
 
 from nanoo1 import dist
+from nanoo1.adapters import save_trained
 from nanoo1.files import atomic_write
-from nanoo1.lora import save_trained, unfreeze
+from nanoo1.lora import unfreeze
 from nanoo1.model import bf16_autocast
 from nanoo1.sft import SFTConfig, lr_at, set_lr
 from nanoo1.thoughts import Node, Tree
@@ -170,7 +171,7 @@ def pair_accuracy(model: ProcessPreferenceModel, pairs, pad_id: int, batch_size:
 
 
 def save_scorer(model: ProcessPreferenceModel, tokenizer, directory, base: str = "") -> Path:
-    """The decoder (`lora.save_trained`: the Hugging Face layout, or under LoRA the adapters on `base`) and the
+    """The decoder (`adapters.save_trained`: the Hugging Face layout, or under LoRA the adapters on `base`) and the
     head as ppm_head.safetensors, each file written under a temporary name and renamed."""
     directory = save_trained(model.backbone, tokenizer, directory, base)
     head = {k: v.detach().contiguous().cpu() for k, v in model.head.state_dict().items()}

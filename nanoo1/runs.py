@@ -18,11 +18,11 @@ from pathlib import Path
 
 import torch
 
+from nanoo1.adapters import load_lora, save_trained
 from nanoo1.checkpoint import load_pretrained
 from nanoo1.config import conflicts, from_dict, to_dict
 from nanoo1.dist import Place, barrier, rank_file
 from nanoo1.files import atomic_write
-from nanoo1.lora import load_lora, save_trained
 
 SETTINGS = "settings.json"  # the run's settings, in every checkpoint
 TRAINER_STATE = "trainer_state.pt"  # iteration, optimizer, random states, metrics
@@ -88,7 +88,7 @@ def save_checkpoint(out: Path, it: int, config, save_model, state: dict, buffers
 def load_model(config, checkpoint: Path | None, device):
     """(model, tokenizer) to train, on `device` in the run's dtype: a checkpoint's full weights (the warm start
     at the first iteration), or under LoRA the warm start as the frozen base with adapters on the targeted
-    layers, read from the checkpoint when there is one (`lora.load_lora`)."""
+    layers, read from the checkpoint when there is one (`adapters.load_lora`)."""
     lora = config.lora
     model, tokenizer = load_pretrained(checkpoint if checkpoint and not lora.rank else config.run.warmstart,
                                        dtype=config.run.dtype, device=device)
@@ -102,7 +102,7 @@ def load_model(config, checkpoint: Path | None, device):
 
 def save_model(model, tokenizer, directory: Path, config) -> Path:
     """The trained model: a full checkpoint (Hugging Face layout), or under LoRA the adapters alone in PEFT's
-    layout with the tokenizer (`python -m nanoo1.lora merge` folds them into the base)."""
+    layout with the tokenizer (`python -m nanoo1.adapters merge` folds them into the base)."""
     return save_trained(model, tokenizer, directory, config.run.warmstart)
 
 

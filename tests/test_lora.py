@@ -9,7 +9,8 @@ import torch.nn as nn
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from nanoo1.lora import LoRALinear, apply_lora, load_lora, merge_lora, save_lora
+from nanoo1.adapters import load_lora, save_lora
+from nanoo1.lora import LoRALinear, apply_lora, merge_lora
 
 
 def lora_state_dict(model) -> dict:
@@ -398,7 +399,7 @@ def test_merge_command_writes_a_checkpoint_transformers_loads(tmp_path, tiny_tok
     transformers = pytest.importorskip("transformers")
     from conftest import random_model
     from nanoo1.checkpoint import save_pretrained
-    from nanoo1.lora import main
+    from nanoo1.adapters import main
 
     model = random_model(_gemma_config(), seed=8)
     save_pretrained(model, tiny_tokenizer, tmp_path / "base")

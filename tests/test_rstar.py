@@ -14,13 +14,13 @@ from safetensors.torch import load_file
 import nanoo1.rstar as rstar
 import nanoo1.verifiers as verifiers
 from conftest import SAMPLE_TEXTS, random_model
+from nanoo1.adapters import load_lora
 from nanoo1.checkpoint import load_pretrained, save_pretrained
 from nanoo1.engine import Completion
 from nanoo1.evolve import (EvolveConfig, coverage, finetune_policy, ppm_pairs, run,
                            self_evolution_round, sft_examples, train_ppm)
 from nanoo1.grow import answer_of, expand
 from nanoo1.mcts import MCTSConfig, mcts
-from nanoo1.lora import load_lora
 from nanoo1.policy import Request
 from nanoo1.recipe import LoRASettings
 from nanoo1.rounds import draw_rounds, slip_pairs

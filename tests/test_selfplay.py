@@ -456,7 +456,8 @@ def test_bad_settings_and_inputs_are_refused_before_any_work(tmp_path, flags, me
 
 def test_a_missing_model_or_unfitting_adapters_are_messages_not_tracebacks(tmp_path, warmstart, capsys):
     from nanoo1 import eval as eval_cli
-    from nanoo1.lora import apply_lora, save_lora
+    from nanoo1.adapters import save_lora
+    from nanoo1.lora import apply_lora
     from nanoo1.model import Gemma2Config
 
     with pytest.raises(SystemExit):
@@ -500,7 +501,8 @@ def test_eval_command_refuses_unknown_methods_and_writes_beside_not_into_the_che
         eval_cli.main(["--checkpoint", str(warmstart), "--limit", "2", "--methods", "greedy", "--max-thought-tokens", "4"])
     rows = (tmp_path / "runs" / "eval" / warmstart.name / "eval.jsonl").read_text().splitlines()
     assert len(rows) == 1 and not (warmstart / "eval.jsonl").exists()  # replaced, not appended
-    from nanoo1.lora import apply_lora, save_lora
+    from nanoo1.adapters import save_lora
+    from nanoo1.lora import apply_lora
 
     save_lora(apply_lora(random_model(TINY_MODEL), ("q_proj",), rank=2), tmp_path / "run" / "final")
     eval_cli.main(["--checkpoint", str(warmstart), "--adapters", str(tmp_path / "run" / "final"), "--limit", "1",
