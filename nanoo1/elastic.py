@@ -76,13 +76,13 @@ def grpo_iteration(model, tokenizer, opt, problems, it: int, config: SelfPlayCon
 
 def rollout_rewards(rows, correct, config: SelfPlayConfig):
     """Each rollout's reward: `correct` (1 or 0; 0 without </think>), or with --reward cosine Yeo et al.'s
-    cosine length reward over its tokens (L_max is the longest possible rollout, think + 1 + solution budget;
+    cosine length reward over its tokens (L_max is the longest possible rollout, `GRPOSettings.max_rollout`;
     r_exceed goes to the rollouts that reached it unfinished, not to one whose <eos> came exactly there) plus the
     sum of its n-gram repetition penalties."""
     g = config.grpo
     if g.reward == "correct":
         return correct
-    L = g.think_budget + 1 + g.solution_budget
+    L = g.max_rollout
     lengths = torch.tensor([len(r.tokens) for r in rows])
     cut = torch.tensor([len(r.tokens) >= L and r.finish_reason == "length" for r in rows])  # at L_max, unfinished
     penalty = torch.stack([repetition_penalty(r.tokens, g.ngram).sum() for r in rows])
@@ -100,7 +100,7 @@ def _grpo_updates(model, tokenizer, opt, rows, adv, seed: int, config: SelfPlayC
         mask[i, len(r.prompt):len(r.prompt) + len(r.tokens)] = 1  # sampled and forced tokens alike
     ids, attn, mask, adv = ids.to(device), attn.to(device), mask.to(device), adv.to(device)
     cfg = GRPOConfig(loss_type=g.loss_type, micro_batch_size=config.ppo.micro_batch, temperature=g.grpo_temperature,
-                     max_completion_length=g.think_budget + g.solution_budget + 1, beta=g.kl_beta,
+                     max_completion_length=g.max_rollout, beta=g.kl_beta,
                      micro_batch_tokens=config.ppo.micro_batch_tokens)
 
     def logprobs():  # no grad, micro-batch by micro-batch, as the updates cut them (no rows: an empty (0, 0) grid)

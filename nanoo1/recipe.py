@@ -118,6 +118,11 @@ class GRPOSettings:
                                        "grpo_temperature", "rounds", "epochs", "grpo_minibatch"), non_negative=("kl_beta",),
                        choices={"loss_type": LOSS_TYPES, "reward": ("correct", "cosine")})
 
+    @property
+    def max_rollout(self) -> int:
+        """The longest possible rollout (L_max): the thinking budget, the forced </think>, the solution budget."""
+        return self.think_budget + 1 + self.solution_budget
+
 
 @dataclass
 class EvalSettings:
