@@ -71,7 +71,7 @@ def save_lora(model: nn.Module, directory, base_model_name_or_path: str = "") ->
 
 def save_trained(model: nn.Module, tokenizer, directory, base_model_name_or_path: str = "") -> Path:
     """What a run trained: a model with adapters as the adapters alone in PEFT's layout (`save_lora`) beside the
-    tokenizer (`python -m nanoo1.lora merge` folds them into the base), any other as a full checkpoint."""
+    tokenizer (`python -m nanoo1.adapters merge` folds them into the base), any other as a full checkpoint."""
     if not lora_modules(model):
         return save_pretrained(model, tokenizer, directory)
     directory = save_lora(model, directory, base_model_name_or_path)

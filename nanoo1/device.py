@@ -1,12 +1,13 @@
 """The machine a run is on: the device it asks for, and what every entry point sets up first.
 
-`resolve_device` turns a --device setting into a torch device; `hold_freed_memory` keeps freed memory in
+`check_device` and `resolve_device` read a --device setting, the latter into a torch device; `hold_freed_memory` keeps freed memory in
 glibc's heap; `process_setup` does the latter and sets torch's thread count.
 """
 
 from __future__ import annotations
 
 import ctypes
+import re
 import sys
 
 import torch
@@ -31,9 +32,16 @@ def hold_freed_memory(threshold: int = 1 << 30) -> bool:
         return False
 
 
+def check_device(name: str) -> str:
+    """`name` if it is a --device setting (cpu, cuda, cuda:N or auto), else a ValueError saying so."""
+    if not isinstance(name, str) or not re.fullmatch(r"cpu|cuda|cuda:\d+|auto", name):
+        raise ValueError(f"--device is {name!r}, expected cpu, cuda, cuda:N or auto")
+    return name
+
+
 def resolve_device(name: str) -> torch.device:
     """The torch device of a --device setting ("auto": cuda when there is one, else cpu)."""
-    if name == "auto":
+    if check_device(name) == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError(f"--device {name}: torch sees no CUDA device here")

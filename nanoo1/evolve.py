@@ -46,18 +46,22 @@ from nanoo1 import dist
 from nanoo1.adapters import save_trained
 from nanoo1.checkpoint import load_pretrained
 from nanoo1.config import add_config_flags, add_process_flags, apply_flags, check_settings, entry_parser, positive_int
-from nanoo1.device import process_setup, resolve_device
+from nanoo1.device import check_device, process_setup, resolve_device
 from nanoo1.lora import lora_copy, unfreeze
 from nanoo1.mcts import MCTSConfig, mcts
 from nanoo1.ppm import ProcessPreferenceModel, fit, pair_batch_loss, preference_pairs, save_scorer
 from nanoo1.recipe import BF16_FULL_FINETUNE, LoRASettings
 from nanoo1.rounds import COLUMNS, draw_rounds, line, measure, plot_rounds, row_line, rstar_policy, slip_pairs
 from nanoo1.rstar import RStarConfig, best_traces, encode_trace, final_pairs, ppm_input, step_failed
+from nanoo1.runs import prepare_out
 from nanoo1.sft import SFTConfig, make_batches, passes, train_sft
 from nanoo1.tasks import TINY_DIR, Problem, load_jsonl
 from nanoo1.thoughts import Tree
 from nanoo1.verifiers import compare_verifiers, outcome_examples
 from nanoo1.warmstart import CODE_SFT, tiny_base
+
+
+OUT_FILES = ("metrics.jsonl", "rounds.png", "policy-*", "ppm-*", "verifiers.json", "orm")  # what a run writes in --out
 
 
 @dataclass
@@ -100,10 +104,14 @@ class EvolveConfig:
     dtype: str = "float32"  # the weights' dtype: float32 or bfloat16 (the base's, under LoRA; adapters stay float32)
 
     def __post_init__(self):
-        check_settings(self, positive=("simulations", "num_candidates", "max_step_tokens", "sft_batch_size",
-                                       "ppm_pairs_per_step", "problems", "eval_problems", "verifier_problems"),
-                       non_negative=("max_rows", "guided_from", "rounds", "pair_problems", "beam", "verifiers"),
+        check_settings(self, positive=("simulations", "num_candidates", "temperature", "max_step_tokens",
+                                       "traces_per_problem", "sft_epochs", "sft_batch_size", "sft_lr", "ppm_epochs",
+                                       "ppm_pairs_per_step", "ppm_lr", "problems", "eval_problems", "beam_temperature",
+                                       "verifier_problems"),
+                       non_negative=("max_rows", "guided_from", "rounds", "min_steps", "later_min_steps",
+                                     "pair_problems", "beam", "verifiers", "seed"),
                        choices={"dtype": ("float32", "bfloat16")})
+        check_device(self.device)
 
     @property
     def autocast(self) -> bool:
@@ -236,9 +244,10 @@ def _ends(losses: list[float]) -> list[float]:
 
 # -- the run -------------------------------------------------------------------------------------------
 def run(config: EvolveConfig, model, data=TINY_DIR / "train.jsonl", test_data=TINY_DIR / "test.jsonl",
-        progress: bool = False, lora: LoRASettings | None = None) -> list[dict]:
+        progress: bool = False, lora: LoRASettings | None = None, overwrite: bool = False) -> list[dict]:
     """config.rounds rounds from the base checkpoint `model` (with `lora.rank` > 0: frozen, with adapters);
-    prints the table, returns its rows (metrics.jsonl).
+    prints the table, returns its rows (metrics.jsonl). An out directory that holds another run's files is
+    refused, or with `overwrite` cleared (`runs.prepare_out`).
 
     Row k: held-out accuracy of policy k, greedy and by beam search scored by PPM k, PPM k's accuracy on the
     held-out pairs, then round k's search (coverage, traces, pairs, tokens); the last row only evaluates the
@@ -248,6 +257,7 @@ def run(config: EvolveConfig, model, data=TINY_DIR / "train.jsonl", test_data=TI
     out = Path(config.out)
     device = dist.setup(resolve_device(config.device))
     main = dist.place().main  # under torchrun rank 0 alone prints and writes
+    prepare_out(out, overwrite, OUT_FILES, resumable=False, clear=main)
     base, tokenizer = load_pretrained(model, dtype=config.dtype, device=device)
     if lora is not None and lora.rank:
         lora.apply(base, config.seed)
@@ -256,8 +266,6 @@ def run(config: EvolveConfig, model, data=TINY_DIR / "train.jsonl", test_data=TI
     held_out = test[: config.eval_problems]
     held_out_pairs = slip_pairs(tokenizer, test[config.eval_problems:][: config.pair_problems], config.seed)
     if main:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "metrics.jsonl").unlink(missing_ok=True)
         print(line(COLUMNS), flush=True)
     policy, ppm, found, rows = base, None, Pool(), []
     bar = tqdm(range(config.rounds + 1), desc="rounds", disable=not (progress and main))
@@ -306,11 +314,28 @@ def main(argv=None):
     g.add_argument("--model", default=None, help="the base model: checkpoint directory or hub id")
     g.add_argument("--data", default=str(TINY_DIR / "train.jsonl"), help="training problems, GSM8K-style jsonl")
     g.add_argument("--test-data", default=str(TINY_DIR / "test.jsonl"), help="held-out problems, GSM8K-style jsonl")
+    g.add_argument("--overwrite", action="store_true", help="start over in an --out directory that holds another run")
     add_config_flags(p, EvolveConfig)
     add_config_flags(p, LoRASettings)
     args = p.parse_args(argv)
     if not args.tiny and args.model is None:
         p.error("--model DIR is needed without --tiny")
+    run_flags = ("tiny", "warmstart_steps", "threads", "procs", "no_progress", "model", "data", "test_data", "overwrite")
+    given = {k: v for k, v in vars(args).items() if k not in run_flags}
+    lora_flags = {k: given.pop(k) for k in list(given) if k.startswith("lora_")}
+    if not args.tiny:  # a real checkpoint runs on the GPU when there is one; the tiny task stays on the CPU
+        given.setdefault("device", "auto")
+    try:  # every setting and path is checked before any work starts
+        config, lora = apply_flags(EvolveConfig(), given), apply_flags(LoRASettings(), lora_flags)
+        if config.dtype == "bfloat16" and not lora.rank:
+            raise ValueError(BF16_FULL_FINETUNE)
+        resolve_device(config.device)  # e.g. --device cuda without one
+        for flag, path in (("--data", args.data), ("--test-data", args.test_data)):
+            if not Path(path).is_file():
+                raise FileNotFoundError(f"{flag} {path}: no such file")
+        prepare_out(Path(config.out), args.overwrite, OUT_FILES, resumable=False, clear=False)
+    except (ValueError, FileExistsError, FileNotFoundError, NotADirectoryError) as e:
+        p.error(str(e))
     procs = args.procs or (min(2, os.cpu_count() or 1) if args.tiny else 1)
     if procs > 1 and "WORLD_SIZE" not in os.environ:  # not yet under torchrun: start `procs` ranks of this command
         from torch.distributed.run import main as torchrun
@@ -319,26 +344,15 @@ def main(argv=None):
         argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
         return torchrun(["--standalone", "--nproc_per_node", str(procs), "-m", "nanoo1.evolve", *argv])
     process_setup(args.threads or (1 if args.tiny else None))
-    run_flags = ("tiny", "warmstart_steps", "threads", "procs", "no_progress", "model", "data", "test_data")
-    given = {k: v for k, v in vars(args).items() if k not in run_flags}
-    lora_flags = {k: given.pop(k) for k in list(given) if k.startswith("lora_")}
-    if not args.tiny:  # a real checkpoint runs on the GPU when there is one; the tiny task stays on the CPU
-        given.setdefault("device", "auto")
-    try:
-        config, lora = apply_flags(EvolveConfig(), given), apply_flags(LoRASettings(), lora_flags)
-        if config.dtype == "bfloat16" and not lora.rank:
-            raise ValueError(BF16_FULL_FINETUNE)
-    except ValueError as e:
-        p.error(str(e))
     t = time.perf_counter()
     try:
         dist.setup(resolve_device(config.device))
-    except ValueError as e:
+        model = args.model or dist.from_main(tiny_base(Path(config.out) / "base", args.warmstart_steps, config.seed,
+                                                       not args.no_progress) if dist.place().main else None)
+        dist.say(f"base model: {model}")
+        run(config, model, args.data, args.test_data, progress=not args.no_progress, lora=lora, overwrite=args.overwrite)
+    except (FileExistsError, FileNotFoundError, NotADirectoryError) as e:  # a path in the way or missing, named
         p.error(str(e))
-    model = args.model or dist.from_main(tiny_base(Path(config.out) / "base", args.warmstart_steps, config.seed,
-                                                   not args.no_progress) if dist.place().main else None)
-    dist.say(f"base model: {model}")
-    run(config, model, args.data, args.test_data, progress=not args.no_progress, lora=lora)
     dist.say(f"wrote {config.out}/metrics.jsonl, policy-k/ and ppm-k/ in {time.perf_counter() - t:.0f} s")
     dist.finish()
 

@@ -79,11 +79,17 @@ def apply_lora(model: nn.Module, target_modules=DEFAULT_TARGETS, rank: int = 16,
                dropout: float = 0.0, seed: int = 0) -> nn.Module:
     """Wrap every nn.Linear that `target_modules` selects with LoRALinear, in place, matching as peft does:
     a list selects a module by its name or a dotted suffix of it ("q_proj", "layers.3.mlp.up_proj"), a
-    string is a regex over the whole name.
+    string is a regex over the whole name. An entry that selects no linear layer is a ValueError.
 
     Every other parameter is frozen (requires_grad False); only lora_A and lora_B train. Modules already
     wrapped keep their adapters. `seed` draws the A matrices. Returns the model.
     """
+    linears = [name for name, m in model.named_modules() if isinstance(m, nn.Linear)]
+    regex = isinstance(target_modules, str)
+    for t in [target_modules] if regex else target_modules:  # a misspelt name is an error, not a layer left out
+        if not any(targeted(name, t if regex else [t]) for name in linears):
+            raise ValueError(f"apply_lora: no nn.Linear matches {t!r} of target_modules={target_modules!r}; "
+                             f"linear layers look like {linears[:5]}")
     generator = torch.Generator().manual_seed(seed)
     chosen = [name for name, m in model.named_modules()
               if isinstance(m, nn.Linear) and not isinstance(m, LoRALinear) and targeted(name, target_modules)]
@@ -93,10 +99,6 @@ def apply_lora(model: nn.Module, target_modules=DEFAULT_TARGETS, rank: int = 16,
         parent, _, child = name.rpartition(".")
         setattr(model.get_submodule(parent), child,
                 LoRALinear(model.get_submodule(name), rank, alpha, dropout, generator))
-    if not chosen and not lora_modules(model):
-        linears = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)][:5]
-        raise ValueError(f"apply_lora: no nn.Linear matches target_modules={target_modules!r}; "
-                         f"linear layers look like {linears}")
     for name, p in model.named_parameters():
         p.requires_grad_(name.endswith(("lora_A", "lora_B")))
     return model

@@ -10,7 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 
 from nanoo1.config import check_settings
-from nanoo1.lora import apply_lora
+from nanoo1.device import check_device
+from nanoo1.lora import DEFAULT_TARGETS, LM_HEAD_REFUSED, apply_lora
 from nanoo1.rewards import equations_hold
 from nanoo1.rl import LOSS_TYPES
 from nanoo1.sft import cosine
@@ -36,8 +37,7 @@ class RunSettings:
     def __post_init__(self):
         check_settings(self, positive=("iterations", "keep_checkpoints"), non_negative=("seed",),
                        choices={"algo": ("ppo", "grpo"), "dtype": ("float32", "bfloat16")})
-        if not (self.device in ("cpu", "cuda", "auto") or self.device.startswith("cuda:")):
-            raise ValueError(f"RunSettings: --device is {self.device!r}, expected cpu, cuda, cuda:N or auto")
+        check_device(self.device)
 
 
 @dataclass
@@ -150,6 +150,10 @@ class LoRASettings:
         check_settings(self, positive=("alpha",), non_negative=("rank",), fraction=("dropout",))
         if not self.targets.strip():
             raise ValueError("LoRASettings: --lora-targets names no layer")
+        for t in self.targets.split(","):
+            if t.strip() not in DEFAULT_TARGETS:
+                why = LM_HEAD_REFUSED if t.strip() == "lm_head" else f"expected some of {','.join(DEFAULT_TARGETS)}"
+                raise ValueError(f"LoRASettings: --lora-targets names {t.strip()!r}: {why}")
 
     def apply(self, model, seed: int = 0):
         """Freeze `model` and give its target layers adapters (`lora.apply_lora`, A drawn with `seed`), decoder

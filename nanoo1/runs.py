@@ -120,16 +120,21 @@ def load_trainer_state(ckpt: Path, place: Place = Place()) -> dict:
     return state
 
 
-def prepare_out(out: Path, overwrite: bool) -> None:
-    """Refuse to start a run over another one (resume it, or say --overwrite); with overwrite, clear its files."""
-    found = [p for p in [out / "metrics.jsonl", out / "latest", out / "summary.json", out / "final"] if p.exists()]
-    found += sorted(out.glob("iter-*"))
+RUN_FILES = ("metrics.jsonl", "latest", "summary.json", "final", "iter-*")  # what a self-play run writes in OUT
+
+
+def prepare_out(out: Path, overwrite: bool, files=RUN_FILES, resumable: bool = True, clear: bool = True) -> None:
+    """Refuse to start a run over another one, one of whose `files` (glob patterns) `out` holds (resume it, or say
+    --overwrite); with overwrite and `clear`, delete them and make `out`. `clear` False only checks."""
+    found = [p for pattern in files for p in sorted(out.glob(pattern))]
     if found and not overwrite:
-        raise FileExistsError(f"{out} holds another run ({found[0].name}); --resume {out} continues it, --out DIR "
-                              "starts elsewhere, --overwrite replaces it")
-    for p in found:
-        shutil.rmtree(p) if p.is_dir() else p.unlink()
-    out.mkdir(parents=True, exist_ok=True)
+        resume = f"--resume {out} continues it, " if resumable else ""
+        raise FileExistsError(f"{out} holds another run ({found[0].name}); {resume}--out DIR starts elsewhere, "
+                              "--overwrite replaces it")
+    if clear:
+        for p in found:
+            shutil.rmtree(p) if p.is_dir() else p.unlink()
+        out.mkdir(parents=True, exist_ok=True)
 
 
 def append_jsonl(path: Path, row: dict) -> None:

@@ -452,3 +452,18 @@ def test_adapters_off_runs_the_base_alone_and_switches_them_back_on():
         again = model(ids)
     assert (adapted - expected).abs().max() > 0.1  # the adapters matter
     assert torch.equal(off, expected) and torch.equal(again, adapted)
+
+
+def test_a_target_that_selects_nothing_is_named():
+    """A misspelt entry among good ones is an error naming it, before any layer is wrapped; the run's settings
+    refuse it (and lm_head) before a model is loaded."""
+    from nanoo1.recipe import LoRASettings
+
+    model = TinyGemmaLike()
+    with pytest.raises(ValueError, match=r"'qproj'"):
+        apply_lora(model, ("q_proj", "qproj"), rank=2)
+    assert not any(isinstance(m, LoRALinear) for m in model.modules())
+    with pytest.raises(ValueError, match=r"--lora-targets names 'qproj'"):
+        LoRASettings(rank=2, targets="q_proj,qproj")
+    with pytest.raises(ValueError, match=r"'lm_head'.*logits read its weight"):
+        LoRASettings(rank=2, targets="lm_head")

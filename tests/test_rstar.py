@@ -4,6 +4,7 @@ self-evolution round (nanoo1/evolve.py)."""
 import json
 import math
 import os
+import re
 from dataclasses import replace
 
 import pytest
@@ -728,6 +729,32 @@ def test_evolve_on_a_checkpoint_takes_the_gpu_when_there_is_one_and_tiny_the_cpu
     evolve.main(["--tiny", "--procs", "1", "--no-progress"])
     evolve.main(["--model", "some/checkpoint", "--device", "cpu", "--no-progress"])
     assert seen == ["auto", "cpu", "cpu"]
+
+
+def test_evolve_refuses_bad_settings_and_another_runs_directory_before_any_work(tmp_path, monkeypatch, capsys):
+    """A run's --out holding another run's files is refused (or cleared with --overwrite, stale policy-k/ too),
+    and missing data, a bad --device and out-of-range settings are usage errors, before any work starts."""
+    import nanoo1.evolve as evolve
+    from nanoo1.runs import prepare_out
+
+    ran = []
+    monkeypatch.setattr(evolve, "run", lambda *a, **k: ran.append(k["overwrite"]))
+    out = tmp_path / "out"
+    (out / "policy-2").mkdir(parents=True)
+    (out / "metrics.jsonl").write_text("{}\n")
+    (out / "base").mkdir()  # the tiny warm start a run may train into OUT/base is no run's output
+    for flags, message in ((["--out", str(out)], "holds another run"), (["--data", str(tmp_path / "none.jsonl")],
+                           "--data .*none.jsonl: no such file"), (["--device", "gpu"], "--device is 'gpu'"),
+                           (["--temperature", "nan"], "--temperature must be > 0"),
+                           (["--sft-lr", "-1"], "--sft-lr must be > 0"), (["--lora-targets", "qproj"], "'qproj'")):
+        with pytest.raises(SystemExit):
+            evolve.main(["--tiny", "--procs", "1", "--no-progress", "--out", str(tmp_path / "fresh"), *flags])
+        assert re.search(message, capsys.readouterr().err)
+    assert ran == [] and (out / "policy-2").exists()
+    evolve.main(["--tiny", "--procs", "1", "--no-progress", "--out", str(out), "--overwrite"])
+    assert ran == [True] and (out / "policy-2").exists()  # main only checks; the run clears
+    prepare_out(out, True, evolve.OUT_FILES, resumable=False)
+    assert sorted(p.name for p in out.iterdir()) == ["base"]
 
 
 # -- generator and verifier (nanoo1/verifiers.py) ------------------------------------------------------
