@@ -159,28 +159,52 @@ def make_problems(n: int, seed: int, min_steps: int = 2, max_steps: int = 5, max
             for _ in range(n)]
 
 
+def _is_step(s) -> bool:
+    """Whether s is a Step as to_json writes it: [x, op, b, y], integers x, b, y and op one of OPS."""
+    return (isinstance(s, list) and len(s) == 4 and isinstance(s[1], str) and s[1] in OPS
+            and all(type(v) is int for v in (s[0], s[2], s[3])))
+
+
 def load_jsonl(path) -> list[Problem]:
-    """GSM8K-style jsonl: {"question", "answer": "...#### N"} per line (and nanoo1's optional "steps")."""
+    """GSM8K-style jsonl: {"question", "answer": "...#### N"} per line, both strings (and nanoo1's optional
+    "steps", a list of [x, op, b, y]). A file that is not UTF-8 or a line that breaks this raises ValueError
+    naming path:line."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: dataset file not found")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        line = path.read_bytes()[: e.start].count(b"\n") + 1
+        raise ValueError(f"{path}:{line}: not UTF-8 text (byte {e.object[e.start:e.start + 1]!r}: {e.reason})") from e
     problems = []
-    for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    for i, line in enumerate(text.split("\n"), 1):  # not splitlines: JSON strings may hold U+2028
         if not line.strip():
             continue
         try:
             row = json.loads(line)
         except json.JSONDecodeError as e:
             raise ValueError(f"{path}:{i}: invalid JSON ({e})") from e
+        if not isinstance(row, dict):
+            raise ValueError(f"{path}:{i}: expected a JSON object with 'question' and 'answer', got {line.strip()[:40]}")
         if "question" not in row or "answer" not in row:
-            raise KeyError(f"{path}:{i}: expected keys 'question' and 'answer', got {sorted(row)}")
-        answer = str(row["answer"])
+            raise ValueError(f"{path}:{i}: expected keys 'question' and 'answer', got {sorted(row)}")
+        for key in ("question", "answer"):
+            if not isinstance(row[key], str):
+                raise ValueError(f"{path}:{i}: '{key}' must be a string, got {json.dumps(row[key])[:40]}")
+        answer = row["answer"]
         final = extract_answer(answer) if "####" in answer else answer.strip()
         if final is None:
             raise ValueError(f"{path}:{i}: no final answer in {answer[-40:]!r}")
-        steps = [Step(*s) for s in row.get("steps", [])]
+        steps = row.get("steps", [])
+        if not isinstance(steps, list):
+            raise ValueError(f"{path}:{i}: 'steps' must be a list of [x, op, b, y], got {json.dumps(steps)[:40]}")
+        for k, s in enumerate(steps):
+            if not _is_step(s):
+                raise ValueError(f"{path}:{i}: steps[{k}] must be [x, op, b, y] with integers x, b, y and op one of "
+                                 f"{' '.join(OPS)}, got {json.dumps(s)[:40]}")
         number = parse_number(final) is not None  # "1,234" is stored as 1234; "(3, 4)" keeps its comma
-        problems.append(Problem(row["question"], final.replace(",", "") if number else final, steps))
+        problems.append(Problem(row["question"], final.replace(",", "") if number else final, [Step(*s) for s in steps]))
     return problems
 
 

@@ -63,10 +63,34 @@ def test_loader_errors_name_file_and_line(tmp_path):
         load_jsonl(tmp_path / "nope.jsonl")
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"question": "a", "answer": "#### 1"}\n{"question": "b"}\n')
-    with pytest.raises(KeyError, match=r"bad.jsonl:2: expected keys 'question' and 'answer'"):
+    with pytest.raises(ValueError, match=r"bad.jsonl:2: expected keys 'question' and 'answer'"):
         load_jsonl(bad)
     bad.write_text('{"question": "a", "answer": "#### 1"}\nnot json\n')
     with pytest.raises(ValueError, match=r"bad.jsonl:2: invalid JSON"):
+        load_jsonl(bad)
+
+
+@pytest.mark.parametrize("line, message", [
+    ('5', r"expected a JSON object with 'question' and 'answer', got 5"),
+    ('"question and answer"', r"expected a JSON object .*, got \"question and answer\""),
+    ('{"question": null, "answer": "#### 3"}', r"'question' must be a string, got null"),
+    ('{"question": "q?", "answer": 3}', r"'answer' must be a string, got 3"),
+    ('{"question": "q?", "answer": "#### 3", "steps": 3}', r"'steps' must be a list of \[x, op, b, y\], got 3"),
+    ('{"question": "q?", "answer": "#### 3", "steps": [[1]]}', r"steps\[0\] must be \[x, op, b, y\] .*, got \[1\]"),
+    ('{"question": "q?", "answer": "#### 3", "steps": [[1, "+", 2, 3], [3, "^", 1, 3]]}', r"steps\[1\] must be .* op one of \+ - \* /"),
+    ('{"question": "q?", "answer": "#### 3", "steps": [[1, "+", "2", 3]]}', r"steps\[0\] must be .*, got \[1, \"\+\", \"2\", 3\]"),
+])
+def test_loader_rejects_bad_rows_naming_file_and_line(tmp_path, line, message):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"question": "a", "answer": "#### 1"}\n\n' + line + "\n")
+    with pytest.raises(ValueError, match=r"bad.jsonl:3: " + message):
+        load_jsonl(bad)
+
+
+def test_loader_rejects_a_file_that_is_not_utf8(tmp_path):
+    bad = tmp_path / "latin1.jsonl"
+    bad.write_bytes(b'{"question": "a", "answer": "#### 1"}\n{"question": "caf\xe9?", "answer": "#### 2"}\n')
+    with pytest.raises(ValueError, match=r"latin1.jsonl:2: not UTF-8 text \(byte b'\\xe9'"):
         load_jsonl(bad)
 
 
