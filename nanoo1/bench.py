@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 import tempfile
 import time
@@ -25,9 +26,10 @@ from pathlib import Path
 import torch
 
 from nanoo1.checkpoint import save_pretrained
-from nanoo1.config import positive_int
+from nanoo1.config import entry_parser, positive_int
 from nanoo1.device import process_setup
 from nanoo1.engine import feed, generate
+from nanoo1.files import atomic_write
 from nanoo1.bench_dist import dist_section
 from nanoo1.bench_iteration import one_lora_iteration
 from nanoo1.model import Gemma2, Gemma2Config
@@ -146,7 +148,7 @@ def engine_section(args) -> list[dict]:
     plans = [("tiny", torch.float32), ("100m", torch.float32 if device == "cpu" else torch.bfloat16)]
     results = []
     for name, dtype in plans:
-        if args.sizes and name not in args.sizes.split(","):
+        if args.sizes and name not in args.sizes:
             continue
         for batch in (1, 8):
             new_tokens = args.new_tokens if name == "tiny" else max(8, args.new_tokens // 2)
@@ -285,7 +287,7 @@ def gpu_section(args) -> dict:
         return {"skipped": "no CUDA device"}
     r = gpu_figures(Gemma2Config.preset("2b"), "cuda", torch.bfloat16, Tokenizer.from_file(TINY_DIR), args.bandwidth * 1e12,
                     prompt_len=args.prompt_len, new_tokens=args.new_tokens, repeats=args.repeats,
-                    settings=json.loads(args.gpu_settings), report=lambda line: print(line, flush=True))
+                    settings=args.gpu_settings, report=lambda line: print(line, flush=True))
     one, many = r["decode"][0], r["decode"][-1]
     peak = max(st["peak_gb"] or 0.0 for st in r["iteration"]["stages"].values())
     print(f"B={many['batch']} / B=1: {many['tok_s'] / one['tok_s']:.1f}x (goal >= 8x); B=1 at {one['fraction_of_bound']:.0%} "
@@ -297,37 +299,72 @@ SECTIONS = {"engine": engine_section, "search": search_section, "memory": memory
             "dist": dist_section}
 
 
+def _names(known, what: str):
+    """A command-line parser of a comma-separated list of distinct names from `known`."""
+    def parse(text: str) -> list[str]:
+        names = text.split(",")
+        if not set(names) <= set(known) or len(set(names)) < len(names):
+            raise argparse.ArgumentTypeError(f"{text!r}: expected distinct {what} names from {sorted(known)}")
+        return names
+    return parse
+
+
+def _checked(p: argparse.ArgumentParser, args) -> None:
+    """The flags that argparse's types cannot check alone, each refused by name before any section runs."""
+    from nanoo1.config import apply_flags
+    from nanoo1.recipe import PRESETS
+
+    if args.new_tokens < 2:
+        p.error(f"--new-tokens {args.new_tokens}: expected at least 2 (decode is timed over the tokens after the first)")
+    if not 0 < args.bandwidth < math.inf:
+        p.error(f"--bandwidth {args.bandwidth}: expected the GPU's memory bandwidth in TB/s, above 0")
+    if args.json and (args.json.is_dir() or not args.json.parent.is_dir()):
+        p.error(f"--json {args.json}: expected a file path in an existing directory")
+    text = args.gpu_settings
+    try:  # unknown names, wrong types and values out of range, as the iteration will apply them
+        args.gpu_settings = json.loads(text)
+        if not isinstance(args.gpu_settings, dict) or {"warmstart", "device"} & args.gpu_settings.keys():
+            raise ValueError("expected a JSON object without warmstart and device, which the gpu section sets")
+        apply_flags(PRESETS["2b"], args.gpu_settings)
+    except (ValueError, TypeError) as e:
+        p.error(f"--gpu-settings {text}: {e}; settings go by flag name, e.g. '{{\"simulations\": 1}}'")
+
+
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--sections", default="engine,search", help=f"comma-separated, from {sorted(SECTIONS)} (memory: "
-                   "minutes, one LoRA self-play iteration on gemma-2-2b's decoder; gpu: the 2b preset on a CUDA device; dist: "
-                   "--tiny as 1 process against 2 torchrun ranks and 1 thread, about 20 minutes)")
-    p.add_argument("--prompt-len", type=int, default=64, help="prompt tokens per row")
-    p.add_argument("--new-tokens", type=int, default=64, help="greedy tokens per row (halved for the larger models)")
-    p.add_argument("--repeats", type=int, default=7, help="timed repeats, each running every contender in turn; medians are reported")
-    p.add_argument("--sizes", default=None, help=f"engine section: comma-separated model sizes from {sorted(SIZES)} (default: all)")
-    p.add_argument("--cpu", action="store_true", help="stay on the CPU even when a GPU is present")
-    p.add_argument("--threads", type=positive_int, default=None, help="torch.set_num_threads")
-    p.add_argument("--json", type=Path, default=None, help="also write every figure to this JSON file")
-    p.add_argument("--bandwidth", type=float, default=4.8, help="gpu section: the GPU's memory bandwidth in TB/s for "
-                   "the decode bound (default: H200's 4.8; H100 SXM 3.35, A100 2.0)")
-    p.add_argument("--gpu-settings", default="{}", help="gpu section: the iteration's settings over the 2b preset, "
-                   "as JSON with flag names, e.g. '{\"simulations\": 1}' (default: the preset as it is)")
-    p.add_argument("--dist-flags", default="", help="dist section: selfplay flags added to every run")
+    p, g = entry_parser(__doc__, "what to run")
+    g.add_argument("--sections", type=_names(SECTIONS, "section"), default="engine,search", help=f"comma-separated, "
+                   f"from {sorted(SECTIONS)} (memory: minutes, one LoRA self-play iteration on gemma-2-2b's decoder; gpu: "
+                   "the 2b preset on a CUDA device; dist: --tiny as 1 process against 2 torchrun ranks and 1 thread, about "
+                   "20 minutes)")
+    g.add_argument("--prompt-len", type=positive_int, default=64, help="prompt tokens per row")
+    g.add_argument("--new-tokens", type=positive_int, default=64, help="greedy tokens per row, at least 2 (halved for "
+                   "the larger models)")
+    g.add_argument("--repeats", type=positive_int, default=7, help="timed repeats, each running every contender in turn; "
+                   "medians are reported")
+    g.add_argument("--sizes", type=_names(SIZES, "size"), default=None, help=f"engine section: comma-separated model "
+                   f"sizes from {sorted(SIZES)} (default: all)")
+    g.add_argument("--cpu", action="store_true", help="stay on the CPU even when a GPU is present")
+    g.add_argument("--threads", type=positive_int, default=None, help="torch.set_num_threads")
+    g.add_argument("--json", type=Path, default=None, help="also write every figure to this JSON file (rewritten "
+                   "after each section)")
+    g.add_argument("--bandwidth", type=float, default=4.8, help="gpu section: the GPU's memory bandwidth in "
+                   "TB/s for the decode bound (default: H200's 4.8; H100 SXM 3.35, A100 2.0)")
+    g.add_argument("--gpu-settings", default="{}", help="gpu section: the iteration's settings over "
+                   "the 2b preset, as JSON with flag names, e.g. '{\"simulations\": 1}' (default: the preset as it is)")
+    g.add_argument("--dist-flags", default="", help="dist section: selfplay flags added to every run")
     g = p.add_argument_group("search section")
-    g.add_argument("--search-problems", type=int, default=8, help="problems searched in lockstep")
-    g.add_argument("--search-simulations", type=int, default=4, help="MCTS simulations per problem")
-    g.add_argument("--thought-tokens", type=int, default=16, help="tokens per thought")
+    g.add_argument("--search-problems", type=positive_int, default=8, help="problems searched in lockstep")
+    g.add_argument("--search-simulations", type=positive_int, default=4, help="MCTS simulations per problem")
+    g.add_argument("--thought-tokens", type=positive_int, default=16, help="tokens per thought")
     args = p.parse_args(argv)
+    _checked(p, args)
     process_setup(args.threads)  # as in every entry point; both contenders run in this process and share it
     results = {}
-    for name in args.sections.split(","):
-        if name not in SECTIONS:
-            p.error(f"unknown section {name!r}, expected one of {sorted(SECTIONS)}")
+    for name in args.sections:
         print(f"== {name} ==", flush=True)
         results[name] = SECTIONS[name](args)
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=2))
+        if args.json:  # after each section: one that fails later leaves the figures before it
+            atomic_write(args.json, json.dumps(results, indent=2))
 
 
 if __name__ == "__main__":

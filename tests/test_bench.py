@@ -152,3 +152,65 @@ def test_dist_section_runs_one_process_two_ranks_and_one_thread_side_by_side(cap
     assert "1 process x 2 threads" in out and "2 ranks x 1 thread" in out and "1 process x 1 thread" in out
     assert "the speed of one process" in out and "at most" in out
     assert "final_greedy" in out
+
+
+@pytest.fixture
+def fake_sections(monkeypatch):
+    """bench's sections replaced by stand-ins that record their args; "search" fails after "engine" ran."""
+    from nanoo1 import bench
+
+    ran = []
+
+    def engine(args):
+        ran.append(args)
+        return [{"size": "tiny"}]
+
+    def search(args):
+        ran.append(args)
+        raise RuntimeError("search broke")
+
+    monkeypatch.setitem(bench.SECTIONS, "engine", engine)
+    monkeypatch.setitem(bench.SECTIONS, "search", search)
+    return ran
+
+
+@pytest.mark.parametrize("bad", [
+    ["--json", "{tmp}/missing/b.json"], ["--json", "{tmp}"], ["--sections", "engine,serch"],
+    ["--sections", "engine,engine"], ["--sizes", "tinny"], ["--repeats", "0"], ["--prompt-len", "0"],
+    ["--new-tokens", "1"], ["--search-problems", "0"], ["--search-simulations", "0"], ["--thought-tokens", "0"],
+    ["--bandwidth", "0"], ["--bandwidth", "nan"], ["--gpu-settings", "{simulations: 1}"], ["--gpu-settings", "[1]"],
+    ["--gpu-settings", '{"simulatons": 1}'], ["--gpu-settings", '{"simulations": "1"}'],
+    ["--gpu-settings", '{"simulations": 0}'], ["--gpu-settings", '{"device": "cpu"}']])
+def test_a_bad_flag_is_a_usage_error_naming_it_before_any_section_runs(bad, fake_sections, tmp_path, capsys):
+    from nanoo1.bench import main
+
+    bad = [a.replace("{tmp}", str(tmp_path)) for a in bad]
+    with pytest.raises(SystemExit) as e:
+        main(["--sections", "engine", *bad])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and bad[0] in err and bad[1] in err
+    assert fake_sections == [] and list(tmp_path.iterdir()) == []
+
+
+def test_good_flags_reach_the_sections_parsed(fake_sections):
+    from nanoo1.bench import main
+
+    main(["--sections", "engine", "--sizes", "tiny,100m", "--gpu-settings", '{"simulations": 1, "lr": 1}',
+          "--bandwidth", "3.35"])
+    args, = fake_sections
+    assert args.sections == ["engine"] and args.sizes == ["tiny", "100m"]
+    assert args.gpu_settings == {"simulations": 1, "lr": 1} and args.bandwidth == 3.35
+
+
+def test_the_json_is_written_atomically_after_each_section(fake_sections, tmp_path, monkeypatch):
+    """A section that fails leaves the figures of the ones before it, written through atomic_write."""
+    import json
+
+    from nanoo1 import bench
+
+    writes = []
+    monkeypatch.setattr(bench, "atomic_write", lambda path, data: writes.append(path) or path.write_text(data))
+    path = tmp_path / "b.json"
+    with pytest.raises(RuntimeError, match="search broke"):
+        bench.main(["--sections", "engine,search", "--json", str(path)])
+    assert writes == [path] and json.loads(path.read_text()) == {"engine": [{"size": "tiny"}]}
