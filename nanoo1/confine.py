@@ -8,9 +8,11 @@ the program cannot undo one once set (seccomp refuses the syscalls that would):
               `file_mb` (every file together, at most MAX_FILES of them) that vanishes with the process,
               and System V IPC it makes dies with it (unshare(2), mount(2), namespaces(7))
   Landlock    reads only beneath the working directory and the interpreter's own and system libraries;
-              writes only in the working directory; no ptrace-like access to processes outside
+              writes only in the working directory; no ptrace-like access to processes outside; from
+              Linux 6.12 (ABI 6) no signal to them, SIGIO included, nor to their abstract Unix sockets
               (Linux 5.13+, https://docs.kernel.org/userspace-api/landlock.html)
-  seccomp     a BPF filter returning EPERM for new processes and threads, exec, signals to others,
+  seccomp     a BPF filter returning EPERM for new processes and threads, exec, signals to others
+              (kill and its kin, and naming a file's signal owner: fcntl F_SETOWN, F_SETOWN_EX, F_SETSIG),
               sockets, file metadata (chmod, chown, utime, xattrs), SysV/POSIX IPC, keyrings, memfd,
               mounts, and clearing the parent-death signal (seccomp(2), classic BPF)
   tripwire    an audit hook (PEP 578) that turns the same attempts into clear PermissionErrors
@@ -32,6 +34,9 @@ MAX_FILES = 4096  # inodes of the private tmpfs: files and directories the progr
 _CLONE_NEWNS, _CLONE_NEWIPC, _CLONE_NEWUSER = 0x20000, 0x08000000, 0x10000000
 _MS_NOSUID, _MS_NODEV, _MS_NOEXEC, _MS_REC, _MS_PRIVATE = 2, 4, 8, 1 << 14, 1 << 18
 _PR_SET_PDEATHSIG, _PR_SET_SECCOMP, _PR_SET_NO_NEW_PRIVS = 1, 22, 38
+# fcntl commands that make a file signal a process of the caller's choosing when I/O is possible
+# (O_ASYNC) or a lease breaks: its owner, or the signal sent (fcntl(2), Linux values)
+_F_SETOWN, _F_SETSIG, _F_SETOWN_EX = 8, 10, 15
 
 # Landlock file-system rights (linux/landlock.h), by the ABI version that added them.
 _LANDLOCK_EXECUTE, _LANDLOCK_WRITE_FILE, _LANDLOCK_READ_FILE, _LANDLOCK_READ_DIR = 1, 2, 4, 8
@@ -41,6 +46,8 @@ _LANDLOCK_RIGHTS = {1: (1 << 13) - 1,         # EXECUTE, WRITE_FILE, READ_FILE, 
                     3: _LANDLOCK_TRUNCATE}
 _LANDLOCK_FILE_RIGHTS = _LANDLOCK_EXECUTE | _LANDLOCK_WRITE_FILE | _LANDLOCK_READ_FILE | _LANDLOCK_TRUNCATE
 _LANDLOCK_CREATE_RULESET, _LANDLOCK_ADD_RULE, _LANDLOCK_RESTRICT_SELF = 444, 445, 446  # same on every arch
+# ABI 6 (Linux 6.12): what a process may not reach outside its domain: abstract Unix sockets, signals
+_LANDLOCK_SCOPED = 1 | 2  # LANDLOCK_SCOPE_ABSTRACT_UNIX_SOCKET | LANDLOCK_SCOPE_SIGNAL
 
 # Syscalls the program is refused (EPERM), as (x86_64, aarch64) numbers; None where an arch lacks one.
 SECCOMP_ARCH = {"x86_64": 0xC000003E, "aarch64": 0xC00000B7}  # AUDIT_ARCH_* of the syscall ABI
@@ -78,8 +85,10 @@ _SECCOMP_DENY = {
 # ... these only when aimed at another process (first argument neither 0 nor its own pid) ...
 _SECCOMP_SELF_ONLY = {"kill": (62, 129), "tgkill": (234, 131), "rt_sigqueueinfo": (129, 138),
                       "rt_tgsigqueueinfo": (297, 240), "prlimit64": (302, 261)}
-# ... and these only with this first argument: prctl(PR_SET_PDEATHSIG), which would let it outlive its caller.
-_SECCOMP_DENY_IF = {"prctl": ((157, 167), _PR_SET_PDEATHSIG)}
+# ... and these only with one of these values of an argument (by its index): prctl(PR_SET_PDEATHSIG), which
+# would let it outlive its caller; fcntl making a file signal another process (neither arch has fcntl64).
+_SECCOMP_DENY_IF = {"prctl": ((157, 167), 0, (_PR_SET_PDEATHSIG,)),
+                    "fcntl": ((72, 25), 1, (_F_SETOWN, _F_SETOWN_EX, _F_SETSIG))}
 
 
 def confine(workdir: str, *, timeout: float, memory_mb: int, file_mb: int, parent: int,
@@ -187,7 +196,8 @@ def read_roots(workdir: str) -> list[str]:
 
 
 def landlock(libc, workdir: str, private: bool) -> None:
-    """Handle every right this ABI knows; grant reads beneath read_roots, and all rights in workdir.
+    """Handle every right this ABI knows; grant reads beneath read_roots, and all rights in workdir. From ABI 6
+    also scope signals and abstract Unix sockets: the process reaches none outside its own domain.
 
     Without a private tmpfs the program gets no right to make files: it can write only main.py, whose
     size RLIMIT_FSIZE caps, so the disk stays bounded."""
@@ -195,8 +205,11 @@ def landlock(libc, workdir: str, private: bool) -> None:
     handled = sum(bits for version, bits in _LANDLOCK_RIGHTS.items() if version <= abi)
     reads = _LANDLOCK_EXECUTE | _LANDLOCK_READ_FILE | _LANDLOCK_READ_DIR
     long = ctypes.c_long
-    attr = ctypes.c_uint64(handled)  # struct landlock_ruleset_attr, first field only (valid for every ABI)
-    ruleset = _call(libc.syscall(long(_LANDLOCK_CREATE_RULESET), ctypes.byref(attr), long(8), long(0)),
+    # struct landlock_ruleset_attr: handled_access_fs, handled_access_net (ABI 4, none handled), scoped (ABI 6);
+    # the kernel takes a prefix of it, the first field alone for every ABI
+    attr = (ctypes.c_uint64 * 3)(handled, 0, _LANDLOCK_SCOPED if abi >= 6 else 0)
+    size = ctypes.sizeof(attr) if abi >= 6 else 8
+    ruleset = _call(libc.syscall(long(_LANDLOCK_CREATE_RULESET), ctypes.byref(attr), long(size), long(0)),
                     "landlock_create_ruleset")
 
     class PathBeneath(ctypes.Structure):  # struct landlock_path_beneath_attr
@@ -219,7 +232,7 @@ def landlock(libc, workdir: str, private: bool) -> None:
 def seccomp_filter(arch: str, pid: int) -> list[tuple[int, int, int, int]]:
     """A classic-BPF seccomp filter as (code, jump_if_true, jump_if_false, k) instructions.
 
-    It reads struct seccomp_data (nr at offset 0, arch at 4, args[0] at 16) and answers
+    It reads struct seccomp_data (nr at offset 0, arch at 4, args[i] at 16 + 8 i, low half first) and answers
     ALLOW, ERRNO(EPERM), or KILL for a syscall made through another ABI. Jumps count instructions skipped.
     """
     LOAD, JEQ, JGE, RET = 0x20, 0x15, 0x35, 0x06  # BPF_LD|W|ABS, BPF_JMP|JEQ|K, BPF_JMP|JGE|K, BPF_RET|K
@@ -237,9 +250,11 @@ def seccomp_filter(arch: str, pid: int) -> list[tuple[int, int, int, int]]:
                  (LOAD, 0, 0, 16),              # A = low 32 bits of the first argument (a pid_t)
                  (JEQ, 2, 0, 0), (JEQ, 1, 0, pid),
                  (RET, 0, 0, DENY), (RET, 0, 0, ALLOW)]
-    for numbers, value in _SECCOMP_DENY_IF.values():
-        prog += [(JEQ, 0, 4, numbers[column]), (LOAD, 0, 0, 16), (JEQ, 0, 1, value),
-                 (RET, 0, 0, DENY), (RET, 0, 0, ALLOW)]
+    for numbers, arg, values in _SECCOMP_DENY_IF.values():
+        n = len(values)
+        prog += [(JEQ, 0, n + 3, numbers[column]), (LOAD, 0, 0, 16 + 8 * arg)]  # A = low 32 bits of args[arg]
+        prog += [(JEQ, n - i, 0, value) for i, value in enumerate(values)]     # any of them: to the DENY
+        prog += [(RET, 0, 0, ALLOW), (RET, 0, 0, DENY)]
     return prog + [(RET, 0, 0, ALLOW)]
 
 
@@ -269,6 +284,7 @@ def tripwire(workdir: str):
     path_events = {"os.link", "os.mkdir", "os.remove", "os.rename", "os.rmdir", "os.truncate",
                    "shutil.rmtree", "sqlite3.connect"}
     write_flags = os.O_WRONLY | os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_TRUNC
+    signal_owner = {_F_SETOWN, _F_SETSIG, _F_SETOWN_EX} if sys.platform == "linux" else {6}  # macOS: F_SETOWN
 
     def inside(path) -> bool:
         real = os.path.realpath(os.fsdecode(path))  # through every link and ".."
@@ -284,6 +300,8 @@ def tripwire(workdir: str):
         # function by name, loading a library or reading raw memory must not
         if event.startswith("ctypes.") and not (event == "ctypes.dlopen" and args[0] is None):
             raise PermissionError(f"sandbox: {event} is not allowed")
+        if event == "fcntl.fcntl" and args[1] in signal_owner:  # a file that would signal another process
+            raise PermissionError(f"sandbox: fcntl command {args[1]} is not allowed")
         if event == "open" and is_path(args[0]) and not inside(args[0]):
             path, mode, flags = args
             if (flags or 0) & write_flags or (isinstance(mode, str) and any(c in mode for c in "wax+")):

@@ -50,7 +50,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from nanoo1.supervise import clean_env
+from nanoo1.supervise import signal_name, clean_env
 
 SUPERVISOR = Path(__file__).with_name("supervise.py")  # run as a script, not imported, by `run_many`
 
@@ -118,9 +118,11 @@ def run_many(codes, *, workers: int | None = None, timeout: float = 5.0, memory_
 
 
 def _batch(codes: list[str], config: dict) -> tuple[dict[int, SandboxResult], str]:
-    """Start the supervisor, hand it the programs, read back one result per line: ({index: result}, what its
-    stderr said). It is killed if it outlives every program's deadline by far."""
+    """Start the supervisor, hand it the programs, read back one result per line: ({index: result}, why one
+    may be missing: how the supervisor ended and the end of its stderr). It is killed if it outlives every
+    program's deadline by far (TimeoutError, short: subprocess's own message holds the whole command line)."""
     waves = -(-len(codes) // config["workers"])
+    limit = waves * (config["timeout"] + 2) + 10
     proc = subprocess.Popen(
         # -I: ignore PYTHON* variables, user site-packages and the current directory on sys.path;
         # -B: write no .pyc; -u: unbuffered, so output printed before a kill is still seen
@@ -130,7 +132,10 @@ def _batch(codes: list[str], config: dict) -> tuple[dict[int, SandboxResult], st
         close_fds=True,           # none of the caller's files, sockets or pipes
         start_new_session=True)   # its own process group, so no signal of the caller's terminal reaches it
     try:
-        out, err = proc.communicate(json.dumps(codes).encode(), timeout=waves * (config["timeout"] + 2) + 10)
+        out, err = proc.communicate(json.dumps(codes).encode(), timeout=limit)
+    except subprocess.TimeoutExpired:
+        raise TimeoutError(f"the supervisor gave no answer in {limit:g} s and was killed; "
+                           "run the batch again") from None
     finally:
         if proc.returncode is None:  # it hung (or the caller was interrupted): its programs die with it
             os.killpg(proc.pid, signal.SIGKILL)
@@ -142,4 +147,7 @@ def _batch(codes: list[str], config: dict) -> tuple[dict[int, SandboxResult], st
         # JSON carries lone surrogates (a program's `raise ValueError(chr(0xd800))`), which no text encoder takes
         answers[index] = SandboxResult(**{k: v.encode("utf-8", "replace").decode("utf-8") if isinstance(v, str) else v
                                           for k, v in answer.items()})
-    return answers, err.decode("utf-8", "replace").strip()[-2000:] or f"the supervisor exited with {proc.returncode}"
+    code = proc.returncode
+    how = f"was killed by {signal_name(-code)}" if code < 0 else f"exited with status {code}"
+    stderr = err.decode("utf-8", "replace").strip()[-500:]
+    return answers, f"the supervisor {how} before it answered; run the batch again" + (stderr and f": {stderr}")

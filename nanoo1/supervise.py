@@ -5,8 +5,11 @@ stdin. It loads confine.py by path (importing the package would import torch), f
 program, `workers` at a time, and answers one JSON result per program on stdout. Each child takes a fresh
 directory, a session, a scrubbed environment and no file descriptor but its pipes, confines itself
 (confine.py) and runs the program; the supervisor reads its output, kills its process group at the
-deadline or the output cap, reaps it and removes its directory however the program left it. It imports
-only the standard library, and dies with its caller, as each child dies with it (parent-death signals).
+deadline or the output cap, reaps it and removes its directory however the program left it. A child is a
+copy of the supervisor, so before its program runs it empties its copies of the other programs' code and
+output (a program can walk sys._getframe() or gc up to them); the supervisor keeps none of a reaped
+program's output past its result. It imports only the standard library, and dies with its caller, as each
+child dies with it (parent-death signals).
 """
 
 import json
@@ -36,7 +39,7 @@ def _outcome(returncode: int, report: bytes, stopped: str | None, timeout: float
     if returncode < 0:
         if -returncode == signal.SIGXCPU:
             return "Timeout", "used up its CPU time"
-        return f"Signal {_signal_name(-returncode)}", ""
+        return f"Signal {signal_name(-returncode)}", ""
     try:  # our report is the last line; the program can write here too, but only to lie about itself
         reported = json.loads(report.decode("utf-8", "replace").splitlines()[-1])
         return reported["error"] and str(reported["error"]), str(reported["message"])
@@ -47,7 +50,8 @@ def _outcome(returncode: int, report: bytes, stopped: str | None, timeout: float
     return None, ""
 
 
-def _signal_name(number: int) -> str:
+def signal_name(number: int) -> str:
+    """The name of signal `number` (SIGKILL, SIGRTMIN+3, ...)."""
     try:
         return signal.Signals(number).name
     except ValueError:  # real-time signals have no name of their own
@@ -134,12 +138,20 @@ def _supervise(config: str) -> None:
     child = {k: cfg[k] for k in ("timeout", "memory_mb", "file_mb", "audit_hook", "namespaces")}
     child["parent"] = os.getpid()
     running, results = {}, []  # pid -> _Run; result lines
+
+    def forget() -> None:  # in a child: the other programs' code and output, which it must not see
+        pending.clear()
+        results.clear()
+        for other in running.values():
+            other.out.clear()
+            other.report.clear()
+
     with selectors.DefaultSelector() as sel:
         while pending or running:
             while pending and len(running) < cfg["workers"]:
                 index, code = pending.pop()
                 try:
-                    run = _fork(index, code, cfg["tempdir"], timeout, child, confine, sel)
+                    run = _fork(index, code, cfg["tempdir"], timeout, child, confine, sel, forget)
                     running[run.pid] = run
                 except Exception as e:  # no processes left, a directory it cannot make, a lone surrogate
                     results.append({"index": index, "stdout": "", "truncated": False, "error": "SandboxError",
@@ -150,10 +162,10 @@ def _supervise(config: str) -> None:
             left = min(run.deadline for run in running.values()) - time.monotonic()
             for key, _ in sel.select(max(0.0, min(left, 0.005) if waiting else left)):
                 run = key.data
-                chunk = os.read(key.fd, 1 << 16)
                 buffer = run.out if key.fd == run.out_fd else run.report
-                buffer.extend(chunk)
-                if not chunk or len(buffer) > cap:  # closed, or more than we keep
+                size = len(buffer)
+                buffer.extend(os.read(key.fd, 1 << 16))  # read into its buffer: no copy left in this frame
+                if len(buffer) == size or len(buffer) > cap:  # closed, or more than we keep
                     sel.unregister(key.fd)
                     os.close(key.fd)
                     run.open_fds.discard(key.fd)
@@ -179,18 +191,26 @@ def _supervise(config: str) -> None:
                     sel.unregister(fd)
                     os.close(fd)
                 _remove(run.workdir)
-                error, message = _outcome(os.waitstatus_to_exitcode(status), run.report, run.stopped, timeout, cap)
-                results.append({"index": run.index, "stdout": run.out[:cap].decode("utf-8", "replace"),
-                                "truncated": len(run.out) > cap, "error": error, "message": message,
-                                "seconds": time.monotonic() - run.start})
+                results.append(_result(run, status, timeout, cap))
     data = "".join(json.dumps(r) + "\n" for r in results).encode()
     while data:
         data = data[os.write(1, data):]
 
 
-def _fork(index: int, code: str, tempdir: str, timeout: float, child: dict, confine, sel) -> _Run:
+def _result(run: _Run, status: int, timeout: float, cap: int) -> dict:
+    """The result of a reaped run, as a JSON-ready dict; its buffers are emptied, so no later child finds them."""
+    error, message = _outcome(os.waitstatus_to_exitcode(status), run.report, run.stopped, timeout, cap)
+    result = {"index": run.index, "stdout": run.out[:cap].decode("utf-8", "replace"), "truncated": len(run.out) > cap,
+              "error": error, "message": message, "seconds": time.monotonic() - run.start}
+    run.out.clear()
+    run.report.clear()
+    return result
+
+
+def _fork(index: int, code: str, tempdir: str, timeout: float, child: dict, confine, sel, forget) -> _Run:
     """Fork the child that runs `code` in a fresh directory: stdin /dev/null, stdout and a report pipe, a
-    session of its own, a scrubbed environment, no other file descriptor; register its pipes in `sel`."""
+    session of its own, a scrubbed environment, no other file descriptor, nothing of the other programs
+    (`forget`); register its pipes in `sel`."""
     start = time.monotonic()
     workdir = tempfile.mkdtemp(prefix="nanoo1-sandbox-", dir=tempdir)  # fresh per run: nothing carries over
     try:
@@ -203,6 +223,7 @@ def _fork(index: int, code: str, tempdir: str, timeout: float, child: dict, conf
         raise
     if pid == 0:  # the child: never returns
         try:
+            forget()
             os.setsid()  # its own process group, so one signal reaches all of it
             null = os.open(os.devnull, os.O_RDONLY)
             os.dup2(null, 0)

@@ -18,6 +18,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -349,6 +350,67 @@ def test_pool_never_closes_a_pipe_whose_number_a_later_program_got():
 def test_pool_passes_limits():
     results = run_many(["while True: pass", "print(2)"], workers=2, timeout=0.5)
     assert [r.error for r in results] == ["Timeout", None]
+
+
+def test_a_program_sees_nothing_of_its_batch_mates():
+    # a child is a fork of the supervisor: up its stack (or through gc) lie the batch's code and output, unless
+    # emptied. The third starts once the second has ended, while the first runs and the fourth waits.
+    running, done, waiting = (uuid.uuid4().hex for _ in range(3))
+    keys = ", ".join(f"{key[:16]!r} + {key[16:]!r}" for key in (running, done, waiting))  # no whole key in the code
+    search = f"""
+import gc, sys
+def find(keys):
+    texts, frame = [], sys._getframe(1)
+    while frame:
+        texts.append(repr(frame.f_locals))
+        frame = frame.f_back
+    texts += [repr(o) for o in gc.get_objects() if hasattr(type(o), "__dataclass_fields__")]  # the runs
+    return [key for key in keys if any(key in text for text in texts)]
+print(find([{keys}]))
+"""
+    codes = [f"import time\nprint({running[:16]!r} + {running[16:]!r}, flush=True)\ntime.sleep(0.8)",
+             f"import time\ntime.sleep(0.3)\nprint({done[:16]!r} + {done[16:]!r})", search, f"# {waiting}"]
+    results = run_many(codes, workers=2)
+    assert [r.stdout for r in results] == [running + "\n", done + "\n", "[]\n", ""]
+
+
+def test_a_failed_supervisor_ends_in_a_short_result(monkeypatch):
+    # killed (the OOM killer, a bug): every program's result names how it ended and what to do
+    dirs_before = workdirs()
+
+    def kill_the_supervisor():  # our own child, once it has forked the program's
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            found = sandbox_processes()
+            supervisor = [pid for pid in found if pid in our_children()]
+            if supervisor and len(found) > 1:
+                os.kill(supervisor[0], signal.SIGKILL)
+                return
+            time.sleep(0.02)
+
+    killer = threading.Thread(target=kill_the_supervisor)
+    killer.start()
+    r = run_python("import time\ntime.sleep(10)", timeout=10)
+    killer.join()
+    deadline = time.monotonic() + 2
+    while sandbox_processes() and time.monotonic() < deadline:  # its child dies with it
+        time.sleep(0.02)
+    for d in workdirs() - dirs_before:  # what the killed supervisor could not remove
+        shutil.rmtree(os.path.join(tempfile.gettempdir(), d))
+    assert (r.error, r.message) == ("SandboxError", "the supervisor was killed by SIGKILL before it answered; "
+                                                    "run the batch again")
+    # stopped, it answers nothing in time; subprocess's own message would hold the whole command line
+    communicate = subprocess.Popen.communicate
+
+    def silent(self, input=None, timeout=None):
+        if timeout is None:  # the call that reaps it, once killed
+            return communicate(self, input)
+        raise subprocess.TimeoutExpired(self.args, timeout)
+
+    monkeypatch.setattr(subprocess.Popen, "communicate", silent)
+    r = run_python("print(1)", timeout=5)
+    assert (r.error, r.message) == ("SandboxError", "TimeoutError: the supervisor gave no answer in 17 s and was "
+                                                    "killed; run the batch again")  # 1 wave of 5 + 2 s, + 10 s
 
 
 # --- hostile programs ---------------------------------------------------------------------------------
@@ -710,6 +772,28 @@ for name, send in [("ppid", lambda: os.kill(os.getppid(), signal.SIGUSR1)),
     assert received == []
 
 
+@pytest.mark.skipif(not LINUX, reason="F_SETOWN_EX and F_SETSIG are Linux's")
+def test_signalling_through_a_file_owner(hook):
+    # a file with an owner signals it (SIGIO, or F_SETSIG's) when I/O becomes possible on an O_ASYNC file;
+    # the target is a process of the test's, which either signal would end
+    target = subprocess.Popen(["sleep", "30"])
+    pipe = "r, w = os.pipe(); "
+    go = "; fcntl.fcntl(r, fcntl.F_SETFL, os.O_ASYNC); os.write(w, b'x')"
+    code = "import fcntl, signal, struct\n" + attempt_each({
+        "owner": f"{pipe}fcntl.fcntl(r, fcntl.F_SETOWN, {target.pid}){go}",
+        "owner_ex": f"{pipe}fcntl.fcntl(r, 15, struct.pack('ii', 1, {target.pid})){go}",  # F_SETOWN_EX, F_OWNER_PID
+        "signal": f"{pipe}fcntl.fcntl(r, fcntl.F_SETSIG, signal.SIGTERM)",
+        "async": f"{pipe.rstrip('; ')}{go}"})  # no owner: nobody is signalled
+    try:
+        r = hostile(code, audit_hook=hook)
+        time.sleep(0.1)
+        assert target.poll() is None
+    finally:
+        target.kill()
+        target.wait()
+    assert r.stdout.split() == ["owner", "refused", "owner_ex", "refused", "signal", "refused", "async", "done"]
+
+
 def test_cpu_time_limit_is_a_backstop():
     # a program that lowers its own CPU limit shows what happens should the wall clock ever fail
     code = "import resource\nresource.setrlimit(resource.RLIMIT_CPU, (1, 2))\nwhile True:\n    pass"
@@ -825,6 +909,7 @@ def test_ctypes_cannot_reach_c_functions():
 
 
 def test_audit_hook_policy(tmp_path):
+    import fcntl  # POSIX only
     work = tmp_path / "work"
     work.mkdir()
     outside_dir = tmp_path / "out"
@@ -842,7 +927,8 @@ def test_audit_hook_policy(tmp_path):
     allowed = [("open", (str(work / "a.txt"), "w", w)), ("open", (str(work / "sub" / ".." / "b.txt"), None, w)),
                ("open", (str(public), "r", r)), ("open", (5, "w", w)),  # an fd it already holds
                ("os.mkdir", (str(work / "d"), 0o777, -1)), ("os.rename", (str(work / "a"), str(work / "b"), -1, -1)),
-               ("ctypes.dlopen", (None,)), ("import", ("math", None, [], [], [])), ("os.listdir", ("/",))]
+               ("ctypes.dlopen", (None,)), ("import", ("math", None, [], [], [])), ("os.listdir", ("/",)),
+               ("fcntl.fcntl", (3, fcntl.F_SETFL, os.O_ASYNC))]
     for event, args in allowed:
         hook(event, args)  # no exception
 
@@ -862,15 +948,15 @@ def test_audit_hook_policy(tmp_path):
                # metadata is refused everywhere, since a dir_fd= form hides where the path is
                ("os.chmod", (str(work / "a.txt"), 0o777, -1)), ("os.chmod", (3, 0o777, -1)),
                ("os.utime", ("x", None, None, 3)), ("os.setxattr", ("x", "user.a", b"1", 0, 3)),
-               ("os.chown", ("x", 0, 0, 3))]
+               ("os.chown", ("x", 0, 0, 3)), ("fcntl.fcntl", (3, fcntl.F_SETOWN, 1))]  # a file signalling pid 1
     for event, args in refused:
         with pytest.raises(PermissionError, match="sandbox"):
             hook(event, args)
 
 
-def run_bpf(prog, nr: int, arch: int, arg0: int = 0) -> int:
+def run_bpf(prog, nr: int, arch: int, arg0: int = 0, arg1: int = 0) -> int:
     """A tiny classic-BPF interpreter for the four instructions the seccomp filter uses."""
-    data = {0: nr, 4: arch, 16: arg0 & 0xFFFFFFFF}
+    data = {0: nr, 4: arch, 16: arg0 & 0xFFFFFFFF, 24: arg1 & 0xFFFFFFFF}
     a, pc = 0, 0
     while True:
         code, jt, jf, k = prog[pc]
@@ -908,6 +994,9 @@ def test_seccomp_filter_answers():
         assert run_bpf(prog, nr, x86) == EPERM, nr
     assert run_bpf(prog, 157, x86, arg0=1) == EPERM   # prctl(PR_SET_PDEATHSIG)
     assert run_bpf(prog, 157, x86, arg0=15) == ALLOW  # prctl(PR_SET_NAME)
+    for cmd in (8, 15, 10):  # fcntl(F_SETOWN, F_SETOWN_EX, F_SETSIG): a file that would signal another process
+        assert run_bpf(prog, 72, x86, arg0=3, arg1=cmd) == EPERM, cmd
+    assert run_bpf(prog, 72, x86, arg0=8, arg1=4) == ALLOW  # fcntl(F_SETFL) of fd 8
     assert run_bpf(prog, 0x40000000 + 57, x86) == EPERM  # the x32 alias of fork
     assert run_bpf(prog, 2, 0x40000003) == KILL          # i386 ABI (int 0x80): fork is 2 there
     prog = seccomp_filter("aarch64", pid=7)
@@ -919,7 +1008,42 @@ def test_seccomp_filter_answers():
     for nr in (53, 194, 279):  # fchmodat, shmget, memfd_create
         assert run_bpf(prog, nr, arm) == EPERM, nr
     assert run_bpf(prog, 167, arm, arg0=1) == EPERM and run_bpf(prog, 167, arm, arg0=15) == ALLOW  # prctl
+    assert run_bpf(prog, 25, arm, arg1=8) == EPERM and run_bpf(prog, 25, arm, arg1=4) == ALLOW  # fcntl
     assert run_bpf(prog, 220, x86) == KILL  # a syscall from another ABI
+
+
+@pytest.mark.skipif(landlock_abi() < 6, reason="Landlock scopes signals from ABI 6 (Linux 6.12)")
+def test_landlock_keeps_signals_in_the_domain(tmp_path):
+    # Landlock alone (no seccomp, no hook): kill, and a file's SIGIO, reach no process outside the domain
+    target = subprocess.Popen(["sleep", "30"])
+    module = os.path.join(os.path.dirname(os.path.dirname(__file__)), "nanoo1", "confine.py")
+    script = f"""
+import ctypes, fcntl, importlib.util, os, signal
+spec = importlib.util.spec_from_file_location("confine", {module!r})
+confine = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(confine)
+libc, zero = confine._libc(), ctypes.c_ulong(0)
+libc.prctl(38, ctypes.c_ulong(1), zero, zero, zero)  # PR_SET_NO_NEW_PRIVS
+confine.landlock(libc, {os.path.realpath(tmp_path)!r}, False)
+os.kill(os.getpid(), 0)  # itself: allowed
+for name, send in [("kill", lambda: os.kill({target.pid}, signal.SIGTERM)),
+                   ("sigio", lambda: (fcntl.fcntl(r, fcntl.F_SETOWN, {target.pid}),  # allowed, sends nothing
+                                      fcntl.fcntl(r, fcntl.F_SETFL, os.O_ASYNC), os.write(w, b"x")))]:
+    r, w = os.pipe()
+    try:
+        send()
+        print(name, "sent")
+    except OSError:
+        print(name, "refused")
+"""
+    try:
+        r = subprocess.run([sys.executable, "-I", "-c", script], capture_output=True, text=True, timeout=30)
+        time.sleep(0.1)
+        assert target.poll() is None
+    finally:
+        target.kill()
+        target.wait()
+    assert (r.stdout, r.returncode) == ("kill refused\nsigio sent\n", 0), r.stderr
 
 
 @pytest.mark.skipif(not LINUX, reason="Linux only")
