@@ -35,14 +35,15 @@ def grpo_iteration(model, tokenizer, opt, problems, it: int, config: SelfPlayCon
     mean reward, share correct, share cut by the budget, thinking tokens (of all, of the right and of the
     wrong ones) and tokens, over every rank's rollouts, and the updates' statistics. With search.max_rows
     a generate call holds at most that many rows (whole groups, one at the least), all drawn from the round's
-    one generator. Under torchrun `problems` is this rank's share and `seed` its own (`dist.rank_seed`);
+    one generator. Under torchrun `problems` is the iteration's whole draw, the same on every rank, and each
+    rank rolls out its share of each round's slice (`dist.shard`) with `seed` its own (`dist.rank_seed`);
     every rank takes the same number of update steps."""
     g = config.grpo
     end = tokenizer.token_id("</think>")
     per_round = len(problems) // g.rounds
     seen, steps = {k: [] for k in ("reward", "correct", "cut", "think", "tokens")}, []
     for r in range(g.rounds):
-        chunk = problems[r * per_round:(r + 1) * per_round]
+        chunk = dist.shard(problems[r * per_round:(r + 1) * per_round], dist.place())
         prompts = [tokenizer.encode(think_prompt(p.question)) for p in chunk]
         round_seed = iteration_seed(seed, it * g.rounds + r)  # the rollouts' draws and the minibatches' order
         generator = seeded_generator(model, round_seed)
@@ -92,7 +93,8 @@ def rollout_rewards(rows, correct, config: SelfPlayConfig):
 def _grpo_updates(model, tokenizer, opt, rows, adv, seed: int, config: SelfPlayConfig, tokens) -> list[dict]:
     """`epochs` passes of `grpo_step` over minibatches of the rollouts, shuffled by `seed`, against their
     log-probs under the policy that sampled them (stored first, PPO-style); `tokens`, the completion tokens of
-    the whole generation batch (all ranks), is dapo's divisor in every minibatch. Returns each step's statistics."""
+    the whole generation batch (all ranks), is dapo's divisor in every minibatch. Under torchrun each rank puts
+    grpo_minibatch / world of its own rollouts in each step. Returns each step's statistics."""
     g, device = config.grpo, model.output_embedding.device
     ids, attn = batch_ids([r.prompt + r.tokens for r in rows], tokenizer.pad_id)
     mask = torch.zeros_like(ids)
@@ -119,12 +121,13 @@ def _grpo_updates(model, tokenizer, opt, rows, adv, seed: int, config: SelfPlayC
     shuffle = torch.Generator().manual_seed(seed)
     steps = []
     model.train()
-    n = dist.largest(-(-len(rows) // g.grpo_minibatch))  # steps per epoch, the same on every rank
+    minibatch = max(1, g.grpo_minibatch // dist.place().world)  # this rank's share of each step's rollouts
+    n = dist.largest(-(-len(rows) // minibatch))  # steps per epoch, the same on every rank
     for _ in range(g.epochs):
         order = torch.randperm(len(rows), generator=shuffle).to(device)
-        for s in range(0, n * g.grpo_minibatch, g.grpo_minibatch):
+        for s in range(0, n * minibatch, minibatch):
             with bf16_autocast(autocast(config), device):
-                part = {k: v[order[s:s + g.grpo_minibatch]] for k, v in batch.items()}
+                part = {k: v[order[s:s + minibatch]] for k, v in batch.items()}
                 steps.append(grpo_step(model, opt, {**part, "num_items_in_batch": tokens}, cfg))
     model.eval()
     return steps

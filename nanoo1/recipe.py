@@ -111,7 +111,7 @@ class GRPOSettings:
     grpo_temperature: float = 0.7  # GRPO: sampling temperature of the rollouts
     rounds: int = 4  # GRPO: rollout batches per iteration (problems-per-iteration groups each), each followed by its updates
     epochs: int = 1  # GRPO: passes over each batch of rollouts (old log-probs stored at collection)
-    grpo_minibatch: int = 256  # GRPO: rollouts per optimizer step (of those in groups whose rewards differ)
+    grpo_minibatch: int = 256  # GRPO: rollouts per optimizer step (of those in groups whose rewards differ), all ranks'
 
     def __post_init__(self):
         check_settings(self, positive=("group_size", "think_budget", "solution_budget", "ngram", "grpo_lr",

@@ -187,7 +187,7 @@ def run(config: SelfPlayConfig, resume: str | None = None, from_scratch: bool = 
                 m.update(imitation_iteration(model, tokenizer, opt, policy, dist.shard(problems[k:], place),
                                              memory, rng, c))
         else:
-            m = grpo_iteration(model, tokenizer, opt, dist.shard(problems, place), it, c, seed)
+            m = grpo_iteration(model, tokenizer, opt, problems, it, c, seed)
             m["think_quick"] = evaluate_sharded(lambda ps: evaluate_budgeted(  # held out, greedy at t*
                 model, tokenizer, ps, config.grpo.think_budget, config.grpo.solution_budget), test[:config.eval.quick]).accuracy
         m = dist.combine(m, summed=("chains", "restamped", "imitation_replayed"))

@@ -137,6 +137,45 @@ def test_ranks_take_disjoint_shares_and_combine_their_numbers(tmp_path):
     assert r0["ratio"] == r1["ratio"] == 0.6
 
 
+def grpo_shares(rank: int, world: int):
+    """One GRPO iteration of 2 rounds of 3 problems: which questions each round rolls out, and the rows of each
+    update step, with rewards made to differ within every group."""
+    import nanoo1.elastic as elastic
+    from nanoo1.checkpoint import load_pretrained
+    from nanoo1.config import apply_flags
+    from nanoo1.recipe import PRESETS
+    from nanoo1.tasks import TINY_DIR, load_jsonl
+
+    model, tokenizer = load_pretrained(TINY_DIR / "warmstart-think")
+    model.requires_grad_(True)
+    rounds, steps, real = [], [], (elastic.generate_budgeted, elastic.grpo_step, elastic.rollout_rewards)
+    generate, step, _ = real
+    elastic.generate_budgeted = lambda model, prompts, *a, **k: rounds.append(
+        [tokenizer.decode(p) for p in prompts]) or generate(model, prompts, *a, **k)
+    elastic.grpo_step = lambda model, opt, batch, cfg: steps.append(len(batch["input_ids"])) or step(model, opt, batch, cfg)
+    elastic.rollout_rewards = lambda rows, correct, config: (torch.arange(len(rows)) % 2).float()
+    config = apply_flags(PRESETS["tiny"], dict(algo="grpo", group_size=2, think_budget=4, solution_budget=2,
+                                               problems_per_iteration=3, rounds=2, grpo_minibatch=4))
+    try:
+        elastic.grpo_iteration(model, tokenizer, torch.optim.AdamW(model.parameters(), lr=1e-4),
+                               load_jsonl(TINY_DIR / "train.jsonl")[:6], 0, config, dist.rank_seed(0, rank))
+    finally:
+        elastic.generate_budgeted, elastic.grpo_step, elastic.rollout_rewards = real
+    return {"rounds": rounds, "steps": steps}
+
+
+def test_grpo_ranks_share_each_round_and_each_step_as_one_process(tmp_path):
+    """Every round's problems are rolled out, split over the ranks, and each update step holds grpo_minibatch
+    rollouts over all ranks, as in one process."""
+    alone = grpo_shares(0, 1)
+    ranks = run_ranks(grpo_shares, tmp_path)
+    assert [len(r) for r in alone["rounds"]] == [3, 3]
+    for k, questions in enumerate(alone["rounds"]):
+        assert sorted(ranks[0]["rounds"][k] + ranks[1]["rounds"][k]) == sorted(questions)
+    assert max(alone["steps"]) == 4 and max(ranks[0]["steps"] + ranks[1]["steps"]) == 2
+    assert len(ranks[0]["steps"]) == len(ranks[1]["steps"]) >= len(alone["steps"])
+
+
 def leave_late_on_rank_0(rank: int, world: int) -> float:
     start = time.monotonic()
     if rank == 0:
