@@ -1,16 +1,14 @@
-"""`python -m nanoo1.bench`: speed side by side with transformers, on the same random weights, in one run.
+"""`python -m nanoo1.bench`: the benchmark's command line, and its search section.
 
-For each model size and batch size it times a prefill (prompt -> KV cache + next-token logits) and greedy
-decoding, for nanoo1's engine and for transformers' `generate` (eager attention), and prints the ratios.
-Every repeat runs all contenders in turn and each figure is the median over repeats, so a burst of load
-on a shared machine moves both sides of a ratio together instead of skewing it.
-The gpu section (`gpu_figures`) measures gemma-2-2b's shape in bf16 with the 2b preset's settings: decode at
-batch 1 and 16 against the memory-bandwidth bound (every step reads all weight bytes once: tokens/s <=
-bandwidth / weight bytes), and one whole self-play iteration of the 2b preset through LoRA (MCTS, PPO updates,
-checked greedy and imitation), each stage with its seconds and peak GPU memory.
-Like every entry point it first has glibc keep freed memory (`device.hold_freed_memory`); both
-contenders run in this one process, so both get it. Other sections (search; dist, whole runs as processes, in
-bench_dist.py) register themselves in SECTIONS.
+--sections picks the sections, run in that order, each printing its figures (--json: all of them written again
+after each section):
+  engine  prefill and greedy decoding side by side with transformers, on the same random weights (bench_engine.py)
+  search  MCTS nodes expanded per second, batched against one candidate and one value call at a time (this module)
+  memory  peak resident memory of one LoRA self-play iteration of the 2b preset on the CPU (bench_iteration.py)
+  gpu     gemma-2-2b's shape in bf16: decode against the bandwidth bound, one LoRA iteration (bench_iteration.py)
+  dist    whole `selfplay --tiny` runs as processes: one process against 2 torchrun ranks (bench_dist.py)
+Like every entry point it first has glibc keep freed memory (`device.hold_freed_memory`); the contenders of a
+section run in this one process, so all of them get it.
 """
 
 from __future__ import annotations
@@ -18,152 +16,17 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import statistics
-import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-from nanoo1.checkpoint import save_pretrained
+from nanoo1.bench_dist import dist_section
+from nanoo1.bench_engine import SIZES, engine_section, random_model
+from nanoo1.bench_iteration import gpu_section, memory_section
 from nanoo1.config import entry_parser, positive_int
 from nanoo1.device import process_setup
-from nanoo1.engine import feed, generate
 from nanoo1.files import atomic_write
-from nanoo1.bench_dist import dist_section
-from nanoo1.bench_iteration import one_lora_iteration
-from nanoo1.model import Gemma2, Gemma2Config
-
-SIZES = {
-    # ~1.5M parameters: per-step overhead dominates, the engine's bookkeeping is what is measured
-    "tiny": Gemma2Config.preset("tiny", vocab_size=4096, hidden_size=128, intermediate_size=512, num_hidden_layers=4,
-                                num_attention_heads=4, num_key_value_heads=2, head_dim=32, query_pre_attn_scalar=32),
-    # ~110M parameters: matrix multiplies dominate
-    "100m": Gemma2Config.preset("tiny", vocab_size=32000, hidden_size=768, intermediate_size=3072, num_hidden_layers=10,
-                                num_attention_heads=12, num_key_value_heads=4, head_dim=64, query_pre_attn_scalar=64,
-                                sliding_window=4096, max_position_embeddings=8192),
-}
-
-
-def _paired(fns: dict, repeats: int, sync) -> dict[str, list[float]]:
-    """Wall times in seconds of every fn, `repeats` each, all of them run in turn within each repeat (after
-    one warm-up each). A burst of load on a shared machine then slows every contender of that repeat
-    alike, so per-repeat ratios are steadier than ratios of separately taken times."""
-    for fn in fns.values():
-        fn()
-    times = {name: [] for name in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            sync()
-            t = time.perf_counter()
-            fn()
-            sync()
-            times[name].append(time.perf_counter() - t)
-    return times
-
-
-def decode_rate(batch: int, new_tokens: int, generate_s: float, prefill_s: float) -> float:
-    """Decode tokens/s: the tokens after the first (which the prefill's logits give) over the time after it."""
-    return batch * (new_tokens - 1) / max(generate_s - prefill_s, 1e-9)
-
-
-def random_model(config: Gemma2Config, dtype=torch.float32, device="cpu", seed: int = 0) -> Gemma2:
-    """A Gemma2 of `config` with random weights, built in `dtype` on `device` (never a float32 copy of them)."""
-    default = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        with torch.device(device):
-            return Gemma2(config).init_weights(torch.Generator(device=device).manual_seed(seed)).eval()
-    finally:
-        torch.set_default_dtype(default)
-
-
-def bench_size(name: str, batch: int, prompt_len: int, new_tokens: int, device: str, dtype, repeats: int, with_hf: bool,
-               config: Gemma2Config | None = None, model: Gemma2 | None = None):
-    """Prefill seconds and decode tokens/s of nanoo1 (and transformers when with_hf), the median over repeats;
-    the ratios are medians of the per-repeat ratios (`_paired`). `model`: time this one instead of a new one."""
-    model = random_model(config or SIZES[name], dtype, device) if model is None else model
-    config = model.config
-    torch.manual_seed(0)
-    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
-    prompts = torch.randint(5, config.vocab_size, (batch, prompt_len), generator=torch.Generator().manual_seed(1))
-    rows = prompts.tolist()
-
-    def ours_prefill():
-        with torch.no_grad():
-            feed(model, model.new_cache(batch, prompt_len + 1), rows)
-
-    def ours_generate():
-        generate(model, rows, new_tokens, stop_token_ids=[])
-
-    fns = {"ours_prefill": ours_prefill, "ours_generate": ours_generate}
-    if with_hf:
-        hf = _hf_twin(model)
-        ids = prompts.to(device)
-
-        def hf_prefill():
-            with torch.no_grad():
-                hf(ids, use_cache=True, logits_to_keep=1)
-
-        def hf_generate():
-            with torch.no_grad():
-                hf.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens, min_new_tokens=new_tokens,
-                            do_sample=False, pad_token_id=0)
-
-        fns.update(hf_prefill=hf_prefill, hf_generate=hf_generate)
-    t = _paired(fns, repeats, sync)
-    ours_rates = [decode_rate(batch, new_tokens, g, p) for g, p in zip(t["ours_generate"], t["ours_prefill"])]
-    out = {"size": name, "batch": batch, "params": config.num_parameters, "repeats": repeats,
-           "ours_prefill_s": statistics.median(t["ours_prefill"]), "ours_decode_tok_s": statistics.median(ours_rates)}
-    if with_hf:
-        hf_rates = [decode_rate(batch, new_tokens, g, p) for g, p in zip(t["hf_generate"], t["hf_prefill"])]
-        out["hf_prefill_s"] = statistics.median(t["hf_prefill"])
-        out["hf_decode_tok_s"] = statistics.median(hf_rates)
-        # < 1: nanoo1 faster
-        out["prefill_ratio"] = statistics.median(o / h for o, h in zip(t["ours_prefill"], t["hf_prefill"]))
-        # > 1: nanoo1 faster
-        out["decode_speedup"] = statistics.median(o / h for o, h in zip(ours_rates, hf_rates))
-        del hf
-    return out
-
-
-def _hf_twin(model: Gemma2):
-    import transformers
-
-    with tempfile.TemporaryDirectory() as d:
-        save_pretrained(model, None, d)
-        dtype = model.model.embed_tokens.weight.dtype
-        hf = transformers.AutoModelForCausalLM.from_pretrained(d, attn_implementation="eager", dtype=dtype)
-    return hf.to(model.model.embed_tokens.weight.device).eval()
-
-
-def engine_section(args) -> list[dict]:
-    try:
-        import transformers  # noqa: F401
-        with_hf = True
-    except ImportError:
-        with_hf = False
-        print("transformers is not installed: printing nanoo1's figures alone")
-    device = "cuda" if torch.cuda.is_available() and not args.cpu else "cpu"
-    plans = [("tiny", torch.float32), ("100m", torch.float32 if device == "cpu" else torch.bfloat16)]
-    results = []
-    for name, dtype in plans:
-        if args.sizes and name not in args.sizes:
-            continue
-        for batch in (1, 8):
-            new_tokens = args.new_tokens if name == "tiny" else max(8, args.new_tokens // 2)
-            r = bench_size(name, batch, args.prompt_len, new_tokens, device, dtype, args.repeats, with_hf)
-            results.append(r)
-            _print_row(r)
-    return results
-
-
-def _print_row(r: dict):
-    line = f"{r['size']:>10} B={r['batch']:<2} prefill {r['ours_prefill_s'] * 1e3:8.2f} ms  decode {r['ours_decode_tok_s']:9.1f} tok/s"
-    if "hf_prefill_s" in r:
-        line += (f" | transformers prefill {r['hf_prefill_s'] * 1e3:8.2f} ms  decode {r['hf_decode_tok_s']:9.1f} tok/s"
-                 f" | prefill time ratio {r['prefill_ratio']:.2f}x  decode speedup {r['decode_speedup']:.2f}x")
-    print(line, flush=True)
 
 
 def one_at_a_time(policy_class):
@@ -221,78 +84,6 @@ def search_section(args) -> list[dict]:
     results.append({"speedup": speedup})
     print(f"batched expansion: {speedup:.1f}x the nodes expanded per second of one candidate and one value call at a time")
     return results
-
-
-def memory_section(args) -> dict:
-    """Peak resident memory of `one_lora_iteration` on gemma-2-2b's whole decoder (26 layers, width 2304, MLP 9216,
-    8/4 heads of 256) with the tiny task's 512-token vocabulary, written in bf16, against the checkpoint's
-    bytes. The iteration runs in a process of its own, so the peak is its own (ru_maxrss)."""
-    import resource
-    import subprocess
-    import sys
-
-    from nanoo1.tasks import TINY_DIR
-    from nanoo1.tokenizer import Tokenizer
-
-    tokenizer = Tokenizer.from_file(TINY_DIR)
-    with tempfile.TemporaryDirectory() as d:
-        model = random_model(Gemma2Config.preset("2b", vocab_size=len(tokenizer)), torch.bfloat16)
-        save_pretrained(model, tokenizer, Path(d))
-        del model
-        size = sum(f.stat().st_size for f in Path(d).glob("*.safetensors"))
-        code = f"from nanoo1.bench_iteration import one_lora_iteration; one_lora_iteration({d!r})"
-        t = time.perf_counter()
-        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-        seconds = time.perf_counter() - t
-    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024  # KiB on Linux
-    row = {"checkpoint_gb": size / 1e9, "peak_rss_gb": peak / 1e9, "ratio": peak / size, "seconds": seconds,
-           **json.loads(out.stdout.strip().splitlines()[-1])}
-    print(f"checkpoint {row['checkpoint_gb']:.2f} GB, peak RSS {row['peak_rss_gb']:.2f} GB ({row['ratio']:.2f}x), "
-          f"{seconds:.0f} s; {row}")
-    return row
-
-
-def gpu_figures(config: Gemma2Config, device: str, dtype, tokenizer, bandwidth: float, batches=(1, 16),
-                prompt_len: int = 64, new_tokens: int = 64, repeats: int = 3, settings: dict | None = None,
-                report=lambda line: None) -> dict:
-    """A random model of `config` on `device`: decode tokens/s at each batch size against the bandwidth bound
-    (batch x bandwidth in bytes/s / weight bytes, as if every step only read the weights once), then, from its
-    checkpoint, `one_lora_iteration` with `settings` over the 2b preset (None: the preset as it is), with each
-    stage's seconds and peak GPU memory. `report(line)` gets each decode row's line as soon as it is measured."""
-    model = random_model(config, dtype, device)
-    weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
-    out = {"weight_gb": weight_bytes / 1e9, "bandwidth_tb_s": bandwidth / 1e12, "decode": []}
-    for b in batches:
-        rate = bench_size("gpu", b, prompt_len, new_tokens, device, dtype, repeats, False, model=model)["ours_decode_tok_s"]
-        d = {"batch": b, "tok_s": rate, "bound_tok_s": b * bandwidth / weight_bytes,
-             "fraction_of_bound": rate * weight_bytes / (b * bandwidth)}
-        out["decode"].append(d)
-        report(f"decode B={b}: {rate:.1f} tok/s, {d['fraction_of_bound']:.0%} of the bound ({d['bound_tok_s']:.0f} "
-               f"tok/s: {weight_bytes / 1e9:.2f} GB of weights at {bandwidth / 1e12} TB/s)")
-    with tempfile.TemporaryDirectory() as d:
-        save_pretrained(model, tokenizer, Path(d))
-        del model  # the iteration loads its own copy: this one must not count in its peak memory
-        out["iteration"] = one_lora_iteration(d, device, {} if settings is None else settings)[0]
-    return out
-
-
-def gpu_section(args) -> dict:
-    """`gpu_figures` for gemma-2-2b's shape in bf16 (the whole 256,000-token vocabulary) and one default iteration
-    of the 2b preset; skipped without a CUDA device."""
-    from nanoo1.tasks import TINY_DIR
-    from nanoo1.tokenizer import Tokenizer
-
-    if not torch.cuda.is_available() or args.cpu:
-        print("no CUDA device: the gpu section is skipped (gemma-2-2b's shape in bf16 needs a GPU)")
-        return {"skipped": "no CUDA device"}
-    r = gpu_figures(Gemma2Config.preset("2b"), "cuda", torch.bfloat16, Tokenizer.from_file(TINY_DIR), args.bandwidth * 1e12,
-                    prompt_len=args.prompt_len, new_tokens=args.new_tokens, repeats=args.repeats,
-                    settings=args.gpu_settings, report=lambda line: print(line, flush=True))
-    one, many = r["decode"][0], r["decode"][-1]
-    peak = max(st["peak_gb"] or 0.0 for st in r["iteration"]["stages"].values())
-    print(f"B={many['batch']} / B=1: {many['tok_s'] / one['tok_s']:.1f}x (goal >= 8x); B=1 at {one['fraction_of_bound']:.0%} "
-          f"of the bound (goal >= 40%); one 2b-preset iteration with LoRA: peak {peak:.1f} GB (goal < 16 GB)", flush=True)
-    return r
 
 
 SECTIONS = {"engine": engine_section, "search": search_section, "memory": memory_section, "gpu": gpu_section,

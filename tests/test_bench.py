@@ -5,7 +5,7 @@ import importlib.util
 import pytest
 import torch
 
-from nanoo1.bench import _paired, bench_size, decode_rate
+from nanoo1.bench_engine import _paired, bench_size, decode_rate
 from nanoo1.model import Gemma2Config
 
 
@@ -118,8 +118,7 @@ def test_a_lora_iteration_in_bf16_keeps_every_base_weight_and_trains_the_adapter
 def test_gpu_figures_run_on_the_cpu_with_a_tiny_shape(capsys):
     """The gpu section's code on a tiny shape: decode against the bound, then the shortened LoRA iteration with
     its stages timed; without CUDA the section skips."""
-    from nanoo1.bench import gpu_figures, gpu_section
-    from nanoo1.bench_iteration import SHORT, STAGES
+    from nanoo1.bench_iteration import SHORT, STAGES, gpu_figures, gpu_section
     from nanoo1.tasks import TINY_DIR
     from nanoo1.tokenizer import Tokenizer
     from nanoo1.warmstart import TINY_MODEL
