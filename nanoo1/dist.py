@@ -33,9 +33,12 @@ class Place:
         return self.rank == 0
 
 
+_alone = False  # inside `on_main`'s call: rank 0 acts as one process
+
+
 def place() -> Place:
     """This process's place: from torchrun's environment once `setup` has run, else rank 0 of 1."""
-    if not (dist.is_available() and dist.is_initialized()):
+    if _alone or not (dist.is_available() and dist.is_initialized()):
         return Place()
     return Place(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)))
 
@@ -151,6 +154,21 @@ def from_main(obj):
     box = [obj]
     dist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+def on_main(fn):
+    """fn() run by rank 0 alone, as one process, its result sent to every rank. Inside it every function here
+    acts as rank 0 of 1, so work rank 0 does for all (training a missing warm start) waits in no collective
+    for ranks that are not in it."""
+    global _alone
+    result = None
+    if place().main:
+        _alone = True
+        try:
+            result = fn()
+        finally:
+            _alone = False
+    return from_main(result)
 
 
 def gather(obj) -> list:

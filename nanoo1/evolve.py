@@ -42,6 +42,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import torch
+
 from nanoo1 import dist
 from nanoo1.adapters import save_trained
 from nanoo1.checkpoint import load_pretrained
@@ -258,6 +260,7 @@ def run(config: EvolveConfig, model, data=TINY_DIR / "train.jsonl", test_data=TI
     device = dist.setup(resolve_device(config.device))
     main = dist.place().main  # under torchrun rank 0 alone prints and writes
     prepare_out(out, overwrite, OUT_FILES, resumable=False, clear=main)
+    torch.manual_seed(dist.rank_seed(config.seed, dist.place().rank))  # what draws from it: LoRA's dropout
     base, tokenizer = load_pretrained(model, dtype=config.dtype, device=device)
     if lora is not None and lora.rank:
         lora.apply(base, config.seed)
@@ -347,8 +350,8 @@ def main(argv=None):
     t = time.perf_counter()
     try:
         dist.setup(resolve_device(config.device))
-        model = args.model or dist.from_main(tiny_base(Path(config.out) / "base", args.warmstart_steps, config.seed,
-                                                       not args.no_progress) if dist.place().main else None)
+        model = args.model or dist.on_main(lambda: tiny_base(Path(config.out) / "base", args.warmstart_steps,
+                                                             config.seed, not args.no_progress))
         dist.say(f"base model: {model}")
         run(config, model, args.data, args.test_data, progress=not args.no_progress, lora=lora, overwrite=args.overwrite)
     except (FileExistsError, FileNotFoundError, NotADirectoryError) as e:  # a path in the way or missing, named

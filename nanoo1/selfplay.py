@@ -134,9 +134,8 @@ def run(config: SelfPlayConfig, resume: str | None = None, from_scratch: bool = 
     rng = random.Random(seed)
     start_dir = latest_checkpoint(out) if resume else None
     if from_scratch and not resume:  # the run's base is the warm start it trains first
-        if place.main:
-            train_warmstart(out / "warmstart", seed=config.run.seed, progress=progress, kind=warmstart_kind(config.run.algo))
-        dist.barrier()
+        dist.on_main(lambda: train_warmstart(out / "warmstart", seed=config.run.seed, progress=progress,
+                                             kind=warmstart_kind(config.run.algo)))
         config = replace(config, run=replace(config.run, warmstart=str(out / "warmstart")))
     model, tokenizer = load_model(config, start_dir, device)
     need = memory_estimate(config, model.config)

@@ -123,7 +123,8 @@ def draws(rank: int, world: int):
             "gathered": dist.gather(rank * 10), "combined": dist.combine({"acc": float(rank), "chains": 3, "x": "s"},
                                                                         summed=("chains",)),
             "ratio": dist.ratio(1 if rank == 0 else 2, 3 if rank == 0 else 2),  # 1 of 3 and 2 of 2 solved: 3 of 5
-            "no_gradients": dist.sum_gradients(torch.nn.Linear(2, 2).parameters())}  # nothing to sum: nothing done
+            "no_gradients": dist.sum_gradients(torch.nn.Linear(2, 2).parameters()),  # nothing to sum: nothing done
+            "on_main": dist.on_main(lambda: (dist.place().world, float(dist.total(rank + 3))))}  # no collective waits
 
 
 def test_ranks_take_disjoint_shares_and_combine_their_numbers(tmp_path):
@@ -135,6 +136,7 @@ def test_ranks_take_disjoint_shares_and_combine_their_numbers(tmp_path):
     assert r0["gathered"] == r1["gathered"] == [0, 10]
     assert r0["combined"] == r1["combined"] == {"acc": 0.5, "chains": 6.0, "x": "s"}
     assert r0["ratio"] == r1["ratio"] == 0.6
+    assert r0["on_main"] == r1["on_main"] == (1, 3.0)  # rank 0's work for all, as one process
 
 
 def grpo_shares(rank: int, world: int):

@@ -720,6 +720,25 @@ def test_a_lora_round_in_bf16_trains_adapters_only(code_tokenizer, tmp_path, mon
     assert ppm(ids).abs().item() > 0
 
 
+def test_a_run_with_lora_dropout_repeats_whatever_torchs_global_generator_held(code_tokenizer, tmp_path, monkeypatch):
+    """LoRA's dropout draws from torch's global generator, which the run seeds from --seed."""
+    train, test = make_problems(3, seed=7, max_steps=3), make_problems(2, seed=8, max_steps=2)
+    monkeypatch.setattr(rstar, "generate", _scripted_solver(train + test))
+    write_jsonl(train, tmp_path / "train.jsonl")
+    write_jsonl(test, tmp_path / "test.jsonl")
+    save_pretrained(random_model(Gemma2Config.preset("tiny", vocab_size=len(code_tokenizer), num_hidden_layers=1)),
+                    code_tokenizer, tmp_path / "base")
+    adapters = []
+    for seed in (1, 2):
+        torch.manual_seed(seed)  # what the process happened to hold
+        config = EvolveConfig(simulations=8, rounds=1, problems=3, eval_problems=1, pair_problems=1, beam=0,
+                              sft_epochs=2, ppm_epochs=1, bf16=False, out=str(tmp_path / str(seed)))
+        run(config, tmp_path / "base", tmp_path / "train.jsonl", tmp_path / "test.jsonl",
+            lora=LoRASettings(rank=2, dropout=0.5))
+        adapters.append((tmp_path / str(seed) / "policy-1" / "adapter_model.safetensors").read_bytes())
+    assert adapters[0] == adapters[1]
+
+
 def test_evolve_on_a_checkpoint_takes_the_gpu_when_there_is_one_and_tiny_the_cpu(monkeypatch, capsys):
     import nanoo1.evolve as evolve
 
