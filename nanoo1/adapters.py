@@ -23,8 +23,9 @@ import torch.nn as nn
 from safetensors.torch import save_file
 
 from nanoo1.checkpoint import load_pretrained, read_safetensors_header, read_tensor, resolve_checkpoint, save_pretrained
+from nanoo1.config import error_text
 from nanoo1.device import process_setup
-from nanoo1.files import atomic_write
+from nanoo1.files import atomic_write, check_directory
 from nanoo1.lora import LM_HEAD_REFUSED, apply_lora, lora_modules, merge_and_unload, targeted
 
 CONFIG_FILE, WEIGHTS_FILE = "adapter_config.json", "adapter_model.safetensors"
@@ -176,6 +177,7 @@ def merge_into_checkpoint(base, adapters, out, dtype: torch.dtype | str | None =
     if out.resolve() in (base_dir.resolve(), Path(adapters).resolve()):
         raise ValueError(f"merge: --out {out} is the base or the adapters directory; write the merged model elsewhere")
     _read_adapter_config(Path(adapters) / CONFIG_FILE)  # a wrong option fails before the base is loaded
+    check_directory(out)
     model, _ = load_pretrained(base_dir, dtype=dtype)
     merge_and_unload(load_lora(model, adapters))
     save_pretrained(model, None, out)
@@ -200,8 +202,8 @@ def main(argv=None):
     process_setup()
     try:
         out = merge_into_checkpoint(args.base, args.adapters, args.out, args.dtype, args.revision)
-    except (FileNotFoundError, ValueError, KeyError) as e:  # each names the file, key or value at fault
-        p.error(str(e.args[0] if isinstance(e, KeyError) else e))
+    except (FileNotFoundError, NotADirectoryError, ValueError, KeyError) as e:  # each names the file, key or value
+        p.error(error_text(e))
     print(f"merged {args.adapters} into {args.base}: {out}")
 
 

@@ -209,11 +209,17 @@ def load_pretrained(path_or_repo_id, dtype: torch.dtype | str | None = None, dev
                     revision: str | None = None) -> tuple[Gemma2, Tokenizer | None]:
     """(model, tokenizer) from a checkpoint directory or hub id. dtype None: the checkpoint's own dtype.
 
-    The tokenizer is None when the checkpoint has no tokenizer.json.
+    The tokenizer is None when the checkpoint has no tokenizer.json; one with more tokens than the model's
+    vocabulary is a ValueError (its last ids would have no embedding).
     """
     directory = resolve_checkpoint(path_or_repo_id, revision)
     raw = _read_json(directory / "config.json")
     config = config_from_dict(raw, str(directory / "config.json"))
+    tok_file = directory / "tokenizer.json"
+    tokenizer = Tokenizer.from_file(tok_file) if tok_file.exists() else None
+    if tokenizer is not None and len(tokenizer) > config.vocab_size:
+        raise ValueError(f"{tok_file}: {len(tokenizer)} tokens, more than {directory / 'config.json'}'s vocab_size "
+                         f"{config.vocab_size}")
     source = "dtype argument"
     if dtype is None:
         key = "dtype" if raw.get("dtype") else "torch_dtype"
@@ -251,8 +257,6 @@ def load_pretrained(path_or_repo_id, dtype: torch.dtype | str | None = None, dev
                 model.load_state_dict({key: t}, strict=False, assign=True)
                 del t
     model.requires_grad_(False).eval()
-    tok_file = directory / "tokenizer.json"
-    tokenizer = Tokenizer.from_file(tok_file) if tok_file.exists() else None
     return model, tokenizer
 
 

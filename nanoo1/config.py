@@ -39,6 +39,11 @@ def positive_int(text: str) -> int:
     return value
 
 
+def error_text(e: Exception) -> str:
+    """An error's message for a usage line: a KeyError's own text (str() of one adds quotes around it)."""
+    return str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
+
+
 def entry_parser(doc: str, first_group: str) -> tuple[argparse.ArgumentParser, argparse._ArgumentGroup]:
     """An entry point's parser, its module docstring as the description, and its first flag group."""
     p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -13,6 +13,7 @@ matplotlib is installed. `evaluate` and `evaluate_budgeted` are what self-play c
 from __future__ import annotations
 
 import json
+import math
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -21,13 +22,13 @@ from typing import Callable
 from nanoo1 import dist
 from nanoo1.adapters import load_lora
 from nanoo1.checkpoint import load_pretrained
-from nanoo1.config import entry_parser, parse_bool, positive_int
+from nanoo1.config import entry_parser, error_text, parse_bool, positive_int
 from nanoo1.device import process_setup, resolve_device
 from nanoo1.engine import generate_budgeted
 from nanoo1.mcts import MCTSConfig
 from nanoo1.rewards import check, equations_hold
 from nanoo1.policy import LMPolicy
-from nanoo1.files import atomic_write
+from nanoo1.files import atomic_write, check_directory
 from nanoo1.search import METHODS, SearchConfig, grade, search
 from nanoo1.tasks import TINY_DIR, Problem, load_jsonl, think_prompt
 
@@ -140,7 +141,7 @@ def main(argv=None):
     g.add_argument("--budgets", default="1,2,4,8,16", help="N / beam width / MCTS simulations / thinking tokens "
                    "('unlimited': all the context holds, for budget only)")
     g.add_argument("--temperature", type=float, default=0.7, help="sampling temperature of the searches")
-    g.add_argument("--max-thought-tokens", type=int, default=32, help="a thought is cut after this many tokens (the "
+    g.add_argument("--max-thought-tokens", type=positive_int, default=32, help="a thought is cut after this many tokens (the "
                    "tiny task's 32; the 2b preset trains with 192)")
     g.add_argument("--max-rows", type=int, default=0, help="at most this many sequences in one generate call (0: no "
                    "limit); bounds the KV cache (e.g. 32 for gemma-2-2b on a 16 GB GPU, as the 2b preset)")
@@ -152,6 +153,10 @@ def main(argv=None):
     g.add_argument("--out", type=Path, default=None, help="directory for eval.jsonl and scaling.png, replaced on each "
                    "run (default: runs/eval/NAME, NAME the checkpoint's folder or hub id, with +RUN-DIR of --adapters)")
     args = p.parse_args(argv)
+    if not 0 < args.temperature < math.inf:
+        p.error(f"--temperature {args.temperature}: expected a number above 0")
+    if args.max_rows < 0:
+        p.error(f"--max-rows {args.max_rows}: expected 0 (no limit) or more")
     methods = args.methods.split(",")
     unknown = [m for m in methods if m not in METHODS + ("budget",)]
     if unknown:
@@ -164,8 +169,13 @@ def main(argv=None):
         p.error(f"--budgets {args.budgets!r}: every budget must be at least 1")
     if None in budgets and methods != ["budget"]:
         p.error(f"--budgets {args.budgets!r}: 'unlimited' is a thinking budget, for --methods budget alone")
+    name = Path(args.checkpoint.rstrip("/")).name
+    if args.adapters:  # the base with adapters is another model: runs/eval/BASE+RUN-final, beside the base's own
+        name += "+" + "-".join(Path(args.adapters).resolve().parts[-2:])
+    out = args.out or Path("runs") / "eval" / name
     try:
         problems = load_jsonl(args.data)[: args.limit]
+        check_directory(out)
     except (OSError, ValueError) as e:
         p.error(str(e))
     process_setup(args.threads)
@@ -175,14 +185,10 @@ def main(argv=None):
         model, tokenizer = load_pretrained(args.checkpoint, dtype=dtype, device=device)
         if args.adapters:
             load_lora(model, args.adapters)
-    except (OSError, ValueError, KeyError) as e:  # KeyError: adapters that do not fit the checkpoint
-        p.error(str(e.args[0] if isinstance(e, KeyError) else e))
+    except (OSError, ValueError, KeyError) as e:  # KeyError: a key missing from a file, adapters that do not fit
+        p.error(error_text(e))
     if tokenizer is None:
         p.error(f"{args.checkpoint} has no tokenizer.json")
-    name = Path(args.checkpoint.rstrip("/")).name
-    if args.adapters:  # the base with adapters is another model: runs/eval/BASE+RUN-final, beside the base's own
-        name += "+" + "-".join(Path(args.adapters).resolve().parts[-2:])
-    out = args.out or Path("runs") / "eval" / name
     place = dist.place()
     seed = dist.rank_seed(args.seed, place.rank)
     results = []

@@ -1,4 +1,5 @@
-"""Atomic file writes: a crash or a kill leaves either the old file or the new one, never half of one."""
+"""Atomic file writes: a crash or a kill leaves either the old file or the new one, never half of one; and the
+check that a directory a run will write to can be made, done before the run's work."""
 
 from __future__ import annotations
 
@@ -46,3 +47,14 @@ def atomic_write(path, data) -> Path:
             os.remove(tmp)
         raise
     return path
+
+
+def check_directory(path) -> None:
+    """NotADirectoryError when a file stands at `path` or above it, so that a run that would write its results
+    there fails before its work, not after."""
+    path = Path(path)
+    for p in (path, *path.parents):
+        if p.exists():
+            if not p.is_dir():
+                raise NotADirectoryError(f"{path}: {p} is a file, not a directory")
+            return

@@ -10,12 +10,13 @@ Prints each sample with its finish reason, mean token log-prob and mean entropy.
 from __future__ import annotations
 
 import argparse
+import math
 import time
 
 import torch
 
 from nanoo1.checkpoint import load_pretrained
-from nanoo1.config import positive_int
+from nanoo1.config import error_text, positive_int
 from nanoo1.device import process_setup, resolve_device
 from nanoo1.engine import generate
 from nanoo1.model import Gemma2, Gemma2Config
@@ -47,12 +48,18 @@ def main(argv=None):
     g = p.add_argument_group("sampling")
     g.add_argument("--max-new-tokens", type=positive_int, default=32)
     g.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
-    g.add_argument("--top-k", type=int, default=None)
-    g.add_argument("--top-p", type=float, default=None)
+    g.add_argument("--top-k", type=int, default=None, help="sample among the k likeliest tokens (0: no limit)")
+    g.add_argument("--top-p", type=float, default=None, help="sample among the likeliest tokens whose probabilities "
+                   "sum to p, in (0, 1] (1: no limit)")
     g.add_argument("--num-samples", type=positive_int, default=1, help="samples forked from one prefill of the prompt")
     g.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
-
+    if not 0 <= args.temperature < math.inf:
+        p.error(f"--temperature {args.temperature}: expected a number >= 0 (0: greedy)")
+    if args.top_k is not None and args.top_k < 0:
+        p.error(f"--top-k {args.top_k}: expected 0 (no limit) or more")
+    if args.top_p is not None and not 0 < args.top_p <= 1:
+        p.error(f"--top-p {args.top_p}: expected a number in (0, 1]")
     process_setup()
     try:
         device = resolve_device(args.device)
@@ -62,8 +69,8 @@ def main(argv=None):
             print("(no --checkpoint: a tiny random Gemma-2, so the text is noise)")
         else:
             model, tokenizer = load_pretrained(args.checkpoint, dtype=args.dtype, device=device)
-    except (OSError, ValueError) as e:
-        p.error(str(e))
+    except (OSError, ValueError, KeyError) as e:  # KeyError: a key missing from a checkpoint's file
+        p.error(error_text(e))
     if tokenizer is None:
         p.error(f"{args.checkpoint} has no tokenizer.json")
     text = tokenizer.chat_prompt(args.prompt) if args.chat else args.prompt

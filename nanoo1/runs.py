@@ -22,7 +22,7 @@ from nanoo1.adapters import load_lora, save_trained
 from nanoo1.checkpoint import load_pretrained
 from nanoo1.config import conflicts, from_dict, to_dict
 from nanoo1.dist import Place, barrier, rank_file
-from nanoo1.files import atomic_write
+from nanoo1.files import atomic_write, check_directory
 
 SETTINGS = "settings.json"  # the run's settings, in every checkpoint
 TRAINER_STATE = "trainer_state.pt"  # iteration, optimizer, random states, metrics
@@ -125,7 +125,9 @@ RUN_FILES = ("metrics.jsonl", "latest", "summary.json", "final", "iter-*")  # wh
 
 def prepare_out(out: Path, overwrite: bool, files=RUN_FILES, resumable: bool = True, clear: bool = True) -> None:
     """Refuse to start a run over another one, one of whose `files` (glob patterns) `out` holds (resume it, or say
-    --overwrite); with overwrite and `clear`, delete them and make `out`. `clear` False only checks."""
+    --overwrite); with overwrite and `clear`, delete them and make `out`. `clear` False only checks. A file at
+    `out` or above it is a NotADirectoryError."""
+    check_directory(out)
     found = [p for pattern in files for p in sorted(out.glob(pattern))]
     if found and not overwrite:
         resume = f"--resume {out} continues it, " if resumable else ""

@@ -33,6 +33,7 @@ import torch
 from nanoo1.checkpoint import save_pretrained
 from nanoo1.config import positive_int
 from nanoo1.device import process_setup
+from nanoo1.files import check_directory
 from nanoo1.model import Gemma2, Gemma2Config
 from nanoo1.rstar import code_example
 from nanoo1.sft import SFTConfig, make_batches, think_example, thought_example, train_sft
@@ -113,16 +114,20 @@ def main(argv=None):
     kind.add_argument("--code", action="store_true", help="rStar-Math's warm start instead: the code format alone, "
                       f"{CODE_SFT.steps} steps by default (default --out {CODE_DIR.name})")
     p.add_argument("--out", type=Path, default=None, help="where to save it (default: data/tiny/warmstart)")
-    p.add_argument("--steps", type=int, default=None, help=f"optimizer steps (default {WARMSTART_SFT.steps}; "
+    p.add_argument("--steps", type=positive_int, default=None, help=f"optimizer steps (default {WARMSTART_SFT.steps}; "
                    f"with --code {CODE_SFT.steps})")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=positive_int, default=None, help="torch.set_num_threads")
     args = p.parse_args(argv)
-    process_setup(args.threads)
-    t = time.perf_counter()
     name = "think" if args.think else "code" if args.code else "mixed"
     sft = CODE_SFT if args.code else WARMSTART_SFT
     out = args.out or KINDS[name]
+    try:
+        check_directory(out)
+    except NotADirectoryError as e:
+        p.error(str(e))
+    process_setup(args.threads)
+    t = time.perf_counter()
     train_warmstart(out, replace(sft, steps=args.steps or sft.steps), seed=args.seed, kind=name)
     print(f"wrote {out} in {time.perf_counter() - t:.0f} s")
 

@@ -155,6 +155,14 @@ def test_tokenizer_saved_and_loaded(tmp_path, tiny_tokenizer):
     assert json.loads((tmp_path / "tuned" / "generation_config.json").read_text())["eos_token_id"] == [1, 107]
 
 
+def test_a_tokenizer_larger_than_the_vocabulary_is_named(tmp_path, tiny_tokenizer):
+    """Its last ids would index past the embedding deep inside generation; the loader names both files."""
+    save_pretrained(random_model(Gemma2Config.preset("tiny", vocab_size=len(tiny_tokenizer) - 1)), tiny_tokenizer, tmp_path)
+    with pytest.raises(ValueError, match=rf"tokenizer.json: {len(tiny_tokenizer)} tokens, more than .*config.json's "
+                                         rf"vocab_size {len(tiny_tokenizer) - 1}"):
+        load_pretrained(tmp_path)
+
+
 def test_atomic_write_gives_the_usual_permissions_and_closes_only_its_own_file(tmp_path):
     from nanoo1.files import atomic_write
 

@@ -2,6 +2,7 @@
 
 import json
 import math
+import re
 import pytest
 import torch
 
@@ -472,6 +473,41 @@ def test_a_missing_model_or_unfitting_adapters_are_messages_not_tracebacks(tmp_p
     with pytest.raises(SystemExit):
         eval_cli.main(["--checkpoint", str(warmstart), "--adapters", str(tmp_path / "adapters"), "--limit", "1"])
     assert "adapter_model.safetensors: key 'base_model.model.model.layers.4." in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("module,flags,message", [
+    ("generate", ["--top-p", "2"], r"--top-p 2.0: expected a number in \(0, 1\]"),
+    ("generate", ["--top-k", "-5"], "--top-k -5"), ("generate", ["--temperature", "nan"], "--temperature nan"),
+    ("generate", ["--device", "gpu"], "--device is 'gpu', expected cpu, cuda, cuda:N or auto"),
+    ("generate", ["--checkpoint", "{ws-no-vocab}"], "config.json: missing key 'vocab_size'"),
+    ("eval", ["--checkpoint", "{ws}", "--temperature", "nan"], "--temperature nan"),
+    ("eval", ["--checkpoint", "{ws}", "--max-rows", "-1"], "--max-rows -1"),
+    ("eval", ["--checkpoint", "{ws}", "--max-thought-tokens", "0"], "--max-thought-tokens: 0 must be at least 1"),
+    ("eval", ["--checkpoint", "{ws}", "--out", "{file}/eval"], "is a file, not a directory"),
+    ("warmstart", ["--steps", "0"], "--steps: 0 must be at least 1"),
+    ("warmstart", ["--out", "{file}/ws"], "is a file, not a directory"),
+    ("adapters", ["merge", "--base", "{ws}", "--adapters", "{adapters}", "--out", "{file}"], "is a file, not a directory")])
+def test_entry_points_refuse_bad_flags_and_paths_before_any_work(module, flags, message, tmp_path, warmstart, capsys):
+    """Each is a usage message naming the flag, value or file, given before a model is trained or evaluated."""
+    import importlib
+    import shutil
+
+    from nanoo1.adapters import save_lora
+    from nanoo1.lora import apply_lora
+    from nanoo1.model import Gemma2Config
+
+    (tmp_path / "a-file").write_text("")
+    shutil.copytree(warmstart, tmp_path / "ws")
+    config = json.loads((tmp_path / "ws" / "config.json").read_text())
+    del config["vocab_size"]
+    (tmp_path / "ws" / "config.json").write_text(json.dumps(config))
+    save_lora(apply_lora(random_model(Gemma2Config.preset("tiny", vocab_size=512)), ("q_proj",), rank=2), tmp_path / "ad")
+    names = {"{ws-no-vocab}": tmp_path / "ws", "{ws}": warmstart, "{file}": tmp_path / "a-file", "{adapters}": tmp_path / "ad"}
+    for key, path in names.items():
+        flags = [f.replace(key, str(path)) for f in flags]
+    with pytest.raises(SystemExit) as e:
+        importlib.import_module(f"nanoo1.{module}").main(flags)
+    assert e.value.code == 2 and re.search(message, capsys.readouterr().err)
 
 
 def test_a_hostile_trainer_state_runs_no_code(tmp_path, warmstart, monkeypatch):
