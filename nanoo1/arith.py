@@ -82,8 +82,10 @@ def tokenize(expr: str) -> list | None:
     decimal), else the operator or bracket as a string; currency signs are dropped. None if anything else
     is in it, a sign stands apart from its operand ("- - 3") or it is longer than MAX_TOKENS."""
     out, pos = [], 0
-    for m in _TOKEN.finditer(expr):
-        if m.start() != pos or len(out) >= MAX_TOKENS:
+    # each token right where the last one ended (searching instead would rescan a run of white space before
+    # something else from each of its characters: quadratic)
+    while (m := _TOKEN.match(expr, pos)) is not None:
+        if len(out) >= MAX_TOKENS:
             return None
         pos = m.end()
         number, op = m.group(1), m.group(2)

@@ -41,7 +41,10 @@ def _balanced(depth: int) -> str:
 
 _BOX_OPEN = re.compile(r"\\boxed\s*\{")
 _BOX_BODY = re.compile(rf"({_balanced(BOX_DEPTH - 1)})\}}")  # the content and the closing brace
-_ANSWER_IS = re.compile(r"answer\s*(?:is\b|:)\s*:?(?=[^\S\n]*\S)", re.IGNORECASE)  # and something on its line
+# "answer is" / "answer:", the white space after it, and a colon if something follows the colon on its line;
+# something must follow. Where nothing does, each shorter run of the white space fails at its first character,
+# so a failed match takes linear time (a lookahead scanning on from each of them took quadratic time).
+_ANSWER_IS = re.compile(r"answer\s*(?:is\b|:)\s*(?::(?=[^\S\n]*\S)|(?=\S))", re.IGNORECASE)
 _HASHES = re.compile(r"####([^\n]*)")
 # LaTeX and currency decoration that never changes a value (percent signs: _PERCENT)
 _DROP = re.compile(r"\\[!,]|\\left|\\right|\\\$|\$|\^\s*\{?\\circ\}?|°")

@@ -20,9 +20,10 @@ MAX_SIDE = 200  # characters read on each side of an "=" (a longer side is not r
 MAX_EQUATIONS = 1000  # "=" signs (or annotations) read per text; the text after them is not checked
 _ANNOTATION = re.compile(rf"<<([^<>]{{1,{MAX_SIDE}}})>>")
 _MARGIN = 16  # characters of context a side needs around it (see _LEAD, _TRAIL)
-# runs of arithmetic and "=" signs; a line may break after an operator or "="
+# runs of arithmetic and "=" signs; a line may break after an operator or "=". An "=" with the spaces before it
+# is tried only where they begin, so a run of spaces is scanned once, not again from each of its characters.
 _SCAN = re.compile(rf"(?P<run>{ATOM}(?:(?<=[-+*/^(\[{{])\s*{ATOM}|[ \t]*{ATOM})*)"
-                   r"|(?P<eq>[ \t]*(?<![<>!=:])=(?![=>])\s*)")
+                   r"|(?P<eq>(?:(?<![ \t])[ \t]+)?(?<![<>!=:])=(?![=>])\s*)")
 _CODE = re.compile(r"(?<![\d.])0\d")  # a number with a leading zero is a code or a time: "0900 - 0130"
 _SIGNED = re.compile(r"-[\d.(\[{]")  # a leading minus written against its operand is a sign
 # before a left side: a word that multiplies what follows ("20% of 50 + 10"), a function ("log 8 + 1",

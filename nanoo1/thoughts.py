@@ -180,34 +180,40 @@ def parse_thought(generated: str, meta: str | None = None) -> tuple[str, str]:
     return meta, text
 
 
-LINE = re.compile(
-    r"<start_of_father_id>(-?\d+)<end_of_father_id><start_of_local_id>(\d+)<end_of_local_id>"
-    r"<start_of_thought>(<(?!end_of_thought>)[a-z_]+>)?(.*?)<end_of_thought><start_of_rating>(<[a-z_]+>)<end_of_rating>",
-    re.S)
+HEAD = re.compile(r"<start_of_father_id>(-?\d+)<end_of_father_id><start_of_local_id>(\d+)<end_of_local_id>"
+                  r"<start_of_thought>(<(?!end_of_thought>)[a-z_]+>)?")  # a line up to its thought's text
+TAIL = re.compile(r"<end_of_thought><start_of_rating>(<[a-z_]+>)<end_of_rating>")  # what ends a line
 
 
 def parse_tree(text: str) -> Tree:
     """Parse the line format back into a Tree (the inverse of Tree.training_text); ids are kept as written,
     and a node must come after its parent. A thought without a meta tag is an <expansion> (the root a
     <problem>). Text between the lines that is not one, a line without its <end_of_thought> and a thought
-    that starts with a tag that is no meta-action are ValueErrors naming the line or the node."""
-    matches, end = list(LINE.finditer(text)), 0
-    for m in matches + [None]:  # the lines must tile the text: nothing but white space between them
-        stray = text[end:m.start() if m else len(text)]
+    that starts with a tag that is no meta-action are ValueErrors naming the line or the node. Linear in the
+    text: a line is a head and the first tail after it, and each line is looked for where the last one ended."""
+    lines, end = [], 0  # (head, tail) of each line; where the last line ended
+    while True:  # the lines must tile the text: nothing but white space between them
+        head = HEAD.search(text, end)
+        tail = TAIL.search(text, head.end()) if head else None
+        stray = text[end:head.start() if tail else len(text)]
         if stray.strip():
             line = text.count("\n", 0, end + len(stray) - len(stray.lstrip())) + 1
             raise ValueError(f"line {line}: not a thought line: {stray.strip()[:80]!r}")
-        if m is not None and "<start_of_father_id>" in m.group(4):
-            line = text.count("\n", 0, m.start()) + 1
+        if tail is None:
+            break
+        if "<start_of_father_id>" in text[head.end():tail.start()]:
+            line = text.count("\n", 0, head.start()) + 1
             raise ValueError(f"line {line}: no <end_of_thought> before the next line")
-        end = m.end() if m else end
-    if not matches or matches[0].group(1) != "-1":
+        lines.append((head, tail))
+        end = tail.end()
+    if not lines or lines[0][0].group(1) != "-1":
         raise ValueError("thought text must start with a root line whose father id is -1")
     by_rating = {v: k for k, v in RATINGS.items()}
     tree = None
-    for m in matches:
-        parent, node_id, body, rating = int(m.group(1)), int(m.group(2)), m.group(4), m.group(5)
-        meta = m.group(3) or ("<expansion>" if tree is not None else "<problem>")
+    for head, tail in lines:
+        parent, node_id, rating = int(head.group(1)), int(head.group(2)), tail.group(1)
+        body = text[head.end():tail.start()]
+        meta = head.group(3) or ("<expansion>" if tree is not None else "<problem>")
         if meta not in META_ACTIONS:
             raise ValueError(f"node {node_id}: {meta!r} is not a meta-action ({', '.join(META_ACTIONS)})")
         if rating not in by_rating:

@@ -1,10 +1,11 @@
 """The arithmetic evaluator: known values of every notation it reads, and None for what it does not."""
 
+import time
 from fractions import Fraction
 
 import pytest
 
-from nanoo1.arith import evaluate, normalize
+from nanoo1.arith import evaluate, normalize, tokenize
 
 
 @pytest.mark.parametrize("expr, value", [
@@ -33,3 +34,10 @@ def test_normalize_spells_arithmetic_plainly():
     assert normalize("1,2,3 and 14, 400") == "1,2,3 and 14, 400"  # lists and typos keep their commas
     assert normalize("25 / 1/3 and 5 and 2/3 and 3 1/2") == "25 / (1/3) and (5+2/3) and (3+1/2)"
     assert normalize("a box of 4x5 and 2x + 3") == "a box of 4*5 and 2x + 3"
+
+
+def test_white_space_is_read_once():
+    for expr, v in [(" \t\n" * 7000 + "a", None), ("1" + " " * 21000 + "a", None), (" " * 21000 + "1 + 2", 3)]:
+        start = time.perf_counter()
+        assert evaluate(expr) == v and (tokenize(expr) is None) == (v is None)
+        assert time.perf_counter() - start < 1.0  # 11 s (quadratic) while a token was searched for from each space

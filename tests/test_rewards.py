@@ -184,6 +184,8 @@ ADVERSARIAL = {
     "repeated \\frac{": "\\frac{" * (MB // 6),
     "repeated \\text{": "\\text{" * (MB // 6),
     "a 5,000-digit answer": "The answer is \\boxed{" + "9" * 5000 + "}",
+    # 12 s a check (quadratic) while "answer is" was tried with each shorter run of the white space after it
+    "answer is, then white space": "The answer is" + " \t" * 20000 + "\n",
 }
 
 

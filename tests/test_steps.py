@@ -10,7 +10,7 @@ import pytest
 from conftest import gsm8k_rows
 from nanoo1.arith import evaluate
 from nanoo1.rewards import equations_hold
-from nanoo1.steps import MAX_EQUATIONS
+from nanoo1.steps import _SCAN, MAX_EQUATIONS
 from nanoo1.tasks import TINY_DIR, load_jsonl
 
 CASES = Path(__file__).resolve().parent / "equation_cases.txt"
@@ -126,6 +126,7 @@ ADVERSARIAL = {
     "calculator lines": ("<<" + "1+" * 90 + "1=91>>91 ") * (MB // 200),
     "power towers": "10^10^10 = 5 " * (MB // 13),
     "fractions": "\\frac{" * (MB // 6) + "1}{2} = 1",
+    "spaces after an operator": ("=+" + " " * 420 + "a") * (MB // 423),  # 2 s while each space began a search for "="
 }
 
 
@@ -135,6 +136,12 @@ def test_adversarial_text_is_judged_within_a_second(name):
     start = time.perf_counter()
     equations_hold(text)
     assert time.perf_counter() - start < 1.0  # a quadratic reading takes minutes on these
+
+
+def test_a_run_of_spaces_is_scanned_once():
+    start = time.perf_counter()
+    assert [m.group() for m in _SCAN.finditer("1 +" + " " * 30000 + "a")] == ["1 +"]
+    assert time.perf_counter() - start < 1.0  # 9 s (quadratic) while each space began a search for "="
 
 
 def test_only_the_first_equations_of_a_long_text_are_read():
