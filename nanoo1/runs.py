@@ -26,6 +26,7 @@ from nanoo1.files import atomic_write, check_directory
 
 SETTINGS = "settings.json"  # the run's settings, in every checkpoint
 TRAINER_STATE = "trainer_state.pt"  # iteration, optimizer, random states, metrics
+TRAINER_KEYS = ("iteration", "optimizer", "policy_rng", "python_rng", "torch_rng", "metrics")
 
 
 def latest_checkpoint(run_dir: Path) -> Path:
@@ -114,6 +115,11 @@ def load_trainer_state(ckpt: Path, place: Place = Place()) -> dict:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # a damaged or hostile file: torch raises UnpicklingError, RuntimeError, EOFError...
         raise ValueError(f"{path}: not a readable trainer state ({type(e).__name__}: {e})") from e
+    missing = [k for k in TRAINER_KEYS if k not in state] if isinstance(state, dict) else list(TRAINER_KEYS)
+    if missing:
+        raise ValueError(f"{path}: not a trainer state: no {', '.join(missing)}")
+    if not state["metrics"] or "before" not in state["metrics"][0]:
+        raise ValueError(f"{path}: its metrics do not start with the evaluation before the first iteration")
     if state.get("world", 1) != place.world:
         raise ValueError(f"{ckpt}: written by {state.get('world', 1)} process(es), resumed on {place.world}; resume it "
                          f"with torchrun --nproc_per_node {state.get('world', 1)} (or without torchrun for 1)")

@@ -124,7 +124,10 @@ def run(config: SelfPlayConfig, resume: str | None = None, from_scratch: bool = 
     if resume:
         resume_settings(out, SelfPlayConfig, flat_settings(config))
         if (out / "summary.json").exists():  # finished: nothing left to run
-            return json.loads((out / "summary.json").read_text(encoding="utf-8"))
+            try:
+                return json.loads((out / "summary.json").read_text(encoding="utf-8"))
+            except (json.JSONDecodeError, UnicodeDecodeError) as e:
+                raise ValueError(f"{out / 'summary.json'}: not the summary of a finished run ({e})") from e
     train, test = load_problems(config)
     progress = progress and place.main
     if not resume and place.main:

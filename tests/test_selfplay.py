@@ -524,6 +524,16 @@ def test_a_hostile_trainer_state_runs_no_code(tmp_path, warmstart, monkeypatch):
     with pytest.raises(ValueError, match="trainer_state.pt: not a readable trainer state"):
         run(small(tmp_path, warmstart), resume=str(tmp_path), progress=False)
     assert not witness.exists()
+    # readable but incomplete: each named, not a KeyError or IndexError deep in the resume
+    for state, message in (({"iteration": 0}, "no optimizer, policy_rng"), ([1], "no iteration"),
+                           ({k: None for k in ("iteration", "optimizer", "policy_rng", "python_rng", "torch_rng")}
+                            | {"metrics": []}, "metrics do not start with the evaluation before")):
+        torch.save(state, tmp_path / "iter-0000" / "trainer_state.pt")
+        with pytest.raises(ValueError, match=f"trainer_state.pt: .*{message}"):
+            run(small(tmp_path, warmstart), resume=str(tmp_path), progress=False)
+    (tmp_path / "summary.json").write_text('{"greedy')  # a finished run's summary, cut short
+    with pytest.raises(ValueError, match="summary.json: not the summary of a finished run"):
+        run(small(tmp_path, warmstart), resume=str(tmp_path), progress=False)
 
 
 def test_eval_command_refuses_unknown_methods_and_writes_beside_not_into_the_checkpoint(tmp_path, warmstart, monkeypatch, capsys):
