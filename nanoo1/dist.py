@@ -64,6 +64,12 @@ def shard(items: list, p: Place) -> list:
     return items[p.rank::p.world]
 
 
+def share(n: int, p: Place) -> int:
+    """This rank's part of n items split over the ranks (a step's minibatch): n // world, one more on the first
+    n % world ranks, so the parts add up to n; at least 1, so every rank has work."""
+    return max(1, n // p.world + (p.rank < n % p.world))
+
+
 def rank_seed(seed: int, rank: int) -> int:
     """The seed of a rank's own generators: the run seed itself on rank 0, so one process is unchanged."""
     return seed + 1_000_003 * rank

@@ -94,7 +94,7 @@ def _grpo_updates(model, tokenizer, opt, rows, adv, seed: int, config: SelfPlayC
     """`epochs` passes of `grpo_step` over minibatches of the rollouts, shuffled by `seed`, against their
     log-probs under the policy that sampled them (stored first, PPO-style); `tokens`, the completion tokens of
     the whole generation batch (all ranks), is dapo's divisor in every minibatch. Under torchrun each rank puts
-    grpo_minibatch / world of its own rollouts in each step. Returns each step's statistics."""
+    its part of grpo_minibatch (`dist.share`) of its own rollouts in each step. Returns each step's statistics."""
     g, device = config.grpo, model.output_embedding.device
     ids, attn = batch_ids([r.prompt + r.tokens for r in rows], tokenizer.pad_id)
     mask = torch.zeros_like(ids)
@@ -121,7 +121,7 @@ def _grpo_updates(model, tokenizer, opt, rows, adv, seed: int, config: SelfPlayC
     shuffle = torch.Generator().manual_seed(seed)
     steps = []
     model.train()
-    minibatch = max(1, g.grpo_minibatch // dist.place().world)  # this rank's share of each step's rollouts
+    minibatch = dist.share(g.grpo_minibatch, dist.place())  # this rank's part of each step's rollouts
     n = dist.largest(-(-len(rows) // minibatch))  # steps per epoch, the same on every rank
     for _ in range(g.epochs):
         order = torch.randperm(len(rows), generator=shuffle).to(device)

@@ -31,7 +31,7 @@ from nanoo1.value import rating_at, rating_bce
 
 def ppo_iteration(model, tokenizer, opt, replay, policy, problems, it: int, config: SelfPlayConfig) -> dict:
     """MCTS over `problems` (this rank's share), their chains into the replay buffer, PPO updates from it.
-    Under torchrun each rank draws minibatch / world chains from its own buffer for each update."""
+    Under torchrun each rank draws its part of minibatch (`dist.share`) from its own buffer for each update."""
     s, c = config.search, config.ppo
     mcfg = MCTSConfig(simulations=s.simulations, num_candidates=s.num_candidates, max_children=s.num_candidates,
                       temperature=s.temperature, patient=s.num_candidates * s.simulations, rollout=True,
@@ -57,7 +57,7 @@ def ppo_iteration(model, tokenizer, opt, replay, policy, problems, it: int, conf
     set_lr(opt, c.lr)
     restamped = 0
     updates = c.updates_per_iteration if dist.smallest(len(replay)) else 0  # a rank has nothing to learn from yet
-    minibatch = max(1, c.minibatch // dist.place().world)  # this rank's share of each update's chains
+    minibatch = dist.share(c.minibatch, dist.place())  # this rank's part of each update's chains
     for u in range(updates):
         beta = beta_by_step(it * c.updates_per_iteration + u, config.run.iterations * c.updates_per_iteration)
         chosen, idx, w = replay.sample(min(minibatch, len(replay)), beta)
@@ -83,7 +83,7 @@ def imitation_iteration(model, tokenizer, opt, policy, problems, memory: Priorit
     greedy chains, fixed where the step checker caught a slip, show the policy what it would have written
     had it not slipped, on many more problems per second than MCTS reaches; the memory (a replay buffer
     with uniform priorities) keeps the problems of earlier iterations in play. Under torchrun each rank
-    gives batch / world of its own chains to every step, and all ranks take as many steps as the one with
+    gives its part of batch (`dist.share`) of its own chains to every step, and all ranks take as many steps as the one with
     the fewest chains can."""
     c = config.imitation
     results = checked_greedy(policy, [p.question for p in problems], step_checker(config), SearchConfig(), k=c.fix_candidates)
@@ -96,7 +96,7 @@ def imitation_iteration(model, tokenizer, opt, policy, problems, memory: Priorit
     items = new + old
     rng.shuffle(items)
     model.train()
-    batch = max(1, c.batch // dist.place().world)
+    batch = dist.share(c.batch, dist.place())
     losses = [sft_step(model, opt, collate(items[s * batch:(s + 1) * batch], tokenizer.pad_id), c.lr, autocast(config))
               for s in range(dist.smallest(-(-len(items) // batch)))]  # the last batch may be short
     model.eval()
