@@ -159,6 +159,8 @@ def run(config: SelfPlayConfig, resume: str | None = None, from_scratch: bool = 
         policy.generator.set_state(state["policy_rng"])
         rng.setstate(state["python_rng"])
         torch.set_rng_state(state["torch_rng"])
+        if state.get("cuda_rng") is not None and device.type == "cuda":  # what LoRA's dropout draws from there
+            torch.cuda.set_rng_state(state["cuda_rng"], device)
         metrics, first = state["metrics"], state["iteration"] + 1
         if ppo:
             replay = PrioritizedReplay.load(start_dir / dist.rank_file("replay.pt", place.rank))
@@ -206,7 +208,8 @@ def run(config: SelfPlayConfig, resume: str | None = None, from_scratch: bool = 
         bar.set_postfix({k: f"{v:.3f}" for k, v in m.items() if k in ("solved", "imitation_solved", "reward", "greedy_quick",
                                                                      "think_quick")})
         state = {"optimizer": opt.state_dict(), "policy_rng": policy.generator.get_state(), "python_rng": rng.getstate(),
-                 "torch_rng": torch.get_rng_state(), "metrics": metrics}
+                 "torch_rng": torch.get_rng_state(), "metrics": metrics,
+                 "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}
         save_checkpoint(out, it, config, lambda d: save_model(model, tokenizer, d, config), state,
                         {"replay.pt": replay, "imitation.pt": memory} if ppo else {}, config.run.keep_checkpoints, place)
 
