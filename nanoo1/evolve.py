@@ -51,14 +51,14 @@ from nanoo1.config import add_config_flags, add_process_flags, apply_flags, chec
 from nanoo1.device import check_device, process_setup, resolve_device
 from nanoo1.lora import lora_copy, unfreeze
 from nanoo1.mcts import MCTSConfig, mcts
-from nanoo1.ppm import ProcessPreferenceModel, fit, pair_batch_loss, preference_pairs, save_scorer
+from nanoo1.ppm import ProcessPreferenceModel, fit, pair_batch_loss, save_scorer
 from nanoo1.recipe import BF16_FULL_FINETUNE, LoRASettings
-from nanoo1.rounds import COLUMNS, draw_rounds, line, measure, plot_rounds, row_line, rstar_policy, slip_pairs
-from nanoo1.rstar import RStarConfig, best_traces, encode_trace, final_pairs, ppm_input, step_failed
+from nanoo1.rounds import (COLUMNS, coverage, draw_rounds, line, measure, plot_rounds, ppm_pairs, row_line, rstar_policy,
+                           sft_examples, slip_pairs)
+from nanoo1.rstar import RStarConfig
 from nanoo1.runs import prepare_out
 from nanoo1.sft import SFTConfig, make_batches, passes, train_sft
 from nanoo1.tasks import TINY_DIR, Problem, load_jsonl
-from nanoo1.thoughts import Tree
 from nanoo1.verifiers import compare_verifiers, outcome_examples
 from nanoo1.warmstart import CODE_SFT, tiny_base
 
@@ -140,32 +140,6 @@ def search_trees(policy_model, ppm, tokenizer, problems: list[Problem], config: 
     trees = [parts[i % len(parts)][i // len(parts)] for i in range(len(problems))]  # shard i of world: i, i + world, ...
     spent = [sum(getattr(r.spent, kind) for r in results) for kind in ("generated", "prompt", "value")]
     return trees, [sum(column) for column in zip(*dist.gather(spent))]
-
-
-# -- what a round measures and keeps -------------------------------------------------------------------
-def coverage(trees: list[Tree]) -> float:
-    """Share of trees holding at least one correct answer (a "success" terminal): rStar-Math's Table 2."""
-    if not trees:
-        raise ValueError("coverage: no trees")
-    return sum(any(node.terminal == "success" for node in tree.nodes) for tree in trees) / len(trees)
-
-
-def sft_examples(tokenizer, trees: list[Tree], per_problem: int = 2) -> list[tuple[list[int], list[int]]]:
-    """(ids, loss mask) of the top `per_problem` correct traces of every tree (`best_traces`), in tree order."""
-    return [encode_trace(tokenizer, tree.question, [node.text for node in path[1:]])
-            for tree in trees for path in best_traces(tree, per_problem)]
-
-
-def ppm_pairs(tokenizer, trees: list[Tree]) -> list[tuple[list[int], list[int]]]:
-    """(positive, negative) PPM inputs of every tree's pairs, in tree order: its sibling pairs of steps that ran
-    (`ppm.preference_pairs`), then its final-step pairs of whole trajectories (`rstar.final_pairs`) not
-    already among them."""
-    out = []
-    for tree in trees:
-        siblings = preference_pairs(tree, usable=lambda node: not step_failed(node.text))
-        pairs = siblings + [pair for pair in final_pairs(tree) if pair not in siblings]
-        out += [(ppm_input(tokenizer, tree.path(pos)), ppm_input(tokenizer, tree.path(neg))) for pos, neg in pairs]
-    return out
 
 
 # -- training ------------------------------------------------------------------------------------------

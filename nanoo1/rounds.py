@@ -1,5 +1,6 @@
-"""What `evolve` measures of each round's policy and PPM on held-out problems, the round table, and which
-training problems each round searches (`draw_rounds`).
+"""What `evolve` keeps of each round's trees (coverage, the policy's traces, the PPM's pairs), what it measures
+of each round's policy and PPM on held-out problems, the round table, and which training problems each round
+searches (`draw_rounds`).
 
 Row k of the table is round k: policy k's held-out accuracy, greedy and by beam search scored by PPM k
 (`ppm_search`), PPM k's accuracy on held-out sibling steps (`slip_pairs`), then round k's search (coverage,
@@ -12,14 +13,43 @@ import random
 from pathlib import Path
 
 from nanoo1 import dist
-from nanoo1.ppm import pair_accuracy
-from nanoo1.rstar import END_OUTPUT, OUTPUT, RStarConfig, RStarPolicy, encode_trace, format_step
+from nanoo1.ppm import pair_accuracy, preference_pairs
+from nanoo1.rstar import (END_OUTPUT, OUTPUT, RStarConfig, RStarPolicy, best_traces, encode_trace, final_pairs,
+                          format_step, ppm_input, step_failed)
 from nanoo1.search import SearchConfig, grade, search
 from nanoo1.tasks import Problem
+from nanoo1.thoughts import Tree
 
 COLUMNS = ["round", "coverage", "greedy", "ppm_search", "pair_acc", "traces", "pairs", "tokens", "seconds"]
 
 
+# -- what a round keeps of its trees --------------------------------------------------------------------
+def coverage(trees: list[Tree]) -> float:
+    """Share of trees holding at least one correct answer (a "success" terminal): rStar-Math's Table 2."""
+    if not trees:
+        raise ValueError("coverage: no trees")
+    return sum(any(node.terminal == "success" for node in tree.nodes) for tree in trees) / len(trees)
+
+
+def sft_examples(tokenizer, trees: list[Tree], per_problem: int = 2) -> list[tuple[list[int], list[int]]]:
+    """(ids, loss mask) of the top `per_problem` correct traces of every tree (`best_traces`), in tree order."""
+    return [encode_trace(tokenizer, tree.question, [node.text for node in path[1:]])
+            for tree in trees for path in best_traces(tree, per_problem)]
+
+
+def ppm_pairs(tokenizer, trees: list[Tree]) -> list[tuple[list[int], list[int]]]:
+    """(positive, negative) PPM inputs of every tree's pairs, in tree order: its sibling pairs of steps that ran
+    (`ppm.preference_pairs`), then its final-step pairs of whole trajectories (`rstar.final_pairs`) not
+    already among them."""
+    out = []
+    for tree in trees:
+        siblings = preference_pairs(tree, usable=lambda node: not step_failed(node.text))
+        pairs = siblings + [pair for pair in final_pairs(tree) if pair not in siblings]
+        out += [(ppm_input(tokenizer, tree.path(pos)), ppm_input(tokenizer, tree.path(neg))) for pos, neg in pairs]
+    return out
+
+
+# -- the held-out measurements --------------------------------------------------------------------------
 def rstar_policy(model, tokenizer, config, ppm=None, seed: int = 0, temperature: float | None = None) -> RStarPolicy:
     """The rStar policy with the run's step settings (`config`: an evolve.EvolveConfig); candidate steps at
     config.temperature unless `temperature` is given."""

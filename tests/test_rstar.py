@@ -18,13 +18,12 @@ from conftest import SAMPLE_TEXTS, random_model
 from nanoo1.adapters import load_lora
 from nanoo1.checkpoint import load_pretrained, save_pretrained
 from nanoo1.engine import Completion
-from nanoo1.evolve import (EvolveConfig, coverage, finetune_policy, ppm_pairs, run,
-                           self_evolution_round, sft_examples, train_ppm)
+from nanoo1.evolve import EvolveConfig, finetune_policy, run, self_evolution_round, train_ppm
 from nanoo1.grow import answer_of, expand
 from nanoo1.mcts import MCTSConfig, mcts
 from nanoo1.policy import Request
 from nanoo1.recipe import LoRASettings
-from nanoo1.rounds import draw_rounds, slip_pairs
+from nanoo1.rounds import coverage, draw_rounds, ppm_pairs, sft_examples, slip_pairs
 from nanoo1.model import Gemma2, Gemma2Config
 from nanoo1.ppm import (PPM_HEAD, ProcessPreferenceModel, orm_loss, pair_accuracy, ppm_pair_loss, preference_pairs,
                         save_scorer)
