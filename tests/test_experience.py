@@ -6,6 +6,8 @@ import torch
 from conftest import random_model
 from nanoo1.experience import (chain_items, collate_chains, imitation_items, outcomes, relabel_lucky, restamp_stale,
                                row_priorities, stamp_old, success_rates, tree_chains)
+from nanoo1.rl import completion_logprobs
+from nanoo1.value import rating_values
 from nanoo1.warmstart import TINY_MODEL
 from nanoo1.tasks import TINY_DIR, make_problems
 from nanoo1.thoughts import Tree, chain_tokens, render_node, render_path
@@ -98,12 +100,38 @@ def test_failures_come_in_the_order_the_search_found_them_whatever_their_values(
     assert [p[-1] for p in tree_chains(tree, 8)] == [win, first, second, third]
 
 
+def test_tree_chains_take_half_successes_and_half_failures():
+    tree = Tree("q")
+    wins = [tree.add(tree.root, "<conclusion>", f"w{i}", terminal="success") for i in range(3)]
+    losses = [tree.add(tree.root, "<conclusion>", f"l{i}", terminal="failure") for i in range(3)]
+    assert [p[-1] for p in tree_chains(tree, 4)] == wins[:2] + losses[:2]
+    assert [p[-1] for p in tree_chains(tree, 3)] == wins[:2] + losses[:1]  # the odd one is a success
+
+
 def replay_items(tok, n=3):
     (p,) = make_problems(1, seed=0)
     tree = Tree(p.question)
     a = tree.add(tree.root, "<expansion>", "7 + 5 = 12", value=-0.1)
     tree.add(a, "<conclusion>", "The answer is \\boxed{12}", terminal="success")
     return [dict(it) for it in chain_items(tok, tree_chains(tree, 2), success_rates(tree)) for _ in range(n)]
+
+
+def test_stamp_old_holds_tempered_logprobs_and_the_value_search_reads():
+    """old_logp: the chain's log-probs at the sampling temperature; old_value: P(positive) = exp(V) of each
+    thought's path, V as search reads it (`rating_values`)."""
+    tok = Tokenizer.from_file(TINY_DIR)
+    model = random_model(TINY_MODEL, seed=0, std=0.05)
+    (p,) = make_problems(1, seed=0)
+    tree = Tree(p.question)
+    a = tree.add(tree.root, "<expansion>", "7 + 5 = 12", value=-0.1)
+    end = tree.add(a, "<conclusion>", "The answer is \\boxed{12}", terminal="success")
+    (item,) = chain_items(tok, tree_chains(tree, 2), success_rates(tree))
+    stamp_old(model, tok, [item], 0.7)
+    with torch.no_grad():
+        logp = completion_logprobs(model, torch.tensor([item["ids"]]), None, torch.tensor([item["mask"]]), 0.7)[0]
+    assert item["old_logp"] == pytest.approx(logp.tolist(), abs=1e-5)
+    values = rating_values(model, tok, [tree.path(a), tree.path(end)]).exp()
+    assert item["old_value"] == pytest.approx(values.tolist(), abs=1e-5)
 
 
 def test_stale_replayed_chains_are_restamped_by_the_current_policy():

@@ -166,6 +166,7 @@ def test_mcts_finds_the_only_correct_path_where_greedy_does_not(ground_truths):
     assert path_key(result.tree.path(result.tree.node(result.path[-1]))) == correct
     decoy = result.tree.node(1)
     assert decoy.text == "decoy step 0" and decoy.visits == 1 and all(not c.children for c in decoy.children)
+    assert decoy.value == pytest.approx(0.9 * math.log(0.05))  # -2.696, discounted from its best child's log .05
     (short,) = mcts(ScriptedPolicy(script, value), [QUESTION], decoy_config(simulations=3), ground_truths)
     assert short.successes == 0 and short.answer != "9"
 
@@ -332,6 +333,12 @@ def test_rollouts_reach_terminals_in_one_simulation():
     assert (rolled.tree.root.visits, a.visits, b.visits) == (2, 1, 1)
     assert b.value == 0.0 and a.value == pytest.approx(0.9 * math.log(1e-6))
     assert policy.propose_calls == [[2], [1, 1]]  # the expansion, then both rollouts in one round
+    # a checker that rejects A makes it a failed terminal at expansion: not rolled out, its outcome backed up once
+    (checked,) = mcts(ScriptedPolicy(script, lambda key: math.log(0.5)), [QUESTION],
+                      replace(config, rollout=True, verify=lambda text: text != "A"), ["9"])
+    a, b = checked.tree.root.children
+    assert a.terminal == "failure" and not a.children and a.value == pytest.approx(math.log(1e-6))
+    assert (checked.tree.root.visits, a.visits, b.visits) == (2, 1, 1)  # A's backup and B's rollout
 
 
 def test_mcts_vote_answer_weighs_every_conclusion_by_exp_value():

@@ -262,6 +262,7 @@ def test_format_reward_longcot(response, expected):
     ("<think>a</think>\\boxed{}", 0.0),
     ("<think>a</think>\\boxed{1}</think>", 0.0),  # two </think>
     ("<think>a</think><think>b\\boxed{1}", 0.0),  # thinking again in the solution
+    ("<think>a<think>b</think>\\boxed{1}", 0.0),  # two <think>
     ("text <think>a</think>\\boxed{1}", 0.0),  # <think> must open the response
     ("", 0.0),
 ])

@@ -201,6 +201,9 @@ def test_ppo_policy_loss_hand_computed():
     # mean = (-2.4 - 1.0 + 0.8 + 1.5) / 4 = -0.275
     torch.testing.assert_close(loss, torch.tensor(-0.275))
     assert stats["clip_frac"].item() == pytest.approx(0.5)
+    # token by token: the clip holds tokens 0 (r > 1.2, A > 0) and 2 (r < 0.8, A < 0), not 1 (r < 0.8, A > 0)
+    one_hot = torch.eye(4)[:, None, :]  # (4, 1, 4): a mask per token
+    assert [ppo_policy_loss(logp, old, adv, m)[1]["clip_frac"].item() for m in one_hot] == [1, 0, 1, 0]
     # approx KL per token (r - 1) - log r: 0.5 - log 1.5 = 0.0945349, -0.5 + log 2 = 0.1931472; mean of 2 each
     assert stats["approx_kl"].item() == pytest.approx((0.5 - math.log(1.5) - 0.5 + math.log(2)) / 2, rel=1e-5)
     loss.backward()
@@ -216,6 +219,16 @@ def test_grpo_loss_uses_the_clipped_term():
     assert stats["clip_frac"].item() == 1.0
     loss.backward()
     assert logp.grad.abs().max() == 0  # clipping engaged: no gradient pushes the ratio further
+
+
+def test_grpo_loss_clips_below_at_eps_low_and_above_at_eps_high():
+    # eps_low 0.2, eps_high 0.28 (DAPO): the ratio is clipped to [0.8, 1.28]
+    logp = torch.log(torch.tensor([[0.5, 1.25]]))
+    loss, stats = grpo_loss(logp, torch.zeros(1, 2), torch.tensor([[-1.0, 1.0]]), torch.ones(1, 2), "bnpo",
+                            eps_low=0.2, eps_high=0.28)
+    # token 0, r 0.5, A -1: -min(-0.5, 0.8 * -1) = 0.8 (clipped); token 1, r 1.25 < 1.28, A 1: -min(1.25, 1.25) = -1.25
+    assert loss.item() == pytest.approx((0.8 - 1.25) / 2)
+    assert stats["clip_frac"].item() == pytest.approx(0.5)  # token 0 only
 
 
 def test_old_logp_from_the_live_model_is_refused():
@@ -256,6 +269,10 @@ def test_grpo_loss_adds_beta_k3():
     # per token: -1 (ratio 1, A 1) + 0.1 * (log 2 - 0.5)
     assert loss.item() == pytest.approx(-1 + 0.1 * (math.log(2) - 0.5), rel=1e-6)
     assert stats["kl"].item() == pytest.approx(math.log(2) - 0.5, rel=1e-6)
+    # the kl stat is over the masked tokens: the second token (ref = logp, k3 = 0) is masked out
+    ref[0, 1] = math.log(0.5)
+    _, stats = grpo_loss(logp, logp, torch.tensor([1.0]), torch.tensor([[1, 0]]), ref_logp=ref, beta=0.1)
+    assert stats["kl"].item() == pytest.approx(math.log(2) - 0.5, rel=1e-6)  # not half of it
     with pytest.raises(ValueError, match="ref_logp"):
         grpo_loss(logp, logp, torch.tensor([1.0]), torch.ones(1, 2), beta=0.1)
 
@@ -413,6 +430,20 @@ def test_grpo_step_gradient_equals_whole_batch_loss(loss_type):
         torch.testing.assert_close(b, p.grad)
 
 
+@pytest.mark.parametrize("loss_type", LOSS_TYPES)
+def test_grpo_step_stats_equal_whole_batch_loss(loss_type):
+    batch = grpo_batch()
+    args = (batch["input_ids"], batch["attention_mask"], batch["completion_mask"])
+    noise = 0.3 * torch.randn(args[2].shape, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():  # a stale stamp: ratios off 1, some clipped
+        batch["old_logp"] = completion_logprobs(TinyLM(), *args) + noise * args[2]
+    loss, whole = grpo_loss(completion_logprobs(TinyLM(), *args), batch["old_logp"], batch["advantages"], args[2], loss_type)
+    _, stats = sgd_update(grpo_step, batch, GRPOConfig(loss_type=loss_type, micro_batch_size=1, max_grad_norm=float("inf")))
+    assert 0 < whole["clip_frac"] < 1 and whole["approx_kl"] > 0
+    for k, v in (("loss", loss), ("clip_frac", whole["clip_frac"]), ("approx_kl", whole["approx_kl"])):
+        assert stats[k] == pytest.approx(v.item(), rel=1e-5)  # one row per micro-batch, the whole batch's numbers
+
+
 def test_grpo_step_raises_probability_of_better_completions_and_needs_ref_for_beta():
     batch = grpo_batch()
     model = TinyLM()
@@ -465,6 +496,25 @@ def test_ppo_policy_loss_importance_weights_scale_each_row():
     # weights (0.5, 1): (-1 * 0.5 + 2 * 1) / 2 = 0.75, each row scaled on its own
     weighted, _ = ppo_policy_loss(logp, logp.clone(), adv, mask, weights=torch.tensor([0.5, 1.0]))
     assert weighted.item() == pytest.approx(0.75)
+
+
+def test_ppo_step_applies_importance_weights():
+    batch = ppo_batch(TinyLM())
+    batch["weights"] = torch.tensor([1.0, 0.1, 0.5, 0.2])
+    update, _ = sgd_update(ppo_step, batch, PPOConfig(micro_batch_size=3, max_grad_norm=float("inf")))
+    model = TinyLM()  # the gradient of the weighted loss on the whole batch at once
+    logp = completion_logprobs(model, batch["input_ids"], batch["attention_mask"], batch["completion_mask"])
+    loss, _ = ppo_policy_loss(logp, batch["old_logp"], batch["advantages"], batch["completion_mask"], weights=batch["weights"])
+    loss.backward()
+    for a, p in zip(update, model.parameters()):
+        torch.testing.assert_close(a, p.grad)
+
+
+@pytest.mark.parametrize("step, config", [(ppo_step, PPOConfig), (grpo_step, GRPOConfig)], ids=["ppo", "grpo"])
+def test_steps_score_at_the_sampling_temperature(step, config):
+    batch = ppo_batch(TinyLM(), temperature=0.7)  # old_logp stamped at 0.7 by the same weights
+    assert sgd_update(step, batch, config(temperature=0.7))[1]["approx_kl"] == pytest.approx(0, abs=1e-7)  # ratio 1
+    assert sgd_update(step, batch, config())[1]["approx_kl"] > 1e-3  # scored at 1.0 the ratio is off 1
 
 
 # ----------------------------------------------------------------------------- prioritized replay's inputs

@@ -168,6 +168,14 @@ def test_beam_search_takes_a_pluggable_scorer():
                      scorer=scorer)
     assert seen[0] == ["A", "B", "C"]
     assert {n.text for n in result.tree.root.children if n.children} == {"B", "C"}
+    # the scorer also picks the answer. Scoring conclusions by -V (expansions by V) keeps A and C at depth 1, then
+    # =1 (-log .2 = 1.609) and =2 (-log .7 = 0.357), both finished: =1 wins, though =2 has the better value
+    def contrary(paths):
+        return [-p[-1].value if p[-1].meta == "<conclusion>" else p[-1].value for p in paths]
+
+    result, = search(ScriptedPolicy(beam_script, beam_value), [QUESTION], SearchConfig(method="beam", n=2, expand=3),
+                     scorer=contrary)
+    assert result.answer == "1"
 
 
 def test_methods_run_problems_in_lockstep():
