@@ -63,7 +63,7 @@ def sample_next(logits, temperature: float = 0.0, top_k: int | None = None, top_
     if top_p is not None and top_p < 1.0:
         sorted_scores, order = scores.sort(-1, descending=True)  # (B, V)
         probs = sorted_scores.softmax(-1)
-        drop = probs.cumsum(-1) - probs > top_p  # mass before this token already reaches top_p
+        drop = probs.cumsum(-1) - probs >= top_p  # mass before this token already reaches top_p
         scores = scores.scatter(-1, order, sorted_scores.masked_fill(drop, float("-inf")))
     probs = scores.softmax(-1)
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)  # (B,)

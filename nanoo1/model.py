@@ -62,11 +62,11 @@ class Gemma2Config:
     def __post_init__(self):
         """Fill in layer_types; reject any value no Gemma-2 checkpoint can have, naming the field."""
         for name in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
-                     "num_key_value_heads", "head_dim", "sliding_window", "max_position_embeddings"):
+                     "num_key_value_heads", "head_dim", "query_pre_attn_scalar", "sliding_window", "max_position_embeddings"):
             low = 0 if name == "num_hidden_layers" else 1  # no layers (embedding and final norm only) is a model
             if type(v := getattr(self, name)) is not int or v < low:  # type, not isinstance: bool is an int
                 raise ValueError(f"{name}={v!r}, expected an integer >= {low}")
-        for name in ("query_pre_attn_scalar", "rms_norm_eps", "rope_theta", "attn_logit_softcapping", "final_logit_softcapping"):
+        for name in ("rms_norm_eps", "rope_theta", "attn_logit_softcapping", "final_logit_softcapping"):
             v, optional = getattr(self, name), name.endswith("softcapping")
             if not (v is None and optional or type(v) in (int, float) and 0 < v < math.inf):
                 raise ValueError(f"{name}={v!r}, expected a positive number" + (" or null" if optional else ""))
@@ -90,6 +90,7 @@ class Gemma2Config:
             raise ValueError(f"num_key_value_heads={self.num_key_value_heads}, expected a divisor of num_attention_heads={self.num_attention_heads}")
         if self.hidden_activation not in ("gelu_pytorch_tanh", "gelu_tanh"):
             raise ValueError(f"hidden_activation={self.hidden_activation!r}: Gemma-2 uses 'gelu_pytorch_tanh'")
+        self.hidden_activation = "gelu_pytorch_tanh"  # the same function; the name transformers reads
 
     @property
     def num_parameters(self) -> int:

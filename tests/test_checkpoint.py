@@ -42,6 +42,8 @@ def test_both_config_dialects_read_as_gemma_2_2b():
     # files written by transformers 5 with non-default layer types are honoured
     odd = {**new, "layer_types": ["full_attention"] * 26}
     assert config_from_dict(odd).is_sliding(0) is False
+    # "gelu_tanh", the same function, is read and written as the name transformers knows
+    assert config_from_dict({**CONFIG_2024, "hidden_activation": "gelu_tanh"}) == Gemma2Config.preset("2b")
 
 
 def test_nanoo1_save_transformers_load_same_logits(tmp_path):
@@ -323,7 +325,8 @@ def test_loading_peaks_below_1_3x_the_checkpoint_bytes(tmp_path):
     ("sliding_window", -1, "integer >= 1"),
     ("max_position_embeddings", 0, "integer >= 1"),
     ("num_key_value_heads", 3, "expected a divisor of num_attention_heads=4"),
-    ("query_pre_attn_scalar", 0, "positive number"),
+    ("query_pre_attn_scalar", 0, "integer >= 1"),
+    ("query_pre_attn_scalar", 7.5, "integer >= 1"),  # transformers reads an integer alone
     ("rms_norm_eps", -1e-6, "positive number"),
     ("rope_theta", "ten thousand", "positive number"),
     ("attn_logit_softcapping", float("nan"), "positive number or null"),

@@ -68,11 +68,14 @@ def test_sample_next_greedy_top_k_top_p():
     assert sample_next(logits).item() == 1
     g = torch.Generator().manual_seed(0)
     assert {sample_next(logits, 1.0, top_k=1, generator=g).item() for _ in range(50)} == {1}
-    # top_p = 0.7: keep token 1 (mass before it 0) and token 2 (mass before 0.5 <= 0.7), drop 3 (0.8 > 0.7)
+    # top_p = 0.7: keep token 1 (mass before it 0) and token 2 (mass before 0.5 < 0.7), drop 3 (0.8 >= 0.7)
     draws = torch.stack([sample_next(logits.expand(1000, 4), 1.0, top_p=0.7, generator=g) for _ in range(4)]).flatten()
     counts = torch.bincount(draws, minlength=4).float() / draws.numel()
     assert counts[0] == 0 and counts[3] == 0
     assert abs(counts[1].item() - 0.5 / 0.8) < 0.03  # renormalised: 0.625 and 0.375
+    # the smallest set whose mass reaches top_p, as transformers' TopPLogitsWarper: 0.5 reaches 0.5 alone
+    halves = torch.log(torch.tensor([[0.5, 0.25, 0.25]])).expand(200, 3)
+    assert set(sample_next(halves, 1.0, top_p=0.5, generator=g).tolist()) == {0}
     # top_k = 3 at temperature 1: frequencies 0.5, 0.3, 0.15 renormalised by 0.95
     draws = torch.stack([sample_next(logits.expand(1000, 4), 1.0, top_k=3, generator=g) for _ in range(8)]).flatten()
     counts = torch.bincount(draws, minlength=4).float() / draws.numel()
