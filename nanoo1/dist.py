@@ -66,7 +66,7 @@ def shard(items: list, p: Place) -> list:
 
 def share(n: int, p: Place) -> int:
     """This rank's part of n items split over the ranks (a step's minibatch): n // world, one more on the first
-    n % world ranks, so the parts add up to n; at least 1, so every rank has work."""
+    n % world ranks, so the parts add up to n when n >= world; below that every rank still takes 1."""
     return max(1, n // p.world + (p.rank < n % p.world))
 
 
@@ -167,13 +167,13 @@ def on_main(fn):
     acts as rank 0 of 1, so work rank 0 does for all (training a missing warm start) waits in no collective
     for ranks that are not in it."""
     global _alone
-    result = None
+    result, outer = None, _alone
     if place().main:
         _alone = True
         try:
             result = fn()
         finally:
-            _alone = False
+            _alone = outer
     return from_main(result)
 
 

@@ -1,7 +1,7 @@
 """rStar-Math's self-evolution: search with policy k and PPM k, train policy k+1 and PPM k+1 on what it found.
 
     python -m nanoo1.evolve --tiny                # the tiny task on a CPU, both cores (base model: see tiny_base)
-    python -m nanoo1.evolve --tiny --verifiers 16 # and then best-of-N by vote, PRM and ORM (verifiers.py)
+    python -m nanoo1.evolve --tiny --verifiers 16 --out runs/rstar-16   # then best-of-N: vote, PRM, ORM (verifiers.py)
     python -m nanoo1.evolve --model DIR --data train.jsonl --test-data test.jsonl --problems 500 --out runs/big
     python -m nanoo1.evolve --model DIR ... --device cuda --dtype bfloat16 --lora-rank 16 --max-rows 32   # 2B, one GPU
 
@@ -233,13 +233,13 @@ def run(config: EvolveConfig, model, data=TINY_DIR / "train.jsonl", test_data=TI
     out = Path(config.out)
     device = dist.setup(resolve_device(config.device))
     main = dist.place().main  # under torchrun rank 0 alone prints and writes
-    prepare_out(out, overwrite, OUT_FILES, resumable=False, clear=main)
     torch.manual_seed(dist.rank_seed(config.seed, dist.place().rank))  # what draws from it: LoRA's dropout
     base, tokenizer = load_pretrained(model, dtype=config.dtype, device=device)
     if lora is not None and lora.rank:
         lora.apply(base, config.seed)
     drawn = draw_rounds(load_jsonl(data), config, str(data))
     test = load_jsonl(test_data)
+    prepare_out(out, overwrite, OUT_FILES, resumable=False, clear=main)  # once the inputs are read: a base may be in it
     held_out = test[: config.eval_problems]
     held_out_pairs = slip_pairs(tokenizer, test[config.eval_problems:][: config.pair_problems], config.seed)
     if main:
@@ -307,9 +307,7 @@ def main(argv=None):
         if config.dtype == "bfloat16" and not lora.rank:
             raise ValueError(BF16_FULL_FINETUNE)
         resolve_device(config.device)  # e.g. --device cuda without one
-        for flag, path in (("--data", args.data), ("--test-data", args.test_data)):
-            if not Path(path).is_file():
-                raise FileNotFoundError(f"{flag} {path}: no such file")
+        load_jsonl(args.data), load_jsonl(args.test_data)  # each error names the file and line
         prepare_out(Path(config.out), args.overwrite, OUT_FILES, resumable=False, clear=False)
     except (ValueError, FileExistsError, FileNotFoundError, NotADirectoryError) as e:
         p.error(str(e))

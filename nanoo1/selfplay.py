@@ -131,16 +131,20 @@ def run(config: SelfPlayConfig, resume: str | None = None, from_scratch: bool = 
     train, test = load_problems(config)
     progress = progress and place.main
     if not resume and place.main:
-        prepare_out(out, overwrite)
+        prepare_out(out, overwrite, clear=False)  # refused before any work, cleared once the model is read
     seed = dist.rank_seed(config.run.seed, place.rank)  # this rank's generators (rank 0: the run seed)
     torch.manual_seed(seed)
     rng = random.Random(seed)
     start_dir = latest_checkpoint(out) if resume else None
     if from_scratch and not resume:  # the run's base is the warm start it trains first
-        dist.on_main(lambda: train_warmstart(out / "warmstart", seed=config.run.seed, progress=progress,
-                                             kind=warmstart_kind(config.run.algo)))
+        def warm_start() -> None:  # on rank 0 for all; the other ranks wait for it and load what it wrote
+            train_warmstart(out / "warmstart", seed=config.run.seed, progress=progress, kind=warmstart_kind(config.run.algo))
+
+        dist.on_main(warm_start)
         config = replace(config, run=replace(config.run, warmstart=str(out / "warmstart")))
     model, tokenizer = load_model(config, start_dir, device)
+    if not resume and place.main:
+        prepare_out(out, overwrite)  # the warm start may be one of the files it clears (--model OUT/final)
     need = memory_estimate(config, model.config)
     if place.main:
         print(f"memory on {device}{f' (each of {place.world} ranks)' if place.world > 1 else ''}, estimated: "

@@ -124,7 +124,8 @@ def draws(rank: int, world: int):
                                                                         summed=("chains",)),
             "ratio": dist.ratio(1 if rank == 0 else 2, 3 if rank == 0 else 2),  # 1 of 3 and 2 of 2 solved: 3 of 5
             "no_gradients": dist.sum_gradients(torch.nn.Linear(2, 2).parameters()),  # nothing to sum: nothing done
-            "on_main": dist.on_main(lambda: (dist.place().world, float(dist.total(rank + 3))))}  # no collective waits
+            "on_main": dist.on_main(lambda: (dist.place().world, float(dist.total(rank + 3)))),  # no collective waits
+            "nested": dist.on_main(lambda: (dist.on_main(lambda: "inner"), dist.place().world))}
 
 
 def test_ranks_take_disjoint_shares_and_combine_their_numbers(tmp_path):
@@ -138,6 +139,7 @@ def test_ranks_take_disjoint_shares_and_combine_their_numbers(tmp_path):
     assert r0["ratio"] == r1["ratio"] == 0.6
     assert [dist.share(n, dist.Place(r, 3)) for n in (7, 2) for r in range(3)] == [3, 2, 2, 1, 1, 1]  # 7 = 3+2+2
     assert r0["on_main"] == r1["on_main"] == (1, 3.0)  # rank 0's work for all, as one process
+    assert r0["nested"] == r1["nested"] == ("inner", 1)  # still one process after an inner call
 
 
 def grpo_shares(rank: int, world: int):

@@ -5,6 +5,7 @@ import json
 import math
 import os
 import re
+import shutil
 from dataclasses import replace
 
 import pytest
@@ -730,10 +731,13 @@ def test_a_run_with_lora_dropout_repeats_whatever_torchs_global_generator_held(c
     adapters = []
     for seed in (1, 2):
         torch.manual_seed(seed)  # what the process happened to hold
+        if seed == 2:  # a run over the first, from its own policy-1: read before --overwrite clears it
+            shutil.copytree(tmp_path / "base", tmp_path / "2" / "policy-1")
+            (tmp_path / "2" / "metrics.jsonl").write_text("{}\n")
         config = EvolveConfig(simulations=8, rounds=1, problems=3, eval_problems=1, pair_problems=1, beam=0,
                               sft_epochs=2, ppm_epochs=1, bf16=False, out=str(tmp_path / str(seed)))
-        run(config, tmp_path / "base", tmp_path / "train.jsonl", tmp_path / "test.jsonl",
-            lora=LoRASettings(rank=2, dropout=0.5))
+        run(config, tmp_path / ("base" if seed == 1 else "2/policy-1"), tmp_path / "train.jsonl",
+            tmp_path / "test.jsonl", lora=LoRASettings(rank=2, dropout=0.5), overwrite=True)
         adapters.append((tmp_path / str(seed) / "policy-1" / "adapter_model.safetensors").read_bytes())
     assert adapters[0] == adapters[1]
 
@@ -757,14 +761,16 @@ def test_evolve_refuses_bad_settings_and_another_runs_directory_before_any_work(
 
     ran = []
     monkeypatch.setattr(evolve, "run", lambda *a, **k: ran.append(k["overwrite"]))
+    (tmp_path / "bad.jsonl").write_text('{"question": "q", "answer": 5}\n')
     out = tmp_path / "out"
     (out / "policy-2").mkdir(parents=True)
     (out / "metrics.jsonl").write_text("{}\n")
     (out / "base").mkdir()  # the tiny warm start a run may train into OUT/base is no run's output
     for flags, message in ((["--out", str(out)], "holds another run"), (["--data", str(tmp_path / "none.jsonl")],
-                           "--data .*none.jsonl: no such file"), (["--device", "gpu"], "--device is 'gpu'"),
+                           "none.jsonl: dataset file not found"), (["--device", "gpu"], "--device is 'gpu'"),
                            (["--temperature", "nan"], "--temperature must be > 0"),
-                           (["--sft-lr", "-1"], "--sft-lr must be > 0"), (["--lora-targets", "qproj"], "'qproj'")):
+                           (["--sft-lr", "-1"], "--sft-lr must be > 0"), (["--lora-targets", "qproj"], "'qproj'"),
+                           (["--data", str(tmp_path / "bad.jsonl")], r"bad.jsonl:1: 'answer' must be a string")):
         with pytest.raises(SystemExit):
             evolve.main(["--tiny", "--procs", "1", "--no-progress", "--out", str(tmp_path / "fresh"), *flags])
         assert re.search(message, capsys.readouterr().err)
