@@ -39,6 +39,9 @@ def test_both_config_dialects_read_as_gemma_2_2b():
     assert config_from_dict(CONFIG_2024) == Gemma2Config.preset("2b")
     assert config_from_dict(new) == Gemma2Config.preset("2b")
     assert config_from_dict({**CONFIG_2024, "rope_theta": 5e5}).rope_theta == 5e5
+    assert config_from_dict({**new, "rope_parameters": {"rope_type": "default", "rope_theta": 5e5}}).rope_theta == 5e5
+    # without head_dim, older files mean hidden_size // num_attention_heads: 2304 // 8 = 288
+    assert config_from_dict({k: v for k, v in CONFIG_2024.items() if k != "head_dim"}).head_dim == 288
     # files written by transformers 5 with non-default layer types are honoured
     odd = {**new, "layer_types": ["full_attention"] * 26}
     assert config_from_dict(odd).is_sliding(0) is False
@@ -68,6 +71,30 @@ def test_no_softcap_round_trips_as_none(tmp_path):
     absent = {k: v for k, v in CONFIG_2024.items() if not k.endswith("softcapping")}
     assert config_from_dict(absent) == Gemma2Config.preset("2b")  # absent keys take the defaults
 
+
+def test_round_trip_keeps_eps_and_special_ids_and_loads_frozen(tmp_path):
+    model = random_model(Gemma2Config.preset("tiny", rms_norm_eps=1e-5), seed=1)
+    save_pretrained(model, None, tmp_path)
+    # Gemma2Config's default ids, as Gemma's: <pad> 0, <eos> 1, <bos> 2
+    generation = json.loads((tmp_path / "generation_config.json").read_text())
+    assert generation == {"bos_token_id": 2, "eos_token_id": 1, "pad_token_id": 0}
+    loaded, _ = load_pretrained(tmp_path)
+    assert loaded.config.rms_norm_eps == 1e-5
+    assert not loaded.training and not any(p.requires_grad for p in loaded.parameters())
+
+
+def test_a_tied_checkpoint_with_an_lm_head_copy_loads(tmp_path):
+    """Some tied checkpoints also store lm_head.weight, a copy of the embedding; it is dropped, not an error."""
+    from safetensors.torch import load_file, save_file
+    model = random_model(CONFIG, seed=1)
+    save_pretrained(model, None, tmp_path)
+    f = tmp_path / "model.safetensors"
+    state = load_file(str(f))
+    state["lm_head.weight"] = state["model.embed_tokens.weight"].clone()
+    save_file(state, str(f), metadata={"format": "pt"})
+    loaded, _ = load_pretrained(tmp_path)
+    with torch.no_grad():
+        assert torch.equal(loaded(IDS), model(IDS))
 
 @pytest.mark.parametrize("shard", [None, "20KB"])
 def test_transformers_save_nanoo1_load_same_logits(tmp_path, shard):
@@ -415,6 +442,7 @@ def test_index_of_the_wrong_shape(tmp_path, index, expected):
     (lambda h: h["model.norm.weight"].pop("shape"), "shape=None, expected a list of integers >= 0"),
     (lambda h: h["model.norm.weight"].update(shape=[-1, -48]), r"shape=\[-1, -48\], expected a list of integers >= 0"),
     (lambda h: h["model.norm.weight"].update(shape=[48, 2]), r"has 192 bytes, its shape \[48, 2\] needs 384"),
+    (lambda h: h["model.norm.weight"].update(shape=[47]), r"has 192 bytes, its shape \[47\] needs 188"),
     (lambda h: h["model.norm.weight"].update(dtype=["F32"]), r"dtype=\['F32'\], expected one of"),
     (lambda h: h.update({"model.norm.weight": "F32"}), "is 'F32', expected an object with dtype, shape and data_offsets"),
 ])

@@ -7,7 +7,7 @@ import torch
 
 from conftest import hf_twin, random_model
 from nanoo1.device import hold_freed_memory
-from nanoo1.engine import feed, generate, generate_budgeted, sample_next, token_stats
+from nanoo1.engine import Completion, feed, generate, generate_budgeted, sample_next, token_stats
 from nanoo1.model import Gemma2Config
 
 CONFIG = Gemma2Config.preset("tiny", sliding_window=16)
@@ -197,6 +197,24 @@ def test_budgeted_zero_think_budget_and_eos_while_thinking(model):
     (r,) = generate_budgeted(model, [prompt], think_budget=10, solution_budget=3, think_end_id=9, stop_token_ids=[eos])
     assert r.finish_reason == "stop_token" and 9 not in r.tokens and r.tokens[-1] == eos
 
+
+def test_a_row_that_stops_in_its_answer_leaves_the_next_rows_limit_alone(model):
+    """Row a ends on eos in its answer and leaves the batch; row b, compacted into its place, keeps its own limit."""
+    b, _, a = prompts_of([4, 8, 6], seed=3)
+    think_end = generate(model, [a], 1, stop_token_ids=[])[0].tokens[0]  # row a stops thinking at once
+    kw = dict(think_budget=8, solution_budget=6, think_end_id=think_end)
+    eos = generate_budgeted(model, [a], **kw, stop_token_ids=[])[0].tokens[1]  # row a's first answer token
+    first, second = generate_budgeted(model, [a, b], **kw, stop_token_ids=[eos])
+    assert first.tokens == [think_end, eos] and first.finish_reason == "stop_token"
+    # row b thinks 8 tokens, is forced </think>, then answers its 6 tokens
+    assert second.forced == [False] * 8 + [True] + [False] * 6
+    assert second.tokens == generate_budgeted(model, [b], **kw, stop_token_ids=[eos])[0].tokens
+
+
+def test_mean_logprob_leaves_out_forced_tokens():
+    # the forced token's 0.0 is not the model's: (-1 - 2) / 2 = -1.5
+    c = Completion(prompt=[1], tokens=[5, 6, 7], logprobs=[-1.0, 0.0, -2.0], forced=[False, True, False])
+    assert c.mean_logprob == -1.5
 
 def test_a_model_without_layers_generates():
     empty = random_model(Gemma2Config.preset("tiny", num_hidden_layers=0, layer_types=[]), seed=0, std=0.1)

@@ -107,6 +107,20 @@ def test_lora_linear_hand_computed():
     assert layer.weight is base.weight  # adopted, not copied
 
 
+def test_training_mode_drops_out_the_adapters_input_only():
+    layer = LoRALinear(nn.Linear(4, 4), rank=2, alpha=2.0, dropout=0.5).train()
+    with torch.no_grad():
+        layer.lora_A.fill_(1.0)
+        layer.lora_B.fill_(1.0)
+    x = torch.ones(1, 4)
+    torch.manual_seed(0)
+    got = layer(x)
+    torch.manual_seed(0)  # the same draw: the base sees x whole, the adapter sees the dropped x
+    dropped = nn.functional.dropout(x, 0.5, training=True)
+    want = nn.functional.linear(x, layer.weight, layer.bias) + dropped @ layer.lora_A.T @ layer.lora_B.T  # scaling 2 / 2
+    torch.testing.assert_close(got, want)
+    assert not torch.equal(got, layer.eval()(x))
+
 def test_output_equals_base_at_init_and_base_keys_are_kept():
     base = TinyGemmaLike()
     model = apply_lora(copy.deepcopy(base), ("q_proj", "v_proj"), rank=2, alpha=4.0)
@@ -209,6 +223,14 @@ def test_save_load_round_trip(tmp_path):
         assert count_trainable(model) == count_trainable(trained)
 
 
+
+def test_loading_onto_a_bare_model_keeps_the_saved_dropout(tmp_path):
+    save_lora(apply_lora(TinyGemmaLike(), ("q_proj",), rank=2, alpha=4.0, dropout=0.1), tmp_path / "a")
+    loaded = load_lora(TinyGemmaLike(), tmp_path / "a")
+    save_lora(loaded, tmp_path / "b")  # saving again writes what it loaded
+    assert json.loads((tmp_path / "b" / "adapter_config.json").read_text())["lora_dropout"] == 0.1
+
+
 def test_load_errors_name_the_file_and_the_key(tmp_path):
     d = tmp_path / "adapters"
     save_lora(apply_lora(TinyGemmaLike(), ("q_proj", "v_proj"), rank=2, alpha=4.0), d)
@@ -280,6 +302,8 @@ def test_save_refuses_what_peft_cannot_say_in_one_config(tmp_path):
 def test_apply_lora_rejects_unknown_targets_and_does_not_wrap_twice():
     with pytest.raises(ValueError, match="qkv"):
         apply_lora(TinyGemmaLike(), ("qkv",))
+    with pytest.raises(ValueError, match="proj"):  # a target is a whole dotted suffix: "proj" is not q_proj's
+        apply_lora(TinyGemmaLike(), ("proj",))
     model = apply_lora(TinyGemmaLike(), ("q_proj",), rank=2, alpha=4.0)
     adapter = model.model.layers[0].self_attn.q_proj.lora_A
     apply_lora(model, ("q_proj",), rank=2, alpha=4.0)  # a second call keeps the adapter it finds

@@ -101,6 +101,15 @@ def test_judge_terminals():
     assert judge(tree.add(step, "<expansion>", "x"), "9", max_depth=2) == "failure"
 
 
+def test_simulate_stops_a_chain_at_max_depth():
+    from nanoo1.grow import simulate
+    from nanoo1.policy import Request
+    # a policy that only ever writes expansions: the chain ends at depth 2 (root, 2 thoughts)
+    policy = ScriptedPolicy(lambda key: [("<expansion>", f"step {len(key)}", 0.5)], lambda key: 0.0)
+    tree = Tree(QUESTION)
+    (ends,), _ = simulate(policy, [Request(tree, tree.root, [None], [None])], max_depth=2)
+    assert [n.depth for n in ends] == [2] and len(tree.nodes) == 3
+
 def test_judge_fails_a_thought_its_step_checker_rejects():
     from nanoo1.rewards import equations_hold
 

@@ -212,3 +212,10 @@ def test_return_hidden_and_gradients_flow():
     assert torch.allclose(model.logits(hidden), logits)
     logits.sum().backward()
     assert all(p.grad is not None for p in model.parameters())
+
+
+def test_init_weights_sets_norm_weights_to_zero():
+    # Gemma's RMSNorm scales by 1 + weight, so weight 0 is the identity scale: 4 norms per layer, 4 layers, 1 final
+    model = Gemma2(Gemma2Config.preset("tiny")).init_weights(torch.Generator().manual_seed(0), std=0.02)
+    norms = [p for n, p in model.named_parameters() if n.endswith("norm.weight")]
+    assert len(norms) == 4 * 4 + 1 and all(torch.equal(p, torch.zeros_like(p)) for p in norms)

@@ -306,6 +306,8 @@ def test_ppm_learns_a_preference_from_pairs(code_tokenizer):
     assert r[0] > 0 > r[1] and ppm_pair_loss(r[:1], r[1:]).item() < 0.3
 
 
+WRONG_END = f"# Step 2: x\nprint(1)\n{STEP_END}\n<output>1</output>"  # a last step that printed an answer
+
 def test_best_traces_by_mean_q():
     tree = _tree()
     root = tree.root
@@ -315,6 +317,19 @@ def test_best_traces_by_mean_q():
     assert [[n.text for n in p[1:]] for p in best_traces(tree)] == [["b", "b1"], ["a", "a1"]]
     assert len(best_traces(tree, n=5)) == 3
 
+
+def test_paths_are_ranked_by_mean_q_not_its_sum():
+    tree = Tree("q")
+    a = tree.add(tree.root, "<expansion>", "a", value=0.9)
+    tree.add(a, "<conclusion>", "a1", value=1.0, terminal="success")  # mean (0.9 + 1) / 2 = 0.95, sum 1.9
+    b = tree.add(tree.add(tree.root, "<expansion>", "b", value=0.5), "<expansion>", "b2", value=0.5)
+    tree.add(b, "<conclusion>", "b3", value=1.0, terminal="success")  # mean 2 / 3 = 0.67, sum 2.0
+    assert [[n.text for n in p[1:]] for p in best_traces(tree, n=1)] == [["a", "a1"]]
+    wrong = [tree.add(tree.add(tree.root, "<expansion>", "w1", value=-0.2), "<conclusion>", WRONG_END, value=-1.0,
+                      terminal="failure")]  # mean -0.6, sum -1.2
+    w3 = tree.add(tree.add(tree.root, "<expansion>", "w2", value=-0.3), "<expansion>", "w3", value=-0.3)
+    wrong.append(tree.add(w3, "<conclusion>", WRONG_END, value=-0.7, terminal="failure"))  # mean -0.43, sum -1.3
+    assert [neg for _, neg in final_pairs(tree, per_side=1)] == [wrong[0]]
 
 def test_final_pairs_put_the_best_correct_trajectories_against_the_worst_that_printed_a_wrong_answer(code_tokenizer):
     tree = Tree(MIA.question)
@@ -409,6 +424,22 @@ def test_policy_judges_scripted_steps_and_fills_candidates(code_tokenizer, monke
     (kids,), _ = expand(policy, requests[:1])  # search keeps the policy's verdict on the node
     assert [(k.meta, k.terminal) for k in kids] == [("<expansion>", None), ("<expansion>", None), ("<expansion>", "failure")]
 
+
+def test_requests_of_unequal_k_each_prefill_their_own_prompt(code_tokenizer, monkeypatch):
+    step = "# Step 1: x\nx1 = 7 + 5\n" + STEP_END
+
+    def scripted(model, prompts, *a, num_samples=1, suffixes=None, **kw):
+        return [Completion(list(p) + suffixes[0], [5], step.removeprefix("#"), logprobs=[-0.5], scaled_logprobs=[-0.5],
+                           entropy=[1.0], varentropy=[0.5], forced=[False]) for p in prompts for _ in range(num_samples)]
+
+    monkeypatch.setattr(rstar, "generate", scripted)
+    model = random_model(Gemma2Config.preset("tiny", vocab_size=len(code_tokenizer), num_hidden_layers=1))
+    policy = RStarPolicy(model, code_tokenizer)
+    tree = Tree(MIA.question)
+    a, b = policy.propose([Request(tree, tree.root, [None] * 2, [None] * 2), Request(tree, tree.root, [None] * 3, [None] * 3)])
+    # k = 2 and k = 3 are not one fork: every candidate counts its prompt (the trace and step_prefix, one token)
+    n = len(encode_trace(code_tokenizer, tree.question, [])[0]) + 1
+    assert [c.prompt_tokens for c in a] == [n, n] and [c.prompt_tokens for c in b] == [n] * 3
 
 def test_steps_that_end_their_branch_without_an_answer_give_search_none(code_tokenizer, monkeypatch):
     # the only steps: one whose code fails (error_threshold 1 ends the branch) and one that prints nothing;
@@ -828,6 +859,22 @@ def test_verifier_table_on_a_scripted_solver(code_tokenizer, monkeypatch):
     rows = verifier_table(policy, code_tokenizer, problems, prm, orm, [4, 8])
     assert rows == [{"n": n, "vote": 1.0, "PRM": 0.0, "ORM": 1.0, "pass@N": 1.0} for n in (4, 8)]  # vote: 2-2, the first
 
+
+def test_pass_at_n_counts_the_first_n_samples_only(monkeypatch):
+    problem = Problem("What is 7 + 2?", "9", [Step(7, "+", 2, 9)])
+
+    def sample_chains(policy, questions, n, config, temperature=None, rate=False):
+        tree = Tree(questions[0])
+        answers = ["1"] * 4 + ["9"] + ["1"] * 3  # only sample 5 of 8 is right: pass@4 0, pass@8 1
+        ends = [tree.add(tree.root, "<conclusion>", f"# Step 1: x\nprint({a})\n{STEP_END}\n<output>{a}</output>")
+                for a in answers]
+        return [tree], [ends], None
+
+    monkeypatch.setattr(verifiers, "sample_chains", sample_chains)
+    monkeypatch.setattr(verifiers, "ppm_input", lambda tok, path: [0])
+    monkeypatch.setattr(verifiers, "ppm_scores", lambda scorer, seqs, pad_id, batch_size=32: torch.zeros(len(seqs)))
+    rows = verifier_table(None, type("T", (), {"pad_id": 0})(), [problem], None, None, [4, 8])
+    assert [row["pass@N"] for row in rows] == [0.0, 1.0]
 
 def test_slip_pairs_put_each_worked_step_against_its_slips(code_tokenizer):
     slips = slip_pairs(code_tokenizer, [MIA], seed=0)

@@ -45,7 +45,7 @@ def test_negative_example_propagates_the_error_and_trains_only_ratings_after_it(
 
 
 def test_an_early_error_propagates_through_later_steps(tiny_tokenizer):
-    problems = make_problems(50, seed=4)
+    problems = make_problems(300, seed=4)
     rng = random.Random(0)
     for p in problems:
         ids, mask = thought_example(p, tiny_tokenizer, rng, negative_fraction=1.0)
@@ -57,6 +57,7 @@ def test_an_early_error_propagates_through_later_steps(tiny_tokenizer):
         xs = [int(e.split()[0]) for e in eqs]
         ys = [int(e.split()[-1]) for e in eqs]
         assert xs[1:] == ys[:-1]  # every step starts from the previous (possibly wrong) result
+        assert min(ys) >= 0  # the chain stops before a subtraction would go below 0, as a task's never does
         assert tree.nodes[-1].text.endswith("{" + str(ys[-1]) + "}") and not check(tree.nodes[-1].text, p.answer)
 
 
@@ -138,3 +139,15 @@ def test_chain_ids_look_like_a_search_tree(tiny_tokenizer):
     ids, mask = thought_example(p, tiny_tokenizer, random.Random(1))
     tree = parse_tree(tiny_tokenizer.decode(ids[1:-1]))  # without <bos> and <eos>
     assert [n.meta for n in tree.nodes] == ["<problem>"] + ["<expansion>"] * 5 + ["<conclusion>"]
+
+
+def test_weight_decay_skips_the_one_dimensional_parameters(monkeypatch):
+    """AdamW gets two groups: matrices (embedding, projections) decayed, norm weights not."""
+    seen = []
+    real = torch.optim.AdamW
+    monkeypatch.setattr(torch.optim, "AdamW", lambda groups, **kw: seen.append(groups) or real(groups, **kw))
+    model = random_model(Gemma2Config.preset("tiny", num_hidden_layers=1))
+    train_sft(model, iter(()), SFTConfig(steps=0, weight_decay=0.1), progress=False)
+    decay = {g["weight_decay"]: g["params"] for g in seen[0]}
+    assert sorted(decay) == [0.0, 0.1] and decay[0.0]
+    assert all(p.dim() >= 2 for p in decay[0.1]) and all(p.dim() == 1 for p in decay[0.0])

@@ -137,6 +137,13 @@ def test_ids_are_unique_and_lookup_does_not_recurse():
     assert deep.node(1500) is node and len(deep.path(node)) == 1501 and node.depth == 1500
 
 
+def test_parsed_ids_continue_after_the_largest():
+    tree = Tree(QUESTION)
+    tree.add(tree.root, "<expansion>", "a", node_id=5)
+    tree.add(tree.root, "<expansion>", "b", node_id=3)  # a sibling written after it with a smaller id
+    back = parse_tree(tree.training_text())
+    assert back.next_id == 6 and [back.add(back.root, "<expansion>", "x").id for _ in range(2)] == [6, 7]
+
 def test_add_rejects_unknown_meta():
     with pytest.raises(ValueError, match="<guess>"):
         Tree(QUESTION).add(None, "<guess>", "x")

@@ -36,3 +36,23 @@ def test_one_forward_reads_every_thoughts_value_where_search_reads_it(tiny_token
         logits = rating_at(model, tok, hidden, torch.tensor([[rating for _, _, rating in spans]]))  # (1, 2, 2)
     read = torch.log_softmax(logits, -1)[0, :, 0]
     torch.testing.assert_close(read, rating_values(model, tok, [tree.path(step), tree.path(end)]), atol=1e-5, rtol=0)
+
+
+def test_chain_tokens_close_a_cut_thought_and_add_a_meta_the_prompt_held(tiny_tokenizer):
+    """With sampled tokens on the nodes, chain_tokens rebuilds render_path's text from them."""
+    from nanoo1.thoughts import render_path
+    tok = tiny_tokenizer
+    tree = Tree("Mia has 7 apples. She buys 5 more. How many apples does Mia have now?")
+    step = tree.add(tree.root, "<expansion>", "7 + 5 = 12")
+    end = tree.add(step, "<conclusion>", "The answer is \\boxed{12}", rating="negative")
+    # the meta was given in the prompt, not sampled: chain_tokens writes it before the sampled tokens
+    step.tokens = tok.encode("7 + 5 = 12<end_of_thought>", add_bos=False)
+    ids, spans = chain_tokens(tok, tree.path(end))
+    assert tok.decode(ids) == "<bos>" + render_path(tree.path(end))
+    assert ids[spans[0][0]:spans[0][1]] == step.tokens
+    # cut at the token limit, without <end_of_thought>: chain_tokens closes it
+    step.tokens = tok.encode("<expansion>7 + 5", add_bos=False)
+    ids, spans = chain_tokens(tok, tree.path(end))
+    step.text = "7 + 5"
+    assert tok.decode(ids) == "<bos>" + render_path(tree.path(end))
+    assert ids[spans[0][1]] == tok.token_id("<end_of_thought>")
