@@ -24,9 +24,10 @@ import torch
 from nanoo1.bench_dist import dist_section
 from nanoo1.bench_engine import SIZES, engine_section, random_model
 from nanoo1.bench_iteration import gpu_section, memory_section
-from nanoo1.config import entry_parser, positive_int
+from nanoo1.config import apply_flags, entry_parser, positive_int
 from nanoo1.device import process_setup
 from nanoo1.files import atomic_write
+from nanoo1.recipe import PRESETS
 
 
 def one_at_a_time(policy_class):
@@ -102,9 +103,6 @@ def _names(known, what: str):
 
 def _checked(p: argparse.ArgumentParser, args) -> None:
     """The flags that argparse's types cannot check alone, each refused by name before any section runs."""
-    from nanoo1.config import apply_flags
-    from nanoo1.recipe import PRESETS
-
     if args.new_tokens < 2:
         p.error(f"--new-tokens {args.new_tokens}: expected at least 2 (decode is timed over the tokens after the first)")
     if not 0 < args.bandwidth < math.inf:

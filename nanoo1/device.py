@@ -1,7 +1,8 @@
 """The machine a run is on: the device it asks for, and what every entry point sets up first.
 
-`check_device` and `resolve_device` read a --device setting, the latter into a torch device; `hold_freed_memory` keeps freed memory in
-glibc's heap; `process_setup` does the latter and sets torch's thread count.
+`check_device` and `resolve_device` read a --device setting, the latter into a torch device;
+`hold_freed_memory` keeps freed memory in glibc's heap; `process_setup` does the latter and sets torch's
+thread count.
 """
 
 from __future__ import annotations

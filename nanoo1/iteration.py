@@ -83,8 +83,8 @@ def imitation_iteration(model, tokenizer, opt, policy, problems, memory: Priorit
     greedy chains, fixed where the step checker caught a slip, show the policy what it would have written
     had it not slipped, on many more problems per second than MCTS reaches; the memory (a replay buffer
     with uniform priorities) keeps the problems of earlier iterations in play. Under torchrun each rank
-    gives its part of batch (`dist.share`) of its own chains to every step, and all ranks take as many steps as the one with
-    the fewest chains can."""
+    gives its part of batch (`dist.share`) of its own chains to every step, and all ranks take as many steps
+    as the one with the fewest chains can."""
     c = config.imitation
     results = checked_greedy(policy, [p.question for p in problems], step_checker(config), SearchConfig(), k=c.fix_candidates)
     wins = [r.tree.path(r.tree.node(r.path[-1])) for r, ok in zip(results, grade(results, [p.answer for p in problems])) if ok]

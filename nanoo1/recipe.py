@@ -150,10 +150,10 @@ class LoRASettings:
         check_settings(self, positive=("alpha",), non_negative=("rank",), fraction=("dropout",))
         if not self.targets.strip():
             raise ValueError("LoRASettings: --lora-targets names no layer")
-        for t in self.targets.split(","):
-            if t.strip() not in DEFAULT_TARGETS:
-                why = LM_HEAD_REFUSED if t.strip() == "lm_head" else f"expected some of {','.join(DEFAULT_TARGETS)}"
-                raise ValueError(f"LoRASettings: --lora-targets names {t.strip()!r}: {why}")
+        for t in (t.strip() for t in self.targets.split(",")):
+            if t not in DEFAULT_TARGETS:
+                why = LM_HEAD_REFUSED if t == "lm_head" else f"expected some of {','.join(DEFAULT_TARGETS)}"
+                raise ValueError(f"LoRASettings: --lora-targets names {t!r}: {why}")
 
     def apply(self, model, seed: int = 0):
         """Freeze `model` and give its target layers adapters (`lora.apply_lora`, A drawn with `seed`), decoder

@@ -50,7 +50,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from nanoo1.supervise import signal_name, clean_env
+from nanoo1.supervise import clean_env, signal_name
 
 SUPERVISOR = Path(__file__).with_name("supervise.py")  # run as a script, not imported, by `run_many`
 
