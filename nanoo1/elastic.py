@@ -142,7 +142,8 @@ def elastic_budgets(config: SelfPlayConfig) -> list[int | None]:
 def budget_jobs(model, tokenizer, config: SelfPlayConfig) -> dict:
     """The table's evaluations, {"think_<t>": job(problems) -> EvalResult}: greedy in the <think> format under each
     of `elastic_budgets` (`eval.evaluate_budgeted`)."""
-    return {f"think_{budget_name(b)}": lambda ps, b=b: evaluate_budgeted(model, tokenizer, ps, b, config.grpo.solution_budget)
+    return {f"think_{budget_name(b)}": lambda ps, b=b: evaluate_budgeted(model, tokenizer, ps, b, config.grpo.solution_budget,
+                                                                         config.search.max_rows)
             for b in elastic_budgets(config)}
 
 

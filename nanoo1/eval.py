@@ -24,7 +24,7 @@ from nanoo1.adapters import load_lora
 from nanoo1.checkpoint import load_pretrained
 from nanoo1.config import entry_parser, error_text, parse_bool, positive_int
 from nanoo1.device import process_setup, resolve_device
-from nanoo1.engine import generate_budgeted
+from nanoo1.engine import generate_budgeted, row_parts
 from nanoo1.mcts import MCTSConfig
 from nanoo1.rewards import check, equations_hold
 from nanoo1.policy import LMPolicy
@@ -84,14 +84,17 @@ def evaluate_sharded(job: Callable[[list[Problem]], EvalResult], problems: list[
 
 
 def evaluate_budgeted(model, tokenizer, problems: list[Problem], think_budget: int | None, solution_budget: int = 16,
-                      seed: int = 0) -> EvalResult:
+                      max_rows: int = 0, seed: int = 0) -> EvalResult:
     """Greedy accuracy of Elastic Reasoning's <think> format under a thinking budget (None: unlimited, all
-    the room the model's context leaves after the longest prompt and the answer)."""
+    the room the model's context leaves after the longest prompt and the answer); max_rows: at most this many
+    problems in one generate call, which bounds the KV cache (0: no limit)."""
     t = time.perf_counter()
     prompts = [tokenizer.encode(think_prompt(p.question)) for p in problems]
     room = model.config.max_position_embeddings - max(map(len, prompts)) - solution_budget - 1
-    rows = generate_budgeted(model, prompts, room if think_budget is None else think_budget, solution_budget,
-                             tokenizer.token_id("</think>"), stop_token_ids=[tokenizer.eos_id], tokenizer=tokenizer, seed=seed)
+    rows = [row for part in row_parts([1] * len(prompts), max_rows)
+            for row in generate_budgeted(model, prompts[part.start:part.stop], room if think_budget is None else think_budget,
+                                         solution_budget, tokenizer.token_id("</think>"), stop_token_ids=[tokenizer.eos_id],
+                                         tokenizer=tokenizer, seed=seed)]
     correct = [check(r.text.split("</think>")[-1], p.answer) for r, p in zip(rows, problems)]
     tokens = sum(len(r.tokens) for r in rows) / len(problems)
     return EvalResult("budget", think_budget, sum(correct) / len(problems), tokens, time.perf_counter() - t)
@@ -197,7 +200,7 @@ def main(argv=None):
     for method in methods:
         for budget in ([1] if method == "greedy" else budgets):
             if method == "budget":
-                job = lambda ps, b=budget: evaluate_budgeted(model, tokenizer, ps, b, seed=seed)
+                job = lambda ps, b=budget: evaluate_budgeted(model, tokenizer, ps, b, max_rows=args.max_rows, seed=seed)
             else:
                 job = lambda ps, m=method, b=budget: evaluate(model, tokenizer, ps, m, b, mcts=mcts, seed=seed,
                                                               temperature=args.temperature,

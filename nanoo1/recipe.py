@@ -212,9 +212,10 @@ def autocast(config: SelfPlayConfig) -> bool:
 def memory_estimate(config: SelfPlayConfig, model_config) -> dict[str, float]:
     """GiB the run needs on its device, by part: the weights in their dtype; the trained parameters' gradient
     and AdamW's two moments (float32; under LoRA also the float32 adapters themselves); the KV cache of the
-    widest generate call (MCTS rollouts, a row per candidate of every problem, or checked greedy's row per
-    imitation problem; at most max_rows), each row 8 thoughts' lines of up to max_thought_tokens; one chunk
-    of float32 log-probs over the vocabulary (rl.completion_logprobs, 512 positions of a micro-batch)."""
+    widest generate call, at most max_rows rows (PPO: MCTS rollouts, a row per candidate of every problem, or
+    checked greedy's row per imitation problem, each row 8 thoughts' lines of up to max_thought_tokens; GRPO:
+    the budget table's unlimited row, greedy in a row per held-out problem up to the model's context); one
+    chunk of float32 log-probs over the vocabulary (rl.completion_logprobs, 512 positions of a micro-batch)."""
     c, s = model_config, config.search
     weight_bytes = 2 if config.run.dtype == "bfloat16" else 4
     n = c.num_parameters
@@ -227,9 +228,12 @@ def memory_estimate(config: SelfPlayConfig, model_config) -> dict[str, float]:
         per_trained = 16  # the adapter, its gradient and two moments, float32
     else:
         trained, per_trained = n, 12  # the weights are counted already: their float32 gradient and two moments
-    rows = max(s.problems_per_iteration * s.num_candidates, config.imitation.problems)
+    if config.run.algo == "grpo":
+        rows, tokens = config.eval.problems, c.max_position_embeddings
+    else:
+        rows = max(s.problems_per_iteration * s.num_candidates, config.imitation.problems)
+        tokens = 8 * (s.max_thought_tokens + 24)  # a root-to-conclusion chain of at most 8 lines
     rows = min(rows, s.max_rows) if s.max_rows else rows
-    tokens = 8 * (s.max_thought_tokens + 24)  # a root-to-conclusion chain of at most 8 lines
     kv_bytes = 2 * c.num_hidden_layers * c.num_key_value_heads * c.head_dim * weight_bytes
     gib = 2 ** 30
     return {"weights": n * weight_bytes / gib, "trained + optimizer": trained * per_trained / gib,

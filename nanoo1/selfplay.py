@@ -197,7 +197,8 @@ def run(config: SelfPlayConfig, resume: str | None = None, from_scratch: bool = 
         else:
             m = grpo_iteration(model, tokenizer, opt, problems, it, c, seed)
             m["think_quick"] = evaluate_sharded(lambda ps: evaluate_budgeted(  # held out, greedy at t*
-                model, tokenizer, ps, config.grpo.think_budget, config.grpo.solution_budget), test[:config.eval.quick]).accuracy
+                model, tokenizer, ps, config.grpo.think_budget, config.grpo.solution_budget, config.search.max_rows),
+                test[:config.eval.quick]).accuracy
         m = dist.combine(m, summed=("chains", "restamped", "imitation_replayed"))
         m["lr"] = c.ppo.lr if ppo else c.grpo.grpo_lr
         if ppo and config.eval.every and (it + 1) % config.eval.every == 0:

@@ -309,6 +309,26 @@ def test_eval_command_takes_an_unlimited_thinking_budget(tmp_path, warmstart, ca
     assert "for --methods budget alone" in capsys.readouterr().err
 
 
+def test_budgeted_evaluations_honour_max_rows(monkeypatch, warmstart):
+    """The <think> evaluations (eval's budget method, self-play's budget table and t* check) cut their problems
+    into generate calls of at most search.max_rows rows, as rollouts do, with the same greedy result."""
+    import nanoo1.eval as eval_mod
+    from nanoo1.elastic import budget_jobs
+    from nanoo1.tasks import load_jsonl
+
+    model, tok = load_pretrained(warmstart)
+    problems = load_jsonl(TINY_DIR / "test.jsonl")[:5]
+    calls, real = [], eval_mod.generate_budgeted
+    monkeypatch.setattr(eval_mod, "generate_budgeted", lambda m, prompts, *a, **kw: calls.append(len(prompts)) or real(m, prompts, *a, **kw))
+    whole = eval_mod.evaluate_budgeted(model, tok, problems, 6, solution_budget=4)
+    assert calls == [5]
+    calls.clear()
+    config = apply_flags(PRESETS["tiny"], {"algo": "grpo", "think_budget": 6, "solution_budget": 4, "max_rows": 2})
+    split = budget_jobs(model, tok, config)["think_6"](problems)
+    assert calls == [2, 2, 1]
+    assert (split.accuracy, split.tokens) == (whole.accuracy, whole.tokens)
+
+
 def untimed(row):
     return {k: untimed(v) if isinstance(v, dict) else v for k, v in row.items() if k != "seconds"}
 
@@ -629,6 +649,12 @@ def test_memory_estimate_of_the_2b_preset_fits_a_16_gb_card():
     assert 0 < need["trained + optimizer"] < 1 and sum(need.values()) < 16
     full = memory_estimate(apply_flags(PRESETS["2b"], {"lora_rank": 0, "dtype": "float32"}), Gemma2Config.preset("2b"))
     assert full["trained + optimizer"] == pytest.approx(2_614_341_888 * 12 / 2 ** 30, rel=1e-6)  # grads, 2 moments
+    # GRPO: the budget table's unlimited row fills the context, 32 rows (max_rows) of 8192 slots of K and V,
+    # 26 layers x 4 heads x 256 in bf16; without max_rows a row for each of the 200 held-out problems
+    grpo = memory_estimate(apply_flags(PRESETS["2b"], {"algo": "grpo"}), Gemma2Config.preset("2b"))
+    assert grpo["kv cache"] == pytest.approx(32 * 8192 * 2 * 26 * 4 * 256 * 2 / 2 ** 30)
+    wide = memory_estimate(apply_flags(PRESETS["2b"], {"algo": "grpo", "max_rows": 0}), Gemma2Config.preset("2b"))
+    assert wide["kv cache"] == pytest.approx(200 / 32 * grpo["kv cache"])
 
 
 def test_grpo_with_lora_takes_its_kl_against_the_base_with_the_adapters_off(tmp_path, warmstart, monkeypatch, capsys):
