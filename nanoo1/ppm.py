@@ -70,8 +70,11 @@ def orm_loss(r: torch.Tensor, correct: torch.Tensor) -> torch.Tensor:
     """The ORM's loss: binary cross-entropy of p = (1 + r) / 2 against the outcome (1.0 correct, 0.0 wrong).
 
     Since tanh(z) = 2 sigmoid(2z) - 1, p = sigmoid(2z): logistic regression of the outcome on the head's logit.
+    Written out in float32, each log clamped at -100 as torch's binary_cross_entropy does, since CUDA autocast
+    refuses that op.
     """
-    return F.binary_cross_entropy((1 + r.float()) / 2, correct.float())
+    p, y = (1 + r.float()) / 2, correct.float()
+    return -(y * p.log().clamp(min=-100) + (1 - y) * (1 - p).log().clamp(min=-100)).mean()
 
 
 @torch.no_grad()

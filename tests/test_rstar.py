@@ -817,6 +817,27 @@ def test_orm_loss_is_logistic_regression_on_the_heads_logit():
     z, y = torch.tensor([-2.0, -0.3, 0.0, 0.4, 3.0]), torch.tensor([0.0, 1.0, 1.0, 0.0, 1.0])
     assert orm_loss(torch.tanh(z), y).item() == pytest.approx(F.binary_cross_entropy_with_logits(2 * z, y).item(), rel=1e-5)
     assert orm_loss(torch.zeros(3), torch.tensor([0.0, 1.0, 1.0])).item() == pytest.approx(math.log(2))
+    r, y = torch.tensor([-1.0, -1.0, 1.0, 1.0, 0.5]), torch.tensor([0.0, 1.0, 0.0, 1.0, 1.0])  # the logs' clamp
+    assert orm_loss(r, y).item() == pytest.approx(F.binary_cross_entropy((1 + r) / 2, y).item(), rel=1e-6)
+
+
+def test_orm_loss_runs_under_cuda_autocast():
+    """ppm.fit trains the ORM under bf16 autocast, and CUDA autocast refuses F.binary_cross_entropy. Without a
+    GPU, switch on for this thread the dispatch key torch.autocast("cuda") routes every op through."""
+    key = torch._C.DispatchKey.AutocastCUDA
+    r = torch.tensor([-0.5, 0.2, 0.9], requires_grad=True)
+    assert not torch._C._dispatch_tls_is_dispatch_key_included(key) and torch._C._dispatch_tls_is_dispatch_key_excluded(key)
+    torch._C._dispatch_tls_set_dispatch_key_included(key, True)
+    torch._C._dispatch_tls_set_dispatch_key_excluded(key, False)
+    try:
+        with pytest.raises(RuntimeError, match="unsafe to autocast"):  # the key is on: torch's own op is refused
+            F.binary_cross_entropy((1 + r) / 2, torch.ones(3))
+        loss = orm_loss(r, torch.tensor([0.0, 1.0, 1.0]))
+    finally:
+        torch._C._dispatch_tls_set_dispatch_key_included(key, False)
+        torch._C._dispatch_tls_set_dispatch_key_excluded(key, True)
+    loss.backward()
+    assert torch.isfinite(r.grad).all()
 
 
 def test_outcome_examples_are_the_paths_that_printed_labelled_by_the_search(code_tokenizer):
