@@ -43,7 +43,7 @@ _BOX_OPEN = re.compile(r"\\boxed\s*\{")
 _BOX_BODY = re.compile(rf"({_balanced(BOX_DEPTH - 1)})\}}")  # the content and the closing brace
 # "answer is" / "answer:", the white space after it, and a colon if something follows the colon on its line;
 # something must follow. Where nothing does, each shorter run of the white space fails at its first character,
-# so a failed match takes linear time (a lookahead scanning on from each of them took quadratic time).
+# so a failed match takes linear time.
 _ANSWER_IS = re.compile(r"answer\s*(?:is\b|:)\s*(?::(?=[^\S\n]*\S)|(?=\S))", re.IGNORECASE)
 _HASHES = re.compile(r"####([^\n]*)")
 # LaTeX and currency decoration that never changes a value (percent signs: _PERCENT)
@@ -102,8 +102,9 @@ def extract_answer(text: str) -> str | None:
     0. rStar's `<output>...</output>` observation (what the final code step printed): its last line;
     1. `\\boxed{...}` (nested braces allowed): its content;
     2. a GSM8K `#### ...` line: the rest of the line;
-    3. "answer is ..." / "answer: ...": the first number after it on that line (else the words up to
-       the end of the sentence); "answer isn't" states none;
+    3. "answer is ..." / "answer: ...": the first number on the rest of its line, or on the next line
+       with text when nothing follows on its own (else the words up to the end of the sentence);
+       "answer isn't" states none;
     4. the last number anywhere: "1,234", "-3.5", "3/4", "\\frac{3}{4}".
     A number keeps its percent sign ("50%"). A trailing period is dropped. `parse_number` turns the result
     into a value. Linear in the text.
@@ -203,9 +204,10 @@ def _reference_answer(ground_truth) -> str | None:
     return _trim(boxed if boxed is not None else ground_truth)
 
 
-def _candidates(answer: str, value: Fraction) -> set:
-    """The values an answer may mean: its number, and with a percent sign also that number / 100."""
-    return {value, value / 100} if "%" in answer else {value}
+def _candidates(answer: str, value: Fraction, other: str) -> set:
+    """The values an answer may mean beside `other`: its number, and with a percent sign that `other` lacks
+    also that number / 100."""
+    return {value, value / 100} if "%" in answer and "%" not in other else {value}
 
 
 def check(response: str, ground_truth, rel_tol: float = 1e-6) -> bool:
@@ -225,21 +227,22 @@ def answer_matches(predicted: str | None, ground_truth, rel_tol: float = 1e-6) -
     - numbers (`parse_number`): "1,234", "1{,}234", "$1,234.00", "1234 dollars", "1234\\text{ cm}" and
       "\\frac{2468}{2}" are all 1234; "\\dfrac{3}{4}", "\\tfrac34", "0.75" and "3/4" are equal; so are
       "2^{10}" and 1024, "3 \\times 10^5" and 300000, "-5", "−5" and "- 5", "5." and "5";
-    - a percent sign is dropped (50% is 50, as Hendrycks's normaliser does), or divides by 100 when the
-      other side has none ("50%" also matches 0.5);
+    - a percent sign is dropped (50% is 50, as Hendrycks's normaliser does); when the other side has
+      none it may also divide by 100 ("50%" matches 50 and 0.5, not "0.5%");
     - two numbers are equal when their exact values are, or when one is not an integer and they agree
       within rel_tol (0.333333 matches 1/3, while 1450000 and 1450001 stay apart);
     - lettered choices compare by letter: "(B)", "B", "B.", "\\text{(B)}", "\\textbf{B}" and "(b)";
     - anything else compares as `normalize_answer` keys; a number never equals a non-number.
     """
     truth = _reference_answer(ground_truth)
+    predicted = _trim(predicted) if isinstance(predicted, str) else None
     if predicted is None or truth is None:
         return False
     x, y = parse_number(predicted), parse_number(truth)
     if x is not None and y is not None:
         tolerance = Fraction(str(rel_tol))  # 1e-6 exactly, not the binary float nearest to it
-        for a in _candidates(predicted, x):
-            for b in _candidates(truth, y):
+        for a in _candidates(predicted, x, truth):
+            for b in _candidates(truth, y, predicted):
                 both_integers = a.denominator == 1 and b.denominator == 1
                 if a == b or (not both_integers and abs(a - b) <= tolerance * max(abs(a), abs(b))):
                     return True

@@ -134,6 +134,9 @@ def test_check(response, truth, expected):
     (r"The answer is $50\%$.", "0.5", True),
     ("So 30 of 60 is 50 %.", "0.5", True),
     ("The answer is 50%.", "50", True),
+    (r"\boxed{50\%}", r"0.5\%", False),  # both sides in percent: no side is read as a fraction of 100
+    (r"\boxed{5000\%}", r"50\%", False),
+    (r"\boxed{50\%}", r"50\%", True),
     # units and currency around a number
     (r"\boxed{5\text{ cm}^2}", "5", True),
     (r"\boxed{12 \mathrm{~cm}}", "12", True),
@@ -388,3 +391,4 @@ def test_an_answer_once_extracted_is_compared_not_extracted_again():
     assert extract_answer("print(x1)\nprint(x2)\n<end_of_step>\n<output>9\n12\n</output>") == "12"
     assert not check("print(t)\n<end_of_step>\n<output>Total: 12</output>", "12")
     assert not answer_matches("Total: 12", "12")
+    assert answer_matches("5.", "5") and answer_matches("5", "5.")  # a trailing period on either side, as documented
