@@ -115,12 +115,13 @@ def generate_calls(requests: list[Request], max_rows: int, default: float | None
 class LMPolicy:
     """The policy interface over a nanoo1 model and its tokenizer.
 
-    temperature, top_k, top_p: sampling (a request's own temperature wins); max_thought_tokens: a thought
-    not finished by <end_of_thought> within this many tokens is cut there; value_batch_size: rows per value
-    pass; max_rows: at most this many sequences in one generate call, more requests going in several calls
-    in order (0: no limit), which bounds the KV cache (a 2B model's 8 rolled-out 192-token thoughts hold
-    0.2 GB a row); seed: the torch.Generator all sampling draws from. Thought log-probs are kept under the
-    sampling distribution (logits / temperature, what PPO's ratio needs), the prior under the model's own.
+    temperature, top_k, top_p: sampling (a request's own temperature wins; a rollout's requests share one);
+    max_thought_tokens: a thought not finished by <end_of_thought> within this many tokens is cut there;
+    value_batch_size: rows per value pass; max_rows: at most this many sequences in one generate call, more
+    requests going in several calls in order (0: no limit), which bounds the KV cache (a 2B model's 8 rolled-out
+    192-token thoughts hold 0.2 GB a row); seed: the torch.Generator all sampling draws from. Thought log-probs
+    are kept under the sampling distribution (logits / temperature, what PPO's ratio needs), the prior under the
+    model's own.
     """
 
     def __init__(self, model, tokenizer, temperature: float = 1.0, max_thought_tokens: int = 64, top_k: int | None = None,
@@ -173,6 +174,8 @@ class LMPolicy:
         """
         if any(r.k != requests[0].k for r in requests):
             raise ValueError("rollout: every request must ask for the same number of chains")
+        if any(r.temperature != requests[0].temperature for r in requests):
+            raise ValueError("rollout: every request must sample at the same temperature")
         next_id = {}  # tree -> the id its next thought gets, carried from one generate call to the next
         return [chains for part in row_parts([r.k for r in requests], self.max_rows)
                 for chains in self._rollout([requests[n] for n in part], max_depth, next_id)]

@@ -366,6 +366,9 @@ def test_rollout_equals_thought_by_thought_generation(format_model, tiny_tokeniz
     (chains,) = policy.rollout([Request(tree, tree.root, [None] * 3, [None] * 3, temperature=1.0)], max_depth=3)
     ids = sorted(c.node_id for chain in chains for c in chain)
     assert ids == list(range(1, len(ids) + 1)) and [chain[0].node_id for chain in chains] == [1, 2, 3]
+    # one generate call samples at one temperature: requests that ask for two are refused, not sampled at the first's
+    with pytest.raises(ValueError, match="same temperature"):
+        policy.rollout([Request(tree, tree.root, [None], [None], temperature=t) for t in (0.0, 1.0)], max_depth=3)
 
 
 def test_max_rows_splits_sampling_into_calls_of_at_most_that_many_rows(format_model, tiny_tokenizer, monkeypatch):
