@@ -152,7 +152,7 @@ def finetune_policy(base_model, examples, pad_id: int, config: EvolveConfig, see
     if examples:
         steps = passes(config.sft_epochs, len(examples), config.sft_batch_size)
         sft = SFTConfig(steps=steps, batch_size=min(config.sft_batch_size, len(examples)), lr=config.sft_lr,
-                        warmup=max(1, steps // 10), bf16=config.autocast, seed=seed)
+                        warmup=max(1, steps // 10), bf16=config.autocast)
         batches = make_batches(examples, lambda example, rng: example, sft.batch_size, random.Random(seed), pad_id)
         place = dist.place()  # under torchrun each rank takes every world-th row of a batch (sft_step sums them)
         if sft.batch_size >= place.world > 1:
@@ -283,7 +283,7 @@ def main(argv=None):
     g.add_argument("--tiny", action="store_true", help="the tiny task, from data/tiny/warmstart-code (rStar-Math's "
                    "warm start: the code format alone) or, where that is missing, from one trained first into OUT/base")
     g.add_argument("--warmstart-steps", type=int, default=CODE_SFT.steps, help="SFT steps of that warm start")
-    add_process_flags(g)  # --threads: with --tiny 1 by default, the fastest for it
+    add_process_flags(g, "1 with --tiny, the fastest for it; else torch's choice")
     g.add_argument("--procs", type=positive_int, default=None, help="processes on this machine, one per core: with more "
                    "than 1 the run starts itself under torchrun (default: 2 with --tiny on a machine of 2 or more "
                    "cores, else 1; under torchrun its own count)")

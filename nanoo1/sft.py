@@ -7,11 +7,12 @@ the thought format are built here; `think_example` is Elastic Reasoning's <think
 A thought-format example is one root-to-leaf path in the LongCoT format (thoughts.py):
 
     positive: <problem>question / <expansion>7 + 5 = 12 / ... / <conclusion>\\boxed{18}, all rated positive
-    negative: the same path cut at a corrupted step (7 + 5 = 13), rated <negative_rating>
+    negative: the same path with one step's result corrupted (7 + 5 = 13) and the later steps computed
+              from it to a wrong conclusion, rated <negative_rating> from the corrupted step on
 
-The mask covers everything after the question, except that the text of a corrupted step is never
-trained (only its rating token is): the policy learns correct steps, and the rating-token value head
-learns to tell a wrong step from a right one at the very position where search reads it.
+The mask covers everything after the question, except that from the corrupted step on only the rating
+tokens are trained, never the text: the policy learns correct steps, and the rating-token value head
+learns to tell a path with a wrong step from a right one at the very position where search reads it.
 """
 
 from __future__ import annotations
@@ -42,7 +43,6 @@ class SFTConfig:
     grad_clip: float = 1.0  # max gradient norm
     negative_fraction: float = 0.3  # share of thought-format sequences that end in a corrupted, negative step
     bf16: bool = True  # autocast matmuls to bfloat16 on CPU (about 2x faster where AVX512-BF16 exists)
-    seed: int = 0
 
 
 def _corrupt(value: int, rng: random.Random) -> int:
