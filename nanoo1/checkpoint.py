@@ -6,8 +6,8 @@
     tokenizer.json, tokenizer_config.json, special_tokens_map.json, generation_config.json
 
 Loading never holds the weights twice: the model is built on the meta device (no memory), then each
-tensor is read from its file straight into its final buffer (`readinto`, no mmap, no float32 detour)
-and assigned in place. A safetensors file is an 8-byte little-endian header length N, N bytes of JSON
+tensor is read from its file (`readinto`, no mmap), converted to the asked dtype and device if it is
+not in them already, and assigned in place, one tensor at a time. A safetensors file is an 8-byte little-endian header length N, N bytes of JSON
 ({key: {"dtype", "shape", "data_offsets": [begin, end]}}), then the raw bytes.
 """
 
@@ -164,7 +164,7 @@ def resolve_checkpoint(path_or_repo_id: str | os.PathLike, revision: str | None 
     """A local directory as is; otherwise a hub id (owner/name) fetched with huggingface_hub.snapshot_download.
 
     A name that can only be a path is an error at once, before any download: one that starts with '.'
-    or '~', is absolute, has more than one part, has characters no hub id has, or whose first part
+    or '~', is absolute, is not two parts owner/name, has characters no hub id has, or whose first part
     exists here ('runs/final' when runs/ does). Only json, safetensors and tokenizer files are fetched;
     HF_HUB_OFFLINE=1 and the hub cache (HF_HOME / HF_HUB_CACHE) are honoured by huggingface_hub itself.
     """

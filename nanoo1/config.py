@@ -50,9 +50,9 @@ def entry_parser(doc: str, first_group: str) -> tuple[argparse.ArgumentParser, a
     return p, p.add_argument_group(first_group)
 
 
-def add_process_flags(group) -> None:
+def add_process_flags(group, threads_default: str = "torch's choice") -> None:
     """--threads and --no-progress, which every long-running entry point takes."""
-    group.add_argument("--threads", type=positive_int, default=None, help="torch.set_num_threads (default: torch's choice)")
+    group.add_argument("--threads", type=positive_int, default=None, help=f"torch.set_num_threads (default: {threads_default})")
     group.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 

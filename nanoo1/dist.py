@@ -8,8 +8,8 @@ process group (nccl on cuda, gloo on cpu). The recipe then follows nanochat's: e
 world-th problem (`shard`), searches it with generators seeded from the run seed and its rank
 (`rank_seed`), and trains on its own experience; the gradients are summed across ranks (`sum_gradients`)
 before every optimizer step, so the weights stay the same on every rank. Without torchrun (WORLD_SIZE
-unset) the place is rank 0 of 1 and every function here returns its input untouched: the one-process run
-is the code path it always was.
+unset) the place is rank 0 of 1 and every function here returns its input untouched, so one process runs
+the same code path.
 """
 
 from __future__ import annotations

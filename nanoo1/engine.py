@@ -325,7 +325,7 @@ def generate_budgeted(model, prompts: list[list[int]], think_budget: int, soluti
 
     A row that did not emit `think_end_id` within the budget gets it appended (forced[j] = True there,
     log-probs 0); the forced token is part of the completion and of the loss mask. A row that stops
-    (eos) while still thinking ends there, without </think> (its reward is 0). The answer phase samples
+    (eos) while still thinking ends there, without </think>. The answer phase samples
     up to solution_budget tokens in the same cache and stops on stop_token_ids (default: eos).
     """
     generator = seeded_generator(model, seed, generator)

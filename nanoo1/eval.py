@@ -148,7 +148,7 @@ def main(argv=None):
                    "tiny task's 32; the 2b preset trains with 192)")
     g.add_argument("--max-rows", type=int, default=0, help="at most this many sequences in one generate call (0: no "
                    "limit); bounds the KV cache (e.g. 32 for gemma-2-2b on a 16 GB GPU, as the 2b preset)")
-    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--seed", type=int, default=0, help="seed of the searches' sampling")
     g.add_argument("--check-equations", type=parse_bool, default=True,
                    help="mcts: a thought with a false `a op b = c` is a failed terminal (the step checker self-play uses)")
     g.add_argument("--threads", type=positive_int, default=None, help="torch.set_num_threads")

@@ -46,13 +46,13 @@ def main(argv=None):
     g.add_argument("--prompt", default="Hello I am", help="text to continue")
     g.add_argument("--chat", action="store_true", help="wrap the prompt in Gemma's chat turn (for -it models)")
     g = p.add_argument_group("sampling")
-    g.add_argument("--max-new-tokens", type=positive_int, default=32)
+    g.add_argument("--max-new-tokens", type=positive_int, default=32, help="tokens to generate at most, per sample")
     g.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
     g.add_argument("--top-k", type=int, default=None, help="sample among the k likeliest tokens (0: no limit)")
     g.add_argument("--top-p", type=float, default=None, help="sample among the likeliest tokens whose probabilities "
                    "sum to p, in (0, 1] (1: no limit)")
     g.add_argument("--num-samples", type=positive_int, default=1, help="samples forked from one prefill of the prompt")
-    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--seed", type=int, default=0, help="seed of the sampling (and of the tiny random model)")
     args = p.parse_args(argv)
     if not 0 <= args.temperature < math.inf:
         p.error(f"--temperature {args.temperature}: expected a number >= 0 (0: greedy)")

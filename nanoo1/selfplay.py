@@ -17,7 +17,7 @@ memory + optimizer + random states; the last `--keep-checkpoints` stay); `--resu
 exactly with the settings it was started with. Metrics go to DIR/metrics.jsonl; the last line printed is
 one JSON object with the headline figures, also kept in DIR/summary.json.
 
-    python -m nanoo1.selfplay --tiny                       # about 7 minutes on 2 CPU cores
+    python -m nanoo1.selfplay --tiny                       # about 6 minutes on 2 CPU cores
     python -m nanoo1.selfplay --tiny --from-scratch        # redo the warm start too
     python -m nanoo1.selfplay --tiny --algo grpo           # about 2 minutes (--reward cosine: the length reward)
     python -m nanoo1.selfplay --model qq8933/OpenLongCoT-Base-Gemma2-2B --data train.jsonl --test-data test.jsonl
@@ -74,9 +74,9 @@ def _table(rows: list[tuple[str, EvalResult, EvalResult]]) -> str:
 
 
 def evaluate_all(model, tokenizer, problems, config: SelfPlayConfig, tag: str, progress: bool, seed: int) -> dict[str, EvalResult]:
-    """The before/after table's rows: for PPO greedy, best-of-N and MCTS in the thought format (with the step
-    checker as a tool, like rStar's code execution: no ground truth needed); for GRPO greedy in the <think>
-    format at each of `elastic_budgets`.
+    """The before/after table's rows: for PPO greedy, best-of-N and MCTS in the thought format (MCTS with the
+    step checker as a tool, like rStar's code execution: no ground truth needed); for GRPO greedy in the
+    <think> format at each of `elastic_budgets`.
     Under torchrun each rank evaluates its share of the problems (`eval.evaluate_sharded`)."""
     from tqdm.auto import tqdm
 

@@ -219,8 +219,8 @@ def main(argv=None):
     p.add_argument("--out", type=Path, default=TINY_DIR, help="directory for train.jsonl, test.jsonl, tokenizer.json")
     p.add_argument("--train", type=int, default=10000, help="training problems")
     p.add_argument("--test", type=int, default=500, help="held-out problems")
-    p.add_argument("--seed", type=int, default=1234)
-    p.add_argument("--vocab-size", type=int, default=512)
+    p.add_argument("--seed", type=int, default=1234, help="seed of the problems drawn")
+    p.add_argument("--vocab-size", type=int, default=512, help="tokens in the trained tokenizer, special tokens included")
     args = p.parse_args(argv)
     from nanoo1.tokenizer import train_tokenizer
 

@@ -116,7 +116,7 @@ def main(argv=None):
     p.add_argument("--out", type=Path, default=None, help="where to save it (default: data/tiny/warmstart)")
     p.add_argument("--steps", type=positive_int, default=None, help=f"optimizer steps (default {WARMSTART_SFT.steps}; "
                    f"with --code {CODE_SFT.steps})")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the model's initialisation and the examples drawn")
     p.add_argument("--threads", type=positive_int, default=None, help="torch.set_num_threads")
     args = p.parse_args(argv)
     name = "think" if args.think else "code" if args.code else "mixed"
