@@ -23,7 +23,7 @@ from nanoo1.exercises.e05_rl import check_gae, check_grpo_advantages, check_ppo_
 from nanoo1.exercises.e06_budgets import _ThinkingLM, check_cosine_length_reward, check_generate_budgeted  # noqa: F401
 from nanoo1.exercises.e07_replay import check_replay_sample, check_sum_tree
 from nanoo1.exercises.e08_rstar import _searched_code_tree, check_parse_step, check_ppm_pair_loss, check_preference_pairs  # noqa: F401
-from nanoo1.exercises.e09_selfplay import _lucky_tree, check_relabel_lucky, check_success_rates  # noqa: F401
+from nanoo1.exercises.e09_selfplay import _lucky_tree, _self_play_tree, check_relabel_lucky, check_success_rates  # noqa: F401
 
 # the private names above are the stand-ins and fixtures that notebooks and failure messages name
 __all__ = [
