@@ -445,9 +445,10 @@ def test_tiny_grpo_starts_from_elastic_reasonings_warm_start(monkeypatch):
 
     seen = []
     monkeypatch.setattr(selfplay, "run", lambda config, **kw: seen.append(config) or {})
-    for flags in (["--algo", "grpo"], [], ["--algo", "grpo", "--warmstart", "mine"], ["--algo", "grpo", "--model", "hub/x"]):
+    for flags in (["--algo", "grpo"], [], ["--algo", "grpo", "--warmstart", "mine"],
+                  ["--algo", "grpo", "--model", str(WARMSTART_DIR)]):  # --model's tokenizer is read at set-up
         main(["--tiny", *flags])
-    assert [c.run.warmstart for c in seen] == [str(THINK_DIR), str(WARMSTART_DIR), "mine", "hub/x"]
+    assert [c.run.warmstart for c in seen] == [str(THINK_DIR), str(WARMSTART_DIR), "mine", str(WARMSTART_DIR)]
 
 
 @pytest.mark.parametrize("flags,message", [
@@ -638,6 +639,26 @@ def test_a_model_without_tiny_takes_the_2b_preset_and_needs_its_data(capsys, mon
     assert "--lora-rank 0 (full fine-tuning) with --dtype bfloat16" in capsys.readouterr().err
     full = apply_flags(PRESETS["2b"], {"lora_rank": 0, "dtype": "float32", "bf16": True})  # the way to fine-tune fully
     assert (full.lora.rank, full.run.dtype) == (0, "float32")
+
+
+def test_a_model_without_the_formats_tokens_is_refused_before_its_weights_are_read(tmp_path, capsys, monkeypatch):
+    """google/gemma-2-2b's tokenizer has none of the thought format's tokens: a usage error names them (and the
+    checkpoint that has them) before the run loads the model, and GRPO's format, whose token it has, is let through."""
+    import nanoo1.selfplay as selfplay
+    from nanoo1.tasks import make_problems
+    from nanoo1.tokenizer import CONTROL_TOKENS, THINK_TOKENS, train_tokenizer
+
+    tok = train_tokenizer([p.question for p in make_problems(200, 0)], 400, special_tokens=CONTROL_TOKENS + THINK_TOKENS)
+    save_pretrained(random_model(TINY_MODEL, seed=0), tok, tmp_path / "plain")
+    started = []
+    monkeypatch.setattr(selfplay, "run", lambda config, **kw: started.append(config.run.algo) or {})
+    data = ["--data", str(TINY_DIR / "train.jsonl"), "--test-data", str(TINY_DIR / "test.jsonl"), "--device", "cpu"]
+    with pytest.raises(SystemExit):
+        main(["--model", str(tmp_path / "plain"), *data, "--out", str(tmp_path / "a")])
+    err = capsys.readouterr().err
+    assert "has no <end_of_thought>, <conclusion>, <start_of_rating>" in err and "OpenLongCoT-Base-Gemma2-2B" in err
+    main(["--model", str(tmp_path / "plain"), *data, "--out", str(tmp_path / "b"), "--algo", "grpo"])
+    assert started == ["grpo"]
 
 
 def test_memory_estimate_of_the_2b_preset_fits_a_16_gb_card():
