@@ -188,10 +188,12 @@ def main(argv=None):
         model, tokenizer = load_pretrained(args.checkpoint, dtype=dtype, device=device)
         if args.adapters:
             load_lora(model, args.adapters)
+        if tokenizer is None:
+            raise ValueError(f"{args.checkpoint} has no tokenizer.json")
+        for method in methods:
+            tokenizer.require("think" if method == "budget" else "thought", f"--methods {method}")
     except (OSError, ValueError, KeyError) as e:  # KeyError: a key missing from a file, adapters that do not fit
         p.error(error_text(e))
-    if tokenizer is None:
-        p.error(f"{args.checkpoint} has no tokenizer.json")
     place = dist.place()
     seed = dist.rank_seed(args.seed, place.rank)
     results = []

@@ -274,11 +274,6 @@ def warmstart_kind(algo: str) -> str:
     return "think" if algo == "grpo" else "mixed"
 
 
-# the tokens each algorithm's format looks up by id (LMPolicy and the rating-token value; the budgeted rollout)
-FORMAT_TOKENS = {"ppo": ["<end_of_thought>", "<conclusion>", "<start_of_rating>", "<positive_rating>", "<negative_rating>"],
-                 "grpo": ["</think>"]}
-
-
 def tiny_warmstart(algo: str) -> str:
     """Where that warm start is shipped: data/tiny/warmstart, or data/tiny/warmstart-think for GRPO."""
     return str(KINDS[warmstart_kind(algo)])

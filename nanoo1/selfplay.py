@@ -44,8 +44,8 @@ from nanoo1.files import atomic_write
 from nanoo1.iteration import imitation_iteration, ppo_iteration
 from nanoo1.policy import LMPolicy
 from nanoo1.replay import PrioritizedReplay
-from nanoo1.recipe import (FORMAT_TOKENS, PRESETS, SelfPlayConfig, default_out, draws_per_iteration, iteration_config,
-                           memory_estimate, step_checker, tiny_warmstart, warmstart_kind)
+from nanoo1.recipe import (PRESETS, SelfPlayConfig, default_out, draws_per_iteration, iteration_config, memory_estimate,
+                           step_checker, tiny_warmstart, warmstart_kind)
 from nanoo1.runs import (append_jsonl, latest_checkpoint, load_model, load_trainer_state, prepare_out, rewrite_jsonl,
                          resume_settings, save_checkpoint, save_model)
 from nanoo1.tasks import load_jsonl
@@ -276,12 +276,8 @@ def main(argv=None):
             load_problems(config)  # a data file too small for the run fails now, not after the first evaluation
         resolve_device(config.run.device)  # e.g. --device cuda without one: said now, as a usage error
         if args.model:  # the format's tokens, before a weight is read: google/gemma-2-2b has none of PPO's
-            tokenizer = Tokenizer.from_file(resolve_checkpoint(args.model))
-            missing = [t for t in FORMAT_TOKENS[config.run.algo] if not tokenizer.has_token(t)]
-            if missing:
-                raise ValueError(f"--model {args.model}: {tokenizer.source} has no {', '.join(missing)}, which --algo "
-                                 f"{config.run.algo}'s format needs as one token each; take a checkpoint trained on it "
-                                 f"(for the thought format qq8933/OpenLongCoT-Base-Gemma2-2B)")
+            Tokenizer.from_file(resolve_checkpoint(args.model)).require(
+                "think" if config.run.algo == "grpo" else "thought", f"--algo {config.run.algo}")
         check_shares(config, int(os.environ.get("WORLD_SIZE", 1)))
     except (ValueError, OSError, KeyError) as e:
         p.error(str(e))

@@ -32,6 +32,10 @@ THINK_TOKENS = ["<think>", "</think>"]
 # rStar-Math's code-augmented steps: the step delimiter and the execution observation (rstar.py).
 CODE_TOKENS = ["<end_of_step>", "<output>", "</output>", "<error>", "</error>"]
 SPECIAL_TOKENS = CONTROL_TOKENS + CHAT_TOKENS + THOUGHT_TOKENS + THINK_TOKENS + CODE_TOKENS
+# the tokens each format's code looks up by id (LMPolicy and the rating-token value; the budgeted rollout); rStar's
+# code format also runs on a tokenizer without its tokens (its steps end on a stop string)
+LOOKED_UP = {"thought": ["<end_of_thought>", "<conclusion>", "<start_of_rating>", "<positive_rating>", "<negative_rating>"],
+             "think": ["</think>"]}
 BYTE_TOKENS = [f"<0x{b:02X}>" for b in range(256)]
 
 
@@ -73,6 +77,14 @@ class Tokenizer:
 
     def has_token(self, token: str) -> bool:
         return self.tk.token_to_id(token) is not None
+
+    def require(self, fmt: str, use: str) -> None:
+        """A ValueError naming the tokens of format `fmt` (LOOKED_UP) this vocabulary lacks, which `use` needs."""
+        missing = [t for t in LOOKED_UP[fmt] if not self.has_token(t)]
+        if missing:
+            such = " (qq8933/OpenLongCoT-Base-Gemma2-2B)" if fmt == "thought" else ""
+            raise ValueError(f"{self.source} has no {', '.join(missing)}, which {use} needs as one token each: take a "
+                             f"checkpoint trained on that format{such}")
 
     def encode(self, text: str, add_bos: bool = True) -> list[int]:
         """Token ids of `text`; a leading <bos> is added once (never twice if the text already has one)."""

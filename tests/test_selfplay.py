@@ -643,7 +643,8 @@ def test_a_model_without_tiny_takes_the_2b_preset_and_needs_its_data(capsys, mon
 
 def test_a_model_without_the_formats_tokens_is_refused_before_its_weights_are_read(tmp_path, capsys, monkeypatch):
     """google/gemma-2-2b's tokenizer has none of the thought format's tokens: a usage error names them (and the
-    checkpoint that has them) before the run loads the model, and GRPO's format, whose token it has, is let through."""
+    checkpoint that has them) before the run loads the model, and GRPO's format, whose token it has, is let
+    through."""
     import nanoo1.selfplay as selfplay
     from nanoo1.tasks import make_problems
     from nanoo1.tokenizer import CONTROL_TOKENS, THINK_TOKENS, train_tokenizer
@@ -659,6 +660,14 @@ def test_a_model_without_the_formats_tokens_is_refused_before_its_weights_are_re
     assert "has no <end_of_thought>, <conclusion>, <start_of_rating>" in err and "OpenLongCoT-Base-Gemma2-2B" in err
     main(["--model", str(tmp_path / "plain"), *data, "--out", str(tmp_path / "b"), "--algo", "grpo"])
     assert started == ["grpo"]
+    from nanoo1 import eval as eval_cli  # eval likewise, by method, before it evaluates anything
+
+    with pytest.raises(SystemExit):
+        eval_cli.main(["--checkpoint", str(tmp_path / "plain"), "--methods", "budget,mcts", "--out", str(tmp_path / "e")])
+    assert "has no <end_of_thought>" in capsys.readouterr().err and not (tmp_path / "e").exists()
+    eval_cli.main(["--checkpoint", str(tmp_path / "plain"), "--methods", "budget", "--budgets", "2", "--limit", "1",
+                   "--out", str(tmp_path / "e")])
+    assert (tmp_path / "e" / "eval.jsonl").exists()
 
 
 def test_memory_estimate_of_the_2b_preset_fits_a_16_gb_card():
