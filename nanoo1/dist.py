@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
@@ -43,19 +44,29 @@ def place() -> Place:
     return Place(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)))
 
 
+# how long a rank waits in a collective before the group aborts: rank 0 alone may train a tiny warm start on the
+# CPU meanwhile (`on_main`, about 15 minutes on 2 cores), past nccl's default of 10 minutes
+GROUP_TIMEOUT = timedelta(minutes=60)
+
+
 def setup(device: torch.device) -> torch.device:
     """Join torchrun's process group when there is one (WORLD_SIZE > 1): nccl on cuda, gloo on cpu.
-    Returns the device of this rank (cuda:LOCAL_RANK for cuda, one GPU per process)."""
-    if int(os.environ.get("WORLD_SIZE", 1)) <= 1 or dist.is_initialized():
+    Returns the device of this rank (cuda:LOCAL_RANK for any cuda device, one GPU per process), also when the
+    group exists already (an entry point joins it, then its run asks again)."""
+    if int(os.environ.get("WORLD_SIZE", 1)) <= 1:
+        return device
+    if device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    if dist.is_initialized():
         return device
     # torch 2.13: importing torch._dynamo once a process group exists (building a model on the meta device
     # does it, through torch._compile) leaves references to the group that destroy_process_group does not
-    # drop, so the group's threads would outlive `finish`; imported before the group, it leaves none
-    import torch._dynamo  # noqa: F401
+    # drop, so the group's threads would outlive `finish`; imported before the group, it leaves none (under a
+    # name of its own: `import torch._dynamo` would make `torch` a local name of this function)
+    import torch._dynamo as _dynamo  # noqa: F401
     if device.type == "cuda":
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
         torch.cuda.set_device(device)
-    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=GROUP_TIMEOUT)
     return device
 
 

@@ -86,6 +86,24 @@ def run_ranks(target, tmp_path, world: int = 2) -> list:
     return [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(world)]
 
 
+def test_setup_gives_each_rank_its_own_gpu_and_waits_an_hour(monkeypatch):
+    """Under torchrun a cuda device becomes cuda:LOCAL_RANK, also when the group exists already (evolve's main
+    joins it and its run asks again: --device cuda:0 put every rank on GPU 0), and the group waits an hour in a
+    collective (nccl's default 10 minutes is shorter than rank 0 training a warm start alone)."""
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    joined = []
+    monkeypatch.setattr(tdist, "is_initialized", lambda: bool(joined))
+    monkeypatch.setattr(tdist, "init_process_group", lambda backend, **kw: joined.append((backend, kw)))
+    assert dist.setup(torch.device("cpu")) == torch.device("cpu")
+    assert joined == [("gloo", {"timeout": dist.GROUP_TIMEOUT})] and dist.GROUP_TIMEOUT.total_seconds() == 3600
+    for asked in (torch.device("cuda"), torch.device("cuda", 0), torch.device("cuda", 1)):
+        assert dist.setup(asked) == torch.device("cuda", 1)
+    assert len(joined) == 1
+    monkeypatch.setenv("WORLD_SIZE", "1")  # one process: the device as asked
+    assert dist.setup(torch.device("cuda", 0)) == torch.device("cuda", 0)
+
+
 def halves(rank: int, world: int):
     assert dist.place().world == 2 and dist.place().rank == rank
     return updates(slice(rank * B // world, (rank + 1) * B // world))
