@@ -172,8 +172,9 @@ def merge_into_checkpoint(base, adapters, out, dtype: torch.dtype | str | None =
                           revision: str | None = None) -> Path:
     """Load the base checkpoint (a directory or hub id; dtype None: its own), load the adapters, fold them in
     (merge_and_unload) and write a full checkpoint in the Hugging Face layout with save_pretrained, with the
-    base's tokenizer files and generation_config.json copied byte for byte. `out` must not be the base or the
-    adapters directory."""
+    base's tokenizer files and generation_config.json copied byte for byte, and any other weights saved beside
+    the adapters (a head trained with them: evolve's ppm-k/ppm_head.safetensors) likewise, so that a merged
+    scorer has the layout of one trained in full. `out` must not be the base or the adapters directory."""
     base_dir, out = resolve_checkpoint(base, revision), Path(out)
     if out.resolve() in (base_dir.resolve(), Path(adapters).resolve()):
         raise ValueError(f"merge: --out {out} is the base or the adapters directory; write the merged model elsewhere")
@@ -185,6 +186,9 @@ def merge_into_checkpoint(base, adapters, out, dtype: torch.dtype | str | None =
     for name in BASE_FILES:
         if (base_dir / name).exists():
             atomic_write(out / name, (base_dir / name).read_bytes())
+    for extra in sorted(Path(adapters).glob("*.safetensors")):
+        if extra.name != WEIGHTS_FILE:
+            atomic_write(out / extra.name, extra.read_bytes())
     return out
 
 

@@ -457,6 +457,29 @@ def test_merge_command_writes_a_checkpoint_transformers_loads(tmp_path, tiny_tok
     assert "adapter_model.safetensors: key 'base_model.model.model.layers.3." in capsys.readouterr().err
 
 
+def test_merging_a_scorers_adapters_keeps_its_head(tmp_path, tiny_tokenizer):
+    """evolve's ppm-k under LoRA holds adapters and ppm_head.safetensors: the merged directory holds the merged
+    decoder and the same head, the layout of a scorer trained in full, and scores as the adapters on the base do."""
+    from safetensors.torch import load_file
+    from conftest import random_model
+    from nanoo1.adapters import merge_into_checkpoint
+    from nanoo1.checkpoint import load_pretrained, save_pretrained
+    from nanoo1.ppm import PPM_HEAD, ProcessPreferenceModel, ppm_scores, save_scorer
+
+    base = random_model(_gemma_config(), seed=8)
+    save_pretrained(base, tiny_tokenizer, tmp_path / "base")
+    ppm = ProcessPreferenceModel(randomize_lora(apply_lora(base, ("q_proj", "down_proj"), rank=2, alpha=4.0), std=0.1))
+    with torch.no_grad():
+        ppm.head.weight.normal_(0, 0.5, generator=torch.Generator().manual_seed(1))
+    save_scorer(ppm, tiny_tokenizer, tmp_path / "ppm-1", base=str(tmp_path / "base"))
+    merge_into_checkpoint(tmp_path / "base", tmp_path / "ppm-1", tmp_path / "merged")
+    assert (tmp_path / "merged" / PPM_HEAD).read_bytes() == (tmp_path / "ppm-1" / PPM_HEAD).read_bytes()
+    merged = ProcessPreferenceModel(load_pretrained(tmp_path / "merged")[0])
+    merged.head.load_state_dict(load_file(str(tmp_path / "merged" / PPM_HEAD)))
+    paths = GEMMA_IDS.tolist()
+    assert torch.allclose(ppm_scores(merged, paths, 0), ppm_scores(ppm, paths, 0), atol=1e-5)
+
+
 def test_adapters_off_runs_the_base_alone_and_switches_them_back_on():
     from nanoo1.lora import adapters_off
     from nanoo1.model import Gemma2, Gemma2Config
