@@ -96,8 +96,8 @@ def add_config_flags(parser: argparse.ArgumentParser, config_cls, skip=()) -> No
     """One `--flag-name` per field (but `skip`), typed by the field's default, its comment as help, in one
     argument group per settings group. Defaults are not filled in: `apply_flags` takes only given flags."""
     for group, cls in _groups(config_cls):
-        g = parser.add_argument_group(f"{group} settings" if group else "settings")
         helps, prefix = field_help(cls), getattr(cls, "flag_prefix", "")
+        g = parser.add_argument_group(f"{group or prefix.rstrip('_')} settings".strip())  # "lora settings", "settings"
         for f in fields(cls):
             if prefix + f.name in skip:
                 continue
@@ -105,7 +105,7 @@ def add_config_flags(parser: argparse.ArgumentParser, config_cls, skip=()) -> No
             kind = parse_bool if isinstance(default, bool) else type(default)
             g.add_argument(flag(prefix + f.name), dest=prefix + f.name, type=kind,
                            default=argparse.SUPPRESS, metavar=kind.__name__.upper() if kind is not parse_bool else "BOOL",
-                           help=f"{helps.get(f.name, '')} (default: {default})")
+                           help=helps.get(f.name, "") + (f" (default: {default})" if default != "" else ""))
 
 
 def apply_flags(config, flags: dict):

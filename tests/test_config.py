@@ -59,6 +59,22 @@ def test_flags_take_only_what_was_given_and_land_in_their_group():
         p.parse_args(["--train-fast", "ture"])
 
 
+def test_help_groups_flags_by_settings_and_says_each_default_it_has():
+    from nanoo1.evolve import EvolveConfig
+    from nanoo1.recipe import LoRASettings, SelfPlayConfig
+
+    p = argparse.ArgumentParser()
+    add_config_flags(p, EvolveConfig)
+    add_config_flags(p, LoRASettings)  # a flat settings class with a flag prefix: its own group
+    titles = [g.title for g in p._action_groups[2:]]
+    assert titles == ["settings", "lora settings"]
+    p = argparse.ArgumentParser()
+    add_config_flags(p, SelfPlayConfig)
+    out = next(a for a in p._actions if a.dest == "out")  # its default "" is filled in by the preset: not shown
+    assert "(default: runs/tiny" in out.help and "(default: )" not in out.help
+    assert next(a for a in p._actions if a.dest == "seed").help.endswith("(default: 0)")
+
+
 @pytest.mark.parametrize("text,value", [("true", True), ("YES", True), ("1", True), ("false", False), ("No", False), ("0", False)])
 def test_parse_bool(text, value):
     assert parse_bool(text) is value
