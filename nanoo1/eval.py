@@ -100,6 +100,13 @@ def evaluate_budgeted(model, tokenizer, problems: list[Problem], think_budget: i
     return EvalResult("budget", think_budget, sum(correct) / len(problems), tokens, time.perf_counter() - t)
 
 
+def run_name(path: str) -> str:
+    """A checkpoint's name for its evaluation's folder: its last two path parts ("runs/tiny/final": tiny-final,
+    not the final of every run; a hub id: owner-name)."""
+    p = Path(path)
+    return "-".join((p.resolve() if p.exists() else p).parts[-2:])
+
+
 def budget_name(budget: int | None) -> str:
     return "unlimited" if budget is None else str(budget)
 
@@ -154,7 +161,8 @@ def main(argv=None):
     g.add_argument("--threads", type=positive_int, default=None, help="torch.set_num_threads")
     g = p.add_argument_group("output")
     g.add_argument("--out", type=Path, default=None, help="directory for eval.jsonl and scaling.png, replaced on each "
-                   "run (default: runs/eval/NAME, NAME the checkpoint's folder or hub id, with +RUN-DIR of --adapters)")
+                   "run (default: runs/eval/NAME, NAME the checkpoint's last two path parts, RUN-final for runs/RUN/final, "
+                   "or owner-name for a hub id, with +RUN-final of --adapters)")
     args = p.parse_args(argv)
     if not 0 < args.temperature < math.inf:
         p.error(f"--temperature {args.temperature}: expected a number above 0")
@@ -172,9 +180,9 @@ def main(argv=None):
         p.error(f"--budgets {args.budgets!r}: every budget must be at least 1")
     if None in budgets and methods != ["budget"]:
         p.error(f"--budgets {args.budgets!r}: 'unlimited' is a thinking budget, for --methods budget alone")
-    name = Path(args.checkpoint.rstrip("/")).name
+    name = run_name(args.checkpoint)
     if args.adapters:  # the base with adapters is another model: runs/eval/BASE+RUN-final, beside the base's own
-        name += "+" + "-".join(Path(args.adapters).resolve().parts[-2:])
+        name += "+" + run_name(args.adapters)
     out = args.out or Path("runs") / "eval" / name
     try:
         problems = load_jsonl(args.data)[: args.limit]

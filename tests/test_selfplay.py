@@ -566,15 +566,22 @@ def test_eval_command_refuses_unknown_methods_and_writes_beside_not_into_the_che
     monkeypatch.chdir(tmp_path)
     for _ in range(2):
         eval_cli.main(["--checkpoint", str(warmstart), "--limit", "2", "--methods", "greedy", "--max-thought-tokens", "4"])
-    rows = (tmp_path / "runs" / "eval" / warmstart.name / "eval.jsonl").read_text().splitlines()
+    name = f"{warmstart.parent.name}-{warmstart.name}"  # the checkpoint's last two path parts
+    rows = (tmp_path / "runs" / "eval" / name / "eval.jsonl").read_text().splitlines()
     assert len(rows) == 1 and not (warmstart / "eval.jsonl").exists()  # replaced, not appended
+    import shutil
+
+    for run_dir in ("a", "b"):  # two runs' final checkpoints: two folders, not one replaced by the other
+        shutil.copytree(warmstart, tmp_path / run_dir / "final")
+        eval_cli.main(["--checkpoint", f"{run_dir}/final", "--limit", "1", "--methods", "greedy", "--max-thought-tokens", "4"])
+    assert (tmp_path / "runs" / "eval" / "a-final" / "eval.jsonl").exists() and (tmp_path / "runs" / "eval" / "b-final").exists()
     from nanoo1.adapters import save_lora
     from nanoo1.lora import apply_lora
 
     save_lora(apply_lora(random_model(TINY_MODEL), ("q_proj",), rank=2), tmp_path / "run" / "final")
     eval_cli.main(["--checkpoint", str(warmstart), "--adapters", str(tmp_path / "run" / "final"), "--limit", "1",
                    "--methods", "greedy", "--max-thought-tokens", "4"])
-    assert (tmp_path / "runs" / "eval" / f"{warmstart.name}+run-final" / "eval.jsonl").exists()  # not over the base's
+    assert (tmp_path / "runs" / "eval" / f"{name}+run-final" / "eval.jsonl").exists()  # not over the base's
 
 
 @pytest.mark.parametrize("module,flags,message", [
