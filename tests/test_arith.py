@@ -41,3 +41,36 @@ def test_white_space_is_read_once():
         start = time.perf_counter()
         assert evaluate(expr) == v and (tokenize(expr) is None) == (v is None)
         assert time.perf_counter() - start < 1.0  # 11 s (quadratic) while a token was searched for from each space
+
+
+def test_the_bounds_are_inclusive_at_their_limits():
+    """MAX_TOKENS = 256 tokens, MAX_DIGITS = 100 digits (a decimal point is no digit) and MAX_DEPTH = 32 nested
+    brackets are read; one more of each is not."""
+    assert evaluate("-" + "1+" * 127 + "1") == 126  # 256 tokens: "-", 128 ones, 127 pluses; -1 + 127 ones
+    assert evaluate("1+" * 128 + "1") is None  # 257 tokens
+    assert evaluate("1" * 100) == int("1" * 100)  # 100 digits
+    assert evaluate("1" * 99 + ".5") == Fraction("1" * 99 + ".5")  # 100 digits and a point
+    assert evaluate("1" * 100 + ".5") is None  # 101 digits
+    assert evaluate("(" * 32 + "7" + ")" * 32) == 7 and evaluate("(" * 33 + "7" + ")" * 33) is None
+
+
+def test_power_bound_counts_the_exponents_sign_and_the_bases_denominator():
+    """A power is refused when |exponent| x max(bits of the base's numerator, denominator) > MAX_BITS = 4096:
+    3 has 2 bits, so 3^2048 (4096) is computed and 3^-2049 and (1/3)^2049 (4098) are not, though their values
+    (3,248 bits) would fit. A value past MAX_BITS in its numerator or its denominator has no value either."""
+    assert evaluate("3^2048") == 3 ** 2048
+    assert evaluate("3^-2048") == Fraction(1, 3 ** 2048)
+    assert evaluate("3^-2049") is None and evaluate("(1/3)^2049") is None
+    assert evaluate("3^2000 * 3^2000") is None  # 3^4000: 6,340 bits
+    assert evaluate("(1/3)^2000 / 3^2000") is None  # 1/3^4000: a denominator of 6,340 bits
+    assert evaluate("(1/3)^2000 * 3^2000") == 1
+
+
+def test_signs_brackets_and_mixed_numbers():
+    """Each unary minus flips the sign (--3 = 3, ---3 = -3); a number before a curly bracket multiplies like
+    one before a round one (2{3 + 4} = 14); "1 2/2" is no mixed number (2/2 is not a proper fraction), so it
+    stays two numbers side by side: no value."""
+    assert evaluate("--3") == 3 and evaluate("---3") == -3 and evaluate("5 - -3") == 8
+    assert evaluate("2{3 + 4}") == 14 and evaluate("2[3 + 4]") == 14
+    assert normalize("1 2/2") == "1 2/2" and evaluate("1 2/2") is None
+    assert normalize("1 1/2") == "(1+1/2)"

@@ -110,6 +110,76 @@ def test_simulate_stops_a_chain_at_max_depth():
     (ends,), _ = simulate(policy, [Request(tree, tree.root, [None], [None])], max_depth=2)
     assert [n.depth for n in ends] == [2] and len(tree.nodes) == 3
 
+def test_judge_at_test_time_succeeds_from_the_threshold_up():
+    """Without a ground truth a conclusion succeeds when V >= success_threshold (default log 1/2): equal counts."""
+    tree = Tree(QUESTION)
+    at = tree.add(tree.root, "<conclusion>", "The answer is 9", value=math.log(0.5))
+    assert judge(at, None, max_depth=8) == "success"
+    assert judge(at, None, max_depth=8, success_threshold=math.log(0.5) + 1e-9) == "failure"
+
+
+def test_expand_rates_positive_from_log_half_up_and_charges_every_token():
+    """Two children valued log 0.5 (exactly the flip: "positive") and log 0.49 ("negative"); each thought is
+    2 tokens (one word and <end_of_thought>), the prompt is charged once, and each value read costs its prompt's
+    words."""
+    from nanoo1.grow import expand
+    from nanoo1.policy import Request
+
+    values = {"<expansion>a": math.log(0.5), "<expansion>b": math.log(0.49)}
+    policy = ScriptedPolicy(lambda key: [("<expansion>", "a", 0.6), ("<expansion>", "b", 0.4)],
+                            lambda key: values[key[-1]])
+    tree = Tree(QUESTION)
+    (kids,), (spent,) = expand(policy, [Request(tree, tree.root, [None, None], [None, None])])
+    assert [(k.text, k.rating) for k in kids] == [("a", "positive"), ("b", "negative")]
+    assert spent.generated == 4 and spent.prompt == len(policy.prompts[0].split())
+    assert spent.value == sum(len(p.split()) for p in policy.value_prompts)
+
+
+class _EndingPolicy:
+    """Writes one 3-token expansion per request (2 prompt tokens), marked terminal ("failure") at depth 2, as a
+    policy that knows a step failed does; every value 0.0, read in 5 tokens. Records each request's temperature."""
+
+    def __init__(self):
+        self.temperatures = []
+
+    def propose(self, requests):
+        from nanoo1.policy import Candidate
+
+        self.temperatures += [r.temperature for r in requests]
+        return [[Candidate("<expansion>", f"s{r.node.depth + 1}", [1, 2, 3], [0.0] * 3, 1.0, prompt_tokens=2,
+                           terminal="failure" if r.node.depth + 1 == 2 else None)] for r in requests]
+
+    def evaluate(self, paths):
+        return [0.0] * len(paths), [5] * len(paths)
+
+
+def test_simulate_ends_a_chain_at_a_thought_the_policy_marked_terminal():
+    """The chain s1 -> s2 ends at s2, marked terminal, far above max_depth 5; both rounds sample at the
+    request's temperature 0.3; spent: 2 thoughts of 3 tokens, 2 prompts of 2 tokens, 2 value reads of 5."""
+    from nanoo1.grow import simulate
+    from nanoo1.policy import Request
+
+    policy, tree = _EndingPolicy(), Tree(QUESTION)
+    (ends,), (spent,) = simulate(policy, [Request(tree, tree.root, [None], [None], temperature=0.3)], max_depth=5)
+    assert [(n.text, n.depth, n.terminal) for n in ends] == [("s2", 2, "failure")] and len(tree.nodes) == 3
+    assert policy.temperatures == [0.3, 0.3]
+    assert (spent.generated, spent.prompt, spent.value) == (6, 4, 10)
+
+
+def test_add_chains_links_each_thought_under_the_one_before_it():
+    """Rolled-out chains [1, 2, 3] and [4] under the root: 3 hangs under 2 under 1, 4 under the root; the chain
+    ends are 3 and 4, and the 4 thoughts of 2 tokens each are charged to the request."""
+    from nanoo1.grow import add_chains
+    from nanoo1.policy import Candidate, Request
+
+    tree = Tree(QUESTION)
+    chain = lambda *ids: [Candidate("<expansion>", f"t{i}", [i, i], [0.0, 0.0], 1.0, node_id=i) for i in ids]
+    (ends,), (spent,) = add_chains([Request(tree, tree.root, [None, None], [None, None])], [[chain(1, 2, 3), chain(4)]])
+    assert [n.id for n in ends] == [3, 4]
+    assert {n.id: n.parent.id for n in tree.nodes if n.parent is not None} == {1: 0, 2: 1, 3: 2, 4: 0}
+    assert spent.generated == 8
+
+
 def test_judge_fails_a_thought_its_step_checker_rejects():
     from nanoo1.rewards import equations_hold
 

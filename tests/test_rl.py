@@ -548,3 +548,170 @@ def test_ppo_step_returns_the_value_functions_priorities_whatever_the_weights():
                              value_loss_fn=value_fn)
     assert len(plain["row_priority"]) == 4 and plain["row_priority"] == pytest.approx(weighted["row_priority"])
     assert weighted["value_loss"] < plain["value_loss"]  # the weights scale the value loss too
+
+
+# ----------------------------------------------------------------------------- hand-computed steps
+
+def stale_batch(ratios, advantages, B=4):
+    """make_batch's rows (completion lengths 5, 2, 4, 7) with old_logp stored so that every completion token of
+    row b has the ratio ratios[b] under TinyLM(), the model sgd_update steps; advantages (B,)."""
+    ids, attn, mask = make_batch(B=B)
+    with torch.no_grad():
+        logp = completion_logprobs(TinyLM(), ids, attn, mask)
+    old = (logp - torch.tensor(ratios).log()[:, None]) * mask
+    return {"input_ids": ids, "attention_mask": attn, "completion_mask": mask, "old_logp": old,
+            "advantages": torch.tensor(advantages)}
+
+
+def test_ppo_step_clips_at_its_clip_eps_and_averages_the_policy_loss_over_all_tokens():
+    """Ratio 1.1 on every token, A = (1, 1, -1, -1), clip_eps 0.05: the 5 + 2 tokens with A > 0 are clipped
+    (1.1 > 1.05), so clip_frac = 7/18 and L = (7 x -1.05 + 11 x 1.1) / 18; with the default 0.2 nothing is."""
+    batch = stale_batch([1.1] * 4, [1.0, 1.0, -1.0, -1.0])
+    for size in (1, 4):  # the whole batch's token mean, whatever the micro-batches
+        _, s = sgd_update(ppo_step, batch, PPOConfig(clip_eps=0.05, micro_batch_size=size))
+        assert s["clip_frac"] == pytest.approx(7 / 18, rel=1e-5)
+        assert s["policy_loss"] == pytest.approx((7 * -1.05 + 11 * 1.1) / 18, rel=1e-5)
+    _, s = sgd_update(ppo_step, batch, PPOConfig(micro_batch_size=1))
+    assert s["clip_frac"] == 0 and s["policy_loss"] == pytest.approx((7 * -1.1 + 11 * 1.1) / 18, rel=1e-5)
+
+
+def test_ppo_step_policy_loss_is_the_token_mean_in_micro_batches_of_one_row():
+    """Ratio 1, A = (1, 2, 3, 4) per row, lengths (5, 2, 4, 7): L = -(5 + 4 + 12 + 28) / 18 = -49/18, not the sum
+    of the rows' shares' unweighted means."""
+    batch = stale_batch([1.0] * 4, [1.0, 2.0, 3.0, 4.0])
+    _, s = sgd_update(ppo_step, batch, PPOConfig(micro_batch_size=1))
+    assert s["policy_loss"] == pytest.approx(-49 / 18, rel=1e-5) and s["loss"] == pytest.approx(-49 / 18, rel=1e-5)
+
+
+def test_ppo_step_without_completion_tokens_steps_on_the_value_loss_alone():
+    """Rows with value targets but no completion token (the policy term's share is 0 of 0 tokens): the policy
+    loss is 0, not NaN, and the loss is vf_coef x the value loss, here a constant 2.0 per row: 0.5 x 2 = 1."""
+    batch = stale_batch([1.0] * 4, [1.0, 2.0, 3.0, 4.0])
+    batch["completion_mask"] = torch.zeros_like(batch["completion_mask"])
+    update, s = sgd_update(ppo_step, batch, PPOConfig(micro_batch_size=2, vf_coef=0.5),
+                           value_loss_fn=lambda model, mb, hidden: (0 * hidden).sum() + 2.0)
+    assert s["skipped"] == 0 and s["policy_loss"] == 0 and s["value_loss"] == pytest.approx(2.0)
+    assert s["loss"] == pytest.approx(1.0) and all((d == 0).all() for d in update)
+
+
+def test_grpo_step_clips_below_at_eps_low_and_above_at_eps_high():
+    """Two rows (lengths 5 and 2), ratios (1.25, 0.85), A = (1, -1), eps_low 0.1, eps_high 0.3: row 0 stays
+    under 1.3 (l = -1.25), row 1 is clipped at 0.9 (l = +0.9 per token): clip_frac 2/7, grpo loss
+    (-1.25 + 0.9) / 2 = -0.175. Swapped bounds would clip row 0 instead (-0.125, 5/7)."""
+    batch = stale_batch([1.25, 0.85], [1.0, -1.0], B=2)
+    _, s = sgd_update(grpo_step, batch, GRPOConfig(loss_type="grpo", eps_low=0.1, eps_high=0.3, micro_batch_size=1))
+    assert s["clip_frac"] == pytest.approx(2 / 7, rel=1e-5)
+    assert s["loss"] == pytest.approx(-0.175, rel=1e-4)
+
+
+def test_grpo_step_dr_grpo_and_dapo_take_their_given_denominators():
+    """Ratio 1, A = (1, 2, 0, -1), lengths (5, 2, 4, 7): sum_t l_t = -(5 + 4 + 0 - 7) = -2. dr_grpo divides by
+    B x max_completion_length = 4 x 20 (not 4 x T = 36); dapo by num_items_in_batch = 40 (not the 18 tokens here)."""
+    batch = stale_batch([1.0] * 4, [1.0, 2.0, 0.0, -1.0])
+    _, s = sgd_update(grpo_step, batch, GRPOConfig(loss_type="dr_grpo", max_completion_length=20, micro_batch_size=3))
+    assert s["loss"] == pytest.approx(-2 / 80, rel=1e-5)
+    _, s = sgd_update(grpo_step, {**batch, "num_items_in_batch": torch.tensor(40)},
+                      GRPOConfig(loss_type="dapo", micro_batch_size=3))
+    assert s["loss"] == pytest.approx(-2 / 40, rel=1e-5)
+
+
+# ----------------------------------------------------------------------------- Elastic Reasoning's iteration
+
+def test_grpo_iteration_rewards_and_figures_on_scripted_rollouts(monkeypatch):
+    """Two rounds of two problems, two scripted rollouts each (</think> is token 99); the reward is 1 for the
+    right answer after </think>, 0 without one. Known figures: correct 5/8; cut (any forced token) 2/8; think
+    tokens (before </think>, or all without it) 3,1,2,2 | 1,4,1,2: mean 2, of the right ones 12/5, of the wrong
+    ones 4/3; tokens 30/8. dr_grpo advantages are r - mean (no std): round 0 (+.5, -.5, -.5, +.5); round 1's
+    first group agrees (both right) and is left out. The updates' statistics are averaged over their steps."""
+    from types import SimpleNamespace
+
+    import nanoo1.elastic as elastic
+    from nanoo1.config import apply_flags
+    from nanoo1.recipe import PRESETS
+
+    def row(tokens, text, forced):
+        return SimpleNamespace(tokens=tokens, text=text, forced=forced, finish_reason="stop_token", prompt=[0])
+
+    script = {  # question -> its two rollouts
+        "q0": [row([5, 5, 5, 99, 7], "5 5 5 </think> 7", [False] * 5),  # right, think 3
+               row([5, 99, 9], "5 </think> 9", [False, True, False])],  # wrong (q1's answer), cut, think 1
+        "q1": [row([9, 9], "9 9", [False, False]),  # no </think>: wrong, though it ends with 9; think 2
+               row([6, 6, 99, 9], "6 6 </think> 9", [True, True, False, False])],  # right, cut, think 2
+        "q2": [row([1, 99, 3], "1 </think> 3", [False] * 3), row([1, 1, 1, 1, 99, 3], "1 1 1 1 </think> 3", [False] * 6)],
+        "q3": [row([2, 99, 5], "2 </think> 5", [False] * 3), row([2, 2, 99, 4], "2 2 </think> 4", [False] * 4)],
+    }
+    problems = [SimpleNamespace(question=f"q{i}", answer=a) for i, a in enumerate(["7", "9", "3", "4"])]
+    tokenizer = SimpleNamespace(token_id=lambda s: 99, encode=lambda text: text, eos_id=1, pad_id=0)
+    asked, updated = [], []
+    monkeypatch.setattr(elastic, "seeded_generator", lambda model, seed: None)
+    monkeypatch.setattr(elastic, "generate_budgeted", lambda model, prompts, *a, **kw: asked.append(
+        [p.strip() for p in prompts]) or [r for p in prompts for r in script[p.strip()]])
+    monkeypatch.setattr(elastic, "_grpo_updates", lambda model, tok, opt, rows, adv, seed, config, tokens: updated.append(
+        (len(rows), adv.tolist(), int(tokens))) or [{"clip_frac": 0.1, "approx_kl": 0.0}, {"clip_frac": 0.3, "approx_kl": 0.2}])
+    config = apply_flags(PRESETS["tiny"], dict(algo="grpo", group_size=2, rounds=2, think_budget=4, solution_budget=2))
+    assert config.grpo.loss_type == "dr_grpo"
+    m = elastic.grpo_iteration(None, tokenizer, None, problems, 0, config)
+    assert asked == [["q0", "q1"], ["q2", "q3"]]
+    assert updated[0][0] == 4 and updated[0][1] == pytest.approx([0.5, -0.5, -0.5, 0.5]) and updated[0][2] == 14
+    assert updated[1][0] == 2 and updated[1][1] == pytest.approx([-0.5, 0.5]) and updated[1][2] == 16
+    assert m["reward"] == pytest.approx(5 / 8) and m["correct"] == pytest.approx(5 / 8) and m["cut"] == pytest.approx(2 / 8)
+    assert m["think"] == pytest.approx(2.0) and m["tokens"] == pytest.approx(30 / 8)
+    assert m["think_right"] == pytest.approx(12 / 5) and m["think_wrong"] == pytest.approx(4 / 3)
+    assert m["updates"] == 4 and m["clip_frac"] == pytest.approx(0.2) and m["approx_kl"] == pytest.approx(0.1)
+
+
+def test_grpo_updates_run_every_epoch_over_every_rollout_at_the_rollout_length_bound(monkeypatch):
+    """Three rollouts, grpo_minibatch 2, epochs 2: ceil(3/2) = 2 steps an epoch, 4 in all, each epoch dealing
+    every rollout once, each step's completion mask its sampled tokens, dr_grpo's constant
+    max_completion_length = L_max = think_budget + 1 + solution_budget = 4 + 1 + 2 = 7 (not the batch's width), the
+    generation batch's 11 tokens dapo's divisor, old_logp the rollouts' log-probs (at the sampling temperature)
+    before any step, at grpo_lr."""
+    from types import SimpleNamespace
+
+    import nanoo1.elastic as elastic
+    from nanoo1.config import apply_flags
+    from nanoo1.recipe import PRESETS
+
+    model = TinyLM()
+    model.output_embedding = model.lm_head.weight  # where elastic finds the device
+    rows = [SimpleNamespace(prompt=[1, 2], tokens=[3, 4, 5]), SimpleNamespace(prompt=[1], tokens=[6, 7]),
+            SimpleNamespace(prompt=[2, 3, 4], tokens=[8])]
+    config = apply_flags(PRESETS["tiny"], dict(algo="grpo", epochs=2, grpo_minibatch=2, think_budget=4, solution_budget=2,
+                                               bf16=False))  # float32 throughout: old_logp compares exactly
+    steps = []
+    monkeypatch.setattr(elastic, "grpo_step", lambda model, opt, batch, cfg: steps.append((batch, cfg)) or {"clip_frac": 0.0})
+    opt = torch.optim.SGD(model.parameters(), lr=5.0)
+    out = elastic._grpo_updates(model, SimpleNamespace(pad_id=0), opt, rows, torch.tensor([1.0, -1.0, 0.5]), 0, config, 11)
+    assert len(out) == len(steps) == 4 and opt.param_groups[0]["lr"] == config.grpo.grpo_lr
+    ids = torch.tensor([[1, 2, 3, 4, 5], [1, 6, 7, 0, 0], [2, 3, 4, 8, 0]])
+    mask = torch.tensor([[0, 0, 1, 1, 1], [0, 1, 1, 0, 0], [0, 0, 0, 1, 0]])
+    old = completion_logprobs(TinyLM(), ids, (ids != 0).long(), mask, config.grpo.grpo_temperature)  # as sampled
+    for epoch in (steps[:2], steps[2:]):
+        dealt = sorted(i for batch, _ in epoch for i in batch["advantages"].tolist())
+        assert dealt == [-1.0, 0.5, 1.0]  # every rollout once an epoch
+    for batch, cfg in steps:
+        assert cfg.max_completion_length == 7 and cfg.loss_type == "dr_grpo" and int(batch["num_items_in_batch"]) == 11
+        for r, a in enumerate(batch["advantages"].tolist()):
+            k = [1.0, -1.0, 0.5].index(a)  # which rollout this row is
+            assert batch["input_ids"][r].tolist() == ids[k].tolist()
+            assert batch["completion_mask"][r].tolist() == mask[k].tolist()
+            torch.testing.assert_close(batch["old_logp"][r], old[k])
+
+
+def test_budget_summary_pairs_each_budgets_before_and_after():
+    """think_budget 8: the budgets 2, 4, 8, 16 and unlimited, each row the accuracy and tokens of the evaluation
+    before training and after it, as given."""
+    from nanoo1.config import apply_flags
+    from nanoo1.elastic import budget_summary
+    from nanoo1.eval import EvalResult
+    from nanoo1.recipe import PRESETS
+
+    config = apply_flags(PRESETS["tiny"], dict(algo="grpo", think_budget=8))
+    names = ["2", "4", "8", "16", "unlimited"]
+    before = {f"think_{n}": EvalResult("budget", None, 0.1 * i, 10.0 * i, 0.0) for i, n in enumerate(names)}
+    after = {f"think_{n}": EvalResult("budget", None, 0.1 * i + 0.05, 10.0 * i + 3, 0.0) for i, n in enumerate(names)}
+    summary = budget_summary(before, after, config)
+    assert summary["think_budget"] == 8 and list(summary["budgets"]) == names
+    assert summary["budgets"]["16"] == {"before": pytest.approx(0.3), "after": pytest.approx(0.35), "tokens_before": 30.0,
+                                        "tokens_after": 33.0}
+    assert summary["budgets"]["unlimited"]["tokens_after"] == 43.0

@@ -26,8 +26,8 @@ from nanoo1.policy import Request
 from nanoo1.recipe import LoRASettings
 from nanoo1.rounds import coverage, draw_rounds, ppm_pairs, sft_examples, slip_pairs
 from nanoo1.model import Gemma2, Gemma2Config
-from nanoo1.ppm import (PPM_HEAD, ProcessPreferenceModel, orm_loss, pair_accuracy, ppm_pair_loss, preference_pairs,
-                        save_scorer)
+from nanoo1.ppm import (PPM_HEAD, ProcessPreferenceModel, fit, orm_loss, outcome_batch_loss, pair_accuracy, ppm_pair_loss,
+                        ppm_scores, preference_pairs, save_scorer)
 from nanoo1.rstar import (RSTAR_TOKENS, STEP_END, CodeStep, RStarConfig, RStarPolicy, best_traces, encode_trace, execute_steps,
                           final_pairs, format_step, joined_program, pair_batch, parse_step, rstar_prompt, solution_steps,
                           step_failed, step_reward)
@@ -269,6 +269,71 @@ def test_preference_pairs_leave_out_steps_that_did_not_run():
         tree.add(parent, "<conclusion>", STEP3, value=0.0, terminal=terminal)
     assert preference_pairs(tree, per_side=1) == [(above, below)]
     assert preference_pairs(tree, usable=lambda n: not step_failed(n.text)) == [(ran, wrong)]
+
+
+def test_preference_pairs_take_no_negative_from_a_step_whose_branch_never_ended():
+    """A negative has a failure terminal below it: a valued step with nothing ended below it (u, the lowest Q) is
+    neither side, so the one pair is (s, w), as is a step whose only child is unfinished (v)."""
+    tree = Tree(MIA.question)
+    s = tree.add(tree.root, "<expansion>", "s", value=0.5)
+    u = tree.add(tree.root, "<expansion>", "u", value=-0.9)
+    v = tree.add(tree.root, "<expansion>", "v", value=-0.8)
+    w = tree.add(tree.root, "<expansion>", "w", value=-0.1)
+    tree.add(s, "<conclusion>", "s1", value=1.0, terminal="success")
+    tree.add(v, "<expansion>", "v1", value=0.0)
+    tree.add(w, "<conclusion>", "w1", value=-1.0, terminal="failure")
+    assert preference_pairs(tree) == [(s, w)]
+
+
+def _biased_ppm(bias: float) -> ProcessPreferenceModel:
+    """A PPM whose zero head has bias b: every path scores tanh(b)."""
+    ppm = ProcessPreferenceModel(random_model(Gemma2Config.preset("tiny", num_hidden_layers=1), seed=0))
+    with torch.no_grad():
+        ppm.head.bias.fill_(bias)
+    return ppm
+
+
+def test_ppm_scores_score_every_sequence_across_batches():
+    """Three sequences in batches of 2, and one alone: one score each, tanh(0.5) = 0.4621172 for every one."""
+    ppm = _biased_ppm(0.5)
+    scores = ppm_scores(ppm, [[2, 5], [2, 6, 7], [2]], pad_id=0, batch_size=2)
+    assert scores.tolist() == pytest.approx([0.4621172] * 3, abs=1e-6)
+    assert ppm_scores(ppm, [[2, 5]], pad_id=0).tolist() == pytest.approx([0.4621172], abs=1e-6)
+    assert ppm_scores(ppm, [], pad_id=0).shape == (0,)
+
+
+def test_outcome_batch_loss_labels_the_right_answers_1():
+    """Score tanh(0.5) for every path: p = (1 + tanh 0.5) / 2 = sigmoid(1) = 0.7310586. Two right, one wrong:
+    L = -(2 log p + log(1 - p)) / 3 = (2 x 0.3132617 + 1.3132617) / 3 = 0.6465950."""
+    loss = outcome_batch_loss(_biased_ppm(0.5), [([2, 5], True), ([2, 6, 7], True), ([2, 8], False)], 0)
+    assert loss.item() == pytest.approx((2 * 0.3132617 + 1.3132617) / 3, abs=1e-6)
+
+
+def test_fit_takes_whole_passes_warms_up_and_decays_no_weight(monkeypatch):
+    """fit on 3 items, 2 a step, 20 steps at lr 1: every step holds 2 items and steps 1-3 deal two whole
+    passes (each item twice); the rate warms up over max(1, 20 // 10) = 2 steps (0.5, 1) and falls along the
+    cosine to 0.1 + 0.45 (1 + cos(17 pi / 18)) at the last step; a parameter whose gradient is 0 stays where it
+    was (weight decay 0); with 4 a step on 3 items a step holds the 3 and its loss is their mean, unscaled."""
+    import nanoo1.ppm as ppm_module
+
+    ppm = _biased_ppm(0.5)
+    rates, real = [], ppm_module.set_lr
+    monkeypatch.setattr(ppm_module, "set_lr", lambda opt, lr: rates.append(lr) or real(opt, lr))
+    batches = []
+
+    def loss_of(model, items, pad_id):  # a constant 1.5 whose gradient reaches the head's bias as 0
+        batches.append(list(items))
+        return 0.0 * model.head.bias.sum() + 1.5
+
+    losses = fit(ppm, ["a", "b", "c"], loss_of, 0, steps=20, per_step=2, lr=1.0)
+    assert [len(b) for b in batches] == [2] * 20
+    assert sorted(sum(batches[:3], [])) == ["a", "a", "b", "b", "c", "c"]
+    assert rates[:3] == pytest.approx([0.5, 1.0, 1.0])
+    assert rates[-1] == pytest.approx(0.1 + 0.45 * (1 + math.cos(17 * math.pi / 18)))
+    assert ppm.head.bias.item() == 0.5 and losses == pytest.approx([1.5] * 20)
+    batches.clear()
+    assert fit(_biased_ppm(0.5), ["a", "b", "c"], loss_of, 0, steps=2, per_step=4, lr=1.0) == pytest.approx([1.5, 1.5])
+    assert [sorted(b) for b in batches] == [["a", "b", "c"]] * 2
 
 
 def test_pair_batch_rows(code_tokenizer):
@@ -959,6 +1024,87 @@ def test_problems_without_worked_steps_are_drawn_and_give_no_pairs(code_tokenize
     monkeypatch.setattr(rounds, "held_out_accuracy", lambda *args, **kwargs: (0.5, 10.0))
     row = rounds.measure(None, "a PPM", code_tokenizer, plain, pairs, EvolveConfig(beam=0))  # no pairs: no PPM call
     assert row["ppm_pair_accuracy"] is None and "-" in rounds.row_line({"round": 1, **row, "seconds": 1.0}).split()
+
+
+def test_draw_rounds_bounds_are_inclusive_and_later_rounds_never_easier_than_round_0():
+    """A problem of exactly `least` steps is drawn; a round wanting one problem more than there are raises; later
+    rounds ask for max(min_steps, later_min_steps) steps, so never fewer than round 0's min_steps."""
+    exact = make_problems(6, seed=3, min_steps=3, max_steps=3)  # 3 steps each
+    drawn = draw_rounds(exact, EvolveConfig(rounds=2, problems=3, min_steps=3, later_min_steps=3))
+    assert sorted(id(p) for r in drawn for p in r) == sorted(map(id, exact))
+    with pytest.raises(ValueError, match="round 0 wants 7 problems of at least 0 steps not drawn before, 6 left"):
+        draw_rounds(exact, EvolveConfig(rounds=1, problems=7))
+    problems = make_problems(60, seed=3)  # 2 to 5 steps
+    drawn = draw_rounds(problems, EvolveConfig(rounds=3, problems=5, min_steps=4, later_min_steps=2))
+    assert all(len(p.steps) >= 4 for r in drawn for p in r)
+
+
+def test_operand_slips_are_always_a_different_positive_operand(code_tokenizer):
+    """The operand slip is the operand off by -2, -1, 1 or 2, never 0; one that would not be positive is the
+    operand + 1: for an operand of 1, 2 (from -2, -1 or +1) or 3 (from +2), whatever the seed."""
+    one = Problem("Mia has 7 apples. She buys 1 more. She gives 3 to Leo. How many apples does Mia have now?", "5",
+                  [Step(7, "+", 1, 8), Step(8, "-", 3, 5)])
+    seen = set()
+    for seed in range(12):
+        pos, neg = slip_pairs(code_tokenizer, [one], seed=seed)["operand"][0]
+        assert code_tokenizer.decode(pos).endswith("\nx1 = 7 + 1\n" + STEP_END)
+        seen.add(code_tokenizer.decode(neg).removesuffix("\n" + STEP_END).rpartition("x1 = 7 + ")[2])
+    assert seen == {"2", "3"}
+    slips = slip_pairs(code_tokenizer, make_problems(30, seed=5), seed=1)
+    assert len(slips["operand"]) > 60 and all(pos != neg for pos, neg in slips["operand"])
+
+
+def test_held_out_accuracy_greedy_and_beam_on_a_scripted_search(monkeypatch):
+    """4 problems, 3 answered right, 10 + 20 + 30 + 40 tokens: (3/4, 25 tokens a problem). Greedy samples at
+    config.temperature with no scorer; beam b is beam search of width b expanding b steps a beam, sampled at
+    config.beam_temperature, the PPM's score its scorer."""
+    import nanoo1.rounds as rounds
+    from types import SimpleNamespace
+
+    class Policy:
+        def __init__(self, model, tokenizer, config, ppm, seed=0):
+            self.config, self.ppm = config, ppm
+
+        def score(self, paths):
+            raise AssertionError("scripted search scores nothing")
+
+    calls = []
+    answers = {"q0": ("9", 10), "q1": ("4", 20), "q2": ("5", 30), "q3": (None, 40)}
+    monkeypatch.setattr(rounds, "RStarPolicy", Policy)
+    monkeypatch.setattr(rounds, "search", lambda policy, questions, method, scorer=None: calls.append(
+        (policy, method, scorer)) or [SimpleNamespace(answer=answers[q][0], spent=SimpleNamespace(generated=answers[q][1]))
+                                      for q in questions])
+    problems = [Problem(f"q{i}", a) for i, a in enumerate(["9", "4", "5", "7"])]
+    config = EvolveConfig(temperature=1.0, beam_temperature=0.5)
+    assert rounds.held_out_accuracy(None, None, problems, config) == (0.75, 25.0)
+    policy, method, scorer = calls[-1]
+    assert method.method == "greedy" and scorer is None and policy.config.temperature == 1.0 and policy.ppm is None
+    assert rounds.held_out_accuracy(None, None, problems, config, ppm="ppm", beam=3) == (0.75, 25.0)
+    policy, method, scorer = calls[-1]
+    assert (method.method, method.n, method.expand) == ("beam", 3, 3) and scorer == policy.score
+    assert policy.config.temperature == 0.5 and policy.ppm == "ppm"
+
+
+def test_measure_counts_the_pairs_ordered_right_over_all_and_by_kind(monkeypatch):
+    """7 of 10 operand pairs and 1 of 3 skip pairs ordered right, no early pairs: 8/13 in all, 0.7 and 1/3 by
+    kind, None for early (pair_accuracy's float32 share x count rounds back to 7, not down to 6); greedy's
+    tokens to one decimal, the beam's accuracy from the PPM-scored search."""
+    import nanoo1.rounds as rounds
+    from types import SimpleNamespace
+
+    def pair_accuracy(ppm, pairs, pad_id):  # as ppm.pair_accuracy: a float32 mean; "R": ordered right
+        return torch.tensor([float(p == "R") for p, _ in pairs]).mean().item() if pairs else None
+
+    calls = []
+    monkeypatch.setattr(rounds, "pair_accuracy", pair_accuracy)
+    monkeypatch.setattr(rounds, "held_out_accuracy", lambda model, tokenizer, problems, config, ppm=None, beam=0, seed=0:
+                        calls.append((ppm, beam)) or ((0.75, 30.0) if beam else (0.5, 12.34)))
+    pairs = {"operand": [("R", "n")] * 7 + [("W", "n")] * 3, "skip": [("R", "n")] + [("W", "n")] * 2, "early": []}
+    row = rounds.measure("policy", "ppm", SimpleNamespace(pad_id=0), [], pairs, EvolveConfig(beam=2))
+    assert calls == [(None, 0), ("ppm", 2)]
+    assert row["greedy"] == 0.5 and row["greedy_tokens"] == 12.3 and row["ppm_search"] == 0.75
+    assert row["ppm_pair_accuracy"] == pytest.approx(8 / 13)
+    assert row["ppm_slip_accuracy"] == {"operand": pytest.approx(0.7), "skip": pytest.approx(1 / 3), "early": None}
 
 
 def test_tiny_evolve_starts_from_rstars_own_warm_start(tmp_path):

@@ -36,6 +36,11 @@ def test_weighted_vote_and_best_value():
     assert best_value([None, "3"], [0.0, -5.0]) == 1  # a chain without an answer cannot win
 
 
+def test_best_value_takes_the_first_of_equal_values():
+    """Chains 1 and 2 tie at the highest value 0.9: the first of them, 1, wins."""
+    assert best_value(["1", "2", "3", None], [0.5, 0.9, 0.9, 2.0]) == 1
+
+
 # -- best-of-N on six scripted chains -------------------------------------------------------------------
 CHAINS = {"a": ("7", 0.9), "b": ("7", 0.8), "c": ("9", 0.3), "d": ("9", 0.3), "e": ("9", 0.3), "f": ("5", 0.95)}
 
