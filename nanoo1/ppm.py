@@ -47,6 +47,10 @@ class ProcessPreferenceModel(nn.Module):
         nn.init.zeros_(self.head.bias)
 
     def forward(self, input_ids, attention_mask=None) -> torch.Tensor:
+        return torch.tanh(self.logit(input_ids, attention_mask))  # (B,)
+
+    def logit(self, input_ids, attention_mask=None) -> torch.Tensor:
+        """w . h_last + b (B,), the score before its tanh."""
         B, T = input_ids.shape
         h = self.backbone.hidden_states(input_ids, attention_mask)  # (B, T, C)
         if attention_mask is None:
@@ -54,7 +58,7 @@ class ProcessPreferenceModel(nn.Module):
         else:
             last = attention_mask.long().cumsum(-1).argmax(-1)  # (B,) first index of the full count: the last real token
         h_last = h[torch.arange(B, device=h.device), last]  # (B, C)
-        return torch.tanh(self.head(h_last.to(self.head.weight.dtype)).squeeze(-1))  # (B,)
+        return self.head(h_last.to(self.head.weight.dtype)).squeeze(-1)
 
 
 def ppm_pair_loss(r_pos: torch.Tensor, r_neg: torch.Tensor) -> torch.Tensor:
@@ -66,15 +70,15 @@ def ppm_pair_loss(r_pos: torch.Tensor, r_neg: torch.Tensor) -> torch.Tensor:
     return -F.logsigmoid(r_pos - r_neg).mean()
 
 
-def orm_loss(r: torch.Tensor, correct: torch.Tensor) -> torch.Tensor:
-    """The ORM's loss: binary cross-entropy of p = (1 + r) / 2 against the outcome (1.0 correct, 0.0 wrong).
+def orm_loss(z: torch.Tensor, correct: torch.Tensor) -> torch.Tensor:
+    """The ORM's loss: binary cross-entropy of p = (1 + r) / 2, r = tanh(z) the score, against the outcome (1.0
+    correct, 0.0 wrong), from the head's logit z (`ProcessPreferenceModel.logit`).
 
-    Since tanh(z) = 2 sigmoid(2z) - 1, p = sigmoid(2z): logistic regression of the outcome on the head's logit.
-    Written out in float32, each log clamped at -100 as torch's binary_cross_entropy does, since CUDA autocast
-    refuses that op.
+    Since tanh(z) = 2 sigmoid(2z) - 1, p = sigmoid(2z): logistic regression of the outcome on 2z, computed from
+    the logit, where it stays finite and has a gradient even when r rounds to +-1 (as a bf16 tanh does from
+    z of about 3.5), and autocast runs it in float32 (CUDA autocast refuses binary_cross_entropy of p).
     """
-    p, y = (1 + r.float()) / 2, correct.float()
-    return -(y * p.log().clamp(min=-100) + (1 - y) * (1 - p).log().clamp(min=-100)).mean()
+    return F.binary_cross_entropy_with_logits(2 * z.float(), correct.float())
 
 
 @torch.no_grad()
@@ -161,7 +165,7 @@ def outcome_batch_loss(model: ProcessPreferenceModel, examples: list[tuple[list[
     """`orm_loss` of (ids of a whole solution, whether its answer is correct) examples, in one batch."""
     device = model.head.weight.device
     ids, mask = batch_ids([ids for ids, _ in examples], pad_id, device)
-    return orm_loss(model(ids, mask), torch.tensor([float(ok) for _, ok in examples], device=device))
+    return orm_loss(model.logit(ids, mask), torch.tensor([float(ok) for _, ok in examples], device=device))
 
 
 def pair_accuracy(model: ProcessPreferenceModel, pairs, pad_id: int, batch_size: int = 32) -> float | None:

@@ -879,18 +879,24 @@ def test_evolve_refuses_bad_settings_and_another_runs_directory_before_any_work(
 
 # -- generator and verifier (nanoo1/verifiers.py) ------------------------------------------------------
 def test_orm_loss_is_logistic_regression_on_the_heads_logit():
+    """Binary cross-entropy of p = (1 + tanh z) / 2; where tanh rounds to +-1 (z = +-20 in float32) the loss and
+    its gradient stay finite: d/dz = 2 (sigmoid(2z) - y), 2 for a confident wrong score, 0 for a right one."""
     z, y = torch.tensor([-2.0, -0.3, 0.0, 0.4, 3.0]), torch.tensor([0.0, 1.0, 1.0, 0.0, 1.0])
-    assert orm_loss(torch.tanh(z), y).item() == pytest.approx(F.binary_cross_entropy_with_logits(2 * z, y).item(), rel=1e-5)
+    assert orm_loss(z, y).item() == pytest.approx(F.binary_cross_entropy((1 + torch.tanh(z)) / 2, y).item(), rel=1e-5)
     assert orm_loss(torch.zeros(3), torch.tensor([0.0, 1.0, 1.0])).item() == pytest.approx(math.log(2))
-    r, y = torch.tensor([-1.0, -1.0, 1.0, 1.0, 0.5]), torch.tensor([0.0, 1.0, 0.0, 1.0, 1.0])  # the logs' clamp
-    assert orm_loss(r, y).item() == pytest.approx(F.binary_cross_entropy((1 + r) / 2, y).item(), rel=1e-6)
+    z = torch.tensor([20.0, 20.0, -20.0], requires_grad=True)
+    assert torch.tanh(z.detach()).abs().tolist() == [1.0, 1.0, 1.0]
+    loss = orm_loss(z, torch.tensor([0.0, 1.0, 0.0]))
+    loss.backward()
+    assert loss.item() == pytest.approx(40 / 3, rel=1e-5)  # -log sigmoid(-40) = 40 for the wrong one, 0 for the others
+    assert z.grad.tolist() == pytest.approx([2 / 3, 0.0, 0.0], abs=1e-7)
 
 
 def test_orm_loss_runs_under_cuda_autocast():
     """ppm.fit trains the ORM under bf16 autocast, and CUDA autocast refuses F.binary_cross_entropy. Without a
     GPU, switch on for this thread the dispatch key torch.autocast("cuda") routes every op through."""
     key = torch._C.DispatchKey.AutocastCUDA
-    r = torch.tensor([-0.5, 0.2, 0.9], requires_grad=True)
+    r = torch.tensor([-0.5, 0.2, 0.9], requires_grad=True)  # the head's logits
     assert not torch._C._dispatch_tls_is_dispatch_key_included(key) and torch._C._dispatch_tls_is_dispatch_key_excluded(key)
     torch._C._dispatch_tls_set_dispatch_key_included(key, True)
     torch._C._dispatch_tls_set_dispatch_key_excluded(key, False)
