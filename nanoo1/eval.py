@@ -104,7 +104,8 @@ def run_name(path: str) -> str:
     """A checkpoint's name for its evaluation's folder: its last two path parts ("runs/tiny/final": tiny-final,
     not the final of every run; a hub id: owner-name)."""
     p = Path(path)
-    return "-".join((p.resolve() if p.exists() else p).parts[-2:])
+    p = p.resolve() if p.exists() else p
+    return "-".join(p.relative_to(p.anchor).parts[-2:])  # without the root: /model is model, not /-model
 
 
 def budget_name(budget: int | None) -> str:
@@ -154,7 +155,8 @@ def main(argv=None):
     g.add_argument("--max-thought-tokens", type=positive_int, default=32, help="a thought is cut after this many tokens (the "
                    "tiny task's 32; the 2b preset trains with 192)")
     g.add_argument("--max-rows", type=int, default=0, help="at most this many sequences in one generate call (0: no "
-                   "limit); bounds the KV cache (e.g. 32 for gemma-2-2b on a 16 GB GPU, as the 2b preset)")
+                   "limit); bounds the KV cache (e.g. 32 for gemma-2-2b's searches on a 16 GB GPU, as the 2b preset; "
+                   "a row of the unlimited thinking budget may fill the context: 32 of gemma-2-2b's take 26 GiB)")
     g.add_argument("--seed", type=int, default=0, help="seed of the searches' sampling")
     g.add_argument("--check-equations", type=parse_bool, default=True,
                    help="mcts: a thought with a false `a op b = c` is a failed terminal (the step checker self-play uses)")

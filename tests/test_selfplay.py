@@ -575,6 +575,7 @@ def test_eval_command_refuses_unknown_methods_and_writes_beside_not_into_the_che
         shutil.copytree(warmstart, tmp_path / run_dir / "final")
         eval_cli.main(["--checkpoint", f"{run_dir}/final", "--limit", "1", "--methods", "greedy", "--max-thought-tokens", "4"])
     assert (tmp_path / "runs" / "eval" / "a-final" / "eval.jsonl").exists() and (tmp_path / "runs" / "eval" / "b-final").exists()
+    assert [eval_cli.run_name(p) for p in ("/model", "owner/name", "final")] == ["model", "owner-name", "final"]  # no root
     from nanoo1.adapters import save_lora
     from nanoo1.lora import apply_lora
 
