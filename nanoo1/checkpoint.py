@@ -7,8 +7,9 @@
 
 Loading never holds the weights twice: the model is built on the meta device (no memory), then each
 tensor is read from its file (`readinto`, no mmap), converted to the asked dtype and device if it is
-not in them already, and assigned in place, one tensor at a time. A safetensors file is an 8-byte little-endian header length N, N bytes of JSON
-({key: {"dtype", "shape", "data_offsets": [begin, end]}}), then the raw bytes.
+not in them already, and assigned in place, one tensor at a time. A safetensors file is an 8-byte
+little-endian header length N, N bytes of JSON ({key: {"dtype", "shape", "data_offsets": [begin, end]}}),
+then the raw bytes.
 """
 
 from __future__ import annotations
@@ -160,7 +161,7 @@ def read_tensor(f, path: Path, key: str, info: dict, data_start: int) -> torch.T
 
 
 # -- load ---------------------------------------------------------------------------------------------
-def resolve_checkpoint(path_or_repo_id: str | os.PathLike, revision: str | None = None) -> Path:
+def resolve_checkpoint(path_or_repo_id: str | os.PathLike, revision: str | None = None, files=HUB_FILES) -> Path:
     """A local directory as is; otherwise a hub id (owner/name) fetched with huggingface_hub.snapshot_download.
 
     A name that can only be a path is an error at once, before any download: one that starts with '.'
@@ -178,7 +179,7 @@ def resolve_checkpoint(path_or_repo_id: str | os.PathLike, revision: str | None 
     from huggingface_hub import snapshot_download
 
     try:
-        return Path(snapshot_download(repo_id=s, revision=revision, allow_patterns=HUB_FILES))
+        return Path(snapshot_download(repo_id=s, revision=revision, allow_patterns=files))
     except Exception as e:  # not found, gated, offline without a cached copy...: say both places were tried
         raise FileNotFoundError(f"{missing}, and the hub download of {s!r} failed ({type(e).__name__}: {e})") from e
 

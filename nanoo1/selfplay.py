@@ -276,7 +276,7 @@ def main(argv=None):
             load_problems(config)  # a data file too small for the run fails now, not after the first evaluation
         resolve_device(config.run.device)  # e.g. --device cuda without one: said now, as a usage error
         if args.model:  # the format's tokens, before a weight is read: google/gemma-2-2b has none of PPO's
-            Tokenizer.from_file(resolve_checkpoint(args.model)).require(
+            Tokenizer.from_file(resolve_checkpoint(args.model, files=["tokenizer.json"])).require(
                 "think" if config.run.algo == "grpo" else "thought", f"--algo {config.run.algo}")
         check_shares(config, int(os.environ.get("WORLD_SIZE", 1)))
     except (ValueError, OSError, KeyError) as e:
