@@ -104,7 +104,7 @@ def extract_answer(text: str) -> str | None:
     2. a GSM8K `#### ...` line: the rest of the line;
     3. "answer is ..." / "answer: ...": the first number on the rest of its line, or on the next line
        with text when nothing follows on its own (else the words up to the end of the sentence);
-       "answer isn't" states none;
+       "answer isn't" states none, and "answer is:" with nothing after its colon reads as ":";
     4. the last number anywhere: "1,234", "-3.5", "3/4", "\\frac{3}{4}".
     A number keeps its percent sign ("50%"). A trailing period is dropped. `parse_number` turns the result
     into a value. Linear in the text.

@@ -6,9 +6,9 @@
     OUT/latest               the name of the newest whole checkpoint (renamed into place after it is written)
     OUT/final/, summary.json the end of a finished run
 
-Everything but metrics.jsonl (a line appended per iteration) is written atomically (`files.atomic_write`);
-trainer state and buffers are read with torch's restricted unpickler (`weights_only=True`), so a run directory
-someone hands you cannot run code.
+Checkpoints, buffers and the summary are written atomically (`files.atomic_write`; metrics.jsonl gets a line
+appended per iteration, the plots are drawn in place); trainer state and buffers are read with torch's restricted
+unpickler (`weights_only=True`), so a run directory someone hands you cannot run code.
 """
 
 from __future__ import annotations
