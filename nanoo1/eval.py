@@ -91,10 +91,10 @@ def evaluate_budgeted(model, tokenizer, problems: list[Problem], think_budget: i
     t = time.perf_counter()
     prompts = [tokenizer.encode(think_prompt(p.question)) for p in problems]
     room = model.config.max_position_embeddings - max(map(len, prompts)) - solution_budget - 1
+    think, end = room if think_budget is None else think_budget, tokenizer.token_id("</think>")
     rows = [row for part in row_parts([1] * len(prompts), max_rows)
-            for row in generate_budgeted(model, prompts[part.start:part.stop], room if think_budget is None else think_budget,
-                                         solution_budget, tokenizer.token_id("</think>"), stop_token_ids=[tokenizer.eos_id],
-                                         tokenizer=tokenizer, seed=seed)]
+            for row in generate_budgeted(model, prompts[part.start:part.stop], think, solution_budget, end,
+                                         stop_token_ids=[tokenizer.eos_id], tokenizer=tokenizer, seed=seed)]
     correct = [check(r.text.split("</think>")[-1], p.answer) for r, p in zip(rows, problems)]
     tokens = sum(len(r.tokens) for r in rows) / len(problems)
     return EvalResult("budget", think_budget, sum(correct) / len(problems), tokens, time.perf_counter() - t)

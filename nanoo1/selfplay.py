@@ -38,8 +38,8 @@ from nanoo1 import dist
 from nanoo1.checkpoint import resolve_checkpoint
 from nanoo1.config import add_config_flags, add_process_flags, apply_flags, entry_parser, flat_settings
 from nanoo1.device import process_setup, resolve_device
-from nanoo1.elastic import budget_jobs, budget_summary, grpo_iteration, report_budgets
-from nanoo1.eval import EVAL_MCTS, EvalResult, evaluate, evaluate_budgeted, evaluate_sharded
+from nanoo1.elastic import budget_job, budget_jobs, budget_summary, grpo_iteration, report_budgets
+from nanoo1.eval import EVAL_MCTS, EvalResult, evaluate, evaluate_sharded
 from nanoo1.files import atomic_write
 from nanoo1.iteration import imitation_iteration, ppo_iteration
 from nanoo1.policy import LMPolicy
@@ -198,9 +198,8 @@ def run(config: SelfPlayConfig, resume: str | None = None, from_scratch: bool = 
                                              memory, rng, c))
         else:
             m = grpo_iteration(model, tokenizer, opt, problems, it, c, seed)
-            m["think_quick"] = evaluate_sharded(lambda ps: evaluate_budgeted(  # held out, greedy at t*
-                model, tokenizer, ps, config.grpo.think_budget, config.grpo.solution_budget, config.search.max_rows),
-                test[:config.eval.quick]).accuracy
+            m["think_quick"] = evaluate_sharded(budget_job(model, tokenizer, config, config.grpo.think_budget),
+                                                test[:config.eval.quick]).accuracy  # held out, greedy at t*
         m = dist.combine(m, summed=("chains", "restamped", "imitation_replayed"))
         m["lr"] = c.ppo.lr if ppo else c.grpo.grpo_lr
         if ppo and config.eval.every and (it + 1) % config.eval.every == 0:
