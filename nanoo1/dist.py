@@ -59,15 +59,20 @@ def setup(device: torch.device) -> torch.device:
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
     if dist.is_initialized():
         return device
-    # torch 2.13: importing torch._dynamo once a process group exists (building a model on the meta device
-    # does it, through torch._compile) leaves references to the group that destroy_process_group does not
-    # drop, so the group's threads would outlive `finish`; imported before the group, it leaves none (under a
-    # name of its own: `import torch._dynamo` would make `torch` a local name of this function)
-    import torch._dynamo as _dynamo  # noqa: F401
     if device.type == "cuda":
         torch.cuda.set_device(device)
-    dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=GROUP_TIMEOUT)
+    join("nccl" if device.type == "cuda" else "gloo")
     return device
+
+
+def join(backend: str, **init) -> None:
+    """init_process_group(backend, timeout=GROUP_TIMEOUT, **init) (torchrun's environment when `init` is empty;
+    tests pass a file and ranks). torch 2.13: importing torch._dynamo once a process group exists (building a
+    model on the meta device does it, through torch._compile) leaves references to the group that
+    destroy_process_group does not drop, so the group's threads would outlive `finish`; imported before the group,
+    it leaves none."""
+    import torch._dynamo as _dynamo  # noqa: F401  (a name of its own: `import torch._dynamo` makes `torch` local)
+    dist.init_process_group(backend, timeout=GROUP_TIMEOUT, **init)
 
 
 def shard(items: list, p: Place) -> list:
@@ -213,7 +218,7 @@ def finish() -> None:
     barrier for the others, then destroys the group, which stops its worker threads. They must be stopped
     before the interpreter exits: a gloo worker that releases a finished collective's tensors (allocated in
     Python) during the interpreter's finalization cannot take the GIL, and the process aborts (SIGABRT,
-    "terminate called without an active exception"); `setup` keeps torch from holding the group past the destroy."""
+    "terminate called without an active exception"); `join` keeps torch from holding the group past the destroy."""
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()

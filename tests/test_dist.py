@@ -70,14 +70,27 @@ def updates(rows: slice, names=None) -> dict:
     return out
 
 
+def gloo_threads() -> list:
+    """The names of this process's gloo threads (Linux, /proc/self/task; none elsewhere)."""
+    names = []
+    for task in Path("/proc/self/task").glob("*/comm"):
+        try:
+            names.append(task.read_text().strip())
+        except FileNotFoundError:  # the thread ended meanwhile
+            pass
+    return [n for n in names if "gloo" in n]
+
+
 def _rank(rank: int, world: int, init: str, out: str, target) -> None:
     torch.set_num_threads(1)
-    tdist.init_process_group("gloo", init_method=f"file://{init}", rank=rank, world_size=world)
+    dist.join("gloo", init_method=f"file://{init}", rank=rank, world_size=world)
     try:
         torch.save(target(rank, world), f"{out}/rank{rank}.pt")
     finally:
         if tdist.is_initialized():  # a target may have left already (dist.finish)
             tdist.destroy_process_group()
+    # a gloo thread alive at the interpreter's exit can abort the process (SIGABRT; dist.finish says how)
+    assert not gloo_threads(), f"rank {rank}: gloo threads outlive the group: {gloo_threads()}"
 
 
 def run_ranks(target, tmp_path, world: int = 2) -> list:
