@@ -284,4 +284,7 @@ def _text(e: BaseException) -> str:
 
 
 if __name__ == "__main__":  # only as the supervisor (`python -I -c <this file> <config>`)
+    if len(sys.argv) != 2 or not sys.argv[1].startswith("{"):
+        sys.exit("nanoo1/supervise.py is the sandbox's supervisor, started by sandbox.run_many with a JSON config "
+                 "and the programs on stdin; it is not a command (to run a program: nanoo1.sandbox.run_python)")
     _supervise(sys.argv[1])

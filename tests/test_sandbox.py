@@ -1057,3 +1057,12 @@ def test_sandboxed_process_is_confined_by_the_kernel():
     assert size.split() == [str(3 << 20), str(MAX_FILES)]  # its directory: a tmpfs of file_mb, MAX_FILES inodes
     ours = [os.readlink(f"/proc/self/ns/{ns}") for ns in ("user", "mnt", "ipc")]
     assert all(theirs != mine for theirs, mine in zip(namespaces.split(), ours))
+
+
+@pytest.mark.parametrize("args", [["--help"], [], ["a", "b"]])
+def test_the_supervisor_run_by_hand_says_what_it_is(args):
+    # supervise.py is started by run_many only; by hand it says so, without a traceback
+    run = subprocess.run([sys.executable, "-m", "nanoo1.supervise", *args], capture_output=True, text=True,
+                         stdin=subprocess.DEVNULL, timeout=60)
+    assert run.returncode == 1 and "Traceback" not in run.stderr, run.stderr
+    assert "sandbox's supervisor" in run.stderr and "run_python" in run.stderr
