@@ -206,6 +206,12 @@ def weight_files(directory: Path) -> dict[str, Path]:
     return {k: single for k in read_safetensors_header(single)[0]}
 
 
+def read_tokenizer(path_or_repo_id) -> Tokenizer:
+    """A checkpoint's tokenizer alone (of a hub id only tokenizer.json is fetched): its format's tokens are
+    checked with it before a weight is read."""
+    return Tokenizer.from_file(resolve_checkpoint(path_or_repo_id, files=["tokenizer.json"]))
+
+
 def load_pretrained(path_or_repo_id, dtype: torch.dtype | str | None = None, device: str | torch.device = "cpu",
                     revision: str | None = None) -> tuple[Gemma2, Tokenizer | None]:
     """(model, tokenizer) from a checkpoint directory or hub id. dtype None: the checkpoint's own dtype.

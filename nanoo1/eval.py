@@ -21,7 +21,7 @@ from typing import Callable
 
 from nanoo1 import dist
 from nanoo1.adapters import load_lora
-from nanoo1.checkpoint import load_pretrained
+from nanoo1.checkpoint import load_pretrained, read_tokenizer
 from nanoo1.config import entry_parser, error_text, parse_bool, positive_int
 from nanoo1.device import process_setup, resolve_device
 from nanoo1.engine import generate_budgeted, row_parts
@@ -195,13 +195,12 @@ def main(argv=None):
     try:
         device = dist.setup(resolve_device(args.device))
         dtype = args.dtype or ("float32" if device.type == "cpu" else "bfloat16")
-        model, tokenizer = load_pretrained(args.checkpoint, dtype=dtype, device=device)
-        if args.adapters:
-            load_lora(model, args.adapters)
-        if tokenizer is None:
-            raise ValueError(f"{args.checkpoint} has no tokenizer.json")
+        tokenizer = read_tokenizer(args.checkpoint)  # each method's format tokens, before a weight is read
         for method in methods:
             tokenizer.require("think" if method == "budget" else "thought", f"--methods {method}")
+        model, _ = load_pretrained(args.checkpoint, dtype=dtype, device=device)
+        if args.adapters:
+            load_lora(model, args.adapters)
     except (OSError, ValueError, KeyError) as e:  # KeyError: a key missing from a file, adapters that do not fit
         p.error(error_text(e))
     place = dist.place()

@@ -35,7 +35,7 @@ from pathlib import Path
 import torch
 
 from nanoo1 import dist
-from nanoo1.checkpoint import resolve_checkpoint
+from nanoo1.checkpoint import read_tokenizer
 from nanoo1.config import add_config_flags, add_process_flags, apply_flags, entry_parser, flat_settings
 from nanoo1.device import process_setup, resolve_device
 from nanoo1.elastic import budget_job, budget_jobs, budget_summary, grpo_iteration, report_budgets
@@ -49,7 +49,6 @@ from nanoo1.recipe import (PRESETS, SelfPlayConfig, default_out, draws_per_itera
 from nanoo1.runs import (append_jsonl, latest_checkpoint, load_model, load_trainer_state, prepare_out, rewrite_jsonl,
                          resume_settings, save_checkpoint, save_model)
 from nanoo1.tasks import load_jsonl
-from nanoo1.tokenizer import Tokenizer
 from nanoo1.warmstart import train_warmstart
 
 
@@ -275,8 +274,8 @@ def main(argv=None):
             load_problems(config)  # a data file too small for the run fails now, not after the first evaluation
         resolve_device(config.run.device)  # e.g. --device cuda without one: said now, as a usage error
         if args.model:  # the format's tokens, before a weight is read: google/gemma-2-2b has none of PPO's
-            Tokenizer.from_file(resolve_checkpoint(args.model, files=["tokenizer.json"])).require(
-                "think" if config.run.algo == "grpo" else "thought", f"--algo {config.run.algo}")
+            read_tokenizer(args.model).require("think" if config.run.algo == "grpo" else "thought",
+                                               f"--algo {config.run.algo}")
         check_shares(config, int(os.environ.get("WORLD_SIZE", 1)))
     except (ValueError, OSError, KeyError) as e:
         p.error(str(e))

@@ -668,11 +668,13 @@ def test_a_model_without_the_formats_tokens_is_refused_before_its_weights_are_re
     assert "has no <end_of_thought>, <conclusion>, <start_of_rating>" in err and "OpenLongCoT-Base-Gemma2-2B" in err
     main(["--model", str(tmp_path / "plain"), *data, "--out", str(tmp_path / "b"), "--algo", "grpo"])
     assert started == ["grpo"]
-    from nanoo1 import eval as eval_cli  # eval likewise, by method, before it evaluates anything
+    from nanoo1 import eval as eval_cli  # eval likewise, by method, before it reads a weight
 
+    loads, load = [], eval_cli.load_pretrained
+    monkeypatch.setattr(eval_cli, "load_pretrained", lambda *a, **k: loads.append(a) or load(*a, **k))
     with pytest.raises(SystemExit):
         eval_cli.main(["--checkpoint", str(tmp_path / "plain"), "--methods", "budget,mcts", "--out", str(tmp_path / "e")])
-    assert "has no <end_of_thought>" in capsys.readouterr().err and not (tmp_path / "e").exists()
+    assert "has no <end_of_thought>" in capsys.readouterr().err and not (tmp_path / "e").exists() and not loads
     eval_cli.main(["--checkpoint", str(tmp_path / "plain"), "--methods", "budget", "--budgets", "2", "--limit", "1",
                    "--out", str(tmp_path / "e")])
     assert (tmp_path / "e" / "eval.jsonl").exists()
