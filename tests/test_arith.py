@@ -38,9 +38,9 @@ def test_normalize_spells_arithmetic_plainly():
 
 def test_white_space_is_read_once():
     for expr, v in [(" \t\n" * 7000 + "a", None), ("1" + " " * 21000 + "a", None), (" " * 21000 + "1 + 2", 3)]:
-        start = time.perf_counter()
+        start = time.process_time()
         assert evaluate(expr) == v and (tokenize(expr) is None) == (v is None)
-        assert time.perf_counter() - start < 1.0  # 11 s (quadratic) while a token was searched for from each space
+        assert time.process_time() - start < 1.0  # 11 s (quadratic) while a token was searched for from each space
 
 
 def test_the_bounds_are_inclusive_at_their_limits():

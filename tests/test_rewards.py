@@ -196,12 +196,12 @@ ADVERSARIAL = {
 def test_adversarial_text_is_checked_within_a_second(name):
     text = ADVERSARIAL[name]
     for truth in ("5", "9" * 5000, 10 ** 5000, text[:100000]):
-        start = time.perf_counter()
+        start = time.process_time()
         assert check(text, truth) in (True, False)
-        assert time.perf_counter() - start < 1.0  # the quadratic reading took 42 s on 28 kB of \boxed{
-    start = time.perf_counter()
+        assert time.process_time() - start < 1.0  # the quadratic reading took 42 s on 28 kB of \boxed{
+    start = time.process_time()
     normalize_answer(text), format_reward(text), format_reward(text, "elastic")
-    assert time.perf_counter() - start < 1.0
+    assert time.process_time() - start < 1.0
 
 
 def test_long_answers_compare_as_text_and_never_raise():

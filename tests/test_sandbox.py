@@ -795,11 +795,11 @@ def test_signalling_through_a_file_owner(hook):
 
 
 def test_cpu_time_limit_is_a_backstop():
-    # a program that lowers its own CPU limit shows what happens should the wall clock ever fail
+    # a program that lowers its own CPU limit shows what happens should the wall clock ever fail: its 1 s of CPU
+    # ends it (SIGXCPU), long before the wall clock would ("ran longer than"), on a busy machine too
     code = "import resource\nresource.setrlimit(resource.RLIMIT_CPU, (1, 2))\nwhile True:\n    pass"
-    r = hostile(code, timeout=3.0, audit_hook=False)
+    r = hostile(code, timeout=30.0, audit_hook=False)
     assert (r.error, r.message) == ("Timeout", "used up its CPU time")
-    assert r.seconds < 2.5
 
 
 CLEAR_PDEATHSIG = """
