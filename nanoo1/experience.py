@@ -53,12 +53,14 @@ def success_rates(tree) -> dict[int, float]:
 
 
 def relabel_lucky(tree) -> int:
-    """Mark a success whose chain holds a wrong equation (`equations_hold`) as a failure; returns how many.
+    """Mark a success whose chain (the thoughts below the root, its conclusion included) holds a wrong equation
+    (`equations_hold`) as a failure; returns how many. The question is not checked: it may state a wrong equation
+    on purpose ("Tom wrote 2 + 2 = 5").
 
     For trees grown without a step checker (best-of-N chains, MCTS without `verify`); MCTS with
-    `verify=equations_hold` never lets such a success through."""
+    `verify=equations_hold`, which checks each new thought, never lets such a success through."""
     lucky = [leaf for leaf in tree.nodes if leaf.terminal == "success"
-             and not all(equations_hold(node.text) for node in tree.path(leaf))]
+             and not all(equations_hold(node.text) for node in tree.path(leaf)[1:])]
     for leaf in lucky:
         leaf.terminal = "failure"
     return len(lucky)

@@ -638,11 +638,13 @@ def relabel_by(path_of, is_lucky=lambda leaf: leaf.terminal == "success", to="fa
 
 def test_relabel_lucky_check(capsys):
     passes(ex.check_relabel_lucky, relabel_lucky, capsys)
-    passes(ex.check_relabel_lucky, relabel_by(lambda tree, leaf: tree.path(leaf)), capsys)  # the harness itself is right
+    passes(ex.check_relabel_lucky, relabel_by(lambda tree, leaf: tree.path(leaf)[1:]), capsys)  # the harness itself is right
+    fails(ex.check_relabel_lucky, relabel_by(lambda tree, leaf: tree.path(leaf)), capsys, "a question that states")
     fails(ex.check_relabel_lucky, relabel_by(lambda tree, leaf: [leaf]), capsys, "_lucky_tree")
-    fails(ex.check_relabel_lucky, relabel_by(lambda tree, leaf: tree.path(leaf)[:-1]), capsys, "_lucky_tree")
-    fails(ex.check_relabel_lucky, relabel_by(lambda tree, leaf: tree.path(leaf), is_lucky=lambda leaf: True), capsys, "_lucky_tree")
-    fails(ex.check_relabel_lucky, relabel_by(lambda tree, leaf: tree.path(leaf), to=None), capsys, "_lucky_tree")
+    fails(ex.check_relabel_lucky, relabel_by(lambda tree, leaf: tree.path(leaf)[1:-1]), capsys, "_lucky_tree")
+    fails(ex.check_relabel_lucky, relabel_by(lambda tree, leaf: tree.path(leaf)[1:], is_lucky=lambda leaf: True), capsys,
+          "_lucky_tree")
+    fails(ex.check_relabel_lucky, relabel_by(lambda tree, leaf: tree.path(leaf)[1:], to=None), capsys, "_lucky_tree")
 
 
 # ----------------------------------------------------------------------------- the harness itself

@@ -166,3 +166,62 @@ def test_stamps_do_not_depend_on_the_token_budget():
     stamp_old(model, tok, alone, 1.0, max_tokens=1)  # every item over the budget: one forward pass each
     for a, b in zip(whole, alone):
         assert a["old_logp"] == pytest.approx(b["old_logp"], abs=1e-5) and a["old_value"] == pytest.approx(b["old_value"], abs=1e-5)
+
+
+# -- behaviour the tests above leave open (found by mutation testing) -----------------------------------------
+def test_a_rejected_first_thought_is_the_outcome_and_a_tree_without_success_gives_no_chains():
+    """The rejected thought may be the root's child: what was generated below it is not an outcome. A tree with
+    failures only gives no training chains."""
+    tree = Tree("q")
+    bad = tree.add(tree.root, "<expansion>", "2 + 2 = 5", terminal="failure")
+    tree.add(bad, "<conclusion>", "The answer is \\boxed{5}", terminal="failure")
+    assert outcomes(tree) == [bad]
+    assert tree_chains(tree, 4) == []
+
+
+def test_a_wrong_equation_in_the_successful_conclusion_itself_is_lucky():
+    tree = Tree("q")
+    end = tree.add(tree.root, "<conclusion>", "So 3 + 4 = 8. The answer is \\boxed{8}", terminal="success")  # 3 + 4 = 7
+    assert relabel_lucky(tree) == 1 and end.terminal == "failure"
+
+
+def test_a_wrong_equation_in_the_question_is_not_the_chains():
+    """The chain is the thoughts below the root; a question may state a wrong equation on purpose, and a right
+    answer to it stays a success (as MCTS's step checker, which checks each new thought, lets it through)."""
+    tree = Tree("Tom wrote 2 + 2 = 5 on the board. What is 3 + 4?")
+    end = tree.add(tree.root, "<conclusion>", "3 + 4 = 7. The answer is \\boxed{7}", terminal="success")
+    assert relabel_lucky(tree) == 0 and end.terminal == "success"
+
+
+def test_default_gamma_and_lambda_and_values_without_rates():
+    """chain_items' defaults gamma = 0.99, lam = 0.95; without success rates a thought's V is exp(min(0, value)),
+    exp(log 0.5) = 0.5 for a thought with no value."""
+    tok = Tokenizer.from_file(TINY_DIR)
+    (p,) = make_problems(1, seed=0)
+    tree = Tree(p.question)
+    a = tree.add(tree.root, "<expansion>", "7 + 5 = 12", value=-0.1)
+    end = tree.add(a, "<conclusion>", "The answer is \\boxed{12}", terminal="success")
+    paths = tree_chains(tree, 2)
+    (item,) = chain_items(tok, paths, success_rates(tree))
+    # every node sees 1 success of 1: V = 1.5 / 2 = 0.75. delta_end = 1 - 0.75 = 0.25 = A_end;
+    # delta_a = 0.99 * 0.75 - 0.75 = -0.0075, A_a = -0.0075 + 0.99 * 0.95 * 0.25 = 0.227625
+    starts = [s for s, _, _ in chain_tokens(tok, paths[0])[1]]
+    assert [item["advantages"][s] for s in starts] == pytest.approx([0.227625, 0.25], abs=1e-6)
+    # no rates: `b` has no value (V = 0.5), `c` a positive one (V = exp(min(0, 0.3)) = 1)
+    b = tree.add(tree.root, "<expansion>", "7 + 5 = 12")
+    c = tree.add(b, "<expansion>", "12 - 0 = 12", value=0.3)
+    won = tree.add(c, "<conclusion>", "The answer is \\boxed{12}", terminal="success")
+    (item,) = chain_items(tok, [tree.path(won)])
+    assert item["value_target"] == pytest.approx([0.5, 1.0, 1.0])
+
+
+def test_collate_pads_to_the_multiple_and_carries_stamps_and_weights():
+    one = {"ids": [5] * 10, "mask": [0] * 4 + [1] * 6, "advantages": [0.0] * 4 + [0.5] * 6, "value_pos": [3, 9],
+           "value_target": [0.5, 1.0], "old_logp": [-1.0] * 10, "old_value": [0.4, 0.6]}
+    two = {"ids": [6] * 3, "mask": [0, 1, 1], "advantages": [0.0, -0.5, -0.5], "value_pos": [2], "value_target": [0.0],
+           "old_logp": [-2.0] * 3, "old_value": [0.3]}
+    batch = collate_chains([one, two], pad_id=0, weights=[0.5, 2.0], multiple=8)
+    assert batch["input_ids"].shape == (2, 16) and batch["old_logp"].shape == (2, 16)  # 10 tokens -> 16
+    assert batch["value_mask"].tolist() == [[1, 1], [1, 0]]  # per value position, (B, K)
+    torch.testing.assert_close(batch["old_value"], torch.tensor([[0.4, 0.6], [0.3, 0.0]]))  # (B, K), not (B, T)
+    assert batch["weights"].dtype == torch.float32 and batch["weights"].tolist() == [0.5, 2.0]

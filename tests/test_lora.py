@@ -514,3 +514,54 @@ def test_a_target_that_selects_nothing_is_named():
         LoRASettings(rank=2, targets="q_proj,qproj")
     with pytest.raises(ValueError, match=r"'lm_head'.*logits read its weight"):
         LoRASettings(rank=2, targets="lm_head")
+
+
+# -- behaviour the tests above leave open (found by mutation testing) -----------------------------------------
+def test_config_values_are_checked_and_defaults_are_plain_lora(tmp_path):
+    """r an int >= 1 (not a bool), lora_alpha in (0, inf), lora_dropout in [0, 1); a config without lora_dropout or
+    init_lora_weights is plain LoRA (dropout 0, peft's default init True), and init False (B random) is plain too."""
+    d = tmp_path / "adapters"
+    save_lora(apply_lora(TinyGemmaLike(), ("q_proj",), rank=2, alpha=4.0, dropout=0.1), d)
+    config, tensors = _adapter_files(d)
+    for key, bad in (("r", True), ("lora_alpha", 0), ("lora_alpha", float("inf")), ("lora_dropout", 1)):
+        _rewrite(d, {**config, key: bad}, tensors)
+        with pytest.raises(ValueError, match=rf"adapter_config\.json: {key}={bad!r}, expected"):
+            load_lora(TinyGemmaLike(), d)
+    for init in (False, "gaussian"):
+        _rewrite(d, {**config, "init_lora_weights": init}, tensors)
+        assert lora_state_dict(load_lora(TinyGemmaLike(), d))
+    (d / "adapter_config.json").write_text(json.dumps(
+        {k: v for k, v in config.items() if k not in ("lora_dropout", "init_lora_weights")}))
+    model = load_lora(TinyGemmaLike(), d)
+    save_lora(model, tmp_path / "again")  # the dropout it was given, written back: 0.0
+    assert json.loads((tmp_path / "again" / "adapter_config.json").read_text())["lora_dropout"] == 0.0
+
+
+def test_save_refuses_adapters_with_different_dropouts(tmp_path):
+    model = apply_lora(TinyGemmaLike(), ("q_proj",), rank=2, alpha=4.0, dropout=0.1)
+    apply_lora(model, ("v_proj",), rank=2, alpha=4.0, dropout=0.2)  # one config holds one lora_dropout
+    with pytest.raises(ValueError, match=r"dropout 0\.2.*dropout 0\.1|dropout 0\.1.*dropout 0\.2"):
+        save_lora(model, tmp_path)
+
+
+def test_save_trained_and_merge_write_what_they_should(tmp_path, tiny_tokenizer):
+    """save_trained: the adapters beside the tokenizer under LoRA, a full checkpoint without; merge refuses to write
+    over the adapters, checks their config before it loads the base, and copies no adapter file into the result."""
+    from conftest import random_model
+    from nanoo1.adapters import merge_into_checkpoint, save_trained
+
+    model = random_model(_gemma_config(), seed=8)
+    save_trained(model, tiny_tokenizer, tmp_path / "base")
+    assert {"config.json", "model.safetensors", "tokenizer.json"} <= set(os.listdir(tmp_path / "base"))
+    save_trained(apply_lora(model, ("q_proj",), rank=2, alpha=4.0), tiny_tokenizer, tmp_path / "adapters")
+    assert sorted(os.listdir(tmp_path / "adapters")) == ["adapter_config.json", "adapter_model.safetensors",
+                                                         "special_tokens_map.json", "tokenizer.json", "tokenizer_config.json"]
+    with pytest.raises(ValueError, match="base or the adapters"):
+        merge_into_checkpoint(tmp_path / "base", tmp_path / "adapters", tmp_path / "adapters")
+    merge_into_checkpoint(tmp_path / "base", tmp_path / "adapters", tmp_path / "merged")
+    assert "model.safetensors" in os.listdir(tmp_path / "merged")
+    assert not {"adapter_config.json", "adapter_model.safetensors"} & set(os.listdir(tmp_path / "merged"))
+    (tmp_path / "empty").mkdir()  # not a checkpoint: an adapter option nanoo1 does not compute is named first
+    _rewrite(tmp_path / "adapters", {"use_dora": True})
+    with pytest.raises(ValueError, match="use_dora"):
+        merge_into_checkpoint(tmp_path / "empty", tmp_path / "adapters", tmp_path / "merged-dora")

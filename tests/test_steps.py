@@ -158,3 +158,66 @@ def test_never_raises_on_random_arithmetic():
               "%", "$", "x", "\\frac{", "\\times", "<<", ">>", "of", "a", "_", ":", "!", "1 1/2", "10^10^", "\u2212", "="]
     for _ in range(5000):
         assert equations_hold("".join(rng.choice(pieces) for _ in range(rng.randint(0, 40)))) in (True, False)
+
+
+# -- bounds, sides and context the cases above leave open (found by mutation testing) --------------------
+SIDE = "100" + " + 1" * 49  # 199 characters: 100 + 49 = 149
+
+
+def test_a_side_longer_than_max_side_is_not_read():
+    """MAX_SIDE = 200: a false left side of 199 characters is read, one of 201 is not."""
+    long = "1" + " + 1" * 50  # 201 characters: 51
+    assert len(SIDE) == 199 and len(long) == 201
+    assert not equations_hold(SIDE + " = 150") and equations_hold(SIDE + " = 149")
+    assert equations_hold(long + " = 52")  # false (51 != 52), but too long to be read
+
+
+def test_a_side_within_the_margin_of_a_cut_piece_is_not_read():
+    """A long text is read in pieces MAX_SIDE + _MARGIN (216) characters each side of an "="; a side that starts or
+    ends within _MARGIN characters of a cut may have lost its context there, so it is not read."""
+    assert not equations_hold(SIDE + " = 447")  # read alone: 149 != 447
+    # the text starts 208 characters before "=": "3 times" lies in the piece, 3 * 149 = 447
+    assert equations_hold("3 times " + SIDE + " = 447")
+    # 17 spaces before "=" (aligned columns): "twice" falls before the piece, the side at its start; 2 * 149 = 298
+    assert equations_hold("She noted the sums in a table. Then twice " + SIDE + " " * 17 + "= 298")
+    # 14 spaces after "=": "thousand" falls past the piece's end, the side ends within 16 characters of it;
+    # 149 * 1000 = 149 thousand
+    assert equations_hold("So 149 * 1000 =" + " " * 14 + SIDE + " thousand dollars in all, as the table shows.")
+
+
+def test_where_sides_begin_and_end_around_brackets():
+    """The left side starts after the last bracket left open; the right side ends before a bracket closed unopened
+    or left open; a number written right after a bracket may be a product, so the equation is not read."""
+    assert not equations_hold("Total: (2 + 3 = 6)")  # 2 + 3 = 5, read after the open "("
+    assert not equations_hold("2 + 3 = 6 (3]")  # right side 6, before the stray "]"
+    assert not equations_hold("2 + 3 = 6 (3 + 4")  # right side 6, before the "(" left open
+    assert equations_hold("1 + 2 = (1/2) 6")  # (1/2) * 6 = 3: the right side is not read as 1/2
+    assert equations_hold("(1/2) 18 + 2 = 11")  # (1/2) * 18 + 2 = 11: the left side is not read as 18 + 2 = 20
+
+
+def test_context_belongs_to_the_run_it_is_written_against():
+    """A word before the run scales the run only where the left side starts it; a word after the run scales the
+    right side only where that side ends the run; a lone number is read only as the right side of the "=" before."""
+    assert not equations_hold("half (3 + 4 = 8)")  # 3 + 4 = 7; "half" is before the "(", not before 3 + 4
+    assert not equations_hold("2 + 2 = 5 (3 thousand left)")  # 2 + 2 = 4; "thousand" follows 3, not 5
+    assert equations_hold("2 + 3 = 5 6 = 7")  # "6 = 7": 6 is one number, not the right side (5) of the "=" before
+    assert equations_hold("It took 1 + 1/2 = 1:30 hours")  # 1.5 hours is 1:30; a time's ":" is context, not 1
+    assert equations_hold("He pays 1/2 = <<1/2=0.5>>50 cents")  # $0.5 is 50 cents: the word after the number counts
+
+
+def test_annotation_bounds():
+    """An annotation is at most MAX_SIDE characters (a longer one is prose), and the number after it is read
+    within a window of 64 characters: one that fills the window as the text ends is still checked."""
+    assert not equations_hold("<<" + "1+" * 110 + "1=111>>111. Then 2 + 2 = 5.")  # 225 characters: prose, 4 != 5
+    after = "1001" + " + 0" * 15  # exactly 64 characters; 10 * 100 = 1000, not 1001
+    assert len(after) == 64
+    assert not equations_hold("<<10*100=1000>>" + after) and equations_hold("<<10*100=1000>>1000" + " + 0" * 15)
+
+
+def test_pieces_that_touch_are_read_as_one():
+    """Pieces around two "=" signs 2 * 216 + 1 = 433 characters apart touch ([0, 228] and [228, ...]) and are read
+    as one, so nothing is cut between them: the first equation's right side, 14 spaces after its "=", is read whole."""
+    first = "149 * 1000 =" + " " * 14 + SIDE + " dollars"  # "=" at 11; 149000 != 149
+    text = first + " " * 205 + "2 + 2 = 4"  # second "=" at 233 + 205 + 6 = 444 = 11 + 433
+    assert text.index("=", 12) - text.index("=") == 433
+    assert not equations_hold(text)

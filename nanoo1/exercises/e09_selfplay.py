@@ -90,14 +90,19 @@ def _lucky_tree():
 
 def check_relabel_lucky(relabel_lucky) -> bool:
     """`relabel_lucky(tree) -> int` as nanoo1.experience.relabel_lucky, for trees grown without a step checker:
-    every "success" terminal whose root-to-leaf path (tree.path(leaf), the leaf included) holds a wrong
-    `a op b = c` equation (nanoo1.rewards.equations_hold is False for some node's text) becomes a "failure";
-    returns how many."""
+    every "success" terminal whose chain (the thoughts below the root down to the leaf, tree.path(leaf)[1:])
+    holds a wrong `a op b = c` equation (nanoo1.rewards.equations_hold is False for some node's text) becomes a
+    "failure"; returns how many. The question at the root is not checked."""
     _callable(relabel_lucky, "check_relabel_lucky")
 
     def single_success():
         tree = Tree("Mia has 7 apples. How many?")
         tree.add(tree.root, "<conclusion>", "The answer is \\boxed{7}", terminal="success")
+        return tree
+
+    def question_says():
+        tree = Tree("Tom wrote 2 + 2 = 5 on the board. What is 3 + 4?")
+        tree.add(tree.root, "<conclusion>", "3 + 4 = 7, so the answer is \\boxed{7}", terminal="success")
         return tree
 
     def after():
@@ -111,4 +116,6 @@ def check_relabel_lucky(relabel_lucky) -> bool:
               after, [3, 1, 0, 0, 0, 0, 1],
               hint="check every node on the path, the conclusion itself included; a failure stays a failure and is not counted"),
         _Case("root -> a success without equations (count)", lambda: relabel_lucky(single_success()), 0),
+        _Case("a question that states 2 + 2 = 5 -> a right success (count)", lambda: relabel_lucky(question_says()), 0,
+              hint="the question at the root is not part of the chain: check tree.path(leaf)[1:]"),
     ])
