@@ -212,7 +212,10 @@ def equations_hold(text: str) -> bool:
       scales it ("thousand", "cents", "times", "of", "per"), a capital letter written against it (an
       unknown: `= 5A / 5`), `\\`, `!`, `²`, `√`, `π`, `_` or a time's ":";
     - `<=`, `>=`, `==`, `!=`, `:=`, `=>`; an annotation longer than MAX_SIDE characters; everything after
-      the first MAX_EQUATIONS "=" signs (or annotations).
+      the first MAX_EQUATIONS "=" signs (or annotations);
+    - a side that starts or ends within _MARGIN characters of where a piece is cut out of the text: the
+      text is read in pieces of MAX_SIDE + _MARGIN characters on each side of an "=" (pieces that touch
+      are one), so a side that reaches that far from its "=" (past runs of spaces) may lack its context.
     The work is bounded by MAX_EQUATIONS * MAX_SIDE characters, whatever the length of the text.
     """
     if "=" not in text:
