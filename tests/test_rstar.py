@@ -968,6 +968,106 @@ def test_pass_at_n_counts_the_first_n_samples_only(monkeypatch):
     rows = verifier_table(None, type("T", (), {"pad_id": 0})(), [problem], None, None, [4, 8])
     assert [row["pass@N"] for row in rows] == [0.0, 1.0]
 
+
+def test_printed_answer_is_only_a_final_step_that_ran(code_tokenizer):
+    """Three near-misses that all hold an `<output>`: a non-final step that printed, a final step that failed
+    with the tag in its error message, and a final step the search never graded. None of them is an answer
+    or an ORM example. Only the graded success counts: 1 example, labelled True."""
+    tree = Tree(MIA.question)
+    printed12 = "# Step 2: How many now?\nprint(x1)\n" + STEP_END + "\n<output>12</output>"
+    deep = _chain(tree, tree.root, [STEP1, printed12], [0.0, -1.0])  # an <expansion>, ended by depth
+    deep.terminal = "failure"
+    raised = "# Step 3: answer\nraise ValueError('<output>7</output>')\n" + STEP_END
+    failed = tree.add(tree.root, "<conclusion>", raised + "\n<error>ValueError: <output>7</output></error>",
+                      terminal="failure")
+    assert step_failed(failed.text) and extract_answer(failed.text) == "7"  # the tag is there, but it did not run
+    ungraded = tree.add(tree.root, "<conclusion>", FINAL9)  # terminal None: not a finished solution
+    graded = _chain(tree, tree.root, [STEP1, STEP2, FINAL9], [0.0, 0.0, 1.0], "success")
+    assert [printed_answer(n) for n in (deep, failed, ungraded, graded)] == [None, None, "9", "9"]
+    assert outcome_examples(code_tokenizer, [tree]) == [
+        (encode_trace(code_tokenizer, MIA.question, [STEP1, STEP2, FINAL9], close=False)[0], True)]
+
+
+def _fake_sampler(samples, seen):
+    """A `sample_chains` stand-in: question -> answers in sample order. Each sample is two steps, and the final
+    steps are added (and returned) in reverse sample order, so only the first step's id gives the sample order."""
+    def sample_chains(policy, questions, n, config, temperature=None, rate=False):
+        seen.append((len(questions), n, config.max_depth, temperature))
+        trees, ends = [], []
+        for q in questions:
+            tree = Tree(q)
+            firsts = [tree.add(tree.root, "<expansion>", f"# Step 1: sample {k}\n{STEP_END}") for k in range(n)]
+            last = [tree.add(firsts[k], "<conclusion>", f"# Step 2: {q} {k}\nprint({a})\n{STEP_END}\n<output>{a}</output>")
+                    for k, a in reversed(list(enumerate(samples[q])))]
+            trees.append(tree)
+            ends.append(last)
+        return trees, ends, None
+    return sample_chains
+
+
+def test_verifier_table_scores_each_problem_by_its_own_samples_in_sample_order(monkeypatch):
+    """Two problems in one batch; samples listed in sample order (the first N are best-of-N's), scores keyed by
+    sample:
+      A (answer 9): answers 9 1 1 1, PRM 1 0 0 0, ORM 0 1 0 0
+      B (answer 6): answers 2 6 2 2, PRM 0 1 0 0, ORM 1 0 0 0
+    N=1: every chooser takes sample 0: A right, B wrong -> 0.5 for all four columns.
+    N=4: vote 1 (A) and 2 (B), both wrong -> 0; PRM A0 and B1, both right -> 1; ORM A1 and B0, both wrong -> 0;
+    pass@4 1."""
+    a, b = Problem("What is 7 + 2?", "9", [Step(7, "+", 2, 9)]), Problem("What is 3 + 3?", "6", [Step(3, "+", 3, 6)])
+    samples = {a.question: ["9", "1", "1", "1"], b.question: ["2", "6", "2", "2"]}
+    table = {"prm": {a.question: [1, 0, 0, 0], b.question: [0, 1, 0, 0]},
+             "orm": {a.question: [0, 1, 0, 0], b.question: [1, 0, 0, 0]}}
+    seen = []
+    monkeypatch.setattr(verifiers, "sample_chains", _fake_sampler(samples, seen))
+    monkeypatch.setattr(verifiers, "ppm_input", lambda tok, path: path[-1].text)  # the scores below read the text
+
+    def ppm_scores(scorer, seqs, pad_id, batch_size=32):
+        keys = [text.removeprefix("# Step 2: ").split("\n")[0].rsplit(" ", 1) for text in seqs]
+        return torch.tensor([float(table[scorer][q][int(k)]) for q, k in keys])
+
+    monkeypatch.setattr(verifiers, "ppm_scores", ppm_scores)
+    rows = verifier_table(None, type("T", (), {"pad_id": 0})(), [a, b], "prm", "orm", [1, 4])
+    assert rows == [{"n": 1, "vote": 0.5, "PRM": 0.5, "ORM": 0.5, "pass@N": 0.5},
+                    {"n": 4, "vote": 0.0, "PRM": 1.0, "ORM": 0.0, "pass@N": 1.0}]
+    assert seen == [(2, 4, 16, None)]  # one batch of both problems, the default depth, the policy's temperature
+
+
+def test_verifier_table_samples_more_than_a_batch_for_one_problem(monkeypatch):
+    """N = 300 > verifiers.ROWS = 256: still one problem at a time (not zero), with the max_depth given."""
+    problem = Problem("What is 7 + 2?", "9", [Step(7, "+", 2, 9)])
+    seen = []
+    monkeypatch.setattr(verifiers, "sample_chains", _fake_sampler({problem.question: ["9"] * 300}, seen))
+    monkeypatch.setattr(verifiers, "ppm_input", lambda tok, path: [0])
+    monkeypatch.setattr(verifiers, "ppm_scores", lambda scorer, seqs, pad_id, batch_size=32: torch.zeros(len(seqs)))
+    rows = verifier_table(None, type("T", (), {"pad_id": 0})(), [problem], None, None, [300], max_depth=5)
+    assert rows == [{"n": 300, "vote": 1.0, "PRM": 1.0, "ORM": 1.0, "pass@N": 1.0}] and seen == [(1, 300, 5, None)]
+
+
+@pytest.mark.parametrize("n, ns", [(8, [4, 8]), (100, [4, 8, 16, 32, 64]), (2, [2])])
+def test_compare_verifiers_trains_the_orm_like_the_ppm_and_takes_n_up_to_the_setting(n, ns, tmp_path, monkeypatch):
+    """The ORM trains on 2 * ppm_pairs_per_step = 8 sequences a step for ppm_epochs = 4 passes over 10 examples:
+    passes(4, 10, 8) = round(40 / 8) = 5 steps. N = 4, 8, ... up to --verifiers inclusive; a setting under 4 is
+    the one N. The table and the example count land in OUT/verifiers.json."""
+    calls = {}
+    monkeypatch.setattr(verifiers, "lora_copy", lambda model: model)
+    monkeypatch.setattr(verifiers, "ProcessPreferenceModel", lambda model: "orm")
+    monkeypatch.setattr(verifiers, "train_orm", lambda *a: calls.setdefault("train", a))
+    monkeypatch.setattr(verifiers, "save_scorer", lambda orm, tok, path, name: calls.setdefault("save", (orm, path)))
+
+    def table(policy, tok, problems, ppm, orm, ns, max_depth):
+        calls["table"] = (ppm, orm, ns, max_depth)
+        return [{"n": k, "vote": 0.5, "PRM": 0.5, "ORM": 0.5, "pass@N": 1.0} for k in ns]
+
+    monkeypatch.setattr(verifiers, "verifier_table", table)
+    sampler = type("S", (), {"tokenizer": type("T", (), {"pad_id": 3})(), "model": "model"})()
+    config = EvolveConfig(verifiers=n, ppm_epochs=4.0, ppm_pairs_per_step=4, ppm_lr=0.5, seed=7, out=str(tmp_path))
+    examples = [([1, 2], True)] * 10
+    rows = verifiers.compare_verifiers(sampler, "ppm", examples, [], config)
+    assert calls["train"] == ("orm", examples, 3, 5, 8, 0.5, config.autocast, 7, False)
+    assert calls["table"] == ("ppm", "orm", ns, 16) and [row["n"] for row in rows] == ns
+    assert calls["save"] == ("orm", tmp_path / "orm")
+    assert json.loads((tmp_path / "verifiers.json").read_text()) == {"orm_examples": 10, "rows": rows}
+
 def test_slip_pairs_put_each_worked_step_against_its_slips(code_tokenizer):
     slips = slip_pairs(code_tokenizer, [MIA], seed=0)
     assert {kind: len(pairs) for kind, pairs in slips.items()} == {"operand": 2, "skip": 1, "early": 1}

@@ -708,3 +708,139 @@ def test_grpo_with_lora_takes_its_kl_against_the_base_with_the_adapters_off(tmp_
     assert kl[0] == 0.0 and kl[1] > 0  # the adapters start at zero (the policy is the base), then move away from it
     with pytest.raises(ValueError, match="--kl-beta needs --lora-rank"):
         small(tmp_path, warmstart, algo="grpo", kl_beta=0.1)
+
+
+# -- run directories (nanoo1/runs.py) -------------------------------------------------------------------
+def test_latest_names_an_iteration_directory_beside_it(tmp_path):
+    """`latest` holds iter-NNNN (a newline after it is fine) of a directory that exists; anything else is refused."""
+    from nanoo1.runs import latest_checkpoint
+
+    with pytest.raises(FileNotFoundError, match="is not a run with a finished iteration"):
+        latest_checkpoint(tmp_path)
+    for name in ("iter-0003", "iter-last", "abcd-0003"):
+        (tmp_path / name).mkdir()
+    (tmp_path / "latest").write_text("iter-0003\n")
+    assert latest_checkpoint(tmp_path) == tmp_path / "iter-0003"
+    for bad in ("iter-last", "abcd-0003", "iter-0004"):  # not a number, not iter-, no such directory
+        (tmp_path / "latest").write_text(bad)
+        with pytest.raises(ValueError, match=f"names '{bad}', expected an iter-NNNN"):
+            latest_checkpoint(tmp_path)
+
+
+def test_saved_settings_errors_name_the_file_and_out_may_move(tmp_path):
+    """A damaged settings.json is a ValueError naming it; on resume `out` may differ (the directory moved), other
+    settings may not."""
+    from nanoo1.runs import resume_settings, save_checkpoint, saved_settings
+
+    config = PRESETS["tiny"]
+    save_checkpoint(tmp_path, 1, config, lambda d: d.mkdir(parents=True, exist_ok=True), {}, {}, keep=2)
+    assert resume_settings(tmp_path, type(config), {"out": str(tmp_path / "moved"), "lr": 1e-4}) == config
+    with pytest.raises(ValueError, match=r"--lr: 0.0001 in the run, 0.5 given"):
+        resume_settings(tmp_path, type(config), {"lr": 0.5})
+    (tmp_path / "iter-0001" / "settings.json").write_text("{not json")
+    with pytest.raises(ValueError, match=r"iter-0001/settings.json: cannot read the run's settings"):
+        saved_settings(tmp_path, type(config))
+
+
+def test_each_rank_writes_and_reads_its_own_trainer_state_and_buffers(tmp_path):
+    """Rank 1 of 2 writes trainer_state.rank1.pt and replay.rank1.pt and nothing of rank 0's (model, settings,
+    latest); the state records world 2, so it reads back on 2 ranks and is refused on 1, and a one-process state
+    is refused on 2."""
+    from nanoo1.dist import Place
+    from nanoo1.runs import load_trainer_state, save_checkpoint
+
+    class Buffer:
+        def save(self, path):
+            path.write_text("buffer")
+
+    state = {k: 0 for k in ("optimizer", "policy_rng", "python_rng", "torch_rng")} | {"metrics": [{"before": True}]}
+    saved = []
+    ckpt = save_checkpoint(tmp_path, 2, PRESETS["tiny"], saved.append, state, {"replay.pt": Buffer()}, keep=2,
+                           place=Place(1, 2))
+    assert sorted(p.name for p in ckpt.iterdir()) == ["replay.rank1.pt", "trainer_state.rank1.pt"] and saved == []
+    assert not (tmp_path / "latest").exists()
+    loaded = load_trainer_state(ckpt, Place(1, 2))
+    assert (loaded["iteration"], loaded["world"], loaded["metrics"]) == (2, 2, [{"before": True}])
+    (ckpt / "trainer_state.pt").write_bytes((ckpt / "trainer_state.rank1.pt").read_bytes())  # as if rank 0's
+    with pytest.raises(ValueError, match=r"written by 2 process\(es\), resumed on 1"):
+        load_trainer_state(ckpt, Place(0, 1))
+    one = save_checkpoint(tmp_path, 3, PRESETS["tiny"], lambda d: d.mkdir(parents=True, exist_ok=True), state, {}, keep=2)
+    (one / "trainer_state.rank1.pt").write_bytes((one / "trainer_state.pt").read_bytes())
+    with pytest.raises(ValueError, match=r"written by 1 process\(es\), resumed on 2"):
+        load_trainer_state(one, Place(1, 2))
+
+
+def test_a_trainer_state_must_start_with_the_evaluation_before_training(tmp_path):
+    from nanoo1.runs import load_trainer_state
+
+    state = {k: 0 for k in ("iteration", "optimizer", "policy_rng", "python_rng", "torch_rng")}
+    torch.save({**state, "metrics": [{"iteration": 1}]}, tmp_path / "trainer_state.pt")
+    with pytest.raises(ValueError, match="metrics do not start with the evaluation before the first iteration"):
+        load_trainer_state(tmp_path)
+
+
+def test_stray_iter_directories_are_not_checkpoints_and_are_kept(tmp_path):
+    """Only iter-<number> directories count toward `keep`: iter-notes stays, iter-0001 goes with keep=1."""
+    from nanoo1.runs import save_checkpoint
+
+    (tmp_path / "iter-notes").mkdir()
+    for it in (1, 2):
+        save_checkpoint(tmp_path, it, PRESETS["tiny"], lambda d: d.mkdir(parents=True, exist_ok=True), {}, {}, keep=1)
+    assert sorted(p.name for p in tmp_path.glob("iter-*")) == ["iter-0002", "iter-notes"]
+
+
+def test_load_model_reads_the_checkpoint_or_under_lora_the_base_and_its_adapters(monkeypatch):
+    """Full weights: the checkpoint when there is one (else the warm start), trainable. LoRA: always the warm
+    start as the base, the adapters applied with the run's seed and read from the checkpoint when there is one."""
+    from types import SimpleNamespace
+
+    import nanoo1.runs as runs
+
+    calls = []
+    monkeypatch.setattr(runs, "load_pretrained", lambda path, dtype, device: (calls.append(("load", path, dtype, device))
+                                                                             or torch.nn.Linear(2, 2).requires_grad_(False), "tok"))
+    monkeypatch.setattr(runs, "load_lora", lambda model, path: calls.append(("adapters", path)))
+
+    def config(rank):
+        lora = SimpleNamespace(rank=rank, apply=lambda model, seed: calls.append(("apply", seed)))
+        return SimpleNamespace(lora=lora, run=SimpleNamespace(warmstart="base", dtype="float32", seed=3))
+
+    model, tok = runs.load_model(config(0), "ckpt", "cpu")
+    assert calls == [("load", "ckpt", "float32", "cpu")] and tok == "tok" and model.weight.requires_grad
+    calls.clear()
+    runs.load_model(config(0), None, "cpu")
+    assert calls == [("load", "base", "float32", "cpu")]
+    calls.clear()
+    runs.load_model(config(4), "ckpt", "cpu")
+    assert calls == [("load", "base", "float32", "cpu"), ("apply", 3), ("adapters", "ckpt")]
+    calls.clear()
+    runs.load_model(config(4), None, "cpu")
+    assert calls == [("load", "base", "float32", "cpu"), ("apply", 3)]
+
+
+def test_prepare_out_makes_a_fresh_directory_and_names_the_way_out(tmp_path):
+    """A fresh OUT is made; a file at OUT is NotADirectoryError even when only checking; the refusal offers
+    --resume only for a resumable run."""
+    from nanoo1.runs import prepare_out
+
+    prepare_out(tmp_path / "a" / "b", False)
+    assert (tmp_path / "a" / "b").is_dir()
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(NotADirectoryError, match="is a file, not a directory"):
+        prepare_out(tmp_path / "file", True, clear=False)
+    (tmp_path / "a" / "b" / "latest").write_text("iter-0001")
+    with pytest.raises(FileExistsError, match="--resume .* continues it, --out DIR starts elsewhere"):
+        prepare_out(tmp_path / "a" / "b", False)
+    with pytest.raises(FileExistsError, match=r"holds another run \(latest\); --out DIR starts elsewhere"):
+        prepare_out(tmp_path / "a" / "b", False, resumable=False)
+
+
+def test_metrics_lines_are_appended_and_rewritten_one_json_object_a_line(tmp_path):
+    from nanoo1.runs import append_jsonl, rewrite_jsonl
+
+    path = tmp_path / "metrics.jsonl"
+    append_jsonl(path, {"before": 1})
+    append_jsonl(path, {"iteration": 1})
+    assert path.read_text() == '{"before": 1}\n{"iteration": 1}\n'
+    rewrite_jsonl(path, [{"before": 1}])
+    assert path.read_text() == '{"before": 1}\n'
