@@ -1063,6 +1063,6 @@ def test_sandboxed_process_is_confined_by_the_kernel():
 def test_the_supervisor_run_by_hand_says_what_it_is(args):
     # supervise.py is started by run_many only; by hand it says so, without a traceback
     run = subprocess.run([sys.executable, "-m", "nanoo1.supervise", *args], capture_output=True, text=True,
-                         stdin=subprocess.DEVNULL, timeout=60)
+                         stdin=subprocess.DEVNULL, timeout=60, cwd=Path(__file__).parent.parent)  # the repository
     assert run.returncode == 1 and "Traceback" not in run.stderr, run.stderr
     assert "sandbox's supervisor" in run.stderr and "run_python" in run.stderr

@@ -114,7 +114,8 @@ def check_relabel_lucky(relabel_lucky) -> bool:
         # lucky: 6 (7 + 5 = 13 above it), 8 (12 - 3 = 8 in itself), 10 (12 * 2 = 25 above it)
         _Case("the tree in nanoo1.exercises._lucky_tree: [count, then 1 = success / 0 = failure for nodes 3, 6, 7, 8, 10, 12]",
               after, [3, 1, 0, 0, 0, 0, 1],
-              hint="check every node on the path, the conclusion itself included; a failure stays a failure and is not counted"),
+              hint="check every node below the root (tree.path(leaf)[1:]), the conclusion itself included; a failure "
+                   "stays a failure and is not counted"),
         _Case("root -> a success without equations (count)", lambda: relabel_lucky(single_success()), 0),
         _Case("a question that states 2 + 2 = 5 -> a right success (count)", lambda: relabel_lucky(question_says()), 0,
               hint="the question at the root is not part of the chain: check tree.path(leaf)[1:]"),
