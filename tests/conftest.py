@@ -21,6 +21,17 @@ SAMPLE_TEXTS = [
 ] * 20
 
 
+def thread_names() -> list[str]:
+    """The names of this process's threads (Linux, /proc/self/task; none elsewhere)."""
+    names = []
+    for task in Path("/proc/self/task").glob("*/comm"):
+        try:
+            names.append(task.read_text().strip())
+        except FileNotFoundError:  # the thread ended meanwhile
+            pass
+    return sorted(names)
+
+
 def random_model(config: Gemma2Config, seed: int = 0, std: float = 0.05, dtype=torch.float32) -> Gemma2:
     """A Gemma2 with random weights, norms included (zero norms would hide a wrong 1 + w)."""
     g = torch.Generator().manual_seed(seed)

@@ -14,7 +14,7 @@ import torch
 import torch.distributed as tdist
 import torch.multiprocessing as mp
 
-from conftest import random_model
+from conftest import random_model, thread_names
 from nanoo1 import dist
 from nanoo1.model import Gemma2Config
 from nanoo1.runs import load_trainer_state
@@ -71,14 +71,7 @@ def updates(rows: slice, names=None) -> dict:
 
 
 def gloo_threads() -> list:
-    """The names of this process's gloo threads (Linux, /proc/self/task; none elsewhere)."""
-    names = []
-    for task in Path("/proc/self/task").glob("*/comm"):
-        try:
-            names.append(task.read_text().strip())
-        except FileNotFoundError:  # the thread ended meanwhile
-            pass
-    return [n for n in names if "gloo" in n]
+    return [n for n in thread_names() if "gloo" in n]
 
 
 def _rank(rank: int, world: int, init: str, out: str, target) -> None:

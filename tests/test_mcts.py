@@ -110,6 +110,7 @@ def test_simulate_stops_a_chain_at_max_depth():
     (ends,), _ = simulate(policy, [Request(tree, tree.root, [None], [None])], max_depth=2)
     assert [n.depth for n in ends] == [2] and len(tree.nodes) == 3
 
+
 def test_judge_at_test_time_succeeds_from_the_threshold_up():
     """Without a ground truth a conclusion succeeds when V >= success_threshold (default log 1/2): equal counts."""
     tree = Tree(QUESTION)

@@ -896,19 +896,19 @@ def test_orm_loss_runs_under_cuda_autocast():
     """ppm.fit trains the ORM under bf16 autocast, and CUDA autocast refuses F.binary_cross_entropy. Without a
     GPU, switch on for this thread the dispatch key torch.autocast("cuda") routes every op through."""
     key = torch._C.DispatchKey.AutocastCUDA
-    r = torch.tensor([-0.5, 0.2, 0.9], requires_grad=True)  # the head's logits
+    z = torch.tensor([-0.5, 0.2, 0.9], requires_grad=True)  # the head's logits
     assert not torch._C._dispatch_tls_is_dispatch_key_included(key) and torch._C._dispatch_tls_is_dispatch_key_excluded(key)
     torch._C._dispatch_tls_set_dispatch_key_included(key, True)
     torch._C._dispatch_tls_set_dispatch_key_excluded(key, False)
     try:
         with pytest.raises(RuntimeError, match="unsafe to autocast"):  # the key is on: torch's own op is refused
-            F.binary_cross_entropy((1 + r) / 2, torch.ones(3))
-        loss = orm_loss(r, torch.tensor([0.0, 1.0, 1.0]))
+            F.binary_cross_entropy((1 + z) / 2, torch.ones(3))
+        loss = orm_loss(z, torch.tensor([0.0, 1.0, 1.0]))
     finally:
         torch._C._dispatch_tls_set_dispatch_key_included(key, False)
         torch._C._dispatch_tls_set_dispatch_key_excluded(key, True)
     loss.backward()
-    assert torch.isfinite(r.grad).all()
+    assert torch.isfinite(z.grad).all()
 
 
 def test_outcome_examples_are_the_paths_that_printed_labelled_by_the_search(code_tokenizer):
@@ -970,9 +970,9 @@ def test_pass_at_n_counts_the_first_n_samples_only(monkeypatch):
 
 
 def test_printed_answer_is_only_a_final_step_that_ran(code_tokenizer):
-    """Three near-misses that all hold an `<output>`: a non-final step that printed, a final step that failed
-    with the tag in its error message, and a final step the search never graded. None of them is an answer
-    or an ORM example. Only the graded success counts: 1 example, labelled True."""
+    """Three near-misses that all hold an `<output>`: a non-final step that printed and a final step that failed
+    with the tag in its error message state no answer; a final step the search never graded states one but is
+    no ORM example. Only the graded success counts: 1 example, labelled True."""
     tree = Tree(MIA.question)
     printed12 = "# Step 2: How many now?\nprint(x1)\n" + STEP_END + "\n<output>12</output>"
     deep = _chain(tree, tree.root, [STEP1, printed12], [0.0, -1.0])  # an <expansion>, ended by depth

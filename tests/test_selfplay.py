@@ -3,6 +3,7 @@
 import json
 import math
 import re
+import shutil
 import pytest
 import torch
 
@@ -11,6 +12,8 @@ from nanoo1.checkpoint import load_pretrained, save_pretrained
 from nanoo1.replay import PrioritizedReplay
 from nanoo1.config import apply_flags
 from nanoo1.recipe import PRESETS, iteration_config
+from nanoo1.runs import (append_jsonl, latest_checkpoint, load_trainer_state, prepare_out, resume_settings,
+                         rewrite_jsonl, save_checkpoint, saved_settings)
 from nanoo1.selfplay import main, run
 from nanoo1.tasks import TINY_DIR
 from nanoo1.tokenizer import Tokenizer
@@ -363,7 +366,6 @@ def test_a_run_refuses_fewer_problems_an_iteration_than_ranks(tmp_path, warmstar
 
 
 def test_the_last_checkpoints_are_kept_by_iteration_number(tmp_path):
-    from nanoo1.runs import latest_checkpoint, save_checkpoint
 
     for it in (9998, 9999, 10000):
         save_checkpoint(tmp_path, it, PRESETS["tiny"], lambda d: d.mkdir(parents=True, exist_ok=True), {}, {}, keep=2)
@@ -511,8 +513,6 @@ def test_a_missing_model_or_unfitting_adapters_are_messages_not_tracebacks(tmp_p
 def test_entry_points_refuse_bad_flags_and_paths_before_any_work(module, flags, message, tmp_path, warmstart, capsys):
     """Each is a usage message naming the flag, value or file, given before a model is trained or evaluated."""
     import importlib
-    import shutil
-
     from nanoo1.adapters import save_lora
     from nanoo1.lora import apply_lora
     from nanoo1.model import Gemma2Config
@@ -569,8 +569,6 @@ def test_eval_command_refuses_unknown_methods_and_writes_beside_not_into_the_che
     name = f"{warmstart.parent.name}-{warmstart.name}"  # the checkpoint's last two path parts
     rows = (tmp_path / "runs" / "eval" / name / "eval.jsonl").read_text().splitlines()
     assert len(rows) == 1 and not (warmstart / "eval.jsonl").exists()  # replaced, not appended
-    import shutil
-
     for run_dir in ("a", "b"):  # two runs' final checkpoints: two folders, not one replaced by the other
         shutil.copytree(warmstart, tmp_path / run_dir / "final")
         eval_cli.main(["--checkpoint", f"{run_dir}/final", "--limit", "1", "--methods", "greedy", "--max-thought-tokens", "4"])
@@ -713,7 +711,6 @@ def test_grpo_with_lora_takes_its_kl_against_the_base_with_the_adapters_off(tmp_
 # -- run directories (nanoo1/runs.py) -------------------------------------------------------------------
 def test_latest_names_an_iteration_directory_beside_it(tmp_path):
     """`latest` holds iter-NNNN (a newline after it is fine) of a directory that exists; anything else is refused."""
-    from nanoo1.runs import latest_checkpoint
 
     with pytest.raises(FileNotFoundError, match="is not a run with a finished iteration"):
         latest_checkpoint(tmp_path)
@@ -730,7 +727,6 @@ def test_latest_names_an_iteration_directory_beside_it(tmp_path):
 def test_saved_settings_errors_name_the_file_and_out_may_move(tmp_path):
     """A damaged settings.json is a ValueError naming it; on resume `out` may differ (the directory moved), other
     settings may not."""
-    from nanoo1.runs import resume_settings, save_checkpoint, saved_settings
 
     config = PRESETS["tiny"]
     save_checkpoint(tmp_path, 1, config, lambda d: d.mkdir(parents=True, exist_ok=True), {}, {}, keep=2)
@@ -747,7 +743,6 @@ def test_each_rank_writes_and_reads_its_own_trainer_state_and_buffers(tmp_path):
     latest); the state records world 2, so it reads back on 2 ranks and is refused on 1, and a one-process state
     is refused on 2."""
     from nanoo1.dist import Place
-    from nanoo1.runs import load_trainer_state, save_checkpoint
 
     class Buffer:
         def save(self, path):
@@ -771,7 +766,6 @@ def test_each_rank_writes_and_reads_its_own_trainer_state_and_buffers(tmp_path):
 
 
 def test_a_trainer_state_must_start_with_the_evaluation_before_training(tmp_path):
-    from nanoo1.runs import load_trainer_state
 
     state = {k: 0 for k in ("iteration", "optimizer", "policy_rng", "python_rng", "torch_rng")}
     torch.save({**state, "metrics": [{"iteration": 1}]}, tmp_path / "trainer_state.pt")
@@ -781,7 +775,6 @@ def test_a_trainer_state_must_start_with_the_evaluation_before_training(tmp_path
 
 def test_stray_iter_directories_are_not_checkpoints_and_are_kept(tmp_path):
     """Only iter-<number> directories count toward `keep`: iter-notes stays, iter-0001 goes with keep=1."""
-    from nanoo1.runs import save_checkpoint
 
     (tmp_path / "iter-notes").mkdir()
     for it in (1, 2):
@@ -821,7 +814,6 @@ def test_load_model_reads_the_checkpoint_or_under_lora_the_base_and_its_adapters
 def test_prepare_out_makes_a_fresh_directory_and_names_the_way_out(tmp_path):
     """A fresh OUT is made; a file at OUT is NotADirectoryError even when only checking; the refusal offers
     --resume only for a resumable run."""
-    from nanoo1.runs import prepare_out
 
     prepare_out(tmp_path / "a" / "b", False)
     assert (tmp_path / "a" / "b").is_dir()
@@ -836,7 +828,6 @@ def test_prepare_out_makes_a_fresh_directory_and_names_the_way_out(tmp_path):
 
 
 def test_metrics_lines_are_appended_and_rewritten_one_json_object_a_line(tmp_path):
-    from nanoo1.runs import append_jsonl, rewrite_jsonl
 
     path = tmp_path / "metrics.jsonl"
     append_jsonl(path, {"before": 1})

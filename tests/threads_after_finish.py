@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 
+from conftest import thread_names
 from nanoo1 import dist
 from nanoo1.checkpoint import load_pretrained
 
@@ -16,5 +17,5 @@ dist.setup(torch.device("cpu"))
 load_pretrained(sys.argv[1])  # builds the model on the meta device, which imports torch._dynamo
 dist.gather(dist.place().rank)
 dist.finish()
-names = sorted(open(f"/proc/self/task/{t}/comm").read().strip() for t in os.listdir("/proc/self/task"))
+names = thread_names()
 Path(sys.argv[2], f"rank{os.environ['RANK']}.txt").write_text(f"rank {os.environ['RANK']}: {names}")
