@@ -41,10 +41,10 @@ def _balanced(depth: int) -> str:
 
 _BOX_OPEN = re.compile(r"\\boxed\s*\{")
 _BOX_BODY = re.compile(rf"({_balanced(BOX_DEPTH - 1)})\}}")  # the content and the closing brace
-# "answer is" / "answer:", the white space after it, and a colon if something follows the colon on its line;
-# something must follow. Where nothing does, each shorter run of the white space fails at its first character,
-# so a failed match takes linear time.
-_ANSWER_IS = re.compile(r"answer\s*(?:is\b|:)\s*(?::(?=[^\S\n]*\S)|(?=\S))", re.IGNORECASE)
+# "answer is" / "answer:", then white space, a colon and white space (line breaks included), and something
+# other than a colon must follow. Where nothing does, each shorter run of the white space fails at its first
+# character, so a failed match takes linear time.
+_ANSWER_IS = re.compile(r"answer\s*(?:is\b|:)\s*(?::\s*)?(?=[^\s:])", re.IGNORECASE)
 _HASHES = re.compile(r"####([^\n]*)")
 # LaTeX and currency decoration that never changes a value (percent signs: _PERCENT)
 _DROP = re.compile(r"\\[!,]|\\left|\\right|\\\$|\$|\^\s*\{?\\circ\}?|°")
@@ -104,7 +104,7 @@ def extract_answer(text: str) -> str | None:
     2. a GSM8K `#### ...` line: the rest of the line;
     3. "answer is ..." / "answer: ...": the first number on the rest of its line, or on the next line
        with text when nothing follows on its own (else the words up to the end of the sentence);
-       "answer isn't" states none, and "answer is:" with nothing after its colon reads as ":";
+       "answer isn't" states none, nor does "answer is:" with nothing after it;
     4. the last number anywhere: "1,234", "-3.5", "3/4", "\\frac{3}{4}".
     A number keeps its percent sign ("50%"). A trailing period is dropped. `parse_number` turns the result
     into a value. Linear in the text.

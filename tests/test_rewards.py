@@ -34,6 +34,10 @@ from nanoo1.rewards import (check, cosine_length_reward, extract_answer, format_
     ("Earlier the answer is 3. Later the answer is 4.", "4"),
     ("I thought 5, but the answer isn't 5. Recomputing: 3 + 3 = 6.", "6"),  # "isn't" states no answer
     ("The answer is 20%.", "20%"),
+    ("The answer is:\n\n42.", "42"),  # a colon, then the answer on a later line
+    ("Answer:\n**18**", "18"),
+    ("The answer is 5. Later the answer is:  \n", "5"),  # "answer is:" with nothing after it states nothing
+    ("3 + 4 = 7. The answer is:", "7"),
     (r"so \boxed{12", "12"),  # an unclosed box is no box, but 12 is still the last number
 ])
 def test_extract_answer(text, answer):
@@ -189,6 +193,7 @@ ADVERSARIAL = {
     "a 5,000-digit answer": "The answer is \\boxed{" + "9" * 5000 + "}",
     # 12 s a check (quadratic) while "answer is" was tried with each shorter run of the white space after it
     "answer is, then white space": "The answer is" + " \t" * 20000 + "\n",
+    "answer is, a colon, then white space": "The answer is" + " \t" * 20000 + ":" + " \n" * 20000,
 }
 
 
