@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from nanoo1.files import atomic_write
-from nanoo1.rewards import extract_answer, parse_number
+from nanoo1.rewards import parse_number
 from nanoo1.thoughts import Tree
 
 NAMES = [("Mia", "she", "her"), ("Leo", "he", "him"), ("Ava", "she", "her"), ("Sam", "he", "him"),
@@ -192,9 +192,10 @@ def load_jsonl(path) -> list[Problem]:
         for key in ("question", "answer"):
             if not isinstance(row[key], str):
                 raise ValueError(f"{path}:{i}: '{key}' must be a string, got {json.dumps(row[key])[:40]}")
-        answer = row["answer"]
-        final = extract_answer(answer) if "####" in answer else answer.strip()
-        if final is None:
+        answer = row["answer"]  # GSM8K: the final answer is the rest of the last "####" line; else the whole field
+        final = answer.rsplit("####", 1)[1].partition("\n")[0] if "####" in answer else answer
+        final = final.strip().rstrip(".").strip()
+        if not final:
             raise ValueError(f"{path}:{i}: no final answer in {answer[-40:]!r}")
         steps = row.get("steps", [])
         if not isinstance(steps, list):

@@ -58,6 +58,39 @@ def test_jsonl_round_trip_and_gsm8k_format(tmp_path):
     assert load_jsonl(tmp_path / "m.jsonl") == [Problem("q?", "(3, 4)")]
 
 
+def test_a_problem_without_steps_is_written_as_gsm8k_writes_it(tmp_path):
+    """No worked steps: the answer field is "#### 4" alone, with no empty line of work before it."""
+    assert Problem("q?", "4").to_json() == {"question": "q?", "answer": "#### 4", "steps": []}
+    write_jsonl([Problem("q?", "4")], tmp_path / "p.jsonl")
+    assert json.loads((tmp_path / "p.jsonl").read_text())["answer"] == "#### 4"
+
+
+def test_loader_skips_white_space_lines_and_strips_a_bare_answer(tmp_path):
+    """A line of white space only (a blank line of a CRLF file is "\\r") is skipped like an empty one, and an
+    answer without "####" is read with its surrounding white space stripped: " 12 \\n" is 12."""
+    path = tmp_path / "crlf.jsonl"
+    path.write_text('{"question": "a", "answer": "#### 1"}\r\n\r\n   \n{"question": "q?", "answer": " 12 \\n"}\r\n')
+    assert load_jsonl(path) == [Problem("a", "1"), Problem("q?", "12")]
+
+
+def test_main_writes_test_problems_apart_from_the_training_ones(tmp_path, monkeypatch):
+    """`python -m nanoo1.tasks` drops a drawn test problem that is also a training one and keeps --test of the
+    rest: here the draw for the test split (seed 6) starts with the first training problem (seed 5)."""
+    import nanoo1.tasks as tasks
+
+    real = tasks.make_problems
+    train = real(6, 5)
+
+    def drawn(n, seed):
+        return real(n, seed) if seed == 5 else [train[0]] + real(n - 1, seed)
+
+    monkeypatch.setattr(tasks, "make_problems", drawn)
+    tasks.main(["--out", str(tmp_path), "--train", "6", "--test", "3", "--seed", "5", "--vocab-size", "320"])
+    assert [p.question for p in load_jsonl(tmp_path / "train.jsonl")] == [p.question for p in train]
+    assert [p.question for p in load_jsonl(tmp_path / "test.jsonl")] == [p.question for p in real(5, 6)[:3]]
+    assert (tmp_path / "tokenizer.json").exists()
+
+
 def test_loader_errors_name_file_and_line(tmp_path):
     with pytest.raises(FileNotFoundError, match="nope.jsonl"):
         load_jsonl(tmp_path / "nope.jsonl")
@@ -79,11 +112,23 @@ def test_loader_errors_name_file_and_line(tmp_path):
     ('{"question": "q?", "answer": "#### 3", "steps": [[1]]}', r"steps\[0\] must be \[x, op, b, y\] .*, got \[1\]"),
     ('{"question": "q?", "answer": "#### 3", "steps": [[1, "+", 2, 3], [3, "^", 1, 3]]}', r"steps\[1\] must be .* op one of \+ - \* /"),
     ('{"question": "q?", "answer": "#### 3", "steps": [[1, "+", "2", 3]]}', r"steps\[0\] must be .*, got \[1, \"\+\", \"2\", 3\]"),
+    ('{"question": "q?", "answer": "#### 3", "steps": [[1, "+", 2, 3, 0]]}', r"steps\[0\] must be .*, got \[1, "),
 ])
 def test_loader_rejects_bad_rows_naming_file_and_line(tmp_path, line, message):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"question": "a", "answer": "#### 1"}\n\n' + line + "\n")
     with pytest.raises(ValueError, match=r"bad.jsonl:3: " + message):
+        load_jsonl(bad)
+
+
+@pytest.mark.parametrize("answer", ["", "   ", "#### ", "2 + 2 = 4\n#### ", "#### 4\n#### ."])
+def test_loader_refuses_an_empty_final_answer(tmp_path, answer):
+    """An answer field that is empty, or whose last "####" line is, states no final answer: an error naming the
+    line, not a problem no response can match, nor a number read from the work above it ("2 + 2 = 4" is no 4)."""
+    bad = tmp_path / "bad.jsonl"
+    row = json.dumps({"question": "q?", "answer": answer})
+    bad.write_text('{"question": "a", "answer": "#### 1"}\n' + row + "\n")
+    with pytest.raises(ValueError, match=r"bad.jsonl:2: no final answer in"):
         load_jsonl(bad)
 
 
