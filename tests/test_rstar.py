@@ -31,8 +31,8 @@ from nanoo1.ppm import (PPM_HEAD, ProcessPreferenceModel, fit, orm_loss, outcome
 from nanoo1.rstar import (RSTAR_TOKENS, STEP_END, CodeStep, RStarConfig, RStarPolicy, best_traces, encode_trace, execute_steps,
                           final_pairs, format_step, joined_program, pair_batch, parse_step, rstar_prompt, solution_steps,
                           step_failed, step_reward)
-from nanoo1.rewards import check, extract_answer
-from nanoo1.sandbox import run_many
+from nanoo1.rewards import MAX_ANSWER, check, extract_answer
+from nanoo1.sandbox import SandboxResult, run_many
 from nanoo1.search import SearchConfig, search
 from nanoo1.sft import lm_loss
 from nanoo1.tasks import Problem, Step, load_jsonl, make_problems, write_jsonl
@@ -118,6 +118,11 @@ def test_parse_step():
         joined_program(["# Step 1: cut off\nx1 = "], "print(x1)")
 
 
+def test_parse_step_needs_its_comment_line():
+    """Two lines of code and the delimiter are no step without the `#` comment line before them."""
+    assert parse_step("x1 = 7 + 5\nprint(x1)\n" + STEP_END) is None
+
+
 def test_encode_trace_masks_exactly_what_the_model_writes(code_tokenizer):
     steps = [STEP1, STEP2 + "\n<error>NameError: name 'x' is not defined</error>", STEP3 + "\n<output>9</output>"]
     ids, mask = encode_trace(code_tokenizer, MIA.question, steps)
@@ -196,6 +201,48 @@ def test_the_program_cache_keeps_small_runs_only():
     assert [s.status for s in steps] == ["answer", "answer"] and [len(r.stdout) for r in cache.values()] == [2]
     again = execute_steps([[STEP1], [STEP1]], [small, large], RStarConfig(), cache)
     assert again == steps  # the same judgement from the cache and from a second run
+
+
+def test_judging_at_the_edges_of_the_error_run_the_depth_and_the_shown_output():
+    """With error_threshold 2 and max_depth 4: an error after a failed step and then one that ran is the first
+    of a new run ("error"); an error at depth 4 ends the branch ("depth"). An output of exactly
+    max_output_chars (40) is shown whole; a longer one is cut and followed by its last line's last MAX_ANSWER
+    characters (an answer printed last stays in the text)."""
+    config = RStarConfig(error_threshold=2, max_depth=4, max_output_chars=40)
+    failed1 = "# Step 1: typo\nx1 = 7 + y\n" + STEP_END + "\n<error>NameError: name 'y' is not defined</error>"
+    cases = [([failed1, STEP1], "# Step 2: oops\nx2 = x9 - 3\n" + STEP_END),
+             ([STEP1, STEP2, STEP1], "# Step 4: oops\nx4 = x9 - 3\n" + STEP_END),
+             ([STEP1], "# Step 2: forty\nprint('7' * 40)\n" + STEP_END),
+             ([STEP1], "# Step 2: long\nprint('a' * 1000 + 'b' * 2000)\n" + STEP_END)]
+    steps = execute_steps([c[0] for c in cases], [c[1] for c in cases], config)
+    assert [s.status for s in steps] == ["error", "depth", "answer", "answer"]
+    assert steps[2].text.endswith("<output>" + "7" * 40 + "</output>")
+    assert steps[3].text.endswith("<output>" + "a" * 40 + "...\n" + "b" * MAX_ANSWER + "</output>")
+
+
+def test_the_program_cache_keeps_no_timeout_or_sandbox_failure_and_a_run_of_exactly_cached_chars(monkeypatch):
+    """Runs that timed out or that the sandbox itself could not run may go otherwise next time: not cached. A
+    run that printed exactly CACHED_CHARS characters (4095 nines and a newline) is."""
+    fails = {"'sandbox'": SandboxResult("", False, "SandboxError", "could not start", 0.0),
+             "'slow'": SandboxResult("", False, "Timeout", "2.0 s", 2.0)}
+
+    def fake_run_many(programs, **limits):  # the two failures made up, the third program run
+        keys = [next((k for k in fails if k in p), None) for p in programs]
+        return [fails[k] if k else run_many([p], **limits)[0] for k, p in zip(keys, programs)]
+
+    monkeypatch.setattr(rstar, "run_many", fake_run_many)
+    cache = {}
+    generated = ["# Step 2: a\nx2 = 'sandbox'\n" + STEP_END, "# Step 2: b\nx2 = 'slow'\n" + STEP_END,
+                 f"# Step 2: c\nprint('9' * {rstar.CACHED_CHARS - 1})\n" + STEP_END]
+    steps = execute_steps([[STEP1]] * 3, generated, RStarConfig(), cache)
+    assert [s.status for s in steps] == ["error", "error", "answer"]
+    assert [len(r.stdout) for r in cache.values()] == [rstar.CACHED_CHARS]
+
+
+def test_a_failed_branch_is_minus_one_whatever_answer_its_step_holds():
+    """step_reward's +1 is for a final step ("answer") only: a terminal that ended its branch is -1."""
+    ended = [CodeStep("x", status, "12") for status in ("depth", "errors", "invalid")]
+    assert [step_reward(step, "12") for step in ended] == [-1.0] * 3
 
 
 # -- the PPM -------------------------------------------------------------------------------------------
@@ -418,6 +465,23 @@ def test_final_pairs_put_the_best_correct_trajectories_against_the_worst_that_pr
     assert len(ppm_pairs(code_tokenizer, [tree])) == len(ran) + 1 and len(ran) < len(preference_pairs(tree))
 
 
+def test_final_pairs_take_no_negative_without_a_wrong_printed_answer_or_with_an_unvalued_step():
+    """Negatives are <conclusion> failures whose every step ran and was valued and that printed an output. Left
+    out: a step that printed "." (judged an answer that states none, so a failure <expansion>), a <conclusion>
+    that prints but shows no output, and a wrong answer below a step with no value. One negative is left."""
+    tree = Tree(MIA.question)
+    s1 = tree.add(tree.root, "<expansion>", STEP1, value=0.5)
+    right = tree.add(s1, "<conclusion>", f"# Step 2: x\nprint(x1 - 3)\n{STEP_END}\n<output>9</output>", value=1.0,
+                     terminal="success")
+    wrong = tree.add(s1, "<conclusion>", WRONG_END, value=-1.0, terminal="failure")
+    (dot,) = execute_steps([[STEP1]], ["# Step 2: x\nprint('.')\n" + STEP_END], RStarConfig())
+    assert dot.status == "answer" and dot.answer is None and dot.text.endswith("<output>.</output>")
+    tree.add(s1, "<expansion>", dot.text, value=-1.0, terminal="failure")
+    tree.add(s1, "<conclusion>", "# Step 2: x\nprint(x1)\n" + STEP_END, value=-1.0, terminal="failure")
+    tree.add(tree.add(tree.root, "<expansion>", STEP1), "<conclusion>", WRONG_END, value=-1.0, terminal="failure")
+    assert final_pairs(tree) == [(right, wrong)]
+
+
 # -- the policy end to end -----------------------------------------------------------------------------
 def test_policy_on_a_random_model_generates_executes_and_judges(monkeypatch):
     # a tokenizer without the markers: the policy stops on the delimiter as a string
@@ -524,6 +588,17 @@ def test_steps_that_end_their_branch_without_an_answer_give_search_none(code_tok
         ends = result.tree.root.children
         assert [(n.meta, n.terminal, answer_of(n)) for n in ends] == [("<expansion>", "failure", None)] * len(ends)
         assert ends[0].text.endswith("<error>ValueError: 18</error>") and result.answer is None
+
+
+def test_a_policy_allowed_no_step_tokens_proposes_invalid_failures(code_tokenizer):
+    """max_step_tokens 0: every candidate is the forced "#" alone, an invalid step ending its branch, with
+    entropy and varentropy 0 over its no sampled tokens (not a division by zero)."""
+    model = random_model(Gemma2Config.preset("tiny", vocab_size=len(code_tokenizer), num_hidden_layers=1), seed=1)
+    tree = Tree(MIA.question)
+    (cands,) = RStarPolicy(model, code_tokenizer, RStarConfig(max_step_tokens=0)).propose(
+        [Request(tree, tree.root, [None] * 2, [None] * 2)])
+    assert [(c.text, c.status, c.terminal, c.tokens, c.entropy, c.varentropy) for c in cands] == \
+           [("#", "invalid", "failure", [], 0.0, 0.0)] * 2
 
 
 def test_max_rows_splits_the_candidate_steps_into_calls_of_at_most_that_many(mia_model, code_tokenizer, monkeypatch):

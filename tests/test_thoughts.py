@@ -86,6 +86,17 @@ def test_parse_tree_rejects_malformed_text():
     assert [(n.meta, n.text) for n in empty.nodes][1] == ("<expansion>", "")
 
 
+def test_parse_tree_needs_a_root_line_and_keeps_the_roots_written_meta():
+    """Text with no line at all (empty, or white space only) is a ValueError naming the missing root, not an
+    IndexError; a root line written with a meta tag other than <problem> keeps it, so the text round-trips."""
+    for text in ("", "\n  \n"):
+        with pytest.raises(ValueError, match="root line"):
+            parse_tree(text)
+    text = chain().training_text().replace("<problem>", "<critic>", 1)
+    back = parse_tree(text)
+    assert back.root.meta == "<critic>" and back.training_text() == text
+
+
 def test_parse_tree_is_linear_in_the_text():
     line = ("<start_of_father_id>-1<end_of_father_id><start_of_local_id>0<end_of_local_id>"
             "<start_of_thought>x<end_of_thought>")  # no rating: the line never ends
@@ -211,6 +222,13 @@ def test_parse_thought_cases():
     assert parse_thought("no tag<end_of_thought>") == ("<expansion>", "no tag")
     # with the meta in the prompt, a tag the model repeats is kept as text
     assert parse_thought("<critic>x", "<refine>") == ("<refine>", "<critic>x")
+
+
+def test_parse_thought_reads_one_child_meta_and_never_problem():
+    """Only the first tag is the meta ("<critic><refine>x" is a critic whose text starts "<refine>"), and
+    <problem>, the root's tag, is no child's meta: a thought that starts with it is an expansion keeping it."""
+    assert parse_thought("<critic><refine>x<end_of_thought>") == ("<critic>", "<refine>x")
+    assert parse_thought("<problem>x<end_of_thought>") == ("<expansion>", "<problem>x")
 
 
 # -- the rating-token value ----------------------------------------------------------------------------

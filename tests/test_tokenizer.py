@@ -3,12 +3,14 @@
 import json
 
 import pytest
+import torch
 
 from tokenizers import AddedToken
 from tokenizers import Tokenizer as HFTokenizer
 
 from nanoo1.thoughts import Tree, chain_tokens, policy_prompt, render_path, value_prompt
-from nanoo1.tokenizer import CONTROL_TOKENS, SPECIAL_TOKENS, THOUGHT_TOKENS, Tokenizer, train_tokenizer
+from nanoo1.tokenizer import (BYTE_TOKENS, CONTROL_TOKENS, SPECIAL_TOKENS, THINK_TOKENS, THOUGHT_TOKENS, Tokenizer,
+                              batch_ids, right_pad, train_tokenizer)
 
 
 def test_control_tokens_at_gemma_ids(tiny_tokenizer):
@@ -82,6 +84,61 @@ def test_training_is_deterministic_and_respects_vocab_size():
     # decoder (Gemma's: "▁" -> " " before the bytes are read) would give back as "▁"
     small = train_tokenizer(["Tom has 12 apples. He eats 3 of them; 9 are left."] * 30, 300)
     assert small.has_token("▁") and small.decode(small.encode("Tom has 12 pears", add_bos=False)) == "Tom has 12 pears"
+
+
+def test_empty_text_encodes_to_bos_alone(tiny_tokenizer):
+    """"" is [<bos>] with add_bos (there is no first id to compare with <bos>), [] without."""
+    assert tiny_tokenizer.encode("") == [tiny_tokenizer.bos_id] and tiny_tokenizer.encode("", add_bos=False) == []
+
+
+def test_saving_a_tokenizer_read_without_its_configs_writes_the_minimal_pair(tmp_path, tiny_tokenizer):
+    """A tokenizer.json read from a directory with no tokenizer_config.json or special_tokens_map.json beside
+    it is saved with the minimal pair (bos "<bos>", PreTrainedTokenizerFast), not a missing-file error."""
+    (tmp_path / "bare").mkdir()
+    (tmp_path / "bare" / "tokenizer.json").write_text(tiny_tokenizer.tk.to_str())
+    Tokenizer.from_file(tmp_path / "bare").save(tmp_path / "saved")
+    assert json.loads((tmp_path / "saved" / "special_tokens_map.json").read_text())["bos_token"] == "<bos>"
+    assert json.loads((tmp_path / "saved" / "tokenizer_config.json").read_text())["tokenizer_class"] == \
+           "PreTrainedTokenizerFast"
+
+
+def test_train_tokenizer_refuses_bad_special_tokens_and_a_vocabulary_with_no_room():
+    """The special tokens must start with all four control tokens and list none twice; a vocab_size of exactly
+    the special and byte tokens leaves no room (one more is the smallest that trains)."""
+    with pytest.raises(ValueError, match="must start with"):
+        train_tokenizer(["abc"], 400, special_tokens=CONTROL_TOKENS[:3] + THINK_TOKENS)
+    with pytest.raises(ValueError, match=r"lists \['<think>'\] more than once"):
+        train_tokenizer(["abc"], 400, special_tokens=CONTROL_TOKENS + ["<think>", "<think>"])
+    fixed = len(SPECIAL_TOKENS) + len(BYTE_TOKENS)
+    with pytest.raises(ValueError, match="leaves no room"):
+        train_tokenizer(["abc"], fixed)
+    assert len(train_tokenizer(["abc"], fixed + 1)) == fixed + 1
+
+
+def test_split_digits_false_learns_pieces_of_several_digits():
+    """split_digits=False lets BPE merge digits ("12" one piece after seeing it often); the default keeps
+    every digit its own token."""
+    texts = ["12 12 12 345 345"] * 30
+    assert len(train_tokenizer(texts, 320, split_digits=False).encode("12", add_bos=False)) == 1
+    assert len(train_tokenizer(texts, 320).encode("12", add_bos=False)) == 2
+
+
+def test_every_vocabulary_size_keeps_the_space_piece():
+    """Whatever vocab_size cuts the learned pieces, "▁" is one of them (on this text it is learned 20th, so a
+    vocabulary of exactly 19 learned pieces is the case where it is the first one left out)."""
+    texts = ["Tom has 12 apples. He eats 3 of them; 9 are left."] * 30
+    fixed = len(SPECIAL_TOKENS) + len(BYTE_TOKENS)
+    for size in range(fixed + 1, fixed + 40):
+        tok = train_tokenizer(texts, size)
+        assert tok.has_token("▁") and tok.decode(tok.encode("Tom has 12", add_bos=False)) == "Tom has 12", size
+
+
+def test_right_pad_of_no_rows_is_zero_by_width():
+    """No rows (a rank with nothing to train on) pad to (0, width) of fill's dtype, and batch_ids to (0, 0)."""
+    empty = right_pad([], 0.0, width=5)
+    assert empty.shape == (0, 5) and empty.dtype == torch.float32
+    ids, mask = batch_ids([], 0)
+    assert ids.shape == mask.shape == (0, 0)
 
 
 def openlongcot_layout_tokenizer() -> Tokenizer:
