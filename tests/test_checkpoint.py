@@ -276,8 +276,8 @@ def test_wrong_shape_and_truncated_file(tmp_path):
     with pytest.raises(ValueError, match=r"model.safetensors: tensor 'model.norm.weight' has shape \(1, 48\), expected \(48,\)"):
         load_pretrained(tmp_path)
     save_pretrained(model, None, tmp_path)
-    f.write_bytes(f.read_bytes()[:-100])
-    with pytest.raises(ValueError, match="truncated"):
+    f.write_bytes(f.read_bytes()[:-100])  # the last tensor's data_offsets now end past the file
+    with pytest.raises(ValueError, match=r"model.safetensors.*data_offsets=.*expected \[begin, end\] with 0 <="):
         load_pretrained(tmp_path)
     with pytest.raises(FileNotFoundError, match="no checkpoint directory at .*nowhere"):
         load_pretrained(str(tmp_path / "nowhere"))
@@ -506,3 +506,123 @@ def test_a_failed_download_says_there_was_no_directory_either(hub, tmp_path):
                                                 r"download of 'outputs/missing-final' failed \(OSError: Repository Not Found"):
         resolve_checkpoint("outputs/missing-final")
     assert hub == [("outputs/missing-final", None)]
+
+
+# -- edge cases: bounds, defaults and what each step leaves behind ---------------------------------------------
+def test_config_defaults_and_which_activation_key_wins():
+    """A file without rope_theta gets 10000.0; hidden_activation wins over hidden_act (Gemma-1 era files say "gelu"
+    in hidden_act and the real activation in hidden_activation, as transformers reads them)."""
+    config = config_from_dict({k: v for k, v in {**CONFIG_2024, "hidden_act": "gelu"}.items() if k != "rope_theta"})
+    assert (config.rope_theta, config.hidden_activation) == (10000.0, "gelu_pytorch_tanh")
+
+
+def _safetensors(path: Path, header: dict, data: bytes) -> Path:
+    raw = json.dumps(header).encode()
+    path.write_bytes(len(raw).to_bytes(8, "little") + raw + data)
+    return path
+
+
+def test_safetensors_headers_at_their_bounds(tmp_path):
+    """A header length past the file's end is refused, and so is a tensor whose bytes end past the data (even with
+    the right byte count); a tensor with a 0 dimension is valid (0 bytes). A file cut short after its header was
+    checked is named truncated when the tensor is read, by a single byte too."""
+    from nanoo1.checkpoint import read_safetensors_header, read_tensor
+
+    f = tmp_path / "x.safetensors"
+    f.write_bytes((10).to_bytes(8, "little") + b"{}")  # 10 bytes in all: a 10-byte header cannot fit
+    with pytest.raises(ValueError, match="header length 10 exceeds the file size"):
+        read_safetensors_header(f)
+    _safetensors(f, {"x": {"dtype": "F32", "shape": [1], "data_offsets": [4, 8]}}, bytes(4))
+    with pytest.raises(ValueError, match=r"tensor 'x' data_offsets=\[4, 8\], expected .* <= 4"):
+        read_safetensors_header(f)
+    x = torch.arange(2, dtype=torch.float32)
+    _safetensors(f, {"empty": {"dtype": "F32", "shape": [0, 3], "data_offsets": [0, 0]},
+                     "x": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}}, x.numpy().tobytes())
+    header, start = read_safetensors_header(f)
+    f.write_bytes(f.read_bytes()[:-1])
+    with open(f, "rb") as fh:
+        assert read_tensor(fh, f, "empty", header["empty"], start).shape == (0, 3)
+        with pytest.raises(ValueError, match=r"x.safetensors: tensor 'x' is truncated"):
+            read_tensor(fh, f, "x", header["x"], start)
+
+
+def test_index_naming_a_windows_drive_is_refused(tmp_path):
+    """'C:/shard.safetensors' is absolute on Windows: refused everywhere, even where it names a file inside."""
+    d = _saved(tmp_path)
+    first = _point_shard_at(d, "C:/shard.safetensors")
+    (d / "C:").mkdir()
+    (d / first).rename(d / "C:" / "shard.safetensors")
+    with pytest.raises(ValueError, match=r"weight_map\['.*'\]='C:/shard.safetensors', expected a file name inside"):
+        load_pretrained(d)
+
+
+def test_an_index_entry_missing_from_its_file_is_named(tmp_path):
+    """The index puts model.norm.weight in a shard that does not hold it: a KeyError naming the file and the key."""
+    d = _saved(tmp_path)
+    index = json.loads((d / "model.safetensors.index.json").read_text())
+    other = next(v for v in index["weight_map"].values() if v != index["weight_map"]["model.norm.weight"])
+    index["weight_map"]["model.norm.weight"] = other
+    (d / "model.safetensors.index.json").write_text(json.dumps(index))
+    with pytest.raises(KeyError, match=rf"{other}: tensor 'model.norm.weight' is listed in the index but not in"):
+        load_pretrained(d)
+
+
+def test_a_tokenizer_as_large_as_the_vocabulary_loads(tmp_path, tiny_tokenizer):
+    """vocab_size = len(tokenizer): every id has its embedding row."""
+    model = random_model(Gemma2Config.preset("tiny", vocab_size=len(tiny_tokenizer)))
+    save_pretrained(model, tiny_tokenizer, tmp_path)
+    _, tok = load_pretrained(tmp_path)
+    assert len(tok) == len(tiny_tokenizer)
+
+
+def test_a_config_without_a_dtype_loads_as_float32(tmp_path):
+    """A bf16 checkpoint whose config.json names no dtype (neither key) loads in float32."""
+    save_pretrained(random_model(CONFIG, dtype=torch.bfloat16), None, tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    without = {k: v for k, v in config.items() if k not in ("dtype", "torch_dtype")}
+    (tmp_path / "config.json").write_text(json.dumps(without))
+    loaded, _ = load_pretrained(tmp_path)
+    assert {p.dtype for p in loaded.parameters()} == {torch.float32}
+
+
+def test_a_checkpoint_of_exactly_max_shard_bytes_is_one_file(tmp_path):
+    """Shards start only above max_shard_bytes: at exactly the weights' size the save is one model.safetensors."""
+    model = random_model(CONFIG)
+    total = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+    save_pretrained(model, None, tmp_path, max_shard_bytes=total)
+    assert sorted(p.name for p in tmp_path.glob("model*")) == ["model.safetensors"]
+
+
+def test_atomic_write_temp_files_umask_and_cleanup(tmp_path):
+    """The temp file lies beside the target (a rename across file systems is not atomic); under umask 077 a new file
+    is 0o600 and the umask is left as it was; a failed rename (the target is a directory) or a KeyboardInterrupt in
+    the writer raises that error and leaves no temp file."""
+    from nanoo1.files import atomic_write
+
+    temps = []
+    atomic_write(tmp_path / "a.bin", lambda tmp: temps.append(Path(tmp)) or Path(tmp).write_bytes(b"a"))
+    assert temps[0].parent == tmp_path and (tmp_path / "a.bin").read_bytes() == b"a"
+    umask = os.umask(0o077)
+    try:
+        atomic_write(tmp_path / "b.txt", "b")
+        assert os.umask(0o077) == 0o077
+    finally:
+        os.umask(umask)
+    assert oct((tmp_path / "b.txt").stat().st_mode & 0o777) == "0o600"
+    (tmp_path / "dir" / "inside").mkdir(parents=True)
+    with pytest.raises(IsADirectoryError):
+        atomic_write(tmp_path / "dir", "c")
+
+    def interrupted(tmp):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        atomic_write(tmp_path / "d.bin", interrupted)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.bin", "b.txt", "dir"]
+
+
+def test_a_name_starting_with_a_dot_is_a_path_even_when_its_first_part_is_absent(hub):
+    """No hub id starts with '.': '.cache/final' (no .cache here) is a missing directory, not a download."""
+    with pytest.raises(FileNotFoundError, match=r"no checkpoint directory at .+; a hub id looks like owner/name"):
+        resolve_checkpoint(".cache/final")
+    assert hub == []

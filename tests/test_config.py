@@ -92,3 +92,58 @@ def test_saved_settings_read_back_strictly():
         from_dict(Config, {"search": d["search"]}, "s.json")
     with pytest.raises(ValueError, match="expected a JSON object"):
         from_dict(Config, [], "s.json")
+
+
+# -- edge cases: bounds, defaults and what each step leaves behind ---------------------------------------------
+@dataclass
+class Sections:
+    a: int = 1  # the first
+    # a heading
+    #     indented under the heading: not a's help
+    b: int = 2
+    #     nor b's, which has no comment
+
+
+def test_a_heading_or_an_uncommented_field_ends_the_help_above():
+    assert field_help(Sections) == {"a": "the first"}
+
+
+def test_skipped_fields_get_no_flag():
+    """skip names flags (with their prefix) left out of the parser: --depth and --train-lr are not accepted."""
+    p = argparse.ArgumentParser()
+    add_config_flags(p, Config, skip=("depth", "train_lr"))
+    assert vars(p.parse_args(["--width", "3"])) == {"width": 3}
+    for given in (["--depth", "5"], ["--train-lr", "0.1"]):
+        with pytest.raises(SystemExit):
+            p.parse_args(given)
+
+
+def test_conflicts_ignore_flags_that_are_no_setting():
+    """A given flag that the saved settings do not have (--threads) is no conflict; a differing one is."""
+    assert conflicts(Config(), {"threads": 4, "depth": 3}) == []
+    assert conflicts(Config(), {"threads": 4, "depth": 5}) == ["--depth: 3 in the run, 5 given"]
+
+
+def test_saved_numbers_read_back_as_their_fields_type():
+    """JSON may hold 1 for a float setting: read as 1.0 (a float). A bool is no int: depth true is refused."""
+    d = to_dict(Config())
+    config = from_dict(Config, {**d, "train": {**d["train"], "lr": 1}}, "s.json")
+    assert config.train.lr == 1.0 and type(config.train.lr) is float
+    with pytest.raises(ValueError, match="s.json \\[search\\]: setting 'depth' is True, expected a int"):
+        from_dict(Config, {**d, "search": {**d["search"], "depth": True}}, "s.json")
+
+
+def test_a_fraction_may_be_0_or_1():
+    """[0, 1] is closed: temperature 0 and 1 pass, 1.01 and -0.01 do not."""
+    assert [Search(temperature=t).temperature for t in (0.0, 1.0)] == [0.0, 1.0]
+    for t in (1.01, -0.01):
+        with pytest.raises(ValueError, match=rf"Search: --temperature must lie in \[0, 1\], got {t}"):
+            Search(temperature=t)
+
+
+def test_error_text_of_a_key_error_has_no_quotes():
+    """str(KeyError('x.json: missing key')) is "'x.json: missing key'"; error_text gives the message itself."""
+    from nanoo1.config import error_text
+
+    assert error_text(KeyError("x.json: missing key")) == "x.json: missing key"
+    assert error_text(ValueError("bad value")) == "bad value" and error_text(KeyError()) == ""

@@ -168,7 +168,7 @@ def test_stamps_do_not_depend_on_the_token_budget():
         assert a["old_logp"] == pytest.approx(b["old_logp"], abs=1e-5) and a["old_value"] == pytest.approx(b["old_value"], abs=1e-5)
 
 
-# -- behaviour the tests above leave open (found by mutation testing) -----------------------------------------
+# -- edge cases: bounds, defaults and what each step leaves behind ---------------------------------------------
 def test_a_rejected_first_thought_is_the_outcome_and_a_tree_without_success_gives_no_chains():
     """The rejected thought may be the root's child: what was generated below it is not an outcome. A tree with
     failures only gives no training chains."""

@@ -516,7 +516,7 @@ def test_a_target_that_selects_nothing_is_named():
         LoRASettings(rank=2, targets="lm_head")
 
 
-# -- behaviour the tests above leave open (found by mutation testing) -----------------------------------------
+# -- edge cases: bounds, defaults and what each step leaves behind ---------------------------------------------
 def test_config_values_are_checked_and_defaults_are_plain_lora(tmp_path):
     """r an int >= 1 (not a bool), lora_alpha in (0, inf), lora_dropout in [0, 1); a config without lora_dropout or
     init_lora_weights is plain LoRA (dropout 0, peft's default init True), and init False (B random) is plain too."""
@@ -565,3 +565,64 @@ def test_save_trained_and_merge_write_what_they_should(tmp_path, tiny_tokenizer)
     _rewrite(tmp_path / "adapters", {"use_dora": True})
     with pytest.raises(ValueError, match="use_dora"):
         merge_into_checkpoint(tmp_path / "empty", tmp_path / "adapters", tmp_path / "merged-dora")
+
+
+def test_rank_below_one_is_refused_and_seed_alone_draws_the_a_matrices():
+    """rank 0 is a ValueError, not a division by zero; A comes from `seed` alone: the same seed gives the same A
+    whatever torch's global generator holds, another seed another A."""
+    with pytest.raises(ValueError, match="rank must be >= 1, got 0"):
+        LoRALinear(nn.Linear(4, 4), rank=0, alpha=1.0)
+
+    def a_of(seed, global_seed):
+        torch.manual_seed(global_seed)
+        return apply_lora(TinyGemmaLike(), ("q_proj",), rank=2, seed=seed).model.layers[1].self_attn.q_proj.lora_A
+
+    assert torch.equal(a_of(3, 0), a_of(3, 1)) and not torch.equal(a_of(3, 0), a_of(4, 0))
+
+
+def test_a_string_target_is_a_regex_over_the_whole_name():
+    """As in peft, a string must match a module's whole name: "q_proj" matches none ("model.layers.0.self_attn.
+    q_proj" is longer), ".*\\.1\\.self_attn\\.q_proj" exactly one."""
+    with pytest.raises(ValueError, match="no nn.Linear matches 'q_proj'"):
+        apply_lora(TinyGemmaLike(), "q_proj")
+    model = apply_lora(TinyGemmaLike(), r".*\.1\.self_attn\.q_proj", rank=2)
+    wrapped = [name for name, m in model.named_modules() if isinstance(m, LoRALinear)]
+    assert wrapped == ["model.layers.1.self_attn.q_proj"]
+
+
+def test_adapters_off_refuses_merged_adapters():
+    """Once merged the base weights are gone: switching the adapters off would run base + update; an error."""
+    from nanoo1.lora import adapters_off
+
+    model = merge_lora(randomize_lora(apply_lora(TinyGemmaLike(), ("q_proj",), rank=2, alpha=4.0)))
+    with pytest.raises(ValueError, match="merged"):
+        with adapters_off(model):
+            pass
+
+
+def test_merge_and_unload_puts_plain_linears_back():
+    """merge_and_unload: the same outputs from plain nn.Linear layers holding the merged weights, the base keys only,
+    each layer in the training mode of the one it replaces (an eval model stays in eval)."""
+    from nanoo1.lora import merge_and_unload
+
+    model = randomize_lora(apply_lora(TinyGemmaLike(), ("q_proj", "down_proj"), rank=2, alpha=4.0)).eval()
+    out = model(IDS)
+    merge_and_unload(model)
+    torch.testing.assert_close(model(IDS), out, rtol=1e-5, atol=1e-5)
+    assert not any(isinstance(m, LoRALinear) for m in model.modules())
+    assert sorted(model.state_dict()) == sorted(TinyGemmaLike().state_dict())
+    assert not any(m.training for m in model.modules())
+
+
+def test_unfreeze_returns_exactly_what_trains():
+    """With adapters: the adapters alone (q_proj rank 2 in 2 layers: 2 * (2*8 + 8*2) = 64 values), the base frozen;
+    without: every parameter (1240 values)."""
+    from nanoo1.lora import unfreeze
+
+    model = apply_lora(TinyGemmaLike(), ("q_proj",), rank=2)
+    model.requires_grad_(True)
+    params = unfreeze(model)
+    assert sum(p.numel() for p in params) == 64 and all(p.requires_grad for p in params)
+    assert count_trainable(model) == (64, 1240 + 64)
+    plain = TinyGemmaLike().requires_grad_(False)
+    assert sum(p.numel() for p in unfreeze(plain)) == 1240 and count_trainable(plain) == (1240, 1240)

@@ -151,3 +151,108 @@ def test_weight_decay_skips_the_one_dimensional_parameters(monkeypatch):
     decay = {g["weight_decay"]: g["params"] for g in seen[0]}
     assert sorted(decay) == [0.0, 0.1] and decay[0.0]
     assert all(p.dim() >= 2 for p in decay[0.1]) and all(p.dim() == 1 for p in decay[0.0])
+
+
+# -- edge cases: bounds, defaults and what each step leaves behind ---------------------------------------------
+class Draws:
+    """A stand-in rng whose choice() returns the given values in turn (each must be among the choices)."""
+
+    def __init__(self, *values):
+        self.values = list(values)
+
+    def choice(self, seq):
+        assert self.values[0] in seq
+        return self.values.pop(0)
+
+
+def test_a_corrupted_result_is_wrong_never_negative_and_may_be_zero():
+    """_corrupt(1) moves 1 by +-1, +-2, +-3 or +-10, flipping a move below 0 up: {0, 2, 3, 4, 11}, 0 included. An
+    error that makes a later subtraction exactly 0 keeps the step (7 - 7 = 0); only one below 0 ends the chain."""
+    from nanoo1.sft import _corrupt, _propagate_error
+    from nanoo1.tasks import Step
+
+    assert {_corrupt(1, random.Random(seed)) for seed in range(200)} == {0, 2, 3, 4, 11}
+    steps = [Step(5, "+", 3, 8), Step(8, "-", 7, 1), Step(1, "*", 4, 4)]
+    # step 0 corrupted by -1: 8 -> 7; then 7 - 7 = 0 and 0 * 4 = 0
+    assert _propagate_error(steps, 0, Draws(1, -1)) == [Step(5, "+", 3, 7), Step(7, "-", 7, 0), Step(0, "*", 4, 0)]
+    # by +1 (9 - 7 = 2) the chain goes on; by -3 (5 - 7 < 0) it ends at the corrupted step
+    assert [s.y for s in _propagate_error(steps, 0, Draws(1, 1))] == [9, 2, 8]
+    assert _propagate_error(steps, 0, Draws(3, -1)) == [Step(5, "+", 3, 5)]
+
+
+class CountingRandom(random.Random):
+    """random.Random that fails once shuffle() is called more than `limit` times (a generator that never
+    yields would otherwise loop forever)."""
+
+    def __init__(self, seed, limit=10):
+        super().__init__(seed)
+        self.shuffles, self.limit = 0, limit
+
+    def shuffle(self, x):
+        self.shuffles += 1
+        if self.shuffles > self.limit:
+            raise RuntimeError(f"no batch after {self.limit} shuffles")
+        super().shuffle(x)
+
+
+def test_make_batches_yields_only_full_batches_of_similar_lengths():
+    """Examples of length n (n = 1..32), batches of 16: one pass is the 16 shortest and the 16 longest, in some
+    order. 40 examples give full batches of 16 only. Exactly 16 examples are one batch, the first yield after
+    two shuffles (the pass's order and its batches' order)."""
+    def example(n, rng):
+        return [7] * n, [1] * n
+
+    batches = make_batches(list(range(1, 33)), example, 16, random.Random(0), pad_id=0)
+    one_pass = sorted(sorted(attn.sum(1).tolist()) for _, attn, _ in (next(batches), next(batches)))
+    assert one_pass == [list(range(1, 17)), list(range(17, 33))]
+    batches = make_batches(list(range(1, 41)), example, 16, random.Random(0), pad_id=0)
+    assert [len(next(batches)[0]) for _ in range(6)] == [16] * 6
+    rng = CountingRandom(0)
+    ids, attn, mask = next(make_batches(list(range(1, 17)), example, 16, rng, pad_id=0))
+    assert sorted(attn.sum(1).tolist()) == list(range(1, 17)) and rng.shuffles == 2
+
+
+def test_the_peak_learning_rate_is_reached_at_the_end_of_warmup():
+    """steps 110, warmup 10, lr 1: steps 0..9 rise to 1.0, step 10 starts the cosine at 1.0 (never above it)."""
+    c = SFTConfig(steps=110, warmup=10, lr=1.0, min_lr_ratio=0.1)
+    assert [lr_at(s, c) for s in (9, 10)] == [1.0, 1.0]
+    assert max(lr_at(s, c) for s in range(110)) == 1.0
+
+
+def test_sft_step_clips_the_gradient_norm():
+    """With SGD at lr 1 the update is the clipped gradient: its norm over all parameters is grad_clip = 1e-3."""
+    from nanoo1.sft import sft_step
+
+    model = random_model(Gemma2Config.preset("tiny", num_hidden_layers=1)).requires_grad_(True)
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, model.config.vocab_size, (2, 9), generator=g)
+    before = [p.detach().clone() for p in model.parameters()]
+    sft_step(model, torch.optim.SGD(model.parameters(), lr=1.0), (ids, torch.ones_like(ids), torch.ones_like(ids)),
+             lr=1.0, grad_clip=1e-3)
+    moved = torch.cat([(p.detach() - b).reshape(-1) for p, b in zip(model.parameters(), before)])
+    assert math.isclose(moved.norm().item(), 1e-3, rel_tol=1e-3)
+
+
+def test_train_sft_leaves_the_model_in_eval_mode_with_adamws_betas(monkeypatch):
+    """AdamW with betas (0.9, 0.95); afterwards the model is in eval mode (LoRA dropout off for what follows)."""
+    seen = []
+    real = torch.optim.AdamW
+    monkeypatch.setattr(torch.optim, "AdamW", lambda groups, **kw: seen.append(kw) or real(groups, **kw))
+    model = random_model(Gemma2Config.preset("tiny", num_hidden_layers=1)).train()
+    train_sft(model, iter(()), SFTConfig(steps=0), progress=False)
+    assert seen[0]["betas"] == (0.9, 0.95)
+    assert not any(m.training for m in model.modules())
+
+
+def test_lm_loss_of_a_bf16_model_is_taken_in_float32():
+    """A model held in bf16 (no autocast) gives bf16 logits; the cross-entropy is still taken in float32: equal to
+    the float32 cross-entropy of those logits (a bf16 loss would round 6.48 to 6.5)."""
+    model = random_model(Gemma2Config.preset("tiny", num_hidden_layers=1), dtype=torch.bfloat16)
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, model.config.vocab_size, (2, 9), generator=g)
+    mask = (torch.rand(2, 9, generator=g) > 0.3).long()
+    loss = lm_loss(model, ids, torch.ones_like(ids), mask)
+    logits = model(ids).float()
+    terms = [F.cross_entropy(logits[b, t - 1], ids[b, t]) for b in range(2) for t in range(1, 9) if mask[b, t]]
+    assert loss.dtype == torch.float32
+    torch.testing.assert_close(loss, torch.stack(terms).mean(), rtol=0, atol=1e-5)

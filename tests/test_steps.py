@@ -160,7 +160,7 @@ def test_never_raises_on_random_arithmetic():
         assert equations_hold("".join(rng.choice(pieces) for _ in range(rng.randint(0, 40)))) in (True, False)
 
 
-# -- bounds, sides and context the cases above leave open (found by mutation testing) --------------------
+# -- bounds, sides and context of the cases above --------------------------------------------------------------
 SIDE = "100" + " + 1" * 49  # 199 characters: 100 + 49 = 149
 
 
