@@ -120,19 +120,22 @@ def think_example(problem: Problem, tokenizer, rng: random.Random | None = None,
 
 
 def make_batches(problems: list[Problem], example_fn, batch_size: int, rng: random.Random, pad_id: int):
-    """Endless (ids, attention mask, loss mask) batches of example_fn(problem, rng); examples of similar
-    length go together so little is spent on padding. Fewer problems than one batch is a ValueError (a pass
-    would hold no batch, and the generator would never yield)."""
+    """Endless (ids, attention mask, loss mask) batches of example_fn(problem, rng), a pass over the problems in
+    a new random order each time; examples of similar length go together (within chunks of 16 batches) so
+    little is spent on padding. A pass leaves out its last len(problems) % batch_size problems in that order,
+    so which ones is random, never the longest. Fewer problems than one batch is a ValueError (a pass would
+    hold no batch, and the generator would never yield)."""
     if len(problems) < batch_size:
         raise ValueError(f"make_batches: {len(problems)} examples, fewer than one batch of {batch_size}")
+    chunk = batch_size * 16
     while True:
         order = list(range(len(problems)))
         rng.shuffle(order)
-        chunk = batch_size * 16
-        for start in range(0, len(order) - batch_size + 1, chunk):
+        order = order[:len(order) - len(order) % batch_size]  # whole batches only
+        for start in range(0, len(order), chunk):
             pool = [example_fn(problems[i], rng) for i in order[start:start + chunk]]
             pool.sort(key=lambda ex: len(ex[0]))
-            batches = [pool[i:i + batch_size] for i in range(0, len(pool) - batch_size + 1, batch_size)]
+            batches = [pool[i:i + batch_size] for i in range(0, len(pool), batch_size)]
             rng.shuffle(batches)
             for batch in batches:
                 yield collate(batch, pad_id)

@@ -212,6 +212,18 @@ def test_make_batches_yields_only_full_batches_of_similar_lengths():
     assert sorted(attn.sum(1).tolist()) == list(range(1, 17)) and rng.shuffles == 2
 
 
+def test_make_batches_leaves_out_random_examples_not_the_longest():
+    """20 examples of lengths 1..20, batches of 16: each pass is one batch and leaves 4 out. Over 10 passes every
+    length is trained (the 4 left out are drawn anew each pass); leaving out the longest never trains 17..20."""
+    def example(n, rng):
+        return [7] * n, [1] * n
+
+    batches = make_batches(list(range(1, 21)), example, 16, random.Random(0), pad_id=0)
+    seen = [sorted(next(batches)[1].sum(1).tolist()) for _ in range(10)]
+    assert all(len(set(lengths)) == 16 for lengths in seen)
+    assert set().union(*seen) == set(range(1, 21))
+
+
 def test_the_peak_learning_rate_is_reached_at_the_end_of_warmup():
     """steps 110, warmup 10, lr 1: steps 0..9 rise to 1.0, step 10 starts the cosine at 1.0 (never above it)."""
     c = SFTConfig(steps=110, warmup=10, lr=1.0, min_lr_ratio=0.1)
