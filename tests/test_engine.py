@@ -61,6 +61,10 @@ def test_token_stats_known_values():
     assert abs(slp.item() - math.log(0.292893)) < 1e-5
     assert abs(ent.item() - 1.5 * math.log(2)) < 1e-6
     assert abs(vent.item() - 0.25 * math.log(2) ** 2) < 1e-6
+    # uniform over 3 tokens: H = ln 3 and varentropy 0 (every -log p equals H); E[(log p)^2] - H^2 can round below 0
+    # in float32 (it does here), and a variance is never negative
+    _, _, ent, vent = token_stats(torch.zeros(1, 3), torch.tensor([0]), temperature=1.0)
+    assert abs(ent.item() - math.log(3)) < 1e-6 and 0.0 <= vent.item() < 1e-6
 
 
 def test_sample_next_greedy_top_k_top_p():
@@ -157,6 +161,17 @@ def test_stop_tokens_and_strings_per_row(model, tiny_tokenizer):
         generate(model, [prompt], 3, stop_strings=["x"])
 
 
+def test_a_stop_string_of_byte_pieces_is_found(tiny_tokenizer):
+    """The stop string "é" is no piece of the tiny tokenizer: it is written as two byte tokens <0xC3><0xA9>, either
+    one alone decoding to U+FFFD. The check decodes a tail wide enough to hold it: found once both are written."""
+    from nanoo1.engine import _has_stop_string
+
+    tokens = tiny_tokenizer.encode("12 + é", add_bos=False)
+    assert tokens[-2:] == [tiny_tokenizer.token_id("<0xC3>"), tiny_tokenizer.token_id("<0xA9>")]
+    assert _has_stop_string(tiny_tokenizer, tokens, ["é"])
+    assert not _has_stop_string(tiny_tokenizer, tokens[:-1], ["é"])
+
+
 def test_default_stop_is_eos(model):
     config = model.config
     prompt = prompts_of([5])[0]
@@ -164,9 +179,12 @@ def test_default_stop_is_eos(model):
     config.eos_token_id = free.tokens[3]
     try:
         (r,) = generate(model, [prompt], 20)
+        config.eos_token_id = [1, free.tokens[3]]  # a chat model's list (<eos>, <end_of_turn>): either one stops
+        (listed,) = generate(model, [prompt], 20)
     finally:
         config.eos_token_id = 1
     assert r.finish_reason == "stop_token" and r.tokens == free.tokens[: free.tokens.index(free.tokens[3]) + 1]
+    assert listed.finish_reason == "stop_token" and listed.tokens == r.tokens
 
 
 def test_budgeted_equals_two_plain_phases(model):
@@ -209,6 +227,20 @@ def test_a_row_that_stops_in_its_answer_leaves_the_next_rows_limit_alone(model):
     # row b thinks 8 tokens, is forced </think>, then answers its 6 tokens
     assert second.forced == [False] * 8 + [True] + [False] * 6
     assert second.tokens == generate_budgeted(model, [b], **kw, stop_token_ids=[eos])[0].tokens
+
+
+def test_a_row_that_stops_while_thinking_keeps_the_paused_rows(model):
+    """Row b pauses at </think> after 2 tokens; row a then ends on eos while thinking (after 7) and leaves the batch.
+    Row b stays: it answers as it would alone, its 2 thought tokens then greedy answer tokens."""
+    a, b = prompts_of([5, 7], seed=3)
+    free_a, free_b = (generate(model, [p], 8, stop_token_ids=[])[0].tokens for p in (a, b))
+    think_end, eos = free_b[1], free_a[6]
+    assert think_end not in free_a[:7] and eos not in free_a[:6] + free_b[:2]  # so the rows stop where stated
+    first, second = generate_budgeted(model, [a, b], think_budget=10, solution_budget=4, think_end_id=think_end,
+                                      stop_token_ids=[eos])
+    assert first.tokens == free_a[:7] and first.finish_reason == "stop_token"
+    (answer,) = generate(model, [b + free_b[:2]], 4, stop_token_ids=[eos])
+    assert answer.tokens and second.tokens == free_b[:2] + answer.tokens
 
 
 def test_mean_logprob_leaves_out_forced_tokens():
@@ -255,6 +287,20 @@ def test_suffixes_diverge_forks_after_one_prefill(model):
         generate(model, [prompt], 3, num_samples=2, suffixes=[[1]])
 
 
+def test_suffixes_of_several_tokens_go_in_one_step(model):
+    """Every row has 2 or more suffix tokens: the first 2 of each go in one (2, 2) step, then the longer suffix's
+    last token beside the other row's first sample, one token per row."""
+    prompt = prompts_of([8], seed=6)[0]
+    calls = []
+    original = model.hidden_states
+    model.hidden_states = lambda ids, *a, **k: calls.append(tuple(ids.shape)) or original(ids, *a, **k)
+    try:
+        generate(model, [prompt], 3, num_samples=2, suffixes=[[11, 12], [13, 14, 15]], stop_token_ids=[])
+    finally:
+        del model.hidden_states
+    assert calls[:3] == [(1, 8), (2, 2), (2, 1)]
+
+
 def test_on_stop_forces_a_continuation(model):
     """Greedy: stop on X, force (Y, Z) once, go on until X again == the same in two plain generations."""
     prompt = prompts_of([5], seed=7)[0]
@@ -275,11 +321,44 @@ def test_on_stop_forces_a_continuation(model):
     assert r.tokens == first + [21, 22] + rest.tokens
     assert r.forced == [False] * len(first) + [True, True] + [False] * len(rest.tokens)
     assert r.finish_reason == rest.finish_reason
+    (ended,) = generate(model, [prompt], 40, stop_token_ids=[X], on_stop=lambda i, row, t: [])
+    assert ended.tokens == first and ended.finish_reason == "stop_token"  # [] ends the row, as None does
     # max_new_tokens counts forced tokens too: a row never holds more, forced tokens past it are cut
     (short,) = generate(model, [prompt], len(first) + 1, stop_token_ids=[X], on_stop=lambda i, row, t: [21, 22, 23])
     assert short.tokens == first + [21] and short.forced[-1] and short.finish_reason == "length"
     (full,) = generate(model, [prompt], len(first), stop_token_ids=[X], on_stop=lambda i, row, t: [21, 22, 23])
     assert full.tokens == first and full.finish_reason == "length"  # the stop token filled it: nothing forced
+
+
+def test_generate_cli_passes_its_flags_to_the_engine_and_prints_each_sample(monkeypatch, capsys):
+    """`python -m nanoo1.generate` without --checkpoint: the tiny random model of --seed in --dtype, the chat prompt
+    encoded, the limits at their no-limit ends (top-k 0, top-p 1) accepted, stops on <eos> and <end_of_turn>, and
+    each sample printed after the prompt; out-of-range flags are refused by name; the defaults sample greedily."""
+    import nanoo1.generate as cli
+
+    calls, real = [], cli.generate
+    monkeypatch.setattr(cli, "generate", lambda *a, **k: calls.append((a, k, real(*a, **k))) or calls[-1][2])
+    cli.main(["--prompt", "Tom has", "--chat", "--dtype", "bfloat16", "--max-new-tokens", "5",
+              "--temperature", "1.0", "--top-k", "0", "--top-p", "1.0", "--num-samples", "2", "--seed", "3"])
+    (model, prompts, n), kwargs, results = calls[0]
+    expected, tok = cli.tiny_random(3)
+    assert model.model.embed_tokens.weight.dtype == torch.bfloat16
+    assert torch.equal(model.model.embed_tokens.weight, expected.model.embed_tokens.weight.to(torch.bfloat16))
+    assert not torch.equal(expected.model.embed_tokens.weight, cli.tiny_random(4)[0].model.embed_tokens.weight)
+    assert prompts == [tok.encode(tok.chat_prompt("Tom has"))] and n == 5
+    stops = [tok.eos_id, tok.token_id("<end_of_turn>")]
+    assert {k: kwargs[k] for k in ("temperature", "top_k", "top_p", "num_samples", "stop_token_ids", "seed")} == \
+        dict(temperature=1.0, top_k=0, top_p=1.0, num_samples=2, stop_token_ids=stops, seed=3)
+    out = capsys.readouterr().out
+    for i, r in enumerate(results):
+        head = f"--- sample {i}: {len(r.tokens)} tokens, {r.finish_reason}, mean log-prob {r.mean_logprob:.3f},"
+        assert head in out and "\nTom has" + r.text + "\n" in out
+    for flag, value in (("--temperature", "-1.0"), ("--top-k", "-1"), ("--top-p", "0.0"), ("--top-p", "1.5")):
+        with pytest.raises(SystemExit):
+            cli.main([flag, value])
+        assert f"{flag} {value}: expected" in capsys.readouterr().err
+    cli.main(["--max-new-tokens", "2"])
+    assert calls[-1][1]["temperature"] == 0.0 and calls[-1][1]["num_samples"] == 1
 
 
 def test_hold_freed_memory_is_applied_on_glibc():

@@ -112,8 +112,9 @@ def test_embedding_scale_is_rounded_to_activation_dtype():
     assert torch.equal(h, emb * torch.tensor(6.9375, dtype=torch.bfloat16))
 
 
-# the cache starts empty and doubles from 64 slots (never past max_len): 150 tokens cross two doublings
-@pytest.mark.parametrize("length,max_len,capacity", [(21, 32, 32), (150, 1000, 256)])
+# the cache starts empty and doubles from 64 slots (never past max_len): 150 tokens cross two doublings, 64 tokens
+# fill the first 64 slots exactly and grow nothing
+@pytest.mark.parametrize("length,max_len,capacity", [(21, 32, 32), (150, 1000, 256), (64, 1000, 64)])
 def test_cached_decoding_equals_full_forward(length, max_len, capacity):
     config = CONFIGS["gqa_odd_dims"]
     model = random_model(config, seed=4)
@@ -125,6 +126,18 @@ def test_cached_decoding_equals_full_forward(length, max_len, capacity):
         steps = [model(ids[:, :5], cache=cache)] + [model(ids[:, t:t + 1], cache=cache) for t in range(5, length)]
     assert cache.lengths.tolist() == cache.sizes == [length, length] and cache.capacity == capacity
     assert (torch.cat(steps, 1) - full).abs().max().item() < 1e-5
+
+
+def test_checkpointing_leaves_a_cached_forward_alone():
+    """A training model (checkpointing on, gradients enabled) still writes and reads its cache: prefill 5 tokens,
+    then one step, equals the full forward's last two positions (recomputation is for cache-less passes only)."""
+    model = random_model(CONFIGS["gqa_odd_dims"], seed=4)
+    ids = torch.randint(0, 512, (2, 6), generator=torch.Generator().manual_seed(3))
+    full = model(ids)
+    model.checkpointing = True
+    cache = model.new_cache(2, 8)
+    steps = torch.cat([model(ids[:, :5], cache=cache), model(ids[:, 5:], cache=cache)], 1)
+    assert (steps - full).abs().max().item() < 1e-5
 
 
 def test_growing_the_cache_holds_one_layer_twice_at_most(monkeypatch):
@@ -185,6 +198,11 @@ def test_cache_overflow_is_a_clear_error():
     cache = KVCache(model.config, 1, 4)
     with pytest.raises(ValueError, match="KV cache overflow"):
         model(torch.arange(5)[None], cache=cache)
+    full = KVCache(model.config, 1, 5)  # max_len slots hold max_len tokens: 5 fit, the 6th overflows
+    model(torch.arange(5)[None], cache=full)
+    assert full.sizes == [5]
+    with pytest.raises(ValueError, match="need 6 slots, cache has max_len=5"):
+        model(torch.tensor([[5]]), cache=full)
 
 
 def test_presets_have_published_parameter_counts():
@@ -202,6 +220,11 @@ def test_config_validation_names_the_field():
         Gemma2Config.preset("tiny", num_attention_heads=4, num_key_value_heads=3)
     with pytest.raises(ValueError, match="layer_types"):
         Gemma2Config.preset("tiny", layer_types=["full_attention"])
+    # positive means > 0: a zero soft-cap divides by zero (tanh(x / 0) * 0 is NaN), a zero RoPE base gives
+    # infinite frequencies
+    for name in ("attn_logit_softcapping", "final_logit_softcapping", "rope_theta", "rms_norm_eps"):
+        with pytest.raises(ValueError, match=rf"{name}=0\.0, expected a positive number"):
+            Gemma2Config.preset("tiny", **{name: 0.0})
 
 
 def test_return_hidden_and_gradients_flow():

@@ -264,6 +264,8 @@ def test_lm_policy_logprobs_priors_and_entropies_are_aligned(model, tiny_tokeniz
         assert c.prior == pytest.approx(raw.mean().exp().item(), rel=1e-5)  # exp(mean log-prob), temperature 1
         p = torch.softmax(at, -1)
         assert c.entropy == pytest.approx(-(p * p.log()).sum(-1).mean().item(), rel=1e-4)
+        entropy = -(p * p.log()).sum(-1, keepdim=True)  # varentropy: sum p (log p + H)^2, averaged over the tokens
+        assert c.varentropy == pytest.approx((p * (p.log() + entropy) ** 2).sum(-1).mean().item(), rel=1e-4)
     head = len(tok.encode(render_path([tree.root]) + "\n"))  # the shared prefix is prefilled once, for candidate 0
     assert [c.prompt_tokens for c in candidates] == [len(tok.encode(c.prompt)) - head + (head if j == 0 else 0)
                                                      for j, c in enumerate(candidates)]
@@ -286,6 +288,88 @@ def test_lm_policy_values_equal_rating_values(model, tiny_tokenizer):
         expected = rating_values(model, tiny_tokenizer, paths)
         assert torch.allclose(torch.tensor(values), expected, atol=1e-5)
         assert tokens == [len(tiny_tokenizer.encode(value_prompt(p))) for p in paths]
+
+
+def test_lm_policy_requests_of_different_sizes_each_get_their_own(model, tiny_tokenizer):
+    """Requests for 1 and 3 thoughts in one round cannot share one fork count: each gets its own number of
+    candidates, each sampled after its own prompt (greedy: the same as the request proposed alone)."""
+    trees = [Tree("Tom has 12 apples."), Tree("A box holds 6 pens.")]
+    requests = [Request(trees[0], trees[0].root, [None], [None], temperature=0.0),
+                Request(trees[1], trees[1].root, [None, "<critic>", None], [None, None, "Check it."],
+                        temperature=0.0)]
+    policy = LMPolicy(model, tiny_tokenizer, max_thought_tokens=4, seed=0)
+    together = policy.propose(requests)
+    assert [len(cands) for cands in together] == [1, 3]
+    for request, cands in zip(requests, together):
+        assert [c.prompt for c in cands] == [request.prompt(j) for j in range(request.k)]
+        (alone,) = policy.propose([request])
+        assert [c.tokens for c in cands] == [c.tokens for c in alone]
+
+
+def test_lm_policy_values_prefill_each_parent_once(model, tiny_tokenizer, monkeypatch):
+    """The value pass prefills one prefix per parent (a root alone from <bos>): a root, its two children and a
+    grandchild have 3 prefixes (the root's <bos>, the root's lines, the child's lines), then 4 rows are forked."""
+    tree = Tree("Tom has 12 apples.")
+    a = tree.add(tree.root, "<expansion>", "12 + 35 = 47")
+    tree.add(tree.root, "<critic>", "not yet", rating="negative")
+    tree.add(a, "<conclusion>", "The answer is \\boxed{47}")
+    feed_calls = counting(monkeypatch, "feed")
+    LMPolicy(model, tiny_tokenizer).evaluate([tree.path(n) for n in tree.nodes])
+    assert [len(args[2]) for args, _ in feed_calls] == [3, 4]
+
+
+def test_lm_policy_values_read_from_bos_where_the_parent_is_no_prefix(model, tiny_tokenizer):
+    """A tokenizer whose encoding of the parent's lines is no prefix of the child's sequence (here: an extra token
+    after a final newline) gets no forked prefix: every path is read from <bos>, and values equal rating_values."""
+    class Trailing:
+        def __getattr__(self, name):
+            return getattr(tiny_tokenizer, name)
+
+        def encode(self, text, **kwargs):
+            ids = tiny_tokenizer.encode(text, **kwargs)
+            return ids + [tiny_tokenizer.pad_id] if text.endswith("\n") else ids
+
+    tree = Tree("Tom has 12 apples.")
+    a = tree.add(tree.root, "<expansion>", "12 + 35 = 47")
+    tree.add(a, "<conclusion>", "The answer is \\boxed{47}")
+    paths = [tree.path(n) for n in tree.nodes]
+    values, _ = LMPolicy(model, Trailing()).evaluate(paths)
+    assert torch.allclose(torch.tensor(values), rating_values(model, tiny_tokenizer, paths), atol=1e-5)
+
+
+def test_lm_policy_rollout_candidates_keep_their_own_slice_of_the_generation(model, tiny_tokenizer, monkeypatch):
+    """A rollout at temperature 0.7, 2 chains from a root and 2 from a node at depth 2, max_depth 3, thoughts cut at
+    4 tokens (the random model writes no <conclusion>): chains of 3 and 1 thoughts. Each thought keeps its own run
+    of sampled tokens and their statistics from the row (scaled log-probs, prior exp(mean raw log-prob), mean
+    entropy and varentropy); the shared prompt is counted once, each header with its own row's first thought."""
+    trees = [Tree("Tom has 12 apples."), Tree("A box holds 6 pens.")]
+    deep = trees[1].add(trees[1].add(trees[1].root, "<expansion>", "6 pens"), "<expansion>", "4 boxes")
+    calls, rows = [], []
+    real = policy_module.generate
+
+    def spy(*args, **kwargs):
+        calls.append((args, kwargs))
+        rows.extend(real(*args, **kwargs))
+        return rows[-len(args[1]) * kwargs["num_samples"]:]
+
+    monkeypatch.setattr(policy_module, "generate", spy)
+    policy = LMPolicy(model, tiny_tokenizer, temperature=0.7, max_thought_tokens=4, seed=0)
+    chains = policy.rollout([Request(trees[0], trees[0].root, [None] * 2, [None] * 2),
+                             Request(trees[1], deep, [None] * 2, [None] * 2)], max_depth=3)
+    assert [[len(chain) for chain in per_request] for per_request in chains] == [[3, 3], [1, 1]]
+    (args, kwargs), = calls
+    prompts, suffixes = args[1], kwargs["suffixes"]
+    for n, (row, chain) in enumerate(zip(rows, [chain for per_request in chains for chain in per_request])):
+        starts = [t for t, f in enumerate(row.forced) if not f and (t == 0 or row.forced[t - 1])]  # each thought's
+        assert len(starts) == len(chain)
+        for j, (c, s) in enumerate(zip(chain, starts)):
+            part = slice(s, s + len(c.tokens))
+            assert c.tokens == row.tokens[part] and c.logprobs == row.scaled_logprobs[part]
+            assert c.prior == pytest.approx(math.exp(sum(row.logprobs[part]) / len(c.tokens)), rel=1e-6)
+            assert c.prior != pytest.approx(math.exp(sum(row.scaled_logprobs[part]) / len(c.tokens)), rel=1e-3)
+            assert c.entropy == pytest.approx(sum(row.entropy[part]) / len(c.tokens), rel=1e-6)
+            assert c.varentropy == pytest.approx(sum(row.varentropy[part]) / len(c.tokens), rel=1e-6)
+            assert c.prompt_tokens == (0 if j else (len(prompts[n // 2]) if n % 2 == 0 else 0) + len(suffixes[n]))
 
 
 @pytest.mark.parametrize("method", ["greedy", "best_of_n", "beam", "mcts"])
