@@ -224,14 +224,20 @@ def _saved(tmp_path):
     return tmp_path
 
 
+def _safetensors(path: Path, header: dict, data: bytes) -> Path:
+    """Write a safetensors file by hand: the header's length (8 bytes, little-endian), the header, the data."""
+    raw = json.dumps(header).encode()
+    path.write_bytes(len(raw).to_bytes(8, "little") + raw + data)
+    return path
+
+
 def _edit_header(path: Path, edit):
     """Rewrite a safetensors file's JSON header (and keep the data) to fake a broken file."""
     raw = path.read_bytes()
     n = int.from_bytes(raw[:8], "little")
     header = json.loads(raw[8:8 + n])
     edit(header)
-    new = json.dumps(header).encode()
-    path.write_bytes(len(new).to_bytes(8, "little") + new + raw[8 + n:])
+    _safetensors(path, header, raw[8 + n:])
 
 
 def test_errors_name_the_file_and_key(tmp_path):
@@ -514,12 +520,6 @@ def test_config_defaults_and_which_activation_key_wins():
     in hidden_act and the real activation in hidden_activation, as transformers reads them)."""
     config = config_from_dict({k: v for k, v in {**CONFIG_2024, "hidden_act": "gelu"}.items() if k != "rope_theta"})
     assert (config.rope_theta, config.hidden_activation) == (10000.0, "gelu_pytorch_tanh")
-
-
-def _safetensors(path: Path, header: dict, data: bytes) -> Path:
-    raw = json.dumps(header).encode()
-    path.write_bytes(len(raw).to_bytes(8, "little") + raw + data)
-    return path
 
 
 def test_safetensors_headers_at_their_bounds(tmp_path):

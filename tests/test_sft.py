@@ -195,30 +195,29 @@ class CountingRandom(random.Random):
         super().shuffle(x)
 
 
+def _of_length(n, rng):
+    """An example of n tokens, every one trained: its attention mask sums to its length."""
+    return [7] * n, [1] * n
+
+
 def test_make_batches_yields_only_full_batches_of_similar_lengths():
     """Examples of length n (n = 1..32), batches of 16: one pass is the 16 shortest and the 16 longest, in some
     order. 40 examples give full batches of 16 only. Exactly 16 examples are one batch, the first yield after
     two shuffles (the pass's order and its batches' order)."""
-    def example(n, rng):
-        return [7] * n, [1] * n
-
-    batches = make_batches(list(range(1, 33)), example, 16, random.Random(0), pad_id=0)
+    batches = make_batches(list(range(1, 33)), _of_length, 16, random.Random(0), pad_id=0)
     one_pass = sorted(sorted(attn.sum(1).tolist()) for _, attn, _ in (next(batches), next(batches)))
     assert one_pass == [list(range(1, 17)), list(range(17, 33))]
-    batches = make_batches(list(range(1, 41)), example, 16, random.Random(0), pad_id=0)
+    batches = make_batches(list(range(1, 41)), _of_length, 16, random.Random(0), pad_id=0)
     assert [len(next(batches)[0]) for _ in range(6)] == [16] * 6
     rng = CountingRandom(0)
-    ids, attn, mask = next(make_batches(list(range(1, 17)), example, 16, rng, pad_id=0))
+    ids, attn, mask = next(make_batches(list(range(1, 17)), _of_length, 16, rng, pad_id=0))
     assert sorted(attn.sum(1).tolist()) == list(range(1, 17)) and rng.shuffles == 2
 
 
 def test_make_batches_leaves_out_random_examples_not_the_longest():
     """20 examples of lengths 1..20, batches of 16: each pass is one batch and leaves 4 out. Over 10 passes every
     length is trained (the 4 left out are drawn anew each pass); leaving out the longest never trains 17..20."""
-    def example(n, rng):
-        return [7] * n, [1] * n
-
-    batches = make_batches(list(range(1, 21)), example, 16, random.Random(0), pad_id=0)
+    batches = make_batches(list(range(1, 21)), _of_length, 16, random.Random(0), pad_id=0)
     seen = [sorted(next(batches)[1].sum(1).tolist()) for _ in range(10)]
     assert all(len(set(lengths)) == 16 for lengths in seen)
     assert set().union(*seen) == set(range(1, 21))
