@@ -196,12 +196,17 @@ def _reference_answer(ground_truth) -> str | None:
         if max(value.numerator.bit_length(), value.denominator.bit_length()) > 4 * MAX_ANSWER:
             return None  # too long to write out (and to be a number parse_number reads)
         return str(value)  # exact, and never in scientific notation
-    if not isinstance(ground_truth, str):
-        return None
-    if "####" in ground_truth:  # a whole GSM8K solution
-        return _trim(ground_truth.rsplit("####", 1)[1])
-    boxed = last_boxed(ground_truth)
-    return _trim(boxed if boxed is not None else ground_truth)
+    return final_answer(ground_truth) if isinstance(ground_truth, str) else None
+
+
+def final_answer(solution: str) -> str | None:
+    """The final answer a reference solution states (None: an empty one): the rest of its last `#### ...` line
+    (GSM8K), else the content of its last `\\boxed{}` (MATH), else the whole text; stripped, a trailing period
+    dropped. How `check` reads a string ground truth and `tasks.load_jsonl` an answer field."""
+    if "####" in solution:
+        return _trim(solution.rsplit("####", 1)[1].partition("\n")[0])
+    boxed = last_boxed(solution)
+    return _trim(boxed if boxed is not None else solution)
 
 
 def _candidates(answer: str, value: Fraction, other: str) -> set:

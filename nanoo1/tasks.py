@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from nanoo1.files import atomic_write
-from nanoo1.rewards import parse_number
+from nanoo1.rewards import final_answer, parse_number
 from nanoo1.thoughts import Tree
 
 NAMES = [("Mia", "she", "her"), ("Leo", "he", "him"), ("Ava", "she", "her"), ("Sam", "he", "him"),
@@ -167,7 +167,7 @@ def _is_step(s) -> bool:
 
 def load_jsonl(path) -> list[Problem]:
     """GSM8K-style jsonl: {"question", "answer": "...#### N"} per line, both strings (and nanoo1's optional
-    "steps", a list of [x, op, b, y]). A file that is not UTF-8 or a line that breaks this raises ValueError
+    "steps", a list of [x, op, b, y]); a MATH-style answer field without "####" gives its last box. A file that is not UTF-8 or a line that breaks this raises ValueError
     naming path:line."""
     path = Path(path)
     if not path.exists():
@@ -192,11 +192,9 @@ def load_jsonl(path) -> list[Problem]:
         for key in ("question", "answer"):
             if not isinstance(row[key], str):
                 raise ValueError(f"{path}:{i}: '{key}' must be a string, got {json.dumps(row[key])[:40]}")
-        answer = row["answer"]  # GSM8K: the final answer is the rest of the last "####" line; else the whole field
-        final = answer.rsplit("####", 1)[1].partition("\n")[0] if "####" in answer else answer
-        final = final.strip().rstrip(".").strip()
-        if not final:
-            raise ValueError(f"{path}:{i}: no final answer in {answer[-40:]!r}")
+        final = final_answer(row["answer"])  # "#### N", a box or the whole field, as `check` reads a reference
+        if final is None:
+            raise ValueError(f"{path}:{i}: no final answer in {row['answer'][-40:]!r}")
         steps = row.get("steps", [])
         if not isinstance(steps, list):
             raise ValueError(f"{path}:{i}: 'steps' must be a list of [x, op, b, y], got {json.dumps(steps)[:40]}")

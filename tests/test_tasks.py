@@ -5,7 +5,7 @@ import json
 import pytest
 
 from conftest import gsm8k_path
-from nanoo1.rewards import check, equations_hold
+from nanoo1.rewards import check, equations_hold, final_answer
 from nanoo1.tasks import OPS, TINY_DIR, Problem, load_jsonl, make_problems, solution_tree, think_prompt, write_jsonl
 from nanoo1.thoughts import parse_tree
 
@@ -71,6 +71,17 @@ def test_loader_skips_white_space_lines_and_strips_a_bare_answer(tmp_path):
     path = tmp_path / "crlf.jsonl"
     path.write_text('{"question": "a", "answer": "#### 1"}\r\n\r\n   \n{"question": "q?", "answer": " 12 \\n"}\r\n')
     assert load_jsonl(path) == [Problem("a", "1"), Problem("q?", "12")]
+
+
+def test_loader_reads_the_final_answer_as_check_reads_a_reference(tmp_path):
+    """One reading of a reference solution (`rewards.final_answer`) for the loader and `check`: the rest of the last
+    "####" line (text on later lines is not the answer), else a MATH-style solution's last box, else the field."""
+    fields = ["He earns 8 * 9 = 72\n#### 72", "#### 72\nmore on the next line", r"so $x = \boxed{\frac{1}{2}}$.", "12."]
+    path = tmp_path / "p.jsonl"
+    path.write_text("".join(json.dumps({"question": "q?", "answer": a}) + "\n" for a in fields))
+    assert [p.answer for p in load_jsonl(path)] == ["72", "72", r"\frac{1}{2}", "12"]
+    assert [final_answer(a) for a in fields] == ["72", "72", r"\frac{1}{2}", "12"]
+    assert check("The answer is 72.", fields[1]) and check(r"\boxed{0.5}", fields[2])
 
 
 def test_main_writes_test_problems_apart_from_the_training_ones(tmp_path, monkeypatch):
