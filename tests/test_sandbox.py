@@ -9,6 +9,7 @@ and kernel layers are shown to hold on their own. What the kernel lacks is skipp
 import ast
 import contextlib
 import ctypes
+import errno
 import functools
 import os
 import re
@@ -25,9 +26,9 @@ from pathlib import Path
 
 import pytest
 
-from nanoo1.confine import MAX_FILES, SECCOMP_ARCH, landlock_abi, seccomp_filter, tripwire
-from nanoo1.sandbox import run_many, run_python
-from nanoo1.supervise import _remove
+from nanoo1.confine import MAX_FILES, SECCOMP_ARCH, landlock_abi, read_roots, seccomp_filter, tripwire
+from nanoo1.sandbox import SUPERVISOR, run_many, run_python
+from nanoo1.supervise import _remove, signal_name
 
 LINUX = sys.platform == "linux"
 KERNEL = LINUX and os.uname().machine in SECCOMP_ARCH  # seccomp has a syscall table for this machine
@@ -99,6 +100,15 @@ def our_children() -> list[int]:
         if ppid == os.getpid():
             found.append(int(entry))
     return found
+
+
+def supervisor_open_files(monkeypatch, soft: int, hard: int | None = None) -> None:
+    """Start this test's supervisors under a limit of `soft` open files (and `hard`, else the caller's own), as
+    a caller with lower limits would: the supervisor inherits its caller's limits, and its children theirs."""
+    import resource  # POSIX only
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1] if hard is None else hard
+    limit = functools.partial(resource.setrlimit, resource.RLIMIT_NOFILE, (soft, hard))
+    monkeypatch.setattr(subprocess, "Popen", functools.partial(subprocess.Popen, preexec_fn=limit))
 
 
 @contextlib.contextmanager
@@ -289,12 +299,33 @@ def test_removal_of_deep_unreadable_trees_with_long_paths(tmp_path):
             if level in (600, 1099):
                 os.chmod(fd, 0o300)  # can be written into, not listed
         os.close(fd)
+        os.chmod(root, 0o300)  # the top one too
         _remove(str(root))
         assert not root.exists() and outside.read_text() == "intact"
         _remove(str(root))  # already gone: nothing to do, nothing raised
     finally:
         if base != str(tmp_path):
             shutil.rmtree(base, ignore_errors=True)
+
+
+def test_removal_follows_no_link_and_leaves_no_descriptor_open(tmp_path):
+    """_remove never follows a link, not even one given as the directory to remove, and closes every directory it
+    opened on its way down and back up: the supervisor removes one directory per program, thousands in a search,
+    and must not run out of file descriptors."""
+    target = tmp_path / "target"
+    target.mkdir()
+    (target / "kept.txt").write_text("intact")
+    link = tmp_path / "nanoo1-sandbox-link"
+    link.symlink_to(target)
+    _remove(str(link))
+    assert (target / "kept.txt").read_text() == "intact"
+    tree = tmp_path / "nanoo1-sandbox-tree"
+    (tree / "a" / "b").mkdir(parents=True)
+    (tree / "a" / "b" / "f").write_text("x")
+    (tree / "c").mkdir()
+    open_before = len(os.listdir("/dev/fd"))
+    _remove(str(tree))
+    assert not tree.exists() and len(os.listdir("/dev/fd")) == open_before
 
 
 def test_no_inherited_file_descriptors():
@@ -305,6 +336,47 @@ def test_no_inherited_file_descriptors():
     finally:
         os.close(fd)
     assert r.stdout == "closed\n"
+
+
+def test_its_directory_and_environment():
+    """The program's directory is a new one in the caller's temporary directory; HOME and TMPDIR name it (the one
+    place it may write: libraries put their caches and temporary files there), PATH is the system's default, and
+    BLAS libraries are told to use one thread (the program may start none)."""
+    code = ("import os\nprint(os.path.dirname(os.getcwd()))\n"
+            "print(*(os.path.realpath(os.environ[name]) == os.getcwd() for name in ('HOME', 'TMPDIR')))\n"
+            "print(os.environ['PATH'], *(os.environ[f'{lib}_NUM_THREADS'] for lib in ('OMP', 'OPENBLAS', 'MKL')))")
+    r = run_python(code)
+    assert r.stdout.splitlines() == [os.path.realpath(tempfile.gettempdir()), "True True", f"{os.defpath} 1 1 1"]
+
+
+def test_a_program_starts_with_only_its_standard_files():
+    """The program holds stdin (/dev/null), stdout and stderr (one pipe) and its report (fd 3), nothing more: no
+    descriptor left open by the supervisor, nor by its own confinement (Landlock's ruleset and paths)."""
+    code = ("import os\nfds = []\nfor fd in range(64):\n    try:\n        os.fstat(fd)\n        fds.append(fd)\n"
+            "    except OSError:\n        pass\nprint(fds, os.path.samestat(os.fstat(0), os.stat(os.devnull)))")
+    assert run_python(code).stdout == "[0, 1, 2, 3] True\n"
+
+
+@pytest.mark.skipif(not LINUX, reason="other systems may refuse some limits (macOS: RLIMIT_AS)")
+def test_the_programs_resource_limits(monkeypatch):
+    """The program's limits, as the kernel reports them to it: CPU time one second past the timeout rounded up (a
+    backstop for the wall clock; SIGKILL a second later), memory_mb of address space, file_mb per file, 64 open
+    files, no new processes, no core file. None is raised past the caller's hard limit: a caller allowed 32 open
+    files gives its programs 32 (asking for more would fail, or, for root, lift the caller's own limit)."""
+    import resource  # POSIX only
+    code = ("import resource\nfor name in ('CPU', 'AS', 'FSIZE', 'NOFILE', 'NPROC', 'CORE'):\n"
+            "    print(name, *resource.getrlimit(getattr(resource, 'RLIMIT_' + name)))")
+
+    def line(name, soft, hard):  # no more than the caller has, which its supervisor inherits
+        most = resource.getrlimit(getattr(resource, "RLIMIT_" + name))[1]
+        return " ".join([name, *(str(n if most == resource.RLIM_INFINITY else min(n, most)) for n in (soft, hard))])
+    r = run_python(code, timeout=2.5, memory_mb=300, file_mb=3)
+    assert r.stdout.splitlines() == [line("CPU", 4, 5), line("AS", 300 << 20, 300 << 20),
+                                     line("FSIZE", 3 << 20, 3 << 20), line("NOFILE", 64, 64), line("NPROC", 0, 0),
+                                     line("CORE", 0, 0)]
+    supervisor_open_files(monkeypatch, 32, 32)
+    r = run_python(code)
+    assert "NOFILE 32 32" in r.stdout.splitlines(), r
 
 
 def test_file_size_limit():
@@ -320,11 +392,55 @@ def test_output_cap_is_exact():
     assert (r.stdout, r.truncated, r.error) == ("x" * 10, True, "OutputLimit")
 
 
+def test_output_of_exactly_the_cap_is_kept_whole():
+    """A program may print exactly `output_bytes`: that is kept, not truncated, and not stopped; one byte more
+    stops it, and the message says what the cap was."""
+    r = run_python("print('x' * 9)", output_bytes=10)
+    assert (r.stdout, r.truncated, r.error) == ("x" * 9 + "\n", False, None)
+    r = run_python("print('x' * 10)", output_bytes=10)
+    assert (r.stdout, r.truncated, r.error) == ("x" * 10, True, "OutputLimit")
+    assert r.message == "printed more than 10 bytes"
+
+
+def test_long_and_unprintable_exception_messages():
+    """A message is cut at 2,000 characters (the program chooses its text, and a result stays small); an
+    exception whose __str__ itself raises still ends in a result, with an empty message."""
+    r = run_python("raise ValueError('x' * 3000)")
+    assert (r.error, r.message) == ("ValueError", "x" * 2000)
+    r = run_python("class Odd(Exception):\n    def __str__(self):\n        raise RuntimeError\nraise Odd()")
+    assert (r.error, r.message) == ("Odd", "")
+
+
+def test_the_programs_objects_are_freed_before_its_report():
+    """The child frees the program's globals before it writes its report, so that a program that took all its
+    memory leaves room for the report: its objects' finalizers run then, and what they print is kept."""
+    r = run_python("class Held:\n    def __del__(self):\n        print('freed')\nheld = Held()\nprint('done')")
+    assert (r.stdout, r.error) == ("done\nfreed\n", None)
+
+
+def test_output_left_in_the_programs_buffers_is_kept():
+    """The child leaves through os._exit, which flushes nothing, so it flushes stdout itself first: text the
+    program left buffered (here with write-through turned off) is not lost."""
+    r = run_python("import sys\nsys.stdout.reconfigure(write_through=False)\nprint('kept', end='')")
+    assert (r.stdout, r.error) == ("kept", None)
+
+
+def test_a_program_that_loses_its_report_still_fails_by_its_exit_status():
+    """The report goes to fd 3 of the program's, which it can point elsewhere: a program that does so and then
+    raises does not pass for one that succeeded, since the child's exit status still says it failed."""
+    r = run_python("import os\nr, w = os.pipe()\nos.dup2(w, 3)\nraise ValueError('lost')")
+    assert (r.error, r.message) == ("SystemExit", "1")
+
+
 def test_limits_are_checked():
     with pytest.raises(ValueError, match="timeout"):
         run_python("print(1)", timeout=0)
     with pytest.raises(ValueError, match="memory_mb"):
         run_python("print(1)", memory_mb=-1)
+    with pytest.raises(ValueError, match="output_bytes"):
+        run_python("print(1)", output_bytes=0)
+    with pytest.raises(ValueError, match="file_mb"):  # a tmpfs of size 0 would be one without a limit
+        run_python("print(1)", file_mb=0)
 
 
 def test_pool_keeps_order_and_runs_in_parallel():
@@ -335,6 +451,24 @@ def test_pool_keeps_order_and_runs_in_parallel():
     assert time.monotonic() - start < 2.2
     assert [r.stdout for r in results] == ["0\n", "1\n", "2\n", "3\n"]
     assert run_many([]) == []
+
+
+def test_pool_runs_at_most_workers_programs_at_once():
+    """`workers` bounds how many programs run at once (each may take memory_mb and a core): of three programs on
+    two workers, the third starts only once one of the first two has ended; a count below one means one worker.
+    The programs read the system's monotonic clock, which every process shares."""
+    code = "import time\nprint(time.monotonic())\ntime.sleep(0.1)\nprint(time.monotonic())"
+    spans = sorted(tuple(map(float, r.stdout.split())) for r in run_many([code] * 3, workers=2))
+    assert spans[2][0] >= min(spans[0][1], spans[1][1])
+    spans = sorted(tuple(map(float, r.stdout.split())) for r in run_many([code] * 2, workers=-1))
+    assert spans[1][0] >= spans[0][1]
+
+
+def test_an_empty_batch_starts_no_supervisor(monkeypatch):
+    """An empty batch (a search round with nothing to run) is answered at once, without starting an interpreter."""
+    started = []
+    monkeypatch.setattr(subprocess, "Popen", lambda *args, **kwargs: started.append(args))
+    assert (run_many([]), run_many(iter([])), started) == ([], [], [])
 
 
 def test_pool_never_closes_a_pipe_whose_number_a_later_program_got():
@@ -411,6 +545,102 @@ def test_a_failed_supervisor_ends_in_a_short_result(monkeypatch):
     r = run_python("print(1)", timeout=5)
     assert (r.error, r.message) == ("SandboxError", "TimeoutError: the supervisor gave no answer in 17 s and was "
                                                     "killed; run the batch again")  # 1 wave of 5 + 2 s, + 10 s
+
+
+def test_a_supervisor_that_gives_no_answer_is_killed_and_reaped(monkeypatch):
+    """A supervisor that answers nothing in time (here one stopped by SIGSTOP) is killed with SIGKILL, which no
+    process can catch or ignore, and reaped before run_many returns: nothing is left, not even a zombie. Its time
+    allows every wave of the batch: three programs on two workers run in two. Each result says how long it took."""
+    supervisors, communicate = [], subprocess.Popen.communicate
+
+    def stopped(self, input=None, timeout=None):
+        if timeout is None:  # the call that reaps it, once killed; the timeout only keeps a failure from hanging
+            return communicate(self, input, timeout=30)
+        supervisors.append(self)
+        os.kill(self.pid, signal.SIGSTOP)
+        raise subprocess.TimeoutExpired(self.args, timeout)
+
+    monkeypatch.setattr(subprocess.Popen, "communicate", stopped)
+    results = run_many(["print(1)"] * 3, workers=2, timeout=5)
+    assert {(r.error, r.message) for r in results} == {  # 2 waves of 5 + 2 s, + 10 s
+        ("SandboxError", "TimeoutError: the supervisor gave no answer in 24 s and was killed; run the batch again")}
+    assert all(r.seconds > 0 for r in results)
+    assert [s.returncode for s in supervisors] == [-signal.SIGKILL]
+
+
+def test_a_supervisor_that_ends_without_answering_says_how(monkeypatch, tmp_path):
+    """A supervisor that exits without a result for each program (a bug, an interpreter that cannot start) is
+    named by its exit status, with the end of what it wrote to stderr: its last 500 characters, stripped."""
+    quiet, loud = tmp_path / "quiet.py", tmp_path / "loud.py"
+    quiet.write_text("")
+    loud.write_text("import sys\nsys.stderr.write('\\n' + 'x' * 600 + ' the end\\n')\nsys.exit(3)\n")
+    monkeypatch.setattr("nanoo1.sandbox.SUPERVISOR", quiet)
+    r = run_python("print(1)")
+    assert (r.error, r.message) == ("SandboxError", "the supervisor exited with status 0 before it answered; "
+                                                    "run the batch again")
+    monkeypatch.setattr("nanoo1.sandbox.SUPERVISOR", loud)
+    r = run_python("print(1)")
+    end = ("x" * 600 + " the end")[-500:]
+    assert (r.error, r.message) == ("SandboxError", "the supervisor exited with status 3 before it answered; "
+                                                    f"run the batch again: {end}")
+
+
+def test_the_supervisor_imports_nothing_planted_in_its_directory(monkeypatch, tmp_path):
+    """The supervisor runs in the temporary directory, where others may write: it starts isolated (python -I), so
+    a module planted there is never imported in place of the standard library's."""
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    (tmp_path / "selectors.py").write_text("raise SystemExit('the planted module ran')\n")
+    r = run_python("print(6 * 7)")
+    assert (r.stdout, r.error) == ("42\n", None), r
+
+
+def test_the_supervisor_writes_no_bytecode_beside_its_sources(monkeypatch, tmp_path):
+    """The supervisor loads confine.py by path, and writes no bytecode cache beside it: the package's directory
+    may be read-only or shared, and is not the sandbox's to change."""
+    for name in ("supervise.py", "confine.py"):
+        shutil.copy(SUPERVISOR.with_name(name), tmp_path / name)
+    monkeypatch.setattr("nanoo1.sandbox.SUPERVISOR", tmp_path / "supervise.py")
+    assert run_python("print(6 * 7)").stdout == "42\n"
+    assert sorted(os.listdir(tmp_path)) == ["confine.py", "supervise.py"]
+
+
+@pytest.mark.skipif(not LINUX, reason="reads the supervisor's open files in /proc")
+def test_the_supervisor_inherits_none_of_the_callers_files(tmp_path):
+    """Only its pipes reach the supervisor: a file the caller marked inheritable is not open in it, which would
+    otherwise hold the caller's files, pipes and sockets open for as long as a batch runs. The program waits, by
+    stat (which it may do anywhere), until the test has looked."""
+    marker, looked = tmp_path / "marker", tmp_path / "looked"
+    fd = os.open(marker, os.O_WRONLY | os.O_CREAT)
+    os.set_inheritable(fd, True)
+    seen = []
+
+    def look():
+        deadline = time.monotonic() + 10
+        while not seen and time.monotonic() < deadline:
+            for pid in set(sandbox_processes()) & set(our_children()):  # the supervisor, not its child
+                with contextlib.suppress(OSError):
+                    seen.append([os.readlink(f"/proc/{pid}/fd/{n}") for n in os.listdir(f"/proc/{pid}/fd")])
+            time.sleep(0.01)
+        looked.touch()
+
+    looker = threading.Thread(target=look)
+    looker.start()
+    try:
+        code = f"import os, time\nwhile not os.path.exists({str(looked)!r}):\n    time.sleep(0.01)"
+        r = run_python(code, timeout=20)
+    finally:
+        looker.join()
+        os.close(fd)
+    assert r.ok, r
+    assert seen and os.path.realpath(marker) not in seen[0]
+
+
+def test_the_supervisor_closes_the_pipes_of_the_programs_it_stops(monkeypatch):
+    """A program stopped at its output cap is reaped with a pipe still open, which the supervisor then closes: a
+    long batch must not run it out of file descriptors, here 30 such programs under a limit of 16."""
+    supervisor_open_files(monkeypatch, 16)
+    results = run_many(["print('x' * 100)"] * 30, workers=1, output_bytes=10)
+    assert {(r.error, r.stdout) for r in results} == {("OutputLimit", "x" * 10)}
 
 
 # --- hostile programs ---------------------------------------------------------------------------------
@@ -618,6 +848,15 @@ def test_real_time_signals_end_in_a_result():
     assert r.error == "Signal SIGRTMAX"
 
 
+@pytest.mark.skipif(not LINUX, reason="real-time signals are Linux's")
+def test_signal_names():
+    """How a result names the signal that ended a program or the supervisor: by its name, real-time ones from
+    SIGRTMIN, and a number that is no signal as that number."""
+    assert signal_name(signal.SIGKILL) == "SIGKILL"
+    assert signal_name(signal.SIGRTMIN + 3) == "SIGRTMIN+3"
+    assert signal_name(signal.SIGRTMAX + 1) == str(signal.SIGRTMAX + 1)
+
+
 def test_a_program_that_cannot_be_written_is_a_result():
     r = hostile("print('\ud800')")  # a lone surrogate has no UTF-8
     assert r.error == "SandboxError" and "UnicodeEncodeError" in r.message
@@ -747,6 +986,18 @@ for pid in (os.getppid(), {os.getpid()}):
         assert proc == ["refused", "refused"]
 
 
+@pytest.mark.skipif(not LINUX, reason="/proc/self/environ is Linux's")
+def test_the_environment_the_program_started_with_is_clean_too(monkeypatch):
+    """/proc/self/environ shows the environment a process was started with, which clearing os.environ does not
+    change: the supervisor itself starts with the scrubbed environment, so the caller's secrets are not there
+    either. Read without the audit hook, which refuses the file (it is not world-readable)."""
+    secret = uuid.uuid4().hex
+    monkeypatch.setenv("NANOO1_TEST_SECRET", secret)
+    r = run_python("print(open('/proc/self/environ', 'rb').read())", audit_hook=False)
+    assert r.ok, r
+    assert secret not in r.stdout and "NANOO1_TEST_SECRET" not in r.stdout
+
+
 def test_signalling_the_parent(hook):
     received = []
     previous = signal.signal(signal.SIGUSR1, lambda *_: received.append(1))  # a failure must not kill pytest
@@ -819,13 +1070,16 @@ def test_clearing_the_parent_death_signal_is_refused(hook):
 
 
 @pytest.mark.skipif(not LINUX, reason="PR_SET_PDEATHSIG is Linux only")
-@pytest.mark.parametrize("program", ["plain", "clears-pdeathsig"])
+@pytest.mark.parametrize("program", ["plain", "clears-pdeathsig", "ignores-signals"])
 def test_child_dies_with_its_caller(program):
     # a caller killed outright cannot clean up; the kernel then kills its sandboxed child, even one that
-    # tried to clear its parent-death signal past the audit hook
+    # tried to clear its parent-death signal past the audit hook, or ignores every signal it may (SIGKILL ends it)
     if program == "clears-pdeathsig" and not KERNEL:
         pytest.skip("only seccomp refuses prctl(PR_SET_PDEATHSIG, 0), and it has no syscall table here")
-    code = (CLEAR_PDEATHSIG if program == "clears-pdeathsig" else "") + "import time\ntime.sleep(60)"
+    ignore = ("import signal\nfor s in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):\n"
+              "    signal.signal(s, signal.SIG_IGN)\n")
+    code = {"plain": "", "clears-pdeathsig": CLEAR_PDEATHSIG, "ignores-signals": ignore}[program]
+    code += "import time\ntime.sleep(60)"
     dirs_before = workdirs()
     module = os.path.join(os.path.dirname(os.path.dirname(__file__)), "nanoo1", "sandbox.py")
     script = ("import importlib.util\n"
@@ -928,7 +1182,7 @@ def test_audit_hook_policy(tmp_path):
                ("open", (str(public), "r", r)), ("open", (5, "w", w)),  # an fd it already holds
                ("os.mkdir", (str(work / "d"), 0o777, -1)), ("os.rename", (str(work / "a"), str(work / "b"), -1, -1)),
                ("ctypes.dlopen", (None,)), ("import", ("math", None, [], [], [])), ("os.listdir", ("/",)),
-               ("fcntl.fcntl", (3, fcntl.F_SETFL, os.O_ASYNC))]
+               ("fcntl.fcntl", (3, fcntl.F_SETFL, os.O_ASYNC)), ("open", (str(work), None, r))]  # its own directory
     for event, args in allowed:
         hook(event, args)  # no exception
 
@@ -948,7 +1202,14 @@ def test_audit_hook_policy(tmp_path):
                # metadata is refused everywhere, since a dir_fd= form hides where the path is
                ("os.chmod", (str(work / "a.txt"), 0o777, -1)), ("os.chmod", (3, 0o777, -1)),
                ("os.utime", ("x", None, None, 3)), ("os.setxattr", ("x", "user.a", b"1", 0, 3)),
-               ("os.chown", ("x", 0, 0, 3)), ("fcntl.fcntl", (3, fcntl.F_SETOWN, 1))]  # a file signalling pid 1
+               ("os.chown", ("x", 0, 0, 3)), ("fcntl.fcntl", (3, fcntl.F_SETOWN, 1)),  # a file signalling pid 1
+               ("os.posix_spawn", ("/bin/sh", ["sh"], None)),
+               ("os.link", (str(public), str(work / "l"), -1, -1, True)),
+               ("os.truncate", (str(public), 0)), ("sqlite3.connect", (str(outside_dir / "db"),)),
+               ("open", (str(outside_dir / "new"), None, os.O_CREAT)),     # made, though opened read-only
+               ("open", (str(tmp_path / "work2" / "a"), "w", w))]           # a neighbour whose name begins alike
+    if LINUX:  # a file's signal, and an owner given as a struct (F_SETSIG, F_SETOWN_EX)
+        refused += [("fcntl.fcntl", (3, fcntl.F_SETSIG, signal.SIGTERM)), ("fcntl.fcntl", (3, 15, b"\0" * 8))]
     for event, args in refused:
         with pytest.raises(PermissionError, match="sandbox"):
             hook(event, args)
@@ -998,6 +1259,7 @@ def test_seccomp_filter_answers():
         assert run_bpf(prog, 72, x86, arg0=3, arg1=cmd) == EPERM, cmd
     assert run_bpf(prog, 72, x86, arg0=8, arg1=4) == ALLOW  # fcntl(F_SETFL) of fd 8
     assert run_bpf(prog, 0x40000000 + 57, x86) == EPERM  # the x32 alias of fork
+    assert run_bpf(prog, 0x40000000, x86) == EPERM       # the first x32 number (read): every one is refused
     assert run_bpf(prog, 2, 0x40000003) == KILL          # i386 ABI (int 0x80): fork is 2 there
     prog = seccomp_filter("aarch64", pid=7)
     # aarch64 numbers: close 57 (fork on x86_64), socket 198, clone 220, execve 221, kill 129
@@ -1039,6 +1301,39 @@ os.kill(os.getpid(), 0)  # itself: allowed
     assert (r.stdout, r.returncode) == ("kill refused\nsigio done\n", 0), r.stderr
 
 
+@pytest.mark.skipif(not LINUX, reason="Landlock is Linux's")
+def test_landlock_abi_finds_landlock_where_the_kernel_has_it():
+    """landlock_abi decides whether a sandbox uses Landlock at all (and these tests what to expect of it): wherever
+    the kernel has landlock_create_ruleset and Landlock turned on, asked here without its version flag (it fails
+    otherwise than ENOSYS, no such call, or EOPNOTSUPP, turned off), the ABI version is at least 1."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.syscall.restype = ctypes.c_long
+    result = libc.syscall(ctypes.c_long(444), None, ctypes.c_long(0), ctypes.c_long(0))  # no attributes, no flags
+    assert result == -1
+    assert (landlock_abi() >= 1) == (ctypes.get_errno() not in (errno.ENOSYS, errno.EOPNOTSUPP))
+
+
+def test_read_roots_open_no_more_than_they_name(monkeypatch, tmp_path):
+    """Landlock grants reads beneath each of read_roots, so none is "/" nor a directory above the working directory
+    (either would open its neighbours), here as an interpreter's prefix; a path that does not exist is left out,
+    since no rule can name it."""
+    work = tmp_path / "runs" / "work"
+    work.mkdir(parents=True)
+    monkeypatch.setattr(sys, "prefix", "/")
+    monkeypatch.setattr(sys, "exec_prefix", str(tmp_path / "runs"))
+    monkeypatch.setattr(sys, "base_prefix", str(tmp_path / "missing"))
+    roots = read_roots(os.path.realpath(work))
+    assert "/" not in roots and not [root for root in roots if root.startswith(os.path.realpath(tmp_path))]
+    assert os.path.realpath(sys.base_exec_prefix) in roots  # the one left as it was
+
+
+def test_without_namespaces_it_may_rewrite_the_file_it_came_in():
+    """Where there is no private tmpfs, the program may make no file but may write main.py, truncating it
+    included (open for 'w'); RLIMIT_FSIZE bounds its size."""
+    r = run_python("open('main.py', 'w').write('rewritten')\nprint(open('main.py').read())", namespaces=False)
+    assert (r.stdout, r.error) == ("rewritten\n", None)
+
+
 @pytest.mark.skipif(not LINUX, reason="Linux only")
 def test_sandboxed_process_is_confined_by_the_kernel():
     # what the kernel says about the child itself: no capabilities, no new privileges, a seccomp filter
@@ -1057,6 +1352,19 @@ def test_sandboxed_process_is_confined_by_the_kernel():
     assert size.split() == [str(3 << 20), str(MAX_FILES)]  # its directory: a tmpfs of file_mb, MAX_FILES inodes
     ours = [os.readlink(f"/proc/self/ns/{ns}") for ns in ("user", "mnt", "ipc")]
     assert all(theirs != mine for theirs, mine in zip(namespaces.split(), ours))
+
+
+@pytest.mark.skipif(not LINUX, reason="Linux only")
+def test_its_tmpfs_and_ids_in_its_namespaces():
+    """Its tmpfs takes no set-user-id bits, device files or executables (nosuid, nodev, noexec) and is open to its
+    owner only (mode 0700); in its user namespace the program keeps the caller's user and group ids, not root's."""
+    if not private_namespaces():
+        pytest.skip("this system refuses the sandbox user and mount namespaces")
+    code = ("import os, stat\nprint(os.statvfs('.').f_flag & (os.ST_NOSUID | os.ST_NODEV | os.ST_NOEXEC), "
+            "oct(stat.S_IMODE(os.stat('.').st_mode)), os.getuid(), os.getgid())")
+    r = run_python(code)
+    flags = os.ST_NOSUID | os.ST_NODEV | os.ST_NOEXEC
+    assert r.stdout.split() == [str(flags), "0o700", str(os.getuid()), str(os.getgid())]
 
 
 @pytest.mark.parametrize("args", [["--help"], [], ["a", "b"]])
