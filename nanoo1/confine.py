@@ -281,14 +281,23 @@ def tripwire(workdir: str):
                "resource.setrlimit", "resource.prlimit",        # its own limits
                "os.symlink",                                    # a link inside could point outside
                "os.chmod", "os.chown", "os.utime", "os.setxattr", "os.removexattr"}  # metadata, anywhere
-    path_events = {"os.link", "os.mkdir", "os.remove", "os.rename", "os.rmdir", "os.truncate",
+    path_events = {"os.chdir", "os.link", "os.mkdir", "os.remove", "os.rename", "os.rmdir", "os.truncate",
                    "shutil.rmtree", "sqlite3.connect"}
     write_flags = os.O_WRONLY | os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_TRUNC
     signal_owner = {_F_SETOWN, _F_SETSIG, _F_SETOWN_EX} if sys.platform == "linux" else {6}  # macOS: F_SETOWN
 
+    def climbs(path) -> bool:
+        # A relative path leaving the directory it starts from. A `dir_fd=` call starts it from that fd's
+        # directory, which the `open` event does not name, and the checks here from the working directory. One
+        # that stays beneath where it starts stays inside from either, since every directory the program can
+        # hold (its working directory, a directory fd) is inside: a directory outside is never opened, and
+        # chdir and fchdir (an fd it holds) are checked like any path.
+        path = os.fsdecode(path)
+        return not os.path.isabs(path) and os.path.normpath(path).split(os.sep)[0] == ".."
+
     def inside(path) -> bool:
         real = os.path.realpath(os.fsdecode(path))  # through every link and ".."
-        return real == workdir or real.startswith(workdir + os.sep)
+        return not climbs(path) and (real == workdir or real.startswith(workdir + os.sep))
 
     def is_path(arg) -> bool:
         return isinstance(arg, (str, bytes, os.PathLike))
@@ -304,6 +313,8 @@ def tripwire(workdir: str):
             raise PermissionError(f"sandbox: fcntl command {args[1]} is not allowed")
         if event == "open" and is_path(args[0]) and not inside(args[0]):
             path, mode, flags = args
+            if climbs(path):
+                raise PermissionError(f"sandbox: a relative path out of the directory it starts from: {path!r}")
             if (flags or 0) & write_flags or (isinstance(mode, str) and any(c in mode for c in "wax+")):
                 raise PermissionError(f"sandbox: writing outside the working directory is not allowed: {path!r}")
             try:

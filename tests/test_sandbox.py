@@ -1215,6 +1215,42 @@ def test_audit_hook_policy(tmp_path):
             hook(event, args)
 
 
+def test_audit_hook_judges_relative_paths_where_dir_fd_resolves_them(tmp_path):
+    """`open`'s audit event does not say which directory a relative path starts from: os.open(..., dir_fd=top)
+    resolves it from `top`, the hook from the working directory. So the hook refuses a relative path that climbs
+    out with "..": one that stays beneath where it starts stays inside from any directory the program holds, and
+    a change of working directory is checked like any path. Here the program sits in work/a/b, a directory of the
+    hook's working directory, and holds a fd of work: "../escaped" from there is outside."""
+    work = tmp_path / "work"
+    (work / "a" / "b").mkdir(parents=True)
+    program = f"""
+import os, sys
+sys.path.insert(0, {str(Path(__file__).resolve().parents[1])!r})
+from nanoo1.confine import tripwire
+work = {str(work.resolve())!r}
+os.chdir(work + "/a/b")
+top = os.open(work, os.O_RDONLY)
+sys.addaudithook(tripwire(work))
+for name, attempt in [
+        ("write", lambda: os.open("../escaped", os.O_WRONLY | os.O_CREAT, dir_fd=top)),
+        ("read", lambda: os.open("../..", os.O_RDONLY, dir_fd=top)),  # a directory fd outside
+        ("mkdir", lambda: os.mkdir("../made", dir_fd=top)),
+        ("chdir", lambda: os.chdir("..")), ("chdir out", lambda: os.chdir("/")),
+        ("fchdir", lambda: os.fchdir(top))]:  # a directory fd it holds is inside: allowed
+    try:
+        attempt()
+        print(name, "allowed")
+    except PermissionError as e:
+        print(name, "refused" if "sandbox" in str(e) else e)
+os.close(os.open("a/b/c.txt", os.O_WRONLY | os.O_CREAT, dir_fd=top))  # beneath where it starts: allowed
+print(sorted(os.listdir(os.path.dirname(work))), sorted(os.listdir(work + "/a/b")))
+"""
+    r = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=60)
+    lines = r.stdout.split("\n")
+    assert lines[:5] == [f"{name} refused" for name in ("write", "read", "mkdir", "chdir", "chdir out")], r
+    assert lines[5:7] == ["fchdir allowed", "['work'] ['c.txt']"], r
+
+
 def run_bpf(prog, nr: int, arch: int, arg0: int = 0, arg1: int = 0) -> int:
     """A tiny classic-BPF interpreter for the four instructions the seccomp filter uses."""
     data = {0: nr, 4: arch, 16: arg0 & 0xFFFFFFFF, 24: arg1 & 0xFFFFFFFF}
