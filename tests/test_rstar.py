@@ -1334,3 +1334,146 @@ def test_a_shortened_tiny_run_repeats_its_table_exactly(tmp_path):
     assert runs[0][1]["ppm_search"] is not None
     for name in ("policy-1/model.safetensors", "ppm-1/ppm_head.safetensors"):
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
+
+
+def test_the_search_is_rstars_uct_with_the_runs_own_settings():
+    """rStar-Math's MCTS: UCT with c = 2, rewards +1 / -1 backed up undiscounted, as many children as candidates;
+    the simulations, candidates, patience and sampling temperature are the run's settings."""
+    from nanoo1.evolve import mcts_config
+
+    c = mcts_config(EvolveConfig(simulations=5, num_candidates=3, patient=4, temperature=0.6))
+    assert (c.selection, c.c, c.discount, c.success_value, c.failure_value) == ("uct", 2.0, 1.0, 1.0, -1.0)
+    assert (c.simulations, c.num_candidates, c.max_children, c.patient, c.temperature) == (5, 3, 3, 4, 0.6)
+    assert c.max_depth == RStarConfig.max_depth
+
+
+def test_bf16_autocast_only_over_float32_weights():
+    """--bf16 autocasts the training of float32 weights; bfloat16 weights (under LoRA) train as they are."""
+    assert EvolveConfig(bf16=True).autocast and not EvolveConfig(bf16=False).autocast
+    assert not EvolveConfig(bf16=True, dtype="bfloat16").autocast
+
+
+def test_a_rounds_report_keeps_the_first_and_last_loss():
+    from nanoo1.evolve import _ends
+
+    assert _ends([3.0, 2.5, 1.23456]) == [3.0, 1.2346] and _ends([]) == []
+
+
+def test_each_round_reports_its_own_finds_and_searches_with_its_own_seed(code_tokenizer, tmp_path, monkeypatch):
+    """Round k searches with seed + k and keeps --traces-per-problem traces a problem. Its row counts the traces
+    and pairs that round found (the pool of every round so far trains the next pair, but the table says what each
+    round added) and the tokens its search spent, generated and prompt apart; the held-out pairs are counted in
+    the first row alone."""
+    import nanoo1.evolve as evolve
+
+    train, test = make_problems(6, seed=7, max_steps=3), make_problems(2, seed=8, max_steps=2)
+    write_jsonl(train, tmp_path / "train.jsonl")
+    write_jsonl(test, tmp_path / "test.jsonl")
+    save_pretrained(random_model(Gemma2Config.preset("tiny", vocab_size=len(code_tokenizer), num_hidden_layers=1)),
+                    code_tokenizer, tmp_path / "base")
+    monkeypatch.setattr(rstar, "generate", _scripted_solver(train + test))
+    seeds, found, spent, kept = [], [], [], []
+    search, examples, pairs, real_mcts = evolve.search_trees, evolve.sft_examples, evolve.ppm_pairs, evolve.mcts
+    monkeypatch.setattr(evolve, "search_trees", lambda *a: seeds.append(a[-1]) or search(*a))
+    monkeypatch.setattr(evolve, "sft_examples",
+                        lambda *a: kept.append(a[2:]) or found.append(examples(*a)) or found[-1])
+    monkeypatch.setattr(evolve, "ppm_pairs", lambda *a: found.append(pairs(*a)) or found[-1])
+    monkeypatch.setattr(evolve, "mcts", lambda *a: spent.append(real_mcts(*a)) or spent[-1])
+    config = EvolveConfig(simulations=8, rounds=2, problems=3, later_min_steps=0, eval_problems=1, pair_problems=1,
+                          beam=0, sft_epochs=1, ppm_epochs=1, bf16=False, seed=5, traces_per_problem=1,
+                          out=str(tmp_path / "run"))
+    rows = run(config, tmp_path / "base", tmp_path / "train.jsonl", tmp_path / "test.jsonl")
+    assert seeds == [5, 6] and kept == [(1,), (1,)]
+    counts = [(len(found[0]), len(found[1])), (len(found[2]), len(found[3]))]  # round 0's, round 1's
+    assert [(row["traces"], row["pairs"]) for row in rows[:2]] == counts
+    assert rows[1]["traces"] > 0  # so a count of the pool (round 0's and round 1's) would differ
+    assert [("held_out_pairs" in row) for row in rows] == [True, False, False]  # said once, in the first row
+    for row, results in zip(rows, spent):
+        assert row["generated_tokens"] == sum(r.spent.generated for r in results)
+        assert row["prompt_tokens"] == sum(r.spent.prompt for r in results)
+
+
+def test_a_round_keeps_solutions_for_the_orm_only_when_the_verifier_table_follows(code_tokenizer, monkeypatch):
+    """The ORM's outcome examples are collected into the pool with --verifiers alone (otherwise nothing reads
+    them)."""
+    from nanoo1.evolve import Pool
+
+    train = make_problems(2, seed=7, max_steps=2)
+    monkeypatch.setattr(rstar, "generate", _scripted_solver(train))
+    base = random_model(Gemma2Config.preset("tiny", vocab_size=len(code_tokenizer), num_hidden_layers=1))
+    for verifiers_n, kept in ((0, False), (4, True)):
+        pool = Pool()
+        config = EvolveConfig(simulations=8, problems=2, sft_epochs=1, ppm_epochs=1, bf16=False, verifiers=verifiers_n)
+        self_evolution_round(base, base, None, code_tokenizer, train, config, pool=pool)
+        assert pool.pairs and bool(pool.outcomes) == kept
+
+
+def test_evolve_takes_one_thread_for_the_tiny_task_and_refuses_bf16_full_finetuning(monkeypatch, capsys):
+    """--tiny runs on one thread unless --threads says otherwise (a checkpoint leaves torch its choice), and
+    bfloat16 weights are for LoRA only: AdamW stepping bf16 weights themselves would lose most updates."""
+    import nanoo1.evolve as evolve
+
+    threads = []
+    monkeypatch.setattr(evolve, "process_setup", threads.append)
+    monkeypatch.setattr(evolve, "run", lambda *a, **k: None)
+    evolve.main(["--tiny", "--procs", "1", "--no-progress"])
+    evolve.main(["--tiny", "--procs", "1", "--threads", "2", "--no-progress"])
+    evolve.main(["--model", "some/checkpoint", "--device", "cpu", "--no-progress"])
+    assert threads == [1, 2, None]
+    with pytest.raises(SystemExit):
+        evolve.main(["--tiny", "--procs", "1", "--dtype", "bfloat16", "--no-progress"])
+    assert "--lora-rank 0 (full fine-tuning) with --dtype bfloat16" in capsys.readouterr().err
+    evolve.main(["--tiny", "--procs", "1", "--dtype", "bfloat16", "--lora-rank", "4", "--no-progress"])
+    assert len(threads) == 4
+
+
+def test_the_policy_fine_tune_warms_up_a_tenth_of_its_steps_and_returns_a_frozen_model(code_tokenizer, monkeypatch):
+    """20 steps of at most 8 of 3 examples (3 a step), 2 of them warm-up, autocast as the settings say; the policy
+    comes back frozen and in eval mode, trained or not (it only searches and is copied from)."""
+    import nanoo1.evolve as evolve
+
+    seen = []
+    monkeypatch.setattr(evolve, "train_sft", lambda model, batches, sft, progress: seen.append(sft) or [1.0])
+    base = random_model(Gemma2Config.preset("tiny", vocab_size=len(code_tokenizer), num_hidden_layers=1))
+    examples = [encode_trace(code_tokenizer, MIA.question, solution_steps(MIA))] * 3
+    config = EvolveConfig(sft_epochs=20, sft_batch_size=8, sft_lr=1e-2, bf16=False)
+    for given in (examples, []):
+        tuned, _ = finetune_policy(base, given, code_tokenizer.pad_id, config)
+        assert not tuned.training and not any(p.requires_grad for p in tuned.parameters())
+    (sft,) = seen
+    assert (sft.steps, sft.batch_size, sft.warmup, sft.lr, sft.bf16) == (20, 3, 2, 1e-2, False)
+
+
+def test_a_run_of_no_rounds_measures_the_base_over_a_cleared_run_and_compares_no_verifiers(code_tokenizer, tmp_path,
+                                                                                              monkeypatch):
+    """--rounds 0 is one row, the base model measured; the verifier table needs a trained PPM, so --verifiers has
+    nothing to compare. With --overwrite the run first clears the files another run left in --out."""
+    import nanoo1.evolve as evolve
+
+    test = make_problems(2, seed=8, max_steps=2)
+    write_jsonl(make_problems(3, seed=7, max_steps=3), tmp_path / "train.jsonl")
+    write_jsonl(test, tmp_path / "test.jsonl")
+    save_pretrained(random_model(Gemma2Config.preset("tiny", vocab_size=len(code_tokenizer), num_hidden_layers=1)),
+                    code_tokenizer, tmp_path / "base")
+    (tmp_path / "run" / "policy-7").mkdir(parents=True)  # another run's
+    (tmp_path / "run" / "metrics.jsonl").write_text('{"round": 7}\n')
+    monkeypatch.setattr(rstar, "generate", _scripted_solver(test))
+    monkeypatch.setattr(evolve, "compare_verifiers", lambda *a: pytest.fail("a verifier table without a PPM"))
+    config = EvolveConfig(rounds=0, verifiers=4, problems=3, eval_problems=1, pair_problems=1, beam=0,
+                          out=str(tmp_path / "run"))
+    rows = run(config, tmp_path / "base", tmp_path / "train.jsonl", tmp_path / "test.jsonl", overwrite=True)
+    assert [row["round"] for row in rows] == [0] and not (tmp_path / "run" / "policy-7").exists()
+    assert [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()] == rows
+
+
+def test_the_ppm_takes_ppm_epochs_passes_of_ppm_pairs_per_step_pairs(monkeypatch):
+    """4 passes over 10 pairs at 4 a step: passes(4, 10, 4) = 10 steps, at --ppm-lr, autocast as the settings say,
+    shuffled by the round's seed."""
+    import nanoo1.evolve as evolve
+
+    calls = []
+    monkeypatch.setattr(evolve, "fit", lambda *a: calls.append(a) or [0.5])
+    config = EvolveConfig(ppm_epochs=4.0, ppm_pairs_per_step=4, ppm_lr=0.25, bf16=False)
+    pairs = [([1, 2], [1, 3])] * 10
+    assert train_ppm("ppm", pairs, 3, config, seed=7) == [0.5]
+    assert calls == [("ppm", pairs, evolve.pair_batch_loss, 3, 10, 4, 0.25, False, 7, "ppm", False)]

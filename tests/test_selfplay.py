@@ -4,6 +4,7 @@ import json
 import math
 import re
 import shutil
+import numpy as np
 import pytest
 import torch
 
@@ -11,6 +12,7 @@ from conftest import random_model
 from nanoo1.checkpoint import load_pretrained, save_pretrained
 from nanoo1.replay import PrioritizedReplay
 from nanoo1.config import apply_flags
+from nanoo1.eval import EvalResult
 from nanoo1.recipe import PRESETS, iteration_config
 from nanoo1.runs import (append_jsonl, latest_checkpoint, load_trainer_state, prepare_out, resume_settings,
                          rewrite_jsonl, save_checkpoint, saved_settings)
@@ -588,6 +590,7 @@ def test_eval_command_refuses_unknown_methods_and_writes_beside_not_into_the_che
     ("eval", ["--checkpoint", "X", "--budgets", "1,two"], "expected comma-separated whole numbers"),
     ("eval", ["--checkpoint", "X", "--check-equations", "ture"], "'ture' is not a boolean"),
     ("eval", ["--checkpoint", "X", "--limit", "0"], "0 must be at least 1"),
+    ("eval", ["--checkpoint", "X", "--temperature", "0"], "--temperature 0.0: expected a number above 0"),
     ("evolve", ["--tiny", "--bf16", "ture"], "'ture' is not a boolean"),
     ("evolve", ["--tiny", "--rounds", "x"], "invalid int value"),
     ("generate", ["--max-new-tokens", "0"], "0 must be at least 1"),
@@ -706,6 +709,241 @@ def test_grpo_with_lora_takes_its_kl_against_the_base_with_the_adapters_off(tmp_
     assert kl[0] == 0.0 and kl[1] > 0  # the adapters start at zero (the policy is the base), then move away from it
     with pytest.raises(ValueError, match="--kl-beta needs --lora-rank"):
         small(tmp_path, warmstart, algo="grpo", kl_beta=0.1)
+
+
+def test_the_data_must_hold_one_iterations_draw_and_the_held_out_set_is_its_first_eval_problems(tmp_path, warmstart):
+    """A training file of exactly the problems one iteration draws is enough; one fewer is refused, naming the
+    flags behind the count (PPO: its search's and its imitation's problems; GRPO: its rounds'). The held-out
+    problems are the first --eval-problems of a file that must hold some; an iteration needs a problem per rank."""
+    from nanoo1.selfplay import check_shares, load_problems
+
+    def jsonl(name, n):
+        rows = [json.dumps({"question": f"q{i}", "answer": "#### 1"}) + "\n" for i in range(n)]
+        (tmp_path / name).write_text("".join(rows))
+        return str(tmp_path / name)
+
+    config = small(tmp_path, warmstart, data=jsonl("six.jsonl", 6), test_data=jsonl("test.jsonl", 5))  # draws 3 + 3
+    train, test = load_problems(config)
+    assert len(train) == 6 and [p.question for p in test] == ["q0", "q1", "q2"]
+    with pytest.raises(ValueError, match=r"5 problems, but every iteration draws 6 distinct ones "
+                                         r"\(--problems-per-iteration \+ --imitation-problems\)"):
+        load_problems(small(tmp_path, warmstart, data=jsonl("five.jsonl", 5), test_data=config.run.test_data))
+    with pytest.raises(ValueError, match=r"draws 6 distinct ones \(--problems-per-iteration x --rounds\)"):
+        load_problems(small(tmp_path, warmstart, algo="grpo", rounds=2, data=jsonl("five.jsonl", 5),
+                            test_data=config.run.test_data))
+    with pytest.raises(ValueError, match="empty.jsonl: no held-out problems"):
+        load_problems(small(tmp_path, warmstart, data=config.run.data, test_data=jsonl("empty.jsonl", 0)))
+    check_shares(config, 3)  # 3 problems an iteration on 3 ranks: one each
+    with pytest.raises(ValueError, match="--problems-per-iteration 3: fewer than the 4 ranks"):
+        check_shares(config, 4)
+
+
+def test_a_runs_summary_and_quick_checks_come_from_the_right_evaluations(tmp_path, warmstart, monkeypatch):
+    """The summary's sft_* figures are the evaluation before training, final_* the one after; with --eval-every 2
+    the quick greedy check runs after the 2nd and 4th iterations, on the first --eval-quick held-out problems;
+    without --imitation-problems no imitation step runs; the last --keep-checkpoints checkpoints stay; --overwrite
+    clears another run's metrics first."""
+    import nanoo1.selfplay as selfplay
+
+    def evaluate_all(model, tokenizer, problems, config, tag, progress, seed):
+        accuracy = {"before": 0.25, "after": 0.5}[tag]
+        return {name: EvalResult(name, 2, accuracy + i / 100, 1.0, 0.0)
+                for i, name in enumerate(("greedy", "best_of_2", "mcts_2"))}
+
+    quick = []
+    monkeypatch.setattr(selfplay, "evaluate_all", evaluate_all)
+    monkeypatch.setattr(selfplay, "ppo_iteration", lambda *a: {"solved": 0.0})  # draws nothing from the buffers
+    monkeypatch.setattr(selfplay, "imitation_iteration", lambda *a: pytest.fail("imitation without its problems"))
+    monkeypatch.setattr(selfplay, "evaluate_sharded",
+                        lambda job, problems: quick.append(len(problems)) or EvalResult("greedy", 1, 0.125, 1.0, 0.0))
+    config = small(tmp_path, warmstart, iterations=4, eval_every=2, eval_quick=2, imitation_problems=0, seed=3,
+                   keep_checkpoints=3)
+    (tmp_path / "metrics.jsonl").write_text('{"iteration": 9}\n')  # another run's, which --overwrite clears
+    summary = run(config, progress=False, overwrite=True)
+    assert len(metrics_of(tmp_path)) == 1 + 4 + 1 and metrics_of(tmp_path)[0]["eval"] == "before"
+    assert {k: summary[k] for k in ("sft_greedy", "final_greedy", "sft_best_of_n", "final_best_of_n", "sft_mcts",
+                                    "final_mcts")} == {"sft_greedy": 0.25, "final_greedy": 0.5, "sft_best_of_n": 0.26,
+                                                       "final_best_of_n": 0.51, "sft_mcts": 0.27, "final_mcts": 0.52}
+    assert [m["iteration"] for m in metrics_of(tmp_path)[1:-1] if "greedy_quick" in m] == [1, 3] and quick == [2, 2]
+    assert sorted(p.name for p in tmp_path.glob("iter-*")) == ["iter-0001", "iter-0002", "iter-0003"]  # the last 3
+    # the replay buffer (prioritized by --alpha) and the imitation memory (uniform) draw from generators of their own
+    replay = PrioritizedReplay.load(latest_checkpoint(tmp_path) / "replay.pt")
+    memory = PrioritizedReplay.load(latest_checkpoint(tmp_path) / "imitation.pt")
+    fresh = lambda seed: np.random.default_rng(seed).bit_generator.state
+    assert (replay.capacity, replay.alpha, replay.rng.bit_generator.state) == (
+        config.ppo.replay_capacity, config.ppo.alpha, fresh(3))
+    assert (memory.capacity, memory.alpha, memory.rng.bit_generator.state) == (config.imitation.memory, 0.0, fresh(4))
+
+
+def test_a_grpo_run_hands_its_seed_to_the_rollouts_and_logs_their_learning_rate(tmp_path, warmstart, monkeypatch):
+    """GRPO's rollouts draw from the run's --seed; each iteration's metrics carry GRPO's own learning rate (not
+    PPO's --lr); its quick check is greedy at the thinking budget t* on the first --eval-quick problems."""
+    import nanoo1.selfplay as selfplay
+    from nanoo1.elastic import budget_jobs
+
+    rollouts, quick = [], []
+    monkeypatch.setattr(selfplay, "evaluate_all", lambda model, tokenizer, problems, config, *a: {
+        name: EvalResult("budget", None, 0.0, 1.0, 0.0) for name in budget_jobs(model, tokenizer, config)})
+    monkeypatch.setattr(selfplay, "report_budgets", lambda *a: None)
+    monkeypatch.setattr(selfplay, "grpo_iteration", lambda model, tok, opt, problems, it, c, seed:
+                        rollouts.append((len(problems), seed, c.grpo.grpo_lr)) or {})
+    monkeypatch.setattr(selfplay, "budget_job", lambda model, tok, config, budget: budget)
+    monkeypatch.setattr(selfplay, "evaluate_sharded", lambda budget, problems:
+                        quick.append((budget, len(problems))) or EvalResult("budget", budget, 0.0, 1.0, 0.0))
+    run(small(tmp_path, warmstart, algo="grpo", seed=3, lr=1e-4, grpo_lr=2e-3, think_budget=8, rounds=2,
+              problems_per_iteration=2, eval_quick=2), progress=False)
+    assert [(n, seed) for n, seed, _ in rollouts] == [(4, 3), (4, 3)] and quick == [(8, 2), (8, 2)]
+    assert [m["lr"] for m in metrics_of(tmp_path)[1:-1]] == [lr for *_, lr in rollouts] and rollouts[0][2] == 2e-3
+
+
+def test_a_resumed_run_never_trains_its_warm_start_again(tmp_path, monkeypatch):
+    """--from-scratch trains the warm start of a new run only: resuming one continues from its latest checkpoint
+    on the warm start it was started with."""
+    from dataclasses import replace
+
+    import nanoo1.selfplay as selfplay
+    from nanoo1.config import to_dict
+
+    config = apply_flags(PRESETS["tiny"], {"warmstart": "its-own"})
+    config = replace(config, run=replace(config.run, out=str(tmp_path)))
+    (tmp_path / "iter-0001").mkdir()
+    (tmp_path / "iter-0001" / "settings.json").write_text(json.dumps(to_dict(config)))
+    (tmp_path / "latest").write_text("iter-0001")
+    loads = []
+
+    def load_model(config, start_dir, device):
+        loads.append((config.run.warmstart, start_dir))
+        raise Killed
+
+    monkeypatch.setattr(selfplay, "train_warmstart", lambda *a, **kw: pytest.fail("the warm start was trained again"))
+    monkeypatch.setattr(selfplay, "load_model", load_model)
+    with pytest.raises(Killed):
+        run(config, resume=str(tmp_path), from_scratch=True, progress=False)
+    assert loads == [("its-own", tmp_path / "iter-0001")]
+
+
+def test_self_plays_evaluations_sample_as_the_run_does_and_mcts_checks_its_steps(monkeypatch):
+    """Greedy, best-of-N and MCTS rows search at the run's temperature, thought length, max_rows and seed, and the
+    MCTS row checks every step with the run's step checker (`a op b = c` must hold), as the training search does."""
+    import nanoo1.selfplay as selfplay
+    from nanoo1.rewards import equations_hold
+
+    seen = []
+    monkeypatch.setattr(selfplay, "evaluate", lambda model, tok, ps, method, budget=1, **kw: seen.append(
+        (method, budget, kw)) or EvalResult(method, budget, 0.0, 1.0, 0.0))
+    config = apply_flags(PRESETS["tiny"], dict(temperature=0.9, max_thought_tokens=7, max_rows=5, eval_best_of_n=3,
+                                               eval_simulations=4))
+    assert list(selfplay.evaluate_all("model", "tok", ["p"], config, "before", False, 11)) == [
+        "greedy", "best_of_3", "mcts_4"]
+    sampling = {"temperature": 0.9, "max_thought_tokens": 7, "max_rows": 5, "seed": 11}
+    assert [(method, budget, {k: kw[k] for k in sampling}) for method, budget, kw in seen] == [
+        ("greedy", 1, sampling), ("best_of_n", 3, sampling), ("mcts", 4, sampling)]
+    assert seen[2][2]["mcts"].verify is equations_hold and seen[2][2]["mcts"].answer == "vote"
+
+
+def test_search_config_carries_the_budget_and_the_callers_mcts_settings():
+    """Best-of-N: N chains and a majority vote; beam: N beams; MCTS: `budget` simulations of the caller's MCTS
+    settings (self-play hands in its step checker), else of EVAL_MCTS (every simulation runs, the conclusions
+    vote)."""
+    from dataclasses import replace
+
+    from nanoo1.eval import EVAL_MCTS, search_config
+    from nanoo1.rewards import equations_hold
+
+    assert (search_config("best_of_n", 3).n, search_config("best_of_n", 3).vote) == (3, "majority")
+    assert (search_config("beam", 3).n, search_config("beam", 3).expand) == (3, 4)
+    mine = search_config("mcts", 5, replace(EVAL_MCTS, verify=equations_hold)).mcts
+    assert (mine.simulations, mine.verify, mine.rollout, mine.answer) == (5, equations_hold, True, "vote")
+    default = search_config("mcts", 2).mcts
+    assert (default.simulations, default.verify, default.rollout, default.answer) == (2, None, True, "vote")
+
+
+def test_evaluate_reports_accuracy_and_generated_tokens_per_problem(warmstart, monkeypatch):
+    """Over 4 problems, 2 right and 3 + 5 + 10 + 2 tokens generated: accuracy 0.5, 5 tokens a problem."""
+    from types import SimpleNamespace
+
+    import nanoo1.eval as eval_mod
+    from nanoo1.tasks import load_jsonl
+
+    model, tok = load_pretrained(warmstart)
+    monkeypatch.setattr(eval_mod, "search", lambda policy, questions, config: [
+        SimpleNamespace(spent=SimpleNamespace(generated=g)) for g in (3, 5, 10, 2)])
+    monkeypatch.setattr(eval_mod, "grade", lambda results, truths: [True, False, True, False])
+    r = eval_mod.evaluate(model, tok, load_jsonl(TINY_DIR / "test.jsonl")[:4], "best_of_n", 2)
+    assert (r.method, r.budget, r.accuracy, r.tokens) == ("best_of_n", 2, 0.5, 5.0)
+
+
+def test_budgeted_evaluation_grades_what_follows_the_thinking(warmstart, monkeypatch):
+    """The <think> format's answer is what comes after </think>: a boxed number inside the thinking is no
+    answer. Tokens are counted per problem. Unlimited thinking is all the context leaves: the longest prompt, the
+    thinking, the forced </think> and the answer fill it exactly."""
+    from types import SimpleNamespace
+
+    import nanoo1.eval as eval_mod
+    from nanoo1.tasks import Problem, think_prompt
+
+    model, tok = load_pretrained(warmstart)
+    texts, thinks = ["<think>\\boxed{5}</think> the answer is 8", "<think>8</think> the answer is 5"], []
+    monkeypatch.setattr(eval_mod, "generate_budgeted", lambda model, prompts, think, *a, **kw: thinks.append(think) or [
+        SimpleNamespace(text=t, tokens=[1] * n) for t, n in zip(texts, (6, 2))])
+    problems = [Problem("q", "8", []), Problem("a longer question", "8", [])]
+    r = eval_mod.evaluate_budgeted(model, tok, problems, 4)
+    assert (r.method, r.budget, r.accuracy, r.tokens) == ("budget", 4, 0.5, 4.0)
+    assert eval_mod.evaluate_budgeted(model, tok, problems, None, solution_budget=6).budget is None
+    longest = len(tok.encode(think_prompt("a longer question")))
+    assert thinks == [4, model.config.max_position_embeddings - longest - 1 - 6]
+
+
+def test_run_name_reads_a_relative_checkpoint_from_where_it_lies(tmp_path, monkeypatch):
+    """Inside runs/tiny, --checkpoint final is still tiny-final (the path resolved first), not every run's final."""
+    from nanoo1.eval import run_name
+
+    (tmp_path / "tiny" / "final").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path / "tiny")
+    assert run_name("final") == "tiny-final" and run_name("final/.") == "tiny-final"
+
+
+def test_sharded_evaluation_weighs_each_ranks_share(monkeypatch):
+    """Rank 0 of 3 evaluates problems 0 and 3 of 4; rank 1 took problem 1, rank 2 problem 2: accuracy and tokens
+    are those of the whole set (each rank weighted by its problems), seconds the slowest rank's. A rank left
+    without a problem (more ranks than problems) sends nothing that counts."""
+    import nanoo1.eval as eval_mod
+    from nanoo1.dist import Place
+
+    mine = []
+    job = lambda ps: mine.append(ps) or EvalResult("greedy", 1, 1.0, 10.0, 2.0)
+    others = [[(EvalResult("greedy", 1, 0.0, 4.0, 5.0), 1), (EvalResult("greedy", 1, 0.0, 2.0, 1.0), 1)],
+              [(None, 0), (None, 0)]]
+    monkeypatch.setattr(eval_mod.dist, "place", lambda: Place(rank=0, world=3))
+    wholes = (EvalResult("greedy", 1, 0.5, 6.5, 5.0), EvalResult("greedy", 1, 1.0, 10.0, 2.0))
+    for rest, expected in zip(others, wholes):
+        monkeypatch.setattr(eval_mod.dist, "gather", lambda obj: [obj] + rest)
+        assert eval_mod.evaluate_sharded(job, [0, 1, 2, 3]) == expected and mine[-1] == [0, 3]
+
+
+def test_eval_command_hands_its_settings_to_every_evaluation(tmp_path, warmstart, monkeypatch):
+    """The searches get --temperature, --max-thought-tokens, --max-rows and the seed, the budget method
+    --max-rows and the seed ('unlimited' alone is a budget too), each the first --limit problems; on a CPU the
+    weights are read in float32."""
+    from nanoo1 import eval as eval_cli
+
+    seen, dtypes, load = [], [], eval_cli.load_pretrained
+    monkeypatch.setattr(eval_cli, "load_pretrained", lambda *a, **kw: dtypes.append(kw["dtype"]) or load(*a, **kw))
+    monkeypatch.setattr(eval_cli, "evaluate", lambda model, tok, ps, method, budget, **kw: seen.append(
+        (method, budget, len(ps), kw)) or EvalResult(method, budget, 0.0, 1.0, 0.0))
+    monkeypatch.setattr(eval_cli, "evaluate_budgeted", lambda model, tok, ps, budget, **kw: seen.append(
+        ("budget", budget, len(ps), kw)) or EvalResult("budget", budget, 0.0, 1.0, 0.0))
+    common = ["--checkpoint", str(warmstart), "--device", "cpu", "--limit", "3", "--max-rows", "4", "--seed", "7"]
+    eval_cli.main(common + ["--methods", "beam,budget", "--budgets", "2", "--temperature", "0.3",
+                            "--max-thought-tokens", "5", "--out", str(tmp_path / "a")])
+    eval_cli.main(common + ["--methods", "budget", "--budgets", "unlimited", "--out", str(tmp_path / "b")])
+    assert dtypes == ["float32", "float32"]
+    (method, budget, n, kw), *budgeted = seen
+    assert (method, budget, n) == ("beam", 2, 3)
+    assert {k: kw[k] for k in ("temperature", "max_thought_tokens", "max_rows", "seed")} == {
+        "temperature": 0.3, "max_thought_tokens": 5, "max_rows": 4, "seed": 7}
+    assert budgeted == [
+        ("budget", 2, 3, {"max_rows": 4, "seed": 7}), ("budget", None, 3, {"max_rows": 4, "seed": 7})]
 
 
 # -- run directories (nanoo1/runs.py) -------------------------------------------------------------------
