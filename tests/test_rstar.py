@@ -824,17 +824,23 @@ def test_one_round_end_to_end_on_a_scripted_solver(code_tokenizer, tmp_path, mon
     assert ppm(ids).abs().item() > 0  # ... and the PPM's head trained away from zero
 
 
-def test_rounds_before_guided_from_search_without_the_ppm(code_tokenizer, tmp_path, monkeypatch):
-    """rStar-Math's first rounds are terminal-guided: search_trees gets no PPM before round guided_from, and
-    the PPM trained by the round before it from then on (its tokens counted)."""
-    import nanoo1.evolve as evolve
-
+def _scripted_rounds(code_tokenizer, tmp_path, monkeypatch) -> None:
+    """What a shortened evolve run reads from tmp_path: 6 training and 2 held-out problems, a random 1-layer base,
+    and a search whose every step is scripted to solve them (`_scripted_solver`)."""
     train, test = make_problems(6, seed=7, max_steps=3), make_problems(2, seed=8, max_steps=2)
     write_jsonl(train, tmp_path / "train.jsonl")
     write_jsonl(test, tmp_path / "test.jsonl")
     save_pretrained(random_model(Gemma2Config.preset("tiny", vocab_size=len(code_tokenizer), num_hidden_layers=1)),
                     code_tokenizer, tmp_path / "base")
     monkeypatch.setattr(rstar, "generate", _scripted_solver(train + test))
+
+
+def test_rounds_before_guided_from_search_without_the_ppm(code_tokenizer, tmp_path, monkeypatch):
+    """rStar-Math's first rounds are terminal-guided: search_trees gets no PPM before round guided_from, and
+    the PPM trained by the round before it from then on (its tokens counted)."""
+    import nanoo1.evolve as evolve
+
+    _scripted_rounds(code_tokenizer, tmp_path, monkeypatch)
     searched, search = [], evolve.search_trees
     monkeypatch.setattr(evolve, "search_trees", lambda model, ppm, *a: searched.append(ppm) or search(model, ppm, *a))
     for guided_from, guided in ((2, [False, False]), (1, [False, True])):
@@ -1366,12 +1372,7 @@ def test_each_round_reports_its_own_finds_and_searches_with_its_own_seed(code_to
     the first row alone."""
     import nanoo1.evolve as evolve
 
-    train, test = make_problems(6, seed=7, max_steps=3), make_problems(2, seed=8, max_steps=2)
-    write_jsonl(train, tmp_path / "train.jsonl")
-    write_jsonl(test, tmp_path / "test.jsonl")
-    save_pretrained(random_model(Gemma2Config.preset("tiny", vocab_size=len(code_tokenizer), num_hidden_layers=1)),
-                    code_tokenizer, tmp_path / "base")
-    monkeypatch.setattr(rstar, "generate", _scripted_solver(train + test))
+    _scripted_rounds(code_tokenizer, tmp_path, monkeypatch)
     seeds, found, spent, kept = [], [], [], []
     search, examples, pairs, real_mcts = evolve.search_trees, evolve.sft_examples, evolve.ppm_pairs, evolve.mcts
     monkeypatch.setattr(evolve, "search_trees", lambda *a: seeds.append(a[-1]) or search(*a))
