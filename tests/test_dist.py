@@ -365,3 +365,70 @@ def test_ranks_fitting_a_ppm_or_orm_make_the_one_process_steps(tmp_path):
             # move weights by 5e-3 and the losses by 0.3.
             for k in weights:
                 torch.testing.assert_close(r[name][1][k], weights[k], rtol=0, atol=1e-5, msg=f"{name} {k}")
+
+
+def test_setup_on_cuda_binds_the_process_to_its_gpu_and_joins_over_nccl(monkeypatch):
+    """Joining on a cuda device: the process's current GPU becomes cuda:LOCAL_RANK before the group is made (nccl
+    binds each rank's communicator to the current device; without it every rank would share GPU 0), and the
+    backend is nccl, which reduces CUDA tensors (gloo is for the CPU)."""
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    calls = []
+    monkeypatch.setattr(tdist, "is_initialized", lambda: any(c[0] == "join" for c in calls))
+    monkeypatch.setattr(tdist, "init_process_group", lambda backend, **kw: calls.append(("join", backend)))
+    monkeypatch.setattr(torch.cuda, "set_device", lambda device: calls.append(("set_device", device)))
+    assert dist.setup(torch.device("cuda")) == torch.device("cuda", 1)
+    assert calls == [("set_device", torch.device("cuda", 1)), ("join", "nccl")]
+
+
+def test_place_and_barrier_in_a_group(monkeypatch):
+    """In a group, the place is the group's rank and size and torchrun's LOCAL_RANK, and `barrier` waits on the group
+    (one barrier per call); alone, `barrier` waits on nothing."""
+    waits = []
+    monkeypatch.setattr(tdist, "barrier", lambda: waits.append(1))
+    dist.barrier()
+    assert waits == []
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setattr(tdist, "is_initialized", lambda: True)
+    monkeypatch.setattr(tdist, "get_rank", lambda: 3)
+    monkeypatch.setattr(tdist, "get_world_size", lambda: 4)
+    assert dist.place() == dist.Place(rank=3, world=4, local_rank=1) and not dist.place().main
+    dist.barrier()
+    assert waits == [1]
+
+
+def test_one_process_edge_cases_of_ratios_files_and_seeds():
+    """A ratio of nothing is 0.0; a rank's file name splits at the last dot and a name without one gains a suffix;
+    the seeds of different ranks and run seeds stay apart (rank 1 of seed 0 is not rank 0 of seed 1)."""
+    assert dist.ratio(0, 0) == 0.0 and dist.ratio(1, 4) == 0.25
+    assert dist.rank_file("iter.0001.replay.pt", 2) == "iter.0001.replay.rank2.pt" and dist.rank_file("state", 3) == "state.rank3"
+    seeds = {dist.rank_seed(seed, rank) for seed in range(100) for rank in range(8)}
+    assert len(seeds) == 800
+
+
+def contracts(rank: int, world: int):
+    """What the collectives leave alone: on_main's function runs on rank 0 alone, `total` returns a new tensor and
+    leaves its argument as it was, and sum_gradients adds zeros for a rank without a parameter's gradient but
+    gives none to a parameter no rank has one for; sum_stats adds every rank's statistics."""
+    ran = []
+    result = dist.on_main(lambda: ran.append(rank) or "made on rank 0")
+    x = torch.tensor([1.0, 2.0])
+    summed = dist.total(x)
+    stats = dist.sum_stats({"loss": 0.5 * (rank + 1), "tokens": 3.0})  # each rank's share: the whole batch's sum
+    both, rank_0_only, neither = (torch.nn.Parameter(torch.zeros(2)) for _ in range(3))
+    both.grad = torch.full((2,), float(rank + 1))
+    if rank == 0:
+        rank_0_only.grad = torch.tensor([5.0, 7.0])
+    dist.sum_gradients([both, rank_0_only, neither])
+    return {"ran": ran, "result": result, "x": x.tolist(), "summed": summed.tolist(), "both": both.grad.tolist(),
+            "rank_0_only": rank_0_only.grad.tolist(), "neither": neither.grad, "largest": dist.largest(rank + 5),
+            "stats": stats}
+
+
+def test_collectives_leave_their_inputs_and_other_ranks_alone(tmp_path):
+    r0, r1 = run_ranks(contracts, tmp_path)
+    assert r0["ran"] == [0] and r1["ran"] == [] and r0["result"] == r1["result"] == "made on rank 0"
+    assert r0["x"] == r1["x"] == [1.0, 2.0] and r0["summed"] == r1["summed"] == [2.0, 4.0]
+    assert r0["both"] == r1["both"] == [3.0, 3.0] and r0["rank_0_only"] == r1["rank_0_only"] == [5.0, 7.0]
+    assert r0["neither"] is None and r1["neither"] is None
+    assert r0["largest"] == r1["largest"] == 6 and r0["stats"] == r1["stats"] == {"loss": 1.5, "tokens": 6.0}

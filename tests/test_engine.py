@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from conftest import hf_twin, random_model
-from nanoo1.device import hold_freed_memory
+from nanoo1.device import check_device, hold_freed_memory, resolve_device
 from nanoo1.engine import Completion, feed, generate, generate_budgeted, sample_next, token_stats
 from nanoo1.model import Gemma2Config
 
@@ -366,6 +366,91 @@ def test_hold_freed_memory_is_applied_on_glibc():
 
     applied = hold_freed_memory()
     assert applied is (platform.system() == "Linux" and platform.libc_ver()[0] == "glibc")
+
+
+HEAP_PROBE = """
+import ctypes, json
+from nanoo1.device import check_device, hold_freed_memory, resolve_device
+libc = ctypes.CDLL("libc.so.6")
+libc.sbrk.restype, libc.sbrk.argtypes = ctypes.c_void_p, [ctypes.c_ssize_t]
+libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
+libc.free.argtypes = [ctypes.c_void_p]
+applied = hold_freed_memory()
+start = libc.sbrk(0)
+block = libc.malloc(64 << 20)
+grown = libc.sbrk(0)
+libc.free(block)
+print(json.dumps([applied, grown - start, libc.sbrk(0) - grown]))
+"""
+
+
+@pytest.mark.skipif(__import__("platform").libc_ver()[0] != "glibc", reason="glibc's heap")
+def test_hold_freed_memory_serves_large_blocks_from_the_heap_and_keeps_them_when_freed():
+    """After it, a 64 MiB block comes from the heap (its end moves up by the block; glibc's default would mmap
+    it) and stays there once freed (the end does not move back; glibc's default would trim the heap). Both
+    thresholds count: the one without the other hands the pages back. Run in a fresh interpreter, since this
+    one may have called it already."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1]), os.environ.get("PYTHONPATH", "")])}
+    out = subprocess.run([sys.executable, "-c", HEAP_PROBE], capture_output=True, text=True, env=env, check=True)
+    applied, grown, shrunk = json.loads(out.stdout.strip().splitlines()[-1])
+    assert applied and grown > 32 << 20 and shrunk == 0, (grown, shrunk)
+
+
+def test_hold_freed_memory_is_false_where_there_is_no_glibc(monkeypatch):
+    """Another platform, no libc.so.6, or a libc without mallopt (musl): False, and nothing raised."""
+    import ctypes
+    import sys
+
+    class Musl:  # a libc without mallopt
+        pass
+
+    def missing(name):
+        raise OSError(f"{name}: cannot open shared object file")
+
+    for module, name, value in ((ctypes, "CDLL", lambda name: Musl()), (ctypes, "CDLL", missing), (sys, "platform", "darwin")):
+        with monkeypatch.context() as m:
+            m.setattr(module, name, value)
+            assert hold_freed_memory() is False, (name, value)
+
+
+@pytest.mark.parametrize("name", ["cpu", "cuda", "cuda:0", "cuda:12", "auto"])
+def test_check_device_takes_cpu_cuda_cuda_n_and_auto(name):
+    assert check_device(name) == name
+
+
+@pytest.mark.parametrize("name", ["cuda:", "cuda:x", "cpu0", "xcpu", "gpu", "CUDA", "", 0, None])
+def test_check_device_refuses_anything_else_as_a_value_error(name):
+    """A near miss (cuda: without a number, a prefix or suffix of a good name) or not a string at all: a
+    ValueError naming the value, as the command lines report it."""
+    with pytest.raises(ValueError, match=r"--device is .*, expected cpu, cuda, cuda:N or auto"):
+        check_device(name)
+
+
+def test_auto_is_cuda_when_torch_sees_one_and_cuda_without_one_is_refused(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert resolve_device("auto") == torch.device("cuda") and resolve_device("cuda:1") == torch.device("cuda", 1)
+    assert resolve_device("cpu") == torch.device("cpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device("auto") == torch.device("cpu")
+    with pytest.raises(ValueError, match="--device cuda:1: torch sees no CUDA device here"):
+        resolve_device("cuda:1")
+
+
+def test_process_setup_holds_freed_memory_and_sets_the_thread_count_when_given(monkeypatch):
+    import nanoo1.device as device
+
+    calls = []
+    monkeypatch.setattr(device, "hold_freed_memory", lambda: calls.append("hold"))
+    monkeypatch.setattr(torch, "set_num_threads", calls.append)
+    device.process_setup()
+    device.process_setup(3)
+    assert calls == ["hold", "hold", 3]
 
 
 def test_row_parts_cut_prompts_into_runs_of_at_most_max_rows():

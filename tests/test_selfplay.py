@@ -1073,3 +1073,237 @@ def test_metrics_lines_are_appended_and_rewritten_one_json_object_a_line(tmp_pat
     assert path.read_text() == '{"before": 1}\n{"iteration": 1}\n'
     rewrite_jsonl(path, [{"before": 1}])
     assert path.read_text() == '{"before": 1}\n'
+
+
+# -- one iteration's parts (nanoo1/iteration.py) -------------------------------------------------------------
+def iteration_parts(warmstart, monkeypatch, **kw):
+    """(config, model, tokenizer, policy, training problems) for one PPO or imitation iteration of the random model, with
+    every chain its searches end taken as one to learn from (it never answers right: no chain would be kept)."""
+    from nanoo1 import iteration
+    from nanoo1.experience import outcomes
+    from nanoo1.policy import LMPolicy
+    from nanoo1.tasks import load_jsonl
+
+    monkeypatch.setattr(iteration, "tree_chains", lambda tree, n: [tree.path(e) for e in outcomes(tree)][:n])
+    monkeypatch.setattr(iteration, "grade", lambda results, truths: [len(r.path) > 1 for r in results])
+    config = small(warmstart, warmstart, **kw)
+    model, tokenizer = load_pretrained(warmstart)
+    model.requires_grad_(True)
+    policy = LMPolicy(model, tokenizer, temperature=config.search.temperature,
+                      max_thought_tokens=config.search.max_thought_tokens)
+    return config, model, tokenizer, policy, load_jsonl(TINY_DIR / "train.jsonl")
+
+
+def as_rank_0_of_2(monkeypatch):
+    """This process as rank 0 of 2 whose partner adds nothing: every sum, least and greatest over ranks is its own."""
+    import torch.distributed as tdist
+
+    from nanoo1 import dist
+
+    monkeypatch.setattr(dist, "place", lambda: dist.Place(0, 2))
+    monkeypatch.setattr(tdist, "get_backend", lambda: "gloo")
+    monkeypatch.setattr(tdist, "all_reduce", lambda tensor, op=None: None)
+
+
+class RecordingReplay(PrioritizedReplay):
+    """A replay buffer that records each draw's (size, beta) and the size of each priority write-back."""
+
+    def __init__(self, *args, **kw):
+        super().__init__(*args, **kw)
+        self.drawn, self.written = [], []
+
+    def sample(self, batch_size, beta, generator=None):
+        self.drawn.append((batch_size, beta))
+        return super().sample(batch_size, beta, generator)
+
+    def update_priorities(self, indices, priorities):
+        self.written.append(len(indices))
+        super().update_priorities(indices, priorities)
+
+
+def test_ppo_updates_step_at_ppos_rate_with_beta_annealed_over_the_whole_run(warmstart, monkeypatch):
+    """Update u of iteration `it` draws its minibatch with the IS exponent of step it * updates + u of the run's
+    iterations * updates, writes the chains' new priorities back, and steps at PPO's learning rate whatever the
+    optimizer held (the imitation steps before it leave theirs); a buffer smaller than the minibatch is drawn
+    whole."""
+    from nanoo1.iteration import ppo_iteration
+    from nanoo1.replay import beta_by_step
+
+    config, model, tokenizer, policy, problems = iteration_parts(warmstart, monkeypatch, iterations=3,
+                                                                 updates_per_iteration=2, minibatch=3)
+    opt = torch.optim.AdamW(model.parameters(), lr=0.5)
+    replay = RecordingReplay(64)
+    m = ppo_iteration(model, tokenizer, opt, replay, policy, problems[:2], 1, config)
+    assert m["ppo_updates"] == 2 and m["chains"] == len(replay) > 3
+    assert replay.drawn == [(3, beta_by_step(2, 6)), (3, beta_by_step(3, 6))] and replay.written == [3, 3]
+    assert [g["lr"] for g in opt.param_groups] == [config.ppo.lr]
+    big = RecordingReplay(64)
+    ppo_iteration(model, tokenizer, opt, big, policy, problems[2:3], 0, apply_flags(config, {"minibatch": 64}))
+    assert [n for n, _ in big.drawn] == [len(big)] * 2 and len(big) < 64
+
+
+def test_each_rank_draws_its_share_of_the_ppo_minibatch_and_of_the_imitation_batch(warmstart, monkeypatch):
+    """As rank 0 of 2: a PPO minibatch of 6 chains is 3 from this rank's buffer, an imitation batch of 4 is 2 of
+    its chains a step."""
+    from nanoo1.iteration import imitation_iteration, ppo_iteration
+
+    config, model, tokenizer, policy, problems = iteration_parts(warmstart, monkeypatch, minibatch=6, imitation_batch=4,
+                                                                 updates_per_iteration=1)
+    as_rank_0_of_2(monkeypatch)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    replay = RecordingReplay(64)
+    ppo_iteration(model, tokenizer, opt, replay, policy, problems[:2], 0, config)
+    assert len(replay) > 3 and [n for n, _ in replay.drawn] == [3]
+    m = imitation_iteration(model, tokenizer, opt, policy, problems[2:5], PrioritizedReplay(64, alpha=0.0),
+                            __import__("random").Random(0), config)
+    assert m["imitation_replayed"] == 0 and m["imitation_steps"] == 2  # 3 chains, 2 a step: the last short
+
+
+def test_imitation_replays_its_share_of_earlier_successes_in_the_order_the_rng_deals(warmstart, monkeypatch):
+    """With replay 0.5, half as many earlier successes as new ones come from the memory, and all are dealt in the
+    order the run's rng shuffles them (here: reversed), batch at a time; with replay 0 none is drawn. Checked
+    greedy fixes slips with fix_candidates thoughts under the run's step checker."""
+    from nanoo1 import iteration
+    from nanoo1.rewards import equations_hold
+
+    config, model, tokenizer, policy, problems = iteration_parts(warmstart, monkeypatch, imitation_replay=0.5,
+                                                                 imitation_batch=3, imitation_fix_candidates=5)
+    searches, batches, real_search, real_step = [], [], iteration.checked_greedy, iteration.sft_step
+    monkeypatch.setattr(iteration, "checked_greedy", lambda policy, questions, verify, cfg, k: searches.append(
+        (verify, k)) or real_search(policy, questions, verify, cfg, k=k))
+    monkeypatch.setattr(iteration, "sft_step", lambda model, opt, batch, *a: batches.append(batch[0].tolist()) or
+                        real_step(model, opt, batch, *a))
+
+    class Reversing:
+        def shuffle(self, items):
+            items.reverse()
+
+    earlier = [([tokenizer.bos_id, 100 + i, tokenizer.eos_id], [0, 1, 1]) for i in range(4)]
+    memory = PrioritizedReplay(64, alpha=0.0)
+    memory.extend(earlier)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    m = iteration.imitation_iteration(model, tokenizer, opt, policy, problems[:4], memory, Reversing(), config)
+    assert searches == [(equations_hold, 5)]
+    assert m["imitation_replayed"] == 2 and m["imitation_steps"] == 2 and len(memory) == 8
+    replayed = {tuple(ids) for ids, _ in earlier}
+    assert [tuple(row[:3]) in replayed for row in batches[0]] == [True, True, False]  # the 2 replayed come first
+    m = iteration.imitation_iteration(model, tokenizer, opt, policy, problems[:4], memory, Reversing(),
+                                      apply_flags(config, {"imitation_replay": 0.0}))
+    assert m["imitation_replayed"] == 0 and m["imitation_steps"] == 2
+
+
+# -- the recipe's settings (nanoo1/recipe.py) ------------------------------------------------------------------
+@pytest.mark.parametrize("flags,message", [
+    ({"keep_checkpoints": 0}, "RunSettings: --keep-checkpoints must be > 0, got 0"),
+    ({"device": "gpu"}, "--device is 'gpu', expected cpu, cuda, cuda:N or auto"),
+    ({"temperature": 0.0}, "SearchSettings: --temperature must be > 0, got 0.0"),
+    ({"max_rows": -1}, "SearchSettings: --max-rows must be >= 0, got -1"),
+    ({"micro_batch": 0}, "PPOSettings: --micro-batch must be > 0, got 0"),
+    ({"imitation_batch": 0}, "ImitationSettings: --imitation-batch must be > 0, got 0"),
+    ({"ngram": 0}, "GRPOSettings: --ngram must be > 0, got 0"),
+    ({"reward": "length"}, "GRPOSettings: --reward is 'length', expected one of ('correct', 'cosine')"),
+    ({"eval_every": -1}, "EvalSettings: --eval-every must be >= 0, got -1"),
+    ({"lora_dropout": 1.5}, "LoRASettings: --lora-dropout must lie in [0, 1], got 1.5"),
+    ({"lora_targets": " "}, "LoRASettings: --lora-targets names no layer"),
+])
+def test_each_recipe_setting_out_of_its_range_is_refused_by_name(flags, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        apply_flags(PRESETS["tiny"], flags)
+
+
+def test_lora_settings_adapt_the_layers_named_and_keep_the_checkpointing_choice():
+    """Targets may be written with spaces after the commas; `apply` wraps exactly those layers and sets the model's
+    checkpointing to the settings' choice."""
+    from nanoo1.lora import LoRALinear
+    from nanoo1.model import Gemma2Config
+    from nanoo1.recipe import LoRASettings
+
+    for checkpointing in (True, False):
+        model = random_model(Gemma2Config.preset("tiny", num_hidden_layers=1))
+        LoRASettings(rank=2, targets="q_proj, v_proj", checkpointing=checkpointing).apply(model)
+        wrapped = {name.rsplit(".", 1)[-1] for name, m in model.named_modules() if isinstance(m, LoRALinear)}
+        assert wrapped == {"q_proj", "v_proj"} and model.checkpointing is checkpointing
+
+
+def test_autocast_is_asked_for_float32_weights_alone():
+    """bf16 autocast needs --bf16 and float32 weights; bf16 weights never autocast, and the 2b preset asks for none
+    (its float32 variant, --dtype float32 under LoRA, runs float32 unless --bf16 is given)."""
+    from nanoo1.recipe import autocast
+
+    tiny, two_b = PRESETS["tiny"], PRESETS["2b"]
+    assert autocast(tiny) and not autocast(apply_flags(tiny, {"bf16": False}))
+    assert not autocast(two_b) and not autocast(apply_flags(two_b, {"dtype": "float32"}))
+    assert autocast(apply_flags(two_b, {"dtype": "float32", "bf16": True}))
+
+
+def test_memory_estimate_counts_the_adapters_and_the_widest_ppo_generate_call():
+    """Under LoRA the trained parameters are the adapters apply_lora makes (targets with spaces too), 16 bytes each
+    (the float32 adapter, its gradient, two moments). PPO's KV cache is the widest generate call: MCTS's row per
+    candidate of every problem or checked greedy's row per imitation problem, whichever is more, each of 8 lines
+    of max_thought_tokens + 24 tokens, K and V over every layer; the logits chunk is a micro-batch of 512 positions."""
+    from nanoo1.lora import apply_lora
+    from nanoo1.model import Gemma2Config
+    from nanoo1.recipe import memory_estimate
+
+    c = Gemma2Config.preset("tiny", num_hidden_layers=2)
+    config = apply_flags(PRESETS["tiny"], {"lora_rank": 4, "lora_targets": "q_proj, k_proj,o_proj, down_proj"})
+    model = apply_lora(random_model(c), ("q_proj", "k_proj", "o_proj", "down_proj"), rank=4)
+    adapters = sum(p.numel() for name, p in model.named_parameters() if "lora_" in name)
+    gib = 2 ** 30
+    need = memory_estimate(config, c)
+    assert need["trained + optimizer"] == pytest.approx(adapters * 16 / gib)
+    kv_bytes = 2 * c.num_hidden_layers * c.num_key_value_heads * c.head_dim * 4
+    for flags, rows in (({"problems_per_iteration": 5, "num_candidates": 3, "imitation_problems": 7}, 15),
+                        ({"problems_per_iteration": 5, "num_candidates": 3, "imitation_problems": 40}, 40),
+                        ({"problems_per_iteration": 5, "num_candidates": 3, "imitation_problems": 40, "max_rows": 9}, 9)):
+        need = memory_estimate(apply_flags(config, {**flags, "max_thought_tokens": 10, "micro_batch": 3}), c)
+        assert need["kv cache"] == pytest.approx(rows * 8 * (10 + 24) * kv_bytes / gib), flags
+        assert need["logits chunk"] == pytest.approx(3 * 512 * c.vocab_size * 4 / gib)
+
+
+def test_iteration_seeds_draws_checker_and_run_directories():
+    """Iteration seeds differ for every (run seed, iteration) while iterations stay below 1000; a GRPO iteration
+    draws problems_per_iteration problems for each of its rounds; the searches check every equation unless
+    --check-equations false; each algorithm has its own default directory and --out wins over both."""
+    from nanoo1.recipe import default_out, draws_per_iteration, iteration_seed, step_checker
+    from nanoo1.rewards import equations_hold
+
+    assert len({iteration_seed(seed, it) for seed in range(3) for it in range(1000)}) == 3000
+    grpo = apply_flags(PRESETS["tiny"], {"algo": "grpo", "problems_per_iteration": 5, "rounds": 3})
+    assert draws_per_iteration(grpo) == 15 and draws_per_iteration(PRESETS["tiny"]) == 32 + 360
+    assert default_out(PRESETS["tiny"]) == "runs/tiny" and default_out(grpo) == "runs/tiny-grpo"
+    assert step_checker(PRESETS["tiny"]) is equations_hold
+    assert step_checker(apply_flags(PRESETS["tiny"], {"check_equations": False})) is None
+    assert default_out(apply_flags(grpo, {"out": "mine"})) == "mine"
+
+
+def test_ppo_iteration_searches_and_scores_with_the_runs_settings(warmstart, monkeypatch):
+    """MCTS gets the run's simulations, candidates (also the most children a node keeps), temperature and step
+    checker, rolls every new thought out and is patient for candidates x simulations successes; each tree gives
+    up to chains_per_tree chains, scored with the run's gamma and lambda; `solved` is the share of trees that hold
+    a success (here the first of two, made to hold one)."""
+    from nanoo1 import iteration
+    from nanoo1.experience import outcomes
+    from nanoo1.rewards import equations_hold
+
+    config, model, tokenizer, policy, problems = iteration_parts(warmstart, monkeypatch, chains_per_tree=3, gamma=0.9,
+                                                                 lam=0.5, temperature=0.8, num_candidates=3)
+    searched, chains, scored = [], [], []
+    real_mcts, stand_in, real_items = iteration.mcts, iteration.tree_chains, iteration.chain_items
+
+    def search(policy, questions, cfg, truths):
+        searched.append(cfg)
+        results = real_mcts(policy, questions, cfg, truths)
+        outcomes(results[0].tree)[-1].terminal = "success"
+        return results
+
+    monkeypatch.setattr(iteration, "mcts", search)
+    monkeypatch.setattr(iteration, "tree_chains", lambda tree, n: chains.append(n) or stand_in(tree, n))
+    monkeypatch.setattr(iteration, "chain_items", lambda tok, paths, rates, gamma, lam: scored.append((gamma, lam)) or
+                        real_items(tok, paths, rates, gamma, lam))
+    m = iteration.ppo_iteration(model, tokenizer, torch.optim.AdamW(model.parameters(), lr=1e-4), PrioritizedReplay(64),
+                                policy, problems[:2], 0, config)
+    (cfg,) = searched
+    assert (cfg.simulations, cfg.num_candidates, cfg.max_children, cfg.temperature, cfg.patient) == (2, 3, 3, 0.8, 6)
+    assert cfg.rollout and cfg.verify is equations_hold
+    assert chains == [3, 3] and scored == [(0.9, 0.5)] * 2 and m["solved"] == 0.5

@@ -267,3 +267,104 @@ def test_lm_loss_of_a_bf16_model_is_taken_in_float32():
     terms = [F.cross_entropy(logits[b, t - 1], ids[b, t]) for b in range(2) for t in range(1, 9) if mask[b, t]]
     assert loss.dtype == torch.float32
     torch.testing.assert_close(loss, torch.stack(terms).mean(), rtol=0, atol=1e-5)
+
+
+# -- the tiny warm start (nanoo1/warmstart.py) -----------------------------------------------------------------
+def test_mixed_examples_follow_the_mixture_and_pass_each_format_its_setting(monkeypatch):
+    """Each call draws one format by the mixture's weights (thoughts 60%, <think> 20%, code 20% by default); thought
+    examples get the negative fraction and <think> examples the pause probability given; a one-format mixture
+    draws that format alone."""
+    from collections import Counter
+
+    import nanoo1.warmstart as warmstart
+
+    monkeypatch.setattr(warmstart, "thought_example", lambda problem, tok, rng, negative: ("thought", negative))
+    monkeypatch.setattr(warmstart, "think_example", lambda problem, tok, rng, pauses: ("think", pauses))
+    monkeypatch.setattr(warmstart, "code_example", lambda problem, tok, rng: ("code", None))
+    rng = random.Random(0)
+    example = warmstart.mixed_example("tok", negative_fraction=0.25, pauses=0.5)
+    drawn = [example("problem", rng) for _ in range(3000)]
+    shares = {k: n / len(drawn) for k, n in Counter(k for k, _ in drawn).items()}
+    assert shares == pytest.approx({"thought": 0.6, "think": 0.2, "code": 0.2}, abs=0.03)
+    assert {v for k, v in drawn if k == "thought"} == {0.25} and {v for k, v in drawn if k == "think"} == {0.5}
+    code_only = warmstart.mixed_example("tok", {"code": 1.0})
+    assert {code_only("problem", rng)[0] for _ in range(50)} == {"code"}
+
+
+def test_train_warmstart_takes_its_kinds_examples_and_seed_and_saves_the_model_frozen(tmp_path, monkeypatch):
+    """Each kind trains on its own examples (mixed: the config's negative fraction; think: the pauses of THINK_PAUSES;
+    code: the code format alone); the seed draws the initial weights and the batches (the same seed, the same
+    both); the callback reaches the training loop; the model comes back frozen and is saved to `out`. A data file
+    of exactly one batch is enough, one problem fewer is refused."""
+    import nanoo1.warmstart as warmstart
+    from nanoo1.checkpoint import load_pretrained
+    from nanoo1.tasks import TINY_DIR, load_jsonl, write_jsonl
+
+    write_jsonl(load_jsonl(TINY_DIR / "train.jsonl")[:4], tmp_path / "four.jsonl")
+    write_jsonl(load_jsonl(TINY_DIR / "train.jsonl")[:3], tmp_path / "three.jsonl")
+    mixtures, trained, real = [], [], warmstart.mixed_example
+    monkeypatch.setattr(warmstart, "mixed_example", lambda tok, *a, **kw: mixtures.append((a, kw)) or real(tok, *a, **kw))
+    monkeypatch.setattr(warmstart, "train_sft", lambda model, batches, config, callback, progress: trained.append(
+        ({k: v.clone() for k, v in model.state_dict().items()}, next(batches)[0], callback)))
+    config = SFTConfig(steps=2, batch_size=4, negative_fraction=0.1)
+
+    def train(seed, kind="mixed", out=None, callback=None):
+        return warmstart.train_warmstart(out, config, seed, tmp_path / "four.jsonl", False, callback, kind)
+
+    model, tok = train(1, out=tmp_path / "ws", callback=print)
+    assert trained[-1][2] is print and not any(p.requires_grad for p in model.parameters())
+    saved, _ = load_pretrained(tmp_path / "ws")
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in saved.state_dict().items())
+    train(1)
+    train(2)
+    (w1, ids1, _), (again, ids_again, _), (w2, ids2, _) = trained
+    assert all(torch.equal(w1[k], again[k]) for k in w1) and torch.equal(ids1, ids_again)
+    assert not torch.equal(w1["model.embed_tokens.weight"], w2["model.embed_tokens.weight"]) and not torch.equal(ids1, ids2)
+    mixtures.clear()
+    train(0)
+    train(0, "think")
+    train(0, "code")
+    assert mixtures == [((), {"negative_fraction": 0.1}), (({"think": 1.0},), {"pauses": warmstart.THINK_PAUSES}),
+                        (({"code": 1.0},), {})]
+    with pytest.raises(ValueError, match="3 problems, fewer than one batch of 4"):
+        warmstart.train_warmstart(None, config, 0, tmp_path / "three.jsonl", False)
+
+
+def test_tiny_base_trains_the_code_recipe_once_where_none_is_shipped(tmp_path, monkeypatch):
+    """Without a shipped data/tiny/warmstart-code, the base is the code recipe for `steps` steps (warm-up cut to fit
+    them) with the seed given, written to `out`; a second call finds it there and trains nothing."""
+    import nanoo1.warmstart as warmstart
+
+    calls = []
+
+    def train(out, config, seed, progress, kind):
+        calls.append((out, config.steps, config.warmup, config.lr, seed, kind))
+        out.mkdir()
+        (out / "model.safetensors").write_text("")
+
+    monkeypatch.setattr(warmstart, "CODE_DIR", tmp_path / "not-shipped")
+    monkeypatch.setattr(warmstart, "train_warmstart", train)
+    assert warmstart.tiny_base(tmp_path / "base", steps=5, seed=3) == tmp_path / "base"
+    assert warmstart.tiny_base(tmp_path / "base", steps=5, seed=3) == tmp_path / "base"
+    assert calls == [(tmp_path / "base", 5, 5, warmstart.CODE_SFT.lr, 3, "code")]
+
+
+def test_warmstart_command_trains_each_kind_with_its_defaults_or_the_flags(tmp_path, monkeypatch, capsys):
+    """The mixed warm start by default (1000 steps into data/tiny/warmstart), --think the <think> one (1000 steps, into
+    data/tiny/warmstart-think), --code rStar-Math's (500 steps, into data/tiny/warmstart-code); --out, --steps,
+    --seed and --threads reach the training and the process set-up."""
+    import nanoo1.warmstart as warmstart
+
+    calls = []
+    monkeypatch.setattr(warmstart, "process_setup", lambda threads: calls.append(("threads", threads)))
+    monkeypatch.setattr(warmstart, "train_warmstart", lambda out, config, seed, kind: calls.append(
+        (out, config.steps, seed, kind)))
+    for flags in ([], ["--think"], ["--code"], ["--code", "--out", str(tmp_path / "c"), "--steps", "7", "--seed", "3",
+                                                  "--threads", "2"]):
+        warmstart.main(flags)
+    assert calls == [("threads", None), (warmstart.WARMSTART_DIR, 1000, 0, "mixed"),
+                     ("threads", None), (warmstart.THINK_DIR, 1000, 0, "think"),
+                     ("threads", None), (warmstart.CODE_DIR, 500, 0, "code"),
+                     ("threads", 2), (tmp_path / "c", 7, 3, "code")]
+    assert warmstart.THINK_PAUSES == 0.5  # the README's "with probability one half"
+    assert capsys.readouterr().out.count("wrote") == 4
