@@ -21,19 +21,22 @@ def dist_section(args) -> dict:
     then as one process on 1 thread, one after the other on this machine (about 20 minutes on 2 cores): wall
     time and the before/after table of each, the speed-up, and its ceiling, 2 x (2 threads) / (1 thread): two
     1-thread ranks can at best halve the 1-thread time. --dist-flags adds selfplay flags to every run."""
-    out = Path(tempfile.mkdtemp(prefix="nanoo1-dist-"))
-    flags = ["-m", "nanoo1.selfplay", "--tiny", "--no-progress", *args.dist_flags.split()]
-    runs = {"1 process x 2 threads": ([sys.executable, *flags, "--threads", "2", "--out", str(out / "one")], {}),
-            "2 ranks x 1 thread": ([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                                    *flags, "--out", str(out / "two")], {"OMP_NUM_THREADS": "1"}),
-            "1 process x 1 thread": ([sys.executable, *flags, "--threads", "1", "--out", str(out / "single")], {})}
-    rows = {}
-    for name, (cmd, env) in runs.items():
-        t = time.perf_counter()
-        proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **env})
-        if proc.returncode:
-            raise RuntimeError(f"{name}: {' '.join(cmd)} failed:\n{proc.stderr[-3000:]}")
-        rows[name] = {"wall_s": round(time.perf_counter() - t, 1), **json.loads(proc.stdout.strip().splitlines()[-1])}
+    with tempfile.TemporaryDirectory(prefix="nanoo1-dist-") as d:  # the runs go when they are timed
+        out = Path(d)
+        flags = ["-m", "nanoo1.selfplay", "--tiny", "--no-progress", *args.dist_flags.split()]
+        one_proc = [sys.executable, *flags]
+        two_ranks = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", *flags]
+        runs = {"1 process x 2 threads": ([*one_proc, "--threads", "2", "--out", str(out / "one")], {}),
+                "2 ranks x 1 thread": ([*two_ranks, "--out", str(out / "two")], {"OMP_NUM_THREADS": "1"}),
+                "1 process x 1 thread": ([*one_proc, "--threads", "1", "--out", str(out / "single")], {})}
+        rows = {}
+        for name, (cmd, env) in runs.items():
+            t = time.perf_counter()
+            proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **env})
+            if proc.returncode:
+                raise RuntimeError(f"{name}: {' '.join(cmd)} failed:\n{proc.stderr[-3000:]}")
+            last = json.loads(proc.stdout.strip().splitlines()[-1])  # selfplay's summary line
+            rows[name] = {"wall_s": round(time.perf_counter() - t, 1), **last}
     keys = [k for k in rows[name] if k.startswith(("sft_", "final_"))]
     print(f"{'':<24}{'wall s':>8}" + "".join(f"{k:>17}" for k in keys))
     for name, r in rows.items():

@@ -140,8 +140,12 @@ def test_gpu_figures_run_on_the_cpu_with_a_tiny_shape(capsys):
         assert gpu_section(None) == {"skipped": "no CUDA device"} and "skipped" in capsys.readouterr().out
 
 
-def test_dist_section_runs_one_process_two_ranks_and_one_thread_side_by_side(capsys):
+def test_dist_section_runs_one_process_two_ranks_and_one_thread_side_by_side(capsys, tmp_path, monkeypatch):
+    import tempfile
+
     from nanoo1.bench import main
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # the three runs' directories, removed when done
 
     short = ("--iterations 1 --eval-problems 4 --problems-per-iteration 4 --simulations 2 --imitation-problems 4 "
              "--imitation-batch 2 --minibatch 4 --eval-best-of-n 2 --eval-simulations 1 --eval-every 0 "
@@ -151,6 +155,7 @@ def test_dist_section_runs_one_process_two_ranks_and_one_thread_side_by_side(cap
     assert "1 process x 2 threads" in out and "2 ranks x 1 thread" in out and "1 process x 1 thread" in out
     assert "the speed of one process" in out and "at most" in out
     assert "final_greedy" in out
+    assert list(tmp_path.iterdir()) == []
 
 
 @pytest.fixture

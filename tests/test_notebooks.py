@@ -87,11 +87,12 @@ def test_notebook_is_explained_and_saved_with_outputs(path):
 @contextmanager
 def kernel_environment():
     """The environment every notebook kernel inherits: off-screen plots at FIGURE_DPI, nanoo1 importable
-    without an install, one OpenMP thread (small tensors; a busy machine stalls 2 threads), and no warning
-    that the progress bars lack ipywidgets."""
+    without an install, one OpenMP thread (small tensors; a busy machine stalls 2 threads), no warning
+    that the progress bars lack ipywidgets, and a temporary directory removed afterwards (notebook 9's run)."""
     with tempfile.TemporaryDirectory() as rc:
         Path(rc, "matplotlibrc").write_text(f"figure.dpi: {FIGURE_DPI}\n", encoding="utf-8")
-        env = {"MPLBACKEND": "Agg", "MATPLOTLIBRC": rc, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"),
+        Path(rc, "tmp").mkdir()
+        env = {"MPLBACKEND": "Agg", "MATPLOTLIBRC": rc, "TMPDIR": str(Path(rc, "tmp")), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"),
                "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
                "PYTHONWARNINGS": "ignore:IProgress not found"}  # tqdm.auto without ipywidgets (jupyter brings them)
         saved = {k: os.environ.get(k) for k in env}
