@@ -382,8 +382,9 @@ def test_setup_on_cuda_binds_the_process_to_its_gpu_and_joins_over_nccl(monkeypa
 
 
 def test_place_and_barrier_in_a_group(monkeypatch):
-    """In a group, the place is the group's rank and size and torchrun's LOCAL_RANK, and `barrier` waits on the group
-    (one barrier per call); alone, `barrier` waits on nothing."""
+    """In a group, the place is the group's rank and size and torchrun's LOCAL_RANK (rank 3 of 4 is rank 1 on its
+    machine of 2), and `barrier` waits on the group, 2 processes or more (one barrier per call); alone it waits on
+    nothing."""
     waits = []
     monkeypatch.setattr(tdist, "barrier", lambda: waits.append(1))
     dist.barrier()
@@ -394,14 +395,18 @@ def test_place_and_barrier_in_a_group(monkeypatch):
     monkeypatch.setattr(tdist, "get_world_size", lambda: 4)
     assert dist.place() == dist.Place(rank=3, world=4, local_rank=1) and not dist.place().main
     dist.barrier()
-    assert waits == [1]
+    monkeypatch.setattr(tdist, "get_rank", lambda: 1)
+    monkeypatch.setattr(tdist, "get_world_size", lambda: 2)
+    dist.barrier()
+    assert waits == [1, 1]
 
 
 def test_one_process_edge_cases_of_ratios_files_and_seeds():
     """A ratio of nothing is 0.0; a rank's file name splits at the last dot and a name without one gains a suffix;
     the seeds of different ranks and run seeds stay apart (rank 1 of seed 0 is not rank 0 of seed 1)."""
     assert dist.ratio(0, 0) == 0.0 and dist.ratio(1, 4) == 0.25
-    assert dist.rank_file("iter.0001.replay.pt", 2) == "iter.0001.replay.rank2.pt" and dist.rank_file("state", 3) == "state.rank3"
+    assert dist.rank_file("iter.0001.replay.pt", 2) == "iter.0001.replay.rank2.pt"
+    assert dist.rank_file("state", 3) == "state.rank3"
     seeds = {dist.rank_seed(seed, rank) for seed in range(100) for rank in range(8)}
     assert len(seeds) == 800
 

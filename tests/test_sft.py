@@ -292,10 +292,10 @@ def test_mixed_examples_follow_the_mixture_and_pass_each_format_its_setting(monk
 
 
 def test_train_warmstart_takes_its_kinds_examples_and_seed_and_saves_the_model_frozen(tmp_path, monkeypatch):
-    """Each kind trains on its own examples (mixed: the config's negative fraction; think: the pauses of THINK_PAUSES;
-    code: the code format alone); the seed draws the initial weights and the batches (the same seed, the same
-    both); the callback reaches the training loop; the model comes back frozen and is saved to `out`. A data file
-    of exactly one batch is enough, one problem fewer is refused."""
+    """Each kind trains on its own examples (mixed: the config's negative fraction; think: the pauses of
+    THINK_PAUSES; code: the code format alone); the seed draws the initial weights and the batches (the same seed,
+    the same both); the callback reaches the training loop; the model comes back frozen and is saved to `out`. A
+    data file of exactly one batch is enough, one problem fewer is refused."""
     import nanoo1.warmstart as warmstart
     from nanoo1.checkpoint import load_pretrained
     from nanoo1.tasks import TINY_DIR, load_jsonl, write_jsonl
@@ -350,9 +350,9 @@ def test_tiny_base_trains_the_code_recipe_once_where_none_is_shipped(tmp_path, m
 
 
 def test_warmstart_command_trains_each_kind_with_its_defaults_or_the_flags(tmp_path, monkeypatch, capsys):
-    """The mixed warm start by default (1000 steps into data/tiny/warmstart), --think the <think> one (1000 steps, into
-    data/tiny/warmstart-think), --code rStar-Math's (500 steps, into data/tiny/warmstart-code); --out, --steps,
-    --seed and --threads reach the training and the process set-up."""
+    """The mixed warm start by default (1000 steps into data/tiny/warmstart), --think the <think> one (1000 steps,
+    into data/tiny/warmstart-think), --code rStar-Math's (500 steps, into data/tiny/warmstart-code); --out,
+    --steps, --seed and --threads reach the training and the process set-up."""
     import nanoo1.warmstart as warmstart
 
     calls = []
