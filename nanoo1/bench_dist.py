@@ -36,7 +36,9 @@ def dist_section(args) -> dict:
             if proc.returncode:
                 raise RuntimeError(f"{name}: {' '.join(cmd)} failed:\n{proc.stderr[-3000:]}")
             last = json.loads(proc.stdout.strip().splitlines()[-1])  # selfplay's summary line
-            rows[name] = {"wall_s": round(time.perf_counter() - t, 1), **last}
+            # the command's wall time replaces the summary's (selfplay's clock starts after the imports and stops
+            # before the final save; under torchrun it is rank 0's alone, without the launch)
+            rows[name] = {**last, "wall_s": round(time.perf_counter() - t, 1)}
     keys = [k for k in rows[name] if k.startswith(("sft_", "final_"))]
     print(f"{'':<24}{'wall s':>8}" + "".join(f"{k:>17}" for k in keys))
     for name, r in rows.items():
