@@ -453,6 +453,27 @@ def test_process_setup_holds_freed_memory_and_sets_the_thread_count_when_given(m
     assert calls == ["hold", "hold", 3]
 
 
+@pytest.mark.parametrize("env, seen", [({}, "10000"), ({"GOMP_SPINCOUNT": "5"}, "5"),
+                                       ({"OMP_WAIT_POLICY": "active"}, None)])
+def test_importing_nanoo1_shortens_openmp_spinning_before_torch_loads_it(env, seen):
+    """libgomp reads GOMP_SPINCOUNT once, when `import torch` loads it, so nanoo1 sets it (10,000 spins) before
+    its first import of torch: a fresh interpreter, with a spy on imports, sees it set when torch is first
+    imported. A user's own GOMP_SPINCOUNT or OMP_WAIT_POLICY is left as it is (none set with the latter)."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("import builtins, os\nreal, seen = builtins.__import__, []\n"
+            "def spy(name, *args, **kwargs):\n"
+            "    if name == 'torch' and not seen:\n"
+            "        seen.append(os.environ.get('GOMP_SPINCOUNT'))\n"
+            "    return real(name, *args, **kwargs)\n"
+            "builtins.__import__ = spy\nimport nanoo1\nprint(seen)")
+    clean = {k: v for k, v in os.environ.items() if k not in ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY")}
+    out = subprocess.run([sys.executable, "-c", code], env={**clean, **env}, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == repr([seen])
+
+
 def test_row_parts_cut_prompts_into_runs_of_at_most_max_rows():
     from nanoo1.engine import row_parts
 
