@@ -96,8 +96,7 @@ def _one_lora_iteration(checkpoint: str, device: str, settings: dict, stages: di
 def memory_section(args) -> dict:
     """Peak resident memory of `one_lora_iteration` on gemma-2-2b's whole decoder (26 layers, width 2304, MLP 9216,
     8/4 heads of 256) with the tiny task's 512-token vocabulary, written in bf16, against the checkpoint's
-    bytes. The iteration runs in a process of its own, so the peak is its own (ru_maxrss)."""
-    import resource
+    bytes. The iteration runs in a process of its own, which reports its own peak (ru_maxrss)."""
     import subprocess
     import sys
 
@@ -110,13 +109,17 @@ def memory_section(args) -> dict:
         save_pretrained(model, tokenizer, Path(d))
         del model
         size = sum(f.stat().st_size for f in Path(d).glob("*.safetensors"))
-        code = f"from nanoo1.bench_iteration import one_lora_iteration; one_lora_iteration({d!r})"
+        # the child prints its counts, then its own peak: RUSAGE_CHILDREN here would be the largest of every child
+        # this process has waited for (the dist section's runs, say)
+        code = (f"from nanoo1.bench_iteration import one_lora_iteration; one_lora_iteration({d!r}); "
+                "import resource; print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)")
         t = time.perf_counter()
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
         seconds = time.perf_counter() - t
-    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024  # KiB on Linux
+    *_, counts, peak = out.stdout.strip().splitlines()
+    peak = int(peak) * 1024  # KiB on Linux
     row = {"checkpoint_gb": size / 1e9, "peak_rss_gb": peak / 1e9, "ratio": peak / size, "seconds": seconds,
-           **json.loads(out.stdout.strip().splitlines()[-1])}
+           **json.loads(counts)}
     print(f"checkpoint {row['checkpoint_gb']:.2f} GB, peak RSS {row['peak_rss_gb']:.2f} GB ({row['ratio']:.2f}x), "
           f"{seconds:.0f} s; {row}")
     return row

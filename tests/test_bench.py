@@ -417,9 +417,12 @@ def test_memory_section_weighs_the_peak_rss_against_the_checkpoint(monkeypatch, 
     """The section on a small stand-in for gemma-2-2b's shape, the child process and its rusage stood in for: the
     checkpoint is written in bf16 (its .safetensors are 2 bytes a parameter, give or take the header) and the
     child runs one_lora_iteration on that directory, checked. ru_maxrss is in KiB: 2,000,000 KiB = 2.048 GB; the
-    ratio is that over the .safetensors bytes alone; the child's last stdout line is its counts."""
+    ratio is that over the .safetensors bytes alone. The child prints its counts, then its own peak: the
+    section's process may have waited for a larger child before (ru_maxrss of RUSAGE_CHILDREN is the largest of
+    all of them, here 9,000,000 KiB), which must not count."""
     import dataclasses
     import json
+    import re
     import resource
     import subprocess
     import sys
@@ -439,15 +442,15 @@ def test_memory_section_weighs_the_peak_rss_against_the_checkpoint(monkeypatch, 
             return dataclasses.replace(config, **kw)
 
     def run(cmd, **kw):
-        d = Path(cmd[2].split("one_lora_iteration(")[1].rstrip(")").strip("'"))
+        d = Path(re.search(r"one_lora_iteration\('([^']+)'\)", cmd[2]).group(1))
         seen.update(cmd=cmd[:2], kw=kw, files=sorted(f.name for f in d.iterdir()),
                     size=sum(f.stat().st_size for f in d.glob("*.safetensors")))
         counts = {"chains": 3, "ppo_updates": 1, "imitation_solved": 1.0, "stages": {}}
-        return types.SimpleNamespace(stdout="loading\n" + json.dumps(counts) + "\n")
+        return types.SimpleNamespace(stdout="loading\n" + json.dumps(counts) + "\n2000000\n")
 
     monkeypatch.setattr(bench_iteration, "Gemma2Config", Preset)
     monkeypatch.setattr(subprocess, "run", run)
-    monkeypatch.setattr(resource, "getrusage", lambda who: types.SimpleNamespace(ru_maxrss=2_000_000))
+    monkeypatch.setattr(resource, "getrusage", lambda who: types.SimpleNamespace(ru_maxrss=9_000_000))
     row = bench_iteration.memory_section(None)
     assert presets == ["2b"] and seen["cmd"] == [sys.executable, "-c"]
     assert seen["kw"] == {"capture_output": True, "text": True, "check": True}
