@@ -8,6 +8,9 @@ import torch
 from nanoo1.bench_engine import _paired, bench_size, decode_rate
 from nanoo1.model import Gemma2Config
 
+SMALL = Gemma2Config.preset("tiny", vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                            num_attention_heads=2, num_key_value_heads=1, head_dim=16, query_pre_attn_scalar=16)
+
 
 def test_decode_rate_counts_the_tokens_after_the_prefill():
     # 8 rows x 65 new tokens: the prefill's logits give token 1, the other 64 per row take 1.0 - 0.2 s
@@ -78,8 +81,7 @@ def test_search_section_counts_the_nodes_of_both_contenders(monkeypatch, capsys)
 
 
 def test_bench_size_smoke_on_a_tiny_model():
-    config = Gemma2Config.preset("tiny", vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                 num_attention_heads=2, num_key_value_heads=1, head_dim=16, query_pre_attn_scalar=16)
+    config = SMALL
     with_hf = importlib.util.find_spec("transformers") is not None
     r = bench_size("test", 2, 8, 4, "cpu", torch.float32, 2, with_hf, config=config)
     assert r["batch"] == 2 and r["repeats"] == 2 and r["params"] == config.num_parameters
@@ -99,8 +101,7 @@ def test_bench_size_reports_medians_of_the_per_repeat_figures(monkeypatch):
     transformers' prefill keeping the last logits alone; on "cuda" every time is taken between CUDA syncs."""
     from nanoo1 import bench_engine
 
-    config = Gemma2Config.preset("tiny", vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                 num_attention_heads=2, num_key_value_heads=1, head_dim=16, query_pre_attn_scalar=16)
+    config = SMALL
     model, calls, synced = bench_engine.random_model(config), [], []
     times = {"ours_prefill": [0.1, 0.3, 0.35], "ours_generate": [1.1, 2.3, 0.75],
              "hf_prefill": [0.2, 0.4, 0.8], "hf_generate": [2.2, 1.4, 1.3]}
@@ -145,8 +146,7 @@ def test_random_model_is_built_in_its_dtype_and_leaves_the_default_dtype_alone()
     default dtype is float32 again afterwards; the same seed gives the same weights, another seed others."""
     from nanoo1.bench_engine import random_model
 
-    config = Gemma2Config.preset("tiny", vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                 num_attention_heads=2, num_key_value_heads=1, head_dim=16, query_pre_attn_scalar=16)
+    config = SMALL
     model = random_model(config, torch.bfloat16)
     assert torch.get_default_dtype() == torch.float32
     assert all(p.dtype == torch.bfloat16 for p in model.parameters()) and not model.training
@@ -431,8 +431,7 @@ def test_memory_section_weighs_the_peak_rss_against_the_checkpoint(monkeypatch, 
 
     from nanoo1 import bench_iteration
 
-    config = Gemma2Config.preset("tiny", hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                 num_attention_heads=2, num_key_value_heads=1, head_dim=16, query_pre_attn_scalar=16)
+    config = dataclasses.replace(SMALL, vocab_size=512)  # the tiny tokenizer's, which preset("2b", ...) is given
     presets, seen = [], {}
 
     class Preset:
