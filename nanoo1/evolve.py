@@ -8,7 +8,8 @@
 One round (Guan et al. 2025, sec. 3.4):
   1. MCTS with policy k over this round's training problems (new ones every round, as the paper's rounds
      reach problems earlier rounds left unsolved; from round 1 on only those of 3 or more steps, see
-     `draw_rounds`): UCT (c = 2), the ground truth scores each answer +1 / -1. Like the paper, the first rounds
+     `draw_rounds`): UCT (c = 2), the ground truth scores each answer +1 / -1; a problem left unsolved is searched
+     once more in a fresh, larger tree (`retry_simulations`, the paper's round 4). Like the paper, the first rounds
      are terminal-guided (those rewards alone guide the search: rStar-Math's rounds 1 and 2, whose PPM-r1 is
      not yet reliable); from round `guided_from` on (default 2, the paper's round 3) PPM k's score is also a
      new step's value (PPM-augmented MCTS).
@@ -76,6 +77,8 @@ class EvolveConfig:
     max_rows: int = 0  # at most this many candidate steps in one generate call (0: no limit): bounds the KV cache
     #                    of a large model searching many problems in lockstep (e.g. 32 for gemma-2-2b on 16 GB)
     patient: int = 2  # a problem's search stops after this many correct answers (the two traces kept)
+    retry_simulations: int = 32  # a problem whose tree holds no correct answer is searched again in a fresh tree of
+    #                              this many simulations (rStar-Math's round 4: more rollouts for unsolved ones); 0: never
     guided_from: int = 2  # the first round whose search PPM k guides, valuing new steps (rStar-Math: round 3 of 4;
     #                       earlier rounds are terminal-guided); --tiny's 2 rounds never are
     # policy k+1
@@ -84,13 +87,13 @@ class EvolveConfig:
     sft_batch_size: int = 16  # traces per step
     sft_lr: float = 1e-4  # peak learning rate (linear warm-up, cosine decay)
     # PPM k+1
-    ppm_epochs: float = 4.0  # passes over the preference pairs of every round so far
+    ppm_epochs: float = 2.0  # passes over the preference pairs of every round so far (and the ORM's over its solutions)
     ppm_pairs_per_step: int = 16  # pairs per step (twice as many sequences)
     ppm_lr: float = 3e-4  # peak learning rate
     bf16: bool = True  # with float32 weights: autocast matrix multiplies to bfloat16 while training
     # the run
     rounds: int = 2  # self-evolution rounds
-    problems: int = 500  # training problems searched per round, new ones every round (one draw with the seed)
+    problems: int = 350  # training problems searched per round, new ones every round (one draw with the seed)
     min_steps: int = 0  # round 0 draws problems of at least this many steps
     later_min_steps: int = 3  # later rounds draw problems of at least this many steps: the policy already solves most
     #                           shorter ones, whose traces would tilt its fine-tune toward short solutions
@@ -110,8 +113,8 @@ class EvolveConfig:
                                        "traces_per_problem", "sft_epochs", "sft_batch_size", "sft_lr", "ppm_epochs",
                                        "ppm_pairs_per_step", "ppm_lr", "problems", "eval_problems", "beam_temperature",
                                        "verifier_problems"),
-                       non_negative=("max_rows", "guided_from", "rounds", "min_steps", "later_min_steps",
-                                     "pair_problems", "beam", "verifiers", "seed"),
+                       non_negative=("max_rows", "retry_simulations", "guided_from", "rounds", "min_steps",
+                                     "later_min_steps", "pair_problems", "beam", "verifiers", "seed"),
                        choices={"dtype": ("float32", "bfloat16")})
         check_device(self.device)
 
@@ -121,21 +124,39 @@ class EvolveConfig:
         return self.bf16 and self.dtype == "float32"
 
 
-def mcts_config(config: EvolveConfig) -> MCTSConfig:
-    """rStar-Math's search: UCT with c = 2, rewards +1 / -1 backed up undiscounted, depth 16."""
+def mcts_config(config: EvolveConfig, simulations: int | None = None) -> MCTSConfig:
+    """rStar-Math's search: UCT with c = 2, rewards +1 / -1 backed up undiscounted, depth 16; config.simulations
+    simulations unless `simulations` is given."""
     k = config.num_candidates
-    return MCTSConfig(simulations=config.simulations, num_candidates=k, max_children=k, selection="uct", c=2.0,
-                      discount=1.0, patient=config.patient, max_depth=RStarConfig.max_depth, success_value=1.0,
+    return MCTSConfig(simulations=simulations or config.simulations, num_candidates=k, max_children=k, selection="uct",
+                      c=2.0, discount=1.0, patient=config.patient, max_depth=RStarConfig.max_depth, success_value=1.0,
                       failure_value=-1.0, temperature=config.temperature)
 
 
 def search_trees(policy_model, ppm, tokenizer, problems: list[Problem], config: EvolveConfig, seed: int = 0):
     """MCTS with the ground truths over the problems: (their trees, [generated, prompt, PPM] tokens spent).
-    Under torchrun each rank searches its share; every rank gets all the trees, in the problems' order."""
+    A problem whose tree holds no correct answer is searched once more in a fresh tree of
+    config.retry_simulations simulations, which takes its place (rStar-Math's round 4 gives the problems earlier
+    rounds left unsolved 64-128 rollouts; a tree with only wrong answers yields no trace and no pair, so nothing
+    is lost). Under torchrun each rank searches its share of either pass; every rank gets all the trees, in the
+    problems' order."""
+    policy = rstar_policy(policy_model, tokenizer, config, ppm, dist.rank_seed(seed, dist.place().rank))
+    trees, spent = _search(policy, problems, mcts_config(config))
+    unsolved = [i for i, tree in enumerate(trees) if not coverage([tree])]
+    if config.retry_simulations and unsolved:
+        again, more = _search(policy, [problems[i] for i in unsolved], mcts_config(config, config.retry_simulations))
+        for i, tree in zip(unsolved, again):
+            trees[i] = tree
+        spent = [a + b for a, b in zip(spent, more)]
+    return trees, spent
+
+
+def _search(policy, problems: list[Problem], config: MCTSConfig):
+    """One MCTS pass: each rank searches every world-th problem; all the trees in the problems' order, and the
+    tokens spent on every rank."""
     place = dist.place()
-    policy = rstar_policy(policy_model, tokenizer, config, ppm, dist.rank_seed(seed, place.rank))
     mine = dist.shard(problems, place)
-    results = mcts(policy, [p.question for p in mine], mcts_config(config), [p.answer for p in mine])
+    results = mcts(policy, [p.question for p in mine], config, [p.answer for p in mine])
     parts = dist.gather([r.tree for r in results])
     trees = [parts[i % len(parts)][i // len(parts)] for i in range(len(problems))]  # shard i of world: i, i + world, ...
     spent = [sum(getattr(r.spent, kind) for r in results) for kind in ("generated", "prompt", "value")]

@@ -102,9 +102,9 @@ def verifier_table(policy, tokenizer, problems, ppm: ProcessPreferenceModel, orm
 def compare_verifiers(sampler: RStarPolicy, ppm, examples, problems, config, model_name: str = "",
                       progress: bool = False) -> list[dict]:
     """The verifier table of evolve's last pair (`sampler`: the last policy at the search's temperature;
-    `config`: the run's EvolveConfig): an ORM from that policy's decoder, trained on the `outcome_examples` of every round's trees (the trees the PPM's pairs came from) for
-    as many passes as the PPM, then best-of-N for N = 4, 8, ... up to config.verifiers; printed and written to
-    OUT/verifiers.json (the ORM to OUT/orm)."""
+    `config`: the run's EvolveConfig): an ORM from that policy's decoder, trained on the `outcome_examples` of
+    every round's trees (the trees the PPM's pairs came from) for as many passes as the PPM, then best-of-N for
+    N = 4, 8, ... up to config.verifiers; printed and written to OUT/verifiers.json (the ORM to OUT/orm)."""
     tokenizer = sampler.tokenizer
     orm = ProcessPreferenceModel(lora_copy(sampler.model))
     train_orm(orm, examples, tokenizer.pad_id, passes(config.ppm_epochs, len(examples), 2 * config.ppm_pairs_per_step),

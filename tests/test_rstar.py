@@ -1353,6 +1353,44 @@ def test_the_search_is_rstars_uct_with_the_runs_own_settings():
     assert c.max_depth == RStarConfig.max_depth
 
 
+def test_a_problem_left_unsolved_is_searched_again_in_a_fresh_tree_that_takes_its_place(code_tokenizer, monkeypatch):
+    """rStar-Math's round 4: the problems whose tree holds no correct answer are searched once more, in fresh trees
+    of --retry-simulations simulations by the same policy (its generator going on), each new tree in the old one's
+    place; solved problems are not searched again, and the tokens of both passes count. 0: one pass."""
+    import nanoo1.evolve as evolve
+    from nanoo1.grow import SearchResult
+    from nanoo1.policy import Spent
+
+    problems = make_problems(3, seed=7, max_steps=2)
+    calls = []
+
+    def fake_mcts(policy, questions, config, truths):  # problem 1 is solved on the second pass alone
+        calls.append(([problems.index(next(p for p in problems if p.question == q)) for q in questions],
+                      config.simulations, policy))
+        results = []
+        for q in questions:
+            tree = Tree(q)
+            solved = q != problems[1].question or len(calls) == 2
+            tree.add(tree.root, "<conclusion>", "a", value=1.0, terminal="success" if solved else "failure")
+            results.append(SearchResult("mcts", None, tree, [0, 1], Spent(generated=10 ** len(calls), prompt=1)))
+        return results
+
+    monkeypatch.setattr(evolve, "mcts", fake_mcts)
+    base = random_model(Gemma2Config.preset("tiny", vocab_size=len(code_tokenizer), num_hidden_layers=1))
+    trees, spent = evolve.search_trees(base, None, code_tokenizer, problems,
+                                       EvolveConfig(simulations=5, retry_simulations=7))
+    assert [(indices, sims) for indices, sims, _ in calls] == [([0, 1, 2], 5), ([1], 7)]
+    assert calls[0][2] is calls[1][2]  # one policy, one generator
+    assert [tree.question for tree in trees] == [p.question for p in problems] and coverage(trees) == 1.0
+    assert spent == [3 * 10 + 100, 3 + 1, 0]
+    calls.clear()
+    trees, spent = evolve.search_trees(base, None, code_tokenizer, problems,
+                                       EvolveConfig(simulations=5, retry_simulations=0))
+    assert [(indices, sims) for indices, sims, _ in calls] == [([0, 1, 2], 5)] and coverage(trees) == 2 / 3
+    with pytest.raises(ValueError, match="--retry-simulations must be >= 0"):
+        EvolveConfig(retry_simulations=-1)
+
+
 def test_bf16_autocast_only_over_float32_weights():
     """--bf16 autocasts the training of float32 weights; bfloat16 weights (under LoRA) train as they are."""
     assert EvolveConfig(bf16=True).autocast and not EvolveConfig(bf16=False).autocast
