@@ -18,9 +18,8 @@ One round (Guan et al. 2025, sec. 3.4):
      (`rstar.best_traces`) of every round so far, the loss on the steps the model wrote (`rstar.encode_trace`),
      for `sft_epochs` passes. Like the paper, every round starts again from the base: the data grows and
      the fine-tune never compounds on its own drift.
-  4. PPM k+1: policy k+1's decoder with a scalar head, trained on the pairs of every tree so far: sibling
-     steps (`ppm.preference_pairs`) and, at the final step, whole trajectories (`rstar.final_pairs`), with
-     `ppm.ppm_pair_loss`.
+  4. PPM k+1: policy k+1's decoder with a scalar head, trained with `ppm.ppm_pair_loss` on the pairs of every
+     tree so far: sibling steps (`ppm.preference_pairs`) and at the last step whole trajectories (`rstar.final_pairs`).
 The README gives the measurements behind these choices.
 
 Each row of the printed table (and of OUT/metrics.jsonl) is round k: policy k and PPM k measured on held-out
@@ -77,8 +76,7 @@ class EvolveConfig:
     max_rows: int = 0  # at most this many candidate steps in one generate call (0: no limit): bounds the KV cache
     #                    of a large model searching many problems in lockstep (e.g. 32 for gemma-2-2b on 16 GB)
     patient: int = 2  # a problem's search stops after this many correct answers (the two traces kept)
-    retry_simulations: int = 32  # a problem whose tree holds no correct answer is searched again in a fresh tree of
-    #                              this many simulations (rStar-Math's round 4: more rollouts for unsolved ones); 0: never
+    retry_simulations: int = 32  # each problem left unsolved is searched again in a fresh tree of this many; 0: never
     guided_from: int = 2  # the first round whose search PPM k guides, valuing new steps (rStar-Math: round 3 of 4;
     #                       earlier rounds are terminal-guided); --tiny's 2 rounds never are
     # policy k+1
@@ -125,8 +123,7 @@ class EvolveConfig:
 
 
 def mcts_config(config: EvolveConfig, simulations: int | None = None) -> MCTSConfig:
-    """rStar-Math's search: UCT with c = 2, rewards +1 / -1 backed up undiscounted, depth 16; config.simulations
-    simulations unless `simulations` is given."""
+    """rStar-Math's search: UCT with c = 2, rewards +1 / -1 backed up undiscounted, depth 16."""
     k = config.num_candidates
     return MCTSConfig(simulations=simulations or config.simulations, num_candidates=k, max_children=k, selection="uct",
                       c=2.0, discount=1.0, patient=config.patient, max_depth=RStarConfig.max_depth, success_value=1.0,
@@ -134,12 +131,9 @@ def mcts_config(config: EvolveConfig, simulations: int | None = None) -> MCTSCon
 
 
 def search_trees(policy_model, ppm, tokenizer, problems: list[Problem], config: EvolveConfig, seed: int = 0):
-    """MCTS with the ground truths over the problems: (their trees, [generated, prompt, PPM] tokens spent).
-    A problem whose tree holds no correct answer is searched once more in a fresh tree of
-    config.retry_simulations simulations, which takes its place (rStar-Math's round 4 gives the problems earlier
-    rounds left unsolved 64-128 rollouts; a tree with only wrong answers yields no trace and no pair, so nothing
-    is lost). Under torchrun each rank searches its share of either pass; every rank gets all the trees, in the
-    problems' order."""
+    """MCTS with the ground truths over the problems: (their trees, [generated, prompt, PPM] tokens spent). A
+    problem left without a correct answer is searched again in a fresh tree of config.retry_simulations, which
+    takes its place (rStar-Math's round 4; a tree of wrong answers alone gives no trace and no pair)."""
     policy = rstar_policy(policy_model, tokenizer, config, ppm, dist.rank_seed(seed, dist.place().rank))
     trees, spent = _search(policy, problems, mcts_config(config))
     unsolved = [i for i, tree in enumerate(trees) if not coverage([tree])]
@@ -152,8 +146,7 @@ def search_trees(policy_model, ppm, tokenizer, problems: list[Problem], config: 
 
 
 def _search(policy, problems: list[Problem], config: MCTSConfig):
-    """One MCTS pass: each rank searches every world-th problem; all the trees in the problems' order, and the
-    tokens spent on every rank."""
+    """One MCTS pass, each rank over every world-th problem: every tree, in order, and the tokens of every rank."""
     place = dist.place()
     mine = dist.shard(problems, place)
     results = mcts(policy, [p.question for p in mine], config, [p.answer for p in mine])
