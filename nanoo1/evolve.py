@@ -136,7 +136,7 @@ def search_trees(policy_model, ppm, tokenizer, problems: list[Problem], config: 
     takes its place (rStar-Math's round 4; a tree of wrong answers alone gives no trace and no pair)."""
     policy = rstar_policy(policy_model, tokenizer, config, ppm, dist.rank_seed(seed, dist.place().rank))
     trees, spent = _search(policy, problems, mcts_config(config))
-    unsolved = [i for i, tree in enumerate(trees) if not coverage([tree])]
+    unsolved = [i for i, tree in enumerate(trees) if not tree.solved()]
     if config.retry_simulations and unsolved:
         again, more = _search(policy, [problems[i] for i in unsolved], mcts_config(config, config.retry_simulations))
         for i, tree in zip(unsolved, again):

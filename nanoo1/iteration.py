@@ -38,7 +38,7 @@ def ppo_iteration(model, tokenizer, opt, replay, policy, problems, it: int, conf
                       verify=step_checker(config))
     # with the checker, no success has a wrong step above it (mcts checks rolled-out chains whole)
     results = mcts(policy, [p.question for p in problems], mcfg, [p.answer for p in problems])
-    solved = dist.ratio(sum(any(n.terminal == "success" for n in r.tree.nodes) for r in results), len(results))
+    solved = dist.ratio(sum(r.tree.solved() for r in results), len(results))
     items = [item for r in results
              for item in chain_items(tokenizer, tree_chains(r.tree, s.chains_per_tree), success_rates(r.tree), c.gamma, c.lam)]
     stamp_old(model, tokenizer, items, s.temperature, autocast(config), c.micro_batch, it, c.micro_batch_tokens)

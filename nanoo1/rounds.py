@@ -28,7 +28,7 @@ def coverage(trees: list[Tree]) -> float:
     """Share of trees holding at least one correct answer (a "success" terminal): rStar-Math's Table 2."""
     if not trees:
         raise ValueError("coverage: no trees")
-    return sum(any(node.terminal == "success" for node in tree.nodes) for tree in trees) / len(trees)
+    return sum(tree.solved() for tree in trees) / len(trees)
 
 
 def sft_examples(tokenizer, trees: list[Tree], per_problem: int = 2) -> list[tuple[list[int], list[int]]]:

@@ -115,6 +115,10 @@ class Tree:
     def leaves(self) -> list[Node]:
         return [n for n in self.nodes if not n.children]
 
+    def solved(self) -> bool:
+        """Whether the tree holds a correct answer: a "success" terminal anywhere in it."""
+        return any(n.terminal == "success" for n in self.nodes)
+
     def training_text(self) -> str:
         """The whole tree, one line per node in id order: the OpenLongCoT pretraining format."""
         return "\n".join(render_node(n) for n in self.nodes)

@@ -125,6 +125,17 @@ def test_json_keeps_every_statistic():
     assert rows[2]["parent"] == 1 and rows[2]["terminal"] == "success" and rows[0]["parent"] == -1
 
 
+def test_a_tree_is_solved_when_a_success_terminal_lies_anywhere_in_it():
+    """A success two levels down counts; failures, unfinished thoughts and the bare root do not."""
+    tree = Tree("q")
+    assert not tree.solved()
+    a = tree.add(tree.root, "<expansion>", "a")
+    tree.add(tree.root, "<conclusion>", "wrong", terminal="failure")
+    assert not tree.solved()
+    tree.add(a, "<conclusion>", "right", terminal="success")
+    assert tree.solved()
+
+
 def test_question_must_be_a_string():
     # LLaMA-O1 makes a (question, answer) tuple the root text, so every prompt carries the answer
     with pytest.raises(TypeError, match="ground truth separately"):
