@@ -95,9 +95,11 @@ def preference_pairs(tree: Tree, per_side: int = 2, usable: Callable[[Node], boo
     Per parent: the `per_side` children with the highest Q (`node.value`) among those with a correct answer
     below them (a "success" terminal in their subtree, themselves included), against the `per_side` with the
     lowest Q among those with only wrong endings below ("failure" terminals and no success); every positive
-    is paired with every negative. Children without a value are skipped, and so are those `usable` rejects
-    (rStar: `lambda n: not rstar.step_failed(n.text)`, as its tree holds only steps that ran); ties keep the
-    children's order.
+    is paired with every negative. Siblings of the same text are one step, sampled twice: it reaches what any
+    copy reaches, its Q is the copies' mean weighted by visits, and its first copy stands for it (a step
+    against a copy of itself orders nothing). Children without a value are skipped, and so are those `usable`
+    rejects (rStar: `lambda n: not rstar.step_failed(n.text)`, as its tree holds only steps that ran); ties
+    keep the children's order.
     """
     reach = {}  # node id -> (a success below, a failure below)
     for node in reversed(tree.nodes):  # a child's id is larger than its parent's
@@ -107,10 +109,18 @@ def preference_pairs(tree: Tree, per_side: int = 2, usable: Callable[[Node], boo
         reach[node.id] = (good, bad)
     pairs = []
     for parent in tree.nodes:
-        kids = [c for c in parent.children if c.value is not None and (usable is None or usable(c))]
-        pos = sorted([c for c in kids if reach[c.id][0]], key=lambda c: -c.value)[:per_side]
-        neg = sorted([c for c in kids if reach[c.id][1] and not reach[c.id][0]], key=lambda c: c.value)[:per_side]
-        pairs += [(p, n) for p in pos for n in neg]
+        copies = {}  # text -> the valued, usable children of that text
+        for c in parent.children:
+            if c.value is not None and (usable is None or usable(c)):
+                copies.setdefault(c.text, []).append(c)
+        steps = []  # (the first copy, Q, a success below any copy, a failure below any copy)
+        for same in copies.values():
+            weights = [max(1, c.visits) for c in same]
+            q = sum(w * c.value for w, c in zip(weights, same)) / sum(weights)
+            steps.append((same[0], q, any(reach[c.id][0] for c in same), any(reach[c.id][1] for c in same)))
+        pos = sorted([s for s in steps if s[2]], key=lambda s: -s[1])[:per_side]
+        neg = sorted([s for s in steps if s[3] and not s[2]], key=lambda s: s[1])[:per_side]
+        pairs += [(p[0], n[0]) for p in pos for n in neg]
     return pairs
 
 

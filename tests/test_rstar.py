@@ -308,14 +308,32 @@ def test_preference_pairs_on_a_hand_made_tree():
 
 def test_preference_pairs_leave_out_steps_that_did_not_run():
     tree = Tree(MIA.question)
-    failed = "# Step 1: x\nx1 = y\n" + STEP_END + "\n<error>NameError: name 'y' is not defined</error>"
+    failed = "# Step 1: x\nx1 = {0}\n" + STEP_END + "\n<error>NameError: name '{0}' is not defined</error>"
     ran, wrong = tree.add(tree.root, "<expansion>", STEP1, value=0.5), tree.add(tree.root, "<expansion>", "w", value=-0.5)
-    above = tree.add(tree.root, "<expansion>", failed, value=0.9)  # the best Q, and a success below it
-    below = tree.add(tree.root, "<expansion>", failed, value=-0.9)  # the worst Q, and only a failure below it
+    above = tree.add(tree.root, "<expansion>", failed.format("y"), value=0.9)  # the best Q, and a success below it
+    below = tree.add(tree.root, "<expansion>", failed.format("z"), value=-0.9)  # the worst Q, only a failure below it
     for parent, terminal in [(ran, "success"), (wrong, "failure"), (above, "success"), (below, "failure")]:
         tree.add(parent, "<conclusion>", STEP3, value=0.0, terminal=terminal)
     assert preference_pairs(tree, per_side=1) == [(above, below)]
     assert preference_pairs(tree, usable=lambda n: not step_failed(n.text)) == [(ran, wrong)]
+
+
+def test_preference_pairs_count_siblings_of_the_same_text_as_one_step():
+    """Sampling writes the same step twice under a parent; one copy may end right and the other wrong. They are one
+    step: never paired with each other, a positive when any copy reaches a correct answer, valued at the copies'
+    visit-weighted mean Q, and represented by the first copy."""
+    tree = Tree(MIA.question)
+    lucky = tree.add(tree.root, "<expansion>", STEP1, value=-0.6, visits=1)  # its copy below ends right
+    twin = tree.add(tree.root, "<expansion>", STEP1, value=0.6, visits=3)
+    wrong = tree.add(tree.root, "<expansion>", "w", value=0.1, visits=2)
+    other = tree.add(tree.root, "<expansion>", "o", value=0.2, visits=2)
+    for parent, terminal in [(lucky, "failure"), (twin, "success"), (wrong, "failure"), (other, "success")]:
+        tree.add(parent, "<conclusion>", STEP3, value=0.0, terminal=terminal)
+    # STEP1's Q is (1 x -0.6 + 3 x 0.6) / 4 = 0.3, above o's 0.2; the step is no negative, though a copy failed
+    assert preference_pairs(tree, per_side=1) == [(lucky, wrong)]
+    assert preference_pairs(tree) == [(lucky, wrong), (other, wrong)]
+    twin.value = 0.0  # (1 x -0.6 + 3 x 0.0) / 4 = -0.15: o is the better positive now
+    assert preference_pairs(tree, per_side=1) == [(other, wrong)]
 
 
 def test_preference_pairs_take_no_negative_from_a_step_whose_branch_never_ended():
