@@ -68,7 +68,8 @@ def check_preference_pairs(preference_pairs) -> bool:
     parent, the per_side children with the highest Q (.value) among those with a "success" terminal in their
     subtree (themselves included), each paired with the per_side children with the lowest Q among those whose
     subtree has "failure" terminals and no success. Children without a value are skipped. The pairs are
-    compared as sorted (positive id, negative id)."""
+    compared as sorted (positive id, negative id). (nanoo1's also counts siblings of the same text as one step;
+    the check's tree has none.)"""
     _callable(preference_pairs, "check_preference_pairs")
 
     def pairs(per_side=None):
