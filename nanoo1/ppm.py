@@ -83,10 +83,14 @@ def orm_loss(z: torch.Tensor, correct: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def ppm_scores(ppm: ProcessPreferenceModel, sequences: list[list[int]], pad_id: int, batch_size: int = 32) -> torch.Tensor:
-    """PPM scores (N,) of token-id sequences (`ppm_input` of each path), in right-padded batches."""
+    """PPM scores (N,) of token-id sequences (`ppm_input` of each path), in right-padded batches; a sequence given
+    more than once (a step sampled twice, a path under two held-out slips) is scored once."""
     device = ppm.head.weight.device
-    out = [ppm(*batch_ids(sequences[i:i + batch_size], pad_id, device)) for i in range(0, len(sequences), batch_size)]
-    return torch.cat(out).float().cpu() if out else torch.zeros(0)
+    row = {}  # sequence -> its row among the distinct ones
+    where = [row.setdefault(tuple(s), len(row)) for s in sequences]
+    distinct = [list(s) for s in row]
+    out = [ppm(*batch_ids(distinct[i:i + batch_size], pad_id, device)) for i in range(0, len(distinct), batch_size)]
+    return torch.cat(out).float().cpu()[where] if out else torch.zeros(0)
 
 
 def preference_pairs(tree: Tree, per_side: int = 2, usable: Callable[[Node], bool] | None = None) -> list[tuple[Node, Node]]:
@@ -125,13 +129,14 @@ def preference_pairs(tree: Tree, per_side: int = 2, usable: Callable[[Node], boo
 
 
 def fit(model: ProcessPreferenceModel, items: list, loss_of, pad_id: int, steps: int, per_step: int, lr: float,
-        bf16: bool = False, seed: int = 0, desc: str = "ppm", progress: bool = False) -> list[float]:
+        bf16: bool = False, seed: int = 0, desc: str = "ppm", progress: bool = False, size=None) -> list[float]:
     """Train a scalar-head model in place on `items`, `per_step` a step in shuffled passes: AdamW, the SFT
     schedule (linear warm-up over a tenth of the steps, cosine decay), gradients clipped to norm 1. A step's
     items go through `loss_of(model, items, pad_id) -> mean loss` in one batch; under torchrun each rank takes
-    every world-th of them, weighs its mean by its share, and the gradients are summed over ranks, so every
-    rank makes the one-process step. Under LoRA the head and the backbone's adapters train. Returns every
-    step's loss; leaves the model frozen, in eval."""
+    every world-th of them, weighs its mean by its share of the step (of its items, or with `size(item)` of
+    what they hold: a tree's pairs), and the gradients are summed over ranks, so every rank makes the
+    one-process step. Under LoRA the head and the backbone's adapters train. Returns every step's loss; leaves
+    the model frozen, in eval."""
     from tqdm.auto import tqdm
 
     if not items:
@@ -143,7 +148,7 @@ def fit(model: ProcessPreferenceModel, items: list, loss_of, pad_id: int, steps:
     generator = torch.Generator().manual_seed(seed)
     device, place = model.head.weight.device, dist.place()
     order, losses = [], []
-    P = min(per_step, len(items))
+    P, weigh = min(per_step, len(items)), size or (lambda item: 1)
     for step in tqdm(range(steps), desc=desc, disable=not progress, leave=False):
         if len(order) < P:
             order += torch.randperm(len(items), generator=generator).tolist()
@@ -153,8 +158,9 @@ def fit(model: ProcessPreferenceModel, items: list, loss_of, pad_id: int, steps:
         opt.zero_grad(set_to_none=True)
         loss = torch.zeros((), device=device)
         if mine:
+            share = sum(weigh(items[i]) for i in mine) / sum(weigh(items[i]) for i in chosen)
             with bf16_autocast(bf16, device):
-                loss = loss_of(model, [items[i] for i in mine], pad_id) * (len(mine) / P)
+                loss = loss_of(model, [items[i] for i in mine], pad_id) * share
             loss.backward()
         dist.sum_gradients(params)
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -164,11 +170,17 @@ def fit(model: ProcessPreferenceModel, items: list, loss_of, pad_id: int, steps:
     return losses
 
 
-def pair_batch_loss(model: ProcessPreferenceModel, pairs: list[tuple[list[int], list[int]]], pad_id: int) -> torch.Tensor:
-    """`ppm_pair_loss` of (positive ids, negative ids) pairs, scored in one batch: positives, then negatives."""
-    ids, mask = batch_ids([p for p, _ in pairs] + [n for _, n in pairs], pad_id, model.head.weight.device)  # (2P, T)
+def pair_batch_loss(model: ProcessPreferenceModel, groups: list[list[tuple[list[int], list[int]]]],
+                    pad_id: int) -> torch.Tensor:
+    """`ppm_pair_loss` of every (positive ids, negative ids) pair of the groups (lists of pairs: one tree's each,
+    `rounds.ppm_pairs`), in one batch that scores each distinct path once: a tree's pairs share paths (each of
+    its final-step pairs' two right trajectories meets two wrong ones)."""
+    row = {}  # path -> its row in the batch
+    index = [[row.setdefault(tuple(ids), len(row)) for ids in pair] for group in groups for pair in group]  # (P, 2)
+    ids, mask = batch_ids([list(path) for path in row], pad_id, model.head.weight.device)
     r = model(ids, mask).float()
-    return ppm_pair_loss(r[: len(pairs)], r[len(pairs):])
+    index = torch.tensor(index, device=r.device)
+    return ppm_pair_loss(r[index[:, 0]], r[index[:, 1]])
 
 
 def outcome_batch_loss(model: ProcessPreferenceModel, examples: list[tuple[list[int], bool]], pad_id: int) -> torch.Tensor:

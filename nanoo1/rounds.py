@@ -37,15 +37,17 @@ def sft_examples(tokenizer, trees: list[Tree], per_problem: int = 2) -> list[tup
             for tree in trees for path in best_traces(tree, per_problem)]
 
 
-def ppm_pairs(tokenizer, trees: list[Tree]) -> list[tuple[list[int], list[int]]]:
-    """(positive, negative) PPM inputs of every tree's pairs, in tree order: its sibling pairs of steps that ran
-    (`ppm.preference_pairs`), then its final-step pairs of whole trajectories (`rstar.final_pairs`) not
-    already among them."""
+def ppm_pairs(tokenizer, trees: list[Tree]) -> list[list[tuple[list[int], list[int]]]]:
+    """The (positive, negative) PPM inputs of each tree's pairs, a list per tree that has any, in tree order: its
+    sibling pairs of steps that ran (`ppm.preference_pairs`), then its final-step pairs of whole trajectories
+    (`rstar.final_pairs`) not already among them. A tree's pairs train together (`ppm.pair_batch_loss` reads each
+    path once)."""
     out = []
     for tree in trees:
         siblings = preference_pairs(tree, usable=lambda node: not step_failed(node.text))
         pairs = siblings + [pair for pair in final_pairs(tree) if pair not in siblings]
-        out += [(ppm_input(tokenizer, tree.path(pos)), ppm_input(tokenizer, tree.path(neg))) for pos, neg in pairs]
+        if pairs:
+            out.append([(ppm_input(tokenizer, tree.path(p)), ppm_input(tokenizer, tree.path(n))) for p, n in pairs])
     return out
 
 

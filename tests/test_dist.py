@@ -338,18 +338,21 @@ def test_sharded_evolve_writes_one_table_and_the_whole_sets_greedy(tmp_path, cap
 
 
 def scorer_fits(rank: int = 0, world: int = 1):
-    """Weights of a PPM and an ORM after 3 `ppm.fit` steps of 3 items each (2 on rank 0, 1 on rank 1)."""
+    """Weights of a PPM and an ORM after 3 `ppm.fit` steps of 3 items each (2 on rank 0, 1 on rank 1): the ORM's
+    items are solutions, the PPM's trees of 1 to 3 pairs that share paths, a rank's share weighed by its pairs."""
     from nanoo1.ppm import ProcessPreferenceModel, fit, outcome_batch_loss, pair_batch_loss
 
     g = torch.Generator().manual_seed(5)
-    seqs = [torch.randint(1, CONFIG.vocab_size, (n,), generator=g).tolist() for n in (5, 9, 4, 7, 11, 6, 8, 3, 10)]
-    jobs = {"ppm": (pair_batch_loss, list(zip(seqs[::2], seqs[1::2]))),
-            "orm": (outcome_batch_loss, [(s, i % 3 == 0) for i, s in enumerate(seqs)])}
+    s = [torch.randint(1, CONFIG.vocab_size, (n,), generator=g).tolist() for n in (5, 9, 4, 7, 11, 6, 8, 3, 10)]
+    trees = [[(s[0], s[1]), (s[0], s[2]), (s[3], s[1])], [(s[4], s[5])], [(s[6], s[7]), (s[8], s[7])],
+             [(s[2], s[5]), (s[1], s[4])], [(s[3], s[8])]]
+    jobs = {"ppm": (pair_batch_loss, trees, len),
+            "orm": (outcome_batch_loss, [(x, i % 3 == 0) for i, x in enumerate(s)], None)}
     out = {}
-    for name, (loss_of, items) in jobs.items():
+    for name, (loss_of, items, size) in jobs.items():
         model = ProcessPreferenceModel(random_model(CONFIG))
         torch.nn.init.normal_(model.head.weight, std=0.1, generator=torch.Generator().manual_seed(1))
-        out[name] = fit(model, items, loss_of, 0, steps=3, per_step=3, lr=1e-3), {
+        out[name] = fit(model, items, loss_of, 0, steps=3, per_step=3, lr=1e-3, size=size), {
             k: v.detach().clone() for k, v in model.state_dict().items()}
     return out
 

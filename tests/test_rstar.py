@@ -26,8 +26,8 @@ from nanoo1.policy import Request
 from nanoo1.recipe import LoRASettings
 from nanoo1.rounds import coverage, draw_rounds, ppm_pairs, sft_examples, slip_pairs
 from nanoo1.model import Gemma2, Gemma2Config
-from nanoo1.ppm import (PPM_HEAD, ProcessPreferenceModel, fit, orm_loss, outcome_batch_loss, pair_accuracy, ppm_pair_loss,
-                        ppm_scores, preference_pairs, save_scorer)
+from nanoo1.ppm import (PPM_HEAD, ProcessPreferenceModel, fit, orm_loss, outcome_batch_loss, pair_accuracy, pair_batch_loss,
+                        ppm_pair_loss, ppm_scores, preference_pairs, save_scorer)
 from nanoo1.rstar import (RSTAR_TOKENS, STEP_END, CodeStep, RStarConfig, RStarPolicy, best_traces, encode_trace, execute_steps,
                           final_pairs, format_step, joined_program, pair_batch, parse_step, rstar_prompt, solution_steps,
                           step_failed, step_reward)
@@ -367,6 +367,42 @@ def test_ppm_scores_score_every_sequence_across_batches():
     assert ppm_scores(ppm, [], pad_id=0).shape == (0,)
 
 
+def _rows_read(ppm):
+    """The PPM with its forward passes recorded: the list of every batch's rows, as token-id tuples."""
+    seen, forward = [], ppm.forward
+    ppm.forward = lambda ids, mask: seen.append([tuple(r[m.bool()].tolist()) for r, m in zip(ids, mask)]) or forward(ids, mask)
+    return seen
+
+
+def test_ppm_scores_read_a_sequence_given_twice_once():
+    """A sequence given twice (a step sampled twice) is scored once and its score given to both: 3 distinct of
+    5, in batches of 2, score as each does alone."""
+    ppm = _biased_ppm(0.1)
+    torch.nn.init.normal_(ppm.head.weight, std=0.5, generator=torch.Generator().manual_seed(3))
+    a, b, c = [2, 5], [2, 6, 7], [2, 9, 9, 4]
+    alone = [ppm_scores(ppm, [x], pad_id=0).item() for x in (a, b, c)]
+    seen = _rows_read(ppm)
+    scores = ppm_scores(ppm, [a, b, a, c, b], pad_id=0, batch_size=2)
+    assert scores.tolist() == pytest.approx([alone[0], alone[1], alone[0], alone[2], alone[1]], abs=1e-6)
+    assert seen == [[tuple(a), tuple(b)], [tuple(c)]] and len(set(alone)) == 3
+
+
+def test_pair_batch_loss_reads_each_path_of_the_trees_once():
+    """Two trees' pairs that share paths (a against b and c, d against b; b against e) are one batch of the 5
+    distinct paths, and the loss is `ppm_pair_loss` of the 4 pairs scored one by one."""
+    ppm = _biased_ppm(0.1)
+    torch.nn.init.normal_(ppm.head.weight, std=0.5, generator=torch.Generator().manual_seed(3))
+    a, b, c, d, e = [2, 5], [2, 6, 7], [2, 9, 9, 4], [2, 3], [2, 8, 1]
+    trees = [[(a, b), (a, c), (d, b)], [(b, e)]]
+    r = {tuple(x): ppm_scores(ppm, [x], pad_id=0) for x in (a, b, c, d, e)}
+    want = ppm_pair_loss(torch.cat([r[tuple(p)] for p in (a, a, d, b)]), torch.cat([r[tuple(n)] for n in (b, c, b, e)]))
+    seen = _rows_read(ppm)
+    with torch.no_grad():
+        loss = pair_batch_loss(ppm, trees, pad_id=0)
+    assert loss.item() == pytest.approx(want.item(), abs=1e-6)
+    assert seen == [[tuple(a), tuple(b), tuple(c), tuple(d), tuple(e)]]
+
+
 def test_outcome_batch_loss_labels_the_right_answers_1():
     """Score tanh(0.5) for every path: p = (1 + tanh 0.5) / 2 = sigmoid(1) = 0.7310586. Two right, one wrong:
     L = -(2 log p + log(1 - p)) / 3 = (2 x 0.3132617 + 1.3132617) / 3 = 0.6465950."""
@@ -480,7 +516,8 @@ def test_final_pairs_put_the_best_correct_trajectories_against_the_worst_that_pr
     assert final_pairs(Tree(MIA.question)) == []
     # in evolve's pairs (right, wrong) comes once: it is a sibling pair too; the step that did not run is in none
     ran = preference_pairs(tree, usable=lambda node: not step_failed(node.text))
-    assert len(ppm_pairs(code_tokenizer, [tree])) == len(ran) + 1 and len(ran) < len(preference_pairs(tree))
+    assert [len(pairs) for pairs in ppm_pairs(code_tokenizer, [tree])] == [len(ran) + 1]
+    assert len(ran) < len(preference_pairs(tree))
 
 
 def test_final_pairs_take_no_negative_without_a_wrong_printed_answer_or_with_an_unvalued_step():
@@ -730,21 +767,23 @@ def _pair_tree():
 
 def test_ppm_pairs_match_pair_batch_and_training_reduces_the_pair_loss(code_tokenizer):
     tree = _pair_tree()
-    pairs = ppm_pairs(code_tokenizer, [tree, tree])
+    trees = ppm_pairs(code_tokenizer, [tree, Tree(MIA.question), tree])  # a tree without pairs gives no list
     # per tree: (STEP1, WRONG1) under the root, (STEP2, x2 = x1 + 3) under STEP1, then the final-step pair of
     # whole trajectories: STEP1 -> STEP2 against WRONG1 -> print(x1), the one wrong ending that printed
-    assert len(pairs) == 6
+    assert len(trees) == 2 and trees[0] == trees[1] and len(trees[0]) == 3
+    pairs = trees[0]
     ids, mask = pair_batch(tree, preference_pairs(tree), code_tokenizer)
     assert [p for p, _ in pairs[:2]] + [n for _, n in pairs[:2]] == [row[m.bool()].tolist() for row, m in zip(ids, mask)]
     ids, mask = pair_batch(tree, final_pairs(tree), code_tokenizer)
     assert [pairs[2][0], pairs[2][1]] == [row[m.bool()].tolist() for row, m in zip(ids, mask)]
-    pairs = pairs[:2] + pairs[3:5]  # the sibling pairs of both trees: what is trained below
+    trees = [pairs[:2], pairs[:2]]  # the sibling pairs of both trees: what is trained below
+    pairs = pairs[:2] * 2
     backbone = Gemma2(Gemma2Config.preset("tiny", vocab_size=len(code_tokenizer), num_hidden_layers=1))
     ppm = ProcessPreferenceModel(backbone.init_weights(torch.Generator().manual_seed(0)))
     assert pair_accuracy(ppm, pairs, code_tokenizer.pad_id) == 0.0  # a zero head ties every pair: none ordered right
     assert pair_accuracy(ppm, [], code_tokenizer.pad_id) is None
-    config = EvolveConfig(ppm_epochs=22.5, ppm_pairs_per_step=3, ppm_lr=1e-3, bf16=False)  # 22.5 passes over 4 pairs, 3 a step
-    losses = train_ppm(ppm, pairs, code_tokenizer.pad_id, config, seed=0)
+    config = EvolveConfig(ppm_epochs=15, ppm_pairs_per_step=2, ppm_lr=1e-3, bf16=False)  # 15 passes over 2 trees, 1 a step
+    losses = train_ppm(ppm, trees, code_tokenizer.pad_id, config, seed=0)
     assert len(losses) == 30 and losses[0] == pytest.approx(math.log(2), abs=1e-6)  # step 1 sees the zero head
     assert losses[-1] < 0.3 and pair_accuracy(ppm, pairs, code_tokenizer.pad_id) == 1.0
     assert not any(p.requires_grad for p in ppm.parameters()) and not ppm.training
@@ -1441,7 +1480,7 @@ def test_each_round_reports_its_own_finds_and_searches_with_its_own_seed(code_to
                           out=str(tmp_path / "run"))
     rows = run(config, tmp_path / "base", tmp_path / "train.jsonl", tmp_path / "test.jsonl")
     assert seeds == [5, 6] and kept == [(1,), (1,)]
-    counts = [(len(found[0]), len(found[1])), (len(found[2]), len(found[3]))]  # round 0's, round 1's
+    counts = [(len(found[0]), sum(map(len, found[1]))), (len(found[2]), sum(map(len, found[3])))]  # round 0's, round 1's
     assert [(row["traces"], row["pairs"]) for row in rows[:2]] == counts
     assert rows[1]["traces"] > 0  # so a count of the pool (round 0's and round 1's) would differ
     assert [("held_out_pairs" in row) for row in rows] == [True, False, False]  # said once, in the first row
@@ -1523,14 +1562,15 @@ def test_a_run_of_no_rounds_measures_the_base_over_a_cleared_run_and_compares_no
     assert [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()] == rows
 
 
-def test_the_ppm_takes_ppm_epochs_passes_of_ppm_pairs_per_step_pairs(monkeypatch):
-    """4 passes over 10 pairs at 4 a step: passes(4, 10, 4) = 10 steps, at --ppm-lr, autocast as the settings say,
-    shuffled by the round's seed."""
+def test_the_ppm_takes_ppm_epochs_passes_over_whole_trees_of_ppm_pairs_per_step_pairs(monkeypatch):
+    """10 trees of 20 pairs, 4 pairs a step: 2 trees a step, and 4 passes are passes(4, 10, 2) = 20 steps, at
+    --ppm-lr, autocast as the settings say, shuffled by the round's seed, each rank's share of a step weighed by
+    its pairs."""
     import nanoo1.evolve as evolve
 
     calls = []
-    monkeypatch.setattr(evolve, "fit", lambda *a: calls.append(a) or [0.5])
+    monkeypatch.setattr(evolve, "fit", lambda *a, **kw: calls.append((a, kw)) or [0.5])
     config = EvolveConfig(ppm_epochs=4.0, ppm_pairs_per_step=4, ppm_lr=0.25, bf16=False)
-    pairs = [([1, 2], [1, 3])] * 10
-    assert train_ppm("ppm", pairs, 3, config, seed=7) == [0.5]
-    assert calls == [("ppm", pairs, evolve.pair_batch_loss, 3, 10, 4, 0.25, False, 7, "ppm", False)]
+    trees = [[([1, 2], [1, 3])] * 3, [([1, 2], [1, 4])]] * 5
+    assert train_ppm("ppm", trees, 3, config, seed=7) == [0.5]
+    assert calls == [(("ppm", trees, evolve.pair_batch_loss, 3, 20, 2, 0.25, False, 7, "ppm", False), {"size": len})]
