@@ -6,13 +6,12 @@
     python -m nanoo1.evolve --model DIR ... --device cuda --dtype bfloat16 --lora-rank 16 --max-rows 32   # 2B, one GPU
 
 One round (Guan et al. 2025, sec. 3.4):
-  1. MCTS with policy k over this round's training problems (new ones every round, as the paper's rounds
-     reach problems earlier rounds left unsolved; from round 1 on only those of 3 or more steps, see
-     `draw_rounds`): UCT (c = 2), the ground truth scores each answer +1 / -1; a problem left unsolved is searched
-     once more in a fresh, larger tree (`retry_simulations`, the paper's round 4). Like the paper, the first rounds
-     are terminal-guided (those rewards alone guide the search: rStar-Math's rounds 1 and 2, whose PPM-r1 is
-     not yet reliable); from round `guided_from` on (default 2, the paper's round 3) PPM k's score is also a
-     new step's value (PPM-augmented MCTS).
+  1. MCTS with policy k over this round's training problems (new ones every round, as the paper's rounds reach
+     problems earlier rounds left unsolved; from round 1 on only those of 3 or more steps, see `draw_rounds`):
+     UCT (c = 2), the ground truth scores each answer +1 / -1; a problem left unsolved is searched once more in
+     a fresh, larger tree (`retry_simulations`, the paper's round 4). Like the paper, the first rounds are
+     terminal-guided (rStar-Math's rounds 1 and 2, whose PPM-r1 is not yet reliable); from round `guided_from`
+     on (default 2, the paper's round 3) PPM k's score is also a new step's value (PPM-augmented MCTS).
   2. Coverage: the share of those problems whose tree holds a correct answer (the paper's Table 2).
   3. Policy k+1: the base model fine-tuned on the top-2 correct traces per problem by mean Q
      (`rstar.best_traces`) of every round so far, the loss on the steps the model wrote (`rstar.encode_trace`),
@@ -22,14 +21,13 @@ One round (Guan et al. 2025, sec. 3.4):
      tree so far: sibling steps (`ppm.preference_pairs`) and at the last step whole trajectories (`rstar.final_pairs`).
 The README gives the measurements behind these choices.
 
-Each row of the printed table (and of OUT/metrics.jsonl) is round k: policy k and PPM k measured on held-out
-problems (rounds.py), then round k's search; OUT/policy-k and OUT/ppm-k are the trained pairs, OUT/rounds.png
-the table drawn (with matplotlib). With --lora-rank every model of the run is the one frozen base (in --dtype) with its own
-float32 adapters, and policy-k and ppm-k hold adapters in PEFT's layout (`python -m nanoo1.adapters merge` makes
-a full checkpoint of one). Under torchrun (`torchrun --nproc_per_node N -m nanoo1.evolve ...`; --tiny starts
-its own, `--procs`) each rank searches its share of the problems and of the held-out set; the trees are
-gathered, and every rank takes its share of each training batch, the gradients summed over ranks, so every
-rank holds the same next pair; rank 0 writes.
+Each row of the printed table (and of OUT/metrics.jsonl) is round k: policy k and PPM k measured on held-out problems
+(rounds.py), then round k's search; OUT/policy-k and OUT/ppm-k are the trained pairs, OUT/rounds.png the table drawn
+(with matplotlib). With --lora-rank every model is the one frozen base (in --dtype) with its own float32 adapters,
+and policy-k and ppm-k hold adapters in PEFT's layout (`python -m nanoo1.adapters merge` makes a full checkpoint of
+one). Under torchrun (`torchrun --nproc_per_node N -m nanoo1.evolve ...`; --tiny starts its own, `--procs`) each rank
+searches its share of the problems and of the held-out set; the trees are gathered, and every rank takes its share of
+each training batch, the gradients summed over ranks, so every rank holds the same next pair; rank 0 writes.
 """
 
 from __future__ import annotations
@@ -177,12 +175,10 @@ def finetune_policy(base_model, examples, pad_id: int, config: EvolveConfig, see
 
 def train_ppm(ppm: ProcessPreferenceModel, trees: list[list], pad_id: int, config: EvolveConfig, seed: int = 0,
               progress: bool = False) -> list[float]:
-    """Train the PPM in place with `ppm_pair_loss` (`ppm.fit`) for config.ppm_epochs passes over the trees' pairs
-    (`rounds.ppm_pairs`: a list of (positive ids, negative ids) per tree). A step takes whole trees, as many as
-    hold config.ppm_pairs_per_step pairs on average, and reads each of their paths once: a third fewer
-    sequences than pairs taken one by one, on --tiny's trees."""
-    pairs = sum(map(len, trees))
-    per_step = max(1, round(config.ppm_pairs_per_step * len(trees) / pairs)) if pairs else 1
+    """Train the PPM in place with `ppm_pair_loss` (`ppm.fit`), config.ppm_epochs passes over the trees' pairs
+    (`rounds.ppm_pairs`: (positive ids, negative ids) by tree). A step takes whole trees, as many as hold
+    config.ppm_pairs_per_step pairs on average, and reads each path once (`ppm.pair_batch_loss`)."""
+    per_step = max(1, round(config.ppm_pairs_per_step * len(trees) / max(1, sum(map(len, trees)))))
     return fit(ppm, trees, pair_batch_loss, pad_id, passes(config.ppm_epochs, len(trees), per_step), per_step,
                config.ppm_lr, config.autocast, seed, "ppm", progress, size=len)
 
@@ -204,8 +200,7 @@ class RoundReport:
 
 @dataclass
 class Pool:
-    """What the rounds so far found (token ids): the policy's SFT examples, the PPM's pairs (a list per tree), the
-    ORM's solutions."""
+    """What the rounds so far found (token ids): the policy's SFT examples, the PPM's pairs by tree, the ORM's solutions."""
     examples: list = field(default_factory=list)
     pairs: list = field(default_factory=list)
     outcomes: list = field(default_factory=list)
