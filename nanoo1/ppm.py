@@ -86,11 +86,16 @@ def ppm_scores(ppm: ProcessPreferenceModel, sequences: list[list[int]], pad_id: 
     """PPM scores (N,) of token-id sequences (`ppm_input` of each path), in right-padded batches; a sequence given
     more than once (a step sampled twice, a path under two held-out slips) is scored once."""
     device = ppm.head.weight.device
-    row = {}  # sequence -> its row among the distinct ones
-    where = [row.setdefault(tuple(s), len(row)) for s in sequences]
-    distinct = [list(s) for s in row]
+    distinct, where = _distinct(sequences)
     out = [ppm(*batch_ids(distinct[i:i + batch_size], pad_id, device)) for i in range(0, len(distinct), batch_size)]
     return torch.cat(out).float().cpu()[where] if out else torch.zeros(0)
+
+
+def _distinct(sequences: list[list[int]]) -> tuple[list[list[int]], list[int]]:
+    """(the distinct sequences in first-seen order, each given sequence's index among them)."""
+    row = {}  # sequence -> its index among the distinct ones
+    where = [row.setdefault(tuple(s), len(row)) for s in sequences]
+    return [list(s) for s in row], where
 
 
 def preference_pairs(tree: Tree, per_side: int = 2, usable: Callable[[Node], bool] | None = None) -> list[tuple[Node, Node]]:
@@ -175,12 +180,9 @@ def pair_batch_loss(model: ProcessPreferenceModel, groups: list[list[tuple[list[
     """`ppm_pair_loss` of every (positive ids, negative ids) pair of the groups (lists of pairs: one tree's each,
     `rounds.ppm_pairs`), in one batch that scores each distinct path once: a tree's pairs share paths (each of
     its final-step pairs' two right trajectories meets two wrong ones)."""
-    row = {}  # path -> its row in the batch
-    index = [[row.setdefault(tuple(ids), len(row)) for ids in pair] for group in groups for pair in group]  # (P, 2)
-    ids, mask = batch_ids([list(path) for path in row], pad_id, model.head.weight.device)
-    r = model(ids, mask).float()
-    index = torch.tensor(index, device=r.device)
-    return ppm_pair_loss(r[index[:, 0]], r[index[:, 1]])
+    distinct, where = _distinct([ids for group in groups for pair in group for ids in pair])  # pos, neg, pos, ...
+    r = model(*batch_ids(distinct, pad_id, model.head.weight.device)).float()[where]  # (2P,)
+    return ppm_pair_loss(r[0::2], r[1::2])
 
 
 def outcome_batch_loss(model: ProcessPreferenceModel, examples: list[tuple[list[int], bool]], pad_id: int) -> torch.Tensor:
