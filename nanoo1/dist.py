@@ -80,6 +80,18 @@ def shard(items: list, p: Place) -> list:
     return items[p.rank::p.world]
 
 
+def shard_by_size(sizes: list[float], p: Place) -> list[int]:
+    """The indices of this rank's share of items of these sizes, the ranks' totals balanced: the largest first,
+    each to the rank that holds least so far (the lowest of equals), so items of one size go round as in `shard`."""
+    loads, mine = [0.0] * p.world, []
+    for i in sorted(range(len(sizes)), key=lambda i: -sizes[i]):
+        r = loads.index(min(loads))
+        loads[r] += sizes[i]
+        if r == p.rank:
+            mine.append(i)
+    return sorted(mine)
+
+
 def share(n: int, p: Place) -> int:
     """This rank's part of n items split over the ranks (a step's minibatch): n // world, one more on the first
     n % world ranks, so the parts add up to n when n >= world; below that every rank still takes 1."""

@@ -104,9 +104,11 @@ def preference_pairs(tree: Tree, per_side: int = 2, usable: Callable[[Node], boo
     Per parent: the `per_side` children with the highest Q (`node.value`) among those with a correct answer
     below them (a "success" terminal in their subtree, themselves included), against the `per_side` with the
     lowest Q among those with only wrong endings below ("failure" terminals and no success); every positive
-    is paired with every negative. Siblings of the same text are one step, sampled twice: it reaches what any
-    copy reaches, its Q is the copies' mean weighted by visits, and its first copy stands for it (a step
-    against a copy of itself orders nothing). Children without a value are skipped, and so are those `usable`
+    is paired with every negative. A step is its path's text: sampling writes the same step twice under a
+    parent, and the search grows each copy's subtree apart, so nodes whose paths read the same are one step.
+    It reaches what any of them reaches, its Q is their mean weighted by visits, its first node stands for
+    it, and its children are theirs together (a step against a copy of itself orders nothing, and the pairs
+    under two copies are taken once). Children without a value are skipped, and so are those `usable`
     rejects (rStar: `lambda n: not rstar.step_failed(n.text)`, as its tree holds only steps that ran); ties
     keep the children's order.
     """
@@ -116,12 +118,15 @@ def preference_pairs(tree: Tree, per_side: int = 2, usable: Callable[[Node], boo
         for child in node.children:
             good, bad = good or reach[child.id][0], bad or reach[child.id][1]
         reach[node.id] = (good, bad)
+    path, number = {tree.root.id: 0}, {}  # node id -> its path's number; (the parent's path, text) -> number
+    children = {}  # a path's number -> text -> the valued, usable nodes of that text below it
+    for node in tree.nodes[1:]:  # a parent comes before its children
+        under = path[node.parent.id]
+        path[node.id] = number.setdefault((under, node.text), len(number) + 1)
+        if node.value is not None and (usable is None or usable(node)):
+            children.setdefault(under, {}).setdefault(node.text, []).append(node)
     pairs = []
-    for parent in tree.nodes:
-        copies = {}  # text -> the valued, usable children of that text
-        for c in parent.children:
-            if c.value is not None and (usable is None or usable(c)):
-                copies.setdefault(c.text, []).append(c)
+    for copies in children.values():
         steps = []  # (the first copy, Q, a success below any copy, a failure below any copy)
         for same in copies.values():
             weights = [max(1, c.visits) for c in same]
@@ -137,10 +142,10 @@ def fit(model: ProcessPreferenceModel, items: list, loss_of, pad_id: int, steps:
         bf16: bool = False, seed: int = 0, desc: str = "ppm", progress: bool = False, size=None) -> list[float]:
     """Train a scalar-head model in place on `items`, `per_step` a step in shuffled passes: AdamW, the SFT
     schedule (linear warm-up over a tenth of the steps, cosine decay), gradients clipped to norm 1. A step's
-    items go through `loss_of(model, items, pad_id) -> mean loss` in one batch; under torchrun each rank takes
-    every world-th of them, weighs its mean by its share of the step (of its items, or with `size(item)` of
-    what they hold: a tree's pairs), and the gradients are summed over ranks, so every rank makes the
-    one-process step. Under LoRA the head and the backbone's adapters train. Returns every step's loss; leaves
+    items go through `loss_of(model, items, pad_id) -> mean loss` in one batch; under torchrun the ranks split
+    them by size (`size(item)`, what an item holds: a tree's pairs; 1 each without; `dist.shard_by_size`), each
+    weighs its mean by its share of the step's size, and the gradients are summed over ranks, so every rank
+    makes the one-process step. Under LoRA the head and the backbone's adapters train. Returns every step's loss; leaves
     the model frozen, in eval."""
     from tqdm.auto import tqdm
 
@@ -158,12 +163,13 @@ def fit(model: ProcessPreferenceModel, items: list, loss_of, pad_id: int, steps:
         if len(order) < P:
             order += torch.randperm(len(items), generator=generator).tolist()
         chosen, order = order[:P], order[P:]
-        mine = chosen[place.rank::place.world]
+        sizes = [weigh(items[i]) for i in chosen]
+        mine = [chosen[j] for j in dist.shard_by_size(sizes, place)]
         set_lr(opt, lr_at(step, schedule))
         opt.zero_grad(set_to_none=True)
         loss = torch.zeros((), device=device)
         if mine:
-            share = sum(weigh(items[i]) for i in mine) / sum(weigh(items[i]) for i in chosen)
+            share = sum(weigh(items[i]) for i in mine) / sum(sizes)
             with bf16_autocast(bf16, device):
                 loss = loss_of(model, [items[i] for i in mine], pad_id) * share
             loss.backward()

@@ -40,14 +40,14 @@ def sft_examples(tokenizer, trees: list[Tree], per_problem: int = 2) -> list[tup
 def ppm_pairs(tokenizer, trees: list[Tree]) -> list[list[tuple[list[int], list[int]]]]:
     """The (positive, negative) PPM inputs of each tree's pairs, a list per tree that has any, in tree order: its
     sibling pairs of steps that ran (`ppm.preference_pairs`), then its final-step pairs of whole trajectories
-    (`rstar.final_pairs`) not already among them. A tree's pairs train together (`ppm.pair_batch_loss` reads each
-    path once)."""
+    (`rstar.final_pairs`), each pair of paths once (a final-step pair may be a sibling pair, or read the same as
+    another under a step's copies). A tree's pairs train together (`ppm.pair_batch_loss` reads each path once)."""
     out = []
     for tree in trees:
-        siblings = preference_pairs(tree, usable=lambda node: not step_failed(node.text))
-        pairs = siblings + [pair for pair in final_pairs(tree) if pair not in siblings]
-        if pairs:
-            out.append([(ppm_input(tokenizer, tree.path(p)), ppm_input(tokenizer, tree.path(n))) for p, n in pairs])
+        pairs = preference_pairs(tree, usable=lambda node: not step_failed(node.text)) + final_pairs(tree)
+        encoded = [(ppm_input(tokenizer, tree.path(p)), ppm_input(tokenizer, tree.path(n))) for p, n in pairs]
+        if encoded:
+            out.append(list({(tuple(p), tuple(n)): (p, n) for p, n in encoded}.values()))
     return out
 
 

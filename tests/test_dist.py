@@ -228,6 +228,14 @@ def test_finish_stops_the_process_groups_threads(tmp_path, warmstart):
     assert len(lines) == 2 and not any("gloo" in l for l in lines), lines
 
 
+def test_shard_by_size_balances_the_ranks_totals_and_goes_round_for_equal_sizes():
+    two = [dist.Place(rank, 2) for rank in (0, 1)]
+    assert [dist.shard_by_size([1, 3, 1, 1], p) for p in two] == [[1], [0, 2, 3]]  # 3 against 1 + 1 + 1
+    assert [dist.shard_by_size([2, 2, 1, 1, 1, 1], p) for p in two] == [[0, 2, 4], [1, 3, 5]]
+    assert [dist.shard_by_size([1] * 5, p) for p in two] == [dist.shard(list(range(5)), p) for p in two]
+    assert dist.shard_by_size([1, 4, 2], dist.Place()) == [0, 1, 2]
+
+
 def test_one_process_is_rank_0_of_1_and_untouched():
     assert "WORLD_SIZE" not in os.environ or os.environ["WORLD_SIZE"] == "1"
     p = dist.place()

@@ -336,6 +336,27 @@ def test_preference_pairs_count_siblings_of_the_same_text_as_one_step():
     assert preference_pairs(tree, per_side=1) == [(other, wrong)]
 
 
+def test_preference_pairs_merge_what_grew_under_two_copies_of_a_step():
+    """The search grows each copy of a step apart: below them, the same steps are one step too. Under STEP1's two
+    copies, o ends right and w wrong under the first, and w ends right under the second; w is a positive (a copy
+    of its path reaches a correct answer), so there is no pair below STEP1. And a pair that grew under both copies
+    is taken once."""
+    tree = Tree(MIA.question)
+    first = tree.add(tree.root, "<expansion>", STEP1, value=0.5, visits=2)
+    second = tree.add(tree.root, "<expansion>", STEP1, value=0.5, visits=2)
+    tree.add(first, "<conclusion>", "o", value=1.0, terminal="success")
+    tree.add(first, "<conclusion>", "w", value=-1.0, terminal="failure")
+    tree.add(second, "<conclusion>", "w", value=1.0, terminal="success")
+    assert preference_pairs(tree) == []
+    third = tree.add(tree.root, "<expansion>", "t", value=0.0, visits=2)  # one more step, with a copy of it
+    fourth = tree.add(tree.root, "<expansion>", "t", value=0.0, visits=2)
+    for parent in (third, fourth):
+        tree.add(parent, "<conclusion>", "r", value=1.0, terminal="success")
+        tree.add(parent, "<conclusion>", "x", value=-1.0, terminal="failure")
+    pairs = [(p.text, n.text) for p, n in preference_pairs(tree)]
+    assert pairs == [("r", "x")]  # t and STEP1 are both positives; r against x once
+
+
 def test_preference_pairs_take_no_negative_from_a_step_whose_branch_never_ended():
     """A negative has a failure terminal below it: a valued step with nothing ended below it (u, the lowest Q) is
     neither side, so the one pair is (s, w), as is a step whose only child is unfinished (v)."""
@@ -516,6 +537,11 @@ def test_final_pairs_put_the_best_correct_trajectories_against_the_worst_that_pr
     assert final_pairs(Tree(MIA.question)) == []
     # in evolve's pairs (right, wrong) comes once: it is a sibling pair too; the step that did not run is in none
     ran = preference_pairs(tree, usable=lambda node: not step_failed(node.text))
+    assert [len(pairs) for pairs in ppm_pairs(code_tokenizer, [tree])] == [len(ran) + 1]
+    twin = tree.add(tree.root, "<expansion>", STEP1, value=0.5)  # a copy of s1, a copy of the right answer below it
+    answer(twin, "print(x1 - 3)", 9, 1.0, "success")
+    assert len(final_pairs(tree)) == 4 and len(preference_pairs(tree, usable=lambda n: not step_failed(n.text))) == 2
+    # to final_pairs the copy is a trajectory of its own; in evolve's pairs its two pairs read as right's do
     assert [len(pairs) for pairs in ppm_pairs(code_tokenizer, [tree])] == [len(ran) + 1]
     assert len(ran) < len(preference_pairs(tree))
 
