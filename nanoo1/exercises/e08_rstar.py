@@ -68,8 +68,8 @@ def check_preference_pairs(preference_pairs) -> bool:
     parent, the per_side children with the highest Q (.value) among those with a "success" terminal in their
     subtree (themselves included), each paired with the per_side children with the lowest Q among those whose
     subtree has "failure" terminals and no success. Children without a value are skipped. The pairs are
-    compared as sorted (positive id, negative id). (nanoo1's also counts siblings of the same text as one step;
-    the check's tree has none.)"""
+    compared as sorted (positive id, negative id). (nanoo1's also counts nodes whose paths read the same as one
+    step, a step sampled twice and what grew below its copies; the check's tree has no such copies.)"""
     _callable(preference_pairs, "check_preference_pairs")
 
     def pairs(per_side=None):
