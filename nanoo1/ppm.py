@@ -145,8 +145,8 @@ def fit(model: ProcessPreferenceModel, items: list, loss_of, pad_id: int, steps:
     items go through `loss_of(model, items, pad_id) -> mean loss` in one batch; under torchrun the ranks split
     them by size (`size(item)`, what an item holds: a tree's pairs; 1 each without; `dist.shard_by_size`), each
     weighs its mean by its share of the step's size, and the gradients are summed over ranks, so every rank
-    makes the one-process step. Under LoRA the head and the backbone's adapters train. Returns every step's loss; leaves
-    the model frozen, in eval."""
+    makes the one-process step. Under LoRA the head and the backbone's adapters train. Returns every step's
+    loss; leaves the model frozen, in eval."""
     from tqdm.auto import tqdm
 
     if not items:
@@ -164,12 +164,13 @@ def fit(model: ProcessPreferenceModel, items: list, loss_of, pad_id: int, steps:
             order += torch.randperm(len(items), generator=generator).tolist()
         chosen, order = order[:P], order[P:]
         sizes = [weigh(items[i]) for i in chosen]
-        mine = [chosen[j] for j in dist.shard_by_size(sizes, place)]
+        picked = dist.shard_by_size(sizes, place)  # this rank's positions in `chosen`
+        mine = [chosen[j] for j in picked]
         set_lr(opt, lr_at(step, schedule))
         opt.zero_grad(set_to_none=True)
         loss = torch.zeros((), device=device)
         if mine:
-            share = sum(weigh(items[i]) for i in mine) / sum(sizes)
+            share = sum(sizes[j] for j in picked) / sum(sizes)
             with bf16_autocast(bf16, device):
                 loss = loss_of(model, [items[i] for i in mine], pad_id) * share
             loss.backward()
