@@ -48,19 +48,20 @@ def config_from_dict(d: dict, source: str = "config.json") -> Gemma2Config:
         raise ValueError(f"{source}: expected a JSON object of config keys, got {type(d).__name__}")
     if d.get("model_type") != "gemma2":
         raise ValueError(f"{source}: model_type is {d.get('model_type')!r}, expected 'gemma2'")
+    for key in ("rope_parameters", "rope_scaling"):  # transformers 5's spelling, and the older one of scaling alone
+        rope = d.get(key) or {}
+        if not isinstance(rope, dict):
+            raise ValueError(f"{source}: {key}={rope!r}, expected an object such as {{\"rope_theta\": 10000.0}}")
+        kind = rope.get("rope_type", rope.get("type", "default"))
+        if kind != "default":
+            raise ValueError(f"{source}: {key}.rope_type={kind!r}, only 'default' RoPE is supported")
     rope = d.get("rope_parameters") or {}
-    if not isinstance(rope, dict):
-        raise ValueError(f"{source}: rope_parameters={rope!r}, expected an object such as {{\"rope_theta\": 10000.0}}")
-    if rope.get("rope_type", "default") != "default":
-        raise ValueError(f"{source}: rope_parameters.rope_type={rope['rope_type']!r}, only 'default' RoPE is supported")
     required = ["vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads"]
     for key in required:
         if key not in d:
             raise KeyError(f"{source}: missing key {key!r}")
     kw = {k: d[k] for k in required}
-    width, heads = d["hidden_size"], d["num_attention_heads"]
-    # older files leave head_dim out; when the sizes are not positive integers Gemma2Config names them first
-    kw["head_dim"] = d.get("head_dim", width // heads if type(width) is int and type(heads) is int and heads > 0 else None)
+    kw["head_dim"] = d.get("head_dim", 256)  # a file without it means transformers' default, Gemma2Config(head_dim=256)
     for key in ["query_pre_attn_scalar", "rms_norm_eps", "sliding_window", "max_position_embeddings", "layer_types",
                 "bos_token_id", "eos_token_id", "pad_token_id"]:
         if d.get(key) is not None:
@@ -278,9 +279,10 @@ def save_pretrained(model: Gemma2, tokenizer: Tokenizer | None, directory, max_s
     generation_config.json is copied from beside the file the tokenizer was read from when there is one (a
     checkpoint's stop ids go with it into a fine-tune, as its tokenizer files do), else written from the config.
     Every file is written under a temporary name and renamed, and weight files of an earlier save that
-    the new one does not use are removed only after the new ones are in place. A sharded save removes the
-    earlier index first and writes its own last: a save cut short between shards leaves no index that pairs
-    new shards with old ones of the same names (loading then fails, naming the directory).
+    the new one does not use are removed only after the new ones are in place, an earlier index before the
+    shards it names. A sharded save removes the earlier index first and writes its own last: a save cut short
+    between shards leaves no index that pairs new shards with old ones of the same names (loading then fails,
+    naming the directory).
     """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
@@ -313,12 +315,15 @@ def save_pretrained(model: Gemma2, tokenizer: Tokenizer | None, directory, max_s
         total = sum(t.numel() * t.element_size() for t in state.values())
         weight_map = {k: name for name, shard in zip(names, shards) for k in shard}
         _atomic_json(index, {"metadata": {"total_size": total}, "weight_map": weight_map})
-    for old in directory.glob("model*.safetensors*"):
-        if old.name not in names and (old.name == index.name and len(shards) == 1 or re.fullmatch(r"model(-\d+-of-\d+)?\.safetensors", old.name)):
+    if len(shards) == 1:  # the earlier index before the earlier shards: cut short, the new file still loads
+        index.unlink(missing_ok=True)
+    for old in directory.glob("model*.safetensors"):
+        if old.name not in names and re.fullmatch(r"model(-\d+-of-\d+)?\.safetensors", old.name):
             old.unlink()
     _atomic_json(directory / "config.json", config_to_dict(model.config, dtype))
     c = model.config
-    kept = Path(tokenizer.source).parent / "generation_config.json" if tokenizer is not None else None
+    read = tokenizer is not None and tokenizer.source != "<memory>"  # a tokenizer built in memory has no checkpoint
+    kept = Path(tokenizer.source).parent / "generation_config.json" if read else None
     if kept is not None and kept.is_file():  # the checkpoint's own sampling settings, e.g. -it's two stop ids
         atomic_write(directory / "generation_config.json", kept.read_bytes())
     else:

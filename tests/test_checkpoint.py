@@ -40,8 +40,18 @@ def test_both_config_dialects_read_as_gemma_2_2b():
     assert config_from_dict(new) == Gemma2Config.preset("2b")
     assert config_from_dict({**CONFIG_2024, "rope_theta": 5e5}).rope_theta == 5e5
     assert config_from_dict({**new, "rope_parameters": {"rope_type": "default", "rope_theta": 5e5}}).rope_theta == 5e5
-    # without head_dim, older files mean hidden_size // num_attention_heads: 2304 // 8 = 288
-    assert config_from_dict({k: v for k, v in CONFIG_2024.items() if k != "head_dim"}).head_dim == 288
+    # without head_dim a file means transformers' default, 256 (Gemma2Config(head_dim=256)), not hidden_size // heads
+    from transformers import Gemma2Config as HFConfig
+
+    bare = {k: v for k, v in CONFIG_2024.items() if k != "head_dim"}
+    assert config_from_dict({**bare, "hidden_size": 64}).head_dim == HFConfig(hidden_size=64).head_dim == 256
+    # RoPE scaling is refused in either spelling (rope_scaling is the older one), never run as plain RoPE
+    for key in ("rope_scaling", "rope_parameters"):
+        with pytest.raises(ValueError, match=rf"config.json: {key}.rope_type='linear', only 'default' RoPE"):
+            config_from_dict({**CONFIG_2024, key: {"rope_type": "linear", "factor": 4.0}})
+        assert config_from_dict({**CONFIG_2024, key: None}) == Gemma2Config.preset("2b")
+    with pytest.raises(ValueError, match=r"config.json: rope_scaling.rope_type='dynamic'"):  # the older key, "type"
+        config_from_dict({**CONFIG_2024, "rope_scaling": {"type": "dynamic", "factor": 2.0}})
     # files written by transformers 5 with non-default layer types are honoured
     odd = {**new, "layer_types": ["full_attention"] * 26}
     assert config_from_dict(odd).is_sliding(0) is False
@@ -126,6 +136,27 @@ def test_sharded_save_round_trip_and_stale_files_removed(tmp_path):
         assert torch.equal(again(IDS), model(IDS))
 
 
+def test_a_one_file_save_cut_short_over_a_sharded_one_still_loads(tmp_path, monkeypatch):
+    """The earlier index goes before the earlier shards: a save killed while removing them leaves the new
+    model.safetensors to load, never an index that names a shard already removed."""
+    old, new = random_model(CONFIG, seed=2), random_model(CONFIG, seed=3)
+    save_pretrained(old, None, tmp_path, max_shard_bytes=40_000)
+    real, removed = Path.unlink, []
+
+    def killed_after_one_removal(self, *args, **kwargs):
+        if removed:
+            raise KeyboardInterrupt("killed")
+        removed.append(self.name)
+        real(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "unlink", killed_after_one_removal)
+    with pytest.raises(KeyboardInterrupt):
+        save_pretrained(new, None, tmp_path)
+    monkeypatch.setattr(Path, "unlink", real)
+    loaded, _ = load_pretrained(tmp_path)
+    assert all(torch.equal(a, b) for a, b in zip(new.state_dict().values(), loaded.state_dict().values()))
+
+
 def test_a_sharded_save_cut_short_over_an_earlier_one_never_loads_as_a_mix(tmp_path, monkeypatch):
     import nanoo1.checkpoint as checkpoint
 
@@ -182,6 +213,19 @@ def test_tokenizer_saved_and_loaded(tmp_path, tiny_tokenizer):
     save_pretrained(model, tok, tmp_path / "tuned")
     assert json.loads((tmp_path / "tuned" / "tokenizer_config.json").read_text()) == config
     assert json.loads((tmp_path / "tuned" / "generation_config.json").read_text())["eos_token_id"] == [1, 107]
+
+
+def test_a_tokenizer_read_from_no_file_copies_no_generation_config(tmp_path, tiny_tokenizer, monkeypatch):
+    """A tokenizer built in memory has no checkpoint beside it: the generation config comes from the model's
+    config, not from a generation_config.json that happens to lie in the working directory."""
+    assert tiny_tokenizer.source == "<memory>"
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "generation_config.json").write_text('{"eos_token_id": [1, 107, 999]}')
+    model = random_model(Gemma2Config.preset("tiny"))
+    save_pretrained(model, tiny_tokenizer, tmp_path / "out")
+    written = json.loads((tmp_path / "out" / "generation_config.json").read_text())
+    assert written == {"bos_token_id": model.config.bos_token_id, "eos_token_id": model.config.eos_token_id,
+                       "pad_token_id": model.config.pad_token_id}
 
 
 def test_a_tokenizer_larger_than_the_vocabulary_is_named(tmp_path, tiny_tokenizer):
