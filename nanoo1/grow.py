@@ -129,7 +129,7 @@ class SearchResult:
     path: list[int]  # ids of the chain the answer comes from, root first
     spent: Spent  # tokens spent on this problem
     simulations: int = 0  # MCTS: rounds run
-    successes: int = 0  # MCTS: successful terminals found
+    successes: int = 0  # MCTS: successful paths found (paths that read the same once)
 
 
 def answer_of(node: Node) -> str | None:

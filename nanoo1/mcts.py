@@ -14,7 +14,7 @@ algorithm: selection, backup, rectification and the lockstep loop.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 from nanoo1.grow import LOG_HALF, SearchResult, answer_of, expand, judge, simulate, weighted_vote
@@ -51,7 +51,7 @@ class MCTSConfig:
     selection: str = "puct"  # "puct" (LLaMA-O1) or "uct" (rStar-Math)
     c: float | None = None  # exploration constant; None: 1.4 for puct, 2.0 for uct
     discount: float = 0.9  # a value backed up one level is multiplied by this
-    patient: int = 2  # stop a problem after this many successful terminals
+    patient: int = 2  # stop a problem after this many successful terminals whose paths read differently
     max_depth: int = 8  # a thought this deep that is not a <conclusion> is a failed terminal
     success_threshold: float = LOG_HALF  # without a ground truth, a <conclusion> with value >= this succeeds
     reward_epsilon: float = 1e-6  # rectification: success log 1, failure log reward_epsilon
@@ -145,7 +145,9 @@ def _judge(p, node: Node, config: MCTSConfig, failure_value: float, rejected: bo
     node.terminal = node.terminal or judge(node, p.ground_truth, config.max_depth, config.success_threshold)
     if node.terminal is not None and (p.ground_truth is not None or rejected):
         node.value = config.success_value if node.terminal == "success" else failure_value
-    p.successes += node.terminal == "success"
+    if node.terminal == "success":
+        p.solved.add(tuple(n.text for n in p.tree.path(node)[1:]))
+        p.successes = len(p.solved)
 
 
 @dataclass
@@ -154,7 +156,8 @@ class _Problem:
     ground_truth: str | None
     spent: Spent
     simulations: int = 0
-    successes: int = 0
+    successes: int = 0  # successful paths found, copies once: sampling often writes one solution twice
+    solved: set = field(default_factory=set)  # their texts
 
 
 def mcts(policy, questions: list[str], config: MCTSConfig | None = None,

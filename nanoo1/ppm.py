@@ -109,7 +109,7 @@ def preference_pairs(tree: Tree, per_side: int = 2, usable: Callable[[Node], boo
     It reaches what any of them reaches, its Q is their mean weighted by visits, its first node stands for
     it, and its children are theirs together (a step against a copy of itself orders nothing, and the pairs
     under two copies are taken once). Children without a value are skipped, and so are those `usable`
-    rejects (rStar: `lambda n: not rstar.step_failed(n.text)`, as its tree holds only steps that ran); ties
+    rejects (rStar: `lambda n: rstar.step_ran(n.text)`, as its tree holds only steps that ran); ties
     keep the children's order.
     """
     reach = {}  # node id -> (a success below, a failure below)

@@ -15,7 +15,7 @@ from pathlib import Path
 from nanoo1 import dist
 from nanoo1.ppm import pair_accuracy, preference_pairs
 from nanoo1.rstar import (END_OUTPUT, OUTPUT, RStarConfig, RStarPolicy, best_traces, encode_trace, final_pairs,
-                          format_step, ppm_input, step_failed)
+                          format_step, ppm_input, step_ran)
 from nanoo1.search import SearchConfig, grade, search
 from nanoo1.tasks import Problem
 from nanoo1.thoughts import Tree
@@ -44,7 +44,7 @@ def ppm_pairs(tokenizer, trees: list[Tree]) -> list[list[tuple[list[int], list[i
     another under a step's copies). A tree's pairs train together (`ppm.pair_batch_loss` reads each path once)."""
     out = []
     for tree in trees:
-        pairs = preference_pairs(tree, usable=lambda node: not step_failed(node.text)) + final_pairs(tree)
+        pairs = preference_pairs(tree, usable=lambda node: step_ran(node.text)) + final_pairs(tree)
         encoded = [(ppm_input(tokenizer, tree.path(p)), ppm_input(tokenizer, tree.path(n))) for p, n in pairs]
         if encoded:
             out.append(list({(tuple(p), tuple(n)): (p, n) for p, n in encoded}.values()))

@@ -130,6 +130,12 @@ def step_failed(step: str) -> bool:
     return step.partition(STEP_END)[2].startswith("\n" + ERROR)
 
 
+def step_ran(step: str) -> bool:
+    """Whether a rendered step ran to its end: it is a step (`parse_step`; one cut off at max_step_tokens is
+    not, and nothing ran) and its observation is no error."""
+    return parse_step(step) is not None and not step_failed(step)
+
+
 def joined_program(steps: list[str], code: str) -> str:
     """The code of every step so far that ran, then `code`: the program whose run decides on `code`."""
     kept = [(step, parse_step(step)) for step in steps if not step_failed(step)]
@@ -325,22 +331,32 @@ def pair_batch(tree: Tree, pairs: list[tuple[Node, Node]], tokenizer, device=Non
 # -- self-evolution data -----------------------------------------------------------------------------
 def best_traces(tree: Tree, n: int = 2) -> list[list[Node]]:
     """Up to n root-to-answer paths for policy SFT (rStar-Math sec. 3.4 keeps the top 2 per problem): those
-    ending in a correct answer with every step run and valued, highest mean Q of their steps first."""
+    ending in a correct answer with every step run and valued, highest mean Q of their steps first, each
+    solution once (sampling writes one twice; of paths that read the same, the one of highest mean Q)."""
     paths = [tree.path(node) for node in tree.nodes if node.terminal == "success"]
     paths = [p for p in paths if all(s.value is not None and not step_failed(s.text) for s in p[1:])]
-    return sorted(paths, key=lambda p: -sum(s.value for s in p[1:]) / (len(p) - 1))[:n]
+    return _distinct_paths(sorted(paths, key=lambda p: -sum(s.value for s in p[1:]) / (len(p) - 1)))[:n]
 
 
 def final_pairs(tree: Tree, per_side: int = 2) -> list[tuple[Node, Node]]:
     """(positive, negative) answer steps for the PPM, whole trajectories rather than siblings: rStar-Math
     sec. 3.3 relaxes the sibling rule at the final step, where the same steps rarely end in different
     answers. The `per_side` correct trajectories of `best_traces` against the `per_side` that printed a wrong
-    answer with the lowest mean Q, every step of them run and valued; each positive against each negative."""
+    answer with the lowest mean Q (each once, as there), every step of them run and valued; each positive
+    against each negative."""
     wrong = [tree.path(node) for node in tree.nodes if node.terminal == "failure" and node.meta == "<conclusion>"]
     wrong = [p for p in wrong if _printed(p[-1].text) and all(s.value is not None and not step_failed(s.text)
                                                                for s in p[1:])]
-    wrong = sorted(wrong, key=lambda p: sum(s.value for s in p[1:]) / (len(p) - 1))[:per_side]
+    wrong = _distinct_paths(sorted(wrong, key=lambda p: sum(s.value for s in p[1:]) / (len(p) - 1)))[:per_side]
     return [(pos[-1], neg[-1]) for pos in best_traces(tree, per_side) for neg in wrong]
+
+
+def _distinct_paths(paths: list[list[Node]]) -> list[list[Node]]:
+    """The first of each set of paths whose steps read the same, in order."""
+    first = {}
+    for path in paths:
+        first.setdefault(tuple(node.text for node in path[1:]), path)
+    return list(first.values())
 
 
 def _printed(text: str) -> bool:

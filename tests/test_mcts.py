@@ -260,6 +260,23 @@ def test_mcts_with_rstar_uct_finds_the_correct_path(ground_truths, simulations):
     assert path_key(result.tree.path(result.tree.node(result.path[-1]))) == correct
 
 
+def test_patience_counts_a_solution_sampled_twice_once():
+    """Under A the policy can only write one conclusion, so an expansion of A writes it twice: one solution, not
+    the two that patient = 2 waits for. The search goes on to B's, then stops."""
+    import math
+
+    def script(key):
+        if not key:
+            return [("<expansion>", "A", 0.6), ("<expansion>", "B", 0.4)]
+        return [("<conclusion>", "The answer is \\boxed{9}", 0.9)]
+
+    config = MCTSConfig(simulations=12, num_candidates=2, max_children=2, patient=2, max_depth=4)
+    (result,) = mcts(ScriptedPolicy(script, lambda key: math.log(0.5)), [QUESTION], config, ["9"])
+    a, b = result.tree.root.children
+    assert [c.terminal for c in a.children + b.children] == ["success"] * 4 and a.children[0].text == a.children[1].text
+    assert (result.successes, result.simulations) == (2, 5)
+
+
 def test_checked_terminal_values_and_rectified_path():
     script, value, correct = decoy_script()
     (result,) = mcts(ScriptedPolicy(script, value), [QUESTION], decoy_config(patient=3, simulations=12), ["9"])

@@ -29,8 +29,8 @@ from nanoo1.model import Gemma2, Gemma2Config
 from nanoo1.ppm import (PPM_HEAD, ProcessPreferenceModel, fit, orm_loss, outcome_batch_loss, pair_accuracy, pair_batch_loss,
                         ppm_pair_loss, ppm_scores, preference_pairs, save_scorer)
 from nanoo1.rstar import (RSTAR_TOKENS, STEP_END, CodeStep, RStarConfig, RStarPolicy, best_traces, encode_trace, execute_steps,
-                          final_pairs, format_step, joined_program, pair_batch, parse_step, rstar_prompt, solution_steps,
-                          step_failed, step_reward)
+                          final_pairs, format_step, joined_program, pair_batch, parse_step, ppm_input, rstar_prompt,
+                          solution_steps, step_failed, step_ran, step_reward)
 from nanoo1.rewards import MAX_ANSWER, check, extract_answer
 from nanoo1.sandbox import SandboxResult, run_many
 from nanoo1.search import SearchConfig, search
@@ -503,6 +503,12 @@ def test_best_traces_by_mean_q():
     # b -> b1: (0.9 + 1) / 2 = 0.95;  a -> a1: 0.75;  c -> c1: 0.55
     assert [[n.text for n in p[1:]] for p in best_traces(tree)] == [["b", "b1"], ["a", "a1"]]
     assert len(best_traces(tree, n=5)) == 3
+    # a solution sampled twice is one trace: a copy of b -> b1 (its mean Q 0.85 above a's 0.75) is not the second
+    copy = tree.add(root, "<expansion>", "b", value=0.7)
+    tree.add(copy, "<conclusion>", "b1", value=1.0, terminal="success")
+    assert [[n.text for n in p[1:]] for p in best_traces(tree)] == [["b", "b1"], ["a", "a1"]]
+    assert best_traces(tree)[0][1] is root.children[1]  # the copy of the higher mean Q stands for it
+    assert len(best_traces(tree, n=5)) == 3
 
 
 def test_paths_are_ranked_by_mean_q_not_its_sum():
@@ -540,10 +546,27 @@ def test_final_pairs_put_the_best_correct_trajectories_against_the_worst_that_pr
     assert [len(pairs) for pairs in ppm_pairs(code_tokenizer, [tree])] == [len(ran) + 1]
     twin = tree.add(tree.root, "<expansion>", STEP1, value=0.5)  # a copy of s1, a copy of the right answer below it
     answer(twin, "print(x1 - 3)", 9, 1.0, "success")
-    assert len(final_pairs(tree)) == 4 and len(preference_pairs(tree, usable=lambda n: not step_failed(n.text))) == 2
-    # to final_pairs the copy is a trajectory of its own; in evolve's pairs its two pairs read as right's do
+    assert final_pairs(tree) == [(right, wrong2), (right, wrong)]  # the copy of the right trajectory is no other
+    assert len(preference_pairs(tree, usable=lambda n: not step_failed(n.text))) == 2
+    wrong3 = answer(tree.add(tree.root, "<expansion>", WRONG1, value=-0.5), "print(x1 - 3)", 10, -1.0, "failure")
+    assert wrong3.text == wrong2.text and final_pairs(tree) == [(right, wrong2), (right, wrong)]  # nor of a wrong one
     assert [len(pairs) for pairs in ppm_pairs(code_tokenizer, [tree])] == [len(ran) + 1]
     assert len(ran) < len(preference_pairs(tree))
+
+
+def test_ppm_pairs_take_no_step_that_was_cut_off_before_it_ran(code_tokenizer):
+    """A step cut off at max_step_tokens (no STEP_END) never ran: it is no step of rStar's tree, so no negative,
+    though its Q (a failure at once, -1) is the lowest of its siblings."""
+    tree = Tree(MIA.question)
+    cut = "# Step 1: She buys 5 more.\nx1 = 7 +"
+    assert not step_ran(cut) and step_ran(STEP1) and not step_ran(STEP1 + "\n<error>NameError: y</error>")
+    right, wrong = tree.add(tree.root, "<expansion>", STEP1, value=0.5), tree.add(tree.root, "<expansion>", WRONG1, value=-0.5)
+    tree.add(right, "<conclusion>", STEP3, value=1.0, terminal="success")
+    tree.add(wrong, "<conclusion>", STEP3, value=-1.0, terminal="failure")
+    tree.add(tree.root, "<expansion>", cut, value=-1.0, terminal="failure")
+    assert [n.text for _, n in preference_pairs(tree)] == [cut, WRONG1]  # the plain rule takes it
+    (pairs,) = ppm_pairs(code_tokenizer, [tree])
+    assert pairs == [(ppm_input(code_tokenizer, tree.path(right)), ppm_input(code_tokenizer, tree.path(wrong)))]
 
 
 def test_final_pairs_take_no_negative_without_a_wrong_printed_answer_or_with_an_unvalued_step():
@@ -719,12 +742,12 @@ def test_trained_policy_keeps_its_steps_and_mcts_finds_the_answer(mia_model, cod
     assert beam.answer == "9" and beam.tree.node(beam.path[-1]).text == STEP3 + "\n<output>9</output>"
     # rStar's MCTS: UCT (c = 2), terminal rewards +1 / -1, no discount, the checker. Simulation 1 expands the
     # root, 2 its first child, 3 its second (UCT tries every child once), 4 reaches step 3: two identical
-    # correct answers, and patient = 1 stops the search
+    # correct answers, one solution, and patient = 1 stops the search
     config = MCTSConfig(selection="uct", c=2.0, num_candidates=2, max_children=2, simulations=8, patient=1, max_depth=16,
                         discount=1.0, success_value=1.0, failure_value=-1.0)
     (result,) = mcts(policy, [MIA.question], config, ["9"])
     final = result.tree.node(result.path[-1])
-    assert (result.simulations, result.successes, result.answer, final.value) == (4, 2, "9", 1.0)
+    assert (result.simulations, result.successes, result.answer, final.value) == (4, 1, "9", 1.0)
     assert [n.text for n in result.tree.path(final)[1:]] == [STEP1, STEP2, STEP3 + "\n<output>9</output>"]
 
 
@@ -769,7 +792,7 @@ def test_sft_examples_are_the_top_two_traces_with_masks(code_tokenizer):
     w1 = _chain(tree, tree.root, [WRONG1], [0.9])
     alt = "# Step 2: She gives 3 to Leo.\nx2 = x1 - 4\n" + STEP_END      # 13 - 4 = 9 by luck: correct, mean Q 0.967
     _chain(tree, w1, [alt, FINAL9], [1.0, 1.0], "success")
-    _chain(tree, tree.root, [STEP1, STEP2, FINAL9], [-0.5, 0.0, 1.0], "success")  # mean Q 0.167: third, dropped
+    _chain(tree, tree.root, [STEP1, STEP2, FINAL9], [-0.5, 0.0, 1.0], "success")  # mean Q 0.167: a copy of the second
     _chain(tree, tree.root, [WRONG1, STEP2], [-1.0, -1.0], "failure")
     examples = sft_examples(code_tokenizer, [tree, Tree(MIA.question)])  # a tree without answers adds nothing
     expected = [encode_trace(code_tokenizer, MIA.question, steps) for steps in ([WRONG1, alt, FINAL9], [STEP1, STEP2, FINAL9])]
@@ -778,7 +801,7 @@ def test_sft_examples_are_the_top_two_traces_with_masks(code_tokenizer):
     assert code_tokenizer.decode([i for i, m in zip(ids, mask) if m]) == STEP1 + STEP2 + STEP3  # the model's own tokens
     assert code_tokenizer.decode([i for i, m in zip(ids, mask) if not m]) == (
         "<bos>" + MIA.question + "\n" + "\n\n" + "\n<output>9</output>\n")  # question, newlines, observation
-    assert len(sft_examples(code_tokenizer, [tree], per_problem=5)) == 3
+    assert len(sft_examples(code_tokenizer, [tree], per_problem=5)) == 2  # the copy is no third trace
 
 
 def _pair_tree():
