@@ -13,7 +13,7 @@ One round (Guan et al. 2025, sec. 3.4):
      terminal-guided (rStar-Math's rounds 1 and 2, whose PPM-r1 is not yet reliable); from round `guided_from`
      on (default 2, the paper's round 3) PPM k's score is also a new step's value (PPM-augmented MCTS).
   2. Coverage: the share of those problems whose tree holds a correct answer (the paper's Table 2).
-  3. Policy k+1: the base model fine-tuned on the top-2 correct traces per problem by mean Q
+  3. Policy k+1: the base model fine-tuned on the top-2 distinct correct traces per problem by mean Q
      (`rstar.best_traces`) of every round so far, the loss on the steps the model wrote (`rstar.encode_trace`),
      for `sft_epochs` passes. Like the paper, every round starts again from the base: the data grows and
      the fine-tune never compounds on its own drift.
@@ -73,7 +73,7 @@ class EvolveConfig:
     max_step_tokens: int = 64  # a step longer than this is invalid (the tiny task's longest is 53 tokens)
     max_rows: int = 0  # at most this many candidate steps in one generate call (0: no limit): bounds the KV cache
     #                    of a large model searching many problems in lockstep (e.g. 32 for gemma-2-2b on 16 GB)
-    patient: int = 2  # a problem's search stops after this many correct answers (the two traces kept)
+    patient: int = 2  # a problem's search stops after this many distinct correct answers (the two traces kept)
     retry_simulations: int = 32  # each problem left unsolved is searched again in a fresh tree of this many; 0: never
     guided_from: int = 2  # the first round whose search PPM k guides, valuing new steps (rStar-Math: round 3 of 4;
     #                       earlier rounds are terminal-guided); --tiny's 2 rounds never are
@@ -253,7 +253,8 @@ def run(config: EvolveConfig, model, data=TINY_DIR / "train.jsonl", test_data=TI
         lora.apply(base, config.seed)
     drawn = draw_rounds(load_jsonl(data), config, str(data))
     test = load_jsonl(test_data)
-    prepare_out(out, overwrite, OUT_FILES, resumable=False, clear=main)  # once the inputs are read: a base may be in it
+    prepare_out(out, overwrite, OUT_FILES, resumable=False, clear=main,  # once the inputs are read: a base may be in it
+                base=str(model) if lora is not None and lora.rank else None)
     held_out = test[: config.eval_problems]
     held_out_pairs = slip_pairs(tokenizer, test[config.eval_problems:][: config.pair_problems], config.seed)
     if main:

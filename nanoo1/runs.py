@@ -130,16 +130,24 @@ def load_trainer_state(ckpt: Path, place: Place = Place()) -> dict:
 RUN_FILES = ("metrics.jsonl", "latest", "summary.json", "final", "iter-*")  # what a self-play run writes in OUT
 
 
-def prepare_out(out: Path, overwrite: bool, files=RUN_FILES, resumable: bool = True, clear: bool = True) -> None:
+def prepare_out(out: Path, overwrite: bool, files=RUN_FILES, resumable: bool = True, clear: bool = True,
+                base: str | None = None) -> None:
     """Refuse to start a run over another one, one of whose `files` (glob patterns) `out` holds (resume it, or say
     --overwrite); with overwrite and `clear`, delete them and make `out`. `clear` False only checks. A file at
-    `out` or above it is a NotADirectoryError."""
+    `out` or above it is a NotADirectoryError. `base`: a LoRA run's base model, which the run reads again after
+    set-up (its adapters name it; resuming and merging load it): one that lies in what would be cleared is
+    refused (a FileExistsError), where a full fine-tune reads its start once and may clear it."""
     check_directory(out)
     found = [p for pattern in files for p in sorted(out.glob(pattern))]
     if found and not overwrite:
         resume = f"--resume {out} continues it, " if resumable else ""
         raise FileExistsError(f"{out} holds another run ({found[0].name}); {resume}--out DIR starts elsewhere, "
                               "--overwrite replaces it")
+    where = Path(base).resolve() if base is not None else None
+    for p in found if where is not None else ():
+        if where == p.resolve() or p.resolve() in where.parents:
+            raise FileExistsError(f"the base model {base} lies in {p}, which --overwrite clears, and a LoRA run "
+                                  f"reads its base again (its adapters name it): copy the base out of {out} first")
     if clear:
         for p in found:
             shutil.rmtree(p) if p.is_dir() else p.unlink()

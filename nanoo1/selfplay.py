@@ -131,8 +131,8 @@ def run(config: SelfPlayConfig, resume: str | None = None, from_scratch: bool = 
                 raise ValueError(f"{out / 'summary.json'}: not the summary of a finished run ({e})") from e
     train, test = load_problems(config)
     progress = progress and place.main
-    if not resume and place.main:
-        prepare_out(out, overwrite, clear=False)  # refused before any work, cleared once the model is read
+    if not resume and place.main:  # refused before any work, cleared once the model is read
+        prepare_out(out, overwrite, clear=False, base=config.run.warmstart if config.lora.rank else None)
     seed = dist.rank_seed(config.run.seed, place.rank)  # this rank's generators (rank 0: the run seed)
     torch.manual_seed(seed)
     rng = random.Random(seed)

@@ -443,6 +443,33 @@ def test_a_new_run_never_overwrites_another_unless_told(tmp_path, warmstart):
     assert default_out(apply_flags(PRESETS["tiny"], {"algo": "grpo"})) != default_out(PRESETS["tiny"])
 
 
+def test_overwrite_never_clears_the_base_of_a_lora_run(tmp_path, warmstart):
+    """A LoRA run reads its base again after set-up (its adapters name it), so --model OUT/final --overwrite is
+    refused before anything is cleared; a full fine-tune reads its start once and may replace it."""
+    import shutil
+
+    from nanoo1.runs import prepare_out
+
+    shutil.copytree(warmstart, tmp_path / "run" / "final")
+    config = small(tmp_path / "run", tmp_path / "run" / "final", lora_rank=4)
+    with pytest.raises(FileExistsError, match=r"the base model .*final lies in .*final, which --overwrite clears"):
+        run(config, progress=False, overwrite=True)
+    assert (tmp_path / "run" / "final" / "model.safetensors").exists()
+    from nanoo1.evolve import EvolveConfig, run as evolve
+    from nanoo1.recipe import LoRASettings
+
+    shutil.copytree(warmstart, tmp_path / "ev" / "policy-2")  # evolve's policy of an earlier run as the base
+    with pytest.raises(FileExistsError, match=r"lies in .*policy-2, which --overwrite clears"):
+        evolve(EvolveConfig(out=str(tmp_path / "ev")), str(tmp_path / "ev" / "policy-2"), lora=LoRASettings(rank=4),
+               overwrite=True)
+    assert (tmp_path / "ev" / "policy-2" / "model.safetensors").exists()
+    with pytest.raises(FileExistsError, match="copy the base out of"):  # a path inside, spelt otherwise
+        prepare_out(tmp_path / "run", True, ("final",), base=str(tmp_path / "run" / "final" / "."))
+    prepare_out(tmp_path / "run", True, ("final",), clear=False, base=str(tmp_path / "elsewhere"))
+    prepare_out(tmp_path / "run", True, ("final",), base=None)  # full fine-tuning: cleared
+    assert not (tmp_path / "run" / "final").exists()
+
+
 def test_tiny_grpo_starts_from_elastic_reasonings_warm_start(monkeypatch):
     import nanoo1.selfplay as selfplay
     from nanoo1.warmstart import THINK_DIR, WARMSTART_DIR
