@@ -144,10 +144,10 @@ def prepare_out(out: Path, overwrite: bool, files=RUN_FILES, resumable: bool = T
         raise FileExistsError(f"{out} holds another run ({found[0].name}); {resume}--out DIR starts elsewhere, "
                               "--overwrite replaces it")
     where = Path(base).resolve() if base is not None else None
-    for p in found if where is not None else ():
-        if where == p.resolve() or p.resolve() in where.parents:
-            raise FileExistsError(f"the base model {base} lies in {p}, which --overwrite clears, and a LoRA run "
-                                  f"reads its base again (its adapters name it): copy the base out of {out} first")
+    holding = [p for p in found if where is not None and (where == p.resolve() or p.resolve() in where.parents)]
+    if holding:
+        raise FileExistsError(f"the base model {base} lies in {holding[0]}, which --overwrite clears, and a LoRA run "
+                              f"reads its base again (its adapters name it): copy the base out of {out} first")
     if clear:
         for p in found:
             shutil.rmtree(p) if p.is_dir() else p.unlink()
