@@ -1014,15 +1014,21 @@ def test_a_run_with_lora_dropout_repeats_whatever_torchs_global_generator_held(c
     adapters = []
     for seed in (1, 2):
         torch.manual_seed(seed)  # what the process happened to hold
-        if seed == 2:  # a run over the first, from its own policy-1: read before --overwrite clears it
-            shutil.copytree(tmp_path / "base", tmp_path / "2" / "policy-1")
+        if seed == 2:  # a run over another, its base inside OUT where --overwrite clears nothing
+            shutil.copytree(tmp_path / "base", tmp_path / "2" / "base")
             (tmp_path / "2" / "metrics.jsonl").write_text("{}\n")
         config = EvolveConfig(simulations=8, rounds=1, problems=3, eval_problems=1, pair_problems=1, beam=0,
                               sft_epochs=2, ppm_epochs=1, bf16=False, out=str(tmp_path / str(seed)))
-        run(config, tmp_path / ("base" if seed == 1 else "2/policy-1"), tmp_path / "train.jsonl",
+        run(config, tmp_path / ("base" if seed == 1 else "2/base"), tmp_path / "train.jsonl",
             tmp_path / "test.jsonl", lora=LoRASettings(rank=2, dropout=0.5), overwrite=True)
         adapters.append((tmp_path / str(seed) / "policy-1" / "adapter_model.safetensors").read_bytes())
     assert adapters[0] == adapters[1]
+    # a full fine-tune reads its start once, before --overwrite clears it: an earlier run's policy-1 may be the start
+    shutil.copytree(tmp_path / "base", tmp_path / "3" / "policy-1")
+    run(replace(config, out=str(tmp_path / "3")), tmp_path / "3" / "policy-1", tmp_path / "train.jsonl",
+        tmp_path / "test.jsonl", overwrite=True)
+    tuned = (tmp_path / "3" / "policy-1" / "model.safetensors").read_bytes()
+    assert tuned != (tmp_path / "base" / "model.safetensors").read_bytes()
 
 
 def test_evolve_on_a_checkpoint_takes_the_gpu_when_there_is_one_and_tiny_the_cpu(monkeypatch, capsys):
