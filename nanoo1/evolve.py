@@ -14,11 +14,11 @@ One round (Guan et al. 2025, sec. 3.4):
      on (default 2, the paper's round 3) PPM k's score is also a new step's value (PPM-augmented MCTS).
   2. Coverage: the share of those problems whose tree holds a correct answer (the paper's Table 2).
   3. Policy k+1: the base model fine-tuned on the top-2 distinct correct traces per problem by mean Q
-     (`rstar.best_traces`) of every round so far, the loss on the steps the model wrote (`rstar.encode_trace`),
+     (`rounds.best_traces`) of every round so far, the loss on the steps the model wrote (`rstar.encode_trace`),
      for `sft_epochs` passes. Like the paper, every round starts again from the base: the data grows and
      the fine-tune never compounds on its own drift.
   4. PPM k+1: policy k+1's decoder with a scalar head, trained with `ppm.ppm_pair_loss` on the pairs of every
-     tree so far: sibling steps (`ppm.preference_pairs`) and at the last step whole trajectories (`rstar.final_pairs`).
+     tree so far: sibling steps (`ppm.preference_pairs`) and at the last step whole trajectories (`rounds.final_pairs`).
 The README gives the measurements behind these choices.
 
 Each row of the printed table (and of OUT/metrics.jsonl) is round k: policy k and PPM k measured on held-out problems

@@ -14,11 +14,11 @@ from pathlib import Path
 
 from nanoo1 import dist
 from nanoo1.ppm import pair_accuracy, preference_pairs
-from nanoo1.rstar import (END_OUTPUT, OUTPUT, RStarConfig, RStarPolicy, best_traces, encode_trace, final_pairs,
-                          format_step, ppm_input, step_ran)
+from nanoo1.rstar import (END_OUTPUT, FINAL, OUTPUT, RStarConfig, RStarPolicy, encode_trace, format_step, parse_step,
+                          ppm_input, step_failed, step_ran)
 from nanoo1.search import SearchConfig, grade, search
 from nanoo1.tasks import Problem
-from nanoo1.thoughts import Tree
+from nanoo1.thoughts import Node, Tree
 
 COLUMNS = ["round", "coverage", "greedy", "ppm_search", "pair_acc", "traces", "pairs", "tokens", "seconds"]
 
@@ -40,7 +40,7 @@ def sft_examples(tokenizer, trees: list[Tree], per_problem: int = 2) -> list[tup
 def ppm_pairs(tokenizer, trees: list[Tree]) -> list[list[tuple[list[int], list[int]]]]:
     """The (positive, negative) PPM inputs of each tree's pairs, a list per tree that has any, in tree order: its
     sibling pairs of steps that ran (`ppm.preference_pairs`), then its final-step pairs of whole trajectories
-    (`rstar.final_pairs`), each pair of paths once (a final-step pair may be a sibling pair, or read the same as
+    (`final_pairs`), each pair of paths once (a final-step pair may be a sibling pair, or read the same as
     another under a step's copies). A tree's pairs train together (`ppm.pair_batch_loss` reads each path once)."""
     out = []
     for tree in trees:
@@ -49,6 +49,42 @@ def ppm_pairs(tokenizer, trees: list[Tree]) -> list[list[tuple[list[int], list[i
         if encoded:
             out.append(list({(tuple(p), tuple(n)): (p, n) for p, n in encoded}.values()))
     return out
+
+
+def best_traces(tree: Tree, n: int = 2) -> list[list[Node]]:
+    """Up to n root-to-answer paths for policy SFT (rStar-Math sec. 3.4 keeps the top 2 per problem): those
+    ending in a correct answer with every step run and valued, highest mean Q of their steps first, each
+    solution once (sampling writes one twice; of paths that read the same, the one of highest mean Q)."""
+    paths = [tree.path(node) for node in tree.nodes if node.terminal == "success"]
+    paths = [p for p in paths if all(s.value is not None and not step_failed(s.text) for s in p[1:])]
+    return _distinct_paths(sorted(paths, key=lambda p: -sum(s.value for s in p[1:]) / (len(p) - 1)))[:n]
+
+
+def final_pairs(tree: Tree, per_side: int = 2) -> list[tuple[Node, Node]]:
+    """(positive, negative) answer steps for the PPM, whole trajectories rather than siblings: rStar-Math
+    sec. 3.3 relaxes the sibling rule at the final step, where the same steps rarely end in different
+    answers. The `per_side` correct trajectories of `best_traces` against the `per_side` that printed a wrong
+    answer with the lowest mean Q (each once, as there), every step of them run and valued; each positive
+    against each negative."""
+    wrong = [tree.path(node) for node in tree.nodes if node.terminal == "failure" and node.meta == "<conclusion>"]
+    wrong = [p for p in wrong if _printed(p[-1].text) and all(s.value is not None and not step_failed(s.text)
+                                                               for s in p[1:])]
+    wrong = _distinct_paths(sorted(wrong, key=lambda p: sum(s.value for s in p[1:]) / (len(p) - 1)))[:per_side]
+    return [(pos[-1], neg[-1]) for pos in best_traces(tree, per_side) for neg in wrong]
+
+
+def _distinct_paths(paths: list[list[Node]]) -> list[list[Node]]:
+    """The first of each set of paths whose steps read the same, in order."""
+    first = {}
+    for path in paths:
+        first.setdefault(tuple(node.text for node in path[1:]), path)
+    return list(first.values())
+
+
+def _printed(text: str) -> bool:
+    """Whether a step's code prints (an answer step) and it ran to an output."""
+    parsed = parse_step(text)
+    return parsed is not None and bool(FINAL.search(parsed[1])) and OUTPUT in text
 
 
 # -- the held-out measurements --------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""rStar-Math: code-augmented reasoning steps, the process preference model, self-evolution data.
+"""rStar-Math: code-augmented reasoning steps, judged by running them, and the policy that writes them.
 
 Guan et al. 2025, "rStar-Math: Small LLMs Can Master Math Reasoning with Self-Evolved Deep Thinking".
 A solution is a Python program written one step at a time: a comment line of reasoning, code, the step
@@ -326,40 +326,3 @@ def pair_batch(tree: Tree, pairs: list[tuple[Node, Node]], tokenizer, device=Non
     so `r = ppm(ids, mask); ppm_pair_loss(r[:P], r[P:])` is one training step's loss."""
     nodes = [p for p, _ in pairs] + [n for _, n in pairs]
     return batch_ids([ppm_input(tokenizer, tree.path(node)) for node in nodes], tokenizer.pad_id, device)
-
-
-# -- self-evolution data -----------------------------------------------------------------------------
-def best_traces(tree: Tree, n: int = 2) -> list[list[Node]]:
-    """Up to n root-to-answer paths for policy SFT (rStar-Math sec. 3.4 keeps the top 2 per problem): those
-    ending in a correct answer with every step run and valued, highest mean Q of their steps first, each
-    solution once (sampling writes one twice; of paths that read the same, the one of highest mean Q)."""
-    paths = [tree.path(node) for node in tree.nodes if node.terminal == "success"]
-    paths = [p for p in paths if all(s.value is not None and not step_failed(s.text) for s in p[1:])]
-    return _distinct_paths(sorted(paths, key=lambda p: -sum(s.value for s in p[1:]) / (len(p) - 1)))[:n]
-
-
-def final_pairs(tree: Tree, per_side: int = 2) -> list[tuple[Node, Node]]:
-    """(positive, negative) answer steps for the PPM, whole trajectories rather than siblings: rStar-Math
-    sec. 3.3 relaxes the sibling rule at the final step, where the same steps rarely end in different
-    answers. The `per_side` correct trajectories of `best_traces` against the `per_side` that printed a wrong
-    answer with the lowest mean Q (each once, as there), every step of them run and valued; each positive
-    against each negative."""
-    wrong = [tree.path(node) for node in tree.nodes if node.terminal == "failure" and node.meta == "<conclusion>"]
-    wrong = [p for p in wrong if _printed(p[-1].text) and all(s.value is not None and not step_failed(s.text)
-                                                               for s in p[1:])]
-    wrong = _distinct_paths(sorted(wrong, key=lambda p: sum(s.value for s in p[1:]) / (len(p) - 1)))[:per_side]
-    return [(pos[-1], neg[-1]) for pos in best_traces(tree, per_side) for neg in wrong]
-
-
-def _distinct_paths(paths: list[list[Node]]) -> list[list[Node]]:
-    """The first of each set of paths whose steps read the same, in order."""
-    first = {}
-    for path in paths:
-        first.setdefault(tuple(node.text for node in path[1:]), path)
-    return list(first.values())
-
-
-def _printed(text: str) -> bool:
-    """Whether a step's code prints (an answer step) and it ran to an output."""
-    parsed = parse_step(text)
-    return parsed is not None and bool(FINAL.search(parsed[1])) and OUTPUT in text

@@ -24,13 +24,13 @@ from nanoo1.grow import answer_of, expand
 from nanoo1.mcts import MCTSConfig, mcts
 from nanoo1.policy import Request
 from nanoo1.recipe import LoRASettings
-from nanoo1.rounds import coverage, draw_rounds, ppm_pairs, sft_examples, slip_pairs
+from nanoo1.rounds import best_traces, coverage, draw_rounds, final_pairs, ppm_pairs, sft_examples, slip_pairs
 from nanoo1.model import Gemma2, Gemma2Config
 from nanoo1.ppm import (PPM_HEAD, ProcessPreferenceModel, fit, orm_loss, outcome_batch_loss, pair_accuracy, pair_batch_loss,
                         ppm_pair_loss, ppm_scores, preference_pairs, save_scorer)
-from nanoo1.rstar import (RSTAR_TOKENS, STEP_END, CodeStep, RStarConfig, RStarPolicy, best_traces, encode_trace, execute_steps,
-                          final_pairs, format_step, joined_program, pair_batch, parse_step, ppm_input, rstar_prompt,
-                          solution_steps, step_failed, step_ran, step_reward)
+from nanoo1.rstar import (RSTAR_TOKENS, STEP_END, CodeStep, RStarConfig, RStarPolicy, encode_trace, execute_steps, format_step,
+                          joined_program, pair_batch, parse_step, ppm_input, rstar_prompt, solution_steps, step_failed,
+                          step_ran, step_reward)
 from nanoo1.rewards import MAX_ANSWER, check, extract_answer
 from nanoo1.sandbox import SandboxResult, run_many
 from nanoo1.search import SearchConfig, search
