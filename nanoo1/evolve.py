@@ -237,7 +237,7 @@ def run(config: EvolveConfig, model, data=TINY_DIR / "train.jsonl", test_data=TI
         progress: bool = False, lora: LoRASettings | None = None, overwrite: bool = False) -> list[dict]:
     """config.rounds rounds from the base checkpoint `model` (with `lora.rank` > 0: frozen, with adapters);
     prints the table, returns its rows (metrics.jsonl). An out directory that holds another run's files is
-    refused, or with `overwrite` cleared (`runs.prepare_out`).
+    refused, or with `overwrite` cleared once the inputs are read (`runs.prepare_out`: a base may lie in it).
 
     Row k: held-out accuracy of policy k, greedy and by beam search scored by PPM k, PPM k's accuracy on the
     held-out pairs, then round k's search (coverage, traces, pairs, tokens); the last row only evaluates the
@@ -253,8 +253,7 @@ def run(config: EvolveConfig, model, data=TINY_DIR / "train.jsonl", test_data=TI
         lora.apply(base, config.seed)
     drawn = draw_rounds(load_jsonl(data), config, str(data))
     test = load_jsonl(test_data)
-    prepare_out(out, overwrite, OUT_FILES, resumable=False, clear=main,  # once the inputs are read: a base may be in it
-                base=str(model) if lora is not None and lora.rank else None)
+    prepare_out(out, overwrite, OUT_FILES, resumable=False, clear=main, base=str(model) if lora and lora.rank else None)
     held_out = test[: config.eval_problems]
     held_out_pairs = slip_pairs(tokenizer, test[config.eval_problems:][: config.pair_problems], config.seed)
     if main:
