@@ -147,7 +147,6 @@ def _judge(p, node: Node, config: MCTSConfig, failure_value: float, rejected: bo
         node.value = config.success_value if node.terminal == "success" else failure_value
     if node.terminal == "success":
         p.solved.add(tuple(n.text for n in p.tree.path(node)[1:]))
-        p.successes = len(p.solved)
 
 
 @dataclass
@@ -156,8 +155,7 @@ class _Problem:
     ground_truth: str | None
     spent: Spent
     simulations: int = 0
-    successes: int = 0  # successful paths found, copies once: sampling often writes one solution twice
-    solved: set = field(default_factory=set)  # their texts
+    solved: set = field(default_factory=set)  # texts of the successful paths found; a solution sampled twice is one
 
 
 def mcts(policy, questions: list[str], config: MCTSConfig | None = None,
@@ -176,7 +174,7 @@ def mcts(policy, questions: list[str], config: MCTSConfig | None = None,
     failure_value = math.log(config.reward_epsilon) if config.failure_value is None else config.failure_value
     problems = [_Problem(Tree(q), t, Spent()) for q, t in zip(questions, truths)]
     for _ in range(config.simulations):
-        live = [p for p in problems if p.successes < config.patient]
+        live = [p for p in problems if len(p.solved) < config.patient]
         if not live:
             break
         jobs = []
@@ -235,5 +233,5 @@ def mcts(policy, questions: list[str], config: MCTSConfig | None = None,
             ends = [n for n in p.tree.nodes if answer_of(n) is not None]
             best = weighted_vote([answer_of(n) for n in ends], [math.exp(n.value or 0.0) for n in ends])
             path = path if best is None else p.tree.path(ends[best])
-        results.append(SearchResult("mcts", answer_of(path[-1]), p.tree, [n.id for n in path], p.spent, p.simulations, p.successes))
+        results.append(SearchResult("mcts", answer_of(path[-1]), p.tree, [n.id for n in path], p.spent, p.simulations, len(p.solved)))
     return results
