@@ -53,30 +53,29 @@ def ppm_pairs(tokenizer, trees: list[Tree]) -> list[list[tuple[list[int], list[i
 
 def best_traces(tree: Tree, n: int = 2) -> list[list[Node]]:
     """Up to n root-to-answer paths for policy SFT (rStar-Math sec. 3.4 keeps the top 2 per problem): those
-    ending in a correct answer with every step run and valued, highest mean Q of their steps first, each
-    solution once (sampling writes one twice; of paths that read the same, the one of highest mean Q)."""
-    paths = [tree.path(node) for node in tree.nodes if node.terminal == "success"]
-    paths = [p for p in paths if all(s.value is not None and not step_failed(s.text) for s in p[1:])]
-    return _distinct_paths(sorted(paths, key=lambda p: -sum(s.value for s in p[1:]) / (len(p) - 1)))[:n]
+    ending in a correct answer, highest mean Q first, each solution once (`_ranked_paths`)."""
+    return _ranked_paths(tree, lambda node: node.terminal == "success", highest=True)[:n]
 
 
 def final_pairs(tree: Tree, per_side: int = 2) -> list[tuple[Node, Node]]:
     """(positive, negative) answer steps for the PPM, whole trajectories rather than siblings: rStar-Math
     sec. 3.3 relaxes the sibling rule at the final step, where the same steps rarely end in different
     answers. The `per_side` correct trajectories of `best_traces` against the `per_side` that printed a wrong
-    answer with the lowest mean Q (each once, as there), every step of them run and valued; each positive
-    against each negative."""
-    wrong = [tree.path(node) for node in tree.nodes if node.terminal == "failure" and node.meta == "<conclusion>"]
-    wrong = [p for p in wrong if _printed(p[-1].text) and all(s.value is not None and not step_failed(s.text)
-                                                               for s in p[1:])]
-    wrong = _distinct_paths(sorted(wrong, key=lambda p: sum(s.value for s in p[1:]) / (len(p) - 1)))[:per_side]
+    answer with the lowest mean Q (`_ranked_paths`, as there); each positive against each negative."""
+    printed_wrong = lambda node: node.terminal == "failure" and node.meta == "<conclusion>" and _printed(node.text)
+    wrong = _ranked_paths(tree, printed_wrong, highest=False)[:per_side]
     return [(pos[-1], neg[-1]) for pos in best_traces(tree, per_side) for neg in wrong]
 
 
-def _distinct_paths(paths: list[list[Node]]) -> list[list[Node]]:
-    """The first of each set of paths whose steps read the same, in order."""
+def _ranked_paths(tree: Tree, ends, highest: bool) -> list[list[Node]]:
+    """The root-to-node paths of the nodes `ends` accepts whose every step ran and is valued, by the mean Q of
+    their steps (highest or lowest first, ties in tree order), each once: of paths that read the same (a
+    solution sampled twice), the first."""
+    paths = [tree.path(node) for node in tree.nodes if ends(node)]
+    paths = [p for p in paths if all(s.value is not None and not step_failed(s.text) for s in p[1:])]
+    sign = -1 if highest else 1
     first = {}
-    for path in paths:
+    for path in sorted(paths, key=lambda p: sign * sum(s.value for s in p[1:]) / (len(p) - 1)):
         first.setdefault(tuple(node.text for node in path[1:]), path)
     return list(first.values())
 
