@@ -57,13 +57,15 @@ SUPERVISOR = Path(__file__).with_name("supervise.py")  # run as a script, not im
 
 @dataclass
 class SandboxResult:
-    stdout: str          # the first `output_bytes` bytes it printed (stdout and stderr), decoded as UTF-8
-    truncated: bool      # True when it printed more; it was then stopped ("OutputLimit")
+    stdout: str          # the first `output_bytes` bytes it printed to stdout, decoded as UTF-8
+    truncated: bool      # True when it wrote more to stdout or to stderr; past output_bytes of stdout, or far
+                         # past them of stderr, it was stopped ("OutputLimit")
     error: str | None    # None on success, else an exception name ("ZeroDivisionError"), "SyntaxError",
                          # "SystemExit" (non-zero code), "Timeout", "OutputLimit", "Signal SIGSEGV",
                          # "SandboxError" (the sandbox itself could not run it)
     message: str         # the exception's message ("division by zero"), the exit code, or what limit was hit
     seconds: float       # wall-clock time of the whole run
+    stderr: str = ""     # the first `output_bytes` bytes it wrote to stderr (warnings; not its exception: error)
 
     @property
     def ok(self) -> bool:
@@ -76,7 +78,8 @@ def run_python(code: str, **limits) -> SandboxResult:
     limits (run_many's):
     timeout: wall-clock seconds before the program and everything it started is killed ("Timeout").
     memory_mb: address-space limit; past it allocations fail with MemoryError.
-    output_bytes: stdout kept; a program that prints more is stopped ("OutputLimit", truncated=True).
+    output_bytes: stdout kept, and stderr kept; a program that prints more to stdout is stopped ("OutputLimit",
+        truncated=True), as is one that writes to stderr 32 KiB more than that (less: truncated, not stopped).
     file_mb: disk the program may fill in its directory, all files together (each file alone where the
         kernel layers are missing; see the module docstring).
     audit_hook, namespaces: False leaves out the Python-level tripwire, or the private namespaces (as on a

@@ -23,6 +23,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 
+REPORT_ROOM = 1 << 15  # bytes past output_bytes kept of a child's stderr pipe, for the report that ends it
+
+
 def clean_env(workdir: str) -> dict:
     # nothing of the caller's environment (keys, tokens, paths) reaches the program; one BLAS thread,
     # since the program may start none
@@ -48,6 +51,13 @@ def _outcome(returncode: int, report: bytes, stopped: str | None, timeout: float
     if returncode != 0:  # left through os._exit, or its report was lost
         return "SystemExit", str(returncode)
     return None, ""
+
+
+def _stderr(report: bytes) -> bytes:
+    """What the program wrote to stderr: its report pipe's bytes before the child's report, the last line (all
+    of them when there is no report: the program was killed)."""
+    body, _, last = bytes(report).rstrip(b"\n").rpartition(b"\n")
+    return body if last.startswith(b'{"error": ') else bytes(report)
 
 
 def signal_name(number: int) -> str:
@@ -108,12 +118,12 @@ class _Run:
     index: int
     pid: int
     out_fd: int  # the read end of its stdout pipe
-    open_fds: set  # the read ends of its stdout and report pipes not yet closed (their numbers get reused)
+    open_fds: set  # the read ends of its stdout and stderr pipes not yet closed (their numbers get reused)
     workdir: str
     start: float
     deadline: float
     out: bytearray = field(default_factory=bytearray)
-    report: bytearray = field(default_factory=bytearray)
+    report: bytearray = field(default_factory=bytearray)  # its stderr, then the child's report on the last line
     stopped: str | None = None  # "Timeout" or "OutputLimit" once it is to be killed
 
 
@@ -162,14 +172,14 @@ def _supervise(config: str) -> None:
             left = min(run.deadline for run in running.values()) - time.monotonic()
             for key, _ in sel.select(max(0.0, min(left, 0.005) if waiting else left)):
                 run = key.data
-                buffer = run.out if key.fd == run.out_fd else run.report
+                buffer, most = (run.out, cap) if key.fd == run.out_fd else (run.report, cap + REPORT_ROOM)
                 size = len(buffer)
                 buffer.extend(os.read(key.fd, 1 << 16))  # read into its buffer: no copy left in this frame
-                if len(buffer) == size or len(buffer) > cap:  # closed, or more than we keep
+                if len(buffer) == size or len(buffer) > most:  # closed, or more than we keep
                     sel.unregister(key.fd)
                     os.close(key.fd)
                     run.open_fds.discard(key.fd)
-                if len(run.out) > cap:
+                if len(buffer) > most:
                     run.stopped = run.stopped or "OutputLimit"  # reading on would only let it burn its time
             for run in list(running.values()):
                 if run.stopped is None and time.monotonic() >= run.deadline:
@@ -200,15 +210,17 @@ def _supervise(config: str) -> None:
 def _result(run: _Run, status: int, timeout: float, cap: int) -> dict:
     """The result of a reaped run, as a JSON-ready dict; its buffers are emptied, so no later child finds them."""
     error, message = _outcome(os.waitstatus_to_exitcode(status), run.report, run.stopped, timeout, cap)
-    result = {"index": run.index, "stdout": run.out[:cap].decode("utf-8", "replace"), "truncated": len(run.out) > cap,
-              "error": error, "message": message, "seconds": time.monotonic() - run.start}
+    err = _stderr(run.report)
+    result = {"index": run.index, "stdout": run.out[:cap].decode("utf-8", "replace"),
+              "truncated": len(run.out) > cap or len(err) > cap, "error": error, "message": message,
+              "seconds": time.monotonic() - run.start, "stderr": err[:cap].decode("utf-8", "replace")}
     run.out.clear()
     run.report.clear()
     return result
 
 
 def _fork(index: int, code: str, tempdir: str, timeout: float, child: dict, confine, sel, forget) -> _Run:
-    """Fork the child that runs `code` in a fresh directory: stdin /dev/null, stdout and a report pipe, a
+    """Fork the child that runs `code` in a fresh directory: stdin /dev/null, a stdout and a stderr pipe, a
     session of its own, a scrubbed environment, no other file descriptor, nothing of the other programs
     (`forget`); register its pipes in `sel`."""
     start = time.monotonic()
@@ -228,7 +240,7 @@ def _fork(index: int, code: str, tempdir: str, timeout: float, child: dict, conf
             null = os.open(os.devnull, os.O_RDONLY)
             os.dup2(null, 0)
             os.dup2(out_w, 1)
-            os.dup2(report_w, 2)  # stderr: the report
+            os.dup2(report_w, 2)  # stderr, then the child's report
             os.closerange(3, os.sysconf("SC_OPEN_MAX"))  # none of the supervisor's or the caller's files
             os.chdir(workdir)
             os.environ.clear()
@@ -247,8 +259,7 @@ def _fork(index: int, code: str, tempdir: str, timeout: float, child: dict, conf
 def _child_main(cfg: dict, confine) -> None:
     """In the forked child: confine this process (confine.py), run main.py, report how it ended on stderr."""
     workdir = os.path.realpath(os.getcwd())
-    report = os.fdopen(os.dup(2), "w")  # a private copy of the report pipe ...
-    os.dup2(1, 2)                       # ... so that the program's stderr joins its (capped) stdout
+    report = os.fdopen(os.dup(2), "w")  # a private copy of the stderr pipe, for the report after the program
     try:
         source = Path("main.py").read_text("utf-8")
         confine.confine(workdir, **cfg)
@@ -267,10 +278,11 @@ def _child_main(cfg: dict, confine) -> None:
     except BaseException as e:
         error, message = type(e).__name__, _text(e)
     namespace.clear()  # free what the program built (a memory bomb) before writing the report
-    try:
-        sys.stdout.flush()
-    except Exception:
-        pass
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except Exception:
+            pass
     report.write("\n" + json.dumps({"error": error, "message": message[:2000]}) + "\n")
     report.flush()
     os._exit(0 if error is None else 1)  # no interpreter shutdown: the program's atexit handlers do not run

@@ -194,6 +194,14 @@ def test_an_answer_printed_after_a_long_output_is_read_from_the_step_text():
     assert len(step.text) < 400 and step_reward(step, "9") == 1.0 and check(step.text, "9")
 
 
+def test_what_a_step_writes_to_stderr_is_neither_its_observation_nor_its_answer():
+    """A warning written after the answer was printed (to stderr) is left out of the step's text, so the answer
+    is the printed one."""
+    (step,) = execute_steps([[STEP1]], ["# Step 2: x\nimport warnings\nprint(x1 - 3)\nwarnings.warn('w')\n" + STEP_END],
+                            RStarConfig())
+    assert step.status == "answer" and step.answer == "9" and step.text.endswith("<output>9</output>")
+
+
 def test_the_program_cache_keeps_small_runs_only():
     cache = {}
     small, large = "# Step 2: x\nprint(x1 - 3)\n" + STEP_END, "# Step 2: x\nprint('9' * 5000)\n" + STEP_END

@@ -245,9 +245,14 @@ def test_numpy_and_sympy_import_under_the_limits():
     assert r.stdout.splitlines() == ["5", "{2: 3, 3: 2, 5: 1}"]  # 2*3 - 1*1 = 5; 360 = 2^3 3^2 5
 
 
-def test_stderr_joins_stdout():
-    r = run_python("import sys\nprint('out')\nprint('err', file=sys.stderr)")
-    assert r.stdout == "out\nerr\n"
+def test_stderr_is_kept_apart_from_stdout():
+    """What a program writes to stderr (print(file=sys.stderr), a warning after its answer) is its own field, so
+    the last line it printed is still the last line of stdout; its exception is error and message, not stderr."""
+    r = run_python("import sys, warnings\nprint('out')\nprint('err', file=sys.stderr)\nwarnings.warn('late')")
+    assert (r.ok, r.stdout, r.stderr.splitlines()[0]) == (True, "out\n", "err") and "UserWarning: late" in r.stderr
+    r = run_python("import sys\nsys.stderr.write('no newline')\nprint(1)\n1 / 0")
+    assert (r.stdout, r.stderr, r.error) == ("1\n", "no newline", "ZeroDivisionError")
+    assert run_python("print(2)").stderr == ""
 
 
 def test_fresh_working_directory_is_removed():
@@ -350,7 +355,7 @@ def test_its_directory_and_environment():
 
 
 def test_a_program_starts_with_only_its_standard_files():
-    """The program holds stdin (/dev/null), stdout and stderr (one pipe) and its report (fd 3), nothing more: no
+    """The program holds stdin (/dev/null), stdout, stderr and its report (fd 3), nothing more: no
     descriptor left open by the supervisor, nor by its own confinement (Landlock's ruleset and paths)."""
     code = ("import os\nfds = []\nfor fd in range(64):\n    try:\n        os.fstat(fd)\n        fds.append(fd)\n"
             "    except OSError:\n        pass\nprint(fds, os.path.samestat(os.fstat(0), os.stat(os.devnull)))")
@@ -754,7 +759,7 @@ def test_gigabyte_of_output():
     r = hostile("import sys\nchunk = 'x' * (1 << 20)\nfor _ in range(1024):\n    sys.stdout.write(chunk)")
     assert (r.error, r.truncated, r.stdout) == ("OutputLimit", True, "x" * (64 * 1024))
     r = hostile("import os\nfor _ in range(1024):\n    os.write(2, b'y' * (1 << 20))")  # raw stderr too
-    assert (r.error, r.truncated, len(r.stdout)) == ("OutputLimit", True, 64 * 1024)
+    assert (r.error, r.truncated, r.stdout, r.stderr) == ("OutputLimit", True, "", "y" * (64 * 1024))
 
 
 def test_writing_outside_its_directory(hook, tmp_path):
