@@ -10,7 +10,8 @@ an interpreter (about 10 ms against 60 to 90), and rStar's search is not bound b
 
   process  forked by the supervisor into a new temporary directory, a scrubbed environment, no inherited
            file descriptors, a session of its own; at the deadline its process group is killed, and the
-           directory is removed however deep or unreadable the program made it
+           directory is removed however deep or unreadable the program made it (by the caller, with the
+           batch's, when the supervisor was killed: the caller interrupted)
   limits   wall clock, CPU time, memory, output, disk
   confine  (confine.py) rlimits; on Linux a private tmpfs and IPC namespace, Landlock, seccomp, no
            capabilities; a Python audit hook that turns refusals into clear errors
@@ -41,6 +42,7 @@ The supervisor dies with the caller and each child with the supervisor (parent-d
 """
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -50,7 +52,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from nanoo1.supervise import clean_env, signal_name
+from nanoo1.supervise import _remove, clean_env, signal_name
 
 SUPERVISOR = Path(__file__).with_name("supervise.py")  # run as a script, not imported, by `run_many`
 
@@ -84,7 +86,8 @@ def run_python(code: str, **limits) -> SandboxResult:
         kernel layers are missing; see the module docstring).
     audit_hook, namespaces: False leaves out the Python-level tripwire, or the private namespaces (as on a
         system that refuses them), to test the layers that remain.
-    Raises ValueError for a limit that is not positive, OSError on a system that is not POSIX.
+    Raises ValueError for a limit that is not a positive number (a whole one but for the timeout), OSError on a
+    system that is not POSIX.
     """
     return run_many([code], workers=1, **limits)[0]
 
@@ -102,8 +105,9 @@ def run_many(codes, *, workers: int | None = None, timeout: float = 5.0, memory_
         raise OSError(f"nanoo1.sandbox needs Linux or macOS, not {sys.platform!r}")
     for name, value in [("timeout", timeout), ("memory_mb", memory_mb), ("output_bytes", output_bytes),
                         ("file_mb", file_mb)]:
-        if not value > 0:
-            raise ValueError(f"sandbox: {name} must be > 0, got {value!r}")
+        kind = (int, float) if name == "timeout" else int  # sizes are whole numbers, the timeout finite
+        if isinstance(value, bool) or not isinstance(value, kind) or not 0 < value < math.inf:
+            raise ValueError(f"sandbox: {name} must be a finite number > 0{', whole' if kind is int else ''}, got {value!r}")
     codes = list(codes)
     if not codes:
         return []
@@ -113,7 +117,12 @@ def run_many(codes, *, workers: int | None = None, timeout: float = 5.0, memory_
               "tempdir": tempfile.gettempdir(), "confine": str(SUPERVISOR.with_name("confine.py"))}
     start, answers, why = time.monotonic(), {}, "the supervisor returned no result for it"
     try:
-        answers, why = _batch(codes, config)
+        # the programs' directories go in one of the batch's, removed here whatever became of the supervisor
+        config["tempdir"] = tempfile.mkdtemp(prefix="nanoo1-sandbox-", dir=config["tempdir"])
+        try:
+            answers, why = _batch(codes, config)
+        finally:
+            _remove(config["tempdir"])
     except Exception as e:  # the sandbox failed (no processes left, a directory it cannot make): results still
         why = f"{type(e).__name__}: {e}"
     return [answers.get(i) or SandboxResult("", False, "SandboxError", why, time.monotonic() - start)

@@ -11,6 +11,7 @@ import contextlib
 import ctypes
 import errno
 import functools
+import math
 import os
 import re
 import shutil
@@ -344,10 +345,10 @@ def test_no_inherited_file_descriptors():
 
 
 def test_its_directory_and_environment():
-    """The program's directory is a new one in the caller's temporary directory; HOME and TMPDIR name it (the one
-    place it may write: libraries put their caches and temporary files there), PATH is the system's default, and
-    BLAS libraries are told to use one thread (the program may start none)."""
-    code = ("import os\nprint(os.path.dirname(os.getcwd()))\n"
+    """The program's directory is a new one in its batch's, a new one in the caller's temporary directory; HOME and
+    TMPDIR name it (the one place it may write: libraries put their caches and temporary files there), PATH is the
+    system's default, and BLAS libraries are told to use one thread (the program may start none)."""
+    code = ("import os\nprint(os.path.dirname(os.path.dirname(os.getcwd())))\n"
             "print(*(os.path.realpath(os.environ[name]) == os.getcwd() for name in ('HOME', 'TMPDIR')))\n"
             "print(os.environ['PATH'], *(os.environ[f'{lib}_NUM_THREADS'] for lib in ('OMP', 'OPENBLAS', 'MKL')))")
     r = run_python(code)
@@ -455,6 +456,33 @@ def test_limits_are_checked():
         run_python("print(1)", output_bytes=0)
     with pytest.raises(ValueError, match="file_mb"):  # a tmpfs of size 0 would be one without a limit
         run_python("print(1)", file_mb=0)
+    for bad in [{"memory_mb": 256.5}, {"file_mb": 0.5}, {"memory_mb": True}, {"timeout": math.inf},
+                {"timeout": math.nan}, {"timeout": "1"}]:  # refused before any program runs, the limit named
+        with pytest.raises(ValueError, match=f"{next(iter(bad))} must be a finite number > 0"):
+            run_python("print(1)", **bad)
+
+
+@pytest.mark.skipif(not LINUX, reason="finds the sandbox's processes in /proc")
+def test_a_batch_interrupted_by_its_caller_leaves_no_directory():
+    """Ctrl-C (any exception) in the caller kills the supervisor before it could remove its programs' directories,
+    each holding the program: the caller removes them, as they lie in one directory of the batch's."""
+    dirs_before = workdirs()
+
+    def interrupt(*_):
+        raise KeyboardInterrupt
+
+    old = signal.signal(signal.SIGALRM, interrupt)
+    signal.setitimer(signal.ITIMER_REAL, 1.0)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            run_many(["import time\ntime.sleep(30)"] * 4, workers=2, timeout=20)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+    deadline = time.monotonic() + 2
+    while sandbox_processes() and time.monotonic() < deadline:  # the programs die with their supervisor
+        time.sleep(0.02)
+    assert workdirs() - dirs_before == set() and sandbox_processes() == []
 
 
 def test_pool_keeps_order_and_runs_in_parallel():
@@ -809,7 +837,7 @@ def test_reading_outside_through_a_directory_fd(hook, tmp_path):
         "dir_fd": f"fd = os.open({str(outside)!r}, os.O_RDONLY); os.read(os.open('secret.txt', 0, dir_fd=fd), 99)",
         "O_PATH": f"fd = os.open({str(outside)!r}, os.O_PATH); os.read(os.open('secret.txt', 0, dir_fd=fd), 99)",
         "listdir": f"os.listdir({str(outside)!r})",
-        "dotdot": f"open(os.path.join(os.getcwd(), '..', {os.path.relpath(secret, tempfile.gettempdir())!r})).read()",
+        "dotdot": f"open(os.path.join(os.getcwd(), '..', '..', {os.path.relpath(secret, tempfile.gettempdir())!r})).read()",
         "home": "os.listdir(os.path.expanduser('~root'))",
     }
     code = attempt_each(attempts)
