@@ -14,8 +14,8 @@ from pathlib import Path
 
 from nanoo1 import dist
 from nanoo1.ppm import pair_accuracy, preference_pairs
-from nanoo1.rstar import (END_OUTPUT, FINAL, OUTPUT, RStarConfig, RStarPolicy, encode_trace, format_step, parse_step,
-                          ppm_input, step_failed, step_ran)
+from nanoo1.rstar import (END_OUTPUT, OUTPUT, RStarConfig, RStarPolicy, encode_trace, format_step, parse_step,
+                          ppm_input, prints, step_failed, step_ran)
 from nanoo1.search import SearchConfig, grade, search
 from nanoo1.tasks import Problem
 from nanoo1.thoughts import Node, Tree
@@ -83,7 +83,7 @@ def _ranked_paths(tree: Tree, ends, highest: bool) -> list[list[Node]]:
 def _printed(text: str) -> bool:
     """Whether a step's code prints (an answer step) and it ran to an output."""
     parsed = parse_step(text)
-    return parsed is not None and bool(FINAL.search(parsed[1])) and OUTPUT in text
+    return parsed is not None and prints(parsed[1]) and OUTPUT in text
 
 
 # -- the held-out measurements --------------------------------------------------------------------------

@@ -30,6 +30,7 @@ the search policy (policy.py's propose / evaluate interface) with the PPM as the
 
 from __future__ import annotations
 
+import ast
 import math
 import re
 from dataclasses import dataclass
@@ -48,7 +49,6 @@ from nanoo1.tokenizer import CODE_TOKENS
 
 RSTAR_TOKENS = CODE_TOKENS  # one token each in a tokenizer trained with tokenizer.SPECIAL_TOKENS
 STEP_END, OUTPUT, END_OUTPUT, ERROR, END_ERROR = CODE_TOKENS
-FINAL = re.compile(r"\bprint\s*\(")  # a step whose code prints is the last one
 CACHED_CHARS = 4096  # execute_steps keeps runs that printed at most this much: 16k programs a round stay under 64 MB
 
 
@@ -125,6 +125,16 @@ def parse_step(generated: str) -> tuple[str, str] | None:
     return (lines[0].lstrip("#").strip(), code) if code.strip() else None
 
 
+def prints(code: str) -> bool:
+    """Whether a step's code calls `print`, which makes it the last step: a call in its syntax tree, so a "print("
+    in a comment or a string is none. Code that does not parse alone (a step inside an earlier one's block) is
+    read as text."""
+    try:
+        return any(isinstance(n, ast.Call) and getattr(n.func, "id", None) == "print" for n in ast.walk(ast.parse(code)))
+    except Exception:  # SyntaxError; ValueError (a null byte); RecursionError, MemoryError (deep nesting)
+        return re.search(r"\bprint\s*\(", code) is not None
+
+
 def step_failed(step: str) -> bool:
     """Whether a rendered step did not run: its observation is an error."""
     return step.partition(STEP_END)[2].startswith("\n" + ERROR)
@@ -187,7 +197,7 @@ def judge_step(steps: list[str], generated: str, result: SandboxResult | None, c
     out = result.stdout.strip()
     if out:
         text += f"\n{OUTPUT}{_clip(out, config.max_output_chars, last_line=True)}{END_OUTPUT}"
-    if FINAL.search(parsed[1]):  # the answer is read from the text, as every search and judge reads it
+    if prints(parsed[1]):  # the answer is read from the text, as every search and judge reads it
         return CodeStep(text, "answer", extract_answer(text) if out else None)
     return CodeStep(text, "depth" if deep else "ok")
 

@@ -202,6 +202,15 @@ def test_what_a_step_writes_to_stderr_is_neither_its_observation_nor_its_answer(
     assert step.status == "answer" and step.answer == "9" and step.text.endswith("<output>9</output>")
 
 
+def test_a_step_is_final_when_its_code_calls_print_not_when_its_text_says_print():
+    """`print(` in a comment or a string makes no final step (it ran, so it is kept and the branch goes on); a
+    call of print, written any way, does."""
+    generated = ["# Step 2: x\nx2 = x1 - 3  # print(x2) in the next step\n" + STEP_END,
+                 "# Step 2: x\nx2 = 'print(x1)'\n" + STEP_END, "# Step 2: x\nprint (x1 - 3)\n" + STEP_END]
+    steps = execute_steps([[STEP1]] * 3, generated, RStarConfig())
+    assert [(s.status, s.answer) for s in steps] == [("ok", None), ("ok", None), ("answer", "9")]
+
+
 def test_the_program_cache_keeps_small_runs_only():
     cache = {}
     small, large = "# Step 2: x\nprint(x1 - 3)\n" + STEP_END, "# Step 2: x\nprint('9' * 5000)\n" + STEP_END
