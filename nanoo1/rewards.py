@@ -103,17 +103,22 @@ def extract_answer(text: str) -> str | None:
     1. `\\boxed{...}` (nested braces allowed): its content;
     2. a GSM8K `#### ...` line: the rest of the line;
     3. "answer is ..." / "answer: ...": the first number on the rest of its line, or on the next line
-       with text when nothing follows on its own (else the words up to the end of the sentence);
-       "answer isn't" states none, nor does "answer is:" with nothing after it;
+       with text when nothing follows on its own (else the words up to the end of the sentence); the
+       statement up to the end of its clause when it is worth another value ("20 + 5 = 25", "2^{10}",
+       "1 1/2 cups"); "answer isn't" states none, nor does "answer is:" with nothing after it;
     4. the last number anywhere: "1,234", "-3.5", "3/4", "\\frac{3}{4}".
-    A number keeps its percent sign ("50%"). A trailing period is dropped. `parse_number` turns the result
-    into a value. Linear in the text.
+    A number keeps its percent sign ("50%"). A trailing period is dropped. A `\\boxed{` left open after the
+    last complete box states none (the response was cut off inside its answer). `parse_number` turns the
+    result into a value. Linear in the text.
     """
     if not text:
         return None
     output = _last_output(text)
     if output is not None:
         return _trim(output.strip().rpartition("\n")[2])
+    opened = text.rfind("\\boxed")
+    if opened >= 0 and _BOX_OPEN.match(text, opened) and last_boxed(text[opened:]) is None:
+        return None
     boxed = last_boxed(text)
     if boxed is not None and boxed.strip():
         return _trim(boxed)
@@ -127,6 +132,10 @@ def extract_answer(text: str) -> str | None:
         end = text.find("\n", stated.end())
         line = text[stated.end():end if end >= 0 else len(text)]
         number = _NUMBER.search(_clean(line, percent=True))
+        clause = _trim(re.split(r"[.,;]\s", line, maxsplit=1)[0]) or ""
+        value = parse_number(clause)  # "16 - 3 - 4 = 9 eggs" is 9, where its first number is 16
+        if value is not None and (number is None or parse_number(number.group(0)) != value):
+            return clause
         return number.group(0).strip() if number else _trim(line.split(". ")[0])
     return _last_number(text)
 
@@ -192,7 +201,7 @@ def _reference_answer(ground_truth) -> str | None:
     if isinstance(ground_truth, (int, float, Fraction)):
         if isinstance(ground_truth, float) and not math.isfinite(ground_truth):
             return None
-        value = Fraction(ground_truth)
+        value = Fraction(repr(ground_truth) if isinstance(ground_truth, float) else ground_truth)  # 0.1 is 1/10
         if max(value.numerator.bit_length(), value.denominator.bit_length()) > 4 * MAX_ANSWER:
             return None  # too long to write out (and to be a number parse_number reads)
         return str(value)  # exact, and never in scientific notation

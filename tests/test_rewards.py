@@ -38,7 +38,14 @@ from nanoo1.rewards import (check, cosine_length_reward, extract_answer, format_
     ("Answer:\n**18**", "18"),
     ("The answer is 5. Later the answer is:  \n", "5"),  # "answer is:" with nothing after it states nothing
     ("3 + 4 = 7. The answer is:", "7"),
-    (r"so \boxed{12", "12"),  # an unclosed box is no box, but 12 is still the last number
+    (r"so \boxed{12", None),  # a box left open: the response was cut off inside its answer (it may be 125)
+    (r"First \boxed{5}, then \boxed{12", None),  # even after a complete one
+    (r"\boxed{5} is not \boxed 6", "5"),  # "\boxed" opening no brace is no box
+    ("So the answer is 20 + 5 = 25.", "20 + 5 = 25"),  # the statement's value, not its first number
+    ("The answer is 16 - 3 - 4 = 9 eggs, as she ate 3.", "16 - 3 - 4 = 9 eggs"),
+    ("The answer is 2^{10}.", "2^{10}"),
+    ("The answer is 1 1/2 cups; she has 3 left.", "1 1/2 cups"),
+    ("The answer is 12 inches, 3 more than 9.", "12"),  # worth its first number: the number, as before
 ])
 def test_extract_answer(text, answer):
     assert extract_answer(text) == answer
@@ -77,6 +84,12 @@ def test_normalize_answer_gives_voting_keys():
     (r"\boxed{72}", 72, True),
     ("The answer is 5", r"so \boxed{5}", True),  # a boxed ground truth
     ("The answer is 0.1", 0.1, True),  # a float ground truth: within 1e-6 of 1/10
+    ("1/3", 0.333333, True),  # a float ground truth is the decimal written (exactly 1e-6 from 1/3), not its binary
+    ("So the answer is 20 + 5 = 25.", 25, True),
+    ("The answer is 16 - 3 - 4 = 9 eggs.", "9", True),
+    ("The answer is 3 \\times 10^5.", 300000, True),
+    ("The answer is 1.234 \\times 10^3.", 1234, True),
+    ("The answer is 20 + 5 = 25.", 20, False),
     ("2", Fraction(4, 2), True),
     (r"\boxed{\frac{1}{2}}", "0.5", True),
     ("0.5", r"\frac{1}{2}", True),
