@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import inspect
+import math
 import re
 from dataclasses import asdict, fields, is_dataclass, replace
 
@@ -161,7 +162,8 @@ def from_dict(config_cls, d, source: str):
 
 
 def check_settings(settings, positive=(), non_negative=(), fraction=(), choices=None) -> None:
-    """Raise ValueError naming the first field outside its range: > 0, >= 0, in [0, 1], or among choices."""
+    """Raise ValueError naming the first field outside its range: finite and > 0, finite and >= 0, in [0, 1], or
+    among choices."""
     def fail(f: str, what: str):
         raise ValueError(f"{type(settings).__name__}: {flag(getattr(settings, 'flag_prefix', '') + f)} {what}")
 
@@ -171,6 +173,9 @@ def check_settings(settings, positive=(), non_negative=(), fraction=(), choices=
     for f in non_negative:
         if not getattr(settings, f) >= 0:
             fail(f, f"must be >= 0, got {getattr(settings, f)!r}")
+    for f in (*positive, *non_negative):
+        if getattr(settings, f) == math.inf:
+            fail(f, "must be finite, got inf")
     for f in fraction:
         if not 0 <= getattr(settings, f) <= 1:
             fail(f, f"must lie in [0, 1], got {getattr(settings, f)!r}")

@@ -114,6 +114,9 @@ class GRPOSettings:
     grpo_minibatch: int = 256  # GRPO: rollouts per optimizer step (of those in groups whose rewards differ), all ranks'
 
     def __post_init__(self):
+        if self.group_size < 2:  # a group of one has no baseline: its advantage is 0 and it never trains
+            raise ValueError(f"GRPOSettings: --group-size must be at least 2 (a rollout is judged against its "
+                             f"group's others), got {self.group_size!r}")
         check_settings(self, positive=("group_size", "think_budget", "solution_budget", "ngram", "grpo_lr",
                                        "grpo_temperature", "rounds", "epochs", "grpo_minibatch"), non_negative=("kl_beta",),
                        choices={"loss_type": LOSS_TYPES, "reward": ("correct", "cosine")})

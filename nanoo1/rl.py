@@ -112,7 +112,9 @@ def grpo_advantages(rewards, group_size: int | None = None, scale_std: bool = Tr
 
     A_i = (r_i - mean(r_group)) / (std(r_group) + eps), std with Bessel's correction as in TRL;
     scale_std=False gives Dr. GRPO's A_i = r_i - mean(r_group) (Liu et al. 2025). `rewards` is
-    (num_groups, G), or flat (num_groups * G,) with `group_size` G. A group of one gets advantage 0.
+    (num_groups, G), or flat (num_groups * G,) with `group_size` G. A group whose rewards are all equal (a
+    group of one too) gets advantage exactly 0, though the float mean of equal rewards may miss them by a
+    rounding step, so a caller can leave such groups out by `adv != 0`.
     """
     flat = rewards.dim() == 1
     if flat:
@@ -125,6 +127,7 @@ def grpo_advantages(rewards, group_size: int | None = None, scale_std: bool = Tr
     grouped = grouped if grouped.is_floating_point() else grouped.float()
     G = grouped.shape[1]
     adv = grouped - grouped.mean(dim=1, keepdim=True)  # (num_groups, G)
+    adv = adv.masked_fill((grouped == grouped[:, :1]).all(dim=1, keepdim=True), 0.0)
     if scale_std:
         adv = adv / (grouped.std(dim=1, keepdim=True, correction=1 if G > 1 else 0) + eps)
     return adv.reshape(-1) if flat else adv

@@ -181,6 +181,16 @@ def test_grpo_advantages_hand_computed():
         grpo_advantages(torch.zeros(6), group_size=4)
 
 
+def test_a_group_of_equal_float_rewards_gets_advantage_exactly_zero():
+    """The float32 mean of eight rewards of 0.3 (a cosine reward) is 0.3 less a rounding step; unguarded, the
+    group got advantages of 3e-8 (Dr. GRPO) or, divided by std + eps, of 3e-4, and `adv != 0` kept it."""
+    rewards = torch.tensor([[0.3] * 8, [0.1] * 8, [0.7] * 4 + [0.0] * 4])
+    assert rewards[0].mean() != rewards[0, 0]  # the rounding the guard is for
+    for scale_std in (True, False):
+        adv = grpo_advantages(rewards, scale_std=scale_std)
+        assert torch.equal(adv[:2], torch.zeros(2, 8)) and (adv[2] != 0).all()
+
+
 # ----------------------------------------------------------------------------- losses
 
 def clip_case():

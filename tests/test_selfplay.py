@@ -488,6 +488,8 @@ def test_tiny_grpo_starts_from_elastic_reasonings_warm_start(monkeypatch):
     (["--tiny", "--loss-type", "grpoo"], "--loss-type is 'grpoo'"),
     (["--tiny", "--check-equations", "ture"], "'ture' is not a boolean"),
     (["--tiny", "--iterations", "0"], "--iterations must be > 0"),
+    (["--tiny", "--lr", "inf"], "--lr must be finite, got inf"),
+    (["--tiny", "--algo", "grpo", "--group-size", "1"], "--group-size must be at least 2"),
     (["--tiny", "--lr-decay", "2"], "--lr-decay must lie in [0, 1]"),
     (["--tiny", "--threads", "0"], "--threads: 0 must be at least 1"),
     (["--tiny", "--data", "SMALL"], "3 problems, but every iteration draws 392"),
