@@ -223,13 +223,10 @@ def self_evolution_round(base_model, policy_model, ppm, tokenizer, problems: lis
     new_policy, sft_losses = finetune_policy(base_model, pool.examples, tokenizer.pad_id, config, seed, progress)
     new_ppm = ProcessPreferenceModel(lora_copy(new_policy))  # rStar-Math: the PPM starts from the fine-tuned policy
     ppm_losses = train_ppm(new_ppm, pool.pairs, tokenizer.pad_id, config, seed, progress)
-    report = RoundReport(coverage(trees), len(examples), sum(map(len, pairs)), _ends(sft_losses), _ends(ppm_losses),
-                         *spent, round(t1 - t0, 1), round(time.perf_counter() - t1, 1))
+    sft_ends, ppm_ends = ([round(v, 4) for v in losses[:1] + losses[-1:]] for losses in (sft_losses, ppm_losses))
+    report = RoundReport(coverage(trees), len(examples), sum(map(len, pairs)), sft_ends, ppm_ends, *spent,
+                         round(t1 - t0, 1), round(time.perf_counter() - t1, 1))
     return new_policy, new_ppm, report, trees
-
-
-def _ends(losses: list[float]) -> list[float]:
-    return [round(losses[0], 4), round(losses[-1], 4)] if losses else []
 
 
 # -- the run -------------------------------------------------------------------------------------------
@@ -303,14 +300,15 @@ def main(argv=None):
                    "cores, else 1; under torchrun its own count)")
     g = p.add_argument_group("model and data")
     g.add_argument("--model", default=None, help="the base model: checkpoint directory or hub id")
-    g.add_argument("--data", default=str(TINY_DIR / "train.jsonl"), help="training problems, GSM8K-style jsonl")
-    g.add_argument("--test-data", default=str(TINY_DIR / "test.jsonl"), help="held-out problems, GSM8K-style jsonl")
+    g.add_argument("--data", help="training problems, GSM8K-style jsonl (--tiny: data/tiny/train.jsonl)")
+    g.add_argument("--test-data", help="held-out problems, GSM8K-style jsonl (--tiny: data/tiny/test.jsonl)")
     g.add_argument("--overwrite", action="store_true", help="start over in an --out directory that holds another run")
     add_config_flags(p, EvolveConfig)
     add_config_flags(p, LoRASettings)
     args = p.parse_args(argv)
-    if not args.tiny and args.model is None:
-        p.error("--model DIR is needed without --tiny")
+    if not args.tiny and None in (args.model, args.data, args.test_data):
+        p.error("--model DIR, --data FILE and --test-data FILE are needed without --tiny")
+    args.data, args.test_data = args.data or str(TINY_DIR / "train.jsonl"), args.test_data or str(TINY_DIR / "test.jsonl")
     run_flags = ("tiny", "warmstart_steps", "threads", "procs", "no_progress", "model", "data", "test_data", "overwrite")
     given = {k: v for k, v in vars(args).items() if k not in run_flags}
     lora_flags = {k: given.pop(k) for k in list(given) if k.startswith("lora_")}
@@ -321,7 +319,9 @@ def main(argv=None):
         if config.dtype == "bfloat16" and not lora.rank:
             raise ValueError(BF16_FULL_FINETUNE)
         resolve_device(config.device)  # e.g. --device cuda without one
-        load_jsonl(args.data), load_jsonl(args.test_data)  # each error names the file and line
+        draw_rounds(load_jsonl(args.data), config, args.data)  # each error names the file (and line)
+        if not load_jsonl(args.test_data):
+            raise ValueError(f"{args.test_data}: no held-out problems")
         prepare_out(Path(config.out), args.overwrite, OUT_FILES, resumable=False, clear=False)
     except (ValueError, FileExistsError, FileNotFoundError, NotADirectoryError) as e:
         p.error(str(e))

@@ -35,7 +35,7 @@ from nanoo1.rewards import MAX_ANSWER, check, extract_answer
 from nanoo1.sandbox import SandboxResult, run_many
 from nanoo1.search import SearchConfig, search
 from nanoo1.sft import lm_loss
-from nanoo1.tasks import Problem, Step, load_jsonl, make_problems, write_jsonl
+from nanoo1.tasks import TINY_DIR, Problem, Step, load_jsonl, make_problems, write_jsonl
 from nanoo1.thoughts import Tree
 from nanoo1.tokenizer import SPECIAL_TOKENS, train_tokenizer
 from nanoo1.verifiers import choose, outcome_examples, printed_answer, verifier_table
@@ -45,6 +45,8 @@ MIA = Problem("Mia has 7 apples. She buys 5 more. She gives 3 to Leo. How many a
 STEP1 = "# Step 1: She buys 5 more.\nx1 = 7 + 5\n" + STEP_END
 STEP2 = "# Step 2: She gives 3 to Leo.\nx2 = x1 - 3\n" + STEP_END
 STEP3 = "# Step 3: How many apples does Mia have now?\nprint(x2)\n" + STEP_END
+
+TINY_DATA = ["--data", str(TINY_DIR / "train.jsonl"), "--test-data", str(TINY_DIR / "test.jsonl")]  # without --tiny
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -1053,21 +1055,23 @@ def test_evolve_on_a_checkpoint_takes_the_gpu_when_there_is_one_and_tiny_the_cpu
 
     seen = []
     monkeypatch.setattr(evolve, "run", lambda config, model, *a, **k: seen.append(config.device))
-    evolve.main(["--model", "some/checkpoint", "--no-progress"])
+    evolve.main(["--model", "some/checkpoint", *TINY_DATA, "--no-progress"])
     evolve.main(["--tiny", "--procs", "1", "--no-progress"])
-    evolve.main(["--model", "some/checkpoint", "--device", "cpu", "--no-progress"])
+    evolve.main(["--model", "some/checkpoint", *TINY_DATA, "--device", "cpu", "--no-progress"])
     assert seen == ["auto", "cpu", "cpu"]
 
 
 def test_evolve_refuses_bad_settings_and_another_runs_directory_before_any_work(tmp_path, monkeypatch, capsys):
     """A run's --out holding another run's files is refused (or cleared with --overwrite, stale policy-k/ too),
-    and missing data, a bad --device and out-of-range settings are usage errors, before any work starts."""
+    and missing, empty or too little data, a bad --device and out-of-range settings are usage errors, before any
+    work starts (and before torchrun starts the ranks)."""
     import nanoo1.evolve as evolve
     from nanoo1.runs import prepare_out
 
     ran = []
     monkeypatch.setattr(evolve, "run", lambda *a, **k: ran.append(k["overwrite"]))
     (tmp_path / "bad.jsonl").write_text('{"question": "q", "answer": 5}\n')
+    (empty := tmp_path / "empty.jsonl").write_text("")
     out = tmp_path / "out"
     (out / "policy-2").mkdir(parents=True)
     (out / "metrics.jsonl").write_text("{}\n")
@@ -1076,10 +1080,16 @@ def test_evolve_refuses_bad_settings_and_another_runs_directory_before_any_work(
                            "none.jsonl: dataset file not found"), (["--device", "gpu"], "--device is 'gpu'"),
                            (["--temperature", "nan"], "--temperature must be > 0"),
                            (["--sft-lr", "-1"], "--sft-lr must be > 0"), (["--lora-targets", "qproj"], "'qproj'"),
-                           (["--data", str(tmp_path / "bad.jsonl")], r"bad.jsonl:1: 'answer' must be a string")):
+                           (["--data", str(tmp_path / "bad.jsonl")], r"bad.jsonl:1: 'answer' must be a string"),
+                           (["--test-data", str(empty)], "empty.jsonl: no held-out problems"),
+                           (["--problems", "9000"], r"train.jsonl: round 1 wants 9000 problems of at least 3 steps")):
         with pytest.raises(SystemExit):
             evolve.main(["--tiny", "--procs", "1", "--no-progress", "--out", str(tmp_path / "fresh"), *flags])
         assert re.search(message, capsys.readouterr().err)
+    for flags in (["--model", "some/checkpoint"], ["--model", "m", "--data", "train.jsonl"]):  # not the tiny task's files
+        with pytest.raises(SystemExit):
+            evolve.main(["--procs", "1", "--no-progress", "--out", str(tmp_path / "fresh"), *flags])
+        assert "--model DIR, --data FILE and --test-data FILE are needed without --tiny" in capsys.readouterr().err
     assert ran == [] and (out / "policy-2").exists()
     evolve.main(["--tiny", "--procs", "1", "--no-progress", "--out", str(out), "--overwrite"])
     assert ran == [True] and (out / "policy-2").exists()  # main only checks; the run clears
@@ -1586,7 +1596,7 @@ def test_evolve_takes_one_thread_for_the_tiny_task_and_refuses_bf16_full_finetun
     monkeypatch.setattr(evolve, "run", lambda *a, **k: None)
     evolve.main(["--tiny", "--procs", "1", "--no-progress"])
     evolve.main(["--tiny", "--procs", "1", "--threads", "2", "--no-progress"])
-    evolve.main(["--model", "some/checkpoint", "--device", "cpu", "--no-progress"])
+    evolve.main(["--model", "some/checkpoint", *TINY_DATA, "--device", "cpu", "--no-progress"])
     assert threads == [1, 2, None]
     with pytest.raises(SystemExit):
         evolve.main(["--tiny", "--procs", "1", "--dtype", "bfloat16", "--no-progress"])
