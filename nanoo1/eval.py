@@ -188,6 +188,8 @@ def main(argv=None):
     out = args.out or Path("runs") / "eval" / name
     try:
         problems = load_jsonl(args.data)[: args.limit]
+        if not problems:
+            raise ValueError(f"{args.data}: no problems")
         check_directory(out)
     except (OSError, ValueError) as e:
         p.error(str(e))

@@ -594,6 +594,10 @@ def test_eval_command_refuses_unknown_methods_and_writes_beside_not_into_the_che
     with pytest.raises(SystemExit):
         eval_cli.main(["--checkpoint", str(warmstart), "--methods", "greedy,mtcs"])
     assert "unknown ['mtcs']" in capsys.readouterr().err
+    (tmp_path / "empty.jsonl").write_text("")  # a usage error before the model loads, not a division by zero after
+    with pytest.raises(SystemExit):
+        eval_cli.main(["--checkpoint", str(warmstart), "--data", str(tmp_path / "empty.jsonl"), "--methods", "greedy"])
+    assert "empty.jsonl: no problems" in capsys.readouterr().err
     monkeypatch.chdir(tmp_path)
     for _ in range(2):
         eval_cli.main(["--checkpoint", str(warmstart), "--limit", "2", "--methods", "greedy", "--max-thought-tokens", "4"])
