@@ -45,9 +45,17 @@ def error_text(e: Exception) -> str:
     return str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
 
 
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """The description as written, and each flag's default after its help unless it says one or has none."""
+
+    def _get_help_string(self, action):
+        shown = action.default in (None, False, argparse.SUPPRESS) or "(default" in (action.help or "")
+        return action.help if shown else f"{action.help or ''} (default: {action.default})".lstrip()
+
+
 def entry_parser(doc: str, first_group: str) -> tuple[argparse.ArgumentParser, argparse._ArgumentGroup]:
     """An entry point's parser, its module docstring as the description, and its first flag group."""
-    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=doc, formatter_class=HelpFormatter)
     return p, p.add_argument_group(first_group)
 
 

@@ -75,6 +75,22 @@ def test_help_groups_flags_by_settings_and_says_each_default_it_has():
     assert next(a for a in p._actions if a.dest == "seed").help.endswith("(default: 0)")
 
 
+def test_entry_points_show_the_defaults_of_their_own_flags_once(capsys):
+    """`entry_parser`'s formatter adds a flag's default to its help unless the help says it or there is none."""
+    from nanoo1 import eval as eval_cli
+    from nanoo1 import evolve
+
+    for main in (eval_cli.main, evolve.main):
+        with pytest.raises(SystemExit):
+            main(["--help"])
+        text = " ".join(capsys.readouterr().out.split())
+        assert "(default: None)" not in text and "(default: False)" not in text and "(default: (default" not in text
+        if main is eval_cli.main:
+            assert "first N problems (default: 200)" in text and "(default: greedy,best_of_n,beam,mcts)" in text
+        else:
+            assert "SFT steps of that warm start (default: 500)" in text and "(default: 16) (default: 16)" not in text
+
+
 @pytest.mark.parametrize("text,value", [("true", True), ("YES", True), ("1", True), ("false", False), ("No", False), ("0", False)])
 def test_parse_bool(text, value):
     assert parse_bool(text) is value
