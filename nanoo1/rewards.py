@@ -107,9 +107,9 @@ def extract_answer(text: str) -> str | None:
        statement up to the end of its clause when it is worth another value ("20 + 5 = 25", "2^{10}",
        "1 1/2 cups"); "answer isn't" states none, nor does "answer is:" with nothing after it;
     4. the last number anywhere: "1,234", "-3.5", "3/4", "\\frac{3}{4}".
-    A number keeps its percent sign ("50%"). A trailing period is dropped. A `\\boxed{` left open after the
-    last complete box states none (the response was cut off inside its answer). `parse_number` turns the
-    result into a value. Linear in the text.
+    A number keeps its percent sign ("50%"). A trailing period is dropped. An empty last box states none,
+    and so does a `\\boxed{` left open after it (the response was cut off inside its answer).
+    `parse_number` turns the result into a value. Linear in the text.
     """
     if not text:
         return None
@@ -120,7 +120,7 @@ def extract_answer(text: str) -> str | None:
     if opened >= 0 and _BOX_OPEN.match(text, opened) and last_boxed(text[opened:]) is None:
         return None
     boxed = last_boxed(text)
-    if boxed is not None and boxed.strip():
+    if boxed is not None:  # an empty box states none
         return _trim(boxed)
     hashes = [m.group(1) for m in _HASHES.finditer(text) if m.group(1).strip()]
     if hashes:

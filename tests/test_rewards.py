@@ -51,7 +51,8 @@ def test_extract_answer(text, answer):
     assert extract_answer(text) == answer
 
 
-@pytest.mark.parametrize("text", ["", "I do not know.", r"\boxed{}", r"\boxed{x"])
+@pytest.mark.parametrize("text", ["", "I do not know.", r"\boxed{}", r"\boxed{x", r"The answer is \boxed{}.",
+                                  r"The answer is \boxed{ }, 3 + 4 = 7"])
 def test_extract_answer_finds_nothing(text):
     assert extract_answer(text) is None
 
