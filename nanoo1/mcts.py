@@ -69,6 +69,9 @@ class MCTSConfig:
             raise ValueError(f"MCTSConfig.selection={self.selection!r}, expected one of {SELECTION_RULES}")
         if self.answer not in ("max_reward", "vote"):
             raise ValueError(f"MCTSConfig.answer={self.answer!r}, expected 'max_reward' or 'vote'")
+        for name in ("num_candidates", "max_children"):  # an expansion that adds nothing has no value to back up
+            if getattr(self, name) < 1:
+                raise ValueError(f"MCTSConfig.{name}={getattr(self, name)!r}, expected at least 1")
 
     def score(self, parent: Node, child: Node) -> float:
         if self.selection == "uct":
@@ -139,11 +142,14 @@ def _judge(p, node: Node, config: MCTSConfig, failure_value: float, rejected: bo
     """Label a thought terminal if it is one; with a ground truth its value becomes the outcome's reward.
 
     rejected: the step checker failed this thought or a rolled-out thought above it; it is a failure with
-    failure_value at test time too (the checker is a tool that knows, not a guess of the value head)."""
+    failure_value at test time too (the checker is a tool that knows, not a guess of the value head), and so
+    is a dead end (a failure that is no <conclusion>: max_depth reached, or a step the policy ended); only a
+    conclusion is judged by its value."""
     if rejected:  # the caller ran the checker (_rejected): judge does not run it again
         node.terminal = "failure"
     node.terminal = node.terminal or judge(node, p.ground_truth, config.max_depth, config.success_threshold)
-    if node.terminal is not None and (p.ground_truth is not None or rejected):
+    known = p.ground_truth is not None or rejected or node.terminal == "failure" and node.meta != "<conclusion>"
+    if node.terminal is not None and known:
         node.value = config.success_value if node.terminal == "success" else failure_value
     if node.terminal == "success":
         p.solved.add(tuple(n.text for n in p.tree.path(node)[1:]))
@@ -209,7 +215,8 @@ def mcts(policy, questions: list[str], config: MCTSConfig | None = None,
                     if bad is not None:
                         bad.terminal = "failure"
                     flat.append((p, e, bad, bad is not None or _rejected(config, e)))
-            unrated = [(p, e) for p, e, _, rejected in flat if p.ground_truth is None and e.value is None and not rejected]
+            unrated = [(p, e) for p, e, _, rejected in flat
+                       if p.ground_truth is None and e.value is None and not rejected and e.meta == "<conclusion>"]
             if unrated:  # test time: a conclusion is judged by its value
                 values, tokens = policy.evaluate([p.tree.path(e) for p, e in unrated])
                 for (p, e), v, n in zip(unrated, values, tokens):

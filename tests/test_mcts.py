@@ -206,6 +206,40 @@ def test_mcts_verify_makes_rejected_thoughts_failed_terminals(rollout):
     assert wrong and all(n.terminal == "failure" and n.value == LOG_EPS and not n.children for n in wrong)
 
 
+def test_an_expansion_of_no_thought_is_refused_with_the_setting_named():
+    for name in ("num_candidates", "max_children"):  # max() of no children, before
+        with pytest.raises(ValueError, match=f"MCTSConfig.{name}=0, expected at least 1"):
+            MCTSConfig(**{name: 0})
+
+
+@pytest.mark.parametrize("rollout", [False, True])
+def test_at_test_time_a_dead_end_is_a_failure_whatever_the_value_head_thinks_of_it(rollout):
+    """No ground truth, no checker: a thought at max_depth that is no <conclusion> fails for certain, so it takes
+    failure_value, not the value head's estimate (V = log .95 under the tempting first step, against log .55
+    under the plain one, whose path concludes). Kept at log .95, the dead ends drew the simulations back to them
+    (selection backs a terminal's value up again) and the search ended without an answer; only a conclusion is
+    judged by its value."""
+    def script(key):
+        if not key:
+            return [("<expansion>", "tempting", 0.5), ("<expansion>", "plain", 0.5)]
+        if key[0].endswith("tempting"):
+            return [("<expansion>", f"more {len(key)} a", 0.5), ("<expansion>", f"more {len(key)} b", 0.5)]
+        if len(key) == 1:
+            return [("<expansion>", "plain step a", 0.5), ("<expansion>", "plain step b", 0.5)]
+        return [("<conclusion>", "The answer is \\boxed{9}", 0.5), ("<conclusion>", "The answer is \\boxed{9}!", 0.5)]
+
+    def value(key):
+        return math.log(0.95) if key[0].endswith("tempting") else math.log(0.55)
+
+    config = MCTSConfig(num_candidates=2, max_children=2, max_depth=3, simulations=5, patient=99, rollout=rollout,
+                        reward_epsilon=1e-6)
+    (result,) = mcts(ScriptedPolicy(script, value), [QUESTION], config)
+    dead = [n for n in result.tree.nodes if n.terminal == "failure"]
+    assert dead and all(n.meta == "<expansion>" and n.value == LOG_EPS for n in dead)
+    tempting, plain = result.tree.root.children
+    assert result.answer == "9" and plain.visits >= tempting.visits
+
+
 @pytest.mark.parametrize("ground_truths", [["9"], None], ids=["training", "test time"])
 def test_mcts_verify_checks_every_step_of_a_rolled_out_chain(ground_truths):
     steps = ("7 + 5 = 12", "12 - 3 = 9")
