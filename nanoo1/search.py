@@ -48,10 +48,10 @@ class SearchConfig:
     n: int = 8  # best-of-N: chains; beam: width
     vote: str = "majority"  # best-of-N: "majority", "weighted" (sum of exp(value)) or "best_value"
     expand: int = 4  # beam: new thoughts per beam per step
-    max_depth: int = 8  # thoughts after the problem before a chain is abandoned as a failure
+    max_depth: int = 8  # thoughts after the problem before a chain is abandoned as a failure (not MCTS's: mcts.*)
     temperature: float | None = None  # best-of-N and beam sampling; None: the policy's own (greedy uses 0)
-    success_threshold: float = LOG_HALF  # a <conclusion> with value >= this is labelled a success
-    mcts: MCTSConfig = field(default_factory=MCTSConfig)  # method "mcts"
+    success_threshold: float = LOG_HALF  # a <conclusion> with value >= this is labelled a success (not MCTS's)
+    mcts: MCTSConfig = field(default_factory=MCTSConfig)  # method "mcts", which reads these settings alone
 
     def __post_init__(self):
         if self.method not in METHODS:
@@ -98,7 +98,8 @@ def sample_chains(policy, questions: list[str], n: int, config: SearchConfig, te
                 else:
                     ends[i].append(child)
         live = next_live
-    return trees, ends, spent
+    # in the chains' order (of their first thoughts), as a rollout lists them, not the order they ended in
+    return trees, [sorted(es, key=lambda e, t=t: t.path(e)[1].id) for t, es in zip(trees, ends)], spent
 
 
 def _rollout_chains(policy, trees, spent, n, config, temperature, rate):

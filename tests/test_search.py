@@ -70,6 +70,19 @@ def test_best_of_n_answers_by_its_vote(vote, answer):
     assert result.spent.value == sum(len(p.split()) for p in policy.value_prompts)
 
 
+def test_best_of_n_ties_go_to_the_first_chain_not_to_the_first_chain_to_end():
+    """Chain 0 answers 5 after two thoughts, chain 1 answers 7 at once: a 1-1 majority tie goes to the answer seen
+    first, chain 0's, as with a policy that rolls chains out whole (which lists the ends in chain order)."""
+    def script(key):
+        if not key:
+            return [("<expansion>", "chain zero", 0.5), ("<conclusion>", "The answer is \\boxed{7}", 0.5)]
+        return [("<conclusion>", "The answer is \\boxed{5}", 0.5)]
+
+    (result,) = search(ScriptedPolicy(script, lambda key: math.log(0.8)), [QUESTION],
+                       SearchConfig(method="best_of_n", n=2, vote="majority"))
+    assert result.answer == "5" and len(result.path) == 3
+
+
 # -- greedy and MCTS on the decoy script ----------------------------------------------------------------
 def test_greedy_follows_the_most_likely_thoughts_and_mcts_does_better():
     script, value, correct = decoy_script()
