@@ -236,8 +236,9 @@ def _finish_text(rows, tokenizer, stop_strings):
 
 def _prefill(model, prompts, num_samples, extra_len, stop_token_ids, stop_strings, tokenizer):
     """Prefill every prompt once, fork each into num_samples rows; returns (batch, first-step logits)."""
-    if not prompts or any(len(p) == 0 for p in prompts):
-        raise ValueError("prompts must be a non-empty list of non-empty token-id lists")
+    if not prompts or any(len(p) == 0 for p in prompts) or num_samples < 1 or extra_len < 0:
+        raise ValueError(f"expected non-empty prompts, num_samples >= 1 and room for >= 0 new tokens, got prompts of "
+                         f"lengths {[len(p) for p in prompts][:8]}, num_samples {num_samples}, room {extra_len}")
     if stop_strings is not None and tokenizer is None:
         raise ValueError("stop_strings need a tokenizer to decode the generated text")
     eos = model.config.eos_token_id
@@ -281,7 +282,7 @@ def generate(model, prompts: list[list[int]], max_new_tokens: int, temperature: 
              on_stop=None, segment_limit: int | None = None) -> list[Completion]:
     """Generate up to max_new_tokens for each prompt (greedy at temperature 0), num_samples rows per prompt.
 
-    prompts: token-id lists (any lengths). stop_token_ids / stop_strings: one list for every prompt, or a
+    prompts: non-empty token-id lists (any lengths). stop_token_ids / stop_strings: one list for every prompt, or a
     list of lists (one per prompt); stop_token_ids defaults to the model's eos; a stop token is kept as
     the last token, and text is cut right after a stop string. Returns len(prompts) * num_samples
     Completions, the samples of prompt i at i*num_samples .. (i+1)*num_samples-1. Sampling draws from

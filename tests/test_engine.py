@@ -1,6 +1,7 @@
 """The generation engine: greedy against transformers, aligned log-probs, sampling, stops, fork, budgets."""
 
 import math
+import re
 
 import pytest
 import torch
@@ -159,6 +160,14 @@ def test_stop_tokens_and_strings_per_row(model, tiny_tokenizer):
     assert s.tokens == free.tokens[: len(s.tokens)] and len(s.tokens) < 30
     with pytest.raises(ValueError, match="tokenizer"):
         generate(model, [prompt], 3, stop_strings=["x"])
+    # no sample of a prompt, or fewer than no tokens: refused with the values named (a KV cache overflow, or [],
+    # before), as is an empty prompt
+    for args, kw, said in [((prompt,), {"num_samples": 0}, "num_samples 0"), ((prompt,), {"num_samples": -2}, "num_samples -2"),
+                           (([],), {}, "lengths [0]")]:
+        with pytest.raises(ValueError, match=re.escape(said)):
+            generate(model, list(args), 3, **kw)
+    with pytest.raises(ValueError, match="room -1"):
+        generate(model, [prompt], -1)
 
 
 def test_a_stop_string_of_byte_pieces_is_found(tiny_tokenizer):
