@@ -49,8 +49,10 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
     """The description as written, and each flag's default after its help unless it says one or has none."""
 
     def _get_help_string(self, action):
-        shown = action.default in (None, False, argparse.SUPPRESS) or "(default" in (action.help or "")
-        return action.help if shown else f"{action.help or ''} (default: {action.default})".lstrip()
+        said = "(default" in (action.help or "")
+        if said or action.default in (None, argparse.SUPPRESS) or action.default is False:  # 0 is one (0 == False)
+            return action.help
+        return f"{action.help or ''} (default: {action.default})".lstrip()
 
 
 def entry_parser(doc: str, first_group: str) -> tuple[argparse.ArgumentParser, argparse._ArgumentGroup]:

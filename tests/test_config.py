@@ -1,6 +1,7 @@
 """Settings: field comments become flag help, flags map onto groups, saved settings read back strictly."""
 
 import argparse
+import re
 from dataclasses import dataclass, field
 
 import pytest
@@ -87,6 +88,7 @@ def test_entry_points_show_the_defaults_of_their_own_flags_once(capsys):
         assert "(default: None)" not in text and "(default: False)" not in text and "(default: (default" not in text
         if main is eval_cli.main:
             assert "first N problems (default: 200)" in text and "(default: greedy,best_of_n,beam,mcts)" in text
+            assert re.search(r"--seed SEED .*?\(default: 0\)", text)  # a default of 0 is one (0 == False)
         else:
             assert "SFT steps of that warm start (default: 500)" in text and "(default: 16) (default: 16)" not in text
 
