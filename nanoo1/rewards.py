@@ -91,8 +91,7 @@ def _last_output(text: str) -> str | None:
 
 
 def _trim(answer: str) -> str | None:
-    answer = answer.strip().rstrip(".").strip()
-    return answer or None
+    return answer.strip().rstrip(".").strip() or None
 
 
 def extract_answer(text: str) -> str | None:
@@ -132,9 +131,8 @@ def extract_answer(text: str) -> str | None:
         end = text.find("\n", stated.end())
         line = text[stated.end():end if end >= 0 else len(text)]
         number = _NUMBER.search(_clean(line, percent=True))
-        clause = _trim(re.split(r"[.,;]\s", line, maxsplit=1)[0]) or ""
-        value = parse_number(clause)  # "16 - 3 - 4 = 9 eggs" is 9, where its first number is 16
-        if value is not None and (number is None or parse_number(number.group(0)) != value):
+        clause = _trim(re.split(r"[.,;]\s", line, maxsplit=1)[0]) or ""  # "16 - 3 - 4 = 9 eggs": 9, not 16
+        if parse_number(clause) not in (None, number and parse_number(number.group(0))):  # worth another value
             return clause
         return number.group(0).strip() if number else _trim(line.split(". ")[0])
     return _last_number(text)
@@ -219,8 +217,7 @@ def final_answer(solution: str) -> str | None:
 
 
 def _candidates(answer: str, value: Fraction, other: str) -> set:
-    """The values an answer may mean beside `other`: its number, and with a percent sign that `other` lacks
-    also that number / 100."""
+    """The values an answer may mean beside `other`: its number, and that / 100 if only the answer has a "%"."""
     return {value, value / 100} if "%" in answer and "%" not in other else {value}
 
 
@@ -266,11 +263,6 @@ def answer_matches(predicted: str | None, ground_truth, rel_tol: float = 1e-6) -
     return normalize_answer(predicted) == normalize_answer(truth)
 
 
-def _has_boxed_answer(text: str) -> bool:
-    boxed = last_boxed(text)
-    return boxed is not None and boxed.strip() != ""
-
-
 def format_reward(response: str, style: str = "longcot") -> float:
     """1.0 if `response` is well-formed in the given response format, else 0.0.
 
@@ -292,7 +284,7 @@ def format_reward(response: str, style: str = "longcot") -> float:
         begin = 0 if opened < 0 else opened + len("<start_of_thought>")
         end = response.find("<end_of_thought>", begin)
         thought = response[begin : end if end >= 0 else len(response)]
-        return float(thought.lstrip().startswith("<conclusion>") and _has_boxed_answer(thought))
+        return float(thought.lstrip().startswith("<conclusion>") and bool((last_boxed(thought) or "").strip()))
     if style == "elastic":
         if response.count("</think>") != 1:
             return 0.0
@@ -300,7 +292,7 @@ def format_reward(response: str, style: str = "longcot") -> float:
         opens = thinking.count("<think>")
         if "<think>" in solution or opens > 1 or (opens == 1 and not thinking.lstrip().startswith("<think>")):
             return 0.0
-        return float(_has_boxed_answer(solution))
+        return float(bool((last_boxed(solution) or "").strip()))
     raise ValueError(f"format_reward: style must be 'longcot' or 'elastic', got {style!r}")
 
 
