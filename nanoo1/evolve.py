@@ -145,8 +145,7 @@ def search_trees(policy_model, ppm, tokenizer, problems: list[Problem], config: 
 
 def _search(policy, problems: list[Problem], config: MCTSConfig):
     """One MCTS pass, each rank over every world-th problem: every tree, in order, and the tokens of every rank."""
-    place = dist.place()
-    mine = dist.shard(problems, place)
+    mine = dist.shard(problems, dist.place())
     results = mcts(policy, [p.question for p in mine], config, [p.answer for p in mine])
     parts = dist.gather([r.tree for r in results])
     trees = [parts[i % len(parts)][i // len(parts)] for i in range(len(problems))]  # shard i of world: i, i + world, ...
@@ -223,10 +222,13 @@ def self_evolution_round(base_model, policy_model, ppm, tokenizer, problems: lis
     new_policy, sft_losses = finetune_policy(base_model, pool.examples, tokenizer.pad_id, config, seed, progress)
     new_ppm = ProcessPreferenceModel(lora_copy(new_policy))  # rStar-Math: the PPM starts from the fine-tuned policy
     ppm_losses = train_ppm(new_ppm, pool.pairs, tokenizer.pad_id, config, seed, progress)
-    sft_ends, ppm_ends = ([round(v, 4) for v in losses[:1] + losses[-1:]] for losses in (sft_losses, ppm_losses))
-    report = RoundReport(coverage(trees), len(examples), sum(map(len, pairs)), sft_ends, ppm_ends, *spent,
-                         round(t1 - t0, 1), round(time.perf_counter() - t1, 1))
+    report = RoundReport(coverage(trees), len(examples), sum(map(len, pairs)), _ends(sft_losses), _ends(ppm_losses),
+                         *spent, round(t1 - t0, 1), round(time.perf_counter() - t1, 1))
     return new_policy, new_ppm, report, trees
+
+
+def _ends(losses: list[float]) -> list[float]:
+    return [round(losses[0], 4), round(losses[-1], 4)] if losses else []
 
 
 # -- the run -------------------------------------------------------------------------------------------
@@ -248,8 +250,7 @@ def run(config: EvolveConfig, model, data=TINY_DIR / "train.jsonl", test_data=TI
     base, tokenizer = load_pretrained(model, dtype=config.dtype, device=device)
     if lora is not None and lora.rank:
         lora.apply(base, config.seed)
-    drawn = draw_rounds(load_jsonl(data), config, str(data))
-    test = load_jsonl(test_data)
+    drawn, test = draw_rounds(load_jsonl(data), config, str(data)), load_jsonl(test_data)
     prepare_out(out, overwrite, OUT_FILES, resumable=False, clear=main, base=str(model) if lora and lora.rank else None)
     held_out = test[: config.eval_problems]
     held_out_pairs = slip_pairs(tokenizer, test[config.eval_problems:][: config.pair_problems], config.seed)
@@ -266,9 +267,8 @@ def run(config: EvolveConfig, model, data=TINY_DIR / "train.jsonl", test_data=TI
         row["eval_seconds"] = round(time.perf_counter() - t, 1)
         if k < config.rounds:
             bar.set_postfix_str(f"MCTS over {config.problems} problems, then training")
-            problems = drawn[k]
             guide = ppm if k >= config.guided_from else None  # terminal-guided before round guided_from
-            policy, ppm, report, _ = self_evolution_round(base, policy, guide, tokenizer, problems, config,
+            policy, ppm, report, _ = self_evolution_round(base, policy, guide, tokenizer, drawn[k], config,
                                                           config.seed + k, progress, found)
             row.update(asdict(report))
             if main:
