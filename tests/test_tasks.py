@@ -124,6 +124,12 @@ def test_loader_errors_name_file_and_line(tmp_path):
     ('{"question": "q?", "answer": "#### 3", "steps": [[1, "+", 2, 3], [3, "^", 1, 3]]}', r"steps\[1\] must be .* op one of \+ - \* /"),
     ('{"question": "q?", "answer": "#### 3", "steps": [[1, "+", "2", 3]]}', r"steps\[0\] must be .*, got \[1, \"\+\", \"2\", 3\]"),
     ('{"question": "q?", "answer": "#### 3", "steps": [[1, "+", 2, 3, 0]]}', r"steps\[0\] must be .*, got \[1, "),
+    # worked steps that do not hold, do not chain or do not end at the answer: every format would teach them
+    ('{"question": "q?", "answer": "#### 13", "steps": [[7, "+", 5, 13]]}', r"steps\[0\] \[7, \"\+\", 5, 13\] is not exact"),
+    ('{"question": "q?", "answer": "#### 9", "steps": [[7, "+", 5, 12], [11, "-", 2, 9]]}', r"steps\[1\] .* before it \(12\)"),
+    ('{"question": "q?", "answer": "#### 3", "steps": [[7, "/", 2, 3]]}', r"steps\[0\] \[7, \"/\", 2, 3\] is not exact"),
+    ('{"question": "q?", "answer": "#### 3", "steps": [[7, "/", 0, 3]]}', r"steps\[0\] \[7, \"/\", 0, 3\] is not exact"),
+    ('{"question": "q?", "answer": "#### 12", "steps": [[12, "*", 2, 24]]}', r"the last step's result 24 is not the answer '12'"),
     # an empty answer, or an empty last "####" line: no final answer (not one read from the work above it)
     *[(json.dumps({"question": "q?", "answer": a}), "no final answer in")
       for a in ["", "   ", "#### ", "2 + 2 = 4\n#### ", "#### 4\n#### ."]],
