@@ -128,7 +128,8 @@ def main(argv=None):
         p.error(str(e))
     process_setup(args.threads)
     t = time.perf_counter()
-    train_warmstart(out, replace(sft, steps=args.steps or sft.steps), seed=args.seed, kind=name)
+    steps = args.steps or sft.steps  # a short run warms up over no more than its steps, as tiny_base does
+    train_warmstart(out, replace(sft, steps=steps, warmup=min(sft.warmup, steps)), seed=args.seed, kind=name)
     print(f"wrote {out} in {time.perf_counter() - t:.0f} s")
 
 

@@ -368,3 +368,17 @@ def test_warmstart_command_trains_each_kind_with_its_defaults_or_the_flags(tmp_p
                      ("threads", 2), (tmp_path / "c", 7, 3, "code")]
     assert warmstart.THINK_PAUSES == 0.5  # the README's "with probability one half"
     assert capsys.readouterr().out.count("wrote") == 4
+
+
+def test_a_short_warm_start_warms_up_over_no_more_than_its_steps(tmp_path, monkeypatch):
+    """`python -m nanoo1.warmstart --steps 10` keeps 10 warm-up steps, not the full run's 30, so its learning rate
+    reaches its peak and decays, as evolve's tiny_base does; a full run keeps its own."""
+    import nanoo1.warmstart as warmstart
+
+    seen = []
+    monkeypatch.setattr(warmstart, "train_warmstart", lambda out, sft, seed, kind: seen.append(sft))
+    monkeypatch.setattr(warmstart, "process_setup", lambda threads: None)
+    warmstart.main(["--steps", "10", "--out", str(tmp_path / "a")])
+    warmstart.main(["--code", "--out", str(tmp_path / "b")])
+    assert (seen[0].steps, seen[0].warmup) == (10, 10) and seen[1] == warmstart.CODE_SFT
+    assert max(lr_at(step, seen[0]) for step in range(10)) == seen[0].lr
