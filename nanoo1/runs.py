@@ -4,7 +4,7 @@
     OUT/iter-NNNN/           the last k iteration checkpoints: the model (Hugging Face layout), settings.json,
                              trainer_state.pt (optimizer, random states, metrics so far) and any buffers
     OUT/latest               the name of the newest whole checkpoint (renamed into place after it is written)
-    OUT/final/, summary.json the end of a finished run
+    OUT/final/, summary.json the end of a finished run (and budgets.png, a GRPO run's Elastic table drawn)
 
 Checkpoints, buffers and the summary are written atomically (`files.atomic_write`; metrics.jsonl gets a line
 appended per iteration, the plots are drawn in place); trainer state and buffers are read with torch's restricted
@@ -127,7 +127,7 @@ def load_trainer_state(ckpt: Path, place: Place = Place()) -> dict:
     return state
 
 
-RUN_FILES = ("metrics.jsonl", "latest", "summary.json", "final", "iter-*")  # what a self-play run writes in OUT
+RUN_FILES = ("metrics.jsonl", "latest", "summary.json", "budgets.png", "final", "iter-*")  # a self-play run's, in OUT
 
 
 def prepare_out(out: Path, overwrite: bool, files=RUN_FILES, resumable: bool = True, clear: bool = True,

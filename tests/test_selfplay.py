@@ -1096,6 +1096,12 @@ def test_prepare_out_makes_a_fresh_directory_and_names_the_way_out(tmp_path):
         prepare_out(tmp_path / "a" / "b", False)
     with pytest.raises(FileExistsError, match=r"holds another run \(latest\); --out DIR starts elsewhere"):
         prepare_out(tmp_path / "a" / "b", False, resumable=False)
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c" / "budgets.png").write_text("png")  # a GRPO run's plot is its own: refused, then cleared
+    with pytest.raises(FileExistsError, match=r"budgets.png"):
+        prepare_out(tmp_path / "c", False)
+    prepare_out(tmp_path / "c", True)
+    assert list((tmp_path / "c").iterdir()) == []
 
 
 def test_metrics_lines_are_appended_and_rewritten_one_json_object_a_line(tmp_path):
