@@ -107,10 +107,10 @@ def apply_lora(model: nn.Module, target_modules=DEFAULT_TARGETS, rank: int = 16,
 @torch.no_grad()
 def merge_lora(model: nn.Module) -> nn.Module:
     """Fold each adapter into its weight, W <- W + (alpha / r) B A, so inference runs at base speed (in bf16
-    the fold rounds)."""
+    the fold rounds). The merged weight is a new tensor: the base that `lora_copy`'s copies share stays theirs."""
     for _, m in lora_modules(model):
         if not m.merged:
-            m.weight += m.delta_weight().to(m.weight.dtype)
+            m.weight = nn.Parameter(m.weight + m.delta_weight().to(m.weight.dtype), requires_grad=False)
             m.merged = True
     return model
 

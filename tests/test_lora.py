@@ -600,6 +600,20 @@ def test_adapters_off_refuses_merged_adapters():
             pass
 
 
+def test_merging_one_copy_leaves_the_others_base_alone():
+    """lora_copy's copies share the frozen base; merging one (to evaluate it at base speed) once added its update
+    into the shared weight, so the original computed with the copy's update plus its own."""
+    from nanoo1.lora import lora_copy
+
+    model = randomize_lora(apply_lora(TinyGemmaLike(), ("q_proj", "down_proj"), rank=2, alpha=4.0)).eval()
+    out = model(IDS)
+    copy_ = randomize_lora(lora_copy(model), seed=2)
+    merged_out = copy_(IDS)
+    merge_lora(copy_)
+    torch.testing.assert_close(model(IDS), out, rtol=0, atol=0)
+    torch.testing.assert_close(copy_(IDS), merged_out, rtol=1e-5, atol=1e-5)
+
+
 def test_merge_and_unload_puts_plain_linears_back():
     """merge_and_unload: the same outputs from plain nn.Linear layers holding the merged weights, the base keys only,
     each layer in the training mode of the one it replaces (an eval model stays in eval)."""
