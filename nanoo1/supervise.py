@@ -33,8 +33,8 @@ def clean_env(workdir: str) -> dict:
             "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 
-def _outcome(returncode: int, report: bytes, stopped: str | None, timeout: float, cap: int):
-    """(error, message) from why we stopped it, how it died, or what it reported."""
+def _outcome(returncode: int, reported: tuple | None, stopped: str | None, timeout: float, cap: int):
+    """(error, message) from why we stopped it, how it died, or what it reported (`_split_report`)."""
     if stopped == "Timeout":
         return "Timeout", f"ran longer than {timeout} s"
     if stopped == "OutputLimit":
@@ -43,21 +43,23 @@ def _outcome(returncode: int, report: bytes, stopped: str | None, timeout: float
         if -returncode == signal.SIGXCPU:
             return "Timeout", "used up its CPU time"
         return f"Signal {signal_name(-returncode)}", ""
-    try:  # our report is the last line; the program can write here too, but only to lie about itself
-        reported = json.loads(report.decode("utf-8", "replace").splitlines()[-1])
-        return reported["error"] and str(reported["error"]), str(reported["message"])
-    except (ValueError, KeyError, TypeError, IndexError, RecursionError):  # e.g. "[[[[..." that it wrote
-        pass
+    if reported is not None:
+        return reported
     if returncode != 0:  # left through os._exit, or its report was lost
         return "SystemExit", str(returncode)
     return None, ""
 
 
-def _stderr(report: bytes) -> bytes:
-    """What the program wrote to stderr: its report pipe's bytes before the child's report, the last line (all
-    of them when there is no report: the program was killed)."""
+def _split_report(report: bytes) -> tuple[bytes, tuple | None]:
+    """(what the program wrote to stderr, the child's (error, message)) from its stderr pipe: the report is the
+    last line, all before it the program's; without one (the program was killed, or wrote over it) all of it is
+    the program's. The program can write a report line itself, but only to lie about itself."""
     body, _, last = bytes(report).rstrip(b"\n").rpartition(b"\n")
-    return body if last.startswith(b'{"error": ') else bytes(report)
+    try:
+        reported = json.loads(last.decode("utf-8", "replace"))
+        return body, (reported["error"] and str(reported["error"]), str(reported["message"]))
+    except (ValueError, KeyError, TypeError, IndexError, RecursionError):  # e.g. "[[[[..." that it wrote
+        return bytes(report), None
 
 
 def signal_name(number: int) -> str:
@@ -209,8 +211,8 @@ def _supervise(config: str) -> None:
 
 def _result(run: _Run, status: int, timeout: float, cap: int) -> dict:
     """The result of a reaped run, as a JSON-ready dict; its buffers are emptied, so no later child finds them."""
-    error, message = _outcome(os.waitstatus_to_exitcode(status), run.report, run.stopped, timeout, cap)
-    err = _stderr(run.report)
+    err, reported = _split_report(run.report)
+    error, message = _outcome(os.waitstatus_to_exitcode(status), reported, run.stopped, timeout, cap)
     result = {"index": run.index, "stdout": run.out[:cap].decode("utf-8", "replace"),
               "truncated": len(run.out) > cap or len(err) > cap, "error": error, "message": message,
               "seconds": time.monotonic() - run.start, "stderr": err[:cap].decode("utf-8", "replace")}
