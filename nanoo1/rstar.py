@@ -214,8 +214,8 @@ def execute_steps(parents: list[list[str]], generated: list[str], config: RStarC
     programs = [None if p is None else joined_program(steps, p[1]) for steps, p in zip(parents, parsed)]
     distinct = list(dict.fromkeys(p for p in programs if p is not None and p not in cache))
     results = dict(zip(distinct, run_many(distinct, timeout=config.timeout, memory_mb=config.memory_mb) if distinct else []))
-    cache.update((p, r) for p, r in results.items()
-                 if r.error not in ("Timeout", "SandboxError") and len(r.stdout) + len(r.stderr) + len(r.message) <= CACHED_CHARS)
+    cache.update((p, r) for p, r in results.items() if r.error not in ("Timeout", "SandboxError")
+                 and len(r.stdout) + len(r.stderr) + len(r.message) <= CACHED_CHARS)
     results.update((p, cache[p]) for p in programs if p in cache and p not in results)
     return [judge_step(steps, g, results.get(p), config) for steps, g, p in zip(parents, generated, programs)]
 

@@ -107,7 +107,8 @@ def run_many(codes, *, workers: int | None = None, timeout: float = 5.0, memory_
                         ("file_mb", file_mb)]:
         kind = (int, float) if name == "timeout" else int  # sizes are whole numbers, the timeout finite
         if isinstance(value, bool) or not isinstance(value, kind) or not 0 < value < math.inf:
-            raise ValueError(f"sandbox: {name} must be a finite number > 0{', whole' if kind is int else ''}, got {value!r}")
+            whole = ", whole" if kind is int else ""
+            raise ValueError(f"sandbox: {name} must be a finite number > 0{whole}, got {value!r}")
     codes = list(codes)
     if not codes:
         return []
