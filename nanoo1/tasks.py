@@ -199,18 +199,19 @@ def load_jsonl(path) -> list[Problem]:
         steps = row.get("steps", [])
         if not isinstance(steps, list):
             raise ValueError(f"{path}:{i}: 'steps' must be a list of [x, op, b, y], got {json.dumps(steps)[:40]}")
-        for k, s in enumerate(steps):
+        for k, s in enumerate(steps):  # worked steps chain, hold exactly and end at the answer
             if not _is_step(s):
                 raise ValueError(f"{path}:{i}: steps[{k}] must be [x, op, b, y] with integers x, b, y and op one of "
                                  f"{' '.join(OPS)}, got {json.dumps(s)[:40]}")
-        for k, (x, op, b, y) in enumerate(steps):  # worked steps chain, hold exactly and end at the answer
+            x, op, b, y = s
             if (op == "/" and (b == 0 or x % b)) or OPS[op](x, b) != y or (k and x != steps[k - 1][3]):
-                raise ValueError(f"{path}:{i}: steps[{k}] {json.dumps(steps[k])} is not exact arithmetic on the "
+                raise ValueError(f"{path}:{i}: steps[{k}] {json.dumps(s)} is not exact arithmetic on the "
                                  f"result before it{f' ({steps[k - 1][3]})' if k else ''}")
-        if steps and parse_number(final) != steps[-1][3]:
+        value = parse_number(final)  # "1,234" is stored as 1234; "(3, 4)" keeps its comma
+        if steps and value != steps[-1][3]:
             raise ValueError(f"{path}:{i}: the last step's result {steps[-1][3]} is not the answer {final!r}")
-        number = parse_number(final) is not None  # "1,234" is stored as 1234; "(3, 4)" keeps its comma
-        problems.append(Problem(row["question"], final.replace(",", "") if number else final, [Step(*s) for s in steps]))
+        problems.append(Problem(row["question"], final.replace(",", "") if value is not None else final,
+                                [Step(*s) for s in steps]))
     return problems
 
 
