@@ -94,6 +94,11 @@ def train_warmstart(out: Path | None = None, config: SFTConfig = WARMSTART_SFT, 
     return model, tokenizer
 
 
+def _for_steps(sft: SFTConfig, steps: int) -> SFTConfig:
+    """`sft` run for `steps` steps, its warm-up no longer than them (a short run still reaches its peak rate)."""
+    return replace(sft, steps=steps, warmup=min(sft.warmup, steps))
+
+
 def tiny_base(out: Path, steps: int = CODE_SFT.steps, seed: int = 0, progress: bool = False) -> Path:
     """The base model of `evolve --tiny`: data/tiny/warmstart-code if it exists, else its recipe (the code format
     alone) run for `steps` steps into `out`, once: a later run finds it there. The default steps and seed 0 are
@@ -101,8 +106,7 @@ def tiny_base(out: Path, steps: int = CODE_SFT.steps, seed: int = 0, progress: b
     for directory in (CODE_DIR, out):
         if (directory / "model.safetensors").exists():
             return directory
-    sft = replace(CODE_SFT, steps=steps, warmup=min(CODE_SFT.warmup, steps))
-    train_warmstart(out, sft, seed, progress=progress, kind="code")
+    train_warmstart(out, _for_steps(CODE_SFT, steps), seed, progress=progress, kind="code")
     return out
 
 
@@ -128,8 +132,7 @@ def main(argv=None):
         p.error(str(e))
     process_setup(args.threads)
     t = time.perf_counter()
-    steps = args.steps or sft.steps  # a short run warms up over no more than its steps, as tiny_base does
-    train_warmstart(out, replace(sft, steps=steps, warmup=min(sft.warmup, steps)), seed=args.seed, kind=name)
+    train_warmstart(out, _for_steps(sft, args.steps or sft.steps), seed=args.seed, kind=name)
     print(f"wrote {out} in {time.perf_counter() - t:.0f} s")
 
 
