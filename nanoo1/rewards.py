@@ -263,6 +263,10 @@ def answer_matches(predicted: str | None, ground_truth, rel_tol: float = 1e-6) -
     return normalize_answer(predicted) == normalize_answer(truth)
 
 
+def _has_boxed_answer(text: str) -> bool:
+    return bool((last_boxed(text) or "").strip())
+
+
 def format_reward(response: str, style: str = "longcot") -> float:
     """1.0 if `response` is well-formed in the given response format, else 0.0.
 
@@ -284,7 +288,7 @@ def format_reward(response: str, style: str = "longcot") -> float:
         begin = 0 if opened < 0 else opened + len("<start_of_thought>")
         end = response.find("<end_of_thought>", begin)
         thought = response[begin : end if end >= 0 else len(response)]
-        return float(thought.lstrip().startswith("<conclusion>") and bool((last_boxed(thought) or "").strip()))
+        return float(thought.lstrip().startswith("<conclusion>") and _has_boxed_answer(thought))
     if style == "elastic":
         if response.count("</think>") != 1:
             return 0.0
@@ -292,7 +296,7 @@ def format_reward(response: str, style: str = "longcot") -> float:
         opens = thinking.count("<think>")
         if "<think>" in solution or opens > 1 or (opens == 1 and not thinking.lstrip().startswith("<think>")):
             return 0.0
-        return float(bool((last_boxed(solution) or "").strip()))
+        return float(_has_boxed_answer(solution))
     raise ValueError(f"format_reward: style must be 'longcot' or 'elastic', got {style!r}")
 
 
