@@ -12,7 +12,6 @@ Gemma2 and transformers' Gemma2ForCausalLM. A full checkpoint with the adapters 
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import re
@@ -23,7 +22,7 @@ import torch.nn as nn
 from safetensors.torch import save_file
 
 from nanoo1.checkpoint import load_pretrained, read_safetensors_header, read_tensor, resolve_checkpoint, save_pretrained
-from nanoo1.config import error_text
+from nanoo1.config import entry_parser, error_text
 from nanoo1.device import process_setup
 from nanoo1.files import atomic_write, check_directory
 from nanoo1.lora import LM_HEAD_REFUSED, apply_lora, lora_modules, merge_and_unload, targeted
@@ -193,8 +192,7 @@ def merge_into_checkpoint(base, adapters, out, dtype: torch.dtype | str | None =
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(prog="python -m nanoo1.adapters", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p, _ = entry_parser("nanoo1.adapters", __doc__)
     commands = p.add_subparsers(dest="command", required=True)
     merge = commands.add_parser("merge", help="fold adapters into a full checkpoint in the Hugging Face layout")
     merge.add_argument("--base", required=True, help="the base checkpoint: a directory or a hub id")

@@ -117,10 +117,22 @@ def _checked(p: argparse.ArgumentParser, args) -> None:
         apply_flags(PRESETS["2b"], args.gpu_settings)
     except (ValueError, TypeError) as e:
         p.error(f"--gpu-settings {text}: {e}; settings go by flag name, e.g. '{{\"simulations\": 1}}'")
+    if "dist" in args.sections:  # the runs' flags, read as each run's selfplay will read them
+        from nanoo1.selfplay import RUN_FLAGS, parser
+
+        runs = parser()
+        runs.exit_on_error = False
+        try:
+            given, unknown = runs.parse_known_args(["--tiny", *args.dist_flags.split()])
+            if unknown:
+                raise ValueError(f"unknown selfplay flags {unknown}")
+            apply_flags(PRESETS["tiny"], {k: v for k, v in vars(given).items() if k not in RUN_FLAGS})
+        except (argparse.ArgumentError, ValueError) as e:
+            p.error(f"--dist-flags {args.dist_flags}: {e}")
 
 
 def main(argv=None):
-    p, g = entry_parser(__doc__, "what to run")
+    p, g = entry_parser("nanoo1.bench", __doc__, "what to run")
     g.add_argument("--sections", type=_names(SECTIONS, "section"), default="engine,search", help=f"comma-separated, "
                    f"from {sorted(SECTIONS)} (memory: minutes, one LoRA self-play iteration on gemma-2-2b's decoder; gpu: "
                    "the 2b preset on a CUDA device; dist: --tiny as 1 process against 2 torchrun ranks and 1 thread, about "

@@ -55,10 +55,11 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
         return f"{action.help or ''} (default: {action.default})".lstrip()
 
 
-def entry_parser(doc: str, first_group: str) -> tuple[argparse.ArgumentParser, argparse._ArgumentGroup]:
-    """An entry point's parser, its module docstring as the description, and its first flag group."""
-    p = argparse.ArgumentParser(description=doc, formatter_class=HelpFormatter)
-    return p, p.add_argument_group(first_group)
+def entry_parser(module: str, doc: str, first_group: str | None = None):
+    """(parser, its first flag group) of the entry point `python -m <module>`, the name its usage lines give (argparse
+    alone would give the file's, `bench.py`), `doc` its description; without `first_group` the parser twice."""
+    p = argparse.ArgumentParser(prog=f"python -m {module}", description=doc, formatter_class=HelpFormatter)
+    return p, (p.add_argument_group(first_group) if first_group else p)
 
 
 def add_process_flags(group, threads_default: str = "torch's choice") -> None:
@@ -126,9 +127,12 @@ def apply_flags(config, flags: dict):
     if unknown:
         raise ValueError(f"unknown settings {unknown}; known: {sorted(names)}")
     updates: dict = {}
-    for flag, value in flags.items():
-        group, name = names[flag]
-        updates.setdefault(group, {})[name] = value
+    for key, value in flags.items():
+        group, name = names[key]
+        default = getattr(getattr(config, group) if group else config, name)
+        if not _same_type(value, default):
+            raise ValueError(f"{flag(key)}: {value!r} is a {type(value).__name__}, expected a {type(default).__name__}")
+        updates.setdefault(group, {})[name] = type(default)(value)
     if None in updates:
         return replace(config, **updates.pop(None))
     return replace(config, **{g: replace(getattr(config, g), **kw) for g, kw in updates.items()})
@@ -161,7 +165,7 @@ def from_dict(config_cls, d, source: str):
         default = f.default_factory() if callable(f.default_factory) else f.default
         if is_dataclass(default):
             kw[f.name] = from_dict(type(default), d[f.name], f"{source} [{f.name}]")
-        elif type(d[f.name]) is not type(default) and not (type(default) is float and type(d[f.name]) is int):
+        elif not _same_type(d[f.name], default):
             raise ValueError(f"{source}: setting {f.name!r} is {d[f.name]!r}, expected a {type(default).__name__}")
         else:
             kw[f.name] = type(default)(d[f.name])
@@ -169,6 +173,11 @@ def from_dict(config_cls, d, source: str):
     if extra:
         raise ValueError(f"{source}: unknown settings {extra}")
     return config_cls(**kw)
+
+
+def _same_type(value, default) -> bool:
+    """Whether a setting's value has the type of its field's default: exactly (a bool is no int), or an int for a float."""
+    return type(value) is type(default) or (type(default) is float and type(value) is int)
 
 
 def check_settings(settings, positive=(), non_negative=(), fraction=(), choices=None) -> None:

@@ -138,7 +138,7 @@ def plot(results: list[EvalResult], path: Path, title: str = "test-time compute"
 
 
 def main(argv=None):
-    p, g = entry_parser(__doc__, "what to evaluate")
+    p, g = entry_parser("nanoo1.eval", __doc__, "what to evaluate")
     g.add_argument("--checkpoint", required=True, help="checkpoint directory (or hub id) with a tokenizer")
     g.add_argument("--adapters", default=None, help="LoRA adapters (PEFT's layout, e.g. a LoRA self-play run's final/) "
                    "to put on the checkpoint")

@@ -290,7 +290,7 @@ def run(config: EvolveConfig, model, data=TINY_DIR / "train.jsonl", test_data=TI
 
 
 def main(argv=None):
-    p, g = entry_parser(__doc__, "run")
+    p, g = entry_parser("nanoo1.evolve", __doc__, "run")
     g.add_argument("--tiny", action="store_true", help="the tiny task, from data/tiny/warmstart-code (rStar-Math's "
                    "warm start: the code format alone) or, where that is missing, from one trained first into OUT/base")
     g.add_argument("--warmstart-steps", type=int, default=CODE_SFT.steps, help="SFT steps of that warm start")

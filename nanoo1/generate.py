@@ -9,14 +9,13 @@ Prints each sample with its finish reason, mean token log-prob and mean entropy.
 
 from __future__ import annotations
 
-import argparse
 import math
 import time
 
 import torch
 
 from nanoo1.checkpoint import load_pretrained
-from nanoo1.config import HelpFormatter, error_text, positive_int
+from nanoo1.config import entry_parser, error_text, positive_int
 from nanoo1.device import process_setup, resolve_device
 from nanoo1.engine import generate
 from nanoo1.model import Gemma2, Gemma2Config
@@ -37,7 +36,7 @@ def tiny_random(seed: int):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    p, _ = entry_parser("nanoo1.generate", __doc__)
     g = p.add_argument_group("model")
     g.add_argument("--checkpoint", default=None, help="checkpoint directory or hub id (default: a tiny random model)")
     g.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"], help="default: the checkpoint's")

@@ -243,8 +243,12 @@ def run(config: SelfPlayConfig, resume: str | None = None, from_scratch: bool = 
     return summary
 
 
-def main(argv=None):
-    p, g = entry_parser(__doc__, "what to run")
+RUN_FLAGS = ("tiny", "model", "resume", "from_scratch", "overwrite", "threads", "no_progress")  # no setting of the run
+
+
+def parser():
+    """The command line: RUN_FLAGS, then one flag per setting (bench's dist section checks its --dist-flags on it)."""
+    p, g = entry_parser("nanoo1.selfplay", __doc__, "what to run")
     g.add_argument("--tiny", action="store_true", help="the laptop-CPU recipe on the tiny task: the shipped warm start "
                    "data/tiny/warmstart and the tiny problems, with the settings below at their defaults")
     g.add_argument("--model", default=None, help="warm start: checkpoint directory or hub id (overrides --warmstart); "
@@ -255,9 +259,13 @@ def main(argv=None):
     g.add_argument("--overwrite", action="store_true", help="start over in an --out directory that holds another run")
     add_process_flags(g)
     add_config_flags(p, SelfPlayConfig)
+    return p
+
+
+def main(argv=None):
+    p = parser()
     args = p.parse_args(argv)
-    flags = {k: v for k, v in vars(args).items() if k not in ("tiny", "model", "resume", "from_scratch", "overwrite",
-                                                               "threads", "no_progress")}
+    flags = {k: v for k, v in vars(args).items() if k not in RUN_FLAGS}
     if args.model:
         flags["warmstart"] = args.model
     elif args.tiny and not args.resume:  # a resumed run keeps its own warm start (a --tiny run may have had another)

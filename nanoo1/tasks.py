@@ -15,13 +15,12 @@ format (`solution_tree`), rStar's code format, or Elastic Reasoning's <think> fo
 
 from __future__ import annotations
 
-import argparse
 import json
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from nanoo1.config import HelpFormatter
+from nanoo1.config import entry_parser
 from nanoo1.files import atomic_write
 from nanoo1.rewards import final_answer, parse_number
 from nanoo1.thoughts import Tree
@@ -222,8 +221,7 @@ def write_jsonl(problems: list[Problem], path) -> None:
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description="Regenerate the tiny task splits and the tiny tokenizer.",
-                                formatter_class=HelpFormatter)
+    p, _ = entry_parser("nanoo1.tasks", "Regenerate the tiny task splits and the tiny tokenizer.")
     p.add_argument("--out", type=Path, default=TINY_DIR, help="directory for train.jsonl, test.jsonl, tokenizer.json")
     p.add_argument("--train", type=int, default=10000, help="training problems")
     p.add_argument("--test", type=int, default=500, help="held-out problems")

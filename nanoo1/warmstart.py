@@ -22,7 +22,6 @@ first round.
 
 from __future__ import annotations
 
-import argparse
 import random
 import time
 from dataclasses import replace
@@ -31,7 +30,7 @@ from pathlib import Path
 import torch
 
 from nanoo1.checkpoint import save_pretrained
-from nanoo1.config import HelpFormatter, positive_int
+from nanoo1.config import entry_parser, positive_int
 from nanoo1.device import process_setup
 from nanoo1.files import check_directory
 from nanoo1.model import Gemma2, Gemma2Config
@@ -111,7 +110,7 @@ def tiny_base(out: Path, steps: int = CODE_SFT.steps, seed: int = 0, progress: b
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    p, _ = entry_parser("nanoo1.warmstart", __doc__)
     kind = p.add_mutually_exclusive_group()
     kind.add_argument("--think", action="store_true", help="Elastic Reasoning's warm start instead: the <think> format "
                       f"alone, a pause line after each step with probability {THINK_PAUSES} (default --out {THINK_DIR.name})")

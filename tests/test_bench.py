@@ -611,3 +611,14 @@ def test_the_json_is_written_atomically_after_each_section(fake_sections, tmp_pa
     with pytest.raises(RuntimeError, match="search broke"):
         bench.main(["--sections", "engine,search", "--json", str(path)])
     assert writes == [path] and json.loads(path.read_text()) == {"engine": [{"size": "tiny"}]}
+
+
+@pytest.mark.parametrize("flags", ["--bogus 1", "--iterations x", "--iterations 0", "--iterations", "--temperature -1"])
+def test_the_dist_sections_selfplay_flags_are_checked_before_any_section_runs(flags, fake_sections, capsys):
+    """--dist-flags are read as each run's selfplay will read them (its parser, then its settings' checks), so a
+    bad one is a usage error naming it before the sections before dist have run, not a traceback after them."""
+    from nanoo1.bench import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["--sections", "engine,dist", f"--dist-flags={flags}"])
+    assert e.value.code == 2 and f"--dist-flags {flags}: " in capsys.readouterr().err and fake_sections == []

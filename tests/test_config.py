@@ -165,3 +165,23 @@ def test_error_text_of_a_key_error_has_no_quotes():
 
     assert error_text(KeyError("x.json: missing key")) == "x.json: missing key"
     assert error_text(ValueError("bad value")) == "bad value" and error_text(KeyError()) == ""
+
+
+def test_a_setting_of_the_wrong_type_is_refused_by_name():
+    """`apply_flags` takes values typed by argparse, or read from JSON (bench's --gpu-settings): one of another type
+    than its field's default is refused by flag name, as `from_dict` refuses it (an int may stand for a float)."""
+    with pytest.raises(ValueError, match="--depth: '5' is a str, expected a int"):
+        apply_flags(Config(), {"depth": "5"})
+    with pytest.raises(ValueError, match="--train-fast: 1 is a int, expected a bool"):
+        apply_flags(Config(), {"train_fast": 1})
+    assert apply_flags(Config(), {"train_lr": 1}).train.lr == 1.0 and type(apply_flags(Config(), {"train_lr": 1}).train.lr) is float
+
+
+@pytest.mark.parametrize("module", ["bench", "eval", "evolve", "selfplay", "warmstart", "generate", "tasks", "adapters"])
+def test_every_entry_point_names_itself_as_it_is_run(module, capsys):
+    """`python -m nanoo1.X --help` says `usage: python -m nanoo1.X`, not argparse's `X.py`, which is no command."""
+    import importlib
+
+    with pytest.raises(SystemExit):
+        importlib.import_module(f"nanoo1.{module}").main(["--help"])
+    assert capsys.readouterr().out.startswith(f"usage: python -m nanoo1.{module} ")
