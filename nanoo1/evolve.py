@@ -105,7 +105,7 @@ class EvolveConfig:
     dtype: str = "float32"  # the weights' dtype: float32 or bfloat16 (the base's, under LoRA; adapters stay float32)
 
     def __post_init__(self):
-        check_settings(self, positive=("simulations", "num_candidates", "temperature", "max_step_tokens",
+        check_settings(self, positive=("simulations", "num_candidates", "temperature", "max_step_tokens", "patient",
                                        "traces_per_problem", "sft_epochs", "sft_batch_size", "sft_lr", "ppm_epochs",
                                        "ppm_pairs_per_step", "ppm_lr", "problems", "eval_problems", "beam_temperature",
                                        "verifier_problems"),
@@ -293,7 +293,7 @@ def main(argv=None):
     p, g = entry_parser("nanoo1.evolve", __doc__, "run")
     g.add_argument("--tiny", action="store_true", help="the tiny task, from data/tiny/warmstart-code (rStar-Math's "
                    "warm start: the code format alone) or, where that is missing, from one trained first into OUT/base")
-    g.add_argument("--warmstart-steps", type=int, default=CODE_SFT.steps, help="SFT steps of that warm start")
+    g.add_argument("--warmstart-steps", type=positive_int, default=CODE_SFT.steps, help="SFT steps of that warm start")
     add_process_flags(g, "1 with --tiny, the fastest for it; else torch's choice")
     g.add_argument("--procs", type=positive_int, default=None, help="processes on this machine, one per core: with more "
                    "than 1 the run starts itself under torchrun (default: 2 with --tiny on a machine of 2 or more "
@@ -323,7 +323,7 @@ def main(argv=None):
         if not load_jsonl(args.test_data):
             raise ValueError(f"{args.test_data}: no held-out problems")
         prepare_out(Path(config.out), args.overwrite, OUT_FILES, resumable=False, clear=False)
-    except (ValueError, FileExistsError, FileNotFoundError, NotADirectoryError) as e:
+    except (ValueError, OSError) as e:  # OSError: a path missing, in the way, or a directory where a file belongs
         p.error(str(e))
     procs = args.procs or (min(2, os.cpu_count() or 1) if args.tiny else 1)
     if procs > 1 and "WORLD_SIZE" not in os.environ:  # not yet under torchrun: start `procs` ranks of this command

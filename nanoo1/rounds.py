@@ -165,7 +165,7 @@ def held_out_accuracy(policy_model, tokenizer, problems: list[Problem], config, 
     mine = dist.shard(problems, place)
     method = SearchConfig(method="beam", n=beam, expand=beam, max_depth=RStarConfig.max_depth) if beam else \
         SearchConfig(method="greedy", max_depth=RStarConfig.max_depth)
-    results = search(policy, [p.question for p in mine], method, scorer=policy.score if beam else None)
+    results = search(policy, [p.question for p in mine], method)  # the beam ranks by the values: PPM scores
     right, tokens = map(sum, zip(*dist.gather((sum(grade(results, [p.answer for p in mine])),
                                                sum(r.spent.generated for r in results)))))
     return right / len(problems), tokens / len(problems)

@@ -36,8 +36,6 @@ import re
 from dataclasses import dataclass
 from itertools import takewhile
 
-import torch
-
 from nanoo1.engine import generate, seeded_generator
 from nanoo1.policy import Candidate, generate_calls
 from nanoo1.ppm import ProcessPreferenceModel, ppm_scores
@@ -305,10 +303,6 @@ class RStarPolicy:
             return [0.0] * len(paths), [0] * len(paths)
         seqs = [ppm_input(self.tokenizer, path) for path in paths]
         return ppm_scores(self.ppm, seqs, self.tokenizer.pad_id, self.config.ppm_batch_size).tolist(), list(map(len, seqs))
-
-    def score(self, paths: list[list[Node]]) -> torch.Tensor:
-        """The values of `evaluate` as a tensor (N,): search's beam scorer."""
-        return torch.tensor(self.evaluate(paths)[0])
 
 
 def _fork_width(ks: list[int]) -> int:

@@ -742,7 +742,7 @@ def test_max_rows_splits_the_candidate_steps_into_calls_of_at_most_that_many(mia
     assert run(4) == ([4, 2], texts) and run(2) == ([2, 2, 2], texts)  # a request's candidates stay together
 
 
-def test_trained_policy_keeps_its_steps_and_mcts_finds_the_answer(mia_model, code_tokenizer):
+def test_trained_policy_keeps_its_steps_and_mcts_finds_the_answer(mia_model, code_tokenizer, monkeypatch):
     greedy = RStarConfig(temperature=0.0, max_step_tokens=40)
     policy = RStarPolicy(mia_model, code_tokenizer, greedy, seed=0)
     assert policy.stop_strings is None and code_tokenizer.token_id(STEP_END) in policy.stop_ids
@@ -756,9 +756,12 @@ def test_trained_policy_keeps_its_steps_and_mcts_finds_the_answer(mia_model, cod
     (children,), (spent,) = expand(ppm_policy, [Request(tree, tree.root, [None] * 2, [None] * 2)])
     assert [(c.meta, c.text, c.value) for c in children] == [("<expansion>", STEP1, 0.0)] * 2
     assert spent.value == 2 * len(encode_trace(code_tokenizer, MIA.question, [STEP1], close=False)[0])
-    # the PPM as beam search's scorer
-    (beam,) = search(policy, [MIA.question], SearchConfig(method="beam", n=2, expand=2), scorer=ppm_policy.score)
+    # beam search scored by the PPM: its values rank the beam, and each path is read once
+    read = []
+    monkeypatch.setattr(rstar, "ppm_scores", lambda ppm, seqs, *a: read.extend(map(tuple, seqs)) or ppm_scores(ppm, seqs, *a))
+    (beam,) = search(ppm_policy, [MIA.question], SearchConfig(method="beam", n=2, expand=2))
     assert beam.answer == "9" and beam.tree.node(beam.path[-1]).text == STEP3 + "\n<output>9</output>"
+    assert len(read) == len(beam.tree.nodes) - 1 == 2 + 4 + 4  # 2 beams, each expanded into 2 steps
     # rStar's MCTS: UCT (c = 2), terminal rewards +1 / -1, no discount, the checker. Simulation 1 expands the
     # root, 2 its first child, 3 its second (UCT tries every child once), 4 reaches step 3: two identical
     # correct answers, one solution, and patient = 1 stops the search
@@ -1082,7 +1085,9 @@ def test_evolve_refuses_bad_settings_and_another_runs_directory_before_any_work(
                            (["--sft-lr", "-1"], "--sft-lr must be > 0"), (["--lora-targets", "qproj"], "'qproj'"),
                            (["--data", str(tmp_path / "bad.jsonl")], r"bad.jsonl:1: 'answer' must be a string"),
                            (["--test-data", str(empty)], "empty.jsonl: no held-out problems"),
-                           (["--problems", "9000"], r"train.jsonl: round 1 wants 9000 problems of at least 3 steps")):
+                           (["--problems", "9000"], r"train.jsonl: round 1 wants 9000 problems of at least 3 steps"),
+                           (["--patient", "0"], "--patient must be > 0"), (["--warmstart-steps", "0"], "0 must be at least 1"),
+                           (["--data", str(tmp_path)], "Is a directory")):
         with pytest.raises(SystemExit):
             evolve.main(["--tiny", "--procs", "1", "--no-progress", "--out", str(tmp_path / "fresh"), *flags])
         assert re.search(message, capsys.readouterr().err)
@@ -1263,7 +1268,7 @@ def test_verifier_table_samples_more_than_a_batch_for_one_problem(monkeypatch):
     assert rows == [{"n": 300, "vote": 1.0, "PRM": 1.0, "ORM": 1.0, "pass@N": 1.0}] and seen == [(1, 300, 5, None)]
 
 
-@pytest.mark.parametrize("n, ns", [(8, [4, 8]), (100, [4, 8, 16, 32, 64]), (2, [2])])
+@pytest.mark.parametrize("n, ns", [(8, [4, 8]), (100, [4, 8, 16, 32, 64]), (2, [2]), (300, [4, 8, 16, 32, 64, 128, 256])])
 def test_compare_verifiers_trains_the_orm_like_the_ppm_and_takes_n_up_to_the_setting(n, ns, tmp_path, monkeypatch):
     """The ORM trains on 2 * ppm_pairs_per_step = 8 sequences a step for ppm_epochs = 4 passes over 10 examples:
     passes(4, 10, 8) = round(40 / 8) = 5 steps. N = 4, 8, ... up to --verifiers inclusive; a setting under 4 is
@@ -1391,9 +1396,6 @@ def test_held_out_accuracy_greedy_and_beam_on_a_scripted_search(monkeypatch):
         def __init__(self, model, tokenizer, config, ppm, seed=0):
             self.config, self.ppm = config, ppm
 
-        def score(self, paths):
-            raise AssertionError("scripted search scores nothing")
-
     calls = []
     answers = {"q0": ("9", 10), "q1": ("4", 20), "q2": ("5", 30), "q3": (None, 40)}
     monkeypatch.setattr(rounds, "RStarPolicy", Policy)
@@ -1407,7 +1409,7 @@ def test_held_out_accuracy_greedy_and_beam_on_a_scripted_search(monkeypatch):
     assert method.method == "greedy" and scorer is None and policy.config.temperature == 1.0 and policy.ppm is None
     assert rounds.held_out_accuracy(None, None, problems, config, ppm="ppm", beam=3) == (0.75, 25.0)
     policy, method, scorer = calls[-1]
-    assert (method.method, method.n, method.expand) == ("beam", 3, 3) and scorer == policy.score
+    assert (method.method, method.n, method.expand) == ("beam", 3, 3) and scorer is None  # the PPM's values, read once
     assert policy.config.temperature == 0.5 and policy.ppm == "ppm"
 
 
