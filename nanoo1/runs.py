@@ -34,7 +34,8 @@ def latest_checkpoint(run_dir: Path) -> Path:
     """The checkpoint directory that run_dir/latest names."""
     latest = Path(run_dir) / "latest"
     if not latest.is_file():
-        raise FileNotFoundError(f"{latest}: not found; {run_dir} is not a run with a finished iteration")
+        raise FileNotFoundError(f"{latest}: not found; {run_dir} is not a run with a finished iteration "
+                                "(--out DIR --overwrite starts it again)")
     name = latest.read_text(encoding="utf-8").strip()
     if not (name.startswith("iter-") and name[5:].isdigit() and (latest.parent / name).is_dir()):
         raise ValueError(f"{latest}: names {name!r}, expected an iter-NNNN checkpoint directory beside it")
@@ -132,15 +133,15 @@ RUN_FILES = ("metrics.jsonl", "latest", "summary.json", "budgets.png", "final", 
 
 def prepare_out(out: Path, overwrite: bool, files=RUN_FILES, resumable: bool = True, clear: bool = True,
                 base: str | None = None) -> None:
-    """Refuse to start a run over another one, one of whose `files` (glob patterns) `out` holds (resume it, or say
-    --overwrite); with overwrite and `clear`, delete them and make `out`. `clear` False only checks. A file at
+    """Refuse to start a run over another one, one of whose `files` (glob patterns) `out` holds (resume it, when it
+    is resumable and finished an iteration, or say --overwrite); with overwrite and `clear`, delete them and make `out`. `clear` False only checks. A file at
     `out` or above it is a NotADirectoryError. `base`: a LoRA run's base model, which the run reads again after
     set-up (its adapters name it; resuming and merging load it): one that lies in what would be cleared is
     refused (a FileExistsError), where a full fine-tune reads its start once and may clear it."""
     check_directory(out)
     found = [p for pattern in files for p in sorted(out.glob(pattern))]
     if found and not overwrite:
-        resume = f"--resume {out} continues it, " if resumable else ""
+        resume = f"--resume {out} continues it, " if resumable and (out / "latest").is_file() else ""  # one checkpoint
         raise FileExistsError(f"{out} holds another run ({found[0].name}); {resume}--out DIR starts elsewhere, "
                               "--overwrite replaces it")
     where = Path(base).resolve() if base is not None else None

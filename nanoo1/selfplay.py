@@ -53,7 +53,8 @@ from nanoo1.warmstart import train_warmstart
 
 
 def load_problems(config: SelfPlayConfig):
-    """The training and held-out problems, checked against what the run will draw from them."""
+    """(training problems, the held-out problems of the before/after tables, those of the quick greedy checks),
+    checked against what the run will draw from them: the first --eval-problems and --eval-quick of the test file."""
     for flag, path in (("--data", config.run.data), ("--test-data", config.run.test_data)):
         if not path:
             raise ValueError(f"{flag}: no file given (GSM8K-style jsonl: question, answer ending in '#### N')")
@@ -64,7 +65,7 @@ def load_problems(config: SelfPlayConfig):
                          f"ones (--problems-per-iteration{' + --imitation-problems' if config.run.algo == 'ppo' else ' x --rounds'})")
     if not test:
         raise ValueError(f"{config.run.test_data}: no held-out problems")
-    return train, test[: config.eval.problems]
+    return train, test[: config.eval.problems], test[: config.eval.quick]
 
 
 def _table(rows: list[tuple[str, EvalResult, EvalResult]]) -> str:
@@ -129,7 +130,7 @@ def run(config: SelfPlayConfig, resume: str | None = None, from_scratch: bool = 
                 return json.loads((out / "summary.json").read_text(encoding="utf-8"))
             except (json.JSONDecodeError, UnicodeDecodeError) as e:
                 raise ValueError(f"{out / 'summary.json'}: not the summary of a finished run ({e})") from e
-    train, test = load_problems(config)
+    train, test, quick = load_problems(config)
     progress = progress and place.main
     if not resume and place.main:  # refused before any work, cleared once the model is read
         prepare_out(out, overwrite, clear=False, base=config.run.warmstart if config.lora.rank else None)
@@ -167,6 +168,7 @@ def run(config: SelfPlayConfig, resume: str | None = None, from_scratch: bool = 
         if state.get("cuda_rng") is not None and device.type == "cuda":  # what LoRA's dropout draws from there
             torch.cuda.set_rng_state(state["cuda_rng"], device)
         metrics, first = state["metrics"], state["iteration"] + 1
+        t0 -= metrics[-1]["seconds"]  # the clock goes on from the checkpoint's: seconds and wall_s count the whole run
         if ppo:
             replay = PrioritizedReplay.load(start_dir / dist.rank_file("replay.pt", place.rank))
             memory = PrioritizedReplay.load(start_dir / dist.rank_file("imitation.pt", place.rank))
@@ -198,14 +200,14 @@ def run(config: SelfPlayConfig, resume: str | None = None, from_scratch: bool = 
         else:
             m = grpo_iteration(model, tokenizer, opt, problems, it, c, seed)
             m["think_quick"] = evaluate_sharded(budget_job(model, tokenizer, config, config.grpo.think_budget),
-                                                test[:config.eval.quick]).accuracy  # held out, greedy at t*
+                                                quick).accuracy  # held out, greedy at t*
         m = dist.combine(m, summed=("chains", "restamped", "imitation_replayed"))
         m["lr"] = c.ppo.lr if ppo else c.grpo.grpo_lr
         if ppo and config.eval.every and (it + 1) % config.eval.every == 0:
             m["greedy_quick"] = evaluate_sharded(lambda ps: evaluate(model, tokenizer, ps, "greedy", seed=seed,
                                                                      max_thought_tokens=config.search.max_thought_tokens,
                                                                      max_rows=config.search.max_rows),
-                                                 test[:config.eval.quick]).accuracy
+                                                 quick).accuracy
         m.update(iteration=it, seconds=round(time.perf_counter() - t0, 1))
         metrics.append(m)
         if place.main:
@@ -255,7 +257,8 @@ def parser():
                    "without --tiny the 2b preset's settings apply (recipe.PRESETS): bf16, LoRA rank 16, --device auto")
     g.add_argument("--resume", default=None, help="continue the run in this directory from its latest checkpoint, with "
                    "its saved settings (a flag that contradicts them is an error)")
-    g.add_argument("--from-scratch", action="store_true", help="redo the warm start (SFT) instead of loading it")
+    g.add_argument("--from-scratch", action="store_true", help="train the tiny warm start again (SFT on the tiny "
+                   "task's problems, as `python -m nanoo1.warmstart` does) instead of loading one; no --model or --warmstart")
     g.add_argument("--overwrite", action="store_true", help="start over in an --out directory that holds another run")
     add_process_flags(g)
     add_config_flags(p, SelfPlayConfig)
@@ -266,6 +269,8 @@ def main(argv=None):
     p = parser()
     args = p.parse_args(argv)
     flags = {k: v for k, v in vars(args).items() if k not in RUN_FLAGS}
+    if args.from_scratch and (args.model or "warmstart" in flags):  # it would train another and drop the one named
+        p.error("--from-scratch trains the tiny warm start itself: it takes no --model or --warmstart")
     if args.model:
         flags["warmstart"] = args.model
     elif args.tiny and not args.resume:  # a resumed run keeps its own warm start (a --tiny run may have had another)

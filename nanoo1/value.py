@@ -44,8 +44,9 @@ def rating_logits(model, tokenizer, input_ids, attention_mask):
 
 
 def rating_at(model, tokenizer, hidden, positions):
-    """(l_pos, l_neg) (B, K, 2) in float32, read at positions (B, K) of the decoder's output hidden (B, T, C):
-    every thought's <start_of_rating> of a training chain, from the forward pass that also scores its tokens."""
+    """(l_pos, l_neg) (B, K, 2), read at positions (B, K) of the decoder's output hidden (B, T, C): every thought's
+    <start_of_rating> of a training chain, from the forward pass that also scores its tokens. In float32, but under
+    bf16 autocast (the tiny recipe's training step) its matrix multiply runs in bf16, as the token logits' does."""
     h = hidden[torch.arange(len(positions), device=hidden.device)[:, None], positions]  # (B, K, C)
     return rating_head(model, tokenizer, h.float())
 

@@ -87,6 +87,23 @@ def test_resume_continues_exactly_and_seeds_repeat(tmp_path, warmstart, monkeypa
     assert {k: v for k, v in straight.items() if k not in drop} == {k: v for k, v in again.items() if k not in drop}
 
 
+def test_a_resumed_runs_clock_goes_on_from_its_checkpoint(tmp_path, warmstart, monkeypatch):
+    """An iteration's seconds and the summary's wall_s count from the run's start: a resumed run (a new process,
+    its clock from 0) adds its own time to the seconds its checkpoint's last iteration had reached."""
+    import itertools
+    from types import SimpleNamespace
+
+    import nanoo1.selfplay as selfplay
+
+    monkeypatch.setattr(selfplay, "time", SimpleNamespace(perf_counter=itertools.count(0, 100).__next__))
+    killed_after_first_checkpoint(small(tmp_path, warmstart), monkeypatch)
+    reached = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[-1])["seconds"]
+    monkeypatch.setattr(selfplay, "time", SimpleNamespace(perf_counter=itertools.count(0, 1).__next__))
+    summary = run(small(tmp_path, warmstart), resume=str(tmp_path), progress=False)
+    lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [line["seconds"] for line in lines[1:-1]] == [reached, reached + 1] and summary["wall_s"] == reached + 2
+
+
 def test_imitation_steps_resume_exactly(tmp_path, warmstart, monkeypatch):
     """A random model never reaches a right answer: every chain counts as a success here, so imitation steps run."""
     from nanoo1 import iteration
@@ -494,6 +511,8 @@ def test_tiny_grpo_starts_from_elastic_reasonings_warm_start(monkeypatch):
     (["--tiny", "--threads", "0"], "--threads: 0 must be at least 1"),
     (["--tiny", "--data", "SMALL"], "3 problems, but every iteration draws 392"),
     (["--tiny", "--data", "MISSING"], "dataset file not found"),
+    (["--tiny", "--from-scratch", "--model", "data/tiny/warmstart"], "--from-scratch trains the tiny warm start itself"),
+    (["--tiny", "--from-scratch", "--warmstart", "mine"], "it takes no --model or --warmstart"),
     pytest.param(["--tiny", "--device", "cuda"], "--device cuda: torch sees no CUDA device",
                  marks=pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA device is here")),
 ])
@@ -747,7 +766,10 @@ def test_grpo_with_lora_takes_its_kl_against_the_base_with_the_adapters_off(tmp_
 def test_the_data_must_hold_one_iterations_draw_and_the_held_out_set_is_its_first_eval_problems(tmp_path, warmstart):
     """A training file of exactly the problems one iteration draws is enough; one fewer is refused, naming the
     flags behind the count (PPO: its search's and its imitation's problems; GRPO: its rounds'). The held-out
-    problems are the first --eval-problems of a file that must hold some; an iteration needs a problem per rank."""
+    problems are the first --eval-problems (the quick checks' the first --eval-quick, more or fewer) of a file
+    that must hold some; an iteration needs a problem per rank."""
+    from dataclasses import replace
+
     from nanoo1.selfplay import check_shares, load_problems
 
     def jsonl(name, n):
@@ -756,8 +778,9 @@ def test_the_data_must_hold_one_iterations_draw_and_the_held_out_set_is_its_firs
         return str(tmp_path / name)
 
     config = small(tmp_path, warmstart, data=jsonl("six.jsonl", 6), test_data=jsonl("test.jsonl", 5))  # draws 3 + 3
-    train, test = load_problems(config)
-    assert len(train) == 6 and [p.question for p in test] == ["q0", "q1", "q2"]
+    train, test, quick = load_problems(config)
+    assert len(train) == 6 and [p.question for p in test] == ["q0", "q1", "q2"] and len(quick) == 5  # 3 and 100 asked
+    assert [p.question for p in load_problems(replace(config, eval=replace(config.eval, quick=2)))[2]] == ["q0", "q1"]
     with pytest.raises(ValueError, match=r"5 problems, but every iteration draws 6 distinct ones "
                                          r"\(--problems-per-iteration \+ --imitation-problems\)"):
         load_problems(small(tmp_path, warmstart, data=jsonl("five.jsonl", 5), test_data=config.run.test_data))
@@ -983,7 +1006,7 @@ def test_eval_command_hands_its_settings_to_every_evaluation(tmp_path, warmstart
 def test_latest_names_an_iteration_directory_beside_it(tmp_path):
     """`latest` holds iter-NNNN (a newline after it is fine) of a directory that exists; anything else is refused."""
 
-    with pytest.raises(FileNotFoundError, match="is not a run with a finished iteration"):
+    with pytest.raises(FileNotFoundError, match=r"is not a run with a finished iteration \(--out DIR --overwrite"):
         latest_checkpoint(tmp_path)
     for name in ("iter-0003", "iter-last", "abcd-0003"):
         (tmp_path / name).mkdir()
@@ -1084,17 +1107,20 @@ def test_load_model_reads_the_checkpoint_or_under_lora_the_base_and_its_adapters
 
 def test_prepare_out_makes_a_fresh_directory_and_names_the_way_out(tmp_path):
     """A fresh OUT is made; a file at OUT is NotADirectoryError even when only checking; the refusal offers
-    --resume only for a resumable run."""
+    --resume only for a resumable run that finished an iteration (one killed before has none to resume)."""
 
     prepare_out(tmp_path / "a" / "b", False)
     assert (tmp_path / "a" / "b").is_dir()
     (tmp_path / "file").write_text("x")
     with pytest.raises(NotADirectoryError, match="is a file, not a directory"):
         prepare_out(tmp_path / "file", True, clear=False)
+    (tmp_path / "a" / "b" / "metrics.jsonl").write_text("{}\n")  # a run killed before its first checkpoint
+    with pytest.raises(FileExistsError, match=r"holds another run \(metrics.jsonl\); --out DIR starts elsewhere"):
+        prepare_out(tmp_path / "a" / "b", False)
     (tmp_path / "a" / "b" / "latest").write_text("iter-0001")
     with pytest.raises(FileExistsError, match="--resume .* continues it, --out DIR starts elsewhere"):
         prepare_out(tmp_path / "a" / "b", False)
-    with pytest.raises(FileExistsError, match=r"holds another run \(latest\); --out DIR starts elsewhere"):
+    with pytest.raises(FileExistsError, match=r"holds another run \(metrics.jsonl\); --out DIR starts elsewhere"):
         prepare_out(tmp_path / "a" / "b", False, resumable=False)
     (tmp_path / "c").mkdir()
     (tmp_path / "c" / "budgets.png").write_text("png")  # a GRPO run's plot is its own: refused, then cleared
