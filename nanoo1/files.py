@@ -33,8 +33,10 @@ def atomic_write(path, data) -> Path:
             fd = -1
             data(tmp)
             fd = os.open(tmp, os.O_RDONLY)
-        else:
-            os.write(fd, data.encode("utf-8") if isinstance(data, str) else data)
+        else:  # os.write may write less than asked (a full disk, 2 GB a call): on from where it stopped
+            view = memoryview(data.encode("utf-8") if isinstance(data, str) else data)
+            while view:
+                view = view[os.write(fd, view):]
         os.fsync(fd)
         os.close(fd)
         fd = -1

@@ -37,6 +37,7 @@ SPECIAL_TOKENS = CONTROL_TOKENS + CHAT_TOKENS + THOUGHT_TOKENS + THINK_TOKENS + 
 LOOKED_UP = {"thought": ["<end_of_thought>", "<conclusion>", "<start_of_rating>", "<positive_rating>", "<negative_rating>"],
              "think": ["</think>"]}
 BYTE_TOKENS = [f"<0x{b:02X}>" for b in range(256)]
+CHAT_TEMPLATE_FILES = ("chat_template.jinja", "chat_template.json")  # where transformers keeps a chat template apart
 
 
 class Tokenizer:
@@ -102,8 +103,9 @@ class Tokenizer:
 
     def save(self, directory) -> None:
         """Write tokenizer.json, tokenizer_config.json and special_tokens_map.json (atomically each). The last two
-        are copied from beside the file this tokenizer was read from when they are there (a checkpoint's chat
-        template stays with it), else written as a minimal pair."""
+        are copied from beside the file this tokenizer was read from when they are there, else written as a minimal
+        pair; so is a chat template kept in a file of its own (transformers 5: chat_template.jinja), so a
+        checkpoint's chat template stays with it."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         special = {"bos_token": "<bos>", "eos_token": "<eos>", "pad_token": "<pad>", "unk_token": "<unk>"}
@@ -114,6 +116,9 @@ class Tokenizer:
         for name, minimal in (("tokenizer_config.json", config), ("special_tokens_map.json", special)):
             kept = origin / name if origin is not None else None
             atomic_write(directory / name, kept.read_bytes() if kept and kept.is_file() else json.dumps(minimal, indent=2))
+        for name in CHAT_TEMPLATE_FILES if origin is not None else ():
+            if (origin / name).is_file():
+                atomic_write(directory / name, (origin / name).read_bytes())
 
 
 def train_tokenizer(texts, vocab_size: int, special_tokens=SPECIAL_TOKENS, split_digits: bool = True) -> Tokenizer:
@@ -153,9 +158,9 @@ def train_tokenizer(texts, vocab_size: int, special_tokens=SPECIAL_TOKENS, split
     pieces = [p for p, _ in sorted(learned["vocab"].items(), key=lambda kv: kv[1]) if p not in vocab]
     room = vocab_size - len(vocab)
     # a space must be its own piece, as in Gemma's vocabulary: the decoder reads "▁" before it reads bytes, so a
-    # space that fell back to bytes would come back as "▁"
-    if "▁" in pieces[room:]:
-        pieces = pieces[:room - 1] + ["▁"]
+    # space that fell back to bytes would come back as "▁" (kept even where the texts hold no space to learn it from)
+    if "▁" not in pieces[:room]:
+        pieces = [p for p in pieces if p != "▁"][:room - 1] + ["▁"]
     for piece in pieces[:room]:
         vocab[piece] = len(vocab)
     merges = [tuple(m) if isinstance(m, list) else tuple(m.split(" ")) for m in learned["merges"]]

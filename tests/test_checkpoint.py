@@ -670,3 +670,17 @@ def test_a_name_starting_with_a_dot_is_a_path_even_when_its_first_part_is_absent
     with pytest.raises(FileNotFoundError, match=r"no checkpoint directory at .+; a hub id looks like owner/name"):
         resolve_checkpoint(".cache/final")
     assert hub == []
+
+
+def test_atomic_write_writes_all_of_its_data_when_the_system_takes_it_in_pieces(tmp_path, monkeypatch):
+    """os.write may write fewer bytes than it is given (a disk filling up, over 2 GB in one call): what is left
+    is written next, so the file is whole, never a truncated one renamed over the old."""
+    import os
+
+    from nanoo1 import files
+
+    real = os.write
+    monkeypatch.setattr(files.os, "write", lambda fd, data: real(fd, bytes(data[:7])))  # 7 bytes a call at most
+    files.atomic_write(tmp_path / "x.json", "0123456789" * 5)
+    files.atomic_write(tmp_path / "y.bin", b"\x00\x01" * 20)
+    assert (tmp_path / "x.json").read_text() == "0123456789" * 5 and (tmp_path / "y.bin").read_bytes() == b"\x00\x01" * 20

@@ -131,6 +131,20 @@ def test_every_vocabulary_size_keeps_the_space_piece():
     for size in range(fixed + 1, fixed + 40):
         tok = train_tokenizer(texts, size)
         assert tok.has_token("▁") and tok.decode(tok.encode("Tom has 12", add_bos=False)) == "Tom has 12", size
+    bare = train_tokenizer(["12+35=47"] * 30, fixed + 20)  # texts without a space, so BPE learns no "▁"
+    assert bare.has_token("▁") and bare.decode(bare.encode("12 + 35 = 47", add_bos=False)) == "12 + 35 = 47"
+
+
+def test_a_chat_template_kept_in_a_file_of_its_own_is_saved_with_the_tokenizer(tmp_path, tiny_tokenizer):
+    """transformers 5 writes an -it model's chat template to chat_template.jinja: saving the tokenizer read from
+    beside it (a fine-tune of it) keeps the template."""
+    (tmp_path / "it").mkdir()
+    tiny_tokenizer.save(tmp_path / "it")
+    (tmp_path / "it" / "chat_template.jinja").write_text("{{ bos_token }}{% for m in messages %}{{ m.content }}{% endfor %}")
+    Tokenizer.from_file(tmp_path / "it").save(tmp_path / "tuned")
+    assert (tmp_path / "tuned" / "chat_template.jinja").read_text() == (tmp_path / "it" / "chat_template.jinja").read_text()
+    tiny_tokenizer.save(tmp_path / "plain")  # none beside the source: none written
+    assert not (tmp_path / "plain" / "chat_template.jinja").exists()
 
 
 def test_right_pad_of_no_rows_is_zero_by_width():
