@@ -285,8 +285,7 @@ class Gemma2(nn.Module):
         Without a cache, `attention_mask` (B, T) marks real tokens (padding on either side) and positions
         default to the count of real tokens before each one. With a cache, the T new tokens of row b go to
         slots lengths[b] .. lengths[b]+T-1; `attention_mask` (B, T) may mark trailing padding in the new tokens
-        (those rows advance by fewer slots, the padding's slots are overwritten later); another shape, or padding
-        before a real token, is a ValueError.
+        (those rows advance by fewer slots, the padding's slots are overwritten later), and nothing else.
         """
         B, T = input_ids.shape
         dev = input_ids.device
@@ -298,12 +297,10 @@ class Gemma2(nn.Module):
             if positions is None:
                 positions = q_slots if attention_mask is None else (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
         else:
-            if attention_mask is not None and attention_mask.shape != (B, T):
-                raise ValueError(f"with a cache, attention_mask is over the {T} new tokens: expected shape {(B, T)}, got "
-                                 f"{tuple(attention_mask.shape)} (a mask over past and new tokens is the cache's job)")
-            if attention_mask is not None and T > 1 and bool((attention_mask[:, 1:] > attention_mask[:, :-1]).any()):
-                raise ValueError("with a cache, attention_mask may mark padding only after a row's new tokens: "
-                                 "right-pad the batch (a left pad would take a slot of the cache as a real token)")
+            if attention_mask is not None and (attention_mask.shape != (B, T) or T > 1 and bool(
+                    (attention_mask[:, 1:] > attention_mask[:, :-1]).any())):  # a left pad would fill a slot as a token
+                raise ValueError(f"with a cache, attention_mask marks each row's {T} new tokens, right-padded: expected "
+                                 f"shape {(B, T)} and no pad before a real token, got {tuple(attention_mask.shape)}")
             start = cache.lengths  # (B,)
             q_slots = start[:, None] + torch.arange(T, device=dev)  # (B, T)
             first, last = min(cache.sizes), max(cache.sizes)  # read on the host: no device round trip per step

@@ -199,11 +199,11 @@ def test_a_mask_the_cache_cannot_follow_is_refused_not_misread():
     model = random_model(Gemma2Config.preset("tiny"), seed=1)
     with torch.no_grad():
         cache = model.new_cache(2, 16)
-        with pytest.raises(ValueError, match=r"left pad|padding only after a row's new tokens"):
+        with pytest.raises(ValueError, match=r"right-padded: expected shape \(2, 3\) and no pad before a real token"):
             model(torch.tensor([[5, 6, 7], [0, 8, 9]]), attention_mask=torch.tensor([[1, 1, 1], [0, 1, 1]]), cache=cache)
         assert cache.sizes == [0, 0]
         model(torch.tensor([[5, 6, 7], [8, 9, 0]]), attention_mask=torch.tensor([[1, 1, 1], [1, 1, 0]]), cache=cache)
-        with pytest.raises(ValueError, match=r"expected shape \(2, 1\), got \(2, 4\)"):
+        with pytest.raises(ValueError, match=r"expected shape \(2, 1\) and no pad before a real token, got \(2, 4\)"):
             model(torch.tensor([[10], [11]]), attention_mask=torch.ones(2, 4, dtype=torch.long), cache=cache)
         assert cache.sizes == [3, 2]
         model(torch.tensor([[10], [11]]), attention_mask=torch.ones(2, 1, dtype=torch.long), cache=cache)
