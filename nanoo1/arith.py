@@ -44,8 +44,8 @@ _FRAC = re.compile(r"\\frac\s*\{([^{}]*)\}\s*\{([^{}]*)\}|\\frac\s*(\d)\s*(\d)")
 _MIXED_FRAC = re.compile(r"(?<![\d.])(\d+)[ \t]*\\frac\s*(?:\{(\d+)\}\s*\{(\d+)\}|(\d)\s*(\d))")
 _TIMES_X = re.compile(r"(?<=[\d)\]}%])[ \t]*[xX][ \t]*(?=[\d(\[{$]|\.\d)")  # "4 x 5", "3x(2)": x between operands
 _THOUSANDS = re.compile(r"(?<![\d.,])\d{1,3}(?:,\d{3})+(?!\d)|(?<![\d.,/])\d{1,3}(?: \d{3})+(?![\d/]|\.\d)")
-# "1 1/2", "5 and 2/3", "16 and (2/3)": a whole number and a proper fraction
-_MIXED = re.compile(r"(?<![\d./])(\d+)[ \t]+(?:and[ \t]+)?\$?(\(?)(\d+)/(\d+)(\)?)(?![\d./^])")
+# "1 1/2", "5 and 2/3", "16 and (2/3)": a whole number and a proper fraction; a ")" only closing a "(" of its own
+_MIXED = re.compile(r"(?<![\d./])(\d+)[ \t]+(?:and[ \t]+)?\$?(\()?(\d+)/(\d+)(?(2)\))(?![\d./^])")
 _SPACED_OVER = re.compile(r"(?<=/)[ \t]+(\d+/\d+)(?![\d./^])")  # "25 / 1/3": a tight fraction after a spaced "/"
 
 
@@ -66,13 +66,13 @@ def normalize(text: str) -> str:
             break
     text = _TIMES_X.sub("*", text)
     text = _THOUSANDS.sub(lambda m: m.group(0).replace(",", "").replace(" ", ""), text)
-    text = _MIXED.sub(lambda m: _mixed(m[1], m[3], m[4], m[0], unbalanced=bool(m[2]) != bool(m[5])), text)
+    text = _MIXED.sub(lambda m: _mixed(m[1], m[3], m[4], m[0]), text)
     return _SPACED_OVER.sub(r" (\1)", text)
 
 
-def _mixed(whole: str, num: str, den: str, written: str, unbalanced: bool = False) -> str:
+def _mixed(whole: str, num: str, den: str, written: str) -> str:
     """A whole number and a proper fraction as one value, "(1+1/2)"; anything else as written."""
-    if unbalanced or len(num) > MAX_DIGITS or len(den) > MAX_DIGITS or int(num) >= int(den):
+    if len(num) > MAX_DIGITS or len(den) > MAX_DIGITS or int(num) >= int(den):
         return written
     return f"({whole}+{num}/{den})"
 

@@ -20,8 +20,8 @@ import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from nanoo1.config import entry_parser
-from nanoo1.files import atomic_write
+from nanoo1.config import entry_parser, positive_int
+from nanoo1.files import atomic_write, check_directory
 from nanoo1.rewards import final_answer, parse_number
 from nanoo1.thoughts import Tree
 
@@ -223,23 +223,27 @@ def write_jsonl(problems: list[Problem], path) -> None:
 def main(argv=None):
     p, _ = entry_parser("nanoo1.tasks", "Regenerate the tiny task splits and the tiny tokenizer.")
     p.add_argument("--out", type=Path, default=TINY_DIR, help="directory for train.jsonl, test.jsonl, tokenizer.json")
-    p.add_argument("--train", type=int, default=10000, help="training problems")
-    p.add_argument("--test", type=int, default=500, help="held-out problems")
+    p.add_argument("--train", type=positive_int, default=10000, help="training problems")
+    p.add_argument("--test", type=positive_int, default=500, help="held-out problems")
     p.add_argument("--seed", type=int, default=1234, help="seed of the problems drawn")
-    p.add_argument("--vocab-size", type=int, default=512, help="tokens in the trained tokenizer, special tokens included")
+    p.add_argument("--vocab-size", type=positive_int, default=512, help="tokens in the trained tokenizer, special tokens "
+                   "included")
     args = p.parse_args(argv)
+    from nanoo1.rstar import rstar_prompt, solution_steps
     from nanoo1.tokenizer import train_tokenizer
 
     train = make_problems(args.train, args.seed)
     seen = {q.question for q in train}
     test = [q for q in make_problems(args.test * 2, args.seed + 1) if q.question not in seen][: args.test]
-    write_jsonl(train, args.out / "train.jsonl")
-    write_jsonl(test, args.out / "test.jsonl")
-    from nanoo1.rstar import rstar_prompt, solution_steps
-
     texts = ([solution_tree(q).training_text() for q in train[:4000]] + [q.think_solution() for q in train[:1000]]
              + [rstar_prompt(q.question, solution_steps(q)) for q in train[:1000]])
-    tok = train_tokenizer(texts, args.vocab_size)
+    try:  # the tokenizer first: a vocabulary too small is refused before a file is written
+        tok = train_tokenizer(texts, args.vocab_size)
+        check_directory(args.out)
+    except (ValueError, NotADirectoryError) as e:
+        p.error(str(e))
+    write_jsonl(train, args.out / "train.jsonl")
+    write_jsonl(test, args.out / "test.jsonl")
     tok.save(args.out)
     print(f"wrote {len(train)} train / {len(test)} test problems and a {len(tok)}-token tokenizer to {args.out}")
 

@@ -17,6 +17,8 @@ from nanoo1.arith import evaluate, normalize, tokenize
     (r"6 \div 4", Fraction(3, 2)),
     (r"2 \cdot 3", 6), ("4 x 5", 20), ("4×5", 20), ("12 ÷ 3", 4), ("−7", -7), ("1 1/2", Fraction(3, 2)),
     (r"2\frac{1}{2}", Fraction(5, 2)), ("7 // 2", 3), ("[1 + {2 * (3)}]", 7),
+    ("(1 1/2) * 4", 6), ("4 * (1 1/2)", 6), ("(5 and 2/3) * 3", 17), ("16 and (2/3)", Fraction(50, 3)),  # a bracket
+    ("(16 and (2/3))", Fraction(50, 3)), ("16 and (2/3", None), ("2 1/2)", None),  # around it, or of its own
     ("1^5000", 1), ("(-1)^5001", -1), ("0^5000", 0), ("1^10^10", 1),  # exact at any power, however large
     # not arithmetic, undefined or too big: None, never an exception
     ("x + 1", None), ("1/0", None), ("0^-1", None), ("4^0.5", None), ("2^10^10", None), ("10^10^10", None),

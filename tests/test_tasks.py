@@ -102,6 +102,20 @@ def test_main_writes_test_problems_apart_from_the_training_ones(tmp_path, monkey
     assert (tmp_path / "tokenizer.json").exists()
 
 
+@pytest.mark.parametrize("flags, message", [(["--vocab-size", "256"], "vocab_size=256 leaves no room"),
+                                            (["--train", "-3"], "--train: -3 must be at least 1"),
+                                            (["--test", "0"], "--test: 0 must be at least 1")])
+def test_main_refuses_bad_flags_before_it_writes_a_file(flags, message, tmp_path, capsys):
+    """Its default --out is the repository's data/tiny: a bad flag is a usage error that leaves the splits there."""
+    import nanoo1.tasks as tasks
+
+    (tmp_path / "train.jsonl").write_text("kept\n")
+    with pytest.raises(SystemExit):
+        tasks.main(["--out", str(tmp_path), "--train", "6", *flags])
+    assert message in capsys.readouterr().err and [p.name for p in tmp_path.iterdir()] == ["train.jsonl"]
+    assert (tmp_path / "train.jsonl").read_text() == "kept\n"
+
+
 def test_loader_errors_name_file_and_line(tmp_path):
     with pytest.raises(FileNotFoundError, match="nope.jsonl"):
         load_jsonl(tmp_path / "nope.jsonl")
