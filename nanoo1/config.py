@@ -176,7 +176,7 @@ def from_dict(config_cls, d, source: str):
 
 
 def _same_type(value, default) -> bool:
-    """Whether a setting's value has the type of its field's default: exactly (a bool is no int), or an int for a float."""
+    """Whether a setting's value has its field's default's type: exactly (a bool is no int), or an int for a float."""
     return type(value) is type(default) or (type(default) is float and type(value) is int)
 
 

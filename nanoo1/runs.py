@@ -134,10 +134,11 @@ RUN_FILES = ("metrics.jsonl", "latest", "summary.json", "budgets.png", "final", 
 def prepare_out(out: Path, overwrite: bool, files=RUN_FILES, resumable: bool = True, clear: bool = True,
                 base: str | None = None) -> None:
     """Refuse to start a run over another one, one of whose `files` (glob patterns) `out` holds (resume it, when it
-    is resumable and finished an iteration, or say --overwrite); with overwrite and `clear`, delete them and make `out`. `clear` False only checks. A file at
-    `out` or above it is a NotADirectoryError. `base`: a LoRA run's base model, which the run reads again after
-    set-up (its adapters name it; resuming and merging load it): one that lies in what would be cleared is
-    refused (a FileExistsError), where a full fine-tune reads its start once and may clear it."""
+    is resumable and finished an iteration, or say --overwrite); with overwrite and `clear`, delete them and make
+    `out`. `clear` False only checks. A file at `out` or above it is a NotADirectoryError. `base`: a LoRA run's
+    base model, which the run reads again after set-up (its adapters name it; resuming and merging load it): one
+    that lies in what would be cleared is refused (a FileExistsError), where a full fine-tune reads its start once
+    and may clear it."""
     check_directory(out)
     found = [p for pattern in files for p in sorted(out.glob(pattern))]
     if found and not overwrite:

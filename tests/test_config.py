@@ -174,7 +174,8 @@ def test_a_setting_of_the_wrong_type_is_refused_by_name():
         apply_flags(Config(), {"depth": "5"})
     with pytest.raises(ValueError, match="--train-fast: 1 is a int, expected a bool"):
         apply_flags(Config(), {"train_fast": 1})
-    assert apply_flags(Config(), {"train_lr": 1}).train.lr == 1.0 and type(apply_flags(Config(), {"train_lr": 1}).train.lr) is float
+    lr = apply_flags(Config(), {"train_lr": 1}).train.lr
+    assert lr == 1.0 and type(lr) is float
 
 
 @pytest.mark.parametrize("module", ["bench", "eval", "evolve", "selfplay", "warmstart", "generate", "tasks", "adapters"])
