@@ -32,7 +32,6 @@ each training batch, the gradients summed over ranks, so every rank holds the sa
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import sys
@@ -54,7 +53,7 @@ from nanoo1.recipe import BF16_FULL_FINETUNE, LoRASettings
 from nanoo1.rounds import (COLUMNS, coverage, draw_rounds, line, measure, plot_rounds, ppm_pairs, row_line, rstar_policy,
                            sft_examples, slip_pairs)
 from nanoo1.rstar import RStarConfig
-from nanoo1.runs import prepare_out
+from nanoo1.runs import append_jsonl, prepare_out
 from nanoo1.sft import SFTConfig, make_batches, passes, train_sft
 from nanoo1.tasks import TINY_DIR, Problem, load_jsonl
 from nanoo1.verifiers import compare_verifiers, outcome_examples
@@ -277,8 +276,7 @@ def run(config: EvolveConfig, model, data=TINY_DIR / "train.jsonl", test_data=TI
         row["seconds"] = round(time.perf_counter() - t, 1)
         rows.append(row)
         if main:
-            with open(out / "metrics.jsonl", "a", encoding="utf-8") as f:
-                f.write(json.dumps(row) + "\n")
+            append_jsonl(out / "metrics.jsonl", row)
             (bar.write if progress else print)(row_line(row))
     if main and plot_rounds(rows, out / "rounds.png"):
         print(f"wrote {out / 'rounds.png'}")
