@@ -108,9 +108,12 @@ def feed(model, cache, pending: list[list[int]], head=None):
 
 
 def _per_row(value, n_prompts: int, default):
-    """A setting given once for all prompts, or as a list with one entry per prompt."""
+    """A setting given once for all prompts, or as a list with one entry per prompt; one stop string or id alone
+    is a list of one (transformers reads `stop_strings="the"` so), not a list of its characters."""
     if value is None:
         return [list(default) for _ in range(n_prompts)]
+    if isinstance(value, (str, int)):
+        value = [value]
     if len(value) and isinstance(value[0], (list, tuple)):
         if len(value) != n_prompts:
             raise ValueError(f"per-prompt setting has {len(value)} entries for {n_prompts} prompts")

@@ -58,6 +58,9 @@ class SearchConfig:
             raise ValueError(f"SearchConfig.method={self.method!r}, expected one of {METHODS}")
         if self.vote not in VOTES:
             raise ValueError(f"SearchConfig.vote={self.vote!r}, expected one of {VOTES}")
+        for name in ("n", "expand", "max_depth"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"SearchConfig.{name}={getattr(self, name)}, expected at least 1")
 
 
 # -- the methods ---------------------------------------------------------------------------------------

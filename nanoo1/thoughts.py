@@ -207,7 +207,9 @@ def parse_tree(text: str) -> Tree:
             break
         if "<start_of_father_id>" in text[head.end():tail.start()]:
             line = text.count("\n", 0, head.start()) + 1
-            raise ValueError(f"line {line}: no <end_of_thought> before the next line")
+            own = text[head.end():text.find("<start_of_father_id>", head.end())]  # this line, up to the next one
+            raise ValueError(f"line {line}: <end_of_thought> without <start_of_rating><rating><end_of_rating> after it"
+                             if "<end_of_thought>" in own else f"line {line}: no <end_of_thought> before the next line")
         lines.append((head, tail))
         end = tail.end()
     if not lines or lines[0][0].group(1) != "-1":

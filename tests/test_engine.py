@@ -158,6 +158,9 @@ def test_stop_tokens_and_strings_per_row(model, tiny_tokenizer):
     (s,) = generate(model, [prompt], 30, stop_token_ids=[], stop_strings=[needle], tokenizer=tiny_tokenizer)
     assert s.finish_reason == "stop_string" and s.text.endswith(needle) and s.text == text[: text.find(needle) + len(needle)]
     assert s.tokens == free.tokens[: len(s.tokens)] and len(s.tokens) < 30
+    # one stop string or id given alone is one, as in transformers, not a list of its characters
+    assert generate(model, [prompt], 30, stop_token_ids=[], stop_strings=needle, tokenizer=tiny_tokenizer) == [s]
+    assert generate(model, [prompt], 30, stop_token_ids=stop_tok) == [stopped]
     with pytest.raises(ValueError, match="tokenizer"):
         generate(model, [prompt], 3, stop_strings=["x"])
     # no sample of a prompt, or fewer than no tokens: refused with the values named (a KV cache overflow, or [],

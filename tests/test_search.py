@@ -214,6 +214,10 @@ def test_config_errors_name_the_field():
         SearchConfig(method="dfs")
     with pytest.raises(ValueError, match="vote"):
         SearchConfig(vote="mean")
+    for field in ("n", "expand", "max_depth"):  # beam with n=-1 kept all but the worst; n=0 answered nothing
+        for bad in (0, -1):
+            with pytest.raises(ValueError, match=rf"SearchConfig.{field}={bad}, expected at least 1"):
+                SearchConfig(**{field: bad})
 
 
 # -- LMPolicy: a real (tiny, random) model through the engine ------------------------------------------

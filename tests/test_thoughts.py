@@ -74,6 +74,9 @@ def test_parse_tree_rejects_malformed_text():
         parse_tree(text.replace("<negative_rating>", "<great_rating>"))
     with pytest.raises(ValueError, match="line 2: no <end_of_thought> before the next line"):  # not swallowed
         parse_tree(_drop_end_of_thought(text, 1))
+    unrated = text.replace("<start_of_rating><positive_rating><end_of_rating>", "", 1)  # line 1 keeps its end
+    with pytest.raises(ValueError, match=r"line 1: <end_of_thought> without <start_of_rating><rating><end_of_rating>"):
+        parse_tree(unrated)
     with pytest.raises(ValueError, match="line 4: not a thought line: 'just some words'"):  # not skipped
         parse_tree(text + "\njust some words")
     # a thought without a meta tag (the format's tags are optional) is an expansion, the root without one a problem
