@@ -93,8 +93,10 @@ def load_model(config, checkpoint: Path | None, device):
     at the first iteration), or under LoRA the warm start as the frozen base with adapters on the targeted
     layers, read from the checkpoint when there is one (`adapters.load_lora`)."""
     lora = config.lora
-    model, tokenizer = load_pretrained(checkpoint if checkpoint and not lora.rank else config.run.warmstart,
-                                       dtype=config.run.dtype, device=device)
+    source = checkpoint if checkpoint and not lora.rank else config.run.warmstart
+    model, tokenizer = load_pretrained(source, dtype=config.run.dtype, device=device)
+    if tokenizer is None:  # before the run clears anything
+        raise FileNotFoundError(f"{source}: no tokenizer.json beside the weights (a run reads and writes text with it)")
     if not lora.rank:
         return model.requires_grad_(True), tokenizer
     lora.apply(model, config.run.seed)

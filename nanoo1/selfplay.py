@@ -286,9 +286,10 @@ def main(argv=None):
             config = replace(config, run=replace(config.run, out=default_out(config)))
             load_problems(config)  # a data file too small for the run fails now, not after the first evaluation
         resolve_device(config.run.device)  # e.g. --device cuda without one: said now, as a usage error
-        if args.model:  # the format's tokens, before a weight is read: google/gemma-2-2b has none of PPO's
-            read_tokenizer(args.model).require("think" if config.run.algo == "grpo" else "thought",
-                                               f"--algo {config.run.algo}")
+        if not (args.resume or args.from_scratch):  # the warm start's tokenizer and format's tokens, before a run is
+            # cleared or a weight read: google/gemma-2-2b has none of PPO's
+            read_tokenizer(config.run.warmstart).require("think" if config.run.algo == "grpo" else "thought",
+                                                         f"--algo {config.run.algo}")
         check_shares(config, int(os.environ.get("WORLD_SIZE", 1)))
     except (ValueError, OSError, KeyError) as e:
         p.error(str(e))

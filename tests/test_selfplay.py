@@ -493,10 +493,10 @@ def test_tiny_grpo_starts_from_elastic_reasonings_warm_start(monkeypatch):
 
     seen = []
     monkeypatch.setattr(selfplay, "run", lambda config, **kw: seen.append(config) or {})
-    for flags in (["--algo", "grpo"], [], ["--algo", "grpo", "--warmstart", "mine"],
-                  ["--algo", "grpo", "--model", str(WARMSTART_DIR)]):  # --model's tokenizer is read at set-up
+    for flags in (["--algo", "grpo"], [], ["--algo", "grpo", "--warmstart", str(WARMSTART_DIR)],
+                  ["--algo", "grpo", "--model", str(WARMSTART_DIR)]):  # the warm start's tokenizer is read at set-up
         main(["--tiny", *flags])
-    assert [c.run.warmstart for c in seen] == [str(THINK_DIR), str(WARMSTART_DIR), "mine", str(WARMSTART_DIR)]
+    assert [c.run.warmstart for c in seen] == [str(THINK_DIR), str(WARMSTART_DIR), str(WARMSTART_DIR), str(WARMSTART_DIR)]
 
 
 @pytest.mark.parametrize("flags,message", [
@@ -526,6 +526,25 @@ def test_bad_settings_and_inputs_are_refused_before_any_work(tmp_path, flags, me
     with pytest.raises(SystemExit):
         main(flags + ["--out", str(tmp_path / "run")])
     assert message in capsys.readouterr().err
+
+
+def test_a_warm_start_without_its_tokenizer_is_refused_before_the_run_it_replaces_is_cleared(tmp_path, warmstart, capsys):
+    """--warmstart is checked as --model is, and evolve's --model too: a checkpoint without tokenizer.json is a usage
+    error before --overwrite clears the run in --out (it crashed in the policy after clearing it)."""
+    import nanoo1.evolve as evolve
+
+    bare = tmp_path / "bare"
+    shutil.copytree(warmstart, bare)
+    (bare / "tokenizer.json").unlink()
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "metrics.jsonl").write_text("{}\n")
+    for command in (lambda: main(["--tiny", "--warmstart", str(bare), "--out", str(tmp_path / "run"), "--overwrite"]),
+                    lambda: evolve.main(["--model", str(bare), "--data", str(TINY_DIR / "train.jsonl"), "--test-data",
+                                         str(TINY_DIR / "test.jsonl"), "--out", str(tmp_path / "run"), "--overwrite"])):
+        with pytest.raises(SystemExit):
+            command()
+        assert "tokenizer.json: tokenizer file not found" in capsys.readouterr().err
+        assert (tmp_path / "run" / "metrics.jsonl").read_text() == "{}\n"
 
 
 def test_a_missing_model_or_unfitting_adapters_are_messages_not_tracebacks(tmp_path, warmstart, capsys):
