@@ -51,6 +51,7 @@ _DROP = re.compile(r"\\[!,]|\\left|\\right|\\\$|\$|\^\s*\{?\\circ\}?|°")
 _PERCENT = re.compile(r"\\?%")
 _NUMBER = re.compile(rf"(?:{_TOKEN.pattern})(?:\s*%)?")  # a number as an answer: with its percent sign, if any
 _TEXT = re.compile(r"\\(?:text|textbf|textrm|textit|mathrm|mathbf|mbox|operatorname)\s*\{([^{}]*)\}")
+_EXPONENT = re.compile(r"(?<=\d)[eE]([+-]?\d+)(?![\w.])")  # scientific notation: 1e5, 2.5E-3
 _UNIT = re.compile(r"[A-Za-z][A-Za-z\s^/.\d]*")  # "cm", "cm^2", "m/s", "of the pie", "dollars."
 _CHOICE = re.compile(r"\(([A-Za-z])\)(?:\s.*)?|([A-Za-z])[.):]?", re.DOTALL)  # "(B)", "(b) 12", "B", "b.", "B)"
 
@@ -156,7 +157,7 @@ def parse_number(answer: str) -> Fraction | None:
 
     Currency, percent and degree signs, LaTeX spacing and `\\text{...}` are dropped, and after an "="
     only the right-hand side counts ("x = 5" is 5). What is left must be arithmetic on numbers
-    (`arith.evaluate`: "1,234", "-3.5", "\\frac{3}{4}", "\\dfrac{3}{4}", "2^{10}", "3 \\times 10^5",
+    (`arith.evaluate`: "1,234", "-3.5", "\\frac{3}{4}", "\\dfrac{3}{4}", "2^{10}", "3 \\times 10^5", "2.5e3",
     "2 + 3", "1 1/2"), followed at most by a unit made of words, digits, "^" and "/" ("5 cm^2",
     "3/4 of the pie"). "x+1", "(3, 4)", "\\sqrt{2}", "B" and answers longer than MAX_ANSWER characters
     are not numbers.
@@ -164,6 +165,7 @@ def parse_number(answer: str) -> Fraction | None:
     if len(answer) > MAX_ANSWER:
         return None
     text = re.sub(r"^\s*([-+])\s+", r"\1", normalize(_clean(answer).rsplit("=", 1)[-1]))  # "- 5" is -5
+    text = _EXPONENT.sub(r"*10^(\1)", text)  # "2.5e3" is 2500, not 2.5 with a unit "e3"
     unit = re.search(r"[A-Za-z]", text)
     if unit is not None and not _UNIT.fullmatch(text, unit.start()):
         return None

@@ -68,6 +68,7 @@ def test_last_boxed_balances_braces():
     (r"-\dfrac{3}{4}", Fraction(-3, 4)), (r"\frac{-3}{4}", Fraction(-3, 4)), (r"\$1,234.50", Fraction(246900, 200)),
     ("50%", 50), (r"72^\circ", 72), (r"5\text{ cm}^2", 5), ("18 dollars", 18), ("x = 5", 5), ("(-2)", -2),
     ("+7", 7), ("0.125", Fraction(1, 8)),
+    ("1e5", 100000), ("2.5E-3", Fraction(1, 400)), ("1.0e+2 cm", 100), ("3eggs", 3),  # an exponent is no unit
     ("x+1", None), ("(3, 4)", None), ("B", None), ("1/0", None), (r"\sqrt{2}", None), ("2x + 1", None),
 ])
 def test_parse_number(answer, value):
