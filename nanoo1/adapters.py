@@ -185,8 +185,8 @@ def merge_into_checkpoint(base, adapters, out, dtype: torch.dtype | str | None =
     for name in BASE_FILES:
         if (base_dir / name).exists():
             atomic_write(out / name, (base_dir / name).read_bytes())
-    for extra in sorted(Path(adapters).glob("*.safetensors")):
-        if extra.name != WEIGHTS_FILE:
+    for extra in sorted(Path(adapters).glob("*.safetensors")):  # not the adapters, nor a model's weights left there
+        if extra.name != WEIGHTS_FILE and not re.fullmatch(r"model(-\d+-of-\d+)?\.safetensors", extra.name):
             atomic_write(out / extra.name, extra.read_bytes())
     return out
 

@@ -472,7 +472,9 @@ def test_merging_a_scorers_adapters_keeps_its_head(tmp_path, tiny_tokenizer):
     with torch.no_grad():
         ppm.head.weight.normal_(0, 0.5, generator=torch.Generator().manual_seed(1))
     save_scorer(ppm, tiny_tokenizer, tmp_path / "ppm-1", base=str(tmp_path / "base"))
+    (tmp_path / "ppm-1" / "model.safetensors").write_bytes(b"stale")  # a model's weights left beside the adapters
     merge_into_checkpoint(tmp_path / "base", tmp_path / "ppm-1", tmp_path / "merged")
+    assert (tmp_path / "merged" / "model.safetensors").read_bytes() != b"stale"  # the merged weights, not copied over
     assert (tmp_path / "merged" / PPM_HEAD).read_bytes() == (tmp_path / "ppm-1" / PPM_HEAD).read_bytes()
     merged = ProcessPreferenceModel(load_pretrained(tmp_path / "merged")[0])
     merged.head.load_state_dict(load_file(str(tmp_path / "merged" / PPM_HEAD)))
