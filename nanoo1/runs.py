@@ -36,7 +36,7 @@ def latest_checkpoint(run_dir: Path) -> Path:
     if not latest.is_file():
         raise FileNotFoundError(f"{latest}: not found; {run_dir} is not a run with a finished iteration "
                                 "(--out DIR --overwrite starts it again)")
-    name = latest.read_text(encoding="utf-8").strip()
+    name = latest.read_bytes().decode("utf-8", "replace").strip()  # a stray byte: named below, not a UnicodeError
     if not (name.startswith("iter-") and name[5:].isdigit() and (latest.parent / name).is_dir()):
         raise ValueError(f"{latest}: names {name!r}, expected an iter-NNNN checkpoint directory beside it")
     return latest.parent / name
@@ -47,7 +47,7 @@ def saved_settings(run_dir: Path, config_cls):
     path = latest_checkpoint(run_dir) / SETTINGS
     try:
         d = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as e:
+    except (OSError, ValueError) as e:  # unreadable, not UTF-8, not JSON
         raise ValueError(f"{path}: cannot read the run's settings ({e})") from e
     return from_dict(config_cls, d, str(path))
 

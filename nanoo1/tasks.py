@@ -183,7 +183,7 @@ def load_jsonl(path) -> list[Problem]:
             continue
         try:
             row = json.loads(line)
-        except json.JSONDecodeError as e:
+        except (ValueError, RecursionError) as e:  # bad JSON, an int of over 4,300 digits, nesting too deep
             raise ValueError(f"{path}:{i}: invalid JSON ({e})") from e
         if not isinstance(row, dict):
             raise ValueError(f"{path}:{i}: expected a JSON object with 'question' and 'answer', got {line.strip()[:40]}")

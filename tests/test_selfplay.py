@@ -1035,6 +1035,9 @@ def test_latest_names_an_iteration_directory_beside_it(tmp_path):
         (tmp_path / "latest").write_text(bad)
         with pytest.raises(ValueError, match=f"names '{bad}', expected an iter-NNNN"):
             latest_checkpoint(tmp_path)
+    (tmp_path / "latest").write_bytes(b"iter-\xff")  # not UTF-8: named like any other bad name
+    with pytest.raises(ValueError, match="latest: names 'iter-\ufffd', expected an iter-NNNN"):
+        latest_checkpoint(tmp_path)
 
 
 def test_saved_settings_errors_name_the_file_and_out_may_move(tmp_path):
@@ -1046,9 +1049,10 @@ def test_saved_settings_errors_name_the_file_and_out_may_move(tmp_path):
     assert resume_settings(tmp_path, type(config), {"out": str(tmp_path / "moved"), "lr": 1e-4}) == config
     with pytest.raises(ValueError, match=r"--lr: 0.0001 in the run, 0.5 given"):
         resume_settings(tmp_path, type(config), {"lr": 0.5})
-    (tmp_path / "iter-0001" / "settings.json").write_text("{not json")
-    with pytest.raises(ValueError, match=r"iter-0001/settings.json: cannot read the run's settings"):
-        saved_settings(tmp_path, type(config))
+    for damaged in (b"{not json", b"\xff\xfe{}"):  # not JSON; not UTF-8
+        (tmp_path / "iter-0001" / "settings.json").write_bytes(damaged)
+        with pytest.raises(ValueError, match=r"iter-0001/settings.json: cannot read the run's settings"):
+            saved_settings(tmp_path, type(config))
 
 
 def test_each_rank_writes_and_reads_its_own_trainer_state_and_buffers(tmp_path):

@@ -126,6 +126,10 @@ def test_loader_errors_name_file_and_line(tmp_path):
     bad.write_text('{"question": "a", "answer": "#### 1"}\nnot json\n')
     with pytest.raises(ValueError, match=r"bad.jsonl:2: invalid JSON"):
         load_jsonl(bad)
+    for line in ('{"id": ' + "9" * 5000 + "}", "[" * 100_000 + "]" * 100_000):  # past int() and recursion limits
+        bad.write_text('{"question": "a", "answer": "#### 1"}\n' + line + "\n")
+        with pytest.raises(ValueError, match=r"bad.jsonl:2: invalid JSON"):
+            load_jsonl(bad)
 
 
 @pytest.mark.parametrize("line, message", [
