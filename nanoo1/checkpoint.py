@@ -151,8 +151,11 @@ def read_safetensors_header(path: Path) -> tuple[dict, int]:
 
 
 def read_tensor(f, path: Path, key: str, info: dict, data_start: int) -> torch.Tensor:
-    """Read one tensor, an entry checked by read_safetensors_header, from its open file into a fresh CPU tensor."""
+    """Read one weight, an entry checked by read_safetensors_header, from its open file into a fresh CPU tensor; an
+    integer or bool tensor is refused (it would be cast to the model's float dtype without a word)."""
     t = torch.empty(info["shape"], dtype=SAFETENSORS_DTYPES[info["dtype"]])
+    if not t.is_floating_point():
+        raise ValueError(f"{path}: tensor {key!r} is {info['dtype']}, expected a floating-point weight (F32, BF16, ...)")
     nbytes = t.numel() * t.element_size()
     if nbytes:
         f.seek(data_start + info["data_offsets"][0])

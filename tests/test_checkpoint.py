@@ -326,6 +326,10 @@ def test_wrong_shape_and_truncated_file(tmp_path):
     with pytest.raises(ValueError, match=r"model.safetensors: tensor 'model.norm.weight' has shape \(1, 48\), expected \(48,\)"):
         load_pretrained(tmp_path)
     save_pretrained(model, None, tmp_path)
+    _edit_header(f, lambda h: h["model.norm.weight"].update(dtype="I32"))  # the same bytes, read as integers
+    with pytest.raises(ValueError, match=r"tensor 'model.norm.weight' is I32, expected a floating-point weight"):
+        load_pretrained(tmp_path)
+    save_pretrained(model, None, tmp_path)
     f.write_bytes(f.read_bytes()[:-100])  # the last tensor's data_offsets now end past the file
     with pytest.raises(ValueError, match=r"model.safetensors.*data_offsets=.*expected \[begin, end\] with 0 <="):
         load_pretrained(tmp_path)
