@@ -124,6 +124,10 @@ def load_trainer_state(ckpt: Path, place: Place = Place()) -> dict:
         raise ValueError(f"{path}: not a trainer state: no {', '.join(missing)}")
     if not state["metrics"] or "before" not in state["metrics"][0]:
         raise ValueError(f"{path}: its metrics do not start with the evaluation before the first iteration")
+    it, rows = state["iteration"], state["metrics"][1:]
+    if type(it) is not int or len(rows) != it + 1 or not all(isinstance(m, dict) and "seconds" in m for m in rows):
+        raise ValueError(f"{path}: iteration {it!r} with {len(rows)} iterations' metrics; expected one line, with its "
+                         "seconds, for each of iterations 0 to it")
     if state.get("world", 1) != place.world:
         raise ValueError(f"{ckpt}: written by {state.get('world', 1)} process(es), resumed on {place.world}; resume it "
                          f"with torchrun --nproc_per_node {state.get('world', 1)} (or without torchrun for 1)")

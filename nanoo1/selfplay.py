@@ -161,10 +161,13 @@ def run(config: SelfPlayConfig, resume: str | None = None, from_scratch: bool = 
     metrics, first = [], 0
     if resume:
         state = load_trainer_state(start_dir, place)
-        opt.load_state_dict(state["optimizer"])
-        policy.generator.set_state(state["policy_rng"])
-        rng.setstate(state["python_rng"])
-        torch.set_rng_state(state["torch_rng"])
+        try:  # a state of another run or version: named here, not a traceback from the optimizer or a generator
+            opt.load_state_dict(state["optimizer"])
+            policy.generator.set_state(state["policy_rng"])
+            rng.setstate(state["python_rng"])
+            torch.set_rng_state(state["torch_rng"])
+        except (ValueError, RuntimeError, TypeError) as e:
+            raise ValueError(f"{start_dir}: its trainer state does not fit this run ({type(e).__name__}: {e})") from e
         if state.get("cuda_rng") is not None and device.type == "cuda":  # what LoRA's dropout draws from there
             torch.cuda.set_rng_state(state["cuda_rng"], device)
         metrics, first = state["metrics"], state["iteration"] + 1

@@ -610,6 +610,7 @@ def test_a_hostile_trainer_state_runs_no_code(tmp_path, warmstart, monkeypatch):
         def __reduce__(self):
             return (open, (str(witness), "w"))
 
+    good = torch.load(tmp_path / "iter-0000" / "trainer_state.pt", weights_only=True)
     (tmp_path / "iter-0000" / "trainer_state.pt").write_bytes(pickle.dumps({"iteration": Hostile()}))
     with pytest.raises(ValueError, match="trainer_state.pt: not a readable trainer state"):
         run(small(tmp_path, warmstart), resume=str(tmp_path), progress=False)
@@ -617,9 +618,16 @@ def test_a_hostile_trainer_state_runs_no_code(tmp_path, warmstart, monkeypatch):
     # readable but incomplete: each named, not a KeyError or IndexError deep in the resume
     for state, message in (({"iteration": 0}, "no optimizer, policy_rng"), ([1], "no iteration"),
                            ({k: None for k in ("iteration", "optimizer", "policy_rng", "python_rng", "torch_rng")}
-                            | {"metrics": []}, "metrics do not start with the evaluation before")):
+                            | {"metrics": []}, "metrics do not start with the evaluation before"),
+                           ({**good, "iteration": 1}, "iteration 1 with 1 iterations' metrics"),
+                           ({**good, "metrics": good["metrics"][:1] + [{}]}, "its seconds")):
         torch.save(state, tmp_path / "iter-0000" / "trainer_state.pt")
         with pytest.raises(ValueError, match=f"trainer_state.pt: .*{message}"):
+            run(small(tmp_path, warmstart), resume=str(tmp_path), progress=False)
+    # of another run or version: named, not a traceback from the generator or the optimizer
+    for state in ({**good, "torch_rng": torch.zeros(5, dtype=torch.uint8)}, {**good, "optimizer": {"state": {}, "param_groups": []}}):
+        torch.save(state, tmp_path / "iter-0000" / "trainer_state.pt")
+        with pytest.raises(ValueError, match="iter-0000: its trainer state does not fit this run"):
             run(small(tmp_path, warmstart), resume=str(tmp_path), progress=False)
     (tmp_path / "summary.json").write_text('{"greedy')  # a finished run's summary, cut short
     with pytest.raises(ValueError, match="summary.json: not the summary of a finished run"):
@@ -1065,18 +1073,20 @@ def test_each_rank_writes_and_reads_its_own_trainer_state_and_buffers(tmp_path):
         def save(self, path):
             path.write_text("buffer")
 
-    state = {k: 0 for k in ("optimizer", "policy_rng", "python_rng", "torch_rng")} | {"metrics": [{"before": True}]}
+    state = {k: 0 for k in ("optimizer", "policy_rng", "python_rng", "torch_rng")}
+    state["metrics"] = [{"before": True}] + [{"seconds": 1.0}] * 3  # iterations 0, 1 and 2
     saved = []
     ckpt = save_checkpoint(tmp_path, 2, PRESETS["tiny"], saved.append, state, {"replay.pt": Buffer()}, keep=2,
                            place=Place(1, 2))
     assert sorted(p.name for p in ckpt.iterdir()) == ["replay.rank1.pt", "trainer_state.rank1.pt"] and saved == []
     assert not (tmp_path / "latest").exists()
     loaded = load_trainer_state(ckpt, Place(1, 2))
-    assert (loaded["iteration"], loaded["world"], loaded["metrics"]) == (2, 2, [{"before": True}])
+    assert (loaded["iteration"], loaded["world"], loaded["metrics"]) == (2, 2, state["metrics"])
     (ckpt / "trainer_state.pt").write_bytes((ckpt / "trainer_state.rank1.pt").read_bytes())  # as if rank 0's
     with pytest.raises(ValueError, match=r"written by 2 process\(es\), resumed on 1"):
         load_trainer_state(ckpt, Place(0, 1))
-    one = save_checkpoint(tmp_path, 3, PRESETS["tiny"], lambda d: d.mkdir(parents=True, exist_ok=True), state, {}, keep=2)
+    one = save_checkpoint(tmp_path, 3, PRESETS["tiny"], lambda d: d.mkdir(parents=True, exist_ok=True),
+                          {**state, "metrics": state["metrics"] + [{"seconds": 2.0}]}, {}, keep=2)
     (one / "trainer_state.rank1.pt").write_bytes((one / "trainer_state.pt").read_bytes())
     with pytest.raises(ValueError, match=r"written by 1 process\(es\), resumed on 2"):
         load_trainer_state(one, Place(1, 2))
