@@ -112,8 +112,7 @@ def _per_row(value, n_prompts: int, default):
     is a list of one (transformers reads `stop_strings="the"` so), not a list of its characters."""
     if value is None:
         return [list(default) for _ in range(n_prompts)]
-    if isinstance(value, (str, int)):
-        value = [value]
+    value = [value] if isinstance(value, (str, int)) else value
     if len(value) and isinstance(value[0], (list, tuple)):
         if len(value) != n_prompts:
             raise ValueError(f"per-prompt setting has {len(value)} entries for {n_prompts} prompts")

@@ -43,7 +43,7 @@ import torch
 
 from nanoo1 import dist
 from nanoo1.adapters import save_trained
-from nanoo1.checkpoint import load_pretrained, read_tokenizer
+from nanoo1.checkpoint import load_pretrained
 from nanoo1.config import add_config_flags, add_process_flags, apply_flags, check_settings, entry_parser, positive_int
 from nanoo1.device import check_device, process_setup, resolve_device
 from nanoo1.lora import lora_copy, unfreeze
@@ -247,7 +247,7 @@ def run(config: EvolveConfig, model, data=TINY_DIR / "train.jsonl", test_data=TI
     main = dist.place().main  # under torchrun rank 0 alone prints and writes
     torch.manual_seed(dist.rank_seed(config.seed, dist.place().rank))  # what draws from it: LoRA's dropout
     base, tokenizer = load_pretrained(model, dtype=config.dtype, device=device)
-    if tokenizer is None:  # before the out directory is cleared
+    if tokenizer is None:  # before the out directory is cleared (main: a usage error)
         raise FileNotFoundError(f"{model}: no tokenizer.json beside the weights (evolve reads and writes text with it)")
     if lora is not None and lora.rank:
         lora.apply(base, config.seed)
@@ -319,8 +319,6 @@ def main(argv=None):
         if config.dtype == "bfloat16" and not lora.rank:
             raise ValueError(BF16_FULL_FINETUNE)
         resolve_device(config.device)  # e.g. --device cuda without one
-        if args.model:  # its tokenizer, before a run is cleared or a weight read (--tiny's is the shipped one's)
-            read_tokenizer(args.model)
         draw_rounds(load_jsonl(args.data), config, args.data)  # each error names the file (and line)
         if not load_jsonl(args.test_data):
             raise ValueError(f"{args.test_data}: no held-out problems")
