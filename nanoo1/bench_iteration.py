@@ -43,7 +43,8 @@ def one_lora_iteration(checkpoint: str, device: str = "cpu", settings: dict = SH
     iteration.grade = lambda results, truths: [len(r.path) > 1 for r in results]
     stages = {}
     for name in STAGES:
-        setattr(iteration, name, _staged(real[name], stages.setdefault(name, {"calls": 0, "seconds": 0.0, "peak_gb": None})))
+        stage = stages.setdefault(name, {"calls": 0, "seconds": 0.0, "peak_gb": None})
+        setattr(iteration, name, _staged(real[name], stage, torch.device(device).type == "cuda"))
     try:
         return _one_lora_iteration(checkpoint, device, settings, stages)
     finally:
@@ -51,8 +52,8 @@ def one_lora_iteration(checkpoint: str, device: str = "cpu", settings: dict = SH
             setattr(iteration, name, fn)
 
 
-def _staged(fn, stage: dict):
-    cuda = torch.cuda.is_available()
+def _staged(fn, stage: dict, cuda: bool):
+    """`fn` timed into `stage` (calls, seconds) and, on CUDA alone, its peak GPU memory (a CPU run touches no CUDA)."""
 
     def run(*args, **kwargs):
         if cuda:

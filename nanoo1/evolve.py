@@ -295,9 +295,9 @@ def main(argv=None):
                    "warm start: the code format alone) or, where that is missing, from one trained first into OUT/base")
     g.add_argument("--warmstart-steps", type=positive_int, default=CODE_SFT.steps, help="SFT steps of that warm start")
     add_process_flags(g, "1 with --tiny, the fastest for it; else torch's choice")
-    g.add_argument("--procs", type=positive_int, default=None, help="processes on this machine, one per core: with more "
-                   "than 1 the run starts itself under torchrun (default: 2 with --tiny on a machine of 2 or more "
-                   "cores, else 1; under torchrun its own count)")
+    g.add_argument("--procs", type=positive_int, default=None, help="processes on this machine, one per core (per GPU "
+                   "on CUDA): with more than 1 the run starts itself under torchrun (default: 2 with --tiny on the CPU "
+                   "of a machine of 2 or more cores, else 1; under torchrun its own count)")
     g = p.add_argument_group("model and data")
     g.add_argument("--model", default=None, help="the base model: checkpoint directory or hub id")
     g.add_argument("--data", help="training problems, GSM8K-style jsonl (--tiny: data/tiny/train.jsonl)")
@@ -318,14 +318,16 @@ def main(argv=None):
         config, lora = apply_flags(EvolveConfig(), given), apply_flags(LoRASettings(), lora_flags)
         if config.dtype == "bfloat16" and not lora.rank:
             raise ValueError(BF16_FULL_FINETUNE)
-        resolve_device(config.device)  # e.g. --device cuda without one
+        device = resolve_device(config.device)  # e.g. --device cuda without one
+        procs = args.procs or (min(2, os.cpu_count() or 1) if args.tiny and device.type == "cpu" else 1)  # GPU: 1
+        if device.type == "cuda" and procs > torch.cuda.device_count():  # a rank per GPU
+            raise ValueError(f"--procs {procs}: one process per GPU, and torch sees {torch.cuda.device_count()}")
         draw_rounds(load_jsonl(args.data), config, args.data)  # each error names the file (and line)
         if not load_jsonl(args.test_data):
             raise ValueError(f"{args.test_data}: no held-out problems")
         prepare_out(Path(config.out), args.overwrite, OUT_FILES, resumable=False, clear=False)
     except (ValueError, OSError) as e:  # OSError: a path missing, in the way, or a directory where a file belongs
         p.error(str(e))
-    procs = args.procs or (min(2, os.cpu_count() or 1) if args.tiny else 1)
     if procs > 1 and "WORLD_SIZE" not in os.environ:  # not yet under torchrun: start `procs` ranks of this command
         from torch.distributed.run import main as torchrun
 

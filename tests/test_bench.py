@@ -407,10 +407,14 @@ def test_a_stage_keeps_its_calls_seconds_and_highest_cuda_peak(monkeypatch):
     monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda: next(peaks))
     monkeypatch.setattr(bench_iteration, "time", types.SimpleNamespace(perf_counter=lambda: next(clock)))
     stage = {"calls": 0, "seconds": 0.0, "peak_gb": None}
-    run = bench_iteration._staged(lambda a, b=0: a + b, stage)
+    run = bench_iteration._staged(lambda a, b=0: a + b, stage, cuda=True)
     assert run(1, b=2) == 3 and run(4) == 4
     assert stage == {"calls": 2, "seconds": pytest.approx(3.0), "peak_gb": pytest.approx(3.0)}
     assert events == ["sync", "reset", "sync"] * 2
+    # a CPU iteration on a machine with a GPU (the memory section's child) touches no CUDA: no peak, no context
+    clock, events[:] = iter([0.0, 1.0]), []
+    cpu = {"calls": 0, "seconds": 0.0, "peak_gb": None}
+    assert bench_iteration._staged(lambda: 5, cpu, cuda=False)() == 5 and events == [] and cpu["peak_gb"] is None
 
 
 def test_memory_section_weighs_the_peak_rss_against_the_checkpoint(monkeypatch, capsys):

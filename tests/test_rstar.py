@@ -1102,6 +1102,26 @@ def test_evolve_refuses_bad_settings_and_another_runs_directory_before_any_work(
     assert sorted(p.name for p in out.iterdir()) == ["base"]
 
 
+def test_evolve_on_one_gpu_runs_one_process_and_refuses_more(tmp_path, monkeypatch, capsys):
+    """--tiny starts 2 ranks on a 2-core CPU, but on CUDA one process per GPU: on one GPU --tiny --device cuda runs
+    in this process (rank 1 asked for cuda:1, which is not there), and --procs 2 is refused by name."""
+    import nanoo1.evolve as evolve
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    ran = []
+    monkeypatch.setattr(evolve, "run", lambda config, *a, **k: ran.append(config.device))
+    monkeypatch.setattr(evolve.dist, "setup", lambda device: device)
+    monkeypatch.setattr("torch.distributed.run.main", lambda argv: pytest.fail(f"torchrun started: {argv}"))
+    evolve.main(["--tiny", "--device", "cuda", "--no-progress", "--out", str(tmp_path / "a")])
+    assert ran == ["cuda"]
+    with pytest.raises(SystemExit):
+        evolve.main(["--tiny", "--device", "cuda", "--procs", "2", "--out", str(tmp_path / "b")])
+    assert "--procs 2: one process per GPU, and torch sees 1" in capsys.readouterr().err
+
+
 # -- generator and verifier (nanoo1/verifiers.py) ------------------------------------------------------
 def test_orm_loss_is_logistic_regression_on_the_heads_logit():
     """Binary cross-entropy of p = (1 + tanh z) / 2; where tanh rounds to +-1 (z = +-20 in float32) the loss and
