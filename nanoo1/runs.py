@@ -127,7 +127,7 @@ def load_trainer_state(ckpt: Path, place: Place = Place()) -> dict:
     it, rows = state["iteration"], state["metrics"][1:]
     if type(it) is not int or len(rows) != it + 1 or not all(isinstance(m, dict) and "seconds" in m for m in rows):
         raise ValueError(f"{path}: iteration {it!r} with {len(rows)} iterations' metrics; expected one line, with its "
-                         "seconds, for each of iterations 0 to it")
+                         f"seconds, for each iteration up to {it!r}")
     if state.get("world", 1) != place.world:
         raise ValueError(f"{ckpt}: written by {state.get('world', 1)} process(es), resumed on {place.world}; resume it "
                          f"with torchrun --nproc_per_node {state.get('world', 1)} (or without torchrun for 1)")

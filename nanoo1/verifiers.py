@@ -109,7 +109,7 @@ def compare_verifiers(sampler: RStarPolicy, ppm, examples, problems, config, mod
     orm = ProcessPreferenceModel(lora_copy(sampler.model))
     train_orm(orm, examples, tokenizer.pad_id, passes(config.ppm_epochs, len(examples), 2 * config.ppm_pairs_per_step),
               2 * config.ppm_pairs_per_step, config.ppm_lr, config.autocast, config.seed, progress)
-    ns = [4 * 2 ** i for i in range(config.verifiers.bit_length()) if 4 * 2 ** i <= config.verifiers] or [config.verifiers]
+    ns = [n for n in (4 * 2 ** i for i in range(40)) if n <= config.verifiers] or [config.verifiers]  # 4, 8, 16, ...
     rows = verifier_table(sampler, tokenizer, problems, ppm, orm, ns, RStarConfig.max_depth)
     if dist.place().main:
         out = Path(config.out)
