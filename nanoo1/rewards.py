@@ -117,9 +117,12 @@ def extract_answer(text: str) -> str | None:
     if output is not None:
         return _trim(output.strip().rpartition("\n")[2])
     opened = text.rfind("\\boxed")
-    if opened >= 0 and _BOX_OPEN.match(text, opened) and last_boxed(text[opened:]) is None:
-        return None
-    boxed = last_boxed(text)
+    if opened >= 0 and _BOX_OPEN.match(text, opened):  # the last box, read once: left open, it states none
+        boxed = last_boxed(text[opened:])
+        if boxed is None:
+            return None
+    else:
+        boxed = last_boxed(text)
     if boxed is not None:  # an empty box states none
         return _trim(boxed)
     hashes = [m.group(1) for m in _HASHES.finditer(text) if m.group(1).strip()]
