@@ -1,4 +1,4 @@
-"""Exact arithmetic as people write it: a small safe evaluator for answers (rewards.py) and steps (steps.py).
+"""Exact arithmetic as people write it: a small safe evaluator for answers (answers.py) and steps (steps.py).
 
 `evaluate("3 \\times 10^5")` is Fraction(300000): numbers (decimals, thousands separators "1,234" and
 "1 234", currency signs, a percent sign as /100, mixed numbers "1 1/2"), + - * / ^ and brackets with the

@@ -14,12 +14,13 @@ from pathlib import Path
 import torch
 
 from nanoo1 import dist
+from nanoo1.answers import check
 from nanoo1.engine import generate_budgeted, row_parts, seeded_generator
 from nanoo1.eval import EvalResult, budget_name, evaluate_budgeted, plot
 from nanoo1.lora import adapters_off
 from nanoo1.model import bf16_autocast
 from nanoo1.recipe import SelfPlayConfig, autocast, iteration_seed
-from nanoo1.rewards import check, cosine_length_reward, repetition_penalty
+from nanoo1.rewards import cosine_length_reward, repetition_penalty
 from nanoo1.rl import completion_logprobs, grpo_advantages
 from nanoo1.sft import set_lr
 from nanoo1.tasks import think_prompt

@@ -21,15 +21,16 @@ from typing import Callable
 
 from nanoo1 import dist
 from nanoo1.adapters import load_lora
+from nanoo1.answers import check
 from nanoo1.checkpoint import load_pretrained, read_tokenizer
 from nanoo1.config import entry_parser, error_text, parse_bool, positive_int
 from nanoo1.device import process_setup, resolve_device
 from nanoo1.engine import generate_budgeted, row_parts
 from nanoo1.mcts import MCTSConfig
-from nanoo1.rewards import check, equations_hold
 from nanoo1.policy import LMPolicy
 from nanoo1.files import atomic_write, check_directory
 from nanoo1.search import METHODS, SearchConfig, grade, search
+from nanoo1.steps import equations_hold
 from nanoo1.tasks import TINY_DIR, Problem, load_jsonl, think_prompt
 
 

@@ -17,9 +17,9 @@ import math
 
 import torch
 
-from nanoo1.rewards import equations_hold
 from nanoo1.model import bf16_autocast
 from nanoo1.rl import completion_logprobs, path_gae, td_priority
+from nanoo1.steps import equations_hold
 from nanoo1.updates import micro_batch_rows
 from nanoo1.thoughts import chain_tokens, render_node
 from nanoo1.tokenizer import batch_ids, right_pad

@@ -16,8 +16,8 @@ import math
 from dataclasses import dataclass
 from typing import Callable
 
+from nanoo1.answers import check, extract_answer, normalize_answer
 from nanoo1.policy import Candidate, Request, Spent, add_candidate
-from nanoo1.rewards import check, extract_answer, normalize_answer
 from nanoo1.thoughts import Node, Tree
 
 LOG_HALF = math.log(0.5)  # P(positive) = 1/2: the rating the model would write greedily flips here
@@ -55,7 +55,7 @@ def judge(node: Node, ground_truth: str | None, max_depth: int, success_threshol
           verify: Callable[[str], bool] | None = None) -> str | None:
     """"success" / "failure" for a terminal thought, None for one that search may continue.
 
-    A thought whose text fails `verify` (a step checker, e.g. rewards.equations_hold) is a failure, as
+    A thought whose text fails `verify` (a step checker, e.g. steps.equations_hold) is a failure, as
     rStar-Math drops a step whose code does not run. A <conclusion> is terminal: with a ground truth
     (training) its extracted answer is checked against it, without one (test time) it succeeds when its
     value is at least `success_threshold`. Any other thought at `max_depth` is a failure.
@@ -124,7 +124,7 @@ class SearchResult:
     """What a search returns for one problem: plain data a notebook can print."""
 
     method: str  # "greedy", "best_of_n", "beam" or "mcts"
-    answer: str | None  # the chosen conclusion's answer (rewards.extract_answer); None if none was reached
+    answer: str | None  # the chosen conclusion's answer (answers.extract_answer); None if none was reached
     tree: Tree  # the trace: every thought generated, with its statistics
     path: list[int]  # ids of the chain the answer comes from, root first
     spent: Spent  # tokens spent on this problem

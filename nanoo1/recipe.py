@@ -12,9 +12,9 @@ from dataclasses import dataclass, field, replace
 from nanoo1.config import check_settings
 from nanoo1.device import check_device
 from nanoo1.lora import DEFAULT_TARGETS, LM_HEAD_REFUSED, apply_lora
-from nanoo1.rewards import equations_hold
 from nanoo1.rl import LOSS_TYPES
 from nanoo1.sft import cosine
+from nanoo1.steps import equations_hold
 from nanoo1.tasks import TINY_DIR
 from nanoo1.warmstart import KINDS, WARMSTART_DIR
 

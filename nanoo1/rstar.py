@@ -36,10 +36,10 @@ import re
 from dataclasses import dataclass
 from itertools import takewhile
 
+from nanoo1.answers import MAX_ANSWER, answer_matches, extract_answer
 from nanoo1.engine import generate, seeded_generator
 from nanoo1.policy import Candidate, generate_calls
 from nanoo1.ppm import ProcessPreferenceModel, ppm_scores
-from nanoo1.rewards import MAX_ANSWER, answer_matches, extract_answer
 from nanoo1.sandbox import SandboxResult, run_many
 from nanoo1.thoughts import Node, Tree
 from nanoo1.tokenizer import batch_ids
@@ -174,7 +174,7 @@ class CodeStep:
 
 def _clip(text: str, limit: int, last_line: bool = False) -> str:
     """`text` cut to its first `limit` characters and "..."; with last_line the cut is followed by the text's
-    last line (up to rewards.MAX_ANSWER characters of it), so an answer printed last is still in what is shown."""
+    last line (up to answers.MAX_ANSWER characters of it), so an answer printed last is still in what is shown."""
     if len(text) <= limit:
         return text
     return text[:limit] + "..." + ("\n" + text.rpartition("\n")[2][-MAX_ANSWER:] if last_line else "")

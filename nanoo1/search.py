@@ -31,11 +31,11 @@ import math
 from dataclasses import dataclass, field, replace
 from typing import Callable
 
+from nanoo1.answers import answer_matches
 from nanoo1.grow import (LOG_HALF, SearchResult, answer_of, best_value, expand, judge, majority_vote, simulate,
                          weighted_vote)
 from nanoo1.mcts import MCTSConfig, mcts
 from nanoo1.policy import Request, Spent, add_candidate
-from nanoo1.rewards import answer_matches
 from nanoo1.thoughts import Node, Tree
 
 METHODS = ("greedy", "best_of_n", "beam", "mcts")
@@ -252,5 +252,5 @@ def search(policy, questions: list[str], config: SearchConfig | None = None,
 
 
 def grade(results: list[SearchResult], ground_truths: list[str]) -> list[bool]:
-    """Whether each result's answer equals its ground truth (`rewards.answer_matches`); no answer is wrong."""
+    """Whether each result's answer equals its ground truth (`answers.answer_matches`); no answer is wrong."""
     return [answer_matches(r.answer, t) for r, t in zip(results, ground_truths)]

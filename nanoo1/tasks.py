@@ -20,9 +20,9 @@ import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from nanoo1.answers import final_answer, parse_number
 from nanoo1.config import entry_parser, positive_int
 from nanoo1.files import atomic_write, check_directory
-from nanoo1.rewards import final_answer, parse_number
 from nanoo1.thoughts import Tree
 
 NAMES = [("Mia", "she", "her"), ("Leo", "he", "him"), ("Ava", "she", "her"), ("Sam", "he", "him"),
@@ -53,7 +53,7 @@ class Step:
 @dataclass
 class Problem:
     question: str
-    answer: str  # the final answer as text ("18"); checked with rewards.check
+    answer: str  # the final answer as text ("18"); checked with answers.check
     steps: list[Step] = field(default_factory=list)  # empty for problems loaded without worked steps
 
     def thought_steps(self) -> list[str]:

@@ -22,11 +22,11 @@ import json
 from pathlib import Path
 
 from nanoo1 import dist
+from nanoo1.answers import answer_matches, extract_answer
 from nanoo1.files import atomic_write
 from nanoo1.lora import lora_copy
 from nanoo1.grow import majority_vote
 from nanoo1.ppm import ProcessPreferenceModel, fit, outcome_batch_loss, ppm_scores, save_scorer
-from nanoo1.rewards import answer_matches, extract_answer
 from nanoo1.rstar import OUTPUT, RStarConfig, RStarPolicy, encode_trace, ppm_input, step_failed
 from nanoo1.search import SearchConfig, sample_chains
 from nanoo1.sft import passes

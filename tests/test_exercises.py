@@ -12,11 +12,12 @@ from nanoo1.engine import generate, generate_budgeted, sample_next, token_stats
 from nanoo1.model import Gemma2, RMSNorm, softcap
 from nanoo1.mcts import backup, puct_score, rectify, uct_score
 from nanoo1.replay import PrioritizedReplay, SegmentTree
+from nanoo1.rewards import cosine_length_reward
 from nanoo1.rl import gae, grpo_advantages, ppo_policy_loss
-from nanoo1.rewards import cosine_length_reward, equations_hold
 from nanoo1.ppm import ppm_pair_loss, preference_pairs
 from nanoo1.rstar import parse_step
 from nanoo1.experience import relabel_lucky, success_rates
+from nanoo1.steps import equations_hold
 from nanoo1.thoughts import policy_prompt, render_path, value_prompt
 from nanoo1.value import rating_logits
 

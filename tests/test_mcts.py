@@ -182,7 +182,7 @@ def test_add_chains_links_each_thought_under_the_one_before_it():
 
 
 def test_judge_fails_a_thought_its_step_checker_rejects():
-    from nanoo1.rewards import equations_hold
+    from nanoo1.steps import equations_hold
 
     tree = Tree(QUESTION)
     right = tree.add(tree.root, "<expansion>", "7 + 5 = 12", value=0.0)

@@ -17,6 +17,7 @@ import nanoo1.rstar as rstar
 import nanoo1.verifiers as verifiers
 from conftest import SAMPLE_TEXTS, random_model
 from nanoo1.adapters import load_lora
+from nanoo1.answers import MAX_ANSWER, check, extract_answer
 from nanoo1.checkpoint import load_pretrained, save_pretrained
 from nanoo1.engine import Completion
 from nanoo1.evolve import EvolveConfig, finetune_policy, run, self_evolution_round, train_ppm
@@ -31,7 +32,6 @@ from nanoo1.ppm import (PPM_HEAD, ProcessPreferenceModel, fit, orm_loss, outcome
 from nanoo1.rstar import (RSTAR_TOKENS, STEP_END, CodeStep, RStarConfig, RStarPolicy, encode_trace, execute_steps, format_step,
                           joined_program, pair_batch, parse_step, ppm_input, rstar_prompt, solution_steps, step_failed,
                           step_ran, step_reward)
-from nanoo1.rewards import MAX_ANSWER, check, extract_answer
 from nanoo1.sandbox import SandboxResult, run_many
 from nanoo1.search import SearchConfig, search
 from nanoo1.sft import lm_loss
@@ -190,7 +190,7 @@ def test_error_threshold_one_rejects_at_once_and_a_timeout_is_an_error():
 
 def test_an_answer_printed_after_a_long_output_is_read_from_the_step_text():
     """The shown output is cut to max_output_chars, but keeps the last line: the step's answer, its reward and
-    every reading of its text (rewards.extract_answer, as search and the MCTS judge read it) agree."""
+    every reading of its text (answers.extract_answer, as search and the MCTS judge read it) agree."""
     (step,) = execute_steps([[STEP1]], ["# Step 2: x\nfor i in range(60): print(i)\nprint(x1 - 3)\n" + STEP_END], RStarConfig())
     assert step.status == "answer" and step.answer == extract_answer(step.text) == "9"
     assert len(step.text) < 400 and step_reward(step, "9") == 1.0 and check(step.text, "9")

@@ -11,10 +11,10 @@ from conftest import ScriptedPolicy, decoy_script, path_key, random_model
 from nanoo1.mcts import MCTSConfig, mcts
 from nanoo1.policy import LMPolicy, Request
 from nanoo1.model import Gemma2Config
-from nanoo1.rewards import equations_hold
 from nanoo1.search import (SearchConfig, best_value, checked_greedy, grade, majority_vote, search,
                            weighted_vote)
 from nanoo1.engine import generate
+from nanoo1.steps import equations_hold
 from nanoo1.thoughts import Tree, policy_prompt, render_path, value_prompt
 from nanoo1.value import rating_values
 

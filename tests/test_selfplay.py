@@ -909,7 +909,7 @@ def test_self_plays_evaluations_sample_as_the_run_does_and_mcts_checks_its_steps
     """Greedy, best-of-N and MCTS rows search at the run's temperature, thought length, max_rows and seed, and the
     MCTS row checks every step with the run's step checker (`a op b = c` must hold), as the training search does."""
     import nanoo1.selfplay as selfplay
-    from nanoo1.rewards import equations_hold
+    from nanoo1.steps import equations_hold
 
     seen = []
     monkeypatch.setattr(selfplay, "evaluate", lambda model, tok, ps, method, budget=1, **kw: seen.append(
@@ -931,7 +931,7 @@ def test_search_config_carries_the_budget_and_the_callers_mcts_settings():
     from dataclasses import replace
 
     from nanoo1.eval import EVAL_MCTS, search_config
-    from nanoo1.rewards import equations_hold
+    from nanoo1.steps import equations_hold
 
     assert (search_config("best_of_n", 3).n, search_config("best_of_n", 3).vote) == (3, "majority")
     assert (search_config("beam", 3).n, search_config("beam", 3).expand) == (3, 4)
@@ -1262,7 +1262,7 @@ def test_imitation_replays_its_share_of_earlier_successes_in_the_order_the_rng_d
     order the run's rng shuffles them (here: reversed), batch at a time; with replay 0 none is drawn. Checked
     greedy fixes slips with fix_candidates thoughts under the run's step checker."""
     from nanoo1 import iteration
-    from nanoo1.rewards import equations_hold
+    from nanoo1.steps import equations_hold
 
     config, model, tokenizer, policy, problems = iteration_parts(warmstart, monkeypatch, imitation_replay=0.5,
                                                                  imitation_batch=3, imitation_fix_candidates=5)
@@ -1364,7 +1364,7 @@ def test_iteration_seeds_draws_checker_and_run_directories():
     draws problems_per_iteration problems for each of its rounds; the searches check every equation unless
     --check-equations false; each algorithm has its own default directory and --out wins over both."""
     from nanoo1.recipe import default_out, draws_per_iteration, iteration_seed, step_checker
-    from nanoo1.rewards import equations_hold
+    from nanoo1.steps import equations_hold
 
     assert len({iteration_seed(seed, it) for seed in range(3) for it in range(1000)}) == 3000
     grpo = apply_flags(PRESETS["tiny"], {"algo": "grpo", "problems_per_iteration": 5, "rounds": 3})
@@ -1382,7 +1382,7 @@ def test_ppo_iteration_searches_and_scores_with_the_runs_settings(warmstart, mon
     a success (here the first of two, made to hold one)."""
     from nanoo1 import iteration
     from nanoo1.experience import outcomes
-    from nanoo1.rewards import equations_hold
+    from nanoo1.steps import equations_hold
 
     config, model, tokenizer, policy, problems = iteration_parts(warmstart, monkeypatch, chains_per_tree=3, gamma=0.9,
                                                                  lam=0.5, temperature=0.8, num_candidates=3)

@@ -8,9 +8,9 @@ import torch
 import torch.nn.functional as F
 
 from conftest import random_model
+from nanoo1.answers import check
 from nanoo1.model import Gemma2Config
 from nanoo1.sft import SFTConfig, collate, lm_loss, lr_at, make_batches, think_example, thought_example, train_sft
-from nanoo1.rewards import check
 from nanoo1.tasks import make_problems
 from nanoo1.thoughts import parse_tree
 

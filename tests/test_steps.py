@@ -9,8 +9,8 @@ import pytest
 
 from conftest import gsm8k_rows
 from nanoo1.arith import evaluate
-from nanoo1.rewards import equations_hold
 from nanoo1.steps import _SCAN, MAX_EQUATIONS
+from nanoo1.steps import equations_hold
 from nanoo1.tasks import TINY_DIR, load_jsonl
 
 CASES = Path(__file__).resolve().parent / "equation_cases.txt"
@@ -221,3 +221,12 @@ def test_pieces_that_touch_are_read_as_one():
     text = first + " " * 205 + "2 + 2 = 4"  # second "=" at 233 + 205 + 6 = 444 = 11 + 433
     assert text.index("=", 12) - text.index("=") == 433
     assert not equations_hold(text)
+
+
+def test_equations_hold_checks_every_equation():
+    assert equations_hold("11 + 7 = 18") and equations_hold("18 / 3 = 6") and equations_hold("4 x 5 = 20")
+    assert not equations_hold("11 + 7 = 19")  # 18
+    assert not equations_hold("26 / 3 = 9")  # 26 is not 3 * 9 = 27: a division must be exact
+    assert not equations_hold("20 - 4 = 16, then 16 * 2 = 30")  # the second one is wrong: 32
+    assert not equations_hold("5 / 0 = 0")
+    assert equations_hold("The answer is \\boxed{6}") and equations_hold("")  # nothing to check

@@ -5,7 +5,8 @@ import json
 import pytest
 
 from conftest import gsm8k_path
-from nanoo1.rewards import check, equations_hold, final_answer
+from nanoo1.answers import check, final_answer
+from nanoo1.steps import equations_hold
 from nanoo1.tasks import OPS, TINY_DIR, Problem, load_jsonl, make_problems, solution_tree, think_prompt, write_jsonl
 from nanoo1.thoughts import parse_tree
 
@@ -74,7 +75,7 @@ def test_loader_skips_white_space_lines_and_strips_a_bare_answer(tmp_path):
 
 
 def test_loader_reads_the_final_answer_as_check_reads_a_reference(tmp_path):
-    """One reading of a reference solution (`rewards.final_answer`) for the loader and `check`: the rest of the last
+    """One reading of a reference solution (`answers.final_answer`) for the loader and `check`: the rest of the last
     "####" line (text on later lines is not the answer), else a MATH-style solution's last box, else the field."""
     fields = ["He earns 8 * 9 = 72\n#### 72", "#### 72\nmore on the next line", r"so $x = \boxed{\frac{1}{2}}$.", "12."]
     path = tmp_path / "p.jsonl"

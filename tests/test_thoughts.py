@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from conftest import random_model
+from nanoo1.answers import check
 from nanoo1.model import Gemma2Config
-from nanoo1.rewards import check
 from nanoo1.tasks import make_problems, solution_tree
 from nanoo1.thoughts import (HINTS, META_ACTIONS, Tree, meta_transition_matrix, sample_metas, hint_for, parse_thought, parse_tree, policy_prompt, render_node,
                              render_path, value_prompt, value_sequences)

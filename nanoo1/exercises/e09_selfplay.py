@@ -91,7 +91,7 @@ def _lucky_tree():
 def check_relabel_lucky(relabel_lucky) -> bool:
     """`relabel_lucky(tree) -> int` as nanoo1.experience.relabel_lucky, for trees grown without a step checker:
     every "success" terminal whose chain (the thoughts below the root down to the leaf, tree.path(leaf)[1:])
-    holds a wrong `a op b = c` equation (nanoo1.rewards.equations_hold is False for some node's text) becomes a
+    holds a wrong `a op b = c` equation (nanoo1.steps.equations_hold is False for some node's text) becomes a
     "failure"; returns how many. The question at the root is not checked."""
     _callable(relabel_lucky, "check_relabel_lucky")
 
