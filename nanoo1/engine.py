@@ -331,6 +331,8 @@ def generate_budgeted(model, prompts: list[list[int]], think_budget: int, soluti
     (eos) while still thinking ends there, without </think>. The answer phase samples
     up to solution_budget tokens in the same cache and stops on stop_token_ids (default: eos).
     """
+    if think_budget < 0 or solution_budget < 0:
+        raise ValueError(f"budgets must be >= 0 tokens, got think_budget {think_budget}, solution_budget {solution_budget}")
     generator = seeded_generator(model, seed, generator)
     batch, logits = _prefill(model, prompts, num_samples, think_budget + solution_budget + 1, stop_token_ids, None, tokenizer)
     rows = list(batch.rows)

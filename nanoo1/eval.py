@@ -91,7 +91,11 @@ def evaluate_budgeted(model, tokenizer, problems: list[Problem], think_budget: i
     problems in one generate call, which bounds the KV cache (0: no limit)."""
     t = time.perf_counter()
     prompts = [tokenizer.encode(think_prompt(p.question)) for p in problems]
-    room = model.config.max_position_embeddings - max(map(len, prompts)) - solution_budget - 1
+    context, longest = model.config.max_position_embeddings, max(map(len, prompts))
+    room = context - longest - solution_budget - 1
+    if think_budget is None and room < 0:
+        raise ValueError(f"unlimited thinking: the longest prompt ({longest} tokens), </think> and the "
+                         f"{solution_budget}-token answer do not fit the model's context of {context} tokens")
     think, end = room if think_budget is None else think_budget, tokenizer.token_id("</think>")
     rows = [row for part in row_parts([1] * len(prompts), max_rows)
             for row in generate_budgeted(model, prompts[part.start:part.stop], think, solution_budget, end,

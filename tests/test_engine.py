@@ -228,6 +228,15 @@ def test_budgeted_zero_think_budget_and_eos_while_thinking(model):
     assert r.finish_reason == "stop_token" and 9 not in r.tokens and r.tokens[-1] == eos
 
 
+def test_a_negative_budget_is_refused_by_name(model):
+    """A negative budget would size the cache too small and fail later as a cache overflow; it is refused first."""
+    prompt = prompts_of([5], seed=4)[0]
+    with pytest.raises(ValueError, match="think_budget -3"):
+        generate_budgeted(model, [prompt], think_budget=-3, solution_budget=4, think_end_id=9)
+    with pytest.raises(ValueError, match="solution_budget -1"):
+        generate_budgeted(model, [prompt], think_budget=4, solution_budget=-1, think_end_id=9)
+
+
 def test_a_row_that_stops_in_its_answer_leaves_the_next_rows_limit_alone(model):
     """Row a ends on eos in its answer and leaves the batch; row b, compacted into its place, keeps its own limit."""
     b, _, a = prompts_of([4, 8, 6], seed=3)

@@ -975,6 +975,9 @@ def test_budgeted_evaluation_grades_what_follows_the_thinking(warmstart, monkeyp
     assert eval_mod.evaluate_budgeted(model, tok, problems, None, solution_budget=6).budget is None
     longest = len(tok.encode(think_prompt("a longer question")))
     assert thinks == [4, model.config.max_position_embeddings - longest - 1 - 6]
+    context = model.config.max_position_embeddings  # unlimited, with a prompt that leaves no room: refused by name
+    with pytest.raises(ValueError, match=f"longest prompt \\(\\d+ tokens\\).*context of {context} tokens"):
+        eval_mod.evaluate_budgeted(model, tok, [Problem("7 " * context, "8", [])], None)
 
 
 def test_run_name_reads_a_relative_checkpoint_from_where_it_lies(tmp_path, monkeypatch):
