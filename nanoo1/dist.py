@@ -172,13 +172,15 @@ def sum_stats(stats: dict) -> dict:
 
 
 def combine(metrics: dict, summed: tuple = ()) -> dict:
-    """An iteration's metrics over ranks: the `summed` keys (counts) added, every other number averaged (a figure
-    the iteration already made the whole set's, e.g. its share solved, is the same on every rank and stays so)."""
+    """An iteration's metrics over ranks: the `summed` keys (counts) added, integer counts staying integers, every
+    other number averaged (a figure the iteration already made the whole set's, e.g. its share solved, is the same
+    on every rank and stays so)."""
     if place().world == 1:
         return metrics
     keys = sorted(k for k, v in metrics.items() if isinstance(v, (int, float)))
     t = total(torch.tensor([float(metrics[k]) for k in keys], dtype=torch.float64)).tolist()
-    return {**metrics, **{k: v if k in summed else v / place().world for k, v in zip(keys, t)}}
+    kept = {k: round(v) if type(metrics[k]) is int else v for k, v in zip(keys, t) if k in summed}
+    return {**metrics, **{k: v / place().world for k, v in zip(keys, t) if k not in summed}, **kept}
 
 
 def from_main(obj):
