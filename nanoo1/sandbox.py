@@ -52,7 +52,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from nanoo1.supervise import _remove, clean_env, signal_name
+from nanoo1.supervise import clean_env, remove_tree, signal_name
 
 SUPERVISOR = Path(__file__).with_name("supervise.py")  # run as a script, not imported, by `run_many`
 
@@ -123,7 +123,7 @@ def run_many(codes, *, workers: int | None = None, timeout: float = 5.0, memory_
         try:
             answers, why = _batch(codes, config)
         finally:
-            _remove(config["tempdir"])
+            remove_tree(config["tempdir"])
     except Exception as e:  # the sandbox failed (no processes left, a directory it cannot make): results still
         why = f"{type(e).__name__}: {e}"
     return [answers.get(i) or SandboxResult("", False, "SandboxError", why, time.monotonic() - start)

@@ -72,7 +72,7 @@ def signal_name(number: int) -> str:
         return str(number)
 
 
-def _remove(workdir: str) -> None:
+def remove_tree(workdir: str) -> None:
     """Delete workdir, however deep, unreadable or long its paths: iteratively, one directory open at a time.
 
     The program is dead by now, so nothing changes under us; links are removed, never followed."""
@@ -202,7 +202,7 @@ def _supervise(config: str) -> None:
                 for fd in run.open_fds:
                     sel.unregister(fd)
                     os.close(fd)
-                _remove(run.workdir)
+                remove_tree(run.workdir)
                 results.append(_result(run, status, timeout, cap))
     data = "".join(json.dumps(r) + "\n" for r in results).encode()
     while data:
@@ -233,7 +233,7 @@ def _fork(index: int, code: str, tempdir: str, timeout: float, child: dict, conf
         report_r, report_w = os.pipe()
         pid = os.fork()
     except BaseException:
-        _remove(workdir)
+        remove_tree(workdir)
         raise
     if pid == 0:  # the child: never returns
         try:

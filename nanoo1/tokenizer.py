@@ -113,12 +113,13 @@ class Tokenizer:
                   "model_max_length": 1_000_000, **special}
         origin = Path(self.source).parent if self.source != "<memory>" else None
         atomic_write(directory / "tokenizer.json", self.tk.to_str())
-        for name, minimal in (("tokenizer_config.json", config), ("special_tokens_map.json", special)):
+        minimal = {"tokenizer_config.json": config, "special_tokens_map.json": special}
+        for name in (*minimal, *CHAT_TEMPLATE_FILES):
             kept = origin / name if origin is not None else None
-            atomic_write(directory / name, kept.read_bytes() if kept and kept.is_file() else json.dumps(minimal, indent=2))
-        for name in CHAT_TEMPLATE_FILES if origin is not None else ():
-            if (origin / name).is_file():
-                atomic_write(directory / name, (origin / name).read_bytes())
+            if kept is not None and kept.is_file():
+                atomic_write(directory / name, kept.read_bytes())
+            elif name in minimal:
+                atomic_write(directory / name, json.dumps(minimal[name], indent=2))
 
 
 def train_tokenizer(texts, vocab_size: int, special_tokens=SPECIAL_TOKENS, split_digits: bool = True) -> Tokenizer:

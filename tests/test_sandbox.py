@@ -29,7 +29,7 @@ import pytest
 
 from nanoo1.confine import MAX_FILES, SECCOMP_ARCH, landlock_abi, read_roots, seccomp_filter, tripwire
 from nanoo1.sandbox import SUPERVISOR, run_many, run_python
-from nanoo1.supervise import _remove, signal_name
+from nanoo1.supervise import remove_tree, signal_name
 
 LINUX = sys.platform == "linux"
 KERNEL = LINUX and os.uname().machine in SECCOMP_ARCH  # seccomp has a syscall table for this machine
@@ -306,16 +306,16 @@ def test_removal_of_deep_unreadable_trees_with_long_paths(tmp_path):
                 os.chmod(fd, 0o300)  # can be written into, not listed
         os.close(fd)
         os.chmod(root, 0o300)  # the top one too
-        _remove(str(root))
+        remove_tree(str(root))
         assert not root.exists() and outside.read_text() == "intact"
-        _remove(str(root))  # already gone: nothing to do, nothing raised
+        remove_tree(str(root))  # already gone: nothing to do, nothing raised
     finally:
         if base != str(tmp_path):
             shutil.rmtree(base, ignore_errors=True)
 
 
 def test_removal_follows_no_link_and_leaves_no_descriptor_open(tmp_path):
-    """_remove never follows a link, not even one given as the directory to remove, and closes every directory it
+    """remove_tree never follows a link, not even one given as the directory to remove, and closes every directory it
     opened on its way down and back up: the supervisor removes one directory per program, thousands in a search,
     and must not run out of file descriptors."""
     target = tmp_path / "target"
@@ -323,14 +323,14 @@ def test_removal_follows_no_link_and_leaves_no_descriptor_open(tmp_path):
     (target / "kept.txt").write_text("intact")
     link = tmp_path / "nanoo1-sandbox-link"
     link.symlink_to(target)
-    _remove(str(link))
+    remove_tree(str(link))
     assert (target / "kept.txt").read_text() == "intact"
     tree = tmp_path / "nanoo1-sandbox-tree"
     (tree / "a" / "b").mkdir(parents=True)
     (tree / "a" / "b" / "f").write_text("x")
     (tree / "c").mkdir()
     open_before = len(os.listdir("/dev/fd"))
-    _remove(str(tree))
+    remove_tree(str(tree))
     assert not tree.exists() and len(os.listdir("/dev/fd")) == open_before
 
 
