@@ -32,7 +32,7 @@ def atomic_write(path, data) -> Path:
             os.close(fd)
             fd = -1
             data(tmp)
-            fd = os.open(tmp, os.O_RDONLY)
+            fd = os.open(tmp, os.O_RDWR)  # to flush it: Windows flushes only a descriptor open for writing
         else:  # os.write may write less than asked (a full disk, 2 GB a call): on from where it stopped
             view = memoryview(data.encode("utf-8") if isinstance(data, str) else data)
             while view:

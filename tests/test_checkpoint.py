@@ -688,3 +688,25 @@ def test_atomic_write_writes_all_of_its_data_when_the_system_takes_it_in_pieces(
     files.atomic_write(tmp_path / "x.json", "0123456789" * 5)
     files.atomic_write(tmp_path / "y.bin", b"\x00\x01" * 20)
     assert (tmp_path / "x.json").read_text() == "0123456789" * 5 and (tmp_path / "y.bin").read_bytes() == b"\x00\x01" * 20
+
+
+def test_atomic_write_flushes_a_descriptor_open_for_writing(tmp_path, monkeypatch):
+    """Windows flushes a file (`os.fsync`, its _commit) only through a descriptor open for writing, and fails with
+    EBADF on a read-only one: a file a function wrote (a checkpoint, a replay buffer) is flushed through one."""
+    import errno
+    import fcntl
+
+    from nanoo1 import files
+
+    real = os.fsync
+
+    def windows_fsync(fd):
+        if fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE == os.O_RDONLY:
+            raise OSError(errno.EBADF, "Bad file descriptor")
+        real(fd)
+
+    monkeypatch.setattr(files.os, "fsync", windows_fsync)
+    files.atomic_write(tmp_path / "w.bin", lambda p: Path(p).write_bytes(b"weights"))
+    files.atomic_write(tmp_path / "t.txt", "text")
+    assert (tmp_path / "w.bin").read_bytes() == b"weights" and (tmp_path / "t.txt").read_text() == "text"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["t.txt", "w.bin"]  # no temp file left
