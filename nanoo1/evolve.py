@@ -54,6 +54,7 @@ from nanoo1.rounds import (COLUMNS, coverage, draw_rounds, line, measure, plot_r
                            sft_examples, slip_pairs)
 from nanoo1.rstar import RStarConfig
 from nanoo1.runs import append_jsonl, prepare_out
+from nanoo1.sandbox import check_platform
 from nanoo1.sft import SFTConfig, make_batches, passes, train_sft
 from nanoo1.tasks import TINY_DIR, Problem, load_jsonl
 from nanoo1.verifiers import compare_verifiers, outcome_examples
@@ -315,6 +316,7 @@ def main(argv=None):
     if not args.tiny:  # a real checkpoint runs on the GPU when there is one; the tiny task stays on the CPU
         given.setdefault("device", "auto")
     try:  # every setting and path is checked before any work starts
+        check_platform()  # the rounds run the model's code steps in the sandbox
         config, lora = apply_flags(EvolveConfig(), given), apply_flags(LoRASettings(), lora_flags)
         if config.dtype == "bfloat16" and not lora.rank:
             raise ValueError(BF16_FULL_FINETUNE)

@@ -92,6 +92,13 @@ def run_python(code: str, **limits) -> SandboxResult:
     return run_many([code], workers=1, **limits)[0]
 
 
+def check_platform() -> None:
+    """OSError where programs cannot be run here: the supervisor forks them, which Linux and macOS do."""
+    if os.name != "posix":
+        raise OSError(f"nanoo1.sandbox forks the programs it runs, which needs Linux or macOS (on Windows: WSL), "
+                      f"not {sys.platform!r}")
+
+
 def run_many(codes, *, workers: int | None = None, timeout: float = 5.0, memory_mb: int = 512,
              output_bytes: int = 64 * 1024, file_mb: int = 16, audit_hook: bool = True,
              namespaces: bool = True) -> list[SandboxResult]:
@@ -101,8 +108,7 @@ def run_many(codes, *, workers: int | None = None, timeout: float = 5.0, memory_
     One supervisor process is started for the batch (`python -I` running supervise.py); it
     forks a child per program, so each program costs a fork rather than an interpreter's start-up.
     """
-    if os.name != "posix":
-        raise OSError(f"nanoo1.sandbox needs Linux or macOS, not {sys.platform!r}")
+    check_platform()
     for name, value in [("timeout", timeout), ("memory_mb", memory_mb), ("output_bytes", output_bytes),
                         ("file_mb", file_mb)]:
         kind = (int, float) if name == "timeout" else int  # sizes are whole numbers, the timeout finite

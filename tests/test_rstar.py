@@ -1102,6 +1102,24 @@ def test_evolve_refuses_bad_settings_and_another_runs_directory_before_any_work(
     assert sorted(p.name for p in out.iterdir()) == ["base"]
 
 
+def test_evolve_where_the_sandbox_cannot_run_is_a_usage_error_before_any_work(tmp_path, monkeypatch, capsys):
+    """On Windows (no fork) the rounds could not run a code step: evolve says so and starts nothing (it started 2
+    ranks, then failed on the first step with a traceback); the sandbox itself refuses with the same reason."""
+    from types import SimpleNamespace
+
+    import nanoo1.evolve as evolve
+    import nanoo1.sandbox as sandbox
+
+    ran = []
+    monkeypatch.setattr(evolve, "run", lambda *a, **k: ran.append(1))
+    monkeypatch.setattr(sandbox, "os", SimpleNamespace(name="nt"))  # the module's view of the platform: Windows
+    with pytest.raises(SystemExit):
+        evolve.main(["--tiny", "--no-progress", "--out", str(tmp_path / "out")])
+    assert "needs Linux or macOS (on Windows: WSL)" in capsys.readouterr().err and ran == []
+    with pytest.raises(OSError, match="needs Linux or macOS"):
+        run_many(["print(1)"])
+
+
 def test_evolve_on_one_gpu_runs_one_process_and_refuses_more(tmp_path, monkeypatch, capsys):
     """--tiny starts 2 ranks on a 2-core CPU, but on CUDA one process per GPU: on one GPU --tiny --device cuda runs
     in this process (rank 1 asked for cuda:1, which is not there), and --procs 2 is refused by name."""
