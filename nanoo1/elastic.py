@@ -15,10 +15,10 @@ import torch
 
 from nanoo1 import dist
 from nanoo1.answers import check
+from nanoo1.device import bf16_autocast
 from nanoo1.engine import generate_budgeted, row_parts, seeded_generator
 from nanoo1.eval import EvalResult, budget_name, evaluate_budgeted, plot
 from nanoo1.lora import adapters_off
-from nanoo1.model import bf16_autocast
 from nanoo1.recipe import SelfPlayConfig, autocast, iteration_seed
 from nanoo1.rewards import cosine_length_reward, repetition_penalty
 from nanoo1.rl import completion_logprobs, grpo_advantages

@@ -17,7 +17,7 @@ import math
 
 import torch
 
-from nanoo1.model import bf16_autocast
+from nanoo1.device import bf16_autocast
 from nanoo1.rl import completion_logprobs, path_gae, td_priority
 from nanoo1.steps import equations_hold
 from nanoo1.updates import micro_batch_rows

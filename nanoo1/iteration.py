@@ -16,10 +16,10 @@ import random
 import torch
 
 from nanoo1 import dist
+from nanoo1.device import bf16_autocast
 from nanoo1.experience import (chain_items, collate_chains, imitation_items, restamp_stale, row_priorities,
                                stamp_old, success_rates, tree_chains)
 from nanoo1.mcts import MCTSConfig, mcts
-from nanoo1.model import bf16_autocast
 from nanoo1.recipe import SelfPlayConfig, autocast, step_checker
 from nanoo1.replay import PrioritizedReplay, beta_by_step
 from nanoo1.rl import td_priority

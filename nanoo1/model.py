@@ -30,12 +30,6 @@ from torch.utils.checkpoint import checkpoint
 from nanoo1.cache import KVCache
 
 
-def bf16_autocast(enabled: bool = True, device="cpu"):
-    """Autocast matrix multiplies to bfloat16 on `device` (weights and optimizer state keep their dtype);
-    `enabled=False` gives a context that changes nothing."""
-    return torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=enabled)
-
-
 @dataclass
 class Gemma2Config:
     vocab_size: int = 256000  # rows of the (tied) embedding; fine-tunes add tokens above 256000

@@ -21,9 +21,9 @@ from safetensors.torch import save
 
 from nanoo1 import dist
 from nanoo1.adapters import save_trained
+from nanoo1.device import bf16_autocast
 from nanoo1.files import atomic_write
 from nanoo1.lora import unfreeze
-from nanoo1.model import bf16_autocast
 from nanoo1.sft import SFTConfig, lr_at, set_lr
 from nanoo1.thoughts import Node, Tree
 from nanoo1.tokenizer import batch_ids

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from nanoo1 import dist
-from nanoo1.model import bf16_autocast
+from nanoo1.device import bf16_autocast
 from nanoo1.tasks import OPS, Problem, Step, solution_tree, think_prompt
 from nanoo1.thoughts import RATINGS, render_node
 from nanoo1.tokenizer import batch_ids, right_pad

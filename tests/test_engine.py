@@ -502,3 +502,31 @@ def test_row_parts_cut_prompts_into_runs_of_at_most_max_rows():
     assert row_parts([2, 2, 2], 4) == [range(0, 2), range(2, 3)]
     assert row_parts([5, 1, 1], 3) == [range(0, 1), range(1, 3)]  # a prompt wider than the limit goes alone
     assert row_parts([], 4) == []
+
+
+def test_bf16_autocast_warns_where_the_cpu_has_no_fast_bf16_kernels(monkeypatch):
+    """Without oneDNN's bfloat16 kernels (a CPU without AVX512, AVX-NE-CONVERT or Arm's BF16, or oneDNN turned
+    off) torch runs bf16 matrix multiplies in a generic kernel, many times slower than float32: the default
+    `--bf16 true` warns there and names the flag that avoids it. It stays silent where the kernels are, or when
+    autocast is off."""
+    import warnings
+
+    import nanoo1.device as device
+
+    assert device._bf16_kernels() in (True, False)  # this machine's answer, whichever it is
+    monkeypatch.setattr(device, "_bf16_kernels", lambda: False)
+    with pytest.warns(RuntimeWarning, match="--bf16 false trains in float32"):
+        with device.bf16_autocast(True, "cpu"):
+            assert torch.ones(2, 2).matmul(torch.ones(2, 2)).dtype == torch.bfloat16
+    monkeypatch.setattr(device, "_bf16_kernels", lambda: True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with device.bf16_autocast(True, "cpu"), device.bf16_autocast(False, "cpu"):
+            pass
+        monkeypatch.setattr(device, "_bf16_kernels", lambda: False)
+        with device.bf16_autocast(False, "cpu"):
+            assert torch.ones(2, 2).matmul(torch.ones(2, 2)).dtype == torch.float32
+        monkeypatch.setattr(torch.backends.mkldnn, "enabled", False)
+    monkeypatch.setattr(device, "_bf16_kernels", lambda: True)
+    with pytest.warns(RuntimeWarning, match="no fast bfloat16"):  # the kernels are there, but oneDNN is off
+        device.bf16_autocast(True, "cpu")
