@@ -53,7 +53,7 @@ from nanoo1.recipe import BF16_FULL_FINETUNE, LoRASettings
 from nanoo1.rounds import (COLUMNS, coverage, draw_rounds, line, measure, plot_rounds, ppm_pairs, row_line, rstar_policy,
                            sft_examples, slip_pairs)
 from nanoo1.rstar import RStarConfig
-from nanoo1.runs import append_jsonl, prepare_out
+from nanoo1.runs import append_jsonl, local_path, prepare_out
 from nanoo1.sandbox import check_platform
 from nanoo1.sft import SFTConfig, make_batches, passes, train_sft
 from nanoo1.tasks import TINY_DIR, Problem, load_jsonl
@@ -340,8 +340,8 @@ def main(argv=None):
     t = time.perf_counter()
     try:
         dist.setup(resolve_device(config.device))
-        model = args.model or dist.on_main(lambda: tiny_base(Path(config.out) / "base", args.warmstart_steps,
-                                                             config.seed, not args.no_progress))
+        model = local_path(str(args.model or dist.on_main(lambda: tiny_base(  # absolute: the adapters name their base
+            Path(config.out) / "base", args.warmstart_steps, config.seed, not args.no_progress))))
         dist.say(f"base model: {model}")
         run(config, model, args.data, args.test_data, progress=not args.no_progress, lora=lora, overwrite=args.overwrite)
     except (FileExistsError, FileNotFoundError, NotADirectoryError) as e:  # a path in the way or missing, named

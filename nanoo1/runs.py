@@ -42,6 +42,12 @@ def latest_checkpoint(run_dir: Path) -> Path:
     return latest.parent / name
 
 
+def local_path(name: str) -> str:
+    """A file or directory that exists here as its absolute path, anything else (a hub id) as given: a run's
+    settings then name the same files when it is resumed from another directory."""
+    return str(Path(name).resolve()) if name and Path(name).exists() else name
+
+
 def saved_settings(run_dir: Path, config_cls):
     """The settings a run was started with, from its latest checkpoint's settings.json."""
     path = latest_checkpoint(run_dir) / SETTINGS

@@ -46,8 +46,8 @@ from nanoo1.policy import LMPolicy
 from nanoo1.replay import PrioritizedReplay
 from nanoo1.recipe import (PRESETS, SelfPlayConfig, default_out, draws_per_iteration, iteration_config, memory_estimate,
                            step_checker, tiny_warmstart, warmstart_kind)
-from nanoo1.runs import (append_jsonl, latest_checkpoint, load_model, load_trainer_state, prepare_out, rewrite_jsonl,
-                         resume_settings, save_checkpoint, save_model)
+from nanoo1.runs import (append_jsonl, latest_checkpoint, load_model, load_trainer_state, local_path, prepare_out,
+                         resume_settings, rewrite_jsonl, save_checkpoint, save_model)
 from nanoo1.tasks import load_jsonl
 from nanoo1.warmstart import train_warmstart
 
@@ -278,6 +278,8 @@ def main(argv=None):
         flags["warmstart"] = args.model
     elif args.tiny and not args.resume:  # a resumed run keeps its own warm start (a --tiny run may have had another)
         flags.setdefault("warmstart", tiny_warmstart(flags.get("algo", "ppo")))
+    # a run's settings name its files absolutely, so a resume from another directory reads the same ones
+    flags.update({k: local_path(flags[k]) for k in ("data", "test_data", "warmstart") if k in flags})
     if not (args.tiny or args.model or args.resume):
         p.error("say what to run: --tiny (the tiny recipe), --model DIR_OR_HUB_ID with --data and --test-data, "
                 "or --resume RUN_DIR")

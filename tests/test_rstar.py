@@ -1102,6 +1102,20 @@ def test_evolve_refuses_bad_settings_and_another_runs_directory_before_any_work(
     assert sorted(p.name for p in out.iterdir()) == ["base"]
 
 
+def test_evolve_names_a_local_base_absolutely(tmp_path, monkeypatch):
+    """policy-k/ and ppm-k/ name their base (adapter_config.json's base_model_name_or_path): a local checkpoint given
+    by a relative path is named absolutely, so the adapters find it from anywhere; a hub id stays as given."""
+    import nanoo1.evolve as evolve
+
+    seen = []
+    monkeypatch.setattr(evolve, "run", lambda config, model, *a, **k: seen.append(model))
+    (tmp_path / "ckpt").mkdir()
+    monkeypatch.chdir(tmp_path)
+    for model in ("ckpt", "owner/model"):
+        evolve.main(["--model", model, *TINY_DATA, "--device", "cpu", "--no-progress", "--out", "out"])
+    assert seen == [str(tmp_path / "ckpt"), "owner/model"]
+
+
 def test_evolve_where_the_sandbox_cannot_run_is_a_usage_error_before_any_work(tmp_path, monkeypatch, capsys):
     """On Windows (no fork) the rounds could not run a code step: evolve says so and starts nothing (it started 2
     ranks, then failed on the first step with a traceback); the sandbox itself refuses with the same reason."""

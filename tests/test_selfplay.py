@@ -421,6 +421,45 @@ def test_tiny_resume_keeps_the_runs_own_warm_start(tmp_path, monkeypatch):
     assert resumed == [config]
 
 
+def test_a_run_keeps_its_local_paths_absolute_so_a_resume_from_elsewhere_reads_the_same_files(tmp_path, monkeypatch):
+    """A run's settings name its data and warm start as absolute paths (a hub id stays as given): resumed from
+    another directory, where the same relative names hold other files, it reads its own (it read the others,
+    without a word: another held-out set after training than before). The same relative flags given again on a
+    resume, from where the run started, are no conflict."""
+    import shutil
+    from dataclasses import replace
+
+    from nanoo1 import selfplay
+    from nanoo1.config import to_dict
+    from nanoo1.runs import local_path
+    from nanoo1.warmstart import WARMSTART_DIR
+
+    (tmp_path / "data").mkdir()
+    for name in ("train.jsonl", "test.jsonl"):
+        shutil.copy(TINY_DIR / name, tmp_path / "data" / name)
+    shutil.copytree(WARMSTART_DIR, tmp_path / "ws")
+    seen = []
+    monkeypatch.setattr(selfplay, "run", lambda config, **kw: seen.append(config) or {})
+    monkeypatch.chdir(tmp_path)
+    relative = ["--data", "data/train.jsonl", "--test-data", "data/test.jsonl"]
+    main(["--tiny", "--warmstart", "ws", *relative, "--out", "run", "--no-progress"])
+    started = seen[-1].run
+    assert (started.data, started.test_data, started.warmstart) == (
+        str(tmp_path / "data" / "train.jsonl"), str(tmp_path / "data" / "test.jsonl"), str(tmp_path / "ws"))
+    assert local_path("owner/model") == "owner/model"  # no such file here: a hub id
+    run_dir = tmp_path / "run"
+    (run_dir / "iter-0001").mkdir(parents=True)
+    (run_dir / "iter-0001" / "settings.json").write_text(json.dumps(to_dict(replace(seen[-1], run=replace(
+        started, out=str(run_dir))))))
+    (run_dir / "latest").write_text("iter-0001")
+    main(["--resume", str(run_dir), *relative, "--no-progress"])  # the same flags, from where it started
+    assert seen[-1].run.data == started.data
+    (tmp_path / "elsewhere" / "data").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    main(["--resume", str(run_dir), "--no-progress"])
+    assert seen[-1].run.test_data == str(tmp_path / "data" / "test.jsonl")
+
+
 def test_a_kill_during_a_save_leaves_no_metrics_line_twice(tmp_path, warmstart, monkeypatch):
     """Iteration 1's metrics line is written, then the run dies before its checkpoint: resume redoes iteration 1."""
     import nanoo1.selfplay as selfplay
