@@ -156,6 +156,8 @@ def main(argv=None):
     g.add_argument("--methods", default="greedy,best_of_n,beam,mcts", help="comma-separated; also 'budget' (<think> format)")
     g.add_argument("--budgets", default="1,2,4,8,16", help="N / beam width / MCTS simulations / thinking tokens "
                    "('unlimited': all the context holds, for budget only)")
+    g.add_argument("--solution-budget", type=positive_int, default=16, help="budget: answer tokens after </think> (the "
+                   "tiny recipe's 16; the 2b preset trains with 256)")
     g.add_argument("--temperature", type=float, default=0.7, help="sampling temperature of the searches")
     g.add_argument("--max-thought-tokens", type=positive_int, default=32, help="a thought is cut after this many tokens (the "
                    "tiny task's 32; the 2b preset trains with 192)")
@@ -218,7 +220,8 @@ def main(argv=None):
     for method in methods:
         for budget in ([1] if method == "greedy" else budgets):
             if method == "budget":
-                job = lambda ps, b=budget: evaluate_budgeted(model, tokenizer, ps, b, max_rows=args.max_rows, seed=seed)
+                job = lambda ps, b=budget: evaluate_budgeted(model, tokenizer, ps, b, solution_budget=args.solution_budget,
+                                                             max_rows=args.max_rows, seed=seed)
             else:
                 job = lambda ps, m=method, b=budget: evaluate(model, tokenizer, ps, m, b, mcts=mcts, seed=seed,
                                                               temperature=args.temperature,

@@ -1048,8 +1048,8 @@ def test_sharded_evaluation_weighs_each_ranks_share(monkeypatch):
 
 def test_eval_command_hands_its_settings_to_every_evaluation(tmp_path, warmstart, monkeypatch):
     """The searches get --temperature, --max-thought-tokens, --max-rows and the seed, the budget method
-    --max-rows and the seed ('unlimited' alone is a budget too), each the first --limit problems; on a CPU the
-    weights are read in float32."""
+    --solution-budget (16 by default, the tiny recipe's; a 2b run's table needs its 256), --max-rows and the seed
+    ('unlimited' alone is a budget too), each the first --limit problems; on a CPU the weights are read in float32."""
     from nanoo1 import eval as eval_cli
 
     seen, dtypes, load = [], [], eval_cli.load_pretrained
@@ -1061,14 +1061,15 @@ def test_eval_command_hands_its_settings_to_every_evaluation(tmp_path, warmstart
     common = ["--checkpoint", str(warmstart), "--device", "cpu", "--limit", "3", "--max-rows", "4", "--seed", "7"]
     eval_cli.main(common + ["--methods", "beam,budget", "--budgets", "2", "--temperature", "0.3",
                             "--max-thought-tokens", "5", "--out", str(tmp_path / "a")])
-    eval_cli.main(common + ["--methods", "budget", "--budgets", "unlimited", "--out", str(tmp_path / "b")])
+    eval_cli.main(common + ["--methods", "budget", "--budgets", "unlimited", "--solution-budget", "256",
+                            "--out", str(tmp_path / "b")])
     assert dtypes == ["float32", "float32"]
     (method, budget, n, kw), *budgeted = seen
     assert (method, budget, n) == ("beam", 2, 3)
     assert {k: kw[k] for k in ("temperature", "max_thought_tokens", "max_rows", "seed")} == {
         "temperature": 0.3, "max_thought_tokens": 5, "max_rows": 4, "seed": 7}
-    assert budgeted == [
-        ("budget", 2, 3, {"max_rows": 4, "seed": 7}), ("budget", None, 3, {"max_rows": 4, "seed": 7})]
+    assert budgeted == [("budget", 2, 3, {"solution_budget": 16, "max_rows": 4, "seed": 7}),
+                        ("budget", None, 3, {"solution_budget": 256, "max_rows": 4, "seed": 7})]
 
 
 # -- run directories (nanoo1/runs.py) -------------------------------------------------------------------
