@@ -143,7 +143,7 @@ def run(config: SelfPlayConfig, resume: str | None = None, from_scratch: bool = 
             train_warmstart(out / "warmstart", seed=config.run.seed, progress=progress, kind=warmstart_kind(config.run.algo))
 
         dist.on_main(warm_start)
-        config = replace(config, run=replace(config.run, warmstart=str(out / "warmstart")))
+        config = replace(config, run=replace(config.run, warmstart=str((out / "warmstart").resolve())))
     model, tokenizer = load_model(config, start_dir, device)
     if not resume and place.main:
         prepare_out(out, overwrite)  # the warm start may be one of the files it clears (--model OUT/final)

@@ -944,6 +944,28 @@ def test_a_resumed_run_never_trains_its_warm_start_again(tmp_path, monkeypatch):
     assert loads == [("its-own", tmp_path / "iter-0001")]
 
 
+def test_a_warm_start_trained_into_the_run_is_named_absolutely(tmp_path, monkeypatch):
+    """--from-scratch trains the warm start into OUT/warmstart; the run's settings name it absolutely, as they do
+    --data and --warmstart, so a resume from another directory loads it (and no other directory's)."""
+    from dataclasses import replace
+
+    import nanoo1.selfplay as selfplay
+
+    monkeypatch.chdir(tmp_path)
+    config = replace(PRESETS["tiny"], run=replace(PRESETS["tiny"].run, out="rel"))
+    loads = []
+
+    def load_model(config, start_dir, device):
+        loads.append(config.run.warmstart)
+        raise Killed
+
+    monkeypatch.setattr(selfplay, "train_warmstart", lambda *a, **kw: None)
+    monkeypatch.setattr(selfplay, "load_model", load_model)
+    with pytest.raises(Killed):
+        run(config, from_scratch=True, progress=False)
+    assert loads == [str(tmp_path / "rel" / "warmstart")]
+
+
 def test_self_plays_evaluations_sample_as_the_run_does_and_mcts_checks_its_steps(monkeypatch):
     """Greedy, best-of-N and MCTS rows search at the run's temperature, thought length, max_rows and seed, and the
     MCTS row checks every step with the run's step checker (`a op b = c` must hold), as the training search does."""
