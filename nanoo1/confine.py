@@ -100,7 +100,7 @@ def confine(workdir: str, *, timeout: float, memory_mb: int, file_mb: int, paren
     """
     set_limits(timeout, memory_mb, file_mb)
     if sys.platform == "linux":
-        libc, ulong = _libc(), ctypes.c_ulong
+        libc, ulong = open_libc(), ctypes.c_ulong
         private = namespaces and private_namespaces(libc, workdir, file_mb)
         # killed with the caller, should the caller die first (then nobody would enforce the wall clock)
         die_with_parent(libc, parent)
@@ -117,10 +117,10 @@ def confine(workdir: str, *, timeout: float, memory_mb: int, file_mb: int, paren
         sys.addaudithook(tripwire(workdir))
 
 
-def die_with_parent(libc, parent: int) -> None:
-    """SIGKILL this process when its parent dies (PR_SET_PDEATHSIG); exit at once if `parent` already has."""
+def die_with_parent(libc, parent: int, sig: int = signal.SIGKILL) -> None:
+    """Send this process `sig` when its parent dies (PR_SET_PDEATHSIG); exit at once if `parent` already has."""
     zero = ctypes.c_ulong(0)
-    _call(libc.prctl(_PR_SET_PDEATHSIG, ctypes.c_ulong(signal.SIGKILL), zero, zero, zero), "PR_SET_PDEATHSIG")
+    _call(libc.prctl(_PR_SET_PDEATHSIG, ctypes.c_ulong(sig), zero, zero, zero), "PR_SET_PDEATHSIG")
     if os.getppid() != parent:  # it died before the line above
         os._exit(1)
 
@@ -174,7 +174,7 @@ def landlock_abi(libc=None) -> int:
     """The kernel's Landlock ABI version, 0 when it has none (before Linux 5.13, or disabled)."""
     if sys.platform != "linux":
         return 0
-    libc = libc or _libc()
+    libc = libc or open_libc()
     abi = libc.syscall(ctypes.c_long(_LANDLOCK_CREATE_RULESET), None, ctypes.c_long(0), ctypes.c_long(1))
     return max(abi, 0)
 
@@ -333,7 +333,7 @@ def tripwire(workdir: str):
     return hook
 
 
-def _libc():
+def open_libc():
     libc = ctypes.CDLL(None, use_errno=True)
     libc.syscall.restype = ctypes.c_long
     return libc

@@ -10,6 +10,7 @@ from __future__ import annotations
 import ctypes
 import functools
 import re
+import signal
 import sys
 import warnings
 
@@ -52,8 +53,11 @@ def resolve_device(name: str) -> torch.device:
 
 
 def process_setup(threads: int | None = None) -> None:
-    """What every entry point does first: `hold_freed_memory`, and torch's thread count when one is given."""
+    """What every entry point does first: `hold_freed_memory`; SIGTERM (`kill`, a job scheduler, torchrun passing
+    on a stop) unwinds the process as Ctrl-C does, so its cleanups run (the sandbox's programs, temp files); and
+    torch's thread count when one is given."""
     hold_freed_memory()
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     if threads:
         torch.set_num_threads(threads)
 

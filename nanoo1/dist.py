@@ -15,6 +15,8 @@ the same code path.
 from __future__ import annotations
 
 import os
+import signal
+import sys
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -35,6 +37,32 @@ class Place:
 
 
 _alone = False  # inside `on_main`'s call: rank 0 acts as one process
+
+
+LAUNCHER = "NANOO1_LAUNCHER"  # the pid of a command that started its own ranks under torchrun (evolve --procs)
+
+
+def launch(module: str, procs: int, argv: list[str]):
+    """Run `python -m module *argv` as `procs` ranks under torchrun on this machine, one thread each unless
+    OMP_NUM_THREADS says otherwise; the ranks end with this process (`end_with_launcher`)."""
+    from torch.distributed.run import main as torchrun
+
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    os.environ[LAUNCHER] = str(os.getpid())
+    try:
+        return torchrun(["--standalone", "--nproc_per_node", str(procs), "-m", module, *argv])
+    finally:
+        del os.environ[LAUNCHER]
+
+
+def end_with_launcher() -> None:
+    """In a rank a command started itself: be stopped (SIGTERM, which unwinds as Ctrl-C does) when that command
+    dies, as by SIGKILL, rather than run on alone (Linux; elsewhere nothing is done)."""
+    launcher = os.environ.get(LAUNCHER)
+    if launcher and sys.platform == "linux":
+        from nanoo1 import confine
+
+        confine.die_with_parent(confine.open_libc(), int(launcher), signal.SIGTERM)
 
 
 def place() -> Place:

@@ -331,12 +331,9 @@ def main(argv=None):
     except (ValueError, OSError) as e:  # OSError: a path missing, in the way, or a directory where a file belongs
         p.error(str(e))
     if procs > 1 and "WORLD_SIZE" not in os.environ:  # not yet under torchrun: start `procs` ranks of this command
-        from torch.distributed.run import main as torchrun
-
-        os.environ.setdefault("OMP_NUM_THREADS", "1")
-        argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
-        return torchrun(["--standalone", "--nproc_per_node", str(procs), "-m", "nanoo1.evolve", *argv])
+        return dist.launch("nanoo1.evolve", procs, sys.argv[1:] if argv is None else [str(a) for a in argv])
     process_setup(args.threads or (1 if args.tiny else None))
+    dist.end_with_launcher()
     t = time.perf_counter()
     try:
         dist.setup(resolve_device(config.device))

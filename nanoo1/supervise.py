@@ -144,7 +144,7 @@ def _supervise(config: str) -> None:
     confine = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(confine)
     if sys.platform == "linux":
-        confine.die_with_parent(confine._libc(), cfg["parent"])
+        confine.die_with_parent(confine.open_libc(), cfg["parent"])
     pending = list(enumerate(json.loads(sys.stdin.buffer.read())))[::-1]
     timeout, cap = cfg["timeout"], cfg["output_bytes"]
     child = {k: cfg[k] for k in ("timeout", "memory_mb", "file_mb", "audit_hook", "namespaces")}

@@ -5,6 +5,7 @@ so their token counts differ), must leave the same weights as one process's upda
 """
 
 import json
+import sys
 import os
 import time
 from pathlib import Path
@@ -449,3 +450,28 @@ def test_collectives_leave_their_inputs_and_other_ranks_alone(tmp_path):
     assert r0["both"] == r1["both"] == [3.0, 3.0] and r0["rank_0_only"] == r1["rank_0_only"] == [5.0, 7.0]
     assert r0["neither"] is None and r1["neither"] is None
     assert r0["largest"] == r1["largest"] == 6 and r0["stats"] == r1["stats"] == {"loss": 1.5, "tokens": 6.0}
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="PR_SET_PDEATHSIG is Linux's")
+def test_ranks_a_command_started_end_with_it(tmp_path):
+    """evolve starts its own ranks under torchrun (`dist.launch`); a rank calls `end_with_launcher`, so when the
+    command is killed (SIGKILL: nothing of it runs to stop them) the rank gets SIGTERM and unwinds, its cleanups
+    run. Before, both ranks ran the whole run on alone, writing into its directory."""
+    import signal
+    import subprocess
+
+    marker = tmp_path / "cleaned"
+    rank = ("import sys, time\nfrom nanoo1.device import process_setup\nfrom nanoo1 import dist\nprocess_setup()\n"
+            "dist.end_with_launcher()\ntry:\n    print('ready', flush=True)\n    time.sleep(60)\nfinally:\n"
+            "    open(sys.argv[1], 'w').write('cleaned')\n")
+    launcher = ("import os, subprocess, sys, time\nfrom nanoo1 import dist\nos.environ[dist.LAUNCHER] = str(os.getpid())\n"
+                "subprocess.Popen([sys.executable, '-c', sys.argv[1], sys.argv[2]])\ntime.sleep(60)\n")
+    proc = subprocess.Popen([sys.executable, "-c", launcher, rank, str(marker)], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline() == "ready\n"  # the rank's line, through the launcher's pipe
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=10)
+    deadline = time.monotonic() + 30
+    while not marker.exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert marker.exists() and marker.read_text() == "cleaned"
+    assert dist.LAUNCHER not in os.environ  # set only for the ranks a launch starts

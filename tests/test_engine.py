@@ -530,3 +530,22 @@ def test_bf16_autocast_warns_where_the_cpu_has_no_fast_bf16_kernels(monkeypatch)
     monkeypatch.setattr(device, "_bf16_kernels", lambda: True)
     with pytest.warns(RuntimeWarning, match="no fast bfloat16"):  # the kernels are there, but oneDNN is off
         device.bf16_autocast(True, "cpu")
+
+
+def test_a_sigterm_unwinds_an_entry_point_as_ctrl_c_does(tmp_path):
+    """After `process_setup`, SIGTERM (`kill`, a job scheduler, torchrun passing a stop on) raises KeyboardInterrupt,
+    so the finally clauses run: the sandbox removes its programs' directory, atomic writes their temp files. Without
+    it the process died on the spot and left them."""
+    import subprocess
+    import sys
+
+    marker = tmp_path / "cleaned"
+    script = ("import sys, time\nfrom nanoo1.device import process_setup\nprocess_setup()\ntry:\n"
+              "    print('ready', flush=True)\n    time.sleep(60)\nfinally:\n"
+              "    open(sys.argv[1], 'w').write('cleaned')\n")
+    proc = subprocess.Popen([sys.executable, "-c", script, str(marker)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    assert proc.stdout.readline() == "ready\n"
+    proc.terminate()
+    _, err = proc.communicate(timeout=30)
+    assert marker.read_text() == "cleaned" and "KeyboardInterrupt" in err

@@ -1362,7 +1362,7 @@ import ctypes, fcntl, importlib.util, os, signal
 spec = importlib.util.spec_from_file_location("confine", {module!r})
 confine = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(confine)
-libc, zero = confine._libc(), ctypes.c_ulong(0)
+libc, zero = confine.open_libc(), ctypes.c_ulong(0)
 libc.prctl(38, ctypes.c_ulong(1), zero, zero, zero)  # PR_SET_NO_NEW_PRIVS
 confine.landlock(libc, {os.path.realpath(tmp_path)!r}, False)
 os.kill(os.getpid(), 0)  # itself: allowed
