@@ -117,10 +117,10 @@ def confine(workdir: str, *, timeout: float, memory_mb: int, file_mb: int, paren
         sys.addaudithook(tripwire(workdir))
 
 
-def die_with_parent(libc, parent: int, sig: int = signal.SIGKILL) -> None:
-    """Send this process `sig` when its parent dies (PR_SET_PDEATHSIG); exit at once if `parent` already has."""
+def die_with_parent(libc, parent: int) -> None:
+    """SIGKILL this process when its parent dies (PR_SET_PDEATHSIG); exit at once if `parent` already has."""
     zero = ctypes.c_ulong(0)
-    _call(libc.prctl(_PR_SET_PDEATHSIG, ctypes.c_ulong(sig), zero, zero, zero), "PR_SET_PDEATHSIG")
+    _call(libc.prctl(_PR_SET_PDEATHSIG, ctypes.c_ulong(signal.SIGKILL), zero, zero, zero), "PR_SET_PDEATHSIG")
     if os.getppid() != parent:  # it died before the line above
         os._exit(1)
 

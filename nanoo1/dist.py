@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import os
 import signal
-import sys
+import threading
+import time
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -55,14 +56,20 @@ def launch(module: str, procs: int, argv: list[str]):
         del os.environ[LAUNCHER]
 
 
-def end_with_launcher() -> None:
-    """In a rank a command started itself: be stopped (SIGTERM, which unwinds as Ctrl-C does) when that command
-    dies, as by SIGKILL, rather than run on alone (Linux; elsewhere nothing is done)."""
+def end_with_launcher(poll: float = 1.0) -> None:
+    """In a rank a command started itself: stop (SIGTERM, which unwinds as Ctrl-C does) once that command has died,
+    as by SIGKILL, rather than run on alone. A daemon thread checks every `poll` seconds that this process's parent
+    is still the command."""
     launcher = os.environ.get(LAUNCHER)
-    if launcher and sys.platform == "linux":
-        from nanoo1 import confine
+    if launcher is None:
+        return
 
-        confine.die_with_parent(confine.open_libc(), int(launcher), signal.SIGTERM)
+    def watch():
+        while os.getppid() == int(launcher):
+            time.sleep(poll)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="nanoo1-launcher-watch", daemon=True).start()
 
 
 def place() -> Place:

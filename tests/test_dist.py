@@ -5,7 +5,6 @@ so their token counts differ), must leave the same weights as one process's upda
 """
 
 import json
-import sys
 import os
 import time
 from pathlib import Path
@@ -452,13 +451,13 @@ def test_collectives_leave_their_inputs_and_other_ranks_alone(tmp_path):
     assert r0["largest"] == r1["largest"] == 6 and r0["stats"] == r1["stats"] == {"loss": 1.5, "tokens": 6.0}
 
 
-@pytest.mark.skipif(sys.platform != "linux", reason="PR_SET_PDEATHSIG is Linux's")
 def test_ranks_a_command_started_end_with_it(tmp_path):
     """evolve starts its own ranks under torchrun (`dist.launch`); a rank calls `end_with_launcher`, so when the
     command is killed (SIGKILL: nothing of it runs to stop them) the rank gets SIGTERM and unwinds, its cleanups
     run. Before, both ranks ran the whole run on alone, writing into its directory."""
     import signal
     import subprocess
+    import sys
 
     marker = tmp_path / "cleaned"
     rank = ("import sys, time\nfrom nanoo1.device import process_setup\nfrom nanoo1 import dist\nprocess_setup()\n"
