@@ -217,16 +217,19 @@ def read_tokenizer(path_or_repo_id) -> Tokenizer:
 
 
 def load_pretrained(path_or_repo_id, dtype: torch.dtype | str | None = None, device: str | torch.device = "cpu",
-                    revision: str | None = None) -> tuple[Gemma2, Tokenizer | None]:
+                    revision: str | None = None, need_tokenizer: bool = False) -> tuple[Gemma2, Tokenizer | None]:
     """(model, tokenizer) from a checkpoint directory or hub id. dtype None: the checkpoint's own dtype.
 
-    The tokenizer is None when the checkpoint has no tokenizer.json; one with more tokens than the model's
-    vocabulary is a ValueError (its last ids would have no embedding).
+    The tokenizer is None when the checkpoint has no tokenizer.json, or with `need_tokenizer` (a run that reads and
+    writes text) a FileNotFoundError before a weight is read; one with more tokens than the model's vocabulary is a
+    ValueError (its last ids would have no embedding).
     """
     directory = resolve_checkpoint(path_or_repo_id, revision)
     raw = _read_json(directory / "config.json")
     config = config_from_dict(raw, str(directory / "config.json"))
     tok_file = directory / "tokenizer.json"
+    if need_tokenizer and not tok_file.exists():
+        raise FileNotFoundError(f"{directory}: no tokenizer.json beside the weights (the run reads and writes text)")
     tokenizer = Tokenizer.from_file(tok_file) if tok_file.exists() else None
     if tokenizer is not None and len(tokenizer) > config.vocab_size:
         raise ValueError(f"{tok_file}: {len(tokenizer)} tokens, more than {directory / 'config.json'}'s vocab_size "

@@ -247,9 +247,8 @@ def run(config: EvolveConfig, model, data=TINY_DIR / "train.jsonl", test_data=TI
     device = dist.setup(resolve_device(config.device))
     main = dist.place().main  # under torchrun rank 0 alone prints and writes
     torch.manual_seed(dist.rank_seed(config.seed, dist.place().rank))  # what draws from it: LoRA's dropout
-    base, tokenizer = load_pretrained(model, dtype=config.dtype, device=device)
-    if tokenizer is None:  # before the out directory is cleared (main: a usage error)
-        raise FileNotFoundError(f"{model}: no tokenizer.json beside the weights (evolve reads and writes text with it)")
+    # a base without a tokenizer is refused before the out directory is cleared (main: a usage error)
+    base, tokenizer = load_pretrained(model, dtype=config.dtype, device=device, need_tokenizer=True)
     if lora is not None and lora.rank:
         lora.apply(base, config.seed)
     drawn, test = draw_rounds(load_jsonl(data), config, str(data)), load_jsonl(test_data)

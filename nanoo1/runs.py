@@ -100,9 +100,8 @@ def load_model(config, checkpoint: Path | None, device):
     layers, read from the checkpoint when there is one (`adapters.load_lora`)."""
     lora = config.lora
     source = checkpoint if checkpoint and not lora.rank else config.run.warmstart
-    model, tokenizer = load_pretrained(source, dtype=config.run.dtype, device=device)
-    if tokenizer is None:  # before the run clears anything
-        raise FileNotFoundError(f"{source}: no tokenizer.json beside the weights (a run reads and writes text with it)")
+    # a checkpoint without a tokenizer is refused before the run clears anything
+    model, tokenizer = load_pretrained(source, dtype=config.run.dtype, device=device, need_tokenizer=True)
     if not lora.rank:
         return model.requires_grad_(True), tokenizer
     lora.apply(model, config.run.seed)

@@ -1182,8 +1182,8 @@ def test_load_model_reads_the_checkpoint_or_under_lora_the_base_and_its_adapters
     import nanoo1.runs as runs
 
     calls = []
-    monkeypatch.setattr(runs, "load_pretrained", lambda path, dtype, device: (calls.append(("load", path, dtype, device))
-                                                                             or torch.nn.Linear(2, 2).requires_grad_(False), "tok"))
+    monkeypatch.setattr(runs, "load_pretrained", lambda path, dtype, device, need_tokenizer: (calls.append(
+        ("load", path, dtype, device)) or torch.nn.Linear(2, 2).requires_grad_(False), "tok"))
     monkeypatch.setattr(runs, "load_lora", lambda model, path: calls.append(("adapters", path)))
 
     def config(rank):
