@@ -1,8 +1,9 @@
 """The machine a run is on: the device it asks for, and what every entry point sets up first.
 
 `check_device` and `resolve_device` read a --device setting, the latter into a torch device;
-`hold_freed_memory` keeps freed memory in glibc's heap; `process_setup` does the latter and sets torch's
-thread count. `bf16_autocast` runs matrix multiplies in bfloat16, and says so where the CPU makes that slow.
+`hold_freed_memory` keeps freed memory in glibc's heap; `process_setup` does that, makes SIGTERM stop a run as
+Ctrl-C does, in one line (`quiet_interrupts`), and sets torch's thread count. `bf16_autocast` runs matrix
+multiplies in bfloat16, and says so where the CPU makes that slow.
 """
 
 from __future__ import annotations
@@ -58,8 +59,27 @@ def process_setup(threads: int | None = None) -> None:
     torch's thread count when one is given."""
     hold_freed_memory()
     signal.signal(signal.SIGTERM, signal.default_int_handler)
+    quiet_interrupts()
     if threads:
         torch.set_num_threads(threads)
+
+
+INTERRUPTED = "interrupted (Ctrl-C or SIGTERM)"
+
+
+def quiet_interrupts() -> None:
+    """An interrupt that ends the process (Ctrl-C; SIGTERM after `process_setup`) prints INTERRUPTED alone, not
+    the traceback of wherever the run was; any other uncaught exception keeps its traceback. The process still
+    dies of SIGINT, as Python makes it after an uncaught KeyboardInterrupt."""
+    shown = sys.excepthook
+
+    def hook(kind, value, traceback):
+        if issubclass(kind, KeyboardInterrupt):
+            print(INTERRUPTED, file=sys.stderr, flush=True)
+        else:
+            shown(kind, value, traceback)
+
+    sys.excepthook = hook
 
 
 SLOW_BF16 = ("bfloat16 autocast on a CPU that torch has no fast bfloat16 matrix multiply for (oneDNN's needs AVX512, "

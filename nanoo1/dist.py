@@ -24,6 +24,8 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
+from nanoo1.device import quiet_interrupts
+
 
 @dataclass(frozen=True)
 class Place:
@@ -45,13 +47,18 @@ LAUNCHER = "NANOO1_LAUNCHER"  # the pid of a command that started its own ranks 
 
 def launch(module: str, procs: int, argv: list[str]):
     """Run `python -m module *argv` as `procs` ranks under torchrun on this machine, one thread each unless
-    OMP_NUM_THREADS says otherwise; the ranks end with this process (`end_with_launcher`)."""
+    OMP_NUM_THREADS says otherwise; the ranks end with this process (`end_with_launcher`), and an interrupt of it
+    stops them and ends it in one line (`device.quiet_interrupts`), as in one process."""
+    from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.run import main as torchrun
 
+    quiet_interrupts()
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     os.environ[LAUNCHER] = str(os.getpid())
     try:
         return torchrun(["--standalone", "--nproc_per_node", str(procs), "-m", module, *argv])
+    except SignalException:  # Ctrl-C or SIGTERM, after torchrun has stopped the ranks: one line, as in a rank
+        raise KeyboardInterrupt from None
     finally:
         del os.environ[LAUNCHER]
 

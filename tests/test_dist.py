@@ -451,6 +451,30 @@ def test_collectives_leave_their_inputs_and_other_ranks_alone(tmp_path):
     assert r0["largest"] == r1["largest"] == 6 and r0["stats"] == r1["stats"] == {"loss": 1.5, "tokens": 6.0}
 
 
+def test_an_interrupted_launch_ends_as_an_interrupted_rank_does(monkeypatch, capsys):
+    """torchrun's launcher turns Ctrl-C or SIGTERM into its own SignalException once it has stopped the ranks;
+    `dist.launch` raises KeyboardInterrupt instead, which `device.quiet_interrupts` prints as one line (before, a
+    traceback through torchrun's agent), and takes the launcher's mark out of the environment."""
+    import sys
+
+    import torch.distributed.run
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+
+    from nanoo1 import device
+
+    def stopped(args):
+        assert os.environ[dist.LAUNCHER] == str(os.getpid())
+        raise SignalException("got signal: 2", sigval=2)
+
+    monkeypatch.setattr(torch.distributed.run, "main", stopped)
+    monkeypatch.setattr(sys, "excepthook", sys.excepthook)
+    with pytest.raises(KeyboardInterrupt):
+        dist.launch("nanoo1.evolve", 2, ["--tiny"])
+    assert dist.LAUNCHER not in os.environ
+    sys.excepthook(KeyboardInterrupt, KeyboardInterrupt(), None)  # what Python does with it at the top
+    assert capsys.readouterr().err == device.INTERRUPTED + "\n"
+
+
 def test_ranks_a_command_started_end_with_it(tmp_path):
     """evolve starts its own ranks under torchrun (`dist.launch`); a rank calls `end_with_launcher`, so when the
     command is killed (SIGKILL: nothing of it runs to stop them) the rank gets SIGTERM and unwinds, its cleanups

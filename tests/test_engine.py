@@ -548,4 +548,27 @@ def test_a_sigterm_unwinds_an_entry_point_as_ctrl_c_does(tmp_path):
     assert proc.stdout.readline() == "ready\n"
     proc.terminate()
     _, err = proc.communicate(timeout=30)
-    assert marker.read_text() == "cleaned" and "KeyboardInterrupt" in err
+    assert marker.read_text() == "cleaned" and "interrupted" in err
+
+
+def test_an_interrupted_entry_point_says_so_in_one_line_and_dies_of_the_signal(tmp_path):
+    """Ctrl-C (or SIGTERM) of an entry point after `process_setup` prints one line, not the traceback of wherever the
+    run was (torch's autograd, the sandbox), and the process still dies of SIGINT, as a shell expects of Ctrl-C.
+    Other exceptions keep their traceback."""
+    import signal
+    import subprocess
+    import sys
+
+    import nanoo1.device as device
+
+    script = ("import time\nfrom nanoo1.device import process_setup\nprocess_setup()\n"
+              "def deep():\n    print('ready', flush=True)\n    time.sleep(60)\ndeep()\n")
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout.readline() == "ready\n"
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=30)
+    assert err.strip().splitlines() == [device.INTERRUPTED]
+    assert proc.returncode == -signal.SIGINT
+    failing = "from nanoo1.device import process_setup\nprocess_setup()\n1 / 0\n"
+    done = subprocess.run([sys.executable, "-c", failing], capture_output=True, text=True, timeout=60)
+    assert "Traceback" in done.stderr and "ZeroDivisionError" in done.stderr and done.returncode == 1
