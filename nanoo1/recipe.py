@@ -215,8 +215,9 @@ def autocast(config: SelfPlayConfig) -> bool:
 def memory_estimate(config: SelfPlayConfig, model_config) -> dict[str, float]:
     """GiB the run needs on its device, by part: the weights in their dtype; the trained parameters' gradient
     and AdamW's two moments (float32; under LoRA also the float32 adapters themselves); the KV cache of the
-    widest generate call, at most max_rows rows (PPO: MCTS rollouts, a row per candidate of every problem, or
-    checked greedy's row per imitation problem, each row 8 thoughts' lines of up to max_thought_tokens; GRPO:
+    widest generate call, at most max_rows rows (PPO: MCTS rollouts, a row per candidate of every problem, checked
+    greedy's row per imitation problem, or the before/after evaluation's row per sample of every held-out problem,
+    best-of-N's or its MCTS's candidates, each row 8 thoughts' lines of up to max_thought_tokens; GRPO:
     the budget table's unlimited row, greedy in a row per held-out problem up to the model's context); one
     chunk of float32 log-probs over the vocabulary (rl.completion_logprobs, 512 positions of a micro-batch)."""
     c, s = model_config, config.search
@@ -234,7 +235,8 @@ def memory_estimate(config: SelfPlayConfig, model_config) -> dict[str, float]:
     if config.run.algo == "grpo":
         rows, tokens = config.eval.problems, c.max_position_embeddings
     else:
-        rows = max(s.problems_per_iteration * s.num_candidates, config.imitation.problems)
+        rows = max(s.problems_per_iteration * s.num_candidates, config.imitation.problems,
+                   config.eval.problems * max(config.eval.best_of_n, s.num_candidates))
         tokens = 8 * (s.max_thought_tokens + 24)  # a root-to-conclusion chain of at most 8 lines
     rows = min(rows, s.max_rows) if s.max_rows else rows
     kv_bytes = 2 * c.num_hidden_layers * c.num_key_value_heads * c.head_dim * weight_bytes

@@ -1402,8 +1402,10 @@ def test_autocast_is_asked_for_float32_weights_alone():
 def test_memory_estimate_counts_the_adapters_and_the_widest_ppo_generate_call():
     """Under LoRA the trained parameters are the adapters apply_lora makes (targets with spaces too), 16 bytes each
     (the float32 adapter, its gradient, two moments). PPO's KV cache is the widest generate call: MCTS's row per
-    candidate of every problem or checked greedy's row per imitation problem, whichever is more, each of 8 lines
-    of max_thought_tokens + 24 tokens, K and V over every layer; the logits chunk is a micro-batch of 512 positions."""
+    candidate of every problem, checked greedy's row per imitation problem or the evaluation's row per sample of
+    every held-out problem (best-of-N's, or its MCTS's candidates), whichever is most, each of 8 lines of
+    max_thought_tokens + 24 tokens, K and V over every layer; the logits chunk is a micro-batch of 512 positions.
+    Before, the evaluation was left out: the tiny preset's 200 problems x best-of-8 hold 1,600 rows."""
     from nanoo1.lora import apply_lora
     from nanoo1.model import Gemma2Config
     from nanoo1.recipe import memory_estimate
@@ -1416,9 +1418,13 @@ def test_memory_estimate_counts_the_adapters_and_the_widest_ppo_generate_call():
     need = memory_estimate(config, c)
     assert need["trained + optimizer"] == pytest.approx(adapters * 16 / gib)
     kv_bytes = 2 * c.num_hidden_layers * c.num_key_value_heads * c.head_dim * 4
-    for flags, rows in (({"problems_per_iteration": 5, "num_candidates": 3, "imitation_problems": 7}, 15),
-                        ({"problems_per_iteration": 5, "num_candidates": 3, "imitation_problems": 40}, 40),
-                        ({"problems_per_iteration": 5, "num_candidates": 3, "imitation_problems": 40, "max_rows": 9}, 9)):
+    small = {"eval_problems": 2, "eval_best_of_n": 2}  # 6 rows: best-of-2's 4, MCTS's 2 x 3 candidates
+    for flags, rows in (({"problems_per_iteration": 5, "num_candidates": 3, "imitation_problems": 7, **small}, 15),
+                        ({"problems_per_iteration": 5, "num_candidates": 3, "imitation_problems": 40, **small}, 40),
+                        ({"problems_per_iteration": 5, "num_candidates": 3, "imitation_problems": 40, "max_rows": 9}, 9),
+                        ({"problems_per_iteration": 5, "num_candidates": 3, "imitation_problems": 7}, 200 * 8),
+                        ({"problems_per_iteration": 5, "num_candidates": 9, "imitation_problems": 7, "eval_problems": 6,
+                          "eval_best_of_n": 4}, 6 * 9)):
         need = memory_estimate(apply_flags(config, {**flags, "max_thought_tokens": 10, "micro_batch": 3}), c)
         assert need["kv cache"] == pytest.approx(rows * 8 * (10 + 24) * kv_bytes / gib), flags
         assert need["logits chunk"] == pytest.approx(3 * 512 * c.vocab_size * 4 / gib)
