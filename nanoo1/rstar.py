@@ -298,11 +298,14 @@ class RStarPolicy:
                       for j, (step, row) in enumerate(pairs)]
 
     def evaluate(self, paths: list[list[Node]]) -> tuple[list[float], list[int]]:
-        """(PPM score of each root-to-node path, tokens the PPM read); 0 and 0 without a PPM."""
+        """(PPM score of each root-to-node path, tokens the PPM read for it); 0 and 0 without a PPM. A path that
+        reads the same as an earlier one of the call is scored once (`ppm.ppm_scores`) and counts no tokens."""
         if self.ppm is None:
             return [0.0] * len(paths), [0] * len(paths)
         seqs = [ppm_input(self.tokenizer, path) for path in paths]
-        return ppm_scores(self.ppm, seqs, self.tokenizer.pad_id, self.config.ppm_batch_size).tolist(), list(map(len, seqs))
+        first = {tuple(s): i for i, s in reversed(list(enumerate(seqs)))}  # each sequence's first index
+        tokens = [len(s) if first[tuple(s)] == i else 0 for i, s in enumerate(seqs)]
+        return ppm_scores(self.ppm, seqs, self.tokenizer.pad_id, self.config.ppm_batch_size).tolist(), tokens
 
 
 def _fork_width(ks: list[int]) -> int:

@@ -677,6 +677,23 @@ def test_policy_judges_scripted_steps_and_fills_candidates(code_tokenizer, monke
     assert [(k.meta, k.terminal) for k in kids] == [("<expansion>", None), ("<expansion>", None), ("<expansion>", "failure")]
 
 
+def test_the_ppm_reads_a_path_given_twice_once_and_counts_its_tokens_once(code_tokenizer):
+    """RStarPolicy.evaluate with a PPM: each path's score, the same for a path given twice, whose tokens count once
+    (`ppm_scores` scores it once; before, the round's ppm_tokens counted every copy)."""
+    model = random_model(Gemma2Config.preset("tiny", vocab_size=len(code_tokenizer), num_hidden_layers=1))
+    ppm = ProcessPreferenceModel(model)
+    torch.nn.init.normal_(ppm.head.weight, std=1.0)
+    policy = RStarPolicy(model, code_tokenizer, ppm=ppm)
+    tree = Tree(MIA.question)
+    s1 = tree.add(tree.root, "<expansion>", "# Step 1: x\nx1 = 7 + 5\n" + STEP_END)
+    other = tree.add(tree.root, "<expansion>", "# Step 1: y\nx1 = 7 - 5\n" + STEP_END)
+    values, tokens = policy.evaluate([tree.path(s1), tree.path(other), tree.path(s1)])
+    n1, n2 = (len(rstar.ppm_input(code_tokenizer, tree.path(n))) for n in (s1, other))
+    assert tokens == [n1, n2, 0] and values[0] == values[2] != values[1]
+    alone = ppm_scores(ppm, [rstar.ppm_input(code_tokenizer, tree.path(s1))], code_tokenizer.pad_id).item()
+    assert values[0] == pytest.approx(alone, abs=1e-6)
+
+
 def test_requests_of_unequal_k_each_prefill_their_own_prompt(code_tokenizer, monkeypatch):
     step = "# Step 1: x\nx1 = 7 + 5\n" + STEP_END
 
