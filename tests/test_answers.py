@@ -268,3 +268,12 @@ def test_an_answer_once_extracted_is_compared_not_extracted_again():
     assert not check("print(t)\n<end_of_step>\n<output>Total: 12</output>", "12")
     assert not answer_matches("Total: 12", "12")
     assert answer_matches("5.", "5") and answer_matches("5", "5.")  # a trailing period on either side, as documented
+
+
+def test_the_last_hash_line_the_right_of_the_last_equals_and_the_tolerance_for_a_non_integer():
+    """Three rules of the readers' docstrings, each pinned by a case no other test reaches: of several "####" lines
+    the last states the answer (a solution that corrects itself); after "=" only the right of the last one counts;
+    the relative tolerance applies when one side is not an integer (2.0000001 against 2), never to two integers."""
+    assert extract_answer("#### 5\nWait, a slip.\n#### 7") == "7"
+    assert parse_number("x = 2 + 3 = 5") == Fraction(5) and check("\\boxed{x = 2 + 3 = 5}", "5")
+    assert answer_matches("2.0000001", "2") and not answer_matches("1000001", "1000000")

@@ -36,6 +36,9 @@ def test_puct_and_uct_scores_known_values():
     tree.root.visits, child.visits = 8, 2
     # -0.5 + 2 * sqrt(ln 8 / 2) = -0.5 + 2 * sqrt(1.0397208) = 1.539334
     assert uct_score(tree.root, child) == pytest.approx(1.539334, abs=1e-6)
+    # MCTSConfig's defaults: c = 2 for UCT (rStar-Math), 1.4 for PUCT
+    assert MCTSConfig(selection="uct").score(tree.root, child) == pytest.approx(1.539334, abs=1e-6)
+    assert MCTSConfig().score(tree.root, child) == pytest.approx(puct_score(tree.root, child, 1.4))
     child.visits = 0
     assert uct_score(tree.root, child) == math.inf  # rStar: every child is tried once
 

@@ -365,3 +365,14 @@ def test_save_load_is_exact_through_wrapping_and_growth(tmp_path):
         assert (buf.sum_tree.root(), buf.min_tree.root(), buf.max_tree.root(), buf.next, len(buf)) == \
                (new.sum_tree.root(), new.min_tree.root(), new.max_tree.root(), new.next, len(new))
         assert [buf[i] for i in range(len(buf))] == [new[i] for i in range(len(new))]
+
+
+def test_the_default_alpha_is_schauls_and_extend_returns_the_slots_it_kept():
+    """alpha defaults to 0.6 (Schaul et al. 2016's proportional variant): |delta| 9 is kept as 9^0.6 = 3.7371928.
+    `extend` with more items than the capacity returns the slots of the items it kept, the last `capacity`."""
+    buf = PrioritizedReplay(4, eps=1e-12)
+    buf.add("a")
+    buf.update_priorities([0], [9.0])
+    assert buf.priorities()[0] == pytest.approx(3.7371928, rel=1e-7)
+    two = PrioritizedReplay(2)
+    assert two.extend(["a", "b", "c"]).tolist() == [1, 0] and two.items == ["c", "b"]

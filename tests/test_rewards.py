@@ -133,3 +133,11 @@ def test_repetition_penalty_degenerate_inputs():
     assert out[0] == 0 and torch.all(out[1:] == -0.05)
     with pytest.raises(ValueError, match="n must be positive"):
         repetition_penalty([1, 2], n=0)
+
+
+def test_repetition_penalty_defaults_to_40_grams():
+    """Yeo et al.'s n-gram is 40 tokens: 20 tokens said twice repeat no 40-gram; 40 said twice make the second copy
+    a repeat, 40 tokens at -0.05."""
+    assert repetition_penalty(list(range(20)) * 2).sum().item() == 0.0
+    r = repetition_penalty(list(range(40)) * 2)
+    assert r[:40].eq(0).all() and r[40:].tolist() == pytest.approx([-0.05] * 40)

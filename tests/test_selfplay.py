@@ -1476,3 +1476,14 @@ def test_ppo_iteration_searches_and_scores_with_the_runs_settings(warmstart, mon
     assert (cfg.simulations, cfg.num_candidates, cfg.max_children, cfg.temperature, cfg.patient) == (2, 3, 3, 0.8, 6)
     assert cfg.rollout and cfg.verify is equations_hold
     assert chains == [3, 3] and scored == [(0.9, 0.5)] * 2 and m["solved"] == 0.5
+
+
+def test_the_budget_table_is_elastic_reasonings_quarter_half_whole_double_and_unlimited():
+    """Xu et al. 2025's budget sweep: t*/4, t*/2, t*, 2 t* and unlimited (None); budgets that round to the same
+    number of tokens are listed once, and none is below 1."""
+    from nanoo1.elastic import elastic_budgets
+    from nanoo1.recipe import SelfPlayConfig
+
+    assert elastic_budgets(SelfPlayConfig()) == [10, 20, 40, 80, None]  # t* = 40
+    assert elastic_budgets(apply_flags(SelfPlayConfig(), {"think_budget": 1000})) == [250, 500, 1000, 2000, None]
+    assert elastic_budgets(apply_flags(SelfPlayConfig(), {"think_budget": 2})) == [1, 2, 4, None]
