@@ -70,8 +70,10 @@ INTERRUPTED = "interrupted (Ctrl-C or SIGTERM)"
 def quiet_interrupts() -> None:
     """An interrupt that ends the process (Ctrl-C; SIGTERM after `process_setup`) prints INTERRUPTED alone, not
     the traceback of wherever the run was; any other uncaught exception keeps its traceback. The process still
-    dies of SIGINT, as Python makes it after an uncaught KeyboardInterrupt."""
+    dies of SIGINT, as Python makes it after an uncaught KeyboardInterrupt. Installed once however often called."""
     shown = sys.excepthook
+    if getattr(shown, "quiet_interrupts", False):
+        return
 
     def hook(kind, value, traceback):
         if issubclass(kind, KeyboardInterrupt):
@@ -79,6 +81,7 @@ def quiet_interrupts() -> None:
         else:
             shown(kind, value, traceback)
 
+    hook.quiet_interrupts = True
     sys.excepthook = hook
 
 

@@ -303,8 +303,10 @@ class RStarPolicy:
         if self.ppm is None:
             return [0.0] * len(paths), [0] * len(paths)
         seqs = [ppm_input(self.tokenizer, path) for path in paths]
-        first = {tuple(s): i for i, s in reversed(list(enumerate(seqs)))}  # each sequence's first index
-        tokens = [len(s) if first[tuple(s)] == i else 0 for i, s in enumerate(seqs)]
+        seen, tokens = set(), []
+        for seq in seqs:
+            tokens.append(0 if tuple(seq) in seen else len(seq))
+            seen.add(tuple(seq))
         return ppm_scores(self.ppm, seqs, self.tokenizer.pad_id, self.config.ppm_batch_size).tolist(), tokens
 
 

@@ -473,6 +473,9 @@ def test_an_interrupted_launch_ends_as_an_interrupted_rank_does(monkeypatch, cap
     assert dist.LAUNCHER not in os.environ
     sys.excepthook(KeyboardInterrupt, KeyboardInterrupt(), None)  # what Python does with it at the top
     assert capsys.readouterr().err == device.INTERRUPTED + "\n"
+    installed = sys.excepthook
+    device.quiet_interrupts()  # process_setup calls it again in a process that launched: nothing more to wrap
+    assert sys.excepthook is installed
 
 
 def test_ranks_a_command_started_end_with_it(tmp_path):
