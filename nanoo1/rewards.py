@@ -24,7 +24,8 @@ def format_reward(response: str, style: str = "longcot") -> float:
       last thought begins with `<conclusion>` and holds a non-empty `\\boxed{...}`. A response without
       tags is read as the text of one thought. `\\box{...}` is not `\\boxed{...}`.
     style="elastic", Elastic Reasoning: exactly one `</think>`; before it at most one `<think>`, which
-      must open the response; after it a solution with no think tags and a non-empty `\\boxed{...}`.
+      must open the response (whitespace before it aside); after it a solution with no think tags and a
+      non-empty `\\boxed{...}`.
     """
     if style == "longcot":
         tags = re.findall(r"<(start|end)_of_thought>", response)

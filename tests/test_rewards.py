@@ -47,6 +47,7 @@ def test_format_reward_longcot(response, expected):
     ("<think>a</think><think>b\\boxed{1}", 0.0),  # thinking again in the solution
     ("<think>a<think>b</think>\\boxed{1}", 0.0),  # two <think>
     ("text <think>a</think>\\boxed{1}", 0.0),  # <think> must open the response
+    ("\n <think>a</think> \\boxed{1}", 1.0),  # whitespace before it aside (a template's line break)
     ("", 0.0),
 ])
 def test_format_reward_elastic(response, expected):
