@@ -563,7 +563,9 @@ def test_an_interrupted_entry_point_says_so_in_one_line_and_dies_of_the_signal(t
 
     script = ("import time\nfrom nanoo1.device import process_setup\nprocess_setup()\n"
               "def deep():\n    print('ready', flush=True)\n    time.sleep(60)\ndeep()\n")
-    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # SIGINT as a terminal leaves it: a shell's background job starts with SIGINT ignored, and Python keeps that
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     assert proc.stdout.readline() == "ready\n"
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=30)
