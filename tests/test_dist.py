@@ -453,8 +453,8 @@ def test_collectives_leave_their_inputs_and_other_ranks_alone(tmp_path):
 
 def test_an_interrupted_launch_ends_as_an_interrupted_rank_does(monkeypatch, capsys):
     """torchrun's launcher turns Ctrl-C or SIGTERM into its own SignalException once it has stopped the ranks;
-    `dist.launch` raises KeyboardInterrupt instead, which `device.quiet_interrupts` prints as one line (before, a
-    traceback through torchrun's agent), and takes the launcher's mark out of the environment."""
+    `dist.launch` raises KeyboardInterrupt instead, which `device.quiet_interrupts` prints as one line rather than a
+    traceback through torchrun's agent, and takes the launcher's mark out of the environment."""
     import sys
 
     import torch.distributed.run
@@ -481,7 +481,7 @@ def test_an_interrupted_launch_ends_as_an_interrupted_rank_does(monkeypatch, cap
 def test_ranks_a_command_started_end_with_it(tmp_path):
     """evolve starts its own ranks under torchrun (`dist.launch`); a rank calls `end_with_launcher`, so when the
     command is killed (SIGKILL: nothing of it runs to stop them) the rank gets SIGTERM and unwinds, its cleanups
-    run. Before, both ranks ran the whole run on alone, writing into its directory."""
+    run, rather than run the whole run on alone, writing into its directory."""
     import signal
     import subprocess
     import sys

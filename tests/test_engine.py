@@ -534,8 +534,8 @@ def test_bf16_autocast_warns_where_the_cpu_has_no_fast_bf16_kernels(monkeypatch)
 
 def test_a_sigterm_unwinds_an_entry_point_as_ctrl_c_does(tmp_path):
     """After `process_setup`, SIGTERM (`kill`, a job scheduler, torchrun passing a stop on) raises KeyboardInterrupt,
-    so the finally clauses run: the sandbox removes its programs' directory, atomic writes their temp files. Without
-    it the process died on the spot and left them."""
+    so the finally clauses run: the sandbox removes its programs' directory, atomic writes their temp files, which a
+    process killed on the spot by SIGTERM's default would leave."""
     import subprocess
     import sys
 

@@ -678,8 +678,8 @@ def test_policy_judges_scripted_steps_and_fills_candidates(code_tokenizer, monke
 
 
 def test_the_ppm_reads_a_path_given_twice_once_and_counts_its_tokens_once(code_tokenizer):
-    """RStarPolicy.evaluate with a PPM: each path's score, the same for a path given twice, whose tokens count once
-    (`ppm_scores` scores it once; before, the round's ppm_tokens counted every copy)."""
+    """RStarPolicy.evaluate with a PPM: each path's score, the same for a path given twice, whose tokens count once,
+    as `ppm_scores` scores it once (a round's ppm_tokens are the tokens the PPM read)."""
     torch.manual_seed(0)
     model = random_model(Gemma2Config.preset("tiny", vocab_size=len(code_tokenizer), num_hidden_layers=1))
     ppm = ProcessPreferenceModel(model)

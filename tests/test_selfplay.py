@@ -1405,7 +1405,7 @@ def test_memory_estimate_counts_the_adapters_and_the_widest_ppo_generate_call():
     candidate of every problem, checked greedy's row per imitation problem or the evaluation's row per sample of
     every held-out problem (best-of-N's, or its MCTS's candidates), whichever is most, each of 8 lines of
     max_thought_tokens + 24 tokens, K and V over every layer; the logits chunk is a micro-batch of 512 positions.
-    Before, the evaluation was left out: the tiny preset's 200 problems x best-of-8 hold 1,600 rows."""
+    At the tiny preset's evaluation settings the evaluation is the widest: 200 problems x best-of-8, 1,600 rows."""
     from nanoo1.lora import apply_lora
     from nanoo1.model import Gemma2Config
     from nanoo1.recipe import memory_estimate
