@@ -128,6 +128,21 @@ def test_sample_next_check(capsys):
     def keeps_a_dim(logits, temperature=0.0, top_k=None, top_p=None, generator=None):
         return sample_next(logits, temperature, top_k, top_p, generator)[:, None]
 
+    def nucleus_of(logits, top_p):  # the nucleus of softmax(logits), other tokens at -inf
+        sorted_scores, order = logits.float().sort(-1, descending=True)
+        drop = sorted_scores.softmax(-1).cumsum(-1) - sorted_scores.softmax(-1) >= top_p
+        return logits.scatter(-1, order, sorted_scores.masked_fill(drop, float("-inf")))
+
+    def nucleus_before_temperature(logits, temperature=0.0, top_k=None, top_p=None, generator=None):
+        return sample_next(logits if top_p is None else nucleus_of(logits, top_p), temperature, top_k, None, generator)
+
+    def top_p_before_top_k(logits, temperature=0.0, top_k=None, top_p=None, generator=None):
+        if top_p is not None and top_k is not None:
+            return sample_next(nucleus_of(logits / temperature, top_p), temperature, top_k, None, generator)
+        return sample_next(logits, temperature, top_k, top_p, generator)
+
+    fails(ex.check_sample_next, nucleus_before_temperature, capsys, "temperature 3, top_p=0.7")
+    fails(ex.check_sample_next, top_p_before_top_k, capsys, "top_k=2 and top_p=0.6")
     fails(ex.check_sample_next, nucleus_without_the_crossing_token, capsys, "top_p=0.7")
     fails(ex.check_sample_next, temperature_multiplies, capsys, "temperature 2")
     fails(ex.check_sample_next, global_rng, capsys, "same seed")
@@ -214,6 +229,14 @@ def test_rating_logits_check(capsys):
     fails(ex.check_rating_logits, read_last_position, capsys, "second right-padded")
     fails(ex.check_rating_logits, no_softcap, capsys, "soft-cap of 5")
     fails(ex.check_rating_logits, reads_anywhere, capsys, "not <start_of_rating>")
+
+    def checks_the_first_row(model, tokenizer, input_ids, attention_mask):
+        last = attention_mask.sum(-1) - 1
+        if input_ids[0, last[0]] != tokenizer.token_id("<start_of_rating>"):
+            raise ValueError("not at <start_of_rating>")
+        return reads_anywhere(model, tokenizer, input_ids, attention_mask)
+
+    fails(ex.check_rating_logits, checks_the_first_row, capsys, "only the second")
 
     def via_full_logits(model, tokenizer, input_ids, attention_mask):  # right too: the stand-in model is callable
         last = attention_mask.sum(-1) - 1
@@ -419,8 +442,17 @@ class LeafOnly(SegmentTree):
             self.built = True
 
 
+class ArraysOnly(SegmentTree):
+    """Right, and reads find_prefix's masses as the array the docstring promises."""
+
+    def find_prefix(self, mass):
+        assert isinstance(mass, np.ndarray), f"an array of masses, got {type(mass).__name__}"
+        return super().find_prefix(mass)
+
+
 def test_sum_tree_check(capsys):
     passes(ex.check_sum_tree, SegmentTree, capsys)
+    passes(ex.check_sum_tree, ArraysOnly, capsys)
     fails(ex.check_sum_tree, StrictGreater, capsys, "find_prefix")
     fails(ex.check_sum_tree, NoGuard, capsys, "5.99, 6.0")
     fails(ex.check_sum_tree, LeafOnly, capsys, "update([4], [0])")
@@ -449,8 +481,37 @@ class NoBeta(PrioritizedReplay):
         return super().sample(batch_size, 1.0, generator)
 
 
+class Midpoints(PrioritizedReplay):
+    """The middle of each slice: the same batch every call, whatever the generator."""
+
+    def sample(self, batch_size, beta, generator=None):
+        class Half:
+            def random(self, size):
+                return np.full(size, 0.5)
+
+        return super().sample(batch_size, beta, Half())
+
+
+class OwnGenerator(PrioritizedReplay):
+    """The buffer's own generator, never the one given."""
+
+    def sample(self, batch_size, beta, generator=None):
+        return super().sample(batch_size, beta, None)
+
+
+class GlobalGenerator(PrioritizedReplay):
+    """numpy's global generator, never the one given."""
+
+    def sample(self, batch_size, beta, generator=None):
+        return super().sample(batch_size, beta, np.random.mtrand._rand)
+
+
 def test_replay_sample_check(capsys):
     passes(ex.check_replay_sample, PrioritizedReplay, capsys)
+    fails(ex.check_replay_sample, Midpoints, capsys, "seeded 0..19")
+    fails(ex.check_replay_sample, OwnGenerator, capsys, "seeded 0..19")
+    np.random.seed(0)  # the global generator's draws, fixed for this test
+    fails(ex.check_replay_sample, GlobalGenerator, capsys, "same seed")
     fails(ex.check_replay_sample, BatchMax, capsys, "1e-6")
     fails(ex.check_replay_sample, Multinomial, capsys, "counts")
     fails(ex.check_replay_sample, NoBeta, capsys, "beta .4")
@@ -476,6 +537,17 @@ def test_parse_step_check(capsys):
     fails(ex.check_parse_step, keeps_the_hash, capsys, "She buys 5 more")
     fails(ex.check_parse_step, no_delimiter_needed, capsys, "no <end_of_step>")
     fails(ex.check_parse_step, code_optional, capsys, "no code")
+
+    def strips_each_line(generated):
+        out = parse_step(generated)
+        return None if out is None else (out[0], "\n".join(line.strip() for line in out[1].split("\n")))
+
+    def drops_blank_lines(generated):
+        out = parse_step(generated)
+        return None if out is None else (out[0], "\n".join(line for line in out[1].split("\n") if line.strip()))
+
+    fails(ex.check_parse_step, strips_each_line, capsys, "indented code")
+    fails(ex.check_parse_step, drops_blank_lines, capsys, "indented code")
 
 
 def pairs_by(is_positive, is_negative, key=lambda c: c.value):
@@ -656,6 +728,21 @@ def test_a_crash_in_student_code_is_reported_not_raised(capsys):
 
     out = fails(ex.check_softcap, unfinished, capsys, "NotImplementedError: fill in softcap")
     assert "line" in out  # where it crashed
+
+
+def test_a_missing_return_is_named(capsys):
+    def no_return(parent, child, c=1.4, varentropy_coef=0.0):
+        puct_score(parent, child, c, varentropy_coef)
+
+    fails(ex.check_puct_score, no_return, capsys, "got None (does your function return its result?)")
+
+
+def test_a_result_the_check_cannot_read_is_not_blamed_on_the_student_code(capsys):
+    def keyed_by_node(tree):
+        return {tree.node(i): rate for i, rate in success_rates(tree).items()}
+
+    out = fails(ex.check_success_rates, keyed_by_node, capsys, "returned something the check could not read (KeyError")
+    assert "your code raised" not in out
 
 
 def test_misuse_raises():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import traceback
+from pathlib import Path
 from typing import Any, Callable, NamedTuple
 
 import numpy as np
@@ -30,6 +31,8 @@ def _show(t: torch.Tensor):
 
 def _mismatch(got, expected, tol: float) -> str | None:
     """None when `got` matches, else how `got` reads (for the message)."""
+    if got is None:
+        return "None (does your function return its result?)"
     if isinstance(expected, str):
         return None if got == expected else repr(got)
     try:
@@ -46,10 +49,14 @@ def _run(name: str, cases: list[_Case]) -> bool:
     for case in cases:
         try:
             got = case.compute()
-        except Exception as e:  # the student's code failed: report it, never raise
+        except Exception as e:  # report it, never raise
             where = traceback.extract_tb(e.__traceback__)[-1]
-            print(f"✗ {name}: for {case.what}, your code raised {type(e).__name__}: {e} "
-                  f"(line {where.lineno}: {where.line})")
+            if Path(where.filename).parent == Path(__file__).parent:  # in the checks themselves: reading the result
+                print(f"✗ {name}: for {case.what}, your function returned something the check could not read "
+                      f"({type(e).__name__}: {e}); the check's docstring says what it should return")
+            else:
+                print(f"✗ {name}: for {case.what}, your code raised {type(e).__name__}: {e} "
+                      f"(line {where.lineno}: {where.line})")
             return False
         wrong = _mismatch(got, case.expected, case.tol)
         if wrong is not None:

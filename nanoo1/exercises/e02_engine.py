@@ -49,6 +49,15 @@ def check_sample_next(sample_next) -> bool:
               hint="keep a token when the mass of the tokens before it is below top_p (the token that crosses top_p stays)"),
         _Case("p=[.05, .5, .3, .15], top_p=0.7 (tokens outside the nucleus)",
               lambda: _frequencies(sample_next, p4, temperature=1.0, top_p=0.7)[[0, 3]], [0, 0], tol=0),
+        # temperature 3: p^(1/3) / 2.3628 = (.1559, .3359, .2833, .2249); the nucleus of .7 drops .1559 (mass before it
+        # .8441): (0, .3980, .3356, .2664) -- a nucleus taken before the temperature would keep .5 and .3 alone
+        _Case("p=[.05, .5, .3, .15], temperature 3, top_p=0.7 (frequencies)",
+              lambda: _frequencies(sample_next, p4, temperature=3.0, top_p=0.7), [0, 0.3980, 0.3356, 0.2664], tol=0.03,
+              hint="the nucleus is taken from softmax(logits / temperature), the distribution the draw is made from"),
+        # top_k=2 first: (.625, .375) renormalised; the nucleus of .6 of those is the top token alone
+        _Case("p=[.05, .5, .3, .15], top_k=2 and top_p=0.6 (frequencies)",
+              lambda: _frequencies(sample_next, p4, temperature=1.0, top_k=2, top_p=0.6), [0, 1, 0, 0], tol=0,
+              hint="top_k first, then the nucleus of what top_k kept, renormalised (as transformers' warpers do)"),
         _Case("p=[.05, .5, .3, .15], top_p=0.3 (the top token alone)",
               lambda: _frequencies(sample_next, p4, temperature=1.0, top_p=0.3), [0, 1, 0, 0], tol=0),
         _Case("two generators with the same seed", repeatable, "same draws",

@@ -132,4 +132,6 @@ def check_rating_logits(rating_logits) -> bool:
         _Case("the same with a soft-cap of 30", lambda: run(30.0), [[1.9970423, 0.9996298], [0.9996298, 1.9970423]]),
         _Case("one row ending in token 5, not <start_of_rating>", lambda: refuses([[2, 7, 5]], [[1, 1, 1]]), "ValueError",
               hint="raise ValueError when a row's last real token is not <start_of_rating>: the value is read there only"),
+        _Case("two rows, only the second ending in token 5", lambda: refuses([[2, 5, 7], [2, 7, 5]], [[1, 1, 1], [1, 1, 1]]),
+              "ValueError", hint="every row's last real token must be <start_of_rating>, not only the first's"),
     ])

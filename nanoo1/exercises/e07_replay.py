@@ -30,7 +30,7 @@ def check_sum_tree(tree_cls) -> bool:
         # leaf 4 set to 0: total 6
         _Case("after update([4], [0]) (root)", lambda: tree(np.add, 0.0, leaves, ([4], [0.0])).root(), 6.0,
               hint="after changing a leaf, recompute every ancestor up to the root"),
-        _Case("after update([4], [0]), find_prefix([5.99, 6.0])", lambda: tree(np.add, 0.0, leaves, ([4], [0.0])).find_prefix([5.99, 6.0]),
+        _Case("after update([4], [0]), find_prefix([5.99, 6.0])", lambda: tree(np.add, 0.0, leaves, ([4], [0.0])).find_prefix(np.array([5.99, 6.0])),
               [3, 3], tol=0, hint="a mass at the total (float rounding) must still land on a leaf with positive value"),
         _Case("a min tree over [3, 1.5, 2, 7, 5]", lambda: tree(np.minimum, np.inf, [3.0, 1.5, 2.0, 7.0, 5.0]).root(), 1.5,
               hint="padding leaves (capacity 5 -> 8 leaves) hold `neutral`"),
@@ -59,6 +59,18 @@ def check_replay_sample(replay_cls) -> bool:
         idx, w = np.asarray(idx).astype(np.int64), _numbers(w)
         return [w[np.flatnonzero(idx == i)[0]].item() for i in range(3)]  # items 0, 1, 2 (each is drawn)
 
+    def coin(seed):  # one draw from two equal priorities with a generator seeded `seed`: a fair coin
+        buf = replay_cls(4, alpha=0.5, eps=1e-12)
+        buf.extend(["a", "b"], [1.0, 1.0])
+        return int(np.asarray(buf.sample(1, 1.0, generator=np.random.default_rng(seed))[1]).reshape(-1)[0])
+
+    def seeds_reach():
+        drawn = {coin(seed) for seed in range(20)}
+        return "both items" if drawn == {0, 1} else f"only item {sorted(drawn)}"
+
+    def repeatable():
+        return "same draws" if [coin(s) for s in range(20)] == [coin(s) for s in range(20)] else "different draws"
+
     def items_match():
         items, idx, _ = draw([1.0, 4.0, 9.0], 60, 1.0)
         return "match" if list(items) == ["abc"[i] for i in np.asarray(idx).astype(np.int64)] else "mismatch"
@@ -69,6 +81,10 @@ def check_replay_sample(replay_cls) -> bool:
         _Case("priorities [1, 4, 9], alpha .5: counts in a batch of 60", counts, [10, 20, 30, 0], tol=1,
               hint="stratified: cut the total mass into batch_size equal slices, draw one point in each, find its leaf"),
         _Case("the items returned", items_match, "match", hint="items[k] must be the item at indices[k]"),
+        _Case("batch 1 from priorities [1, 1], generators seeded 0..19", seeds_reach, "both items",
+              hint="draw the point in each slice at random, from the given generator"),
+        _Case("two generators with the same seed", repeatable, "same draws",
+              hint="draw with the given generator, not numpy's global one"),
         # beta 1: (N P)^-1 = 2, 1, 2/3; divided by the largest, 2: 1, .5, .3333333
         _Case("the weight of each item at beta 1", lambda: weight_of_each([1.0, 4.0, 9.0], 1.0), [1.0, 0.5, 1 / 3],
               hint="w_i = (N P(i))^-beta, then divide by the largest possible weight"),
