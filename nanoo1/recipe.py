@@ -44,7 +44,7 @@ class RunSettings:
 class SearchSettings:
     problems_per_iteration: int = 32  # training problems searched per iteration (MCTS, or GRPO's groups)
     simulations: int = 3  # MCTS simulations per training problem (each rolls its new thoughts out)
-    num_candidates: int = 4  # thoughts per expansion
+    num_candidates: int = 4  # thoughts per expansion (the evaluation's MCTS too)
     temperature: float = 0.7  # sampling temperature of MCTS and the evaluations' best-of-N (checked greedy's fixes: 1.0)
     max_thought_tokens: int = 32  # a thought is cut after this many tokens
     check_equations: bool = True  # every `a op b = c` must hold: a wrong thought (expanded or rolled out) is a

@@ -76,20 +76,20 @@ def _table(rows: list[tuple[str, EvalResult, EvalResult]]) -> str:
 
 
 def evaluate_all(model, tokenizer, problems, config: SelfPlayConfig, tag: str, progress: bool, seed: int) -> dict[str, EvalResult]:
-    """The before/after table's rows: for PPO greedy, best-of-N and MCTS in the thought format (MCTS with the
-    step checker as a tool, like rStar's code execution: no ground truth needed); for GRPO greedy in the
-    <think> format at each of `elastic_budgets`.
+    """The before/after table's rows: for PPO greedy, best-of-N and MCTS in the thought format (MCTS expanding
+    the run's `num_candidates` thoughts, with the step checker as a tool like rStar's code execution: no ground
+    truth needed); for GRPO greedy in the <think> format at each of `elastic_budgets`.
     Under torchrun each rank evaluates its share of the problems (`eval.evaluate_sharded`)."""
     from tqdm.auto import tqdm
 
     s, e = config.search, config.eval
     kw = dict(temperature=s.temperature, max_thought_tokens=s.max_thought_tokens, max_rows=s.max_rows, seed=seed)
+    tree = replace(EVAL_MCTS, verify=step_checker(config), num_candidates=s.num_candidates, max_children=s.num_candidates)
     jobs = {}
     if config.run.algo == "ppo":
         jobs["greedy"] = lambda ps: evaluate(model, tokenizer, ps, "greedy", **kw)
         jobs[f"best_of_{e.best_of_n}"] = lambda ps: evaluate(model, tokenizer, ps, "best_of_n", e.best_of_n, **kw)
-        jobs[f"mcts_{e.simulations}"] = lambda ps: evaluate(model, tokenizer, ps, "mcts", e.simulations,
-                                                            mcts=replace(EVAL_MCTS, verify=step_checker(config)), **kw)
+        jobs[f"mcts_{e.simulations}"] = lambda ps: evaluate(model, tokenizer, ps, "mcts", e.simulations, mcts=tree, **kw)
     else:
         jobs.update(budget_jobs(model, tokenizer, config))
     results = {}

@@ -968,7 +968,8 @@ def test_a_warm_start_trained_into_the_run_is_named_absolutely(tmp_path, monkeyp
 
 def test_self_plays_evaluations_sample_as_the_run_does_and_mcts_checks_its_steps(monkeypatch):
     """Greedy, best-of-N and MCTS rows search at the run's temperature, thought length, max_rows and seed, and the
-    MCTS row checks every step with the run's step checker (`a op b = c` must hold), as the training search does."""
+    MCTS row checks every step with the run's step checker (`a op b = c` must hold) and expands the run's number of
+    candidates, as the training search does."""
     import nanoo1.selfplay as selfplay
     from nanoo1.steps import equations_hold
 
@@ -976,13 +977,14 @@ def test_self_plays_evaluations_sample_as_the_run_does_and_mcts_checks_its_steps
     monkeypatch.setattr(selfplay, "evaluate", lambda model, tok, ps, method, budget=1, **kw: seen.append(
         (method, budget, kw)) or EvalResult(method, budget, 0.0, 1.0, 0.0))
     config = apply_flags(PRESETS["tiny"], dict(temperature=0.9, max_thought_tokens=7, max_rows=5, eval_best_of_n=3,
-                                               eval_simulations=4))
+                                               eval_simulations=4, num_candidates=2))
     assert list(selfplay.evaluate_all("model", "tok", ["p"], config, "before", False, 11)) == [
         "greedy", "best_of_3", "mcts_4"]
     sampling = {"temperature": 0.9, "max_thought_tokens": 7, "max_rows": 5, "seed": 11}
     assert [(method, budget, {k: kw[k] for k in sampling}) for method, budget, kw in seen] == [
         ("greedy", 1, sampling), ("best_of_n", 3, sampling), ("mcts", 4, sampling)]
     assert seen[2][2]["mcts"].verify is equations_hold and seen[2][2]["mcts"].answer == "vote"
+    assert (seen[2][2]["mcts"].num_candidates, seen[2][2]["mcts"].max_children) == (2, 2)
 
 
 def test_search_config_carries_the_budget_and_the_callers_mcts_settings():
