@@ -180,9 +180,12 @@ def _same_type(value, default) -> bool:
     return type(value) is type(default) or (type(default) is float and type(value) is int)
 
 
-def check_settings(settings, positive=(), non_negative=(), fraction=(), choices=None) -> None:
-    """Raise ValueError naming the first field outside its range: finite and > 0, finite and >= 0, in [0, 1], or
-    among choices."""
+SEED_LIMIT = 2 ** 32  # a run's seed is below it: torch's and numpy's generators take seed * 1000 + iteration
+
+
+def check_settings(settings, positive=(), non_negative=(), fraction=(), choices=None, seeds=()) -> None:
+    """Raise ValueError naming the first field outside its range: finite and > 0, finite and >= 0, in [0, 1],
+    among choices, or a seed in [0, SEED_LIMIT)."""
     def fail(f: str, what: str):
         raise ValueError(f"{type(settings).__name__}: {flag(getattr(settings, 'flag_prefix', '') + f)} {what}")
 
@@ -198,6 +201,9 @@ def check_settings(settings, positive=(), non_negative=(), fraction=(), choices=
     for f in fraction:
         if not 0 <= getattr(settings, f) <= 1:
             fail(f, f"must lie in [0, 1], got {getattr(settings, f)!r}")
+    for f in seeds:
+        if not 0 <= getattr(settings, f) < SEED_LIMIT:
+            fail(f, f"must lie in [0, 2**32), got {getattr(settings, f)!r}")
     for f, allowed in (choices or {}).items():
         if getattr(settings, f) not in allowed:
             fail(f, f"is {getattr(settings, f)!r}, expected one of {allowed}")

@@ -110,8 +110,8 @@ class EvolveConfig:
                                        "ppm_pairs_per_step", "ppm_lr", "problems", "eval_problems", "beam_temperature",
                                        "verifier_problems"),
                        non_negative=("max_rows", "retry_simulations", "guided_from", "rounds", "min_steps",
-                                     "later_min_steps", "pair_problems", "beam", "verifiers", "seed"),
-                       choices={"dtype": ("float32", "bfloat16")})
+                                     "later_min_steps", "pair_problems", "beam", "verifiers"),
+                       choices={"dtype": ("float32", "bfloat16")}, seeds=("seed",))
         check_device(self.device)
 
     @property

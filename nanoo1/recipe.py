@@ -35,7 +35,7 @@ class RunSettings:
     bf16: bool = True  # with float32 weights: autocast matrix multiplies to bfloat16 (weights and optimizer stay float32)
 
     def __post_init__(self):
-        check_settings(self, positive=("iterations", "keep_checkpoints"), non_negative=("seed",),
+        check_settings(self, positive=("iterations", "keep_checkpoints"), seeds=("seed",),
                        choices={"algo": ("ppo", "grpo"), "dtype": ("float32", "bfloat16")})
         check_device(self.device)
 

@@ -159,6 +159,22 @@ def test_a_fraction_may_be_0_or_1():
             Search(temperature=t)
 
 
+def test_a_run_seed_is_refused_before_the_run_where_a_generator_could_not_take_it():
+    """A run's seed lies in [0, 2**32): GRPO seeds a torch generator with seed * 1000 + its round, which overflows
+    64 bits from a seed of about 1.8e16 (a nanosecond timestamp), after the evaluation before training."""
+    import torch
+
+    from nanoo1.evolve import EvolveConfig
+    from nanoo1.recipe import RunSettings, iteration_seed
+
+    assert RunSettings(seed=2 ** 32 - 1).seed == 2 ** 32 - 1
+    torch.Generator().manual_seed(iteration_seed(2 ** 32 - 1, 10 ** 6))  # the largest seed's generators take it
+    for settings in (RunSettings, EvolveConfig):
+        for seed in (2 ** 32, 1733500000000000000, -1):
+            with pytest.raises(ValueError, match=rf"--seed must lie in \[0, 2\*\*32\), got {seed}"):
+                settings(seed=seed)
+
+
 def test_error_text_of_a_key_error_has_no_quotes():
     """str(KeyError('x.json: missing key')) is "'x.json: missing key'"; error_text gives the message itself."""
     from nanoo1.config import error_text
