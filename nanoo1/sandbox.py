@@ -27,8 +27,9 @@ or POSIX IPC, keyrings, processes), even when it gets past the audit hook.
 What is not: this is not a security boundary against a determined attacker. Every layer is a list that
 these two files keep (syscalls, paths) over a large kernel interface, and a kernel bug reachable through
 an allowed syscall defeats them all; for code from strangers use a virtual machine or gVisor. The
-program can read everything under the roots above, its own /proc entries and the CPU information, can
-stat (not open) any path, and can measure time. Where the system refuses user namespaces (Ubuntu's
+program can read everything under the roots above, its own /proc entries and the CPU information (its own
+memory too, so the code and output of the batch's programs forked before it, dropped but not overwritten),
+can stat (not open) any path, and can measure time. Where the system refuses user namespaces (Ubuntu's
 AppArmor restriction, Docker's default seccomp profile) Landlock lets it make no file at all, so its disk
 stays bounded (it can write only the file it came in, up to `file_mb`). Without Landlock (Linux before
 5.13, or turned off) its reads and writes outside its directory are limited only by file permissions and
@@ -55,6 +56,9 @@ from pathlib import Path
 from nanoo1.supervise import clean_env, remove_tree, signal_name
 
 SUPERVISOR = Path(__file__).with_name("supervise.py")  # run as a script, not imported, by `run_many`
+# the largest limits: a timeout the supervisor's select can wait for (it takes at most about 24 days), sizes that
+# rlimits and the tmpfs take in bytes as a C long; past them there is no limit to ask for
+LIMIT_MAX = {"timeout": 1e6, "memory_mb": 2 ** 30, "output_bytes": 2 ** 40, "file_mb": 2 ** 30}
 
 
 @dataclass
@@ -86,8 +90,8 @@ def run_python(code: str, **limits) -> SandboxResult:
         kernel layers are missing; see the module docstring).
     audit_hook, namespaces: False leaves out the Python-level tripwire, or the private namespaces (as on a
         system that refuses them), to test the layers that remain.
-    Raises ValueError for a limit that is not a positive number (a whole one but for the timeout), OSError on a
-    system that is not POSIX.
+    Raises ValueError for a limit that is not a positive number (a whole one but for the timeout) up to
+    LIMIT_MAX, OSError on a system that is not POSIX.
     """
     return run_many([code], workers=1, **limits)[0]
 
@@ -112,9 +116,10 @@ def run_many(codes, *, workers: int | None = None, timeout: float = 5.0, memory_
     for name, value in [("timeout", timeout), ("memory_mb", memory_mb), ("output_bytes", output_bytes),
                         ("file_mb", file_mb)]:
         kind = (int, float) if name == "timeout" else int  # sizes are whole numbers, the timeout finite
-        if isinstance(value, bool) or not isinstance(value, kind) or not 0 < value < math.inf:
+        if isinstance(value, bool) or not isinstance(value, kind) or not 0 < value <= LIMIT_MAX[name]:
             whole = ", whole" if kind is int else ""
-            raise ValueError(f"sandbox: {name} must be a finite number > 0{whole}, got {value!r}")
+            raise ValueError(f"sandbox: {name} must be a finite number > 0{whole}, at most {LIMIT_MAX[name]:g}, "
+                             f"got {value!r}")
     codes = list(codes)
     if not codes:
         return []

@@ -23,7 +23,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 
-REPORT_ROOM = 1 << 15  # bytes past output_bytes kept of a child's stderr pipe, for the report that ends it
+STDERR_ROOM = 1 << 15  # bytes a program may write to stderr past output_bytes and be truncated, not stopped
+REPORT_MAX = 1 << 15  # the child's report line after them: an error name of 200 and a message of 2,000 characters
+#                       at most, each escaped by json in at most 12 bytes
 
 
 def clean_env(workdir: str) -> dict:
@@ -139,6 +141,9 @@ def _supervise(config: str) -> None:
     import importlib.util
 
     cfg = json.loads(config)
+    # a SIGCHLD the caller ignores is ignored here too (exec keeps it): the kernel would reap every child
+    # before waitpid could read how it ended
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     # by path: importing the package would import torch, under the limits and from wherever -I finds it
     spec = importlib.util.spec_from_file_location("nanoo1_confine", cfg.pop("confine"))
     confine = importlib.util.module_from_spec(spec)
@@ -174,7 +179,7 @@ def _supervise(config: str) -> None:
             left = min(run.deadline for run in running.values()) - time.monotonic()
             for key, _ in sel.select(max(0.0, min(left, 0.005) if waiting else left)):
                 run = key.data
-                buffer, most = (run.out, cap) if key.fd == run.out_fd else (run.report, cap + REPORT_ROOM)
+                buffer, most = (run.out, cap) if key.fd == run.out_fd else (run.report, cap + STDERR_ROOM + REPORT_MAX)
                 size = len(buffer)
                 buffer.extend(os.read(key.fd, 1 << 16))  # read into its buffer: no copy left in this frame
                 if len(buffer) == size or len(buffer) > most:  # closed, or more than we keep
@@ -189,8 +194,8 @@ def _supervise(config: str) -> None:
                 if run.stopped:  # its process group id is still its own: it is not reaped yet
                     try:
                         os.killpg(run.pid, signal.SIGKILL)
-                    except ProcessLookupError:
-                        pass
+                    except ProcessLookupError:  # not a group leader yet: stopped before its setsid
+                        os.kill(run.pid, signal.SIGKILL)
                     status = os.waitpid(run.pid, 0)[1]
                 elif not run.open_fds:  # the pipes can close before the program ends (it may close them)
                     pid, status = os.waitpid(run.pid, os.WNOHANG)
@@ -285,7 +290,7 @@ def _child_main(cfg: dict, confine) -> None:
             stream.flush()
         except Exception:
             pass
-    report.write("\n" + json.dumps({"error": error, "message": message[:2000]}) + "\n")
+    report.write("\n" + json.dumps({"error": error and error[:200], "message": message[:2000]}) + "\n")
     report.flush()
     os._exit(0 if error is None else 1)  # no interpreter shutdown: the program's atexit handlers do not run
 

@@ -457,9 +457,39 @@ def test_limits_are_checked():
     with pytest.raises(ValueError, match="file_mb"):  # a tmpfs of size 0 would be one without a limit
         run_python("print(1)", file_mb=0)
     for bad in [{"memory_mb": 256.5}, {"file_mb": 0.5}, {"memory_mb": True}, {"timeout": math.inf},
-                {"timeout": math.nan}, {"timeout": "1"}]:  # refused before any program runs, the limit named
+                {"timeout": math.nan}, {"timeout": "1"}, {"timeout": 1e9}, {"memory_mb": 2 ** 44},
+                {"file_mb": 2 ** 44}]:  # refused before any program runs, the limit named
         with pytest.raises(ValueError, match=f"{next(iter(bad))} must be a finite number > 0"):
             run_python("print(1)", **bad)
+    assert run_python("print(1)", timeout=1e6, memory_mb=2 ** 30, file_mb=2 ** 30).stdout == "1\n"  # the largest
+
+
+def test_a_caller_that_ignores_sigchld_still_gets_each_programs_result():
+    """A caller started with SIGCHLD ignored (a daemon's child) hands that on to the supervisor through exec; the
+    supervisor still reaps its children itself and reads how each ended."""
+    before = signal.signal(signal.SIGCHLD, signal.SIG_IGN)
+    try:
+        results = run_many(["print(6 * 7)", "1 / 0", "import time\ntime.sleep(30)"], timeout=2)
+    finally:
+        signal.signal(signal.SIGCHLD, before)
+    assert [(r.stdout, r.error) for r in results] == [("42\n", None), ("", "ZeroDivisionError"), ("", "Timeout")]
+
+
+def test_a_deadline_that_passes_before_the_program_starts_still_stops_it():
+    """A timeout shorter than a fork: the deadline comes before the child has its own process group, and the child
+    alone is killed. Without that the supervisor would wait on a sleeping program past every deadline."""
+    for _ in range(3):
+        r = run_python("import time\ntime.sleep(60)", timeout=1e-6)
+        assert r.error == "Timeout" and r.seconds < 5, r
+
+
+def test_a_program_within_its_stderr_room_keeps_its_error_whatever_its_report():
+    """Up to 32 KiB of stderr past output_bytes is truncated, not stopped: the report line that follows (as long as
+    a long message escaped by json makes it) does not count against that room."""
+    code = "import sys\nsys.stderr.write('w' * (1024 + 32767))\nraise ValueError('\\U0001f600' * 5000)"
+    r = run_python(code, output_bytes=1024, timeout=10)
+    assert (r.error, r.truncated, len(r.stderr)) == ("ValueError", True, 1024)
+    assert r.message == "\U0001f600" * 2000
 
 
 @pytest.mark.skipif(not LINUX, reason="finds the sandbox's processes in /proc")
