@@ -43,7 +43,6 @@ The supervisor dies with the caller and each child with the supervisor (parent-d
 """
 
 import json
-import math
 import os
 import signal
 import subprocess
