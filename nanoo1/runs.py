@@ -59,10 +59,8 @@ def saved_settings(run_dir: Path, config_cls):
 
 
 def resume_settings(run_dir: Path, config_cls, flags: dict):
-    """The saved settings of the run in run_dir, checked against settings given again (flag name -> value):
-    any that differ are an error naming each. `out` is the run directory itself (it may have moved since)."""
-    if "out" in flags and Path(flags["out"]).resolve() != run_dir.resolve():
-        raise ValueError(f"--out {flags['out']}: a resumed run goes on in its own directory, {run_dir}")
+    """The saved settings of the run in run_dir, checked against settings given again (flag name -> value;
+    `out` aside, since a run directory may move): any that differ are an error naming each."""
     saved = saved_settings(run_dir, config_cls)
     differ = conflicts(saved, {k: v for k, v in flags.items() if k != "out"})
     if differ:

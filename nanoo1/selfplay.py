@@ -274,6 +274,8 @@ def main(argv=None):
     flags = {k: v for k, v in vars(args).items() if k not in RUN_FLAGS}
     if args.resume and (args.overwrite or args.from_scratch):
         p.error("--resume goes on with the run's own checkpoints: it takes no --overwrite or --from-scratch")
+    if args.resume and "out" in flags and Path(flags["out"]).resolve() != Path(args.resume).resolve():
+        p.error(f"--out {flags['out']}: a resumed run goes on in its own directory, {args.resume}")
     if args.from_scratch and (args.model or "warmstart" in flags):  # it would train another and drop the one named
         p.error("--from-scratch trains the tiny warm start itself: it takes no --model or --warmstart")
     if args.model:
