@@ -37,6 +37,8 @@ def expand(policy, requests: list[Request]) -> tuple[list[list[Node]], list[Spen
         next_id[id(r.tree)] = r.first_id + r.k
     children, spent = [], []
     for r, candidates in zip(requests, policy.propose(requests)):
+        if len(candidates) != r.k:
+            raise RuntimeError(f"policy.propose returned {len(candidates)} candidates for a request of {r.k}")
         kids = [add_candidate(r.tree, r.node, c) for c in candidates]
         if [k.id for k in kids] != [r.child_id(j) for j in range(r.k)]:
             raise RuntimeError(f"children got ids {[k.id for k in kids]}, their prompts named {[r.child_id(j) for j in range(r.k)]}")

@@ -126,6 +126,8 @@ class LMPolicy:
 
     def __init__(self, model, tokenizer, temperature: float = 1.0, max_thought_tokens: int = 64, top_k: int | None = None,
                  top_p: float | None = None, value_batch_size: int = 32, max_rows: int = 0, seed: int = 0):
+        if max_thought_tokens < 1:
+            raise ValueError(f"LMPolicy: max_thought_tokens must be at least 1, got {max_thought_tokens}")
         self.model, self.tokenizer = model, tokenizer
         self.temperature, self.max_thought_tokens, self.top_k, self.top_p = temperature, max_thought_tokens, top_k, top_p
         self.value_batch_size, self.max_rows = value_batch_size, max_rows

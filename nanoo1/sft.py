@@ -171,7 +171,7 @@ def lm_loss(model, ids, attn, loss_mask, bf16: bool = False):
         hidden = model.hidden_states(ids, attn).reshape(B * T, -1)  # (B*T, C)
         total = sum(checkpoint(_summed_nll, model, hidden[s:s + step], targets[s:s + step], mask[s:s + step],
                                use_reentrant=False) for s in range(0, B * T, step))
-    return total / mask.sum()
+    return total / mask.sum().clamp(min=1)  # no token to train: 0
 
 
 def cosine(progress: float, floor: float) -> float:
@@ -204,7 +204,7 @@ def sft_step(model, opt, batch, lr: float, bf16: bool = False, grad_clip: float 
     set_lr(opt, lr)
     ids, attn, mask = (x.to(model.output_embedding.device) for x in batch)
     tokens = mask[:, 1:].sum()
-    share = tokens / dist.total(tokens)  # this rank's share of the tokens of all ranks' batches (1 alone)
+    share = tokens / dist.total(tokens).clamp(min=1)  # this rank's share of the tokens of all ranks' batches (1 alone)
     loss = lm_loss(model, ids, attn, mask, bf16) * share
     opt.zero_grad(set_to_none=True)
     loss.backward()

@@ -120,7 +120,8 @@ def ppo_step(model, optimizer, batch: dict, config: PPOConfig,
             vl = vl * (mb["value_mask"].sum() / n_values if n_values is not None else mb["input_ids"].shape[0] / B)
             loss = loss + config.vf_coef * vl
             stats["value_loss"] += vl.detach()
-        loss.backward()
+        if loss.requires_grad:  # a micro-batch without a completion token (or value position) adds nothing
+            loss.backward()
         stats["loss"] += loss.detach()
         stats["policy_loss"] += pl.detach() * w
         stats["clip_frac"] += st["clip_frac"] * w
@@ -159,7 +160,8 @@ def grpo_step(model, optimizer, batch: dict, config: GRPOConfig) -> dict:
         token_share = mb["completion_mask"].sum() / n_tokens
         w = {"grpo": mb["input_ids"].shape[0] / B, "dr_grpo": mb["input_ids"].shape[0] / B,
              "bnpo": token_share, "dapo": 1.0}[config.loss_type]  # dapo's normaliser is already global
-        (loss * w).backward()
+        if loss.requires_grad:  # a micro-batch without a completion token adds nothing
+            (loss * w).backward()
         stats["loss"] += loss.detach() * w
         for k in stats.keys() - {"loss"}:
             stats[k] += st[k] * token_share

@@ -426,6 +426,23 @@ def grpo_batch():
             "advantages": grpo_advantages(torch.tensor([1.0, 0.0, 0.0, 1.0]), group_size=4)}
 
 
+def test_a_micro_batch_without_a_completion_token_adds_nothing_to_the_step():
+    """A response of no tokens (its completion mask all 0) alone in a micro-batch: completion_logprobs scores no
+    column and builds no graph, and the step is the same as with the row in a micro-batch of others."""
+    batch = ppo_batch(TinyLM())
+    batch["completion_mask"][1] = 0
+    batch["old_logp"][1] = batch["advantages"][1] = 0
+    grpo = {k: batch[k] for k in ("input_ids", "attention_mask", "completion_mask")}
+    grpo["advantages"] = torch.tensor([1.0, -1.0, 0.5, -0.5])
+    inf = float("inf")
+    for step, b, config in [(ppo_step, batch, PPOConfig), (grpo_step, grpo, GRPOConfig)]:
+        whole, s_whole = sgd_update(step, b, config(micro_batch_size=4, max_grad_norm=inf))
+        alone, s_alone = sgd_update(step, b, config(micro_batch_size=1, max_grad_norm=inf))
+        for x, y in zip(whole, alone):
+            torch.testing.assert_close(x, y)
+        assert s_alone["loss"] == pytest.approx(s_whole["loss"], rel=1e-5) and s_alone["grad_norm"] > 0
+
+
 @pytest.mark.parametrize("loss_type", LOSS_TYPES)
 def test_grpo_step_gradient_equals_whole_batch_loss(loss_type):
     batch = grpo_batch()

@@ -237,6 +237,22 @@ def counting(monkeypatch, name):
     return calls
 
 
+def test_a_policy_refuses_thoughts_of_no_tokens_and_search_names_a_short_proposal(model, tiny_tokenizer):
+    """max_thought_tokens 0 would give empty thoughts (and divide by their length): refused by value. A policy
+    that answers a request of k with fewer candidates is named as the cause."""
+    with pytest.raises(ValueError, match="max_thought_tokens must be at least 1, got 0"):
+        LMPolicy(model, tiny_tokenizer, max_thought_tokens=0)
+
+    class Short(ScriptedPolicy):
+        def propose(self, requests):
+            return [c[:1] for c in super().propose(requests)]
+
+    script, value, _ = decoy_script()
+    policy = Short(script, value)
+    with pytest.raises(RuntimeError, match="policy.propose returned 1 candidates for a request of 2"):
+        search(policy, ["q"], SearchConfig(method="beam", n=1, expand=2))
+
+
 def test_lm_policy_one_generate_and_one_value_call_per_round(model, tiny_tokenizer, monkeypatch):
     generate_calls, feed_calls = counting(monkeypatch, "generate"), counting(monkeypatch, "feed")  # feed: the value pass
     policy = LMPolicy(model, tiny_tokenizer, max_thought_tokens=4, seed=0)

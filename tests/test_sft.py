@@ -85,6 +85,19 @@ def test_lm_loss_is_cross_entropy_of_the_masked_next_tokens():
     assert torch.allclose(lm_loss(model, ids, attn, mask), torch.stack(terms).mean(), atol=1e-6)
 
 
+def test_a_batch_without_a_trained_token_has_loss_0_and_leaves_the_weights():
+    """lm_loss over no trained token is 0 (not 0 / 0), and sft_step on such a batch changes nothing."""
+    from nanoo1.sft import sft_step
+
+    model = random_model(Gemma2Config.preset("tiny", num_hidden_layers=2)).requires_grad_(True)
+    ids, attn = torch.tensor([[2, 10, 11]]), torch.ones(1, 3, dtype=torch.long)
+    assert lm_loss(model, ids, attn, torch.zeros(1, 3, dtype=torch.long)).item() == 0.0
+    before = [p.detach().clone() for p in model.parameters()]
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)  # no weight decay: no gradient, no change
+    assert sft_step(model, opt, (ids, attn, torch.zeros(1, 3, dtype=torch.long)), lr=0.1) == 0.0
+    assert all(torch.equal(b, p) for b, p in zip(before, model.parameters()))
+
+
 def test_lm_loss_in_chunks_of_positions_equals_one_chunk(monkeypatch):
     import nanoo1.sft as sft
 
