@@ -214,15 +214,15 @@ def sum_stats(stats: dict) -> dict:
 
 
 def combine(metrics: dict, summed: tuple = ()) -> dict:
-    """An iteration's metrics over ranks: the `summed` keys (counts) added, integer counts staying integers, every
-    other number averaged (a figure the iteration already made the whole set's, e.g. its share solved, is the same
-    on every rank and stays so)."""
+    """An iteration's metrics over ranks: the `summed` keys (counts) added, every other number averaged; a number
+    the same on every rank (a figure the iteration already made the whole set's, e.g. its share solved, or a count
+    of updates) is kept as it is, and an integer count stays an integer, as on one process."""
     if place().world == 1:
         return metrics
     keys = sorted(k for k, v in metrics.items() if isinstance(v, (int, float)))
-    t = total(torch.tensor([float(metrics[k]) for k in keys], dtype=torch.float64)).tolist()
-    kept = {k: round(v) if type(metrics[k]) is int else v for k, v in zip(keys, t) if k in summed}
-    return {**metrics, **{k: v / place().world for k, v in zip(keys, t) if k not in summed}, **kept}
+    ranks = list(zip(*gather([metrics[k] for k in keys])))  # per key, every rank's value
+    return {**metrics, **{k: sum(vs) if k in summed else vs[0] if len(set(vs)) == 1 else sum(vs) / len(vs)
+                          for k, vs in zip(keys, ranks)}}
 
 
 def from_main(obj):

@@ -140,16 +140,17 @@ def elastic_budgets(config: SelfPlayConfig) -> list[int | None]:
     return list(dict.fromkeys([max(1, t // 4), max(1, t // 2), t, 2 * t])) + [None]
 
 
-def budget_job(model, tokenizer, config: SelfPlayConfig, budget: int | None):
-    """job(problems) -> EvalResult: greedy in the <think> format under a thinking budget (None: unlimited), with the
-    run's solution budget and row limit (`eval.evaluate_budgeted`)."""
-    return lambda ps: evaluate_budgeted(model, tokenizer, ps, budget, config.grpo.solution_budget, config.search.max_rows)
+def budget_job(model, tokenizer, config: SelfPlayConfig, budget: int | None, room_for: list | None = None):
+    """job(problems) -> EvalResult: greedy in the <think> format under a thinking budget (None: unlimited, the room
+    left by room_for's longest prompt), with the run's solution budget and row limit (`eval.evaluate_budgeted`)."""
+    return lambda ps: evaluate_budgeted(model, tokenizer, ps, budget, config.grpo.solution_budget, config.search.max_rows,
+                                        room_for=room_for)
 
 
-def budget_jobs(model, tokenizer, config: SelfPlayConfig) -> dict:
-    """The table's evaluations, {"think_<t>": job(problems) -> EvalResult}: `budget_job` under each of
-    `elastic_budgets`."""
-    return {f"think_{budget_name(b)}": budget_job(model, tokenizer, config, b) for b in elastic_budgets(config)}
+def budget_jobs(model, tokenizer, config: SelfPlayConfig, problems: list) -> dict:
+    """The table's evaluations of `problems` (whole, though a job may get a rank's share), {"think_<t>":
+    job(problems) -> EvalResult}: `budget_job` under each of `elastic_budgets`."""
+    return {f"think_{budget_name(b)}": budget_job(model, tokenizer, config, b, problems) for b in elastic_budgets(config)}
 
 
 def budget_table(rows: dict[str, dict]) -> str:

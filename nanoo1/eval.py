@@ -85,13 +85,15 @@ def evaluate_sharded(job: Callable[[list[Problem]], EvalResult], problems: list[
 
 
 def evaluate_budgeted(model, tokenizer, problems: list[Problem], think_budget: int | None, solution_budget: int = 16,
-                      max_rows: int = 0, seed: int = 0) -> EvalResult:
+                      max_rows: int = 0, seed: int = 0, room_for: list[Problem] | None = None) -> EvalResult:
     """Greedy accuracy of Elastic Reasoning's <think> format under a thinking budget (None: unlimited, all
-    the room the model's context leaves after the longest prompt and the answer); max_rows: at most this many
-    problems in one generate call, which bounds the KV cache (0: no limit)."""
+    the room the model's context leaves after the answer and the longest prompt of `room_for`, by default
+    `problems`: a rank's share of a sharded evaluation passes the whole set's, to think as long as one process);
+    max_rows: at most this many problems in one generate call, which bounds the KV cache (0: no limit)."""
     t = time.perf_counter()
     prompts = [tokenizer.encode(think_prompt(p.question)) for p in problems]
-    context, longest = model.config.max_position_embeddings, max(map(len, prompts))
+    context = model.config.max_position_embeddings
+    longest = max(len(tokenizer.encode(think_prompt(p.question))) for p in room_for) if room_for else max(map(len, prompts))
     room = context - longest - solution_budget - 1
     if think_budget is None and room < 0:
         raise ValueError(f"unlimited thinking: the longest prompt ({longest} tokens), </think> and the "
@@ -221,7 +223,7 @@ def main(argv=None):
         for budget in ([1] if method == "greedy" else budgets):
             if method == "budget":
                 job = lambda ps, b=budget: evaluate_budgeted(model, tokenizer, ps, b, solution_budget=args.solution_budget,
-                                                             max_rows=args.max_rows, seed=seed)
+                                                             max_rows=args.max_rows, seed=seed, room_for=problems)
             else:
                 job = lambda ps, m=method, b=budget: evaluate(model, tokenizer, ps, m, b, mcts=mcts, seed=seed,
                                                               temperature=args.temperature,

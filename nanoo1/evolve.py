@@ -252,6 +252,7 @@ def run(config: EvolveConfig, model, data=TINY_DIR / "train.jsonl", test_data=TI
     if lora is not None and lora.rank:
         lora.apply(base, config.seed)
     drawn, test = draw_rounds(load_jsonl(data), config, str(data)), load_jsonl(test_data)
+    dist.barrier()  # every rank has read the base before rank 0 may clear it (--model OUT/policy-2 --overwrite)
     prepare_out(out, overwrite, OUT_FILES, resumable=False, clear=main, base=str(model) if lora and lora.rank else None)
     held_out = test[: config.eval_problems]
     held_out_pairs = slip_pairs(tokenizer, test[config.eval_problems:][: config.pair_problems], config.seed)

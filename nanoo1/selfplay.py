@@ -91,7 +91,7 @@ def evaluate_all(model, tokenizer, problems, config: SelfPlayConfig, tag: str, p
         jobs[f"best_of_{e.best_of_n}"] = lambda ps: evaluate(model, tokenizer, ps, "best_of_n", e.best_of_n, **kw)
         jobs[f"mcts_{e.simulations}"] = lambda ps: evaluate(model, tokenizer, ps, "mcts", e.simulations, mcts=tree, **kw)
     else:
-        jobs.update(budget_jobs(model, tokenizer, config))
+        jobs.update(budget_jobs(model, tokenizer, config, problems))
     results = {}
     bar = tqdm(jobs.items(), desc=f"evaluate {tag}", disable=not progress, unit="method")
     for name, job in bar:
@@ -101,10 +101,14 @@ def evaluate_all(model, tokenizer, problems, config: SelfPlayConfig, tag: str, p
 
 
 def check_shares(config: SelfPlayConfig, world: int) -> None:
-    """Every rank searches a share of an iteration's problems (of each GRPO round): at least one each."""
+    """Every rank searches a share of an iteration's problems (of each GRPO round), and of PPO's imitation
+    problems (the ranks take as many imitation steps as the one with the fewest chains): at least one each."""
     if config.search.problems_per_iteration < world:
         raise ValueError(f"--problems-per-iteration {config.search.problems_per_iteration}: fewer than the {world} "
                          f"ranks, each of which needs a problem")
+    if config.run.algo == "ppo" and 0 < config.imitation.problems < world:
+        raise ValueError(f"--imitation-problems {config.imitation.problems}: fewer than the {world} ranks, each of "
+                         f"which needs a problem (0: no imitation)")
 
 
 def run(config: SelfPlayConfig, resume: str | None = None, from_scratch: bool = False, progress: bool = True,
@@ -145,8 +149,9 @@ def run(config: SelfPlayConfig, resume: str | None = None, from_scratch: bool = 
         dist.on_main(warm_start)
         config = replace(config, run=replace(config.run, warmstart=str((out / "warmstart").resolve())))
     model, tokenizer = load_model(config, start_dir, device)
+    dist.barrier()  # every rank has read the warm start before rank 0 may clear it (--model OUT/final --overwrite)
     if not resume and place.main:
-        prepare_out(out, overwrite)  # the warm start may be one of the files it clears (--model OUT/final)
+        prepare_out(out, overwrite)  # the warm start may be one of the files it clears
     need = memory_estimate(config, model.config)
     if place.main:
         print(f"memory on {device}{f' (each of {place.world} ranks)' if place.world > 1 else ''}, estimated: "

@@ -110,6 +110,46 @@ def test_setup_gives_each_rank_its_own_gpu_and_waits_an_hour(monkeypatch):
     assert dist.setup(torch.device("cuda", 0)) == torch.device("cuda", 0)
 
 
+class Stop(Exception):
+    pass
+
+
+def reads_the_warm_start_in_out(out: str, rank: int, world: int) -> list:
+    """selfplay.run with --overwrite, its warm start OUT/final: every rank reads it (rank 1 late), then stops."""
+    from types import SimpleNamespace
+
+    import nanoo1.selfplay as selfplay
+    from nanoo1.config import apply_flags
+    from nanoo1.recipe import PRESETS
+
+    seen = []
+
+    def load_model(config, start_dir, device):
+        time.sleep(1.5 * rank)
+        seen.append((Path(out) / "final" / "model.safetensors").exists())
+        return SimpleNamespace(config=None), None
+
+    def stop(*args):
+        raise Stop
+
+    selfplay.load_model, selfplay.memory_estimate = load_model, stop
+    with pytest.raises(Stop):
+        selfplay.run(apply_flags(PRESETS["tiny"], {"out": out, "warmstart": f"{out}/final"}), overwrite=True,
+                     progress=False)
+    return seen
+
+
+def test_a_run_over_its_own_output_clears_it_after_every_rank_has_read_its_warm_start(tmp_path):
+    """--model OUT/final --overwrite: rank 0 clears OUT only once every rank has read the model it starts from."""
+    from functools import partial
+
+    (tmp_path / "run" / "final").mkdir(parents=True)
+    (tmp_path / "run" / "final" / "model.safetensors").write_bytes(b"weights")
+    (tmp_path / "run" / "metrics.jsonl").write_text("{}\n")
+    assert run_ranks(partial(reads_the_warm_start_in_out, str(tmp_path / "run")), tmp_path) == [[True], [True]]
+    assert not (tmp_path / "run" / "final").exists()  # cleared, as --overwrite asks
+
+
 def halves(rank: int, world: int):
     assert dist.place().world == 2 and dist.place().rank == rank
     return updates(slice(rank * B // world, (rank + 1) * B // world))
@@ -144,8 +184,8 @@ def draws(rank: int, world: int):
     items = dist.from_main(list(range(100, 123)) if p.main else None)  # rank 0's draw reaches every rank
     return {"mine": dist.shard(items, p), "all": items, "seed": dist.rank_seed(7, rank),
             "total": int(dist.total(rank + 1)), "least": dist.smallest(rank + 5),
-            "gathered": dist.gather(rank * 10), "combined": dist.combine({"acc": float(rank), "chains": 3, "x": "s"},
-                                                                        summed=("chains",)),
+            "gathered": dist.gather(rank * 10), "combined": dist.combine({"acc": float(rank), "chains": 3, "x": "s", "solved": 0.4,
+                                                                         "updates": 2}, summed=("chains",)),
             "ratio": dist.ratio(1 if rank == 0 else 2, 3 if rank == 0 else 2),  # 1 of 3 and 2 of 2 solved: 3 of 5
             "no_gradients": dist.sum_gradients(torch.nn.Linear(2, 2).parameters()),  # nothing to sum: nothing done
             "on_main": dist.on_main(lambda: (dist.place().world, float(dist.total(rank + 3)))),  # no collective waits
@@ -159,8 +199,9 @@ def test_ranks_take_disjoint_shares_and_combine_their_numbers(tmp_path):
     assert r0["seed"] == 7 and r1["seed"] != 7
     assert r0["total"] == r1["total"] == 3 and r0["least"] == r1["least"] == 5
     assert r0["gathered"] == r1["gathered"] == [0, 10]
-    assert r0["combined"] == r1["combined"] == {"acc": 0.5, "chains": 6, "x": "s"}
-    assert type(r0["combined"]["chains"]) is int  # a count stays a count in metrics.jsonl, as on one process
+    assert r0["combined"] == r1["combined"] == {"acc": 0.5, "chains": 6, "x": "s", "solved": 0.4, "updates": 2}
+    # a count stays a count in metrics.jsonl, and a figure the same on every rank stays it, as on one process
+    assert type(r0["combined"]["chains"]) is int and type(r0["combined"]["updates"]) is int
     assert r0["ratio"] == r1["ratio"] == 0.6
     assert [dist.share(n, dist.Place(r, 3)) for n in (7, 2) for r in range(3)] == [3, 2, 2, 1, 1, 1]  # 7 = 3+2+2
     assert r0["on_main"] == r1["on_main"] == (1, 3.0)  # rank 0's work for all, as one process

@@ -346,7 +346,7 @@ def test_budgeted_evaluations_honour_max_rows(monkeypatch, warmstart):
     assert calls == [5]
     calls.clear()
     config = apply_flags(PRESETS["tiny"], {"algo": "grpo", "think_budget": 6, "solution_budget": 4, "max_rows": 2})
-    split = budget_jobs(model, tok, config)["think_6"](problems)
+    split = budget_jobs(model, tok, config, problems)["think_6"](problems)
     assert calls == [2, 2, 1]
     assert (split.accuracy, split.tokens) == (whole.accuracy, whole.tokens)
 
@@ -842,7 +842,7 @@ def test_the_data_must_hold_one_iterations_draw_and_the_held_out_set_is_its_firs
     """A training file of exactly the problems one iteration draws is enough; one fewer is refused, naming the
     flags behind the count (PPO: its search's and its imitation's problems; GRPO: its rounds'). The held-out
     problems are the first --eval-problems (the quick checks' the first --eval-quick, more or fewer) of a file
-    that must hold some; an iteration needs a problem per rank."""
+    that must hold some; an iteration needs a problem per rank, and so do PPO's imitation problems."""
     from dataclasses import replace
 
     from nanoo1.selfplay import check_shares, load_problems
@@ -867,6 +867,11 @@ def test_the_data_must_hold_one_iterations_draw_and_the_held_out_set_is_its_firs
     check_shares(config, 3)  # 3 problems an iteration on 3 ranks: one each
     with pytest.raises(ValueError, match="--problems-per-iteration 3: fewer than the 4 ranks"):
         check_shares(config, 4)
+    # imitation steps as many as the rank with the fewest chains: a rank without a problem would stop them all
+    with pytest.raises(ValueError, match="--imitation-problems 2: fewer than the 3 ranks"):
+        check_shares(small(tmp_path, warmstart, imitation_problems=2), 3)
+    check_shares(small(tmp_path, warmstart, imitation_problems=0), 3)  # no imitation at all
+    check_shares(small(tmp_path, warmstart, imitation_problems=2, algo="grpo"), 3)  # GRPO imitates nothing
 
 
 def test_a_runs_summary_and_quick_checks_come_from_the_right_evaluations(tmp_path, warmstart, monkeypatch):
@@ -914,7 +919,7 @@ def test_a_grpo_run_hands_its_seed_to_the_rollouts_and_logs_their_learning_rate(
 
     rollouts, quick = [], []
     monkeypatch.setattr(selfplay, "evaluate_all", lambda model, tokenizer, problems, config, *a: {
-        name: EvalResult("budget", None, 0.0, 1.0, 0.0) for name in budget_jobs(model, tokenizer, config)})
+        name: EvalResult("budget", None, 0.0, 1.0, 0.0) for name in budget_jobs(model, tokenizer, config, problems)})
     monkeypatch.setattr(selfplay, "report_budgets", lambda *a: None)
     monkeypatch.setattr(selfplay, "grpo_iteration", lambda model, tok, opt, problems, it, c, seed:
                         rollouts.append((len(problems), seed, c.grpo.grpo_lr)) or {})
@@ -1047,6 +1052,9 @@ def test_budgeted_evaluation_grades_what_follows_the_thinking(warmstart, monkeyp
     assert eval_mod.evaluate_budgeted(model, tok, problems, None, solution_budget=6).budget is None
     longest = len(tok.encode(think_prompt("a longer question")))
     assert thinks == [4, model.config.max_position_embeddings - longest - 1 - 6]
+    # a share of a sharded evaluation thinks as long as the whole set would: the room of room_for's longest prompt
+    eval_mod.evaluate_budgeted(model, tok, problems[:1], None, solution_budget=6, room_for=problems)
+    assert thinks[-1] == model.config.max_position_embeddings - longest - 1 - 6
     context = model.config.max_position_embeddings  # unlimited, with a prompt that leaves no room: refused by name
     with pytest.raises(ValueError, match=f"longest prompt \\(\\d+ tokens\\).*context of {context} tokens"):
         eval_mod.evaluate_budgeted(model, tok, [Problem("7 " * context, "8", [])], None)
