@@ -1097,8 +1097,8 @@ def test_eval_command_hands_its_settings_to_every_evaluation(tmp_path, warmstart
     monkeypatch.setattr(eval_cli, "load_pretrained", lambda *a, **kw: dtypes.append(kw["dtype"]) or load(*a, **kw))
     monkeypatch.setattr(eval_cli, "evaluate", lambda model, tok, ps, method, budget, **kw: seen.append(
         (method, budget, len(ps), kw)) or EvalResult(method, budget, 0.0, 1.0, 0.0))
-    monkeypatch.setattr(eval_cli, "evaluate_budgeted", lambda model, tok, ps, budget, **kw: seen.append(
-        ("budget", budget, len(ps), kw)) or EvalResult("budget", budget, 0.0, 1.0, 0.0))
+    monkeypatch.setattr(eval_cli, "evaluate_budgeted", lambda model, tok, ps, budget, room_for, **kw: seen.append(
+        ("budget", budget, len(ps), kw, room_for == ps)) or EvalResult("budget", budget, 0.0, 1.0, 0.0))
     common = ["--checkpoint", str(warmstart), "--device", "cpu", "--limit", "3", "--max-rows", "4", "--seed", "7"]
     eval_cli.main(common + ["--methods", "beam,budget", "--budgets", "2", "--temperature", "0.3",
                             "--max-thought-tokens", "5", "--out", str(tmp_path / "a")])
@@ -1109,8 +1109,8 @@ def test_eval_command_hands_its_settings_to_every_evaluation(tmp_path, warmstart
     assert (method, budget, n) == ("beam", 2, 3)
     assert {k: kw[k] for k in ("temperature", "max_thought_tokens", "max_rows", "seed")} == {
         "temperature": 0.3, "max_thought_tokens": 5, "max_rows": 4, "seed": 7}
-    assert budgeted == [("budget", 2, 3, {"solution_budget": 16, "max_rows": 4, "seed": 7}),
-                        ("budget", None, 3, {"solution_budget": 256, "max_rows": 4, "seed": 7})]
+    assert budgeted == [("budget", 2, 3, {"solution_budget": 16, "max_rows": 4, "seed": 7}, True),  # room: all of them
+                        ("budget", None, 3, {"solution_budget": 256, "max_rows": 4, "seed": 7}, True)]
 
 
 # -- run directories (nanoo1/runs.py) -------------------------------------------------------------------
