@@ -45,9 +45,13 @@ _HASHES = re.compile(r"####([^\n]*)")
 # LaTeX and currency decoration that never changes a value (percent signs: _PERCENT)
 _DROP = re.compile(r"\\[!,]|\\left|\\right|\\\$|\$|\^\s*\{?\\circ\}?|°")
 _PERCENT = re.compile(r"\\?%")
-_NUMBER = re.compile(rf"(?:{_TOKEN.pattern})(?:\s*%)?")  # a number as an answer: with its percent sign, if any
+# a number as an answer: with its exponent ("3e5") or its percent sign, if any
+_NUMBER = re.compile(rf"(?:{_TOKEN.pattern})(?:[eE][+-]?\d+(?![\w.]))?(?:\s*%)?")
 _TEXT = re.compile(r"\\(?:text|textbf|textrm|textit|mathrm|mathbf|mbox|operatorname)\s*\{([^{}]*)\}")
 _EXPONENT = re.compile(r"(?<=\d)[eE]([+-]?\d+)(?![\w.])")  # scientific notation: 1e5, 2.5E-3
+# a number's scale word, as the MATH grader of Lightman et al. (2023) reads it: "1.5 million" is 1500000
+_SCALE = re.compile(r"(?<=[\d})])\s*(thousand|million|billion|trillion)\b", re.IGNORECASE)
+_POWER = {"thousand": 3, "million": 6, "billion": 9, "trillion": 12}
 _UNIT = re.compile(r"[A-Za-z][A-Za-z\s^/.\d]*")  # "cm", "cm^2", "m/s", "of the pie", "dollars."
 _CHOICE = re.compile(r"\(([A-Za-z])\)(?:\s.*)?|([A-Za-z])[.):]?", re.DOTALL)  # "(B)", "(b) 12", "B", "b.", "B)"
 
@@ -102,7 +106,7 @@ def extract_answer(text: str) -> str | None:
        with text when nothing follows on its own (else the words up to the end of the sentence); the
        statement up to the end of its clause when it is worth another value ("20 + 5 = 25", "2^{10}",
        "1 1/2 cups"); "answer isn't" states none, nor does "answer is:" with nothing after it;
-    4. the last number anywhere: "1,234", "-3.5", "3/4", "\\frac{3}{4}".
+    4. the last number anywhere: "1,234", "-3.5", "3/4", "\\frac{3}{4}", "3e5".
     A number keeps its percent sign ("50%"). A trailing period is dropped. An empty last box states none,
     and so does a `\\boxed{` left open after it (the response was cut off inside its answer).
     `parse_number` turns the result into a value. Linear in the text.
@@ -141,9 +145,10 @@ def extract_answer(text: str) -> str | None:
 def _last_number(text: str) -> str | None:
     """The last number of the text ("1,234", "-3.5", "3/4", "\\frac{3}{4}"), read around its last digit;
     None when it has none, or when the last number is longer than MAX_ANSWER characters."""
-    last = max(text.rfind(digit) for digit in "0123456789")
-    if last < 0:
+    digit = re.search(r"\d", text[::-1])  # any script's digits, as _NUMBER reads them ("１８")
+    if digit is None:
         return None
+    last = len(text) - 1 - digit.start()
     lo = max(0, last - MAX_ANSWER)
     numbers = list(_NUMBER.finditer(_clean(text[lo:last + 16], percent=True)))  # "\\frac{3}{4}": the brace after the 4
     if not numbers or (lo > 0 and numbers[-1].start() == 0):
@@ -157,7 +162,7 @@ def parse_number(answer: str) -> Fraction | None:
     Currency, percent and degree signs, LaTeX spacing and `\\text{...}` are dropped, and after an "="
     only the right-hand side counts ("x = 5" is 5). What is left must be arithmetic on numbers
     (`arith.evaluate`: "1,234", "-3.5", "\\frac{3}{4}", "\\dfrac{3}{4}", "2^{10}", "3 \\times 10^5", "2.5e3",
-    "2 + 3", "1 1/2"), followed at most by a unit made of words, digits, "^" and "/" ("5 cm^2",
+    "1.5 million", "2 + 3", "1 1/2"), followed at most by a unit made of words, digits, "^" and "/" ("5 cm^2",
     "3/4 of the pie"). "x+1", "(3, 4)", "\\sqrt{2}", "B" and answers longer than MAX_ANSWER characters
     are not numbers.
     """
@@ -165,6 +170,7 @@ def parse_number(answer: str) -> Fraction | None:
         return None
     text = re.sub(r"^\s*([-+])\s+", r"\1", normalize(_clean(answer).rsplit("=", 1)[-1]))  # "- 5" is -5
     text = _EXPONENT.sub(r"*10^(\1)", text)  # "2.5e3" is 2500, not 2.5 with a unit "e3"
+    text = _SCALE.sub(lambda m: f"*10^{_POWER[m.group(1).lower()]}", text)  # "1.5 million" is 1500000, not 1.5
     unit = re.search(r"[A-Za-z]", text)
     if unit is not None and not _UNIT.fullmatch(text, unit.start()):
         return None

@@ -192,6 +192,10 @@ def load_jsonl(path) -> list[Problem]:
         for key in ("question", "answer"):
             if not isinstance(row[key], str):
                 raise ValueError(f"{path}:{i}: '{key}' must be a string, got {json.dumps(row[key])[:40]}")
+            try:
+                row[key].encode("utf-8")
+            except UnicodeEncodeError as e:  # json reads a lone "\ud83d" (half an escaped emoji) as a surrogate
+                raise ValueError(f"{path}:{i}: '{key}' holds half of a \\uXXXX surrogate pair, which is no text") from e
         final = final_answer(row["answer"])  # "#### N", a box or the whole field, as `check` reads a reference
         if final is None:
             raise ValueError(f"{path}:{i}: no final answer in {row['answer'][-40:]!r}")

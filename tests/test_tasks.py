@@ -138,6 +138,7 @@ def test_loader_errors_name_file_and_line(tmp_path):
     ('"question and answer"', r"expected a JSON object .*, got \"question and answer\""),
     ('{"question": null, "answer": "#### 3"}', r"'question' must be a string, got null"),
     ('{"question": "q?", "answer": 3}', r"'answer' must be a string, got 3"),
+    ('{"question": "Mia has 7 apples \\ud83d", "answer": "#### 7"}', r"'question' holds half of a \\uXXXX surrogate pair"),
     ('{"question": "q?", "answer": "#### 3", "steps": 3}', r"'steps' must be a list of \[x, op, b, y\], got 3"),
     ('{"question": "q?", "answer": "#### 3", "steps": [[1]]}', r"steps\[0\] must be \[x, op, b, y\] .*, got \[1\]"),
     ('{"question": "q?", "answer": "#### 3", "steps": [[1, "+", 2, 3], [3, "^", 1, 3]]}', r"steps\[1\] must be .* op one of \+ - \* /"),
