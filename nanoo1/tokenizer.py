@@ -98,8 +98,9 @@ class Tokenizer:
         return self.tk.decode(list(ids), skip_special_tokens=skip_special)
 
     def chat_prompt(self, message: str) -> str:
-        """Gemma's chat turn; encode it with add_bos=True (it starts with <bos> already: no double)."""
-        return f"<bos><start_of_turn>user\n{message}<end_of_turn>\n<start_of_turn>model\n"
+        """Gemma's chat turn, the message trimmed as the -it checkpoints' chat template trims it; encode it with
+        add_bos=True (it starts with <bos> already: no double)."""
+        return f"<bos><start_of_turn>user\n{message.strip()}<end_of_turn>\n<start_of_turn>model\n"
 
     def save(self, directory) -> None:
         """Write tokenizer.json, tokenizer_config.json and special_tokens_map.json (atomically each). The last two

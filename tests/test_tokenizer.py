@@ -50,6 +50,20 @@ def test_no_double_bos(tiny_tokenizer):
     assert tok.encode("hi", add_bos=False)[0] != tok.bos_id
 
 
+def test_the_chat_turn_is_the_one_gemma_2_its_chat_template_renders(tiny_tokenizer):
+    """google/gemma-2-*-it's chat template (its user turn and generation prompt), rendered by jinja2 as transformers
+    does: the message is trimmed."""
+    jinja2 = pytest.importorskip("jinja2")
+    template = jinja2.Template("{{ bos_token }}{% for message in messages %}{% if (message['role'] == 'assistant') %}"
+                               "{% set role = 'model' %}{% else %}{% set role = message['role'] %}{% endif %}"
+                               "{{ '<start_of_turn>' + role + '\n' + message['content'] | trim + '<end_of_turn>\n' }}"
+                               "{% endfor %}{% if add_generation_prompt %}{{'<start_of_turn>model\n'}}{% endif %}")
+    for message in ["Why is the sky blue?", "Why is the sky blue?\n", "  Hi there \n"]:
+        official = template.render(messages=[{"role": "user", "content": message}], bos_token="<bos>",
+                                   add_generation_prompt=True)
+        assert tiny_tokenizer.chat_prompt(message) == official
+
+
 def test_save_load_and_transformers_reads_it(tmp_path, tiny_tokenizer):
     tiny_tokenizer.save(tmp_path)
     again = Tokenizer.from_file(tmp_path)
