@@ -146,11 +146,14 @@ class LoRASettings:
     rank: int = 0  # LoRA rank (Hu et al. 2021): > 0 freezes the base and trains adapters only; 0: full fine-tuning
     alpha: float = 32.0  # LoRA scaling numerator: the update is (alpha / rank) B A
     targets: str = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"  # the linear layers that get adapters
-    dropout: float = 0.0  # dropout on the adapters' input
+    dropout: float = 0.0  # dropout on the adapters' input, below 1 (1 zeroes it: nothing would train)
     checkpointing: bool = True  # under LoRA, recompute each decoder layer in backward instead of keeping its activations
 
     def __post_init__(self):
         check_settings(self, positive=("alpha",), non_negative=("rank",), fraction=("dropout",))
+        if self.dropout == 1:  # as the adapters' files say (adapters.load_lora reads [0, 1))
+            raise ValueError("LoRASettings: --lora-dropout must be below 1, which zeroes every adapter input: nothing "
+                             "would train")
         if not self.targets.strip():
             raise ValueError("LoRASettings: --lora-targets names no layer")
         for t in (t.strip() for t in self.targets.split(",")):

@@ -505,7 +505,7 @@ def test_adapters_off_runs_the_base_alone_and_switches_them_back_on():
 
 def test_a_target_that_selects_nothing_is_named():
     """A misspelt entry among good ones is an error naming it, before any layer is wrapped; the run's settings
-    refuse it (and lm_head) before a model is loaded."""
+    refuse it (and lm_head, and a dropout of 1, whose adapter files the loader refuses) before a model is loaded."""
     from nanoo1.recipe import LoRASettings
 
     model = TinyGemmaLike()
@@ -516,6 +516,8 @@ def test_a_target_that_selects_nothing_is_named():
         LoRASettings(rank=2, targets="q_proj,qproj")
     with pytest.raises(ValueError, match=r"'lm_head'.*logits read its weight"):
         LoRASettings(rank=2, targets="lm_head")
+    with pytest.raises(ValueError, match=r"--lora-dropout must be below 1"):  # its adapter files would be refused
+        LoRASettings(rank=2, dropout=1.0)
 
 
 # -- edge cases: bounds, defaults and what each step leaves behind ---------------------------------------------
