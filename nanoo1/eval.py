@@ -92,13 +92,14 @@ def evaluate_budgeted(model, tokenizer, problems: list[Problem], think_budget: i
     max_rows: at most this many problems in one generate call, which bounds the KV cache (0: no limit)."""
     t = time.perf_counter()
     prompts = [tokenizer.encode(think_prompt(p.question)) for p in problems]
-    context = model.config.max_position_embeddings
-    longest = max(len(tokenizer.encode(think_prompt(p.question))) for p in room_for) if room_for else max(map(len, prompts))
-    room = context - longest - solution_budget - 1
-    if think_budget is None and room < 0:
-        raise ValueError(f"unlimited thinking: the longest prompt ({longest} tokens), </think> and the "
-                         f"{solution_budget}-token answer do not fit the model's context of {context} tokens")
-    think, end = room if think_budget is None else think_budget, tokenizer.token_id("</think>")
+    think, end = think_budget, tokenizer.token_id("</think>")
+    if think_budget is None:
+        context = model.config.max_position_embeddings
+        longest = max(len(tokenizer.encode(think_prompt(p.question))) for p in room_for or problems)
+        think = context - longest - solution_budget - 1
+        if think < 0:
+            raise ValueError(f"unlimited thinking: the longest prompt ({longest} tokens), </think> and the "
+                             f"{solution_budget}-token answer do not fit the model's context of {context} tokens")
     rows = [row for part in row_parts([1] * len(prompts), max_rows)
             for row in generate_budgeted(model, prompts[part.start:part.stop], think, solution_budget, end,
                                          stop_token_ids=[tokenizer.eos_id], tokenizer=tokenizer, seed=seed)]
