@@ -114,40 +114,48 @@ class Stop(Exception):
     pass
 
 
-def reads_the_warm_start_in_out(out: str, rank: int, world: int) -> list:
-    """selfplay.run with --overwrite, its warm start OUT/final: every rank reads it (rank 1 late), then stops."""
+def reads_its_start_in_out(entry: str, out: str, rank: int, world: int) -> list:
+    """selfplay.run (its warm start OUT/final) or evolve.run (its base OUT/policy-1) with --overwrite: every rank
+    reads its start (rank 1 late), then stops."""
     from types import SimpleNamespace
 
+    import nanoo1.evolve as evolve
     import nanoo1.selfplay as selfplay
     from nanoo1.config import apply_flags
     from nanoo1.recipe import PRESETS
 
-    seen = []
+    start, seen = Path(out) / ("final" if entry == "selfplay" else "policy-1") / "model.safetensors", []
 
-    def load_model(config, start_dir, device):
+    def read(*args, **kwargs):
         time.sleep(1.5 * rank)
-        seen.append((Path(out) / "final" / "model.safetensors").exists())
+        seen.append(start.exists())
         return SimpleNamespace(config=None), None
 
     def stop(*args):
         raise Stop
 
-    selfplay.load_model, selfplay.memory_estimate = load_model, stop
     with pytest.raises(Stop):
-        selfplay.run(apply_flags(PRESETS["tiny"], {"out": out, "warmstart": f"{out}/final"}), overwrite=True,
-                     progress=False)
+        if entry == "selfplay":
+            selfplay.load_model, selfplay.memory_estimate = read, stop
+            selfplay.run(apply_flags(PRESETS["tiny"], {"out": out, "warmstart": str(start.parent)}), overwrite=True,
+                         progress=False)
+        else:
+            evolve.load_pretrained, evolve.slip_pairs = read, stop
+            evolve.run(evolve.EvolveConfig(out=out), str(start.parent), overwrite=True)
     return seen
 
 
-def test_a_run_over_its_own_output_clears_it_after_every_rank_has_read_its_warm_start(tmp_path):
-    """--model OUT/final --overwrite: rank 0 clears OUT only once every rank has read the model it starts from."""
+@pytest.mark.parametrize("entry, start", [("selfplay", "final"), ("evolve", "policy-1")])
+def test_a_run_over_its_own_output_clears_it_after_every_rank_has_read_its_start(tmp_path, entry, start):
+    """--model OUT/final (evolve: OUT/policy-1) --overwrite: rank 0 clears OUT only once every rank has read the
+    model it starts from."""
     from functools import partial
 
-    (tmp_path / "run" / "final").mkdir(parents=True)
-    (tmp_path / "run" / "final" / "model.safetensors").write_bytes(b"weights")
+    (tmp_path / "run" / start).mkdir(parents=True)
+    (tmp_path / "run" / start / "model.safetensors").write_bytes(b"weights")
     (tmp_path / "run" / "metrics.jsonl").write_text("{}\n")
-    assert run_ranks(partial(reads_the_warm_start_in_out, str(tmp_path / "run")), tmp_path) == [[True], [True]]
-    assert not (tmp_path / "run" / "final").exists()  # cleared, as --overwrite asks
+    assert run_ranks(partial(reads_its_start_in_out, entry, str(tmp_path / "run")), tmp_path) == [[True], [True]]
+    assert not (tmp_path / "run" / start).exists()  # cleared, as --overwrite asks
 
 
 def halves(rank: int, world: int):
