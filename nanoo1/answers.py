@@ -45,12 +45,14 @@ _HASHES = re.compile(r"####([^\n]*)")
 # LaTeX and currency decoration that never changes a value (percent signs: _PERCENT)
 _DROP = re.compile(r"\\[!,]|\\left|\\right|\\\$|\$|\^\s*\{?\\circ\}?|°")
 _PERCENT = re.compile(r"\\?%")
-# a number as an answer: with its exponent ("3e5") or its percent sign, if any
-_NUMBER = re.compile(rf"(?:{_TOKEN.pattern})(?:[eE][+-]?\d+(?![\w.]))?(?:\s*%)?")
+_SCALE_WORD = r"(?i:thousand|million|billion|trillion)\b"
+# a number as an answer: with its exponent ("3e5", "3e5."), and its percent sign or scale word ("1.5 million"), if any
+_NUMBER = re.compile(rf"(?:{_TOKEN.pattern})(?:[eE][+-]?\d+(?!\w|\.\d))?(?:\s*%|\s*{_SCALE_WORD})?")
 _TEXT = re.compile(r"\\(?:text|textbf|textrm|textit|mathrm|mathbf|mbox|operatorname)\s*\{([^{}]*)\}")
-_EXPONENT = re.compile(r"(?<=\d)[eE]([+-]?\d+)(?![\w.])")  # scientific notation: 1e5, 2.5E-3
-# a number's scale word, as the MATH grader of Lightman et al. (2023) reads it: "1.5 million" is 1500000
-_SCALE = re.compile(r"(?<=[\d})])\s*(thousand|million|billion|trillion)\b", re.IGNORECASE)
+_EXPONENT = re.compile(r"(?<=\d)[eE]([+-]?\d+)(?!\w|\.\d)")  # scientific notation: 1e5, 2.5E-3
+# a number's scale word: "1.5 million" is 1500000, as the MATH grader of Lightman et al. (2023) reads million,
+# billion and trillion (and here thousand too)
+_SCALE = re.compile(rf"(?<=[\d}})])\s*({_SCALE_WORD})")
 _POWER = {"thousand": 3, "million": 6, "billion": 9, "trillion": 12}
 _UNIT = re.compile(r"[A-Za-z][A-Za-z\s^/.\d]*")  # "cm", "cm^2", "m/s", "of the pie", "dollars."
 _CHOICE = re.compile(r"\(([A-Za-z])\)(?:\s.*)?|([A-Za-z])[.):]?", re.DOTALL)  # "(B)", "(b) 12", "B", "b.", "B)"

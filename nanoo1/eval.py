@@ -95,7 +95,8 @@ def evaluate_budgeted(model, tokenizer, problems: list[Problem], think_budget: i
     think, end = think_budget, tokenizer.token_id("</think>")
     if think_budget is None:
         context = model.config.max_position_embeddings
-        longest = max(len(tokenizer.encode(think_prompt(p.question))) for p in room_for or problems)
+        longest = max(map(len, prompts)) if room_for is None else \
+            max(len(tokenizer.encode(think_prompt(p.question))) for p in room_for)
         think = context - longest - solution_budget - 1
         if think < 0:
             raise ValueError(f"unlimited thinking: the longest prompt ({longest} tokens), </think> and the "

@@ -117,7 +117,7 @@ def run_many(codes, *, workers: int | None = None, timeout: float = 5.0, memory_
         kind = (int, float) if name == "timeout" else int  # sizes are whole numbers, the timeout finite
         if isinstance(value, bool) or not isinstance(value, kind) or not 0 < value <= LIMIT_MAX[name]:
             whole = ", whole" if kind is int else ""
-            raise ValueError(f"sandbox: {name} must be a finite number > 0{whole}, at most {LIMIT_MAX[name]:g}, "
+            raise ValueError(f"sandbox: {name} must be a finite number > 0{whole}, at most {LIMIT_MAX[name]!r}, "
                              f"got {value!r}")
     codes = list(codes)
     if not codes:

@@ -44,6 +44,8 @@ from nanoo1.rewards import format_reward  # reads boxes too: the adversarial tex
     ("The answer is 1 1/2 cups; she has 3 left.", "1 1/2 cups"),
     ("The answer is 12 inches, 3 more than 9.", "12"),  # worth its first number: the number, as before
     ("so the total is 3e5", "3e5"),  # the last number with its exponent, not the exponent alone
+    ("so the total is 3e5.", "3e5"),
+    ("The population grew to 1.5 million.", "1.5 million"),  # with its scale word
     ("小明有5个苹果，现在有很多很多很多很多很多很多很多很多很多很多很多很多很多很多个，１８个", "１８"),  # any script's digits
     ("she had 5 apples and now ١٢ apples", "١٢"),
 ])
@@ -69,7 +71,8 @@ def test_last_boxed_balances_braces():
     ("50%", 50), (r"72^\circ", 72), (r"5\text{ cm}^2", 5), ("18 dollars", 18), ("x = 5", 5), ("(-2)", -2),
     ("+7", 7), ("0.125", Fraction(1, 8)),
     ("1e5", 100000), ("2.5E-3", Fraction(1, 400)), ("1.0e+2 cm", 100), ("3eggs", 3),  # an exponent is no unit
-    # a scale word scales, as the MATH grader (Lightman et al. 2023) reads it; other words are units
+    # a scale word scales, as the MATH grader (Lightman et al. 2023) reads million, billion and trillion (thousand
+    # too, here); other words are units
     (r"\$1.5 million", 1500000), ("12 thousand apples", 12000), ("2 Billion", 2 * 10 ** 9),
     (r"\frac{3}{2} million", 1500000), ("1 trillion", 10 ** 12), ("5 thousandths", 5), ("a million", None),
     ("１８", 18),

@@ -744,6 +744,14 @@ def test_a_result_the_check_cannot_read_is_not_blamed_on_the_student_code(capsys
     out = fails(ex.check_success_rates, keyed_by_node, capsys, "returned something the check could not read (KeyError")
     assert "your code raised" not in out
 
+    def calls_the_model_with_a_list(model, prompts, think_budget, solution_budget, think_end_id, **kw):
+        # raises inside the check's stand-in model, called from this line of the student's
+        return model(prompts)
+
+    out = fails(ex.check_generate_budgeted, calls_the_model_with_a_list, capsys,
+                "your code raised AttributeError: 'list' object has no attribute 'shape' (line")
+    assert out.rstrip().endswith(": return model(prompts))")  # the student's line, not the stand-in model's
+
 
 def test_misuse_raises():
     with pytest.raises(TypeError, match="check_gae expects your function"):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sysconfig
 import traceback
 from pathlib import Path
 from typing import Any, Callable, NamedTuple
@@ -50,13 +51,13 @@ def _run(name: str, cases: list[_Case]) -> bool:
         try:
             got = case.compute()
         except Exception as e:  # report it, never raise
-            where = traceback.extract_tb(e.__traceback__)[-1]
-            if Path(where.filename).parent == Path(__file__).parent:  # in the checks themselves: reading the result
+            yours = [f for f in traceback.extract_tb(e.__traceback__) if _theirs(f.filename)]
+            if yours:  # the last line of the student's that it went through
+                print(f"✗ {name}: for {case.what}, your code raised {type(e).__name__}: {e} "
+                      f"(line {yours[-1].lineno}: {yours[-1].line})")
+            else:  # only the checks and libraries: reading the result
                 print(f"✗ {name}: for {case.what}, your function returned something the check could not read "
                       f"({type(e).__name__}: {e}); the check's docstring says what it should return")
-            else:
-                print(f"✗ {name}: for {case.what}, your code raised {type(e).__name__}: {e} "
-                      f"(line {where.lineno}: {where.line})")
             return False
         wrong = _mismatch(got, case.expected, case.tol)
         if wrong is not None:
@@ -65,6 +66,15 @@ def _run(name: str, cases: list[_Case]) -> bool:
             return False
     print(f"✓ {name} matches the known answers ({len(cases)} cases)")
     return True
+
+
+_LIBRARIES = tuple({sysconfig.get_paths()[k] for k in ("stdlib", "platstdlib", "purelib", "platlib")})
+
+
+def _theirs(filename: str) -> bool:
+    """Whether a traceback's frame is the student's code: neither these checks (their stand-in models included) nor
+    Python's or an installed library's."""
+    return Path(filename).parent != Path(__file__).parent and not filename.startswith(_LIBRARIES)
 
 
 def _callable(fn, check: str) -> None:
