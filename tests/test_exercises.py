@@ -741,8 +741,11 @@ def test_a_result_the_check_cannot_read_is_not_blamed_on_the_student_code(capsys
     def keyed_by_node(tree):
         return {tree.node(i): rate for i, rate in success_rates(tree).items()}
 
-    out = fails(ex.check_success_rates, keyed_by_node, capsys, "returned something the check could not read (KeyError")
+    out = fails(ex.check_success_rates, keyed_by_node, capsys, "could not call your function or read what it returned "
+                                                                "(KeyError")
     assert "your code raised" not in out
+    fails(ex.check_success_rates, lambda tree, extra: {}, capsys,  # a signature the check cannot call
+          "could not call your function or read what it returned (TypeError")
 
     def calls_the_model_with_a_list(model, prompts, think_budget, solution_budget, think_end_id, **kw):
         # raises inside the check's stand-in model, called from this line of the student's

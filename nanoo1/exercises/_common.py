@@ -55,9 +55,9 @@ def _run(name: str, cases: list[_Case]) -> bool:
             if yours:  # the last line of the student's that it went through
                 print(f"✗ {name}: for {case.what}, your code raised {type(e).__name__}: {e} "
                       f"(line {yours[-1].lineno}: {yours[-1].line})")
-            else:  # only the checks and libraries: reading the result
-                print(f"✗ {name}: for {case.what}, your function returned something the check could not read "
-                      f"({type(e).__name__}: {e}); the check's docstring says what it should return")
+            else:  # only the checks and libraries: calling the student's function, or reading its result
+                print(f"✗ {name}: for {case.what}, the check could not call your function or read what it returned "
+                      f"({type(e).__name__}: {e}); the check's docstring says how it calls it and what it expects")
             return False
         wrong = _mismatch(got, case.expected, case.tol)
         if wrong is not None:
