@@ -91,12 +91,14 @@ def evaluate_budgeted(model, tokenizer, problems: list[Problem], think_budget: i
     `problems`: a rank's share of a sharded evaluation passes the whole set's, to think as long as one process);
     max_rows: at most this many problems in one generate call, which bounds the KV cache (0: no limit)."""
     t = time.perf_counter()
-    prompts = [tokenizer.encode(think_prompt(p.question)) for p in problems]
+    def encoded(ps: list[Problem]) -> list[list[int]]:
+        return [tokenizer.encode(think_prompt(p.question)) for p in ps]
+
+    prompts = encoded(problems)
     think, end = think_budget, tokenizer.token_id("</think>")
     if think_budget is None:
         context = model.config.max_position_embeddings
-        longest = max(map(len, prompts)) if room_for is None else \
-            max(len(tokenizer.encode(think_prompt(p.question))) for p in room_for)
+        longest = max(map(len, prompts if room_for is None else encoded(room_for)))
         think = context - longest - solution_budget - 1
         if think < 0:
             raise ValueError(f"unlimited thinking: the longest prompt ({longest} tokens), </think> and the "

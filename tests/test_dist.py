@@ -192,8 +192,9 @@ def draws(rank: int, world: int):
     items = dist.from_main(list(range(100, 123)) if p.main else None)  # rank 0's draw reaches every rank
     return {"mine": dist.shard(items, p), "all": items, "seed": dist.rank_seed(7, rank),
             "total": int(dist.total(rank + 1)), "least": dist.smallest(rank + 5),
-            "gathered": dist.gather(rank * 10), "combined": dist.combine({"acc": float(rank), "chains": 3, "x": "s", "solved": 0.4,
-                                                                         "updates": 2}, summed=("chains",)),
+            "gathered": dist.gather(rank * 10),
+            "combined": dist.combine({"acc": float(rank), "chains": 3, "x": "s", "solved": 0.4, "updates": 2},
+                                     summed=("chains",)),
             "ratio": dist.ratio(1 if rank == 0 else 2, 3 if rank == 0 else 2),  # 1 of 3 and 2 of 2 solved: 3 of 5
             "no_gradients": dist.sum_gradients(torch.nn.Linear(2, 2).parameters()),  # nothing to sum: nothing done
             "on_main": dist.on_main(lambda: (dist.place().world, float(dist.total(rank + 3)))),  # no collective waits
