@@ -36,9 +36,7 @@ def expand(policy, requests: list[Request]) -> tuple[list[list[Node]], list[Spen
         r.first_id = next_id.get(id(r.tree), r.tree.next_id)
         next_id[id(r.tree)] = r.first_id + r.k
     children, spent = [], []
-    for r, candidates in zip(requests, policy.propose(requests)):
-        if len(candidates) != r.k:
-            raise RuntimeError(f"policy.propose returned {len(candidates)} candidates for a request of {r.k}")
+    for r, candidates in zip(requests, propose(policy, requests)):
         kids = [add_candidate(r.tree, r.node, c) for c in candidates]
         if [k.id for k in kids] != [r.child_id(j) for j in range(r.k)]:
             raise RuntimeError(f"children got ids {[k.id for k in kids]}, their prompts named {[r.child_id(j) for j in range(r.k)]}")
@@ -51,6 +49,18 @@ def expand(policy, requests: list[Request]) -> tuple[list[list[Node]], list[Spen
         child.rating = "positive" if child.value >= LOG_HALF else "negative"
         spent[i].value += n
     return children, spent
+
+
+def propose(policy, requests: list[Request]) -> list[list]:
+    """policy.propose(requests), checked: one list of request.k candidates per request, or a RuntimeError naming
+    what the policy returned."""
+    proposed = policy.propose(requests)
+    if len(proposed) != len(requests):
+        raise RuntimeError(f"policy.propose returned candidates for {len(proposed)} of {len(requests)} requests")
+    for r, candidates in zip(requests, proposed):
+        if len(candidates) != r.k:
+            raise RuntimeError(f"policy.propose returned {len(candidates)} candidates for a request of {r.k}")
+    return proposed
 
 
 def judge(node: Node, ground_truth: str | None, max_depth: int, success_threshold: float = LOG_HALF,

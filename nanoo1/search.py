@@ -32,7 +32,7 @@ from dataclasses import dataclass, field, replace
 from typing import Callable
 
 from nanoo1.answers import answer_matches
-from nanoo1.grow import (LOG_HALF, SearchResult, answer_of, best_value, expand, judge, majority_vote, simulate,
+from nanoo1.grow import (LOG_HALF, SearchResult, answer_of, best_value, expand, judge, majority_vote, propose, simulate,
                          weighted_vote)
 from nanoo1.mcts import MCTSConfig, mcts
 from nanoo1.policy import Request, Spent, add_candidate
@@ -195,7 +195,8 @@ def checked_greedy(policy, questions: list[str], verify: Callable[[str], bool] |
         if hasattr(policy, "rollout"):
             chains = [chain for (chain,) in policy.rollout([r for _, r in requests], config.max_depth)]
         else:
-            chains = [[replace(c, node_id=r.child_id(0))] for (_, r), (c,) in zip(requests, policy.propose([r for _, r in requests]))]
+            proposed = propose(policy, [r for _, r in requests])
+            chains = [[replace(c, node_id=r.child_id(0))] for (_, r), (c,) in zip(requests, proposed)]
         charge(requests, chains)
         return chains
 
@@ -222,7 +223,7 @@ def checked_greedy(policy, questions: list[str], verify: Callable[[str], bool] |
                     break
             else:
                 next_live.append((i, node))
-        proposed = policy.propose([r for _, r in retry]) if retry else []
+        proposed = propose(policy, [r for _, r in retry]) if retry else []
         charge(retry, proposed)
         for (i, r), candidates in zip(retry, proposed):
             passed = [j for j, c in enumerate(candidates) if verify(c.text)]

@@ -252,6 +252,20 @@ def test_a_policy_refuses_thoughts_of_no_tokens_and_search_names_a_short_proposa
     with pytest.raises(RuntimeError, match="policy.propose returned 1 candidates for a request of 2"):
         search(policy, ["q"], SearchConfig(method="beam", n=1, expand=2))
 
+    class Empty(ScriptedPolicy):  # checked_greedy's greedy step and its fixes are proposals too
+        def propose(self, requests):
+            return [[] for _ in requests]
+
+    with pytest.raises(RuntimeError, match="policy.propose returned 0 candidates for a request of 1"):
+        checked_greedy(Empty(script, value), ["q"], None)
+
+    class Fewer(ScriptedPolicy):  # answers fewer requests than it was given
+        def propose(self, requests):
+            return super().propose(requests)[:-1]
+
+    with pytest.raises(RuntimeError, match="policy.propose returned candidates for 1 of 2 requests"):
+        search(Fewer(script, value), ["q", "q"], SearchConfig(method="beam", n=1, expand=2))
+
 
 def test_lm_policy_one_generate_and_one_value_call_per_round(model, tiny_tokenizer, monkeypatch):
     generate_calls, feed_calls = counting(monkeypatch, "generate"), counting(monkeypatch, "feed")  # feed: the value pass
