@@ -51,6 +51,16 @@ def atomic_write(path, data) -> Path:
     return path
 
 
+def remove_leftovers(directory) -> list[Path]:
+    """Delete the temp files `atomic_write` left under `directory` (at any depth) when a kill (SIGKILL, the OOM
+    killer, a preempted job) stopped it before its rename; returns them. Only for a directory nothing writes to
+    now: a resumed run's, before it writes."""
+    found = [p for p in Path(directory).rglob(".*.tmp") if p.is_file()]
+    for p in found:
+        p.unlink()
+    return found
+
+
 def check_directory(path) -> None:
     """NotADirectoryError when a file stands at `path` or above it, so that a run that would write its results
     there fails before its work, not after."""

@@ -40,7 +40,7 @@ from nanoo1.config import add_config_flags, add_process_flags, apply_flags, entr
 from nanoo1.device import process_setup, resolve_device
 from nanoo1.elastic import budget_job, budget_jobs, budget_summary, grpo_iteration, report_budgets
 from nanoo1.eval import EVAL_MCTS, EvalResult, evaluate, evaluate_sharded
-from nanoo1.files import atomic_write
+from nanoo1.files import atomic_write, remove_leftovers
 from nanoo1.iteration import imitation_iteration, ppo_iteration
 from nanoo1.policy import LMPolicy
 from nanoo1.replay import PrioritizedReplay
@@ -181,6 +181,7 @@ def run(config: SelfPlayConfig, resume: str | None = None, from_scratch: bool = 
             replay = PrioritizedReplay.load(start_dir / dist.rank_file("replay.pt", place.rank))
             memory = PrioritizedReplay.load(start_dir / dist.rank_file("imitation.pt", place.rank))
         if place.main:  # metrics.jsonl back to this checkpoint: lines a killed run wrote after it are dropped
+            remove_leftovers(out)  # and the partial files of a save it was killed in (a model's can be gigabytes)
             rewrite_jsonl(out / "metrics.jsonl", [{"eval": "before", **metrics[0]["before"]}] + metrics[1:])
 
     # -- evaluation before
