@@ -12,6 +12,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
 from nanoo1 import dist
 from nanoo1.answers import check
@@ -25,7 +26,7 @@ from nanoo1.rl import completion_logprobs, grpo_advantages
 from nanoo1.sft import set_lr
 from nanoo1.tasks import think_prompt
 from nanoo1.tokenizer import batch_ids
-from nanoo1.updates import GRPOConfig, grpo_step, micro_batch_rows
+from nanoo1.updates import GRPOConfig, grpo_step, micro_batches
 
 
 def grpo_iteration(model, tokenizer, opt, problems, it: int, config: SelfPlayConfig, seed: int = 0) -> dict:
@@ -106,13 +107,15 @@ def _grpo_updates(model, tokenizer, opt, rows, adv, seed: int, config: SelfPlayC
                      max_completion_length=g.max_rollout, beta=g.kl_beta,
                      micro_batch_tokens=config.ppo.micro_batch_tokens)
 
+    batch = {"input_ids": ids, "attention_mask": attn, "completion_mask": mask, "advantages": adv}
+
     def logprobs():  # no grad, micro-batch by micro-batch, as the updates cut them (no rows: an empty (0, 0) grid)
         if not rows:
             return torch.zeros(ids.shape, device=device)
-        parts = micro_batch_rows([ids.shape[1]] * len(rows), cfg.micro_batch_size, cfg.micro_batch_tokens)
-        return torch.cat([completion_logprobs(model, ids[r], attn[r], mask[r], cfg.temperature) for r in parts])
+        parts = [completion_logprobs(model, mb["input_ids"], mb["attention_mask"], mb["completion_mask"], cfg.temperature)
+                 for mb in micro_batches(batch, cfg.micro_batch_size, cfg.micro_batch_tokens)]
+        return torch.cat([F.pad(logp, (0, ids.shape[1] - logp.shape[1])) for logp in parts])  # back to the grid
 
-    batch = {"input_ids": ids, "attention_mask": attn, "completion_mask": mask, "advantages": adv}
     with torch.no_grad(), bf16_autocast(autocast(config), device):
         batch["old_logp"] = logprobs()
         if g.kl_beta:  # the reference: the same model with its adapters off, never a second copy

@@ -1,9 +1,9 @@
 """One optimisation step of PPO or GRPO: micro-batches, gradient accumulation, ranks, clipping.
 
 `ppo_step` and `grpo_step` take a whole batch on the (B, T) grid of `rl.py` (ids, masks, stored old log-probs,
-advantages), split it into micro-batches (`micro_batch_rows`: by rows, and by padded tokens if asked),
-accumulate the gradient of the whole batch's loss over them, sum it over torchrun ranks (`dist`), clip its
-norm and step the optimizer, whatever the micro-batch size or the number of ranks.
+advantages), split it into micro-batches (`micro_batches`: by rows, and by padded tokens if asked, each then
+cut to its own width), accumulate the gradient of the whole batch's loss over them, sum it over torchrun ranks
+(`dist`), clip its norm and step the optimizer, whatever the micro-batch size or the number of ranks.
 """
 
 from __future__ import annotations
@@ -61,11 +61,25 @@ def micro_batch_rows(lengths: list[int], size: int, max_tokens: int = 0) -> list
     return out + [slice(start, len(lengths))] if lengths else out
 
 
-def _micro_batches(batch: dict, size: int, max_tokens: int = 0):
+GRID = ("input_ids", "attention_mask", "completion_mask", "old_logp", "advantages", "ref_logp")  # (B, T) tensors
+
+
+def micro_batches(batch: dict, size: int, max_tokens: int = 0, multiple: int = 32):
+    """The batch's micro-batches (`micro_batch_rows`), each a dict of its rows of every tensor with B rows.
+
+    With a token budget (max_tokens > 0) memory follows each micro-batch's own tokens: a row counts at the
+    columns it uses (up to its last attended token, rounded up to `multiple`), and the right padding past the
+    widest row of a micro-batch is cut from its GRID tensors, which cannot change a causal model's log-probs.
+    Without one every micro-batch keeps the batch's width T."""
     B, T = batch["input_ids"].shape
-    for rows in micro_batch_rows([T] * B, size, max_tokens):
-        yield {k: v[rows] if torch.is_tensor(v) and v.dim() > 0 and v.shape[0] == B else v
-               for k, v in batch.items()}
+    widths = [T] * B
+    if max_tokens:
+        used = (batch["attention_mask"] != 0).long() * torch.arange(1, T + 1, device=batch["attention_mask"].device)
+        widths = [min(T, max(1, -(-int(n) // multiple)) * multiple) for n in used.amax(-1).tolist()]
+    for rows in micro_batch_rows(widths, size, max_tokens):
+        w = max(widths[rows])
+        yield {k: (v[rows, :w] if k in GRID and v.dim() == 2 else v[rows])
+               if torch.is_tensor(v) and v.dim() > 0 and v.shape[0] == B else v for k, v in batch.items()}
 
 
 def _apply_gradients(optimizer, max_grad_norm: float, stats: dict) -> dict:
@@ -104,7 +118,7 @@ def ppo_step(model, optimizer, batch: dict, config: PPOConfig,
     stats = dict.fromkeys(("loss", "policy_loss", "value_loss", "clip_frac", "approx_kl"), 0.0)
     row_priority = []
     optimizer.zero_grad(set_to_none=True)
-    for mb in _micro_batches(batch, config.micro_batch_size, config.micro_batch_tokens):
+    for mb in micro_batches(batch, config.micro_batch_size, config.micro_batch_tokens):
         hidden = model.hidden_states(mb["input_ids"], mb["attention_mask"])  # (b, T, C)
         logp = completion_logprobs(model, mb["input_ids"], mb["attention_mask"], mb["completion_mask"],
                                    config.temperature, config.chunk_size, hidden=hidden)  # (b, T)
@@ -150,7 +164,7 @@ def grpo_step(model, optimizer, batch: dict, config: GRPOConfig) -> dict:
     n_items = batch.get("num_items_in_batch", n_tokens)
     stats = dict.fromkeys(("loss", "clip_frac", "approx_kl") + (("kl",) if config.beta else ()), 0.0)
     optimizer.zero_grad(set_to_none=True)
-    for mb in _micro_batches(batch, config.micro_batch_size, config.micro_batch_tokens):
+    for mb in micro_batches(batch, config.micro_batch_size, config.micro_batch_tokens):
         logp = completion_logprobs(model, mb["input_ids"], mb["attention_mask"], mb["completion_mask"],
                                    config.temperature, config.chunk_size)  # (b, T)
         old = mb["old_logp"] if "old_logp" in mb else logp.detach()

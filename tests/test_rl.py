@@ -373,6 +373,37 @@ def test_ppo_step_accumulation_and_grad_clipping():
     assert torch.sqrt(sum((d ** 2).sum() for d in clipped)).item() == pytest.approx(1e-3, rel=1e-4)
 
 
+def test_a_token_budget_cuts_each_micro_batch_to_the_columns_its_rows_use():
+    """Under micro_batch_tokens a micro-batch is as wide as its own longest row (right padding cut, rounded up to
+    32 columns) and rows pack by those widths; the step is the same as without the budget."""
+    T, used = 96, [10, 40, 90, 20]  # widths 32, 64, 96, 32: micro-batches [0, 1] at 64, [2] at 96, [3] at 32
+    g = torch.Generator().manual_seed(0)
+    ids, attn, mask = torch.randint(0, 13, (4, T), generator=g), torch.zeros(4, T, dtype=torch.long), torch.zeros(4, T)
+    for b, n in enumerate(used):
+        attn[b, :n], mask[b, n // 2:n] = 1, 1
+    with torch.no_grad():
+        old = completion_logprobs(TinyLM(), ids, attn, mask)
+    batch = {"input_ids": ids, "attention_mask": attn, "completion_mask": mask, "old_logp": old + 0.1 * mask,
+             "advantages": torch.tensor([1.0, -1.0, 0.5, -0.5])[:, None] * mask}
+    shapes, real = [], TinyLM.hidden_states
+
+    def recording(self, input_ids, attention_mask=None):
+        shapes.append(tuple(input_ids.shape))
+        return real(self, input_ids, attention_mask)
+
+    inf = float("inf")
+    whole, s_whole = sgd_update(ppo_step, batch, PPOConfig(micro_batch_size=4, max_grad_norm=inf))
+    TinyLM.hidden_states = recording
+    try:
+        cut, s_cut = sgd_update(ppo_step, batch, PPOConfig(micro_batch_size=4, micro_batch_tokens=128, max_grad_norm=inf))
+    finally:
+        TinyLM.hidden_states = real
+    assert shapes == [(2, 64), (1, 96), (1, 32)]
+    for a, b in zip(whole, cut):
+        torch.testing.assert_close(a, b)
+    assert s_cut["loss"] == pytest.approx(s_whole["loss"], rel=1e-5)
+
+
 def test_ppo_step_value_loss_fn_plugs_in():
     batch = ppo_batch(TinyLM())
     batch["advantages"] = torch.zeros_like(batch["advantages"])  # no policy gradient: only the value term
