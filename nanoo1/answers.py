@@ -10,12 +10,14 @@ never raise on it. The step checker, which judges the equations along the way, i
 
 import math
 import re
+import unicodedata
 from fractions import Fraction
 
 from nanoo1.arith import evaluate, normalize
 
-# An unsigned number: "1,234" (groups of three only, so "1,2,3" is a list), "12", "3.5", ".5".
-_NUM = r"(?:\d{1,3}(?:,\d{3})+(?!\d)|\d+)(?:\.\d+)?|\.\d+"
+_VULGAR = "¼½¾⅐⅑⅒⅓⅔⅕⅖⅗⅘⅙⅚⅛⅜⅝⅞"  # Unicode's vulgar fractions (denominators at most 10; "⅟" is none)
+# An unsigned number: "1,234" (groups of three only, so "1,2,3" is a list), "12", "3.5", ".5", "2½", "½".
+_NUM = rf"(?:\d{{1,3}}(?:,\d{{3}})+(?!\d)|\d+)(?:\.\d+|[{_VULGAR}])?|\.\d+|[{_VULGAR}]"
 # A sign counts only where it cannot be a binary minus: not after a letter, digit or closing bracket.
 _SIGN = r"(?:(?<![\w)}\]])[-+])?"
 _TOKEN = re.compile(
@@ -55,6 +57,9 @@ _EXPONENT = re.compile(r"(?<=\d)[eE]([+-]?\d+)(?!\w|\.\d)")  # scientific notati
 _SCALE = re.compile(rf"(?<=[\d}})])\s*({_SCALE_WORD})")
 _POWER = {"thousand": 3, "million": 6, "billion": 9, "trillion": 12}
 _UNIT = re.compile(r"[A-Za-z][A-Za-z\s^/.\d]*")  # "cm", "cm^2", "m/s", "of the pie", "dollars."
+# a vulgar fraction after a whole number ("2½", "1,234 ½"), or after no number or bracket (" ½"; "2.5½" is none)
+_MIXED_VULGAR = re.compile(rf"(?<![\d.,])(\d+(?:,\d{{3}})*)[ \t]*([{_VULGAR}])"
+                           rf"|(?<![\d.,)\]}}%{_VULGAR} \t])([ \t]*)([{_VULGAR}])")
 _CHOICE = re.compile(r"\(([A-Za-z])\)(?:\s.*)?|([A-Za-z])[.):]?", re.DOTALL)  # "(B)", "(b) 12", "B", "b.", "B)"
 
 
@@ -93,6 +98,12 @@ def _last_output(text: str) -> str | None:
     return text[start + len("<output>"):end] if start >= 0 else None
 
 
+def _last_hashes(text: str) -> str | None:
+    """The rest of the last GSM8K `#### ...` line with text on it, or None."""
+    hashes = [m.group(1) for m in _HASHES.finditer(text) if m.group(1).strip()]
+    return hashes[-1] if hashes else None
+
+
 def _trim(answer: str) -> str | None:
     return answer.strip().rstrip(".").strip() or None
 
@@ -108,7 +119,7 @@ def extract_answer(text: str) -> str | None:
        with text when nothing follows on its own (else the words up to the end of the sentence); the
        statement up to the end of its clause when it is worth another value ("20 + 5 = 25", "2^{10}",
        "1 1/2 cups"); "answer isn't" states none, nor does "answer is:" with nothing after it;
-    4. the last number anywhere: "1,234", "-3.5", "3/4", "\\frac{3}{4}", "3e5".
+    4. the last number anywhere: "1,234", "-3.5", "3/4", "\\frac{3}{4}", "3e5", "3¾".
     A number keeps its percent sign ("50%"). A trailing period is dropped. An empty last box states none,
     and so does a `\\boxed{` left open after it (the response was cut off inside its answer).
     `parse_number` turns the result into a value. Linear in the text.
@@ -127,9 +138,9 @@ def extract_answer(text: str) -> str | None:
         boxed = last_boxed(text)
     if boxed is not None:  # an empty box states none
         return _trim(boxed)
-    hashes = [m.group(1) for m in _HASHES.finditer(text) if m.group(1).strip()]
-    if hashes:
-        return _trim(hashes[-1])
+    hashes = _last_hashes(text)
+    if hashes is not None:
+        return _trim(hashes)
     stated = None
     for stated in _ANSWER_IS.finditer(text):
         pass
@@ -145,9 +156,9 @@ def extract_answer(text: str) -> str | None:
 
 
 def _last_number(text: str) -> str | None:
-    """The last number of the text ("1,234", "-3.5", "3/4", "\\frac{3}{4}"), read around its last digit;
-    None when it has none, or when the last number is longer than MAX_ANSWER characters."""
-    digit = re.search(r"\d", text[::-1])  # any script's digits, as _NUMBER reads them ("１８")
+    """The last number of the text ("1,234", "-3.5", "3/4", "\\frac{3}{4}", "3¾"), read around its last digit or
+    vulgar fraction; None when it has none, or when the last number is longer than MAX_ANSWER characters."""
+    digit = re.search(rf"[\d{_VULGAR}]", text[::-1])  # any script's digits, as _NUMBER reads them ("１８")
     if digit is None:
         return None
     last = len(text) - 1 - digit.start()
@@ -164,19 +175,27 @@ def parse_number(answer: str) -> Fraction | None:
     Currency, percent and degree signs, LaTeX spacing and `\\text{...}` are dropped, and after an "="
     only the right-hand side counts ("x = 5" is 5). What is left must be arithmetic on numbers
     (`arith.evaluate`: "1,234", "-3.5", "\\frac{3}{4}", "\\dfrac{3}{4}", "2^{10}", "3 \\times 10^5", "2.5e3",
-    "1.5 million", "2 + 3", "1 1/2"), followed at most by a unit made of words, digits, "^" and "/" ("5 cm^2",
-    "3/4 of the pie"). "x+1", "(3, 4)", "\\sqrt{2}", "B" and answers longer than MAX_ANSWER characters
-    are not numbers.
+    "1.5 million", "2 + 3", "1 1/2"; vulgar fractions: "⅓" is 1/3, "2½" and "2 ½" 5/2), followed at most by a
+    unit made of words, digits, "^" and "/" ("5 cm^2", "3/4 of the pie"). "x+1", "(3, 4)", "\\sqrt{2}", "B",
+    "2.5½" and answers longer than MAX_ANSWER characters are not numbers.
     """
     if len(answer) > MAX_ANSWER:
         return None
-    text = re.sub(r"^\s*([-+])\s+", r"\1", normalize(_clean(answer).rsplit("=", 1)[-1]))  # "- 5" is -5
+    text = _MIXED_VULGAR.sub(_vulgar, _clean(answer).rsplit("=", 1)[-1])
+    text = re.sub(r"^\s*([-+])\s+", r"\1", normalize(text))  # "- 5" is -5
     text = _EXPONENT.sub(r"*10^(\1)", text)  # "2.5e3" is 2500, not 2.5 with a unit "e3"
     text = _SCALE.sub(lambda m: f"*10^{_POWER[m.group(1).lower()]}", text)  # "1.5 million" is 1500000, not 1.5
     unit = re.search(r"[A-Za-z]", text)
     if unit is not None and not _UNIT.fullmatch(text, unit.start()):
         return None
     return evaluate(text[:unit.start()] if unit is not None else text)
+
+
+def _vulgar(match: re.Match) -> str:
+    """A vulgar fraction as arithmetic: "2½" -> "(2+1/2)", " ½" -> " (1/2)"."""
+    whole, fraction, space, alone = match.groups()
+    value = Fraction(unicodedata.numeric(fraction or alone)).limit_denominator(10)  # exact: ⅓ is 1/3
+    return f"({whole}+{value})" if whole else f"{space}({value})"
 
 
 def _choice(answer: str) -> str | None:
@@ -216,13 +235,14 @@ def _reference_answer(ground_truth) -> str | None:
 
 
 def final_answer(solution: str) -> str | None:
-    """The final answer a reference solution states (None: an empty one): the rest of its last `#### ...` line
-    (GSM8K), else the content of its last `\\boxed{}` (MATH), else the whole text; stripped, a trailing period
-    dropped. How `check` reads a string ground truth and `tasks.load_jsonl` an answer field."""
-    if "####" in solution:
-        return _trim(solution.rsplit("####", 1)[1].partition("\n")[0])
-    boxed = last_boxed(solution)
-    return _trim(boxed if boxed is not None else solution)
+    """The final answer a reference solution states (None: an empty one), in `extract_answer`'s order: the content
+    of its last complete `\\boxed{}` (MATH), else the rest of its last `#### ...` line with text on it (GSM8K; none
+    if all are empty), else the whole text; stripped, a trailing period dropped. How `check` reads a string ground
+    truth and `tasks.load_jsonl` an answer field."""
+    answer = last_boxed(solution)
+    if answer is None and "####" in solution:
+        answer = _last_hashes(solution) or ""  # empty "####" lines: no answer, not the work above them
+    return _trim(answer if answer is not None else solution)
 
 
 def _candidates(answer: str, value: Fraction, other: str) -> set:

@@ -167,8 +167,9 @@ def _is_step(s) -> bool:
 
 def load_jsonl(path) -> list[Problem]:
     """GSM8K-style jsonl: {"question", "answer": "...#### N"} per line, both strings (and nanoo1's optional
-    "steps", a list of [x, op, b, y]); a MATH-style answer field without "####" gives its last box. A file that is not UTF-8 or a line that breaks this raises ValueError
-    naming path:line."""
+    "steps", a list of [x, op, b, y]); the answer is the field's final answer (`answers.final_answer`: a MATH-style
+    field's last box, else its last "####" line). A file that is not UTF-8 or a line that breaks this raises
+    ValueError naming path:line."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: dataset file not found")

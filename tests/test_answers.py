@@ -5,7 +5,8 @@ from fractions import Fraction
 import pytest
 
 from conftest import gsm8k_rows
-from nanoo1.answers import answer_matches, check, extract_answer, last_boxed, normalize_answer, parse_number
+from nanoo1.answers import (answer_matches, check, extract_answer, final_answer, last_boxed, normalize_answer,
+                            parse_number)
 from nanoo1.rewards import format_reward  # reads boxes too: the adversarial texts time it
 
 
@@ -287,3 +288,31 @@ def test_the_last_hash_line_the_right_of_the_last_equals_and_the_tolerance_for_a
     assert extract_answer("#### 5\nWait, a slip.\n#### 7") == "7"
     assert parse_number("x = 2 + 3 = 5") == Fraction(5) and check("\\boxed{x = 2 + 3 = 5}", "5")
     assert answer_matches("2.0000001", "2") and not answer_matches("1000001", "1000000")
+
+
+@pytest.mark.parametrize("answer, value", [
+    ("½", Fraction(1, 2)), ("1½", Fraction(3, 2)), ("2½", Fraction(5, 2)), ("-1½", Fraction(-3, 2)),
+    ("⅓", Fraction(1, 3)), ("⅒", Fraction(1, 10)), ("½ cup", Fraction(1, 2)), ("1,234½", Fraction(2469, 2)),
+    ("2 ½", Fraction(5, 2)), ("3 × ½", Fraction(3, 2)), ("6 ÷ ½", 12), ("2½/5", Fraction(1, 2)),  # as "2 1/2"
+    ("⅟", None), ("2.5½", None), ("2^½", None), ("½½", None),
+])
+def test_parse_number_reads_vulgar_fractions_exactly(answer, value):
+    assert parse_number(answer) == value
+
+
+def test_vulgar_fractions_are_read_wherever_an_answer_is():
+    assert check("The answer is 2½", "2.5") and check(r"\boxed{⅔}", "2/3") and not check(r"\boxed{⅔}", "0.667")
+    assert extract_answer("She had 2 cups and used ½, so she has 3¾ cups") == "3¾"
+    assert extract_answer("5 apples and ¾ of a pie, ¾ of a pie, ¾ of a pie left") == "¾"
+    assert check("so she has 3¾ cups", "15/4") and normalize_answer("1½") == "3/2"
+
+
+def test_final_answer_reads_the_last_box_then_the_last_hash_line_then_the_text():
+    """The order of `extract_answer`: a markdown "#### Solution" heading is not the answer a later box holds."""
+    assert final_answer("#### Solution\nWe add.\n\\boxed{5}") == "5"
+    assert final_answer("He earns 8 * 9 = 72\n#### 72") == "72"
+    assert final_answer("#### 72\n####") == final_answer("#### 72\n#### \n") == "72"  # an empty line states none
+    assert final_answer("2 + 2 = 4\n#### ") is None  # nor is the work above it the answer
+    assert final_answer(r"\boxed{5} \boxed{6") == "5" and final_answer(" 12. ") == "12"
+    for text in ("#### Solution\nWe add.\n\\boxed{5}", "#### 72\n####", "x\n#### 7\n\\boxed{8}"):
+        assert final_answer(text) == extract_answer(text)

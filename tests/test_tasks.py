@@ -75,8 +75,9 @@ def test_loader_skips_white_space_lines_and_strips_a_bare_answer(tmp_path):
 
 
 def test_loader_reads_the_final_answer_as_check_reads_a_reference(tmp_path):
-    """One reading of a reference solution (`answers.final_answer`) for the loader and `check`: the rest of the last
-    "####" line (text on later lines is not the answer), else a MATH-style solution's last box, else the field."""
+    """One reading of a reference solution (`answers.final_answer`) for the loader and `check`: a MATH-style
+    solution's last box, else the rest of the last "####" line (text on later lines is not the answer), else the
+    field."""
     fields = ["He earns 8 * 9 = 72\n#### 72", "#### 72\nmore on the next line", r"so $x = \boxed{\frac{1}{2}}$.", "12."]
     path = tmp_path / "p.jsonl"
     path.write_text("".join(json.dumps({"question": "q?", "answer": a}) + "\n" for a in fields))
