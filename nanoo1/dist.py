@@ -124,11 +124,13 @@ def shard(items: list, p: Place) -> list:
 
 def shard_by_size(sizes: list[float], p: Place) -> list[int]:
     """The indices of this rank's share of items of these sizes, the ranks' totals balanced: the largest first,
-    each to the rank that holds least so far (the lowest of equals), so items of one size go round as in `shard`."""
-    loads, mine = [0.0] * p.world, []
+    each to the rank that holds least so far (of equals, the one with fewest items, then the lowest), so items of
+    one size, 0 included, go round as in `shard`."""
+    loads, counts, mine = [0.0] * p.world, [0] * p.world, []
     for i in sorted(range(len(sizes)), key=lambda i: -sizes[i]):
-        r = loads.index(min(loads))
+        r = min(range(p.world), key=lambda r: (loads[r], counts[r]))
         loads[r] += sizes[i]
+        counts[r] += 1
         if r == p.rank:
             mine.append(i)
     return sorted(mine)

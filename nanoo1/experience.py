@@ -134,6 +134,8 @@ def imitation_items(tokenizer, paths: list[list]) -> list[tuple[list[int], list[
 
 def collate_chains(items: list[dict], pad_id: int, weights=None, multiple: int = 32) -> dict:
     """Padded (B, T) and (B, K) tensors of chain items for `updates.ppo_step` (lengths rounded up to `multiple`)."""
+    if not items:
+        raise ValueError("collate_chains: no chain items to collate")
     ids, attn = batch_ids([it["ids"] for it in items], pad_id, multiple=multiple)
     T = ids.shape[1]
     batch = {"input_ids": ids, "attention_mask": attn, "completion_mask": right_pad([it["mask"] for it in items], 0, T),

@@ -285,6 +285,7 @@ def test_shard_by_size_balances_the_ranks_totals_and_goes_round_for_equal_sizes(
     assert [dist.shard_by_size([2, 2, 1, 1, 1, 1], p) for p in two] == [[0, 2, 4], [1, 3, 5]]
     assert [dist.shard_by_size([1] * 5, p) for p in two] == [dist.shard(list(range(5)), p) for p in two]
     assert dist.shard_by_size([1, 4, 2], dist.Place()) == [0, 1, 2]
+    assert [dist.shard_by_size([0] * 4, p) for p in two] == [[0, 2], [1, 3]]  # sizes 0 go round too, not all to rank 0
 
 
 def test_one_process_is_rank_0_of_1_and_untouched():

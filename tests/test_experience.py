@@ -221,6 +221,8 @@ def test_collate_pads_to_the_multiple_and_carries_stamps_and_weights():
     two = {"ids": [6] * 3, "mask": [0, 1, 1], "advantages": [0.0, -0.5, -0.5], "value_pos": [2], "value_target": [0.0],
            "old_logp": [-2.0] * 3, "old_value": [0.3]}
     batch = collate_chains([one, two], pad_id=0, weights=[0.5, 2.0], multiple=8)
+    with pytest.raises(ValueError, match="collate_chains: no chain items"):
+        collate_chains([], pad_id=0)
     assert batch["input_ids"].shape == (2, 16) and batch["old_logp"].shape == (2, 16)  # 10 tokens -> 16
     assert batch["value_mask"].tolist() == [[1, 1], [1, 0]]  # per value position, (B, K)
     torch.testing.assert_close(batch["old_value"], torch.tensor([[0.4, 0.6], [0.3, 0.0]]))  # (B, K), not (B, T)
