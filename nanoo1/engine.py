@@ -17,6 +17,7 @@ it was not emitted, then answer in up to `solution_budget` tokens, in the same c
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 
 import torch
@@ -243,10 +244,14 @@ def _prefill(model, prompts, num_samples, extra_len, stop_token_ids, stop_string
                          f"lengths {[len(p) for p in prompts][:8]}, num_samples {num_samples}, room {extra_len}")
     if stop_strings is not None and tokenizer is None:
         raise ValueError("stop_strings need a tokenizer to decode the generated text")
+    longest, context = max(map(len, prompts)), getattr(model.config, "max_position_embeddings", None)
+    if context is not None and longest + extra_len > context:  # Gemma-2's RoPE runs past it: a warning, not an error
+        warnings.warn(f"a prompt of {longest:,} tokens with room for {extra_len:,} new ones passes the model's context "
+                      f"of {context:,} (max_position_embeddings); positions past it were never trained", stacklevel=4)
     eos = model.config.eos_token_id
     stop_ids = _per_row(stop_token_ids, len(prompts), eos if isinstance(eos, list) else [eos])
     stops = _per_row(stop_strings, len(prompts), [])
-    cache = model.new_cache(len(prompts), max(len(p) for p in prompts) + extra_len)
+    cache = model.new_cache(len(prompts), longest + extra_len)
     logits = feed(model, cache, [list(p) for p in prompts])  # (B, V)
     order = [i for i in range(len(prompts)) for _ in range(num_samples)]
     if num_samples > 1:

@@ -4,7 +4,7 @@
     python -m nanoo1.generate --checkpoint google/gemma-2-2b --prompt "Hello I am" --max-new-tokens 20
     python -m nanoo1.generate --checkpoint DIR --chat --prompt "Why is the sky blue?" --temperature 0.7
 
-Prints each sample with its finish reason, mean token log-prob and mean entropy.
+Prints each sample (without the stop token it ended on) with its finish reason, mean token log-prob and mean entropy.
 """
 
 from __future__ import annotations
@@ -82,7 +82,7 @@ def main(argv=None):
         mean_entropy = sum(r.entropy) / max(len(r.entropy), 1)
         print(f"--- sample {i}: {len(r.tokens)} tokens, {r.finish_reason}, mean log-prob {r.mean_logprob:.3f}, "
               f"mean entropy {mean_entropy:.3f}")
-        print(args.prompt + r.text)
+        print(args.prompt + (tokenizer.decode(r.tokens[:-1]) if r.finish_reason == "stop_token" else r.text))
     n = sum(len(r.tokens) for r in results)
     print(f"{n} tokens in {elapsed:.2f} s ({n / elapsed:.1f} tokens/s)")
 

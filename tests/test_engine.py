@@ -382,6 +382,49 @@ def test_generate_cli_passes_its_flags_to_the_engine_and_prints_each_sample(monk
     assert calls[-1][1]["temperature"] == 0.0 and calls[-1][1]["num_samples"] == 1
 
 
+@pytest.mark.parametrize("stop", ["<end_of_turn>", "<eos>"])
+def test_generate_cli_prints_a_chat_reply_without_the_stop_token_it_ended_on(tmp_path, capsys, stop):
+    """A checkpoint whose greedy reply is one word and then `stop`: the CLI prints the word alone, while the sample's
+    token count (and the engine's Completion) keep the stop token. The layers add nothing (post-norms of weight -1),
+    so the next token is the likeliest after the last one alone, by the embeddings' dot products."""
+    import nanoo1.generate as cli
+    from nanoo1.checkpoint import save_pretrained
+
+    model, tok = cli.tiny_random(0)
+    last, word, end = tok.encode(tok.chat_prompt("Tom has"))[-1], tok.encode("apples", add_bos=False)[0], tok.token_id(stop)
+    e1, e2 = torch.eye(model.config.hidden_size)[:2]
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith(("post_attention_layernorm.weight", "post_feedforward_layernorm.weight")):
+                p.fill_(-1.0)  # Gemma's norms scale by 1 + w: each layer's output is zero
+        emb = model.model.embed_tokens.weight.zero_()
+        emb[last], emb[word], emb[end] = e1, 2 * e1 + e2, 6 * e2  # last -> word (2 > 1), word -> end (6 > 5)
+    save_pretrained(model, tok, tmp_path / "ckpt")
+    cli.main(["--checkpoint", str(tmp_path / "ckpt"), "--chat", "--prompt", "Tom has", "--max-new-tokens", "5"])
+    out = capsys.readouterr().out
+    assert "--- sample 0: 2 tokens, stop_token," in out
+    assert f"\nTom has{tok.decode([word])}\n" in out and stop not in out
+
+
+def test_a_prompt_past_the_models_context_is_warned_once_per_call():
+    """Prompt plus new-token room past max_position_embeddings warns (once, naming the longest prompt, the room and
+    the context) and generates anyway; a call that fits exactly is silent, and the budgeted rollout warns too."""
+    import warnings
+
+    model = random_model(Gemma2Config.preset("tiny", max_position_embeddings=32), seed=0)
+    prompts = prompts_of([5, 20])
+    with pytest.warns(UserWarning) as caught:
+        rows = generate(model, prompts, 13, stop_token_ids=[])
+    assert [str(w.message) for w in caught] == ["a prompt of 20 tokens with room for 13 new ones passes the model's "
+                                                "context of 32 (max_position_embeddings); positions past it were never trained"]
+    assert [len(r.tokens) for r in rows] == [13, 13]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        generate(model, prompts, 12, stop_token_ids=[])
+    with pytest.warns(UserWarning, match=r"a prompt of 20 tokens with room for 13 new ones .* context of 32"):
+        generate_budgeted(model, prompts, 8, 4, think_end_id=4, stop_token_ids=[])
+
+
 def test_hold_freed_memory_is_applied_on_glibc():
     import platform
 
