@@ -95,8 +95,8 @@ def _read_adapter_config(path: Path) -> tuple[int, float, float]:
         raise ValueError(f"{path}: r={r!r}, expected an integer >= 1")
     if type(alpha) not in (int, float) or not 0 < alpha < math.inf:
         raise ValueError(f"{path}: lora_alpha={alpha!r}, expected a positive number")
-    if type(dropout) not in (int, float) or not 0 <= dropout < 1:
-        raise ValueError(f"{path}: lora_dropout={dropout!r}, expected a number in [0, 1)")
+    if type(dropout) not in (int, float) or not 0 <= dropout <= 1:  # peft's bounds: dropout acts in training only
+        raise ValueError(f"{path}: lora_dropout={dropout!r}, expected a number in [0, 1]")
     for key in UNSUPPORTED:
         if c.get(key) not in (None, False, {}, [], "none"):
             raise ValueError(f"{path}: {key}={c[key]!r} is not supported; nanoo1 reads plain LoRA "

@@ -151,7 +151,7 @@ class LoRASettings:
 
     def __post_init__(self):
         check_settings(self, positive=("alpha",), non_negative=("rank",), fraction=("dropout",))
-        if self.dropout == 1:  # as the adapters' files say (adapters.load_lora reads [0, 1))
+        if self.dropout == 1:  # a file of adapters may say 1 (PEFT allows it; they only infer), a run may not
             raise ValueError("LoRASettings: --lora-dropout must be below 1, which zeroes every adapter input: nothing "
                              "would train")
         if not self.targets.strip():

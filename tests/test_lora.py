@@ -505,7 +505,7 @@ def test_adapters_off_runs_the_base_alone_and_switches_them_back_on():
 
 def test_a_target_that_selects_nothing_is_named():
     """A misspelt entry among good ones is an error naming it, before any layer is wrapped; the run's settings
-    refuse it (and lm_head, and a dropout of 1, whose adapter files the loader refuses) before a model is loaded."""
+    refuse it (and lm_head, and a dropout of 1, which would train nothing) before a model is loaded."""
     from nanoo1.recipe import LoRASettings
 
     model = TinyGemmaLike()
@@ -516,18 +516,19 @@ def test_a_target_that_selects_nothing_is_named():
         LoRASettings(rank=2, targets="q_proj,qproj")
     with pytest.raises(ValueError, match=r"'lm_head'.*logits read its weight"):
         LoRASettings(rank=2, targets="lm_head")
-    with pytest.raises(ValueError, match=r"--lora-dropout must be below 1"):  # its adapter files would be refused
+    with pytest.raises(ValueError, match=r"--lora-dropout must be below 1"):
         LoRASettings(rank=2, dropout=1.0)
 
 
 # -- edge cases: bounds, defaults and what each step leaves behind ---------------------------------------------
 def test_config_values_are_checked_and_defaults_are_plain_lora(tmp_path):
-    """r an int >= 1 (not a bool), lora_alpha in (0, inf), lora_dropout in [0, 1); a config without lora_dropout or
+    """r an int >= 1 (not a bool), lora_alpha in (0, inf), lora_dropout in [0, 1]; a config without lora_dropout or
     init_lora_weights is plain LoRA (dropout 0, peft's default init True), and init False (B random) is plain too."""
     d = tmp_path / "adapters"
     save_lora(apply_lora(TinyGemmaLike(), ("q_proj",), rank=2, alpha=4.0, dropout=0.1), d)
     config, tensors = _adapter_files(d)
-    for key, bad in (("r", True), ("lora_alpha", 0), ("lora_alpha", float("inf")), ("lora_dropout", 1)):
+    for key, bad in (("r", True), ("lora_alpha", 0), ("lora_alpha", float("inf")), ("lora_dropout", 1.5),
+                     ("lora_dropout", -0.1)):
         _rewrite(d, {**config, key: bad}, tensors)
         with pytest.raises(ValueError, match=rf"adapter_config\.json: {key}={bad!r}, expected"):
             load_lora(TinyGemmaLike(), d)
@@ -539,6 +540,17 @@ def test_config_values_are_checked_and_defaults_are_plain_lora(tmp_path):
     model = load_lora(TinyGemmaLike(), d)
     save_lora(model, tmp_path / "again")  # the dropout it was given, written back: 0.0
     assert json.loads((tmp_path / "again" / "adapter_config.json").read_text())["lora_dropout"] == 0.0
+
+
+def test_adapters_saved_with_a_dropout_of_1_load_as_peft_loads_them(tmp_path):
+    """peft accepts lora_dropout 1.0 (dropout acts in training only): they load, with that dropout, and outside
+    training compute what the same adapters with no dropout do."""
+    model = randomize_lora(apply_lora(TinyGemmaLike(), ("q_proj",), rank=2, alpha=4.0))
+    save_lora(model, tmp_path / "a")
+    _rewrite(tmp_path / "a", {"lora_dropout": 1.0})
+    loaded = load_lora(TinyGemmaLike(), tmp_path / "a")
+    assert loaded.model.layers[0].self_attn.q_proj.lora_dropout.p == 1.0
+    assert torch.equal(loaded.eval()(IDS), model.eval()(IDS))
 
 
 def test_save_refuses_adapters_with_different_dropouts(tmp_path):
