@@ -45,7 +45,8 @@ def ppm_pairs(tokenizer, trees: list[Tree]) -> list[list[tuple[list[int], list[i
     out = []
     for tree in trees:
         pairs = preference_pairs(tree, usable=lambda node: step_ran(node.text)) + final_pairs(tree)
-        encoded = [(ppm_input(tokenizer, tree.path(p)), ppm_input(tokenizer, tree.path(n))) for p, n in pairs]
+        ids = {node.id: ppm_input(tokenizer, tree.path(node)) for pair in pairs for node in pair}  # each path once
+        encoded = [(ids[p.id], ids[n.id]) for p, n in pairs]
         if encoded:
             out.append(list({(tuple(p), tuple(n)): (p, n) for p, n in encoded}.values()))
     return out
