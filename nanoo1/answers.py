@@ -17,7 +17,7 @@ from nanoo1.arith import evaluate, normalize
 
 _VULGAR = "¼½¾⅐⅑⅒⅓⅔⅕⅖⅗⅘⅙⅚⅛⅜⅝⅞"  # Unicode's vulgar fractions (denominators at most 10; "⅟" is none)
 # An unsigned number: "1,234" (groups of three only, so "1,2,3" is a list), "12", "3.5", ".5", "2½", "½".
-_NUM = rf"(?:\d{{1,3}}(?:,\d{{3}})+(?!\d)|\d+)(?:\.\d+|[{_VULGAR}])?|\.\d+|[{_VULGAR}]"
+_NUM = rf"(?:\d{{1,3}}(?:,\d{{3}})+(?!\d)|\d+)(?:\.\d+|[ \t]*[{_VULGAR}])?|\.\d+|[{_VULGAR}]"
 # A sign counts only where it cannot be a binary minus: not after a letter, digit or closing bracket.
 _SIGN = r"(?:(?<![\w)}\]])[-+])?"
 _TOKEN = re.compile(
@@ -59,7 +59,7 @@ _POWER = {"thousand": 3, "million": 6, "billion": 9, "trillion": 12}
 _UNIT = re.compile(r"[A-Za-z][A-Za-z\s^/.\d]*")  # "cm", "cm^2", "m/s", "of the pie", "dollars."
 # a vulgar fraction after a whole number ("2½", "1,234 ½"), or after no number or bracket (" ½"; "2.5½" is none)
 _MIXED_VULGAR = re.compile(rf"(?<![\d.,])(\d+(?:,\d{{3}})*)[ \t]*([{_VULGAR}])"
-                           rf"|(?<![\d.,)\]}}%{_VULGAR} \t])([ \t]*)([{_VULGAR}])")
+                           rf"|(?<![\d.,)\]}}%{_VULGAR}\s])([ \t]*)([{_VULGAR}])")
 _CHOICE = re.compile(r"\(([A-Za-z])\)(?:\s.*)?|([A-Za-z])[.):]?", re.DOTALL)  # "(B)", "(b) 12", "B", "b.", "B)"
 
 

@@ -4,9 +4,13 @@ check that a directory a run will write to can be made, done before the run's wo
 from __future__ import annotations
 
 import os
+import re
 import stat
 import tempfile
 from pathlib import Path
+
+
+_LEFTOVER = re.compile(r"\..+\.[a-z0-9_]{8}\.tmp")  # `atomic_write`'s temp file: mkstemp(prefix=".{name}.", suffix=".tmp")
 
 
 def _mode(path: Path) -> int:
@@ -53,9 +57,10 @@ def atomic_write(path, data) -> Path:
 
 def remove_leftovers(directory) -> list[Path]:
     """Delete the temp files `atomic_write` left under `directory` (at any depth) when a kill (SIGKILL, the OOM
-    killer, a preempted job) stopped it before its rename; returns them. Only for a directory nothing writes to
-    now: a resumed run's, before it writes."""
-    found = [p for p in Path(directory).rglob(".*.tmp") if p.is_file()]
+    killer, a preempted job) stopped it before its rename: mkstemp's names, `.{name}.` and 8 characters of
+    [a-z0-9_] then `.tmp`; returns them. Only for a directory nothing writes to now: a resumed run's, before it
+    writes."""
+    found = [p for p in Path(directory).rglob(".*.tmp") if p.is_file() and _LEFTOVER.fullmatch(p.name)]
     for p in found:
         p.unlink()
     return found

@@ -54,7 +54,7 @@ def expand(policy, requests: list[Request]) -> tuple[list[list[Node]], list[Spen
 def propose(policy, requests: list[Request]) -> list[list]:
     """policy.propose(requests), checked: one list of request.k candidates per request, or a RuntimeError naming
     what the policy returned."""
-    proposed = policy.propose(requests)
+    proposed = [list(candidates) for candidates in policy.propose(requests)]  # a policy may yield them
     if len(proposed) != len(requests):
         raise RuntimeError(f"policy.propose returned candidates for {len(proposed)} of {len(requests)} requests")
     for r, candidates in zip(requests, proposed):

@@ -61,7 +61,7 @@ def micro_batch_rows(lengths: list[int], size: int, max_tokens: int = 0) -> list
     return out + [slice(start, len(lengths))] if lengths else out
 
 
-GRID = ("input_ids", "attention_mask", "completion_mask", "old_logp", "advantages", "ref_logp")  # (B, T) tensors
+POSITIONS = ("value_pos", "value_target", "value_mask", "old_value")  # (B, K): per value position, not per token
 
 
 def micro_batches(batch: dict, size: int, max_tokens: int = 0, multiple: int = 32):
@@ -69,8 +69,8 @@ def micro_batches(batch: dict, size: int, max_tokens: int = 0, multiple: int = 3
 
     With a token budget (max_tokens > 0) memory follows each micro-batch's own tokens: a row counts at the
     columns it uses (up to its last attended token, rounded up to `multiple`), and the right padding past the
-    widest row of a micro-batch is cut from its GRID tensors, which cannot change a causal model's log-probs.
-    Without one every micro-batch keeps the batch's width T."""
+    widest row of a micro-batch is cut from its (B, T) tensors (all but the POSITIONS ones, whose K may equal T),
+    which cannot change a causal model's log-probs. Without one every micro-batch keeps the batch's width T."""
     B, T = batch["input_ids"].shape
     widths = [T] * B
     if max_tokens:
@@ -78,7 +78,7 @@ def micro_batches(batch: dict, size: int, max_tokens: int = 0, multiple: int = 3
         widths = [min(T, max(1, -(-int(n) // multiple)) * multiple) for n in used.amax(-1).tolist()]
     for rows in micro_batch_rows(widths, size, max_tokens):
         w = max(widths[rows])
-        yield {k: (v[rows, :w] if k in GRID and v.dim() == 2 else v[rows])
+        yield {k: (v[rows, :w] if v.shape == (B, T) and k not in POSITIONS else v[rows])
                if torch.is_tensor(v) and v.dim() > 0 and v.shape[0] == B else v for k, v in batch.items()}
 
 
@@ -100,8 +100,9 @@ def ppo_step(model, optimizer, batch: dict, config: PPOConfig,
 
     batch: input_ids, attention_mask, completion_mask (B, T); old_logp (B, T) stored at collection time;
     advantages (B, T) or (B,), e.g. from `gae`; optionally weights (B,), per-row importance weights.
-    Extra tensors with B rows are sliced along with them and handed to `value_loss_fn(model, micro_batch,
-    hidden)` with the decoder's output of that forward pass (so the value costs no second forward), which
+    Extra tensors with B rows are sliced along with them (under a token budget (B, T) ones are cut to the
+    micro-batch's width, `micro_batches`) and handed to `value_loss_fn(model, micro_batch, hidden)` with the
+    decoder's output of that forward pass (so the value costs no second forward), which
     returns the micro-batch's mean value loss (for nanoo1 the rating-token value loss): over its value
     positions when the batch has a value_mask (B, K), else over its rows; or (loss, priorities (b,)), e.g.
     `td_priority`. The accumulated gradient equals that of the whole batch (token mean for the policy,

@@ -295,6 +295,7 @@ def test_the_last_hash_line_the_right_of_the_last_equals_and_the_tolerance_for_a
     ("⅓", Fraction(1, 3)), ("⅒", Fraction(1, 10)), ("½ cup", Fraction(1, 2)), ("1,234½", Fraction(2469, 2)),
     ("2 ½", Fraction(5, 2)), ("3 × ½", Fraction(3, 2)), ("6 ÷ ½", 12), ("2½/5", Fraction(1, 2)),  # as "2 1/2"
     ("⅟", None), ("2.5½", None), ("2^½", None), ("½½", None),
+    ("4\n½", None), ("4\u202f½", None),  # a line break or another space is no mixed number ("4 ½" is), nor 4 x ½
 ])
 def test_parse_number_reads_vulgar_fractions_exactly(answer, value):
     assert parse_number(answer) == value
@@ -305,6 +306,9 @@ def test_vulgar_fractions_are_read_wherever_an_answer_is():
     assert extract_answer("She had 2 cups and used ½, so she has 3¾ cups") == "3¾"
     assert extract_answer("5 apples and ¾ of a pie, ¾ of a pie, ¾ of a pie left") == "¾"
     assert check("so she has 3¾ cups", "15/4") and normalize_answer("1½") == "3/2"
+    # a mixed number with a space, as parse_number reads it, is the last number whole: 4 ½, not ½
+    assert extract_answer("so she needs 4 ½ cups") == "4 ½" and not check("so she needs 4 ½ cups", "1/2")
+    assert normalize_answer(extract_answer("so 1,234 ½ dollars")) == "2469/2"
 
 
 def test_final_answer_reads_the_last_box_then_the_last_hash_line_then_the_text():

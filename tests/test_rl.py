@@ -384,8 +384,14 @@ def test_a_token_budget_cuts_each_micro_batch_to_the_columns_its_rows_use():
     with torch.no_grad():
         old = completion_logprobs(TinyLM(), ids, attn, mask)
     batch = {"input_ids": ids, "attention_mask": attn, "completion_mask": mask, "old_logp": old + 0.1 * mask,
-             "advantages": torch.tensor([1.0, -1.0, 0.5, -0.5])[:, None] * mask}
+             "advantages": torch.tensor([1.0, -1.0, 0.5, -0.5])[:, None] * mask,
+             "returns": mask.clone(), "value_pos": torch.arange(T).repeat(4, 1) % 8}  # a value loss's own (B, T) and
+    #                                                                      (B, K) tensors, K = T: cut and kept whole
     shapes, real = [], TinyLM.hidden_states
+
+    def value_fn(model, mb, hidden):  # a token-level stand-in: hidden and the micro-batch's own tensors line up
+        assert mb["returns"].shape == hidden.shape[:2] and mb["value_pos"].shape[1] == T
+        return ((hidden.mean(-1) - mb["returns"]) ** 2 * mb["attention_mask"]).mean()
 
     def recording(self, input_ids, attention_mask=None):
         shapes.append(tuple(input_ids.shape))
@@ -396,9 +402,10 @@ def test_a_token_budget_cuts_each_micro_batch_to_the_columns_its_rows_use():
     TinyLM.hidden_states = recording
     try:
         cut, s_cut = sgd_update(ppo_step, batch, PPOConfig(micro_batch_size=4, micro_batch_tokens=128, max_grad_norm=inf))
+        sgd_update(ppo_step, batch, PPOConfig(micro_batch_size=4, micro_batch_tokens=128), value_loss_fn=value_fn)
     finally:
         TinyLM.hidden_states = real
-    assert shapes == [(2, 64), (1, 96), (1, 32)]
+    assert shapes == [(2, 64), (1, 96), (1, 32)] * 2
     for a, b in zip(whole, cut):
         torch.testing.assert_close(a, b)
     assert s_cut["loss"] == pytest.approx(s_whole["loss"], rel=1e-5)

@@ -259,6 +259,13 @@ def test_a_policy_refuses_thoughts_of_no_tokens_and_search_names_a_short_proposa
     with pytest.raises(RuntimeError, match="policy.propose returned 0 candidates for a request of 1"):
         checked_greedy(Empty(script, value), ["q"], None)
 
+    class Yields(ScriptedPolicy):  # candidates yielded, not listed, are as good
+        def propose(self, requests):
+            yield from (iter(c) for c in super().propose(requests))
+
+    assert search(Yields(script, value), ["q"], SearchConfig(method="beam", n=1, expand=2))[0].answer is not None
+    assert checked_greedy(Yields(script, value), ["q"], None)[0].answer is not None
+
     class Fewer(ScriptedPolicy):  # answers fewer requests than it was given
         def propose(self, requests):
             return super().propose(requests)[:-1]

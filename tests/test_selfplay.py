@@ -77,11 +77,11 @@ def test_short_run_writes_metrics_checkpoints_and_final_json(tmp_path, warmstart
 def test_resume_continues_exactly_and_seeds_repeat(tmp_path, warmstart, monkeypatch):
     straight = run(small(tmp_path / "a", warmstart), progress=False)
     killed_after_first_checkpoint(small(tmp_path / "b", warmstart), monkeypatch)
-    leftovers = [tmp_path / "b" / ".metrics.jsonl.k2x9.tmp", tmp_path / "b" / "iter-0000" / ".model.safetensors.q7.tmp"]
-    for p in leftovers:  # what a save killed before its rename leaves (files.atomic_write)
-        p.write_bytes(b"partial")
+    leftovers = [tmp_path / "b" / ".metrics.jsonl.k2x9ab_q.tmp", tmp_path / "b" / "iter-0000" / ".model.safetensors.q7w1e0zz.tmp"]
+    for p in leftovers + [tmp_path / "b" / ".notes.tmp"]:  # what saves killed before their renames leave, and a file
+        p.write_bytes(b"partial")  # of the user's own
     resumed = run(small(tmp_path / "b", warmstart), resume=str(tmp_path / "b"), progress=False)
-    assert not any(p.exists() for p in leftovers)
+    assert not any(p.exists() for p in leftovers) and (tmp_path / "b" / ".notes.tmp").exists()
     a, _ = load_pretrained(tmp_path / "a" / "final")
     b, _ = load_pretrained(tmp_path / "b" / "final")
     assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
