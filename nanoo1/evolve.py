@@ -51,7 +51,7 @@ from nanoo1.mcts import MCTSConfig, mcts
 from nanoo1.ppm import ProcessPreferenceModel, fit, pair_batch_loss, save_scorer
 from nanoo1.recipe import BF16_FULL_FINETUNE, LoRASettings
 from nanoo1.rounds import (COLUMNS, coverage, draw_rounds, line, measure, plot_rounds, ppm_pairs, row_line, rstar_policy,
-                           sft_examples, slip_pairs)
+                           sft_examples, slip_pairs, stepless_notes)
 from nanoo1.rstar import RStarConfig
 from nanoo1.runs import append_jsonl, local_path, prepare_out
 from nanoo1.sandbox import check_platform
@@ -90,11 +90,13 @@ class EvolveConfig:
     # the run
     rounds: int = 2  # self-evolution rounds
     problems: int = 350  # training problems searched per round, new ones every round (one draw with the seed)
-    min_steps: int = 0  # round 0 draws problems of at least this many steps
+    min_steps: int = 0  # round 0 draws problems of at least this many steps (problems without worked steps, as
+    #                     GSM8K's, are drawn whatever the bounds say)
     later_min_steps: int = 3  # later rounds draw problems of at least this many steps: the policy already solves most
     #                           shorter ones, whose traces would tilt its fine-tune toward short solutions
     eval_problems: int = 200  # held-out problems for greedy and PPM-guided accuracy (the first of the test file)
-    pair_problems: int = 150  # the next held-out problems, whose steps and slips every PPM is scored on (slip_pairs)
+    pair_problems: int = 150  # the next held-out problems, whose steps and slips every PPM is scored on (slip_pairs;
+    #                           none from problems without worked steps, GSM8K's)
     beam: int = 2  # beam width of the PPM-guided search (each beam expanded into as many steps); 0: none
     beam_temperature: float = 0.5  # sampling temperature of the beam's candidate steps
     verifiers: int = 0  # > 0: after the last round, best-of-N by vote, PRM and ORM for N = 4, 8, ... up to this
@@ -251,13 +253,15 @@ def run(config: EvolveConfig, model, data=TINY_DIR / "train.jsonl", test_data=TI
     base, tokenizer = load_pretrained(model, dtype=config.dtype, device=device, need_tokenizer=True)
     if lora is not None and lora.rank:
         lora.apply(base, config.seed)
-    drawn, test = draw_rounds(load_jsonl(data), config, str(data)), load_jsonl(test_data)
+    train, test = load_jsonl(data), load_jsonl(test_data)
+    drawn = draw_rounds(train, config, str(data))
     dist.barrier()  # every rank has read the base before rank 0 may clear it (--model OUT/policy-2 --overwrite)
     prepare_out(out, overwrite, OUT_FILES, resumable=False, clear=main, base=str(model) if lora and lora.rank else None)
     held_out = test[: config.eval_problems]
-    held_out_pairs = slip_pairs(tokenizer, test[config.eval_problems:][: config.pair_problems], config.seed)
+    pair_problems = test[config.eval_problems:][: config.pair_problems]
+    held_out_pairs = slip_pairs(tokenizer, pair_problems, config.seed)
     if main:
-        print(line(COLUMNS), flush=True)
+        print(*stepless_notes(config, train, pair_problems, data, test_data), line(COLUMNS), sep="\n", flush=True)
     policy, ppm, found, rows = base, None, Pool(), []
     bar = tqdm(range(config.rounds + 1), desc="rounds", disable=not (progress and main))
     for k in bar:

@@ -115,6 +115,19 @@ def draw_rounds(problems: list[Problem], config, source: str = "the training pro
     return rounds
 
 
+def stepless_notes(config, train: list[Problem], pair_problems: list[Problem], data, test_data) -> list[str]:
+    """What a run on problems without worked steps (GSM8K's) leaves out, one line each: the steps bounds of
+    `draw_rounds` (config: an evolve.EvolveConfig) draw nothing apart, and there are no held-out slip pairs."""
+    notes = []
+    if (config.min_steps or config.later_min_steps) and not any(p.steps for p in train):
+        notes.append(f"note: {data} has no worked steps (GSM8K's have none): --min-steps {config.min_steps} and "
+                     f"--later-min-steps {config.later_min_steps} leave its problems as they are drawn")
+    if pair_problems and not any(p.steps for p in pair_problems):
+        notes.append(f"note: the held-out problems of {test_data} have no worked steps: there are no slip pairs to "
+                     "measure the PPMs on (pair_acc -)")
+    return notes
+
+
 SLIPS = ("operand", "skip", "early")  # the kinds of held-out slips `slip_pairs` makes
 
 

@@ -74,7 +74,8 @@ def train_warmstart(out: Path | None = None, config: SFTConfig = WARMSTART_SFT, 
                     progress: bool = True, callback=None, kind: str = "mixed"):
     """Train a tiny warm start from scratch on `kind`'s examples: "mixed" (every format, by MIXTURE), "think"
     (Elastic Reasoning's: the <think> format alone, steps followed by a pause with probability THINK_PAUSES) or
-    "code" (rStar-Math's: the code format alone); save it to `out` when given. Returns (model, tokenizer)."""
+    "code" (rStar-Math's: the code format alone); save it to `out` when given. Returns (model, tokenizer). Data
+    with a problem lacking worked steps (GSM8K's) is refused: there is nothing to learn the formats from."""
     if kind not in KINDS:
         raise ValueError(f"warm start kind {kind!r}: expected one of {', '.join(KINDS)}")
     tokenizer = Tokenizer.from_file(TINY_DIR)
@@ -82,6 +83,10 @@ def train_warmstart(out: Path | None = None, config: SFTConfig = WARMSTART_SFT, 
     problems = load_jsonl(data)
     if len(problems) < config.batch_size:
         raise ValueError(f"{data}: {len(problems)} problems, fewer than one batch of {config.batch_size}")
+    stepless = sum(not problem.steps for problem in problems)
+    if stepless:  # a code example of one has nothing to train on, the other formats only its final answer
+        raise ValueError(f"{data}: {stepless} of its {len(problems)} problems have no worked 'steps' (GSM8K's have "
+                         "none); the warm start learns its formats from worked solutions, as the tiny task's")
     example = {"mixed": lambda: mixed_example(tokenizer, negative_fraction=config.negative_fraction),
                "think": lambda: mixed_example(tokenizer, {"think": 1.0}, pauses=THINK_PAUSES),
                "code": lambda: mixed_example(tokenizer, {"code": 1.0})}[kind]()

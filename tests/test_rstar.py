@@ -1441,6 +1441,24 @@ def test_draw_rounds_bounds_are_inclusive_and_later_rounds_never_easier_than_rou
     assert all(len(p.steps) >= 4 for r in drawn for p in r)
 
 
+def test_a_run_on_problems_without_worked_steps_is_told_what_they_leave_out():
+    """GSM8K's problems have no worked steps: the steps bounds draw nothing apart and there are no slip pairs; each
+    is said in a line naming the file. Problems with steps, or bounds of 0, say nothing."""
+    from dataclasses import replace
+
+    from nanoo1.rounds import stepless_notes
+
+    worked = make_problems(4, seed=3)
+    plain = [replace(p, steps=[]) for p in worked]
+    notes = stepless_notes(EvolveConfig(), plain, plain, "gsm8k/train.jsonl", "gsm8k/test.jsonl")
+    assert notes == ["note: gsm8k/train.jsonl has no worked steps (GSM8K's have none): --min-steps 0 and "
+                     "--later-min-steps 3 leave its problems as they are drawn",
+                     "note: the held-out problems of gsm8k/test.jsonl have no worked steps: there are no slip pairs to "
+                     "measure the PPMs on (pair_acc -)"]
+    assert stepless_notes(EvolveConfig(later_min_steps=0), plain, worked, "a", "b") == []
+    assert stepless_notes(EvolveConfig(), worked, worked, "a", "b") == []
+
+
 def test_operand_slips_are_always_a_different_positive_operand(code_tokenizer):
     """The operand slip is the operand off by -2, -1, 1 or 2, never 0; one that would not be positive is the
     operand + 1: for an operand of 1, 2 (from -2, -1 or +1) or 3 (from +2), whatever the seed."""

@@ -2,6 +2,7 @@
 
 import math
 import random
+from dataclasses import replace
 
 import pytest
 import torch
@@ -341,6 +342,10 @@ def test_train_warmstart_takes_its_kinds_examples_and_seed_and_saves_the_model_f
                         (({"code": 1.0},), {})]
     with pytest.raises(ValueError, match="3 problems, fewer than one batch of 4"):
         warmstart.train_warmstart(None, config, 0, tmp_path / "three.jsonl", False)
+    stepless = [replace(p, steps=[]) if i == 2 else p for i, p in enumerate(load_jsonl(tmp_path / "four.jsonl"))]
+    write_jsonl(stepless, tmp_path / "gsm8k-like.jsonl")  # GSM8K's problems have no worked steps
+    with pytest.raises(ValueError, match=r"gsm8k-like.jsonl: 1 of its 4 problems have no worked 'steps'"):
+        warmstart.train_warmstart(None, config, 0, tmp_path / "gsm8k-like.jsonl", False)
 
 
 def test_tiny_base_trains_the_code_recipe_once_where_none_is_shipped(tmp_path, monkeypatch):
