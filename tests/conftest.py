@@ -62,7 +62,11 @@ def hf_reference(config: Gemma2Config, seed: int = 0, dtype=torch.float32):
     with torch.no_grad():
         for name, p in hf.named_parameters():
             p.normal_(0.0, 0.3 if "norm" in name else 0.05)  # random norms: a wrong (1 + w) shows
+    rotary = {name: b for name, b in hf.named_buffers() if name.endswith("inv_freq")}
     hf = hf.to(dtype).eval()
+    for name, b in rotary.items():  # in float32, as from_pretrained keeps them: in bf16 RoPE drifts with position
+        module, _, attr = name.rpartition(".")
+        setattr(hf.get_submodule(module), attr, b)
     ours = Gemma2(c)
     state = hf.state_dict()
     if c.tie_word_embeddings:
